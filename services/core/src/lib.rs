@@ -1,1 +1,18 @@
-//! placeholder
+//! Conveyor's domain: task ids, states, validation and limits, retry backoff,
+//! and the one error type whose mapping to gRPC statuses lives here. No I/O.
+
+pub mod backoff;
+pub mod error;
+pub mod ids;
+pub mod limits;
+pub mod state;
+pub mod task;
+pub mod time;
+pub mod validate;
+
+pub use error::{ConveyorError, Result};
+pub use ids::TaskId;
+pub use limits::Limits;
+pub use state::TaskState;
+pub use task::StoredTask;
+pub use validate::NewTask;

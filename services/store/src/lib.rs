@@ -1,1 +1,65 @@
-//! placeholder
+//! The `Store`: the task lifecycle as atomic operations, with an embedded
+//! memory backend and a Redis backend that pass one conformance suite.
+
+pub mod conformance;
+pub mod events;
+pub mod memory;
+pub mod redis;
+mod types;
+mod wait;
+
+use async_trait::async_trait;
+use conveyor_core::{NewTask, Result, StoredTask, TaskId};
+
+pub use events::{EventHub, TaskEvents};
+pub use memory::MemoryStore;
+pub use redis::{RedisConfig, RedisStore};
+pub use types::*;
+pub use wait::wait_terminal;
+
+/// The task lifecycle. Every method is one atomic transition in the backend;
+/// `now_ms` comes from the caller so that tests control time.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Number of partitions; task ids choose one with [`TaskId::new`].
+    fn partitions(&self) -> u16;
+
+    /// Change notifications for waiters (tasks) and dispatchers (queues).
+    fn events(&self) -> &EventHub;
+
+    /// Stores new tasks: QUEUED, or SCHEDULED when due later. A task whose
+    /// idempotency key is known returns the first task instead.
+    async fn enqueue(&self, tasks: Vec<NewTask>, now_ms: i64) -> Result<Vec<EnqueueAck>>;
+
+    /// A task by id; `None` when unknown or its result expired.
+    async fn get(&self, id: TaskId, now_ms: i64) -> Result<Option<StoredTask>>;
+
+    /// Leases up to `max` QUEUED tasks from the given queue keys to a session,
+    /// in one round trip. Expired tasks met on the way become EXPIRED.
+    async fn lease(&self, request: LeaseRequest) -> Result<Vec<LeasedTask>>;
+
+    /// Marks leased tasks RUNNING (when the token still matches).
+    async fn mark_started(&self, reports: Vec<StartReport>, now_ms: i64) -> Result<()>;
+
+    /// Extends every lease of the session. `false`: the session holds no
+    /// registered leases (never leased, or reaped).
+    async fn heartbeat(&self, session_id: &str, deadline_ms: i64) -> Result<bool>;
+
+    /// Records outcomes, fenced by lease token and session.
+    async fn complete(&self, reports: Vec<OutcomeReport>, now_ms: i64) -> Result<Vec<OutcomeAck>>;
+
+    /// Puts every task the session holds back at the head of its queue.
+    async fn release_session(&self, session_id: &str, now_ms: i64) -> Result<Vec<TaskId>>;
+
+    /// Releases the sessions whose lease deadline passed, up to `limit`.
+    async fn reap_expired(&self, now_ms: i64, limit: usize) -> Result<Vec<TaskId>>;
+
+    /// Moves SCHEDULED tasks that are due into their queues, up to `limit`.
+    async fn promote_due(&self, now_ms: i64, limit: usize) -> Result<Promotion>;
+
+    /// Cancels a QUEUED or SCHEDULED task.
+    async fn cancel(&self, id: TaskId, now_ms: i64) -> Result<CancelAck>;
+
+    /// How many tasks are SCHEDULED and when the next is due.
+    async fn scheduled_summary(&self) -> Result<ScheduledSummary>;
+}

@@ -1,0 +1,67 @@
+//! A task as the store holds it, and its conversion to the public view.
+
+use conveyor_api::{pb, store_pb};
+
+use crate::ids::TaskId;
+use crate::state::TaskState;
+use crate::time::timestamp_from_ms;
+
+/// Everything the store knows about one task.
+#[derive(Debug, Clone)]
+pub struct StoredTask {
+    /// Task id.
+    pub id: TaskId,
+    /// Immutable submission record.
+    pub record: store_pb::TaskRecord,
+    /// Current state.
+    pub state: TaskState,
+    /// Leases granted so far.
+    pub attempt: u32,
+    /// Failed attempts so far.
+    pub failures: u32,
+    /// Token of the current (or last) lease; 0 before the first.
+    pub lease_token: u64,
+    /// Session holding (or that last held) the lease.
+    pub session_id: String,
+    /// Worker id of that session.
+    pub worker_id: String,
+    /// Queue it is routed to.
+    pub queue: String,
+    /// Last state change, Unix ms.
+    pub updated_at_ms: i64,
+    /// When it is or was due, Unix ms.
+    pub due_at_ms: i64,
+    /// When it reached a terminal state, Unix ms; 0 before.
+    pub finished_at_ms: i64,
+    /// The recorded outcome (result, or last error).
+    pub outcome: Option<store_pb::OutcomeRecord>,
+}
+
+impl StoredTask {
+    /// The public view of the task.
+    pub fn to_pb(&self) -> pb::Task {
+        let (result, error) = match self.outcome.as_ref().and_then(|outcome| outcome.outcome.clone()) {
+            Some(store_pb::outcome_record::Outcome::Result(payload)) => (Some(payload), None),
+            Some(store_pb::outcome_record::Outcome::Error(error)) => (None, Some(error)),
+            None => (None, None),
+        };
+        pb::Task {
+            id: self.id.to_string(),
+            name: self.record.name.clone(),
+            args: self.record.args.clone(),
+            kwargs: self.record.kwargs.clone(),
+            options: self.record.options.clone(),
+            state: self.state.to_pb() as i32,
+            attempt: self.attempt,
+            failures: self.failures,
+            created_at: Some(timestamp_from_ms(self.record.created_at_ms)),
+            updated_at: Some(timestamp_from_ms(self.updated_at_ms)),
+            due_at: Some(timestamp_from_ms(self.due_at_ms)),
+            finished_at: (self.finished_at_ms > 0).then(|| timestamp_from_ms(self.finished_at_ms)),
+            worker_id: self.worker_id.clone(),
+            result,
+            error,
+            queue: self.queue.clone(),
+        }
+    }
+}

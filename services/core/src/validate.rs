@@ -1,0 +1,359 @@
+//! Validation of submitted tasks: every rule names the field it protects, and
+//! a valid spec becomes a [`NewTask`] with defaults applied, ready to store.
+
+use conveyor_api::{pb, store_pb};
+
+use crate::backoff::Backoff;
+use crate::error::{ConveyorError, Result};
+use crate::ids::TaskId;
+use crate::limits::Limits;
+use crate::time::{duration_ms, ms_from_timestamp};
+
+/// The queue used when a task names none.
+pub const DEFAULT_QUEUE: &str = "default";
+const JSON: &str = "application/json";
+
+/// A validated task with defaults applied, not yet stored.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// Its id (partition included).
+    pub id: TaskId,
+    /// Queue it is routed to.
+    pub queue: String,
+    /// Immutable record kept at rest.
+    pub record: store_pb::TaskRecord,
+    /// When it may run; `<= created_at_ms` means at once.
+    pub due_at_ms: i64,
+    /// When it expires if not started; 0 for never.
+    pub expires_at_ms: i64,
+    /// How long the outcome is kept, milliseconds.
+    pub result_ttl_ms: i64,
+    /// Idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// How long the key is remembered, milliseconds.
+    pub idempotency_ttl_ms: i64,
+}
+
+impl NewTask {
+    /// Whether it goes to the scheduled set rather than its queue.
+    pub fn is_delayed(&self) -> bool {
+        self.due_at_ms > self.record.created_at_ms
+    }
+}
+
+/// Checks a name of a task or queue: non-empty, bounded, a safe character set.
+pub fn check_name(field: &str, value: &str, max_len: usize, extra: &[char]) -> Result<()> {
+    if value.is_empty() {
+        return Err(ConveyorError::invalid(field, "must not be empty"));
+    }
+    if value.len() > max_len {
+        return Err(ConveyorError::invalid(
+            field,
+            format!("must be at most {max_len} bytes, got {}", value.len()),
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' || extra.contains(&c);
+    if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
+        return Err(ConveyorError::invalid(
+            field,
+            format!("contains {bad:?}; allowed are letters, digits and _-.{}", extra.iter().collect::<String>()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one payload's size and, when declared JSON, that it parses.
+pub fn check_payload(field: &str, payload: &pb::Payload, limits: &Limits) -> Result<()> {
+    if payload.data.len() > limits.max_payload_bytes {
+        return Err(ConveyorError::exhausted(
+            field,
+            format!(
+                "payload is {} bytes, the limit is {}",
+                payload.data.len(),
+                limits.max_payload_bytes
+            ),
+        ));
+    }
+    let content_type = payload.content_type.as_str();
+    if (content_type.is_empty() || content_type == JSON)
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&payload.data).is_err()
+    {
+        return Err(ConveyorError::invalid(
+            format!("{field}.data"),
+            "declared application/json but does not parse as JSON",
+        ));
+    }
+    Ok(())
+}
+
+/// Validates `spec` (reported under `prefix`, e.g. `task` or `tasks[3]`) and
+/// builds the task to store.
+pub fn validate_spec(
+    spec: pb::TaskSpec,
+    prefix: &str,
+    limits: &Limits,
+    now_ms: i64,
+    partition: u16,
+) -> Result<NewTask> {
+    check_name(&format!("{prefix}.name"), &spec.name, limits.max_name_len, &[':', '/'])?;
+    let mut total_bytes = 0usize;
+    for (index, payload) in spec.args.iter().enumerate() {
+        check_payload(&format!("{prefix}.args[{index}]"), payload, limits)?;
+        total_bytes += payload.data.len();
+    }
+    for (key, payload) in &spec.kwargs {
+        if key.is_empty() {
+            return Err(ConveyorError::invalid(format!("{prefix}.kwargs"), "keys must not be empty"));
+        }
+        check_payload(&format!("{prefix}.kwargs[{key}]"), payload, limits)?;
+        total_bytes += payload.data.len();
+    }
+    if total_bytes > limits.max_task_bytes {
+        return Err(ConveyorError::exhausted(
+            format!("{prefix}.args"),
+            format!("payloads total {total_bytes} bytes, the limit is {}", limits.max_task_bytes),
+        ));
+    }
+    if spec.idempotency_key.len() > limits.max_name_len {
+        return Err(ConveyorError::invalid(
+            format!("{prefix}.idempotency_key"),
+            format!("must be at most {} bytes", limits.max_name_len),
+        ));
+    }
+    let mut options = spec.options.unwrap_or_default();
+    let timing = check_options(&mut options, &format!("{prefix}.options"), limits, now_ms)?;
+    let queue = options.queue.clone();
+    let idempotency_key = (!spec.idempotency_key.is_empty()).then(|| spec.idempotency_key.clone());
+    let record = store_pb::TaskRecord {
+        name: spec.name,
+        args: spec.args,
+        kwargs: spec.kwargs,
+        options: Some(options),
+        created_at_ms: now_ms,
+        idempotency_key: spec.idempotency_key,
+    };
+    Ok(NewTask {
+        id: TaskId::new(partition),
+        queue,
+        record,
+        due_at_ms: timing.due_at_ms,
+        expires_at_ms: timing.expires_at_ms,
+        result_ttl_ms: timing.result_ttl_ms,
+        idempotency_key,
+        idempotency_ttl_ms: limits.idempotency_window_ms,
+    })
+}
+
+struct Timing {
+    due_at_ms: i64,
+    expires_at_ms: i64,
+    result_ttl_ms: i64,
+}
+
+fn non_negative(field: String, value: Option<&prost_types::Duration>) -> Result<Option<i64>> {
+    match value {
+        None => Ok(None),
+        Some(duration) => duration_ms(duration)
+            .map(Some)
+            .ok_or_else(|| ConveyorError::invalid(field, "must be a non-negative duration")),
+    }
+}
+
+fn check_options(
+    options: &mut pb::TaskOptions,
+    prefix: &str,
+    limits: &Limits,
+    now_ms: i64,
+) -> Result<Timing> {
+    if options.queue.is_empty() {
+        options.queue = DEFAULT_QUEUE.to_string();
+    }
+    check_name(&format!("{prefix}.queue"), &options.queue, limits.max_queue_len, &[])?;
+    if options.priority > limits.max_priority {
+        return Err(ConveyorError::invalid(
+            format!("{prefix}.priority"),
+            format!("must be between 0 and {}", limits.max_priority),
+        ));
+    }
+    let countdown_ms = non_negative(format!("{prefix}.countdown"), options.countdown.as_ref())?;
+    if countdown_ms.is_some() && options.eta.is_some() {
+        return Err(ConveyorError::invalid(
+            format!("{prefix}.eta"),
+            "countdown and eta are exclusive; set one",
+        ));
+    }
+    let due_at_ms = match (&options.eta, countdown_ms) {
+        (Some(eta), _) => ms_from_timestamp(eta).max(now_ms),
+        (None, Some(countdown)) => now_ms.saturating_add(countdown),
+        (None, None) => now_ms,
+    };
+    let expires_at_ms = options.expires.as_ref().map(ms_from_timestamp).unwrap_or(0);
+    if options.expires.is_some() && expires_at_ms <= due_at_ms {
+        return Err(ConveyorError::invalid(
+            format!("{prefix}.expires"),
+            "must be later than the time the task is due",
+        ));
+    }
+    if let Some(retry) = &options.retry {
+        let field = format!("{prefix}.retry");
+        if retry.max_retries > limits.max_retries {
+            return Err(ConveyorError::invalid(
+                format!("{field}.max_retries"),
+                format!("must be at most {}", limits.max_retries),
+            ));
+        }
+        if retry.backoff_factor != 0.0 && !(retry.backoff_factor >= 1.0 && retry.backoff_factor.is_finite()) {
+            return Err(ConveyorError::invalid(format!("{field}.backoff_factor"), "must be at least 1.0"));
+        }
+        non_negative(format!("{field}.backoff_base"), retry.backoff_base.as_ref())?;
+        non_negative(format!("{field}.backoff_max"), retry.backoff_max.as_ref())?;
+        Backoff::from_pb(Some(retry));
+    }
+    non_negative(format!("{prefix}.soft_time_limit"), options.soft_time_limit.as_ref())?;
+    non_negative(format!("{prefix}.hard_time_limit"), options.hard_time_limit.as_ref())?;
+    if options.concurrency_limit > 0 && options.concurrency_key.is_empty() {
+        return Err(ConveyorError::invalid(
+            format!("{prefix}.concurrency_key"),
+            "required when concurrency_limit is set",
+        ));
+    }
+    if options.headers.len() > limits.max_headers {
+        return Err(ConveyorError::invalid(
+            format!("{prefix}.headers"),
+            format!("at most {} headers", limits.max_headers),
+        ));
+    }
+    let result_ttl_ms = non_negative(format!("{prefix}.result_ttl"), options.result_ttl.as_ref())?
+        .filter(|ttl| *ttl > 0)
+        .unwrap_or(limits.default_result_ttl_ms);
+    Ok(Timing {
+        due_at_ms,
+        expires_at_ms,
+        result_ttl_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(text: &str) -> pb::Payload {
+        pb::Payload {
+            data: text.as_bytes().to_vec(),
+            content_type: String::new(),
+        }
+    }
+
+    fn spec(name: &str) -> pb::TaskSpec {
+        pb::TaskSpec {
+            name: name.to_string(),
+            args: vec![json("2"), json("2")],
+            ..Default::default()
+        }
+    }
+
+    fn field_of(error: ConveyorError) -> String {
+        match error {
+            ConveyorError::InvalidArgument(violation) => violation.field,
+            ConveyorError::ResourceExhausted { field, .. } => field,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_spec_gets_defaults() {
+        let task = validate_spec(spec("add"), "task", &Limits::default(), 1000, 0).unwrap();
+        assert_eq!(task.queue, "default");
+        assert_eq!(task.due_at_ms, 1000);
+        assert!(!task.is_delayed());
+        assert_eq!(task.result_ttl_ms, Limits::default().default_result_ttl_ms);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        let limits = Limits::default();
+        let empty = validate_spec(spec(""), "task", &limits, 0, 0).unwrap_err();
+        assert_eq!(field_of(empty), "task.name");
+        let long = validate_spec(spec(&"x".repeat(201)), "task", &limits, 0, 0).unwrap_err();
+        assert_eq!(field_of(long), "task.name");
+        let spaced = validate_spec(spec("a b"), "task", &limits, 0, 0).unwrap_err();
+        assert_eq!(field_of(spaced), "task.name");
+        assert!(validate_spec(spec("billing.charge:v2/eu"), "task", &limits, 0, 0).is_ok());
+    }
+
+    #[test]
+    fn payloads_are_checked() {
+        let limits = Limits {
+            max_payload_bytes: 10,
+            ..Limits::default()
+        };
+        let mut big = spec("add");
+        big.args[1] = json(&format!("\"{}\"", "x".repeat(20)));
+        let error = validate_spec(big, "task", &limits, 0, 0).unwrap_err();
+        assert!(matches!(error, ConveyorError::ResourceExhausted { .. }));
+        let mut broken = spec("add");
+        broken.args[0] = json("{not json");
+        assert_eq!(field_of(validate_spec(broken, "task", &limits, 0, 0).unwrap_err()), "task.args[0].data");
+        let mut binary = spec("add");
+        binary.args[0] = pb::Payload {
+            data: vec![0xff, 0x00],
+            content_type: "application/octet-stream".into(),
+        };
+        assert!(validate_spec(binary, "task", &limits, 0, 0).is_ok());
+    }
+
+    #[test]
+    fn timing_rules_name_their_field() {
+        let limits = Limits::default();
+        let mut both = spec("add");
+        both.options = Some(pb::TaskOptions {
+            countdown: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+            eta: Some(prost_types::Timestamp { seconds: 10, nanos: 0 }),
+            ..Default::default()
+        });
+        assert_eq!(field_of(validate_spec(both, "task", &limits, 0, 0).unwrap_err()), "task.options.eta");
+        let mut negative = spec("add");
+        negative.options = Some(pb::TaskOptions {
+            countdown: Some(prost_types::Duration { seconds: -5, nanos: 0 }),
+            ..Default::default()
+        });
+        assert_eq!(
+            field_of(validate_spec(negative, "task", &limits, 0, 0).unwrap_err()),
+            "task.options.countdown"
+        );
+        let mut early_expiry = spec("add");
+        early_expiry.options = Some(pb::TaskOptions {
+            countdown: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+            expires: Some(prost_types::Timestamp { seconds: 30, nanos: 0 }),
+            ..Default::default()
+        });
+        assert_eq!(
+            field_of(validate_spec(early_expiry, "task", &limits, 0, 0).unwrap_err()),
+            "task.options.expires"
+        );
+        let mut retries = spec("add");
+        retries.options = Some(pb::TaskOptions {
+            retry: Some(pb::RetryPolicy {
+                max_retries: 1000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            field_of(validate_spec(retries, "task", &limits, 0, 0).unwrap_err()),
+            "task.options.retry.max_retries"
+        );
+    }
+
+    #[test]
+    fn countdown_delays_the_task() {
+        let mut delayed = spec("add");
+        delayed.options = Some(pb::TaskOptions {
+            countdown: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
+            ..Default::default()
+        });
+        let task = validate_spec(delayed, "task", &Limits::default(), 1000, 0).unwrap();
+        assert_eq!(task.due_at_ms, 3000);
+        assert!(task.is_delayed());
+    }
+}

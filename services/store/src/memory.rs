@@ -1,0 +1,435 @@
+//! The embedded store: one mutex over plain collections. The default of
+//! `conveyor dev` and of tests; it passes the same conformance suite as Redis.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use conveyor_api::store_pb::{self, outcome_record};
+use conveyor_core::{NewTask, Result, StoredTask, TaskId, TaskState};
+
+use crate::events::EventHub;
+use crate::types::*;
+use crate::Store;
+
+/// In-memory [`Store`].
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    events: EventHub,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tasks: HashMap<TaskId, Entry>,
+    queues: HashMap<QueueKey, VecDeque<TaskId>>,
+    /// (due ms, id) of SCHEDULED tasks.
+    scheduled: BTreeSet<(i64, TaskId)>,
+    sessions: HashMap<String, Session>,
+    /// Idempotency key → (task, forget at ms).
+    idempotency: HashMap<String, (TaskId, i64)>,
+    /// (purge at ms, id) of finished tasks whose result TTL runs.
+    purge: BTreeSet<(i64, TaskId)>,
+}
+
+#[derive(Debug)]
+struct Session {
+    deadline_ms: i64,
+    leases: HashSet<TaskId>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    task: StoredTask,
+    queue_key: QueueKey,
+    expires_at_ms: i64,
+    result_ttl_ms: i64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+impl Inner {
+    fn finish(&mut self, id: TaskId, state: TaskState, now_ms: i64) {
+        if let Some(entry) = self.tasks.get_mut(&id) {
+            entry.task.state = state;
+            entry.task.updated_at_ms = now_ms;
+            entry.task.finished_at_ms = now_ms;
+            self.purge.insert((now_ms + entry.result_ttl_ms, id));
+        }
+    }
+
+    /// Requeues the session's leases at the head of their queues.
+    fn release(&mut self, session_id: &str, now_ms: i64, ready: &mut HashSet<QueueKey>) -> Vec<TaskId> {
+        let Some(session) = self.sessions.remove(session_id) else {
+            return Vec::new();
+        };
+        let mut requeued = Vec::new();
+        for id in session.leases {
+            let Some(entry) = self.tasks.get_mut(&id) else { continue };
+            if !entry.task.state.is_leased() || entry.task.session_id != session_id {
+                continue;
+            }
+            entry.task.state = TaskState::Queued;
+            entry.task.updated_at_ms = now_ms;
+            self.queues.entry(entry.queue_key.clone()).or_default().push_front(id);
+            ready.insert(entry.queue_key.clone());
+            requeued.push(id);
+        }
+        requeued
+    }
+
+    fn purge_expired(&mut self, now_ms: i64) {
+        while let Some(&(at, id)) = self.purge.first() {
+            if at > now_ms {
+                break;
+            }
+            self.purge.pop_first();
+            self.tasks.remove(&id);
+        }
+        self.idempotency.retain(|_, (_, forget_at)| *forget_at > now_ms);
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn partitions(&self) -> u16 {
+        1
+    }
+
+    fn events(&self) -> &EventHub {
+        &self.events
+    }
+
+    async fn enqueue(&self, tasks: Vec<NewTask>, now_ms: i64) -> Result<Vec<EnqueueAck>> {
+        let mut acks = Vec::with_capacity(tasks.len());
+        let mut ready = HashSet::new();
+        {
+            let mut inner = self.lock();
+            for task in tasks {
+                if let Some(key) = &task.idempotency_key {
+                    if let Some((existing, forget_at)) = inner.idempotency.get(key).copied() {
+                        if forget_at > now_ms {
+                            let state = inner
+                                .tasks
+                                .get(&existing)
+                                .map(|entry| entry.task.state)
+                                .unwrap_or(TaskState::Succeeded);
+                            acks.push(EnqueueAck { id: existing, state, duplicate: true });
+                            continue;
+                        }
+                    }
+                    inner.idempotency.insert(key.clone(), (task.id, now_ms + task.idempotency_ttl_ms));
+                }
+                let state = if task.is_delayed() { TaskState::Scheduled } else { TaskState::Queued };
+                let queue_key = QueueKey::new(&task.queue, &task.record.name);
+                let id = task.id;
+                if state == TaskState::Scheduled {
+                    inner.scheduled.insert((task.due_at_ms, id));
+                } else {
+                    inner.queues.entry(queue_key.clone()).or_default().push_back(id);
+                    ready.insert(queue_key.clone());
+                }
+                let stored = StoredTask {
+                    id,
+                    record: task.record,
+                    state,
+                    attempt: 0,
+                    failures: 0,
+                    lease_token: 0,
+                    session_id: String::new(),
+                    worker_id: String::new(),
+                    queue: task.queue,
+                    updated_at_ms: now_ms,
+                    due_at_ms: task.due_at_ms,
+                    finished_at_ms: 0,
+                    outcome: None,
+                };
+                inner.tasks.insert(
+                    id,
+                    Entry {
+                        task: stored,
+                        queue_key,
+                        expires_at_ms: task.expires_at_ms,
+                        result_ttl_ms: task.result_ttl_ms,
+                    },
+                );
+                acks.push(EnqueueAck { id, state, duplicate: false });
+            }
+        }
+        for key in &ready {
+            self.events.queue_ready(key);
+        }
+        Ok(acks)
+    }
+
+    async fn get(&self, id: TaskId, now_ms: i64) -> Result<Option<StoredTask>> {
+        let inner = self.lock();
+        let Some(entry) = inner.tasks.get(&id) else { return Ok(None) };
+        let purged = entry.task.finished_at_ms > 0 && entry.task.finished_at_ms + entry.result_ttl_ms <= now_ms;
+        Ok((!purged).then(|| entry.task.clone()))
+    }
+
+    async fn lease(&self, request: LeaseRequest) -> Result<Vec<LeasedTask>> {
+        let mut leased = Vec::new();
+        let mut changed = Vec::new();
+        {
+            let mut inner = self.lock();
+            let keys = &request.queue_keys;
+            let mut empty_streak = 0;
+            let mut index = 0;
+            while leased.len() < request.max && empty_streak < keys.len() {
+                let key = &keys[index % keys.len()];
+                index += 1;
+                let Some(id) = inner.queues.get_mut(key).and_then(VecDeque::pop_front) else {
+                    empty_streak += 1;
+                    continue;
+                };
+                empty_streak = 0;
+                let Some(entry) = inner.tasks.get_mut(&id) else { continue };
+                if entry.task.state != TaskState::Queued {
+                    continue;
+                }
+                changed.push(id);
+                if entry.expires_at_ms > 0 && entry.expires_at_ms <= request.now_ms {
+                    inner.finish(id, TaskState::Expired, request.now_ms);
+                    continue;
+                }
+                let task = &mut entry.task;
+                task.state = TaskState::Leased;
+                task.attempt += 1;
+                task.lease_token += 1;
+                task.session_id = request.session_id.clone();
+                task.worker_id = request.worker_id.clone();
+                task.updated_at_ms = request.now_ms;
+                leased.push(LeasedTask {
+                    id,
+                    record: task.record.clone(),
+                    attempt: task.attempt,
+                    failures: task.failures,
+                    lease_token: task.lease_token,
+                });
+            }
+            if !leased.is_empty() {
+                let session = inner.sessions.entry(request.session_id.clone()).or_insert_with(|| Session {
+                    deadline_ms: request.lease_deadline_ms,
+                    leases: HashSet::new(),
+                });
+                session.deadline_ms = request.lease_deadline_ms;
+                session.leases.extend(leased.iter().map(|task| task.id));
+            }
+        }
+        for id in changed {
+            self.events.task_changed(id);
+        }
+        Ok(leased)
+    }
+
+    async fn mark_started(&self, reports: Vec<StartReport>, now_ms: i64) -> Result<()> {
+        let mut changed = Vec::new();
+        {
+            let mut inner = self.lock();
+            for report in reports {
+                let Some(entry) = inner.tasks.get_mut(&report.id) else { continue };
+                let task = &mut entry.task;
+                if task.state == TaskState::Leased
+                    && task.lease_token == report.lease_token
+                    && task.session_id == report.session_id
+                {
+                    task.state = TaskState::Running;
+                    task.updated_at_ms = now_ms;
+                    changed.push(report.id);
+                }
+            }
+        }
+        for id in changed {
+            self.events.task_changed(id);
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&self, session_id: &str, deadline_ms: i64) -> Result<bool> {
+        let mut inner = self.lock();
+        Ok(match inner.sessions.get_mut(session_id) {
+            Some(session) => {
+                session.deadline_ms = deadline_ms;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn complete(&self, reports: Vec<OutcomeReport>, now_ms: i64) -> Result<Vec<OutcomeAck>> {
+        let mut acks = Vec::with_capacity(reports.len());
+        let mut changed = Vec::new();
+        {
+            let mut inner = self.lock();
+            for report in reports {
+                let ack = complete_one(&mut inner, report.clone(), now_ms);
+                if matches!(ack, OutcomeAck::Recorded(_)) {
+                    changed.push(report.id);
+                }
+                acks.push(ack);
+            }
+        }
+        for id in changed {
+            self.events.task_changed(id);
+        }
+        Ok(acks)
+    }
+
+    async fn release_session(&self, session_id: &str, now_ms: i64) -> Result<Vec<TaskId>> {
+        let mut ready = HashSet::new();
+        let requeued = self.lock().release(session_id, now_ms, &mut ready);
+        self.notify(&requeued, &ready);
+        Ok(requeued)
+    }
+
+    async fn reap_expired(&self, now_ms: i64, limit: usize) -> Result<Vec<TaskId>> {
+        let mut ready = HashSet::new();
+        let mut requeued = Vec::new();
+        {
+            let mut inner = self.lock();
+            let expired: Vec<String> = inner
+                .sessions
+                .iter()
+                .filter(|(_, session)| session.deadline_ms <= now_ms)
+                .map(|(id, _)| id.clone())
+                .take(limit)
+                .collect();
+            for session_id in expired {
+                requeued.extend(inner.release(&session_id, now_ms, &mut ready));
+            }
+        }
+        self.notify(&requeued, &ready);
+        Ok(requeued)
+    }
+
+    async fn promote_due(&self, now_ms: i64, limit: usize) -> Result<Promotion> {
+        let mut promotion = Promotion::default();
+        let mut ready = HashSet::new();
+        let mut changed = Vec::new();
+        {
+            let mut inner = self.lock();
+            inner.purge_expired(now_ms);
+            while promotion.promoted + promotion.expired < limit {
+                let Some(&(due, id)) = inner.scheduled.first() else { break };
+                if due > now_ms {
+                    break;
+                }
+                inner.scheduled.pop_first();
+                let Some(entry) = inner.tasks.get_mut(&id) else { continue };
+                if entry.task.state != TaskState::Scheduled {
+                    continue;
+                }
+                changed.push(id);
+                if entry.expires_at_ms > 0 && entry.expires_at_ms <= now_ms {
+                    inner.finish(id, TaskState::Expired, now_ms);
+                    promotion.expired += 1;
+                    continue;
+                }
+                entry.task.state = TaskState::Queued;
+                entry.task.updated_at_ms = now_ms;
+                let key = entry.queue_key.clone();
+                inner.queues.entry(key.clone()).or_default().push_back(id);
+                ready.insert(key);
+                promotion.promoted += 1;
+            }
+            promotion.next_due_ms = inner.scheduled.first().map(|(due, _)| *due);
+        }
+        self.notify(&changed, &ready);
+        Ok(promotion)
+    }
+
+    async fn cancel(&self, id: TaskId, now_ms: i64) -> Result<CancelAck> {
+        let ack = {
+            let mut inner = self.lock();
+            let Some(entry) = inner.tasks.get(&id) else { return Ok(CancelAck::NotFound) };
+            let (state, key, due) = (entry.task.state, entry.queue_key.clone(), entry.task.due_at_ms);
+            match state {
+                TaskState::Queued => {
+                    if let Some(queue) = inner.queues.get_mut(&key) {
+                        queue.retain(|queued| *queued != id);
+                    }
+                }
+                TaskState::Scheduled => {
+                    inner.scheduled.remove(&(due, id));
+                }
+                other => return Ok(CancelAck::NotCancellable(other)),
+            }
+            inner.finish(id, TaskState::Cancelled, now_ms);
+            CancelAck::Cancelled
+        };
+        self.events.task_changed(id);
+        Ok(ack)
+    }
+
+    async fn scheduled_summary(&self) -> Result<ScheduledSummary> {
+        let inner = self.lock();
+        Ok(ScheduledSummary {
+            count: inner.scheduled.len() as u64,
+            next_due_ms: inner.scheduled.first().map(|(due, _)| *due),
+        })
+    }
+}
+
+impl MemoryStore {
+    fn notify(&self, tasks: &[TaskId], queues: &HashSet<QueueKey>) {
+        for id in tasks {
+            self.events.task_changed(*id);
+        }
+        for key in queues {
+            self.events.queue_ready(key);
+        }
+    }
+}
+
+fn complete_one(inner: &mut Inner, report: OutcomeReport, now_ms: i64) -> OutcomeAck {
+    let Some(entry) = inner.tasks.get_mut(&report.id) else { return OutcomeAck::NotFound };
+    let task = &mut entry.task;
+    if task.lease_token != report.lease_token {
+        return OutcomeAck::StaleLease;
+    }
+    if task.session_id != report.session_id || !task.state.is_leased() {
+        return OutcomeAck::NotHeld;
+    }
+    if let Some(session) = inner.sessions.get_mut(&report.session_id) {
+        session.leases.remove(&report.id);
+    }
+    let entry = inner.tasks.get_mut(&report.id).expect("checked above");
+    let task = &mut entry.task;
+    task.updated_at_ms = now_ms;
+    let state = match report.outcome {
+        Outcome::Succeeded(payload) => {
+            task.outcome = Some(store_pb::OutcomeRecord {
+                outcome: Some(outcome_record::Outcome::Result(payload)),
+            });
+            TaskState::Succeeded
+        }
+        Outcome::Failed { error, retry_at_ms } => {
+            task.failures += 1;
+            task.outcome = Some(store_pb::OutcomeRecord {
+                outcome: Some(outcome_record::Outcome::Error(error)),
+            });
+            match retry_at_ms {
+                Some(due) => {
+                    task.state = TaskState::Scheduled;
+                    task.due_at_ms = due;
+                    inner.scheduled.insert((due, report.id));
+                    return OutcomeAck::Recorded(TaskState::Scheduled);
+                }
+                None => TaskState::Failed,
+            }
+        }
+    };
+    inner.finish(report.id, state, now_ms);
+    OutcomeAck::Recorded(state)
+}

@@ -1,0 +1,113 @@
+//! Decoding Redis replies and task hashes into domain types.
+
+use prost::Message;
+use redis::Value;
+
+use conveyor_api::store_pb::{self, outcome_record};
+use conveyor_core::{ConveyorError, Result, StoredTask, TaskId, TaskState};
+
+use crate::types::Outcome;
+
+/// Redis errors are I/O: retryable `Unavailable`.
+pub(crate) fn unavailable(error: redis::RedisError) -> ConveyorError {
+    ConveyorError::Unavailable(format!("redis: {error}"))
+}
+
+/// The bytes of a scalar reply.
+pub(crate) fn bytes_of(value: &Value) -> Vec<u8> {
+    match value {
+        Value::BulkString(bytes) => bytes.clone(),
+        Value::SimpleString(text) => text.as_bytes().to_vec(),
+        Value::Int(number) => number.to_string().into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+/// The integer of a scalar reply (0 when absent or not a number).
+pub(crate) fn int_of(value: &Value) -> i64 {
+    match value {
+        Value::Int(number) => *number,
+        Value::BulkString(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.parse::<f64>().ok())
+            .map(|number| number as i64)
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Kind letter, encoded outcome record and retry time for the complete script.
+pub(crate) fn encode_outcome(outcome: &Outcome) -> (&'static str, Vec<u8>, i64) {
+    match outcome {
+        Outcome::Succeeded(payload) => {
+            let record = store_pb::OutcomeRecord {
+                outcome: Some(outcome_record::Outcome::Result(payload.clone())),
+            };
+            ("s", record.encode_to_vec(), 0)
+        }
+        Outcome::Failed { error, retry_at_ms } => {
+            let record = store_pb::OutcomeRecord {
+                outcome: Some(outcome_record::Outcome::Error(error.clone())),
+            };
+            match retry_at_ms {
+                Some(due) => ("r", record.encode_to_vec(), *due),
+                None => ("f", record.encode_to_vec(), 0),
+            }
+        }
+    }
+}
+
+fn number(fields: &[(String, Vec<u8>)], name: &str) -> i64 {
+    fields
+        .iter()
+        .find(|(field, _)| field == name)
+        .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse::<f64>().ok())
+        .map(|value| value as i64)
+        .unwrap_or(0)
+}
+
+fn text(fields: &[(String, Vec<u8>)], name: &str) -> String {
+    fields
+        .iter()
+        .find(|(field, _)| field == name)
+        .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+        .unwrap_or_default()
+}
+
+/// A task from its hash fields.
+pub(crate) fn parse_task(id: TaskId, fields: Vec<(String, Vec<u8>)>) -> Result<StoredTask> {
+    let corrupt = |reason: String| ConveyorError::Corrupt {
+        key: id.to_string(),
+        reason,
+    };
+    let spec = fields
+        .iter()
+        .find(|(field, _)| field == "sp")
+        .map(|(_, value)| value.as_slice())
+        .ok_or_else(|| corrupt("missing spec".into()))?;
+    let record = store_pb::TaskRecord::decode(spec).map_err(|error| corrupt(format!("spec: {error}")))?;
+    let outcome = match fields.iter().find(|(field, _)| field == "oc") {
+        Some((_, bytes)) => {
+            Some(store_pb::OutcomeRecord::decode(bytes.as_slice()).map_err(|error| corrupt(format!("outcome: {error}")))?)
+        }
+        None => None,
+    };
+    let state_code = number(&fields, "st");
+    let state = TaskState::from_i32(state_code as i32).ok_or_else(|| corrupt(format!("state {state_code}")))?;
+    let queue = text(&fields, "qk").split(':').next().unwrap_or_default().to_string();
+    Ok(StoredTask {
+        id,
+        record,
+        state,
+        attempt: number(&fields, "at") as u32,
+        failures: number(&fields, "fl") as u32,
+        lease_token: number(&fields, "tk") as u64,
+        session_id: text(&fields, "ss"),
+        worker_id: text(&fields, "wk"),
+        queue,
+        updated_at_ms: number(&fields, "ua"),
+        due_at_ms: number(&fields, "du"),
+        finished_at_ms: number(&fields, "fa"),
+        outcome,
+    })
+}

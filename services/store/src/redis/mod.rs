@@ -1,0 +1,424 @@
+//! The production store on Redis (or Redis Cluster): Lua scripts for atomic
+//! transitions, one hash tag per partition, and pub/sub notifications feeding
+//! the in-process [`EventHub`] so that nothing on a hot path polls.
+
+mod codec;
+mod scripts;
+mod subscriber;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prost::Message;
+use redis::aio::ConnectionManager;
+use redis::Value;
+use tokio::task::AbortHandle;
+
+use conveyor_core::{ConveyorError, NewTask, Result, StoredTask, TaskId, TaskState};
+
+use crate::events::EventHub;
+use crate::types::*;
+use crate::Store;
+use codec::{bytes_of, int_of, parse_task, unavailable};
+use scripts::Scripts;
+
+/// How to reach Redis and lay out keys.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Prepended to every key and channel, so deployments (and tests) can share
+    /// one Redis.
+    pub prefix: String,
+    /// Partitions per queue; each is one hash slot, so more partitions spread
+    /// a busy queue over more cluster shards.
+    pub partitions: u16,
+    /// Time limit of any one store call.
+    pub command_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Defaults for `url`: prefix `cv:`, one partition, 5 s commands.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "cv:".to_string(),
+            partitions: 1,
+            command_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Redis-backed [`Store`].
+pub struct RedisStore {
+    connection: ConnectionManager,
+    config: RedisConfig,
+    scripts: Scripts,
+    events: EventHub,
+    events_channel: String,
+    ready_channel: String,
+    /// Rotates the first partition and queue key tried by `lease`, for fairness.
+    rotor: AtomicUsize,
+    subscriber: AbortHandle,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("config", &self.config).finish()
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.subscriber.abort();
+    }
+}
+
+impl RedisStore {
+    /// Connects, and subscribes to change notifications before returning so
+    /// that no notification after this call is missed.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|error| ConveyorError::Unavailable(format!("redis url {}: {error}", config.url)))?;
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.command_timeout))
+            .set_response_timeout(Some(config.command_timeout));
+        let connection = tokio::time::timeout(
+            config.command_timeout,
+            ConnectionManager::new_with_config(client.clone(), manager_config),
+        )
+        .await
+        .map_err(|_| ConveyorError::Unavailable(format!("redis {}: connect timed out", config.url)))?
+        .map_err(unavailable)?;
+        let events = EventHub::default();
+        let events_channel = format!("{}ev", config.prefix);
+        let ready_channel = format!("{}rdy", config.prefix);
+        let subscriber = subscriber::start(client, events.clone(), events_channel.clone(), ready_channel.clone()).await?;
+        Ok(Self {
+            connection,
+            config,
+            scripts: Scripts::new(),
+            events,
+            events_channel,
+            ready_channel,
+            rotor: AtomicUsize::new(0),
+            subscriber,
+        })
+    }
+
+    /// The key prefix of a partition, hash tag included.
+    fn partition_prefix(&self, partition: u16) -> String {
+        format!("{{{}{partition}}}:", self.config.prefix)
+    }
+
+    async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value> {
+        let mut connection = self.connection.clone();
+        tokio::time::timeout(self.config.command_timeout, invocation.invoke_async(&mut connection))
+            .await
+            .map_err(|_| ConveyorError::Unavailable("redis call timed out".into()))?
+            .map_err(unavailable)
+    }
+
+    async fn release_partition(&self, partition: u16, session_id: &str, now_ms: i64) -> Result<Vec<TaskId>> {
+        let mut invocation = self.scripts.release.prepare_invoke();
+        invocation
+            .arg(self.partition_prefix(partition))
+            .arg(session_id)
+            .arg(now_ms)
+            .arg(&self.events_channel)
+            .arg(&self.ready_channel);
+        ids_of(self.run(&invocation).await?)
+    }
+}
+
+fn items(value: Value) -> Vec<Value> {
+    match value {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+fn ids_of(value: Value) -> Result<Vec<TaskId>> {
+    items(value)
+        .iter()
+        .map(|item| {
+            let text = String::from_utf8(bytes_of(item)).unwrap_or_default();
+            TaskId::parse(&text, "id").map_err(|_| ConveyorError::Corrupt {
+                key: text.clone(),
+                reason: "task id in store is not a uuid".into(),
+            })
+        })
+        .collect()
+}
+
+fn state_of(code: i64) -> Result<TaskState> {
+    TaskState::from_i32(code as i32).ok_or_else(|| ConveyorError::Corrupt {
+        key: "state".into(),
+        reason: format!("unknown state {code}"),
+    })
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn partitions(&self) -> u16 {
+        self.config.partitions
+    }
+
+    fn events(&self) -> &EventHub {
+        &self.events
+    }
+
+    async fn enqueue(&self, tasks: Vec<NewTask>, now_ms: i64) -> Result<Vec<EnqueueAck>> {
+        let count = tasks.len();
+        let mut by_partition: std::collections::BTreeMap<u16, Vec<(usize, NewTask)>> = Default::default();
+        for (index, task) in tasks.into_iter().enumerate() {
+            by_partition.entry(task.id.partition()).or_default().push((index, task));
+        }
+        let mut acks: Vec<Option<EnqueueAck>> = vec![None; count];
+        for (partition, group) in by_partition {
+            let mut invocation = self.scripts.enqueue.prepare_invoke();
+            invocation.arg(self.partition_prefix(partition)).arg(now_ms).arg(&self.ready_channel);
+            for (_, task) in &group {
+                invocation
+                    .arg(task.id.to_string())
+                    .arg(QueueKey::new(&task.queue, &task.record.name).as_str())
+                    .arg(task.record.encode_to_vec())
+                    .arg(task.due_at_ms)
+                    .arg(task.expires_at_ms)
+                    .arg(task.result_ttl_ms)
+                    .arg(task.idempotency_key.as_deref().unwrap_or(""))
+                    .arg(task.idempotency_ttl_ms);
+            }
+            let reply = items(self.run(&invocation).await?);
+            for ((index, _), chunk) in group.iter().zip(reply.chunks(3)) {
+                let [id, duplicate, state] = chunk else { continue };
+                let id = ids_of(Value::Array(vec![id.clone()]))?.remove(0);
+                // A duplicate whose first task's result already expired reports 0.
+                let state = match int_of(state) {
+                    0 => TaskState::Succeeded,
+                    code => state_of(code)?,
+                };
+                acks[*index] = Some(EnqueueAck {
+                    id,
+                    state,
+                    duplicate: int_of(duplicate) == 1,
+                });
+            }
+        }
+        acks.into_iter()
+            .map(|ack| ack.ok_or_else(|| ConveyorError::Unavailable("short reply from enqueue script".into())))
+            .collect()
+    }
+
+    async fn get(&self, id: TaskId, _now_ms: i64) -> Result<Option<StoredTask>> {
+        let key = format!("{}t:{id}", self.partition_prefix(id.partition()));
+        let mut connection = self.connection.clone();
+        let fields: Vec<(String, Vec<u8>)> = tokio::time::timeout(
+            self.config.command_timeout,
+            redis::cmd("HGETALL").arg(&key).query_async(&mut connection),
+        )
+        .await
+        .map_err(|_| ConveyorError::Unavailable("redis call timed out".into()))?
+        .map_err(unavailable)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let task = parse_task(id, fields).inspect_err(|error| {
+            tracing::error!(key = %key, %error, "corrupt task record");
+        })?;
+        Ok(Some(task))
+    }
+
+    async fn lease(&self, request: LeaseRequest) -> Result<Vec<LeasedTask>> {
+        if request.queue_keys.is_empty() || request.max == 0 {
+            return Ok(Vec::new());
+        }
+        let partitions = self.config.partitions.max(1);
+        let start = self.rotor.fetch_add(1, Ordering::Relaxed);
+        let mut leased = Vec::new();
+        for offset in 0..partitions {
+            if leased.len() >= request.max {
+                break;
+            }
+            let partition = ((start + offset as usize) % partitions as usize) as u16;
+            let mut invocation = self.scripts.lease.prepare_invoke();
+            invocation
+                .arg(self.partition_prefix(partition))
+                .arg(request.now_ms)
+                .arg(request.lease_deadline_ms)
+                .arg(&request.session_id)
+                .arg(&request.worker_id)
+                .arg(request.max - leased.len())
+                .arg(&self.events_channel)
+                .arg(start % request.queue_keys.len());
+            for key in &request.queue_keys {
+                invocation.arg(key.as_str());
+            }
+            let reply = items(self.run(&invocation).await?);
+            for chunk in reply.chunks(5) {
+                let [id, attempt, failures, token, spec] = chunk else { continue };
+                let id = ids_of(Value::Array(vec![id.clone()]))?.remove(0);
+                let record = conveyor_api::store_pb::TaskRecord::decode(bytes_of(spec).as_slice()).map_err(|error| {
+                    ConveyorError::Corrupt {
+                        key: id.to_string(),
+                        reason: format!("task record: {error}"),
+                    }
+                })?;
+                leased.push(LeasedTask {
+                    id,
+                    record,
+                    attempt: int_of(attempt) as u32,
+                    failures: int_of(failures) as u32,
+                    lease_token: int_of(token) as u64,
+                });
+            }
+        }
+        Ok(leased)
+    }
+
+    async fn mark_started(&self, reports: Vec<StartReport>, now_ms: i64) -> Result<()> {
+        let mut by_partition: std::collections::BTreeMap<u16, Vec<StartReport>> = Default::default();
+        for report in reports {
+            by_partition.entry(report.id.partition()).or_default().push(report);
+        }
+        for (partition, group) in by_partition {
+            let mut invocation = self.scripts.mark_started.prepare_invoke();
+            invocation.arg(self.partition_prefix(partition)).arg(now_ms).arg(&self.events_channel);
+            for report in &group {
+                invocation.arg(report.id.to_string()).arg(&report.session_id).arg(report.lease_token);
+            }
+            self.run(&invocation).await?;
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&self, session_id: &str, deadline_ms: i64) -> Result<bool> {
+        let mut alive = false;
+        for partition in 0..self.config.partitions.max(1) {
+            let mut invocation = self.scripts.heartbeat.prepare_invoke();
+            invocation.arg(self.partition_prefix(partition)).arg(session_id).arg(deadline_ms);
+            alive |= int_of(&self.run(&invocation).await?) == 1;
+        }
+        Ok(alive)
+    }
+
+    async fn complete(&self, reports: Vec<OutcomeReport>, now_ms: i64) -> Result<Vec<OutcomeAck>> {
+        let count = reports.len();
+        let mut by_partition: std::collections::BTreeMap<u16, Vec<(usize, OutcomeReport)>> = Default::default();
+        for (index, report) in reports.into_iter().enumerate() {
+            by_partition.entry(report.id.partition()).or_default().push((index, report));
+        }
+        let mut acks = vec![OutcomeAck::NotFound; count];
+        for (partition, group) in by_partition {
+            let mut invocation = self.scripts.complete.prepare_invoke();
+            invocation.arg(self.partition_prefix(partition)).arg(now_ms).arg(&self.events_channel);
+            for (_, report) in &group {
+                let (kind, record, retry_at) = codec::encode_outcome(&report.outcome);
+                invocation
+                    .arg(report.id.to_string())
+                    .arg(&report.session_id)
+                    .arg(report.lease_token)
+                    .arg(kind)
+                    .arg(record)
+                    .arg(retry_at);
+            }
+            let reply = items(self.run(&invocation).await?);
+            for ((index, _), code) in group.iter().zip(reply.iter()) {
+                acks[*index] = match int_of(code) {
+                    -1 => OutcomeAck::NotFound,
+                    -2 => OutcomeAck::StaleLease,
+                    -3 => OutcomeAck::NotHeld,
+                    state => OutcomeAck::Recorded(state_of(state)?),
+                };
+            }
+        }
+        Ok(acks)
+    }
+
+    async fn release_session(&self, session_id: &str, now_ms: i64) -> Result<Vec<TaskId>> {
+        let mut requeued = Vec::new();
+        for partition in 0..self.config.partitions.max(1) {
+            requeued.extend(self.release_partition(partition, session_id, now_ms).await?);
+        }
+        Ok(requeued)
+    }
+
+    async fn reap_expired(&self, now_ms: i64, limit: usize) -> Result<Vec<TaskId>> {
+        let mut requeued = Vec::new();
+        for partition in 0..self.config.partitions.max(1) {
+            let mut invocation = self.scripts.reap.prepare_invoke();
+            invocation
+                .arg(self.partition_prefix(partition))
+                .arg(now_ms)
+                .arg(limit)
+                .arg(&self.events_channel)
+                .arg(&self.ready_channel);
+            requeued.extend(ids_of(self.run(&invocation).await?)?);
+        }
+        Ok(requeued)
+    }
+
+    async fn promote_due(&self, now_ms: i64, limit: usize) -> Result<Promotion> {
+        let mut promotion = Promotion::default();
+        for partition in 0..self.config.partitions.max(1) {
+            let mut invocation = self.scripts.promote.prepare_invoke();
+            invocation
+                .arg(self.partition_prefix(partition))
+                .arg(now_ms)
+                .arg(limit)
+                .arg(&self.events_channel)
+                .arg(&self.ready_channel);
+            let reply = items(self.run(&invocation).await?);
+            let [promoted, expired, next_due] = reply.as_slice() else {
+                return Err(ConveyorError::Unavailable("short reply from promote script".into()));
+            };
+            promotion.promoted += int_of(promoted) as usize;
+            promotion.expired += int_of(expired) as usize;
+            let next_due = int_of(next_due);
+            if next_due >= 0 {
+                promotion.next_due_ms = Some(promotion.next_due_ms.map_or(next_due, |due| due.min(next_due)));
+            }
+        }
+        Ok(promotion)
+    }
+
+    async fn cancel(&self, id: TaskId, now_ms: i64) -> Result<CancelAck> {
+        let mut invocation = self.scripts.cancel.prepare_invoke();
+        invocation
+            .arg(self.partition_prefix(id.partition()))
+            .arg(id.to_string())
+            .arg(now_ms)
+            .arg(&self.events_channel);
+        Ok(match int_of(&self.run(&invocation).await?) {
+            0 => CancelAck::Cancelled,
+            -1 => CancelAck::NotFound,
+            state => CancelAck::NotCancellable(state_of(state)?),
+        })
+    }
+
+    async fn scheduled_summary(&self) -> Result<ScheduledSummary> {
+        let mut summary = ScheduledSummary::default();
+        let mut connection = self.connection.clone();
+        for partition in 0..self.config.partitions.max(1) {
+            let key = format!("{}sched", self.partition_prefix(partition));
+            let (count, first): (u64, Vec<(String, f64)>) = redis::pipe()
+                .cmd("ZCARD")
+                .arg(&key)
+                .cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES")
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            summary.count += count;
+            if let Some((_, due)) = first.first() {
+                let due = *due as i64;
+                summary.next_due_ms = Some(summary.next_due_ms.map_or(due, |next| next.min(due)));
+            }
+        }
+        Ok(summary)
+    }
+}

@@ -1,0 +1,266 @@
+//! Lua scripts: each task transition is one script, so it is atomic. Every
+//! key a script touches starts with the partition prefix `P` (ARGV[1]), which
+//! carries the partition's hash tag: no script ever crosses slots.
+//!
+//! Task hash fields: st state, at attempt, fl failures, tk lease token,
+//! ss session, wk worker id, qk queue key, sp spec record, oc outcome record,
+//! ua updated ms, du due ms, fa finished ms, ex expires ms, ttl result ttl ms.
+
+/// Helpers shared by the scripts (prepended to each).
+const COMMON: &str = r#"
+local function finish(P, t, id, st, now, ev)
+  redis.call('HSET', t, 'st', st, 'ua', now, 'fa', now)
+  local ttl = tonumber(redis.call('HGET', t, 'ttl'))
+  if ttl and ttl > 0 then redis.call('PEXPIRE', t, ttl) end
+  redis.call('PUBLISH', ev, id)
+end
+
+local function release(P, sid, now, ev, rdy, out)
+  local sl = P .. 'sl:' .. sid
+  local pushed = {}
+  for _, id in ipairs(redis.call('SMEMBERS', sl)) do
+    local t = P .. 't:' .. id
+    local f = redis.call('HMGET', t, 'st', 'ss', 'qk')
+    if (f[1] == '3' or f[1] == '4') and f[2] == sid then
+      redis.call('HSET', t, 'st', 2, 'ua', now)
+      redis.call('LPUSH', P .. 'q:' .. f[3], id)
+      pushed[f[3]] = true
+      redis.call('PUBLISH', ev, id)
+      out[#out + 1] = id
+    end
+  end
+  redis.call('DEL', sl)
+  redis.call('ZREM', P .. 'sess', sid)
+  for qk, _ in pairs(pushed) do redis.call('PUBLISH', rdy, qk) end
+end
+"#;
+
+/// ARGV: P, now, rdy, then per task: id, qk, spec, due, expires, ttl,
+/// idempotency key, idempotency ttl. Returns per task: id, duplicate, state.
+const ENQUEUE: &str = r#"
+local P, now, rdy = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local out, pushed = {}, {}
+for b = 4, #ARGV, 8 do
+  local id, qk, due, ik = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 3]), ARGV[b + 6]
+  local existing = false
+  if ik ~= '' then
+    existing = redis.call('GET', P .. 'idem:' .. ik)
+    if not existing then redis.call('SET', P .. 'idem:' .. ik, id, 'PX', ARGV[b + 7]) end
+  end
+  if existing then
+    local st = redis.call('HGET', P .. 't:' .. existing, 'st')
+    out[#out + 1] = existing; out[#out + 1] = 1; out[#out + 1] = tonumber(st or '0')
+  else
+    local st = 2
+    if due > now then st = 1 end
+    redis.call('HSET', P .. 't:' .. id, 'st', st, 'at', 0, 'fl', 0, 'tk', 0, 'qk', qk,
+      'sp', ARGV[b + 2], 'ua', now, 'du', due, 'ex', ARGV[b + 4], 'ttl', ARGV[b + 5])
+    if st == 1 then
+      redis.call('ZADD', P .. 'sched', due, id)
+    else
+      redis.call('RPUSH', P .. 'q:' .. qk, id)
+      pushed[qk] = true
+    end
+    out[#out + 1] = id; out[#out + 1] = 0; out[#out + 1] = st
+  end
+end
+for qk, _ in pairs(pushed) do redis.call('PUBLISH', rdy, qk) end
+return out
+"#;
+
+/// ARGV: P, now, deadline, session, worker, max, ev, start, queue keys...
+/// Returns per leased task: id, attempt, failures, token, spec.
+const LEASE: &str = r#"
+local P, now, deadline, sid, wk = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local max, ev, start = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+local nq = #ARGV - 8
+local out = {}
+local got, empty, i = 0, 0, 0
+while got < max and empty < nq do
+  local qk = ARGV[9 + ((start + i) % nq)]
+  i = i + 1
+  local id = redis.call('LPOP', P .. 'q:' .. qk)
+  if id then
+    empty = 0
+    local t = P .. 't:' .. id
+    local f = redis.call('HMGET', t, 'st', 'at', 'fl', 'tk', 'ex', 'sp')
+    if f[1] == '2' then
+      local ex = tonumber(f[5])
+      if ex > 0 and ex <= now then
+        finish(P, t, id, 8, now, ev)
+      else
+        local at, tk = tonumber(f[2]) + 1, tonumber(f[4]) + 1
+        redis.call('HSET', t, 'st', 3, 'at', at, 'tk', tk, 'ss', sid, 'wk', wk, 'ua', now)
+        redis.call('SADD', P .. 'sl:' .. sid, id)
+        redis.call('PUBLISH', ev, id)
+        out[#out + 1] = id; out[#out + 1] = at; out[#out + 1] = tonumber(f[3]); out[#out + 1] = tk
+        out[#out + 1] = f[6]
+        got = got + 1
+      end
+    end
+  else
+    empty = empty + 1
+  end
+end
+if got > 0 then redis.call('ZADD', P .. 'sess', deadline, sid) end
+return out
+"#;
+
+/// ARGV: P, now, ev, then per report: id, session, token.
+const MARK_STARTED: &str = r#"
+local P, now, ev = ARGV[1], ARGV[2], ARGV[3]
+for b = 4, #ARGV, 3 do
+  local id = ARGV[b]
+  local t = P .. 't:' .. id
+  local f = redis.call('HMGET', t, 'st', 'ss', 'tk')
+  if f[1] == '3' and f[2] == ARGV[b + 1] and tonumber(f[3]) == tonumber(ARGV[b + 2]) then
+    redis.call('HSET', t, 'st', 4, 'ua', now)
+    redis.call('PUBLISH', ev, id)
+  end
+end
+return 0
+"#;
+
+/// ARGV: P, session, deadline. 1 when the session's leases were extended.
+const HEARTBEAT: &str = r#"
+local key = ARGV[1] .. 'sess'
+if redis.call('ZSCORE', key, ARGV[2]) then
+  redis.call('ZADD', key, ARGV[3], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// ARGV: P, now, ev, then per report: id, session, token, kind (s, f, r),
+/// outcome record, retry due. Returns per report: the new state, or -1 not
+/// found, -2 stale token, -3 not held.
+const COMPLETE: &str = r#"
+local P, now, ev = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+for b = 4, #ARGV, 6 do
+  local id, sid, kind = ARGV[b], ARGV[b + 1], ARGV[b + 3]
+  local t = P .. 't:' .. id
+  local f = redis.call('HMGET', t, 'st', 'ss', 'tk', 'fl')
+  if not f[1] then
+    out[#out + 1] = -1
+  elseif tonumber(f[3]) ~= tonumber(ARGV[b + 2]) then
+    out[#out + 1] = -2
+  elseif f[2] ~= sid or (f[1] ~= '3' and f[1] ~= '4') then
+    out[#out + 1] = -3
+  else
+    redis.call('SREM', P .. 'sl:' .. sid, id)
+    redis.call('HSET', t, 'oc', ARGV[b + 4])
+    if kind == 's' then
+      finish(P, t, id, 5, now, ev)
+      out[#out + 1] = 5
+    else
+      redis.call('HSET', t, 'fl', tonumber(f[4]) + 1)
+      if kind == 'r' then
+        redis.call('HSET', t, 'st', 1, 'du', ARGV[b + 5], 'ua', now)
+        redis.call('ZADD', P .. 'sched', ARGV[b + 5], id)
+        redis.call('PUBLISH', ev, id)
+        out[#out + 1] = 1
+      else
+        finish(P, t, id, 6, now, ev)
+        out[#out + 1] = 6
+      end
+    end
+  end
+end
+return out
+"#;
+
+/// ARGV: P, session, now, ev, rdy. Returns the requeued ids.
+const RELEASE: &str = r#"
+local out = {}
+release(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], out)
+return out
+"#;
+
+/// ARGV: P, now, limit, ev, rdy. Returns the requeued ids.
+const REAP: &str = r#"
+local P, now = ARGV[1], ARGV[2]
+local out = {}
+for _, sid in ipairs(redis.call('ZRANGEBYSCORE', P .. 'sess', '-inf', now, 'LIMIT', 0, ARGV[3])) do
+  release(P, sid, now, ARGV[4], ARGV[5], out)
+end
+return out
+"#;
+
+/// ARGV: P, now, limit, ev, rdy. Returns promoted, expired, next due (-1: none).
+const PROMOTE: &str = r#"
+local P, now, ev, rdy = ARGV[1], tonumber(ARGV[2]), ARGV[4], ARGV[5]
+local promoted, expired, pushed = 0, 0, {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'sched', '-inf', now, 'LIMIT', 0, ARGV[3])) do
+  redis.call('ZREM', P .. 'sched', id)
+  local t = P .. 't:' .. id
+  local f = redis.call('HMGET', t, 'st', 'qk', 'ex')
+  if f[1] == '1' then
+    local ex = tonumber(f[3])
+    if ex > 0 and ex <= now then
+      finish(P, t, id, 8, now, ev)
+      expired = expired + 1
+    else
+      redis.call('HSET', t, 'st', 2, 'ua', now)
+      redis.call('RPUSH', P .. 'q:' .. f[2], id)
+      pushed[f[2]] = true
+      redis.call('PUBLISH', ev, id)
+      promoted = promoted + 1
+    end
+  end
+end
+for qk, _ in pairs(pushed) do redis.call('PUBLISH', rdy, qk) end
+local first = redis.call('ZRANGE', P .. 'sched', 0, 0, 'WITHSCORES')
+local next_due = -1
+if first[2] then next_due = tonumber(first[2]) end
+return {promoted, expired, next_due}
+"#;
+
+/// ARGV: P, id, now, ev. Returns 0 when cancelled, -1 not found, or the
+/// (uncancellable) state.
+const CANCEL: &str = r#"
+local P, id, now, ev = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local t = P .. 't:' .. id
+local f = redis.call('HMGET', t, 'st', 'qk')
+if not f[1] then return -1 end
+if f[1] == '2' then
+  redis.call('LREM', P .. 'q:' .. f[2], 1, id)
+elseif f[1] == '1' then
+  redis.call('ZREM', P .. 'sched', id)
+else
+  return tonumber(f[1])
+end
+finish(P, t, id, 7, now, ev)
+return 0
+"#;
+
+/// The compiled scripts (SHA computed once; EVALSHA with EVAL fallback).
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    pub enqueue: redis::Script,
+    pub lease: redis::Script,
+    pub mark_started: redis::Script,
+    pub heartbeat: redis::Script,
+    pub complete: redis::Script,
+    pub release: redis::Script,
+    pub reap: redis::Script,
+    pub promote: redis::Script,
+    pub cancel: redis::Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        let with_common = |body: &str| redis::Script::new(&format!("{COMMON}\n{body}"));
+        Self {
+            enqueue: redis::Script::new(ENQUEUE),
+            lease: with_common(LEASE),
+            mark_started: redis::Script::new(MARK_STARTED),
+            heartbeat: redis::Script::new(HEARTBEAT),
+            complete: with_common(COMPLETE),
+            release: with_common(RELEASE),
+            reap: with_common(REAP),
+            promote: with_common(PROMOTE),
+            cancel: with_common(CANCEL),
+        }
+    }
+}

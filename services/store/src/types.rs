@@ -1,0 +1,151 @@
+//! Requests and answers of the `Store` operations.
+
+use conveyor_api::{pb, store_pb};
+use conveyor_core::{TaskId, TaskState};
+
+/// A queue and a task name: workers lease per (queue, name), so a worker is
+/// never handed a task it did not register.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueKey(String);
+
+impl QueueKey {
+    /// The key of `name` tasks in `queue` (queue names contain no ':').
+    pub fn new(queue: &str, name: &str) -> Self {
+        Self(format!("{queue}:{name}"))
+    }
+
+    /// From the encoded form.
+    pub fn from_encoded(encoded: String) -> Self {
+        Self(encoded)
+    }
+
+    /// The encoded form, `queue:name`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What `enqueue` did with one task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnqueueAck {
+    /// The new task's id, or the earlier task's for a known idempotency key.
+    pub id: TaskId,
+    /// Its state now.
+    pub state: TaskState,
+    /// Whether an earlier task was returned.
+    pub duplicate: bool,
+}
+
+/// A lease request from one worker session.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    /// Session asking.
+    pub session_id: String,
+    /// Worker id of the session, recorded for display.
+    pub worker_id: String,
+    /// Queue keys the worker can serve.
+    pub queue_keys: Vec<QueueKey>,
+    /// Most tasks to lease.
+    pub max: usize,
+    /// Lease deadline if no heartbeat arrives, Unix ms.
+    pub lease_deadline_ms: i64,
+    /// Now, Unix ms.
+    pub now_ms: i64,
+}
+
+/// A task leased to a session.
+#[derive(Debug, Clone)]
+pub struct LeasedTask {
+    /// Task id.
+    pub id: TaskId,
+    /// Submission record.
+    pub record: store_pb::TaskRecord,
+    /// Attempt number, 1 for the first.
+    pub attempt: u32,
+    /// Failed attempts before this one.
+    pub failures: u32,
+    /// Fencing token of this lease.
+    pub lease_token: u64,
+}
+
+/// A worker reports that a handler started.
+#[derive(Debug, Clone)]
+pub struct StartReport {
+    /// Task id.
+    pub id: TaskId,
+    /// Session reporting.
+    pub session_id: String,
+    /// Token of the lease.
+    pub lease_token: u64,
+}
+
+/// The outcome of one attempt as reported by the session that ran it.
+#[derive(Debug, Clone)]
+pub struct OutcomeReport {
+    /// Task id.
+    pub id: TaskId,
+    /// Session reporting.
+    pub session_id: String,
+    /// Token of the lease.
+    pub lease_token: u64,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// What happened in an attempt.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The handler returned a value.
+    Succeeded(pb::Payload),
+    /// The handler failed; `retry_at_ms` set when the policy allows a retry.
+    Failed {
+        /// The error.
+        error: pb::TaskError,
+        /// When to retry, if at all.
+        retry_at_ms: Option<i64>,
+    },
+}
+
+/// Whether an outcome was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeAck {
+    /// Recorded; the task's new state.
+    Recorded(TaskState),
+    /// No such task.
+    NotFound,
+    /// The token is not the current lease's.
+    StaleLease,
+    /// The session does not hold the task (anymore).
+    NotHeld,
+}
+
+/// What `cancel` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelAck {
+    /// Cancelled now.
+    Cancelled,
+    /// Not cancellable in this state (running or finished).
+    NotCancellable(TaskState),
+    /// No such task.
+    NotFound,
+}
+
+/// What `promote_due` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Promotion {
+    /// Tasks moved to their queues.
+    pub promoted: usize,
+    /// Tasks that had expired and became EXPIRED.
+    pub expired: usize,
+    /// When the next SCHEDULED task is due.
+    pub next_due_ms: Option<i64>,
+}
+
+/// SCHEDULED tasks at a glance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScheduledSummary {
+    /// How many.
+    pub count: u64,
+    /// The earliest due time.
+    pub next_due_ms: Option<i64>,
+}
