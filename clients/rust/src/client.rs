@@ -1,0 +1,241 @@
+//! `Client`, the producer's side: submit tasks, then read, await, watch or
+//! cancel them through the submission and results services.
+
+use std::time::{Duration, Instant};
+
+use conveyor_api::pb;
+use conveyor_api::pb::results_service_client::ResultsServiceClient;
+use conveyor_api::pb::submission_service_client::SubmissionServiceClient;
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result, task_state};
+use crate::payload::{duration_to_proto, from_optional_payload};
+use crate::task::TaskRequest;
+
+/// Most tasks one `SubmitTasks` call may carry (the service's limit).
+pub const MAX_TASKS_PER_BATCH: usize = 1000;
+
+/// How much longer than the requested wait the gRPC deadline is, so that the
+/// server's own timeout answers first and the network has time to carry it.
+const WAIT_DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
+/// A `WaitTask` that ended with `DEADLINE_EXCEEDED` sooner than this after it
+/// started is not retried, even when time remains: the server refused rather
+/// than waited, and asking again would spin.
+const MIN_USEFUL_WAIT: Duration = Duration::from_secs(1);
+
+/// A producer's handle on Conveyor. Cheap to clone: clones share the
+/// underlying HTTP/2 connections.
+#[derive(Debug, Clone)]
+pub struct Client {
+    submission: SubmissionServiceClient<Channel>,
+    results: ResultsServiceClient<Channel>,
+}
+
+impl Client {
+    /// Connects to an endpoint serving both the submission and the results
+    /// services, such as `"http://127.0.0.1:50051"` (`conveyor dev`).
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Client> {
+        let channel = connect_channel(endpoint.into()).await?;
+        Ok(Client::from_channel(channel))
+    }
+
+    /// Uses an existing channel for both services.
+    pub fn from_channel(channel: Channel) -> Client {
+        Client::from_channels(channel.clone(), channel)
+    }
+
+    /// Uses one channel per service, for deployments where submission and
+    /// results run as separate processes.
+    pub fn from_channels(submission: Channel, results: Channel) -> Client {
+        Client {
+            submission: SubmissionServiceClient::new(submission),
+            results: ResultsServiceClient::new(results),
+        }
+    }
+
+    /// The generated submission client, for calls this type does not wrap.
+    pub fn submission_client(&self) -> SubmissionServiceClient<Channel> {
+        self.submission.clone()
+    }
+
+    /// The generated results client, for calls this type does not wrap.
+    pub fn results_client(&self) -> ResultsServiceClient<Channel> {
+        self.results.clone()
+    }
+
+    /// Submits one task and returns its id (or, for a repeated idempotency
+    /// key, the id of the task first submitted with it).
+    pub async fn submit(&self, task: TaskRequest) -> Result<String> {
+        let request = pb::SubmitTaskRequest {
+            task: Some(task.into_spec()?),
+        };
+        let response = self.submission.clone().submit_task(request).await?;
+        Ok(response.into_inner().task_id)
+    }
+
+    /// Submits many tasks and returns their ids in order.
+    ///
+    /// Every task is encoded before anything is sent. Tasks travel in one
+    /// `SubmitTasks` call per [`MAX_TASKS_PER_BATCH`]; each call is
+    /// all-or-nothing, but when a later call fails the earlier ones stay
+    /// accepted.
+    pub async fn submit_many(&self, tasks: Vec<TaskRequest>) -> Result<Vec<String>> {
+        let specs = tasks
+            .into_iter()
+            .map(TaskRequest::into_spec)
+            .collect::<Result<Vec<_>>>()?;
+        let mut ids = Vec::with_capacity(specs.len());
+        let mut submission = self.submission.clone();
+        let mut remaining = specs.into_iter().peekable();
+        while remaining.peek().is_some() {
+            let batch: Vec<pb::TaskSpec> = remaining.by_ref().take(MAX_TASKS_PER_BATCH).collect();
+            let sent = batch.len();
+            let request = pb::SubmitTasksRequest { tasks: batch };
+            let results = submission.submit_tasks(request).await?.into_inner().results;
+            if results.len() != sent {
+                return Err(Error::Protocol(format!(
+                    "submitted {sent} tasks, got {} results",
+                    results.len()
+                )));
+            }
+            ids.extend(results.into_iter().map(|result| result.task_id));
+        }
+        Ok(ids)
+    }
+
+    /// The task's current state and, once finished, its outcome.
+    pub async fn get(&self, id: &str) -> Result<pb::Task> {
+        let request = pb::GetTaskRequest {
+            task_id: id.to_owned(),
+        };
+        let response = self.results.clone().get_task(request).await?;
+        response
+            .into_inner()
+            .task
+            .ok_or_else(|| missing_task("GetTask"))
+    }
+
+    /// Waits up to `timeout` for the task to reach a terminal state and
+    /// returns it, whatever that state is.
+    ///
+    /// When the timeout passes first the error is an [`Error::Rpc`] with code
+    /// `DEADLINE_EXCEEDED` (see [`Error::is_timeout`]). Waits longer than the
+    /// server's maximum are carried out as several calls.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<pb::Task> {
+        let deadline = Instant::now() + timeout;
+        let mut results = self.results.clone();
+        loop {
+            let started = Instant::now();
+            let remaining = deadline.saturating_duration_since(started);
+            let mut request = tonic::Request::new(pb::WaitTaskRequest {
+                task_id: id.to_owned(),
+                timeout: Some(duration_to_proto(remaining)),
+            });
+            // `grpc-timeout` is enforced by the server; the local timeout
+            // guards against a server that never answers at all.
+            let deadline_for_call = remaining.saturating_add(WAIT_DEADLINE_MARGIN);
+            request.set_timeout(deadline_for_call);
+            let call = results.wait_task(request);
+            let answer = tokio::time::timeout(deadline_for_call + WAIT_DEADLINE_MARGIN, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::deadline_exceeded("WaitTask got no answer"))
+                });
+            match answer {
+                Ok(response) => {
+                    return response
+                        .into_inner()
+                        .task
+                        .ok_or_else(|| missing_task("WaitTask"));
+                }
+                Err(status) if should_wait_again(&status, started, deadline) => continue,
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
+    /// Waits for the task and decodes its JSON result into `T`.
+    ///
+    /// A `FAILED` task gives [`Error::TaskFailed`] with the handler's error;
+    /// `CANCELLED` and `EXPIRED` give [`Error::TaskNotSucceeded`]. A task that
+    /// returned nothing decodes as JSON `null` (so `T` may be `()` or
+    /// `Option<_>`).
+    pub async fn result<T: DeserializeOwned>(&self, id: &str, timeout: Duration) -> Result<T> {
+        let task = self.wait(id, timeout).await?;
+        if task_state(&task) != pb::TaskState::Succeeded {
+            return Err(Error::from_unsuccessful_task(&task));
+        }
+        from_optional_payload(task.result.as_ref()).map_err(|reason| Error::Decode {
+            what: format!("result of task {id}"),
+            reason,
+        })
+    }
+
+    /// Cancels a task that has not started yet. Returns true when this call
+    /// cancelled it, false when it was already running or finished.
+    pub async fn cancel(&self, id: &str) -> Result<bool> {
+        let request = pb::CancelTaskRequest {
+            task_id: id.to_owned(),
+        };
+        let response = self.submission.clone().cancel_task(request).await?;
+        Ok(response.into_inner().cancelled)
+    }
+
+    /// Streams the task's current state, then every change; the stream ends
+    /// after a terminal state.
+    pub async fn watch(
+        &self,
+        id: &str,
+    ) -> Result<impl Stream<Item = Result<pb::Task>> + Send + Unpin + 'static> {
+        let request = pb::WatchTaskRequest {
+            task_id: id.to_owned(),
+        };
+        let updates = self.results.clone().watch_task(request).await?.into_inner();
+        Ok(updates.map(|update| update?.task.ok_or_else(|| missing_task("WatchTask"))))
+    }
+}
+
+/// Parses `endpoint` and connects, failing fast when nothing listens there.
+pub(crate) async fn connect_channel(endpoint: String) -> Result<Channel> {
+    Ok(Endpoint::from_shared(endpoint)?.connect().await?)
+}
+
+fn missing_task(rpc: &str) -> Error {
+    Error::Protocol(format!("{rpc} response carries no task"))
+}
+
+/// True when a `WaitTask` timed out at the server's cap rather than ours:
+/// time remains and the call really waited.
+fn should_wait_again(status: &tonic::Status, started: Instant, deadline: Instant) -> bool {
+    let now = Instant::now();
+    status.code() == tonic::Code::DeadlineExceeded
+        && now.duration_since(started) >= MIN_USEFUL_WAIT
+        && deadline.saturating_duration_since(now) >= MIN_USEFUL_WAIT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_again_only_after_a_real_wait_with_time_left() {
+        let status = tonic::Status::deadline_exceeded("capped");
+        let now = Instant::now();
+        let long_ago = now - Duration::from_secs(300);
+        let far = now + Duration::from_secs(600);
+        assert!(should_wait_again(&status, long_ago, far));
+        assert!(!should_wait_again(&status, now, far), "refused at once");
+        assert!(!should_wait_again(&status, long_ago, now), "no time left");
+        let other = tonic::Status::unavailable("down");
+        assert!(!should_wait_again(&other, long_ago, far));
+    }
+
+    #[tokio::test]
+    async fn connect_rejects_a_malformed_endpoint() {
+        let error = Client::connect("not a uri").await.expect_err("invalid");
+        assert!(matches!(error, Error::Transport(_)), "{error:?}");
+    }
+}
