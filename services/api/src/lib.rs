@@ -15,10 +15,10 @@ mod generated {
     }
 }
 
-/// The public contracts, package `conveyor.v1`.
-pub use generated::conveyor::v1 as pb;
 /// Records at rest, package `conveyor.store.v1`.
 pub use generated::conveyor::store::v1 as store_pb;
+/// The public contracts, package `conveyor.v1`.
+pub use generated::conveyor::v1 as pb;
 
 /// Encoded `FileDescriptorSet` of every Conveyor proto, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("conveyor_descriptor");

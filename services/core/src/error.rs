@@ -90,8 +90,10 @@ impl From<ConveyorError> for Status {
         let message = error.to_string();
         match error {
             ConveyorError::InvalidArgument(violation) => {
-                let details =
-                    ErrorDetails::with_bad_request_violation(violation.field, violation.description);
+                let details = ErrorDetails::with_bad_request_violation(
+                    violation.field,
+                    violation.description,
+                );
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
             ConveyorError::ResourceExhausted { field, description } => {
@@ -127,8 +129,14 @@ mod tests {
         let cases: Vec<(ConveyorError, Code)> = vec![
             (ConveyorError::exhausted("a", "b"), Code::ResourceExhausted),
             (ConveyorError::task_not_found("x"), Code::NotFound),
-            (ConveyorError::FailedPrecondition("x".into()), Code::FailedPrecondition),
-            (ConveyorError::DeadlineExceeded("x".into()), Code::DeadlineExceeded),
+            (
+                ConveyorError::FailedPrecondition("x".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                ConveyorError::DeadlineExceeded("x".into()),
+                Code::DeadlineExceeded,
+            ),
             (ConveyorError::Unavailable("x".into()), Code::Unavailable),
             (
                 ConveyorError::Corrupt {

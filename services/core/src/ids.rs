@@ -69,3 +69,12 @@ mod tests {
         assert!(TaskId::parse("", "task_id").is_err());
     }
 }
+
+/// The partition for an idempotency key (FNV-1a), so that a retried submit
+/// lands where its first attempt did; stable across processes and versions.
+pub fn partition_for_key(key: &str, partitions: u16) -> u16 {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % u64::from(partitions.max(1))) as u16
+}

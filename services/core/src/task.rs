@@ -40,7 +40,11 @@ pub struct StoredTask {
 impl StoredTask {
     /// The public view of the task.
     pub fn to_pb(&self) -> pb::Task {
-        let (result, error) = match self.outcome.as_ref().and_then(|outcome| outcome.outcome.clone()) {
+        let (result, error) = match self
+            .outcome
+            .as_ref()
+            .and_then(|outcome| outcome.outcome.clone())
+        {
             Some(store_pb::outcome_record::Outcome::Result(payload)) => (Some(payload), None),
             Some(store_pb::outcome_record::Outcome::Error(error)) => (None, Some(error)),
             None => (None, None),

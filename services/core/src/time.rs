@@ -47,7 +47,10 @@ mod tests {
     fn conversions_round_trip() {
         let ms = 1_700_000_000_123;
         assert_eq!(ms_from_timestamp(&timestamp_from_ms(ms)), ms);
-        assert_eq!(duration_ms(&pb_duration(Duration::from_millis(1500))), Some(1500));
+        assert_eq!(
+            duration_ms(&pb_duration(Duration::from_millis(1500))),
+            Some(1500)
+        );
         let negative = prost_types::Duration {
             seconds: -1,
             nanos: 0,

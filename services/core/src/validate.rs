@@ -52,11 +52,16 @@ pub fn check_name(field: &str, value: &str, max_len: usize, extra: &[char]) -> R
             format!("must be at most {max_len} bytes, got {}", value.len()),
         ));
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' || extra.contains(&c);
+    let allowed = |c: char| {
+        c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' || extra.contains(&c)
+    };
     if let Some(bad) = value.chars().find(|c| !allowed(*c)) {
         return Err(ConveyorError::invalid(
             field,
-            format!("contains {bad:?}; allowed are letters, digits and _-.{}", extra.iter().collect::<String>()),
+            format!(
+                "contains {bad:?}; allowed are letters, digits and _-.{}",
+                extra.iter().collect::<String>()
+            ),
         ));
     }
     Ok(())
@@ -95,7 +100,12 @@ pub fn validate_spec(
     now_ms: i64,
     partition: u16,
 ) -> Result<NewTask> {
-    check_name(&format!("{prefix}.name"), &spec.name, limits.max_name_len, &[':', '/'])?;
+    check_name(
+        &format!("{prefix}.name"),
+        &spec.name,
+        limits.max_name_len,
+        &[':', '/'],
+    )?;
     let mut total_bytes = 0usize;
     for (index, payload) in spec.args.iter().enumerate() {
         check_payload(&format!("{prefix}.args[{index}]"), payload, limits)?;
@@ -103,7 +113,10 @@ pub fn validate_spec(
     }
     for (key, payload) in &spec.kwargs {
         if key.is_empty() {
-            return Err(ConveyorError::invalid(format!("{prefix}.kwargs"), "keys must not be empty"));
+            return Err(ConveyorError::invalid(
+                format!("{prefix}.kwargs"),
+                "keys must not be empty",
+            ));
         }
         check_payload(&format!("{prefix}.kwargs[{key}]"), payload, limits)?;
         total_bytes += payload.data.len();
@@ -111,7 +124,10 @@ pub fn validate_spec(
     if total_bytes > limits.max_task_bytes {
         return Err(ConveyorError::exhausted(
             format!("{prefix}.args"),
-            format!("payloads total {total_bytes} bytes, the limit is {}", limits.max_task_bytes),
+            format!(
+                "payloads total {total_bytes} bytes, the limit is {}",
+                limits.max_task_bytes
+            ),
         ));
     }
     if spec.idempotency_key.len() > limits.max_name_len {
@@ -168,7 +184,12 @@ fn check_options(
     if options.queue.is_empty() {
         options.queue = DEFAULT_QUEUE.to_string();
     }
-    check_name(&format!("{prefix}.queue"), &options.queue, limits.max_queue_len, &[])?;
+    check_name(
+        &format!("{prefix}.queue"),
+        &options.queue,
+        limits.max_queue_len,
+        &[],
+    )?;
     if options.priority > limits.max_priority {
         return Err(ConveyorError::invalid(
             format!("{prefix}.priority"),
@@ -202,15 +223,26 @@ fn check_options(
                 format!("must be at most {}", limits.max_retries),
             ));
         }
-        if retry.backoff_factor != 0.0 && !(retry.backoff_factor >= 1.0 && retry.backoff_factor.is_finite()) {
-            return Err(ConveyorError::invalid(format!("{field}.backoff_factor"), "must be at least 1.0"));
+        if retry.backoff_factor != 0.0
+            && !(retry.backoff_factor >= 1.0 && retry.backoff_factor.is_finite())
+        {
+            return Err(ConveyorError::invalid(
+                format!("{field}.backoff_factor"),
+                "must be at least 1.0",
+            ));
         }
         non_negative(format!("{field}.backoff_base"), retry.backoff_base.as_ref())?;
         non_negative(format!("{field}.backoff_max"), retry.backoff_max.as_ref())?;
         Backoff::from_pb(Some(retry));
     }
-    non_negative(format!("{prefix}.soft_time_limit"), options.soft_time_limit.as_ref())?;
-    non_negative(format!("{prefix}.hard_time_limit"), options.hard_time_limit.as_ref())?;
+    non_negative(
+        format!("{prefix}.soft_time_limit"),
+        options.soft_time_limit.as_ref(),
+    )?;
+    non_negative(
+        format!("{prefix}.hard_time_limit"),
+        options.hard_time_limit.as_ref(),
+    )?;
     if options.concurrency_limit > 0 && options.concurrency_key.is_empty() {
         return Err(ConveyorError::invalid(
             format!("{prefix}.concurrency_key"),
@@ -293,7 +325,10 @@ mod tests {
         assert!(matches!(error, ConveyorError::ResourceExhausted { .. }));
         let mut broken = spec("add");
         broken.args[0] = json("{not json");
-        assert_eq!(field_of(validate_spec(broken, "task", &limits, 0, 0).unwrap_err()), "task.args[0].data");
+        assert_eq!(
+            field_of(validate_spec(broken, "task", &limits, 0, 0).unwrap_err()),
+            "task.args[0].data"
+        );
         let mut binary = spec("add");
         binary.args[0] = pb::Payload {
             data: vec![0xff, 0x00],
@@ -307,14 +342,26 @@ mod tests {
         let limits = Limits::default();
         let mut both = spec("add");
         both.options = Some(pb::TaskOptions {
-            countdown: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
-            eta: Some(prost_types::Timestamp { seconds: 10, nanos: 0 }),
+            countdown: Some(prost_types::Duration {
+                seconds: 5,
+                nanos: 0,
+            }),
+            eta: Some(prost_types::Timestamp {
+                seconds: 10,
+                nanos: 0,
+            }),
             ..Default::default()
         });
-        assert_eq!(field_of(validate_spec(both, "task", &limits, 0, 0).unwrap_err()), "task.options.eta");
+        assert_eq!(
+            field_of(validate_spec(both, "task", &limits, 0, 0).unwrap_err()),
+            "task.options.eta"
+        );
         let mut negative = spec("add");
         negative.options = Some(pb::TaskOptions {
-            countdown: Some(prost_types::Duration { seconds: -5, nanos: 0 }),
+            countdown: Some(prost_types::Duration {
+                seconds: -5,
+                nanos: 0,
+            }),
             ..Default::default()
         });
         assert_eq!(
@@ -323,8 +370,14 @@ mod tests {
         );
         let mut early_expiry = spec("add");
         early_expiry.options = Some(pb::TaskOptions {
-            countdown: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
-            expires: Some(prost_types::Timestamp { seconds: 30, nanos: 0 }),
+            countdown: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            expires: Some(prost_types::Timestamp {
+                seconds: 30,
+                nanos: 0,
+            }),
             ..Default::default()
         });
         assert_eq!(
@@ -349,7 +402,10 @@ mod tests {
     fn countdown_delays_the_task() {
         let mut delayed = spec("add");
         delayed.options = Some(pb::TaskOptions {
-            countdown: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
+            countdown: Some(prost_types::Duration {
+                seconds: 2,
+                nanos: 0,
+            }),
             ..Default::default()
         });
         let task = validate_spec(delayed, "task", &Limits::default(), 1000, 0).unwrap();

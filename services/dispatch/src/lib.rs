@@ -1,1 +1,123 @@
-//! placeholder
+//! The dispatch role: one bidirectional stream per worker process. Workers
+//! lease tasks under credit-based flow control, heartbeat, and report
+//! outcomes fenced by lease token (see `dispatch_service.proto`).
+
+mod assignment;
+mod registry;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use conveyor_api::pb::{self, dispatch_service_server as server};
+use conveyor_core::Limits;
+use conveyor_store::Store;
+
+pub use registry::Registry;
+
+/// Fully qualified service name, for health.
+pub const SERVICE_NAME: &str = "conveyor.v1.DispatchService";
+
+/// Session parameters.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// How often workers must heartbeat.
+    pub heartbeat_interval: Duration,
+    /// How long leases outlive the last renewal (a crashed dispatcher's
+    /// sessions are reaped after this).
+    pub lease_ttl: Duration,
+    /// A worker silent this many heartbeat intervals loses its leases.
+    pub missed_heartbeats: f64,
+    /// Most credits outstanding per session.
+    pub max_credits: u32,
+    /// Most tasks leased per store call.
+    pub lease_batch: usize,
+    /// Time a draining worker gets to finish before its stream is closed.
+    pub drain_grace: Duration,
+    /// Time allowed between stream open and Hello.
+    pub hello_timeout: Duration,
+    /// Payload limits (results are held to the same bound as arguments).
+    pub limits: Limits,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(5),
+            missed_heartbeats: 2.5,
+            max_credits: 1024,
+            lease_batch: 256,
+            drain_grace: Duration::from_secs(30),
+            hello_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The DispatchService implementation.
+#[derive(Clone)]
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    config: Arc<DispatchConfig>,
+    registry: Registry,
+    shutdown: CancellationToken,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `store`; sessions drain when `shutdown` fires.
+    pub fn new(store: Arc<dyn Store>, config: DispatchConfig, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            config: Arc::new(config),
+            registry: Registry::default(),
+            shutdown,
+        }
+    }
+
+    /// The sessions connected to this replica.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The tonic service.
+    pub fn into_server(self) -> server::DispatchServiceServer<Self> {
+        server::DispatchServiceServer::new(self).max_decoding_message_size(64 * 1024 * 1024)
+    }
+}
+
+#[tonic::async_trait]
+impl server::DispatchService for Dispatcher {
+    type ConnectStream = ReceiverStream<Result<pb::ConnectResponse, Status>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::ConnectRequest>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let inbound = request.into_inner();
+        let (outbound, receiver) = mpsc::channel(64);
+        let context = session::SessionContext {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            registry: self.registry.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        // The spawned session is what notices a disconnect and releases leases.
+        tokio::spawn(session::run(context, inbound, outbound));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        Ok(Response::new(pb::ListWorkersResponse {
+            workers: self.registry.snapshot(),
+        }))
+    }
+}

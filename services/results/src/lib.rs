@@ -1,1 +1,162 @@
-//! placeholder
+//! The results role: task states and outcomes, and waiting for them. Waits
+//! are woken by store notifications, never by polling.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use conveyor_api::pb::{self, results_service_server as server};
+use conveyor_core::time::{duration_ms, now_ms};
+use conveyor_core::{ConveyorError, TaskId};
+use conveyor_store::{Store, wait_terminal};
+
+/// Fully qualified service name, for health.
+pub const SERVICE_NAME: &str = "conveyor.v1.ResultsService";
+
+/// The ResultsService implementation.
+pub struct Results {
+    store: Arc<dyn Store>,
+    /// Longest a single WaitTask may wait.
+    max_wait: Duration,
+}
+
+impl Results {
+    /// A results role over `store`; WaitTask waits at most `max_wait`.
+    pub fn new(store: Arc<dyn Store>, max_wait: Duration) -> Self {
+        Self { store, max_wait }
+    }
+
+    /// The tonic service.
+    pub fn into_server(self) -> server::ResultsServiceServer<Self> {
+        server::ResultsServiceServer::new(self).max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    async fn load(&self, id: TaskId) -> Result<pb::Task, ConveyorError> {
+        match self.store.get(id, now_ms()).await? {
+            Some(task) => Ok(task.to_pb()),
+            None => Err(ConveyorError::task_not_found(id.to_string())),
+        }
+    }
+}
+
+/// The caller's `grpc-timeout`, if it sent one (e.g. `100m`, `5S`).
+fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[tonic::async_trait]
+impl server::ResultsService for Results {
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        let id = TaskId::parse(&request.into_inner().task_id, "task_id")?;
+        Ok(Response::new(pb::GetTaskResponse {
+            task: Some(self.load(id).await?),
+        }))
+    }
+
+    async fn wait_task(
+        &self,
+        request: Request<pb::WaitTaskRequest>,
+    ) -> Result<Response<pb::WaitTaskResponse>, Status> {
+        let caller_deadline = grpc_timeout(&request);
+        let message = request.into_inner();
+        let id = TaskId::parse(&message.task_id, "task_id")?;
+        let requested = match &message.timeout {
+            Some(timeout) => Some(Duration::from_millis(
+                duration_ms(timeout)
+                    .ok_or_else(|| ConveyorError::invalid("timeout", "must be non-negative"))?
+                    as u64,
+            )),
+            None => None,
+        };
+        let wait = [requested, caller_deadline, Some(self.max_wait)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.max_wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        let task = wait_terminal(self.store.as_ref(), id, deadline).await?;
+        Ok(Response::new(pb::WaitTaskResponse {
+            task: Some(task.to_pb()),
+        }))
+    }
+
+    type WatchTaskStream = ReceiverStream<Result<pb::WatchTaskResponse, Status>>;
+
+    async fn watch_task(
+        &self,
+        request: Request<pb::WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let id = TaskId::parse(&request.into_inner().task_id, "task_id")?;
+        // Subscribe before the first read so no change is missed in between.
+        let mut events = self.store.events().subscribe_task(id);
+        let first = self.load(id).await?;
+        let (sender, receiver) = mpsc::channel(16);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut last = (first.state, first.updated_at, first.attempt);
+            let mut terminal = is_terminal(&first);
+            if sender
+                .send(Ok(pb::WatchTaskResponse { task: Some(first) }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while !terminal {
+                tokio::select! {
+                    _ = events.changed() => {}
+                    _ = sender.closed() => return,
+                }
+                let task = match store.get(id, now_ms()).await {
+                    Ok(Some(task)) => task.to_pb(),
+                    Ok(None) => {
+                        let _ = sender
+                            .send(Err(ConveyorError::task_not_found(id.to_string()).into()))
+                            .await;
+                        return;
+                    }
+                    Err(error) => {
+                        let _ = sender.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+                let current = (task.state, task.updated_at, task.attempt);
+                if current == last {
+                    continue;
+                }
+                last = current;
+                terminal = is_terminal(&task);
+                if sender
+                    .send(Ok(pb::WatchTaskResponse { task: Some(task) }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+fn is_terminal(task: &pb::Task) -> bool {
+    conveyor_core::TaskState::from_i32(task.state)
+        .is_some_and(conveyor_core::TaskState::is_terminal)
+}

@@ -1,1 +1,27 @@
-//! placeholder
+//! What every Conveyor process shares and no domain crate needs: telemetry,
+//! the server stack (layers, health, reflection), signals and graceful
+//! shutdown. Depends on no domain crate.
+
+mod layers;
+mod server;
+mod shutdown;
+mod telemetry;
+
+pub use layers::{AuthLayer, OverloadLayer};
+pub use server::{ServerConfig, serve};
+pub use shutdown::{Shutdown, wait_for_signals};
+pub use telemetry::init_tracing;
+
+/// Errors of the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built from the descriptor sets.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Result with [`RuntimeError`].
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -23,7 +23,9 @@ pub fn test_redis_url() -> Option<String> {
     match std::env::var("CONVEYOR_TEST_REDIS") {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("CONVEYOR_SKIP_REDIS").as_deref() == Ok("1") => None,
-        _ => panic!("CONVEYOR_TEST_REDIS is not set: run scripts/test, or set CONVEYOR_SKIP_REDIS=1 to skip Redis tests"),
+        _ => panic!(
+            "CONVEYOR_TEST_REDIS is not set: run scripts/test, or set CONVEYOR_SKIP_REDIS=1 to skip Redis tests"
+        ),
     }
 }
 
@@ -37,7 +39,9 @@ pub fn test_redis_config(url: &str) -> RedisConfig {
 /// Fresh Redis store with a unique prefix, or `None` when Redis tests are skipped.
 pub async fn redis_store() -> Option<Arc<dyn Store>> {
     let url = test_redis_url()?;
-    let store = RedisStore::connect(test_redis_config(&url)).await.expect("connect to test redis");
+    let store = RedisStore::connect(test_redis_config(&url))
+        .await
+        .expect("connect to test redis");
     Some(Arc::new(store))
 }
 
@@ -97,7 +101,10 @@ fn lease_request(session: &str, names: &[&str], max: usize, now_ms: i64) -> Leas
     LeaseRequest {
         session_id: session.to_string(),
         worker_id: format!("worker-{session}"),
-        queue_keys: names.iter().map(|name| QueueKey::new("default", name)).collect(),
+        queue_keys: names
+            .iter()
+            .map(|name| QueueKey::new("default", name))
+            .collect(),
         max,
         lease_deadline_ms: now_ms + 10_000,
         now_ms,
@@ -114,29 +121,52 @@ fn success(id: conveyor_core::TaskId, session: &str, token: u64, value: &str) ->
 }
 
 async fn state_of(store: &Arc<dyn Store>, id: conveyor_core::TaskId) -> TaskState {
-    store.get(id, NOW).await.unwrap().expect("task exists").state
+    store
+        .get(id, NOW)
+        .await
+        .unwrap()
+        .expect("task exists")
+        .state
 }
 
 /// Lease, complete once; a second outcome for the same lease is refused.
 pub async fn lease_complete_and_fencing(store: Arc<dyn Store>) {
-    let acks = store.enqueue(vec![plain(&store, "add")], NOW).await.unwrap();
+    let acks = store
+        .enqueue(vec![plain(&store, "add")], NOW)
+        .await
+        .unwrap();
     let id = acks[0].id;
     assert_eq!(acks[0].state, TaskState::Queued);
-    let leased = store.lease(lease_request("s1", &["add"], 10, NOW)).await.unwrap();
+    let leased = store
+        .lease(lease_request("s1", &["add"], 10, NOW))
+        .await
+        .unwrap();
     assert_eq!(leased.len(), 1);
-    assert_eq!((leased[0].id, leased[0].attempt, leased[0].lease_token), (id, 1, 1));
+    assert_eq!(
+        (leased[0].id, leased[0].attempt, leased[0].lease_token),
+        (id, 1, 1)
+    );
     assert_eq!(leased[0].record.name, "add");
     assert_eq!(state_of(&store, id).await, TaskState::Leased);
-    let first = store.complete(vec![success(id, "s1", 1, "3")], NOW + 1).await.unwrap();
+    let first = store
+        .complete(vec![success(id, "s1", 1, "3")], NOW + 1)
+        .await
+        .unwrap();
     assert_eq!(first, vec![OutcomeAck::Recorded(TaskState::Succeeded)]);
-    let second = store.complete(vec![success(id, "s1", 1, "99")], NOW + 2).await.unwrap();
+    let second = store
+        .complete(vec![success(id, "s1", 1, "99")], NOW + 2)
+        .await
+        .unwrap();
     assert_eq!(second, vec![OutcomeAck::NotHeld]);
     let stored = store.get(id, NOW + 3).await.unwrap().unwrap();
     assert_eq!(stored.state, TaskState::Succeeded);
     assert_eq!(stored.to_pb().result.unwrap().data, b"3");
     assert_eq!(stored.worker_id, "worker-s1");
     let missing = store
-        .complete(vec![success(conveyor_core::TaskId::new(0), "s1", 1, "1")], NOW)
+        .complete(
+            vec![success(conveyor_core::TaskId::new(0), "s1", 1, "1")],
+            NOW,
+        )
         .await
         .unwrap();
     assert_eq!(missing, vec![OutcomeAck::NotFound]);
@@ -145,49 +175,106 @@ pub async fn lease_complete_and_fencing(store: Arc<dyn Store>) {
 /// A released session's task is leased again with a new token; the old token
 /// can no longer record an outcome.
 pub async fn release_requeues_and_fences_stale_tokens(store: Arc<dyn Store>) {
-    let id = store.enqueue(vec![plain(&store, "add")], NOW).await.unwrap()[0].id;
-    store.lease(lease_request("s1", &["add"], 1, NOW)).await.unwrap();
+    let id = store
+        .enqueue(vec![plain(&store, "add")], NOW)
+        .await
+        .unwrap()[0]
+        .id;
+    store
+        .lease(lease_request("s1", &["add"], 1, NOW))
+        .await
+        .unwrap();
     let requeued = store.release_session("s1", NOW + 1).await.unwrap();
     assert_eq!(requeued, vec![id]);
     assert_eq!(state_of(&store, id).await, TaskState::Queued);
-    let again = store.lease(lease_request("s2", &["add"], 1, NOW + 2)).await.unwrap();
+    let again = store
+        .lease(lease_request("s2", &["add"], 1, NOW + 2))
+        .await
+        .unwrap();
     assert_eq!((again[0].attempt, again[0].lease_token), (2, 2));
-    let stale = store.complete(vec![success(id, "s1", 1, "1")], NOW + 3).await.unwrap();
+    let stale = store
+        .complete(vec![success(id, "s1", 1, "1")], NOW + 3)
+        .await
+        .unwrap();
     assert_eq!(stale, vec![OutcomeAck::StaleLease]);
-    let wrong_session = store.complete(vec![success(id, "s1", 2, "1")], NOW + 3).await.unwrap();
+    let wrong_session = store
+        .complete(vec![success(id, "s1", 2, "1")], NOW + 3)
+        .await
+        .unwrap();
     assert_eq!(wrong_session, vec![OutcomeAck::NotHeld]);
     assert_eq!(state_of(&store, id).await, TaskState::Leased);
-    let good = store.complete(vec![success(id, "s2", 2, "3")], NOW + 4).await.unwrap();
+    let good = store
+        .complete(vec![success(id, "s2", 2, "3")], NOW + 4)
+        .await
+        .unwrap();
     assert_eq!(good, vec![OutcomeAck::Recorded(TaskState::Succeeded)]);
-    assert!(store.release_session("s2", NOW + 5).await.unwrap().is_empty());
+    assert!(
+        store
+            .release_session("s2", NOW + 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// A worker is never handed a task name it did not register.
 pub async fn lease_respects_task_names(store: Arc<dyn Store>) {
-    store.enqueue(vec![plain(&store, "other")], NOW).await.unwrap();
-    let leased = store.lease(lease_request("s1", &["add"], 10, NOW)).await.unwrap();
+    store
+        .enqueue(vec![plain(&store, "other")], NOW)
+        .await
+        .unwrap();
+    let leased = store
+        .lease(lease_request("s1", &["add"], 10, NOW))
+        .await
+        .unwrap();
     assert!(leased.is_empty());
-    let leased = store.lease(lease_request("s1", &["add", "other"], 10, NOW)).await.unwrap();
+    let leased = store
+        .lease(lease_request("s1", &["add", "other"], 10, NOW))
+        .await
+        .unwrap();
     assert_eq!(leased.len(), 1);
 }
 
 /// Countdown tasks wait in SCHEDULED until promoted at their due time.
 pub async fn scheduled_tasks_promote_when_due(store: Arc<dyn Store>) {
     let options = pb::TaskOptions {
-        countdown: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+        countdown: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
         ..Default::default()
     };
-    let id = store.enqueue(vec![task("add", options, store.partitions())], NOW).await.unwrap()[0].id;
+    let id = store
+        .enqueue(vec![task("add", options, store.partitions())], NOW)
+        .await
+        .unwrap()[0]
+        .id;
     assert_eq!(state_of(&store, id).await, TaskState::Scheduled);
     let summary = store.scheduled_summary().await.unwrap();
-    assert_eq!((summary.count, summary.next_due_ms), (1, Some(NOW + 60_000)));
+    assert_eq!(
+        (summary.count, summary.next_due_ms),
+        (1, Some(NOW + 60_000))
+    );
     let early = store.promote_due(NOW + 59_999, 100).await.unwrap();
     assert_eq!((early.promoted, early.next_due_ms), (0, Some(NOW + 60_000)));
-    assert!(store.lease(lease_request("s1", &["add"], 1, NOW + 59_999)).await.unwrap().is_empty());
+    assert!(
+        store
+            .lease(lease_request("s1", &["add"], 1, NOW + 59_999))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let due = store.promote_due(NOW + 60_000, 100).await.unwrap();
     assert_eq!((due.promoted, due.next_due_ms), (1, None));
     assert_eq!(state_of(&store, id).await, TaskState::Queued);
-    assert_eq!(store.lease(lease_request("s1", &["add"], 1, NOW + 60_001)).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .lease(lease_request("s1", &["add"], 1, NOW + 60_001))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 /// The same idempotency key returns the first task and creates nothing.
@@ -204,34 +291,74 @@ pub async fn idempotency_returns_first_task(store: Arc<dyn Store>) {
     assert!(again[0].duplicate);
     assert_eq!(again[0].id, acks[0].id);
     assert!(store.get(second.id, NOW).await.unwrap().is_none());
-    assert_eq!(store.lease(lease_request("s1", &["add"], 10, NOW)).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .lease(lease_request("s1", &["add"], 10, NOW))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 /// QUEUED and SCHEDULED tasks cancel; leased and finished ones do not.
 pub async fn cancel_queued_and_scheduled_only(store: Arc<dyn Store>) {
-    let queued = store.enqueue(vec![plain(&store, "add")], NOW).await.unwrap()[0].id;
+    let queued = store
+        .enqueue(vec![plain(&store, "add")], NOW)
+        .await
+        .unwrap()[0]
+        .id;
     let options = pb::TaskOptions {
-        countdown: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+        countdown: Some(prost_types::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
         ..Default::default()
     };
-    let scheduled = store.enqueue(vec![task("add", options, store.partitions())], NOW).await.unwrap()[0].id;
-    assert_eq!(store.cancel(queued, NOW).await.unwrap(), CancelAck::Cancelled);
-    assert_eq!(store.cancel(scheduled, NOW).await.unwrap(), CancelAck::Cancelled);
+    let scheduled = store
+        .enqueue(vec![task("add", options, store.partitions())], NOW)
+        .await
+        .unwrap()[0]
+        .id;
+    assert_eq!(
+        store.cancel(queued, NOW).await.unwrap(),
+        CancelAck::Cancelled
+    );
+    assert_eq!(
+        store.cancel(scheduled, NOW).await.unwrap(),
+        CancelAck::Cancelled
+    );
     assert_eq!(state_of(&store, queued).await, TaskState::Cancelled);
     assert_eq!(store.scheduled_summary().await.unwrap().count, 0);
-    assert!(store.lease(lease_request("s1", &["add"], 10, NOW)).await.unwrap().is_empty());
+    assert!(
+        store
+            .lease(lease_request("s1", &["add"], 10, NOW))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         store.cancel(queued, NOW).await.unwrap(),
         CancelAck::NotCancellable(TaskState::Cancelled)
     );
-    let leased = store.enqueue(vec![plain(&store, "add")], NOW).await.unwrap()[0].id;
-    store.lease(lease_request("s1", &["add"], 1, NOW)).await.unwrap();
+    let leased = store
+        .enqueue(vec![plain(&store, "add")], NOW)
+        .await
+        .unwrap()[0]
+        .id;
+    store
+        .lease(lease_request("s1", &["add"], 1, NOW))
+        .await
+        .unwrap();
     assert_eq!(
         store.cancel(leased, NOW).await.unwrap(),
         CancelAck::NotCancellable(TaskState::Leased)
     );
     assert_eq!(
-        store.cancel(conveyor_core::TaskId::new(0), NOW).await.unwrap(),
+        store
+            .cancel(conveyor_core::TaskId::new(0), NOW)
+            .await
+            .unwrap(),
         CancelAck::NotFound
     );
 }
@@ -239,7 +366,11 @@ pub async fn cancel_queued_and_scheduled_only(store: Arc<dyn Store>) {
 /// Heartbeats move the deadline; past it the reaper requeues the leases.
 pub async fn heartbeats_extend_and_reaper_requeues(store: Arc<dyn Store>) {
     assert!(!store.heartbeat("s1", NOW + 1000).await.unwrap());
-    let id = store.enqueue(vec![plain(&store, "add")], NOW).await.unwrap()[0].id;
+    let id = store
+        .enqueue(vec![plain(&store, "add")], NOW)
+        .await
+        .unwrap()[0]
+        .id;
     let mut request = lease_request("s1", &["add"], 1, NOW);
     request.lease_deadline_ms = NOW + 100;
     store.lease(request).await.unwrap();
@@ -248,14 +379,24 @@ pub async fn heartbeats_extend_and_reaper_requeues(store: Arc<dyn Store>) {
     assert_eq!(store.reap_expired(NOW + 1500, 100).await.unwrap(), vec![id]);
     assert_eq!(state_of(&store, id).await, TaskState::Queued);
     assert!(!store.heartbeat("s1", NOW + 3000).await.unwrap());
-    let again = store.lease(lease_request("s2", &["add"], 1, NOW + 1600)).await.unwrap();
+    let again = store
+        .lease(lease_request("s2", &["add"], 1, NOW + 1600))
+        .await
+        .unwrap();
     assert_eq!(again[0].attempt, 2);
 }
 
 /// A failure with a retry time goes back to SCHEDULED; without, to FAILED.
 pub async fn retries_reschedule_with_backoff(store: Arc<dyn Store>) {
-    let id = store.enqueue(vec![plain(&store, "add")], NOW).await.unwrap()[0].id;
-    store.lease(lease_request("s1", &["add"], 1, NOW)).await.unwrap();
+    let id = store
+        .enqueue(vec![plain(&store, "add")], NOW)
+        .await
+        .unwrap()[0]
+        .id;
+    store
+        .lease(lease_request("s1", &["add"], 1, NOW))
+        .await
+        .unwrap();
     let error = pb::TaskError {
         r#type: "ValueError".into(),
         message: "boom".into(),
@@ -276,15 +417,24 @@ pub async fn retries_reschedule_with_backoff(store: Arc<dyn Store>) {
         vec![OutcomeAck::Recorded(TaskState::Scheduled)]
     );
     let stored = store.get(id, NOW).await.unwrap().unwrap();
-    assert_eq!((stored.state, stored.failures, stored.due_at_ms), (TaskState::Scheduled, 1, NOW + 2000));
+    assert_eq!(
+        (stored.state, stored.failures, stored.due_at_ms),
+        (TaskState::Scheduled, 1, NOW + 2000)
+    );
     assert_eq!(store.promote_due(NOW + 2000, 10).await.unwrap().promoted, 1);
-    let leased = store.lease(lease_request("s1", &["add"], 1, NOW + 2001)).await.unwrap();
+    let leased = store
+        .lease(lease_request("s1", &["add"], 1, NOW + 2001))
+        .await
+        .unwrap();
     assert_eq!((leased[0].attempt, leased[0].failures), (2, 1));
     let fail = OutcomeReport {
         id,
         session_id: "s1".into(),
         lease_token: leased[0].lease_token,
-        outcome: Outcome::Failed { error, retry_at_ms: None },
+        outcome: Outcome::Failed {
+            error,
+            retry_at_ms: None,
+        },
     };
     assert_eq!(
         store.complete(vec![fail], NOW + 2002).await.unwrap(),
@@ -301,15 +451,32 @@ pub async fn expired_tasks_never_lease(store: Arc<dyn Store>) {
         expires: Some(conveyor_core::time::timestamp_from_ms(NOW + 10)),
         ..Default::default()
     };
-    let id = store.enqueue(vec![task("add", options, store.partitions())], NOW).await.unwrap()[0].id;
-    assert!(store.lease(lease_request("s1", &["add"], 1, NOW + 20)).await.unwrap().is_empty());
+    let id = store
+        .enqueue(vec![task("add", options, store.partitions())], NOW)
+        .await
+        .unwrap()[0]
+        .id;
+    assert!(
+        store
+            .lease(lease_request("s1", &["add"], 1, NOW + 20))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(state_of(&store, id).await, TaskState::Expired);
 }
 
 /// TaskStarted marks RUNNING only with the current token and session.
 pub async fn started_marks_running_when_fenced(store: Arc<dyn Store>) {
-    let id = store.enqueue(vec![plain(&store, "add")], NOW).await.unwrap()[0].id;
-    store.lease(lease_request("s1", &["add"], 1, NOW)).await.unwrap();
+    let id = store
+        .enqueue(vec![plain(&store, "add")], NOW)
+        .await
+        .unwrap()[0]
+        .id;
+    store
+        .lease(lease_request("s1", &["add"], 1, NOW))
+        .await
+        .unwrap();
     let wrong = StartReport {
         id,
         session_id: "s1".into(),
@@ -324,52 +491,94 @@ pub async fn started_marks_running_when_fenced(store: Arc<dyn Store>) {
     };
     store.mark_started(vec![right], NOW).await.unwrap();
     assert_eq!(state_of(&store, id).await, TaskState::Running);
-    let ack = store.complete(vec![success(id, "s1", 1, "1")], NOW).await.unwrap();
+    let ack = store
+        .complete(vec![success(id, "s1", 1, "1")], NOW)
+        .await
+        .unwrap();
     assert_eq!(ack, vec![OutcomeAck::Recorded(TaskState::Succeeded)]);
 }
 
 /// Task waiters and queue waiters are woken by the changes they wait for.
 pub async fn notifications_reach_waiters(store: Arc<dyn Store>) {
     let ready = Arc::new(tokio::sync::Notify::new());
-    store.events().register_queue_waiter(&[QueueKey::new("default", "add")], &ready);
-    let id = store.enqueue(vec![plain(&store, "add")], NOW).await.unwrap()[0].id;
+    store
+        .events()
+        .register_queue_waiter(&[QueueKey::new("default", "add")], &ready);
+    let id = store
+        .enqueue(vec![plain(&store, "add")], NOW)
+        .await
+        .unwrap()[0]
+        .id;
     tokio::time::timeout(Duration::from_secs(2), ready.notified())
         .await
         .expect("queue waiter woken by enqueue");
     let mut events = store.events().subscribe_task(id);
-    store.lease(lease_request("s1", &["add"], 1, NOW)).await.unwrap();
-    store.complete(vec![success(id, "s1", 1, "3")], NOW).await.unwrap();
+    store
+        .lease(lease_request("s1", &["add"], 1, NOW))
+        .await
+        .unwrap();
+    store
+        .complete(vec![success(id, "s1", 1, "3")], NOW)
+        .await
+        .unwrap();
     tokio::time::timeout(Duration::from_secs(2), events.changed())
         .await
         .expect("task waiter woken by completion");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    let done = crate::wait_terminal(store.as_ref(), id, deadline).await.unwrap();
+    let done = crate::wait_terminal(store.as_ref(), id, deadline)
+        .await
+        .unwrap();
     assert_eq!(done.state, TaskState::Succeeded);
 }
 
 /// A wait that times out reports DeadlineExceeded and changes nothing.
 pub async fn wait_times_out_without_changes(store: Arc<dyn Store>) {
-    let id = store.enqueue(vec![plain(&store, "add")], NOW).await.unwrap()[0].id;
+    let id = store
+        .enqueue(vec![plain(&store, "add")], NOW)
+        .await
+        .unwrap()[0]
+        .id;
     let before = store.get(id, NOW).await.unwrap().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
-    let error = crate::wait_terminal(store.as_ref(), id, deadline).await.unwrap_err();
-    assert!(matches!(error, ConveyorError::DeadlineExceeded(_)), "{error:?}");
+    let error = crate::wait_terminal(store.as_ref(), id, deadline)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ConveyorError::DeadlineExceeded(_)),
+        "{error:?}"
+    );
     let after = store.get(id, NOW).await.unwrap().unwrap();
-    assert_eq!((before.state, before.attempt, before.updated_at_ms), (after.state, after.attempt, after.updated_at_ms));
-    let missing = crate::wait_terminal(store.as_ref(), conveyor_core::TaskId::new(0), deadline).await;
+    assert_eq!(
+        (before.state, before.attempt, before.updated_at_ms),
+        (after.state, after.attempt, after.updated_at_ms)
+    );
+    let missing =
+        crate::wait_terminal(store.as_ref(), conveyor_core::TaskId::new(0), deadline).await;
     assert!(matches!(missing, Err(ConveyorError::NotFound { .. })));
 }
 
 /// One lease call takes many tasks, FIFO within a queue key.
 pub async fn batch_lease_takes_many(store: Arc<dyn Store>) {
     let tasks: Vec<NewTask> = (0..50).map(|_| plain(&store, "add")).collect();
-    let ids: Vec<_> = store.enqueue(tasks, NOW).await.unwrap().into_iter().map(|ack| ack.id).collect();
-    let leased = store.lease(lease_request("s1", &["add"], 20, NOW)).await.unwrap();
+    let ids: Vec<_> = store
+        .enqueue(tasks, NOW)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|ack| ack.id)
+        .collect();
+    let leased = store
+        .lease(lease_request("s1", &["add"], 20, NOW))
+        .await
+        .unwrap();
     assert_eq!(leased.len(), 20);
     if store.partitions() == 1 {
         let leased_ids: Vec<_> = leased.iter().map(|task| task.id).collect();
         assert_eq!(leased_ids, ids[..20].to_vec());
     }
-    let rest = store.lease(lease_request("s2", &["add"], 100, NOW)).await.unwrap();
+    let rest = store
+        .lease(lease_request("s2", &["add"], 100, NOW))
+        .await
+        .unwrap();
     assert_eq!(rest.len(), 30);
 }

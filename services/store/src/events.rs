@@ -29,7 +29,11 @@ struct Inner {
 impl EventHub {
     /// A task changed state.
     pub fn task_changed(&self, id: TaskId) {
-        let tasks = self.inner.tasks.lock().unwrap_or_else(|poison| poison.into_inner());
+        let tasks = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if let Some(sender) = tasks.get(&id) {
             let _ = sender.send(());
         }
@@ -37,7 +41,11 @@ impl EventHub {
 
     /// Subscribes to a task's changes until the returned handle is dropped.
     pub fn subscribe_task(&self, id: TaskId) -> TaskEvents {
-        let mut tasks = self.inner.tasks.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut tasks = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let receiver = tasks
             .entry(id)
             .or_insert_with(|| broadcast::channel(8).0)
@@ -51,7 +59,11 @@ impl EventHub {
 
     /// Work appeared on a queue key.
     pub fn queue_ready(&self, key: &QueueKey) {
-        let mut queues = self.inner.queues.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut queues = self
+            .inner
+            .queues
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if let Some(waiters) = queues.get_mut(key) {
             waiters.retain(|waiter| match waiter.upgrade() {
                 Some(notify) => {
@@ -66,7 +78,11 @@ impl EventHub {
     /// Registers a session's wake-up for work on any of `keys`; it is
     /// forgotten when the session drops its `Arc`.
     pub fn register_queue_waiter(&self, keys: &[QueueKey], notify: &Arc<Notify>) {
-        let mut queues = self.inner.queues.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut queues = self
+            .inner
+            .queues
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         for key in keys {
             let waiters = queues.entry(key.clone()).or_default();
             waiters.retain(|waiter| waiter.strong_count() > 0);
@@ -86,7 +102,11 @@ impl EventHub {
         {
             let _ = sender.send(());
         }
-        let queues = self.inner.queues.lock().unwrap_or_else(|poison| poison.into_inner());
+        let queues = self
+            .inner
+            .queues
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         for waiter in queues.values().flatten() {
             if let Some(notify) = waiter.upgrade() {
                 notify.notify_one();
@@ -112,7 +132,12 @@ impl TaskEvents {
 
 impl Drop for TaskEvents {
     fn drop(&mut self) {
-        let mut tasks = self.hub.inner.tasks.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut tasks = self
+            .hub
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if let Some(sender) = tasks.get(&self.id) {
             // Our own receiver still counts until this drop completes.
             if sender.receiver_count() <= 1 {

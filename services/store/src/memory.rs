@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use conveyor_api::store_pb::{self, outcome_record};
 use conveyor_core::{NewTask, Result, StoredTask, TaskId, TaskState};
 
+use crate::Store;
 use crate::events::EventHub;
 use crate::types::*;
-use crate::Store;
 
 /// In-memory [`Store`].
 #[derive(Debug, Default)]
@@ -53,7 +53,9 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -68,19 +70,29 @@ impl Inner {
     }
 
     /// Requeues the session's leases at the head of their queues.
-    fn release(&mut self, session_id: &str, now_ms: i64, ready: &mut HashSet<QueueKey>) -> Vec<TaskId> {
+    fn release(
+        &mut self,
+        session_id: &str,
+        now_ms: i64,
+        ready: &mut HashSet<QueueKey>,
+    ) -> Vec<TaskId> {
         let Some(session) = self.sessions.remove(session_id) else {
             return Vec::new();
         };
         let mut requeued = Vec::new();
         for id in session.leases {
-            let Some(entry) = self.tasks.get_mut(&id) else { continue };
+            let Some(entry) = self.tasks.get_mut(&id) else {
+                continue;
+            };
             if !entry.task.state.is_leased() || entry.task.session_id != session_id {
                 continue;
             }
             entry.task.state = TaskState::Queued;
             entry.task.updated_at_ms = now_ms;
-            self.queues.entry(entry.queue_key.clone()).or_default().push_front(id);
+            self.queues
+                .entry(entry.queue_key.clone())
+                .or_default()
+                .push_front(id);
             ready.insert(entry.queue_key.clone());
             requeued.push(id);
         }
@@ -95,7 +107,8 @@ impl Inner {
             self.purge.pop_first();
             self.tasks.remove(&id);
         }
-        self.idempotency.retain(|_, (_, forget_at)| *forget_at > now_ms);
+        self.idempotency
+            .retain(|_, (_, forget_at)| *forget_at > now_ms);
     }
 }
 
@@ -123,19 +136,33 @@ impl Store for MemoryStore {
                                 .get(&existing)
                                 .map(|entry| entry.task.state)
                                 .unwrap_or(TaskState::Succeeded);
-                            acks.push(EnqueueAck { id: existing, state, duplicate: true });
+                            acks.push(EnqueueAck {
+                                id: existing,
+                                state,
+                                duplicate: true,
+                            });
                             continue;
                         }
                     }
-                    inner.idempotency.insert(key.clone(), (task.id, now_ms + task.idempotency_ttl_ms));
+                    inner
+                        .idempotency
+                        .insert(key.clone(), (task.id, now_ms + task.idempotency_ttl_ms));
                 }
-                let state = if task.is_delayed() { TaskState::Scheduled } else { TaskState::Queued };
+                let state = if task.is_delayed() {
+                    TaskState::Scheduled
+                } else {
+                    TaskState::Queued
+                };
                 let queue_key = QueueKey::new(&task.queue, &task.record.name);
                 let id = task.id;
                 if state == TaskState::Scheduled {
                     inner.scheduled.insert((task.due_at_ms, id));
                 } else {
-                    inner.queues.entry(queue_key.clone()).or_default().push_back(id);
+                    inner
+                        .queues
+                        .entry(queue_key.clone())
+                        .or_default()
+                        .push_back(id);
                     ready.insert(queue_key.clone());
                 }
                 let stored = StoredTask {
@@ -162,7 +189,11 @@ impl Store for MemoryStore {
                         result_ttl_ms: task.result_ttl_ms,
                     },
                 );
-                acks.push(EnqueueAck { id, state, duplicate: false });
+                acks.push(EnqueueAck {
+                    id,
+                    state,
+                    duplicate: false,
+                });
             }
         }
         for key in &ready {
@@ -173,8 +204,11 @@ impl Store for MemoryStore {
 
     async fn get(&self, id: TaskId, now_ms: i64) -> Result<Option<StoredTask>> {
         let inner = self.lock();
-        let Some(entry) = inner.tasks.get(&id) else { return Ok(None) };
-        let purged = entry.task.finished_at_ms > 0 && entry.task.finished_at_ms + entry.result_ttl_ms <= now_ms;
+        let Some(entry) = inner.tasks.get(&id) else {
+            return Ok(None);
+        };
+        let purged = entry.task.finished_at_ms > 0
+            && entry.task.finished_at_ms + entry.result_ttl_ms <= now_ms;
         Ok((!purged).then(|| entry.task.clone()))
     }
 
@@ -194,7 +228,9 @@ impl Store for MemoryStore {
                     continue;
                 };
                 empty_streak = 0;
-                let Some(entry) = inner.tasks.get_mut(&id) else { continue };
+                let Some(entry) = inner.tasks.get_mut(&id) else {
+                    continue;
+                };
                 if entry.task.state != TaskState::Queued {
                     continue;
                 }
@@ -219,10 +255,13 @@ impl Store for MemoryStore {
                 });
             }
             if !leased.is_empty() {
-                let session = inner.sessions.entry(request.session_id.clone()).or_insert_with(|| Session {
-                    deadline_ms: request.lease_deadline_ms,
-                    leases: HashSet::new(),
-                });
+                let session = inner
+                    .sessions
+                    .entry(request.session_id.clone())
+                    .or_insert_with(|| Session {
+                        deadline_ms: request.lease_deadline_ms,
+                        leases: HashSet::new(),
+                    });
                 session.deadline_ms = request.lease_deadline_ms;
                 session.leases.extend(leased.iter().map(|task| task.id));
             }
@@ -238,7 +277,9 @@ impl Store for MemoryStore {
         {
             let mut inner = self.lock();
             for report in reports {
-                let Some(entry) = inner.tasks.get_mut(&report.id) else { continue };
+                let Some(entry) = inner.tasks.get_mut(&report.id) else {
+                    continue;
+                };
                 let task = &mut entry.task;
                 if task.state == TaskState::Leased
                     && task.lease_token == report.lease_token
@@ -321,12 +362,16 @@ impl Store for MemoryStore {
             let mut inner = self.lock();
             inner.purge_expired(now_ms);
             while promotion.promoted + promotion.expired < limit {
-                let Some(&(due, id)) = inner.scheduled.first() else { break };
+                let Some(&(due, id)) = inner.scheduled.first() else {
+                    break;
+                };
                 if due > now_ms {
                     break;
                 }
                 inner.scheduled.pop_first();
-                let Some(entry) = inner.tasks.get_mut(&id) else { continue };
+                let Some(entry) = inner.tasks.get_mut(&id) else {
+                    continue;
+                };
                 if entry.task.state != TaskState::Scheduled {
                     continue;
                 }
@@ -352,8 +397,14 @@ impl Store for MemoryStore {
     async fn cancel(&self, id: TaskId, now_ms: i64) -> Result<CancelAck> {
         let ack = {
             let mut inner = self.lock();
-            let Some(entry) = inner.tasks.get(&id) else { return Ok(CancelAck::NotFound) };
-            let (state, key, due) = (entry.task.state, entry.queue_key.clone(), entry.task.due_at_ms);
+            let Some(entry) = inner.tasks.get(&id) else {
+                return Ok(CancelAck::NotFound);
+            };
+            let (state, key, due) = (
+                entry.task.state,
+                entry.queue_key.clone(),
+                entry.task.due_at_ms,
+            );
             match state {
                 TaskState::Queued => {
                     if let Some(queue) = inner.queues.get_mut(&key) {
@@ -393,7 +444,9 @@ impl MemoryStore {
 }
 
 fn complete_one(inner: &mut Inner, report: OutcomeReport, now_ms: i64) -> OutcomeAck {
-    let Some(entry) = inner.tasks.get_mut(&report.id) else { return OutcomeAck::NotFound };
+    let Some(entry) = inner.tasks.get_mut(&report.id) else {
+        return OutcomeAck::NotFound;
+    };
     let task = &mut entry.task;
     if task.lease_token != report.lease_token {
         return OutcomeAck::StaleLease;

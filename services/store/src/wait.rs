@@ -18,7 +18,10 @@ pub async fn wait_terminal(store: &dyn Store, id: TaskId, deadline: Instant) -> 
         if task.state.is_terminal() {
             return Ok(task);
         }
-        if tokio::time::timeout_at(deadline, events.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, events.changed())
+            .await
+            .is_err()
+        {
             return Err(ConveyorError::DeadlineExceeded(format!(
                 "task {id} is still {:?}",
                 task.state

@@ -1,1 +1,137 @@
-//! placeholder
+//! The submission role: validates and accepts tasks. A task is acknowledged
+//! only after the store has it; invalid input changes nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tonic::{Request, Response, Status};
+
+use conveyor_api::pb::{self, submission_service_server as server};
+use conveyor_core::ids::partition_for_key;
+use conveyor_core::time::now_ms;
+use conveyor_core::validate::validate_spec;
+use conveyor_core::{ConveyorError, Limits, TaskId, TaskState};
+use conveyor_store::{CancelAck, EnqueueAck, Store};
+
+/// Fully qualified service name, for health.
+pub const SERVICE_NAME: &str = "conveyor.v1.SubmissionService";
+
+/// The SubmissionService implementation.
+pub struct Submission {
+    store: Arc<dyn Store>,
+    limits: Limits,
+    /// Spreads tasks without idempotency keys over partitions.
+    rotor: AtomicU32,
+}
+
+impl Submission {
+    /// A submission role over `store`.
+    pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
+        Self {
+            store,
+            limits,
+            rotor: AtomicU32::new(0),
+        }
+    }
+
+    /// The tonic service, accepting messages up to the documented limits.
+    pub fn into_server(self) -> server::SubmissionServiceServer<Self> {
+        let max_message = self.limits.max_task_bytes * 2 + 1024 * 1024;
+        server::SubmissionServiceServer::new(self)
+            .max_decoding_message_size(max_message.max(64 * 1024 * 1024))
+    }
+
+    fn partition_for(&self, idempotency_key: &str) -> u16 {
+        let partitions = self.store.partitions();
+        if !idempotency_key.is_empty() {
+            return partition_for_key(idempotency_key, partitions);
+        }
+        (self.rotor.fetch_add(1, Ordering::Relaxed) % u32::from(partitions.max(1))) as u16
+    }
+}
+
+fn to_response(ack: EnqueueAck) -> pb::SubmitTaskResponse {
+    pb::SubmitTaskResponse {
+        task_id: ack.id.to_string(),
+        duplicate: ack.duplicate,
+        state: ack.state.to_pb() as i32,
+    }
+}
+
+#[tonic::async_trait]
+impl server::SubmissionService for Submission {
+    async fn submit_task(
+        &self,
+        request: Request<pb::SubmitTaskRequest>,
+    ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
+        let spec = request
+            .into_inner()
+            .task
+            .ok_or_else(|| ConveyorError::invalid("task", "is required"))?;
+        let now = now_ms();
+        let partition = self.partition_for(&spec.idempotency_key);
+        let task = validate_spec(spec, "task", &self.limits, now, partition)?;
+        let ack = self
+            .store
+            .enqueue(vec![task], now)
+            .await?
+            .pop()
+            .ok_or_else(|| {
+                ConveyorError::Unavailable("store returned no acknowledgement".into())
+            })?;
+        Ok(Response::new(to_response(ack)))
+    }
+
+    async fn submit_tasks(
+        &self,
+        request: Request<pb::SubmitTasksRequest>,
+    ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
+        let specs = request.into_inner().tasks;
+        if specs.is_empty() {
+            return Err(ConveyorError::invalid("tasks", "must not be empty").into());
+        }
+        if specs.len() > self.limits.max_batch {
+            let description = format!(
+                "{} tasks, the limit is {}",
+                specs.len(),
+                self.limits.max_batch
+            );
+            return Err(ConveyorError::exhausted("tasks", description).into());
+        }
+        let now = now_ms();
+        let tasks = specs
+            .into_iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                let partition = self.partition_for(&spec.idempotency_key);
+                validate_spec(
+                    spec,
+                    &format!("tasks[{index}]"),
+                    &self.limits,
+                    now,
+                    partition,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let acks = self.store.enqueue(tasks, now).await?;
+        Ok(Response::new(pb::SubmitTasksResponse {
+            results: acks.into_iter().map(to_response).collect(),
+        }))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        let id = TaskId::parse(&request.into_inner().task_id, "task_id")?;
+        let (cancelled, state) = match self.store.cancel(id, now_ms()).await? {
+            CancelAck::Cancelled => (true, TaskState::Cancelled),
+            CancelAck::NotCancellable(state) => (false, state),
+            CancelAck::NotFound => return Err(ConveyorError::task_not_found(id.to_string()).into()),
+        };
+        Ok(Response::new(pb::CancelTaskResponse {
+            cancelled,
+            state: state.to_pb() as i32,
+        }))
+    }
+}

@@ -85,16 +85,23 @@ pub(crate) fn parse_task(id: TaskId, fields: Vec<(String, Vec<u8>)>) -> Result<S
         .find(|(field, _)| field == "sp")
         .map(|(_, value)| value.as_slice())
         .ok_or_else(|| corrupt("missing spec".into()))?;
-    let record = store_pb::TaskRecord::decode(spec).map_err(|error| corrupt(format!("spec: {error}")))?;
+    let record =
+        store_pb::TaskRecord::decode(spec).map_err(|error| corrupt(format!("spec: {error}")))?;
     let outcome = match fields.iter().find(|(field, _)| field == "oc") {
-        Some((_, bytes)) => {
-            Some(store_pb::OutcomeRecord::decode(bytes.as_slice()).map_err(|error| corrupt(format!("outcome: {error}")))?)
-        }
+        Some((_, bytes)) => Some(
+            store_pb::OutcomeRecord::decode(bytes.as_slice())
+                .map_err(|error| corrupt(format!("outcome: {error}")))?,
+        ),
         None => None,
     };
     let state_code = number(&fields, "st");
-    let state = TaskState::from_i32(state_code as i32).ok_or_else(|| corrupt(format!("state {state_code}")))?;
-    let queue = text(&fields, "qk").split(':').next().unwrap_or_default().to_string();
+    let state = TaskState::from_i32(state_code as i32)
+        .ok_or_else(|| corrupt(format!("state {state_code}")))?;
+    let queue = text(&fields, "qk")
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     Ok(StoredTask {
         id,
         record,

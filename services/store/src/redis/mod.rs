@@ -11,15 +11,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use prost::Message;
-use redis::aio::ConnectionManager;
 use redis::Value;
+use redis::aio::ConnectionManager;
 use tokio::task::AbortHandle;
 
 use conveyor_core::{ConveyorError, NewTask, Result, StoredTask, TaskId, TaskState};
 
+use crate::Store;
 use crate::events::EventHub;
 use crate::types::*;
-use crate::Store;
 use codec::{bytes_of, int_of, parse_task, unavailable};
 use scripts::Scripts;
 
@@ -65,7 +65,9 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("config", &self.config).finish()
+        f.debug_struct("RedisStore")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -79,8 +81,9 @@ impl RedisStore {
     /// Connects, and subscribes to change notifications before returning so
     /// that no notification after this call is missed.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|error| ConveyorError::Unavailable(format!("redis url {}: {error}", config.url)))?;
+        let client = redis::Client::open(config.url.as_str()).map_err(|error| {
+            ConveyorError::Unavailable(format!("redis url {}: {error}", config.url))
+        })?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.command_timeout))
             .set_response_timeout(Some(config.command_timeout));
@@ -89,12 +92,20 @@ impl RedisStore {
             ConnectionManager::new_with_config(client.clone(), manager_config),
         )
         .await
-        .map_err(|_| ConveyorError::Unavailable(format!("redis {}: connect timed out", config.url)))?
+        .map_err(|_| {
+            ConveyorError::Unavailable(format!("redis {}: connect timed out", config.url))
+        })?
         .map_err(unavailable)?;
         let events = EventHub::default();
         let events_channel = format!("{}ev", config.prefix);
         let ready_channel = format!("{}rdy", config.prefix);
-        let subscriber = subscriber::start(client, events.clone(), events_channel.clone(), ready_channel.clone()).await?;
+        let subscriber = subscriber::start(
+            client,
+            events.clone(),
+            events_channel.clone(),
+            ready_channel.clone(),
+        )
+        .await?;
         Ok(Self {
             connection,
             config,
@@ -114,13 +125,21 @@ impl RedisStore {
 
     async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value> {
         let mut connection = self.connection.clone();
-        tokio::time::timeout(self.config.command_timeout, invocation.invoke_async(&mut connection))
-            .await
-            .map_err(|_| ConveyorError::Unavailable("redis call timed out".into()))?
-            .map_err(unavailable)
+        tokio::time::timeout(
+            self.config.command_timeout,
+            invocation.invoke_async(&mut connection),
+        )
+        .await
+        .map_err(|_| ConveyorError::Unavailable("redis call timed out".into()))?
+        .map_err(unavailable)
     }
 
-    async fn release_partition(&self, partition: u16, session_id: &str, now_ms: i64) -> Result<Vec<TaskId>> {
+    async fn release_partition(
+        &self,
+        partition: u16,
+        session_id: &str,
+        now_ms: i64,
+    ) -> Result<Vec<TaskId>> {
         let mut invocation = self.scripts.release.prepare_invoke();
         invocation
             .arg(self.partition_prefix(partition))
@@ -171,14 +190,21 @@ impl Store for RedisStore {
 
     async fn enqueue(&self, tasks: Vec<NewTask>, now_ms: i64) -> Result<Vec<EnqueueAck>> {
         let count = tasks.len();
-        let mut by_partition: std::collections::BTreeMap<u16, Vec<(usize, NewTask)>> = Default::default();
+        let mut by_partition: std::collections::BTreeMap<u16, Vec<(usize, NewTask)>> =
+            Default::default();
         for (index, task) in tasks.into_iter().enumerate() {
-            by_partition.entry(task.id.partition()).or_default().push((index, task));
+            by_partition
+                .entry(task.id.partition())
+                .or_default()
+                .push((index, task));
         }
         let mut acks: Vec<Option<EnqueueAck>> = vec![None; count];
         for (partition, group) in by_partition {
             let mut invocation = self.scripts.enqueue.prepare_invoke();
-            invocation.arg(self.partition_prefix(partition)).arg(now_ms).arg(&self.ready_channel);
+            invocation
+                .arg(self.partition_prefix(partition))
+                .arg(now_ms)
+                .arg(&self.ready_channel);
             for (_, task) in &group {
                 invocation
                     .arg(task.id.to_string())
@@ -192,7 +218,9 @@ impl Store for RedisStore {
             }
             let reply = items(self.run(&invocation).await?);
             for ((index, _), chunk) in group.iter().zip(reply.chunks(3)) {
-                let [id, duplicate, state] = chunk else { continue };
+                let [id, duplicate, state] = chunk else {
+                    continue;
+                };
                 let id = ids_of(Value::Array(vec![id.clone()]))?.remove(0);
                 // A duplicate whose first task's result already expired reports 0.
                 let state = match int_of(state) {
@@ -207,7 +235,11 @@ impl Store for RedisStore {
             }
         }
         acks.into_iter()
-            .map(|ack| ack.ok_or_else(|| ConveyorError::Unavailable("short reply from enqueue script".into())))
+            .map(|ack| {
+                ack.ok_or_else(|| {
+                    ConveyorError::Unavailable("short reply from enqueue script".into())
+                })
+            })
             .collect()
     }
 
@@ -257,14 +289,15 @@ impl Store for RedisStore {
             }
             let reply = items(self.run(&invocation).await?);
             for chunk in reply.chunks(5) {
-                let [id, attempt, failures, token, spec] = chunk else { continue };
+                let [id, attempt, failures, token, spec] = chunk else {
+                    continue;
+                };
                 let id = ids_of(Value::Array(vec![id.clone()]))?.remove(0);
-                let record = conveyor_api::store_pb::TaskRecord::decode(bytes_of(spec).as_slice()).map_err(|error| {
-                    ConveyorError::Corrupt {
+                let record = conveyor_api::store_pb::TaskRecord::decode(bytes_of(spec).as_slice())
+                    .map_err(|error| ConveyorError::Corrupt {
                         key: id.to_string(),
                         reason: format!("task record: {error}"),
-                    }
-                })?;
+                    })?;
                 leased.push(LeasedTask {
                     id,
                     record,
@@ -278,15 +311,25 @@ impl Store for RedisStore {
     }
 
     async fn mark_started(&self, reports: Vec<StartReport>, now_ms: i64) -> Result<()> {
-        let mut by_partition: std::collections::BTreeMap<u16, Vec<StartReport>> = Default::default();
+        let mut by_partition: std::collections::BTreeMap<u16, Vec<StartReport>> =
+            Default::default();
         for report in reports {
-            by_partition.entry(report.id.partition()).or_default().push(report);
+            by_partition
+                .entry(report.id.partition())
+                .or_default()
+                .push(report);
         }
         for (partition, group) in by_partition {
             let mut invocation = self.scripts.mark_started.prepare_invoke();
-            invocation.arg(self.partition_prefix(partition)).arg(now_ms).arg(&self.events_channel);
+            invocation
+                .arg(self.partition_prefix(partition))
+                .arg(now_ms)
+                .arg(&self.events_channel);
             for report in &group {
-                invocation.arg(report.id.to_string()).arg(&report.session_id).arg(report.lease_token);
+                invocation
+                    .arg(report.id.to_string())
+                    .arg(&report.session_id)
+                    .arg(report.lease_token);
             }
             self.run(&invocation).await?;
         }
@@ -297,7 +340,10 @@ impl Store for RedisStore {
         let mut alive = false;
         for partition in 0..self.config.partitions.max(1) {
             let mut invocation = self.scripts.heartbeat.prepare_invoke();
-            invocation.arg(self.partition_prefix(partition)).arg(session_id).arg(deadline_ms);
+            invocation
+                .arg(self.partition_prefix(partition))
+                .arg(session_id)
+                .arg(deadline_ms);
             alive |= int_of(&self.run(&invocation).await?) == 1;
         }
         Ok(alive)
@@ -305,14 +351,21 @@ impl Store for RedisStore {
 
     async fn complete(&self, reports: Vec<OutcomeReport>, now_ms: i64) -> Result<Vec<OutcomeAck>> {
         let count = reports.len();
-        let mut by_partition: std::collections::BTreeMap<u16, Vec<(usize, OutcomeReport)>> = Default::default();
+        let mut by_partition: std::collections::BTreeMap<u16, Vec<(usize, OutcomeReport)>> =
+            Default::default();
         for (index, report) in reports.into_iter().enumerate() {
-            by_partition.entry(report.id.partition()).or_default().push((index, report));
+            by_partition
+                .entry(report.id.partition())
+                .or_default()
+                .push((index, report));
         }
         let mut acks = vec![OutcomeAck::NotFound; count];
         for (partition, group) in by_partition {
             let mut invocation = self.scripts.complete.prepare_invoke();
-            invocation.arg(self.partition_prefix(partition)).arg(now_ms).arg(&self.events_channel);
+            invocation
+                .arg(self.partition_prefix(partition))
+                .arg(now_ms)
+                .arg(&self.events_channel);
             for (_, report) in &group {
                 let (kind, record, retry_at) = codec::encode_outcome(&report.outcome);
                 invocation
@@ -339,7 +392,10 @@ impl Store for RedisStore {
     async fn release_session(&self, session_id: &str, now_ms: i64) -> Result<Vec<TaskId>> {
         let mut requeued = Vec::new();
         for partition in 0..self.config.partitions.max(1) {
-            requeued.extend(self.release_partition(partition, session_id, now_ms).await?);
+            requeued.extend(
+                self.release_partition(partition, session_id, now_ms)
+                    .await?,
+            );
         }
         Ok(requeued)
     }
@@ -371,13 +427,19 @@ impl Store for RedisStore {
                 .arg(&self.ready_channel);
             let reply = items(self.run(&invocation).await?);
             let [promoted, expired, next_due] = reply.as_slice() else {
-                return Err(ConveyorError::Unavailable("short reply from promote script".into()));
+                return Err(ConveyorError::Unavailable(
+                    "short reply from promote script".into(),
+                ));
             };
             promotion.promoted += int_of(promoted) as usize;
             promotion.expired += int_of(expired) as usize;
             let next_due = int_of(next_due);
             if next_due >= 0 {
-                promotion.next_due_ms = Some(promotion.next_due_ms.map_or(next_due, |due| due.min(next_due)));
+                promotion.next_due_ms = Some(
+                    promotion
+                        .next_due_ms
+                        .map_or(next_due, |due| due.min(next_due)),
+                );
             }
         }
         Ok(promotion)

@@ -66,7 +66,9 @@ async fn pump(mut pubsub: redis::aio::PubSub, events: &EventHub, events_channel:
                 events.task_changed(id);
             }
         } else {
-            events.queue_ready(&QueueKey::from_encoded(String::from_utf8_lossy(payload).into_owned()));
+            events.queue_ready(&QueueKey::from_encoded(
+                String::from_utf8_lossy(payload).into_owned(),
+            ));
         }
     }
 }

@@ -1,0 +1,184 @@
+//! Mounts roles on a server: one role per process in production
+//! (`conveyor serve dispatch`), all four in `conveyor dev` and tests.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+use conveyor_core::Limits;
+use conveyor_dispatch::{DispatchConfig, Dispatcher};
+use conveyor_results::Results;
+use conveyor_runtime::ServerConfig;
+use conveyor_scheduling::{Scheduler, SchedulerConfig};
+use conveyor_store::{MemoryStore, RedisConfig, RedisStore, Store};
+use conveyor_submission::Submission;
+
+/// A role a process can serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Accepts tasks and cancellations.
+    Submission,
+    /// Promotes due tasks, reaps expired leases.
+    Scheduling,
+    /// Worker sessions.
+    Dispatch,
+    /// States, outcomes, waiting.
+    Results,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [
+        Role::Submission,
+        Role::Scheduling,
+        Role::Dispatch,
+        Role::Results,
+    ];
+}
+
+/// Which store to use: `memory`, or a `redis://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// The embedded store (single process only).
+    Memory,
+    /// A Redis server.
+    Redis(String),
+}
+
+impl FromStr for StoreUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "memory" {
+            Ok(Self::Memory)
+        } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+            Ok(Self::Redis(text.to_string()))
+        } else {
+            Err(format!("{text:?}: expected `memory` or a redis:// URL"))
+        }
+    }
+}
+
+/// Everything a process needs besides its listener.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Roles to mount.
+    pub roles: Vec<Role>,
+    /// Shared server stack settings.
+    pub server: ServerConfig,
+    /// Dispatch session parameters.
+    pub dispatch: DispatchConfig,
+    /// Scheduler timing.
+    pub scheduler: SchedulerConfig,
+    /// Input limits.
+    pub limits: Limits,
+    /// Longest WaitTask.
+    pub max_wait: Duration,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            roles: Role::ALL.to_vec(),
+            server: ServerConfig::default(),
+            dispatch: DispatchConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            limits: Limits::default(),
+            max_wait: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Opens the store named by `url`.
+pub async fn open_store(
+    url: &StoreUrl,
+    prefix: &str,
+    partitions: u16,
+) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match url {
+        StoreUrl::Memory => Arc::new(MemoryStore::new()),
+        StoreUrl::Redis(url) => {
+            let mut config = RedisConfig::new(url.clone());
+            config.prefix = prefix.to_string();
+            config.partitions = partitions.max(1);
+            let store = RedisStore::connect(config)
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+            Arc::new(store)
+        }
+    })
+}
+
+/// Starts the configured roles on `listener`; the returned task ends after
+/// `shutdown` once the server has drained.
+pub fn start(
+    config: &AppConfig,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> JoinHandle<anyhow::Result<()>> {
+    let mut routes = Routes::builder();
+    let mut names = Vec::new();
+    let mut background = Vec::new();
+    for role in dedup(&config.roles) {
+        match role {
+            Role::Submission => {
+                routes.add_service(
+                    Submission::new(store.clone(), config.limits.clone()).into_server(),
+                );
+                names.push(conveyor_submission::SERVICE_NAME);
+            }
+            Role::Results => {
+                routes.add_service(Results::new(store.clone(), config.max_wait).into_server());
+                names.push(conveyor_results::SERVICE_NAME);
+            }
+            Role::Dispatch => {
+                let mut dispatch = config.dispatch.clone();
+                dispatch.limits = config.limits.clone();
+                routes.add_service(
+                    Dispatcher::new(store.clone(), dispatch, shutdown.clone()).into_server(),
+                );
+                names.push(conveyor_dispatch::SERVICE_NAME);
+            }
+            Role::Scheduling => {
+                let scheduler = Scheduler::new(store.clone(), config.scheduler.clone());
+                background.push(tokio::spawn(scheduler.clone().run(shutdown.clone())));
+                routes.add_service(scheduler.into_server());
+                names.push(conveyor_scheduling::SERVICE_NAME);
+            }
+        }
+    }
+    let server_config = config.server.clone();
+    let routes = routes.routes();
+    tokio::spawn(async move {
+        let result = conveyor_runtime::serve(
+            listener,
+            routes,
+            &names,
+            conveyor_api::FILE_DESCRIPTOR_SET,
+            &server_config,
+            shutdown,
+        )
+        .await;
+        for task in background {
+            let _ = task.await;
+        }
+        result.map_err(Into::into)
+    })
+}
+
+fn dedup(roles: &[Role]) -> Vec<Role> {
+    let mut unique = Vec::new();
+    for role in roles {
+        if !unique.contains(role) {
+            unique.push(*role);
+        }
+    }
+    unique
+}

@@ -1,0 +1,380 @@
+//! The command line: `serve ROLE…`, `dev`, and commands for ad-hoc use
+//! (`submit`, `get`, `cancel`, `workers`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use conveyor_api::pb;
+use conveyor_core::time::pb_duration;
+
+use crate::app::{self, AppConfig, Role, StoreUrl};
+
+/// Conveyor: a distributed task queue.
+#[derive(Debug, Parser)]
+#[command(name = "conveyor", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log JSON lines instead of text.
+    #[arg(long, global = true, env = "CONVEYOR_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve one or more roles (one per process in production).
+    Serve(ServeArgs),
+    /// All four roles on one port, on the embedded store unless --store says otherwise.
+    Dev(ServerArgs),
+    /// Submit a task; with --wait, print its result.
+    Submit(SubmitArgs),
+    /// Show a task.
+    Get {
+        /// Task id.
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Cancel a queued or scheduled task.
+    Cancel {
+        /// Task id.
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the workers connected to a dispatcher.
+    Workers {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// `serve` arguments.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Roles to serve.
+    #[arg(required = true, value_enum)]
+    pub roles: Vec<Role>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Server settings shared by `serve` and `dev`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50051", env = "CONVEYOR_LISTEN")]
+    pub listen: SocketAddr,
+    /// `memory` or a redis:// URL.
+    #[arg(long, default_value = "memory", env = "CONVEYOR_STORE")]
+    pub store: StoreUrl,
+    /// Prefix of every Redis key and channel.
+    #[arg(long, default_value = "cv:", env = "CONVEYOR_REDIS_PREFIX")]
+    pub redis_prefix: String,
+    /// Partitions per queue (Redis hash slots); raise to spread over a cluster.
+    #[arg(long, default_value_t = 1, env = "CONVEYOR_PARTITIONS")]
+    pub partitions: u16,
+    /// How often workers heartbeat.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, env = "CONVEYOR_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Duration,
+    /// How long leases outlive their last renewal.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, env = "CONVEYOR_LEASE_TTL")]
+    pub lease_ttl: Duration,
+    /// Drain time on shutdown.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, env = "CONVEYOR_GRACE")]
+    pub grace: Duration,
+    /// Accepted bearer tokens (comma-separated); none: no authentication.
+    #[arg(
+        long = "auth-token",
+        value_delimiter = ',',
+        env = "CONVEYOR_AUTH_TOKENS"
+    )]
+    pub auth_tokens: Vec<String>,
+}
+
+/// Where client commands connect.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Server address.
+    #[arg(long, default_value = "http://127.0.0.1:50051", env = "CONVEYOR_ADDR")]
+    pub server: String,
+}
+
+/// `submit` arguments.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Task name.
+    pub name: String,
+    /// A positional argument as JSON (repeatable).
+    #[arg(long = "arg", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// A named argument as KEY=JSON (repeatable).
+    #[arg(long = "kwarg")]
+    pub kwargs: Vec<String>,
+    /// Queue.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Priority 0-9.
+    #[arg(long)]
+    pub priority: Option<u32>,
+    /// Delay before the task may run, e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub countdown: Option<Duration>,
+    /// Retries on failure.
+    #[arg(long)]
+    pub max_retries: Option<u32>,
+    /// Idempotency key.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Wait for the outcome and print the result.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args.roles, args.server, cli.log_json).await,
+        Command::Dev(server) => serve(Role::ALL.to_vec(), server, cli.log_json).await,
+        Command::Submit(args) => submit(args).await,
+        Command::Get { id, target } => get(&id, &target).await,
+        Command::Cancel { id, target } => cancel(&id, &target).await,
+        Command::Workers { target } => workers(&target).await,
+    }
+}
+
+async fn serve(roles: Vec<Role>, args: ServerArgs, log_json: bool) -> anyhow::Result<()> {
+    conveyor_runtime::init_tracing(log_json);
+    if args.store == StoreUrl::Memory && roles.len() < Role::ALL.len() {
+        tracing::warn!(
+            "the memory store is private to this process; split roles need --store redis://…"
+        );
+    }
+    let mut config = AppConfig {
+        roles: roles.clone(),
+        ..AppConfig::default()
+    };
+    config.server.grace = args.grace;
+    config.server.auth_tokens = args.auth_tokens;
+    config.dispatch.heartbeat_interval = args.heartbeat_interval;
+    config.dispatch.lease_ttl = args.lease_ttl;
+    let store = app::open_store(&args.store, &args.redis_prefix, args.partitions).await?;
+    // Bind before anything else runs, so a taken port fails fast.
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    // One machine-readable line on stdout: scripts and tests read the port
+    // from it when they ask for --listen 127.0.0.1:0.
+    println!("listening on {bound}");
+    let shutdown = CancellationToken::new();
+    let server = app::start(&config, store, listener, shutdown.clone());
+    let store_name = match &args.store {
+        StoreUrl::Memory => "memory".to_string(),
+        StoreUrl::Redis(url) => url.clone(),
+    };
+    tracing::info!(listen = %bound, store = %store_name, ?roles, "conveyor serving");
+    tokio::select! {
+        result = server => return result.context("server task")?,
+        _ = conveyor_runtime::wait_for_signals(shutdown.clone()) => {}
+    }
+    Ok(())
+}
+
+async fn channel(target: &Target) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(target.server.clone())
+        .context("--server must be a URL such as http://127.0.0.1:50051")?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", target.server))
+}
+
+fn json_payload(text: &str, what: &str) -> anyhow::Result<pb::Payload> {
+    serde_json::from_str::<serde_json::Value>(text)
+        .with_context(|| format!("{what}: {text:?} is not JSON"))?;
+    Ok(pb::Payload {
+        data: text.as_bytes().to_vec(),
+        content_type: "application/json".into(),
+    })
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let mut spec = pb::TaskSpec {
+        name: args.name.clone(),
+        idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    for arg in &args.args {
+        spec.args.push(json_payload(arg, "--arg")?);
+    }
+    for kwarg in &args.kwargs {
+        let Some((key, value)) = kwarg.split_once('=') else {
+            bail!("--kwarg {kwarg:?}: expected KEY=JSON");
+        };
+        spec.kwargs
+            .insert(key.to_string(), json_payload(value, "--kwarg")?);
+    }
+    spec.options = Some(pb::TaskOptions {
+        queue: args.queue.clone().unwrap_or_default(),
+        priority: args.priority.unwrap_or_default(),
+        countdown: args.countdown.map(pb_duration),
+        retry: args.max_retries.map(|max_retries| pb::RetryPolicy {
+            max_retries,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let channel = channel(&args.target).await?;
+    let mut submission =
+        pb::submission_service_client::SubmissionServiceClient::new(channel.clone());
+    let response = submission
+        .submit_task(pb::SubmitTaskRequest { task: Some(spec) })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if !args.wait {
+        println!("{}", response.task_id);
+        return Ok(());
+    }
+    let mut results = pb::results_service_client::ResultsServiceClient::new(channel);
+    let mut request = tonic::Request::new(pb::WaitTaskRequest {
+        task_id: response.task_id.clone(),
+        timeout: Some(pb_duration(args.timeout)),
+    });
+    request.set_timeout(args.timeout + Duration::from_secs(5));
+    let task = results
+        .wait_task(request)
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .task
+        .context("server sent no task")?;
+    print_outcome(&task)
+}
+
+fn print_outcome(task: &pb::Task) -> anyhow::Result<()> {
+    match pb::TaskState::try_from(task.state) {
+        Ok(pb::TaskState::Succeeded) => {
+            let result = task.result.clone().unwrap_or_default();
+            println!("{}", String::from_utf8_lossy(&result.data));
+            Ok(())
+        }
+        Ok(pb::TaskState::Failed) => {
+            let error = task.error.clone().unwrap_or_default();
+            if !error.traceback.is_empty() {
+                eprintln!("{}", error.traceback);
+            }
+            bail!(
+                "task {} failed: {}: {}",
+                task.id,
+                error.r#type,
+                error.message
+            )
+        }
+        other => bail!(
+            "task {} ended {:?}",
+            task.id,
+            other.unwrap_or(pb::TaskState::Unspecified)
+        ),
+    }
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+async fn get(id: &str, target: &Target) -> anyhow::Result<()> {
+    let mut results = pb::results_service_client::ResultsServiceClient::new(channel(target).await?);
+    let task = results
+        .get_task(pb::GetTaskRequest {
+            task_id: id.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .task
+        .context("server sent no task")?;
+    let state = pb::TaskState::try_from(task.state).unwrap_or(pb::TaskState::Unspecified);
+    println!("id:        {}", task.id);
+    println!("name:      {}", task.name);
+    println!("queue:     {}", task.queue);
+    println!(
+        "state:     {}",
+        state.as_str_name().trim_start_matches("TASK_STATE_")
+    );
+    println!("attempt:   {} (failures {})", task.attempt, task.failures);
+    if !task.worker_id.is_empty() {
+        println!("worker:    {}", task.worker_id);
+    }
+    if let Some(result) = &task.result {
+        println!("result:    {}", String::from_utf8_lossy(&result.data));
+    }
+    if let Some(error) = &task.error {
+        println!("error:     {}: {}", error.r#type, error.message);
+    }
+    Ok(())
+}
+
+async fn cancel(id: &str, target: &Target) -> anyhow::Result<()> {
+    let mut submission =
+        pb::submission_service_client::SubmissionServiceClient::new(channel(target).await?);
+    let response = submission
+        .cancel_task(pb::CancelTaskRequest {
+            task_id: id.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let state = pb::TaskState::try_from(response.state).unwrap_or(pb::TaskState::Unspecified);
+    let state = state.as_str_name().trim_start_matches("TASK_STATE_");
+    if response.cancelled {
+        println!("cancelled");
+    } else {
+        println!("not cancelled: task is {state}");
+    }
+    Ok(())
+}
+
+async fn workers(target: &Target) -> anyhow::Result<()> {
+    let mut dispatch =
+        pb::dispatch_service_client::DispatchServiceClient::new(channel(target).await?);
+    let workers = dispatch
+        .list_workers(pb::ListWorkersRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .workers;
+    println!(
+        "{:<28} {:<8} {:>6} {:>7} {:>9}  QUEUES / TASKS",
+        "WORKER", "LANG", "SLOTS", "LEASES", "DONE"
+    );
+    for worker in &workers {
+        println!(
+            "{:<28} {:<8} {:>6} {:>7} {:>9}  {} / {}",
+            worker.worker_id,
+            worker.language,
+            worker.concurrency,
+            worker.active_leases,
+            worker.completed,
+            worker.queues.join(","),
+            worker.task_names.join(",")
+        );
+    }
+    if workers.is_empty() {
+        println!("(no workers connected)");
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Leased tasks as assignments, and worker outcomes as store reports.
+
+use conveyor_api::pb;
+use conveyor_core::backoff::Backoff;
+use conveyor_core::time::timestamp_from_ms;
+use conveyor_core::{Limits, TaskId};
+use conveyor_store::{LeasedTask, Outcome, OutcomeReport};
+
+/// What a session remembers about a lease it holds.
+#[derive(Debug, Clone)]
+pub(crate) struct HeldLease {
+    pub token: u64,
+    pub failures: u32,
+    pub backoff: Backoff,
+}
+
+/// The assignment sent to the worker, and what to remember.
+pub(crate) fn to_assignment(task: LeasedTask) -> (pb::Assignment, HeldLease) {
+    let record = task.record;
+    let options = record.options.unwrap_or_default();
+    let backoff = Backoff::from_pb(options.retry.as_ref());
+    let held = HeldLease {
+        token: task.lease_token,
+        failures: task.failures,
+        backoff: backoff.clone(),
+    };
+    let assignment = pb::Assignment {
+        task_id: task.id.to_string(),
+        name: record.name,
+        args: record.args,
+        kwargs: record.kwargs,
+        attempt: task.attempt,
+        lease_token: task.lease_token,
+        headers: options.headers,
+        soft_time_limit: options.soft_time_limit,
+        hard_time_limit: options.hard_time_limit,
+        created_at: Some(timestamp_from_ms(record.created_at_ms)),
+        max_retries: backoff.max_retries,
+    };
+    (assignment, held)
+}
+
+/// The store report for a worker's outcome. An oversized result becomes a
+/// non-retryable failure: the attempt ran, but its value cannot be kept.
+pub(crate) fn to_report(
+    id: TaskId,
+    session_id: &str,
+    held: &HeldLease,
+    outcome: pb::task_outcome::Outcome,
+    limits: &Limits,
+    now_ms: i64,
+) -> OutcomeReport {
+    let outcome = match outcome {
+        pb::task_outcome::Outcome::Result(payload)
+            if payload.data.len() > limits.max_payload_bytes =>
+        {
+            Outcome::Failed {
+                error: pb::TaskError {
+                    r#type: "ResultTooLarge".into(),
+                    message: format!(
+                        "result is {} bytes, the limit is {}",
+                        payload.data.len(),
+                        limits.max_payload_bytes
+                    ),
+                    traceback: String::new(),
+                    retryable: false,
+                },
+                retry_at_ms: None,
+            }
+        }
+        pb::task_outcome::Outcome::Result(payload) => Outcome::Succeeded(payload),
+        pb::task_outcome::Outcome::Error(error) => {
+            let retry_at_ms = if error.retryable {
+                held.backoff.retry_at_ms(held.failures, now_ms)
+            } else {
+                None
+            };
+            Outcome::Failed { error, retry_at_ms }
+        }
+    };
+    OutcomeReport {
+        id,
+        session_id: session_id.to_string(),
+        lease_token: held.token,
+        outcome,
+    }
+}

@@ -1,0 +1,558 @@
+//! One worker session: a single `select!` loop over shutdown, the worker's
+//! messages, the heartbeat clock and work becoming available. Whatever way
+//! the loop ends, the session's leases go back to their queues.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status, Streaming};
+
+use conveyor_api::pb::{
+    self, connect_request::Message as Inbound, connect_response::Message as Outbound,
+};
+use conveyor_core::time::{now_ms, pb_duration, timestamp_from_ms};
+use conveyor_core::validate::{DEFAULT_QUEUE, check_name};
+use conveyor_core::{ConveyorError, TaskId};
+use conveyor_store::{LeaseRequest, OutcomeAck, QueueKey, StartReport, Store};
+
+use crate::assignment::{HeldLease, to_assignment, to_report};
+use crate::{DispatchConfig, Registry};
+
+/// Shared by every session of a dispatcher.
+pub(crate) struct SessionContext {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<DispatchConfig>,
+    pub registry: Registry,
+    pub shutdown: CancellationToken,
+}
+
+type Sender = mpsc::Sender<Result<pb::ConnectResponse, Status>>;
+
+/// Why a session ended.
+enum End {
+    /// The worker closed its side, or went away.
+    Closed,
+    /// Finished draining.
+    Drained,
+    /// Ends the stream with this status.
+    Fatal(Status),
+}
+
+const MAX_QUEUES: usize = 64;
+const MAX_TASK_NAMES: usize = 1024;
+/// Re-check the store this often while starved, in case a notification was lost.
+const STARVED_RECHECK: Duration = Duration::from_secs(5);
+
+/// Runs a session from its first message to its end.
+pub(crate) async fn run(
+    context: SessionContext,
+    mut inbound: Streaming<pb::ConnectRequest>,
+    outbound: Sender,
+) {
+    let hello = match tokio::time::timeout(context.config.hello_timeout, inbound.message()).await {
+        Err(_) => {
+            let _ = outbound
+                .send(Err(Status::deadline_exceeded("no hello received in time")))
+                .await;
+            return;
+        }
+        Ok(Err(_)) | Ok(Ok(None)) => return,
+        Ok(Ok(Some(pb::ConnectRequest {
+            message: Some(Inbound::Hello(hello)),
+        }))) => hello,
+        Ok(Ok(Some(_))) => {
+            let status = Status::failed_precondition("the first message of a stream must be hello");
+            let _ = outbound.send(Err(status)).await;
+            return;
+        }
+    };
+    let hello = match validate_hello(hello) {
+        Ok(hello) => hello,
+        Err(error) => {
+            let _ = outbound.send(Err(error.into())).await;
+            return;
+        }
+    };
+    let mut session = Session::new(context, hello, outbound);
+    if session
+        .send(Outbound::Welcome(session.welcome()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tracing::info!(session = %session.id, worker = %session.worker_id, "worker connected");
+    let end = session.run(inbound).await;
+    session.finish(end).await;
+}
+
+fn validate_hello(mut hello: pb::Hello) -> Result<pb::Hello, ConveyorError> {
+    check_name("hello.worker_id", &hello.worker_id, 200, &[':', '/', '@'])?;
+    if hello.queues.is_empty() {
+        hello.queues.push(DEFAULT_QUEUE.to_string());
+    }
+    if hello.queues.len() > MAX_QUEUES {
+        return Err(ConveyorError::invalid(
+            "hello.queues",
+            format!("at most {MAX_QUEUES} queues"),
+        ));
+    }
+    for (index, queue) in hello.queues.iter().enumerate() {
+        check_name(&format!("hello.queues[{index}]"), queue, 100, &[])?;
+    }
+    if hello.task_names.is_empty() || hello.task_names.len() > MAX_TASK_NAMES {
+        return Err(ConveyorError::invalid(
+            "hello.task_names",
+            format!("must list 1 to {MAX_TASK_NAMES} task names"),
+        ));
+    }
+    for (index, name) in hello.task_names.iter().enumerate() {
+        check_name(
+            &format!("hello.task_names[{index}]"),
+            name,
+            200,
+            &[':', '/'],
+        )?;
+    }
+    Ok(hello)
+}
+
+struct Session {
+    context: SessionContext,
+    id: String,
+    worker_id: String,
+    keys: Vec<QueueKey>,
+    outbound: Sender,
+    /// Assignments the worker has room for and we have not sent.
+    credits: u32,
+    /// Leases held by this session, with what fencing and retries need.
+    leases: HashMap<TaskId, HeldLease>,
+    completed: u64,
+    /// Woken by the store when any of `keys` gets work.
+    ready: Arc<Notify>,
+    /// The last lease attempt found less than it asked for.
+    starved_since: Option<Instant>,
+    last_seen: Instant,
+    last_renewal: Instant,
+    /// Set once a drain began: the instant the worker must be done by.
+    drain_deadline: Option<Instant>,
+    /// Whether the leases were already handed back (the drop guard checks).
+    released: bool,
+}
+
+impl Session {
+    fn new(context: SessionContext, hello: pb::Hello, outbound: Sender) -> Self {
+        let id = uuid::Uuid::now_v7().to_string();
+        let keys: Vec<QueueKey> = hello
+            .queues
+            .iter()
+            .flat_map(|queue| {
+                hello
+                    .task_names
+                    .iter()
+                    .map(move |name| QueueKey::new(queue, name))
+            })
+            .collect();
+        let ready = Arc::new(Notify::new());
+        context.store.events().register_queue_waiter(&keys, &ready);
+        let now = now_ms();
+        context.registry.insert(pb::WorkerInfo {
+            worker_id: hello.worker_id.clone(),
+            session_id: id.clone(),
+            queues: hello.queues,
+            task_names: hello.task_names,
+            concurrency: hello.concurrency,
+            language: hello.language,
+            sdk_version: hello.sdk_version,
+            hostname: hello.hostname,
+            active_leases: 0,
+            credits: 0,
+            connected_at: Some(timestamp_from_ms(now)),
+            last_seen_at: Some(timestamp_from_ms(now)),
+            completed: 0,
+        });
+        Self {
+            context,
+            id,
+            worker_id: hello.worker_id,
+            keys,
+            outbound,
+            credits: 0,
+            leases: HashMap::new(),
+            completed: 0,
+            ready,
+            starved_since: None,
+            last_seen: Instant::now(),
+            last_renewal: Instant::now(),
+            drain_deadline: None,
+            released: false,
+        }
+    }
+
+    fn welcome(&self) -> pb::Welcome {
+        pb::Welcome {
+            session_id: self.id.clone(),
+            heartbeat_interval: Some(pb_duration(self.context.config.heartbeat_interval)),
+            lease_ttl: Some(pb_duration(self.context.config.lease_ttl)),
+            max_credits: self.context.config.max_credits,
+        }
+    }
+
+    async fn send(&self, message: Outbound) -> Result<(), End> {
+        let response = pb::ConnectResponse {
+            message: Some(message),
+        };
+        self.outbound
+            .send(Ok(response))
+            .await
+            .map_err(|_| End::Closed)
+    }
+
+    fn can_lease(&self) -> bool {
+        self.credits > 0 && self.starved_since.is_none() && self.drain_deadline.is_none()
+    }
+
+    async fn run(&mut self, mut inbound: Streaming<pb::ConnectRequest>) -> End {
+        let ready = self.ready.clone();
+        let shutdown = self.context.shutdown.clone();
+        let mut ticker = tokio::time::interval(self.context.config.heartbeat_interval / 4);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if self.drain_deadline.is_none() => self.begin_drain().await,
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => self.handle(request).await,
+                    Ok(None) => Err(End::Closed),
+                    Err(status) => {
+                        tracing::debug!(session = %self.id, %status, "stream error");
+                        Err(End::Closed)
+                    }
+                },
+                _ = ticker.tick() => self.on_tick().await,
+                _ = ready.notified(), if self.starved_since.is_some() && self.credits > 0 => {
+                    self.starved_since = None;
+                    Ok(())
+                }
+                _ = std::future::ready(()), if self.can_lease() => self.lease_and_send().await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            if self.drain_deadline.is_some() && self.leases.is_empty() {
+                return End::Drained;
+            }
+        }
+    }
+
+    async fn handle(&mut self, request: pb::ConnectRequest) -> Result<(), End> {
+        self.last_seen = Instant::now();
+        match request.message {
+            Some(Inbound::Hello(_)) => {
+                return Err(End::Fatal(Status::failed_precondition(
+                    "hello was already received on this stream",
+                )));
+            }
+            Some(Inbound::GrantCredits(grant)) => self.grant(grant.credits)?,
+            Some(Inbound::Heartbeat(_)) => {}
+            Some(Inbound::ReportOutcomes(report)) => self.record_outcomes(report.outcomes).await?,
+            Some(Inbound::TaskStarted(started)) => self.mark_started(started).await,
+            None => {
+                return Err(End::Fatal(Status::invalid_argument(
+                    "message: empty envelope",
+                )));
+            }
+        }
+        if !self.leases.is_empty()
+            && self.last_renewal.elapsed() >= self.context.config.heartbeat_interval
+        {
+            self.renew().await?;
+        }
+        Ok(())
+    }
+
+    fn grant(&mut self, credits: u32) -> Result<(), End> {
+        if credits == 0 {
+            return Err(End::Fatal(Status::invalid_argument(
+                "grant_credits.credits must be at least 1",
+            )));
+        }
+        let outstanding = u64::from(self.credits) + self.leases.len() as u64 + u64::from(credits);
+        if outstanding > u64::from(self.context.config.max_credits) {
+            return Err(End::Fatal(Status::resource_exhausted(format!(
+                "grant_credits: {outstanding} credits and leases outstanding, the limit is {}",
+                self.context.config.max_credits
+            ))));
+        }
+        self.credits += credits;
+        Ok(())
+    }
+
+    async fn lease_and_send(&mut self) -> Result<(), End> {
+        let max = (self.credits as usize).min(self.context.config.lease_batch);
+        let now = now_ms();
+        let request = LeaseRequest {
+            session_id: self.id.clone(),
+            worker_id: self.worker_id.clone(),
+            queue_keys: self.keys.clone(),
+            max,
+            lease_deadline_ms: now + self.context.config.lease_ttl.as_millis() as i64,
+            now_ms: now,
+        };
+        let leased = match self.context.store.lease(request).await {
+            Ok(leased) => leased,
+            Err(error) => {
+                tracing::warn!(session = %self.id, %error, "lease failed; retrying on the next tick");
+                self.starved_since = Some(Instant::now());
+                return Ok(());
+            }
+        };
+        if leased.len() < max {
+            self.starved_since = Some(Instant::now());
+        }
+        if leased.is_empty() {
+            return Ok(());
+        }
+        self.last_renewal = Instant::now();
+        let mut assignments = Vec::with_capacity(leased.len());
+        for task in leased {
+            let id = task.id;
+            let (assignment, held) = to_assignment(task);
+            self.leases.insert(id, held);
+            assignments.push(assignment);
+        }
+        self.credits -= assignments.len() as u32;
+        self.context
+            .registry
+            .update(&self.id, self.leases.len(), self.credits, self.completed);
+        self.send(Outbound::Assignments(pb::Assignments { assignments }))
+            .await
+    }
+
+    async fn record_outcomes(&mut self, outcomes: Vec<pb::TaskOutcome>) -> Result<(), End> {
+        let now = now_ms();
+        let mut reports = Vec::with_capacity(outcomes.len());
+        let mut rejections = Vec::new();
+        for outcome in outcomes {
+            let task_id = outcome.task_id.clone();
+            let Ok(id) = TaskId::parse(&outcome.task_id, "task_id") else {
+                rejections.push((
+                    task_id,
+                    Code::InvalidArgument,
+                    "task_id must be a UUID".to_string(),
+                ));
+                continue;
+            };
+            let Some(held) = self.leases.get(&id) else {
+                let message = "task is not leased to this session".to_string();
+                rejections.push((task_id, Code::FailedPrecondition, message));
+                continue;
+            };
+            if held.token != outcome.lease_token {
+                let message = format!(
+                    "stale lease token {}; the current one is {}",
+                    outcome.lease_token, held.token
+                );
+                rejections.push((task_id, Code::FailedPrecondition, message));
+                continue;
+            }
+            let Some(result) = outcome.outcome else {
+                rejections.push((
+                    task_id,
+                    Code::InvalidArgument,
+                    "outcome: result or error is required".into(),
+                ));
+                continue;
+            };
+            reports.push(to_report(
+                id,
+                &self.id,
+                held,
+                result,
+                &self.context.config.limits,
+                now,
+            ));
+        }
+        if !reports.is_empty() {
+            let ids: Vec<TaskId> = reports.iter().map(|report| report.id).collect();
+            let acks = self
+                .context
+                .store
+                .complete(reports, now)
+                .await
+                .map_err(|error| End::Fatal(error.into()))?;
+            for (id, ack) in ids.into_iter().zip(acks) {
+                self.leases.remove(&id);
+                let (code, message) = match ack {
+                    OutcomeAck::Recorded(_) => {
+                        self.completed += 1;
+                        continue;
+                    }
+                    OutcomeAck::StaleLease => (
+                        Code::FailedPrecondition,
+                        "the task was leased again; outcome refused",
+                    ),
+                    OutcomeAck::NotHeld => (
+                        Code::FailedPrecondition,
+                        "the task is no longer leased to this session",
+                    ),
+                    OutcomeAck::NotFound => (Code::NotFound, "no such task"),
+                };
+                rejections.push((id.to_string(), code, message.to_string()));
+            }
+        }
+        for (task_id, code, message) in rejections {
+            tracing::debug!(session = %self.id, task = %task_id, %message, "outcome rejected");
+            let rejected = pb::OutcomeRejected {
+                task_id,
+                code: code as i32,
+                message,
+            };
+            self.send(Outbound::OutcomeRejected(rejected)).await?;
+        }
+        self.context
+            .registry
+            .update(&self.id, self.leases.len(), self.credits, self.completed);
+        Ok(())
+    }
+
+    async fn mark_started(&mut self, started: pb::TaskStarted) {
+        let Ok(id) = TaskId::parse(&started.task_id, "task_id") else {
+            return;
+        };
+        if self
+            .leases
+            .get(&id)
+            .is_none_or(|held| held.token != started.lease_token)
+        {
+            return;
+        }
+        let report = StartReport {
+            id,
+            session_id: self.id.clone(),
+            lease_token: started.lease_token,
+        };
+        if let Err(error) = self
+            .context
+            .store
+            .mark_started(vec![report], now_ms())
+            .await
+        {
+            tracing::warn!(session = %self.id, %error, "marking a task running failed");
+        }
+    }
+
+    /// Extends the session's leases in the store; if the store no longer
+    /// knows them (reaped while we were cut off), tell the worker to stop.
+    async fn renew(&mut self) -> Result<(), End> {
+        self.last_renewal = Instant::now();
+        let deadline = now_ms() + self.context.config.lease_ttl.as_millis() as i64;
+        match self.context.store.heartbeat(&self.id, deadline).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                tracing::warn!(session = %self.id, leases = self.leases.len(), "leases were reaped; cancelling them on the worker");
+                let lost: Vec<TaskId> = self.leases.drain().map(|(id, _)| id).collect();
+                for id in lost {
+                    let cancel = pb::CancelAssignment {
+                        task_id: id.to_string(),
+                        reason: "lease expired".into(),
+                    };
+                    self.send(Outbound::CancelAssignment(cancel)).await?;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(session = %self.id, %error, "renewing leases failed");
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_tick(&mut self) -> Result<(), End> {
+        let config = &self.context.config;
+        let silent_for = self.last_seen.elapsed();
+        if silent_for.as_secs_f64()
+            > config.heartbeat_interval.as_secs_f64() * config.missed_heartbeats
+        {
+            tracing::warn!(session = %self.id, ?silent_for, "worker missed its heartbeats; releasing its leases");
+            return Err(End::Fatal(Status::unavailable(format!(
+                "no message from the worker for {silent_for:?}; its leases were released"
+            ))));
+        }
+        if self
+            .drain_deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            return Err(End::Drained);
+        }
+        if self
+            .starved_since
+            .is_some_and(|since| since.elapsed() >= STARVED_RECHECK)
+        {
+            self.starved_since = None;
+        }
+        if !self.leases.is_empty() && self.last_renewal.elapsed() >= config.heartbeat_interval {
+            self.renew().await?;
+        }
+        Ok(())
+    }
+
+    async fn begin_drain(&mut self) -> Result<(), End> {
+        let grace = self.context.config.drain_grace;
+        self.drain_deadline = Some(Instant::now() + grace);
+        self.send(Outbound::Drain(pb::Drain {
+            grace: Some(pb_duration(grace)),
+        }))
+        .await
+    }
+
+    async fn finish(&mut self, end: End) {
+        match end {
+            End::Fatal(status) => {
+                tracing::info!(session = %self.id, %status, "session ended with an error");
+                let _ = self.outbound.send(Err(status)).await;
+            }
+            End::Closed => {
+                tracing::info!(session = %self.id, worker = %self.worker_id, "worker disconnected")
+            }
+            End::Drained => tracing::info!(session = %self.id, "worker drained"),
+        }
+        self.release().await;
+    }
+
+    async fn release(&mut self) {
+        self.released = true;
+        self.context.registry.remove(&self.id);
+        match self.context.store.release_session(&self.id, now_ms()).await {
+            Ok(requeued) if !requeued.is_empty() => {
+                tracing::info!(session = %self.id, count = requeued.len(), "requeued the session's tasks");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(session = %self.id, %error, "releasing leases failed; the reaper will requeue them")
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    /// A session dropped without `finish` (its task aborted or panicked)
+    /// still hands its leases back.
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        self.context.registry.remove(&self.id);
+        let store = self.context.store.clone();
+        let id = std::mem::take(&mut self.id);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = store.release_session(&id, now_ms()).await;
+            });
+        }
+    }
+}

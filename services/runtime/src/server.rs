@@ -1,0 +1,120 @@
+//! The one way Conveyor serves gRPC: the shared layer stack, health and
+//! reflection always mounted, and a graceful drain on shutdown.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::Result;
+use crate::layers::{AuthLayer, OverloadLayer};
+use crate::shutdown::Shutdown;
+
+/// Server settings shared by every role.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Default deadline of a unary call (a client's `grpc-timeout` may be
+    /// shorter). Streams are not cut by it.
+    pub request_timeout: Duration,
+    /// Requests in flight before new ones get `RESOURCE_EXHAUSTED`.
+    pub max_in_flight: usize,
+    /// Accepted bearer tokens; empty disables authentication.
+    pub auth_tokens: Vec<String>,
+    /// How long in-flight calls may take to finish after shutdown begins.
+    pub grace: Duration,
+    /// Largest request message accepted, bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(330),
+            max_in_flight: 10_000,
+            auth_tokens: Vec::new(),
+            grace: Duration::from_secs(10),
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Serves `routes` (plus health and reflection) on `listener` until
+/// `shutdown`, then reports NOT_SERVING and drains for at most the grace time.
+/// `service_names` are the fully qualified names health reports on;
+/// `descriptors` the encoded descriptor set reflection serves.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    service_names: &[&str],
+    descriptors: &'static [u8],
+    config: &ServerConfig,
+    shutdown: Shutdown,
+) -> Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    for name in service_names {
+        health_reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    health_reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(descriptors)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(descriptors)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let layers = tower::ServiceBuilder::new()
+        // Outermost after tonic's own trace span: shed before doing any work,
+        // so an overloaded server answers fast and cheaply.
+        .layer(OverloadLayer::new(config.max_in_flight))
+        // Then authenticate: a rejected caller costs no handler time.
+        .layer(AuthLayer::new(config.auth_tokens.clone()));
+
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let drain_signal = shutdown.clone();
+    let server = Server::builder()
+        // A span per call, named by its path; handlers' events nest inside.
+        .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
+        // tonic times only the response future: open streams survive it.
+        .timeout(config.request_timeout)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+        .layer(layers)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            drain_signal.cancelled().await;
+        });
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(Into::into),
+        _ = shutdown.cancelled() => {}
+    }
+    for name in service_names {
+        health_reporter
+            .set_service_status(*name, ServingStatus::NotServing)
+            .await;
+    }
+    health_reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    match tokio::time::timeout(config.grace, server).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => {
+            tracing::warn!(grace = ?config.grace, "calls still open after the grace period; closing");
+            Ok(())
+        }
+    }
+}
