@@ -1,0 +1,268 @@
+//! Real processes: the four roles as separate `conveyor serve` processes on
+//! one Redis, the README quick start (dev server, example worker, CLI), and
+//! graceful shutdown on SIGTERM.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::{Channel, Endpoint};
+
+use conveyor_client::{Client, TaskRequest, Worker};
+use conveyor_store::conformance::test_redis_url;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_conveyor");
+
+/// A child process that is killed when dropped.
+struct Process {
+    child: Child,
+    addr: String,
+}
+
+/// Starts `conveyor ARGS --listen 127.0.0.1:0` and reads the bound address
+/// from its first stdout line.
+async fn spawn_conveyor(args: &[&str]) -> Process {
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn conveyor");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("conveyor printed its address in time")
+        .expect("read stdout")
+        .expect("a line");
+    let addr = line
+        .strip_prefix("listening on ")
+        .expect("listening line")
+        .to_string();
+    Process { child, addr }
+}
+
+async fn channel(addr: &str) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn redis_args(url: &str, prefix: &str) -> Vec<String> {
+    vec![
+        "--store".into(),
+        url.into(),
+        "--redis-prefix".into(),
+        prefix.into(),
+        "--heartbeat-interval".into(),
+        "200ms".into(),
+        "--lease-ttl".into(),
+        "1s".into(),
+    ]
+}
+
+#[tokio::test]
+async fn separate_role_processes_on_one_redis() {
+    let Some(url) = test_redis_url() else { return };
+    let prefix = format!("proc-{}:", uuid::Uuid::new_v4().simple());
+    let extra = redis_args(&url, &prefix);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut processes = Vec::new();
+    for role in ["submission", "dispatch", "results", "scheduling"] {
+        let mut args = vec!["serve", role];
+        args.extend(&extra);
+        processes.push(spawn_conveyor(&args).await);
+    }
+    let [submission, dispatch, results, _scheduling] = &processes[..] else {
+        unreachable!()
+    };
+    let stop = tokio_util_stop();
+    let worker = Worker::from_channel(channel(&dispatch.addr).await)
+        .worker_id("split-worker")
+        .concurrency(4)
+        .register("add", |ctx: conveyor_client::TaskContext| async move {
+            let (left, right): (i64, i64) = (ctx.arg(0)?, ctx.arg(1)?);
+            Ok(serde_json::json!(left + right))
+        })
+        .build()
+        .unwrap();
+    let stopper = stop.clone();
+    let worker = tokio::spawn(async move {
+        worker
+            .run_until(async move { stopper.notified().await })
+            .await
+    });
+    let client = Client::from_channels(
+        channel(&submission.addr).await,
+        channel(&results.addr).await,
+    );
+    let id = client
+        .submit(TaskRequest::new("add").arg(2).arg(2))
+        .await
+        .unwrap();
+    let sum: i64 = client.result(&id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(sum, 4);
+    // A countdown needs the scheduling process to promote it.
+    let submitted = Instant::now();
+    let delayed = client
+        .submit(
+            TaskRequest::new("add")
+                .arg(20)
+                .arg(22)
+                .countdown(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    let answer: i64 = client
+        .result(&delayed, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(answer, 42);
+    assert!(submitted.elapsed() >= Duration::from_millis(300));
+    // Many at once through the split deployment.
+    let ids = client
+        .submit_many(
+            (0..500)
+                .map(|n| TaskRequest::new("add").arg(n).arg(1))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        let value: i64 = client.result(id, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(value, n as i64 + 1);
+    }
+    stop.notify_one();
+    worker.await.unwrap().unwrap();
+}
+
+/// A one-shot stop signal for a worker.
+fn tokio_util_stop() -> std::sync::Arc<tokio::sync::Notify> {
+    std::sync::Arc::new(tokio::sync::Notify::new())
+}
+
+/// The example worker's binary, built by `scripts/test` (or built here).
+fn example_worker() -> PathBuf {
+    let path = PathBuf::from(BINARY)
+        .with_file_name("examples")
+        .join("worker");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "conveyor-client", "--example", "worker"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the example worker failed");
+    }
+    path
+}
+
+async fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(BINARY)
+        .args(args)
+        .output()
+        .await
+        .expect("run conveyor cli")
+}
+
+#[tokio::test]
+async fn quick_start_dev_server_example_worker_and_cli() {
+    let dev = spawn_conveyor(&["dev"]).await;
+    let server = format!("http://{}", dev.addr);
+    let _worker = Command::new(example_worker())
+        .env("CONVEYOR_ADDR", &server)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn example worker");
+    let output = cli(&[
+        "submit", "add", "--arg", "2", "--arg", "2", "--wait", "--server", &server,
+    ])
+    .await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "4\n");
+    let output = cli(&[
+        "submit",
+        "xsum",
+        "--arg",
+        "[1, 2, 3.5]",
+        "--wait",
+        "--server",
+        &server,
+    ])
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "6.5\n",
+        "{output:?}"
+    );
+    let failed = cli(&[
+        "submit",
+        "fail",
+        "--arg",
+        "\"bad input\"",
+        "--wait",
+        "--server",
+        &server,
+    ])
+    .await;
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("ValueError") && stderr.contains("bad input"),
+        "{stderr}"
+    );
+    let workers = cli(&["workers", "--server", &server]).await;
+    let listing = String::from_utf8_lossy(&workers.stdout);
+    assert!(
+        listing.contains("rust") && listing.contains("add"),
+        "{listing}"
+    );
+    let id = cli(&[
+        "submit", "add", "--arg", "1", "--arg", "1", "--server", &server,
+    ])
+    .await;
+    let id = String::from_utf8_lossy(&id.stdout).trim().to_string();
+    let shown = cli(&["get", &id, "--server", &server]).await;
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(&id));
+    let bad = cli(&["submit", "add", "--arg", "{nope", "--server", &server]).await;
+    assert!(!bad.status.success());
+    let usage = cli(&["serve"]).await;
+    assert_eq!(
+        usage.status.code(),
+        Some(64),
+        "invalid configuration exits 64"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly() {
+    let mut dev = spawn_conveyor(&["dev", "--grace", "2s"]).await;
+    let client = Client::connect(format!("http://{}", dev.addr))
+        .await
+        .unwrap();
+    client
+        .submit(TaskRequest::new("add").arg(1).arg(1))
+        .await
+        .unwrap();
+    let pid = dev.child.id().expect("pid").to_string();
+    let sent = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), dev.child.wait())
+        .await
+        .expect("exited within the grace period")
+        .unwrap();
+    assert!(exit.success(), "clean exit, got {exit:?}");
+    assert!(sent.elapsed() < Duration::from_secs(5));
+}

@@ -1,0 +1,313 @@
+//! Bad input gets a precise status and changes nothing, on both stores.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tonic::Code;
+
+use conveyor_api::pb::{self, connect_request::Message as Up};
+use conveyor_tests::raw_worker::hello;
+use conveyor_tests::{
+    Backend, RawWorker, TestCluster, json as payload, on_both_stores, spec, violated_field,
+};
+
+on_both_stores!(
+    bad_submissions_name_their_field_and_store_nothing,
+    unknown_and_malformed_ids,
+    protocol_violations_end_the_stream_precisely,
+);
+
+async fn submit_err(cluster: &TestCluster, task: Option<pb::TaskSpec>) -> tonic::Status {
+    cluster
+        .submission()
+        .submit_task(pb::SubmitTaskRequest { task })
+        .await
+        .expect_err("must be refused")
+}
+
+/// Nothing was stored: a worker for `add` finds no work and nothing is scheduled.
+async fn assert_nothing_stored(cluster: &TestCluster) {
+    let mut worker = RawWorker::connect(cluster.channel.clone(), hello("probe", &["add"], 1))
+        .await
+        .unwrap();
+    worker.grant(1).await;
+    assert!(
+        worker
+            .assignments(1, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "a refused task was stored"
+    );
+    assert_eq!(cluster.store.scheduled_summary().await.unwrap().count, 0);
+}
+
+async fn bad_submissions_name_their_field_and_store_nothing(backend: Backend) {
+    let Some(cluster) = TestCluster::start(backend).await else {
+        return;
+    };
+    let cases: Vec<(pb::TaskSpec, Code, &str)> = vec![
+        (spec("", &[json!(1)]), Code::InvalidArgument, "task.name"),
+        (
+            spec(&"a".repeat(201), &[json!(1)]),
+            Code::InvalidArgument,
+            "task.name",
+        ),
+        (
+            spec("has space", &[json!(1)]),
+            Code::InvalidArgument,
+            "task.name",
+        ),
+        (
+            pb::TaskSpec {
+                name: "add".into(),
+                args: vec![payload(json!("x".repeat(1024 * 1024)))],
+                ..Default::default()
+            },
+            Code::ResourceExhausted,
+            "task.args[0]",
+        ),
+        (
+            pb::TaskSpec {
+                name: "add".into(),
+                args: vec![pb::Payload {
+                    data: b"{\"unterminated\": ".to_vec(),
+                    content_type: String::new(),
+                }],
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "task.args[0].data",
+        ),
+        (
+            pb::TaskSpec {
+                name: "add".into(),
+                options: Some(pb::TaskOptions {
+                    countdown: Some(prost_types::Duration {
+                        seconds: -1,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "task.options.countdown",
+        ),
+        (
+            pb::TaskSpec {
+                name: "add".into(),
+                options: Some(pb::TaskOptions {
+                    queue: "no:colons".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "task.options.queue",
+        ),
+    ];
+    for (task, code, field) in cases {
+        let status = submit_err(&cluster, Some(task)).await;
+        assert_eq!(status.code(), code, "{field}: {status:?}");
+        assert_eq!(
+            violated_field(&status).as_deref(),
+            Some(field),
+            "{status:?}"
+        );
+        assert!(
+            status.message().contains(field),
+            "message names the field: {}",
+            status.message()
+        );
+    }
+    let missing = submit_err(&cluster, None).await;
+    assert_eq!(
+        (missing.code(), violated_field(&missing).as_deref()),
+        (Code::InvalidArgument, Some("task"))
+    );
+    // A batch is all or nothing; the violation names the index.
+    let mut tasks: Vec<pb::TaskSpec> = (0..5).map(|n| spec("add", &[json!(n), json!(1)])).collect();
+    tasks[3].name = String::new();
+    let status = cluster
+        .submission()
+        .submit_tasks(pb::SubmitTasksRequest { tasks })
+        .await
+        .expect_err("batch refused");
+    assert_eq!(
+        (status.code(), violated_field(&status).as_deref()),
+        (Code::InvalidArgument, Some("tasks[3].name"))
+    );
+    let oversized: Vec<pb::TaskSpec> = (0..1001)
+        .map(|n| spec("add", &[json!(n), json!(1)]))
+        .collect();
+    let status = cluster
+        .submission()
+        .submit_tasks(pb::SubmitTasksRequest { tasks: oversized })
+        .await
+        .expect_err("batch too large");
+    assert_eq!(
+        (status.code(), violated_field(&status).as_deref()),
+        (Code::ResourceExhausted, Some("tasks"))
+    );
+    let empty = cluster
+        .submission()
+        .submit_tasks(pb::SubmitTasksRequest { tasks: vec![] })
+        .await
+        .expect_err("empty batch");
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    assert_nothing_stored(&cluster).await;
+}
+
+async fn unknown_and_malformed_ids(backend: Backend) {
+    let Some(cluster) = TestCluster::start(backend).await else {
+        return;
+    };
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let mut results = cluster.results();
+    let status = results
+        .get_task(pb::GetTaskRequest {
+            task_id: unknown.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = results
+        .wait_task(pb::WaitTaskRequest {
+            task_id: unknown.clone(),
+            timeout: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = results
+        .get_task(pb::GetTaskRequest {
+            task_id: "not-a-uuid".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), violated_field(&status).as_deref()),
+        (Code::InvalidArgument, Some("task_id"))
+    );
+    let status = results
+        .get_task(pb::GetTaskRequest {
+            task_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = cluster
+        .submission()
+        .cancel_task(pb::CancelTaskRequest {
+            task_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = results
+        .watch_task(pb::WatchTaskRequest { task_id: unknown })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+}
+
+/// The status that ends a stream, waiting at most a few seconds.
+async fn ending_status(worker: &mut RawWorker) -> tonic::Status {
+    loop {
+        match worker.next(Duration::from_secs(5)).await {
+            Some(Err(status)) => return status,
+            Some(Ok(_)) => continue,
+            None => panic!("stream ended without a status"),
+        }
+    }
+}
+
+async fn protocol_violations_end_the_stream_precisely(backend: Backend) {
+    let Some(cluster) = TestCluster::start(backend).await else {
+        return;
+    };
+    let task_id = cluster
+        .submission()
+        .submit_task(pb::SubmitTaskRequest {
+            task: Some(spec("add", &[json!(1), json!(2)])),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+
+    // A second hello, while holding a lease: FAILED_PRECONDITION, and the
+    // lease goes back to the queue unchanged but for the attempt count.
+    let mut worker = RawWorker::connect(cluster.channel.clone(), hello("twice", &["add"], 1))
+        .await
+        .unwrap();
+    worker.grant(1).await;
+    assert_eq!(worker.assignments(1, Duration::from_secs(5)).await.len(), 1);
+    worker.send(Up::Hello(hello("twice", &["add"], 1))).await;
+    assert_eq!(
+        ending_status(&mut worker).await.code(),
+        Code::FailedPrecondition
+    );
+    let requeued = conveyor_tests::eventually(Duration::from_secs(5), || async {
+        let task = cluster
+            .results()
+            .get_task(pb::GetTaskRequest {
+                task_id: task_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .task
+            .unwrap();
+        task.state == pb::TaskState::Queued as i32 && task.result.is_none()
+    })
+    .await;
+    assert!(requeued, "the session's lease was released");
+
+    // A first message that is not hello.
+    let (sender, inbound) = RawWorker::open(cluster.channel.clone()).await.unwrap();
+    sender
+        .send(pb::ConnectRequest {
+            message: Some(Up::Heartbeat(pb::Heartbeat {})),
+        })
+        .await
+        .unwrap();
+    let status = first_status(inbound).await;
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    // A hello without task names.
+    let status = RawWorker::connect(cluster.channel.clone(), hello("nameless", &[], 1))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        (status.code(), violated_field(&status).as_deref()),
+        (Code::InvalidArgument, Some("hello.task_names"))
+    );
+
+    // Zero credits, and more credits than allowed.
+    let mut zero = RawWorker::connect(cluster.channel.clone(), hello("zero", &["mul"], 1))
+        .await
+        .unwrap();
+    zero.grant(0).await;
+    assert_eq!(ending_status(&mut zero).await.code(), Code::InvalidArgument);
+    let mut greedy = RawWorker::connect(cluster.channel.clone(), hello("greedy", &["mul"], 1))
+        .await
+        .unwrap();
+    let limit = greedy.welcome.max_credits;
+    greedy.grant(limit + 1).await;
+    assert_eq!(
+        ending_status(&mut greedy).await.code(),
+        Code::ResourceExhausted
+    );
+}
+
+async fn first_status(mut inbound: tonic::Streaming<pb::ConnectResponse>) -> tonic::Status {
+    match tokio::time::timeout(Duration::from_secs(5), inbound.message()).await {
+        Ok(Err(status)) => status,
+        other => panic!("expected a status, got {other:?}"),
+    }
+}
