@@ -47,6 +47,15 @@ impl fmt::Display for TaskId {
     }
 }
 
+/// The partition for an idempotency key (FNV-1a), so that a retried submit
+/// lands where its first attempt did; stable across processes and versions.
+pub fn partition_for_key(key: &str, partitions: u16) -> u16 {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % u64::from(partitions.max(1))) as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,18 +72,17 @@ mod tests {
     }
 
     #[test]
+    fn key_partitions_are_stable_and_in_range() {
+        assert_eq!(partition_for_key("order-42", 1), 0);
+        let partition = partition_for_key("order-42", 16);
+        assert!(partition < 16);
+        assert_eq!(partition_for_key("order-42", 16), partition);
+    }
+
+    #[test]
     fn bad_ids_name_the_field() {
         let error = TaskId::parse("nope", "task_id").unwrap_err();
         assert!(error.to_string().contains("task_id"));
         assert!(TaskId::parse("", "task_id").is_err());
     }
-}
-
-/// The partition for an idempotency key (FNV-1a), so that a retried submit
-/// lands where its first attempt did; stable across processes and versions.
-pub fn partition_for_key(key: &str, partitions: u16) -> u16 {
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % u64::from(partitions.max(1))) as u16
 }

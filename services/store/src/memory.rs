@@ -129,20 +129,20 @@ impl Store for MemoryStore {
             let mut inner = self.lock();
             for task in tasks {
                 if let Some(key) = &task.idempotency_key {
-                    if let Some((existing, forget_at)) = inner.idempotency.get(key).copied() {
-                        if forget_at > now_ms {
-                            let state = inner
-                                .tasks
-                                .get(&existing)
-                                .map(|entry| entry.task.state)
-                                .unwrap_or(TaskState::Succeeded);
-                            acks.push(EnqueueAck {
-                                id: existing,
-                                state,
-                                duplicate: true,
-                            });
-                            continue;
-                        }
+                    if let Some((existing, forget_at)) = inner.idempotency.get(key).copied()
+                        && forget_at > now_ms
+                    {
+                        let state = inner
+                            .tasks
+                            .get(&existing)
+                            .map(|entry| entry.task.state)
+                            .unwrap_or(TaskState::Succeeded);
+                        acks.push(EnqueueAck {
+                            id: existing,
+                            state,
+                            duplicate: true,
+                        });
+                        continue;
                     }
                     inner
                         .idempotency
