@@ -266,3 +266,76 @@ async fn sigterm_drains_and_exits_cleanly() {
     assert!(exit.success(), "clean exit, got {exit:?}");
     assert!(sent.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn killed_dispatcher_leases_are_reaped_and_rerun() {
+    let Some(url) = test_redis_url() else { return };
+    let prefix = format!("reap-{}:", uuid::Uuid::new_v4().simple());
+    let extra = redis_args(&url, &prefix);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let with = |roles: &[&'static str]| {
+        let mut args: Vec<&str> = vec!["serve"];
+        args.extend(roles);
+        args.extend(&extra);
+        args
+    };
+    let front = spawn_conveyor(&with(&["submission", "results", "scheduling"])).await;
+    let mut doomed = spawn_conveyor(&with(&["dispatch"])).await;
+    let spare = spawn_conveyor(&with(&["dispatch"])).await;
+    let client = Client::connect(format!("http://{}", front.addr))
+        .await
+        .unwrap();
+    // The first worker holds the task forever; its dispatcher is then killed.
+    let stuck = Worker::from_channel(channel(&doomed.addr).await)
+        .worker_id("stuck")
+        .concurrency(1)
+        .register("job", |ctx: conveyor_client::TaskContext| async move {
+            ctx.cancelled().await;
+            Ok(serde_json::json!("stuck"))
+        })
+        .build()
+        .unwrap();
+    let stuck = tokio::spawn(async move { stuck.run().await });
+    let id = client.submit(TaskRequest::new("job")).await.unwrap();
+    let mut leased = false;
+    for _ in 0..500 {
+        let task = client.get(&id).await.unwrap();
+        if task.worker_id == "stuck" {
+            leased = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(leased, "the first worker leased the task");
+    doomed.child.start_kill().unwrap();
+    doomed.child.wait().await.unwrap();
+    let killed_at = Instant::now();
+    let rescuer = Worker::from_channel(channel(&spare.addr).await)
+        .worker_id("rescuer")
+        .concurrency(1)
+        .register("job", |_ctx: conveyor_client::TaskContext| async move {
+            Ok(serde_json::json!("rescued"))
+        })
+        .build()
+        .unwrap();
+    let stop = tokio_util_stop();
+    let stopper = stop.clone();
+    let rescuer = tokio::spawn(async move {
+        rescuer
+            .run_until(async move { stopper.notified().await })
+            .await
+    });
+    let result: String = client.result(&id, Duration::from_secs(10)).await.unwrap();
+    let recovered_in = killed_at.elapsed();
+    assert_eq!(result, "rescued");
+    let task = client.get(&id).await.unwrap();
+    assert_eq!((task.attempt, task.worker_id.as_str()), (2, "rescuer"));
+    println!("dispatcher killed: task re-run and done {recovered_in:?} later (lease ttl 1s)");
+    assert!(
+        recovered_in < Duration::from_secs(3),
+        "took {recovered_in:?}"
+    );
+    stop.notify_one();
+    rescuer.await.unwrap().unwrap();
+    stuck.abort();
+}
