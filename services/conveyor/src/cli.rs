@@ -106,6 +106,23 @@ pub struct Target {
     /// Server address.
     #[arg(long, default_value = "http://127.0.0.1:50051", env = "CONVEYOR_ADDR")]
     pub server: String,
+    /// Bearer token, when the server requires one.
+    #[arg(long, env = "CONVEYOR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// A request carrying the bearer token, if one is set.
+    fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .context("--token contains characters not allowed in a header")?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
 }
 
 /// `submit` arguments.
@@ -168,6 +185,9 @@ async fn serve(roles: Vec<Role>, args: ServerArgs, log_json: bool) -> anyhow::Re
         ..AppConfig::default()
     };
     config.server.grace = args.grace;
+    // Workers get most of the grace period to finish what they hold; the
+    // rest is for their last outcomes to be recorded.
+    config.dispatch.drain_grace = args.grace.mul_f64(0.8);
     config.server.auth_tokens = args.auth_tokens;
     config.dispatch.heartbeat_interval = args.heartbeat_interval;
     config.dispatch.lease_ttl = args.lease_ttl;
@@ -187,11 +207,13 @@ async fn serve(roles: Vec<Role>, args: ServerArgs, log_json: bool) -> anyhow::Re
         StoreUrl::Redis(url) => url.clone(),
     };
     tracing::info!(listen = %bound, store = %store_name, ?roles, "conveyor serving");
+    let mut server = std::pin::pin!(server);
     tokio::select! {
-        result = server => return result.context("server task")?,
+        result = &mut server => return result.context("server task")?,
         _ = conveyor_runtime::wait_for_signals(shutdown.clone()) => {}
     }
-    Ok(())
+    // Drain: workers are asked to finish, open calls complete, within --grace.
+    server.await.context("server task")?
 }
 
 async fn channel(target: &Target) -> anyhow::Result<Channel> {
@@ -241,7 +263,10 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let mut submission =
         pb::submission_service_client::SubmissionServiceClient::new(channel.clone());
     let response = submission
-        .submit_task(pb::SubmitTaskRequest { task: Some(spec) })
+        .submit_task(
+            args.target
+                .request(pb::SubmitTaskRequest { task: Some(spec) })?,
+        )
         .await
         .map_err(status_error)?
         .into_inner();
@@ -250,10 +275,10 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut results = pb::results_service_client::ResultsServiceClient::new(channel);
-    let mut request = tonic::Request::new(pb::WaitTaskRequest {
+    let mut request = args.target.request(pb::WaitTaskRequest {
         task_id: response.task_id.clone(),
         timeout: Some(pb_duration(args.timeout)),
-    });
+    })?;
     request.set_timeout(args.timeout + Duration::from_secs(5));
     let task = results
         .wait_task(request)
@@ -352,7 +377,7 @@ async fn workers(target: &Target) -> anyhow::Result<()> {
     let mut dispatch =
         pb::dispatch_service_client::DispatchServiceClient::new(channel(target).await?);
     let workers = dispatch
-        .list_workers(pb::ListWorkersRequest {})
+        .list_workers(target.request(pb::ListWorkersRequest {})?)
         .await
         .map_err(status_error)?
         .into_inner()

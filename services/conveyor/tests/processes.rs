@@ -243,28 +243,64 @@ async fn quick_start_dev_server_example_worker_and_cli() {
 }
 
 #[tokio::test]
-async fn sigterm_drains_and_exits_cleanly() {
-    let mut dev = spawn_conveyor(&["dev", "--grace", "2s"]).await;
-    let client = Client::connect(format!("http://{}", dev.addr))
-        .await
+async fn sigterm_drains_running_tasks_then_exits() {
+    let Some(url) = test_redis_url() else { return };
+    let prefix = format!("drain-{}:", uuid::Uuid::new_v4().simple());
+    let mut args = vec!["dev".to_string(), "--grace".into(), "5s".into()];
+    args.extend(redis_args(&url, &prefix));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut dev = spawn_conveyor(&args).await;
+    let server = channel(&dev.addr).await;
+    let worker = Worker::from_channel(server.clone())
+        .worker_id("drainer")
+        .concurrency(1)
+        .register("slow", |_ctx: conveyor_client::TaskContext| async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            Ok(serde_json::json!("finished"))
+        })
+        .build()
         .unwrap();
-    client
-        .submit(TaskRequest::new("add").arg(1).arg(1))
-        .await
-        .unwrap();
+    let worker = tokio::spawn(async move { worker.run().await });
+    let client = Client::from_channel(server);
+    let id = client.submit(TaskRequest::new("slow")).await.unwrap();
+    let mut running = false;
+    for _ in 0..500 {
+        if client.get(&id).await.unwrap().worker_id == "drainer" {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(running, "the task reached the worker");
     let pid = dev.child.id().expect("pid").to_string();
     let sent = Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let exit = tokio::time::timeout(Duration::from_secs(10), dev.child.wait())
         .await
         .expect("exited within the grace period")
         .unwrap();
     assert!(exit.success(), "clean exit, got {exit:?}");
-    assert!(sent.elapsed() < Duration::from_secs(5));
+    let took = sent.elapsed();
+    assert!(took < Duration::from_secs(5), "drain took {took:?}");
+    // The running task finished during the drain and its outcome was kept.
+    let mut config = conveyor_store::RedisConfig::new(url.clone());
+    config.prefix = prefix;
+    let store = conveyor_store::RedisStore::connect(config).await.unwrap();
+    use conveyor_store::Store;
+    let task_id = conveyor_core::TaskId::parse(&id, "id").unwrap();
+    let task = store.get(task_id, 0).await.unwrap().expect("task kept");
+    assert_eq!(
+        task.state,
+        conveyor_core::TaskState::Succeeded,
+        "drain took {took:?}"
+    );
+    worker.abort();
 }
 
 #[tokio::test]
@@ -338,4 +374,24 @@ async fn killed_dispatcher_leases_are_reaped_and_rerun() {
     stop.notify_one();
     rescuer.await.unwrap().unwrap();
     stuck.abort();
+}
+
+#[tokio::test]
+async fn cli_sends_the_bearer_token() {
+    let dev = spawn_conveyor(&["dev", "--auth-token", "s3cret"]).await;
+    let server = format!("http://{}", dev.addr);
+    let refused = cli(&[
+        "submit", "add", "--arg", "1", "--arg", "1", "--server", &server,
+    ])
+    .await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"),
+        "{refused:?}"
+    );
+    let accepted = cli(&[
+        "submit", "add", "--arg", "1", "--arg", "1", "--server", &server, "--token", "s3cret",
+    ])
+    .await;
+    assert!(accepted.status.success(), "{accepted:?}");
 }

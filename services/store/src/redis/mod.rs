@@ -123,6 +123,16 @@ impl RedisStore {
         format!("{{{}{partition}}}:", self.config.prefix)
     }
 
+    /// A script call routed to `partition`: its declared key carries the
+    /// partition's hash tag, so Redis Cluster sends it to the slot that holds
+    /// every key the script touches. ARGV[1] is the key prefix.
+    fn invoke<'a>(&self, script: &'a redis::Script, partition: u16) -> redis::ScriptInvocation<'a> {
+        let prefix = self.partition_prefix(partition);
+        let mut invocation = script.prepare_invoke();
+        invocation.key(format!("{prefix}sched")).arg(prefix);
+        invocation
+    }
+
     async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value> {
         let mut connection = self.connection.clone();
         tokio::time::timeout(
@@ -140,9 +150,8 @@ impl RedisStore {
         session_id: &str,
         now_ms: i64,
     ) -> Result<Vec<TaskId>> {
-        let mut invocation = self.scripts.release.prepare_invoke();
+        let mut invocation = self.invoke(&self.scripts.release, partition);
         invocation
-            .arg(self.partition_prefix(partition))
             .arg(session_id)
             .arg(now_ms)
             .arg(&self.events_channel)
@@ -200,11 +209,8 @@ impl Store for RedisStore {
         }
         let mut acks: Vec<Option<EnqueueAck>> = vec![None; count];
         for (partition, group) in by_partition {
-            let mut invocation = self.scripts.enqueue.prepare_invoke();
-            invocation
-                .arg(self.partition_prefix(partition))
-                .arg(now_ms)
-                .arg(&self.ready_channel);
+            let mut invocation = self.invoke(&self.scripts.enqueue, partition);
+            invocation.arg(now_ms).arg(&self.ready_channel);
             for (_, task) in &group {
                 invocation
                     .arg(task.id.to_string())
@@ -274,9 +280,8 @@ impl Store for RedisStore {
                 break;
             }
             let partition = ((start + offset as usize) % partitions as usize) as u16;
-            let mut invocation = self.scripts.lease.prepare_invoke();
+            let mut invocation = self.invoke(&self.scripts.lease, partition);
             invocation
-                .arg(self.partition_prefix(partition))
                 .arg(request.now_ms)
                 .arg(request.lease_deadline_ms)
                 .arg(&request.session_id)
@@ -320,11 +325,8 @@ impl Store for RedisStore {
                 .push(report);
         }
         for (partition, group) in by_partition {
-            let mut invocation = self.scripts.mark_started.prepare_invoke();
-            invocation
-                .arg(self.partition_prefix(partition))
-                .arg(now_ms)
-                .arg(&self.events_channel);
+            let mut invocation = self.invoke(&self.scripts.mark_started, partition);
+            invocation.arg(now_ms).arg(&self.events_channel);
             for report in &group {
                 invocation
                     .arg(report.id.to_string())
@@ -339,11 +341,8 @@ impl Store for RedisStore {
     async fn heartbeat(&self, session_id: &str, deadline_ms: i64) -> Result<bool> {
         let mut alive = false;
         for partition in 0..self.config.partitions.max(1) {
-            let mut invocation = self.scripts.heartbeat.prepare_invoke();
-            invocation
-                .arg(self.partition_prefix(partition))
-                .arg(session_id)
-                .arg(deadline_ms);
+            let mut invocation = self.invoke(&self.scripts.heartbeat, partition);
+            invocation.arg(session_id).arg(deadline_ms);
             alive |= int_of(&self.run(&invocation).await?) == 1;
         }
         Ok(alive)
@@ -361,11 +360,8 @@ impl Store for RedisStore {
         }
         let mut acks = vec![OutcomeAck::NotFound; count];
         for (partition, group) in by_partition {
-            let mut invocation = self.scripts.complete.prepare_invoke();
-            invocation
-                .arg(self.partition_prefix(partition))
-                .arg(now_ms)
-                .arg(&self.events_channel);
+            let mut invocation = self.invoke(&self.scripts.complete, partition);
+            invocation.arg(now_ms).arg(&self.events_channel);
             for (_, report) in &group {
                 let (kind, record, retry_at) = codec::encode_outcome(&report.outcome);
                 invocation
@@ -403,9 +399,8 @@ impl Store for RedisStore {
     async fn reap_expired(&self, now_ms: i64, limit: usize) -> Result<Vec<TaskId>> {
         let mut requeued = Vec::new();
         for partition in 0..self.config.partitions.max(1) {
-            let mut invocation = self.scripts.reap.prepare_invoke();
+            let mut invocation = self.invoke(&self.scripts.reap, partition);
             invocation
-                .arg(self.partition_prefix(partition))
                 .arg(now_ms)
                 .arg(limit)
                 .arg(&self.events_channel)
@@ -418,9 +413,8 @@ impl Store for RedisStore {
     async fn promote_due(&self, now_ms: i64, limit: usize) -> Result<Promotion> {
         let mut promotion = Promotion::default();
         for partition in 0..self.config.partitions.max(1) {
-            let mut invocation = self.scripts.promote.prepare_invoke();
+            let mut invocation = self.invoke(&self.scripts.promote, partition);
             invocation
-                .arg(self.partition_prefix(partition))
                 .arg(now_ms)
                 .arg(limit)
                 .arg(&self.events_channel)
@@ -446,9 +440,8 @@ impl Store for RedisStore {
     }
 
     async fn cancel(&self, id: TaskId, now_ms: i64) -> Result<CancelAck> {
-        let mut invocation = self.scripts.cancel.prepare_invoke();
+        let mut invocation = self.invoke(&self.scripts.cancel, id.partition());
         invocation
-            .arg(self.partition_prefix(id.partition()))
             .arg(id.to_string())
             .arg(now_ms)
             .arg(&self.events_channel);
