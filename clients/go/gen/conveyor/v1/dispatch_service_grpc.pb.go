@@ -40,7 +40,7 @@ const (
 //  3. Each `Assignment` carries the task, its attempt number and a lease token.
 //     Several assignments travel in one `Assignments` frame.
 //  4. The worker sends `Heartbeat` at least once per heartbeat interval; each
-//     one extends every lease of the session. A worker silent for three
+//     one extends every lease of the session. A worker silent for 2.5
 //     intervals loses its leases (its tasks are queued again) and the stream
 //     ends with UNAVAILABLE.
 //  5. The worker reports outcomes (`ReportOutcomes`), several per frame. An
@@ -110,7 +110,7 @@ func (c *dispatchServiceClient) ListWorkers(ctx context.Context, in *ListWorkers
 //  3. Each `Assignment` carries the task, its attempt number and a lease token.
 //     Several assignments travel in one `Assignments` frame.
 //  4. The worker sends `Heartbeat` at least once per heartbeat interval; each
-//     one extends every lease of the session. A worker silent for three
+//     one extends every lease of the session. A worker silent for 2.5
 //     intervals loses its leases (its tasks are queued again) and the stream
 //     ends with UNAVAILABLE.
 //  5. The worker reports outcomes (`ReportOutcomes`), several per frame. An

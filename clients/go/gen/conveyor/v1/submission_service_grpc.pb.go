@@ -34,7 +34,7 @@ const (
 // ETA; workers receive them through DispatchService.Connect and producers
 // await their outcome through ResultsService.
 //
-// Limits (configurable, see the README): task name 1..200 characters, one
+// Limits (documented in the README): task name 1..200 characters, one
 // payload at most 1 MiB, all payloads of a task at most 4 MiB
 // (RESOURCE_EXHAUSTED beyond), at most 1000 tasks per SubmitTasks call.
 type SubmissionServiceClient interface {
@@ -97,7 +97,7 @@ func (c *submissionServiceClient) CancelTask(ctx context.Context, in *CancelTask
 // ETA; workers receive them through DispatchService.Connect and producers
 // await their outcome through ResultsService.
 //
-// Limits (configurable, see the README): task name 1..200 characters, one
+// Limits (documented in the README): task name 1..200 characters, one
 // payload at most 1 MiB, all payloads of a task at most 4 MiB
 // (RESOURCE_EXHAUSTED beyond), at most 1000 tasks per SubmitTasks call.
 type SubmissionServiceServer interface {

@@ -32,7 +32,7 @@ class SubmissionServiceStub:
     ETA; workers receive them through DispatchService.Connect and producers
     await their outcome through ResultsService.
 
-    Limits (configurable, see the README): task name 1..200 characters, one
+    Limits (documented in the README): task name 1..200 characters, one
     payload at most 1 MiB, all payloads of a task at most 4 MiB
     (RESOURCE_EXHAUSTED beyond), at most 1000 tasks per SubmitTasks call.
     """
@@ -67,7 +67,7 @@ class SubmissionServiceServicer:
     ETA; workers receive them through DispatchService.Connect and producers
     await their outcome through ResultsService.
 
-    Limits (configurable, see the README): task name 1..200 characters, one
+    Limits (documented in the README): task name 1..200 characters, one
     payload at most 1 MiB, all payloads of a task at most 4 MiB
     (RESOURCE_EXHAUSTED beyond), at most 1000 tasks per SubmitTasks call.
     """
@@ -129,7 +129,7 @@ class SubmissionService:
     ETA; workers receive them through DispatchService.Connect and producers
     await their outcome through ResultsService.
 
-    Limits (configurable, see the README): task name 1..200 characters, one
+    Limits (documented in the README): task name 1..200 characters, one
     payload at most 1 MiB, all payloads of a task at most 4 MiB
     (RESOURCE_EXHAUSTED beyond), at most 1000 tasks per SubmitTasks call.
     """

@@ -168,7 +168,7 @@ export const CancelTaskResponseSchema: GenMessage<CancelTaskResponse> = /*@__PUR
  * ETA; workers receive them through DispatchService.Connect and producers
  * await their outcome through ResultsService.
  *
- * Limits (configurable, see the README): task name 1..200 characters, one
+ * Limits (documented in the README): task name 1..200 characters, one
  * payload at most 1 MiB, all payloads of a task at most 4 MiB
  * (RESOURCE_EXHAUSTED beyond), at most 1000 tasks per SubmitTasks call.
  *
