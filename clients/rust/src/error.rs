@@ -129,6 +129,7 @@ mod tests {
                 message: "boom".into(),
                 traceback: "tb".into(),
                 retryable: false,
+                retry_after: None,
             }),
             ..Default::default()
         };

@@ -49,6 +49,7 @@ fn finished(id: &str) -> Result<pb::Task, Status> {
                 message: "boom".into(),
                 traceback: "tb".into(),
                 retryable: false,
+                retry_after: None,
             });
         }
         "expired" => reported.state = pb::TaskState::Expired as i32,
@@ -95,6 +96,13 @@ impl SubmissionService for Fake {
         Ok(Response::new(pb::SubmitTasksResponse { results }))
     }
 
+    async fn replay_task(
+        &self,
+        _request: Request<pb::ReplayTaskRequest>,
+    ) -> Result<Response<pb::ReplayTaskResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     async fn cancel_task(
         &self,
         request: Request<pb::CancelTaskRequest>,
@@ -109,6 +117,20 @@ impl SubmissionService for Fake {
 
 #[tonic::async_trait]
 impl ResultsService for Fake {
+    async fn forget_task(
+        &self,
+        _request: Request<pb::ForgetTaskRequest>,
+    ) -> Result<Response<pb::ForgetTaskResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        _request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     type WatchTaskStream =
         futures::stream::Iter<std::vec::IntoIter<Result<pb::WatchTaskResponse, Status>>>;
 

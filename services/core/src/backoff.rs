@@ -83,11 +83,24 @@ impl Backoff {
 
     /// When a failure after `failures_before` earlier failures retries, if it may.
     pub fn retry_at_ms(&self, failures_before: u32, now_ms: i64) -> Option<i64> {
+        self.retry_at_with(failures_before, now_ms, None)
+    }
+
+    /// As [`Self::retry_at_ms`], with the delay the handler asked for (Celery's
+    /// `self.retry(countdown=...)`) in place of the backoff when given.
+    pub fn retry_at_with(
+        &self,
+        failures_before: u32,
+        now_ms: i64,
+        requested_ms: Option<i64>,
+    ) -> Option<i64> {
         let retry = failures_before + 1;
         if retry > self.max_retries {
             return None;
         }
-        Some(now_ms + self.jittered_delay_ms(retry, rand::random::<f64>()))
+        let delay =
+            requested_ms.unwrap_or_else(|| self.jittered_delay_ms(retry, rand::random::<f64>()));
+        Some(now_ms + delay.max(0))
     }
 }
 

@@ -35,6 +35,8 @@ pub struct StoredTask {
     pub finished_at_ms: i64,
     /// The recorded outcome (result, or last error).
     pub outcome: Option<store_pb::OutcomeRecord>,
+    /// Latest progress of the running attempt.
+    pub progress: Option<pb::Progress>,
 }
 
 impl StoredTask {
@@ -66,6 +68,7 @@ impl StoredTask {
             result,
             error,
             queue: self.queue.clone(),
+            progress: self.progress.clone(),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use conveyor_api::pb;
 use conveyor_core::backoff::Backoff;
-use conveyor_core::time::timestamp_from_ms;
+use conveyor_core::time::{duration_ms, timestamp_from_ms};
 use conveyor_core::{Limits, TaskId};
 use conveyor_store::{LeasedTask, Outcome, OutcomeReport};
 
@@ -12,6 +12,8 @@ pub(crate) struct HeldLease {
     pub token: u64,
     pub failures: u32,
     pub backoff: Backoff,
+    /// When the hard time limit revokes the lease, if the task has one.
+    pub hard_deadline: Option<tokio::time::Instant>,
 }
 
 /// The assignment sent to the worker, and what to remember.
@@ -19,10 +21,17 @@ pub(crate) fn to_assignment(task: LeasedTask) -> (pb::Assignment, HeldLease) {
     let record = task.record;
     let options = record.options.unwrap_or_default();
     let backoff = Backoff::from_pb(options.retry.as_ref());
+    let hard_deadline = options
+        .hard_time_limit
+        .as_ref()
+        .and_then(conveyor_core::time::duration_ms)
+        .filter(|limit| *limit > 0)
+        .map(|limit| tokio::time::Instant::now() + std::time::Duration::from_millis(limit as u64));
     let held = HeldLease {
         token: task.lease_token,
         failures: task.failures,
         backoff: backoff.clone(),
+        hard_deadline,
     };
     let assignment = pb::Assignment {
         task_id: task.id.to_string(),
@@ -64,14 +73,17 @@ pub(crate) fn to_report(
                     ),
                     traceback: String::new(),
                     retryable: false,
+                    retry_after: None,
                 },
                 retry_at_ms: None,
             }
         }
         pb::task_outcome::Outcome::Result(payload) => Outcome::Succeeded(payload),
         pb::task_outcome::Outcome::Error(error) => {
-            let retry_at_ms = if error.retryable {
-                held.backoff.retry_at_ms(held.failures, now_ms)
+            let requested_ms = error.retry_after.as_ref().and_then(duration_ms);
+            let retry_at_ms = if error.retryable || requested_ms.is_some() {
+                held.backoff
+                    .retry_at_with(held.failures, now_ms, requested_ms)
             } else {
                 None
             };
@@ -84,4 +96,28 @@ pub(crate) fn to_report(
         lease_token: held.token,
         outcome,
     }
+}
+
+/// The failure recorded when the hard time limit passes.
+pub(crate) fn time_limit_report(
+    id: TaskId,
+    session_id: &str,
+    held: &HeldLease,
+    now_ms: i64,
+) -> OutcomeReport {
+    let error = pb::TaskError {
+        r#type: "TimeLimitExceeded".into(),
+        message: "the hard time limit passed; the worker was told to abandon the task".into(),
+        traceback: String::new(),
+        retryable: true,
+        retry_after: None,
+    };
+    to_report(
+        id,
+        session_id,
+        held,
+        pb::task_outcome::Outcome::Error(error),
+        &Limits::default(),
+        now_ms,
+    )
 }

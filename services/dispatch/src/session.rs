@@ -17,9 +17,11 @@ use conveyor_api::pb::{
 use conveyor_core::time::{now_ms, pb_duration, timestamp_from_ms};
 use conveyor_core::validate::{DEFAULT_QUEUE, check_name};
 use conveyor_core::{ConveyorError, TaskId};
-use conveyor_store::{LeaseRequest, OutcomeAck, QueueKey, StartReport, Store};
+use conveyor_store::{
+    LeaseRequest, OutcomeAck, ProgressReport, QueueKey, SessionEvents, StartReport, Store,
+};
 
-use crate::assignment::{HeldLease, to_assignment, to_report};
+use crate::assignment::{HeldLease, time_limit_report, to_assignment, to_report};
 use crate::{DispatchConfig, Registry};
 
 /// Shared by every session of a dispatcher.
@@ -142,6 +144,8 @@ struct Session {
     drain_deadline: Option<Instant>,
     /// Whether the leases were already handed back (the drop guard checks).
     released: bool,
+    /// Revocations of this session's tasks (CancelTask on a running task).
+    revocations: Option<SessionEvents>,
 }
 
 impl Session {
@@ -159,6 +163,7 @@ impl Session {
             .collect();
         let ready = Arc::new(Notify::new());
         context.store.events().register_queue_waiter(&keys, &ready);
+        let revocations = Some(context.store.events().register_session(&id));
         let now = now_ms();
         context.registry.insert(pb::WorkerInfo {
             worker_id: hello.worker_id.clone(),
@@ -190,6 +195,7 @@ impl Session {
             last_renewal: Instant::now(),
             drain_deadline: None,
             released: false,
+            revocations,
         }
     }
 
@@ -219,9 +225,11 @@ impl Session {
     async fn run(&mut self, mut inbound: Streaming<pb::ConnectRequest>) -> End {
         let ready = self.ready.clone();
         let shutdown = self.context.shutdown.clone();
+        let mut revocations = self.revocations.take().expect("set at start");
         let mut ticker = tokio::time::interval(self.context.config.heartbeat_interval / 4);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let hard_deadline = self.next_hard_deadline();
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if self.drain_deadline.is_none() => self.begin_drain().await,
@@ -234,6 +242,8 @@ impl Session {
                     }
                 },
                 _ = ticker.tick() => self.on_tick().await,
+                Some(id) = revocations.revoked() => self.revoke(id, "revoked").await,
+                _ = sleep_until_deadline(hard_deadline), if hard_deadline.is_some() => self.enforce_time_limits().await,
                 _ = ready.notified(), if self.starved_since.is_some() && self.credits > 0 => {
                     self.starved_since = None;
                     Ok(())
@@ -261,6 +271,7 @@ impl Session {
             Some(Inbound::Heartbeat(_)) => {}
             Some(Inbound::ReportOutcomes(report)) => self.record_outcomes(report.outcomes).await?,
             Some(Inbound::TaskStarted(started)) => self.mark_started(started).await,
+            Some(Inbound::ReportProgress(report)) => self.record_progress(report).await,
             None => {
                 return Err(End::Fatal(Status::invalid_argument(
                     "message: empty envelope",
@@ -446,6 +457,94 @@ impl Session {
         }
     }
 
+    fn next_hard_deadline(&self) -> Option<Instant> {
+        self.leases
+            .values()
+            .filter_map(|held| held.hard_deadline)
+            .min()
+    }
+
+    /// The store already took the task from us (CancelTask): tell the worker.
+    async fn revoke(&mut self, id: TaskId, reason: &str) -> Result<(), End> {
+        if self.leases.remove(&id).is_none() {
+            return Ok(());
+        }
+        let cancel = pb::CancelAssignment {
+            task_id: id.to_string(),
+            reason: reason.to_string(),
+        };
+        self.send(Outbound::CancelAssignment(cancel)).await
+    }
+
+    /// Fails the attempts whose hard time limit passed (retried per their
+    /// policy) and tells the worker to abandon them, freeing their slots.
+    async fn enforce_time_limits(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        let expired: Vec<TaskId> = self
+            .leases
+            .iter()
+            .filter(|(_, held)| held.hard_deadline.is_some_and(|deadline| deadline <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        let now_ms = now_ms();
+        let reports = expired
+            .iter()
+            .filter_map(|id| {
+                self.leases
+                    .get(id)
+                    .map(|held| time_limit_report(*id, &self.id, held, now_ms))
+            })
+            .collect::<Vec<_>>();
+        if reports.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(session = %self.id, count = reports.len(), "hard time limit passed");
+        self.context
+            .store
+            .complete(reports, now_ms)
+            .await
+            .map_err(|error| End::Fatal(error.into()))?;
+        for id in expired {
+            self.revoke(id, "hard time limit exceeded").await?;
+        }
+        Ok(())
+    }
+
+    async fn record_progress(&mut self, report: pb::ReportProgress) {
+        let Ok(id) = TaskId::parse(&report.task_id, "task_id") else {
+            return;
+        };
+        let Some(progress) = report.progress else {
+            return;
+        };
+        let meta_size = progress.meta.as_ref().map_or(0, |meta| meta.data.len());
+        if progress.state.len() > 100 || meta_size > 64 * 1024 {
+            tracing::warn!(session = %self.id, task = %id, "progress over its size limits; dropped");
+            return;
+        }
+        if self
+            .leases
+            .get(&id)
+            .is_none_or(|held| held.token != report.lease_token)
+        {
+            return;
+        }
+        let report = ProgressReport {
+            id,
+            session_id: self.id.clone(),
+            lease_token: report.lease_token,
+            progress,
+        };
+        if let Err(error) = self
+            .context
+            .store
+            .record_progress(vec![report], now_ms())
+            .await
+        {
+            tracing::warn!(session = %self.id, %error, "recording progress failed");
+        }
+    }
+
     /// Extends the session's leases in the store; if the store no longer
     /// knows them (reaped while we were cut off), tell the worker to stop.
     async fn renew(&mut self) -> Result<(), End> {
@@ -554,5 +653,13 @@ impl Drop for Session {
                 let _ = store.release_session(&id, now_ms()).await;
             });
         }
+    }
+}
+
+/// Sleeps until `deadline` (never, without one).
+async fn sleep_until_deadline(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

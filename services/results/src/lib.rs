@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use conveyor_api::pb::{self, results_service_server as server};
 use conveyor_core::time::{duration_ms, now_ms};
 use conveyor_core::{ConveyorError, TaskId};
-use conveyor_store::{Store, wait_terminal};
+use conveyor_store::{DeadLetterCursor, ForgetAck, Store, wait_terminal};
 
 /// Fully qualified service name, for health.
 pub const SERVICE_NAME: &str = "conveyor.v1.ResultsService";
@@ -154,7 +154,51 @@ impl server::ResultsService for Results {
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
+
+    async fn forget_task(
+        &self,
+        request: Request<pb::ForgetTaskRequest>,
+    ) -> Result<Response<pb::ForgetTaskResponse>, Status> {
+        let id = TaskId::parse(&request.into_inner().task_id, "task_id")?;
+        match self.store.forget(id).await? {
+            ForgetAck::Forgotten => Ok(Response::new(pb::ForgetTaskResponse {})),
+            ForgetAck::NotFinished(state) => Err(ConveyorError::FailedPrecondition(format!(
+                "task {id} is {state:?}; only finished tasks can be forgotten"
+            ))
+            .into()),
+            ForgetAck::NotFound => Err(ConveyorError::task_not_found(id.to_string()).into()),
+        }
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let message = request.into_inner();
+        if message.page_size > MAX_PAGE {
+            return Err(
+                ConveyorError::invalid("page_size", format!("must be at most {MAX_PAGE}")).into(),
+            );
+        }
+        let page_size = if message.page_size == 0 {
+            DEFAULT_PAGE
+        } else {
+            message.page_size
+        };
+        let cursor = DeadLetterCursor::from_token(&message.page_token).ok_or_else(|| {
+            ConveyorError::invalid("page_token", "not a token from a previous response")
+        })?;
+        let (tasks, next) = self.store.dead_letters(cursor, page_size as usize).await?;
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            tasks: tasks.iter().map(|task| task.to_pb()).collect(),
+            next_page_token: next.map(DeadLetterCursor::to_token).unwrap_or_default(),
+        }))
+    }
 }
+
+/// Most dead letters per page, and the default.
+const MAX_PAGE: u32 = 1000;
+const DEFAULT_PAGE: u32 = 100;
 
 fn is_terminal(task: &pb::Task) -> bool {
     conveyor_core::TaskState::from_i32(task.state)

@@ -56,7 +56,9 @@ macro_rules! conformance_suite {
                 lease_respects_task_names, scheduled_tasks_promote_when_due, idempotency_returns_first_task,
                 cancel_queued_and_scheduled_only, heartbeats_extend_and_reaper_requeues,
                 retries_reschedule_with_backoff, expired_tasks_never_lease, started_marks_running_when_fenced,
-                notifications_reach_waiters, wait_times_out_without_changes, batch_lease_takes_many);
+                notifications_reach_waiters, wait_times_out_without_changes, batch_lease_takes_many,
+                progress_is_fenced_and_visible, dead_letters_replay_and_forget, unstarted_tasks_expire_without_workers,
+                eta_an_hour_ahead_runs_once_when_due);
         }
     };
     (@cases $factory:expr; $($case:ident),*) => {
@@ -346,14 +348,31 @@ pub async fn cancel_queued_and_scheduled_only(store: Arc<dyn Store>) {
         .await
         .unwrap()[0]
         .id;
+    let mut session = store.events().register_session("s1");
     store
         .lease(lease_request("s1", &["add"], 1, NOW))
         .await
         .unwrap();
     assert_eq!(
         store.cancel(leased, NOW).await.unwrap(),
-        CancelAck::NotCancellable(TaskState::Leased)
+        CancelAck::Cancelled
     );
+    let revoked = tokio::time::timeout(Duration::from_secs(2), session.revoked()).await;
+    assert_eq!(
+        revoked.expect("the session is told").expect("an id"),
+        leased
+    );
+    let late = store
+        .complete(vec![success(leased, "s1", 1, "1")], NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        late,
+        vec![OutcomeAck::NotHeld],
+        "a revoked task's late outcome is ignored"
+    );
+    assert_eq!(state_of(&store, leased).await, TaskState::Cancelled);
+    assert!(store.release_session("s1", NOW).await.unwrap().is_empty());
     assert_eq!(
         store
             .cancel(conveyor_core::TaskId::new(0), NOW)
@@ -402,6 +421,7 @@ pub async fn retries_reschedule_with_backoff(store: Arc<dyn Store>) {
         message: "boom".into(),
         traceback: "line 1".into(),
         retryable: true,
+        retry_after: None,
     };
     let retry = OutcomeReport {
         id,
@@ -581,4 +601,234 @@ pub async fn batch_lease_takes_many(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(rest.len(), 30);
+}
+
+/// Progress is recorded only for the current lease, and shows on the task.
+pub async fn progress_is_fenced_and_visible(store: Arc<dyn Store>) {
+    let id = store
+        .enqueue(vec![plain(&store, "add")], NOW)
+        .await
+        .unwrap()[0]
+        .id;
+    store
+        .lease(lease_request("s1", &["add"], 1, NOW))
+        .await
+        .unwrap();
+    let report = |token: u64, percent: f64| ProgressReport {
+        id,
+        session_id: "s1".into(),
+        lease_token: token,
+        progress: pb::Progress {
+            state: "CRUNCHING".into(),
+            percent,
+            meta: Some(json("{\"rows\": 10}")),
+            reported_at: None,
+        },
+    };
+    store
+        .record_progress(vec![report(9, 10.0)], NOW + 1)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get(id, NOW)
+            .await
+            .unwrap()
+            .unwrap()
+            .progress
+            .is_none()
+    );
+    store
+        .record_progress(vec![report(1, 50.0)], NOW + 2)
+        .await
+        .unwrap();
+    let shown = store
+        .get(id, NOW)
+        .await
+        .unwrap()
+        .unwrap()
+        .to_pb()
+        .progress
+        .expect("progress");
+    assert_eq!((shown.state.as_str(), shown.percent), ("CRUNCHING", 50.0));
+    let reported = shown
+        .reported_at
+        .map(|at| conveyor_core::time::ms_from_timestamp(&at));
+    assert_eq!(reported, Some(NOW + 2));
+}
+
+/// A final failure is a dead letter until replayed or forgotten.
+pub async fn dead_letters_replay_and_forget(store: Arc<dyn Store>) {
+    let id = store
+        .enqueue(vec![plain(&store, "add")], NOW)
+        .await
+        .unwrap()[0]
+        .id;
+    assert_eq!(
+        store.forget(id).await.unwrap(),
+        ForgetAck::NotFinished(TaskState::Queued)
+    );
+    assert_eq!(
+        store.replay(id, NOW).await.unwrap(),
+        ReplayAck::NotFailed(TaskState::Queued)
+    );
+    store
+        .lease(lease_request("s1", &["add"], 1, NOW))
+        .await
+        .unwrap();
+    let error = pb::TaskError {
+        r#type: "ValueError".into(),
+        message: "bad".into(),
+        ..Default::default()
+    };
+    let fail = OutcomeReport {
+        id,
+        session_id: "s1".into(),
+        lease_token: 1,
+        outcome: Outcome::Failed {
+            error,
+            retry_at_ms: None,
+        },
+    };
+    store.complete(vec![fail], NOW + 1).await.unwrap();
+    let (dead, next) = store
+        .dead_letters(DeadLetterCursor::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        dead.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![id]
+    );
+    assert!(next.is_none());
+    assert_eq!(
+        store.replay(id, NOW + 2).await.unwrap(),
+        ReplayAck::Replayed
+    );
+    assert!(
+        store
+            .dead_letters(DeadLetterCursor::default(), 10)
+            .await
+            .unwrap()
+            .0
+            .is_empty()
+    );
+    let again = store
+        .lease(lease_request("s2", &["add"], 1, NOW + 3))
+        .await
+        .unwrap();
+    assert_eq!((again[0].attempt, again[0].failures), (2, 0));
+    store
+        .complete(vec![success(id, "s2", 2, "7")], NOW + 4)
+        .await
+        .unwrap();
+    assert_eq!(store.forget(id).await.unwrap(), ForgetAck::Forgotten);
+    assert!(store.get(id, NOW + 5).await.unwrap().is_none());
+    assert_eq!(store.forget(id).await.unwrap(), ForgetAck::NotFound);
+    assert_eq!(store.replay(id, NOW).await.unwrap(), ReplayAck::NotFound);
+}
+
+/// A task nobody starts before `expires` becomes EXPIRED by itself.
+pub async fn unstarted_tasks_expire_without_workers(store: Arc<dyn Store>) {
+    let expiring = pb::TaskOptions {
+        expires: Some(conveyor_core::time::timestamp_from_ms(NOW + 10)),
+        ..Default::default()
+    };
+    let queued = store
+        .enqueue(vec![task("add", expiring, store.partitions())], NOW)
+        .await
+        .unwrap()[0]
+        .id;
+    let delayed = pb::TaskOptions {
+        countdown: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+        expires: Some(conveyor_core::time::timestamp_from_ms(NOW + 90_000)),
+        ..Default::default()
+    };
+    let scheduled = store
+        .enqueue(vec![task("add", delayed, store.partitions())], NOW)
+        .await
+        .unwrap()[0]
+        .id;
+    assert_eq!(store.promote_due(NOW + 5, 100).await.unwrap().expired, 0);
+    assert_eq!(store.promote_due(NOW + 20, 100).await.unwrap().expired, 1);
+    assert_eq!(state_of(&store, queued).await, TaskState::Expired);
+    // Promoted at 60 s but never leased: it expires in its queue at 90 s.
+    assert_eq!(
+        store.promote_due(NOW + 60_000, 100).await.unwrap().promoted,
+        1
+    );
+    assert_eq!(
+        store.promote_due(NOW + 90_000, 100).await.unwrap().expired,
+        1
+    );
+    assert_eq!(state_of(&store, scheduled).await, TaskState::Expired);
+    assert!(
+        store
+            .lease(lease_request("s1", &["add"], 10, NOW + 90_001))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// An ETA an hour ahead: not a millisecond early, exactly once when due.
+pub async fn eta_an_hour_ahead_runs_once_when_due(store: Arc<dyn Store>) {
+    let hour = 3_600_000;
+    let options = pb::TaskOptions {
+        eta: Some(conveyor_core::time::timestamp_from_ms(NOW + hour)),
+        ..Default::default()
+    };
+    let id = store
+        .enqueue(vec![task("add", options, store.partitions())], NOW)
+        .await
+        .unwrap()[0]
+        .id;
+    for minute in [1, 30, 59] {
+        let now = NOW + minute * 60_000;
+        assert_eq!(store.promote_due(now, 100).await.unwrap().promoted, 0);
+        assert!(
+            store
+                .lease(lease_request("s1", &["add"], 1, now))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert_eq!(
+        store
+            .promote_due(NOW + hour - 1, 100)
+            .await
+            .unwrap()
+            .promoted,
+        0
+    );
+    assert_eq!(
+        store.promote_due(NOW + hour, 100).await.unwrap().promoted,
+        1
+    );
+    let leased = store
+        .lease(lease_request("s1", &["add"], 10, NOW + hour))
+        .await
+        .unwrap();
+    assert_eq!(
+        leased.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![id]
+    );
+    assert_eq!(
+        store
+            .promote_due(NOW + 2 * hour, 100)
+            .await
+            .unwrap()
+            .promoted,
+        0
+    );
+    assert!(
+        store
+            .lease(lease_request("s2", &["add"], 10, NOW + 2 * hour))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

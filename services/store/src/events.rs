@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, mpsc};
 
 use conveyor_core::TaskId;
 
@@ -24,6 +24,9 @@ struct Inner {
     /// Sessions waiting for work, per queue key. `Notify::notify_one` stores
     /// a permit, so a wake-up that lands before the session waits is kept.
     queues: Mutex<HashMap<QueueKey, Vec<Weak<Notify>>>>,
+    /// Dispatcher sessions on this process, told when a task they hold is
+    /// revoked.
+    sessions: Mutex<HashMap<String, mpsc::UnboundedSender<TaskId>>>,
 }
 
 impl EventHub {
@@ -90,6 +93,33 @@ impl EventHub {
         }
     }
 
+    /// A task held by `session_id` was revoked (cancelled while running).
+    pub fn task_revoked(&self, session_id: &str, id: TaskId) {
+        let sessions = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(sender) = sessions.get(session_id) {
+            let _ = sender.send(id);
+        }
+    }
+
+    /// Registers a session for revocations until the handle is dropped.
+    pub fn register_session(&self, session_id: &str) -> SessionEvents {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .insert(session_id.to_string(), sender);
+        SessionEvents {
+            hub: self.clone(),
+            session_id: session_id.to_string(),
+            receiver,
+        }
+    }
+
     /// Wakes everybody: used after a notification channel reconnects, when
     /// messages may have been missed.
     pub fn wake_all(&self) {
@@ -144,5 +174,31 @@ impl Drop for TaskEvents {
                 tasks.remove(&self.id);
             }
         }
+    }
+}
+
+/// Revocations of one session's tasks.
+#[derive(Debug)]
+pub struct SessionEvents {
+    hub: EventHub,
+    session_id: String,
+    receiver: mpsc::UnboundedReceiver<TaskId>,
+}
+
+impl SessionEvents {
+    /// The next revoked task id.
+    pub async fn revoked(&mut self) -> Option<TaskId> {
+        self.receiver.recv().await
+    }
+}
+
+impl Drop for SessionEvents {
+    fn drop(&mut self) {
+        self.hub
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(&self.session_id);
     }
 }

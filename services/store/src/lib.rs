@@ -11,7 +11,7 @@ mod wait;
 use async_trait::async_trait;
 use conveyor_core::{NewTask, Result, StoredTask, TaskId};
 
-pub use events::{EventHub, TaskEvents};
+pub use events::{EventHub, SessionEvents, TaskEvents};
 pub use memory::MemoryStore;
 pub use redis::{RedisConfig, RedisStore};
 pub use types::*;
@@ -57,8 +57,25 @@ pub trait Store: Send + Sync + 'static {
     /// Moves SCHEDULED tasks that are due into their queues, up to `limit`.
     async fn promote_due(&self, now_ms: i64, limit: usize) -> Result<Promotion>;
 
-    /// Cancels a QUEUED or SCHEDULED task.
+    /// Cancels a task that has not finished. A leased one is taken from its
+    /// session, which is told through [`EventHub::task_revoked`].
     async fn cancel(&self, id: TaskId, now_ms: i64) -> Result<CancelAck>;
+
+    /// Records progress of leased tasks (when the token still matches).
+    async fn record_progress(&self, reports: Vec<ProgressReport>, now_ms: i64) -> Result<()>;
+
+    /// Deletes a finished task now.
+    async fn forget(&self, id: TaskId) -> Result<ForgetAck>;
+
+    /// FAILED tasks, oldest failure first, from `cursor`; returns the next cursor.
+    async fn dead_letters(
+        &self,
+        cursor: DeadLetterCursor,
+        limit: usize,
+    ) -> Result<(Vec<StoredTask>, Option<DeadLetterCursor>)>;
+
+    /// Queues a FAILED task again with its failures reset.
+    async fn replay(&self, id: TaskId, now_ms: i64) -> Result<ReplayAck>;
 
     /// How many tasks are SCHEDULED and when the next is due.
     async fn scheduled_summary(&self) -> Result<ScheduledSummary>;

@@ -30,6 +30,10 @@ struct Inner {
     idempotency: HashMap<String, (TaskId, i64)>,
     /// (purge at ms, id) of finished tasks whose result TTL runs.
     purge: BTreeSet<(i64, TaskId)>,
+    /// (failed at ms, id): the dead letters.
+    dead: BTreeSet<(i64, TaskId)>,
+    /// (expires at ms, id) of unstarted tasks with an expiry.
+    expiring: BTreeSet<(i64, TaskId)>,
 }
 
 #[derive(Debug)]
@@ -165,6 +169,9 @@ impl Store for MemoryStore {
                         .push_back(id);
                     ready.insert(queue_key.clone());
                 }
+                if task.expires_at_ms > 0 {
+                    inner.expiring.insert((task.expires_at_ms, id));
+                }
                 let stored = StoredTask {
                     id,
                     record: task.record,
@@ -179,6 +186,7 @@ impl Store for MemoryStore {
                     due_at_ms: task.due_at_ms,
                     finished_at_ms: 0,
                     outcome: None,
+                    progress: None,
                 };
                 inner.tasks.insert(
                     id,
@@ -246,6 +254,7 @@ impl Store for MemoryStore {
                 task.session_id = request.session_id.clone();
                 task.worker_id = request.worker_id.clone();
                 task.updated_at_ms = request.now_ms;
+                task.progress = None;
                 leased.push(LeasedTask {
                     id,
                     record: task.record.clone(),
@@ -388,6 +397,34 @@ impl Store for MemoryStore {
                 ready.insert(key);
                 promotion.promoted += 1;
             }
+            while let Some(&(expires, id)) = inner.expiring.first() {
+                if expires > now_ms {
+                    break;
+                }
+                inner.expiring.pop_first();
+                let Some(entry) = inner.tasks.get(&id) else {
+                    continue;
+                };
+                let (state, key, due) = (
+                    entry.task.state,
+                    entry.queue_key.clone(),
+                    entry.task.due_at_ms,
+                );
+                match state {
+                    TaskState::Queued => {
+                        if let Some(queue) = inner.queues.get_mut(&key) {
+                            queue.retain(|queued| *queued != id);
+                        }
+                    }
+                    TaskState::Scheduled => {
+                        inner.scheduled.remove(&(due, id));
+                    }
+                    _ => continue,
+                }
+                inner.finish(id, TaskState::Expired, now_ms);
+                changed.push(id);
+                promotion.expired += 1;
+            }
             promotion.next_due_ms = inner.scheduled.first().map(|(due, _)| *due);
         }
         self.notify(&changed, &ready);
@@ -395,6 +432,7 @@ impl Store for MemoryStore {
     }
 
     async fn cancel(&self, id: TaskId, now_ms: i64) -> Result<CancelAck> {
+        let mut revoked_from = None;
         let ack = {
             let mut inner = self.lock();
             let Some(entry) = inner.tasks.get(&id) else {
@@ -414,13 +452,123 @@ impl Store for MemoryStore {
                 TaskState::Scheduled => {
                     inner.scheduled.remove(&(due, id));
                 }
+                TaskState::Leased | TaskState::Running => {
+                    let session_id = inner.tasks[&id].task.session_id.clone();
+                    if let Some(session) = inner.sessions.get_mut(&session_id) {
+                        session.leases.remove(&id);
+                    }
+                    revoked_from = Some(session_id);
+                }
                 other => return Ok(CancelAck::NotCancellable(other)),
             }
             inner.finish(id, TaskState::Cancelled, now_ms);
             CancelAck::Cancelled
         };
         self.events.task_changed(id);
+        if let Some(session_id) = revoked_from {
+            self.events.task_revoked(&session_id, id);
+        }
         Ok(ack)
+    }
+
+    async fn record_progress(&self, reports: Vec<ProgressReport>, now_ms: i64) -> Result<()> {
+        let mut changed = Vec::new();
+        {
+            let mut inner = self.lock();
+            for report in reports {
+                let Some(entry) = inner.tasks.get_mut(&report.id) else {
+                    continue;
+                };
+                let task = &mut entry.task;
+                if task.state.is_leased()
+                    && task.lease_token == report.lease_token
+                    && task.session_id == report.session_id
+                {
+                    let mut progress = report.progress;
+                    progress.reported_at = Some(conveyor_core::time::timestamp_from_ms(now_ms));
+                    task.progress = Some(progress);
+                    task.updated_at_ms = now_ms;
+                    changed.push(report.id);
+                }
+            }
+        }
+        for id in changed {
+            self.events.task_changed(id);
+        }
+        Ok(())
+    }
+
+    async fn forget(&self, id: TaskId) -> Result<ForgetAck> {
+        let ack = {
+            let mut inner = self.lock();
+            let Some(entry) = inner.tasks.get(&id) else {
+                return Ok(ForgetAck::NotFound);
+            };
+            let task = &entry.task;
+            if !task.state.is_terminal() {
+                return Ok(ForgetAck::NotFinished(task.state));
+            }
+            let purge_at = task.finished_at_ms + entry.result_ttl_ms;
+            let finished = task.finished_at_ms;
+            inner.purge.remove(&(purge_at, id));
+            inner.dead.remove(&(finished, id));
+            inner.tasks.remove(&id);
+            ForgetAck::Forgotten
+        };
+        self.events.task_changed(id);
+        Ok(ack)
+    }
+
+    async fn dead_letters(
+        &self,
+        cursor: DeadLetterCursor,
+        limit: usize,
+    ) -> Result<(Vec<StoredTask>, Option<DeadLetterCursor>)> {
+        let inner = self.lock();
+        let mut tasks = Vec::new();
+        let mut offset = cursor.offset;
+        for (_, id) in inner.dead.iter().skip(cursor.offset as usize) {
+            if tasks.len() >= limit {
+                return Ok((
+                    tasks,
+                    Some(DeadLetterCursor {
+                        partition: 0,
+                        offset,
+                    }),
+                ));
+            }
+            offset += 1;
+            if let Some(entry) = inner.tasks.get(id) {
+                tasks.push(entry.task.clone());
+            }
+        }
+        Ok((tasks, None))
+    }
+
+    async fn replay(&self, id: TaskId, now_ms: i64) -> Result<ReplayAck> {
+        let key = {
+            let mut inner = self.lock();
+            let Some(entry) = inner.tasks.get_mut(&id) else {
+                return Ok(ReplayAck::NotFound);
+            };
+            if entry.task.state != TaskState::Failed {
+                return Ok(ReplayAck::NotFailed(entry.task.state));
+            }
+            let finished = entry.task.finished_at_ms;
+            let purge_at = finished + entry.result_ttl_ms;
+            entry.task.state = TaskState::Queued;
+            entry.task.failures = 0;
+            entry.task.finished_at_ms = 0;
+            entry.task.updated_at_ms = now_ms;
+            let key = entry.queue_key.clone();
+            inner.purge.remove(&(purge_at, id));
+            inner.dead.remove(&(finished, id));
+            inner.queues.entry(key.clone()).or_default().push_back(id);
+            key
+        };
+        self.events.task_changed(id);
+        self.events.queue_ready(&key);
+        Ok(ReplayAck::Replayed)
     }
 
     async fn scheduled_summary(&self) -> Result<ScheduledSummary> {
@@ -479,7 +627,10 @@ fn complete_one(inner: &mut Inner, report: OutcomeReport, now_ms: i64) -> Outcom
                     inner.scheduled.insert((due, report.id));
                     return OutcomeAck::Recorded(TaskState::Scheduled);
                 }
-                None => TaskState::Failed,
+                None => {
+                    inner.dead.insert((now_ms, report.id));
+                    TaskState::Failed
+                }
             }
         }
     };

@@ -124,7 +124,7 @@ pub enum OutcomeAck {
 pub enum CancelAck {
     /// Cancelled now.
     Cancelled,
-    /// Not cancellable in this state (running or finished).
+    /// Not cancellable in this state (finished).
     NotCancellable(TaskState),
     /// No such task.
     NotFound,
@@ -148,4 +148,67 @@ pub struct ScheduledSummary {
     pub count: u64,
     /// The earliest due time.
     pub next_due_ms: Option<i64>,
+}
+
+/// Progress reported by the session running a task.
+#[derive(Debug, Clone)]
+pub struct ProgressReport {
+    /// Task id.
+    pub id: TaskId,
+    /// Session reporting.
+    pub session_id: String,
+    /// Token of the lease.
+    pub lease_token: u64,
+    /// What to record.
+    pub progress: pb::Progress,
+}
+
+/// What `forget` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForgetAck {
+    /// Deleted.
+    Forgotten,
+    /// Not finished yet; nothing changed.
+    NotFinished(TaskState),
+    /// No such task.
+    NotFound,
+}
+
+/// What `replay` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayAck {
+    /// Queued again.
+    Replayed,
+    /// Not FAILED; nothing changed.
+    NotFailed(TaskState),
+    /// No such task.
+    NotFound,
+}
+
+/// Where a dead-letter listing continues: a partition and an offset in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeadLetterCursor {
+    /// Partition.
+    pub partition: u16,
+    /// Offset within the partition's dead letters.
+    pub offset: u64,
+}
+
+impl DeadLetterCursor {
+    /// The opaque page token form.
+    pub fn to_token(self) -> String {
+        format!("{}.{}", self.partition, self.offset)
+    }
+
+    /// From a page token; `None` when malformed.
+    pub fn from_token(token: &str) -> Option<Self> {
+        if token.is_empty() {
+            return Some(Self::default());
+        }
+        let (partition, offset) = token.split_once('.')?;
+        Some(Self {
+            partition: partition.parse().ok()?,
+            offset: offset.parse().ok()?,
+        })
+    }
 }

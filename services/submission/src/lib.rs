@@ -11,7 +11,7 @@ use conveyor_core::ids::partition_for_key;
 use conveyor_core::time::now_ms;
 use conveyor_core::validate::validate_spec;
 use conveyor_core::{ConveyorError, Limits, TaskId, TaskState};
-use conveyor_store::{CancelAck, EnqueueAck, Store};
+use conveyor_store::{CancelAck, EnqueueAck, ReplayAck, Store};
 
 /// Fully qualified service name, for health.
 pub const SERVICE_NAME: &str = "conveyor.v1.SubmissionService";
@@ -133,5 +133,22 @@ impl server::SubmissionService for Submission {
             cancelled,
             state: state.to_pb() as i32,
         }))
+    }
+
+    async fn replay_task(
+        &self,
+        request: Request<pb::ReplayTaskRequest>,
+    ) -> Result<Response<pb::ReplayTaskResponse>, Status> {
+        let id = TaskId::parse(&request.into_inner().task_id, "task_id")?;
+        match self.store.replay(id, now_ms()).await? {
+            ReplayAck::Replayed => Ok(Response::new(pb::ReplayTaskResponse {
+                state: TaskState::Queued.to_pb() as i32,
+            })),
+            ReplayAck::NotFailed(state) => Err(ConveyorError::FailedPrecondition(format!(
+                "task {id} is {state:?}; only FAILED tasks can be replayed"
+            ))
+            .into()),
+            ReplayAck::NotFound => Err(ConveyorError::task_not_found(id.to_string()).into()),
+        }
     }
 }

@@ -26,6 +26,9 @@ pub struct TaskContext {
     /// Fires when the dispatcher cancels the assignment, the soft time limit
     /// passes, the stream breaks, or a drain's grace period ends.
     cancellation: CancellationToken,
+    /// The session's outbound stream, for progress reports; `None` in unit
+    /// tests and after the stream closed.
+    reporter: Option<tokio::sync::mpsc::Sender<pb::ConnectRequest>>,
 }
 
 impl TaskContext {
@@ -35,7 +38,53 @@ impl TaskContext {
         TaskContext {
             assignment: Arc::new(assignment),
             cancellation,
+            reporter: None,
         }
+    }
+
+    /// Routes `report_progress` to a session's stream.
+    pub(crate) fn with_reporter(
+        mut self,
+        reporter: Option<tokio::sync::mpsc::Sender<pb::ConnectRequest>>,
+    ) -> TaskContext {
+        self.reporter = reporter;
+        self
+    }
+
+    /// Reports progress or a custom state (Celery's `update_state`); watchers
+    /// of the task see it. `meta` is any JSON value. Best effort: returns
+    /// `false` when it could not be sent (no stream, or the stream closed).
+    pub async fn report_progress(
+        &self,
+        state: &str,
+        percent: f64,
+        meta: Option<serde_json::Value>,
+    ) -> bool {
+        let Some(reporter) = &self.reporter else {
+            return false;
+        };
+        let meta = match meta.map(|value| serde_json::to_vec(&value)) {
+            Some(Ok(data)) => Some(pb::Payload {
+                data,
+                content_type: crate::payload::JSON_CONTENT_TYPE.to_string(),
+            }),
+            Some(Err(_)) => return false,
+            None => None,
+        };
+        let report = pb::ReportProgress {
+            task_id: self.assignment.task_id.clone(),
+            lease_token: self.assignment.lease_token,
+            progress: Some(pb::Progress {
+                state: state.to_string(),
+                percent,
+                meta,
+                reported_at: None,
+            }),
+        };
+        let message = pb::ConnectRequest {
+            message: Some(pb::connect_request::Message::ReportProgress(report)),
+        };
+        reporter.send(message).await.is_ok()
     }
 
     /// The task id (a UUIDv7).
@@ -144,6 +193,9 @@ pub struct TaskFailure {
     pub traceback: String,
     /// Whether the task's retry policy may run it again (default true).
     pub retryable: bool,
+    /// Retry after this delay instead of the policy's backoff (still within
+    /// the policy's max retries); see [`TaskFailure::retry_in`].
+    pub retry_after: Option<Duration>,
 }
 
 impl TaskFailure {
@@ -154,7 +206,17 @@ impl TaskFailure {
             message: message.into(),
             traceback: String::new(),
             retryable: true,
+            retry_after: None,
         }
+    }
+
+    /// Asks for a retry after `delay` (Celery's `self.retry(countdown=...)`):
+    /// `return Err(TaskFailure::new("Busy", "rate limited upstream").retry_in(d))`.
+    #[must_use]
+    pub fn retry_in(mut self, delay: Duration) -> TaskFailure {
+        self.retryable = true;
+        self.retry_after = Some(delay);
+        self
     }
 
     /// Marks the failure final: no retry, whatever the policy says.
@@ -197,6 +259,7 @@ impl TaskFailure {
             message: self.message,
             traceback: self.traceback,
             retryable: self.retryable,
+            retry_after: self.retry_after.map(crate::payload::duration_to_proto),
         }
     }
 }

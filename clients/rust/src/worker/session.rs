@@ -213,7 +213,8 @@ impl Session {
         let job = Job {
             epoch: self.epoch,
             handler: runtime.config.handlers.get(&assignment.name).cloned(),
-            context: TaskContext::new(assignment, cancellation.clone()),
+            context: TaskContext::new(assignment, cancellation.clone())
+                .with_reporter(self.out_tx.clone()),
             slots: runtime.slots.clone(),
             started_tx: runtime.started_tx.clone(),
         };

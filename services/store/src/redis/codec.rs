@@ -94,6 +94,13 @@ pub(crate) fn parse_task(id: TaskId, fields: Vec<(String, Vec<u8>)>) -> Result<S
         ),
         None => None,
     };
+    let progress = match fields.iter().find(|(field, _)| field == "pg") {
+        Some((_, bytes)) => Some(
+            conveyor_api::pb::Progress::decode(bytes.as_slice())
+                .map_err(|error| corrupt(format!("progress: {error}")))?,
+        ),
+        None => None,
+    };
     let state_code = number(&fields, "st");
     let state = TaskState::from_i32(state_code as i32)
         .ok_or_else(|| corrupt(format!("state {state_code}")))?;
@@ -116,5 +123,6 @@ pub(crate) fn parse_task(id: TaskId, fields: Vec<(String, Vec<u8>)>) -> Result<S
         due_at_ms: number(&fields, "du"),
         finished_at_ms: number(&fields, "fa"),
         outcome,
+        progress,
     })
 }

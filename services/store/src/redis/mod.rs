@@ -58,6 +58,7 @@ pub struct RedisStore {
     events: EventHub,
     events_channel: String,
     ready_channel: String,
+    revoke_channel: String,
     /// Rotates the first partition and queue key tried by `lease`, for fairness.
     rotor: AtomicUsize,
     subscriber: AbortHandle,
@@ -99,11 +100,13 @@ impl RedisStore {
         let events = EventHub::default();
         let events_channel = format!("{}ev", config.prefix);
         let ready_channel = format!("{}rdy", config.prefix);
+        let revoke_channel = format!("{}rev", config.prefix);
         let subscriber = subscriber::start(
             client,
             events.clone(),
             events_channel.clone(),
             ready_channel.clone(),
+            revoke_channel.clone(),
         )
         .await?;
         Ok(Self {
@@ -113,6 +116,7 @@ impl RedisStore {
             events,
             events_channel,
             ready_channel,
+            revoke_channel,
             rotor: AtomicUsize::new(0),
             subscriber,
         })
@@ -444,11 +448,105 @@ impl Store for RedisStore {
         invocation
             .arg(id.to_string())
             .arg(now_ms)
-            .arg(&self.events_channel);
+            .arg(&self.events_channel)
+            .arg(&self.revoke_channel);
         Ok(match int_of(&self.run(&invocation).await?) {
             0 => CancelAck::Cancelled,
             -1 => CancelAck::NotFound,
             state => CancelAck::NotCancellable(state_of(state)?),
+        })
+    }
+
+    async fn record_progress(&self, reports: Vec<ProgressReport>, now_ms: i64) -> Result<()> {
+        let mut by_partition: std::collections::BTreeMap<u16, Vec<ProgressReport>> =
+            Default::default();
+        for report in reports {
+            by_partition
+                .entry(report.id.partition())
+                .or_default()
+                .push(report);
+        }
+        for (partition, group) in by_partition {
+            let mut invocation = self.invoke(&self.scripts.progress, partition);
+            invocation.arg(now_ms).arg(&self.events_channel);
+            for report in group {
+                let mut progress = report.progress;
+                progress.reported_at = Some(conveyor_core::time::timestamp_from_ms(now_ms));
+                invocation
+                    .arg(report.id.to_string())
+                    .arg(report.session_id)
+                    .arg(report.lease_token)
+                    .arg(progress.encode_to_vec());
+            }
+            self.run(&invocation).await?;
+        }
+        Ok(())
+    }
+
+    async fn forget(&self, id: TaskId) -> Result<ForgetAck> {
+        let mut invocation = self.invoke(&self.scripts.forget, id.partition());
+        invocation.arg(id.to_string()).arg(&self.events_channel);
+        Ok(match int_of(&self.run(&invocation).await?) {
+            0 => ForgetAck::Forgotten,
+            -1 => ForgetAck::NotFound,
+            state => ForgetAck::NotFinished(state_of(state)?),
+        })
+    }
+
+    async fn dead_letters(
+        &self,
+        cursor: DeadLetterCursor,
+        limit: usize,
+    ) -> Result<(Vec<StoredTask>, Option<DeadLetterCursor>)> {
+        let mut tasks = Vec::new();
+        let mut connection = self.connection.clone();
+        let partitions = self.config.partitions.max(1);
+        let mut offset = cursor.offset;
+        for partition in cursor.partition..partitions {
+            let key = format!("{}dlq", self.partition_prefix(partition));
+            loop {
+                let wanted = limit - tasks.len();
+                let ids: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(offset)
+                    .arg(offset + wanted as u64 - 1)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(unavailable)?;
+                let fetched = ids.len();
+                offset += fetched as u64;
+                for id in ids {
+                    let id = TaskId::parse(&id, "id").map_err(|_| ConveyorError::Corrupt {
+                        key: key.clone(),
+                        reason: format!("dead letter {id:?} is not a task id"),
+                    })?;
+                    if let Some(task) = self.get(id, 0).await? {
+                        tasks.push(task);
+                    }
+                }
+                if tasks.len() >= limit {
+                    return Ok((tasks, Some(DeadLetterCursor { partition, offset })));
+                }
+                if fetched < wanted {
+                    break;
+                }
+            }
+            offset = 0;
+        }
+        Ok((tasks, None))
+    }
+
+    async fn replay(&self, id: TaskId, now_ms: i64) -> Result<ReplayAck> {
+        let mut invocation = self.invoke(&self.scripts.replay, id.partition());
+        invocation
+            .arg(id.to_string())
+            .arg(now_ms)
+            .arg(&self.events_channel)
+            .arg(&self.ready_channel);
+        Ok(match int_of(&self.run(&invocation).await?) {
+            0 => ReplayAck::Replayed,
+            -1 => ReplayAck::NotFound,
+            state => ReplayAck::NotFailed(state_of(state)?),
         })
     }
 

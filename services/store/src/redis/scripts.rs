@@ -55,6 +55,7 @@ for b = 4, #ARGV, 8 do
     if due > now then st = 1 end
     redis.call('HSET', P .. 't:' .. id, 'st', st, 'at', 0, 'fl', 0, 'tk', 0, 'qk', qk,
       'sp', ARGV[b + 2], 'ua', now, 'du', due, 'ex', ARGV[b + 4], 'ttl', ARGV[b + 5])
+    if ARGV[b + 4] ~= '0' then redis.call('ZADD', P .. 'exp', ARGV[b + 4], id) end
     if st == 1 then
       redis.call('ZADD', P .. 'sched', due, id)
     else
@@ -91,6 +92,8 @@ while got < max and empty < nq do
       else
         local at, tk = tonumber(f[2]) + 1, tonumber(f[4]) + 1
         redis.call('HSET', t, 'st', 3, 'at', at, 'tk', tk, 'ss', sid, 'wk', wk, 'ua', now)
+        redis.call('HDEL', t, 'pg')
+        redis.call('ZREM', P .. 'exp', id)
         redis.call('SADD', P .. 'sl:' .. sid, id)
         redis.call('PUBLISH', ev, id)
         out[#out + 1] = id; out[#out + 1] = at; out[#out + 1] = tonumber(f[3]); out[#out + 1] = tk
@@ -162,6 +165,7 @@ for b = 4, #ARGV, 6 do
         out[#out + 1] = 1
       else
         finish(P, t, id, 6, now, ev)
+        redis.call('ZADD', P .. 'dlq', now, id)
         out[#out + 1] = 6
       end
     end
@@ -210,27 +214,90 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'sched', '-inf', now, 'LIMI
   end
 end
 for qk, _ in pairs(pushed) do redis.call('PUBLISH', rdy, qk) end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'exp', '-inf', now, 'LIMIT', 0, ARGV[3])) do
+  redis.call('ZREM', P .. 'exp', id)
+  local t = P .. 't:' .. id
+  local f = redis.call('HMGET', t, 'st', 'qk')
+  if f[1] == '1' then
+    redis.call('ZREM', P .. 'sched', id)
+    finish(P, t, id, 8, now, ev)
+    expired = expired + 1
+  elseif f[1] == '2' then
+    redis.call('LREM', P .. 'q:' .. f[2], 1, id)
+    finish(P, t, id, 8, now, ev)
+    expired = expired + 1
+  end
+end
 local first = redis.call('ZRANGE', P .. 'sched', 0, 0, 'WITHSCORES')
 local next_due = -1
 if first[2] then next_due = tonumber(first[2]) end
 return {promoted, expired, next_due}
 "#;
 
-/// ARGV: P, id, now, ev. Returns 0 when cancelled, -1 not found, or the
-/// (uncancellable) state.
+/// ARGV: P, id, now, ev, rev. Returns 0 when cancelled, -1 not found, or the
+/// (uncancellable) state. A leased task is taken from its session, which is
+/// told on `rev` ("session id").
 const CANCEL: &str = r#"
 local P, id, now, ev = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local t = P .. 't:' .. id
-local f = redis.call('HMGET', t, 'st', 'qk')
+local f = redis.call('HMGET', t, 'st', 'qk', 'ss')
 if not f[1] then return -1 end
 if f[1] == '2' then
   redis.call('LREM', P .. 'q:' .. f[2], 1, id)
 elseif f[1] == '1' then
   redis.call('ZREM', P .. 'sched', id)
+elseif f[1] == '3' or f[1] == '4' then
+  redis.call('SREM', P .. 'sl:' .. f[3], id)
+  redis.call('PUBLISH', ARGV[5], f[3] .. ' ' .. id)
 else
   return tonumber(f[1])
 end
+redis.call('ZREM', P .. 'exp', id)
 finish(P, t, id, 7, now, ev)
+return 0
+"#;
+
+/// ARGV: P, now, ev, then per report: id, session, token, progress record.
+const PROGRESS: &str = r#"
+local P, now, ev = ARGV[1], ARGV[2], ARGV[3]
+for b = 4, #ARGV, 4 do
+  local id = ARGV[b]
+  local t = P .. 't:' .. id
+  local f = redis.call('HMGET', t, 'st', 'ss', 'tk')
+  if (f[1] == '3' or f[1] == '4') and f[2] == ARGV[b + 1] and tonumber(f[3]) == tonumber(ARGV[b + 2]) then
+    redis.call('HSET', t, 'pg', ARGV[b + 3], 'ua', now)
+    redis.call('PUBLISH', ev, id)
+  end
+end
+return 0
+"#;
+
+/// ARGV: P, id, ev. 0 forgotten, -1 not found, else the unfinished state.
+const FORGET: &str = r#"
+local P, id = ARGV[1], ARGV[2]
+local t = P .. 't:' .. id
+local st = redis.call('HGET', t, 'st')
+if not st then return -1 end
+if st ~= '5' and st ~= '6' and st ~= '7' and st ~= '8' then return tonumber(st) end
+redis.call('DEL', t)
+redis.call('ZREM', P .. 'dlq', id)
+redis.call('PUBLISH', ARGV[3], id)
+return 0
+"#;
+
+/// ARGV: P, id, now, ev, rdy. 0 replayed, -1 not found, else the state.
+const REPLAY: &str = r#"
+local P, id, now = ARGV[1], ARGV[2], ARGV[3]
+local t = P .. 't:' .. id
+local f = redis.call('HMGET', t, 'st', 'qk')
+if not f[1] then return -1 end
+if f[1] ~= '6' then return tonumber(f[1]) end
+redis.call('HSET', t, 'st', 2, 'fl', 0, 'fa', 0, 'ua', now)
+redis.call('PERSIST', t)
+redis.call('ZREM', P .. 'dlq', id)
+redis.call('RPUSH', P .. 'q:' .. f[2], id)
+redis.call('PUBLISH', ARGV[4], id)
+redis.call('PUBLISH', ARGV[5], f[2])
 return 0
 "#;
 
@@ -246,6 +313,9 @@ pub(crate) struct Scripts {
     pub reap: redis::Script,
     pub promote: redis::Script,
     pub cancel: redis::Script,
+    pub progress: redis::Script,
+    pub forget: redis::Script,
+    pub replay: redis::Script,
 }
 
 impl Scripts {
@@ -261,6 +331,9 @@ impl Scripts {
             reap: with_common(REAP),
             promote: with_common(PROMOTE),
             cancel: with_common(CANCEL),
+            progress: redis::Script::new(PROGRESS),
+            forget: redis::Script::new(FORGET),
+            replay: redis::Script::new(REPLAY),
         }
     }
 }

@@ -20,8 +20,13 @@ pub(crate) async fn start(
     events: EventHub,
     events_channel: String,
     ready_channel: String,
+    revoke_channel: String,
 ) -> Result<AbortHandle> {
-    let channels = [events_channel.clone(), ready_channel.clone()];
+    let channels = [
+        events_channel.clone(),
+        ready_channel.clone(),
+        revoke_channel.clone(),
+    ];
     let first = subscribe(&client, &channels).await?;
     let task = tokio::spawn(async move {
         let mut pubsub = Some(first);
@@ -43,7 +48,7 @@ pub(crate) async fn start(
                     }
                 },
             };
-            pump(current, &events, &events_channel).await;
+            pump(current, &events, &events_channel, &revoke_channel).await;
             tracing::warn!("redis pub/sub connection lost; reconnecting");
             events.wake_all();
         }
@@ -57,11 +62,23 @@ async fn subscribe(client: &redis::Client, channels: &[String]) -> Result<redis:
     Ok(pubsub)
 }
 
-async fn pump(mut pubsub: redis::aio::PubSub, events: &EventHub, events_channel: &str) {
+async fn pump(
+    mut pubsub: redis::aio::PubSub,
+    events: &EventHub,
+    events_channel: &str,
+    revoke_channel: &str,
+) {
     let mut messages = pubsub.on_message();
     while let Some(message) = messages.next().await {
         let payload = message.get_payload_bytes();
-        if message.get_channel_name() == events_channel {
+        if message.get_channel_name() == revoke_channel {
+            let text = String::from_utf8_lossy(payload);
+            if let Some((session_id, id)) = text.split_once(' ')
+                && let Ok(id) = TaskId::parse(id, "id")
+            {
+                events.task_revoked(session_id, id);
+            }
+        } else if message.get_channel_name() == events_channel {
             if let Ok(id) = TaskId::parse(&String::from_utf8_lossy(payload), "id") {
                 events.task_changed(id);
             }

@@ -35,6 +35,7 @@ type ConnectRequest struct {
 	//	*ConnectRequest_Heartbeat
 	//	*ConnectRequest_ReportOutcomes
 	//	*ConnectRequest_TaskStarted
+	//	*ConnectRequest_ReportProgress
 	Message       isConnectRequest_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -122,6 +123,15 @@ func (x *ConnectRequest) GetTaskStarted() *TaskStarted {
 	return nil
 }
 
+func (x *ConnectRequest) GetReportProgress() *ReportProgress {
+	if x != nil {
+		if x, ok := x.Message.(*ConnectRequest_ReportProgress); ok {
+			return x.ReportProgress
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Message interface {
 	isConnectRequest_Message()
 }
@@ -151,6 +161,11 @@ type ConnectRequest_TaskStarted struct {
 	TaskStarted *TaskStarted `protobuf:"bytes,5,opt,name=task_started,json=taskStarted,proto3,oneof"`
 }
 
+type ConnectRequest_ReportProgress struct {
+	// A running handler reports progress or a custom state.
+	ReportProgress *ReportProgress `protobuf:"bytes,6,opt,name=report_progress,json=reportProgress,proto3,oneof"`
+}
+
 func (*ConnectRequest_Hello) isConnectRequest_Message() {}
 
 func (*ConnectRequest_GrantCredits) isConnectRequest_Message() {}
@@ -160,6 +175,8 @@ func (*ConnectRequest_Heartbeat) isConnectRequest_Message() {}
 func (*ConnectRequest_ReportOutcomes) isConnectRequest_Message() {}
 
 func (*ConnectRequest_TaskStarted) isConnectRequest_Message() {}
+
+func (*ConnectRequest_ReportProgress) isConnectRequest_Message() {}
 
 // A message from dispatcher to worker.
 type ConnectResponse struct {
@@ -762,6 +779,70 @@ func (x *TaskStarted) GetLeaseToken() uint64 {
 	return 0
 }
 
+// Progress of a running task; recorded only with the current lease token.
+type ReportProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Task id from the assignment.
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Lease token from the assignment.
+	LeaseToken uint64 `protobuf:"varint,2,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
+	// What to record (reported_at is set by the dispatcher).
+	Progress      *Progress `protobuf:"bytes,3,opt,name=progress,proto3" json:"progress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportProgress) Reset() {
+	*x = ReportProgress{}
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportProgress) ProtoMessage() {}
+
+func (x *ReportProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportProgress.ProtoReflect.Descriptor instead.
+func (*ReportProgress) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReportProgress) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *ReportProgress) GetLeaseToken() uint64 {
+	if x != nil {
+		return x.LeaseToken
+	}
+	return 0
+}
+
+func (x *ReportProgress) GetProgress() *Progress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
 // A batch of tasks to run.
 type Assignments struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -773,7 +854,7 @@ type Assignments struct {
 
 func (x *Assignments) Reset() {
 	*x = Assignments{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[9]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +866,7 @@ func (x *Assignments) String() string {
 func (*Assignments) ProtoMessage() {}
 
 func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[9]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +879,7 @@ func (x *Assignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
 func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{9}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Assignments) GetAssignments() []*Assignment {
@@ -839,7 +920,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[10]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +932,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[10]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +945,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{10}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Assignment) GetTaskId() string {
@@ -957,7 +1038,7 @@ type CancelAssignment struct {
 
 func (x *CancelAssignment) Reset() {
 	*x = CancelAssignment{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[11]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1050,7 @@ func (x *CancelAssignment) String() string {
 func (*CancelAssignment) ProtoMessage() {}
 
 func (x *CancelAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[11]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1063,7 @@ func (x *CancelAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelAssignment.ProtoReflect.Descriptor instead.
 func (*CancelAssignment) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{11}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CancelAssignment) GetTaskId() string {
@@ -1010,7 +1091,7 @@ type Drain struct {
 
 func (x *Drain) Reset() {
 	*x = Drain{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[12]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1022,7 +1103,7 @@ func (x *Drain) String() string {
 func (*Drain) ProtoMessage() {}
 
 func (x *Drain) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[12]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1035,7 +1116,7 @@ func (x *Drain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drain.ProtoReflect.Descriptor instead.
 func (*Drain) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{12}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Drain) GetGrace() *durationpb.Duration {
@@ -1061,7 +1142,7 @@ type OutcomeRejected struct {
 
 func (x *OutcomeRejected) Reset() {
 	*x = OutcomeRejected{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[13]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1154,7 @@ func (x *OutcomeRejected) String() string {
 func (*OutcomeRejected) ProtoMessage() {}
 
 func (x *OutcomeRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[13]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1167,7 @@ func (x *OutcomeRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutcomeRejected.ProtoReflect.Descriptor instead.
 func (*OutcomeRejected) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{13}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *OutcomeRejected) GetTaskId() string {
@@ -1119,7 +1200,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[14]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1212,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[14]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1225,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{14}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{15}
 }
 
 // ListWorkers response.
@@ -1158,7 +1239,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[15]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1170,7 +1251,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[15]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1183,7 +1264,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{15}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
@@ -1228,7 +1309,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[16]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +1321,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[16]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +1334,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{16}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WorkerInfo) GetWorkerId() string {
@@ -1351,13 +1432,14 @@ var File_conveyor_v1_dispatch_service_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\n" +
-	"\"conveyor/v1/dispatch_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x02\n" +
+	"\"conveyor/v1/dispatch_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x03\n" +
 	"\x0eConnectRequest\x12*\n" +
 	"\x05hello\x18\x01 \x01(\v2\x12.conveyor.v1.HelloH\x00R\x05hello\x12@\n" +
 	"\rgrant_credits\x18\x02 \x01(\v2\x19.conveyor.v1.GrantCreditsH\x00R\fgrantCredits\x126\n" +
 	"\theartbeat\x18\x03 \x01(\v2\x16.conveyor.v1.HeartbeatH\x00R\theartbeat\x12F\n" +
 	"\x0freport_outcomes\x18\x04 \x01(\v2\x1b.conveyor.v1.ReportOutcomesH\x00R\x0ereportOutcomes\x12=\n" +
-	"\ftask_started\x18\x05 \x01(\v2\x18.conveyor.v1.TaskStartedH\x00R\vtaskStartedB\t\n" +
+	"\ftask_started\x18\x05 \x01(\v2\x18.conveyor.v1.TaskStartedH\x00R\vtaskStarted\x12F\n" +
+	"\x0freport_progress\x18\x06 \x01(\v2\x1b.conveyor.v1.ReportProgressH\x00R\x0ereportProgressB\t\n" +
 	"\amessage\"\xd1\x02\n" +
 	"\x0fConnectResponse\x120\n" +
 	"\awelcome\x18\x01 \x01(\v2\x14.conveyor.v1.WelcomeH\x00R\awelcome\x12<\n" +
@@ -1398,7 +1480,12 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\vTaskStarted\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n" +
 	"\vlease_token\x18\x02 \x01(\x04R\n" +
-	"leaseToken\"H\n" +
+	"leaseToken\"}\n" +
+	"\x0eReportProgress\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n" +
+	"\vlease_token\x18\x02 \x01(\x04R\n" +
+	"leaseToken\x121\n" +
+	"\bprogress\x18\x03 \x01(\v2\x15.conveyor.v1.ProgressR\bprogress\"H\n" +
 	"\vAssignments\x129\n" +
 	"\vassignments\x18\x01 \x03(\v2\x17.conveyor.v1.AssignmentR\vassignments\"\x8a\x05\n" +
 	"\n" +
@@ -1473,7 +1560,7 @@ func file_conveyor_v1_dispatch_service_proto_rawDescGZIP() []byte {
 	return file_conveyor_v1_dispatch_service_proto_rawDescData
 }
 
-var file_conveyor_v1_dispatch_service_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_conveyor_v1_dispatch_service_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_conveyor_v1_dispatch_service_proto_goTypes = []any{
 	(*ConnectRequest)(nil),        // 0: conveyor.v1.ConnectRequest
 	(*ConnectResponse)(nil),       // 1: conveyor.v1.ConnectResponse
@@ -1484,20 +1571,22 @@ var file_conveyor_v1_dispatch_service_proto_goTypes = []any{
 	(*ReportOutcomes)(nil),        // 6: conveyor.v1.ReportOutcomes
 	(*TaskOutcome)(nil),           // 7: conveyor.v1.TaskOutcome
 	(*TaskStarted)(nil),           // 8: conveyor.v1.TaskStarted
-	(*Assignments)(nil),           // 9: conveyor.v1.Assignments
-	(*Assignment)(nil),            // 10: conveyor.v1.Assignment
-	(*CancelAssignment)(nil),      // 11: conveyor.v1.CancelAssignment
-	(*Drain)(nil),                 // 12: conveyor.v1.Drain
-	(*OutcomeRejected)(nil),       // 13: conveyor.v1.OutcomeRejected
-	(*ListWorkersRequest)(nil),    // 14: conveyor.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),   // 15: conveyor.v1.ListWorkersResponse
-	(*WorkerInfo)(nil),            // 16: conveyor.v1.WorkerInfo
-	nil,                           // 17: conveyor.v1.Assignment.KwargsEntry
-	nil,                           // 18: conveyor.v1.Assignment.HeadersEntry
-	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
-	(*Payload)(nil),               // 20: conveyor.v1.Payload
-	(*TaskError)(nil),             // 21: conveyor.v1.TaskError
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(*ReportProgress)(nil),        // 9: conveyor.v1.ReportProgress
+	(*Assignments)(nil),           // 10: conveyor.v1.Assignments
+	(*Assignment)(nil),            // 11: conveyor.v1.Assignment
+	(*CancelAssignment)(nil),      // 12: conveyor.v1.CancelAssignment
+	(*Drain)(nil),                 // 13: conveyor.v1.Drain
+	(*OutcomeRejected)(nil),       // 14: conveyor.v1.OutcomeRejected
+	(*ListWorkersRequest)(nil),    // 15: conveyor.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),   // 16: conveyor.v1.ListWorkersResponse
+	(*WorkerInfo)(nil),            // 17: conveyor.v1.WorkerInfo
+	nil,                           // 18: conveyor.v1.Assignment.KwargsEntry
+	nil,                           // 19: conveyor.v1.Assignment.HeadersEntry
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	(*Payload)(nil),               // 21: conveyor.v1.Payload
+	(*TaskError)(nil),             // 22: conveyor.v1.TaskError
+	(*Progress)(nil),              // 23: conveyor.v1.Progress
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
 }
 var file_conveyor_v1_dispatch_service_proto_depIdxs = []int32{
 	2,  // 0: conveyor.v1.ConnectRequest.hello:type_name -> conveyor.v1.Hello
@@ -1505,37 +1594,39 @@ var file_conveyor_v1_dispatch_service_proto_depIdxs = []int32{
 	5,  // 2: conveyor.v1.ConnectRequest.heartbeat:type_name -> conveyor.v1.Heartbeat
 	6,  // 3: conveyor.v1.ConnectRequest.report_outcomes:type_name -> conveyor.v1.ReportOutcomes
 	8,  // 4: conveyor.v1.ConnectRequest.task_started:type_name -> conveyor.v1.TaskStarted
-	3,  // 5: conveyor.v1.ConnectResponse.welcome:type_name -> conveyor.v1.Welcome
-	9,  // 6: conveyor.v1.ConnectResponse.assignments:type_name -> conveyor.v1.Assignments
-	11, // 7: conveyor.v1.ConnectResponse.cancel_assignment:type_name -> conveyor.v1.CancelAssignment
-	12, // 8: conveyor.v1.ConnectResponse.drain:type_name -> conveyor.v1.Drain
-	13, // 9: conveyor.v1.ConnectResponse.outcome_rejected:type_name -> conveyor.v1.OutcomeRejected
-	19, // 10: conveyor.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	19, // 11: conveyor.v1.Welcome.lease_ttl:type_name -> google.protobuf.Duration
-	7,  // 12: conveyor.v1.ReportOutcomes.outcomes:type_name -> conveyor.v1.TaskOutcome
-	20, // 13: conveyor.v1.TaskOutcome.result:type_name -> conveyor.v1.Payload
-	21, // 14: conveyor.v1.TaskOutcome.error:type_name -> conveyor.v1.TaskError
-	10, // 15: conveyor.v1.Assignments.assignments:type_name -> conveyor.v1.Assignment
-	20, // 16: conveyor.v1.Assignment.args:type_name -> conveyor.v1.Payload
-	17, // 17: conveyor.v1.Assignment.kwargs:type_name -> conveyor.v1.Assignment.KwargsEntry
-	18, // 18: conveyor.v1.Assignment.headers:type_name -> conveyor.v1.Assignment.HeadersEntry
-	19, // 19: conveyor.v1.Assignment.soft_time_limit:type_name -> google.protobuf.Duration
-	19, // 20: conveyor.v1.Assignment.hard_time_limit:type_name -> google.protobuf.Duration
-	22, // 21: conveyor.v1.Assignment.created_at:type_name -> google.protobuf.Timestamp
-	19, // 22: conveyor.v1.Drain.grace:type_name -> google.protobuf.Duration
-	16, // 23: conveyor.v1.ListWorkersResponse.workers:type_name -> conveyor.v1.WorkerInfo
-	22, // 24: conveyor.v1.WorkerInfo.connected_at:type_name -> google.protobuf.Timestamp
-	22, // 25: conveyor.v1.WorkerInfo.last_seen_at:type_name -> google.protobuf.Timestamp
-	20, // 26: conveyor.v1.Assignment.KwargsEntry.value:type_name -> conveyor.v1.Payload
-	0,  // 27: conveyor.v1.DispatchService.Connect:input_type -> conveyor.v1.ConnectRequest
-	14, // 28: conveyor.v1.DispatchService.ListWorkers:input_type -> conveyor.v1.ListWorkersRequest
-	1,  // 29: conveyor.v1.DispatchService.Connect:output_type -> conveyor.v1.ConnectResponse
-	15, // 30: conveyor.v1.DispatchService.ListWorkers:output_type -> conveyor.v1.ListWorkersResponse
-	29, // [29:31] is the sub-list for method output_type
-	27, // [27:29] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	9,  // 5: conveyor.v1.ConnectRequest.report_progress:type_name -> conveyor.v1.ReportProgress
+	3,  // 6: conveyor.v1.ConnectResponse.welcome:type_name -> conveyor.v1.Welcome
+	10, // 7: conveyor.v1.ConnectResponse.assignments:type_name -> conveyor.v1.Assignments
+	12, // 8: conveyor.v1.ConnectResponse.cancel_assignment:type_name -> conveyor.v1.CancelAssignment
+	13, // 9: conveyor.v1.ConnectResponse.drain:type_name -> conveyor.v1.Drain
+	14, // 10: conveyor.v1.ConnectResponse.outcome_rejected:type_name -> conveyor.v1.OutcomeRejected
+	20, // 11: conveyor.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	20, // 12: conveyor.v1.Welcome.lease_ttl:type_name -> google.protobuf.Duration
+	7,  // 13: conveyor.v1.ReportOutcomes.outcomes:type_name -> conveyor.v1.TaskOutcome
+	21, // 14: conveyor.v1.TaskOutcome.result:type_name -> conveyor.v1.Payload
+	22, // 15: conveyor.v1.TaskOutcome.error:type_name -> conveyor.v1.TaskError
+	23, // 16: conveyor.v1.ReportProgress.progress:type_name -> conveyor.v1.Progress
+	11, // 17: conveyor.v1.Assignments.assignments:type_name -> conveyor.v1.Assignment
+	21, // 18: conveyor.v1.Assignment.args:type_name -> conveyor.v1.Payload
+	18, // 19: conveyor.v1.Assignment.kwargs:type_name -> conveyor.v1.Assignment.KwargsEntry
+	19, // 20: conveyor.v1.Assignment.headers:type_name -> conveyor.v1.Assignment.HeadersEntry
+	20, // 21: conveyor.v1.Assignment.soft_time_limit:type_name -> google.protobuf.Duration
+	20, // 22: conveyor.v1.Assignment.hard_time_limit:type_name -> google.protobuf.Duration
+	24, // 23: conveyor.v1.Assignment.created_at:type_name -> google.protobuf.Timestamp
+	20, // 24: conveyor.v1.Drain.grace:type_name -> google.protobuf.Duration
+	17, // 25: conveyor.v1.ListWorkersResponse.workers:type_name -> conveyor.v1.WorkerInfo
+	24, // 26: conveyor.v1.WorkerInfo.connected_at:type_name -> google.protobuf.Timestamp
+	24, // 27: conveyor.v1.WorkerInfo.last_seen_at:type_name -> google.protobuf.Timestamp
+	21, // 28: conveyor.v1.Assignment.KwargsEntry.value:type_name -> conveyor.v1.Payload
+	0,  // 29: conveyor.v1.DispatchService.Connect:input_type -> conveyor.v1.ConnectRequest
+	15, // 30: conveyor.v1.DispatchService.ListWorkers:input_type -> conveyor.v1.ListWorkersRequest
+	1,  // 31: conveyor.v1.DispatchService.Connect:output_type -> conveyor.v1.ConnectResponse
+	16, // 32: conveyor.v1.DispatchService.ListWorkers:output_type -> conveyor.v1.ListWorkersResponse
+	31, // [31:33] is the sub-list for method output_type
+	29, // [29:31] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_conveyor_v1_dispatch_service_proto_init() }
@@ -1550,6 +1641,7 @@ func file_conveyor_v1_dispatch_service_proto_init() {
 		(*ConnectRequest_Heartbeat)(nil),
 		(*ConnectRequest_ReportOutcomes)(nil),
 		(*ConnectRequest_TaskStarted)(nil),
+		(*ConnectRequest_ReportProgress)(nil),
 	}
 	file_conveyor_v1_dispatch_service_proto_msgTypes[1].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
@@ -1568,7 +1660,7 @@ func file_conveyor_v1_dispatch_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_dispatch_service_proto_rawDesc), len(file_conveyor_v1_dispatch_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -48,7 +48,9 @@ const (
 //     worker that lost its lease can never overwrite a newer attempt's result.
 //     A refused outcome is answered in-band with `OutcomeRejected`; the stream
 //     stays open.
-//  6. The dispatcher pushes `CancelAssignment` and `Drain` down the stream.
+//  6. The dispatcher pushes `CancelAssignment` (revoked task, hard time limit
+//     passed, lease lost) and `Drain` down the stream. After a cancellation
+//     the task's outcome is ignored and its slot is the worker's again.
 //
 // When the stream breaks, every task the session holds goes back to its
 // queue at once (counting an attempt, not a failure).
@@ -118,7 +120,9 @@ func (c *dispatchServiceClient) ListWorkers(ctx context.Context, in *ListWorkers
 //     worker that lost its lease can never overwrite a newer attempt's result.
 //     A refused outcome is answered in-band with `OutcomeRejected`; the stream
 //     stays open.
-//  6. The dispatcher pushes `CancelAssignment` and `Drain` down the stream.
+//  6. The dispatcher pushes `CancelAssignment` (revoked task, hard time limit
+//     passed, lease lost) and `Drain` down the stream. After a cancellation
+//     the task's outcome is ignored and its slot is the worker's again.
 //
 // When the stream breaks, every task the session holds goes back to its
 // queue at once (counting an attempt, not a failure).

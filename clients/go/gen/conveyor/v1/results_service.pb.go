@@ -308,6 +308,199 @@ func (x *WatchTaskResponse) GetTask() *Task {
 	return nil
 }
 
+// ForgetTask request.
+type ForgetTaskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Task id (UUID).
+	TaskId        string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgetTaskRequest) Reset() {
+	*x = ForgetTaskRequest{}
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetTaskRequest) ProtoMessage() {}
+
+func (x *ForgetTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetTaskRequest.ProtoReflect.Descriptor instead.
+func (*ForgetTaskRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ForgetTaskRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+// ForgetTask response.
+type ForgetTaskResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgetTaskResponse) Reset() {
+	*x = ForgetTaskResponse{}
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetTaskResponse) ProtoMessage() {}
+
+func (x *ForgetTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetTaskResponse.ProtoReflect.Descriptor instead.
+func (*ForgetTaskResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{7}
+}
+
+// ListDeadLetters request.
+type ListDeadLettersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Most tasks to return, 1 to 1000; 0 means 100.
+	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Opaque token from a previous response, to continue after it.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersRequest) Reset() {
+	*x = ListDeadLettersRequest{}
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersRequest) ProtoMessage() {}
+
+func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListDeadLettersRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListDeadLettersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListDeadLetters response.
+type ListDeadLettersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Failed tasks, oldest failure first.
+	Tasks []*Task `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// Token for the next page; empty when this is the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersResponse) Reset() {
+	*x = ListDeadLettersResponse{}
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersResponse) ProtoMessage() {}
+
+func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ListDeadLettersResponse) GetTasks() []*Task {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+func (x *ListDeadLettersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_conveyor_v1_results_service_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_results_service_proto_rawDesc = "" +
@@ -325,11 +518,24 @@ const file_conveyor_v1_results_service_proto_rawDesc = "" +
 	"\x10WatchTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\":\n" +
 	"\x11WatchTaskResponse\x12%\n" +
-	"\x04task\x18\x01 \x01(\v2\x11.conveyor.v1.TaskR\x04task2\xed\x01\n" +
+	"\x04task\x18\x01 \x01(\v2\x11.conveyor.v1.TaskR\x04task\",\n" +
+	"\x11ForgetTaskRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\x14\n" +
+	"\x12ForgetTaskResponse\"T\n" +
+	"\x16ListDeadLettersRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"j\n" +
+	"\x17ListDeadLettersResponse\x12'\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x11.conveyor.v1.TaskR\x05tasks\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x9a\x03\n" +
 	"\x0eResultsService\x12D\n" +
 	"\aGetTask\x12\x1b.conveyor.v1.GetTaskRequest\x1a\x1c.conveyor.v1.GetTaskResponse\x12G\n" +
 	"\bWaitTask\x12\x1c.conveyor.v1.WaitTaskRequest\x1a\x1d.conveyor.v1.WaitTaskResponse\x12L\n" +
-	"\tWatchTask\x12\x1d.conveyor.v1.WatchTaskRequest\x1a\x1e.conveyor.v1.WatchTaskResponse0\x01B\xa8\x01\n" +
+	"\tWatchTask\x12\x1d.conveyor.v1.WatchTaskRequest\x1a\x1e.conveyor.v1.WatchTaskResponse0\x01\x12M\n" +
+	"\n" +
+	"ForgetTask\x12\x1e.conveyor.v1.ForgetTaskRequest\x1a\x1f.conveyor.v1.ForgetTaskResponse\x12\\\n" +
+	"\x0fListDeadLetters\x12#.conveyor.v1.ListDeadLettersRequest\x1a$.conveyor.v1.ListDeadLettersResponseB\xa8\x01\n" +
 	"\x0fcom.conveyor.v1B\x13ResultsServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03CXX\xaa\x02\vConveyor.V1\xca\x02\vConveyor\\V1\xe2\x02\x17Conveyor\\V1\\GPBMetadata\xea\x02\fConveyor::V1b\x06proto3"
 
 var (
@@ -344,33 +550,42 @@ func file_conveyor_v1_results_service_proto_rawDescGZIP() []byte {
 	return file_conveyor_v1_results_service_proto_rawDescData
 }
 
-var file_conveyor_v1_results_service_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_conveyor_v1_results_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_conveyor_v1_results_service_proto_goTypes = []any{
-	(*GetTaskRequest)(nil),      // 0: conveyor.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),     // 1: conveyor.v1.GetTaskResponse
-	(*WaitTaskRequest)(nil),     // 2: conveyor.v1.WaitTaskRequest
-	(*WaitTaskResponse)(nil),    // 3: conveyor.v1.WaitTaskResponse
-	(*WatchTaskRequest)(nil),    // 4: conveyor.v1.WatchTaskRequest
-	(*WatchTaskResponse)(nil),   // 5: conveyor.v1.WatchTaskResponse
-	(*Task)(nil),                // 6: conveyor.v1.Task
-	(*durationpb.Duration)(nil), // 7: google.protobuf.Duration
+	(*GetTaskRequest)(nil),          // 0: conveyor.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),         // 1: conveyor.v1.GetTaskResponse
+	(*WaitTaskRequest)(nil),         // 2: conveyor.v1.WaitTaskRequest
+	(*WaitTaskResponse)(nil),        // 3: conveyor.v1.WaitTaskResponse
+	(*WatchTaskRequest)(nil),        // 4: conveyor.v1.WatchTaskRequest
+	(*WatchTaskResponse)(nil),       // 5: conveyor.v1.WatchTaskResponse
+	(*ForgetTaskRequest)(nil),       // 6: conveyor.v1.ForgetTaskRequest
+	(*ForgetTaskResponse)(nil),      // 7: conveyor.v1.ForgetTaskResponse
+	(*ListDeadLettersRequest)(nil),  // 8: conveyor.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil), // 9: conveyor.v1.ListDeadLettersResponse
+	(*Task)(nil),                    // 10: conveyor.v1.Task
+	(*durationpb.Duration)(nil),     // 11: google.protobuf.Duration
 }
 var file_conveyor_v1_results_service_proto_depIdxs = []int32{
-	6, // 0: conveyor.v1.GetTaskResponse.task:type_name -> conveyor.v1.Task
-	7, // 1: conveyor.v1.WaitTaskRequest.timeout:type_name -> google.protobuf.Duration
-	6, // 2: conveyor.v1.WaitTaskResponse.task:type_name -> conveyor.v1.Task
-	6, // 3: conveyor.v1.WatchTaskResponse.task:type_name -> conveyor.v1.Task
-	0, // 4: conveyor.v1.ResultsService.GetTask:input_type -> conveyor.v1.GetTaskRequest
-	2, // 5: conveyor.v1.ResultsService.WaitTask:input_type -> conveyor.v1.WaitTaskRequest
-	4, // 6: conveyor.v1.ResultsService.WatchTask:input_type -> conveyor.v1.WatchTaskRequest
-	1, // 7: conveyor.v1.ResultsService.GetTask:output_type -> conveyor.v1.GetTaskResponse
-	3, // 8: conveyor.v1.ResultsService.WaitTask:output_type -> conveyor.v1.WaitTaskResponse
-	5, // 9: conveyor.v1.ResultsService.WatchTask:output_type -> conveyor.v1.WatchTaskResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	10, // 0: conveyor.v1.GetTaskResponse.task:type_name -> conveyor.v1.Task
+	11, // 1: conveyor.v1.WaitTaskRequest.timeout:type_name -> google.protobuf.Duration
+	10, // 2: conveyor.v1.WaitTaskResponse.task:type_name -> conveyor.v1.Task
+	10, // 3: conveyor.v1.WatchTaskResponse.task:type_name -> conveyor.v1.Task
+	10, // 4: conveyor.v1.ListDeadLettersResponse.tasks:type_name -> conveyor.v1.Task
+	0,  // 5: conveyor.v1.ResultsService.GetTask:input_type -> conveyor.v1.GetTaskRequest
+	2,  // 6: conveyor.v1.ResultsService.WaitTask:input_type -> conveyor.v1.WaitTaskRequest
+	4,  // 7: conveyor.v1.ResultsService.WatchTask:input_type -> conveyor.v1.WatchTaskRequest
+	6,  // 8: conveyor.v1.ResultsService.ForgetTask:input_type -> conveyor.v1.ForgetTaskRequest
+	8,  // 9: conveyor.v1.ResultsService.ListDeadLetters:input_type -> conveyor.v1.ListDeadLettersRequest
+	1,  // 10: conveyor.v1.ResultsService.GetTask:output_type -> conveyor.v1.GetTaskResponse
+	3,  // 11: conveyor.v1.ResultsService.WaitTask:output_type -> conveyor.v1.WaitTaskResponse
+	5,  // 12: conveyor.v1.ResultsService.WatchTask:output_type -> conveyor.v1.WatchTaskResponse
+	7,  // 13: conveyor.v1.ResultsService.ForgetTask:output_type -> conveyor.v1.ForgetTaskResponse
+	9,  // 14: conveyor.v1.ResultsService.ListDeadLetters:output_type -> conveyor.v1.ListDeadLettersResponse
+	10, // [10:15] is the sub-list for method output_type
+	5,  // [5:10] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_conveyor_v1_results_service_proto_init() }
@@ -385,7 +600,7 @@ func file_conveyor_v1_results_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_results_service_proto_rawDesc), len(file_conveyor_v1_results_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

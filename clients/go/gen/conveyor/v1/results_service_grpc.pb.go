@@ -19,9 +19,11 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ResultsService_GetTask_FullMethodName   = "/conveyor.v1.ResultsService/GetTask"
-	ResultsService_WaitTask_FullMethodName  = "/conveyor.v1.ResultsService/WaitTask"
-	ResultsService_WatchTask_FullMethodName = "/conveyor.v1.ResultsService/WatchTask"
+	ResultsService_GetTask_FullMethodName         = "/conveyor.v1.ResultsService/GetTask"
+	ResultsService_WaitTask_FullMethodName        = "/conveyor.v1.ResultsService/WaitTask"
+	ResultsService_WatchTask_FullMethodName       = "/conveyor.v1.ResultsService/WatchTask"
+	ResultsService_ForgetTask_FullMethodName      = "/conveyor.v1.ResultsService/ForgetTask"
+	ResultsService_ListDeadLetters_FullMethodName = "/conveyor.v1.ResultsService/ListDeadLetters"
 )
 
 // ResultsServiceClient is the client API for ResultsService service.
@@ -42,6 +44,12 @@ type ResultsServiceClient interface {
 	// Streams the task's current state, then every change, and ends after a
 	// terminal state.
 	WatchTask(ctx context.Context, in *WatchTaskRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchTaskResponse], error)
+	// Deletes a finished task and its outcome now, before its result TTL.
+	// FAILED_PRECONDITION for a task that has not finished.
+	ForgetTask(ctx context.Context, in *ForgetTaskRequest, opts ...grpc.CallOption) (*ForgetTaskResponse, error)
+	// Lists tasks that failed for good (retries exhausted or not retryable),
+	// oldest first. Replay them with SubmissionService.ReplayTask.
+	ListDeadLetters(ctx context.Context, in *ListDeadLettersRequest, opts ...grpc.CallOption) (*ListDeadLettersResponse, error)
 }
 
 type resultsServiceClient struct {
@@ -91,6 +99,26 @@ func (c *resultsServiceClient) WatchTask(ctx context.Context, in *WatchTaskReque
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ResultsService_WatchTaskClient = grpc.ServerStreamingClient[WatchTaskResponse]
 
+func (c *resultsServiceClient) ForgetTask(ctx context.Context, in *ForgetTaskRequest, opts ...grpc.CallOption) (*ForgetTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ForgetTaskResponse)
+	err := c.cc.Invoke(ctx, ResultsService_ForgetTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *resultsServiceClient) ListDeadLetters(ctx context.Context, in *ListDeadLettersRequest, opts ...grpc.CallOption) (*ListDeadLettersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDeadLettersResponse)
+	err := c.cc.Invoke(ctx, ResultsService_ListDeadLetters_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ResultsServiceServer is the server API for ResultsService service.
 // All implementations must embed UnimplementedResultsServiceServer
 // for forward compatibility.
@@ -109,6 +137,12 @@ type ResultsServiceServer interface {
 	// Streams the task's current state, then every change, and ends after a
 	// terminal state.
 	WatchTask(*WatchTaskRequest, grpc.ServerStreamingServer[WatchTaskResponse]) error
+	// Deletes a finished task and its outcome now, before its result TTL.
+	// FAILED_PRECONDITION for a task that has not finished.
+	ForgetTask(context.Context, *ForgetTaskRequest) (*ForgetTaskResponse, error)
+	// Lists tasks that failed for good (retries exhausted or not retryable),
+	// oldest first. Replay them with SubmissionService.ReplayTask.
+	ListDeadLetters(context.Context, *ListDeadLettersRequest) (*ListDeadLettersResponse, error)
 	mustEmbedUnimplementedResultsServiceServer()
 }
 
@@ -127,6 +161,12 @@ func (UnimplementedResultsServiceServer) WaitTask(context.Context, *WaitTaskRequ
 }
 func (UnimplementedResultsServiceServer) WatchTask(*WatchTaskRequest, grpc.ServerStreamingServer[WatchTaskResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchTask not implemented")
+}
+func (UnimplementedResultsServiceServer) ForgetTask(context.Context, *ForgetTaskRequest) (*ForgetTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ForgetTask not implemented")
+}
+func (UnimplementedResultsServiceServer) ListDeadLetters(context.Context, *ListDeadLettersRequest) (*ListDeadLettersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDeadLetters not implemented")
 }
 func (UnimplementedResultsServiceServer) mustEmbedUnimplementedResultsServiceServer() {}
 func (UnimplementedResultsServiceServer) testEmbeddedByValue()                        {}
@@ -196,6 +236,42 @@ func _ResultsService_WatchTask_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ResultsService_WatchTaskServer = grpc.ServerStreamingServer[WatchTaskResponse]
 
+func _ResultsService_ForgetTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ForgetTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ResultsServiceServer).ForgetTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ResultsService_ForgetTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ResultsServiceServer).ForgetTask(ctx, req.(*ForgetTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ResultsService_ListDeadLetters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDeadLettersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ResultsServiceServer).ListDeadLetters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ResultsService_ListDeadLetters_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ResultsServiceServer).ListDeadLetters(ctx, req.(*ListDeadLettersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ResultsService_ServiceDesc is the grpc.ServiceDesc for ResultsService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -210,6 +286,14 @@ var ResultsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "WaitTask",
 			Handler:    _ResultsService_WaitTask_Handler,
+		},
+		{
+			MethodName: "ForgetTask",
+			Handler:    _ResultsService_ForgetTask_Handler,
+		},
+		{
+			MethodName: "ListDeadLetters",
+			Handler:    _ResultsService_ListDeadLetters_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

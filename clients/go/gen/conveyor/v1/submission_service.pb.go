@@ -324,6 +324,98 @@ func (x *CancelTaskResponse) GetState() TaskState {
 	return TaskState_TASK_STATE_UNSPECIFIED
 }
 
+// ReplayTask request.
+type ReplayTaskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of a FAILED task.
+	TaskId        string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplayTaskRequest) Reset() {
+	*x = ReplayTaskRequest{}
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplayTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplayTaskRequest) ProtoMessage() {}
+
+func (x *ReplayTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplayTaskRequest.ProtoReflect.Descriptor instead.
+func (*ReplayTaskRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ReplayTaskRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+// ReplayTask response.
+type ReplayTaskResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// State of the task after the call (QUEUED).
+	State         TaskState `protobuf:"varint,1,opt,name=state,proto3,enum=conveyor.v1.TaskState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplayTaskResponse) Reset() {
+	*x = ReplayTaskResponse{}
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplayTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplayTaskResponse) ProtoMessage() {}
+
+func (x *ReplayTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplayTaskResponse.ProtoReflect.Descriptor instead.
+func (*ReplayTaskResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReplayTaskResponse) GetState() TaskState {
+	if x != nil {
+		return x.State
+	}
+	return TaskState_TASK_STATE_UNSPECIFIED
+}
+
 var File_conveyor_v1_submission_service_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_submission_service_proto_rawDesc = "" +
@@ -343,13 +435,19 @@ const file_conveyor_v1_submission_service_proto_rawDesc = "" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\"`\n" +
 	"\x12CancelTaskResponse\x12\x1c\n" +
 	"\tcancelled\x18\x01 \x01(\bR\tcancelled\x12,\n" +
-	"\x05state\x18\x02 \x01(\x0e2\x16.conveyor.v1.TaskStateR\x05state2\x83\x02\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x16.conveyor.v1.TaskStateR\x05state\",\n" +
+	"\x11ReplayTaskRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\"B\n" +
+	"\x12ReplayTaskResponse\x12,\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x16.conveyor.v1.TaskStateR\x05state2\xd2\x02\n" +
 	"\x11SubmissionService\x12M\n" +
 	"\n" +
 	"SubmitTask\x12\x1e.conveyor.v1.SubmitTaskRequest\x1a\x1f.conveyor.v1.SubmitTaskResponse\x12P\n" +
 	"\vSubmitTasks\x12\x1f.conveyor.v1.SubmitTasksRequest\x1a .conveyor.v1.SubmitTasksResponse\x12M\n" +
 	"\n" +
-	"CancelTask\x12\x1e.conveyor.v1.CancelTaskRequest\x1a\x1f.conveyor.v1.CancelTaskResponseB\xab\x01\n" +
+	"CancelTask\x12\x1e.conveyor.v1.CancelTaskRequest\x1a\x1f.conveyor.v1.CancelTaskResponse\x12M\n" +
+	"\n" +
+	"ReplayTask\x12\x1e.conveyor.v1.ReplayTaskRequest\x1a\x1f.conveyor.v1.ReplayTaskResponseB\xab\x01\n" +
 	"\x0fcom.conveyor.v1B\x16SubmissionServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03CXX\xaa\x02\vConveyor.V1\xca\x02\vConveyor\\V1\xe2\x02\x17Conveyor\\V1\\GPBMetadata\xea\x02\fConveyor::V1b\x06proto3"
 
 var (
@@ -364,7 +462,7 @@ func file_conveyor_v1_submission_service_proto_rawDescGZIP() []byte {
 	return file_conveyor_v1_submission_service_proto_rawDescData
 }
 
-var file_conveyor_v1_submission_service_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_conveyor_v1_submission_service_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_conveyor_v1_submission_service_proto_goTypes = []any{
 	(*SubmitTaskRequest)(nil),   // 0: conveyor.v1.SubmitTaskRequest
 	(*SubmitTaskResponse)(nil),  // 1: conveyor.v1.SubmitTaskResponse
@@ -372,26 +470,31 @@ var file_conveyor_v1_submission_service_proto_goTypes = []any{
 	(*SubmitTasksResponse)(nil), // 3: conveyor.v1.SubmitTasksResponse
 	(*CancelTaskRequest)(nil),   // 4: conveyor.v1.CancelTaskRequest
 	(*CancelTaskResponse)(nil),  // 5: conveyor.v1.CancelTaskResponse
-	(*TaskSpec)(nil),            // 6: conveyor.v1.TaskSpec
-	(TaskState)(0),              // 7: conveyor.v1.TaskState
+	(*ReplayTaskRequest)(nil),   // 6: conveyor.v1.ReplayTaskRequest
+	(*ReplayTaskResponse)(nil),  // 7: conveyor.v1.ReplayTaskResponse
+	(*TaskSpec)(nil),            // 8: conveyor.v1.TaskSpec
+	(TaskState)(0),              // 9: conveyor.v1.TaskState
 }
 var file_conveyor_v1_submission_service_proto_depIdxs = []int32{
-	6, // 0: conveyor.v1.SubmitTaskRequest.task:type_name -> conveyor.v1.TaskSpec
-	7, // 1: conveyor.v1.SubmitTaskResponse.state:type_name -> conveyor.v1.TaskState
-	6, // 2: conveyor.v1.SubmitTasksRequest.tasks:type_name -> conveyor.v1.TaskSpec
-	1, // 3: conveyor.v1.SubmitTasksResponse.results:type_name -> conveyor.v1.SubmitTaskResponse
-	7, // 4: conveyor.v1.CancelTaskResponse.state:type_name -> conveyor.v1.TaskState
-	0, // 5: conveyor.v1.SubmissionService.SubmitTask:input_type -> conveyor.v1.SubmitTaskRequest
-	2, // 6: conveyor.v1.SubmissionService.SubmitTasks:input_type -> conveyor.v1.SubmitTasksRequest
-	4, // 7: conveyor.v1.SubmissionService.CancelTask:input_type -> conveyor.v1.CancelTaskRequest
-	1, // 8: conveyor.v1.SubmissionService.SubmitTask:output_type -> conveyor.v1.SubmitTaskResponse
-	3, // 9: conveyor.v1.SubmissionService.SubmitTasks:output_type -> conveyor.v1.SubmitTasksResponse
-	5, // 10: conveyor.v1.SubmissionService.CancelTask:output_type -> conveyor.v1.CancelTaskResponse
-	8, // [8:11] is the sub-list for method output_type
-	5, // [5:8] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	8,  // 0: conveyor.v1.SubmitTaskRequest.task:type_name -> conveyor.v1.TaskSpec
+	9,  // 1: conveyor.v1.SubmitTaskResponse.state:type_name -> conveyor.v1.TaskState
+	8,  // 2: conveyor.v1.SubmitTasksRequest.tasks:type_name -> conveyor.v1.TaskSpec
+	1,  // 3: conveyor.v1.SubmitTasksResponse.results:type_name -> conveyor.v1.SubmitTaskResponse
+	9,  // 4: conveyor.v1.CancelTaskResponse.state:type_name -> conveyor.v1.TaskState
+	9,  // 5: conveyor.v1.ReplayTaskResponse.state:type_name -> conveyor.v1.TaskState
+	0,  // 6: conveyor.v1.SubmissionService.SubmitTask:input_type -> conveyor.v1.SubmitTaskRequest
+	2,  // 7: conveyor.v1.SubmissionService.SubmitTasks:input_type -> conveyor.v1.SubmitTasksRequest
+	4,  // 8: conveyor.v1.SubmissionService.CancelTask:input_type -> conveyor.v1.CancelTaskRequest
+	6,  // 9: conveyor.v1.SubmissionService.ReplayTask:input_type -> conveyor.v1.ReplayTaskRequest
+	1,  // 10: conveyor.v1.SubmissionService.SubmitTask:output_type -> conveyor.v1.SubmitTaskResponse
+	3,  // 11: conveyor.v1.SubmissionService.SubmitTasks:output_type -> conveyor.v1.SubmitTasksResponse
+	5,  // 12: conveyor.v1.SubmissionService.CancelTask:output_type -> conveyor.v1.CancelTaskResponse
+	7,  // 13: conveyor.v1.SubmissionService.ReplayTask:output_type -> conveyor.v1.ReplayTaskResponse
+	10, // [10:14] is the sub-list for method output_type
+	6,  // [6:10] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_conveyor_v1_submission_service_proto_init() }
@@ -406,7 +509,7 @@ func file_conveyor_v1_submission_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_submission_service_proto_rawDesc), len(file_conveyor_v1_submission_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

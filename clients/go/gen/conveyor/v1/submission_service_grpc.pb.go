@@ -22,6 +22,7 @@ const (
 	SubmissionService_SubmitTask_FullMethodName  = "/conveyor.v1.SubmissionService/SubmitTask"
 	SubmissionService_SubmitTasks_FullMethodName = "/conveyor.v1.SubmissionService/SubmitTasks"
 	SubmissionService_CancelTask_FullMethodName  = "/conveyor.v1.SubmissionService/CancelTask"
+	SubmissionService_ReplayTask_FullMethodName  = "/conveyor.v1.SubmissionService/ReplayTask"
 )
 
 // SubmissionServiceClient is the client API for SubmissionService service.
@@ -44,9 +45,14 @@ type SubmissionServiceClient interface {
 	// Submits many tasks in one store round trip. All-or-nothing validation: if
 	// any task is invalid, none is accepted and the violation names its index.
 	SubmitTasks(ctx context.Context, in *SubmitTasksRequest, opts ...grpc.CallOption) (*SubmitTasksResponse, error)
-	// Cancels a task that has not started (QUEUED or SCHEDULED). A task that
-	// already finished is left as it is and its state is returned.
+	// Cancels (revokes) a task. A QUEUED or SCHEDULED task never runs; a
+	// LEASED or RUNNING one is cancelled on its worker through the stream, and
+	// its late outcome is ignored. A finished task is left as it is and its
+	// state is returned.
 	CancelTask(ctx context.Context, in *CancelTaskRequest, opts ...grpc.CallOption) (*CancelTaskResponse, error)
+	// Queues a FAILED task again under the same id, with its retry count
+	// reset (a dead letter's replay). FAILED_PRECONDITION for other states.
+	ReplayTask(ctx context.Context, in *ReplayTaskRequest, opts ...grpc.CallOption) (*ReplayTaskResponse, error)
 }
 
 type submissionServiceClient struct {
@@ -87,6 +93,16 @@ func (c *submissionServiceClient) CancelTask(ctx context.Context, in *CancelTask
 	return out, nil
 }
 
+func (c *submissionServiceClient) ReplayTask(ctx context.Context, in *ReplayTaskRequest, opts ...grpc.CallOption) (*ReplayTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReplayTaskResponse)
+	err := c.cc.Invoke(ctx, SubmissionService_ReplayTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SubmissionServiceServer is the server API for SubmissionService service.
 // All implementations must embed UnimplementedSubmissionServiceServer
 // for forward compatibility.
@@ -107,9 +123,14 @@ type SubmissionServiceServer interface {
 	// Submits many tasks in one store round trip. All-or-nothing validation: if
 	// any task is invalid, none is accepted and the violation names its index.
 	SubmitTasks(context.Context, *SubmitTasksRequest) (*SubmitTasksResponse, error)
-	// Cancels a task that has not started (QUEUED or SCHEDULED). A task that
-	// already finished is left as it is and its state is returned.
+	// Cancels (revokes) a task. A QUEUED or SCHEDULED task never runs; a
+	// LEASED or RUNNING one is cancelled on its worker through the stream, and
+	// its late outcome is ignored. A finished task is left as it is and its
+	// state is returned.
 	CancelTask(context.Context, *CancelTaskRequest) (*CancelTaskResponse, error)
+	// Queues a FAILED task again under the same id, with its retry count
+	// reset (a dead letter's replay). FAILED_PRECONDITION for other states.
+	ReplayTask(context.Context, *ReplayTaskRequest) (*ReplayTaskResponse, error)
 	mustEmbedUnimplementedSubmissionServiceServer()
 }
 
@@ -128,6 +149,9 @@ func (UnimplementedSubmissionServiceServer) SubmitTasks(context.Context, *Submit
 }
 func (UnimplementedSubmissionServiceServer) CancelTask(context.Context, *CancelTaskRequest) (*CancelTaskResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelTask not implemented")
+}
+func (UnimplementedSubmissionServiceServer) ReplayTask(context.Context, *ReplayTaskRequest) (*ReplayTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReplayTask not implemented")
 }
 func (UnimplementedSubmissionServiceServer) mustEmbedUnimplementedSubmissionServiceServer() {}
 func (UnimplementedSubmissionServiceServer) testEmbeddedByValue()                           {}
@@ -204,6 +228,24 @@ func _SubmissionService_CancelTask_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SubmissionService_ReplayTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReplayTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SubmissionServiceServer).ReplayTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SubmissionService_ReplayTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SubmissionServiceServer).ReplayTask(ctx, req.(*ReplayTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SubmissionService_ServiceDesc is the grpc.ServiceDesc for SubmissionService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -222,6 +264,10 @@ var SubmissionService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelTask",
 			Handler:    _SubmissionService_CancelTask_Handler,
+		},
+		{
+			MethodName: "ReplayTask",
+			Handler:    _SubmissionService_ReplayTask_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

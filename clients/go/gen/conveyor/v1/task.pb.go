@@ -497,7 +497,11 @@ type TaskError struct {
 	// Stack trace or traceback text, if the language provides one.
 	Traceback string `protobuf:"bytes,3,opt,name=traceback,proto3" json:"traceback,omitempty"`
 	// Whether the failure may be retried under the task's retry policy.
-	Retryable     bool `protobuf:"varint,4,opt,name=retryable,proto3" json:"retryable,omitempty"`
+	Retryable bool `protobuf:"varint,4,opt,name=retryable,proto3" json:"retryable,omitempty"`
+	// Set by a handler to ask for a retry after this delay instead of the
+	// policy's backoff (Celery's `self.retry(countdown=...)`). Implies
+	// `retryable`; still bounded by the task's `max_retries`.
+	RetryAfter    *durationpb.Duration `protobuf:"bytes,5,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -560,6 +564,86 @@ func (x *TaskError) GetRetryable() bool {
 	return false
 }
 
+func (x *TaskError) GetRetryAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RetryAfter
+	}
+	return nil
+}
+
+// What a running handler reported about itself (Celery's `update_state`).
+type Progress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A custom state name, e.g. "DOWNLOADING". Free-form, at most 100 bytes.
+	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// Completion from 0 to 100, if the handler knows it.
+	Percent float64 `protobuf:"fixed64,2,opt,name=percent,proto3" json:"percent,omitempty"`
+	// Any details, at most 64 KiB.
+	Meta *Payload `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
+	// When the worker reported it.
+	ReportedAt    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Progress) Reset() {
+	*x = Progress{}
+	mi := &file_conveyor_v1_task_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Progress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Progress) ProtoMessage() {}
+
+func (x *Progress) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_task_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Progress.ProtoReflect.Descriptor instead.
+func (*Progress) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Progress) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Progress) GetPercent() float64 {
+	if x != nil {
+		return x.Percent
+	}
+	return 0
+}
+
+func (x *Progress) GetMeta() *Payload {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *Progress) GetReportedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReportedAt
+	}
+	return nil
+}
+
 // A task as the results service reports it.
 type Task struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -594,14 +678,16 @@ type Task struct {
 	// The last error of a FAILED task, or of the last failed attempt.
 	Error *TaskError `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
 	// Queue the task was routed to.
-	Queue         string `protobuf:"bytes,16,opt,name=queue,proto3" json:"queue,omitempty"`
+	Queue string `protobuf:"bytes,16,opt,name=queue,proto3" json:"queue,omitempty"`
+	// The latest progress reported by the running attempt, if any.
+	Progress      *Progress `protobuf:"bytes,17,opt,name=progress,proto3" json:"progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_conveyor_v1_task_proto_msgTypes[5]
+	mi := &file_conveyor_v1_task_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -613,7 +699,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_task_proto_msgTypes[5]
+	mi := &file_conveyor_v1_task_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -626,7 +712,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{5}
+	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Task) GetId() string {
@@ -741,6 +827,13 @@ func (x *Task) GetQueue() string {
 	return ""
 }
 
+func (x *Task) GetProgress() *Progress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
 var File_conveyor_v1_task_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_task_proto_rawDesc = "" +
@@ -784,12 +877,20 @@ const file_conveyor_v1_task_proto_rawDesc = "" +
 	"\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKey\x1aO\n" +
 	"\vKwargsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12*\n" +
-	"\x05value\x18\x02 \x01(\v2\x14.conveyor.v1.PayloadR\x05value:\x028\x01\"u\n" +
+	"\x05value\x18\x02 \x01(\v2\x14.conveyor.v1.PayloadR\x05value:\x028\x01\"\xb1\x01\n" +
 	"\tTaskError\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1c\n" +
 	"\ttraceback\x18\x03 \x01(\tR\ttraceback\x12\x1c\n" +
-	"\tretryable\x18\x04 \x01(\bR\tretryable\"\xe9\x05\n" +
+	"\tretryable\x18\x04 \x01(\bR\tretryable\x12:\n" +
+	"\vretry_after\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"retryAfter\"\xa1\x01\n" +
+	"\bProgress\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12\x18\n" +
+	"\apercent\x18\x02 \x01(\x01R\apercent\x12(\n" +
+	"\x04meta\x18\x03 \x01(\v2\x14.conveyor.v1.PayloadR\x04meta\x12;\n" +
+	"\vreported_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"reportedAt\"\x9c\x06\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12(\n" +
@@ -810,7 +911,8 @@ const file_conveyor_v1_task_proto_rawDesc = "" +
 	"\tworker_id\x18\r \x01(\tR\bworkerId\x12,\n" +
 	"\x06result\x18\x0e \x01(\v2\x14.conveyor.v1.PayloadR\x06result\x12,\n" +
 	"\x05error\x18\x0f \x01(\v2\x16.conveyor.v1.TaskErrorR\x05error\x12\x14\n" +
-	"\x05queue\x18\x10 \x01(\tR\x05queue\x1aO\n" +
+	"\x05queue\x18\x10 \x01(\tR\x05queue\x121\n" +
+	"\bprogress\x18\x11 \x01(\v2\x15.conveyor.v1.ProgressR\bprogress\x1aO\n" +
 	"\vKwargsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12*\n" +
 	"\x05value\x18\x02 \x01(\v2\x14.conveyor.v1.PayloadR\x05value:\x028\x01*\x82\x02\n" +
@@ -840,7 +942,7 @@ func file_conveyor_v1_task_proto_rawDescGZIP() []byte {
 }
 
 var file_conveyor_v1_task_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_conveyor_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_conveyor_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_conveyor_v1_task_proto_goTypes = []any{
 	(TaskState)(0),                // 0: conveyor.v1.TaskState
 	(*Payload)(nil),               // 1: conveyor.v1.Payload
@@ -848,44 +950,49 @@ var file_conveyor_v1_task_proto_goTypes = []any{
 	(*TaskOptions)(nil),           // 3: conveyor.v1.TaskOptions
 	(*TaskSpec)(nil),              // 4: conveyor.v1.TaskSpec
 	(*TaskError)(nil),             // 5: conveyor.v1.TaskError
-	(*Task)(nil),                  // 6: conveyor.v1.Task
-	nil,                           // 7: conveyor.v1.TaskOptions.HeadersEntry
-	nil,                           // 8: conveyor.v1.TaskSpec.KwargsEntry
-	nil,                           // 9: conveyor.v1.Task.KwargsEntry
-	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*Progress)(nil),              // 6: conveyor.v1.Progress
+	(*Task)(nil),                  // 7: conveyor.v1.Task
+	nil,                           // 8: conveyor.v1.TaskOptions.HeadersEntry
+	nil,                           // 9: conveyor.v1.TaskSpec.KwargsEntry
+	nil,                           // 10: conveyor.v1.Task.KwargsEntry
+	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
 }
 var file_conveyor_v1_task_proto_depIdxs = []int32{
-	10, // 0: conveyor.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	10, // 1: conveyor.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
-	10, // 2: conveyor.v1.TaskOptions.countdown:type_name -> google.protobuf.Duration
-	11, // 3: conveyor.v1.TaskOptions.eta:type_name -> google.protobuf.Timestamp
-	11, // 4: conveyor.v1.TaskOptions.expires:type_name -> google.protobuf.Timestamp
+	11, // 0: conveyor.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	11, // 1: conveyor.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	11, // 2: conveyor.v1.TaskOptions.countdown:type_name -> google.protobuf.Duration
+	12, // 3: conveyor.v1.TaskOptions.eta:type_name -> google.protobuf.Timestamp
+	12, // 4: conveyor.v1.TaskOptions.expires:type_name -> google.protobuf.Timestamp
 	2,  // 5: conveyor.v1.TaskOptions.retry:type_name -> conveyor.v1.RetryPolicy
-	10, // 6: conveyor.v1.TaskOptions.soft_time_limit:type_name -> google.protobuf.Duration
-	10, // 7: conveyor.v1.TaskOptions.hard_time_limit:type_name -> google.protobuf.Duration
-	10, // 8: conveyor.v1.TaskOptions.result_ttl:type_name -> google.protobuf.Duration
-	7,  // 9: conveyor.v1.TaskOptions.headers:type_name -> conveyor.v1.TaskOptions.HeadersEntry
+	11, // 6: conveyor.v1.TaskOptions.soft_time_limit:type_name -> google.protobuf.Duration
+	11, // 7: conveyor.v1.TaskOptions.hard_time_limit:type_name -> google.protobuf.Duration
+	11, // 8: conveyor.v1.TaskOptions.result_ttl:type_name -> google.protobuf.Duration
+	8,  // 9: conveyor.v1.TaskOptions.headers:type_name -> conveyor.v1.TaskOptions.HeadersEntry
 	1,  // 10: conveyor.v1.TaskSpec.args:type_name -> conveyor.v1.Payload
-	8,  // 11: conveyor.v1.TaskSpec.kwargs:type_name -> conveyor.v1.TaskSpec.KwargsEntry
+	9,  // 11: conveyor.v1.TaskSpec.kwargs:type_name -> conveyor.v1.TaskSpec.KwargsEntry
 	3,  // 12: conveyor.v1.TaskSpec.options:type_name -> conveyor.v1.TaskOptions
-	1,  // 13: conveyor.v1.Task.args:type_name -> conveyor.v1.Payload
-	9,  // 14: conveyor.v1.Task.kwargs:type_name -> conveyor.v1.Task.KwargsEntry
-	3,  // 15: conveyor.v1.Task.options:type_name -> conveyor.v1.TaskOptions
-	0,  // 16: conveyor.v1.Task.state:type_name -> conveyor.v1.TaskState
-	11, // 17: conveyor.v1.Task.created_at:type_name -> google.protobuf.Timestamp
-	11, // 18: conveyor.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
-	11, // 19: conveyor.v1.Task.due_at:type_name -> google.protobuf.Timestamp
-	11, // 20: conveyor.v1.Task.finished_at:type_name -> google.protobuf.Timestamp
-	1,  // 21: conveyor.v1.Task.result:type_name -> conveyor.v1.Payload
-	5,  // 22: conveyor.v1.Task.error:type_name -> conveyor.v1.TaskError
-	1,  // 23: conveyor.v1.TaskSpec.KwargsEntry.value:type_name -> conveyor.v1.Payload
-	1,  // 24: conveyor.v1.Task.KwargsEntry.value:type_name -> conveyor.v1.Payload
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	11, // 13: conveyor.v1.TaskError.retry_after:type_name -> google.protobuf.Duration
+	1,  // 14: conveyor.v1.Progress.meta:type_name -> conveyor.v1.Payload
+	12, // 15: conveyor.v1.Progress.reported_at:type_name -> google.protobuf.Timestamp
+	1,  // 16: conveyor.v1.Task.args:type_name -> conveyor.v1.Payload
+	10, // 17: conveyor.v1.Task.kwargs:type_name -> conveyor.v1.Task.KwargsEntry
+	3,  // 18: conveyor.v1.Task.options:type_name -> conveyor.v1.TaskOptions
+	0,  // 19: conveyor.v1.Task.state:type_name -> conveyor.v1.TaskState
+	12, // 20: conveyor.v1.Task.created_at:type_name -> google.protobuf.Timestamp
+	12, // 21: conveyor.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
+	12, // 22: conveyor.v1.Task.due_at:type_name -> google.protobuf.Timestamp
+	12, // 23: conveyor.v1.Task.finished_at:type_name -> google.protobuf.Timestamp
+	1,  // 24: conveyor.v1.Task.result:type_name -> conveyor.v1.Payload
+	5,  // 25: conveyor.v1.Task.error:type_name -> conveyor.v1.TaskError
+	6,  // 26: conveyor.v1.Task.progress:type_name -> conveyor.v1.Progress
+	1,  // 27: conveyor.v1.TaskSpec.KwargsEntry.value:type_name -> conveyor.v1.Payload
+	1,  // 28: conveyor.v1.Task.KwargsEntry.value:type_name -> conveyor.v1.Payload
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_conveyor_v1_task_proto_init() }
@@ -899,7 +1006,7 @@ func file_conveyor_v1_task_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_task_proto_rawDesc), len(file_conveyor_v1_task_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

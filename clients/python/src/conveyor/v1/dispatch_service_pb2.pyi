@@ -12,18 +12,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "grant_credits", "heartbeat", "report_outcomes", "task_started")
+    __slots__ = ("hello", "grant_credits", "heartbeat", "report_outcomes", "task_started", "report_progress")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     GRANT_CREDITS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REPORT_OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     TASK_STARTED_FIELD_NUMBER: _ClassVar[int]
+    REPORT_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     grant_credits: GrantCredits
     heartbeat: Heartbeat
     report_outcomes: ReportOutcomes
     task_started: TaskStarted
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., grant_credits: _Optional[_Union[GrantCredits, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., report_outcomes: _Optional[_Union[ReportOutcomes, _Mapping]] = ..., task_started: _Optional[_Union[TaskStarted, _Mapping]] = ...) -> None: ...
+    report_progress: ReportProgress
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., grant_credits: _Optional[_Union[GrantCredits, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., report_outcomes: _Optional[_Union[ReportOutcomes, _Mapping]] = ..., task_started: _Optional[_Union[TaskStarted, _Mapping]] = ..., report_progress: _Optional[_Union[ReportProgress, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
     __slots__ = ("welcome", "assignments", "cancel_assignment", "drain", "outcome_rejected")
@@ -104,6 +106,16 @@ class TaskStarted(_message.Message):
     task_id: str
     lease_token: int
     def __init__(self, task_id: _Optional[str] = ..., lease_token: _Optional[int] = ...) -> None: ...
+
+class ReportProgress(_message.Message):
+    __slots__ = ("task_id", "lease_token", "progress")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    lease_token: int
+    progress: _task_pb2.Progress
+    def __init__(self, task_id: _Optional[str] = ..., lease_token: _Optional[int] = ..., progress: _Optional[_Union[_task_pb2.Progress, _Mapping]] = ...) -> None: ...
 
 class Assignments(_message.Message):
     __slots__ = ("assignments",)

@@ -47,7 +47,9 @@ class DispatchServiceStub:
     worker that lost its lease can never overwrite a newer attempt's result.
     A refused outcome is answered in-band with `OutcomeRejected`; the stream
     stays open.
-    6. The dispatcher pushes `CancelAssignment` and `Drain` down the stream.
+    6. The dispatcher pushes `CancelAssignment` (revoked task, hard time limit
+    passed, lease lost) and `Drain` down the stream. After a cancellation
+    the task's outcome is ignored and its slot is the worker's again.
 
     When the stream breaks, every task the session holds goes back to its
     queue at once (counting an attempt, not a failure).
@@ -96,7 +98,9 @@ class DispatchServiceServicer:
     worker that lost its lease can never overwrite a newer attempt's result.
     A refused outcome is answered in-band with `OutcomeRejected`; the stream
     stays open.
-    6. The dispatcher pushes `CancelAssignment` and `Drain` down the stream.
+    6. The dispatcher pushes `CancelAssignment` (revoked task, hard time limit
+    passed, lease lost) and `Drain` down the stream. After a cancellation
+    the task's outcome is ignored and its slot is the worker's again.
 
     When the stream breaks, every task the session holds goes back to its
     queue at once (counting an attempt, not a failure).
@@ -162,7 +166,9 @@ class DispatchService:
     worker that lost its lease can never overwrite a newer attempt's result.
     A refused outcome is answered in-band with `OutcomeRejected`; the stream
     stays open.
-    6. The dispatcher pushes `CancelAssignment` and `Drain` down the stream.
+    6. The dispatcher pushes `CancelAssignment` (revoked task, hard time limit
+    passed, lease lost) and `Drain` down the stream. After a cancellation
+    the task's outcome is ignored and its slot is the worker's again.
 
     When the stream breaks, every task the session holds goes back to its
     queue at once (counting an attempt, not a failure).

@@ -52,6 +52,16 @@ class ResultsServiceStub:
                 request_serializer=conveyor_dot_v1_dot_results__service__pb2.WatchTaskRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_results__service__pb2.WatchTaskResponse.FromString,
                 _registered_method=True)
+        self.ForgetTask = channel.unary_unary(
+                '/conveyor.v1.ResultsService/ForgetTask',
+                request_serializer=conveyor_dot_v1_dot_results__service__pb2.ForgetTaskRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_results__service__pb2.ForgetTaskResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/conveyor.v1.ResultsService/ListDeadLetters',
+                request_serializer=conveyor_dot_v1_dot_results__service__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_results__service__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
 
 
 class ResultsServiceServicer:
@@ -85,6 +95,22 @@ class ResultsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetTask(self, request, context):
+        """Deletes a finished task and its outcome now, before its result TTL.
+        FAILED_PRECONDITION for a task that has not finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """Lists tasks that failed for good (retries exhausted or not retryable),
+        oldest first. Replay them with SubmissionService.ReplayTask.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ResultsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +128,16 @@ def add_ResultsServiceServicer_to_server(servicer, server):
                     servicer.WatchTask,
                     request_deserializer=conveyor_dot_v1_dot_results__service__pb2.WatchTaskRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_results__service__pb2.WatchTaskResponse.SerializeToString,
+            ),
+            'ForgetTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetTask,
+                    request_deserializer=conveyor_dot_v1_dot_results__service__pb2.ForgetTaskRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_results__service__pb2.ForgetTaskResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=conveyor_dot_v1_dot_results__service__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_results__service__pb2.ListDeadLettersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -188,6 +224,60 @@ class ResultsService:
             '/conveyor.v1.ResultsService/WatchTask',
             conveyor_dot_v1_dot_results__service__pb2.WatchTaskRequest.SerializeToString,
             conveyor_dot_v1_dot_results__service__pb2.WatchTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.ResultsService/ForgetTask',
+            conveyor_dot_v1_dot_results__service__pb2.ForgetTaskRequest.SerializeToString,
+            conveyor_dot_v1_dot_results__service__pb2.ForgetTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.ResultsService/ListDeadLetters',
+            conveyor_dot_v1_dot_results__service__pb2.ListDeadLettersRequest.SerializeToString,
+            conveyor_dot_v1_dot_results__service__pb2.ListDeadLettersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,3 +48,15 @@ class CancelTaskResponse(_message.Message):
     cancelled: bool
     state: _task_pb2.TaskState
     def __init__(self, cancelled: _Optional[bool] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ...) -> None: ...
+
+class ReplayTaskRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class ReplayTaskResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: _task_pb2.TaskState
+    def __init__(self, state: _Optional[_Union[_task_pb2.TaskState, str]] = ...) -> None: ...

@@ -58,6 +58,11 @@ class SubmissionServiceStub:
                 request_serializer=conveyor_dot_v1_dot_submission__service__pb2.CancelTaskRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_submission__service__pb2.CancelTaskResponse.FromString,
                 _registered_method=True)
+        self.ReplayTask = channel.unary_unary(
+                '/conveyor.v1.SubmissionService/ReplayTask',
+                request_serializer=conveyor_dot_v1_dot_submission__service__pb2.ReplayTaskRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_submission__service__pb2.ReplayTaskResponse.FromString,
+                _registered_method=True)
 
 
 class SubmissionServiceServicer:
@@ -89,8 +94,18 @@ class SubmissionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelTask(self, request, context):
-        """Cancels a task that has not started (QUEUED or SCHEDULED). A task that
-        already finished is left as it is and its state is returned.
+        """Cancels (revokes) a task. A QUEUED or SCHEDULED task never runs; a
+        LEASED or RUNNING one is cancelled on its worker through the stream, and
+        its late outcome is ignored. A finished task is left as it is and its
+        state is returned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayTask(self, request, context):
+        """Queues a FAILED task again under the same id, with its retry count
+        reset (a dead letter's replay). FAILED_PRECONDITION for other states.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,6 +128,11 @@ def add_SubmissionServiceServicer_to_server(servicer, server):
                     servicer.CancelTask,
                     request_deserializer=conveyor_dot_v1_dot_submission__service__pb2.CancelTaskRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_submission__service__pb2.CancelTaskResponse.SerializeToString,
+            ),
+            'ReplayTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayTask,
+                    request_deserializer=conveyor_dot_v1_dot_submission__service__pb2.ReplayTaskRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_submission__service__pb2.ReplayTaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -205,6 +225,33 @@ class SubmissionService:
             '/conveyor.v1.SubmissionService/CancelTask',
             conveyor_dot_v1_dot_submission__service__pb2.CancelTaskRequest.SerializeToString,
             conveyor_dot_v1_dot_submission__service__pb2.CancelTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.SubmissionService/ReplayTask',
+            conveyor_dot_v1_dot_submission__service__pb2.ReplayTaskRequest.SerializeToString,
+            conveyor_dot_v1_dot_submission__service__pb2.ReplayTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -115,19 +115,33 @@ class TaskSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Payload]] = ..., options: _Optional[_Union[TaskOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class TaskError(_message.Message):
-    __slots__ = ("type", "message", "traceback", "retryable")
+    __slots__ = ("type", "message", "traceback", "retryable", "retry_after")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TRACEBACK_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
     type: str
     message: str
     traceback: str
     retryable: bool
-    def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., retryable: _Optional[bool] = ...) -> None: ...
+    retry_after: _duration_pb2.Duration
+    def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., retryable: _Optional[bool] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("state", "percent", "meta", "reported_at")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    percent: float
+    meta: Payload
+    reported_at: _timestamp_pb2.Timestamp
+    def __init__(self, state: _Optional[str] = ..., percent: _Optional[float] = ..., meta: _Optional[_Union[Payload, _Mapping]] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "name", "args", "kwargs", "options", "state", "attempt", "failures", "created_at", "updated_at", "due_at", "finished_at", "worker_id", "result", "error", "queue")
+    __slots__ = ("id", "name", "args", "kwargs", "options", "state", "attempt", "failures", "created_at", "updated_at", "due_at", "finished_at", "worker_id", "result", "error", "queue", "progress")
     class KwargsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +165,7 @@ class Task(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     args: _containers.RepeatedCompositeFieldContainer[Payload]
@@ -167,4 +182,5 @@ class Task(_message.Message):
     result: Payload
     error: TaskError
     queue: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Payload]] = ..., options: _Optional[_Union[TaskOptions, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., failures: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., queue: _Optional[str] = ...) -> None: ...
+    progress: Progress
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Payload]] = ..., options: _Optional[_Union[TaskOptions, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., failures: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., queue: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...

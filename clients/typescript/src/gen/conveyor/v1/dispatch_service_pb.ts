@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Payload, TaskError } from "./task_pb";
+import type { Payload, Progress, TaskError } from "./task_pb";
 import { file_conveyor_v1_task } from "./task_pb";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/dispatch_service.proto.
  */
 export const file_conveyor_v1_dispatch_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJjb252ZXlvci92MS9kaXNwYXRjaF9zZXJ2aWNlLnByb3RvEgtjb252ZXlvci52MSKLAgoOQ29ubmVjdFJlcXVlc3QSIwoFaGVsbG8YASABKAsyEi5jb252ZXlvci52MS5IZWxsb0gAEjIKDWdyYW50X2NyZWRpdHMYAiABKAsyGS5jb252ZXlvci52MS5HcmFudENyZWRpdHNIABIrCgloZWFydGJlYXQYAyABKAsyFi5jb252ZXlvci52MS5IZWFydGJlYXRIABI2Cg9yZXBvcnRfb3V0Y29tZXMYBCABKAsyGy5jb252ZXlvci52MS5SZXBvcnRPdXRjb21lc0gAEjAKDHRhc2tfc3RhcnRlZBgFIAEoCzIYLmNvbnZleW9yLnYxLlRhc2tTdGFydGVkSABCCQoHbWVzc2FnZSKRAgoPQ29ubmVjdFJlc3BvbnNlEicKB3dlbGNvbWUYASABKAsyFC5jb252ZXlvci52MS5XZWxjb21lSAASLwoLYXNzaWdubWVudHMYAiABKAsyGC5jb252ZXlvci52MS5Bc3NpZ25tZW50c0gAEjoKEWNhbmNlbF9hc3NpZ25tZW50GAMgASgLMh0uY29udmV5b3IudjEuQ2FuY2VsQXNzaWdubWVudEgAEiMKBWRyYWluGAQgASgLMhIuY29udmV5b3IudjEuRHJhaW5IABI4ChBvdXRjb21lX3JlamVjdGVkGAUgASgLMhwuY29udmV5b3IudjEuT3V0Y29tZVJlamVjdGVkSABCCQoHbWVzc2FnZSKMAQoFSGVsbG8SEQoJd29ya2VyX2lkGAEgASgJEg4KBnF1ZXVlcxgCIAMoCRISCgp0YXNrX25hbWVzGAMgAygJEhMKC2NvbmN1cnJlbmN5GAQgASgNEhAKCGxhbmd1YWdlGAUgASgJEhMKC3Nka192ZXJzaW9uGAYgASgJEhAKCGhvc3RuYW1lGAcgASgJIpcBCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCWxlYXNlX3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhITCgttYXhfY3JlZGl0cxgEIAEoDSIfCgxHcmFudENyZWRpdHMSDwoHY3JlZGl0cxgBIAEoDSILCglIZWFydGJlYXQiPAoOUmVwb3J0T3V0Y29tZXMSKgoIb3V0Y29tZXMYASADKAsyGC5jb252ZXlvci52MS5UYXNrT3V0Y29tZSKPAQoLVGFza091dGNvbWUSDwoHdGFza19pZBgBIAEoCRITCgtsZWFzZV90b2tlbhgCIAEoBBImCgZyZXN1bHQYAyABKAsyFC5jb252ZXlvci52MS5QYXlsb2FkSAASJwoFZXJyb3IYBCABKAsyFi5jb252ZXlvci52MS5UYXNrRXJyb3JIAEIJCgdvdXRjb21lIjMKC1Rhc2tTdGFydGVkEg8KB3Rhc2tfaWQYASABKAkSEwoLbGVhc2VfdG9rZW4YAiABKAQiOwoLQXNzaWdubWVudHMSLAoLYXNzaWdubWVudHMYASADKAsyFy5jb252ZXlvci52MS5Bc3NpZ25tZW50IoMECgpBc3NpZ25tZW50Eg8KB3Rhc2tfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIiCgRhcmdzGAMgAygLMhQuY29udmV5b3IudjEuUGF5bG9hZBIzCgZrd2FyZ3MYBCADKAsyIy5jb252ZXlvci52MS5Bc3NpZ25tZW50Lkt3YXJnc0VudHJ5Eg8KB2F0dGVtcHQYBSABKA0SEwoLbGVhc2VfdG9rZW4YBiABKAQSNQoHaGVhZGVycxgHIAMoCzIkLmNvbnZleW9yLnYxLkFzc2lnbm1lbnQuSGVhZGVyc0VudHJ5EjIKD3NvZnRfdGltZV9saW1pdBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCg9oYXJkX3RpbWVfbGltaXQYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLbWF4X3JldHJpZXMYCyABKA0aQwoLS3dhcmdzRW50cnkSCwoDa2V5GAEgASgJEiMKBXZhbHVlGAIgASgLMhQuY29udmV5b3IudjEuUGF5bG9hZDoCOAEaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMwoQQ2FuY2VsQXNzaWdubWVudBIPCgd0YXNrX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIxCgVEcmFpbhIoCgVncmFjZRgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJBCg9PdXRjb21lUmVqZWN0ZWQSDwoHdGFza19pZBgBIAEoCRIMCgRjb2RlGAIgASgFEg8KB21lc3NhZ2UYAyABKAkiFAoSTGlzdFdvcmtlcnNSZXF1ZXN0Ij8KE0xpc3RXb3JrZXJzUmVzcG9uc2USKAoHd29ya2VycxgBIAMoCzIXLmNvbnZleW9yLnYxLldvcmtlckluZm8ixAIKCldvcmtlckluZm8SEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDgoGcXVldWVzGAMgAygJEhIKCnRhc2tfbmFtZXMYBCADKAkSEwoLY29uY3VycmVuY3kYBSABKA0SEAoIbGFuZ3VhZ2UYBiABKAkSEwoLc2RrX3ZlcnNpb24YByABKAkSEAoIaG9zdG5hbWUYCCABKAkSFQoNYWN0aXZlX2xlYXNlcxgJIAEoDRIPCgdjcmVkaXRzGAogASgNEjAKDGNvbm5lY3RlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF9zZWVuX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgljb21wbGV0ZWQYDSABKAQyrQEKD0Rpc3BhdGNoU2VydmljZRJICgdDb25uZWN0EhsuY29udmV5b3IudjEuQ29ubmVjdFJlcXVlc3QaHC5jb252ZXlvci52MS5Db25uZWN0UmVzcG9uc2UoATABElAKC0xpc3RXb3JrZXJzEh8uY29udmV5b3IudjEuTGlzdFdvcmtlcnNSZXF1ZXN0GiAuY29udmV5b3IudjEuTGlzdFdvcmtlcnNSZXNwb25zZUKpAQoPY29tLmNvbnZleW9yLnYxQhREaXNwYXRjaFNlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiJjb252ZXlvci92MS9kaXNwYXRjaF9zZXJ2aWNlLnByb3RvEgtjb252ZXlvci52MSLDAgoOQ29ubmVjdFJlcXVlc3QSIwoFaGVsbG8YASABKAsyEi5jb252ZXlvci52MS5IZWxsb0gAEjIKDWdyYW50X2NyZWRpdHMYAiABKAsyGS5jb252ZXlvci52MS5HcmFudENyZWRpdHNIABIrCgloZWFydGJlYXQYAyABKAsyFi5jb252ZXlvci52MS5IZWFydGJlYXRIABI2Cg9yZXBvcnRfb3V0Y29tZXMYBCABKAsyGy5jb252ZXlvci52MS5SZXBvcnRPdXRjb21lc0gAEjAKDHRhc2tfc3RhcnRlZBgFIAEoCzIYLmNvbnZleW9yLnYxLlRhc2tTdGFydGVkSAASNgoPcmVwb3J0X3Byb2dyZXNzGAYgASgLMhsuY29udmV5b3IudjEuUmVwb3J0UHJvZ3Jlc3NIAEIJCgdtZXNzYWdlIpECCg9Db25uZWN0UmVzcG9uc2USJwoHd2VsY29tZRgBIAEoCzIULmNvbnZleW9yLnYxLldlbGNvbWVIABIvCgthc3NpZ25tZW50cxgCIAEoCzIYLmNvbnZleW9yLnYxLkFzc2lnbm1lbnRzSAASOgoRY2FuY2VsX2Fzc2lnbm1lbnQYAyABKAsyHS5jb252ZXlvci52MS5DYW5jZWxBc3NpZ25tZW50SAASIwoFZHJhaW4YBCABKAsyEi5jb252ZXlvci52MS5EcmFpbkgAEjgKEG91dGNvbWVfcmVqZWN0ZWQYBSABKAsyHC5jb252ZXlvci52MS5PdXRjb21lUmVqZWN0ZWRIAEIJCgdtZXNzYWdlIowBCgVIZWxsbxIRCgl3b3JrZXJfaWQYASABKAkSDgoGcXVldWVzGAIgAygJEhIKCnRhc2tfbmFtZXMYAyADKAkSEwoLY29uY3VycmVuY3kYBCABKA0SEAoIbGFuZ3VhZ2UYBSABKAkSEwoLc2RrX3ZlcnNpb24YBiABKAkSEAoIaG9zdG5hbWUYByABKAkilwEKB1dlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoJbGVhc2VfdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC21heF9jcmVkaXRzGAQgASgNIh8KDEdyYW50Q3JlZGl0cxIPCgdjcmVkaXRzGAEgASgNIgsKCUhlYXJ0YmVhdCI8Cg5SZXBvcnRPdXRjb21lcxIqCghvdXRjb21lcxgBIAMoCzIYLmNvbnZleW9yLnYxLlRhc2tPdXRjb21lIo8BCgtUYXNrT3V0Y29tZRIPCgd0YXNrX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgEEiYKBnJlc3VsdBgDIAEoCzIULmNvbnZleW9yLnYxLlBheWxvYWRIABInCgVlcnJvchgEIAEoCzIWLmNvbnZleW9yLnYxLlRhc2tFcnJvckgAQgkKB291dGNvbWUiMwoLVGFza1N0YXJ0ZWQSDwoHdGFza19pZBgBIAEoCRITCgtsZWFzZV90b2tlbhgCIAEoBCJfCg5SZXBvcnRQcm9ncmVzcxIPCgd0YXNrX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgEEicKCHByb2dyZXNzGAMgASgLMhUuY29udmV5b3IudjEuUHJvZ3Jlc3MiOwoLQXNzaWdubWVudHMSLAoLYXNzaWdubWVudHMYASADKAsyFy5jb252ZXlvci52MS5Bc3NpZ25tZW50IoMECgpBc3NpZ25tZW50Eg8KB3Rhc2tfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIiCgRhcmdzGAMgAygLMhQuY29udmV5b3IudjEuUGF5bG9hZBIzCgZrd2FyZ3MYBCADKAsyIy5jb252ZXlvci52MS5Bc3NpZ25tZW50Lkt3YXJnc0VudHJ5Eg8KB2F0dGVtcHQYBSABKA0SEwoLbGVhc2VfdG9rZW4YBiABKAQSNQoHaGVhZGVycxgHIAMoCzIkLmNvbnZleW9yLnYxLkFzc2lnbm1lbnQuSGVhZGVyc0VudHJ5EjIKD3NvZnRfdGltZV9saW1pdBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCg9oYXJkX3RpbWVfbGltaXQYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLbWF4X3JldHJpZXMYCyABKA0aQwoLS3dhcmdzRW50cnkSCwoDa2V5GAEgASgJEiMKBXZhbHVlGAIgASgLMhQuY29udmV5b3IudjEuUGF5bG9hZDoCOAEaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMwoQQ2FuY2VsQXNzaWdubWVudBIPCgd0YXNrX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIxCgVEcmFpbhIoCgVncmFjZRgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJBCg9PdXRjb21lUmVqZWN0ZWQSDwoHdGFza19pZBgBIAEoCRIMCgRjb2RlGAIgASgFEg8KB21lc3NhZ2UYAyABKAkiFAoSTGlzdFdvcmtlcnNSZXF1ZXN0Ij8KE0xpc3RXb3JrZXJzUmVzcG9uc2USKAoHd29ya2VycxgBIAMoCzIXLmNvbnZleW9yLnYxLldvcmtlckluZm8ixAIKCldvcmtlckluZm8SEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDgoGcXVldWVzGAMgAygJEhIKCnRhc2tfbmFtZXMYBCADKAkSEwoLY29uY3VycmVuY3kYBSABKA0SEAoIbGFuZ3VhZ2UYBiABKAkSEwoLc2RrX3ZlcnNpb24YByABKAkSEAoIaG9zdG5hbWUYCCABKAkSFQoNYWN0aXZlX2xlYXNlcxgJIAEoDRIPCgdjcmVkaXRzGAogASgNEjAKDGNvbm5lY3RlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF9zZWVuX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgljb21wbGV0ZWQYDSABKAQyrQEKD0Rpc3BhdGNoU2VydmljZRJICgdDb25uZWN0EhsuY29udmV5b3IudjEuQ29ubmVjdFJlcXVlc3QaHC5jb252ZXlvci52MS5Db25uZWN0UmVzcG9uc2UoATABElAKC0xpc3RXb3JrZXJzEh8uY29udmV5b3IudjEuTGlzdFdvcmtlcnNSZXF1ZXN0GiAuY29udmV5b3IudjEuTGlzdFdvcmtlcnNSZXNwb25zZUKpAQoPY29tLmNvbnZleW9yLnYxQhREaXNwYXRjaFNlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A message from worker to dispatcher.
@@ -67,6 +67,14 @@ export type ConnectRequest = Message<"conveyor.v1.ConnectRequest"> & {
      */
     value: TaskStarted;
     case: "taskStarted";
+  } | {
+    /**
+     * A running handler reports progress or a custom state.
+     *
+     * @generated from field: conveyor.v1.ReportProgress report_progress = 6;
+     */
+    value: ReportProgress;
+    case: "reportProgress";
   } | { case: undefined; value?: undefined };
 };
 
@@ -381,6 +389,41 @@ export const TaskStartedSchema: GenMessage<TaskStarted> = /*@__PURE__*/
   messageDesc(file_conveyor_v1_dispatch_service, 8);
 
 /**
+ * Progress of a running task; recorded only with the current lease token.
+ *
+ * @generated from message conveyor.v1.ReportProgress
+ */
+export type ReportProgress = Message<"conveyor.v1.ReportProgress"> & {
+  /**
+   * Task id from the assignment.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * Lease token from the assignment.
+   *
+   * @generated from field: uint64 lease_token = 2;
+   */
+  leaseToken: bigint;
+
+  /**
+   * What to record (reported_at is set by the dispatcher).
+   *
+   * @generated from field: conveyor.v1.Progress progress = 3;
+   */
+  progress?: Progress | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.ReportProgress.
+ * Use `create(ReportProgressSchema)` to create a new message.
+ */
+export const ReportProgressSchema: GenMessage<ReportProgress> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_dispatch_service, 9);
+
+/**
  * A batch of tasks to run.
  *
  * @generated from message conveyor.v1.Assignments
@@ -399,7 +442,7 @@ export type Assignments = Message<"conveyor.v1.Assignments"> & {
  * Use `create(AssignmentsSchema)` to create a new message.
  */
 export const AssignmentsSchema: GenMessage<Assignments> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 9);
+  messageDesc(file_conveyor_v1_dispatch_service, 10);
 
 /**
  * One task to run under a lease.
@@ -490,7 +533,7 @@ export type Assignment = Message<"conveyor.v1.Assignment"> & {
  * Use `create(AssignmentSchema)` to create a new message.
  */
 export const AssignmentSchema: GenMessage<Assignment> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 10);
+  messageDesc(file_conveyor_v1_dispatch_service, 11);
 
 /**
  * Stop running a task.
@@ -518,7 +561,7 @@ export type CancelAssignment = Message<"conveyor.v1.CancelAssignment"> & {
  * Use `create(CancelAssignmentSchema)` to create a new message.
  */
 export const CancelAssignmentSchema: GenMessage<CancelAssignment> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 11);
+  messageDesc(file_conveyor_v1_dispatch_service, 12);
 
 /**
  * Asks the worker to finish its running tasks and disconnect.
@@ -539,7 +582,7 @@ export type Drain = Message<"conveyor.v1.Drain"> & {
  * Use `create(DrainSchema)` to create a new message.
  */
 export const DrainSchema: GenMessage<Drain> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 12);
+  messageDesc(file_conveyor_v1_dispatch_service, 13);
 
 /**
  * An outcome that was not recorded.
@@ -575,7 +618,7 @@ export type OutcomeRejected = Message<"conveyor.v1.OutcomeRejected"> & {
  * Use `create(OutcomeRejectedSchema)` to create a new message.
  */
 export const OutcomeRejectedSchema: GenMessage<OutcomeRejected> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 13);
+  messageDesc(file_conveyor_v1_dispatch_service, 14);
 
 /**
  * ListWorkers request.
@@ -590,7 +633,7 @@ export type ListWorkersRequest = Message<"conveyor.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 14);
+  messageDesc(file_conveyor_v1_dispatch_service, 15);
 
 /**
  * ListWorkers response.
@@ -611,7 +654,7 @@ export type ListWorkersResponse = Message<"conveyor.v1.ListWorkersResponse"> & {
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 15);
+  messageDesc(file_conveyor_v1_dispatch_service, 16);
 
 /**
  * A connected worker session.
@@ -716,7 +759,7 @@ export type WorkerInfo = Message<"conveyor.v1.WorkerInfo"> & {
  * Use `create(WorkerInfoSchema)` to create a new message.
  */
 export const WorkerInfoSchema: GenMessage<WorkerInfo> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 16);
+  messageDesc(file_conveyor_v1_dispatch_service, 17);
 
 /**
  * DispatchService connects workers to queues.
@@ -740,7 +783,9 @@ export const WorkerInfoSchema: GenMessage<WorkerInfo> = /*@__PURE__*/
  *    worker that lost its lease can never overwrite a newer attempt's result.
  *    A refused outcome is answered in-band with `OutcomeRejected`; the stream
  *    stays open.
- * 6. The dispatcher pushes `CancelAssignment` and `Drain` down the stream.
+ * 6. The dispatcher pushes `CancelAssignment` (revoked task, hard time limit
+ *    passed, lease lost) and `Drain` down the stream. After a cancellation
+ *    the task's outcome is ignored and its slot is the worker's again.
  *
  * When the stream breaks, every task the session holds goes back to its
  * queue at once (counting an attempt, not a failure).

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/results_service.proto.
  */
 export const file_conveyor_v1_results_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFjb252ZXlvci92MS9yZXN1bHRzX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIiEKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiMgoPR2V0VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5jb252ZXlvci52MS5UYXNrIk4KD1dhaXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iMwoQV2FpdFRhc2tSZXNwb25zZRIfCgR0YXNrGAEgASgLMhEuY29udmV5b3IudjEuVGFzayIjChBXYXRjaFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiNAoRV2F0Y2hUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmNvbnZleW9yLnYxLlRhc2sy7QEKDlJlc3VsdHNTZXJ2aWNlEkQKB0dldFRhc2sSGy5jb252ZXlvci52MS5HZXRUYXNrUmVxdWVzdBocLmNvbnZleW9yLnYxLkdldFRhc2tSZXNwb25zZRJHCghXYWl0VGFzaxIcLmNvbnZleW9yLnYxLldhaXRUYXNrUmVxdWVzdBodLmNvbnZleW9yLnYxLldhaXRUYXNrUmVzcG9uc2USTAoJV2F0Y2hUYXNrEh0uY29udmV5b3IudjEuV2F0Y2hUYXNrUmVxdWVzdBoeLmNvbnZleW9yLnYxLldhdGNoVGFza1Jlc3BvbnNlMAFCqAEKD2NvbS5jb252ZXlvci52MUITUmVzdWx0c1NlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_google_protobuf_duration]);
+  fileDesc("CiFjb252ZXlvci92MS9yZXN1bHRzX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIiEKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiMgoPR2V0VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5jb252ZXlvci52MS5UYXNrIk4KD1dhaXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iMwoQV2FpdFRhc2tSZXNwb25zZRIfCgR0YXNrGAEgASgLMhEuY29udmV5b3IudjEuVGFzayIjChBXYXRjaFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiNAoRV2F0Y2hUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmNvbnZleW9yLnYxLlRhc2siJAoRRm9yZ2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIUChJGb3JnZXRUYXNrUmVzcG9uc2UiPwoWTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJUChdMaXN0RGVhZExldHRlcnNSZXNwb25zZRIgCgV0YXNrcxgBIAMoCzIRLmNvbnZleW9yLnYxLlRhc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMpoDCg5SZXN1bHRzU2VydmljZRJECgdHZXRUYXNrEhsuY29udmV5b3IudjEuR2V0VGFza1JlcXVlc3QaHC5jb252ZXlvci52MS5HZXRUYXNrUmVzcG9uc2USRwoIV2FpdFRhc2sSHC5jb252ZXlvci52MS5XYWl0VGFza1JlcXVlc3QaHS5jb252ZXlvci52MS5XYWl0VGFza1Jlc3BvbnNlEkwKCVdhdGNoVGFzaxIdLmNvbnZleW9yLnYxLldhdGNoVGFza1JlcXVlc3QaHi5jb252ZXlvci52MS5XYXRjaFRhc2tSZXNwb25zZTABEk0KCkZvcmdldFRhc2sSHi5jb252ZXlvci52MS5Gb3JnZXRUYXNrUmVxdWVzdBofLmNvbnZleW9yLnYxLkZvcmdldFRhc2tSZXNwb25zZRJcCg9MaXN0RGVhZExldHRlcnMSIy5jb252ZXlvci52MS5MaXN0RGVhZExldHRlcnNSZXF1ZXN0GiQuY29udmV5b3IudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2VCqAEKD2NvbS5jb252ZXlvci52MUITUmVzdWx0c1NlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_google_protobuf_duration]);
 
 /**
  * GetTask request.
@@ -151,6 +151,98 @@ export const WatchTaskResponseSchema: GenMessage<WatchTaskResponse> = /*@__PURE_
   messageDesc(file_conveyor_v1_results_service, 5);
 
 /**
+ * ForgetTask request.
+ *
+ * @generated from message conveyor.v1.ForgetTaskRequest
+ */
+export type ForgetTaskRequest = Message<"conveyor.v1.ForgetTaskRequest"> & {
+  /**
+   * Task id (UUID).
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+};
+
+/**
+ * Describes the message conveyor.v1.ForgetTaskRequest.
+ * Use `create(ForgetTaskRequestSchema)` to create a new message.
+ */
+export const ForgetTaskRequestSchema: GenMessage<ForgetTaskRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_results_service, 6);
+
+/**
+ * ForgetTask response.
+ *
+ * @generated from message conveyor.v1.ForgetTaskResponse
+ */
+export type ForgetTaskResponse = Message<"conveyor.v1.ForgetTaskResponse"> & {
+};
+
+/**
+ * Describes the message conveyor.v1.ForgetTaskResponse.
+ * Use `create(ForgetTaskResponseSchema)` to create a new message.
+ */
+export const ForgetTaskResponseSchema: GenMessage<ForgetTaskResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_results_service, 7);
+
+/**
+ * ListDeadLetters request.
+ *
+ * @generated from message conveyor.v1.ListDeadLettersRequest
+ */
+export type ListDeadLettersRequest = Message<"conveyor.v1.ListDeadLettersRequest"> & {
+  /**
+   * Most tasks to return, 1 to 1000; 0 means 100.
+   *
+   * @generated from field: uint32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * Opaque token from a previous response, to continue after it.
+   *
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message conveyor.v1.ListDeadLettersRequest.
+ * Use `create(ListDeadLettersRequestSchema)` to create a new message.
+ */
+export const ListDeadLettersRequestSchema: GenMessage<ListDeadLettersRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_results_service, 8);
+
+/**
+ * ListDeadLetters response.
+ *
+ * @generated from message conveyor.v1.ListDeadLettersResponse
+ */
+export type ListDeadLettersResponse = Message<"conveyor.v1.ListDeadLettersResponse"> & {
+  /**
+   * Failed tasks, oldest failure first.
+   *
+   * @generated from field: repeated conveyor.v1.Task tasks = 1;
+   */
+  tasks: Task[];
+
+  /**
+   * Token for the next page; empty when this is the last.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message conveyor.v1.ListDeadLettersResponse.
+ * Use `create(ListDeadLettersResponseSchema)` to create a new message.
+ */
+export const ListDeadLettersResponseSchema: GenMessage<ListDeadLettersResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_results_service, 9);
+
+/**
  * ResultsService reports task states and outcomes and lets anyone await them.
  * Waiting is server-side and woken by the store's change notifications, so a
  * waiter learns of an outcome within milliseconds and never polls.
@@ -191,6 +283,28 @@ export const ResultsService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchTaskRequestSchema;
     output: typeof WatchTaskResponseSchema;
+  },
+  /**
+   * Deletes a finished task and its outcome now, before its result TTL.
+   * FAILED_PRECONDITION for a task that has not finished.
+   *
+   * @generated from rpc conveyor.v1.ResultsService.ForgetTask
+   */
+  forgetTask: {
+    methodKind: "unary";
+    input: typeof ForgetTaskRequestSchema;
+    output: typeof ForgetTaskResponseSchema;
+  },
+  /**
+   * Lists tasks that failed for good (retries exhausted or not retryable),
+   * oldest first. Replay them with SubmissionService.ReplayTask.
+   *
+   * @generated from rpc conveyor.v1.ResultsService.ListDeadLetters
+   */
+  listDeadLetters: {
+    methodKind: "unary";
+    input: typeof ListDeadLettersRequestSchema;
+    output: typeof ListDeadLettersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_conveyor_v1_results_service, 0);

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/submission_service.proto.
  */
 export const file_conveyor_v1_submission_service: GenFile = /*@__PURE__*/
-  fileDesc("CiRjb252ZXlvci92MS9zdWJtaXNzaW9uX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIjgKEVN1Ym1pdFRhc2tSZXF1ZXN0EiMKBHRhc2sYASABKAsyFS5jb252ZXlvci52MS5UYXNrU3BlYyJfChJTdWJtaXRUYXNrUmVzcG9uc2USDwoHdGFza19pZBgBIAEoCRIRCglkdXBsaWNhdGUYAiABKAgSJQoFc3RhdGUYAyABKA4yFi5jb252ZXlvci52MS5UYXNrU3RhdGUiOgoSU3VibWl0VGFza3NSZXF1ZXN0EiQKBXRhc2tzGAEgAygLMhUuY29udmV5b3IudjEuVGFza1NwZWMiRwoTU3VibWl0VGFza3NSZXNwb25zZRIwCgdyZXN1bHRzGAEgAygLMh8uY29udmV5b3IudjEuU3VibWl0VGFza1Jlc3BvbnNlIiQKEUNhbmNlbFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiTgoSQ2FuY2VsVGFza1Jlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCBIlCgVzdGF0ZRgCIAEoDjIWLmNvbnZleW9yLnYxLlRhc2tTdGF0ZTKDAgoRU3VibWlzc2lvblNlcnZpY2USTQoKU3VibWl0VGFzaxIeLmNvbnZleW9yLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0Gh8uY29udmV5b3IudjEuU3VibWl0VGFza1Jlc3BvbnNlElAKC1N1Ym1pdFRhc2tzEh8uY29udmV5b3IudjEuU3VibWl0VGFza3NSZXF1ZXN0GiAuY29udmV5b3IudjEuU3VibWl0VGFza3NSZXNwb25zZRJNCgpDYW5jZWxUYXNrEh4uY29udmV5b3IudjEuQ2FuY2VsVGFza1JlcXVlc3QaHy5jb252ZXlvci52MS5DYW5jZWxUYXNrUmVzcG9uc2VCqwEKD2NvbS5jb252ZXlvci52MUIWU3VibWlzc2lvblNlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task]);
+  fileDesc("CiRjb252ZXlvci92MS9zdWJtaXNzaW9uX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIjgKEVN1Ym1pdFRhc2tSZXF1ZXN0EiMKBHRhc2sYASABKAsyFS5jb252ZXlvci52MS5UYXNrU3BlYyJfChJTdWJtaXRUYXNrUmVzcG9uc2USDwoHdGFza19pZBgBIAEoCRIRCglkdXBsaWNhdGUYAiABKAgSJQoFc3RhdGUYAyABKA4yFi5jb252ZXlvci52MS5UYXNrU3RhdGUiOgoSU3VibWl0VGFza3NSZXF1ZXN0EiQKBXRhc2tzGAEgAygLMhUuY29udmV5b3IudjEuVGFza1NwZWMiRwoTU3VibWl0VGFza3NSZXNwb25zZRIwCgdyZXN1bHRzGAEgAygLMh8uY29udmV5b3IudjEuU3VibWl0VGFza1Jlc3BvbnNlIiQKEUNhbmNlbFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiTgoSQ2FuY2VsVGFza1Jlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCBIlCgVzdGF0ZRgCIAEoDjIWLmNvbnZleW9yLnYxLlRhc2tTdGF0ZSIkChFSZXBsYXlUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjsKElJlcGxheVRhc2tSZXNwb25zZRIlCgVzdGF0ZRgBIAEoDjIWLmNvbnZleW9yLnYxLlRhc2tTdGF0ZTLSAgoRU3VibWlzc2lvblNlcnZpY2USTQoKU3VibWl0VGFzaxIeLmNvbnZleW9yLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0Gh8uY29udmV5b3IudjEuU3VibWl0VGFza1Jlc3BvbnNlElAKC1N1Ym1pdFRhc2tzEh8uY29udmV5b3IudjEuU3VibWl0VGFza3NSZXF1ZXN0GiAuY29udmV5b3IudjEuU3VibWl0VGFza3NSZXNwb25zZRJNCgpDYW5jZWxUYXNrEh4uY29udmV5b3IudjEuQ2FuY2VsVGFza1JlcXVlc3QaHy5jb252ZXlvci52MS5DYW5jZWxUYXNrUmVzcG9uc2USTQoKUmVwbGF5VGFzaxIeLmNvbnZleW9yLnYxLlJlcGxheVRhc2tSZXF1ZXN0Gh8uY29udmV5b3IudjEuUmVwbGF5VGFza1Jlc3BvbnNlQqsBCg9jb20uY29udmV5b3IudjFCFlN1Ym1pc3Npb25TZXJ2aWNlUHJvdG9QAVozZ28uY29udmV5b3IuZGV2L2NvbnZleW9yL2dlbi9jb252ZXlvci92MTtjb252ZXlvcnYxogIDQ1hYqgILQ29udmV5b3IuVjHKAgtDb252ZXlvclxWMeICF0NvbnZleW9yXFYxXEdQQk1ldGFkYXRh6gIMQ29udmV5b3I6OlYxYgZwcm90bzM", [file_conveyor_v1_task]);
 
 /**
  * SubmitTask request.
@@ -162,6 +162,48 @@ export const CancelTaskResponseSchema: GenMessage<CancelTaskResponse> = /*@__PUR
   messageDesc(file_conveyor_v1_submission_service, 5);
 
 /**
+ * ReplayTask request.
+ *
+ * @generated from message conveyor.v1.ReplayTaskRequest
+ */
+export type ReplayTaskRequest = Message<"conveyor.v1.ReplayTaskRequest"> & {
+  /**
+   * Id of a FAILED task.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+};
+
+/**
+ * Describes the message conveyor.v1.ReplayTaskRequest.
+ * Use `create(ReplayTaskRequestSchema)` to create a new message.
+ */
+export const ReplayTaskRequestSchema: GenMessage<ReplayTaskRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_submission_service, 6);
+
+/**
+ * ReplayTask response.
+ *
+ * @generated from message conveyor.v1.ReplayTaskResponse
+ */
+export type ReplayTaskResponse = Message<"conveyor.v1.ReplayTaskResponse"> & {
+  /**
+   * State of the task after the call (QUEUED).
+   *
+   * @generated from field: conveyor.v1.TaskState state = 1;
+   */
+  state: TaskState;
+};
+
+/**
+ * Describes the message conveyor.v1.ReplayTaskResponse.
+ * Use `create(ReplayTaskResponseSchema)` to create a new message.
+ */
+export const ReplayTaskResponseSchema: GenMessage<ReplayTaskResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_submission_service, 7);
+
+/**
  * SubmissionService accepts work. A task accepted here is stored durably
  * before the response is sent: an acknowledged submission is never lost.
  * Submitted tasks start QUEUED, or SCHEDULED when they carry a countdown or
@@ -198,8 +240,10 @@ export const SubmissionService: GenService<{
     output: typeof SubmitTasksResponseSchema;
   },
   /**
-   * Cancels a task that has not started (QUEUED or SCHEDULED). A task that
-   * already finished is left as it is and its state is returned.
+   * Cancels (revokes) a task. A QUEUED or SCHEDULED task never runs; a
+   * LEASED or RUNNING one is cancelled on its worker through the stream, and
+   * its late outcome is ignored. A finished task is left as it is and its
+   * state is returned.
    *
    * @generated from rpc conveyor.v1.SubmissionService.CancelTask
    */
@@ -207,6 +251,17 @@ export const SubmissionService: GenService<{
     methodKind: "unary";
     input: typeof CancelTaskRequestSchema;
     output: typeof CancelTaskResponseSchema;
+  },
+  /**
+   * Queues a FAILED task again under the same id, with its retry count
+   * reset (a dead letter's replay). FAILED_PRECONDITION for other states.
+   *
+   * @generated from rpc conveyor.v1.SubmissionService.ReplayTask
+   */
+  replayTask: {
+    methodKind: "unary";
+    input: typeof ReplayTaskRequestSchema;
+    output: typeof ReplayTaskResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_conveyor_v1_submission_service, 0);

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/task.proto.
  */
 export const file_conveyor_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChZjb252ZXlvci92MS90YXNrLnByb3RvEgtjb252ZXlvci52MSItCgdQYXlsb2FkEgwKBGRhdGEYASABKAwSFAoMY29udGVudF90eXBlGAIgASgJIqsBCgtSZXRyeVBvbGljeRITCgttYXhfcmV0cmllcxgBIAEoDRIvCgxiYWNrb2ZmX2Jhc2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOYmFja29mZl9mYWN0b3IYAyABKAESLgoLYmFja29mZl9tYXgYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGaml0dGVyGAUgASgIIqYECgtUYXNrT3B0aW9ucxINCgVxdWV1ZRgBIAEoCRIQCghwcmlvcml0eRgCIAEoDRIsCgljb3VudGRvd24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJwoDZXRhGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgdleHBpcmVzGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgVyZXRyeRgGIAEoCzIYLmNvbnZleW9yLnYxLlJldHJ5UG9saWN5EjIKD3NvZnRfdGltZV9saW1pdBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCg9oYXJkX3RpbWVfbGltaXQYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOcmF0ZV9saW1pdF9rZXkYCSABKAkSFwoPY29uY3VycmVuY3lfa2V5GAogASgJEhkKEWNvbmN1cnJlbmN5X2xpbWl0GAsgASgNEi0KCnJlc3VsdF90dGwYDCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNgoHaGVhZGVycxgNIAMoCzIlLmNvbnZleW9yLnYxLlRhc2tPcHRpb25zLkhlYWRlcnNFbnRyeRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASL4AQoIVGFza1NwZWMSDAoEbmFtZRgBIAEoCRIiCgRhcmdzGAIgAygLMhQuY29udmV5b3IudjEuUGF5bG9hZBIxCgZrd2FyZ3MYAyADKAsyIS5jb252ZXlvci52MS5UYXNrU3BlYy5Ld2FyZ3NFbnRyeRIpCgdvcHRpb25zGAQgASgLMhguY29udmV5b3IudjEuVGFza09wdGlvbnMSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJGkMKC0t3YXJnc0VudHJ5EgsKA2tleRgBIAEoCRIjCgV2YWx1ZRgCIAEoCzIULmNvbnZleW9yLnYxLlBheWxvYWQ6AjgBIlAKCVRhc2tFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSEQoJdHJhY2ViYWNrGAMgASgJEhEKCXJldHJ5YWJsZRgEIAEoCCLZBAoEVGFzaxIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiIKBGFyZ3MYAyADKAsyFC5jb252ZXlvci52MS5QYXlsb2FkEi0KBmt3YXJncxgEIAMoCzIdLmNvbnZleW9yLnYxLlRhc2suS3dhcmdzRW50cnkSKQoHb3B0aW9ucxgFIAEoCzIYLmNvbnZleW9yLnYxLlRhc2tPcHRpb25zEiUKBXN0YXRlGAYgASgOMhYuY29udmV5b3IudjEuVGFza1N0YXRlEg8KB2F0dGVtcHQYByABKA0SEAoIZmFpbHVyZXMYCCABKA0SLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoGZHVlX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJd29ya2VyX2lkGA0gASgJEiQKBnJlc3VsdBgOIAEoCzIULmNvbnZleW9yLnYxLlBheWxvYWQSJQoFZXJyb3IYDyABKAsyFi5jb252ZXlvci52MS5UYXNrRXJyb3ISDQoFcXVldWUYECABKAkaQwoLS3dhcmdzRW50cnkSCwoDa2V5GAEgASgJEiMKBXZhbHVlGAIgASgLMhQuY29udmV5b3IudjEuUGF5bG9hZDoCOAEqggIKCVRhc2tTdGF0ZRIaChZUQVNLX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUVEFTS19TVEFURV9TQ0hFRFVMRUQQARIVChFUQVNLX1NUQVRFX1FVRVVFRBACEhUKEVRBU0tfU1RBVEVfTEVBU0VEEAMSFgoSVEFTS19TVEFURV9SVU5OSU5HEAQSGAoUVEFTS19TVEFURV9TVUNDRUVERUQQBRIVChFUQVNLX1NUQVRFX0ZBSUxFRBAGEhgKFFRBU0tfU1RBVEVfQ0FOQ0VMTEVEEAcSFgoSVEFTS19TVEFURV9FWFBJUkVEEAgSFgoSVEFTS19TVEFURV9XQUlUSU5HEAlCngEKD2NvbS5jb252ZXlvci52MUIJVGFza1Byb3RvUAFaM2dvLmNvbnZleW9yLmRldi9jb252ZXlvci9nZW4vY29udmV5b3IvdjE7Y29udmV5b3J2MaICA0NYWKoCC0NvbnZleW9yLlYxygILQ29udmV5b3JcVjHiAhdDb252ZXlvclxWMVxHUEJNZXRhZGF0YeoCDENvbnZleW9yOjpWMWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZjb252ZXlvci92MS90YXNrLnByb3RvEgtjb252ZXlvci52MSItCgdQYXlsb2FkEgwKBGRhdGEYASABKAwSFAoMY29udGVudF90eXBlGAIgASgJIqsBCgtSZXRyeVBvbGljeRITCgttYXhfcmV0cmllcxgBIAEoDRIvCgxiYWNrb2ZmX2Jhc2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOYmFja29mZl9mYWN0b3IYAyABKAESLgoLYmFja29mZl9tYXgYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGaml0dGVyGAUgASgIIqYECgtUYXNrT3B0aW9ucxINCgVxdWV1ZRgBIAEoCRIQCghwcmlvcml0eRgCIAEoDRIsCgljb3VudGRvd24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJwoDZXRhGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgdleHBpcmVzGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgVyZXRyeRgGIAEoCzIYLmNvbnZleW9yLnYxLlJldHJ5UG9saWN5EjIKD3NvZnRfdGltZV9saW1pdBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCg9oYXJkX3RpbWVfbGltaXQYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOcmF0ZV9saW1pdF9rZXkYCSABKAkSFwoPY29uY3VycmVuY3lfa2V5GAogASgJEhkKEWNvbmN1cnJlbmN5X2xpbWl0GAsgASgNEi0KCnJlc3VsdF90dGwYDCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNgoHaGVhZGVycxgNIAMoCzIlLmNvbnZleW9yLnYxLlRhc2tPcHRpb25zLkhlYWRlcnNFbnRyeRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASL4AQoIVGFza1NwZWMSDAoEbmFtZRgBIAEoCRIiCgRhcmdzGAIgAygLMhQuY29udmV5b3IudjEuUGF5bG9hZBIxCgZrd2FyZ3MYAyADKAsyIS5jb252ZXlvci52MS5UYXNrU3BlYy5Ld2FyZ3NFbnRyeRIpCgdvcHRpb25zGAQgASgLMhguY29udmV5b3IudjEuVGFza09wdGlvbnMSFwoPaWRlbXBvdGVuY3lfa2V5GAUgASgJGkMKC0t3YXJnc0VudHJ5EgsKA2tleRgBIAEoCRIjCgV2YWx1ZRgCIAEoCzIULmNvbnZleW9yLnYxLlBheWxvYWQ6AjgBIoABCglUYXNrRXJyb3ISDAoEdHlwZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXRyYWNlYmFjaxgDIAEoCRIRCglyZXRyeWFibGUYBCABKAgSLgoLcmV0cnlfYWZ0ZXIYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ifwoIUHJvZ3Jlc3MSDQoFc3RhdGUYASABKAkSDwoHcGVyY2VudBgCIAEoARIiCgRtZXRhGAMgASgLMhQuY29udmV5b3IudjEuUGF5bG9hZBIvCgtyZXBvcnRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiggUKBFRhc2sSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIiCgRhcmdzGAMgAygLMhQuY29udmV5b3IudjEuUGF5bG9hZBItCgZrd2FyZ3MYBCADKAsyHS5jb252ZXlvci52MS5UYXNrLkt3YXJnc0VudHJ5EikKB29wdGlvbnMYBSABKAsyGC5jb252ZXlvci52MS5UYXNrT3B0aW9ucxIlCgVzdGF0ZRgGIAEoDjIWLmNvbnZleW9yLnYxLlRhc2tTdGF0ZRIPCgdhdHRlbXB0GAcgASgNEhAKCGZhaWx1cmVzGAggASgNEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBmR1ZV9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXdvcmtlcl9pZBgNIAEoCRIkCgZyZXN1bHQYDiABKAsyFC5jb252ZXlvci52MS5QYXlsb2FkEiUKBWVycm9yGA8gASgLMhYuY29udmV5b3IudjEuVGFza0Vycm9yEg0KBXF1ZXVlGBAgASgJEicKCHByb2dyZXNzGBEgASgLMhUuY29udmV5b3IudjEuUHJvZ3Jlc3MaQwoLS3dhcmdzRW50cnkSCwoDa2V5GAEgASgJEiMKBXZhbHVlGAIgASgLMhQuY29udmV5b3IudjEuUGF5bG9hZDoCOAEqggIKCVRhc2tTdGF0ZRIaChZUQVNLX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUVEFTS19TVEFURV9TQ0hFRFVMRUQQARIVChFUQVNLX1NUQVRFX1FVRVVFRBACEhUKEVRBU0tfU1RBVEVfTEVBU0VEEAMSFgoSVEFTS19TVEFURV9SVU5OSU5HEAQSGAoUVEFTS19TVEFURV9TVUNDRUVERUQQBRIVChFUQVNLX1NUQVRFX0ZBSUxFRBAGEhgKFFRBU0tfU1RBVEVfQ0FOQ0VMTEVEEAcSFgoSVEFTS19TVEFURV9FWFBJUkVEEAgSFgoSVEFTS19TVEFURV9XQUlUSU5HEAlCngEKD2NvbS5jb252ZXlvci52MUIJVGFza1Byb3RvUAFaM2dvLmNvbnZleW9yLmRldi9jb252ZXlvci9nZW4vY29udmV5b3IvdjE7Y29udmV5b3J2MaICA0NYWKoCC0NvbnZleW9yLlYxygILQ29udmV5b3JcVjHiAhdDb252ZXlvclxWMVxHUEJNZXRhZGF0YeoCDENvbnZleW9yOjpWMWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A value passed to or returned from a task. Conveyor never interprets the
@@ -286,6 +286,15 @@ export type TaskError = Message<"conveyor.v1.TaskError"> & {
    * @generated from field: bool retryable = 4;
    */
   retryable: boolean;
+
+  /**
+   * Set by a handler to ask for a retry after this delay instead of the
+   * policy's backoff (Celery's `self.retry(countdown=...)`). Implies
+   * `retryable`; still bounded by the task's `max_retries`.
+   *
+   * @generated from field: google.protobuf.Duration retry_after = 5;
+   */
+  retryAfter?: Duration | undefined;
 };
 
 /**
@@ -294,6 +303,48 @@ export type TaskError = Message<"conveyor.v1.TaskError"> & {
  */
 export const TaskErrorSchema: GenMessage<TaskError> = /*@__PURE__*/
   messageDesc(file_conveyor_v1_task, 4);
+
+/**
+ * What a running handler reported about itself (Celery's `update_state`).
+ *
+ * @generated from message conveyor.v1.Progress
+ */
+export type Progress = Message<"conveyor.v1.Progress"> & {
+  /**
+   * A custom state name, e.g. "DOWNLOADING". Free-form, at most 100 bytes.
+   *
+   * @generated from field: string state = 1;
+   */
+  state: string;
+
+  /**
+   * Completion from 0 to 100, if the handler knows it.
+   *
+   * @generated from field: double percent = 2;
+   */
+  percent: number;
+
+  /**
+   * Any details, at most 64 KiB.
+   *
+   * @generated from field: conveyor.v1.Payload meta = 3;
+   */
+  meta?: Payload | undefined;
+
+  /**
+   * When the worker reported it.
+   *
+   * @generated from field: google.protobuf.Timestamp reported_at = 4;
+   */
+  reportedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.Progress.
+ * Use `create(ProgressSchema)` to create a new message.
+ */
+export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_task, 5);
 
 /**
  * A task as the results service reports it.
@@ -412,6 +463,13 @@ export type Task = Message<"conveyor.v1.Task"> & {
    * @generated from field: string queue = 16;
    */
   queue: string;
+
+  /**
+   * The latest progress reported by the running attempt, if any.
+   *
+   * @generated from field: conveyor.v1.Progress progress = 17;
+   */
+  progress?: Progress | undefined;
 };
 
 /**
@@ -419,7 +477,7 @@ export type Task = Message<"conveyor.v1.Task"> & {
  * Use `create(TaskSchema)` to create a new message.
  */
 export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_task, 5);
+  messageDesc(file_conveyor_v1_task, 6);
 
 /**
  * The states of a task. SCHEDULED -> QUEUED -> LEASED -> RUNNING -> one of
