@@ -1,0 +1,129 @@
+// The errors this package throws: RPC failures carry their gRPC status code,
+// failed tasks carry the handler's error.
+
+import { Code, ConnectError } from "@connectrpc/connect";
+import { TaskState } from "./gen/conveyor/v1/task_pb.js";
+import type { Task } from "./gen/conveyor/v1/task_pb.js";
+
+export { Code };
+
+/**
+ * An RPC to Conveyor failed. `code` is the gRPC status code
+ * (`Code.InvalidArgument`, `Code.NotFound`, ...); `codeName` its name as gRPC
+ * spells it ("INVALID_ARGUMENT").
+ */
+export class ConveyorError extends Error {
+  /** The gRPC status code. */
+  readonly code: Code;
+  /** The server's message, without the code prefix. */
+  readonly rawMessage: string;
+
+  constructor(code: Code, message: string, options?: { cause?: unknown }) {
+    super(`${codeName(code)}: ${message}`, options);
+    this.name = "ConveyorError";
+    this.code = code;
+    this.rawMessage = message;
+  }
+
+  /** The code's name, e.g. "NOT_FOUND". */
+  get codeName(): string {
+    return codeName(this.code);
+  }
+
+  /** Converts anything thrown by a connect call into a ConveyorError. */
+  static from(error: unknown): ConveyorError {
+    if (error instanceof ConveyorError) return error;
+    const connect = ConnectError.from(error);
+    const ErrorType = connect.code === Code.DeadlineExceeded ? ConveyorTimeoutError : ConveyorError;
+    return new ErrorType(connect.code, connect.rawMessage, { cause: error });
+  }
+}
+
+/**
+ * A wait ran out of time (`DEADLINE_EXCEEDED`). Its `name` is "TimeoutError",
+ * as for the timeouts of the platform's own APIs.
+ */
+export class ConveyorTimeoutError extends ConveyorError {
+  constructor(code: Code, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = "TimeoutError";
+  }
+}
+
+/**
+ * The task finished FAILED. `type`, `message` and `traceback` are the
+ * handler's error as its language reported it (e.g. "ValueError", "boom",
+ * a Python traceback or a JS stack).
+ */
+export class TaskFailedError extends Error {
+  /** The task's id. */
+  readonly taskId: string;
+  /** Error type reported by the handler, e.g. "ValueError". */
+  readonly type: string;
+  /** Stack trace or traceback text, possibly empty. */
+  readonly traceback: string;
+  /** Whether the handler marked the failure retryable. */
+  readonly retryable: boolean;
+
+  constructor(taskId: string, type: string, message: string, traceback: string, retryable = false) {
+    super(message);
+    this.name = "TaskFailedError";
+    this.taskId = taskId;
+    this.type = type;
+    this.traceback = traceback;
+    this.retryable = retryable;
+  }
+
+  override toString(): string {
+    return `TaskFailedError: task ${this.taskId} failed: ${this.type}: ${this.message}`;
+  }
+}
+
+/** The task ended without a result: CANCELLED or EXPIRED. */
+export class TaskNotSucceededError extends Error {
+  readonly taskId: string;
+  /** The terminal state it ended in. */
+  readonly state: TaskState;
+
+  constructor(taskId: string, state: TaskState) {
+    super(`task ${taskId} did not succeed: it ended ${stateName(state)}`);
+    this.name = "TaskNotSucceededError";
+    this.taskId = taskId;
+    this.state = state;
+  }
+}
+
+/** A payload could not be encoded or decoded as JSON. */
+export class PayloadError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "PayloadError";
+  }
+}
+
+/** The error for a terminal task that did not succeed. */
+export function unsuccessfulTaskError(task: Task): Error {
+  if (task.state === TaskState.FAILED) {
+    const error = task.error;
+    return new TaskFailedError(
+      task.id,
+      error?.type ?? "",
+      error?.message ?? "",
+      error?.traceback ?? "",
+      error?.retryable ?? false,
+    );
+  }
+  return new TaskNotSucceededError(task.id, task.state);
+}
+
+/** "TASK_STATE_FAILED" -> "FAILED". */
+export function stateName(state: TaskState): string {
+  return TaskState[state] ?? `UNKNOWN(${state})`;
+}
+
+/** Code.NotFound -> "NOT_FOUND". */
+export function codeName(code: Code): string {
+  const name = Code[code];
+  if (name === undefined) return `CODE_${code}`;
+  return name.replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
+}

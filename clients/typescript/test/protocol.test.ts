@@ -1,0 +1,361 @@
+// The worker protocol against a scripted in-process dispatcher (connect's
+// router transport): Hello, credits, outcomes, CancelAssignment, Drain,
+// broken streams and fatal errors, in exactly the order the protocol fixes.
+
+import assert from "node:assert/strict";
+import { setTimeout as sleep } from "node:timers/promises";
+import { describe, test } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
+import { DurationSchema } from "@bufbuild/protobuf/wkt";
+import {
+  AssignmentSchema,
+  ConnectResponseSchema,
+  DispatchService,
+} from "../src/gen/conveyor/v1/dispatch_service_pb.js";
+import type { ConnectRequest, ConnectResponse } from "../src/gen/conveyor/v1/dispatch_service_pb.js";
+import { ConveyorError, SDK_VERSION, TaskCancelledError, Worker, fromPayload, silentLogger, toPayload } from "../src/index.js";
+import type { TaskContext } from "../src/index.js";
+import { AsyncQueue } from "../src/internal/queue.js";
+import { waitFor } from "../testkit/helpers.js";
+
+type Request = ConnectRequest["message"];
+type RequestValues = { [M in Request as M["case"] & string]: M["value"] };
+type RequestCase = keyof RequestValues;
+
+/** One Connect stream as the fake dispatcher sees it. */
+class FakeStream {
+  readonly received: Request[] = [];
+  readonly #outbox = new AsyncQueue<ConnectResponse | Error>();
+  #read = 0;
+  closedByWorker = false;
+
+  constructor(requests: AsyncIterable<ConnectRequest>) {
+    void (async () => {
+      try {
+        for await (const request of requests) this.received.push(request.message);
+      } catch {
+        // the stream was cancelled
+      }
+      this.closedByWorker = true;
+    })();
+  }
+
+  /** The next message other than a heartbeat, which must be of `kind`. */
+  async expect<K extends RequestCase>(kind: K, timeoutMs = 5000): Promise<RequestValues[K]> {
+    const message = await waitFor(() => {
+      while (this.#read < this.received.length) {
+        const next = this.received[this.#read++]!;
+        if (next.case !== "heartbeat") return next;
+      }
+      return undefined;
+    }, `a ${kind} message`, timeoutMs, 5);
+    if (message.case !== kind) {
+      assert.fail(`expected ${kind}, got ${message.case}: ${JSON.stringify(message.value, bigintSafe)}`);
+    }
+    return message.value as RequestValues[K];
+  }
+
+  /** Everything unread that is not a heartbeat. */
+  unread(): Request[] {
+    return this.received.slice(this.#read).filter((message) => message.case !== "heartbeat");
+  }
+
+  send(message: MessageInitShape<typeof ConnectResponseSchema>["message"]): void {
+    this.#outbox.push(create(ConnectResponseSchema, { message }));
+  }
+
+  welcome(heartbeatMs = 50): void {
+    this.send({
+      case: "welcome",
+      value: { sessionId: "fake", heartbeatInterval: ms(heartbeatMs), leaseTtl: ms(1000), maxCredits: 1024 },
+    });
+  }
+
+  assign(taskId: string, name: string, args: unknown[], leaseToken: bigint, extra: Record<string, unknown> = {}): void {
+    const assignment = create(AssignmentSchema, {
+      taskId,
+      name,
+      args: args.map((arg) => toPayload(arg)),
+      attempt: 1,
+      leaseToken,
+      ...extra,
+    });
+    this.send({ case: "assignments", value: { assignments: [assignment] } });
+  }
+
+  fail(error: Error): void {
+    this.#outbox.push(error);
+  }
+
+  end(): void {
+    this.#outbox.end();
+  }
+
+  async *responses(): AsyncGenerator<ConnectResponse> {
+    for await (const item of this.#outbox) {
+      if (item instanceof Error) throw item;
+      yield item;
+    }
+  }
+}
+
+function ms(value: number) {
+  const seconds = Math.floor(value / 1000);
+  return create(DurationSchema, { seconds: BigInt(seconds), nanos: (value - seconds * 1000) * 1_000_000 });
+}
+
+function bigintSafe(_key: string, value: unknown): unknown {
+  return typeof value === "bigint" ? value.toString() : value;
+}
+
+/** A worker wired to a fake dispatcher; `streams` fills as it connects. */
+function setup(options: { concurrency?: number; gracePeriodMs?: number } = {}) {
+  const streams: FakeStream[] = [];
+  const transport = createRouterTransport(({ service }) => {
+    service(DispatchService, {
+      connect(requests) {
+        const stream = new FakeStream(requests);
+        streams.push(stream);
+        return stream.responses();
+      },
+      listWorkers() {
+        return {};
+      },
+    });
+  });
+  const worker = new Worker("http://fake.invalid", {
+    transport,
+    logger: silentLogger,
+    workerId: "fake-worker-1",
+    queues: ["alpha", "beta"],
+    reconnectMinMs: 10,
+    reconnectMaxMs: 50,
+    ...options,
+  });
+  const controller = new AbortController();
+  const stream = async (index: number): Promise<FakeStream> =>
+    waitFor(() => streams[index], `connection ${index + 1}`, 5000, 5);
+  const run = () => worker.run({ signal: controller.signal, handleSignals: false });
+  return { worker, streams, stream, controller, run };
+}
+
+describe("worker protocol", () => {
+  test("Hello, Welcome, credits, TaskStarted, outcomes with the lease token, one credit per freed slot", async () => {
+    const { worker, stream, controller, run } = setup({ concurrency: 3 });
+    worker.register("add", (_ctx, a: number, b: number) => a + b);
+    worker.register("boom", () => {
+      throw new TypeError("bad");
+    });
+    const done = run();
+    const s = await stream(0);
+    const hello = await s.expect("hello");
+    assert.equal(hello.workerId, "fake-worker-1");
+    assert.deepEqual(hello.queues, ["alpha", "beta"]);
+    assert.deepEqual(hello.taskNames, ["add", "boom"]);
+    assert.equal(hello.concurrency, 3);
+    assert.equal(hello.language, "typescript");
+    assert.equal(hello.sdkVersion, SDK_VERSION);
+    assert.ok(hello.hostname.length > 0);
+    s.welcome();
+    assert.equal((await s.expect("grantCredits")).credits, 3);
+
+    s.assign("t1", "add", [2, 3], 11n);
+    const started = await s.expect("taskStarted");
+    assert.equal(started.taskId, "t1");
+    assert.equal(started.leaseToken, 11n);
+    const report = await s.expect("reportOutcomes");
+    assert.equal(report.outcomes.length, 1);
+    const outcome = report.outcomes[0]!;
+    assert.equal(outcome.taskId, "t1");
+    assert.equal(outcome.leaseToken, 11n);
+    assert.equal(outcome.outcome.case, "result");
+    assert.equal(fromPayload(outcome.outcome.value as never), 5);
+    assert.equal((await s.expect("grantCredits")).credits, 1, "the freed slot is granted again");
+
+    s.assign("t2", "boom", [], 12n);
+    await s.expect("taskStarted");
+    const failed = (await s.expect("reportOutcomes")).outcomes[0]!;
+    assert.equal(failed.outcome.case, "error");
+    const error = failed.outcome.value as { type: string; message: string; traceback: string; retryable: boolean };
+    assert.equal(error.type, "TypeError");
+    assert.equal(error.message, "bad");
+    assert.match(error.traceback, /^TypeError: bad\n/);
+    assert.equal(error.retryable, true);
+
+    // Heartbeats flow at the Welcome's interval.
+    await waitFor(() => s.received.filter((m) => m.case === "heartbeat").length >= 2, "two heartbeats", 2000, 10);
+
+    controller.abort();
+    await waitFor(() => s.closedByWorker, "the worker to close its half");
+    s.end();
+    await done;
+  });
+
+  test("CancelAssignment aborts the handler's signal and drops its outcome", async () => {
+    const { worker, stream, controller, run } = setup({ concurrency: 2 });
+    let reason: unknown;
+    worker.register("wait", async (ctx: TaskContext) => {
+      await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve, { once: true }));
+      reason = ctx.signal.reason;
+      return "finished anyway";
+    });
+    worker.register("quick", () => "quick");
+    const done = run();
+    const s = await stream(0);
+    await s.expect("hello");
+    s.welcome();
+    await s.expect("grantCredits");
+    s.assign("t1", "wait", [], 1n);
+    await s.expect("taskStarted");
+    s.send({ case: "cancelAssignment", value: { taskId: "t1", reason: "revoked" } });
+    await waitFor(() => reason !== undefined, "the handler to see the cancellation");
+    assert.ok(reason instanceof TaskCancelledError);
+    assert.equal(reason.kind, "cancelled");
+    assert.match(reason.message, /revoked/);
+    await s.expect("grantCredits");
+    s.assign("t2", "quick", [], 2n);
+    await s.expect("taskStarted");
+    const report = await s.expect("reportOutcomes");
+    assert.deepEqual(
+      report.outcomes.map((o) => o.taskId),
+      ["t2"],
+      "the cancelled task's outcome is never reported",
+    );
+    controller.abort();
+    await waitFor(() => s.closedByWorker, "the worker to close its half");
+    s.end();
+    await done;
+  });
+
+  test("Drain: no more credits, the running task finishes and reports, the worker closes and reconnects", async () => {
+    const { worker, stream, controller, run } = setup({ concurrency: 2 });
+    worker.register("slow", async () => {
+      await sleep(150);
+      return "done";
+    });
+    const done = run();
+    const s = await stream(0);
+    await s.expect("hello");
+    s.welcome(1000);
+    await s.expect("grantCredits");
+    s.assign("t1", "slow", [], 7n);
+    await s.expect("taskStarted");
+    s.send({ case: "drain", value: { grace: ms(5000) } });
+    // A late assignment (already granted) is not started while draining.
+    s.assign("t2", "slow", [], 8n);
+    const report = await s.expect("reportOutcomes");
+    assert.deepEqual(report.outcomes.map((o) => o.taskId), ["t1"]);
+    await waitFor(() => s.closedByWorker, "the worker to close its half");
+    assert.deepEqual(s.unread(), [], "no credits and no TaskStarted after the drain");
+    s.end();
+    const next = await stream(1);
+    await next.expect("hello");
+    next.welcome();
+    assert.equal((await next.expect("grantCredits")).credits, 2);
+    controller.abort();
+    await waitFor(() => next.closedByWorker, "the worker to close its half");
+    next.end();
+    await done;
+  });
+
+  test("a broken stream abandons its tasks and reconnects with backoff", async () => {
+    const { worker, stream, controller, run } = setup({ concurrency: 1 });
+    let reason: unknown;
+    let calls = 0;
+    worker.register("hang", async (ctx: TaskContext) => {
+      calls += 1;
+      if (calls > 1) return "second run";
+      await new Promise((resolve) => ctx.signal.addEventListener("abort", resolve, { once: true }));
+      reason = ctx.signal.reason;
+      return "abandoned";
+    });
+    const done = run();
+    const s = await stream(0);
+    await s.expect("hello");
+    s.welcome();
+    await s.expect("grantCredits");
+    s.assign("t1", "hang", [], 1n);
+    await s.expect("taskStarted");
+    s.fail(new ConnectError("dispatcher restarting", Code.Unavailable));
+    const next = await stream(1);
+    await next.expect("hello");
+    assert.ok(reason instanceof TaskCancelledError);
+    assert.equal(reason.kind, "stream-lost");
+    next.welcome();
+    assert.equal((await next.expect("grantCredits")).credits, 1);
+    next.assign("t1", "hang", [], 2n);
+    await next.expect("taskStarted");
+    const report = await next.expect("reportOutcomes");
+    assert.deepEqual(report.outcomes.map((o) => [o.taskId, o.leaseToken]), [["t1", 2n]]);
+    controller.abort();
+    await waitFor(() => next.closedByWorker, "the worker to close its half");
+    next.end();
+    await done;
+  });
+
+  test("an abandoned handler keeps its slot until it returns", async () => {
+    const { worker, stream, controller, run } = setup({ concurrency: 1 });
+    let release: () => void = () => {};
+    worker.register("stuck", () => new Promise((resolve) => (release = () => resolve("late"))));
+    const done = run();
+    const s = await stream(0);
+    await s.expect("hello");
+    s.welcome();
+    await s.expect("grantCredits");
+    s.assign("t1", "stuck", [], 1n);
+    await s.expect("taskStarted");
+    s.fail(new ConnectError("gone", Code.Unavailable));
+    const next = await stream(1);
+    await next.expect("hello");
+    next.welcome();
+    await sleep(100);
+    assert.deepEqual(next.unread(), [], "no credit while the abandoned handler holds the only slot");
+    release();
+    assert.equal((await next.expect("grantCredits")).credits, 1);
+    assert.deepEqual(next.unread(), [], "the abandoned outcome is not reported");
+    controller.abort();
+    await waitFor(() => next.closedByWorker, "the worker to close its half");
+    next.end();
+    await done;
+  });
+
+  test("errors that reconnecting cannot fix end run(): a refused Hello, a protocol violation", async () => {
+    {
+      const { worker, stream, run } = setup();
+      worker.register("x", () => 1);
+      const done = run();
+      const s = await stream(0);
+      await s.expect("hello");
+      s.fail(new ConnectError("bad token", Code.Unauthenticated));
+      await assert.rejects(done, (error: unknown) => error instanceof ConveyorError && error.code === Code.Unauthenticated);
+    }
+    {
+      const { worker, stream, run } = setup();
+      worker.register("x", () => 1);
+      const done = run();
+      const s = await stream(0);
+      await s.expect("hello");
+      s.send({ case: "drain", value: {} });
+      await assert.rejects(done, /expected Welcome as the first message/);
+    }
+  });
+
+  test("a transient failure before Welcome is retried", async () => {
+    const { worker, stream, controller, run } = setup();
+    worker.register("x", () => 1);
+    const done = run();
+    const first = await stream(0);
+    await first.expect("hello");
+    first.fail(new ConnectError("not yet", Code.Unavailable));
+    const second = await stream(1);
+    await second.expect("hello");
+    second.welcome();
+    await second.expect("grantCredits");
+    controller.abort();
+    await waitFor(() => second.closedByWorker, "the worker to close its half");
+    second.end();
+    await done;
+  });
+});

@@ -1,0 +1,347 @@
+// Unit tests of the parts that need no server: payloads, durations, task
+// specs, error descriptions, contexts, backoff, credits and drain phases.
+
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import { describe, test } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import { AssignmentSchema } from "../src/gen/conveyor/v1/dispatch_service_pb.js";
+import { PayloadSchema, TaskErrorSchema, TaskSchema } from "../src/gen/conveyor/v1/task_pb.js";
+import { shouldWaitAgain } from "../src/client.js";
+import { unsuccessfulTaskError } from "../src/errors.js";
+import {
+  ARGUMENT_ERROR,
+  Code,
+  ConveyorError,
+  ConveyorTimeoutError,
+  PayloadError,
+  RawPayload,
+  SDK_VERSION,
+  TaskCancelledError,
+  TaskContext,
+  TaskFailedError,
+  TaskFailure,
+  TaskNotSucceededError,
+  TaskState,
+  buildTaskSpec,
+  codeName,
+  describeFailure,
+  fromPayload,
+  isJson,
+  isTerminal,
+  stateName,
+  toPayload,
+} from "../src/index.js";
+import { Backoff } from "../src/internal/backoff.js";
+import { AsyncQueue } from "../src/internal/queue.js";
+import { ACTIVE, creditsToGrant, drain, endedByDispatcher } from "../src/internal/state.js";
+import { durationToMs, fromOptionalPayload, fromTimestamp, msToDuration, toTimestamp } from "../src/payload.js";
+import { packageRoot } from "../testkit/helpers.js";
+
+describe("payloads", () => {
+  test("encode values as JSON and decode them back", () => {
+    const payload = toPayload({ a: [1, 2.5, "x", null, true] });
+    assert.equal(payload.contentType, "application/json");
+    assert.equal(new TextDecoder().decode(payload.data), '{"a":[1,2.5,"x",null,true]}');
+    assert.deepEqual(fromPayload(payload), { a: [1, 2.5, "x", null, true] });
+    assert.equal(new TextDecoder().decode(toPayload(undefined).data), "null");
+  });
+
+  test("raw payloads pass through untouched", () => {
+    const raw = toPayload(new RawPayload(new Uint8Array([0xff]), "application/octet-stream"));
+    assert.equal(raw.contentType, "application/octet-stream");
+    assert.deepEqual([...raw.data], [0xff]);
+    assert.equal(new TextDecoder().decode(toPayload(RawPayload.json("3.0")).data), "3.0");
+  });
+
+  test("unencodable values and non-JSON payloads are PayloadErrors", () => {
+    assert.throws(() => toPayload(10n, "argument 0"), (error: unknown) => {
+      assert.ok(error instanceof PayloadError);
+      assert.match(error.message, /argument 0/);
+      return true;
+    });
+    const cyclic: Record<string, unknown> = {};
+    cyclic["self"] = cyclic;
+    assert.throws(() => toPayload(cyclic), PayloadError);
+    assert.throws(() => toPayload(() => 1), PayloadError);
+    const msgpack = create(PayloadSchema, { data: new Uint8Array([1]), contentType: "application/msgpack" });
+    assert.throws(() => fromPayload(msgpack), /application\/msgpack/);
+    const broken = create(PayloadSchema, { data: new TextEncoder().encode("{"), contentType: "" });
+    assert.throws(() => fromPayload(broken), PayloadError);
+  });
+
+  test("recognise JSON content types; absent results read as null", () => {
+    for (const type of ["", "application/json", "Application/JSON; charset=utf-8", "application/problem+json"]) {
+      assert.ok(isJson(type), type);
+    }
+    for (const type of ["application/octet-stream", "text/plain"]) assert.ok(!isJson(type), type);
+    assert.equal(fromOptionalPayload(undefined), null);
+    assert.equal(fromOptionalPayload(create(PayloadSchema)), null);
+  });
+
+  test("convert durations and instants", () => {
+    const duration = msToDuration(1500.5);
+    assert.equal(duration.seconds, 1n);
+    assert.equal(duration.nanos, 500_500_000);
+    assert.equal(durationToMs(duration), 1500.5);
+    assert.equal(durationToMs(undefined), undefined);
+    assert.equal(durationToMs(msToDuration(0)), undefined);
+    assert.equal(msToDuration(-5).seconds, 0n);
+    assert.equal(msToDuration(Infinity).seconds, 315_576_000_000n);
+    const at = new Date("2030-01-02T03:04:05.678Z");
+    const timestamp = toTimestamp(at);
+    assert.equal(timestamp.seconds, BigInt(Math.floor(at.getTime() / 1000)));
+    assert.equal(timestamp.nanos, 678_000_000);
+    assert.equal(fromTimestamp(timestamp)?.getTime(), at.getTime());
+    assert.equal(toTimestamp(at.getTime()).seconds, timestamp.seconds);
+    assert.throws(() => toTimestamp(new Date("nope")), RangeError);
+  });
+});
+
+describe("task specs", () => {
+  test("no options set, none sent", () => {
+    const spec = buildTaskSpec("add", [2, 3]);
+    assert.equal(spec.name, "add");
+    assert.deepEqual(spec.args.map((arg) => fromPayload(arg)), [2, 3]);
+    assert.equal(spec.options, undefined);
+    assert.equal(spec.idempotencyKey, "");
+  });
+
+  test("every option maps to its field", () => {
+    const eta = new Date("2031-05-06T07:08:09Z");
+    const spec = buildTaskSpec("t", [], {
+      kwargs: { scale: { by: 3 } },
+      queue: "q",
+      priority: 7,
+      countdownMs: 2500,
+      eta,
+      expires: eta.getTime() + 1000,
+      maxRetries: 4,
+      retry: { maxRetries: 1, backoffBaseMs: 100, backoffFactor: 3, backoffMaxMs: 60_000, jitter: true },
+      softTimeLimitMs: 5000,
+      hardTimeLimitMs: 9000,
+      rateLimitKey: "api",
+      concurrencyKey: "db",
+      concurrencyLimit: 2,
+      idempotencyKey: "k-1",
+      headers: { traceparent: "00-abc" },
+      resultTtlMs: 60_000,
+    });
+    const options = spec.options!;
+    assert.deepEqual(fromPayload(spec.kwargs["scale"]!), { by: 3 });
+    assert.equal(options.queue, "q");
+    assert.equal(options.priority, 7);
+    assert.equal(options.countdown?.seconds, 2n);
+    assert.equal(options.countdown?.nanos, 500_000_000);
+    assert.equal(options.eta?.seconds, BigInt(eta.getTime() / 1000));
+    assert.equal(options.expires?.seconds, BigInt(eta.getTime() / 1000 + 1));
+    assert.equal(options.retry?.maxRetries, 4, "maxRetries overrides the policy's count");
+    assert.equal(options.retry?.backoffBase?.nanos, 100_000_000);
+    assert.equal(options.retry?.backoffFactor, 3);
+    assert.equal(options.retry?.backoffMax?.seconds, 60n);
+    assert.equal(options.retry?.jitter, true);
+    assert.equal(options.softTimeLimit?.seconds, 5n);
+    assert.equal(options.hardTimeLimit?.seconds, 9n);
+    assert.equal(options.rateLimitKey, "api");
+    assert.equal(options.concurrencyKey, "db");
+    assert.equal(options.concurrencyLimit, 2);
+    assert.equal(options.headers["traceparent"], "00-abc");
+    assert.equal(options.resultTtl?.seconds, 60n);
+    assert.equal(spec.idempotencyKey, "k-1");
+  });
+
+  test("an unencodable argument names its position", () => {
+    assert.throws(() => buildTaskSpec("t", [1, 2n]), /positional argument 1 of task "t"/);
+    assert.throws(() => buildTaskSpec("t", [], { kwargs: { bad: 1n } }), /named argument "bad" of task "t"/);
+  });
+});
+
+describe("errors", () => {
+  test("gRPC codes keep their names", () => {
+    assert.equal(codeName(Code.InvalidArgument), "INVALID_ARGUMENT");
+    assert.equal(codeName(Code.NotFound), "NOT_FOUND");
+    assert.equal(codeName(Code.DeadlineExceeded), "DEADLINE_EXCEEDED");
+    assert.equal(codeName(Code.Unavailable), "UNAVAILABLE");
+    const error = new ConveyorError(Code.NotFound, "task x not found");
+    assert.equal(error.message, "NOT_FOUND: task x not found");
+    assert.equal(error.rawMessage, "task x not found");
+    assert.ok(ConveyorError.from(new Error("x")) instanceof ConveyorError);
+    const timeout = ConveyorError.from(new ConveyorTimeoutError(Code.DeadlineExceeded, "late"));
+    assert.ok(timeout instanceof ConveyorTimeoutError);
+  });
+
+  test("unsuccessful tasks become TaskFailedError or TaskNotSucceededError", () => {
+    const failed = create(TaskSchema, {
+      id: "t1",
+      state: TaskState.FAILED,
+      error: create(TaskErrorSchema, { type: "ValueError", message: "boom", traceback: "tb", retryable: false }),
+    });
+    const error = unsuccessfulTaskError(failed);
+    assert.ok(error instanceof TaskFailedError);
+    assert.equal(error.type, "ValueError");
+    assert.equal(error.message, "boom");
+    assert.equal(error.traceback, "tb");
+    assert.equal(String(error), "TaskFailedError: task t1 failed: ValueError: boom");
+    const expired = unsuccessfulTaskError(create(TaskSchema, { id: "t2", state: TaskState.EXPIRED }));
+    assert.ok(expired instanceof TaskNotSucceededError);
+    assert.equal(expired.state, TaskState.EXPIRED);
+    assert.equal(stateName(TaskState.EXPIRED), "EXPIRED");
+    assert.ok(isTerminal(TaskState.EXPIRED) && !isTerminal(TaskState.RUNNING));
+  });
+
+  test("a wait is repeated only after a real wait with time left", () => {
+    const capped = new ConveyorError(Code.DeadlineExceeded, "capped");
+    const now = 1_000_000;
+    assert.ok(shouldWaitAgain(capped, now - 300_000, now + 600_000, now));
+    assert.ok(shouldWaitAgain(capped, now - 300_000, undefined, now), "no deadline: wait on");
+    assert.ok(!shouldWaitAgain(capped, now, now + 600_000, now), "refused at once");
+    assert.ok(!shouldWaitAgain(capped, now - 300_000, now + 10, now), "no time left");
+    assert.ok(!shouldWaitAgain(new ConveyorError(Code.Unavailable, "down"), now - 300_000, undefined, now));
+  });
+});
+
+describe("handler failures", () => {
+  test("an Error reports its name, message and stack; retryable unless it says not", () => {
+    const described = describeFailure(new RangeError("too big"));
+    assert.equal(described.type, "RangeError");
+    assert.equal(described.message, "too big");
+    assert.match(described.traceback, /^RangeError: too big\n\s+at /);
+    assert.equal(described.retryable, true);
+
+    class ValueError extends Error {
+      override name = "ValueError";
+      readonly retryable = false;
+    }
+    const custom = describeFailure(new ValueError("nope"));
+    assert.equal(custom.type, "ValueError");
+    assert.equal(custom.retryable, false);
+    assert.match(custom.traceback, /^ValueError: nope/);
+
+    const failure = describeFailure(new TaskFailure("KeyError", "k", { retryable: false }));
+    assert.deepEqual([failure.type, failure.message, failure.retryable], ["KeyError", "k", false]);
+  });
+
+  test("thrown non-errors are described too", () => {
+    assert.deepEqual(describeFailure("plain"), { type: "Error", message: "plain", traceback: "", retryable: true });
+    assert.equal(describeFailure({ code: 1 }).message, '{"code":1}');
+  });
+
+  test("an AbortError from the attempt's own signal reports the signal's reason", () => {
+    const controller = new AbortController();
+    controller.abort(new TaskCancelledError("soft-time-limit", "soft time limit of 5 ms exceeded"));
+    const abort = new DOMException("The operation was aborted", "AbortError");
+    const described = describeFailure(abort, controller.signal);
+    assert.equal(described.type, "SoftTimeLimitExceeded");
+    assert.equal(described.message, "soft time limit of 5 ms exceeded");
+  });
+});
+
+describe("TaskContext", () => {
+  const assignment = () =>
+    create(AssignmentSchema, {
+      taskId: "0190-id",
+      name: "add",
+      args: [
+        toPayload(2),
+        toPayload(["a", "b"]),
+        create(PayloadSchema, { data: new Uint8Array([1]), contentType: "application/octet-stream" }),
+      ],
+      kwargs: { scale: toPayload(1.5) },
+      attempt: 2,
+      leaseToken: 77n,
+      headers: { traceparent: "00-x" },
+      softTimeLimit: msToDuration(3000),
+      maxRetries: 5,
+    });
+
+  test("exposes the assignment and its decoded arguments", () => {
+    const controller = new AbortController();
+    const ctx = new TaskContext(assignment(), controller.signal);
+    assert.equal(ctx.taskId, "0190-id");
+    assert.equal(ctx.name, "add");
+    assert.deepEqual([ctx.attempt, ctx.maxRetries, ctx.leaseToken], [2, 5, 77n]);
+    assert.equal(ctx.headers["traceparent"], "00-x");
+    assert.equal(ctx.softTimeLimitMs, 3000);
+    assert.equal(ctx.hardTimeLimitMs, undefined);
+    assert.deepEqual(ctx.args.slice(0, 2), [2, ["a", "b"]]);
+    assert.ok(ctx.args[2] instanceof RawPayload);
+    assert.deepEqual(ctx.kwargs, { scale: 1.5 });
+    assert.equal(ctx.cancelled, false);
+    controller.abort(new TaskCancelledError("cancelled", "revoked"));
+    assert.equal(ctx.cancelled, true);
+    assert.throws(() => ctx.throwIfCancelled(), TaskCancelledError);
+  });
+
+  test("a malformed JSON argument is a final ArgumentError", () => {
+    const bad = assignment();
+    bad.args.push(create(PayloadSchema, { data: new TextEncoder().encode("{oops"), contentType: "application/json" }));
+    assert.throws(
+      () => new TaskContext(bad),
+      (error: unknown) => error instanceof TaskFailure && error.type === ARGUMENT_ERROR && !error.retryable,
+    );
+  });
+});
+
+describe("worker internals", () => {
+  test("backoff doubles from 100 ms to 5 s with jitter in the upper half", () => {
+    const backoff = new Backoff(100, 5000);
+    const ceilings: number[] = [];
+    for (let i = 0; i < 9; i++) {
+      const ceiling = backoff.ceiling();
+      ceilings.push(ceiling);
+      const delay = backoff.next();
+      assert.ok(delay >= ceiling / 2 && delay <= ceiling, `${delay} vs ${ceiling}`);
+    }
+    assert.deepEqual(ceilings, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+    backoff.reset();
+    assert.equal(backoff.ceiling(), 100);
+    const delays = new Set(Array.from({ length: 20 }, () => new Backoff(1000, 1000).next()));
+    assert.ok(delays.size > 1, "jitter varies");
+  });
+
+  test("credits fill free slots up to the session's limit, none while draining", () => {
+    assert.equal(creditsToGrant(8, 0, 0, 1024, false), 8, "initial grant");
+    assert.equal(creditsToGrant(8, 3, 5, 1024, false), 0, "all slots spoken for");
+    assert.equal(creditsToGrant(8, 1, 5, 1024, false), 2, "two slots freed at once");
+    assert.equal(creditsToGrant(2000, 0, 0, 1024, false), 1024, "capped by Welcome");
+    assert.equal(creditsToGrant(2000, 0, 1000, 1024, false), 24);
+    assert.equal(creditsToGrant(8, 10, 0, 1024, false), 0, "abandoned handlers hold slots");
+    assert.equal(creditsToGrant(8, 0, 0, 1024, true), 0, "none while draining");
+  });
+
+  test("a drain keeps the earliest deadline and never forgets a stop", () => {
+    const local = drain(ACTIVE, true, 30_000, 0);
+    assert.deepEqual(local, { kind: "draining", deadline: 30_000, stopping: true });
+    assert.deepEqual(drain(local, false, 5000, 0), { kind: "draining", deadline: 5000, stopping: true });
+    const dispatcher = drain(ACTIVE, false, 5000, 0);
+    assert.deepEqual(drain(dispatcher, true, 30_000, 0), { kind: "draining", deadline: 5000, stopping: true });
+    assert.equal(endedByDispatcher(ACTIVE), undefined, "an unasked end is a failure");
+    assert.deepEqual(endedByDispatcher(local), { kind: "stopped" });
+    assert.deepEqual(endedByDispatcher(dispatcher), { kind: "drained" });
+  });
+
+  test("the outbound queue delivers in order, then ends", async () => {
+    const queue = new AsyncQueue<number>();
+    queue.push(1);
+    const iterator = queue[Symbol.asyncIterator]();
+    assert.deepEqual(await iterator.next(), { value: 1, done: false });
+    const pending = iterator.next();
+    queue.push(2);
+    assert.deepEqual(await pending, { value: 2, done: false });
+    queue.push(3);
+    queue.end();
+    assert.equal(queue.push(4), false);
+    assert.deepEqual(await iterator.next(), { value: 3, done: false });
+    assert.deepEqual(await iterator.next(), { value: undefined, done: true });
+    const other = new AsyncQueue<number>();
+    const waiting = other[Symbol.asyncIterator]().next();
+    await assert.rejects(other[Symbol.asyncIterator]().throw!(new Error("stop")), /stop/);
+    assert.deepEqual(await waiting, { value: undefined, done: true });
+  });
+
+  test("the SDK version is the package's", () => {
+    const pkg = JSON.parse(readFileSync(resolve(packageRoot, "package.json"), "utf8")) as { version: string };
+    assert.equal(SDK_VERSION, pkg.version);
+  });
+});

@@ -1,0 +1,145 @@
+// Test helpers (outside test/, which node --test runs whole): a real `conveyor dev` server per test file, in-process and
+// child-process workers, and waiting for conditions with deadlines.
+
+import { spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { dirname, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { Worker, stderrLogger } from "../src/index.js";
+import type { WorkerOptions } from "../src/index.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+/** clients/typescript (this file runs from dist/testkit). */
+export const packageRoot = resolve(here, "..", "..");
+const repoRoot = resolve(packageRoot, "..", "..");
+
+/** The example programs, compiled. */
+export const exampleWorker = resolve(packageRoot, "dist", "examples", "worker.js");
+export const exampleProducer = resolve(packageRoot, "dist", "examples", "producer.js");
+
+export interface Server {
+  addr: string;
+  process: ChildProcess;
+  stop(): Promise<void>;
+}
+
+/** Starts `conveyor dev` on a free port and waits for its "listening on" line. */
+export async function startServer(): Promise<Server> {
+  const bin = process.env["CONVEYOR_BIN"] || resolve(repoRoot, "target", "debug", "conveyor");
+  const child = spawn(
+    bin,
+    ["dev", "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s"],
+    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env["RUST_LOG"] ?? "warn" } },
+  );
+  let stderr = "";
+  child.stderr!.on("data", (chunk: Buffer) => {
+    stderr = (stderr + chunk.toString()).slice(-20_000);
+  });
+  const lines = createInterface({ input: child.stdout! });
+  const addr = await new Promise<string>((resolvePromise, reject) => {
+    const timer = setTimeout(() => fail(new Error("conveyor dev printed no 'listening on' line within 30 s")), 30_000);
+    const fail = (error: Error): void => {
+      clearTimeout(timer);
+      child.kill("SIGKILL");
+      reject(new Error(`${error.message}\nstderr:\n${stderr}`));
+    };
+    child.once("error", fail);
+    child.once("exit", (code, signal) => fail(new Error(`conveyor dev exited early (code ${code}, signal ${signal})`)));
+    lines.on("line", (line) => {
+      const match = /^listening on (\S+:\d+)$/.exec(line.trim());
+      if (match === null) return;
+      clearTimeout(timer);
+      child.removeAllListeners("exit");
+      child.removeAllListeners("error");
+      resolvePromise(`http://${match[1]}`);
+    });
+  });
+  return {
+    addr,
+    process: child,
+    stop: () => stopProcess(child),
+  };
+}
+
+/** SIGTERM, then SIGKILL when the process has not exited within `graceMs`. */
+export async function stopProcess(child: ChildProcess, graceMs = 5000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, "exit");
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), graceMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** Polls `condition` until it returns a truthy value, failing after `timeoutMs`. */
+export async function waitFor<T>(
+  condition: () => T | Promise<T>,
+  what: string,
+  timeoutMs = 10_000,
+  intervalMs = 25,
+): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await condition();
+      if (value) return value as NonNullable<T>;
+    } catch (error) {
+      last = error;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ""}`);
+    }
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+/** A unique queue name, so tests sharing a server do not see each other's tasks. */
+let queueCounter = 0;
+export function uniqueQueue(prefix = "q"): string {
+  queueCounter += 1;
+  return `${prefix}-${process.pid}-${queueCounter}-${Date.now().toString(36)}`;
+}
+
+export interface RunningWorker {
+  worker: Worker;
+  /** Aborts run() and waits for the drain to finish. */
+  stop(): Promise<void>;
+  /** The promise run() returned. */
+  done: Promise<void>;
+}
+
+/** Runs an in-process worker until stop(). */
+export function runWorker(addr: string, options: WorkerOptions, register: (worker: Worker) => void): RunningWorker {
+  const worker = new Worker(addr, { logger: stderrLogger("warn"), reconnectMinMs: 20, ...options });
+  register(worker);
+  const controller = new AbortController();
+  const done = worker.run({ signal: controller.signal, handleSignals: false });
+  return {
+    worker,
+    done,
+    stop: async () => {
+      controller.abort();
+      await done;
+    },
+  };
+}
+
+/** Spawns a node program with extra environment; collects its output. */
+export function spawnNode(
+  script: string,
+  env: Record<string, string>,
+): { child: ChildProcess; stdout: () => string; stderr: () => string; exit: Promise<[number | null, NodeJS.Signals | null]> } {
+  const child = spawn(process.execPath, [script], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, CONVEYOR_LOG_LEVEL: "warn", ...env },
+  });
+  let out = "";
+  let err = "";
+  child.stdout!.on("data", (chunk: Buffer) => (out += chunk.toString()));
+  child.stderr!.on("data", (chunk: Buffer) => (err += chunk.toString()));
+  const exit = once(child, "exit") as Promise<[number | null, NodeJS.Signals | null]>;
+  return { child, stdout: () => out, stderr: () => err, exit };
+}
