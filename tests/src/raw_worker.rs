@@ -17,6 +17,16 @@ pub struct RawWorker {
     inbound: Streaming<pb::ConnectResponse>,
     /// The dispatcher's answer to our hello.
     pub welcome: pb::Welcome,
+    /// Background heartbeats, if started; stopped on drop.
+    heartbeats: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for RawWorker {
+    fn drop(&mut self) {
+        if let Some(heartbeats) = self.heartbeats.take() {
+            heartbeats.abort();
+        }
+    }
 }
 
 /// A hello for `names` on the default queue.
@@ -68,6 +78,7 @@ impl RawWorker {
                 sender,
                 inbound,
                 welcome,
+                heartbeats: None,
             }),
             other => Err(Status::internal(format!("expected welcome, got {other:?}"))),
         }
@@ -87,6 +98,34 @@ impl RawWorker {
     pub async fn grant(&self, credits: u32) {
         self.send(Up::GrantCredits(pb::GrantCredits { credits }))
             .await;
+    }
+
+    /// Heartbeats in the background at half the dispatcher's interval, as a
+    /// live worker does, until dropped.
+    pub fn keep_alive(&mut self) {
+        let sender = self.sender.clone();
+        let interval = self
+            .welcome
+            .heartbeat_interval
+            .map(|interval| {
+                Duration::from_millis(
+                    (interval.seconds * 1000) as u64 + (interval.nanos / 1_000_000) as u64,
+                )
+            })
+            .unwrap_or(Duration::from_secs(1))
+            / 2;
+        self.heartbeats = Some(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                ticker.tick().await;
+                let beat = pb::ConnectRequest {
+                    message: Some(Up::Heartbeat(pb::Heartbeat {})),
+                };
+                if sender.send(beat).await.is_err() {
+                    return;
+                }
+            }
+        }));
     }
 
     /// Sends a heartbeat.

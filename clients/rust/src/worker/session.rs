@@ -43,7 +43,13 @@ struct Running {
     cancelled: bool,
     /// The runner's task id, to recognise it if it dies without an outcome.
     runner_id: tokio::task::Id,
+    /// Stops the runner (and its handler) when a cancelled handler does not
+    /// stop by itself, so that its slot is free again.
+    abort: tokio::task::AbortHandle,
 }
+
+/// Time a revoked handler gets to stop by itself before it is aborted.
+const REVOKE_GRACE: Duration = Duration::from_secs(1);
 
 /// Connects, says Hello, awaits Welcome, then serves the stream until it ends.
 pub(crate) async fn run(
@@ -173,6 +179,17 @@ impl Session {
                     tracing::info!(task_id = %cancel.task_id, reason = %cancel.reason, "task cancelled by dispatcher");
                     running.cancelled = true;
                     running.cancellation.cancel();
+                    // A hard time limit takes the slot back at once (as
+                    // Celery kills the process); a revoke allows a short grace.
+                    let abort = running.abort.clone();
+                    if cancel.reason.starts_with("hard time limit") {
+                        abort.abort();
+                    } else {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(REVOKE_GRACE).await;
+                            abort.abort();
+                        });
+                    }
                 }
             }
             Some(Inbound::Drain(drain)) => {
@@ -218,12 +235,14 @@ impl Session {
             slots: runtime.slots.clone(),
             started_tx: runtime.started_tx.clone(),
         };
-        let runner_id = runtime.tasks.spawn(runner::run(job)).id();
+        let abort = runtime.tasks.spawn(runner::run(job));
+        let runner_id = abort.id();
         let running = Running {
             lease_token,
             cancellation,
             cancelled: false,
             runner_id,
+            abort,
         };
         // An earlier attempt of the same task may still run here after a
         // cancel; its outcome no longer matches a lease token and is dropped.
