@@ -526,8 +526,8 @@ impl Store for MemoryStore {
     ) -> Result<(Vec<StoredTask>, Option<DeadLetterCursor>)> {
         let inner = self.lock();
         let mut tasks = Vec::new();
-        let mut offset = cursor.offset;
-        for (_, id) in inner.dead.iter().skip(cursor.offset as usize) {
+        let entries = (cursor.offset..).zip(inner.dead.iter().skip(cursor.offset as usize));
+        for (offset, (_, id)) in entries {
             if tasks.len() >= limit {
                 return Ok((
                     tasks,
@@ -537,7 +537,6 @@ impl Store for MemoryStore {
                     }),
                 ));
             }
-            offset += 1;
             if let Some(entry) = inner.tasks.get(id) {
                 tasks.push(entry.task.clone());
             }
