@@ -1,0 +1,307 @@
+package conveyor
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"iter"
+	"time"
+
+	conveyorv1 "go.conveyor.dev/conveyor/gen/conveyor/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+)
+
+// MaxTasksPerBatch is the most tasks one SubmitTasks call carries.
+const MaxTasksPerBatch = 1000
+
+const (
+	// waitDeadlineMargin: how much longer than the requested wait the gRPC
+	// deadline is, so that the server's own timeout answers first.
+	waitDeadlineMargin = 2 * time.Second
+	// minUsefulWait: a WaitTask that ended with DEADLINE_EXCEEDED sooner than
+	// this is not repeated (the server refused rather than waited).
+	minUsefulWait = time.Second
+)
+
+// TaskInfo is a task as the results service reports it: state, attempts,
+// result or error.
+type TaskInfo = conveyorv1.Task
+
+// TaskState is the state of a task.
+type TaskState = conveyorv1.TaskState
+
+// Task states.
+const (
+	StateScheduled = conveyorv1.TaskState_TASK_STATE_SCHEDULED
+	StateQueued    = conveyorv1.TaskState_TASK_STATE_QUEUED
+	StateLeased    = conveyorv1.TaskState_TASK_STATE_LEASED
+	StateRunning   = conveyorv1.TaskState_TASK_STATE_RUNNING
+	StateSucceeded = conveyorv1.TaskState_TASK_STATE_SUCCEEDED
+	StateFailed    = conveyorv1.TaskState_TASK_STATE_FAILED
+	StateCancelled = conveyorv1.TaskState_TASK_STATE_CANCELLED
+	StateExpired   = conveyorv1.TaskState_TASK_STATE_EXPIRED
+	StateWaiting   = conveyorv1.TaskState_TASK_STATE_WAITING
+)
+
+// IsTerminal reports whether a task in state s is finished.
+func IsTerminal(s TaskState) bool {
+	switch s {
+	case StateSucceeded, StateFailed, StateCancelled, StateExpired:
+		return true
+	}
+	return false
+}
+
+// Client is a producer's handle on Conveyor: it submits tasks and reads,
+// awaits, watches or cancels them. It is safe for concurrent use.
+type Client struct {
+	owned      *grpc.ClientConn
+	submission conveyorv1.SubmissionServiceClient
+	results    conveyorv1.ResultsServiceClient
+}
+
+// NewClient uses conn for both the submission and the results services.
+// The caller keeps ownership of conn.
+func NewClient(conn grpc.ClientConnInterface) *Client {
+	return NewClientWith(conn, conn)
+}
+
+// NewClientWith uses one connection per service, for deployments where
+// submission and results run as separate processes.
+func NewClientWith(submission, results grpc.ClientConnInterface) *Client {
+	return &Client{
+		submission: conveyorv1.NewSubmissionServiceClient(submission),
+		results:    conveyorv1.NewResultsServiceClient(results),
+	}
+}
+
+// Close closes the connection if [Dial] opened it; otherwise it does nothing.
+func (c *Client) Close() error {
+	if c.owned == nil {
+		return nil
+	}
+	return c.owned.Close()
+}
+
+// SubmissionClient is the generated client, for calls this type does not wrap.
+func (c *Client) SubmissionClient() conveyorv1.SubmissionServiceClient { return c.submission }
+
+// ResultsClient is the generated client, for calls this type does not wrap.
+func (c *Client) ResultsClient() conveyorv1.ResultsServiceClient { return c.results }
+
+// Submit submits task name with its arguments and options and returns its id
+// (or, for a repeated idempotency key, the id of the task first submitted
+// with it).
+func (c *Client) Submit(ctx context.Context, name string, opts ...Option) (string, error) {
+	spec, err := NewRequest(name, opts...).Spec()
+	if err != nil {
+		return "", err
+	}
+	resp, err := c.submission.SubmitTask(ctx, &conveyorv1.SubmitTaskRequest{Task: spec})
+	if err != nil {
+		return "", wrapRPC("SubmitTask", err)
+	}
+	return resp.GetTaskId(), nil
+}
+
+// SubmitMany submits tasks and returns their ids in order. Every task is
+// encoded before anything is sent; tasks travel in one SubmitTasks call per
+// [MaxTasksPerBatch]. Each call is all-or-nothing, but when a later call
+// fails the ids of the earlier, accepted ones are returned with the error.
+func (c *Client) SubmitMany(ctx context.Context, tasks []TaskRequest) ([]string, error) {
+	specs := make([]*conveyorv1.TaskSpec, 0, len(tasks))
+	for _, t := range tasks {
+		spec, err := t.Spec()
+		if err != nil {
+			return nil, err
+		}
+		specs = append(specs, spec)
+	}
+	ids := make([]string, 0, len(specs))
+	for start := 0; start < len(specs); start += MaxTasksPerBatch {
+		batch := specs[start:min(start+MaxTasksPerBatch, len(specs))]
+		resp, err := c.submission.SubmitTasks(ctx, &conveyorv1.SubmitTasksRequest{Tasks: batch})
+		if err != nil {
+			return ids, wrapRPC("SubmitTasks", err)
+		}
+		if len(resp.GetResults()) != len(batch) {
+			return ids, &ProtocolError{fmt.Sprintf("submitted %d tasks, got %d results", len(batch), len(resp.GetResults()))}
+		}
+		for _, r := range resp.GetResults() {
+			ids = append(ids, r.GetTaskId())
+		}
+	}
+	return ids, nil
+}
+
+// Get returns the task's current state and, once finished, its outcome.
+func (c *Client) Get(ctx context.Context, id string) (*TaskInfo, error) {
+	resp, err := c.results.GetTask(ctx, &conveyorv1.GetTaskRequest{TaskId: id})
+	if err != nil {
+		return nil, wrapRPC("GetTask", err)
+	}
+	if resp.GetTask() == nil {
+		return nil, &ProtocolError{"GetTask response carries no task"}
+	}
+	return resp.GetTask(), nil
+}
+
+// Wait waits up to timeout for the task to reach a terminal state and
+// returns it, whatever that state is. When the timeout passes first the
+// error is an *RPCError with code DEADLINE_EXCEEDED, matching [ErrTimeout].
+// A timeout of 0 or less waits until ctx's deadline, capped by the server.
+// Waits longer than the server's maximum are carried out as several calls.
+func (c *Client) Wait(ctx context.Context, id string, timeout time.Duration) (*TaskInfo, error) {
+	if timeout <= 0 {
+		resp, err := c.results.WaitTask(ctx, &conveyorv1.WaitTaskRequest{TaskId: id})
+		return waitAnswer(resp, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		started := time.Now()
+		remaining := max(deadline.Sub(started), time.Millisecond)
+		callCtx, cancel := context.WithTimeout(ctx, remaining+waitDeadlineMargin)
+		resp, err := c.results.WaitTask(callCtx, &conveyorv1.WaitTaskRequest{
+			TaskId:  id,
+			Timeout: durationToProto(remaining),
+		})
+		cancel()
+		if err != nil && Code(err) == codes.DeadlineExceeded && ctx.Err() == nil &&
+			time.Since(started) >= minUsefulWait && time.Until(deadline) >= minUsefulWait {
+			continue // the server's cap ended this call, not our timeout
+		}
+		return waitAnswer(resp, err)
+	}
+}
+
+func waitAnswer(resp *conveyorv1.WaitTaskResponse, err error) (*TaskInfo, error) {
+	if err != nil {
+		return nil, wrapRPC("WaitTask", err)
+	}
+	if resp.GetTask() == nil {
+		return nil, &ProtocolError{"WaitTask response carries no task"}
+	}
+	return resp.GetTask(), nil
+}
+
+// Result waits up to timeout for the task (as [Client.Wait] does) and
+// decodes its JSON result into out, a pointer as for json.Unmarshal (nil
+// discards it). A FAILED task gives a *[TaskFailedError]; CANCELLED and
+// EXPIRED give a *[TaskNotSucceededError].
+func (c *Client) Result(ctx context.Context, id string, timeout time.Duration, out any) error {
+	task, err := c.Wait(ctx, id, timeout)
+	if err != nil {
+		return err
+	}
+	return DecodeResult(task, out)
+}
+
+// DecodeResult decodes a finished task's result into out, or returns the
+// error [Client.Result] would for a task that did not succeed.
+func DecodeResult(task *TaskInfo, out any) error {
+	switch task.GetState() {
+	case StateSucceeded:
+		if err := DecodeJSON(task.GetResult(), out); err != nil {
+			return fmt.Errorf("conveyor: decoding the result of task %s: %w", task.GetId(), err)
+		}
+		return nil
+	case StateFailed:
+		e := task.GetError()
+		return &TaskFailedError{
+			TaskID:    task.GetId(),
+			Type:      e.GetType(),
+			Message:   e.GetMessage(),
+			Traceback: e.GetTraceback(),
+			Retryable: e.GetRetryable(),
+		}
+	default:
+		return &TaskNotSucceededError{TaskID: task.GetId(), State: task.GetState()}
+	}
+}
+
+// Cancel cancels a task that has not started yet. It reports true when this
+// call cancelled it, false when it was already running or finished.
+func (c *Client) Cancel(ctx context.Context, id string) (bool, error) {
+	resp, err := c.submission.CancelTask(ctx, &conveyorv1.CancelTaskRequest{TaskId: id})
+	if err != nil {
+		return false, wrapRPC("CancelTask", err)
+	}
+	return resp.GetCancelled(), nil
+}
+
+// Watch streams the task's current state, then every change; the stream
+// ends (Recv returns io.EOF) after a terminal state. The first state is
+// read before Watch returns, so an unknown id fails here with NOT_FOUND.
+func (c *Client) Watch(ctx context.Context, id string) (*TaskStream, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	stream, err := c.results.WatchTask(ctx, &conveyorv1.WatchTaskRequest{TaskId: id})
+	if err != nil {
+		cancel()
+		return nil, wrapRPC("WatchTask", err)
+	}
+	s := &TaskStream{stream: stream, cancel: cancel}
+	first, err := s.recv()
+	if err != nil && err != io.EOF {
+		cancel()
+		return nil, err
+	}
+	s.first, s.firstErr = first, err
+	return s, nil
+}
+
+// TaskStream is the stream of a task's states returned by [Client.Watch].
+type TaskStream struct {
+	stream   grpc.ServerStreamingClient[conveyorv1.WatchTaskResponse]
+	cancel   context.CancelFunc
+	first    *TaskInfo
+	firstErr error
+	started  bool
+}
+
+// Recv returns the next state of the task, or io.EOF after the terminal one.
+func (s *TaskStream) Recv() (*TaskInfo, error) {
+	if !s.started {
+		s.started = true
+		if s.first != nil || s.firstErr != nil {
+			return s.first, s.firstErr
+		}
+	}
+	return s.recv()
+}
+
+func (s *TaskStream) recv() (*TaskInfo, error) {
+	resp, err := s.stream.Recv()
+	if err == io.EOF {
+		s.cancel()
+		return nil, io.EOF
+	}
+	if err != nil {
+		s.cancel()
+		return nil, wrapRPC("WatchTask", err)
+	}
+	if resp.GetTask() == nil {
+		return nil, &ProtocolError{"WatchTask response carries no task"}
+	}
+	return resp.GetTask(), nil
+}
+
+// All iterates over the remaining states; it stops after the terminal state
+// or after yielding an error.
+func (s *TaskStream) All() iter.Seq2[*TaskInfo, error] {
+	return func(yield func(*TaskInfo, error) bool) {
+		defer s.Close()
+		for {
+			task, err := s.Recv()
+			if err == io.EOF {
+				return
+			}
+			if !yield(task, err) || err != nil {
+				return
+			}
+		}
+	}
+}
+
+// Close stops the stream early.
+func (s *TaskStream) Close() { s.cancel() }

@@ -1,0 +1,34 @@
+// Package conveyor is the Go client and worker SDK of Conveyor, a
+// distributed task queue.
+//
+// A [Client] submits tasks and awaits their outcomes through the submission
+// and results services:
+//
+//	c, err := conveyor.Dial(ctx, "127.0.0.1:50051")
+//	id, err := c.Submit(ctx, "add", conveyor.Args(2, 3), conveyor.WithQueue("math"))
+//	var sum int
+//	err = c.Result(ctx, id, 10*time.Second, &sum)
+//
+// A [Worker] holds one DispatchService.Connect stream, runs the handlers it
+// registered as assignments arrive (at most Concurrency at once), heartbeats,
+// reports outcomes, reconnects with backoff when the stream breaks, and drains
+// when its context is cancelled:
+//
+//	w := conveyor.NewWorker(conn, conveyor.WorkerOptions{Queues: []string{"math"}, Concurrency: 8})
+//	w.Register("add", func(ctx context.Context, t *conveyor.Task) (any, error) {
+//		var a, b int
+//		if err := t.Arg(0, &a); err != nil {
+//			return nil, err
+//		}
+//		if err := t.Arg(1, &b); err != nil {
+//			return nil, err
+//		}
+//		return a + b, nil
+//	})
+//	err = w.Run(ctx)
+//
+// Arguments and results travel as JSON payloads, so tasks submitted from one
+// language run in any other. Errors of RPCs carry their gRPC status
+// ([status.FromError] and [Code] work on them); a task that failed is reported
+// by [Client.Result] as a [*TaskFailedError].
+package conveyor

@@ -1,0 +1,357 @@
+package conveyor_test
+
+// Protocol tests against an in-process fake dispatcher, which lets the test
+// drive what the real one does rarely: CancelAssignment, Drain, a stream
+// that breaks.
+
+import (
+	"context"
+	"errors"
+	"net"
+	"slices"
+	"testing"
+	"time"
+
+	"go.conveyor.dev/conveyor"
+	conveyorv1 "go.conveyor.dev/conveyor/gen/conveyor/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+type fakeDispatcher struct {
+	conveyorv1.UnimplementedDispatchServiceServer
+	sessions chan *fakeSession
+}
+
+// fakeSession is one Connect stream as the test sees it.
+type fakeSession struct {
+	stream grpc.BidiStreamingServer[conveyorv1.ConnectRequest, conveyorv1.ConnectResponse]
+	// recv carries the worker's messages; it is closed when the worker
+	// closes its side (or the stream fails).
+	recv chan *conveyorv1.ConnectRequest
+	// end, when sent a value, ends the stream with that error (nil: OK).
+	end chan error
+}
+
+func (d *fakeDispatcher) Connect(stream grpc.BidiStreamingServer[conveyorv1.ConnectRequest, conveyorv1.ConnectResponse]) error {
+	s := &fakeSession{stream: stream, recv: make(chan *conveyorv1.ConnectRequest, 100), end: make(chan error, 1)}
+	go func() {
+		defer close(s.recv)
+		for {
+			msg, err := stream.Recv()
+			if err != nil {
+				// The worker closed its side: close ours, as the real
+				// dispatcher does.
+				select {
+				case s.end <- nil:
+				default:
+				}
+				return
+			}
+			s.recv <- msg
+		}
+	}()
+	d.sessions <- s
+	select {
+	case err := <-s.end:
+		return err
+	case <-stream.Context().Done():
+		return stream.Context().Err()
+	}
+}
+
+func startFakeDispatcher(t *testing.T) (*fakeDispatcher, string) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &fakeDispatcher{sessions: make(chan *fakeSession, 10)}
+	srv := grpc.NewServer()
+	conveyorv1.RegisterDispatchServiceServer(srv, d)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	return d, lis.Addr().String()
+}
+
+func (d *fakeDispatcher) accept(t *testing.T) *fakeSession {
+	t.Helper()
+	select {
+	case s := <-d.sessions:
+		return s
+	case <-time.After(10 * time.Second):
+		t.Fatal("no worker session within 10s")
+		return nil
+	}
+}
+
+func (s *fakeSession) send(t *testing.T, msg *conveyorv1.ConnectResponse) {
+	t.Helper()
+	if err := s.stream.Send(msg); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+}
+
+// next returns the worker's next message other than a heartbeat; nil when
+// the worker closed its side.
+func (s *fakeSession) next(t *testing.T) *conveyorv1.ConnectRequest {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case msg, ok := <-s.recv:
+			if !ok {
+				return nil
+			}
+			if msg.GetHeartbeat() != nil {
+				continue
+			}
+			return msg
+		case <-timeout:
+			t.Fatal("no message from the worker within 10s")
+			return nil
+		}
+	}
+}
+
+// welcome reads Hello, answers Welcome and returns Hello.
+func (s *fakeSession) welcome(t *testing.T) *conveyorv1.Hello {
+	t.Helper()
+	hello := s.next(t).GetHello()
+	if hello == nil {
+		t.Fatal("first message is not Hello")
+	}
+	s.send(t, &conveyorv1.ConnectResponse{Message: &conveyorv1.ConnectResponse_Welcome{Welcome: &conveyorv1.Welcome{
+		SessionId:         "s-1",
+		HeartbeatInterval: durationpb.New(50 * time.Millisecond),
+		LeaseTtl:          durationpb.New(time.Second),
+		MaxCredits:        1024,
+	}}})
+	return hello
+}
+
+func (s *fakeSession) assign(t *testing.T, assignments ...*conveyorv1.Assignment) {
+	t.Helper()
+	s.send(t, &conveyorv1.ConnectResponse{Message: &conveyorv1.ConnectResponse_Assignments{
+		Assignments: &conveyorv1.Assignments{Assignments: assignments}}})
+}
+
+func assignment(id, name string, token uint64, args ...string) *conveyorv1.Assignment {
+	a := &conveyorv1.Assignment{TaskId: id, Name: name, Attempt: 1, LeaseToken: token}
+	for _, arg := range args {
+		a.Args = append(a.Args, &conveyorv1.Payload{Data: []byte(arg), ContentType: conveyor.JSONContentType})
+	}
+	return a
+}
+
+// startFakeWorker runs a worker against the fake dispatcher at addr.
+func startFakeWorker(t *testing.T, addr string, handlers map[string]conveyor.Handler) (cancel func(), done chan error) {
+	t.Helper()
+	conn, err := conveyor.NewConn(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := conveyor.NewWorker(conn, conveyor.WorkerOptions{
+		WorkerID: "fake-worker", Queues: []string{"q1", "q2"}, Concurrency: 2,
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Logger: testLogger(),
+	})
+	for name, h := range handlers {
+		w.Register(name, h)
+	}
+	ctx, cancelRun := context.WithCancel(context.Background())
+	done = make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancelRun()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("worker did not stop")
+		}
+		_ = conn.Close()
+	})
+	return cancelRun, done
+}
+
+func TestProtocolHelloCreditsAndOutcomes(t *testing.T) {
+	d, addr := startFakeDispatcher(t)
+	startFakeWorker(t, addr, map[string]conveyor.Handler{"add": addHandler, "echo": addHandler})
+	s := d.accept(t)
+	hello := s.welcome(t)
+	if hello.GetWorkerId() != "fake-worker" || !slices.Equal(hello.GetQueues(), []string{"q1", "q2"}) ||
+		!slices.Equal(hello.GetTaskNames(), []string{"add", "echo"}) || hello.GetConcurrency() != 2 ||
+		hello.GetLanguage() != "go" || hello.GetSdkVersion() != conveyor.Version || hello.GetHostname() == "" {
+		t.Fatalf("hello %v", hello)
+	}
+	if got := s.next(t).GetGrantCredits().GetCredits(); got != 2 {
+		t.Fatalf("initial credits %d, want 2", got)
+	}
+	s.assign(t, assignment("t1", "add", 7, "2", "3"))
+	started := s.next(t).GetTaskStarted()
+	if started.GetTaskId() != "t1" || started.GetLeaseToken() != 7 {
+		t.Fatalf("started %v", started)
+	}
+	outcomes := s.next(t).GetReportOutcomes().GetOutcomes()
+	if len(outcomes) != 1 || outcomes[0].GetTaskId() != "t1" || outcomes[0].GetLeaseToken() != 7 ||
+		string(outcomes[0].GetResult().GetData()) != "5" {
+		t.Fatalf("outcomes %v", outcomes)
+	}
+	if got := s.next(t).GetGrantCredits().GetCredits(); got != 1 {
+		t.Fatalf("credits after a task finished: %d, want 1", got)
+	}
+	// A name the worker did not register fails as NotRegistered.
+	s.assign(t, assignment("t2", "unknown", 8))
+	for {
+		msg := s.next(t)
+		if o := msg.GetReportOutcomes(); o != nil {
+			if o.GetOutcomes()[0].GetError().GetType() != "NotRegistered" {
+				t.Fatalf("outcome %v", o)
+			}
+			break
+		}
+	}
+	// Heartbeats flow at Welcome's interval.
+	deadline := time.After(5 * time.Second)
+	for beats := 0; beats < 3; {
+		select {
+		case msg := <-s.recv:
+			if msg.GetHeartbeat() != nil {
+				beats++
+			}
+		case <-deadline:
+			t.Fatal("fewer than 3 heartbeats in 5s at a 50ms interval")
+		}
+	}
+}
+
+func TestProtocolCancelAssignment(t *testing.T) {
+	d, addr := startFakeDispatcher(t)
+	causes := make(chan error, 1)
+	startFakeWorker(t, addr, map[string]conveyor.Handler{
+		"block": func(ctx context.Context, _ *conveyor.Task) (any, error) {
+			<-ctx.Done()
+			causes <- context.Cause(ctx)
+			return "ignored", nil
+		},
+	})
+	s := d.accept(t)
+	s.welcome(t)
+	s.next(t) // credits
+	s.assign(t, assignment("t1", "block", 1))
+	if s.next(t).GetTaskStarted() == nil {
+		t.Fatal("no TaskStarted")
+	}
+	s.send(t, &conveyorv1.ConnectResponse{Message: &conveyorv1.ConnectResponse_CancelAssignment{
+		CancelAssignment: &conveyorv1.CancelAssignment{TaskId: "t1", Reason: "lease expired"}}})
+	if cause := <-causes; !errors.Is(cause, conveyor.ErrTaskCancelled) {
+		t.Fatalf("cause %v", cause)
+	}
+	// The slot comes back as a credit; no outcome is reported.
+	msg := s.next(t)
+	if msg.GetGrantCredits().GetCredits() != 1 {
+		t.Fatalf("after the cancelled task finished: %v", msg)
+	}
+}
+
+func TestProtocolDrainThenReconnect(t *testing.T) {
+	d, addr := startFakeDispatcher(t)
+	release := make(chan struct{})
+	startFakeWorker(t, addr, map[string]conveyor.Handler{
+		"wait": func(ctx context.Context, _ *conveyor.Task) (any, error) {
+			select {
+			case <-release:
+				return "done", nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		},
+	})
+	s := d.accept(t)
+	s.welcome(t)
+	s.next(t) // credits
+	s.assign(t, assignment("t1", "wait", 1))
+	s.next(t) // started
+	s.send(t, &conveyorv1.ConnectResponse{Message: &conveyorv1.ConnectResponse_Drain{
+		Drain: &conveyorv1.Drain{Grace: durationpb.New(5 * time.Second)}}})
+	// An assignment sent during the drain is not started.
+	s.assign(t, assignment("t2", "wait", 2))
+	close(release)
+	// The worker may see t1 finish before it reads the Drain (and grant
+	// the slot again), but it starts nothing after the Drain, reports t1,
+	// and closes its side.
+	reported := false
+	for msg := s.next(t); msg != nil; msg = s.next(t) {
+		switch {
+		case msg.GetReportOutcomes() != nil:
+			outcomes := msg.GetReportOutcomes().GetOutcomes()
+			if len(outcomes) != 1 || outcomes[0].GetTaskId() != "t1" || reported {
+				t.Fatalf("outcomes %v", outcomes)
+			}
+			reported = true
+		case msg.GetGrantCredits() != nil:
+		default:
+			t.Fatalf("the worker sent %v while draining", msg)
+		}
+	}
+	if !reported {
+		t.Fatal("t1 was not reported")
+	}
+	// The worker comes back with a new session.
+	again := d.accept(t)
+	again.welcome(t)
+	if got := again.next(t).GetGrantCredits().GetCredits(); got != 2 {
+		t.Fatalf("credits of the new session: %d", got)
+	}
+}
+
+func TestProtocolBrokenStreamAbandonsTasks(t *testing.T) {
+	d, addr := startFakeDispatcher(t)
+	causes := make(chan error, 1)
+	startFakeWorker(t, addr, map[string]conveyor.Handler{
+		"block": func(ctx context.Context, _ *conveyor.Task) (any, error) {
+			<-ctx.Done()
+			causes <- context.Cause(ctx)
+			return nil, ctx.Err()
+		},
+	})
+	s := d.accept(t)
+	s.welcome(t)
+	s.next(t) // credits
+	s.assign(t, assignment("t1", "block", 1))
+	s.next(t) // started
+	s.end <- status.Error(codes.Unavailable, "dispatcher restarting")
+	if cause := <-causes; !errors.Is(cause, conveyor.ErrStreamLost) {
+		t.Fatalf("cause %v", cause)
+	}
+	again := d.accept(t)
+	if again.welcome(t).GetWorkerId() != "fake-worker" {
+		t.Fatal("new session has another worker id")
+	}
+	// The abandoned task gave its slot back: both credits are granted.
+	credits := uint32(0)
+	for credits < 2 {
+		credits += again.next(t).GetGrantCredits().GetCredits()
+	}
+	if credits != 2 {
+		t.Fatalf("credits %d", credits)
+	}
+}
+
+func TestProtocolRefusedHelloEndsRun(t *testing.T) {
+	d, addr := startFakeDispatcher(t)
+	_, done := startFakeWorker(t, addr, map[string]conveyor.Handler{"add": addHandler})
+	s := d.accept(t)
+	s.next(t) // hello
+	s.end <- status.Error(codes.PermissionDenied, "not for you")
+	select {
+	case err := <-done:
+		if conveyor.Code(err) != codes.PermissionDenied {
+			t.Fatalf("Run: %v", err)
+		}
+		done <- err
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after PERMISSION_DENIED")
+	}
+}

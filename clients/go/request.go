@@ -1,0 +1,245 @@
+package conveyor
+
+import (
+	"fmt"
+	"time"
+
+	conveyorv1 "go.conveyor.dev/conveyor/gen/conveyor/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Option sets an argument or an option of a task to submit.
+type Option func(*specBuilder)
+
+// specBuilder accumulates a TaskSpec and the first encoding error.
+type specBuilder struct {
+	spec *conveyorv1.TaskSpec
+	err  error
+}
+
+func (b *specBuilder) options() *conveyorv1.TaskOptions {
+	if b.spec.Options == nil {
+		b.spec.Options = &conveyorv1.TaskOptions{}
+	}
+	return b.spec.Options
+}
+
+func (b *specBuilder) encode(what string, value any) *Payload {
+	p, err := EncodeJSON(value)
+	if err != nil {
+		if b.err == nil {
+			b.err = fmt.Errorf("conveyor: cannot encode %s of task %q as json: %w", what, b.spec.GetName(), err)
+		}
+		return &Payload{ContentType: JSONContentType}
+	}
+	return p
+}
+
+func (b *specBuilder) addArg(value any) {
+	p := b.encode(fmt.Sprintf("positional argument %d", len(b.spec.Args)), value)
+	b.spec.Args = append(b.spec.Args, p)
+}
+
+func (b *specBuilder) setKwarg(name string, value any) {
+	p := b.encode(fmt.Sprintf("named argument %q", name), value)
+	if b.spec.Kwargs == nil {
+		b.spec.Kwargs = map[string]*Payload{}
+	}
+	b.spec.Kwargs[name] = p
+}
+
+// Args appends positional arguments, each encoded as one JSON value (a
+// *Payload is sent as it is).
+func Args(values ...any) Option {
+	return func(b *specBuilder) {
+		for _, v := range values {
+			b.addArg(v)
+		}
+	}
+}
+
+// Kwarg sets the named argument name, encoded as JSON.
+func Kwarg(name string, value any) Option {
+	return func(b *specBuilder) { b.setKwarg(name, value) }
+}
+
+// Kwargs sets named arguments, each encoded as JSON.
+func Kwargs(values map[string]any) Option {
+	return func(b *specBuilder) {
+		for name, v := range values {
+			b.setKwarg(name, v)
+		}
+	}
+}
+
+// WithQueue routes the task to queue (the platform default is "default").
+func WithQueue(queue string) Option {
+	return func(b *specBuilder) { b.options().Queue = queue }
+}
+
+// WithPriority sets the priority within the queue, 0 (lowest) to 9 (highest).
+func WithPriority(priority uint32) Option {
+	return func(b *specBuilder) { b.options().Priority = priority }
+}
+
+// WithCountdown runs the task no earlier than d after submission. It
+// replaces any [WithETA]: the two are exclusive.
+func WithCountdown(d time.Duration) Option {
+	return func(b *specBuilder) {
+		o := b.options()
+		o.Eta = nil
+		o.Countdown = durationToProto(d)
+	}
+}
+
+// WithETA runs the task no earlier than at. It replaces any
+// [WithCountdown]: the two are exclusive.
+func WithETA(at time.Time) Option {
+	return func(b *specBuilder) {
+		o := b.options()
+		o.Countdown = nil
+		o.Eta = timestamppb.New(at)
+	}
+}
+
+// WithExpires makes a task not started by at EXPIRED; it never runs.
+func WithExpires(at time.Time) Option {
+	return func(b *specBuilder) { b.options().Expires = timestamppb.New(at) }
+}
+
+// RetryPolicy says how failed attempts are retried. Zero durations and
+// factor take the platform defaults (1 s base, factor 2, 10 min max).
+type RetryPolicy struct {
+	// MaxRetries is the number of retries after the first attempt.
+	MaxRetries    uint32
+	BackoffBase   time.Duration
+	BackoffFactor float64
+	BackoffMax    time.Duration
+	// Jitter draws each delay uniformly from [0, delay].
+	Jitter bool
+}
+
+func (p RetryPolicy) proto() *conveyorv1.RetryPolicy {
+	out := &conveyorv1.RetryPolicy{
+		MaxRetries:    p.MaxRetries,
+		BackoffFactor: p.BackoffFactor,
+		Jitter:        p.Jitter,
+	}
+	if p.BackoffBase > 0 {
+		out.BackoffBase = durationToProto(p.BackoffBase)
+	}
+	if p.BackoffMax > 0 {
+		out.BackoffMax = durationToProto(p.BackoffMax)
+	}
+	return out
+}
+
+// WithMaxRetries allows n retries after the first attempt, keeping the rest
+// of any policy set by [WithRetryPolicy] (else the platform's backoff).
+func WithMaxRetries(n uint32) Option {
+	return func(b *specBuilder) {
+		o := b.options()
+		if o.Retry == nil {
+			o.Retry = &conveyorv1.RetryPolicy{}
+		}
+		o.Retry.MaxRetries = n
+	}
+}
+
+// WithRetryPolicy sets the whole retry policy.
+func WithRetryPolicy(p RetryPolicy) Option {
+	return func(b *specBuilder) { b.options().Retry = p.proto() }
+}
+
+// WithSoftTimeLimit asks the worker to cancel the handler's context after d.
+func WithSoftTimeLimit(d time.Duration) Option {
+	return func(b *specBuilder) { b.options().SoftTimeLimit = durationToProto(d) }
+}
+
+// WithHardTimeLimit sets the hard time limit passed to the worker.
+func WithHardTimeLimit(d time.Duration) Option {
+	return func(b *specBuilder) { b.options().HardTimeLimit = durationToProto(d) }
+}
+
+// WithRateLimitKey makes tasks sharing key share a rate limit.
+func WithRateLimitKey(key string) Option {
+	return func(b *specBuilder) { b.options().RateLimitKey = key }
+}
+
+// WithConcurrencyLimit lets at most limit tasks sharing key run at once.
+func WithConcurrencyLimit(key string, limit uint32) Option {
+	return func(b *specBuilder) {
+		o := b.options()
+		o.ConcurrencyKey = key
+		o.ConcurrencyLimit = limit
+	}
+}
+
+// WithIdempotencyKey makes a second submit with the same key, within the
+// idempotency window, return the first task's id and create nothing.
+func WithIdempotencyKey(key string) Option {
+	return func(b *specBuilder) { b.spec.IdempotencyKey = key }
+}
+
+// WithHeader adds a header passed to the worker untouched (trace context...).
+func WithHeader(name, value string) Option {
+	return func(b *specBuilder) {
+		o := b.options()
+		if o.Headers == nil {
+			o.Headers = map[string]string{}
+		}
+		o.Headers[name] = value
+	}
+}
+
+// WithHeaders adds headers passed to the worker untouched.
+func WithHeaders(headers map[string]string) Option {
+	return func(b *specBuilder) {
+		for k, v := range headers {
+			WithHeader(k, v)(b)
+		}
+	}
+}
+
+// WithResultTTL keeps the outcome for ttl after the task finishes.
+func WithResultTTL(ttl time.Duration) Option {
+	return func(b *specBuilder) { b.options().ResultTtl = durationToProto(ttl) }
+}
+
+// TaskRequest is one task to submit with [Client.SubmitMany].
+type TaskRequest struct {
+	// Name is the registered task name.
+	Name string
+	// Args are the positional arguments, each encoded as JSON.
+	Args []any
+	// Kwargs are the named arguments, each encoded as JSON.
+	Kwargs map[string]any
+	// Options are applied after Args and Kwargs (an [Args] option appends).
+	Options []Option
+}
+
+// NewRequest returns the request for task name with opts.
+func NewRequest(name string, opts ...Option) TaskRequest {
+	return TaskRequest{Name: name, Options: opts}
+}
+
+// Spec encodes the request as the protobuf TaskSpec, or returns the first
+// argument that failed to encode.
+func (r TaskRequest) Spec() (*conveyorv1.TaskSpec, error) {
+	b := &specBuilder{spec: &conveyorv1.TaskSpec{Name: r.Name}}
+	for _, v := range r.Args {
+		b.addArg(v)
+	}
+	for name, v := range r.Kwargs {
+		b.setKwarg(name, v)
+	}
+	for _, opt := range r.Options {
+		if opt != nil {
+			opt(b)
+		}
+	}
+	if b.err != nil {
+		return nil, b.err
+	}
+	return b.spec, nil
+}
