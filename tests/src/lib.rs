@@ -3,6 +3,7 @@
 //! worker for driving the dispatch stream precisely, and `eventually`.
 
 pub mod cluster;
+pub mod processes;
 pub mod raw_worker;
 
 use std::future::Future;

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::Result;
@@ -98,12 +98,17 @@ pub async fn serve(
         .timeout(config.request_timeout)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_nodelay(true)
         .layer(layers)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            drain_signal.cancelled().await;
-        });
+        // Nagle off on every accepted connection: small unary replies would
+        // otherwise wait for the peer's delayed ACK (~40 ms). tonic applies
+        // `Server::tcp_nodelay` only to listeners it binds itself.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                drain_signal.cancelled().await;
+            },
+        );
     let mut server = std::pin::pin!(server);
     tokio::select! {
         result = &mut server => return result.map_err(Into::into),
