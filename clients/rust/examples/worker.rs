@@ -2,7 +2,9 @@
 //! from the repository root with `cargo run --example worker`.
 //!
 //! Environment: `CONVEYOR_ADDR` (default `http://127.0.0.1:50051`),
-//! `CONVEYOR_CONCURRENCY` (default 8), `RUST_LOG` (default `info`).
+//! `CONVEYOR_QUEUE` (default `default`), `CONVEYOR_CONCURRENCY` (default 8),
+//! `CONVEYOR_WORKER_ID` (default `host-pid`), `RUST_LOG` (default `info`).
+//! It also serves `lang()` (returns "rust") for the cross-language tests.
 
 use std::time::Duration;
 
@@ -27,8 +29,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|error| format!("CONVEYOR_CONCURRENCY={text:?}: {error}"))?,
         Err(_) => DEFAULT_CONCURRENCY,
     };
-    let worker = Worker::builder(addr.as_str())
+    let queue = std::env::var("CONVEYOR_QUEUE").unwrap_or_else(|_| "default".to_owned());
+    let mut builder = Worker::builder(addr.as_str()).queues([queue]);
+    if let Ok(worker_id) = std::env::var("CONVEYOR_WORKER_ID") {
+        builder = builder.worker_id(worker_id);
+    }
+    let worker = builder
         .concurrency(concurrency)
+        .register("lang", |_ctx: TaskContext| async { Ok(Value::from("rust")) })
         .register("add", add)
         .register("mul", mul)
         .register("xsum", xsum)
@@ -84,7 +92,9 @@ async fn fail(ctx: TaskContext) -> Result<Value, TaskFailure> {
             other => other.to_string(),
         }
     };
-    Err(TaskFailure::new("ValueError", message).non_retryable())
+    Err(TaskFailure::new("ValueError", message)
+        .with_traceback(std::backtrace::Backtrace::force_capture().to_string())
+        .non_retryable())
 }
 
 /// Combines two JSON numbers: exactly when both are integers and the result

@@ -43,7 +43,17 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Cancel a queued or scheduled task.
+    /// Wait for a task to finish and print its result (exit 1 if it failed).
+    Wait {
+        /// Task id.
+        id: String,
+        /// How long to wait.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Cancel (revoke) a task; a running one is stopped on its worker.
     Cancel {
         /// Task id.
         id: String,
@@ -168,6 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(server) => serve(Role::ALL.to_vec(), server, cli.log_json).await,
         Command::Submit(args) => submit(args).await,
         Command::Get { id, target } => get(&id, &target).await,
+        Command::Wait { id, timeout, target } => wait(&id, timeout, &target).await,
         Command::Cancel { id, target } => cancel(&id, &target).await,
         Command::Workers { target } => workers(&target).await,
     }
@@ -274,12 +285,20 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         println!("{}", response.task_id);
         return Ok(());
     }
+    wait_on(channel, &response.task_id, args.timeout, &args.target).await
+}
+
+async fn wait(id: &str, timeout: Duration, target: &Target) -> anyhow::Result<()> {
+    wait_on(channel(target).await?, id, timeout, target).await
+}
+
+async fn wait_on(channel: Channel, id: &str, timeout: Duration, target: &Target) -> anyhow::Result<()> {
     let mut results = pb::results_service_client::ResultsServiceClient::new(channel);
-    let mut request = args.target.request(pb::WaitTaskRequest {
-        task_id: response.task_id.clone(),
-        timeout: Some(pb_duration(args.timeout)),
+    let mut request = target.request(pb::WaitTaskRequest {
+        task_id: id.to_string(),
+        timeout: Some(pb_duration(timeout)),
     })?;
-    request.set_timeout(args.timeout + Duration::from_secs(5));
+    request.set_timeout(timeout + Duration::from_secs(5));
     let task = results
         .wait_task(request)
         .await

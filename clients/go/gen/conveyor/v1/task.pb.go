@@ -675,7 +675,9 @@ type Task struct {
 	WorkerId string `protobuf:"bytes,13,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	// The result of a SUCCEEDED task.
 	Result *Payload `protobuf:"bytes,14,opt,name=result,proto3" json:"result,omitempty"`
-	// The last error of a FAILED task, or of the last failed attempt.
+	// The error of a FAILED task; while a retry is pending (SCHEDULED after a
+	// failure), the error of the attempt that failed. A later success replaces
+	// it with `result`.
 	Error *TaskError `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
 	// Queue the task was routed to.
 	Queue string `protobuf:"bytes,16,opt,name=queue,proto3" json:"queue,omitempty"`

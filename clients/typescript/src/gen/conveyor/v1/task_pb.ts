@@ -451,7 +451,9 @@ export type Task = Message<"conveyor.v1.Task"> & {
   result?: Payload | undefined;
 
   /**
-   * The last error of a FAILED task, or of the last failed attempt.
+   * The error of a FAILED task; while a retry is pending (SCHEDULED after a
+   * failure), the error of the attempt that failed. A later success replaces
+   * it with `result`.
    *
    * @generated from field: conveyor.v1.TaskError error = 15;
    */
