@@ -17,6 +17,14 @@ on_both_stores!(
     protocol_violations_end_the_stream_precisely,
 );
 
+fn with_options(options: pb::TaskOptions) -> pb::TaskSpec {
+    pb::TaskSpec {
+        name: "add".into(),
+        options: Some(options),
+        ..Default::default()
+    }
+}
+
 async fn submit_err(cluster: &TestCluster, task: Option<pb::TaskSpec>) -> tonic::Status {
     cluster
         .submission()
@@ -92,6 +100,44 @@ async fn bad_submissions_name_their_field_and_store_nothing(backend: Backend) {
             },
             Code::InvalidArgument,
             "task.options.countdown",
+        ),
+        (
+            with_options(pb::TaskOptions {
+                countdown: Some(prost_types::Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                eta: Some(conveyor_core::time::timestamp_from_ms(
+                    conveyor_core::time::now_ms() + 60_000,
+                )),
+                ..Default::default()
+            }),
+            Code::InvalidArgument,
+            "task.options.eta",
+        ),
+        (
+            with_options(pb::TaskOptions {
+                eta: Some(conveyor_core::time::timestamp_from_ms(
+                    conveyor_core::time::now_ms() + 60_000,
+                )),
+                expires: Some(conveyor_core::time::timestamp_from_ms(
+                    conveyor_core::time::now_ms() + 30_000,
+                )),
+                ..Default::default()
+            }),
+            Code::InvalidArgument,
+            "task.options.expires",
+        ),
+        (
+            with_options(pb::TaskOptions {
+                retry: Some(pb::RetryPolicy {
+                    max_retries: 101,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            Code::InvalidArgument,
+            "task.options.retry.max_retries",
         ),
         (
             pb::TaskSpec {

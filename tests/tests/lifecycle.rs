@@ -21,6 +21,7 @@ on_both_stores!(
     progress_reaches_watchers,
     dead_letters_replay_and_forget_over_grpc,
     an_expired_task_never_reaches_a_worker,
+    name_defaults_fill_unset_options,
 );
 
 fn state(task: &pb::Task) -> pb::TaskState {
@@ -503,5 +504,79 @@ async fn an_expired_task_never_reaches_a_worker(backend: Backend) {
             .assignments(1, Duration::from_millis(300))
             .await
             .is_empty()
+    );
+}
+
+async fn name_defaults_fill_unset_options(backend: Backend) {
+    let mut config = TestCluster::test_config();
+    config.task_defaults = conveyor_core::TaskDefaults::new([(
+        "add".to_string(),
+        pb::TaskOptions {
+            queue: "math".into(),
+            retry: Some(pb::RetryPolicy {
+                max_retries: 2,
+                backoff_base: Some(millis(100)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )]);
+    let Some(cluster) = TestCluster::start_with(backend, config).await else {
+        return;
+    };
+    let defaulted = submit(&cluster, spec("add", &[json!(1), json!(1)])).await;
+    let task = get(&cluster, &defaulted).await;
+    assert_eq!(task.queue, "math");
+    assert_eq!(
+        task.options
+            .as_ref()
+            .unwrap()
+            .retry
+            .as_ref()
+            .unwrap()
+            .max_retries,
+        2
+    );
+    let explicit = submit(
+        &cluster,
+        with_options(
+            spec("add", &[json!(1), json!(1)]),
+            pb::TaskOptions {
+                queue: "default".into(),
+                retry: Some(pb::RetryPolicy::default()),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    let task = get(&cluster, &explicit).await;
+    assert_eq!(task.queue, "default");
+    assert_eq!(task.options.unwrap().retry.unwrap().max_retries, 0);
+    // The defaulted task retries per its name's policy.
+    let mut worker = RawWorker::connect(
+        cluster.channel.clone(),
+        pb::Hello {
+            queues: vec!["math".into()],
+            ..hello("w", &["add"], 1)
+        },
+    )
+    .await
+    .unwrap();
+    worker.keep_alive();
+    worker.grant(1).await;
+    let first = worker
+        .assignments(1, Duration::from_secs(5))
+        .await
+        .remove(0);
+    assert_eq!(first.max_retries, 2);
+    worker.report(vec![failure(&first, None)]).await;
+    worker.grant(1).await;
+    let second = worker
+        .assignments(1, Duration::from_secs(5))
+        .await
+        .remove(0);
+    assert_eq!(
+        (second.task_id.as_str(), second.attempt),
+        (defaulted.as_str(), 2)
     );
 }

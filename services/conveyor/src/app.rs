@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-use conveyor_core::Limits;
+use conveyor_core::{Limits, TaskDefaults};
 use conveyor_dispatch::{DispatchConfig, Dispatcher};
 use conveyor_results::Results;
 use conveyor_runtime::ServerConfig;
@@ -80,6 +80,8 @@ pub struct AppConfig {
     pub limits: Limits,
     /// Longest WaitTask.
     pub max_wait: Duration,
+    /// Options per task name.
+    pub task_defaults: TaskDefaults,
 }
 
 impl Default for AppConfig {
@@ -91,6 +93,7 @@ impl Default for AppConfig {
             scheduler: SchedulerConfig::default(),
             limits: Limits::default(),
             max_wait: Duration::from_secs(300),
+            task_defaults: TaskDefaults::default(),
         }
     }
 }
@@ -130,7 +133,12 @@ pub fn start(
         match role {
             Role::Submission => {
                 routes.add_service(
-                    Submission::new(store.clone(), config.limits.clone()).into_server(),
+                    Submission::new(
+                        store.clone(),
+                        config.limits.clone(),
+                        config.task_defaults.clone(),
+                    )
+                    .into_server(),
                 );
                 names.push(conveyor_submission::SERVICE_NAME);
             }

@@ -101,6 +101,10 @@ pub struct ServerArgs {
     /// Drain time on shutdown.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, env = "CONVEYOR_GRACE")]
     pub grace: Duration,
+    /// TOML file of options per task name (queue, retries, backoff, time
+    /// limits, result TTL); see the README.
+    #[arg(long, env = "CONVEYOR_TASK_DEFAULTS")]
+    pub task_defaults: Option<std::path::PathBuf>,
     /// Accepted bearer tokens (comma-separated); none: no authentication.
     #[arg(
         long = "auth-token",
@@ -178,7 +182,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(server) => serve(Role::ALL.to_vec(), server, cli.log_json).await,
         Command::Submit(args) => submit(args).await,
         Command::Get { id, target } => get(&id, &target).await,
-        Command::Wait { id, timeout, target } => wait(&id, timeout, &target).await,
+        Command::Wait {
+            id,
+            timeout,
+            target,
+        } => wait(&id, timeout, &target).await,
         Command::Cancel { id, target } => cancel(&id, &target).await,
         Command::Workers { target } => workers(&target).await,
     }
@@ -195,6 +203,9 @@ async fn serve(roles: Vec<Role>, args: ServerArgs, log_json: bool) -> anyhow::Re
         roles: roles.clone(),
         ..AppConfig::default()
     };
+    if let Some(path) = &args.task_defaults {
+        config.task_defaults = crate::config::load_task_defaults(path)?;
+    }
     config.server.grace = args.grace;
     // Workers get most of the grace period to finish what they hold; the
     // rest is for their last outcomes to be recorded.
@@ -292,7 +303,12 @@ async fn wait(id: &str, timeout: Duration, target: &Target) -> anyhow::Result<()
     wait_on(channel(target).await?, id, timeout, target).await
 }
 
-async fn wait_on(channel: Channel, id: &str, timeout: Duration, target: &Target) -> anyhow::Result<()> {
+async fn wait_on(
+    channel: Channel,
+    id: &str,
+    timeout: Duration,
+    target: &Target,
+) -> anyhow::Result<()> {
     let mut results = pb::results_service_client::ResultsServiceClient::new(channel);
     let mut request = target.request(pb::WaitTaskRequest {
         task_id: id.to_string(),

@@ -33,7 +33,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            if error
+                .downcast_ref::<conveyor::config::ConfigError>()
+                .is_some()
+            {
+                ExitCode::from(64)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

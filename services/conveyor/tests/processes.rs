@@ -395,3 +395,22 @@ async fn cli_sends_the_bearer_token() {
     .await;
     assert!(accepted.status.success(), "{accepted:?}");
 }
+
+#[tokio::test]
+async fn invalid_task_defaults_exit_64() {
+    let path =
+        std::env::temp_dir().join(format!("defaults-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, "[tasks.charge]\nmax-retries = 1000\n").unwrap();
+    let output = Command::new(BINARY)
+        .args(["dev", "--listen", "127.0.0.1:0", "--task-defaults"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(output.status.code(), Some(64), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("tasks.charge"),
+        "{output:?}"
+    );
+}

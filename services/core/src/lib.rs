@@ -2,6 +2,7 @@
 //! and the one error type whose mapping to gRPC statuses lives here. No I/O.
 
 pub mod backoff;
+pub mod defaults;
 pub mod error;
 pub mod ids;
 pub mod limits;
@@ -10,6 +11,7 @@ pub mod task;
 pub mod time;
 pub mod validate;
 
+pub use defaults::TaskDefaults;
 pub use error::{ConveyorError, Result};
 pub use ids::TaskId;
 pub use limits::Limits;

@@ -4,6 +4,7 @@
 use conveyor_api::{pb, store_pb};
 
 use crate::backoff::Backoff;
+use crate::defaults::TaskDefaults;
 use crate::error::{ConveyorError, Result};
 use crate::ids::TaskId;
 use crate::limits::Limits;
@@ -100,6 +101,26 @@ pub fn validate_spec(
     now_ms: i64,
     partition: u16,
 ) -> Result<NewTask> {
+    validate_with_defaults(
+        spec,
+        prefix,
+        limits,
+        &TaskDefaults::default(),
+        now_ms,
+        partition,
+    )
+}
+
+/// As [`validate_spec`], filling unset options from `defaults` for the task's
+/// name first (the defaults are validated with the task).
+pub fn validate_with_defaults(
+    spec: pb::TaskSpec,
+    prefix: &str,
+    limits: &Limits,
+    defaults: &TaskDefaults,
+    now_ms: i64,
+    partition: u16,
+) -> Result<NewTask> {
     check_name(
         &format!("{prefix}.name"),
         &spec.name,
@@ -137,6 +158,7 @@ pub fn validate_spec(
         ));
     }
     let mut options = spec.options.unwrap_or_default();
+    defaults.apply(&spec.name, &mut options);
     let timing = check_options(&mut options, &format!("{prefix}.options"), limits, now_ms)?;
     let queue = options.queue.clone();
     let idempotency_key = (!spec.idempotency_key.is_empty()).then(|| spec.idempotency_key.clone());

@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 use conveyor_api::pb::{self, submission_service_server as server};
 use conveyor_core::ids::partition_for_key;
 use conveyor_core::time::now_ms;
-use conveyor_core::validate::validate_spec;
-use conveyor_core::{ConveyorError, Limits, TaskId, TaskState};
+use conveyor_core::validate::validate_with_defaults;
+use conveyor_core::{ConveyorError, Limits, TaskDefaults, TaskId, TaskState};
 use conveyor_store::{CancelAck, EnqueueAck, ReplayAck, Store};
 
 /// Fully qualified service name, for health.
@@ -20,16 +20,19 @@ pub const SERVICE_NAME: &str = "conveyor.v1.SubmissionService";
 pub struct Submission {
     store: Arc<dyn Store>,
     limits: Limits,
+    /// Options per task name.
+    defaults: TaskDefaults,
     /// Spreads tasks without idempotency keys over partitions.
     rotor: AtomicU32,
 }
 
 impl Submission {
     /// A submission role over `store`.
-    pub fn new(store: Arc<dyn Store>, limits: Limits) -> Self {
+    pub fn new(store: Arc<dyn Store>, limits: Limits, defaults: TaskDefaults) -> Self {
         Self {
             store,
             limits,
+            defaults,
             rotor: AtomicU32::new(0),
         }
     }
@@ -70,7 +73,8 @@ impl server::SubmissionService for Submission {
             .ok_or_else(|| ConveyorError::invalid("task", "is required"))?;
         let now = now_ms();
         let partition = self.partition_for(&spec.idempotency_key);
-        let task = validate_spec(spec, "task", &self.limits, now, partition)?;
+        let task =
+            validate_with_defaults(spec, "task", &self.limits, &self.defaults, now, partition)?;
         let ack = self
             .store
             .enqueue(vec![task], now)
@@ -104,10 +108,11 @@ impl server::SubmissionService for Submission {
             .enumerate()
             .map(|(index, spec)| {
                 let partition = self.partition_for(&spec.idempotency_key);
-                validate_spec(
+                validate_with_defaults(
                     spec,
                     &format!("tasks[{index}]"),
                     &self.limits,
+                    &self.defaults,
                     now,
                     partition,
                 )
