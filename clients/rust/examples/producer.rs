@@ -21,14 +21,23 @@ async fn main() {
 }
 
 async fn run() -> Result<Value, Error> {
-    let addr = std::env::var("CONVEYOR_ADDR").unwrap_or_else(|_| "http://127.0.0.1:50051".to_owned());
+    let addr =
+        std::env::var("CONVEYOR_ADDR").unwrap_or_else(|_| "http://127.0.0.1:50051".to_owned());
     let queue = std::env::var("CONVEYOR_QUEUE").unwrap_or_else(|_| "default".to_owned());
     let client = Client::connect(addr).await?;
-    let add = client.submit(TaskRequest::new("add").arg(2).arg(3).queue(&queue)).await?;
-    let xsum = client
-        .submit(TaskRequest::new("xsum").arg(json!([1, 2, 3.5])).queue(&queue))
+    let add = client
+        .submit(TaskRequest::new("add").arg(2).arg(3).queue(&queue))
         .await?;
-    let lang = client.submit(TaskRequest::new("lang").queue(&queue)).await?;
+    let xsum = client
+        .submit(
+            TaskRequest::new("xsum")
+                .arg(json!([1, 2, 3.5]))
+                .queue(&queue),
+        )
+        .await?;
+    let lang = client
+        .submit(TaskRequest::new("lang").queue(&queue))
+        .await?;
     let fail = client
         .submit(TaskRequest::new("fail").arg("boom from rust").queue(&queue))
         .await?;
@@ -40,7 +49,9 @@ async fn run() -> Result<Value, Error> {
             error_type,
             message,
             traceback,
-        }) => json!({"type": error_type, "message": message, "has_traceback": !traceback.is_empty()}),
+        }) => {
+            json!({"type": error_type, "message": message, "has_traceback": !traceback.is_empty()})
+        }
         other => return Err(Error::Protocol(format!("fail did not fail: {other:?}"))),
     };
     Ok(json!({"producer": "rust", "add": add, "xsum": xsum, "lang": lang, "fail": fail}))

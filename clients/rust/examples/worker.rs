@@ -36,7 +36,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let worker = builder
         .concurrency(concurrency)
-        .register("lang", |_ctx: TaskContext| async { Ok(Value::from("rust")) })
+        .register("lang", |_ctx: TaskContext| async {
+            Ok(Value::from("rust"))
+        })
         .register("add", add)
         .register("mul", mul)
         .register("xsum", xsum)

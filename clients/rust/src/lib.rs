@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod client;
+mod eager;
 mod error;
 pub mod payload;
 mod task;
@@ -30,6 +31,7 @@ pub mod worker;
 pub use conveyor_api::pb;
 
 pub use crate::client::{Client, MAX_TASKS_PER_BATCH};
+pub use crate::eager::EagerClient;
 pub use crate::error::{Error, Result};
 pub use crate::task::TaskRequest;
 pub use crate::worker::{HandlerResult, TaskContext, TaskFailure, Worker, WorkerBuilder};

@@ -3,7 +3,7 @@
 
 mod backoff;
 mod context;
-mod runner;
+pub(crate) mod runner;
 mod session;
 mod state;
 

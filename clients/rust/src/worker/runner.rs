@@ -119,7 +119,7 @@ pub(crate) async fn run(job: Job) -> Finished {
 
 /// Runs the handler in its own task, cancelling its context when the soft
 /// time limit passes.
-async fn execute(handler: BoxedHandler, context: TaskContext) -> HandlerResult {
+pub(crate) async fn execute(handler: BoxedHandler, context: TaskContext) -> HandlerResult {
     let started_at = Instant::now();
     let soft_time_limit = context.soft_time_limit();
     let cancellation = context.cancellation_token();
