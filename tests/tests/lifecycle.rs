@@ -22,6 +22,7 @@ on_both_stores!(
     dead_letters_replay_and_forget_over_grpc,
     an_expired_task_never_reaches_a_worker,
     name_defaults_fill_unset_options,
+    higher_priorities_always_run_first,
 );
 
 fn state(task: &pb::Task) -> pb::TaskState {
@@ -579,4 +580,54 @@ async fn name_defaults_fill_unset_options(backend: Backend) {
         (second.task_id.as_str(), second.attempt),
         (defaulted.as_str(), 2)
     );
+}
+
+async fn higher_priorities_always_run_first(backend: Backend) {
+    let Some(cluster) = TestCluster::start(backend).await else {
+        return;
+    };
+    // A backlog of 60 tasks at levels 0-9 in scrambled order, then one worker
+    // taking one at a time.
+    let tasks: Vec<pb::TaskSpec> = (0..60u32)
+        .map(|n| {
+            with_options(
+                spec("add", &[json!(n), json!((n * 7) % 10)]),
+                pb::TaskOptions {
+                    priority: (n * 7) % 10,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    cluster
+        .submission()
+        .submit_tasks(pb::SubmitTasksRequest { tasks })
+        .await
+        .unwrap();
+    let mut worker = RawWorker::connect(cluster.channel.clone(), hello("w", &["add"], 1))
+        .await
+        .unwrap();
+    worker.keep_alive();
+    let mut seen = Vec::new();
+    for _ in 0..60 {
+        worker.grant(1).await;
+        let assignment = worker
+            .assignments(1, Duration::from_secs(5))
+            .await
+            .remove(0);
+        let n: u32 = serde_json::from_slice(&assignment.args[0].data).unwrap();
+        let priority: u32 = serde_json::from_slice(&assignment.args[1].data).unwrap();
+        seen.push((priority, n));
+        worker
+            .succeed(
+                &assignment.task_id,
+                assignment.lease_token,
+                conveyor_tests::json(json!(0)),
+            )
+            .await;
+    }
+    let mut expected = seen.clone();
+    // Higher level first; within a level, submission (FIFO) order.
+    expected.sort_by(|left, right| right.0.cmp(&left.0).then(left.1.cmp(&right.1)));
+    assert_eq!(seen, expected);
 }

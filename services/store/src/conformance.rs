@@ -58,7 +58,7 @@ macro_rules! conformance_suite {
                 retries_reschedule_with_backoff, expired_tasks_never_lease, started_marks_running_when_fenced,
                 notifications_reach_waiters, wait_times_out_without_changes, batch_lease_takes_many,
                 progress_is_fenced_and_visible, dead_letters_replay_and_forget, unstarted_tasks_expire_without_workers,
-                eta_an_hour_ahead_runs_once_when_due);
+                eta_an_hour_ahead_runs_once_when_due, higher_priorities_lease_first);
         }
     };
     (@cases $factory:expr; $($case:ident),*) => {
@@ -831,4 +831,40 @@ pub async fn eta_an_hour_ahead_runs_once_when_due(store: Arc<dyn Store>) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Higher priority levels lease first; FIFO within a level; a released task
+/// keeps its level.
+pub async fn higher_priorities_lease_first(store: Arc<dyn Store>) {
+    let mut ids_by_priority = Vec::new();
+    for (index, priority) in [0u32, 5, 9, 5, 0, 9].into_iter().enumerate() {
+        let options = pb::TaskOptions {
+            priority,
+            ..Default::default()
+        };
+        // One partition for a total order (partitions order only within themselves).
+        let mut new = task("add", options, 1);
+        new.id = conveyor_core::TaskId::new(0);
+        let id = store.enqueue(vec![new], NOW + index as i64).await.unwrap()[0].id;
+        ids_by_priority.push((priority, id));
+    }
+    let expected: Vec<_> = [2usize, 5, 1, 3, 0, 4]
+        .iter()
+        .map(|index| ids_by_priority[*index].1)
+        .collect();
+    let leased = store
+        .lease(lease_request("s1", &["add"], 2, NOW + 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        leased.iter().map(|task| task.id).collect::<Vec<_>>(),
+        expected[..2].to_vec()
+    );
+    store.release_session("s1", NOW + 11).await.unwrap();
+    let all = store
+        .lease(lease_request("s2", &["add"], 10, NOW + 12))
+        .await
+        .unwrap();
+    let order: Vec<_> = all.iter().map(|task| task.id).collect();
+    assert_eq!(order, expected, "levels 9, 9, 5, 5, 0, 0, FIFO within each");
 }

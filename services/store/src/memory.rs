@@ -84,7 +84,11 @@ impl Inner {
             return Vec::new();
         };
         let mut requeued = Vec::new();
-        for id in session.leases {
+        // Newest first to the head: the head is back in submission order
+        // (ids are UUIDv7).
+        let mut leases: Vec<TaskId> = session.leases.into_iter().collect();
+        leases.sort_unstable_by(|left, right| right.cmp(left));
+        for id in leases {
             let Some(entry) = self.tasks.get_mut(&id) else {
                 continue;
             };
@@ -157,7 +161,12 @@ impl Store for MemoryStore {
                 } else {
                     TaskState::Queued
                 };
-                let queue_key = QueueKey::new(&task.queue, &task.record.name);
+                let priority = task
+                    .record
+                    .options
+                    .as_ref()
+                    .map_or(0, |options| options.priority);
+                let queue_key = QueueKey::new(&task.queue, &task.record.name).at_priority(priority);
                 let id = task.id;
                 if state == TaskState::Scheduled {
                     inner.scheduled.insert((task.due_at_ms, id));
@@ -205,7 +214,7 @@ impl Store for MemoryStore {
             }
         }
         for key in &ready {
-            self.events.queue_ready(key);
+            self.events.queue_ready(&key.base());
         }
         Ok(acks)
     }
@@ -225,43 +234,49 @@ impl Store for MemoryStore {
         let mut changed = Vec::new();
         {
             let mut inner = self.lock();
-            let keys = &request.queue_keys;
-            let mut empty_streak = 0;
-            let mut index = 0;
-            while leased.len() < request.max && empty_streak < keys.len() {
-                let key = &keys[index % keys.len()];
-                index += 1;
-                let Some(id) = inner.queues.get_mut(key).and_then(VecDeque::pop_front) else {
-                    empty_streak += 1;
-                    continue;
-                };
-                empty_streak = 0;
-                let Some(entry) = inner.tasks.get_mut(&id) else {
-                    continue;
-                };
-                if entry.task.state != TaskState::Queued {
-                    continue;
+            for priority in PRIORITIES_HIGH_FIRST {
+                let keys: Vec<QueueKey> = request
+                    .queue_keys
+                    .iter()
+                    .map(|key| key.at_priority(priority))
+                    .collect();
+                let mut empty_streak = 0;
+                let mut index = 0;
+                while leased.len() < request.max && empty_streak < keys.len() {
+                    let key = &keys[index % keys.len()];
+                    index += 1;
+                    let Some(id) = inner.queues.get_mut(key).and_then(VecDeque::pop_front) else {
+                        empty_streak += 1;
+                        continue;
+                    };
+                    empty_streak = 0;
+                    let Some(entry) = inner.tasks.get_mut(&id) else {
+                        continue;
+                    };
+                    if entry.task.state != TaskState::Queued {
+                        continue;
+                    }
+                    changed.push(id);
+                    if entry.expires_at_ms > 0 && entry.expires_at_ms <= request.now_ms {
+                        inner.finish(id, TaskState::Expired, request.now_ms);
+                        continue;
+                    }
+                    let task = &mut entry.task;
+                    task.state = TaskState::Leased;
+                    task.attempt += 1;
+                    task.lease_token += 1;
+                    task.session_id = request.session_id.clone();
+                    task.worker_id = request.worker_id.clone();
+                    task.updated_at_ms = request.now_ms;
+                    task.progress = None;
+                    leased.push(LeasedTask {
+                        id,
+                        record: task.record.clone(),
+                        attempt: task.attempt,
+                        failures: task.failures,
+                        lease_token: task.lease_token,
+                    });
                 }
-                changed.push(id);
-                if entry.expires_at_ms > 0 && entry.expires_at_ms <= request.now_ms {
-                    inner.finish(id, TaskState::Expired, request.now_ms);
-                    continue;
-                }
-                let task = &mut entry.task;
-                task.state = TaskState::Leased;
-                task.attempt += 1;
-                task.lease_token += 1;
-                task.session_id = request.session_id.clone();
-                task.worker_id = request.worker_id.clone();
-                task.updated_at_ms = request.now_ms;
-                task.progress = None;
-                leased.push(LeasedTask {
-                    id,
-                    record: task.record.clone(),
-                    attempt: task.attempt,
-                    failures: task.failures,
-                    lease_token: task.lease_token,
-                });
             }
             if !leased.is_empty() {
                 let session = inner
@@ -566,7 +581,7 @@ impl Store for MemoryStore {
             key
         };
         self.events.task_changed(id);
-        self.events.queue_ready(&key);
+        self.events.queue_ready(&key.base());
         Ok(ReplayAck::Replayed)
     }
 
@@ -585,7 +600,7 @@ impl MemoryStore {
             self.events.task_changed(*id);
         }
         for key in queues {
-            self.events.queue_ready(key);
+            self.events.queue_ready(&key.base());
         }
     }
 }

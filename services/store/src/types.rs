@@ -23,7 +23,29 @@ impl QueueKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The list of this key's tasks at `priority`: level 0 is the key itself
+    /// (no cost for the common case), levels 1-9 add `#N` ('#' cannot occur
+    /// in queue or task names).
+    pub fn at_priority(&self, priority: u32) -> QueueKey {
+        if priority == 0 {
+            self.clone()
+        } else {
+            QueueKey(format!("{}#{priority}", self.0))
+        }
+    }
+
+    /// The key without its priority level: what workers and notifications use.
+    pub fn base(&self) -> QueueKey {
+        match self.0.split_once('#') {
+            Some((base, _)) => QueueKey(base.to_string()),
+            None => self.clone(),
+        }
+    }
 }
+
+/// Priority levels, highest first, as leases visit them.
+pub const PRIORITIES_HIGH_FIRST: [u32; 10] = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0];
 
 /// What `enqueue` did with one task.
 #[derive(Debug, Clone, PartialEq, Eq)]

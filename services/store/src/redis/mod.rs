@@ -218,7 +218,16 @@ impl Store for RedisStore {
             for (_, task) in &group {
                 invocation
                     .arg(task.id.to_string())
-                    .arg(QueueKey::new(&task.queue, &task.record.name).as_str())
+                    .arg(
+                        QueueKey::new(&task.queue, &task.record.name)
+                            .at_priority(
+                                task.record
+                                    .options
+                                    .as_ref()
+                                    .map_or(0, |options| options.priority),
+                            )
+                            .as_str(),
+                    )
                     .arg(task.record.encode_to_vec())
                     .arg(task.due_at_ms)
                     .arg(task.expires_at_ms)

@@ -18,7 +18,11 @@ end
 local function release(P, sid, now, ev, rdy, out)
   local sl = P .. 'sl:' .. sid
   local pushed = {}
-  for _, id in ipairs(redis.call('SMEMBERS', sl)) do
+  -- Ids are UUIDv7, ordered by submission: pushing the newest first to the
+  -- head leaves the queue's head in submission order again.
+  local ids = redis.call('SMEMBERS', sl)
+  table.sort(ids, function(a, b) return a > b end)
+  for _, id in ipairs(ids) do
     local t = P .. 't:' .. id
     local f = redis.call('HMGET', t, 'st', 'ss', 'qk')
     if (f[1] == '3' or f[1] == '4') and f[2] == sid then
@@ -76,34 +80,40 @@ local P, now, deadline, sid, wk = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], 
 local max, ev, start = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 local nq = #ARGV - 8
 local out = {}
-local got, empty, i = 0, 0, 0
-while got < max and empty < nq do
-  local qk = ARGV[9 + ((start + i) % nq)]
-  i = i + 1
-  local id = redis.call('LPOP', P .. 'q:' .. qk)
-  if id then
-    empty = 0
-    local t = P .. 't:' .. id
-    local f = redis.call('HMGET', t, 'st', 'at', 'fl', 'tk', 'ex', 'sp')
-    if f[1] == '2' then
-      local ex = tonumber(f[5])
-      if ex > 0 and ex <= now then
-        finish(P, t, id, 8, now, ev)
-      else
-        local at, tk = tonumber(f[2]) + 1, tonumber(f[4]) + 1
-        redis.call('HSET', t, 'st', 3, 'at', at, 'tk', tk, 'ss', sid, 'wk', wk, 'ua', now)
-        redis.call('HDEL', t, 'pg')
-        redis.call('ZREM', P .. 'exp', id)
-        redis.call('SADD', P .. 'sl:' .. sid, id)
-        redis.call('PUBLISH', ev, id)
-        out[#out + 1] = id; out[#out + 1] = at; out[#out + 1] = tonumber(f[3]); out[#out + 1] = tk
-        out[#out + 1] = f[6]
-        got = got + 1
+local got = 0
+-- Priority levels, highest first; level 0 is the plain key.
+local levels = {'#9', '#8', '#7', '#6', '#5', '#4', '#3', '#2', '#1', ''}
+for _, level in ipairs(levels) do
+  local empty, i = 0, 0
+  while got < max and empty < nq do
+    local qk = ARGV[9 + ((start + i) % nq)] .. level
+    i = i + 1
+    local id = redis.call('LPOP', P .. 'q:' .. qk)
+    if id then
+      empty = 0
+      local t = P .. 't:' .. id
+      local f = redis.call('HMGET', t, 'st', 'at', 'fl', 'tk', 'ex', 'sp')
+      if f[1] == '2' then
+        local ex = tonumber(f[5])
+        if ex > 0 and ex <= now then
+          finish(P, t, id, 8, now, ev)
+        else
+          local at, tk = tonumber(f[2]) + 1, tonumber(f[4]) + 1
+          redis.call('HSET', t, 'st', 3, 'at', at, 'tk', tk, 'ss', sid, 'wk', wk, 'ua', now)
+          redis.call('HDEL', t, 'pg')
+          redis.call('ZREM', P .. 'exp', id)
+          redis.call('SADD', P .. 'sl:' .. sid, id)
+          redis.call('PUBLISH', ev, id)
+          out[#out + 1] = id; out[#out + 1] = at; out[#out + 1] = tonumber(f[3]); out[#out + 1] = tk
+          out[#out + 1] = f[6]
+          got = got + 1
+        end
       end
+    else
+      empty = empty + 1
     end
-  else
-    empty = empty + 1
   end
+  if got >= max then break end
 end
 if got > 0 then redis.call('ZADD', P .. 'sess', deadline, sid) end
 return out

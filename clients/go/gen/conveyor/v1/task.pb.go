@@ -255,6 +255,8 @@ type TaskOptions struct {
 	// Queue to route the task to. Defaults to "default".
 	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
 	// Priority within the queue, 0 (lowest) to 9 (highest). Defaults to 0.
+	// Workers always receive the highest waiting level first; FIFO within a
+	// level (per store partition).
 	Priority uint32 `protobuf:"varint,2,opt,name=priority,proto3" json:"priority,omitempty"`
 	// Run no earlier than this long after submission. Exclusive with `eta`.
 	Countdown *durationpb.Duration `protobuf:"bytes,3,opt,name=countdown,proto3" json:"countdown,omitempty"`

@@ -112,6 +112,8 @@ export type TaskOptions = Message<"conveyor.v1.TaskOptions"> & {
 
   /**
    * Priority within the queue, 0 (lowest) to 9 (highest). Defaults to 0.
+   * Workers always receive the highest waiting level first; FIFO within a
+   * level (per store partition).
    *
    * @generated from field: uint32 priority = 2;
    */
