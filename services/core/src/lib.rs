@@ -7,6 +7,7 @@ pub mod error;
 pub mod ids;
 pub mod limits;
 pub mod state;
+pub mod schedule;
 pub mod task;
 pub mod time;
 pub mod validate;
