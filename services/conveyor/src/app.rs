@@ -10,12 +10,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tonic::transport::Endpoint;
 
 use conveyor_core::{Limits, TaskDefaults};
 use conveyor_dispatch::{DispatchConfig, Dispatcher};
 use conveyor_results::Results;
 use conveyor_runtime::ServerConfig;
-use conveyor_scheduling::{Scheduler, SchedulerConfig};
+use conveyor_scheduling::{Scheduler, SchedulerConfig, SubmissionTarget};
 use conveyor_store::{MemoryStore, RedisConfig, RedisStore, Store};
 use conveyor_submission::Submission;
 
@@ -82,6 +83,9 @@ pub struct AppConfig {
     pub max_wait: Duration,
     /// Options per task name.
     pub task_defaults: TaskDefaults,
+    /// Where the scheduler submits schedule runs; default: this process, when
+    /// it serves the submission role.
+    pub submission_url: Option<String>,
 }
 
 impl Default for AppConfig {
@@ -94,6 +98,7 @@ impl Default for AppConfig {
             limits: Limits::default(),
             max_wait: Duration::from_secs(300),
             task_defaults: TaskDefaults::default(),
+            submission_url: None,
         }
     }
 }
@@ -155,7 +160,11 @@ pub fn start(
                 names.push(conveyor_dispatch::SERVICE_NAME);
             }
             Role::Scheduling => {
-                let scheduler = Scheduler::new(store.clone(), config.scheduler.clone());
+                let scheduler = Scheduler::new(
+                    store.clone(),
+                    config.scheduler.clone(),
+                    submission_target(config, &listener),
+                );
                 background.push(tokio::spawn(scheduler.clone().run(shutdown.clone())));
                 routes.add_service(scheduler.into_server());
                 names.push(conveyor_scheduling::SERVICE_NAME);
@@ -178,6 +187,34 @@ pub fn start(
             let _ = task.await;
         }
         result.map_err(Into::into)
+    })
+}
+
+/// The scheduler's way to the submission service: the configured URL, else
+/// this very process when it serves submission (still over gRPC, as any
+/// producer would).
+fn submission_target(config: &AppConfig, listener: &TcpListener) -> Option<SubmissionTarget> {
+    let url = match &config.submission_url {
+        Some(url) => url.clone(),
+        None if config.roles.contains(&Role::Submission) => {
+            let addr = listener.local_addr().ok()?;
+            format!("http://{addr}")
+        }
+        None => {
+            tracing::warn!("no --submission-url: this scheduler cannot fire schedules");
+            return None;
+        }
+    };
+    let channel = match Endpoint::from_shared(url.clone()) {
+        Ok(endpoint) => endpoint.connect_lazy(),
+        Err(error) => {
+            tracing::error!(%url, %error, "invalid submission url");
+            return None;
+        }
+    };
+    Some(SubmissionTarget {
+        channel,
+        token: config.server.auth_tokens.first().cloned(),
     })
 }
 

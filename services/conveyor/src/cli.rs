@@ -101,6 +101,10 @@ pub struct ServerArgs {
     /// Drain time on shutdown.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, env = "CONVEYOR_GRACE")]
     pub grace: Duration,
+    /// Where a scheduling process submits schedule runs (default: itself, when
+    /// it also serves submission).
+    #[arg(long, env = "CONVEYOR_SUBMISSION_URL")]
+    pub submission_url: Option<String>,
     /// TOML file of options per task name (queue, retries, backoff, time
     /// limits, result TTL); see the README.
     #[arg(long, env = "CONVEYOR_TASK_DEFAULTS")]
@@ -206,6 +210,7 @@ async fn serve(roles: Vec<Role>, args: ServerArgs, log_json: bool) -> anyhow::Re
     if let Some(path) = &args.task_defaults {
         config.task_defaults = crate::config::load_task_defaults(path)?;
     }
+    config.submission_url = args.submission_url.clone();
     config.server.grace = args.grace;
     // Workers get most of the grace period to finish what they hold; the
     // rest is for their last outcomes to be recorded.

@@ -37,6 +37,14 @@ pub enum ConveyorError {
         /// Its id.
         id: String,
     },
+    /// The thing to create exists already.
+    #[error("{kind} already exists: {id}")]
+    AlreadyExists {
+        /// What kind of thing, e.g. "schedule".
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
     /// The operation is valid but not in the current state.
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
@@ -101,6 +109,7 @@ impl From<ConveyorError> for Status {
                 Status::with_error_details(Code::ResourceExhausted, message, details)
             }
             ConveyorError::NotFound { .. } => Status::not_found(message),
+            ConveyorError::AlreadyExists { .. } => Status::already_exists(message),
             ConveyorError::FailedPrecondition(_) => Status::failed_precondition(message),
             ConveyorError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             ConveyorError::Unavailable(_) => Status::unavailable(message),
@@ -129,6 +138,13 @@ mod tests {
         let cases: Vec<(ConveyorError, Code)> = vec![
             (ConveyorError::exhausted("a", "b"), Code::ResourceExhausted),
             (ConveyorError::task_not_found("x"), Code::NotFound),
+            (
+                ConveyorError::AlreadyExists {
+                    kind: "schedule",
+                    id: "x".into(),
+                },
+                Code::AlreadyExists,
+            ),
             (
                 ConveyorError::FailedPrecondition("x".into()),
                 Code::FailedPrecondition,

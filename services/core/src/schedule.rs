@@ -44,7 +44,9 @@ pub enum Rule {
 }
 
 fn to_utc(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 impl Rule {
@@ -70,8 +72,17 @@ impl Rule {
                     .seconds(Seconds::Optional)
                     .build()
                     .parse(&cron.expression)
-                    .map_err(|error| ConveyorError::invalid(format!("{prefix}.cron.expression"), error.to_string()))?;
-                let zone_name = if cron.time_zone.is_empty() { "UTC" } else { cron.time_zone.as_str() };
+                    .map_err(|error| {
+                        ConveyorError::invalid(
+                            format!("{prefix}.cron.expression"),
+                            error.to_string(),
+                        )
+                    })?;
+                let zone_name = if cron.time_zone.is_empty() {
+                    "UTC"
+                } else {
+                    cron.time_zone.as_str()
+                };
                 let zone = Tz::from_str(zone_name).map_err(|_| {
                     ConveyorError::invalid(
                         format!("{prefix}.cron.time_zone"),
@@ -84,9 +95,13 @@ impl Rule {
                 })
             }
             Some(pb::schedule::Rule::Solar(solar)) => {
-                let event = pb::SolarEvent::try_from(solar.event).unwrap_or(pb::SolarEvent::Unspecified);
+                let event =
+                    pb::SolarEvent::try_from(solar.event).unwrap_or(pb::SolarEvent::Unspecified);
                 if event == pb::SolarEvent::Unspecified {
-                    return Err(ConveyorError::invalid(format!("{prefix}.solar.event"), "is required"));
+                    return Err(ConveyorError::invalid(
+                        format!("{prefix}.solar.event"),
+                        "is required",
+                    ));
                 }
                 if !(-90.0..=90.0).contains(&solar.latitude) {
                     return Err(ConveyorError::invalid(
@@ -100,8 +115,10 @@ impl Rule {
                         "must be between -180 and 180",
                     ));
                 }
-                let coordinates = Coordinates::new(solar.latitude, solar.longitude)
-                    .ok_or_else(|| ConveyorError::invalid(format!("{prefix}.solar"), "not a valid place"))?;
+                let coordinates =
+                    Coordinates::new(solar.latitude, solar.longitude).ok_or_else(|| {
+                        ConveyorError::invalid(format!("{prefix}.solar"), "not a valid place")
+                    })?;
                 Ok(Self::Solar { event, coordinates })
             }
         }
@@ -127,7 +144,9 @@ impl Rule {
                 let start = to_utc(after_ms).date_naive() - ChronoDuration::days(1);
                 // Polar day or night can hide an event for months; look a year ahead.
                 (0..400)
-                    .filter_map(|offset| solar_event(*event, *coordinates, start + ChronoDuration::days(offset)))
+                    .filter_map(|offset| {
+                        solar_event(*event, *coordinates, start + ChronoDuration::days(offset))
+                    })
                     .map(|at| at.timestamp_millis())
                     .find(|at| *at > after_ms)
             }
@@ -136,7 +155,11 @@ impl Rule {
 }
 
 /// The time of `event` on `date` (UTC date) at `coordinates`, if it happens.
-pub fn solar_event(event: pb::SolarEvent, coordinates: Coordinates, date: NaiveDate) -> Option<DateTime<Utc>> {
+pub fn solar_event(
+    event: pb::SolarEvent,
+    coordinates: Coordinates,
+    date: NaiveDate,
+) -> Option<DateTime<Utc>> {
     let day = SolarDay::new(coordinates, date);
     let time = |event: SolarEvent| day.event_time(event);
     match event {
@@ -163,7 +186,9 @@ mod tests {
     use super::*;
 
     fn ms(text: &str) -> i64 {
-        DateTime::parse_from_rfc3339(text).unwrap().timestamp_millis()
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .timestamp_millis()
     }
 
     fn cron(expression: &str, zone: &str) -> Rule {
@@ -179,36 +204,116 @@ mod tests {
     /// 2026-10-25 01:00Z. America/New_York: EST -05:00, EDT -04:00 from
     /// 2026-03-08 07:00Z to 2026-11-01 06:00Z.
     const CRON_TABLE: &[(&str, &str, &str, &str)] = &[
-        ("0 9 * * *", "Europe/Berlin", "2026-01-10T12:00:00Z", "2026-01-11T08:00:00Z"),
-        ("0 9 * * *", "Europe/Berlin", "2026-07-10T12:00:00Z", "2026-07-11T07:00:00Z"),
-        ("*/15 * * * *", "UTC", "2026-05-01T10:07:00Z", "2026-05-01T10:15:00Z"),
-        ("0 0 1 * *", "America/New_York", "2026-01-15T00:00:00Z", "2026-02-01T05:00:00Z"),
-        ("30 8 * * MON-FRI", "America/New_York", "2026-06-05T13:00:00Z", "2026-06-08T12:30:00Z"),
-        ("0 12 * * *", "", "2026-02-01T12:00:00Z", "2026-02-02T12:00:00Z"),
-        ("15 30 9 * * *", "UTC", "2026-02-01T09:30:14Z", "2026-02-01T09:30:15Z"),
+        (
+            "0 9 * * *",
+            "Europe/Berlin",
+            "2026-01-10T12:00:00Z",
+            "2026-01-11T08:00:00Z",
+        ),
+        (
+            "0 9 * * *",
+            "Europe/Berlin",
+            "2026-07-10T12:00:00Z",
+            "2026-07-11T07:00:00Z",
+        ),
+        (
+            "*/15 * * * *",
+            "UTC",
+            "2026-05-01T10:07:00Z",
+            "2026-05-01T10:15:00Z",
+        ),
+        (
+            "0 0 1 * *",
+            "America/New_York",
+            "2026-01-15T00:00:00Z",
+            "2026-02-01T05:00:00Z",
+        ),
+        (
+            "30 8 * * MON-FRI",
+            "America/New_York",
+            "2026-06-05T13:00:00Z",
+            "2026-06-08T12:30:00Z",
+        ),
+        (
+            "0 12 * * *",
+            "",
+            "2026-02-01T12:00:00Z",
+            "2026-02-02T12:00:00Z",
+        ),
+        (
+            "15 30 9 * * *",
+            "UTC",
+            "2026-02-01T09:30:14Z",
+            "2026-02-01T09:30:15Z",
+        ),
         // Berlin spring forward: 02:30 local does not exist on 2026-03-29; a
         // fixed-time job runs at the first instant after the gap (03:00 CEST).
-        ("30 2 * * *", "Europe/Berlin", "2026-03-28T12:00:00Z", "2026-03-29T01:00:00Z"),
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            "2026-03-28T12:00:00Z",
+            "2026-03-29T01:00:00Z",
+        ),
         // ... and the day after, at 02:30 CEST again.
-        ("30 2 * * *", "Europe/Berlin", "2026-03-29T12:00:00Z", "2026-03-30T00:30:00Z"),
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            "2026-03-29T12:00:00Z",
+            "2026-03-30T00:30:00Z",
+        ),
         // Berlin fall back: 02:30 local happens twice on 2026-10-25; it fires
         // once, at the first (CEST) occurrence.
-        ("30 2 * * *", "Europe/Berlin", "2026-10-24T12:00:00Z", "2026-10-25T00:30:00Z"),
-        ("30 2 * * *", "Europe/Berlin", "2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"),
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            "2026-10-24T12:00:00Z",
+            "2026-10-25T00:30:00Z",
+        ),
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            "2026-10-25T00:30:00Z",
+            "2026-10-26T01:30:00Z",
+        ),
         // New York spring forward: 02:30 local is skipped on 2026-03-08.
-        ("30 2 * * *", "America/New_York", "2026-03-07T12:00:00Z", "2026-03-08T07:00:00Z"),
+        (
+            "30 2 * * *",
+            "America/New_York",
+            "2026-03-07T12:00:00Z",
+            "2026-03-08T07:00:00Z",
+        ),
         // New York fall back: 01:30 local repeats on 2026-11-01; once, EDT.
-        ("30 1 * * *", "America/New_York", "2026-10-31T12:00:00Z", "2026-11-01T05:30:00Z"),
-        ("30 1 * * *", "America/New_York", "2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"),
+        (
+            "30 1 * * *",
+            "America/New_York",
+            "2026-10-31T12:00:00Z",
+            "2026-11-01T05:30:00Z",
+        ),
+        (
+            "30 1 * * *",
+            "America/New_York",
+            "2026-11-01T05:30:00Z",
+            "2026-11-02T06:30:00Z",
+        ),
         // An hourly job over New York's fall-back hour runs in both passes.
-        ("0 * * * *", "America/New_York", "2026-11-01T05:00:00Z", "2026-11-01T06:00:00Z"),
+        (
+            "0 * * * *",
+            "America/New_York",
+            "2026-11-01T05:00:00Z",
+            "2026-11-01T06:00:00Z",
+        ),
     ];
 
     #[test]
     fn cron_next_firings_in_zones_and_across_dst() {
         for (expression, zone, after, expected) in CRON_TABLE {
             let next = cron(expression, zone).next_after(ms(after), 0).unwrap();
-            assert_eq!(next, ms(expected), "{expression} in {zone:?} after {after}: got {}", to_utc(next));
+            assert_eq!(
+                next,
+                ms(expected),
+                "{expression} in {zone:?} after {after}: got {}",
+                to_utc(next)
+            );
         }
     }
 
@@ -235,21 +340,83 @@ mod tests {
     #[test]
     fn solar_events_match_published_almanac_times() {
         let cases: &[(f64, f64, &str, pb::SolarEvent, &str)] = &[
-            (40.7128, -74.0060, "2020-12-21", pb::SolarEvent::Sunrise, "2020-12-21T07:16:00-05:00"),
-            (40.7128, -74.0060, "2020-12-21", pb::SolarEvent::SolarNoon, "2020-12-21T11:54:00-05:00"),
-            (29.8947, -81.3145, "2020-12-21", pb::SolarEvent::Sunrise, "2020-12-21T07:16:00-05:00"),
-            (29.8947, -81.3145, "2020-12-21", pb::SolarEvent::Sunset, "2020-12-21T17:30:00-05:00"),
-            (51.5072, -0.1276, "2025-01-01", pb::SolarEvent::Sunrise, "2025-01-01T08:07:00Z"),
-            (51.5072, -0.1276, "2025-01-01", pb::SolarEvent::Sunset, "2025-01-01T16:01:00Z"),
-            (51.5072, -0.1276, "2025-06-01", pb::SolarEvent::Sunrise, "2025-06-01T04:51:00+01:00"),
-            (51.5072, -0.1276, "2025-06-01", pb::SolarEvent::Sunset, "2025-06-01T21:07:00+01:00"),
-            (51.5072, -0.1276, "2025-12-01", pb::SolarEvent::Sunrise, "2025-12-01T07:43:00Z"),
-            (51.5072, -0.1276, "2025-12-01", pb::SolarEvent::Sunset, "2025-12-01T15:57:00Z"),
+            (
+                40.7128,
+                -74.0060,
+                "2020-12-21",
+                pb::SolarEvent::Sunrise,
+                "2020-12-21T07:16:00-05:00",
+            ),
+            (
+                40.7128,
+                -74.0060,
+                "2020-12-21",
+                pb::SolarEvent::SolarNoon,
+                "2020-12-21T11:54:00-05:00",
+            ),
+            (
+                29.8947,
+                -81.3145,
+                "2020-12-21",
+                pb::SolarEvent::Sunrise,
+                "2020-12-21T07:16:00-05:00",
+            ),
+            (
+                29.8947,
+                -81.3145,
+                "2020-12-21",
+                pb::SolarEvent::Sunset,
+                "2020-12-21T17:30:00-05:00",
+            ),
+            (
+                51.5072,
+                -0.1276,
+                "2025-01-01",
+                pb::SolarEvent::Sunrise,
+                "2025-01-01T08:07:00Z",
+            ),
+            (
+                51.5072,
+                -0.1276,
+                "2025-01-01",
+                pb::SolarEvent::Sunset,
+                "2025-01-01T16:01:00Z",
+            ),
+            (
+                51.5072,
+                -0.1276,
+                "2025-06-01",
+                pb::SolarEvent::Sunrise,
+                "2025-06-01T04:51:00+01:00",
+            ),
+            (
+                51.5072,
+                -0.1276,
+                "2025-06-01",
+                pb::SolarEvent::Sunset,
+                "2025-06-01T21:07:00+01:00",
+            ),
+            (
+                51.5072,
+                -0.1276,
+                "2025-12-01",
+                pb::SolarEvent::Sunrise,
+                "2025-12-01T07:43:00Z",
+            ),
+            (
+                51.5072,
+                -0.1276,
+                "2025-12-01",
+                pb::SolarEvent::Sunset,
+                "2025-12-01T15:57:00Z",
+            ),
         ];
         for (latitude, longitude, date, event, published) in cases {
             let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap();
             let coordinates = Coordinates::new(*latitude, *longitude).unwrap();
-            let computed = solar_event(*event, coordinates, date).unwrap().timestamp_millis();
+            let computed = solar_event(*event, coordinates, date)
+                .unwrap()
+                .timestamp_millis();
             let difference = (computed - ms(published)).abs();
             assert!(
                 difference <= 2 * 60_000,
@@ -272,17 +439,22 @@ mod tests {
         .unwrap();
         // 2025-06-01 noon UTC: the next London sunset is that evening (20:07Z).
         let next = rule.next_after(ms("2025-06-01T12:00:00Z"), 0).unwrap();
-        assert!((next - ms("2025-06-01T20:07:00Z")).abs() <= 120_000, "{}", to_utc(next));
+        assert!(
+            (next - ms("2025-06-01T20:07:00Z")).abs() <= 120_000,
+            "{}",
+            to_utc(next)
+        );
         let after_sunset = rule.next_after(next, 0).unwrap();
         assert!(after_sunset - next > 23 * 3_600_000, "the next day's");
     }
 
     #[test]
     fn bad_rules_name_their_field() {
-        let field = |rule: pb::schedule::Rule| match Rule::from_pb(Some(&rule), "schedule").unwrap_err() {
-            ConveyorError::InvalidArgument(violation) => violation.field,
-            other => panic!("{other:?}"),
-        };
+        let field =
+            |rule: pb::schedule::Rule| match Rule::from_pb(Some(&rule), "schedule").unwrap_err() {
+                ConveyorError::InvalidArgument(violation) => violation.field,
+                other => panic!("{other:?}"),
+            };
         let bad_cron = pb::schedule::Rule::Cron(pb::CronRule {
             expression: "61 * * * *".into(),
             time_zone: "UTC".into(),
@@ -300,7 +472,10 @@ mod tests {
         });
         assert_eq!(field(bad_latitude), "schedule.solar.latitude");
         let fast = pb::schedule::Rule::Interval(pb::IntervalRule {
-            every: Some(prost_types::Duration { seconds: 0, nanos: 10_000_000 }),
+            every: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 10_000_000,
+            }),
         });
         assert_eq!(field(fast), "schedule.interval.every");
         assert!(Rule::from_pb(None, "schedule").is_err());

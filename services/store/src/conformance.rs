@@ -58,7 +58,7 @@ macro_rules! conformance_suite {
                 retries_reschedule_with_backoff, expired_tasks_never_lease, started_marks_running_when_fenced,
                 notifications_reach_waiters, wait_times_out_without_changes, batch_lease_takes_many,
                 progress_is_fenced_and_visible, dead_letters_replay_and_forget, unstarted_tasks_expire_without_workers,
-                eta_an_hour_ahead_runs_once_when_due, higher_priorities_lease_first);
+                eta_an_hour_ahead_runs_once_when_due, higher_priorities_lease_first, schedules_advance_by_compare_and_set);
         }
     };
     (@cases $factory:expr; $($case:ident),*) => {
@@ -867,4 +867,95 @@ pub async fn higher_priorities_lease_first(store: Arc<dyn Store>) {
         .unwrap();
     let order: Vec<_> = all.iter().map(|task| task.id).collect();
     assert_eq!(order, expected, "levels 9, 9, 5, 5, 0, 0, FIFO within each");
+}
+
+/// Schedules: create once, list, due, and an advance that only one of two
+/// racing replicas wins.
+pub async fn schedules_advance_by_compare_and_set(store: Arc<dyn Store>) {
+    let schedule = |id: &str| pb::Schedule {
+        id: id.to_string(),
+        task: Some(pb::TaskSpec {
+            name: "tick".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert!(
+        store
+            .create_schedule(schedule("b"), Some(NOW + 1000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .create_schedule(schedule("a"), Some(NOW + 5000))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .create_schedule(schedule("a"), Some(NOW))
+            .await
+            .unwrap(),
+        "ids are unique"
+    );
+    let ids: Vec<String> = store
+        .list_schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, vec!["a", "b"]);
+    assert!(store.due_schedules(NOW + 999, 10).await.unwrap().is_empty());
+    let due = store.due_schedules(NOW + 1000, 10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
+    let run = pb::ScheduleRun {
+        fire_at: Some(conveyor_core::time::timestamp_from_ms(NOW + 1000)),
+        task_id: "t1".into(),
+        triggered: false,
+    };
+    let mut advanced = schedule("b");
+    advanced.runs = 1;
+    let first = store.advance_schedule(
+        NOW + 1000,
+        advanced.clone(),
+        Some(NOW + 2000),
+        Some(run.clone()),
+    );
+    let second = store.advance_schedule(
+        NOW + 1000,
+        advanced.clone(),
+        Some(NOW + 2000),
+        Some(run.clone()),
+    );
+    assert!(first.await.unwrap());
+    assert!(!second.await.unwrap(), "the slower replica loses");
+    assert_eq!(store.schedule_runs("b").await.unwrap(), vec![run]);
+    assert_eq!(store.get_schedule("b").await.unwrap().unwrap().runs, 1);
+    assert!(
+        store
+            .due_schedules(NOW + 1500, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Paused: no next run, never due.
+    assert!(store.replace_schedule(schedule("b"), None).await.unwrap());
+    assert!(
+        store
+            .due_schedules(NOW + 100_000, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.id != "b")
+    );
+    assert!(!store.replace_schedule(schedule("zz"), None).await.unwrap());
+    assert!(store.delete_schedule("b").await.unwrap());
+    assert!(!store.delete_schedule("b").await.unwrap());
+    assert!(store.get_schedule("b").await.unwrap().is_none());
+    assert!(store.schedule_runs("b").await.unwrap().is_empty());
 }

@@ -9,6 +9,7 @@ mod types;
 mod wait;
 
 use async_trait::async_trait;
+use conveyor_api::pb;
 use conveyor_core::{NewTask, Result, StoredTask, TaskId};
 
 pub use events::{EventHub, SessionEvents, TaskEvents};
@@ -76,6 +77,41 @@ pub trait Store: Send + Sync + 'static {
 
     /// Queues a FAILED task again with its failures reset.
     async fn replay(&self, id: TaskId, now_ms: i64) -> Result<ReplayAck>;
+
+    /// Stores a new schedule firing next at `next_ms`; `false` if the id exists.
+    async fn create_schedule(&self, schedule: pb::Schedule, next_ms: Option<i64>) -> Result<bool>;
+
+    /// Replaces a schedule; `false` if there is no such id.
+    async fn replace_schedule(&self, schedule: pb::Schedule, next_ms: Option<i64>) -> Result<bool>;
+
+    /// A schedule by id.
+    async fn get_schedule(&self, id: &str) -> Result<Option<pb::Schedule>>;
+
+    /// Every schedule, by id.
+    async fn list_schedules(&self) -> Result<Vec<pb::Schedule>>;
+
+    /// Deletes a schedule and its runs; `false` if there is no such id.
+    async fn delete_schedule(&self, id: &str) -> Result<bool>;
+
+    /// Unpaused schedules whose next run is at or before `now_ms`.
+    async fn due_schedules(&self, now_ms: i64, limit: usize) -> Result<Vec<pb::Schedule>>;
+
+    /// Compare-and-set: when the schedule's next run is still `expected_ms`,
+    /// stores `updated` (next run `next_ms`) and records `run`. `false` when
+    /// another replica advanced it first, or it changed meanwhile.
+    async fn advance_schedule(
+        &self,
+        expected_ms: i64,
+        updated: pb::Schedule,
+        next_ms: Option<i64>,
+        run: Option<pb::ScheduleRun>,
+    ) -> Result<bool>;
+
+    /// Records a run outside the rule (TriggerSchedule).
+    async fn record_schedule_run(&self, id: &str, run: pb::ScheduleRun) -> Result<()>;
+
+    /// The last 100 runs, newest first.
+    async fn schedule_runs(&self, id: &str) -> Result<Vec<pb::ScheduleRun>>;
 
     /// How many tasks are SCHEDULED and when the next is due.
     async fn scheduled_summary(&self) -> Result<ScheduledSummary>;

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use conveyor_api::pb;
 use conveyor_api::store_pb::{self, outcome_record};
 use conveyor_core::{NewTask, Result, StoredTask, TaskId, TaskState};
 
@@ -34,6 +35,10 @@ struct Inner {
     dead: BTreeSet<(i64, TaskId)>,
     /// (expires at ms, id) of unstarted tasks with an expiry.
     expiring: BTreeSet<(i64, TaskId)>,
+    /// Schedules by id, with their next run (absent: paused or finished).
+    schedules: std::collections::BTreeMap<String, (conveyor_api::pb::Schedule, Option<i64>)>,
+    /// Recent runs per schedule, newest first.
+    schedule_runs: HashMap<String, VecDeque<conveyor_api::pb::ScheduleRun>>,
 }
 
 #[derive(Debug)]
@@ -583,6 +588,100 @@ impl Store for MemoryStore {
         self.events.task_changed(id);
         self.events.queue_ready(&key.base());
         Ok(ReplayAck::Replayed)
+    }
+
+    async fn create_schedule(&self, schedule: pb::Schedule, next_ms: Option<i64>) -> Result<bool> {
+        let mut inner = self.lock();
+        if inner.schedules.contains_key(&schedule.id) {
+            return Ok(false);
+        }
+        inner
+            .schedules
+            .insert(schedule.id.clone(), (schedule, next_ms));
+        Ok(true)
+    }
+
+    async fn replace_schedule(&self, schedule: pb::Schedule, next_ms: Option<i64>) -> Result<bool> {
+        let mut inner = self.lock();
+        match inner.schedules.get_mut(&schedule.id) {
+            Some(entry) => {
+                *entry = (schedule, next_ms);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn get_schedule(&self, id: &str) -> Result<Option<pb::Schedule>> {
+        Ok(self
+            .lock()
+            .schedules
+            .get(id)
+            .map(|(schedule, _)| schedule.clone()))
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<pb::Schedule>> {
+        Ok(self
+            .lock()
+            .schedules
+            .values()
+            .map(|(schedule, _)| schedule.clone())
+            .collect())
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool> {
+        let mut inner = self.lock();
+        inner.schedule_runs.remove(id);
+        Ok(inner.schedules.remove(id).is_some())
+    }
+
+    async fn due_schedules(&self, now_ms: i64, limit: usize) -> Result<Vec<pb::Schedule>> {
+        let inner = self.lock();
+        Ok(inner
+            .schedules
+            .values()
+            .filter(|(_, next)| next.is_some_and(|next| next <= now_ms))
+            .take(limit)
+            .map(|(schedule, _)| schedule.clone())
+            .collect())
+    }
+
+    async fn advance_schedule(
+        &self,
+        expected_ms: i64,
+        updated: pb::Schedule,
+        next_ms: Option<i64>,
+        run: Option<pb::ScheduleRun>,
+    ) -> Result<bool> {
+        let mut inner = self.lock();
+        let id = updated.id.clone();
+        match inner.schedules.get_mut(&id) {
+            Some(entry) if entry.1 == Some(expected_ms) => *entry = (updated, next_ms),
+            _ => return Ok(false),
+        }
+        if let Some(run) = run {
+            let runs = inner.schedule_runs.entry(id).or_default();
+            runs.push_front(run);
+            runs.truncate(100);
+        }
+        Ok(true)
+    }
+
+    async fn record_schedule_run(&self, id: &str, run: pb::ScheduleRun) -> Result<()> {
+        let mut inner = self.lock();
+        let runs = inner.schedule_runs.entry(id.to_string()).or_default();
+        runs.push_front(run);
+        runs.truncate(100);
+        Ok(())
+    }
+
+    async fn schedule_runs(&self, id: &str) -> Result<Vec<pb::ScheduleRun>> {
+        Ok(self
+            .lock()
+            .schedule_runs
+            .get(id)
+            .map(|runs| runs.iter().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn scheduled_summary(&self) -> Result<ScheduledSummary> {

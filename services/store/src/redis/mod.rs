@@ -148,6 +148,32 @@ impl RedisStore {
         .map_err(unavailable)
     }
 
+    async fn put_schedule(
+        &self,
+        schedule: conveyor_api::pb::Schedule,
+        next_ms: Option<i64>,
+        mode: &str,
+    ) -> Result<bool> {
+        let mut invocation = self.invoke(&self.scripts.schedule_put, 0);
+        invocation
+            .arg(&schedule.id)
+            .arg(schedule.encode_to_vec())
+            .arg(next_ms.unwrap_or(-1))
+            .arg(mode);
+        Ok(int_of(&self.run(&invocation).await?) == 1)
+    }
+
+    /// A plain command under the store's time limit.
+    async fn timed<T>(
+        &self,
+        future: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.config.command_timeout, future)
+            .await
+            .map_err(|_| ConveyorError::Unavailable("redis call timed out".into()))?
+            .map_err(unavailable)
+    }
+
     async fn release_partition(
         &self,
         partition: u16,
@@ -162,6 +188,13 @@ impl RedisStore {
             .arg(&self.ready_channel);
         ids_of(self.run(&invocation).await?)
     }
+}
+
+fn decode_schedule(bytes: &[u8], id: &str) -> Result<conveyor_api::pb::Schedule> {
+    conveyor_api::pb::Schedule::decode(bytes).map_err(|error| ConveyorError::Corrupt {
+        key: format!("schedule {id}"),
+        reason: error.to_string(),
+    })
 }
 
 fn items(value: Value) -> Vec<Value> {
@@ -557,6 +590,158 @@ impl Store for RedisStore {
             -1 => ReplayAck::NotFound,
             state => ReplayAck::NotFailed(state_of(state)?),
         })
+    }
+
+    async fn create_schedule(
+        &self,
+        schedule: conveyor_api::pb::Schedule,
+        next_ms: Option<i64>,
+    ) -> Result<bool> {
+        self.put_schedule(schedule, next_ms, "create").await
+    }
+
+    async fn replace_schedule(
+        &self,
+        schedule: conveyor_api::pb::Schedule,
+        next_ms: Option<i64>,
+    ) -> Result<bool> {
+        self.put_schedule(schedule, next_ms, "replace").await
+    }
+
+    async fn get_schedule(&self, id: &str) -> Result<Option<conveyor_api::pb::Schedule>> {
+        let mut connection = self.connection.clone();
+        let key = format!("{}sch", self.partition_prefix(0));
+        let bytes: Option<Vec<u8>> = self
+            .timed(
+                redis::cmd("HGET")
+                    .arg(&key)
+                    .arg(id)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        bytes.map(|bytes| decode_schedule(&bytes, id)).transpose()
+    }
+
+    async fn list_schedules(&self) -> Result<Vec<conveyor_api::pb::Schedule>> {
+        let mut connection = self.connection.clone();
+        let key = format!("{}sch", self.partition_prefix(0));
+        let entries: Vec<(String, Vec<u8>)> = self
+            .timed(redis::cmd("HGETALL").arg(&key).query_async(&mut connection))
+            .await?;
+        let mut schedules = entries
+            .iter()
+            .map(|(id, bytes)| decode_schedule(bytes, id))
+            .collect::<Result<Vec<_>>>()?;
+        schedules.sort_by(|left, right| left.id.cmp(&right.id));
+        Ok(schedules)
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool> {
+        let mut invocation = self.invoke(&self.scripts.schedule_delete, 0);
+        invocation.arg(id);
+        Ok(int_of(&self.run(&invocation).await?) == 1)
+    }
+
+    async fn due_schedules(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<conveyor_api::pb::Schedule>> {
+        let mut connection = self.connection.clone();
+        let prefix = self.partition_prefix(0);
+        let ids: Vec<String> = self
+            .timed(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(format!("{prefix}schn"))
+                    .arg("-inf")
+                    .arg(now_ms)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<Vec<u8>>> = self
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(format!("{prefix}sch"))
+                    .arg(&ids)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        ids.iter()
+            .zip(values)
+            .filter_map(|(id, bytes)| bytes.map(|bytes| decode_schedule(&bytes, id)))
+            .collect()
+    }
+
+    async fn advance_schedule(
+        &self,
+        expected_ms: i64,
+        updated: conveyor_api::pb::Schedule,
+        next_ms: Option<i64>,
+        run: Option<conveyor_api::pb::ScheduleRun>,
+    ) -> Result<bool> {
+        let mut invocation = self.invoke(&self.scripts.schedule_advance, 0);
+        invocation
+            .arg(&updated.id)
+            .arg(expected_ms)
+            .arg(updated.encode_to_vec())
+            .arg(next_ms.unwrap_or(-1))
+            .arg(run.map(|run| run.encode_to_vec()).unwrap_or_default());
+        Ok(int_of(&self.run(&invocation).await?) == 1)
+    }
+
+    async fn record_schedule_run(
+        &self,
+        id: &str,
+        run: conveyor_api::pb::ScheduleRun,
+    ) -> Result<()> {
+        let mut connection = self.connection.clone();
+        let key = format!("{}schr:{id}", self.partition_prefix(0));
+        let _: () = self
+            .timed(
+                redis::pipe()
+                    .cmd("LPUSH")
+                    .arg(&key)
+                    .arg(run.encode_to_vec())
+                    .ignore()
+                    .cmd("LTRIM")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(99)
+                    .ignore()
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn schedule_runs(&self, id: &str) -> Result<Vec<conveyor_api::pb::ScheduleRun>> {
+        let mut connection = self.connection.clone();
+        let key = format!("{}schr:{id}", self.partition_prefix(0));
+        let runs: Vec<Vec<u8>> = self
+            .timed(
+                redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(99)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        runs.iter()
+            .map(|bytes| {
+                conveyor_api::pb::ScheduleRun::decode(bytes.as_slice()).map_err(|error| {
+                    ConveyorError::Corrupt {
+                        key: key.clone(),
+                        reason: format!("schedule run: {error}"),
+                    }
+                })
+            })
+            .collect()
     }
 
     async fn scheduled_summary(&self) -> Result<ScheduledSummary> {

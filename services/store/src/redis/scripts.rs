@@ -311,6 +311,46 @@ redis.call('PUBLISH', ARGV[5], f[2])
 return 0
 "#;
 
+/// Schedules live in partition 0: HASH `sch` (id -> Schedule), ZSET `schn`
+/// (id -> next run ms; absent when paused or finished), LIST `schr:<id>`.
+/// ARGV: P, id, schedule, next (-1: none), mode ("create" or "replace").
+const SCHEDULE_PUT: &str = r#"
+local P, id, next = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local exists = redis.call('HEXISTS', P .. 'sch', id) == 1
+if ARGV[5] == 'create' and exists then return 0 end
+if ARGV[5] == 'replace' and not exists then return 0 end
+redis.call('HSET', P .. 'sch', id, ARGV[3])
+redis.call('ZREM', P .. 'schn', id)
+if next >= 0 then redis.call('ZADD', P .. 'schn', next, id) end
+return 1
+"#;
+
+/// ARGV: P, id, expected next, schedule, next (-1: none), run ('' : none).
+const SCHEDULE_ADVANCE: &str = r#"
+local P, id = ARGV[1], ARGV[2]
+local score = redis.call('ZSCORE', P .. 'schn', id)
+if not score or tonumber(score) ~= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', P .. 'sch', id, ARGV[4])
+if tonumber(ARGV[5]) >= 0 then
+  redis.call('ZADD', P .. 'schn', ARGV[5], id)
+else
+  redis.call('ZREM', P .. 'schn', id)
+end
+if ARGV[6] ~= '' then
+  redis.call('LPUSH', P .. 'schr:' .. id, ARGV[6])
+  redis.call('LTRIM', P .. 'schr:' .. id, 0, 99)
+end
+return 1
+"#;
+
+/// ARGV: P, id. 1 when deleted.
+const SCHEDULE_DELETE: &str = r#"
+local P, id = ARGV[1], ARGV[2]
+redis.call('ZREM', P .. 'schn', id)
+redis.call('DEL', P .. 'schr:' .. id)
+return redis.call('HDEL', P .. 'sch', id)
+"#;
+
 /// The compiled scripts (SHA computed once; EVALSHA with EVAL fallback).
 #[derive(Debug)]
 pub(crate) struct Scripts {
@@ -326,6 +366,9 @@ pub(crate) struct Scripts {
     pub progress: redis::Script,
     pub forget: redis::Script,
     pub replay: redis::Script,
+    pub schedule_put: redis::Script,
+    pub schedule_advance: redis::Script,
+    pub schedule_delete: redis::Script,
 }
 
 impl Scripts {
@@ -344,6 +387,9 @@ impl Scripts {
             progress: redis::Script::new(PROGRESS),
             forget: redis::Script::new(FORGET),
             replay: redis::Script::new(REPLAY),
+            schedule_put: redis::Script::new(SCHEDULE_PUT),
+            schedule_advance: redis::Script::new(SCHEDULE_ADVANCE),
+            schedule_delete: redis::Script::new(SCHEDULE_DELETE),
         }
     }
 }

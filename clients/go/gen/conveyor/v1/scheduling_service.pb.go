@@ -9,6 +9,7 @@ package conveyorv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -21,6 +22,140 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// Solar events, as Celery's `solar` schedule.
+type SolarEvent int32
+
+const (
+	// Never used.
+	SolarEvent_SOLAR_EVENT_UNSPECIFIED SolarEvent = 0
+	// Upper limb of the sun at the horizon (with refraction), morning.
+	SolarEvent_SOLAR_EVENT_SUNRISE SolarEvent = 1
+	// Upper limb of the sun at the horizon (with refraction), evening.
+	SolarEvent_SOLAR_EVENT_SUNSET SolarEvent = 2
+	// The sun at its highest.
+	SolarEvent_SOLAR_EVENT_SOLAR_NOON SolarEvent = 3
+	// Sun 6 degrees below the horizon, morning.
+	SolarEvent_SOLAR_EVENT_DAWN_CIVIL SolarEvent = 4
+	// Sun 6 degrees below the horizon, evening.
+	SolarEvent_SOLAR_EVENT_DUSK_CIVIL SolarEvent = 5
+	// Sun 12 degrees below the horizon, morning.
+	SolarEvent_SOLAR_EVENT_DAWN_NAUTICAL SolarEvent = 6
+	// Sun 12 degrees below the horizon, evening.
+	SolarEvent_SOLAR_EVENT_DUSK_NAUTICAL SolarEvent = 7
+	// Sun 18 degrees below the horizon, morning.
+	SolarEvent_SOLAR_EVENT_DAWN_ASTRONOMICAL SolarEvent = 8
+	// Sun 18 degrees below the horizon, evening.
+	SolarEvent_SOLAR_EVENT_DUSK_ASTRONOMICAL SolarEvent = 9
+)
+
+// Enum value maps for SolarEvent.
+var (
+	SolarEvent_name = map[int32]string{
+		0: "SOLAR_EVENT_UNSPECIFIED",
+		1: "SOLAR_EVENT_SUNRISE",
+		2: "SOLAR_EVENT_SUNSET",
+		3: "SOLAR_EVENT_SOLAR_NOON",
+		4: "SOLAR_EVENT_DAWN_CIVIL",
+		5: "SOLAR_EVENT_DUSK_CIVIL",
+		6: "SOLAR_EVENT_DAWN_NAUTICAL",
+		7: "SOLAR_EVENT_DUSK_NAUTICAL",
+		8: "SOLAR_EVENT_DAWN_ASTRONOMICAL",
+		9: "SOLAR_EVENT_DUSK_ASTRONOMICAL",
+	}
+	SolarEvent_value = map[string]int32{
+		"SOLAR_EVENT_UNSPECIFIED":       0,
+		"SOLAR_EVENT_SUNRISE":           1,
+		"SOLAR_EVENT_SUNSET":            2,
+		"SOLAR_EVENT_SOLAR_NOON":        3,
+		"SOLAR_EVENT_DAWN_CIVIL":        4,
+		"SOLAR_EVENT_DUSK_CIVIL":        5,
+		"SOLAR_EVENT_DAWN_NAUTICAL":     6,
+		"SOLAR_EVENT_DUSK_NAUTICAL":     7,
+		"SOLAR_EVENT_DAWN_ASTRONOMICAL": 8,
+		"SOLAR_EVENT_DUSK_ASTRONOMICAL": 9,
+	}
+)
+
+func (x SolarEvent) Enum() *SolarEvent {
+	p := new(SolarEvent)
+	*p = x
+	return p
+}
+
+func (x SolarEvent) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SolarEvent) Descriptor() protoreflect.EnumDescriptor {
+	return file_conveyor_v1_scheduling_service_proto_enumTypes[0].Descriptor()
+}
+
+func (SolarEvent) Type() protoreflect.EnumType {
+	return &file_conveyor_v1_scheduling_service_proto_enumTypes[0]
+}
+
+func (x SolarEvent) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SolarEvent.Descriptor instead.
+func (SolarEvent) EnumDescriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{0}
+}
+
+// What to do about runs missed while no scheduler was running.
+type CatchUp int32
+
+const (
+	// Same as CATCH_UP_SKIP.
+	CatchUp_CATCH_UP_UNSPECIFIED CatchUp = 0
+	// Missed runs are skipped; the schedule resumes at its next time.
+	CatchUp_CATCH_UP_SKIP CatchUp = 1
+	// However many were missed, run once now, then resume.
+	CatchUp_CATCH_UP_RUN_ONCE CatchUp = 2
+)
+
+// Enum value maps for CatchUp.
+var (
+	CatchUp_name = map[int32]string{
+		0: "CATCH_UP_UNSPECIFIED",
+		1: "CATCH_UP_SKIP",
+		2: "CATCH_UP_RUN_ONCE",
+	}
+	CatchUp_value = map[string]int32{
+		"CATCH_UP_UNSPECIFIED": 0,
+		"CATCH_UP_SKIP":        1,
+		"CATCH_UP_RUN_ONCE":    2,
+	}
+)
+
+func (x CatchUp) Enum() *CatchUp {
+	p := new(CatchUp)
+	*p = x
+	return p
+}
+
+func (x CatchUp) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CatchUp) Descriptor() protoreflect.EnumDescriptor {
+	return file_conveyor_v1_scheduling_service_proto_enumTypes[1].Descriptor()
+}
+
+func (CatchUp) Type() protoreflect.EnumType {
+	return &file_conveyor_v1_scheduling_service_proto_enumTypes[1]
+}
+
+func (x CatchUp) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CatchUp.Descriptor instead.
+func (CatchUp) EnumDescriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{1}
+}
 
 // GetSchedulerStatus request.
 type GetSchedulerStatusRequest struct {
@@ -69,9 +204,11 @@ type GetSchedulerStatusResponse struct {
 	// Tasks this replica promoted to their queues since it started.
 	PromotedTotal uint64 `protobuf:"varint,3,opt,name=promoted_total,json=promotedTotal,proto3" json:"promoted_total,omitempty"`
 	// Tasks this replica requeued from expired leases since it started.
-	ReapedTotal   uint64 `protobuf:"varint,4,opt,name=reaped_total,json=reapedTotal,proto3" json:"reaped_total,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ReapedTotal uint64 `protobuf:"varint,4,opt,name=reaped_total,json=reapedTotal,proto3" json:"reaped_total,omitempty"`
+	// Schedule runs this replica submitted since it started.
+	ScheduleRunsTotal uint64 `protobuf:"varint,5,opt,name=schedule_runs_total,json=scheduleRunsTotal,proto3" json:"schedule_runs_total,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *GetSchedulerStatusResponse) Reset() {
@@ -132,19 +269,1366 @@ func (x *GetSchedulerStatusResponse) GetReapedTotal() uint64 {
 	return 0
 }
 
+func (x *GetSchedulerStatusResponse) GetScheduleRunsTotal() uint64 {
+	if x != nil {
+		return x.ScheduleRunsTotal
+	}
+	return 0
+}
+
+// Fires every `every`, counted from the schedule's start (or creation).
+type IntervalRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Period, at least 1 second.
+	Every         *durationpb.Duration `protobuf:"bytes,1,opt,name=every,proto3" json:"every,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IntervalRule) Reset() {
+	*x = IntervalRule{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IntervalRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IntervalRule) ProtoMessage() {}
+
+func (x *IntervalRule) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IntervalRule.ProtoReflect.Descriptor instead.
+func (*IntervalRule) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *IntervalRule) GetEvery() *durationpb.Duration {
+	if x != nil {
+		return x.Every
+	}
+	return nil
+}
+
+// Fires when a cron expression matches in a time zone.
+type CronRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Five fields (minute hour day-of-month month day-of-week), or six with
+	// seconds first; names (MON, JAN), ranges, lists and steps. Daylight saving:
+	// a time skipped by spring-forward fires at the first instant after the
+	// gap; a time repeated by fall-back fires once, at its first occurrence.
+	Expression string `protobuf:"bytes,1,opt,name=expression,proto3" json:"expression,omitempty"`
+	// IANA zone, e.g. "Europe/Berlin". Empty means UTC.
+	TimeZone      string `protobuf:"bytes,2,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CronRule) Reset() {
+	*x = CronRule{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CronRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CronRule) ProtoMessage() {}
+
+func (x *CronRule) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CronRule.ProtoReflect.Descriptor instead.
+func (*CronRule) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CronRule) GetExpression() string {
+	if x != nil {
+		return x.Expression
+	}
+	return ""
+}
+
+func (x *CronRule) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
+	}
+	return ""
+}
+
+// Fires at a solar event at a place. Days without the event (polar day or
+// night) are skipped.
+type SolarRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which event.
+	Event SolarEvent `protobuf:"varint,1,opt,name=event,proto3,enum=conveyor.v1.SolarEvent" json:"event,omitempty"`
+	// Degrees north, -90 to 90.
+	Latitude float64 `protobuf:"fixed64,2,opt,name=latitude,proto3" json:"latitude,omitempty"`
+	// Degrees east, -180 to 180.
+	Longitude     float64 `protobuf:"fixed64,3,opt,name=longitude,proto3" json:"longitude,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SolarRule) Reset() {
+	*x = SolarRule{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SolarRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SolarRule) ProtoMessage() {}
+
+func (x *SolarRule) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SolarRule.ProtoReflect.Descriptor instead.
+func (*SolarRule) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SolarRule) GetEvent() SolarEvent {
+	if x != nil {
+		return x.Event
+	}
+	return SolarEvent_SOLAR_EVENT_UNSPECIFIED
+}
+
+func (x *SolarRule) GetLatitude() float64 {
+	if x != nil {
+		return x.Latitude
+	}
+	return 0
+}
+
+func (x *SolarRule) GetLongitude() float64 {
+	if x != nil {
+		return x.Longitude
+	}
+	return 0
+}
+
+// A periodic schedule.
+type Schedule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the creator: 1..200 characters of [A-Za-z0-9_.:/-].
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The task submitted at each run (its idempotency key is set by the
+	// scheduler and must be empty here).
+	Task *TaskSpec `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
+	// When it fires.
+	//
+	// Types that are valid to be assigned to Rule:
+	//
+	//	*Schedule_Interval
+	//	*Schedule_Cron
+	//	*Schedule_Solar
+	Rule isSchedule_Rule `protobuf_oneof:"rule"`
+	// No run before this instant. Unset: from creation.
+	StartAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=start_at,json=startAt,proto3" json:"start_at,omitempty"`
+	// No run after this instant. Unset: forever.
+	EndAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_at,json=endAt,proto3" json:"end_at,omitempty"`
+	// Each run's task is delayed by a random amount up to this, to spread load.
+	Jitter *durationpb.Duration `protobuf:"bytes,8,opt,name=jitter,proto3" json:"jitter,omitempty"`
+	// Missed-run policy.
+	CatchUp CatchUp `protobuf:"varint,9,opt,name=catch_up,json=catchUp,proto3,enum=conveyor.v1.CatchUp" json:"catch_up,omitempty"`
+	// Output only: whether the schedule is paused.
+	Paused bool `protobuf:"varint,10,opt,name=paused,proto3" json:"paused,omitempty"`
+	// Output only: when it fires next; unset when it never will again.
+	NextRunAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=next_run_at,json=nextRunAt,proto3" json:"next_run_at,omitempty"`
+	// Output only: when it last fired.
+	LastRunAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_run_at,json=lastRunAt,proto3" json:"last_run_at,omitempty"`
+	// Output only: runs so far.
+	Runs uint64 `protobuf:"varint,13,opt,name=runs,proto3" json:"runs,omitempty"`
+	// Output only: when it was created.
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Schedule) Reset() {
+	*x = Schedule{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Schedule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Schedule) ProtoMessage() {}
+
+func (x *Schedule) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Schedule.ProtoReflect.Descriptor instead.
+func (*Schedule) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Schedule) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Schedule) GetTask() *TaskSpec {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+func (x *Schedule) GetRule() isSchedule_Rule {
+	if x != nil {
+		return x.Rule
+	}
+	return nil
+}
+
+func (x *Schedule) GetInterval() *IntervalRule {
+	if x != nil {
+		if x, ok := x.Rule.(*Schedule_Interval); ok {
+			return x.Interval
+		}
+	}
+	return nil
+}
+
+func (x *Schedule) GetCron() *CronRule {
+	if x != nil {
+		if x, ok := x.Rule.(*Schedule_Cron); ok {
+			return x.Cron
+		}
+	}
+	return nil
+}
+
+func (x *Schedule) GetSolar() *SolarRule {
+	if x != nil {
+		if x, ok := x.Rule.(*Schedule_Solar); ok {
+			return x.Solar
+		}
+	}
+	return nil
+}
+
+func (x *Schedule) GetStartAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartAt
+	}
+	return nil
+}
+
+func (x *Schedule) GetEndAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndAt
+	}
+	return nil
+}
+
+func (x *Schedule) GetJitter() *durationpb.Duration {
+	if x != nil {
+		return x.Jitter
+	}
+	return nil
+}
+
+func (x *Schedule) GetCatchUp() CatchUp {
+	if x != nil {
+		return x.CatchUp
+	}
+	return CatchUp_CATCH_UP_UNSPECIFIED
+}
+
+func (x *Schedule) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *Schedule) GetNextRunAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRunAt
+	}
+	return nil
+}
+
+func (x *Schedule) GetLastRunAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastRunAt
+	}
+	return nil
+}
+
+func (x *Schedule) GetRuns() uint64 {
+	if x != nil {
+		return x.Runs
+	}
+	return 0
+}
+
+func (x *Schedule) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+type isSchedule_Rule interface {
+	isSchedule_Rule()
+}
+
+type Schedule_Interval struct {
+	// Fixed interval.
+	Interval *IntervalRule `protobuf:"bytes,3,opt,name=interval,proto3,oneof"`
+}
+
+type Schedule_Cron struct {
+	// Cron expression in a time zone.
+	Cron *CronRule `protobuf:"bytes,4,opt,name=cron,proto3,oneof"`
+}
+
+type Schedule_Solar struct {
+	// Solar event at a place.
+	Solar *SolarRule `protobuf:"bytes,5,opt,name=solar,proto3,oneof"`
+}
+
+func (*Schedule_Interval) isSchedule_Rule() {}
+
+func (*Schedule_Cron) isSchedule_Rule() {}
+
+func (*Schedule_Solar) isSchedule_Rule() {}
+
+// One run of a schedule.
+type ScheduleRun struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The time the rule fired for (or the trigger time).
+	FireAt *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=fire_at,json=fireAt,proto3" json:"fire_at,omitempty"`
+	// The submitted task.
+	TaskId string `protobuf:"bytes,2,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Whether it was submitted by TriggerSchedule.
+	Triggered     bool `protobuf:"varint,3,opt,name=triggered,proto3" json:"triggered,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScheduleRun) Reset() {
+	*x = ScheduleRun{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScheduleRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScheduleRun) ProtoMessage() {}
+
+func (x *ScheduleRun) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScheduleRun.ProtoReflect.Descriptor instead.
+func (*ScheduleRun) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ScheduleRun) GetFireAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FireAt
+	}
+	return nil
+}
+
+func (x *ScheduleRun) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *ScheduleRun) GetTriggered() bool {
+	if x != nil {
+		return x.Triggered
+	}
+	return false
+}
+
+// CreateSchedule request.
+type CreateScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule; output-only fields are ignored.
+	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateScheduleRequest) Reset() {
+	*x = CreateScheduleRequest{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateScheduleRequest) ProtoMessage() {}
+
+func (x *CreateScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateScheduleRequest.ProtoReflect.Descriptor instead.
+func (*CreateScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CreateScheduleRequest) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// CreateSchedule response.
+type CreateScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stored schedule with its next run.
+	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateScheduleResponse) Reset() {
+	*x = CreateScheduleResponse{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateScheduleResponse) ProtoMessage() {}
+
+func (x *CreateScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateScheduleResponse.ProtoReflect.Descriptor instead.
+func (*CreateScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CreateScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// GetSchedule request.
+type GetScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Schedule id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetScheduleRequest) Reset() {
+	*x = GetScheduleRequest{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetScheduleRequest) ProtoMessage() {}
+
+func (x *GetScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetScheduleRequest.ProtoReflect.Descriptor instead.
+func (*GetScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetScheduleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// GetSchedule response.
+type GetScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule.
+	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetScheduleResponse) Reset() {
+	*x = GetScheduleResponse{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetScheduleResponse) ProtoMessage() {}
+
+func (x *GetScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetScheduleResponse.ProtoReflect.Descriptor instead.
+func (*GetScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *GetScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// ListSchedules request.
+type ListSchedulesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchedulesRequest) Reset() {
+	*x = ListSchedulesRequest{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchedulesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchedulesRequest) ProtoMessage() {}
+
+func (x *ListSchedulesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchedulesRequest.ProtoReflect.Descriptor instead.
+func (*ListSchedulesRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{11}
+}
+
+// ListSchedules response.
+type ListSchedulesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every schedule, by id.
+	Schedules     []*Schedule `protobuf:"bytes,1,rep,name=schedules,proto3" json:"schedules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchedulesResponse) Reset() {
+	*x = ListSchedulesResponse{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchedulesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchedulesResponse) ProtoMessage() {}
+
+func (x *ListSchedulesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchedulesResponse.ProtoReflect.Descriptor instead.
+func (*ListSchedulesResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ListSchedulesResponse) GetSchedules() []*Schedule {
+	if x != nil {
+		return x.Schedules
+	}
+	return nil
+}
+
+// UpdateSchedule request.
+type UpdateScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new definition; `id` names the schedule to update.
+	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateScheduleRequest) Reset() {
+	*x = UpdateScheduleRequest{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateScheduleRequest) ProtoMessage() {}
+
+func (x *UpdateScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateScheduleRequest.ProtoReflect.Descriptor instead.
+func (*UpdateScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *UpdateScheduleRequest) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// UpdateSchedule response.
+type UpdateScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stored schedule.
+	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateScheduleResponse) Reset() {
+	*x = UpdateScheduleResponse{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateScheduleResponse) ProtoMessage() {}
+
+func (x *UpdateScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateScheduleResponse.ProtoReflect.Descriptor instead.
+func (*UpdateScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *UpdateScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// DeleteSchedule request.
+type DeleteScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Schedule id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteScheduleRequest) Reset() {
+	*x = DeleteScheduleRequest{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteScheduleRequest) ProtoMessage() {}
+
+func (x *DeleteScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteScheduleRequest.ProtoReflect.Descriptor instead.
+func (*DeleteScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DeleteScheduleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// DeleteSchedule response.
+type DeleteScheduleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteScheduleResponse) Reset() {
+	*x = DeleteScheduleResponse{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteScheduleResponse) ProtoMessage() {}
+
+func (x *DeleteScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteScheduleResponse.ProtoReflect.Descriptor instead.
+func (*DeleteScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{16}
+}
+
+// PauseSchedule request.
+type PauseScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Schedule id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseScheduleRequest) Reset() {
+	*x = PauseScheduleRequest{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseScheduleRequest) ProtoMessage() {}
+
+func (x *PauseScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseScheduleRequest.ProtoReflect.Descriptor instead.
+func (*PauseScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *PauseScheduleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// PauseSchedule response.
+type PauseScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule.
+	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseScheduleResponse) Reset() {
+	*x = PauseScheduleResponse{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseScheduleResponse) ProtoMessage() {}
+
+func (x *PauseScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseScheduleResponse.ProtoReflect.Descriptor instead.
+func (*PauseScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *PauseScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// ResumeSchedule request.
+type ResumeScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Schedule id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeScheduleRequest) Reset() {
+	*x = ResumeScheduleRequest{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeScheduleRequest) ProtoMessage() {}
+
+func (x *ResumeScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeScheduleRequest.ProtoReflect.Descriptor instead.
+func (*ResumeScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ResumeScheduleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// ResumeSchedule response.
+type ResumeScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule.
+	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeScheduleResponse) Reset() {
+	*x = ResumeScheduleResponse{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeScheduleResponse) ProtoMessage() {}
+
+func (x *ResumeScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeScheduleResponse.ProtoReflect.Descriptor instead.
+func (*ResumeScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ResumeScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// TriggerSchedule request.
+type TriggerScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Schedule id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TriggerScheduleRequest) Reset() {
+	*x = TriggerScheduleRequest{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TriggerScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TriggerScheduleRequest) ProtoMessage() {}
+
+func (x *TriggerScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TriggerScheduleRequest.ProtoReflect.Descriptor instead.
+func (*TriggerScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *TriggerScheduleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// TriggerSchedule response.
+type TriggerScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The run that was submitted.
+	Run           *ScheduleRun `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TriggerScheduleResponse) Reset() {
+	*x = TriggerScheduleResponse{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TriggerScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TriggerScheduleResponse) ProtoMessage() {}
+
+func (x *TriggerScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TriggerScheduleResponse.ProtoReflect.Descriptor instead.
+func (*TriggerScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *TriggerScheduleResponse) GetRun() *ScheduleRun {
+	if x != nil {
+		return x.Run
+	}
+	return nil
+}
+
+// ListScheduleRuns request.
+type ListScheduleRunsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Schedule id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListScheduleRunsRequest) Reset() {
+	*x = ListScheduleRunsRequest{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListScheduleRunsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListScheduleRunsRequest) ProtoMessage() {}
+
+func (x *ListScheduleRunsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListScheduleRunsRequest.ProtoReflect.Descriptor instead.
+func (*ListScheduleRunsRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListScheduleRunsRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// ListScheduleRuns response.
+type ListScheduleRunsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Runs, newest first.
+	Runs          []*ScheduleRun `protobuf:"bytes,1,rep,name=runs,proto3" json:"runs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListScheduleRunsResponse) Reset() {
+	*x = ListScheduleRunsResponse{}
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListScheduleRunsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListScheduleRunsResponse) ProtoMessage() {}
+
+func (x *ListScheduleRunsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_scheduling_service_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListScheduleRunsResponse.ProtoReflect.Descriptor instead.
+func (*ListScheduleRunsResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListScheduleRunsResponse) GetRuns() []*ScheduleRun {
+	if x != nil {
+		return x.Runs
+	}
+	return nil
+}
+
 var File_conveyor_v1_scheduling_service_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_scheduling_service_proto_rawDesc = "" +
 	"\n" +
-	"$conveyor/v1/scheduling_service.proto\x12\vconveyor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1b\n" +
-	"\x19GetSchedulerStatusRequest\"\xcb\x01\n" +
+	"$conveyor/v1/scheduling_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1b\n" +
+	"\x19GetSchedulerStatusRequest\"\xfb\x01\n" +
 	"\x1aGetSchedulerStatusResponse\x12'\n" +
 	"\x0fscheduled_tasks\x18\x01 \x01(\x04R\x0escheduledTasks\x12:\n" +
 	"\vnext_due_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tnextDueAt\x12%\n" +
 	"\x0epromoted_total\x18\x03 \x01(\x04R\rpromotedTotal\x12!\n" +
-	"\freaped_total\x18\x04 \x01(\x04R\vreapedTotal2z\n" +
+	"\freaped_total\x18\x04 \x01(\x04R\vreapedTotal\x12.\n" +
+	"\x13schedule_runs_total\x18\x05 \x01(\x04R\x11scheduleRunsTotal\"?\n" +
+	"\fIntervalRule\x12/\n" +
+	"\x05every\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05every\"G\n" +
+	"\bCronRule\x12\x1e\n" +
+	"\n" +
+	"expression\x18\x01 \x01(\tR\n" +
+	"expression\x12\x1b\n" +
+	"\ttime_zone\x18\x02 \x01(\tR\btimeZone\"t\n" +
+	"\tSolarRule\x12-\n" +
+	"\x05event\x18\x01 \x01(\x0e2\x17.conveyor.v1.SolarEventR\x05event\x12\x1a\n" +
+	"\blatitude\x18\x02 \x01(\x01R\blatitude\x12\x1c\n" +
+	"\tlongitude\x18\x03 \x01(\x01R\tlongitude\"\x90\x05\n" +
+	"\bSchedule\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12)\n" +
+	"\x04task\x18\x02 \x01(\v2\x15.conveyor.v1.TaskSpecR\x04task\x127\n" +
+	"\binterval\x18\x03 \x01(\v2\x19.conveyor.v1.IntervalRuleH\x00R\binterval\x12+\n" +
+	"\x04cron\x18\x04 \x01(\v2\x15.conveyor.v1.CronRuleH\x00R\x04cron\x12.\n" +
+	"\x05solar\x18\x05 \x01(\v2\x16.conveyor.v1.SolarRuleH\x00R\x05solar\x125\n" +
+	"\bstart_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\astartAt\x121\n" +
+	"\x06end_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x05endAt\x121\n" +
+	"\x06jitter\x18\b \x01(\v2\x19.google.protobuf.DurationR\x06jitter\x12/\n" +
+	"\bcatch_up\x18\t \x01(\x0e2\x14.conveyor.v1.CatchUpR\acatchUp\x12\x16\n" +
+	"\x06paused\x18\n" +
+	" \x01(\bR\x06paused\x12:\n" +
+	"\vnext_run_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tnextRunAt\x12:\n" +
+	"\vlast_run_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tlastRunAt\x12\x12\n" +
+	"\x04runs\x18\r \x01(\x04R\x04runs\x129\n" +
+	"\n" +
+	"created_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAtB\x06\n" +
+	"\x04rule\"y\n" +
+	"\vScheduleRun\x123\n" +
+	"\afire_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x06fireAt\x12\x17\n" +
+	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12\x1c\n" +
+	"\ttriggered\x18\x03 \x01(\bR\ttriggered\"J\n" +
+	"\x15CreateScheduleRequest\x121\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"K\n" +
+	"\x16CreateScheduleResponse\x121\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"$\n" +
+	"\x12GetScheduleRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"H\n" +
+	"\x13GetScheduleResponse\x121\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"\x16\n" +
+	"\x14ListSchedulesRequest\"L\n" +
+	"\x15ListSchedulesResponse\x123\n" +
+	"\tschedules\x18\x01 \x03(\v2\x15.conveyor.v1.ScheduleR\tschedules\"J\n" +
+	"\x15UpdateScheduleRequest\x121\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"K\n" +
+	"\x16UpdateScheduleResponse\x121\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"'\n" +
+	"\x15DeleteScheduleRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x18\n" +
+	"\x16DeleteScheduleResponse\"&\n" +
+	"\x14PauseScheduleRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"J\n" +
+	"\x15PauseScheduleResponse\x121\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"'\n" +
+	"\x15ResumeScheduleRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"K\n" +
+	"\x16ResumeScheduleResponse\x121\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"(\n" +
+	"\x16TriggerScheduleRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
+	"\x17TriggerScheduleResponse\x12*\n" +
+	"\x03run\x18\x01 \x01(\v2\x18.conveyor.v1.ScheduleRunR\x03run\")\n" +
+	"\x17ListScheduleRunsRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"H\n" +
+	"\x18ListScheduleRunsResponse\x12,\n" +
+	"\x04runs\x18\x01 \x03(\v2\x18.conveyor.v1.ScheduleRunR\x04runs*\xb2\x02\n" +
+	"\n" +
+	"SolarEvent\x12\x1b\n" +
+	"\x17SOLAR_EVENT_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13SOLAR_EVENT_SUNRISE\x10\x01\x12\x16\n" +
+	"\x12SOLAR_EVENT_SUNSET\x10\x02\x12\x1a\n" +
+	"\x16SOLAR_EVENT_SOLAR_NOON\x10\x03\x12\x1a\n" +
+	"\x16SOLAR_EVENT_DAWN_CIVIL\x10\x04\x12\x1a\n" +
+	"\x16SOLAR_EVENT_DUSK_CIVIL\x10\x05\x12\x1d\n" +
+	"\x19SOLAR_EVENT_DAWN_NAUTICAL\x10\x06\x12\x1d\n" +
+	"\x19SOLAR_EVENT_DUSK_NAUTICAL\x10\a\x12!\n" +
+	"\x1dSOLAR_EVENT_DAWN_ASTRONOMICAL\x10\b\x12!\n" +
+	"\x1dSOLAR_EVENT_DUSK_ASTRONOMICAL\x10\t*M\n" +
+	"\aCatchUp\x12\x18\n" +
+	"\x14CATCH_UP_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rCATCH_UP_SKIP\x10\x01\x12\x15\n" +
+	"\x11CATCH_UP_RUN_ONCE\x10\x022\xa7\a\n" +
 	"\x11SchedulingService\x12e\n" +
-	"\x12GetSchedulerStatus\x12&.conveyor.v1.GetSchedulerStatusRequest\x1a'.conveyor.v1.GetSchedulerStatusResponseB\xab\x01\n" +
+	"\x12GetSchedulerStatus\x12&.conveyor.v1.GetSchedulerStatusRequest\x1a'.conveyor.v1.GetSchedulerStatusResponse\x12Y\n" +
+	"\x0eCreateSchedule\x12\".conveyor.v1.CreateScheduleRequest\x1a#.conveyor.v1.CreateScheduleResponse\x12P\n" +
+	"\vGetSchedule\x12\x1f.conveyor.v1.GetScheduleRequest\x1a .conveyor.v1.GetScheduleResponse\x12V\n" +
+	"\rListSchedules\x12!.conveyor.v1.ListSchedulesRequest\x1a\".conveyor.v1.ListSchedulesResponse\x12Y\n" +
+	"\x0eUpdateSchedule\x12\".conveyor.v1.UpdateScheduleRequest\x1a#.conveyor.v1.UpdateScheduleResponse\x12Y\n" +
+	"\x0eDeleteSchedule\x12\".conveyor.v1.DeleteScheduleRequest\x1a#.conveyor.v1.DeleteScheduleResponse\x12V\n" +
+	"\rPauseSchedule\x12!.conveyor.v1.PauseScheduleRequest\x1a\".conveyor.v1.PauseScheduleResponse\x12Y\n" +
+	"\x0eResumeSchedule\x12\".conveyor.v1.ResumeScheduleRequest\x1a#.conveyor.v1.ResumeScheduleResponse\x12\\\n" +
+	"\x0fTriggerSchedule\x12#.conveyor.v1.TriggerScheduleRequest\x1a$.conveyor.v1.TriggerScheduleResponse\x12_\n" +
+	"\x10ListScheduleRuns\x12$.conveyor.v1.ListScheduleRunsRequest\x1a%.conveyor.v1.ListScheduleRunsResponseB\xab\x01\n" +
 	"\x0fcom.conveyor.v1B\x16SchedulingServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03CXX\xaa\x02\vConveyor.V1\xca\x02\vConveyor\\V1\xe2\x02\x17Conveyor\\V1\\GPBMetadata\xea\x02\fConveyor::V1b\x06proto3"
 
 var (
@@ -159,21 +1643,91 @@ func file_conveyor_v1_scheduling_service_proto_rawDescGZIP() []byte {
 	return file_conveyor_v1_scheduling_service_proto_rawDescData
 }
 
-var file_conveyor_v1_scheduling_service_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_conveyor_v1_scheduling_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_conveyor_v1_scheduling_service_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_conveyor_v1_scheduling_service_proto_goTypes = []any{
-	(*GetSchedulerStatusRequest)(nil),  // 0: conveyor.v1.GetSchedulerStatusRequest
-	(*GetSchedulerStatusResponse)(nil), // 1: conveyor.v1.GetSchedulerStatusResponse
-	(*timestamppb.Timestamp)(nil),      // 2: google.protobuf.Timestamp
+	(SolarEvent)(0),                    // 0: conveyor.v1.SolarEvent
+	(CatchUp)(0),                       // 1: conveyor.v1.CatchUp
+	(*GetSchedulerStatusRequest)(nil),  // 2: conveyor.v1.GetSchedulerStatusRequest
+	(*GetSchedulerStatusResponse)(nil), // 3: conveyor.v1.GetSchedulerStatusResponse
+	(*IntervalRule)(nil),               // 4: conveyor.v1.IntervalRule
+	(*CronRule)(nil),                   // 5: conveyor.v1.CronRule
+	(*SolarRule)(nil),                  // 6: conveyor.v1.SolarRule
+	(*Schedule)(nil),                   // 7: conveyor.v1.Schedule
+	(*ScheduleRun)(nil),                // 8: conveyor.v1.ScheduleRun
+	(*CreateScheduleRequest)(nil),      // 9: conveyor.v1.CreateScheduleRequest
+	(*CreateScheduleResponse)(nil),     // 10: conveyor.v1.CreateScheduleResponse
+	(*GetScheduleRequest)(nil),         // 11: conveyor.v1.GetScheduleRequest
+	(*GetScheduleResponse)(nil),        // 12: conveyor.v1.GetScheduleResponse
+	(*ListSchedulesRequest)(nil),       // 13: conveyor.v1.ListSchedulesRequest
+	(*ListSchedulesResponse)(nil),      // 14: conveyor.v1.ListSchedulesResponse
+	(*UpdateScheduleRequest)(nil),      // 15: conveyor.v1.UpdateScheduleRequest
+	(*UpdateScheduleResponse)(nil),     // 16: conveyor.v1.UpdateScheduleResponse
+	(*DeleteScheduleRequest)(nil),      // 17: conveyor.v1.DeleteScheduleRequest
+	(*DeleteScheduleResponse)(nil),     // 18: conveyor.v1.DeleteScheduleResponse
+	(*PauseScheduleRequest)(nil),       // 19: conveyor.v1.PauseScheduleRequest
+	(*PauseScheduleResponse)(nil),      // 20: conveyor.v1.PauseScheduleResponse
+	(*ResumeScheduleRequest)(nil),      // 21: conveyor.v1.ResumeScheduleRequest
+	(*ResumeScheduleResponse)(nil),     // 22: conveyor.v1.ResumeScheduleResponse
+	(*TriggerScheduleRequest)(nil),     // 23: conveyor.v1.TriggerScheduleRequest
+	(*TriggerScheduleResponse)(nil),    // 24: conveyor.v1.TriggerScheduleResponse
+	(*ListScheduleRunsRequest)(nil),    // 25: conveyor.v1.ListScheduleRunsRequest
+	(*ListScheduleRunsResponse)(nil),   // 26: conveyor.v1.ListScheduleRunsResponse
+	(*timestamppb.Timestamp)(nil),      // 27: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 28: google.protobuf.Duration
+	(*TaskSpec)(nil),                   // 29: conveyor.v1.TaskSpec
 }
 var file_conveyor_v1_scheduling_service_proto_depIdxs = []int32{
-	2, // 0: conveyor.v1.GetSchedulerStatusResponse.next_due_at:type_name -> google.protobuf.Timestamp
-	0, // 1: conveyor.v1.SchedulingService.GetSchedulerStatus:input_type -> conveyor.v1.GetSchedulerStatusRequest
-	1, // 2: conveyor.v1.SchedulingService.GetSchedulerStatus:output_type -> conveyor.v1.GetSchedulerStatusResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	27, // 0: conveyor.v1.GetSchedulerStatusResponse.next_due_at:type_name -> google.protobuf.Timestamp
+	28, // 1: conveyor.v1.IntervalRule.every:type_name -> google.protobuf.Duration
+	0,  // 2: conveyor.v1.SolarRule.event:type_name -> conveyor.v1.SolarEvent
+	29, // 3: conveyor.v1.Schedule.task:type_name -> conveyor.v1.TaskSpec
+	4,  // 4: conveyor.v1.Schedule.interval:type_name -> conveyor.v1.IntervalRule
+	5,  // 5: conveyor.v1.Schedule.cron:type_name -> conveyor.v1.CronRule
+	6,  // 6: conveyor.v1.Schedule.solar:type_name -> conveyor.v1.SolarRule
+	27, // 7: conveyor.v1.Schedule.start_at:type_name -> google.protobuf.Timestamp
+	27, // 8: conveyor.v1.Schedule.end_at:type_name -> google.protobuf.Timestamp
+	28, // 9: conveyor.v1.Schedule.jitter:type_name -> google.protobuf.Duration
+	1,  // 10: conveyor.v1.Schedule.catch_up:type_name -> conveyor.v1.CatchUp
+	27, // 11: conveyor.v1.Schedule.next_run_at:type_name -> google.protobuf.Timestamp
+	27, // 12: conveyor.v1.Schedule.last_run_at:type_name -> google.protobuf.Timestamp
+	27, // 13: conveyor.v1.Schedule.created_at:type_name -> google.protobuf.Timestamp
+	27, // 14: conveyor.v1.ScheduleRun.fire_at:type_name -> google.protobuf.Timestamp
+	7,  // 15: conveyor.v1.CreateScheduleRequest.schedule:type_name -> conveyor.v1.Schedule
+	7,  // 16: conveyor.v1.CreateScheduleResponse.schedule:type_name -> conveyor.v1.Schedule
+	7,  // 17: conveyor.v1.GetScheduleResponse.schedule:type_name -> conveyor.v1.Schedule
+	7,  // 18: conveyor.v1.ListSchedulesResponse.schedules:type_name -> conveyor.v1.Schedule
+	7,  // 19: conveyor.v1.UpdateScheduleRequest.schedule:type_name -> conveyor.v1.Schedule
+	7,  // 20: conveyor.v1.UpdateScheduleResponse.schedule:type_name -> conveyor.v1.Schedule
+	7,  // 21: conveyor.v1.PauseScheduleResponse.schedule:type_name -> conveyor.v1.Schedule
+	7,  // 22: conveyor.v1.ResumeScheduleResponse.schedule:type_name -> conveyor.v1.Schedule
+	8,  // 23: conveyor.v1.TriggerScheduleResponse.run:type_name -> conveyor.v1.ScheduleRun
+	8,  // 24: conveyor.v1.ListScheduleRunsResponse.runs:type_name -> conveyor.v1.ScheduleRun
+	2,  // 25: conveyor.v1.SchedulingService.GetSchedulerStatus:input_type -> conveyor.v1.GetSchedulerStatusRequest
+	9,  // 26: conveyor.v1.SchedulingService.CreateSchedule:input_type -> conveyor.v1.CreateScheduleRequest
+	11, // 27: conveyor.v1.SchedulingService.GetSchedule:input_type -> conveyor.v1.GetScheduleRequest
+	13, // 28: conveyor.v1.SchedulingService.ListSchedules:input_type -> conveyor.v1.ListSchedulesRequest
+	15, // 29: conveyor.v1.SchedulingService.UpdateSchedule:input_type -> conveyor.v1.UpdateScheduleRequest
+	17, // 30: conveyor.v1.SchedulingService.DeleteSchedule:input_type -> conveyor.v1.DeleteScheduleRequest
+	19, // 31: conveyor.v1.SchedulingService.PauseSchedule:input_type -> conveyor.v1.PauseScheduleRequest
+	21, // 32: conveyor.v1.SchedulingService.ResumeSchedule:input_type -> conveyor.v1.ResumeScheduleRequest
+	23, // 33: conveyor.v1.SchedulingService.TriggerSchedule:input_type -> conveyor.v1.TriggerScheduleRequest
+	25, // 34: conveyor.v1.SchedulingService.ListScheduleRuns:input_type -> conveyor.v1.ListScheduleRunsRequest
+	3,  // 35: conveyor.v1.SchedulingService.GetSchedulerStatus:output_type -> conveyor.v1.GetSchedulerStatusResponse
+	10, // 36: conveyor.v1.SchedulingService.CreateSchedule:output_type -> conveyor.v1.CreateScheduleResponse
+	12, // 37: conveyor.v1.SchedulingService.GetSchedule:output_type -> conveyor.v1.GetScheduleResponse
+	14, // 38: conveyor.v1.SchedulingService.ListSchedules:output_type -> conveyor.v1.ListSchedulesResponse
+	16, // 39: conveyor.v1.SchedulingService.UpdateSchedule:output_type -> conveyor.v1.UpdateScheduleResponse
+	18, // 40: conveyor.v1.SchedulingService.DeleteSchedule:output_type -> conveyor.v1.DeleteScheduleResponse
+	20, // 41: conveyor.v1.SchedulingService.PauseSchedule:output_type -> conveyor.v1.PauseScheduleResponse
+	22, // 42: conveyor.v1.SchedulingService.ResumeSchedule:output_type -> conveyor.v1.ResumeScheduleResponse
+	24, // 43: conveyor.v1.SchedulingService.TriggerSchedule:output_type -> conveyor.v1.TriggerScheduleResponse
+	26, // 44: conveyor.v1.SchedulingService.ListScheduleRuns:output_type -> conveyor.v1.ListScheduleRunsResponse
+	35, // [35:45] is the sub-list for method output_type
+	25, // [25:35] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_conveyor_v1_scheduling_service_proto_init() }
@@ -181,18 +1735,25 @@ func file_conveyor_v1_scheduling_service_proto_init() {
 	if File_conveyor_v1_scheduling_service_proto != nil {
 		return
 	}
+	file_conveyor_v1_task_proto_init()
+	file_conveyor_v1_scheduling_service_proto_msgTypes[5].OneofWrappers = []any{
+		(*Schedule_Interval)(nil),
+		(*Schedule_Cron)(nil),
+		(*Schedule_Solar)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_scheduling_service_proto_rawDesc), len(file_conveyor_v1_scheduling_service_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   2,
+			NumEnums:      2,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_conveyor_v1_scheduling_service_proto_goTypes,
 		DependencyIndexes: file_conveyor_v1_scheduling_service_proto_depIdxs,
+		EnumInfos:         file_conveyor_v1_scheduling_service_proto_enumTypes,
 		MessageInfos:      file_conveyor_v1_scheduling_service_proto_msgTypes,
 	}.Build()
 	File_conveyor_v1_scheduling_service_proto = out.File

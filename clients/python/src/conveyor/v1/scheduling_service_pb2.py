@@ -22,10 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from conveyor.v1 import task_pb2 as conveyor_dot_v1_dot_task__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$conveyor/v1/scheduling_service.proto\x12\x0b\x63onveyor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1b\n\x19GetSchedulerStatusRequest\"\xcb\x01\n\x1aGetSchedulerStatusResponse\x12\'\n\x0fscheduled_tasks\x18\x01 \x01(\x04R\x0escheduledTasks\x12:\n\x0bnext_due_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tnextDueAt\x12%\n\x0epromoted_total\x18\x03 \x01(\x04R\rpromotedTotal\x12!\n\x0creaped_total\x18\x04 \x01(\x04R\x0breapedTotal2z\n\x11SchedulingService\x12\x65\n\x12GetSchedulerStatus\x12&.conveyor.v1.GetSchedulerStatusRequest\x1a\'.conveyor.v1.GetSchedulerStatusResponseB\xab\x01\n\x0f\x63om.conveyor.v1B\x16SchedulingServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03\x43XX\xaa\x02\x0b\x43onveyor.V1\xca\x02\x0b\x43onveyor\\V1\xe2\x02\x17\x43onveyor\\V1\\GPBMetadata\xea\x02\x0c\x43onveyor::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$conveyor/v1/scheduling_service.proto\x12\x0b\x63onveyor.v1\x1a\x16\x63onveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1b\n\x19GetSchedulerStatusRequest\"\xfb\x01\n\x1aGetSchedulerStatusResponse\x12\'\n\x0fscheduled_tasks\x18\x01 \x01(\x04R\x0escheduledTasks\x12:\n\x0bnext_due_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tnextDueAt\x12%\n\x0epromoted_total\x18\x03 \x01(\x04R\rpromotedTotal\x12!\n\x0creaped_total\x18\x04 \x01(\x04R\x0breapedTotal\x12.\n\x13schedule_runs_total\x18\x05 \x01(\x04R\x11scheduleRunsTotal\"?\n\x0cIntervalRule\x12/\n\x05\x65very\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x05\x65very\"G\n\x08\x43ronRule\x12\x1e\n\nexpression\x18\x01 \x01(\tR\nexpression\x12\x1b\n\ttime_zone\x18\x02 \x01(\tR\x08timeZone\"t\n\tSolarRule\x12-\n\x05\x65vent\x18\x01 \x01(\x0e\x32\x17.conveyor.v1.SolarEventR\x05\x65vent\x12\x1a\n\x08latitude\x18\x02 \x01(\x01R\x08latitude\x12\x1c\n\tlongitude\x18\x03 \x01(\x01R\tlongitude\"\x90\x05\n\x08Schedule\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12)\n\x04task\x18\x02 \x01(\x0b\x32\x15.conveyor.v1.TaskSpecR\x04task\x12\x37\n\x08interval\x18\x03 \x01(\x0b\x32\x19.conveyor.v1.IntervalRuleH\x00R\x08interval\x12+\n\x04\x63ron\x18\x04 \x01(\x0b\x32\x15.conveyor.v1.CronRuleH\x00R\x04\x63ron\x12.\n\x05solar\x18\x05 \x01(\x0b\x32\x16.conveyor.v1.SolarRuleH\x00R\x05solar\x12\x35\n\x08start_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x07startAt\x12\x31\n\x06\x65nd_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x05\x65ndAt\x12\x31\n\x06jitter\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationR\x06jitter\x12/\n\x08\x63\x61tch_up\x18\t \x01(\x0e\x32\x14.conveyor.v1.CatchUpR\x07\x63\x61tchUp\x12\x16\n\x06paused\x18\n \x01(\x08R\x06paused\x12:\n\x0bnext_run_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tnextRunAt\x12:\n\x0blast_run_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tlastRunAt\x12\x12\n\x04runs\x18\r \x01(\x04R\x04runs\x12\x39\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAtB\x06\n\x04rule\"y\n\x0bScheduleRun\x12\x33\n\x07\x66ire_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x06\x66ireAt\x12\x17\n\x07task_id\x18\x02 \x01(\tR\x06taskId\x12\x1c\n\ttriggered\x18\x03 \x01(\x08R\ttriggered\"J\n\x15\x43reateScheduleRequest\x12\x31\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.ScheduleR\x08schedule\"K\n\x16\x43reateScheduleResponse\x12\x31\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.ScheduleR\x08schedule\"$\n\x12GetScheduleRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"H\n\x13GetScheduleResponse\x12\x31\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.ScheduleR\x08schedule\"\x16\n\x14ListSchedulesRequest\"L\n\x15ListSchedulesResponse\x12\x33\n\tschedules\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.ScheduleR\tschedules\"J\n\x15UpdateScheduleRequest\x12\x31\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.ScheduleR\x08schedule\"K\n\x16UpdateScheduleResponse\x12\x31\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.ScheduleR\x08schedule\"\'\n\x15\x44\x65leteScheduleRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"\x18\n\x16\x44\x65leteScheduleResponse\"&\n\x14PauseScheduleRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"J\n\x15PauseScheduleResponse\x12\x31\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.ScheduleR\x08schedule\"\'\n\x15ResumeScheduleRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"K\n\x16ResumeScheduleResponse\x12\x31\n\x08schedule\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.ScheduleR\x08schedule\"(\n\x16TriggerScheduleRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"E\n\x17TriggerScheduleResponse\x12*\n\x03run\x18\x01 \x01(\x0b\x32\x18.conveyor.v1.ScheduleRunR\x03run\")\n\x17ListScheduleRunsRequest\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\"H\n\x18ListScheduleRunsResponse\x12,\n\x04runs\x18\x01 \x03(\x0b\x32\x18.conveyor.v1.ScheduleRunR\x04runs*\xb2\x02\n\nSolarEvent\x12\x1b\n\x17SOLAR_EVENT_UNSPECIFIED\x10\x00\x12\x17\n\x13SOLAR_EVENT_SUNRISE\x10\x01\x12\x16\n\x12SOLAR_EVENT_SUNSET\x10\x02\x12\x1a\n\x16SOLAR_EVENT_SOLAR_NOON\x10\x03\x12\x1a\n\x16SOLAR_EVENT_DAWN_CIVIL\x10\x04\x12\x1a\n\x16SOLAR_EVENT_DUSK_CIVIL\x10\x05\x12\x1d\n\x19SOLAR_EVENT_DAWN_NAUTICAL\x10\x06\x12\x1d\n\x19SOLAR_EVENT_DUSK_NAUTICAL\x10\x07\x12!\n\x1dSOLAR_EVENT_DAWN_ASTRONOMICAL\x10\x08\x12!\n\x1dSOLAR_EVENT_DUSK_ASTRONOMICAL\x10\t*M\n\x07\x43\x61tchUp\x12\x18\n\x14\x43\x41TCH_UP_UNSPECIFIED\x10\x00\x12\x11\n\rCATCH_UP_SKIP\x10\x01\x12\x15\n\x11\x43\x41TCH_UP_RUN_ONCE\x10\x02\x32\xa7\x07\n\x11SchedulingService\x12\x65\n\x12GetSchedulerStatus\x12&.conveyor.v1.GetSchedulerStatusRequest\x1a\'.conveyor.v1.GetSchedulerStatusResponse\x12Y\n\x0e\x43reateSchedule\x12\".conveyor.v1.CreateScheduleRequest\x1a#.conveyor.v1.CreateScheduleResponse\x12P\n\x0bGetSchedule\x12\x1f.conveyor.v1.GetScheduleRequest\x1a .conveyor.v1.GetScheduleResponse\x12V\n\rListSchedules\x12!.conveyor.v1.ListSchedulesRequest\x1a\".conveyor.v1.ListSchedulesResponse\x12Y\n\x0eUpdateSchedule\x12\".conveyor.v1.UpdateScheduleRequest\x1a#.conveyor.v1.UpdateScheduleResponse\x12Y\n\x0e\x44\x65leteSchedule\x12\".conveyor.v1.DeleteScheduleRequest\x1a#.conveyor.v1.DeleteScheduleResponse\x12V\n\rPauseSchedule\x12!.conveyor.v1.PauseScheduleRequest\x1a\".conveyor.v1.PauseScheduleResponse\x12Y\n\x0eResumeSchedule\x12\".conveyor.v1.ResumeScheduleRequest\x1a#.conveyor.v1.ResumeScheduleResponse\x12\\\n\x0fTriggerSchedule\x12#.conveyor.v1.TriggerScheduleRequest\x1a$.conveyor.v1.TriggerScheduleResponse\x12_\n\x10ListScheduleRuns\x12$.conveyor.v1.ListScheduleRunsRequest\x1a%.conveyor.v1.ListScheduleRunsResponseB\xab\x01\n\x0f\x63om.conveyor.v1B\x16SchedulingServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03\x43XX\xaa\x02\x0b\x43onveyor.V1\xca\x02\x0b\x43onveyor\\V1\xe2\x02\x17\x43onveyor\\V1\\GPBMetadata\xea\x02\x0c\x43onveyor::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +35,60 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'conveyor.v1.scheduling_serv
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017com.conveyor.v1B\026SchedulingServiceProtoP\001Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\242\002\003CXX\252\002\013Conveyor.V1\312\002\013Conveyor\\V1\342\002\027Conveyor\\V1\\GPBMetadata\352\002\014Conveyor::V1'
-  _globals['_GETSCHEDULERSTATUSREQUEST']._serialized_start=86
-  _globals['_GETSCHEDULERSTATUSREQUEST']._serialized_end=113
-  _globals['_GETSCHEDULERSTATUSRESPONSE']._serialized_start=116
-  _globals['_GETSCHEDULERSTATUSRESPONSE']._serialized_end=319
-  _globals['_SCHEDULINGSERVICE']._serialized_start=321
-  _globals['_SCHEDULINGSERVICE']._serialized_end=443
+  _globals['_SOLAREVENT']._serialized_start=2515
+  _globals['_SOLAREVENT']._serialized_end=2821
+  _globals['_CATCHUP']._serialized_start=2823
+  _globals['_CATCHUP']._serialized_end=2900
+  _globals['_GETSCHEDULERSTATUSREQUEST']._serialized_start=142
+  _globals['_GETSCHEDULERSTATUSREQUEST']._serialized_end=169
+  _globals['_GETSCHEDULERSTATUSRESPONSE']._serialized_start=172
+  _globals['_GETSCHEDULERSTATUSRESPONSE']._serialized_end=423
+  _globals['_INTERVALRULE']._serialized_start=425
+  _globals['_INTERVALRULE']._serialized_end=488
+  _globals['_CRONRULE']._serialized_start=490
+  _globals['_CRONRULE']._serialized_end=561
+  _globals['_SOLARRULE']._serialized_start=563
+  _globals['_SOLARRULE']._serialized_end=679
+  _globals['_SCHEDULE']._serialized_start=682
+  _globals['_SCHEDULE']._serialized_end=1338
+  _globals['_SCHEDULERUN']._serialized_start=1340
+  _globals['_SCHEDULERUN']._serialized_end=1461
+  _globals['_CREATESCHEDULEREQUEST']._serialized_start=1463
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=1537
+  _globals['_CREATESCHEDULERESPONSE']._serialized_start=1539
+  _globals['_CREATESCHEDULERESPONSE']._serialized_end=1614
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=1616
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=1652
+  _globals['_GETSCHEDULERESPONSE']._serialized_start=1654
+  _globals['_GETSCHEDULERESPONSE']._serialized_end=1726
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=1728
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=1750
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=1752
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=1828
+  _globals['_UPDATESCHEDULEREQUEST']._serialized_start=1830
+  _globals['_UPDATESCHEDULEREQUEST']._serialized_end=1904
+  _globals['_UPDATESCHEDULERESPONSE']._serialized_start=1906
+  _globals['_UPDATESCHEDULERESPONSE']._serialized_end=1981
+  _globals['_DELETESCHEDULEREQUEST']._serialized_start=1983
+  _globals['_DELETESCHEDULEREQUEST']._serialized_end=2022
+  _globals['_DELETESCHEDULERESPONSE']._serialized_start=2024
+  _globals['_DELETESCHEDULERESPONSE']._serialized_end=2048
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_start=2050
+  _globals['_PAUSESCHEDULEREQUEST']._serialized_end=2088
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_start=2090
+  _globals['_PAUSESCHEDULERESPONSE']._serialized_end=2164
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_start=2166
+  _globals['_RESUMESCHEDULEREQUEST']._serialized_end=2205
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_start=2207
+  _globals['_RESUMESCHEDULERESPONSE']._serialized_end=2282
+  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_start=2284
+  _globals['_TRIGGERSCHEDULEREQUEST']._serialized_end=2324
+  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_start=2326
+  _globals['_TRIGGERSCHEDULERESPONSE']._serialized_end=2395
+  _globals['_LISTSCHEDULERUNSREQUEST']._serialized_start=2397
+  _globals['_LISTSCHEDULERUNSREQUEST']._serialized_end=2438
+  _globals['_LISTSCHEDULERUNSRESPONSE']._serialized_start=2440
+  _globals['_LISTSCHEDULERUNSRESPONSE']._serialized_end=2512
+  _globals['_SCHEDULINGSERVICE']._serialized_start=2903
+  _globals['_SCHEDULINGSERVICE']._serialized_end=3838
 # @@protoc_insertion_point(module_scope)

@@ -26,11 +26,18 @@ if _version_not_supported:
 
 
 class SchedulingServiceStub:
-    """SchedulingService owns time. Each replica promotes SCHEDULED tasks whose
-    countdown, ETA or retry backoff has passed into their queues, and reaps the
-    leases of worker sessions whose dispatcher stopped renewing them (a crashed
-    dispatcher), putting their tasks back in their queues. Both are single
-    atomic store operations, so any number of replicas may run.
+    """SchedulingService owns time.
+
+    Each replica promotes SCHEDULED tasks whose countdown, ETA or retry backoff
+    has passed into their queues, expires tasks nobody started in time, and
+    reaps the leases of worker sessions whose dispatcher stopped renewing them
+    (a crashed dispatcher), putting their tasks back in their queues.
+
+    It also fires periodic schedules (Celery beat, without its single-process
+    caveat): each due run is submitted through SubmissionService, as any
+    producer would, with the idempotency key `schedule:<id>:<fire time ms>`,
+    and the schedule then advances by an atomic compare-and-set in the store.
+    However many replicas run, each run creates exactly one task.
     """
 
     def __init__(self, channel):
@@ -44,18 +51,134 @@ class SchedulingServiceStub:
                 request_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.GetSchedulerStatusRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.GetSchedulerStatusResponse.FromString,
                 _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/conveyor.v1.SchedulingService/CreateSchedule',
+                request_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.CreateScheduleResponse.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/conveyor.v1.SchedulingService/GetSchedule',
+                request_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.GetScheduleRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.GetScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/conveyor.v1.SchedulingService/ListSchedules',
+                request_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.UpdateSchedule = channel.unary_unary(
+                '/conveyor.v1.SchedulingService/UpdateSchedule',
+                request_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.UpdateScheduleRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.UpdateScheduleResponse.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/conveyor.v1.SchedulingService/DeleteSchedule',
+                request_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.DeleteScheduleResponse.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/conveyor.v1.SchedulingService/PauseSchedule',
+                request_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.PauseScheduleRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.PauseScheduleResponse.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/conveyor.v1.SchedulingService/ResumeSchedule',
+                request_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.ResumeScheduleRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.ResumeScheduleResponse.FromString,
+                _registered_method=True)
+        self.TriggerSchedule = channel.unary_unary(
+                '/conveyor.v1.SchedulingService/TriggerSchedule',
+                request_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.TriggerScheduleRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.TriggerScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListScheduleRuns = channel.unary_unary(
+                '/conveyor.v1.SchedulingService/ListScheduleRuns',
+                request_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.ListScheduleRunsRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.ListScheduleRunsResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulingServiceServicer:
-    """SchedulingService owns time. Each replica promotes SCHEDULED tasks whose
-    countdown, ETA or retry backoff has passed into their queues, and reaps the
-    leases of worker sessions whose dispatcher stopped renewing them (a crashed
-    dispatcher), putting their tasks back in their queues. Both are single
-    atomic store operations, so any number of replicas may run.
+    """SchedulingService owns time.
+
+    Each replica promotes SCHEDULED tasks whose countdown, ETA or retry backoff
+    has passed into their queues, expires tasks nobody started in time, and
+    reaps the leases of worker sessions whose dispatcher stopped renewing them
+    (a crashed dispatcher), putting their tasks back in their queues.
+
+    It also fires periodic schedules (Celery beat, without its single-process
+    caveat): each due run is submitted through SubmissionService, as any
+    producer would, with the idempotency key `schedule:<id>:<fire time ms>`,
+    and the schedule then advances by an atomic compare-and-set in the store.
+    However many replicas run, each run creates exactly one task.
     """
 
     def GetSchedulerStatus(self, request, context):
         """Reports what is waiting on time and what this replica has done.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSchedule(self, request, context):
+        """Creates a schedule. ALREADY_EXISTS when the id is taken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """Returns a schedule. NOT_FOUND for an unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Lists every schedule, ordered by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSchedule(self, request, context):
+        """Replaces a schedule's task, rule and options; its next run is computed
+        again from now. NOT_FOUND for an unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """Deletes a schedule and its run history. NOT_FOUND for an unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """Stops a schedule from firing until resumed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """Resumes a paused schedule from now (missed runs are not caught up).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerSchedule(self, request, context):
+        """Submits one run now, outside the rule; the next regular run is unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListScheduleRuns(self, request, context):
+        """The schedule's recent runs (the last 100), newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,6 +192,51 @@ def add_SchedulingServiceServicer_to_server(servicer, server):
                     request_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.GetSchedulerStatusRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.GetSchedulerStatusResponse.SerializeToString,
             ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.CreateScheduleResponse.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.GetScheduleRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.GetScheduleResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'UpdateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSchedule,
+                    request_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.UpdateScheduleRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.UpdateScheduleResponse.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.DeleteScheduleResponse.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.PauseScheduleRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.PauseScheduleResponse.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.ResumeScheduleRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.ResumeScheduleResponse.SerializeToString,
+            ),
+            'TriggerSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerSchedule,
+                    request_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.TriggerScheduleRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.TriggerScheduleResponse.SerializeToString,
+            ),
+            'ListScheduleRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListScheduleRuns,
+                    request_deserializer=conveyor_dot_v1_dot_scheduling__service__pb2.ListScheduleRunsRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_scheduling__service__pb2.ListScheduleRunsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'conveyor.v1.SchedulingService', rpc_method_handlers)
@@ -78,11 +246,18 @@ def add_SchedulingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SchedulingService:
-    """SchedulingService owns time. Each replica promotes SCHEDULED tasks whose
-    countdown, ETA or retry backoff has passed into their queues, and reaps the
-    leases of worker sessions whose dispatcher stopped renewing them (a crashed
-    dispatcher), putting their tasks back in their queues. Both are single
-    atomic store operations, so any number of replicas may run.
+    """SchedulingService owns time.
+
+    Each replica promotes SCHEDULED tasks whose countdown, ETA or retry backoff
+    has passed into their queues, expires tasks nobody started in time, and
+    reaps the leases of worker sessions whose dispatcher stopped renewing them
+    (a crashed dispatcher), putting their tasks back in their queues.
+
+    It also fires periodic schedules (Celery beat, without its single-process
+    caveat): each due run is submitted through SubmissionService, as any
+    producer would, with the idempotency key `schedule:<id>:<fire time ms>`,
+    and the schedule then advances by an atomic compare-and-set in the store.
+    However many replicas run, each run creates exactly one task.
     """
 
     @staticmethod
@@ -102,6 +277,249 @@ class SchedulingService:
             '/conveyor.v1.SchedulingService/GetSchedulerStatus',
             conveyor_dot_v1_dot_scheduling__service__pb2.GetSchedulerStatusRequest.SerializeToString,
             conveyor_dot_v1_dot_scheduling__service__pb2.GetSchedulerStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.SchedulingService/CreateSchedule',
+            conveyor_dot_v1_dot_scheduling__service__pb2.CreateScheduleRequest.SerializeToString,
+            conveyor_dot_v1_dot_scheduling__service__pb2.CreateScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.SchedulingService/GetSchedule',
+            conveyor_dot_v1_dot_scheduling__service__pb2.GetScheduleRequest.SerializeToString,
+            conveyor_dot_v1_dot_scheduling__service__pb2.GetScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.SchedulingService/ListSchedules',
+            conveyor_dot_v1_dot_scheduling__service__pb2.ListSchedulesRequest.SerializeToString,
+            conveyor_dot_v1_dot_scheduling__service__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.SchedulingService/UpdateSchedule',
+            conveyor_dot_v1_dot_scheduling__service__pb2.UpdateScheduleRequest.SerializeToString,
+            conveyor_dot_v1_dot_scheduling__service__pb2.UpdateScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.SchedulingService/DeleteSchedule',
+            conveyor_dot_v1_dot_scheduling__service__pb2.DeleteScheduleRequest.SerializeToString,
+            conveyor_dot_v1_dot_scheduling__service__pb2.DeleteScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.SchedulingService/PauseSchedule',
+            conveyor_dot_v1_dot_scheduling__service__pb2.PauseScheduleRequest.SerializeToString,
+            conveyor_dot_v1_dot_scheduling__service__pb2.PauseScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.SchedulingService/ResumeSchedule',
+            conveyor_dot_v1_dot_scheduling__service__pb2.ResumeScheduleRequest.SerializeToString,
+            conveyor_dot_v1_dot_scheduling__service__pb2.ResumeScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.SchedulingService/TriggerSchedule',
+            conveyor_dot_v1_dot_scheduling__service__pb2.TriggerScheduleRequest.SerializeToString,
+            conveyor_dot_v1_dot_scheduling__service__pb2.TriggerScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListScheduleRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.SchedulingService/ListScheduleRuns',
+            conveyor_dot_v1_dot_scheduling__service__pb2.ListScheduleRunsRequest.SerializeToString,
+            conveyor_dot_v1_dot_scheduling__service__pb2.ListScheduleRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

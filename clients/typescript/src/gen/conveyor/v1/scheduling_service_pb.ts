@@ -2,17 +2,19 @@
 // @generated from file conveyor/v1/scheduling_service.proto (package conveyor.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { TaskSpec } from "./task_pb.js";
+import { file_conveyor_v1_task } from "./task_pb.js";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file conveyor/v1/scheduling_service.proto.
  */
 export const file_conveyor_v1_scheduling_service: GenFile = /*@__PURE__*/
-  fileDesc("CiRjb252ZXlvci92MS9zY2hlZHVsaW5nX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIhsKGUdldFNjaGVkdWxlclN0YXR1c1JlcXVlc3QilAEKGkdldFNjaGVkdWxlclN0YXR1c1Jlc3BvbnNlEhcKD3NjaGVkdWxlZF90YXNrcxgBIAEoBBIvCgtuZXh0X2R1ZV9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcHJvbW90ZWRfdG90YWwYAyABKAQSFAoMcmVhcGVkX3RvdGFsGAQgASgEMnoKEVNjaGVkdWxpbmdTZXJ2aWNlEmUKEkdldFNjaGVkdWxlclN0YXR1cxImLmNvbnZleW9yLnYxLkdldFNjaGVkdWxlclN0YXR1c1JlcXVlc3QaJy5jb252ZXlvci52MS5HZXRTY2hlZHVsZXJTdGF0dXNSZXNwb25zZUKrAQoPY29tLmNvbnZleW9yLnYxQhZTY2hlZHVsaW5nU2VydmljZVByb3RvUAFaM2dvLmNvbnZleW9yLmRldi9jb252ZXlvci9nZW4vY29udmV5b3IvdjE7Y29udmV5b3J2MaICA0NYWKoCC0NvbnZleW9yLlYxygILQ29udmV5b3JcVjHiAhdDb252ZXlvclxWMVxHUEJNZXRhZGF0YeoCDENvbnZleW9yOjpWMWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("CiRjb252ZXlvci92MS9zY2hlZHVsaW5nX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIhsKGUdldFNjaGVkdWxlclN0YXR1c1JlcXVlc3QisQEKGkdldFNjaGVkdWxlclN0YXR1c1Jlc3BvbnNlEhcKD3NjaGVkdWxlZF90YXNrcxgBIAEoBBIvCgtuZXh0X2R1ZV9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcHJvbW90ZWRfdG90YWwYAyABKAQSFAoMcmVhcGVkX3RvdGFsGAQgASgEEhsKE3NjaGVkdWxlX3J1bnNfdG90YWwYBSABKAQiOAoMSW50ZXJ2YWxSdWxlEigKBWV2ZXJ5GAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjEKCENyb25SdWxlEhIKCmV4cHJlc3Npb24YASABKAkSEQoJdGltZV96b25lGAIgASgJIlgKCVNvbGFyUnVsZRImCgVldmVudBgBIAEoDjIXLmNvbnZleW9yLnYxLlNvbGFyRXZlbnQSEAoIbGF0aXR1ZGUYAiABKAESEQoJbG9uZ2l0dWRlGAMgASgBIp8ECghTY2hlZHVsZRIKCgJpZBgBIAEoCRIjCgR0YXNrGAIgASgLMhUuY29udmV5b3IudjEuVGFza1NwZWMSLQoIaW50ZXJ2YWwYAyABKAsyGS5jb252ZXlvci52MS5JbnRlcnZhbFJ1bGVIABIlCgRjcm9uGAQgASgLMhUuY29udmV5b3IudjEuQ3JvblJ1bGVIABInCgVzb2xhchgFIAEoCzIWLmNvbnZleW9yLnYxLlNvbGFyUnVsZUgAEiwKCHN0YXJ0X2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgZlbmRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBmppdHRlchgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhImCghjYXRjaF91cBgJIAEoDjIULmNvbnZleW9yLnYxLkNhdGNoVXASDgoGcGF1c2VkGAogASgIEi8KC25leHRfcnVuX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtsYXN0X3J1bl9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEcnVucxgNIAEoBBIuCgpjcmVhdGVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGCgRydWxlIl4KC1NjaGVkdWxlUnVuEisKB2ZpcmVfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Rhc2tfaWQYAiABKAkSEQoJdHJpZ2dlcmVkGAMgASgIIkAKFUNyZWF0ZVNjaGVkdWxlUmVxdWVzdBInCghzY2hlZHVsZRgBIAEoCzIVLmNvbnZleW9yLnYxLlNjaGVkdWxlIkEKFkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USJwoIc2NoZWR1bGUYASABKAsyFS5jb252ZXlvci52MS5TY2hlZHVsZSIgChJHZXRTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiPgoTR2V0U2NoZWR1bGVSZXNwb25zZRInCghzY2hlZHVsZRgBIAEoCzIVLmNvbnZleW9yLnYxLlNjaGVkdWxlIhYKFExpc3RTY2hlZHVsZXNSZXF1ZXN0IkEKFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIoCglzY2hlZHVsZXMYASADKAsyFS5jb252ZXlvci52MS5TY2hlZHVsZSJAChVVcGRhdGVTY2hlZHVsZVJlcXVlc3QSJwoIc2NoZWR1bGUYASABKAsyFS5jb252ZXlvci52MS5TY2hlZHVsZSJBChZVcGRhdGVTY2hlZHVsZVJlc3BvbnNlEicKCHNjaGVkdWxlGAEgASgLMhUuY29udmV5b3IudjEuU2NoZWR1bGUiIwoVRGVsZXRlU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIhgKFkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2UiIgoUUGF1c2VTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiQAoVUGF1c2VTY2hlZHVsZVJlc3BvbnNlEicKCHNjaGVkdWxlGAEgASgLMhUuY29udmV5b3IudjEuU2NoZWR1bGUiIwoVUmVzdW1lU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIkEKFlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USJwoIc2NoZWR1bGUYASABKAsyFS5jb252ZXlvci52MS5TY2hlZHVsZSIkChZUcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIkAKF1RyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEiUKA3J1bhgBIAEoCzIYLmNvbnZleW9yLnYxLlNjaGVkdWxlUnVuIiUKF0xpc3RTY2hlZHVsZVJ1bnNSZXF1ZXN0EgoKAmlkGAEgASgJIkIKGExpc3RTY2hlZHVsZVJ1bnNSZXNwb25zZRImCgRydW5zGAEgAygLMhguY29udmV5b3IudjEuU2NoZWR1bGVSdW4qsgIKClNvbGFyRXZlbnQSGwoXU09MQVJfRVZFTlRfVU5TUEVDSUZJRUQQABIXChNTT0xBUl9FVkVOVF9TVU5SSVNFEAESFgoSU09MQVJfRVZFTlRfU1VOU0VUEAISGgoWU09MQVJfRVZFTlRfU09MQVJfTk9PThADEhoKFlNPTEFSX0VWRU5UX0RBV05fQ0lWSUwQBBIaChZTT0xBUl9FVkVOVF9EVVNLX0NJVklMEAUSHQoZU09MQVJfRVZFTlRfREFXTl9OQVVUSUNBTBAGEh0KGVNPTEFSX0VWRU5UX0RVU0tfTkFVVElDQUwQBxIhCh1TT0xBUl9FVkVOVF9EQVdOX0FTVFJPTk9NSUNBTBAIEiEKHVNPTEFSX0VWRU5UX0RVU0tfQVNUUk9OT01JQ0FMEAkqTQoHQ2F0Y2hVcBIYChRDQVRDSF9VUF9VTlNQRUNJRklFRBAAEhEKDUNBVENIX1VQX1NLSVAQARIVChFDQVRDSF9VUF9SVU5fT05DRRACMqcHChFTY2hlZHVsaW5nU2VydmljZRJlChJHZXRTY2hlZHVsZXJTdGF0dXMSJi5jb252ZXlvci52MS5HZXRTY2hlZHVsZXJTdGF0dXNSZXF1ZXN0GicuY29udmV5b3IudjEuR2V0U2NoZWR1bGVyU3RhdHVzUmVzcG9uc2USWQoOQ3JlYXRlU2NoZWR1bGUSIi5jb252ZXlvci52MS5DcmVhdGVTY2hlZHVsZVJlcXVlc3QaIy5jb252ZXlvci52MS5DcmVhdGVTY2hlZHVsZVJlc3BvbnNlElAKC0dldFNjaGVkdWxlEh8uY29udmV5b3IudjEuR2V0U2NoZWR1bGVSZXF1ZXN0GiAuY29udmV5b3IudjEuR2V0U2NoZWR1bGVSZXNwb25zZRJWCg1MaXN0U2NoZWR1bGVzEiEuY29udmV5b3IudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaIi5jb252ZXlvci52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USWQoOVXBkYXRlU2NoZWR1bGUSIi5jb252ZXlvci52MS5VcGRhdGVTY2hlZHVsZVJlcXVlc3QaIy5jb252ZXlvci52MS5VcGRhdGVTY2hlZHVsZVJlc3BvbnNlElkKDkRlbGV0ZVNjaGVkdWxlEiIuY29udmV5b3IudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0GiMuY29udmV5b3IudjEuRGVsZXRlU2NoZWR1bGVSZXNwb25zZRJWCg1QYXVzZVNjaGVkdWxlEiEuY29udmV5b3IudjEuUGF1c2VTY2hlZHVsZVJlcXVlc3QaIi5jb252ZXlvci52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USWQoOUmVzdW1lU2NoZWR1bGUSIi5jb252ZXlvci52MS5SZXN1bWVTY2hlZHVsZVJlcXVlc3QaIy5jb252ZXlvci52MS5SZXN1bWVTY2hlZHVsZVJlc3BvbnNlElwKD1RyaWdnZXJTY2hlZHVsZRIjLmNvbnZleW9yLnYxLlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QaJC5jb252ZXlvci52MS5UcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRJfChBMaXN0U2NoZWR1bGVSdW5zEiQuY29udmV5b3IudjEuTGlzdFNjaGVkdWxlUnVuc1JlcXVlc3QaJS5jb252ZXlvci52MS5MaXN0U2NoZWR1bGVSdW5zUmVzcG9uc2VCqwEKD2NvbS5jb252ZXlvci52MUIWU2NoZWR1bGluZ1NlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * GetSchedulerStatus request.
@@ -62,6 +64,13 @@ export type GetSchedulerStatusResponse = Message<"conveyor.v1.GetSchedulerStatus
    * @generated from field: uint64 reaped_total = 4;
    */
   reapedTotal: bigint;
+
+  /**
+   * Schedule runs this replica submitted since it started.
+   *
+   * @generated from field: uint64 schedule_runs_total = 5;
+   */
+  scheduleRunsTotal: bigint;
 };
 
 /**
@@ -72,11 +81,747 @@ export const GetSchedulerStatusResponseSchema: GenMessage<GetSchedulerStatusResp
   messageDesc(file_conveyor_v1_scheduling_service, 1);
 
 /**
- * SchedulingService owns time. Each replica promotes SCHEDULED tasks whose
- * countdown, ETA or retry backoff has passed into their queues, and reaps the
- * leases of worker sessions whose dispatcher stopped renewing them (a crashed
- * dispatcher), putting their tasks back in their queues. Both are single
- * atomic store operations, so any number of replicas may run.
+ * Fires every `every`, counted from the schedule's start (or creation).
+ *
+ * @generated from message conveyor.v1.IntervalRule
+ */
+export type IntervalRule = Message<"conveyor.v1.IntervalRule"> & {
+  /**
+   * Period, at least 1 second.
+   *
+   * @generated from field: google.protobuf.Duration every = 1;
+   */
+  every?: Duration | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.IntervalRule.
+ * Use `create(IntervalRuleSchema)` to create a new message.
+ */
+export const IntervalRuleSchema: GenMessage<IntervalRule> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 2);
+
+/**
+ * Fires when a cron expression matches in a time zone.
+ *
+ * @generated from message conveyor.v1.CronRule
+ */
+export type CronRule = Message<"conveyor.v1.CronRule"> & {
+  /**
+   * Five fields (minute hour day-of-month month day-of-week), or six with
+   * seconds first; names (MON, JAN), ranges, lists and steps. Daylight saving:
+   * a time skipped by spring-forward fires at the first instant after the
+   * gap; a time repeated by fall-back fires once, at its first occurrence.
+   *
+   * @generated from field: string expression = 1;
+   */
+  expression: string;
+
+  /**
+   * IANA zone, e.g. "Europe/Berlin". Empty means UTC.
+   *
+   * @generated from field: string time_zone = 2;
+   */
+  timeZone: string;
+};
+
+/**
+ * Describes the message conveyor.v1.CronRule.
+ * Use `create(CronRuleSchema)` to create a new message.
+ */
+export const CronRuleSchema: GenMessage<CronRule> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 3);
+
+/**
+ * Fires at a solar event at a place. Days without the event (polar day or
+ * night) are skipped.
+ *
+ * @generated from message conveyor.v1.SolarRule
+ */
+export type SolarRule = Message<"conveyor.v1.SolarRule"> & {
+  /**
+   * Which event.
+   *
+   * @generated from field: conveyor.v1.SolarEvent event = 1;
+   */
+  event: SolarEvent;
+
+  /**
+   * Degrees north, -90 to 90.
+   *
+   * @generated from field: double latitude = 2;
+   */
+  latitude: number;
+
+  /**
+   * Degrees east, -180 to 180.
+   *
+   * @generated from field: double longitude = 3;
+   */
+  longitude: number;
+};
+
+/**
+ * Describes the message conveyor.v1.SolarRule.
+ * Use `create(SolarRuleSchema)` to create a new message.
+ */
+export const SolarRuleSchema: GenMessage<SolarRule> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 4);
+
+/**
+ * A periodic schedule.
+ *
+ * @generated from message conveyor.v1.Schedule
+ */
+export type Schedule = Message<"conveyor.v1.Schedule"> & {
+  /**
+   * Chosen by the creator: 1..200 characters of [A-Za-z0-9_.:/-].
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The task submitted at each run (its idempotency key is set by the
+   * scheduler and must be empty here).
+   *
+   * @generated from field: conveyor.v1.TaskSpec task = 2;
+   */
+  task?: TaskSpec | undefined;
+
+  /**
+   * When it fires.
+   *
+   * @generated from oneof conveyor.v1.Schedule.rule
+   */
+  rule: {
+    /**
+     * Fixed interval.
+     *
+     * @generated from field: conveyor.v1.IntervalRule interval = 3;
+     */
+    value: IntervalRule;
+    case: "interval";
+  } | {
+    /**
+     * Cron expression in a time zone.
+     *
+     * @generated from field: conveyor.v1.CronRule cron = 4;
+     */
+    value: CronRule;
+    case: "cron";
+  } | {
+    /**
+     * Solar event at a place.
+     *
+     * @generated from field: conveyor.v1.SolarRule solar = 5;
+     */
+    value: SolarRule;
+    case: "solar";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * No run before this instant. Unset: from creation.
+   *
+   * @generated from field: google.protobuf.Timestamp start_at = 6;
+   */
+  startAt?: Timestamp | undefined;
+
+  /**
+   * No run after this instant. Unset: forever.
+   *
+   * @generated from field: google.protobuf.Timestamp end_at = 7;
+   */
+  endAt?: Timestamp | undefined;
+
+  /**
+   * Each run's task is delayed by a random amount up to this, to spread load.
+   *
+   * @generated from field: google.protobuf.Duration jitter = 8;
+   */
+  jitter?: Duration | undefined;
+
+  /**
+   * Missed-run policy.
+   *
+   * @generated from field: conveyor.v1.CatchUp catch_up = 9;
+   */
+  catchUp: CatchUp;
+
+  /**
+   * Output only: whether the schedule is paused.
+   *
+   * @generated from field: bool paused = 10;
+   */
+  paused: boolean;
+
+  /**
+   * Output only: when it fires next; unset when it never will again.
+   *
+   * @generated from field: google.protobuf.Timestamp next_run_at = 11;
+   */
+  nextRunAt?: Timestamp | undefined;
+
+  /**
+   * Output only: when it last fired.
+   *
+   * @generated from field: google.protobuf.Timestamp last_run_at = 12;
+   */
+  lastRunAt?: Timestamp | undefined;
+
+  /**
+   * Output only: runs so far.
+   *
+   * @generated from field: uint64 runs = 13;
+   */
+  runs: bigint;
+
+  /**
+   * Output only: when it was created.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 14;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.Schedule.
+ * Use `create(ScheduleSchema)` to create a new message.
+ */
+export const ScheduleSchema: GenMessage<Schedule> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 5);
+
+/**
+ * One run of a schedule.
+ *
+ * @generated from message conveyor.v1.ScheduleRun
+ */
+export type ScheduleRun = Message<"conveyor.v1.ScheduleRun"> & {
+  /**
+   * The time the rule fired for (or the trigger time).
+   *
+   * @generated from field: google.protobuf.Timestamp fire_at = 1;
+   */
+  fireAt?: Timestamp | undefined;
+
+  /**
+   * The submitted task.
+   *
+   * @generated from field: string task_id = 2;
+   */
+  taskId: string;
+
+  /**
+   * Whether it was submitted by TriggerSchedule.
+   *
+   * @generated from field: bool triggered = 3;
+   */
+  triggered: boolean;
+};
+
+/**
+ * Describes the message conveyor.v1.ScheduleRun.
+ * Use `create(ScheduleRunSchema)` to create a new message.
+ */
+export const ScheduleRunSchema: GenMessage<ScheduleRun> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 6);
+
+/**
+ * CreateSchedule request.
+ *
+ * @generated from message conveyor.v1.CreateScheduleRequest
+ */
+export type CreateScheduleRequest = Message<"conveyor.v1.CreateScheduleRequest"> & {
+  /**
+   * The schedule; output-only fields are ignored.
+   *
+   * @generated from field: conveyor.v1.Schedule schedule = 1;
+   */
+  schedule?: Schedule | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.CreateScheduleRequest.
+ * Use `create(CreateScheduleRequestSchema)` to create a new message.
+ */
+export const CreateScheduleRequestSchema: GenMessage<CreateScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 7);
+
+/**
+ * CreateSchedule response.
+ *
+ * @generated from message conveyor.v1.CreateScheduleResponse
+ */
+export type CreateScheduleResponse = Message<"conveyor.v1.CreateScheduleResponse"> & {
+  /**
+   * The stored schedule with its next run.
+   *
+   * @generated from field: conveyor.v1.Schedule schedule = 1;
+   */
+  schedule?: Schedule | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.CreateScheduleResponse.
+ * Use `create(CreateScheduleResponseSchema)` to create a new message.
+ */
+export const CreateScheduleResponseSchema: GenMessage<CreateScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 8);
+
+/**
+ * GetSchedule request.
+ *
+ * @generated from message conveyor.v1.GetScheduleRequest
+ */
+export type GetScheduleRequest = Message<"conveyor.v1.GetScheduleRequest"> & {
+  /**
+   * Schedule id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message conveyor.v1.GetScheduleRequest.
+ * Use `create(GetScheduleRequestSchema)` to create a new message.
+ */
+export const GetScheduleRequestSchema: GenMessage<GetScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 9);
+
+/**
+ * GetSchedule response.
+ *
+ * @generated from message conveyor.v1.GetScheduleResponse
+ */
+export type GetScheduleResponse = Message<"conveyor.v1.GetScheduleResponse"> & {
+  /**
+   * The schedule.
+   *
+   * @generated from field: conveyor.v1.Schedule schedule = 1;
+   */
+  schedule?: Schedule | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.GetScheduleResponse.
+ * Use `create(GetScheduleResponseSchema)` to create a new message.
+ */
+export const GetScheduleResponseSchema: GenMessage<GetScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 10);
+
+/**
+ * ListSchedules request.
+ *
+ * @generated from message conveyor.v1.ListSchedulesRequest
+ */
+export type ListSchedulesRequest = Message<"conveyor.v1.ListSchedulesRequest"> & {
+};
+
+/**
+ * Describes the message conveyor.v1.ListSchedulesRequest.
+ * Use `create(ListSchedulesRequestSchema)` to create a new message.
+ */
+export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 11);
+
+/**
+ * ListSchedules response.
+ *
+ * @generated from message conveyor.v1.ListSchedulesResponse
+ */
+export type ListSchedulesResponse = Message<"conveyor.v1.ListSchedulesResponse"> & {
+  /**
+   * Every schedule, by id.
+   *
+   * @generated from field: repeated conveyor.v1.Schedule schedules = 1;
+   */
+  schedules: Schedule[];
+};
+
+/**
+ * Describes the message conveyor.v1.ListSchedulesResponse.
+ * Use `create(ListSchedulesResponseSchema)` to create a new message.
+ */
+export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 12);
+
+/**
+ * UpdateSchedule request.
+ *
+ * @generated from message conveyor.v1.UpdateScheduleRequest
+ */
+export type UpdateScheduleRequest = Message<"conveyor.v1.UpdateScheduleRequest"> & {
+  /**
+   * The new definition; `id` names the schedule to update.
+   *
+   * @generated from field: conveyor.v1.Schedule schedule = 1;
+   */
+  schedule?: Schedule | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.UpdateScheduleRequest.
+ * Use `create(UpdateScheduleRequestSchema)` to create a new message.
+ */
+export const UpdateScheduleRequestSchema: GenMessage<UpdateScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 13);
+
+/**
+ * UpdateSchedule response.
+ *
+ * @generated from message conveyor.v1.UpdateScheduleResponse
+ */
+export type UpdateScheduleResponse = Message<"conveyor.v1.UpdateScheduleResponse"> & {
+  /**
+   * The stored schedule.
+   *
+   * @generated from field: conveyor.v1.Schedule schedule = 1;
+   */
+  schedule?: Schedule | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.UpdateScheduleResponse.
+ * Use `create(UpdateScheduleResponseSchema)` to create a new message.
+ */
+export const UpdateScheduleResponseSchema: GenMessage<UpdateScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 14);
+
+/**
+ * DeleteSchedule request.
+ *
+ * @generated from message conveyor.v1.DeleteScheduleRequest
+ */
+export type DeleteScheduleRequest = Message<"conveyor.v1.DeleteScheduleRequest"> & {
+  /**
+   * Schedule id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message conveyor.v1.DeleteScheduleRequest.
+ * Use `create(DeleteScheduleRequestSchema)` to create a new message.
+ */
+export const DeleteScheduleRequestSchema: GenMessage<DeleteScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 15);
+
+/**
+ * DeleteSchedule response.
+ *
+ * @generated from message conveyor.v1.DeleteScheduleResponse
+ */
+export type DeleteScheduleResponse = Message<"conveyor.v1.DeleteScheduleResponse"> & {
+};
+
+/**
+ * Describes the message conveyor.v1.DeleteScheduleResponse.
+ * Use `create(DeleteScheduleResponseSchema)` to create a new message.
+ */
+export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 16);
+
+/**
+ * PauseSchedule request.
+ *
+ * @generated from message conveyor.v1.PauseScheduleRequest
+ */
+export type PauseScheduleRequest = Message<"conveyor.v1.PauseScheduleRequest"> & {
+  /**
+   * Schedule id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message conveyor.v1.PauseScheduleRequest.
+ * Use `create(PauseScheduleRequestSchema)` to create a new message.
+ */
+export const PauseScheduleRequestSchema: GenMessage<PauseScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 17);
+
+/**
+ * PauseSchedule response.
+ *
+ * @generated from message conveyor.v1.PauseScheduleResponse
+ */
+export type PauseScheduleResponse = Message<"conveyor.v1.PauseScheduleResponse"> & {
+  /**
+   * The schedule.
+   *
+   * @generated from field: conveyor.v1.Schedule schedule = 1;
+   */
+  schedule?: Schedule | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.PauseScheduleResponse.
+ * Use `create(PauseScheduleResponseSchema)` to create a new message.
+ */
+export const PauseScheduleResponseSchema: GenMessage<PauseScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 18);
+
+/**
+ * ResumeSchedule request.
+ *
+ * @generated from message conveyor.v1.ResumeScheduleRequest
+ */
+export type ResumeScheduleRequest = Message<"conveyor.v1.ResumeScheduleRequest"> & {
+  /**
+   * Schedule id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message conveyor.v1.ResumeScheduleRequest.
+ * Use `create(ResumeScheduleRequestSchema)` to create a new message.
+ */
+export const ResumeScheduleRequestSchema: GenMessage<ResumeScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 19);
+
+/**
+ * ResumeSchedule response.
+ *
+ * @generated from message conveyor.v1.ResumeScheduleResponse
+ */
+export type ResumeScheduleResponse = Message<"conveyor.v1.ResumeScheduleResponse"> & {
+  /**
+   * The schedule.
+   *
+   * @generated from field: conveyor.v1.Schedule schedule = 1;
+   */
+  schedule?: Schedule | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.ResumeScheduleResponse.
+ * Use `create(ResumeScheduleResponseSchema)` to create a new message.
+ */
+export const ResumeScheduleResponseSchema: GenMessage<ResumeScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 20);
+
+/**
+ * TriggerSchedule request.
+ *
+ * @generated from message conveyor.v1.TriggerScheduleRequest
+ */
+export type TriggerScheduleRequest = Message<"conveyor.v1.TriggerScheduleRequest"> & {
+  /**
+   * Schedule id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message conveyor.v1.TriggerScheduleRequest.
+ * Use `create(TriggerScheduleRequestSchema)` to create a new message.
+ */
+export const TriggerScheduleRequestSchema: GenMessage<TriggerScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 21);
+
+/**
+ * TriggerSchedule response.
+ *
+ * @generated from message conveyor.v1.TriggerScheduleResponse
+ */
+export type TriggerScheduleResponse = Message<"conveyor.v1.TriggerScheduleResponse"> & {
+  /**
+   * The run that was submitted.
+   *
+   * @generated from field: conveyor.v1.ScheduleRun run = 1;
+   */
+  run?: ScheduleRun | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.TriggerScheduleResponse.
+ * Use `create(TriggerScheduleResponseSchema)` to create a new message.
+ */
+export const TriggerScheduleResponseSchema: GenMessage<TriggerScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 22);
+
+/**
+ * ListScheduleRuns request.
+ *
+ * @generated from message conveyor.v1.ListScheduleRunsRequest
+ */
+export type ListScheduleRunsRequest = Message<"conveyor.v1.ListScheduleRunsRequest"> & {
+  /**
+   * Schedule id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message conveyor.v1.ListScheduleRunsRequest.
+ * Use `create(ListScheduleRunsRequestSchema)` to create a new message.
+ */
+export const ListScheduleRunsRequestSchema: GenMessage<ListScheduleRunsRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 23);
+
+/**
+ * ListScheduleRuns response.
+ *
+ * @generated from message conveyor.v1.ListScheduleRunsResponse
+ */
+export type ListScheduleRunsResponse = Message<"conveyor.v1.ListScheduleRunsResponse"> & {
+  /**
+   * Runs, newest first.
+   *
+   * @generated from field: repeated conveyor.v1.ScheduleRun runs = 1;
+   */
+  runs: ScheduleRun[];
+};
+
+/**
+ * Describes the message conveyor.v1.ListScheduleRunsResponse.
+ * Use `create(ListScheduleRunsResponseSchema)` to create a new message.
+ */
+export const ListScheduleRunsResponseSchema: GenMessage<ListScheduleRunsResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_scheduling_service, 24);
+
+/**
+ * Solar events, as Celery's `solar` schedule.
+ *
+ * @generated from enum conveyor.v1.SolarEvent
+ */
+export enum SolarEvent {
+  /**
+   * Never used.
+   *
+   * @generated from enum value: SOLAR_EVENT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Upper limb of the sun at the horizon (with refraction), morning.
+   *
+   * @generated from enum value: SOLAR_EVENT_SUNRISE = 1;
+   */
+  SUNRISE = 1,
+
+  /**
+   * Upper limb of the sun at the horizon (with refraction), evening.
+   *
+   * @generated from enum value: SOLAR_EVENT_SUNSET = 2;
+   */
+  SUNSET = 2,
+
+  /**
+   * The sun at its highest.
+   *
+   * @generated from enum value: SOLAR_EVENT_SOLAR_NOON = 3;
+   */
+  SOLAR_NOON = 3,
+
+  /**
+   * Sun 6 degrees below the horizon, morning.
+   *
+   * @generated from enum value: SOLAR_EVENT_DAWN_CIVIL = 4;
+   */
+  DAWN_CIVIL = 4,
+
+  /**
+   * Sun 6 degrees below the horizon, evening.
+   *
+   * @generated from enum value: SOLAR_EVENT_DUSK_CIVIL = 5;
+   */
+  DUSK_CIVIL = 5,
+
+  /**
+   * Sun 12 degrees below the horizon, morning.
+   *
+   * @generated from enum value: SOLAR_EVENT_DAWN_NAUTICAL = 6;
+   */
+  DAWN_NAUTICAL = 6,
+
+  /**
+   * Sun 12 degrees below the horizon, evening.
+   *
+   * @generated from enum value: SOLAR_EVENT_DUSK_NAUTICAL = 7;
+   */
+  DUSK_NAUTICAL = 7,
+
+  /**
+   * Sun 18 degrees below the horizon, morning.
+   *
+   * @generated from enum value: SOLAR_EVENT_DAWN_ASTRONOMICAL = 8;
+   */
+  DAWN_ASTRONOMICAL = 8,
+
+  /**
+   * Sun 18 degrees below the horizon, evening.
+   *
+   * @generated from enum value: SOLAR_EVENT_DUSK_ASTRONOMICAL = 9;
+   */
+  DUSK_ASTRONOMICAL = 9,
+}
+
+/**
+ * Describes the enum conveyor.v1.SolarEvent.
+ */
+export const SolarEventSchema: GenEnum<SolarEvent> = /*@__PURE__*/
+  enumDesc(file_conveyor_v1_scheduling_service, 0);
+
+/**
+ * What to do about runs missed while no scheduler was running.
+ *
+ * @generated from enum conveyor.v1.CatchUp
+ */
+export enum CatchUp {
+  /**
+   * Same as CATCH_UP_SKIP.
+   *
+   * @generated from enum value: CATCH_UP_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Missed runs are skipped; the schedule resumes at its next time.
+   *
+   * @generated from enum value: CATCH_UP_SKIP = 1;
+   */
+  SKIP = 1,
+
+  /**
+   * However many were missed, run once now, then resume.
+   *
+   * @generated from enum value: CATCH_UP_RUN_ONCE = 2;
+   */
+  RUN_ONCE = 2,
+}
+
+/**
+ * Describes the enum conveyor.v1.CatchUp.
+ */
+export const CatchUpSchema: GenEnum<CatchUp> = /*@__PURE__*/
+  enumDesc(file_conveyor_v1_scheduling_service, 1);
+
+/**
+ * SchedulingService owns time.
+ *
+ * Each replica promotes SCHEDULED tasks whose countdown, ETA or retry backoff
+ * has passed into their queues, expires tasks nobody started in time, and
+ * reaps the leases of worker sessions whose dispatcher stopped renewing them
+ * (a crashed dispatcher), putting their tasks back in their queues.
+ *
+ * It also fires periodic schedules (Celery beat, without its single-process
+ * caveat): each due run is submitted through SubmissionService, as any
+ * producer would, with the idempotency key `schedule:<id>:<fire time ms>`,
+ * and the schedule then advances by an atomic compare-and-set in the store.
+ * However many replicas run, each run creates exactly one task.
  *
  * @generated from service conveyor.v1.SchedulingService
  */
@@ -90,6 +835,97 @@ export const SchedulingService: GenService<{
     methodKind: "unary";
     input: typeof GetSchedulerStatusRequestSchema;
     output: typeof GetSchedulerStatusResponseSchema;
+  },
+  /**
+   * Creates a schedule. ALREADY_EXISTS when the id is taken.
+   *
+   * @generated from rpc conveyor.v1.SchedulingService.CreateSchedule
+   */
+  createSchedule: {
+    methodKind: "unary";
+    input: typeof CreateScheduleRequestSchema;
+    output: typeof CreateScheduleResponseSchema;
+  },
+  /**
+   * Returns a schedule. NOT_FOUND for an unknown id.
+   *
+   * @generated from rpc conveyor.v1.SchedulingService.GetSchedule
+   */
+  getSchedule: {
+    methodKind: "unary";
+    input: typeof GetScheduleRequestSchema;
+    output: typeof GetScheduleResponseSchema;
+  },
+  /**
+   * Lists every schedule, ordered by id.
+   *
+   * @generated from rpc conveyor.v1.SchedulingService.ListSchedules
+   */
+  listSchedules: {
+    methodKind: "unary";
+    input: typeof ListSchedulesRequestSchema;
+    output: typeof ListSchedulesResponseSchema;
+  },
+  /**
+   * Replaces a schedule's task, rule and options; its next run is computed
+   * again from now. NOT_FOUND for an unknown id.
+   *
+   * @generated from rpc conveyor.v1.SchedulingService.UpdateSchedule
+   */
+  updateSchedule: {
+    methodKind: "unary";
+    input: typeof UpdateScheduleRequestSchema;
+    output: typeof UpdateScheduleResponseSchema;
+  },
+  /**
+   * Deletes a schedule and its run history. NOT_FOUND for an unknown id.
+   *
+   * @generated from rpc conveyor.v1.SchedulingService.DeleteSchedule
+   */
+  deleteSchedule: {
+    methodKind: "unary";
+    input: typeof DeleteScheduleRequestSchema;
+    output: typeof DeleteScheduleResponseSchema;
+  },
+  /**
+   * Stops a schedule from firing until resumed.
+   *
+   * @generated from rpc conveyor.v1.SchedulingService.PauseSchedule
+   */
+  pauseSchedule: {
+    methodKind: "unary";
+    input: typeof PauseScheduleRequestSchema;
+    output: typeof PauseScheduleResponseSchema;
+  },
+  /**
+   * Resumes a paused schedule from now (missed runs are not caught up).
+   *
+   * @generated from rpc conveyor.v1.SchedulingService.ResumeSchedule
+   */
+  resumeSchedule: {
+    methodKind: "unary";
+    input: typeof ResumeScheduleRequestSchema;
+    output: typeof ResumeScheduleResponseSchema;
+  },
+  /**
+   * Submits one run now, outside the rule; the next regular run is unchanged.
+   *
+   * @generated from rpc conveyor.v1.SchedulingService.TriggerSchedule
+   */
+  triggerSchedule: {
+    methodKind: "unary";
+    input: typeof TriggerScheduleRequestSchema;
+    output: typeof TriggerScheduleResponseSchema;
+  },
+  /**
+   * The schedule's recent runs (the last 100), newest first.
+   *
+   * @generated from rpc conveyor.v1.SchedulingService.ListScheduleRuns
+   */
+  listScheduleRuns: {
+    methodKind: "unary";
+    input: typeof ListScheduleRunsRequestSchema;
+    output: typeof ListScheduleRunsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_conveyor_v1_scheduling_service, 0);
