@@ -1,0 +1,102 @@
+"""What the sync and the asyncio clients share: addresses, channel options,
+request normalisation and the rules of the wait loop."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+
+DEFAULT_ADDRESS = "http://127.0.0.1:50051"
+ADDRESS_ENV = "CONVEYOR_ADDR"
+
+# Most tasks one SubmitTasks call may carry (the service's limit).
+MAX_TASKS_PER_BATCH = 1000
+# The gRPC deadline of a WaitTask is this much longer than its `timeout`, so
+# that the server's own timeout answers first.
+WAIT_DEADLINE_MARGIN = 2.0
+# A WaitTask that ended with DEADLINE_EXCEEDED sooner than this is not asked
+# again: the server refused rather than waited, and asking again would spin.
+MIN_USEFUL_WAIT = 1.0
+# Deadline of the calls that do not wait (submit, get, cancel).
+DEFAULT_RPC_TIMEOUT = 30.0
+
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed address: the gRPC target and whether it uses TLS."""
+
+    target: str
+    secure: bool
+
+
+def resolve_address(address: str | None) -> str:
+    return address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+
+
+def parse_address(address: str | None) -> Target:
+    """`http://host:port` (plaintext h2c), `https://host[:port]` (TLS), a bare
+    `host:port` (plaintext) or a gRPC target such as `unix:/path`."""
+    address = resolve_address(address).strip()
+    if "://" not in address:
+        return Target(address, secure=False)
+    parts = urlsplit(address)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https", "grpc", "grpcs"):
+        # dns://, unix://, ipv4: and friends are gRPC targets already.
+        return Target(address, secure=False)
+    secure = scheme in ("https", "grpcs")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"no host in address {address!r}")
+    port = parts.port or (443 if secure else 80)
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return Target(f"{host}:{port}", secure=secure)
+
+
+def call_metadata(token: str | None, metadata: Iterable[tuple[str, str]] | None) -> tuple[tuple[str, str], ...]:
+    items = list(metadata or ())
+    if token:
+        items.append(("authorization", f"Bearer {token}"))
+    return tuple(items)
+
+
+def as_request(item: Any) -> tuple[str, Sequence[Any], Mapping[str, Any], Mapping[str, Any]]:
+    """(name, args, kwargs, options) of one entry of `submit_many`: a
+    `Signature` (anything with name/args/kwargs/options attributes), a
+    mapping with those keys, or a tuple `(name, args[, kwargs[, options]])`."""
+    if isinstance(item, Mapping):
+        unknown = set(item) - {"name", "args", "kwargs", "options"}
+        if unknown:
+            raise TypeError(f"unknown key(s) in task request: {', '.join(sorted(unknown))}")
+        return item["name"], item.get("args") or (), item.get("kwargs") or {}, item.get("options") or {}
+    if isinstance(item, tuple):
+        if not 1 <= len(item) <= 4:
+            raise TypeError("a task request tuple is (name, args[, kwargs[, options]])")
+        name, args, kwargs, options = (*item, None, None, None)[:4]
+        return name, args or (), kwargs or {}, options or {}
+    if hasattr(item, "name") and hasattr(item, "args"):
+        return item.name, item.args or (), getattr(item, "kwargs", None) or {}, getattr(item, "options", None) or {}
+    raise TypeError(f"cannot submit {item!r}: give a Signature, a mapping or a (name, args, ...) tuple")
+
+
+def wait_again(code: grpc.StatusCode | None, waited: float, remaining: float | None) -> bool:
+    """True when a WaitTask timed out at the server's cap rather than ours:
+    time remains (or there is no deadline) and the call really waited."""
+    if code != grpc.StatusCode.DEADLINE_EXCEEDED or waited < MIN_USEFUL_WAIT:
+        return False
+    return remaining is None or remaining >= MIN_USEFUL_WAIT

@@ -1,0 +1,205 @@
+"""`AsyncClient`: the asyncio producer API, the same calls as
+`conveyor.Client` as coroutines (on grpc.aio)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from conveyor import _codec
+from conveyor._common import (
+    CHANNEL_OPTIONS,
+    DEFAULT_RPC_TIMEOUT,
+    MAX_TASKS_PER_BATCH,
+    WAIT_DEADLINE_MARGIN,
+    as_request,
+    call_metadata,
+    parse_address,
+    wait_again,
+)
+from conveyor.errors import ConveyorError, ProtocolError
+from conveyor.v1 import (
+    results_service_pb2,
+    results_service_pb2_grpc,
+    submission_service_pb2,
+    submission_service_pb2_grpc,
+    task_pb2,
+)
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient:
+    """A producer's handle on Conveyor for asyncio code. Create it inside the
+    running event loop, preferably as an async context manager:
+
+    ```python
+    async with conveyor.aio.AsyncClient("http://127.0.0.1:50051") as client:
+        task_id = await client.submit("add", [2, 3])
+        print(await client.result(task_id, timeout=10))
+    ```
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        token: str | None = None,
+        metadata: Iterable[tuple[str, str]] | None = None,
+        rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
+        channel: grpc.aio.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
+        if channel is None:
+            target = parse_address(address)
+            if target.secure or credentials is not None:
+                channel = grpc.aio.secure_channel(
+                    target.target, credentials or grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS
+                )
+            else:
+                channel = grpc.aio.insecure_channel(target.target, options=CHANNEL_OPTIONS)
+            self._owns_channel = True
+        else:
+            self._owns_channel = False
+        self.channel = channel
+        self.submission = submission_service_pb2_grpc.SubmissionServiceStub(channel)
+        self.results = results_service_pb2_grpc.ResultsServiceStub(channel)
+        self._metadata = call_metadata(token, metadata)
+        self._rpc_timeout = rpc_timeout
+
+    async def close(self) -> None:
+        if self._owns_channel:
+            await self.channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    # --- submission -----------------------------------------------------------------
+
+    async def submit(
+        self,
+        name: str,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> str:
+        """Submits one task and returns its id; see `Client.submit`."""
+        spec = _codec.build_spec(name, args, kwargs, **options)
+        return (await self.submit_spec(spec)).task_id
+
+    async def submit_spec(self, spec: task_pb2.TaskSpec) -> submission_service_pb2.SubmitTaskResponse:
+        request = submission_service_pb2.SubmitTaskRequest(task=spec)
+        return await self._call(self.submission.SubmitTask, request, "SubmitTask")
+
+    async def submit_many(self, tasks: Iterable[Any]) -> list[str]:
+        """Submits many tasks (one SubmitTasks call per 1000); see
+        `Client.submit_many`."""
+        specs = []
+        for item in tasks:
+            name, args, kwargs, options = as_request(item)
+            specs.append(_codec.build_spec(name, args, kwargs, **options))
+        ids: list[str] = []
+        for start in range(0, len(specs), MAX_TASKS_PER_BATCH):
+            batch = specs[start : start + MAX_TASKS_PER_BATCH]
+            request = submission_service_pb2.SubmitTasksRequest(tasks=batch)
+            response = await self._call(self.submission.SubmitTasks, request, "SubmitTasks")
+            if len(response.results) != len(batch):
+                raise ProtocolError(f"submitted {len(batch)} tasks, got {len(response.results)} results")
+            ids.extend(result.task_id for result in response.results)
+        return ids
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancels (revokes) a task, queued or running; True when this call
+        did. See `Client.cancel`."""
+        request = submission_service_pb2.CancelTaskRequest(task_id=task_id)
+        return (await self._call(self.submission.CancelTask, request, "CancelTask")).cancelled
+
+    async def replay(self, task_id: str) -> _codec.TaskState:
+        """Queues a FAILED task again; see `Client.replay`."""
+        request = submission_service_pb2.ReplayTaskRequest(task_id=task_id)
+        response = await self._call(self.submission.ReplayTask, request, "ReplayTask")
+        return _codec.TaskState.from_proto(response.state)
+
+    async def forget(self, task_id: str) -> None:
+        """Deletes a finished task now; see `Client.forget`."""
+        request = results_service_pb2.ForgetTaskRequest(task_id=task_id)
+        await self._call(self.results.ForgetTask, request, "ForgetTask")
+
+    async def list_dead_letters(self, page_size: int = 0, page_token: str = "") -> tuple[list[task_pb2.Task], str]:
+        """One page of dead letters and the next page's token."""
+        request = results_service_pb2.ListDeadLettersRequest(page_size=page_size, page_token=page_token)
+        response = await self._call(self.results.ListDeadLetters, request, "ListDeadLetters")
+        return list(response.tasks), response.next_page_token
+
+    async def dead_letters(self, page_size: int = 0) -> AsyncIterator[task_pb2.Task]:
+        """Every task that failed for good, oldest first."""
+        token = ""
+        while True:
+            tasks, token = await self.list_dead_letters(page_size, token)
+            for task in tasks:
+                yield task
+            if not token:
+                return
+
+    # --- results ----------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> task_pb2.Task:
+        request = results_service_pb2.GetTaskRequest(task_id=task_id)
+        response = await self._call(self.results.GetTask, request, "GetTask")
+        return _codec.require_task(response, "GetTask")
+
+    async def state(self, task_id: str) -> _codec.TaskState:
+        return _codec.TaskState.from_proto((await self.get(task_id)).state)
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> task_pb2.Task:
+        """Waits for a terminal state; `TaskTimeout` when `timeout` passes
+        first. See `Client.wait`."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while True:
+            started = time.monotonic()
+            remaining = None if deadline is None else max(0.0, deadline - started)
+            request = results_service_pb2.WaitTaskRequest(task_id=task_id)
+            if remaining is not None:
+                request.timeout.CopyFrom(_codec.to_duration(remaining))
+            call_timeout = None if remaining is None else remaining + WAIT_DEADLINE_MARGIN
+            try:
+                response = await self.results.WaitTask(request, timeout=call_timeout, metadata=self._metadata)
+            except grpc.RpcError as error:
+                now = time.monotonic()
+                left = None if deadline is None else deadline - now
+                if wait_again(error.code(), now - started, left):
+                    continue
+                raise ConveyorError.from_rpc(error, f"WaitTask {task_id}") from None
+            return _codec.require_task(response, "WaitTask")
+
+    async def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """The decoded result, or `TaskFailed`/`TaskCancelled`/`TaskExpired`/
+        `TaskTimeout`. See `Client.result`."""
+        return _codec.outcome(await self.wait(task_id, timeout))
+
+    async def watch(self, task_id: str, timeout: float | None = None) -> AsyncIterator[task_pb2.Task]:
+        """Yields the task's current state, then every change; ends after a
+        terminal state. With a `timeout`, `TaskTimeout` ends a watch still
+        going after that long."""
+        request = results_service_pb2.WatchTaskRequest(task_id=task_id)
+        call = self.results.WatchTask(request, timeout=timeout, metadata=self._metadata)
+        try:
+            async for update in call:
+                yield _codec.require_task(update, "WatchTask")
+        except grpc.RpcError as error:
+            raise ConveyorError.from_rpc(error, f"WatchTask {task_id}") from None
+        finally:
+            call.cancel()
+
+    async def _call(self, method: Any, request: Any, rpc: str) -> Any:
+        try:
+            return await method(request, timeout=self._rpc_timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise ConveyorError.from_rpc(error, rpc) from None

@@ -1,0 +1,181 @@
+"""Exceptions: what producers see (`ConveyorError` and its subclasses) and
+what handlers raise or receive (`Reject`, `SoftTimeLimitExceeded`,
+`Terminated`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+__all__ = [
+    "ConveyorError",
+    "PayloadError",
+    "ProtocolError",
+    "Reject",
+    "Retry",
+    "SoftTimeLimitExceeded",
+    "TaskCancelled",
+    "TaskExpired",
+    "TaskFailed",
+    "TaskNotSucceeded",
+    "TaskTimeout",
+    "Terminated",
+]
+
+
+class ConveyorError(Exception):
+    """Anything that went wrong talking to Conveyor.
+
+    `code` is the gRPC status code (a `grpc.StatusCode`) when the error came
+    from a call, e.g. `INVALID_ARGUMENT` for a bad submission or `NOT_FOUND`
+    for an unknown task id; `None` for errors that are not a call's status
+    (a task that failed, a value that cannot be encoded). `details` is the
+    server's message.
+    """
+
+    def __init__(self, message: str, *, code: grpc.StatusCode | None = None, details: str = ""):
+        super().__init__(message)
+        self.code = code
+        self.details = details
+
+    @classmethod
+    def from_rpc(cls, error: grpc.RpcError, what: str = "") -> ConveyorError:
+        """The exception for a failed call: `TaskTimeout` for DEADLINE_EXCEEDED,
+        `ConveyorError` otherwise, with the call's code and details."""
+        code = _call_attr(error, "code")
+        details = _call_attr(error, "details") or ""
+        name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+        prefix = f"{what}: " if what else ""
+        message = f"{prefix}{name}: {details}" if details else f"{prefix}{name}"
+        kind = TaskTimeout if code == grpc.StatusCode.DEADLINE_EXCEEDED else ConveyorError
+        error_out = kind(message, code=code, details=details)
+        return error_out
+
+
+def _call_attr(error: grpc.RpcError, name: str) -> Any:
+    method = getattr(error, name, None)
+    if callable(method):
+        try:
+            return method()
+        except Exception:  # pragma: no cover - defensive: a broken call object
+            return None
+    return None
+
+
+class TaskTimeout(ConveyorError, TimeoutError):
+    """A wait ended before the task finished (gRPC DEADLINE_EXCEEDED).
+    Waiting changes nothing: the task goes on and can be awaited again."""
+
+    def __init__(self, message: str, *, code: grpc.StatusCode | None = None, details: str = ""):
+        super().__init__(message, code=code or grpc.StatusCode.DEADLINE_EXCEEDED, details=details)
+
+
+class PayloadError(ConveyorError, ValueError):
+    """A value could not be encoded as, or decoded from, a JSON payload."""
+
+
+class ProtocolError(ConveyorError):
+    """The server broke the protocol (e.g. a response without its task)."""
+
+
+class TaskNotSucceeded(ConveyorError):
+    """The task finished without a result. `state` is its terminal state
+    (a `conveyor.TaskState`), `task_id` its id."""
+
+    def __init__(self, message: str, *, task_id: str = "", state: Any = None):
+        super().__init__(message)
+        self.task_id = task_id
+        self.state = state
+
+
+class TaskFailed(TaskNotSucceeded):
+    """The task ended FAILED. Carries the handler's error as reported by the
+    worker, in whatever language it ran: `type` (e.g. "ValueError"),
+    `message`, `traceback` (text, possibly empty) and `retryable`."""
+
+    def __init__(
+        self,
+        type: str,
+        message: str,
+        traceback: str = "",
+        *,
+        retryable: bool = False,
+        task_id: str = "",
+        state: Any = None,
+    ):
+        super().__init__(f"{type}: {message}" if type else message, task_id=task_id, state=state)
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+        self.retryable = retryable
+
+    def __reduce__(self):  # keep pickling (e.g. across processes) working
+        return (
+            _rebuild_task_failed,
+            (self.type, self.message, self.traceback, self.retryable, self.task_id),
+        )
+
+
+def _rebuild_task_failed(type, message, traceback, retryable, task_id):  # noqa: A002
+    return TaskFailed(type, message, traceback, retryable=retryable, task_id=task_id)
+
+
+class TaskCancelled(TaskNotSucceeded):
+    """The task ended CANCELLED (cancelled before it ran, or revoked)."""
+
+
+class TaskExpired(TaskNotSucceeded):
+    """The task ended EXPIRED: it was not started before its `expires`."""
+
+
+# --- raised by or into handlers ------------------------------------------------
+
+
+class Reject(Exception):
+    """Raise from a handler to fail the task for good: no retry, whatever the
+    task's retry policy says.
+
+    `raise Reject(ValueError("bad input"))` reports type "ValueError" and
+    message "bad input"; `raise Reject("bad input")` reports type "Reject".
+    Any exception with a false `retryable` attribute is final too, as are the
+    types listed in a task's `dont_retry_for`.
+    """
+
+    retryable = False
+
+    def __init__(self, reason: BaseException | str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Retry(Exception):
+    """Raise from a handler to have the task retried after `countdown`
+    seconds instead of its policy's backoff (Celery's `self.retry`); still
+    bounded by the task's max_retries. `exc`, if given, is what the attempt
+    reports as its error (type, message, traceback).
+
+    `raise conveyor.Retry(countdown=30, exc=error)`, or from a bound task
+    `raise ctx.retry(countdown=30, exc=error)`.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str | None = None, *, countdown: float | None = None, exc: BaseException | None = None):
+        super().__init__(message or (f"retry in {countdown:g}s" if countdown is not None else "retry"))
+        self.countdown = countdown
+        self.exc = exc
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a handler when its task's soft time limit passes: in a
+    sync handler's thread (as Celery does), or as the cancellation of an
+    async handler. Catch it to clean up; unhandled, the attempt fails with
+    this type (and may be retried)."""
+
+
+class Terminated(BaseException):
+    """Raised inside a sync handler's thread when its attempt is cancelled
+    (the dispatcher revoked it, its hard time limit passed, the worker is
+    shutting down). Its outcome is discarded. A `BaseException`, like
+    `asyncio.CancelledError`, so that `except Exception` does not swallow it."""

@@ -1,0 +1,1022 @@
+"""The worker: runs registered handlers for tasks leased through one
+`DispatchService.Connect` stream (grpc.aio), reconnecting with backoff when
+the stream breaks and draining on SIGTERM/SIGINT.
+
+Async handlers run on the event loop; sync handlers run in a pool of at most
+`concurrency` threads. The worker grants one credit per free slot, so it
+never holds more tasks than it can run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import datetime as _dt
+import functools
+import inspect
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import grpc
+import grpc.aio
+
+from conveyor import _codec
+from conveyor._common import CHANNEL_OPTIONS, call_metadata, parse_address
+from conveyor._threads import DaemonThreadPool, ThreadGuard
+from conveyor._version import __version__
+from conveyor.errors import (
+    ConveyorError,
+    PayloadError,
+    ProtocolError,
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+    Terminated,
+)
+from conveyor.v1 import dispatch_service_pb2 as pb
+from conveyor.v1 import dispatch_service_pb2_grpc, task_pb2
+
+__all__ = ["TaskContext", "Worker", "current_task"]
+
+log = logging.getLogger("conveyor.worker")
+
+DEFAULT_CONCURRENCY = 8
+DEFAULT_GRACE_PERIOD = 30.0
+DEFAULT_MIN_BACKOFF = 0.1
+DEFAULT_MAX_BACKOFF = 5.0
+LANGUAGE = "python"
+
+_HANDSHAKE_TIMEOUT = 10.0
+_CLOSE_TIMEOUT = 5.0
+_DEFAULT_HEARTBEAT = 10.0
+_MIN_HEARTBEAT = 0.01
+_DEFAULT_MAX_CREDITS = 1024
+_MAX_OUTCOMES_PER_FRAME = 1024
+_MAX_CONCURRENCY = 1 << 20
+_MAX_QUEUES = 64
+_MAX_TASK_NAMES = 1024
+_MAX_PROGRESS_STATE = 100
+_MAX_PROGRESS_META = 64 * 1024
+# Time a revoked async handler gets to stop before it is cancelled again.
+_REVOKE_GRACE = 1.0
+_FATAL_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "conveyor_current_task", default=None
+)
+
+
+def current_task() -> TaskContext | None:
+    """The context of the attempt the calling handler runs (in its thread or
+    its asyncio task); None outside a handler."""
+    return _current.get()
+
+
+class TaskContext:
+    """One attempt of one task, as its handler sees it: ids, attempt number,
+    headers, time limits, and its cancellation.
+
+    Handlers get it from `conveyor.current_task()`, or as their first
+    argument when registered with `bind=True`.
+    """
+
+    def __init__(self, assignment: pb.Assignment, worker_id: str = ""):
+        self.assignment = assignment
+        self.id: str = assignment.task_id
+        self.name: str = assignment.name
+        self.attempt: int = assignment.attempt
+        self.max_retries: int = assignment.max_retries
+        self.lease_token: int = assignment.lease_token
+        self.headers: dict[str, str] = dict(assignment.headers)
+        self.soft_time_limit: float | None = _codec.from_duration(
+            assignment.soft_time_limit if assignment.HasField("soft_time_limit") else None
+        )
+        self.hard_time_limit: float | None = _codec.from_duration(
+            assignment.hard_time_limit if assignment.HasField("hard_time_limit") else None
+        )
+        self.created_at: _dt.datetime | None = (
+            _codec.from_timestamp(assignment.created_at) if assignment.HasField("created_at") else None
+        )
+        self.worker_id = worker_id
+        self._event = threading.Event()
+        self._reason: type[BaseException] = Terminated
+        self._reporter: Callable[[pb.ReportProgress], bool] | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.id
+
+    @property
+    def retries(self) -> int:
+        """Attempts before this one (Celery's `request.retries`)."""
+        return max(0, self.attempt - 1)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the attempt was cancelled or its soft time limit passed."""
+        return self._event.is_set()
+
+    def is_cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Blocks until the attempt is cancelled or `timeout` passes; True
+        when cancelled."""
+        return self._event.wait(timeout)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleeps like `time.sleep`, but raises at once when the attempt is
+        cancelled (`Terminated`) or its soft time limit passes
+        (`SoftTimeLimitExceeded`)."""
+        if self._event.wait(max(0.0, seconds)):
+            raise self._reason(f"task {self.id} stopped while sleeping")
+
+    def check(self) -> None:
+        """Raises as `sleep` does when the attempt should stop."""
+        if self._event.is_set():
+            raise self._reason(f"task {self.id} stopped")
+
+    def update_state(self, state: str = "PROGRESS", meta: Any = None, *, percent: float = 0.0) -> bool:
+        """Reports a custom state and progress (Celery's `update_state`):
+        producers see it in `AsyncResult.progress` and in watch updates.
+        `meta` is any JSON value (at most 64 KiB encoded), `state` at most 100
+        bytes, `percent` 0 to 100. Callable from sync and async handlers;
+        best effort: False when there is no stream to send it on. Reports
+        sent faster than the stream takes them are coalesced (latest wins)."""
+        if len(state.encode()) > _MAX_PROGRESS_STATE:
+            raise ValueError(f"progress state is over {_MAX_PROGRESS_STATE} bytes")
+        if not 0.0 <= float(percent) <= 100.0:
+            raise ValueError(f"percent must be 0 to 100, not {percent}")
+        progress = task_pb2.Progress(state=state, percent=float(percent))
+        if meta is not None:
+            payload = _codec.encode(meta, "progress meta")
+            if len(payload.data) > _MAX_PROGRESS_META:
+                raise ValueError(f"progress meta is over {_MAX_PROGRESS_META} bytes encoded")
+            progress.meta.CopyFrom(payload)
+        report = pb.ReportProgress(task_id=self.id, lease_token=self.lease_token, progress=progress)
+        reporter = self._reporter
+        return reporter(report) if reporter is not None else False
+
+    def report_progress(self, percent: float, state: str = "PROGRESS", meta: Any = None) -> bool:
+        """`update_state` with the percentage first."""
+        return self.update_state(state, meta, percent=percent)
+
+    def retry(self, *, countdown: float | None = None, exc: BaseException | None = None) -> NoReturn:
+        """Ends this attempt and asks for another after `countdown` seconds
+        (Celery's `self.retry`); within the task's max_retries. Raises
+        `conveyor.Retry`, so `raise ctx.retry(...)` reads as in Celery."""
+        raise Retry(countdown=countdown, exc=exc)
+
+    def _cancel(self, reason: type[BaseException]) -> None:
+        if not self._event.is_set():
+            self._reason = reason
+            self._event.set()
+
+    def __repr__(self) -> str:
+        return f"<TaskContext {self.name} id={self.id} attempt={self.attempt}>"
+
+
+@dataclass
+class Handler:
+    """A registered task function and how to call it."""
+
+    name: str
+    fn: Callable[..., Any]
+    bind: bool = False
+    dont_retry_for: tuple[type[BaseException], ...] = ()
+    is_async: bool = field(init=False)
+    signature: inspect.Signature | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.is_async = _is_async(self.fn)
+        try:
+            self.signature = inspect.signature(self.fn)
+        except (TypeError, ValueError):
+            self.signature = None
+
+
+def _is_async(fn: Any) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    return not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__)
+
+
+# --- outcomes -----------------------------------------------------------------------
+
+
+_INTERNAL_FILES = {os.path.abspath(__file__), os.path.abspath(os.path.join(os.path.dirname(__file__), "_threads.py"))}
+
+
+def _format_traceback(exc: BaseException) -> str:
+    """The exception's traceback without the worker's own leading frames."""
+    tb = exc.__traceback__
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in _INTERNAL_FILES:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+
+
+def task_error(exc: BaseException, dont_retry_for: tuple[type[BaseException], ...] = ()) -> task_pb2.TaskError:
+    """The TaskError a handler's exception is reported as: its class name,
+    `str(exc)`, its formatted traceback, and whether it may be retried."""
+    reported: BaseException = exc
+    if isinstance(exc, Retry):
+        if exc.exc is not None:
+            reported = exc.exc
+        traced = reported if reported.__traceback__ is not None else exc
+        error = task_pb2.TaskError(
+            type=type(reported).__name__,
+            message=str(reported),
+            traceback=_format_traceback(traced),
+            retryable=True,
+        )
+        if exc.countdown is not None:
+            error.retry_after.CopyFrom(_codec.to_duration(exc.countdown, "retry countdown"))
+        return error
+    if isinstance(exc, Reject):
+        if isinstance(exc.reason, BaseException):
+            reported = exc.reason
+            message = str(reported)
+        else:
+            message = "" if exc.reason is None else str(exc.reason)
+    else:
+        message = str(exc)
+    retryable = not (
+        isinstance(exc, Reject)
+        or getattr(exc, "retryable", True) is False
+        or getattr(reported, "retryable", True) is False
+        or (dont_retry_for and isinstance(reported, dont_retry_for))
+    )
+    return task_pb2.TaskError(
+        type=type(reported).__name__,
+        message=message,
+        traceback=_format_traceback(exc),
+        retryable=retryable,
+    )
+
+
+def _error(type_name: str, message: str, retryable: bool, tb: str = "") -> task_pb2.TaskError:
+    return task_pb2.TaskError(type=type_name, message=message, traceback=tb, retryable=retryable)
+
+
+# --- jobs ---------------------------------------------------------------------------
+
+
+class _Job:
+    """One running attempt."""
+
+    def __init__(self, epoch: int, assignment: pb.Assignment, handler: Handler | None, worker_id: str):
+        self.epoch = epoch
+        self.task_id = assignment.task_id
+        self.lease_token = assignment.lease_token
+        self.context = TaskContext(assignment, worker_id)
+        self.handler = handler
+        self.guard = ThreadGuard()
+        self.handle: asyncio.Task[pb.TaskOutcome] | None = None
+        self.cancelled = False  # by the dispatcher or abandoned: drop the outcome
+        self.soft_expired = False
+        self.soft_timer: asyncio.TimerHandle | None = None
+        self.progress: pb.ReportProgress | None = None  # latest not yet sent
+
+    @property
+    def runs_on_loop(self) -> bool:
+        return self.handler is not None and self.handler.is_async
+
+    def cancel(self) -> None:
+        """Stops the handler; its outcome will be dropped."""
+        if self.cancelled:
+            return
+        self.cancelled = True
+        self.context._cancel(Terminated)
+        if self.handle is None or self.handle.done():
+            return
+        if self.runs_on_loop:
+            self.handle.cancel("cancelled")
+            handle = self.handle
+            # A handler that swallows the cancellation is cancelled again.
+            handle.get_loop().call_later(_REVOKE_GRACE, lambda: handle.done() or handle.cancel("cancelled"))
+        else:
+            self.guard.interrupt(Terminated)
+
+    def soft_limit(self) -> None:
+        if self.cancelled or self.handle is None or self.handle.done():
+            return
+        log.warning("task %s: soft time limit passed, interrupting the handler", self.task_id)
+        self.soft_expired = True
+        self.context._cancel(SoftTimeLimitExceeded)
+        if self.runs_on_loop:
+            self.handle.cancel("soft time limit exceeded")
+        else:
+            self.guard.interrupt(SoftTimeLimitExceeded)
+
+
+# --- sessions -----------------------------------------------------------------------
+
+
+class _Backoff:
+    """From `low`, doubling per failure, capped at `high`; each delay drawn
+    from the upper half of that ("equal jitter")."""
+
+    def __init__(self, low: float, high: float):
+        self.low = low
+        self.high = max(low, high)
+        self.failures = 0
+
+    def ceiling(self) -> float:
+        return min(self.low * (2 ** min(self.failures, 31)), self.high)
+
+    def next_delay(self) -> float:
+        ceiling = self.ceiling()
+        self.failures += 1
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+@dataclass
+class _End:
+    kind: str  # "stopped", "drained" or "broken"
+    error: ConveyorError | None = None
+    welcomed: bool = False
+    abrupt: bool = False  # a second stop request: do not wait for the stream to close
+
+
+class _Broken(Exception):
+    def __init__(self, error: ConveyorError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _status_error(error: BaseException, what: str) -> ConveyorError:
+    if isinstance(error, ConveyorError):
+        return error
+    if isinstance(error, grpc.RpcError):
+        return ConveyorError.from_rpc(error, what)
+    return ConveyorError(f"{what}: {error!r}", code=grpc.StatusCode.UNAVAILABLE)
+
+
+class _Session:
+    def __init__(self, epoch: int, call: Any, max_credits: int):
+        self.epoch = epoch
+        self.call = call
+        self.max_credits = max_credits
+        self.running: dict[str, _Job] = {}
+        self.outstanding = 0
+        self.draining = False
+        self.stopping = False
+        self.deadline: float | None = None
+        self.timers: list[asyncio.TimerHandle] = []
+        self.started: list[pb.TaskStarted] = []
+        self.progress: list[pb.ReportProgress] = []
+        self.outcomes: list[pb.TaskOutcome] = []
+
+    def end(self) -> _End:
+        return _End("stopped" if self.stopping else "drained")
+
+    async def send(self, **message: Any) -> None:
+        try:
+            await self.call.write(pb.ConnectRequest(**message))
+        except grpc.RpcError as error:
+            raise _Broken(ConveyorError.from_rpc(error, "worker stream")) from None
+        except asyncio.InvalidStateError:
+            raise _Broken(ConveyorError("worker stream closed", code=grpc.StatusCode.UNAVAILABLE)) from None
+
+
+class Worker:
+    """Runs task handlers for Conveyor.
+
+    ```python
+    worker = conveyor.Worker("http://127.0.0.1:50051", concurrency=4)
+
+    @worker.register("add")
+    def add(a, b):
+        return a + b
+
+    worker.run()          # until SIGTERM/SIGINT, then drains
+    ```
+
+    Most code gets one from `Conveyor.worker()` instead, with the app's
+    tasks registered.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        tasks: Mapping[str, Any] | Iterable[Any] | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        queues: Iterable[str] | str | None = None,
+        worker_id: str | None = None,
+        token: str | None = None,
+        metadata: Iterable[tuple[str, str]] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        grace_period: float = DEFAULT_GRACE_PERIOD,
+        heartbeat_interval: float | None = None,
+        reconnect_backoff: tuple[float, float] = (DEFAULT_MIN_BACKOFF, DEFAULT_MAX_BACKOFF),
+    ):
+        if not 1 <= int(concurrency) <= _MAX_CONCURRENCY:
+            raise ValueError(f"concurrency must be 1 to {_MAX_CONCURRENCY}, not {concurrency}")
+        self.address = address
+        self._target = parse_address(address)
+        self._credentials = credentials
+        self.concurrency = int(concurrency)
+        if isinstance(queues, str):
+            queues = [queues]
+        self.queues = list(queues or ["default"])
+        if len(self.queues) > _MAX_QUEUES:
+            raise ValueError(f"at most {_MAX_QUEUES} queues")
+        self.hostname = socket.gethostname() or "localhost"
+        self.worker_id = worker_id or f"{self.hostname}-{os.getpid()}"
+        if not 1 <= len(self.worker_id) <= 200:
+            raise ValueError("worker_id must be 1 to 200 characters")
+        self.grace_period = float(grace_period)
+        self.heartbeat_interval = heartbeat_interval
+        self.reconnect_backoff = reconnect_backoff
+        self._metadata = call_metadata(token, metadata)
+        self.handlers: dict[str, Handler] = {}
+        if isinstance(tasks, Mapping):
+            for name, fn in tasks.items():
+                self._add(name, fn)
+        elif tasks is not None:
+            for task in tasks:
+                self._add(task.name, task)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: asyncio.Queue[tuple[Any, ...]] | None = None
+        self._stopping: asyncio.Event | None = None
+        self._stop_requests = 0
+        self._stop_early = False
+        self._inflight: set[_Job] = set()
+        self._pool: DaemonThreadPool | None = None
+        self.session_id: str | None = None
+
+    # --- registration ---------------------------------------------------------------
+
+    def register(
+        self,
+        name: str | Callable[..., Any] | None = None,
+        fn: Callable[..., Any] | None = None,
+        *,
+        bind: bool = False,
+        dont_retry_for: Iterable[type[BaseException]] = (),
+    ) -> Any:
+        """Registers `fn` for tasks named `name`: `worker.register("add", add)`,
+        or as a decorator, `@worker.register("add")` / `@worker.register`.
+        With `bind=True` the handler's first argument is its `TaskContext`;
+        exceptions of the `dont_retry_for` types fail the task for good."""
+        if callable(name) and fn is None:
+            fn, name = name, None
+        if fn is None:
+            return lambda f: self.register(name, f, bind=bind, dont_retry_for=dont_retry_for)
+        self.handlers[name or fn.__name__] = Handler(
+            name or fn.__name__, fn, bind=bind, dont_retry_for=tuple(dont_retry_for)
+        )
+        return fn
+
+    def _add(self, name: str, task: Any) -> None:
+        if isinstance(task, Handler):
+            self.handlers[name] = task
+            return
+        fn = getattr(task, "run", None) if hasattr(task, "apply_async") else task
+        self.handlers[name] = Handler(
+            name,
+            fn,
+            bind=bool(getattr(task, "bind", False)),
+            dont_retry_for=tuple(getattr(task, "dont_retry_for", ()) or ()),
+        )
+
+    # --- running ----------------------------------------------------------------------
+
+    def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Blocks until SIGTERM or SIGINT (or `stop()`), then drains: takes no
+        new work, lets running tasks finish within the grace period, closes
+        the stream and returns. A second signal returns at once. Raises
+        `ConveyorError` only for what retrying cannot fix (a refused Hello,
+        bad credentials)."""
+        asyncio.run(self.run_async(install_signal_handlers=install_signal_handlers))
+
+    def stop(self) -> None:
+        """Asks the worker to drain and stop (thread-safe). Calling it a
+        second time stops at once, abandoning running tasks."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._stop_early = True
+            return
+        try:
+            loop.call_soon_threadsafe(self._request_stop)
+        except RuntimeError:  # the loop just closed
+            pass
+
+    def _request_stop(self) -> None:
+        self._stop_requests += 1
+        assert self._events is not None and self._stopping is not None
+        if self._stop_requests == 1:
+            log.info("stopping: draining (signal again to exit at once)")
+            self._stopping.set()
+            self._events.put_nowait(("stop",))
+        else:
+            log.warning("second stop request, exiting at once")
+            self._events.put_nowait(("force",))
+
+    async def run_async(self, *, install_signal_handlers: bool = False) -> None:
+        """`run` as a coroutine, on the running loop."""
+        if not self.handlers:
+            raise ValueError("register at least one task before running the worker")
+        if len(self.handlers) > _MAX_TASK_NAMES:
+            raise ValueError(f"at most {_MAX_TASK_NAMES} task names")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._events = asyncio.Queue()
+        self._stopping = asyncio.Event()
+        self._stop_requests = 0
+        self._pool = DaemonThreadPool(self.concurrency)
+        installed: list[int] = []
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(sig, self._request_stop)
+                    installed.append(sig)
+                except (NotImplementedError, RuntimeError):  # pragma: no cover - non-unix
+                    pass
+        if self._stop_early:
+            self._stop_early = False
+            self._request_stop()
+        channel = self._channel()
+        log.info(
+            "worker %s starting: %s, queues %s, tasks %s, concurrency %d",
+            self.worker_id,
+            self._target.target,
+            self.queues,
+            sorted(self.handlers),
+            self.concurrency,
+        )
+        try:
+            await self._serve(channel)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self._abandon_all()
+            self._pool.shutdown()
+            await channel.close()
+            self._loop = None
+            log.info("worker %s stopped", self.worker_id)
+
+    def _channel(self) -> grpc.aio.Channel:
+        if self._target.secure or self._credentials is not None:
+            return grpc.aio.secure_channel(
+                self._target.target,
+                self._credentials or grpc.ssl_channel_credentials(),
+                options=CHANNEL_OPTIONS,
+            )
+        return grpc.aio.insecure_channel(self._target.target, options=CHANNEL_OPTIONS)
+
+    async def _serve(self, channel: grpc.aio.Channel) -> None:
+        assert self._stopping is not None
+        backoff = _Backoff(*self.reconnect_backoff)
+        epoch = 0
+        while not self._stopping.is_set():
+            epoch += 1
+            end = await self._session(channel, epoch)
+            if end.kind == "stopped":
+                return
+            if end.kind == "drained":
+                backoff.reset()
+                log.info("session drained, reconnecting")
+            else:
+                error = end.error or ConveyorError("worker stream lost", code=grpc.StatusCode.UNAVAILABLE)
+                if isinstance(error, ProtocolError) or error.code in _FATAL_CODES:
+                    raise error
+                if end.welcomed:
+                    backoff.reset()
+                    log.warning("worker stream lost (%s), reconnecting", error)
+                else:
+                    log.warning("cannot open a worker session (%s), retrying", error)
+            delay = backoff.next_delay()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+                return
+            except asyncio.TimeoutError:
+                pass
+
+    async def _abandon_all(self) -> None:
+        jobs = list(self._inflight)
+        for job in jobs:
+            job.cancel()
+        on_loop = [job.handle for job in jobs if job.handle is not None and job.runs_on_loop]
+        if on_loop:
+            await asyncio.wait(on_loop, timeout=1.0)
+
+    # --- one session ----------------------------------------------------------------------
+
+    def _hello(self) -> pb.Hello:
+        return pb.Hello(
+            worker_id=self.worker_id,
+            queues=self.queues,
+            task_names=sorted(self.handlers),
+            concurrency=min(self.concurrency, 2**32 - 1),
+            language=LANGUAGE,
+            sdk_version=__version__,
+            hostname=self.hostname,
+        )
+
+    async def _until_stopped(self, awaitable: Any, timeout: float | None) -> tuple[bool, Any]:
+        """(stopped, result) of `awaitable`, unless a stop comes first."""
+        assert self._stopping is not None
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait({work, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if work in done:
+            return False, work.result()
+        work.cancel()
+        if stop in done:
+            return True, None
+        raise asyncio.TimeoutError
+
+    async def _session(self, channel: grpc.aio.Channel, epoch: int) -> _End:
+        stub = dispatch_service_pb2_grpc.DispatchServiceStub(channel)
+        call = stub.Connect(metadata=self._metadata or None)
+
+        async def handshake() -> Any:
+            await call.write(pb.ConnectRequest(hello=self._hello()))
+            return await call.read()
+
+        try:
+            stopped, first = await self._until_stopped(handshake(), _HANDSHAKE_TIMEOUT)
+        except asyncio.TimeoutError:
+            call.cancel()
+            error = ConveyorError("no Welcome within 10s of Hello", code=grpc.StatusCode.DEADLINE_EXCEEDED)
+            return _End("broken", error)
+        except (grpc.RpcError, asyncio.InvalidStateError) as exc:
+            call.cancel()
+            return _End("broken", await _call_error(call, exc))
+        if stopped:
+            call.cancel()
+            return _End("stopped")
+        if first is grpc.aio.EOF:
+            return _End("broken", await _call_error(call, None))
+        if first.WhichOneof("message") != "welcome":
+            call.cancel()
+            return _End("broken", ProtocolError(f"expected Welcome first, got {first.WhichOneof('message')}"))
+        welcome = first.welcome
+        self.session_id = welcome.session_id
+        interval = self.heartbeat_interval or _codec.from_duration(welcome.heartbeat_interval) or _DEFAULT_HEARTBEAT
+        interval = max(interval, _MIN_HEARTBEAT)
+        log.info("worker session %s established (heartbeat %.3fs)", welcome.session_id, interval)
+        session = _Session(epoch, call, welcome.max_credits or _DEFAULT_MAX_CREDITS)
+        reader = asyncio.ensure_future(self._read(call, epoch))
+        beat = asyncio.ensure_future(self._beat(epoch, interval))
+        try:
+            try:
+                end = await self._run_session(session)
+            except _Broken as broken:
+                end = _End("broken", broken.error, welcomed=True)
+        finally:
+            beat.cancel()
+            for timer in session.timers:
+                timer.cancel()
+            for job in session.running.values():
+                job.cancel()
+            session.running.clear()
+        if end.kind == "broken" or end.abrupt:
+            call.cancel()
+            reader.cancel()
+        else:
+            await self._close(call, reader)
+        return end
+
+    async def _close(self, call: Any, reader: asyncio.Future[Any]) -> None:
+        """Closes our half, then waits (bounded) for the dispatcher to close
+        its half, so that frames already written are delivered."""
+        try:
+            await call.done_writing()
+            await asyncio.wait_for(asyncio.shield(reader), _CLOSE_TIMEOUT)
+        except (asyncio.TimeoutError, grpc.RpcError, asyncio.InvalidStateError):
+            pass
+        finally:
+            reader.cancel()
+            call.cancel()
+
+    async def _read(self, call: Any, epoch: int) -> None:
+        assert self._events is not None
+        try:
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    break
+                self._events.put_nowait(("msg", epoch, message))
+            self._events.put_nowait(("eof", epoch, await _call_error(call, None)))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - any failure ends the stream
+            self._events.put_nowait(("eof", epoch, _status_error(exc, "worker stream")))
+
+    async def _beat(self, epoch: int, interval: float) -> None:
+        assert self._events is not None
+        while True:
+            await asyncio.sleep(interval)
+            self._events.put_nowait(("beat", epoch))
+
+    async def _run_session(self, s: _Session) -> _End:
+        assert self._events is not None and self._stopping is not None
+        if self._stopping.is_set():
+            self._drain(s, stopping=True, grace=self.grace_period)
+        while True:
+            if s.draining and not s.running:
+                await self._flush(s)
+                return s.end()
+            await self._grant(s)
+            event = await self._events.get()
+            kind = event[0]
+            if kind == "stop":
+                if not s.stopping:
+                    log.info("draining %d running task(s) before stopping", len(s.running))
+                self._drain(s, stopping=True, grace=self.grace_period)
+            elif kind == "force":
+                return _End("stopped", abrupt=True)
+            elif kind == "finished":
+                self._finished(s, event[1])
+            elif kind == "progress":
+                job = event[1]
+                report, job.progress = job.progress, None
+                if report is not None and s.running.get(job.task_id) is job and not job.cancelled:
+                    s.progress.append(report)
+            elif event[1] != s.epoch:
+                pass  # from an earlier session
+            elif kind == "beat":
+                await s.send(heartbeat=pb.Heartbeat())
+            elif kind == "msg":
+                self._handle(s, event[2])
+            elif kind == "eof":
+                if s.draining:
+                    return s.end()  # the dispatcher closed the drained session
+                ended = ConveyorError("dispatcher ended the stream", code=grpc.StatusCode.UNAVAILABLE)
+                raise _Broken(event[2] or ended)
+            elif kind == "deadline":
+                log.warning("drain grace period over, abandoning %d task(s)", len(s.running))
+                await self._flush(s)
+                return s.end()
+            if self._events.empty():
+                await self._flush(s)
+
+    def _drain(self, s: _Session, *, stopping: bool, grace: float) -> None:
+        assert self._loop is not None and self._events is not None
+        deadline = self._loop.time() + max(0.0, grace)
+        s.stopping = s.stopping or stopping
+        if s.draining and s.deadline is not None and s.deadline <= deadline:
+            return
+        s.draining = True
+        s.deadline = deadline
+        events = self._events
+        s.timers.append(self._loop.call_at(deadline, events.put_nowait, ("deadline", s.epoch)))
+
+    async def _grant(self, s: _Session) -> None:
+        if s.draining:
+            return
+        free = self.concurrency - (len(self._inflight) + s.outstanding)
+        credits = min(free, s.max_credits - s.outstanding)
+        if credits > 0:
+            s.outstanding += credits
+            await s.send(grant_credits=pb.GrantCredits(credits=credits))
+
+    def _handle(self, s: _Session, response: pb.ConnectResponse) -> None:
+        kind = response.WhichOneof("message")
+        if kind == "assignments":
+            for assignment in response.assignments.assignments:
+                s.outstanding = max(0, s.outstanding - 1)
+                if s.draining:
+                    # Left leased: it goes back to its queue when the stream closes.
+                    continue
+                self._start(s, assignment)
+        elif kind == "cancel_assignment":
+            cancel = response.cancel_assignment
+            job = s.running.get(cancel.task_id)
+            if job is not None:
+                log.info("task %s cancelled by the dispatcher (%s)", cancel.task_id, cancel.reason)
+                job.cancel()
+        elif kind == "drain":
+            grace = _codec.from_duration(response.drain.grace if response.drain.HasField("grace") else None)
+            log.info("dispatcher asked to drain (%d running)", len(s.running))
+            self._drain(s, stopping=False, grace=self.grace_period if grace is None else grace)
+        elif kind == "outcome_rejected":
+            rejected = response.outcome_rejected
+            log.warning(
+                "outcome of task %s rejected: %s %s",
+                rejected.task_id,
+                _code_name(rejected.code),
+                rejected.message,
+            )
+        elif kind == "welcome":
+            log.warning("ignoring a second Welcome")
+
+    def _start(self, s: _Session, assignment: pb.Assignment) -> None:
+        assert self._loop is not None and self._events is not None
+        job = _Job(s.epoch, assignment, self.handlers.get(assignment.name), self.worker_id)
+        job.context._reporter = functools.partial(self._report_progress, self._loop, job)
+        previous = s.running.pop(job.task_id, None)
+        if previous is not None:
+            previous.cancel()
+        s.running[job.task_id] = job
+        self._inflight.add(job)
+        job.handle = self._loop.create_task(self._execute(job), name=f"conveyor-task-{job.task_id}")
+        job.handle.add_done_callback(functools.partial(self._done, job))
+        limit = job.context.soft_time_limit
+        if limit is not None:
+            job.soft_timer = self._loop.call_later(limit, job.soft_limit)
+        s.started.append(pb.TaskStarted(task_id=job.task_id, lease_token=job.lease_token))
+
+    def _report_progress(self, loop: asyncio.AbstractEventLoop, job: _Job, report: pb.ReportProgress) -> bool:
+        """Hands a progress report to the session (from any thread)."""
+
+        def post() -> None:
+            pending = job.progress is not None
+            job.progress = report
+            if not pending and self._events is not None:
+                self._events.put_nowait(("progress", job))
+
+        if job.cancelled or loop.is_closed():
+            return False
+        try:
+            loop.call_soon_threadsafe(post)
+        except RuntimeError:  # the loop closed meanwhile
+            return False
+        return True
+
+    def _done(self, job: _Job, _handle: asyncio.Task[Any]) -> None:
+        self._inflight.discard(job)
+        if job.soft_timer is not None:
+            job.soft_timer.cancel()
+        if self._events is not None:
+            self._events.put_nowait(("finished", job))
+
+    def _finished(self, s: _Session, job: _Job) -> None:
+        if job.epoch != s.epoch or s.running.get(job.task_id) is not job:
+            return
+        del s.running[job.task_id]
+        if job.cancelled or job.handle is None or job.handle.cancelled():
+            log.debug("dropping the outcome of cancelled task %s", job.task_id)
+            return
+        try:
+            outcome = job.handle.result()
+        except BaseException as exc:  # noqa: BLE001 - a bug in the runner, not the handler
+            log.exception("task runner of %s failed", job.task_id)
+            outcome = pb.TaskOutcome(
+                task_id=job.task_id,
+                lease_token=job.lease_token,
+                error=_error("WorkerError", repr(exc), True),
+            )
+        s.outcomes.append(outcome)
+
+    async def _flush(self, s: _Session) -> None:
+        if s.started:
+            started, s.started = s.started, []
+            for message in started:
+                job = s.running.get(message.task_id)
+                if job is None or not job.cancelled:
+                    await s.send(task_started=message)
+        if s.progress:
+            reports, s.progress = s.progress, []
+            for report in reports:
+                await s.send(report_progress=report)
+        while s.outcomes:
+            frame = s.outcomes[:_MAX_OUTCOMES_PER_FRAME]
+            del s.outcomes[:_MAX_OUTCOMES_PER_FRAME]
+            await s.send(report_outcomes=pb.ReportOutcomes(outcomes=frame))
+
+    # --- running a handler ---------------------------------------------------------------
+
+    async def _execute(self, job: _Job) -> pb.TaskOutcome:
+        def outcome(**kind: Any) -> pb.TaskOutcome:
+            return pb.TaskOutcome(task_id=job.task_id, lease_token=job.lease_token, **kind)
+
+        handler = job.handler
+        ctx = job.context
+        if handler is None:
+            message = f"no handler is registered for {ctx.name!r} on worker {self.worker_id}"
+            return outcome(error=_error("NotRegistered", message, True))
+        _current.set(ctx)
+        try:
+            args = [_codec.decode(p, f"positional argument {i}") for i, p in enumerate(ctx.assignment.args)]
+            kwargs = {k: _codec.decode(v, f"keyword argument {k!r}") for k, v in ctx.assignment.kwargs.items()}
+        except PayloadError as exc:
+            return outcome(error=_error("PayloadError", str(exc), False))
+        if handler.bind:
+            args.insert(0, ctx)
+        if handler.signature is not None:
+            try:
+                handler.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                message = f"{handler.name}() cannot take these arguments: {exc}"
+                return outcome(error=_error("TypeError", message, False))
+        started = time.monotonic()
+        try:
+            if handler.is_async:
+                value = await handler.fn(*args, **kwargs)
+            else:
+                ok, value = await self._run_in_thread(job, handler.fn, args, kwargs)
+                if not ok:
+                    raise value
+        except asyncio.CancelledError:
+            if job.soft_expired and not job.cancelled:
+                task = asyncio.current_task()
+                if task is not None and hasattr(task, "uncancel"):
+                    task.uncancel()
+                limit = ctx.soft_time_limit or 0.0
+                message = f"soft time limit ({limit:g}s) exceeded"
+                return outcome(error=_error("SoftTimeLimitExceeded", message, True))
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every handler failure is reported
+            error = task_error(exc, handler.dont_retry_for)
+            if isinstance(exc, SoftTimeLimitExceeded) and not error.message:
+                error.message = f"soft time limit ({ctx.soft_time_limit or 0.0:g}s) exceeded"
+            log.info("task %s (%s) failed: %s: %s", job.task_id, ctx.name, error.type, error.message)
+            return outcome(error=error)
+        finally:
+            _current.set(None)
+        try:
+            payload = _codec.encode(value, f"result of {handler.name}")
+        except PayloadError as exc:
+            return outcome(error=_error("SerializationError", str(exc), False))
+        log.debug("task %s (%s) succeeded in %.3fs", job.task_id, ctx.name, time.monotonic() - started)
+        return outcome(result=payload)
+
+    async def _run_in_thread(
+        self, job: _Job, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
+    ) -> tuple[bool, Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[bool, Any]] = loop.create_future()
+        guard = job.guard
+        ctx = job.context
+
+        def call() -> tuple[bool, Any]:
+            _current.set(ctx)
+            try:
+                guard.enter()
+                return True, fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - reported as the outcome
+                return False, exc
+            finally:
+                guard.exit()
+
+        def work() -> None:
+            try:
+                try:
+                    result = contextvars.Context().run(call)
+                except BaseException as exc:  # noqa: BLE001 - injected after the handler returned
+                    result = (False, exc)
+                guard.exit()
+            except BaseException as exc:  # noqa: BLE001 - same, one frame later
+                result = (False, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, future, result)
+            except RuntimeError:  # the loop is closed: the worker is gone
+                pass
+
+        assert self._pool is not None
+        self._pool.submit(work)
+        return await future
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _code_name(code: int) -> str:
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status.name
+    return str(code)
+
+
+async def _call_error(call: Any, exc: BaseException | None) -> ConveyorError:
+    """The error a finished (or failing) stream call ended with."""
+    if isinstance(exc, grpc.RpcError):
+        return ConveyorError.from_rpc(exc, "worker stream")
+    try:
+        code = await call.code()
+        details = await call.details()
+    except BaseException:  # noqa: BLE001
+        code, details = grpc.StatusCode.UNAVAILABLE, "stream ended"
+    if code == grpc.StatusCode.OK:
+        code, details = grpc.StatusCode.UNAVAILABLE, "dispatcher ended the stream"
+    return ConveyorError(f"worker stream: {code.name}: {details}", code=code, details=details or "")

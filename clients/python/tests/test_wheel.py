@@ -1,0 +1,36 @@
+"""The package builds as a wheel that carries the hand-written and the
+generated modules and the pinned dependencies."""
+
+import importlib.util
+import subprocess
+import sys
+import zipfile
+
+from conftest import CLIENT_DIR
+
+
+def test_wheel_builds(tmp_path):
+    command = [sys.executable, "-m", "pip", "wheel", str(CLIENT_DIR), "-w", str(tmp_path), "--no-deps", "-q"]
+    if importlib.util.find_spec("hatchling") is not None:
+        command.append("--no-build-isolation")  # the `test` extra installs the backend
+    built = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    wheels = list(tmp_path.glob("conveyor_client-*.whl"))
+    assert len(wheels) == 1, list(tmp_path.iterdir())
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        names = set(wheel.namelist())
+        for module in (
+            "conveyor/__init__.py",
+            "conveyor/aio.py",
+            "conveyor/worker.py",
+            "conveyor/py.typed",
+            "conveyor/v1/task_pb2.py",
+            "conveyor/v1/dispatch_service_pb2_grpc.py",
+        ):
+            assert module in names, module
+        assert not any("__pycache__" in name for name in names)
+        metadata = next(wheel.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+    assert "Name: conveyor-client" in metadata
+    assert "Requires-Python: >=3.10" in metadata
+    assert "Requires-Dist: grpcio<2,>=1.85.1" in metadata
+    assert "Requires-Dist: protobuf<8,>=7.35.1" in metadata
