@@ -110,7 +110,9 @@ impl server::ResultsService for Results {
         let (sender, receiver) = mpsc::channel(16);
         let store = self.store.clone();
         tokio::spawn(async move {
-            let mut last = (first.state, first.updated_at, first.attempt);
+            // Every field a watcher cares about: a progress report can land in
+            // the same millisecond as the state change before it.
+            let mut last = (first.state, first.updated_at, first.attempt, first.progress.clone());
             let mut terminal = is_terminal(&first);
             if sender
                 .send(Ok(pb::WatchTaskResponse { task: Some(first) }))
@@ -137,7 +139,7 @@ impl server::ResultsService for Results {
                         return;
                     }
                 };
-                let current = (task.state, task.updated_at, task.attempt);
+                let current = (task.state, task.updated_at, task.attempt, task.progress.clone());
                 if current == last {
                     continue;
                 }
