@@ -130,6 +130,22 @@ async fn bad_submissions_name_their_field_and_store_nothing(backend: Backend) {
         ),
         (
             with_options(pb::TaskOptions {
+                rate_limit: "0/s".into(),
+                ..Default::default()
+            }),
+            Code::InvalidArgument,
+            "task.options.rate_limit",
+        ),
+        (
+            with_options(pb::TaskOptions {
+                rate_limit: "lots per second".into(),
+                ..Default::default()
+            }),
+            Code::InvalidArgument,
+            "task.options.rate_limit",
+        ),
+        (
+            with_options(pb::TaskOptions {
                 retry: Some(pb::RetryPolicy {
                     max_retries: 101,
                     ..Default::default()

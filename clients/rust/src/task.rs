@@ -155,6 +155,14 @@ impl TaskRequest {
         self
     }
 
+    /// At most this many starts per time unit, Celery's syntax ("20/s",
+    /// "100/m", "5/h"), enforced globally; shared by the task name, or by
+    /// name and [`TaskRequest::rate_limit_key`] when one is set.
+    pub fn rate_limit(mut self, rate: impl Into<String>) -> Self {
+        self.options().rate_limit = rate.into();
+        self
+    }
+
     /// Tasks sharing `key` share a rate limit.
     pub fn rate_limit_key(mut self, key: impl Into<String>) -> Self {
         self.options().rate_limit_key = key.into();

@@ -47,6 +47,9 @@ impl TaskDefaults {
         if options.result_ttl.is_none() {
             options.result_ttl = defaults.result_ttl;
         }
+        if options.rate_limit.is_empty() {
+            options.rate_limit = defaults.rate_limit.clone();
+        }
         if options.rate_limit_key.is_empty() {
             options.rate_limit_key = defaults.rate_limit_key.clone();
         }

@@ -33,6 +33,11 @@ pub struct NewTask {
     pub idempotency_key: Option<String>,
     /// How long the key is remembered, milliseconds.
     pub idempotency_ttl_ms: i64,
+    /// Rate limit bucket (`name`, or `name|key`) and the milliseconds
+    /// between starts it allows; `None` without a rate limit.
+    pub rate_limit: Option<(String, f64)>,
+    /// Concurrency key and its limit; `None` without one.
+    pub concurrency: Option<(String, u32)>,
 }
 
 impl NewTask {
@@ -66,6 +71,30 @@ pub fn check_name(field: &str, value: &str, max_len: usize, extra: &[char]) -> R
         ));
     }
     Ok(())
+}
+
+/// Parses Celery's rate syntax ("10/s", "100/m", "5/h", or a bare number per
+/// second) into milliseconds between starts.
+pub fn parse_rate(field: &str, text: &str) -> Result<f64> {
+    let (count, unit) = text.trim().split_once('/').unwrap_or((text.trim(), "s"));
+    let per_ms = match unit.trim() {
+        "s" => 1000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        other => {
+            return Err(ConveyorError::invalid(
+                field,
+                format!("unit {other:?}: expected s, m or h, as in \"10/m\""),
+            ));
+        }
+    };
+    let count: f64 = count.trim().parse().map_err(|_| {
+        ConveyorError::invalid(field, format!("{text:?} is not a rate such as \"10/m\""))
+    })?;
+    if !(count.is_finite() && count > 0.0) {
+        return Err(ConveyorError::invalid(field, "the rate must be positive"));
+    }
+    Ok(per_ms / count)
 }
 
 /// Checks one payload's size and, when declared JSON, that it parses.
@@ -161,6 +190,36 @@ pub fn validate_with_defaults(
     defaults.apply(&spec.name, &mut options);
     let timing = check_options(&mut options, &format!("{prefix}.options"), limits, now_ms)?;
     let queue = options.queue.clone();
+    let rate_limit = if options.rate_limit.is_empty() {
+        if !options.rate_limit_key.is_empty() {
+            return Err(ConveyorError::invalid(
+                format!("{prefix}.options.rate_limit"),
+                "required when rate_limit_key is set",
+            ));
+        }
+        None
+    } else {
+        let interval_ms = parse_rate(&format!("{prefix}.options.rate_limit"), &options.rate_limit)?;
+        check_key(
+            &format!("{prefix}.options.rate_limit_key"),
+            &options.rate_limit_key,
+        )?;
+        let bucket = if options.rate_limit_key.is_empty() {
+            spec.name.clone()
+        } else {
+            format!("{}|{}", spec.name, options.rate_limit_key)
+        };
+        Some((bucket, interval_ms))
+    };
+    let concurrency = if options.concurrency_limit > 0 {
+        check_key(
+            &format!("{prefix}.options.concurrency_key"),
+            &options.concurrency_key,
+        )?;
+        Some((options.concurrency_key.clone(), options.concurrency_limit))
+    } else {
+        None
+    };
     let idempotency_key = (!spec.idempotency_key.is_empty()).then(|| spec.idempotency_key.clone());
     let record = store_pb::TaskRecord {
         name: spec.name,
@@ -179,7 +238,24 @@ pub fn validate_with_defaults(
         result_ttl_ms: timing.result_ttl_ms,
         idempotency_key,
         idempotency_ttl_ms: limits.idempotency_window_ms,
+        rate_limit,
+        concurrency,
     })
+}
+
+/// Keys of rate and concurrency limits: printable, no spaces, bounded.
+fn check_key(field: &str, key: &str) -> Result<()> {
+    if key.len() > 200
+        || key
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '|')
+    {
+        return Err(ConveyorError::invalid(
+            field,
+            "at most 200 printable characters, no spaces or '|'",
+        ));
+    }
+    Ok(())
 }
 
 struct Timing {
@@ -418,6 +494,35 @@ mod tests {
             field_of(validate_spec(retries, "task", &limits, 0, 0).unwrap_err()),
             "task.options.retry.max_retries"
         );
+    }
+
+    #[test]
+    fn rates_parse_in_celery_syntax() {
+        assert_eq!(parse_rate("f", "20/s").unwrap(), 50.0);
+        assert_eq!(parse_rate("f", "10/m").unwrap(), 6000.0);
+        assert_eq!(parse_rate("f", "2/h").unwrap(), 1_800_000.0);
+        assert_eq!(parse_rate("f", "100").unwrap(), 10.0);
+        for bad in ["0/s", "-1/s", "ten/s", "5/d", "", "1/"] {
+            assert!(parse_rate("f", bad).is_err(), "{bad:?}");
+        }
+        let mut limited = spec("add");
+        limited.options = Some(pb::TaskOptions {
+            rate_limit: "0/s".into(),
+            ..Default::default()
+        });
+        let error = validate_spec(limited, "task", &Limits::default(), 0, 0).unwrap_err();
+        assert_eq!(field_of(error), "task.options.rate_limit");
+        let mut keyed = spec("add");
+        keyed.options = Some(pb::TaskOptions {
+            rate_limit: "5/s".into(),
+            rate_limit_key: "customer-7".into(),
+            concurrency_key: "customer-7".into(),
+            concurrency_limit: 3,
+            ..Default::default()
+        });
+        let task = validate_spec(keyed, "task", &Limits::default(), 0, 0).unwrap();
+        assert_eq!(task.rate_limit, Some(("add|customer-7".to_string(), 200.0)));
+        assert_eq!(task.concurrency, Some(("customer-7".to_string(), 3)));
     }
 
     #[test]

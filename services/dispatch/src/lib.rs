@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use conveyor_api::pb::{self, dispatch_service_server as server};
 use conveyor_core::Limits;
+use conveyor_core::validate::check_name;
 use conveyor_store::Store;
 
 pub use registry::Registry;
@@ -119,5 +120,27 @@ impl server::DispatchService for Dispatcher {
         Ok(Response::new(pb::ListWorkersResponse {
             workers: self.registry.snapshot(),
         }))
+    }
+
+    async fn pause_queue(
+        &self,
+        request: Request<pb::PauseQueueRequest>,
+    ) -> Result<Response<pb::PauseQueueResponse>, Status> {
+        let queue = request.into_inner().queue;
+        check_name("queue", &queue, self.config.limits.max_queue_len, &[])?;
+        self.store.set_queue_paused(&queue, true).await?;
+        tracing::info!(%queue, "queue paused");
+        Ok(Response::new(pb::PauseQueueResponse {}))
+    }
+
+    async fn resume_queue(
+        &self,
+        request: Request<pb::ResumeQueueRequest>,
+    ) -> Result<Response<pb::ResumeQueueResponse>, Status> {
+        let queue = request.into_inner().queue;
+        check_name("queue", &queue, self.config.limits.max_queue_len, &[])?;
+        self.store.set_queue_paused(&queue, false).await?;
+        tracing::info!(%queue, "queue resumed");
+        Ok(Response::new(pb::ResumeQueueResponse {}))
     }
 }

@@ -112,7 +112,12 @@ impl server::ResultsService for Results {
         tokio::spawn(async move {
             // Every field a watcher cares about: a progress report can land in
             // the same millisecond as the state change before it.
-            let mut last = (first.state, first.updated_at, first.attempt, first.progress.clone());
+            let mut last = (
+                first.state,
+                first.updated_at,
+                first.attempt,
+                first.progress.clone(),
+            );
             let mut terminal = is_terminal(&first);
             if sender
                 .send(Ok(pb::WatchTaskResponse { task: Some(first) }))
@@ -139,7 +144,12 @@ impl server::ResultsService for Results {
                         return;
                     }
                 };
-                let current = (task.state, task.updated_at, task.attempt, task.progress.clone());
+                let current = (
+                    task.state,
+                    task.updated_at,
+                    task.attempt,
+                    task.progress.clone(),
+                );
                 if current == last {
                     continue;
                 }

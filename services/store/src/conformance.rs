@@ -58,7 +58,8 @@ macro_rules! conformance_suite {
                 retries_reschedule_with_backoff, expired_tasks_never_lease, started_marks_running_when_fenced,
                 notifications_reach_waiters, wait_times_out_without_changes, batch_lease_takes_many,
                 progress_is_fenced_and_visible, dead_letters_replay_and_forget, unstarted_tasks_expire_without_workers,
-                eta_an_hour_ahead_runs_once_when_due, higher_priorities_lease_first, schedules_advance_by_compare_and_set);
+                eta_an_hour_ahead_runs_once_when_due, higher_priorities_lease_first, schedules_advance_by_compare_and_set,
+                rate_limits_space_starts_and_park_without_loss, concurrency_permits_pass_to_waiters, paused_queues_hand_out_nothing);
         }
     };
     (@cases $factory:expr; $($case:ident),*) => {
@@ -958,4 +959,167 @@ pub async fn schedules_advance_by_compare_and_set(store: Arc<dyn Store>) {
     assert!(!store.delete_schedule("b").await.unwrap());
     assert!(store.get_schedule("b").await.unwrap().is_none());
     assert!(store.schedule_runs("b").await.unwrap().is_empty());
+}
+
+fn limited(store: &Arc<dyn Store>, options: pb::TaskOptions) -> NewTask {
+    let mut new = task("add", options, 1);
+    new.id = conveyor_core::TaskId::new(0);
+    let _ = store;
+    new
+}
+
+/// 10/s: the first start is immediate, the rest are parked at 100 ms slots
+/// (reserved), and each runs exactly when its slot is promoted.
+pub async fn rate_limits_space_starts_and_park_without_loss(store: Arc<dyn Store>) {
+    let options = pb::TaskOptions {
+        rate_limit: "10/s".into(),
+        ..Default::default()
+    };
+    let tasks: Vec<NewTask> = (0..4).map(|_| limited(&store, options.clone())).collect();
+    let ids: Vec<_> = store
+        .enqueue(tasks, NOW)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|ack| ack.id)
+        .collect();
+    let first = store
+        .lease(lease_request("s1", &["add"], 10, NOW))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1, "one start per 100 ms");
+    let summary = store.scheduled_summary().await.unwrap();
+    assert_eq!(
+        (summary.count, summary.next_due_ms),
+        (3, Some(NOW + 100)),
+        "the rest wait, none lost"
+    );
+    assert_eq!(state_of(&store, ids[3]).await, TaskState::Scheduled);
+    // Each parked task comes back at its reserved slot and is admitted then.
+    for (step, slot) in [(1, NOW + 100), (2, NOW + 200), (3, NOW + 300)] {
+        assert_eq!(
+            store.promote_due(slot - 1, 100).await.unwrap().promoted,
+            0,
+            "not before its slot"
+        );
+        assert_eq!(store.promote_due(slot, 100).await.unwrap().promoted, 1);
+        let leased = store
+            .lease(lease_request("s1", &["add"], 10, slot))
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 1, "step {step}");
+    }
+    // Per key: another key's bucket is independent.
+    let keyed = |key: &str| pb::TaskOptions {
+        rate_limit: "1/m".into(),
+        rate_limit_key: key.into(),
+        ..Default::default()
+    };
+    let tasks = vec![
+        limited(&store, keyed("a")),
+        limited(&store, keyed("a")),
+        limited(&store, keyed("b")),
+    ];
+    store.enqueue(tasks, NOW + 1000).await.unwrap();
+    let leased = store
+        .lease(lease_request("s2", &["add"], 10, NOW + 1000))
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 2, "one for key a, one for key b");
+}
+
+/// A concurrency key admits `limit` at once; a finished one passes its
+/// permit to the first waiter, as does a released session.
+pub async fn concurrency_permits_pass_to_waiters(store: Arc<dyn Store>) {
+    let options = pb::TaskOptions {
+        concurrency_key: "customer-7".into(),
+        concurrency_limit: 2,
+        ..Default::default()
+    };
+    let tasks: Vec<NewTask> = (0..4).map(|_| limited(&store, options.clone())).collect();
+    let ids: Vec<_> = store
+        .enqueue(tasks, NOW)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|ack| ack.id)
+        .collect();
+    let held = store
+        .lease(lease_request("s1", &["add"], 10, NOW))
+        .await
+        .unwrap();
+    assert_eq!(
+        held.iter().map(|task| task.id).collect::<Vec<_>>(),
+        ids[..2].to_vec()
+    );
+    assert!(
+        store
+            .lease(lease_request("s2", &["add"], 10, NOW))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        state_of(&store, ids[2]).await,
+        TaskState::Queued,
+        "waiting, still queued"
+    );
+    let ready = Arc::new(tokio::sync::Notify::new());
+    store
+        .events()
+        .register_queue_waiter(&[QueueKey::new("default", "add")], &ready);
+    store
+        .complete(vec![success(ids[0], "s1", 1, "1")], NOW)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), ready.notified())
+        .await
+        .expect("a freed permit wakes workers");
+    let next = store
+        .lease(lease_request("s2", &["add"], 10, NOW))
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![ids[2]]
+    );
+    // A released session frees its permit too; a cancelled waiter leaves.
+    assert_eq!(
+        store.cancel(ids[3], NOW).await.unwrap(),
+        CancelAck::Cancelled
+    );
+    store.release_session("s1", NOW).await.unwrap();
+    let again = store
+        .lease(lease_request("s3", &["add"], 10, NOW))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|task| task.id).collect::<Vec<_>>(),
+        vec![ids[1]]
+    );
+}
+
+/// A paused queue hands out nothing until resumed; nothing is lost.
+pub async fn paused_queues_hand_out_nothing(store: Arc<dyn Store>) {
+    store
+        .enqueue(vec![plain(&store, "add")], NOW)
+        .await
+        .unwrap();
+    store.set_queue_paused("default", true).await.unwrap();
+    assert!(
+        store
+            .lease(lease_request("s1", &["add"], 10, NOW))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.set_queue_paused("default", false).await.unwrap();
+    assert_eq!(
+        store
+            .lease(lease_request("s1", &["add"], 10, NOW))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

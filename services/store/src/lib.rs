@@ -78,6 +78,9 @@ pub trait Store: Send + Sync + 'static {
     /// Queues a FAILED task again with its failures reset.
     async fn replay(&self, id: TaskId, now_ms: i64) -> Result<ReplayAck>;
 
+    /// Pauses (or resumes) handing out a queue's tasks, on every replica.
+    async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()>;
+
     /// Stores a new schedule firing next at `next_ms`; `false` if the id exists.
     async fn create_schedule(&self, schedule: pb::Schedule, next_ms: Option<i64>) -> Result<bool>;
 

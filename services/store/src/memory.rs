@@ -39,6 +39,17 @@ struct Inner {
     schedules: std::collections::BTreeMap<String, (conveyor_api::pb::Schedule, Option<i64>)>,
     /// Recent runs per schedule, newest first.
     schedule_runs: HashMap<String, VecDeque<conveyor_api::pb::ScheduleRun>>,
+    /// Rate limit buckets: theoretical arrival time (GCRA), ms.
+    rate_tat: HashMap<String, f64>,
+    /// Concurrency permits held, per key.
+    permits: HashMap<String, HashSet<TaskId>>,
+    /// Tasks waiting for a permit, per key.
+    waiting: HashMap<String, VecDeque<TaskId>>,
+    /// Paused queues.
+    paused: HashSet<String>,
+    /// Queue keys that got work back from a freed permit; notified after
+    /// the lock is released.
+    ready: Vec<QueueKey>,
 }
 
 #[derive(Debug)]
@@ -53,6 +64,12 @@ struct Entry {
     queue_key: QueueKey,
     expires_at_ms: i64,
     result_ttl_ms: i64,
+    /// Rate bucket and ms between starts.
+    rate_limit: Option<(String, f64)>,
+    /// The slot a rate-parked task reserved.
+    reserved_slot: Option<i64>,
+    /// Concurrency key and limit.
+    concurrency: Option<(String, u32)>,
 }
 
 impl MemoryStore {
@@ -69,7 +86,94 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Rate and concurrency admission of a popped QUEUED task; mirrors the
+    /// Redis lease script.
+    fn admit(&mut self, id: TaskId, now_ms: i64, changed: &mut Vec<TaskId>) -> bool {
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return false;
+        };
+        if let Some((bucket, interval)) = entry.rate_limit.clone() {
+            if entry.reserved_slot.is_none_or(|slot| slot > now_ms) {
+                let tat = self
+                    .rate_tat
+                    .get(&bucket)
+                    .copied()
+                    .unwrap_or(0.0)
+                    .max(now_ms as f64);
+                self.rate_tat.insert(bucket, tat + interval);
+                if tat > now_ms as f64 {
+                    let slot = tat.ceil() as i64;
+                    entry.task.state = TaskState::Scheduled;
+                    entry.task.due_at_ms = slot;
+                    entry.task.updated_at_ms = now_ms;
+                    entry.reserved_slot = Some(slot);
+                    self.scheduled.insert((slot, id));
+                    changed.push(id);
+                    return false;
+                }
+            }
+            entry.reserved_slot = None;
+        }
+        if let Some((key, limit)) = entry.concurrency.clone() {
+            let permits = self.permits.entry(key.clone()).or_default();
+            if !permits.contains(&id) {
+                if permits.len() >= limit as usize {
+                    self.waiting.entry(key).or_default().push_back(id);
+                    return false;
+                }
+                permits.insert(id);
+            }
+        }
+        true
+    }
+
+    /// Frees the task's permit, if any, and moves the first waiter for the
+    /// key back to the head of its queue.
+    fn free_permit(&mut self, id: TaskId) {
+        let Some((key, _)) = self
+            .tasks
+            .get(&id)
+            .and_then(|entry| entry.concurrency.clone())
+        else {
+            return;
+        };
+        if !self
+            .permits
+            .get_mut(&key)
+            .is_some_and(|permits| permits.remove(&id))
+        {
+            return;
+        }
+        let Some(next) = self.waiting.get_mut(&key).and_then(VecDeque::pop_front) else {
+            return;
+        };
+        if let Some(queue_key) = self.tasks.get(&next).map(|entry| entry.queue_key.clone()) {
+            self.queues
+                .entry(queue_key.clone())
+                .or_default()
+                .push_front(next);
+            self.ready.push(queue_key);
+        }
+    }
+
+    /// Takes a QUEUED task out of its queue or its permit waiting list.
+    fn unqueue(&mut self, id: TaskId) {
+        let Some(entry) = self.tasks.get(&id) else {
+            return;
+        };
+        let (key, concurrency) = (entry.queue_key.clone(), entry.concurrency.clone());
+        if let Some(queue) = self.queues.get_mut(&key) {
+            queue.retain(|queued| *queued != id);
+        }
+        if let Some((concurrency_key, _)) = concurrency
+            && let Some(waiting) = self.waiting.get_mut(&concurrency_key)
+        {
+            waiting.retain(|queued| *queued != id);
+        }
+    }
+
     fn finish(&mut self, id: TaskId, state: TaskState, now_ms: i64) {
+        self.free_permit(id);
         if let Some(entry) = self.tasks.get_mut(&id) {
             entry.task.state = state;
             entry.task.updated_at_ms = now_ms;
@@ -100,6 +204,10 @@ impl Inner {
             if !entry.task.state.is_leased() || entry.task.session_id != session_id {
                 continue;
             }
+            self.free_permit(id);
+            let Some(entry) = self.tasks.get_mut(&id) else {
+                continue;
+            };
             entry.task.state = TaskState::Queued;
             entry.task.updated_at_ms = now_ms;
             self.queues
@@ -209,6 +317,9 @@ impl Store for MemoryStore {
                         queue_key,
                         expires_at_ms: task.expires_at_ms,
                         result_ttl_ms: task.result_ttl_ms,
+                        rate_limit: task.rate_limit.clone(),
+                        reserved_slot: None,
+                        concurrency: task.concurrency.clone(),
                     },
                 );
                 acks.push(EnqueueAck {
@@ -239,12 +350,21 @@ impl Store for MemoryStore {
         let mut changed = Vec::new();
         {
             let mut inner = self.lock();
+            let open: Vec<QueueKey> = request
+                .queue_keys
+                .iter()
+                .filter(|key| {
+                    let queue = key.as_str().split(':').next().unwrap_or_default();
+                    !inner.paused.contains(queue)
+                })
+                .cloned()
+                .collect();
             for priority in PRIORITIES_HIGH_FIRST {
-                let keys: Vec<QueueKey> = request
-                    .queue_keys
-                    .iter()
-                    .map(|key| key.at_priority(priority))
-                    .collect();
+                if open.is_empty() {
+                    break;
+                }
+                let keys: Vec<QueueKey> =
+                    open.iter().map(|key| key.at_priority(priority)).collect();
                 let mut empty_streak = 0;
                 let mut index = 0;
                 while leased.len() < request.max && empty_streak < keys.len() {
@@ -266,6 +386,12 @@ impl Store for MemoryStore {
                         inner.finish(id, TaskState::Expired, request.now_ms);
                         continue;
                     }
+                    if !inner.admit(id, request.now_ms, &mut changed) {
+                        continue;
+                    }
+                    let Some(entry) = inner.tasks.get_mut(&id) else {
+                        continue;
+                    };
                     let task = &mut entry.task;
                     task.state = TaskState::Leased;
                     task.attempt += 1;
@@ -298,6 +424,7 @@ impl Store for MemoryStore {
         for id in changed {
             self.events.task_changed(id);
         }
+        self.notify_ready();
         Ok(leased)
     }
 
@@ -353,6 +480,7 @@ impl Store for MemoryStore {
         for id in changed {
             self.events.task_changed(id);
         }
+        self.notify_ready();
         Ok(acks)
     }
 
@@ -425,17 +553,9 @@ impl Store for MemoryStore {
                 let Some(entry) = inner.tasks.get(&id) else {
                     continue;
                 };
-                let (state, key, due) = (
-                    entry.task.state,
-                    entry.queue_key.clone(),
-                    entry.task.due_at_ms,
-                );
+                let (state, due) = (entry.task.state, entry.task.due_at_ms);
                 match state {
-                    TaskState::Queued => {
-                        if let Some(queue) = inner.queues.get_mut(&key) {
-                            queue.retain(|queued| *queued != id);
-                        }
-                    }
+                    TaskState::Queued => inner.unqueue(id),
                     TaskState::Scheduled => {
                         inner.scheduled.remove(&(due, id));
                     }
@@ -458,17 +578,9 @@ impl Store for MemoryStore {
             let Some(entry) = inner.tasks.get(&id) else {
                 return Ok(CancelAck::NotFound);
             };
-            let (state, key, due) = (
-                entry.task.state,
-                entry.queue_key.clone(),
-                entry.task.due_at_ms,
-            );
+            let (state, due) = (entry.task.state, entry.task.due_at_ms);
             match state {
-                TaskState::Queued => {
-                    if let Some(queue) = inner.queues.get_mut(&key) {
-                        queue.retain(|queued| *queued != id);
-                    }
-                }
+                TaskState::Queued => inner.unqueue(id),
                 TaskState::Scheduled => {
                     inner.scheduled.remove(&(due, id));
                 }
@@ -590,6 +702,21 @@ impl Store for MemoryStore {
         Ok(ReplayAck::Replayed)
     }
 
+    async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        {
+            let mut inner = self.lock();
+            if paused {
+                inner.paused.insert(queue.to_string());
+            } else {
+                inner.paused.remove(queue);
+            }
+        }
+        if !paused {
+            self.events.wake_all();
+        }
+        Ok(())
+    }
+
     async fn create_schedule(&self, schedule: pb::Schedule, next_ms: Option<i64>) -> Result<bool> {
         let mut inner = self.lock();
         if inner.schedules.contains_key(&schedule.id) {
@@ -694,7 +821,16 @@ impl Store for MemoryStore {
 }
 
 impl MemoryStore {
+    /// Wakes sessions for queues that got work back from freed permits.
+    fn notify_ready(&self) {
+        let ready = std::mem::take(&mut self.lock().ready);
+        for key in ready {
+            self.events.queue_ready(&key.base());
+        }
+    }
+
     fn notify(&self, tasks: &[TaskId], queues: &HashSet<QueueKey>) {
+        self.notify_ready();
         for id in tasks {
             self.events.task_changed(*id);
         }
@@ -735,6 +871,11 @@ fn complete_one(inner: &mut Inner, report: OutcomeReport, now_ms: i64) -> Outcom
             });
             match retry_at_ms {
                 Some(due) => {
+                    inner.free_permit(report.id);
+                    let Some(entry) = inner.tasks.get_mut(&report.id) else {
+                        return OutcomeAck::NotFound;
+                    };
+                    let task = &mut entry.task;
                     task.state = TaskState::Scheduled;
                     task.due_at_ms = due;
                     inner.scheduled.insert((due, report.id));

@@ -46,6 +46,20 @@ impl DispatchService for FakeDispatcher {
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         Ok(Response::new(pb::ListWorkersResponse::default()))
     }
+
+    async fn pause_queue(
+        &self,
+        _request: Request<pb::PauseQueueRequest>,
+    ) -> Result<Response<pb::PauseQueueResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn resume_queue(
+        &self,
+        _request: Request<pb::ResumeQueueRequest>,
+    ) -> Result<Response<pb::ResumeQueueResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
 }
 
 pub struct FakeSession {

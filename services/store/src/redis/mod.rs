@@ -266,7 +266,23 @@ impl Store for RedisStore {
                     .arg(task.expires_at_ms)
                     .arg(task.result_ttl_ms)
                     .arg(task.idempotency_key.as_deref().unwrap_or(""))
-                    .arg(task.idempotency_ttl_ms);
+                    .arg(task.idempotency_ttl_ms)
+                    .arg(
+                        task.rate_limit
+                            .as_ref()
+                            .map_or("", |(bucket, _)| bucket.as_str()),
+                    )
+                    .arg(
+                        task.rate_limit
+                            .as_ref()
+                            .map_or(0.0, |(_, interval)| *interval),
+                    )
+                    .arg(
+                        task.concurrency
+                            .as_ref()
+                            .map_or("", |(key, _)| key.as_str()),
+                    )
+                    .arg(task.concurrency.as_ref().map_or(0, |(_, limit)| *limit));
             }
             let reply = items(self.run(&invocation).await?);
             for ((index, _), chunk) in group.iter().zip(reply.chunks(3)) {
@@ -590,6 +606,26 @@ impl Store for RedisStore {
             -1 => ReplayAck::NotFound,
             state => ReplayAck::NotFailed(state_of(state)?),
         })
+    }
+
+    async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for partition in 0..self.config.partitions.max(1) {
+            let key = format!("{}paused", self.partition_prefix(partition));
+            pipe.cmd(if paused { "SADD" } else { "SREM" })
+                .arg(key)
+                .arg(queue)
+                .ignore();
+        }
+        if !paused {
+            // Sessions starved by the pause re-check their queues.
+            pipe.cmd("PUBLISH")
+                .arg(&self.ready_channel)
+                .arg("*")
+                .ignore();
+        }
+        let mut connection = self.connection.clone();
+        self.timed(pipe.query_async::<()>(&mut connection)).await
     }
 
     async fn create_schedule(

@@ -8,7 +8,35 @@
 
 /// Helpers shared by the scripts (prepended to each).
 const COMMON: &str = r#"
+-- The ready channel sits beside the events channel (prefix..'ev').
+local function ready_channel(ev)
+  return string.sub(ev, 1, -3) .. 'rdy'
+end
+
+-- Gives back the task's concurrency permit, if it holds one, and moves the
+-- first task waiting for that key back to the head of its queue.
+local function free_permit(P, t, id, ev)
+  local ck = redis.call('HGET', t, 'ck')
+  if not ck or redis.call('SREM', P .. 'cc:' .. ck, id) == 0 then return end
+  local waiting = redis.call('LPOP', P .. 'cw:' .. ck)
+  if not waiting then return end
+  local qk = redis.call('HGET', P .. 't:' .. waiting, 'qk')
+  if qk then
+    redis.call('LPUSH', P .. 'q:' .. qk, waiting)
+    redis.call('PUBLISH', ready_channel(ev), qk)
+  end
+end
+
+-- Takes a QUEUED task out of its queue or its concurrency waiting list.
+local function unqueue(P, t, id, qk)
+  if redis.call('LREM', P .. 'q:' .. qk, 1, id) == 0 then
+    local ck = redis.call('HGET', t, 'ck')
+    if ck then redis.call('LREM', P .. 'cw:' .. ck, 1, id) end
+  end
+end
+
 local function finish(P, t, id, st, now, ev)
+  free_permit(P, t, id, ev)
   redis.call('HSET', t, 'st', st, 'ua', now, 'fa', now)
   local ttl = tonumber(redis.call('HGET', t, 'ttl'))
   if ttl and ttl > 0 then redis.call('PEXPIRE', t, ttl) end
@@ -26,6 +54,7 @@ local function release(P, sid, now, ev, rdy, out)
     local t = P .. 't:' .. id
     local f = redis.call('HMGET', t, 'st', 'ss', 'qk')
     if (f[1] == '3' or f[1] == '4') and f[2] == sid then
+      free_permit(P, t, id, ev)
       redis.call('HSET', t, 'st', 2, 'ua', now)
       redis.call('LPUSH', P .. 'q:' .. f[3], id)
       pushed[f[3]] = true
@@ -40,11 +69,12 @@ end
 "#;
 
 /// ARGV: P, now, rdy, then per task: id, qk, spec, due, expires, ttl,
-/// idempotency key, idempotency ttl. Returns per task: id, duplicate, state.
+/// idempotency key, idempotency ttl, rate bucket, rate interval ms,
+/// concurrency key, concurrency limit. Returns per task: id, duplicate, state.
 const ENQUEUE: &str = r#"
 local P, now, rdy = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local out, pushed = {}, {}
-for b = 4, #ARGV, 8 do
+for b = 4, #ARGV, 12 do
   local id, qk, due, ik = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 3]), ARGV[b + 6]
   local existing = false
   if ik ~= '' then
@@ -60,6 +90,8 @@ for b = 4, #ARGV, 8 do
     redis.call('HSET', P .. 't:' .. id, 'st', st, 'at', 0, 'fl', 0, 'tk', 0, 'qk', qk,
       'sp', ARGV[b + 2], 'ua', now, 'du', due, 'ex', ARGV[b + 4], 'ttl', ARGV[b + 5])
     if ARGV[b + 4] ~= '0' then redis.call('ZADD', P .. 'exp', ARGV[b + 4], id) end
+    if ARGV[b + 8] ~= '' then redis.call('HSET', P .. 't:' .. id, 'rb', ARGV[b + 8], 'ri', ARGV[b + 9]) end
+    if ARGV[b + 10] ~= '' then redis.call('HSET', P .. 't:' .. id, 'ck', ARGV[b + 10], 'cl', ARGV[b + 11]) end
     if st == 1 then
       redis.call('ZADD', P .. 'sched', due, id)
     else
@@ -81,12 +113,55 @@ local max, ev, start = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 local nq = #ARGV - 8
 local out = {}
 local got = 0
+-- Paused queues hand out nothing.
+local keys = {}
+for k = 9, #ARGV do
+  local queue = string.match(ARGV[k], '^[^:]+')
+  if redis.call('SISMEMBER', P .. 'paused', queue) == 0 then keys[#keys + 1] = ARGV[k] end
+end
+nq = #keys
+-- Admission: a rate-limited task takes the next slot of its bucket (GCRA);
+-- a slot in the future parks it, SCHEDULED, until then with the slot kept.
+-- A task over its key's concurrency limit waits in the key's list until a
+-- permit is freed. Returns whether the task may be leased now.
+local function admit(t, id)
+  local g = redis.call('HMGET', t, 'rb', 'ri', 'rs', 'ck', 'cl')
+  if g[1] then
+    local reserved = tonumber(g[3] or '-1')
+    if reserved < 0 or reserved > now then
+      local bucket = P .. 'rl:' .. g[1]
+      local tat = tonumber(redis.call('GET', bucket) or '0')
+      if tat < now then tat = now end
+      local after = tat + tonumber(g[2])
+      redis.call('SET', bucket, string.format('%.3f', after), 'PX', math.ceil(after - now) + 60000)
+      if tat > now then
+        local slot = math.ceil(tat)
+        redis.call('HSET', t, 'st', 1, 'du', slot, 'rs', slot, 'ua', now)
+        redis.call('ZADD', P .. 'sched', slot, id)
+        redis.call('PUBLISH', ev, id)
+        return false
+      end
+    end
+    redis.call('HDEL', t, 'rs')
+  end
+  if g[4] then
+    local permits = P .. 'cc:' .. g[4]
+    if redis.call('SISMEMBER', permits, id) == 0 then
+      if redis.call('SCARD', permits) >= tonumber(g[5]) then
+        redis.call('RPUSH', P .. 'cw:' .. g[4], id)
+        return false
+      end
+      redis.call('SADD', permits, id)
+    end
+  end
+  return true
+end
 -- Priority levels, highest first; level 0 is the plain key.
 local levels = {'#9', '#8', '#7', '#6', '#5', '#4', '#3', '#2', '#1', ''}
 for _, level in ipairs(levels) do
   local empty, i = 0, 0
   while got < max and empty < nq do
-    local qk = ARGV[9 + ((start + i) % nq)] .. level
+    local qk = keys[1 + ((start + i) % nq)] .. level
     i = i + 1
     local id = redis.call('LPOP', P .. 'q:' .. qk)
     if id then
@@ -97,7 +172,7 @@ for _, level in ipairs(levels) do
         local ex = tonumber(f[5])
         if ex > 0 and ex <= now then
           finish(P, t, id, 8, now, ev)
-        else
+        elseif admit(t, id) then
           local at, tk = tonumber(f[2]) + 1, tonumber(f[4]) + 1
           redis.call('HSET', t, 'st', 3, 'at', at, 'tk', tk, 'ss', sid, 'wk', wk, 'ua', now)
           redis.call('HDEL', t, 'pg')
@@ -169,6 +244,7 @@ for b = 4, #ARGV, 6 do
     else
       redis.call('HSET', t, 'fl', tonumber(f[4]) + 1)
       if kind == 'r' then
+        free_permit(P, t, id, ev)
         redis.call('HSET', t, 'st', 1, 'du', ARGV[b + 5], 'ua', now)
         redis.call('ZADD', P .. 'sched', ARGV[b + 5], id)
         redis.call('PUBLISH', ev, id)
@@ -233,7 +309,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'exp', '-inf', now, 'LIMIT'
     finish(P, t, id, 8, now, ev)
     expired = expired + 1
   elseif f[1] == '2' then
-    redis.call('LREM', P .. 'q:' .. f[2], 1, id)
+    unqueue(P, t, id, f[2])
     finish(P, t, id, 8, now, ev)
     expired = expired + 1
   end
@@ -253,7 +329,7 @@ local t = P .. 't:' .. id
 local f = redis.call('HMGET', t, 'st', 'qk', 'ss')
 if not f[1] then return -1 end
 if f[1] == '2' then
-  redis.call('LREM', P .. 'q:' .. f[2], 1, id)
+  unqueue(P, t, id, f[2])
 elseif f[1] == '1' then
   redis.call('ZREM', P .. 'sched', id)
 elseif f[1] == '3' or f[1] == '4' then

@@ -82,10 +82,13 @@ async fn pump(
             if let Ok(id) = TaskId::parse(&String::from_utf8_lossy(payload), "id") {
                 events.task_changed(id);
             }
+        } else if payload == b"*" {
+            // A queue was resumed: every starved session re-checks.
+            events.wake_all();
         } else {
-            events.queue_ready(&QueueKey::from_encoded(
-                String::from_utf8_lossy(payload).into_owned(),
-            ));
+            let key = QueueKey::from_encoded(String::from_utf8_lossy(payload).into_owned());
+            // Priority lists notify under their base key, which sessions watch.
+            events.queue_ready(&key.base());
         }
     }
 }

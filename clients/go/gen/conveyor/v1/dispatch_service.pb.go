@@ -23,6 +23,172 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// PauseQueue request.
+type PauseQueueRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Queue name.
+	Queue         string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseQueueRequest) Reset() {
+	*x = PauseQueueRequest{}
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseQueueRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseQueueRequest) ProtoMessage() {}
+
+func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
+func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *PauseQueueRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+// PauseQueue response.
+type PauseQueueResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseQueueResponse) Reset() {
+	*x = PauseQueueResponse{}
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseQueueResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseQueueResponse) ProtoMessage() {}
+
+func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
+func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{1}
+}
+
+// ResumeQueue request.
+type ResumeQueueRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Queue name.
+	Queue         string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeQueueRequest) Reset() {
+	*x = ResumeQueueRequest{}
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeQueueRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeQueueRequest) ProtoMessage() {}
+
+func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
+func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ResumeQueueRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+// ResumeQueue response.
+type ResumeQueueResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeQueueResponse) Reset() {
+	*x = ResumeQueueResponse{}
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeQueueResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeQueueResponse) ProtoMessage() {}
+
+func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
+func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{3}
+}
+
 // A message from worker to dispatcher.
 type ConnectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -43,7 +209,7 @@ type ConnectRequest struct {
 
 func (x *ConnectRequest) Reset() {
 	*x = ConnectRequest{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[0]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -55,7 +221,7 @@ func (x *ConnectRequest) String() string {
 func (*ConnectRequest) ProtoMessage() {}
 
 func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[0]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -68,7 +234,7 @@ func (x *ConnectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectRequest.ProtoReflect.Descriptor instead.
 func (*ConnectRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{0}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ConnectRequest) GetMessage() isConnectRequest_Message {
@@ -197,7 +363,7 @@ type ConnectResponse struct {
 
 func (x *ConnectResponse) Reset() {
 	*x = ConnectResponse{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[1]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -209,7 +375,7 @@ func (x *ConnectResponse) String() string {
 func (*ConnectResponse) ProtoMessage() {}
 
 func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[1]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -222,7 +388,7 @@ func (x *ConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectResponse.ProtoReflect.Descriptor instead.
 func (*ConnectResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{1}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ConnectResponse) GetMessage() isConnectResponse_Message {
@@ -340,7 +506,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[2]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +518,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[2]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +531,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{2}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Hello) GetWorkerId() string {
@@ -434,7 +600,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[3]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +612,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[3]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +625,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{3}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Welcome) GetSessionId() string {
@@ -501,7 +667,7 @@ type GrantCredits struct {
 
 func (x *GrantCredits) Reset() {
 	*x = GrantCredits{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[4]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -513,7 +679,7 @@ func (x *GrantCredits) String() string {
 func (*GrantCredits) ProtoMessage() {}
 
 func (x *GrantCredits) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[4]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -526,7 +692,7 @@ func (x *GrantCredits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GrantCredits.ProtoReflect.Descriptor instead.
 func (*GrantCredits) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{4}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GrantCredits) GetCredits() uint32 {
@@ -545,7 +711,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[5]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +723,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[5]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +736,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{5}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{9}
 }
 
 // Outcomes of finished attempts.
@@ -584,7 +750,7 @@ type ReportOutcomes struct {
 
 func (x *ReportOutcomes) Reset() {
 	*x = ReportOutcomes{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[6]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +762,7 @@ func (x *ReportOutcomes) String() string {
 func (*ReportOutcomes) ProtoMessage() {}
 
 func (x *ReportOutcomes) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[6]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +775,7 @@ func (x *ReportOutcomes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportOutcomes.ProtoReflect.Descriptor instead.
 func (*ReportOutcomes) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{6}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReportOutcomes) GetOutcomes() []*TaskOutcome {
@@ -639,7 +805,7 @@ type TaskOutcome struct {
 
 func (x *TaskOutcome) Reset() {
 	*x = TaskOutcome{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[7]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +817,7 @@ func (x *TaskOutcome) String() string {
 func (*TaskOutcome) ProtoMessage() {}
 
 func (x *TaskOutcome) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[7]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +830,7 @@ func (x *TaskOutcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskOutcome.ProtoReflect.Descriptor instead.
 func (*TaskOutcome) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{7}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TaskOutcome) GetTaskId() string {
@@ -737,7 +903,7 @@ type TaskStarted struct {
 
 func (x *TaskStarted) Reset() {
 	*x = TaskStarted{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[8]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +915,7 @@ func (x *TaskStarted) String() string {
 func (*TaskStarted) ProtoMessage() {}
 
 func (x *TaskStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[8]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +928,7 @@ func (x *TaskStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStarted.ProtoReflect.Descriptor instead.
 func (*TaskStarted) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{8}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TaskStarted) GetTaskId() string {
@@ -794,7 +960,7 @@ type ReportProgress struct {
 
 func (x *ReportProgress) Reset() {
 	*x = ReportProgress{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[9]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +972,7 @@ func (x *ReportProgress) String() string {
 func (*ReportProgress) ProtoMessage() {}
 
 func (x *ReportProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[9]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +985,7 @@ func (x *ReportProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportProgress.ProtoReflect.Descriptor instead.
 func (*ReportProgress) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{9}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReportProgress) GetTaskId() string {
@@ -854,7 +1020,7 @@ type Assignments struct {
 
 func (x *Assignments) Reset() {
 	*x = Assignments{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[10]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +1032,7 @@ func (x *Assignments) String() string {
 func (*Assignments) ProtoMessage() {}
 
 func (x *Assignments) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[10]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +1045,7 @@ func (x *Assignments) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignments.ProtoReflect.Descriptor instead.
 func (*Assignments) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{10}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Assignments) GetAssignments() []*Assignment {
@@ -920,7 +1086,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[11]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +1098,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[11]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +1111,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{11}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Assignment) GetTaskId() string {
@@ -1038,7 +1204,7 @@ type CancelAssignment struct {
 
 func (x *CancelAssignment) Reset() {
 	*x = CancelAssignment{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[12]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1050,7 +1216,7 @@ func (x *CancelAssignment) String() string {
 func (*CancelAssignment) ProtoMessage() {}
 
 func (x *CancelAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[12]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1063,7 +1229,7 @@ func (x *CancelAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelAssignment.ProtoReflect.Descriptor instead.
 func (*CancelAssignment) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{12}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CancelAssignment) GetTaskId() string {
@@ -1091,7 +1257,7 @@ type Drain struct {
 
 func (x *Drain) Reset() {
 	*x = Drain{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[13]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1103,7 +1269,7 @@ func (x *Drain) String() string {
 func (*Drain) ProtoMessage() {}
 
 func (x *Drain) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[13]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1116,7 +1282,7 @@ func (x *Drain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drain.ProtoReflect.Descriptor instead.
 func (*Drain) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{13}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Drain) GetGrace() *durationpb.Duration {
@@ -1142,7 +1308,7 @@ type OutcomeRejected struct {
 
 func (x *OutcomeRejected) Reset() {
 	*x = OutcomeRejected{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[14]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1154,7 +1320,7 @@ func (x *OutcomeRejected) String() string {
 func (*OutcomeRejected) ProtoMessage() {}
 
 func (x *OutcomeRejected) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[14]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1167,7 +1333,7 @@ func (x *OutcomeRejected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutcomeRejected.ProtoReflect.Descriptor instead.
 func (*OutcomeRejected) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{14}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *OutcomeRejected) GetTaskId() string {
@@ -1200,7 +1366,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[15]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1212,7 +1378,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[15]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1225,7 +1391,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{15}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{19}
 }
 
 // ListWorkers response.
@@ -1239,7 +1405,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[16]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1417,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[16]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1430,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{16}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
@@ -1309,7 +1475,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[17]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1487,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[17]
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1500,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{17}
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WorkerInfo) GetWorkerId() string {
@@ -1432,7 +1598,13 @@ var File_conveyor_v1_dispatch_service_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\n" +
-	"\"conveyor/v1/dispatch_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x03\n" +
+	"\"conveyor/v1/dispatch_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\")\n" +
+	"\x11PauseQueueRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\"\x14\n" +
+	"\x12PauseQueueResponse\"*\n" +
+	"\x12ResumeQueueRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\"\x15\n" +
+	"\x13ResumeQueueResponse\"\x90\x03\n" +
 	"\x0eConnectRequest\x12*\n" +
 	"\x05hello\x18\x01 \x01(\v2\x12.conveyor.v1.HelloH\x00R\x05hello\x12@\n" +
 	"\rgrant_credits\x18\x02 \x01(\v2\x19.conveyor.v1.GrantCreditsH\x00R\fgrantCredits\x126\n" +
@@ -1542,10 +1714,13 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\fconnected_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\x12<\n" +
 	"\flast_seen_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"lastSeenAt\x12\x1c\n" +
-	"\tcompleted\x18\r \x01(\x04R\tcompleted2\xad\x01\n" +
+	"\tcompleted\x18\r \x01(\x04R\tcompleted2\xce\x02\n" +
 	"\x0fDispatchService\x12H\n" +
 	"\aConnect\x12\x1b.conveyor.v1.ConnectRequest\x1a\x1c.conveyor.v1.ConnectResponse(\x010\x01\x12P\n" +
-	"\vListWorkers\x12\x1f.conveyor.v1.ListWorkersRequest\x1a .conveyor.v1.ListWorkersResponseB\xa9\x01\n" +
+	"\vListWorkers\x12\x1f.conveyor.v1.ListWorkersRequest\x1a .conveyor.v1.ListWorkersResponse\x12M\n" +
+	"\n" +
+	"PauseQueue\x12\x1e.conveyor.v1.PauseQueueRequest\x1a\x1f.conveyor.v1.PauseQueueResponse\x12P\n" +
+	"\vResumeQueue\x12\x1f.conveyor.v1.ResumeQueueRequest\x1a .conveyor.v1.ResumeQueueResponseB\xa9\x01\n" +
 	"\x0fcom.conveyor.v1B\x14DispatchServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03CXX\xaa\x02\vConveyor.V1\xca\x02\vConveyor\\V1\xe2\x02\x17Conveyor\\V1\\GPBMetadata\xea\x02\fConveyor::V1b\x06proto3"
 
 var (
@@ -1560,70 +1735,78 @@ func file_conveyor_v1_dispatch_service_proto_rawDescGZIP() []byte {
 	return file_conveyor_v1_dispatch_service_proto_rawDescData
 }
 
-var file_conveyor_v1_dispatch_service_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_conveyor_v1_dispatch_service_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_conveyor_v1_dispatch_service_proto_goTypes = []any{
-	(*ConnectRequest)(nil),        // 0: conveyor.v1.ConnectRequest
-	(*ConnectResponse)(nil),       // 1: conveyor.v1.ConnectResponse
-	(*Hello)(nil),                 // 2: conveyor.v1.Hello
-	(*Welcome)(nil),               // 3: conveyor.v1.Welcome
-	(*GrantCredits)(nil),          // 4: conveyor.v1.GrantCredits
-	(*Heartbeat)(nil),             // 5: conveyor.v1.Heartbeat
-	(*ReportOutcomes)(nil),        // 6: conveyor.v1.ReportOutcomes
-	(*TaskOutcome)(nil),           // 7: conveyor.v1.TaskOutcome
-	(*TaskStarted)(nil),           // 8: conveyor.v1.TaskStarted
-	(*ReportProgress)(nil),        // 9: conveyor.v1.ReportProgress
-	(*Assignments)(nil),           // 10: conveyor.v1.Assignments
-	(*Assignment)(nil),            // 11: conveyor.v1.Assignment
-	(*CancelAssignment)(nil),      // 12: conveyor.v1.CancelAssignment
-	(*Drain)(nil),                 // 13: conveyor.v1.Drain
-	(*OutcomeRejected)(nil),       // 14: conveyor.v1.OutcomeRejected
-	(*ListWorkersRequest)(nil),    // 15: conveyor.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),   // 16: conveyor.v1.ListWorkersResponse
-	(*WorkerInfo)(nil),            // 17: conveyor.v1.WorkerInfo
-	nil,                           // 18: conveyor.v1.Assignment.KwargsEntry
-	nil,                           // 19: conveyor.v1.Assignment.HeadersEntry
-	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
-	(*Payload)(nil),               // 21: conveyor.v1.Payload
-	(*TaskError)(nil),             // 22: conveyor.v1.TaskError
-	(*Progress)(nil),              // 23: conveyor.v1.Progress
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*PauseQueueRequest)(nil),     // 0: conveyor.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),    // 1: conveyor.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),    // 2: conveyor.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),   // 3: conveyor.v1.ResumeQueueResponse
+	(*ConnectRequest)(nil),        // 4: conveyor.v1.ConnectRequest
+	(*ConnectResponse)(nil),       // 5: conveyor.v1.ConnectResponse
+	(*Hello)(nil),                 // 6: conveyor.v1.Hello
+	(*Welcome)(nil),               // 7: conveyor.v1.Welcome
+	(*GrantCredits)(nil),          // 8: conveyor.v1.GrantCredits
+	(*Heartbeat)(nil),             // 9: conveyor.v1.Heartbeat
+	(*ReportOutcomes)(nil),        // 10: conveyor.v1.ReportOutcomes
+	(*TaskOutcome)(nil),           // 11: conveyor.v1.TaskOutcome
+	(*TaskStarted)(nil),           // 12: conveyor.v1.TaskStarted
+	(*ReportProgress)(nil),        // 13: conveyor.v1.ReportProgress
+	(*Assignments)(nil),           // 14: conveyor.v1.Assignments
+	(*Assignment)(nil),            // 15: conveyor.v1.Assignment
+	(*CancelAssignment)(nil),      // 16: conveyor.v1.CancelAssignment
+	(*Drain)(nil),                 // 17: conveyor.v1.Drain
+	(*OutcomeRejected)(nil),       // 18: conveyor.v1.OutcomeRejected
+	(*ListWorkersRequest)(nil),    // 19: conveyor.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),   // 20: conveyor.v1.ListWorkersResponse
+	(*WorkerInfo)(nil),            // 21: conveyor.v1.WorkerInfo
+	nil,                           // 22: conveyor.v1.Assignment.KwargsEntry
+	nil,                           // 23: conveyor.v1.Assignment.HeadersEntry
+	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
+	(*Payload)(nil),               // 25: conveyor.v1.Payload
+	(*TaskError)(nil),             // 26: conveyor.v1.TaskError
+	(*Progress)(nil),              // 27: conveyor.v1.Progress
+	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
 }
 var file_conveyor_v1_dispatch_service_proto_depIdxs = []int32{
-	2,  // 0: conveyor.v1.ConnectRequest.hello:type_name -> conveyor.v1.Hello
-	4,  // 1: conveyor.v1.ConnectRequest.grant_credits:type_name -> conveyor.v1.GrantCredits
-	5,  // 2: conveyor.v1.ConnectRequest.heartbeat:type_name -> conveyor.v1.Heartbeat
-	6,  // 3: conveyor.v1.ConnectRequest.report_outcomes:type_name -> conveyor.v1.ReportOutcomes
-	8,  // 4: conveyor.v1.ConnectRequest.task_started:type_name -> conveyor.v1.TaskStarted
-	9,  // 5: conveyor.v1.ConnectRequest.report_progress:type_name -> conveyor.v1.ReportProgress
-	3,  // 6: conveyor.v1.ConnectResponse.welcome:type_name -> conveyor.v1.Welcome
-	10, // 7: conveyor.v1.ConnectResponse.assignments:type_name -> conveyor.v1.Assignments
-	12, // 8: conveyor.v1.ConnectResponse.cancel_assignment:type_name -> conveyor.v1.CancelAssignment
-	13, // 9: conveyor.v1.ConnectResponse.drain:type_name -> conveyor.v1.Drain
-	14, // 10: conveyor.v1.ConnectResponse.outcome_rejected:type_name -> conveyor.v1.OutcomeRejected
-	20, // 11: conveyor.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	20, // 12: conveyor.v1.Welcome.lease_ttl:type_name -> google.protobuf.Duration
-	7,  // 13: conveyor.v1.ReportOutcomes.outcomes:type_name -> conveyor.v1.TaskOutcome
-	21, // 14: conveyor.v1.TaskOutcome.result:type_name -> conveyor.v1.Payload
-	22, // 15: conveyor.v1.TaskOutcome.error:type_name -> conveyor.v1.TaskError
-	23, // 16: conveyor.v1.ReportProgress.progress:type_name -> conveyor.v1.Progress
-	11, // 17: conveyor.v1.Assignments.assignments:type_name -> conveyor.v1.Assignment
-	21, // 18: conveyor.v1.Assignment.args:type_name -> conveyor.v1.Payload
-	18, // 19: conveyor.v1.Assignment.kwargs:type_name -> conveyor.v1.Assignment.KwargsEntry
-	19, // 20: conveyor.v1.Assignment.headers:type_name -> conveyor.v1.Assignment.HeadersEntry
-	20, // 21: conveyor.v1.Assignment.soft_time_limit:type_name -> google.protobuf.Duration
-	20, // 22: conveyor.v1.Assignment.hard_time_limit:type_name -> google.protobuf.Duration
-	24, // 23: conveyor.v1.Assignment.created_at:type_name -> google.protobuf.Timestamp
-	20, // 24: conveyor.v1.Drain.grace:type_name -> google.protobuf.Duration
-	17, // 25: conveyor.v1.ListWorkersResponse.workers:type_name -> conveyor.v1.WorkerInfo
-	24, // 26: conveyor.v1.WorkerInfo.connected_at:type_name -> google.protobuf.Timestamp
-	24, // 27: conveyor.v1.WorkerInfo.last_seen_at:type_name -> google.protobuf.Timestamp
-	21, // 28: conveyor.v1.Assignment.KwargsEntry.value:type_name -> conveyor.v1.Payload
-	0,  // 29: conveyor.v1.DispatchService.Connect:input_type -> conveyor.v1.ConnectRequest
-	15, // 30: conveyor.v1.DispatchService.ListWorkers:input_type -> conveyor.v1.ListWorkersRequest
-	1,  // 31: conveyor.v1.DispatchService.Connect:output_type -> conveyor.v1.ConnectResponse
-	16, // 32: conveyor.v1.DispatchService.ListWorkers:output_type -> conveyor.v1.ListWorkersResponse
-	31, // [31:33] is the sub-list for method output_type
-	29, // [29:31] is the sub-list for method input_type
+	6,  // 0: conveyor.v1.ConnectRequest.hello:type_name -> conveyor.v1.Hello
+	8,  // 1: conveyor.v1.ConnectRequest.grant_credits:type_name -> conveyor.v1.GrantCredits
+	9,  // 2: conveyor.v1.ConnectRequest.heartbeat:type_name -> conveyor.v1.Heartbeat
+	10, // 3: conveyor.v1.ConnectRequest.report_outcomes:type_name -> conveyor.v1.ReportOutcomes
+	12, // 4: conveyor.v1.ConnectRequest.task_started:type_name -> conveyor.v1.TaskStarted
+	13, // 5: conveyor.v1.ConnectRequest.report_progress:type_name -> conveyor.v1.ReportProgress
+	7,  // 6: conveyor.v1.ConnectResponse.welcome:type_name -> conveyor.v1.Welcome
+	14, // 7: conveyor.v1.ConnectResponse.assignments:type_name -> conveyor.v1.Assignments
+	16, // 8: conveyor.v1.ConnectResponse.cancel_assignment:type_name -> conveyor.v1.CancelAssignment
+	17, // 9: conveyor.v1.ConnectResponse.drain:type_name -> conveyor.v1.Drain
+	18, // 10: conveyor.v1.ConnectResponse.outcome_rejected:type_name -> conveyor.v1.OutcomeRejected
+	24, // 11: conveyor.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	24, // 12: conveyor.v1.Welcome.lease_ttl:type_name -> google.protobuf.Duration
+	11, // 13: conveyor.v1.ReportOutcomes.outcomes:type_name -> conveyor.v1.TaskOutcome
+	25, // 14: conveyor.v1.TaskOutcome.result:type_name -> conveyor.v1.Payload
+	26, // 15: conveyor.v1.TaskOutcome.error:type_name -> conveyor.v1.TaskError
+	27, // 16: conveyor.v1.ReportProgress.progress:type_name -> conveyor.v1.Progress
+	15, // 17: conveyor.v1.Assignments.assignments:type_name -> conveyor.v1.Assignment
+	25, // 18: conveyor.v1.Assignment.args:type_name -> conveyor.v1.Payload
+	22, // 19: conveyor.v1.Assignment.kwargs:type_name -> conveyor.v1.Assignment.KwargsEntry
+	23, // 20: conveyor.v1.Assignment.headers:type_name -> conveyor.v1.Assignment.HeadersEntry
+	24, // 21: conveyor.v1.Assignment.soft_time_limit:type_name -> google.protobuf.Duration
+	24, // 22: conveyor.v1.Assignment.hard_time_limit:type_name -> google.protobuf.Duration
+	28, // 23: conveyor.v1.Assignment.created_at:type_name -> google.protobuf.Timestamp
+	24, // 24: conveyor.v1.Drain.grace:type_name -> google.protobuf.Duration
+	21, // 25: conveyor.v1.ListWorkersResponse.workers:type_name -> conveyor.v1.WorkerInfo
+	28, // 26: conveyor.v1.WorkerInfo.connected_at:type_name -> google.protobuf.Timestamp
+	28, // 27: conveyor.v1.WorkerInfo.last_seen_at:type_name -> google.protobuf.Timestamp
+	25, // 28: conveyor.v1.Assignment.KwargsEntry.value:type_name -> conveyor.v1.Payload
+	4,  // 29: conveyor.v1.DispatchService.Connect:input_type -> conveyor.v1.ConnectRequest
+	19, // 30: conveyor.v1.DispatchService.ListWorkers:input_type -> conveyor.v1.ListWorkersRequest
+	0,  // 31: conveyor.v1.DispatchService.PauseQueue:input_type -> conveyor.v1.PauseQueueRequest
+	2,  // 32: conveyor.v1.DispatchService.ResumeQueue:input_type -> conveyor.v1.ResumeQueueRequest
+	5,  // 33: conveyor.v1.DispatchService.Connect:output_type -> conveyor.v1.ConnectResponse
+	20, // 34: conveyor.v1.DispatchService.ListWorkers:output_type -> conveyor.v1.ListWorkersResponse
+	1,  // 35: conveyor.v1.DispatchService.PauseQueue:output_type -> conveyor.v1.PauseQueueResponse
+	3,  // 36: conveyor.v1.DispatchService.ResumeQueue:output_type -> conveyor.v1.ResumeQueueResponse
+	33, // [33:37] is the sub-list for method output_type
+	29, // [29:33] is the sub-list for method input_type
 	29, // [29:29] is the sub-list for extension type_name
 	29, // [29:29] is the sub-list for extension extendee
 	0,  // [0:29] is the sub-list for field type_name
@@ -1635,7 +1818,7 @@ func file_conveyor_v1_dispatch_service_proto_init() {
 		return
 	}
 	file_conveyor_v1_task_proto_init()
-	file_conveyor_v1_dispatch_service_proto_msgTypes[0].OneofWrappers = []any{
+	file_conveyor_v1_dispatch_service_proto_msgTypes[4].OneofWrappers = []any{
 		(*ConnectRequest_Hello)(nil),
 		(*ConnectRequest_GrantCredits)(nil),
 		(*ConnectRequest_Heartbeat)(nil),
@@ -1643,14 +1826,14 @@ func file_conveyor_v1_dispatch_service_proto_init() {
 		(*ConnectRequest_TaskStarted)(nil),
 		(*ConnectRequest_ReportProgress)(nil),
 	}
-	file_conveyor_v1_dispatch_service_proto_msgTypes[1].OneofWrappers = []any{
+	file_conveyor_v1_dispatch_service_proto_msgTypes[5].OneofWrappers = []any{
 		(*ConnectResponse_Welcome)(nil),
 		(*ConnectResponse_Assignments)(nil),
 		(*ConnectResponse_CancelAssignment)(nil),
 		(*ConnectResponse_Drain)(nil),
 		(*ConnectResponse_OutcomeRejected)(nil),
 	}
-	file_conveyor_v1_dispatch_service_proto_msgTypes[7].OneofWrappers = []any{
+	file_conveyor_v1_dispatch_service_proto_msgTypes[11].OneofWrappers = []any{
 		(*TaskOutcome_Result)(nil),
 		(*TaskOutcome_Error)(nil),
 	}
@@ -1660,7 +1843,7 @@ func file_conveyor_v1_dispatch_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_dispatch_service_proto_rawDesc), len(file_conveyor_v1_dispatch_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -270,7 +270,8 @@ type TaskOptions struct {
 	SoftTimeLimit *durationpb.Duration `protobuf:"bytes,7,opt,name=soft_time_limit,json=softTimeLimit,proto3" json:"soft_time_limit,omitempty"`
 	// After this long the lease is revoked and the attempt fails.
 	HardTimeLimit *durationpb.Duration `protobuf:"bytes,8,opt,name=hard_time_limit,json=hardTimeLimit,proto3" json:"hard_time_limit,omitempty"`
-	// Tasks sharing this key share a rate limit.
+	// Tasks sharing this key (and name) share the `rate_limit`; without a key,
+	// every task of the name shares it.
 	RateLimitKey string `protobuf:"bytes,9,opt,name=rate_limit_key,json=rateLimitKey,proto3" json:"rate_limit_key,omitempty"`
 	// Tasks sharing this key share a concurrency limit of `concurrency_limit`.
 	ConcurrencyKey string `protobuf:"bytes,10,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
@@ -280,7 +281,13 @@ type TaskOptions struct {
 	ResultTtl *durationpb.Duration `protobuf:"bytes,12,opt,name=result_ttl,json=resultTtl,proto3" json:"result_ttl,omitempty"`
 	// Free-form headers passed to the worker untouched. W3C trace context
 	// (`traceparent`, `tracestate`) travels here.
-	Headers       map[string]string `protobuf:"bytes,13,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Headers map[string]string `protobuf:"bytes,13,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Most starts per time unit, Celery's syntax: "10/s", "100/m", "5/h" (a
+	// positive number). Enforced globally across dispatch replicas; a task over
+	// the rate waits (SCHEDULED) for its slot and is never failed or dropped.
+	// Tasks sharing a bucket should share a rate (usually set per task name
+	// through the task defaults).
+	RateLimit     string `protobuf:"bytes,14,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -404,6 +411,13 @@ func (x *TaskOptions) GetHeaders() map[string]string {
 		return x.Headers
 	}
 	return nil
+}
+
+func (x *TaskOptions) GetRateLimit() string {
+	if x != nil {
+		return x.RateLimit
+	}
+	return ""
 }
 
 // Everything a producer says about one task.
@@ -853,7 +867,7 @@ const file_conveyor_v1_task_proto_rawDesc = "" +
 	"\x0ebackoff_factor\x18\x03 \x01(\x01R\rbackoffFactor\x12:\n" +
 	"\vbackoff_max\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"backoffMax\x12\x16\n" +
-	"\x06jitter\x18\x05 \x01(\bR\x06jitter\"\xc5\x05\n" +
+	"\x06jitter\x18\x05 \x01(\bR\x06jitter\"\xe4\x05\n" +
 	"\vTaskOptions\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1a\n" +
 	"\bpriority\x18\x02 \x01(\rR\bpriority\x127\n" +
@@ -869,7 +883,9 @@ const file_conveyor_v1_task_proto_rawDesc = "" +
 	"\x11concurrency_limit\x18\v \x01(\rR\x10concurrencyLimit\x128\n" +
 	"\n" +
 	"result_ttl\x18\f \x01(\v2\x19.google.protobuf.DurationR\tresultTtl\x12?\n" +
-	"\aheaders\x18\r \x03(\v2%.conveyor.v1.TaskOptions.HeadersEntryR\aheaders\x1a:\n" +
+	"\aheaders\x18\r \x03(\v2%.conveyor.v1.TaskOptions.HeadersEntryR\aheaders\x12\x1d\n" +
+	"\n" +
+	"rate_limit\x18\x0e \x01(\tR\trateLimit\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb1\x02\n" +

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"conveyor/v1/dispatch_service.proto\x12\x0b\x63onveyor.v1\x1a\x16\x63onveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x03\n\x0e\x43onnectRequest\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x12.conveyor.v1.HelloH\x00R\x05hello\x12@\n\rgrant_credits\x18\x02 \x01(\x0b\x32\x19.conveyor.v1.GrantCreditsH\x00R\x0cgrantCredits\x12\x36\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.conveyor.v1.HeartbeatH\x00R\theartbeat\x12\x46\n\x0freport_outcomes\x18\x04 \x01(\x0b\x32\x1b.conveyor.v1.ReportOutcomesH\x00R\x0ereportOutcomes\x12=\n\x0ctask_started\x18\x05 \x01(\x0b\x32\x18.conveyor.v1.TaskStartedH\x00R\x0btaskStarted\x12\x46\n\x0freport_progress\x18\x06 \x01(\x0b\x32\x1b.conveyor.v1.ReportProgressH\x00R\x0ereportProgressB\t\n\x07message\"\xd1\x02\n\x0f\x43onnectResponse\x12\x30\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.conveyor.v1.WelcomeH\x00R\x07welcome\x12<\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x18.conveyor.v1.AssignmentsH\x00R\x0b\x61ssignments\x12L\n\x11\x63\x61ncel_assignment\x18\x03 \x01(\x0b\x32\x1d.conveyor.v1.CancelAssignmentH\x00R\x10\x63\x61ncelAssignment\x12*\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x12.conveyor.v1.DrainH\x00R\x05\x64rain\x12I\n\x10outcome_rejected\x18\x05 \x01(\x0b\x32\x1c.conveyor.v1.OutcomeRejectedH\x00R\x0foutcomeRejectedB\t\n\x07message\"\xd6\x01\n\x05Hello\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x16\n\x06queues\x18\x02 \x03(\tR\x06queues\x12\x1d\n\ntask_names\x18\x03 \x03(\tR\ttaskNames\x12 \n\x0b\x63oncurrency\x18\x04 \x01(\rR\x0b\x63oncurrency\x12\x1a\n\x08language\x18\x05 \x01(\tR\x08language\x12\x1f\n\x0bsdk_version\x18\x06 \x01(\tR\nsdkVersion\x12\x1a\n\x08hostname\x18\x07 \x01(\tR\x08hostname\"\xcb\x01\n\x07Welcome\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12H\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x36\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x08leaseTtl\x12\x1f\n\x0bmax_credits\x18\x04 \x01(\rR\nmaxCredits\"(\n\x0cGrantCredits\x12\x18\n\x07\x63redits\x18\x01 \x01(\rR\x07\x63redits\"\x0b\n\tHeartbeat\"F\n\x0eReportOutcomes\x12\x34\n\x08outcomes\x18\x01 \x03(\x0b\x32\x18.conveyor.v1.TaskOutcomeR\x08outcomes\"\xb2\x01\n\x0bTaskOutcome\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_token\x18\x02 \x01(\x04R\nleaseToken\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x14.conveyor.v1.PayloadH\x00R\x06result\x12.\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.conveyor.v1.TaskErrorH\x00R\x05\x65rrorB\t\n\x07outcome\"G\n\x0bTaskStarted\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_token\x18\x02 \x01(\x04R\nleaseToken\"}\n\x0eReportProgress\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_token\x18\x02 \x01(\x04R\nleaseToken\x12\x31\n\x08progress\x18\x03 \x01(\x0b\x32\x15.conveyor.v1.ProgressR\x08progress\"H\n\x0b\x41ssignments\x12\x39\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.AssignmentR\x0b\x61ssignments\"\x8a\x05\n\nAssignment\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12(\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x14.conveyor.v1.PayloadR\x04\x61rgs\x12;\n\x06kwargs\x18\x04 \x03(\x0b\x32#.conveyor.v1.Assignment.KwargsEntryR\x06kwargs\x12\x18\n\x07\x61ttempt\x18\x05 \x01(\rR\x07\x61ttempt\x12\x1f\n\x0blease_token\x18\x06 \x01(\x04R\nleaseToken\x12>\n\x07headers\x18\x07 \x03(\x0b\x32$.conveyor.v1.Assignment.HeadersEntryR\x07headers\x12\x41\n\x0fsoft_time_limit\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationR\rsoftTimeLimit\x12\x41\n\x0fhard_time_limit\x18\t \x01(\x0b\x32\x19.google.protobuf.DurationR\rhardTimeLimit\x12\x39\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1f\n\x0bmax_retries\x18\x0b \x01(\rR\nmaxRetries\x1aO\n\x0bKwargsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x14.conveyor.v1.PayloadR\x05value:\x02\x38\x01\x1a:\n\x0cHeadersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"C\n\x10\x43\x61ncelAssignment\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"8\n\x05\x44rain\x12/\n\x05grace\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x05grace\"X\n\x0fOutcomeRejected\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x12\n\x04\x63ode\x18\x02 \x01(\x05R\x04\x63ode\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\"\x14\n\x12ListWorkersRequest\"H\n\x13ListWorkersResponse\x12\x31\n\x07workers\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.WorkerInfoR\x07workers\"\xd4\x03\n\nWorkerInfo\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x16\n\x06queues\x18\x03 \x03(\tR\x06queues\x12\x1d\n\ntask_names\x18\x04 \x03(\tR\ttaskNames\x12 \n\x0b\x63oncurrency\x18\x05 \x01(\rR\x0b\x63oncurrency\x12\x1a\n\x08language\x18\x06 \x01(\tR\x08language\x12\x1f\n\x0bsdk_version\x18\x07 \x01(\tR\nsdkVersion\x12\x1a\n\x08hostname\x18\x08 \x01(\tR\x08hostname\x12#\n\ractive_leases\x18\t \x01(\rR\x0c\x61\x63tiveLeases\x12\x18\n\x07\x63redits\x18\n \x01(\rR\x07\x63redits\x12=\n\x0c\x63onnected_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0b\x63onnectedAt\x12<\n\x0clast_seen_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastSeenAt\x12\x1c\n\tcompleted\x18\r \x01(\x04R\tcompleted2\xad\x01\n\x0f\x44ispatchService\x12H\n\x07\x43onnect\x12\x1b.conveyor.v1.ConnectRequest\x1a\x1c.conveyor.v1.ConnectResponse(\x01\x30\x01\x12P\n\x0bListWorkers\x12\x1f.conveyor.v1.ListWorkersRequest\x1a .conveyor.v1.ListWorkersResponseB\xa9\x01\n\x0f\x63om.conveyor.v1B\x14\x44ispatchServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03\x43XX\xaa\x02\x0b\x43onveyor.V1\xca\x02\x0b\x43onveyor\\V1\xe2\x02\x17\x43onveyor\\V1\\GPBMetadata\xea\x02\x0c\x43onveyor::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"conveyor/v1/dispatch_service.proto\x12\x0b\x63onveyor.v1\x1a\x16\x63onveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x11PauseQueueRequest\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\"\x14\n\x12PauseQueueResponse\"*\n\x12ResumeQueueRequest\x12\x14\n\x05queue\x18\x01 \x01(\tR\x05queue\"\x15\n\x13ResumeQueueResponse\"\x90\x03\n\x0e\x43onnectRequest\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x12.conveyor.v1.HelloH\x00R\x05hello\x12@\n\rgrant_credits\x18\x02 \x01(\x0b\x32\x19.conveyor.v1.GrantCreditsH\x00R\x0cgrantCredits\x12\x36\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.conveyor.v1.HeartbeatH\x00R\theartbeat\x12\x46\n\x0freport_outcomes\x18\x04 \x01(\x0b\x32\x1b.conveyor.v1.ReportOutcomesH\x00R\x0ereportOutcomes\x12=\n\x0ctask_started\x18\x05 \x01(\x0b\x32\x18.conveyor.v1.TaskStartedH\x00R\x0btaskStarted\x12\x46\n\x0freport_progress\x18\x06 \x01(\x0b\x32\x1b.conveyor.v1.ReportProgressH\x00R\x0ereportProgressB\t\n\x07message\"\xd1\x02\n\x0f\x43onnectResponse\x12\x30\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.conveyor.v1.WelcomeH\x00R\x07welcome\x12<\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x18.conveyor.v1.AssignmentsH\x00R\x0b\x61ssignments\x12L\n\x11\x63\x61ncel_assignment\x18\x03 \x01(\x0b\x32\x1d.conveyor.v1.CancelAssignmentH\x00R\x10\x63\x61ncelAssignment\x12*\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x12.conveyor.v1.DrainH\x00R\x05\x64rain\x12I\n\x10outcome_rejected\x18\x05 \x01(\x0b\x32\x1c.conveyor.v1.OutcomeRejectedH\x00R\x0foutcomeRejectedB\t\n\x07message\"\xd6\x01\n\x05Hello\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x16\n\x06queues\x18\x02 \x03(\tR\x06queues\x12\x1d\n\ntask_names\x18\x03 \x03(\tR\ttaskNames\x12 \n\x0b\x63oncurrency\x18\x04 \x01(\rR\x0b\x63oncurrency\x12\x1a\n\x08language\x18\x05 \x01(\tR\x08language\x12\x1f\n\x0bsdk_version\x18\x06 \x01(\tR\nsdkVersion\x12\x1a\n\x08hostname\x18\x07 \x01(\tR\x08hostname\"\xcb\x01\n\x07Welcome\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12H\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x36\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationR\x08leaseTtl\x12\x1f\n\x0bmax_credits\x18\x04 \x01(\rR\nmaxCredits\"(\n\x0cGrantCredits\x12\x18\n\x07\x63redits\x18\x01 \x01(\rR\x07\x63redits\"\x0b\n\tHeartbeat\"F\n\x0eReportOutcomes\x12\x34\n\x08outcomes\x18\x01 \x03(\x0b\x32\x18.conveyor.v1.TaskOutcomeR\x08outcomes\"\xb2\x01\n\x0bTaskOutcome\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_token\x18\x02 \x01(\x04R\nleaseToken\x12.\n\x06result\x18\x03 \x01(\x0b\x32\x14.conveyor.v1.PayloadH\x00R\x06result\x12.\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.conveyor.v1.TaskErrorH\x00R\x05\x65rrorB\t\n\x07outcome\"G\n\x0bTaskStarted\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_token\x18\x02 \x01(\x04R\nleaseToken\"}\n\x0eReportProgress\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1f\n\x0blease_token\x18\x02 \x01(\x04R\nleaseToken\x12\x31\n\x08progress\x18\x03 \x01(\x0b\x32\x15.conveyor.v1.ProgressR\x08progress\"H\n\x0b\x41ssignments\x12\x39\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.AssignmentR\x0b\x61ssignments\"\x8a\x05\n\nAssignment\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x12\n\x04name\x18\x02 \x01(\tR\x04name\x12(\n\x04\x61rgs\x18\x03 \x03(\x0b\x32\x14.conveyor.v1.PayloadR\x04\x61rgs\x12;\n\x06kwargs\x18\x04 \x03(\x0b\x32#.conveyor.v1.Assignment.KwargsEntryR\x06kwargs\x12\x18\n\x07\x61ttempt\x18\x05 \x01(\rR\x07\x61ttempt\x12\x1f\n\x0blease_token\x18\x06 \x01(\x04R\nleaseToken\x12>\n\x07headers\x18\x07 \x03(\x0b\x32$.conveyor.v1.Assignment.HeadersEntryR\x07headers\x12\x41\n\x0fsoft_time_limit\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationR\rsoftTimeLimit\x12\x41\n\x0fhard_time_limit\x18\t \x01(\x0b\x32\x19.google.protobuf.DurationR\rhardTimeLimit\x12\x39\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1f\n\x0bmax_retries\x18\x0b \x01(\rR\nmaxRetries\x1aO\n\x0bKwargsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x14.conveyor.v1.PayloadR\x05value:\x02\x38\x01\x1a:\n\x0cHeadersEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\"C\n\x10\x43\x61ncelAssignment\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n\x06reason\x18\x02 \x01(\tR\x06reason\"8\n\x05\x44rain\x12/\n\x05grace\x18\x01 \x01(\x0b\x32\x19.google.protobuf.DurationR\x05grace\"X\n\x0fOutcomeRejected\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x12\n\x04\x63ode\x18\x02 \x01(\x05R\x04\x63ode\x12\x18\n\x07message\x18\x03 \x01(\tR\x07message\"\x14\n\x12ListWorkersRequest\"H\n\x13ListWorkersResponse\x12\x31\n\x07workers\x18\x01 \x03(\x0b\x32\x17.conveyor.v1.WorkerInfoR\x07workers\"\xd4\x03\n\nWorkerInfo\x12\x1b\n\tworker_id\x18\x01 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x16\n\x06queues\x18\x03 \x03(\tR\x06queues\x12\x1d\n\ntask_names\x18\x04 \x03(\tR\ttaskNames\x12 \n\x0b\x63oncurrency\x18\x05 \x01(\rR\x0b\x63oncurrency\x12\x1a\n\x08language\x18\x06 \x01(\tR\x08language\x12\x1f\n\x0bsdk_version\x18\x07 \x01(\tR\nsdkVersion\x12\x1a\n\x08hostname\x18\x08 \x01(\tR\x08hostname\x12#\n\ractive_leases\x18\t \x01(\rR\x0c\x61\x63tiveLeases\x12\x18\n\x07\x63redits\x18\n \x01(\rR\x07\x63redits\x12=\n\x0c\x63onnected_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0b\x63onnectedAt\x12<\n\x0clast_seen_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nlastSeenAt\x12\x1c\n\tcompleted\x18\r \x01(\x04R\tcompleted2\xce\x02\n\x0f\x44ispatchService\x12H\n\x07\x43onnect\x12\x1b.conveyor.v1.ConnectRequest\x1a\x1c.conveyor.v1.ConnectResponse(\x01\x30\x01\x12P\n\x0bListWorkers\x12\x1f.conveyor.v1.ListWorkersRequest\x1a .conveyor.v1.ListWorkersResponse\x12M\n\nPauseQueue\x12\x1e.conveyor.v1.PauseQueueRequest\x1a\x1f.conveyor.v1.PauseQueueResponse\x12P\n\x0bResumeQueue\x12\x1f.conveyor.v1.ResumeQueueRequest\x1a .conveyor.v1.ResumeQueueResponseB\xa9\x01\n\x0f\x63om.conveyor.v1B\x14\x44ispatchServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03\x43XX\xaa\x02\x0b\x43onveyor.V1\xca\x02\x0b\x43onveyor\\V1\xe2\x02\x17\x43onveyor\\V1\\GPBMetadata\xea\x02\x0c\x43onveyor::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,46 +39,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSIGNMENT_KWARGSENTRY']._serialized_options = b'8\001'
   _globals['_ASSIGNMENT_HEADERSENTRY']._loaded_options = None
   _globals['_ASSIGNMENT_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_CONNECTREQUEST']._serialized_start=141
-  _globals['_CONNECTREQUEST']._serialized_end=541
-  _globals['_CONNECTRESPONSE']._serialized_start=544
-  _globals['_CONNECTRESPONSE']._serialized_end=881
-  _globals['_HELLO']._serialized_start=884
-  _globals['_HELLO']._serialized_end=1098
-  _globals['_WELCOME']._serialized_start=1101
-  _globals['_WELCOME']._serialized_end=1304
-  _globals['_GRANTCREDITS']._serialized_start=1306
-  _globals['_GRANTCREDITS']._serialized_end=1346
-  _globals['_HEARTBEAT']._serialized_start=1348
-  _globals['_HEARTBEAT']._serialized_end=1359
-  _globals['_REPORTOUTCOMES']._serialized_start=1361
-  _globals['_REPORTOUTCOMES']._serialized_end=1431
-  _globals['_TASKOUTCOME']._serialized_start=1434
-  _globals['_TASKOUTCOME']._serialized_end=1612
-  _globals['_TASKSTARTED']._serialized_start=1614
-  _globals['_TASKSTARTED']._serialized_end=1685
-  _globals['_REPORTPROGRESS']._serialized_start=1687
-  _globals['_REPORTPROGRESS']._serialized_end=1812
-  _globals['_ASSIGNMENTS']._serialized_start=1814
-  _globals['_ASSIGNMENTS']._serialized_end=1886
-  _globals['_ASSIGNMENT']._serialized_start=1889
-  _globals['_ASSIGNMENT']._serialized_end=2539
-  _globals['_ASSIGNMENT_KWARGSENTRY']._serialized_start=2400
-  _globals['_ASSIGNMENT_KWARGSENTRY']._serialized_end=2479
-  _globals['_ASSIGNMENT_HEADERSENTRY']._serialized_start=2481
-  _globals['_ASSIGNMENT_HEADERSENTRY']._serialized_end=2539
-  _globals['_CANCELASSIGNMENT']._serialized_start=2541
-  _globals['_CANCELASSIGNMENT']._serialized_end=2608
-  _globals['_DRAIN']._serialized_start=2610
-  _globals['_DRAIN']._serialized_end=2666
-  _globals['_OUTCOMEREJECTED']._serialized_start=2668
-  _globals['_OUTCOMEREJECTED']._serialized_end=2756
-  _globals['_LISTWORKERSREQUEST']._serialized_start=2758
-  _globals['_LISTWORKERSREQUEST']._serialized_end=2778
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=2780
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=2852
-  _globals['_WORKERINFO']._serialized_start=2855
-  _globals['_WORKERINFO']._serialized_end=3323
-  _globals['_DISPATCHSERVICE']._serialized_start=3326
-  _globals['_DISPATCHSERVICE']._serialized_end=3499
+  _globals['_PAUSEQUEUEREQUEST']._serialized_start=140
+  _globals['_PAUSEQUEUEREQUEST']._serialized_end=181
+  _globals['_PAUSEQUEUERESPONSE']._serialized_start=183
+  _globals['_PAUSEQUEUERESPONSE']._serialized_end=203
+  _globals['_RESUMEQUEUEREQUEST']._serialized_start=205
+  _globals['_RESUMEQUEUEREQUEST']._serialized_end=247
+  _globals['_RESUMEQUEUERESPONSE']._serialized_start=249
+  _globals['_RESUMEQUEUERESPONSE']._serialized_end=270
+  _globals['_CONNECTREQUEST']._serialized_start=273
+  _globals['_CONNECTREQUEST']._serialized_end=673
+  _globals['_CONNECTRESPONSE']._serialized_start=676
+  _globals['_CONNECTRESPONSE']._serialized_end=1013
+  _globals['_HELLO']._serialized_start=1016
+  _globals['_HELLO']._serialized_end=1230
+  _globals['_WELCOME']._serialized_start=1233
+  _globals['_WELCOME']._serialized_end=1436
+  _globals['_GRANTCREDITS']._serialized_start=1438
+  _globals['_GRANTCREDITS']._serialized_end=1478
+  _globals['_HEARTBEAT']._serialized_start=1480
+  _globals['_HEARTBEAT']._serialized_end=1491
+  _globals['_REPORTOUTCOMES']._serialized_start=1493
+  _globals['_REPORTOUTCOMES']._serialized_end=1563
+  _globals['_TASKOUTCOME']._serialized_start=1566
+  _globals['_TASKOUTCOME']._serialized_end=1744
+  _globals['_TASKSTARTED']._serialized_start=1746
+  _globals['_TASKSTARTED']._serialized_end=1817
+  _globals['_REPORTPROGRESS']._serialized_start=1819
+  _globals['_REPORTPROGRESS']._serialized_end=1944
+  _globals['_ASSIGNMENTS']._serialized_start=1946
+  _globals['_ASSIGNMENTS']._serialized_end=2018
+  _globals['_ASSIGNMENT']._serialized_start=2021
+  _globals['_ASSIGNMENT']._serialized_end=2671
+  _globals['_ASSIGNMENT_KWARGSENTRY']._serialized_start=2532
+  _globals['_ASSIGNMENT_KWARGSENTRY']._serialized_end=2611
+  _globals['_ASSIGNMENT_HEADERSENTRY']._serialized_start=2613
+  _globals['_ASSIGNMENT_HEADERSENTRY']._serialized_end=2671
+  _globals['_CANCELASSIGNMENT']._serialized_start=2673
+  _globals['_CANCELASSIGNMENT']._serialized_end=2740
+  _globals['_DRAIN']._serialized_start=2742
+  _globals['_DRAIN']._serialized_end=2798
+  _globals['_OUTCOMEREJECTED']._serialized_start=2800
+  _globals['_OUTCOMEREJECTED']._serialized_end=2888
+  _globals['_LISTWORKERSREQUEST']._serialized_start=2890
+  _globals['_LISTWORKERSREQUEST']._serialized_end=2910
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=2912
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=2984
+  _globals['_WORKERINFO']._serialized_start=2987
+  _globals['_WORKERINFO']._serialized_end=3455
+  _globals['_DISPATCHSERVICE']._serialized_start=3458
+  _globals['_DISPATCHSERVICE']._serialized_end=3792
 # @@protoc_insertion_point(module_scope)

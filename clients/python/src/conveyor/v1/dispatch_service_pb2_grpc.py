@@ -74,6 +74,16 @@ class DispatchServiceStub:
                 request_serializer=conveyor_dot_v1_dot_dispatch__service__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_dispatch__service__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
+        self.PauseQueue = channel.unary_unary(
+                '/conveyor.v1.DispatchService/PauseQueue',
+                request_serializer=conveyor_dot_v1_dot_dispatch__service__pb2.PauseQueueRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_dispatch__service__pb2.PauseQueueResponse.FromString,
+                _registered_method=True)
+        self.ResumeQueue = channel.unary_unary(
+                '/conveyor.v1.DispatchService/ResumeQueue',
+                request_serializer=conveyor_dot_v1_dot_dispatch__service__pb2.ResumeQueueRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_dispatch__service__pb2.ResumeQueueResponse.FromString,
+                _registered_method=True)
 
 
 class DispatchServiceServicer:
@@ -123,6 +133,21 @@ class DispatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseQueue(self, request, context):
+        """Stops handing out the queue's tasks (on every replica) until resumed;
+        submissions are still accepted and running tasks finish.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeQueue(self, request, context):
+        """Resumes a paused queue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +160,16 @@ def add_DispatchServiceServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=conveyor_dot_v1_dot_dispatch__service__pb2.ListWorkersRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_dispatch__service__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'PauseQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseQueue,
+                    request_deserializer=conveyor_dot_v1_dot_dispatch__service__pb2.PauseQueueRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_dispatch__service__pb2.PauseQueueResponse.SerializeToString,
+            ),
+            'ResumeQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeQueue,
+                    request_deserializer=conveyor_dot_v1_dot_dispatch__service__pb2.ResumeQueueRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_dispatch__service__pb2.ResumeQueueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +256,60 @@ class DispatchService:
             '/conveyor.v1.DispatchService/ListWorkers',
             conveyor_dot_v1_dot_dispatch__service__pb2.ListWorkersRequest.SerializeToString,
             conveyor_dot_v1_dot_dispatch__service__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.DispatchService/PauseQueue',
+            conveyor_dot_v1_dot_dispatch__service__pb2.PauseQueueRequest.SerializeToString,
+            conveyor_dot_v1_dot_dispatch__service__pb2.PauseQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.DispatchService/ResumeQueue',
+            conveyor_dot_v1_dot_dispatch__service__pb2.ResumeQueueRequest.SerializeToString,
+            conveyor_dot_v1_dot_dispatch__service__pb2.ResumeQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

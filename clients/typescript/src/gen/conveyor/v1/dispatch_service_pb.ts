@@ -14,7 +14,79 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/dispatch_service.proto.
  */
 export const file_conveyor_v1_dispatch_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJjb252ZXlvci92MS9kaXNwYXRjaF9zZXJ2aWNlLnByb3RvEgtjb252ZXlvci52MSLDAgoOQ29ubmVjdFJlcXVlc3QSIwoFaGVsbG8YASABKAsyEi5jb252ZXlvci52MS5IZWxsb0gAEjIKDWdyYW50X2NyZWRpdHMYAiABKAsyGS5jb252ZXlvci52MS5HcmFudENyZWRpdHNIABIrCgloZWFydGJlYXQYAyABKAsyFi5jb252ZXlvci52MS5IZWFydGJlYXRIABI2Cg9yZXBvcnRfb3V0Y29tZXMYBCABKAsyGy5jb252ZXlvci52MS5SZXBvcnRPdXRjb21lc0gAEjAKDHRhc2tfc3RhcnRlZBgFIAEoCzIYLmNvbnZleW9yLnYxLlRhc2tTdGFydGVkSAASNgoPcmVwb3J0X3Byb2dyZXNzGAYgASgLMhsuY29udmV5b3IudjEuUmVwb3J0UHJvZ3Jlc3NIAEIJCgdtZXNzYWdlIpECCg9Db25uZWN0UmVzcG9uc2USJwoHd2VsY29tZRgBIAEoCzIULmNvbnZleW9yLnYxLldlbGNvbWVIABIvCgthc3NpZ25tZW50cxgCIAEoCzIYLmNvbnZleW9yLnYxLkFzc2lnbm1lbnRzSAASOgoRY2FuY2VsX2Fzc2lnbm1lbnQYAyABKAsyHS5jb252ZXlvci52MS5DYW5jZWxBc3NpZ25tZW50SAASIwoFZHJhaW4YBCABKAsyEi5jb252ZXlvci52MS5EcmFpbkgAEjgKEG91dGNvbWVfcmVqZWN0ZWQYBSABKAsyHC5jb252ZXlvci52MS5PdXRjb21lUmVqZWN0ZWRIAEIJCgdtZXNzYWdlIowBCgVIZWxsbxIRCgl3b3JrZXJfaWQYASABKAkSDgoGcXVldWVzGAIgAygJEhIKCnRhc2tfbmFtZXMYAyADKAkSEwoLY29uY3VycmVuY3kYBCABKA0SEAoIbGFuZ3VhZ2UYBSABKAkSEwoLc2RrX3ZlcnNpb24YBiABKAkSEAoIaG9zdG5hbWUYByABKAkilwEKB1dlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoJbGVhc2VfdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC21heF9jcmVkaXRzGAQgASgNIh8KDEdyYW50Q3JlZGl0cxIPCgdjcmVkaXRzGAEgASgNIgsKCUhlYXJ0YmVhdCI8Cg5SZXBvcnRPdXRjb21lcxIqCghvdXRjb21lcxgBIAMoCzIYLmNvbnZleW9yLnYxLlRhc2tPdXRjb21lIo8BCgtUYXNrT3V0Y29tZRIPCgd0YXNrX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgEEiYKBnJlc3VsdBgDIAEoCzIULmNvbnZleW9yLnYxLlBheWxvYWRIABInCgVlcnJvchgEIAEoCzIWLmNvbnZleW9yLnYxLlRhc2tFcnJvckgAQgkKB291dGNvbWUiMwoLVGFza1N0YXJ0ZWQSDwoHdGFza19pZBgBIAEoCRITCgtsZWFzZV90b2tlbhgCIAEoBCJfCg5SZXBvcnRQcm9ncmVzcxIPCgd0YXNrX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgEEicKCHByb2dyZXNzGAMgASgLMhUuY29udmV5b3IudjEuUHJvZ3Jlc3MiOwoLQXNzaWdubWVudHMSLAoLYXNzaWdubWVudHMYASADKAsyFy5jb252ZXlvci52MS5Bc3NpZ25tZW50IoMECgpBc3NpZ25tZW50Eg8KB3Rhc2tfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIiCgRhcmdzGAMgAygLMhQuY29udmV5b3IudjEuUGF5bG9hZBIzCgZrd2FyZ3MYBCADKAsyIy5jb252ZXlvci52MS5Bc3NpZ25tZW50Lkt3YXJnc0VudHJ5Eg8KB2F0dGVtcHQYBSABKA0SEwoLbGVhc2VfdG9rZW4YBiABKAQSNQoHaGVhZGVycxgHIAMoCzIkLmNvbnZleW9yLnYxLkFzc2lnbm1lbnQuSGVhZGVyc0VudHJ5EjIKD3NvZnRfdGltZV9saW1pdBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCg9oYXJkX3RpbWVfbGltaXQYCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEwoLbWF4X3JldHJpZXMYCyABKA0aQwoLS3dhcmdzRW50cnkSCwoDa2V5GAEgASgJEiMKBXZhbHVlGAIgASgLMhQuY29udmV5b3IudjEuUGF5bG9hZDoCOAEaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMwoQQ2FuY2VsQXNzaWdubWVudBIPCgd0YXNrX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIxCgVEcmFpbhIoCgVncmFjZRgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJBCg9PdXRjb21lUmVqZWN0ZWQSDwoHdGFza19pZBgBIAEoCRIMCgRjb2RlGAIgASgFEg8KB21lc3NhZ2UYAyABKAkiFAoSTGlzdFdvcmtlcnNSZXF1ZXN0Ij8KE0xpc3RXb3JrZXJzUmVzcG9uc2USKAoHd29ya2VycxgBIAMoCzIXLmNvbnZleW9yLnYxLldvcmtlckluZm8ixAIKCldvcmtlckluZm8SEQoJd29ya2VyX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSDgoGcXVldWVzGAMgAygJEhIKCnRhc2tfbmFtZXMYBCADKAkSEwoLY29uY3VycmVuY3kYBSABKA0SEAoIbGFuZ3VhZ2UYBiABKAkSEwoLc2RrX3ZlcnNpb24YByABKAkSEAoIaG9zdG5hbWUYCCABKAkSFQoNYWN0aXZlX2xlYXNlcxgJIAEoDRIPCgdjcmVkaXRzGAogASgNEjAKDGNvbm5lY3RlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF9zZWVuX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgljb21wbGV0ZWQYDSABKAQyrQEKD0Rpc3BhdGNoU2VydmljZRJICgdDb25uZWN0EhsuY29udmV5b3IudjEuQ29ubmVjdFJlcXVlc3QaHC5jb252ZXlvci52MS5Db25uZWN0UmVzcG9uc2UoATABElAKC0xpc3RXb3JrZXJzEh8uY29udmV5b3IudjEuTGlzdFdvcmtlcnNSZXF1ZXN0GiAuY29udmV5b3IudjEuTGlzdFdvcmtlcnNSZXNwb25zZUKpAQoPY29tLmNvbnZleW9yLnYxQhREaXNwYXRjaFNlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiJjb252ZXlvci92MS9kaXNwYXRjaF9zZXJ2aWNlLnByb3RvEgtjb252ZXlvci52MSIiChFQYXVzZVF1ZXVlUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSIUChJQYXVzZVF1ZXVlUmVzcG9uc2UiIwoSUmVzdW1lUXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJIhUKE1Jlc3VtZVF1ZXVlUmVzcG9uc2UiwwIKDkNvbm5lY3RSZXF1ZXN0EiMKBWhlbGxvGAEgASgLMhIuY29udmV5b3IudjEuSGVsbG9IABIyCg1ncmFudF9jcmVkaXRzGAIgASgLMhkuY29udmV5b3IudjEuR3JhbnRDcmVkaXRzSAASKwoJaGVhcnRiZWF0GAMgASgLMhYuY29udmV5b3IudjEuSGVhcnRiZWF0SAASNgoPcmVwb3J0X291dGNvbWVzGAQgASgLMhsuY29udmV5b3IudjEuUmVwb3J0T3V0Y29tZXNIABIwCgx0YXNrX3N0YXJ0ZWQYBSABKAsyGC5jb252ZXlvci52MS5UYXNrU3RhcnRlZEgAEjYKD3JlcG9ydF9wcm9ncmVzcxgGIAEoCzIbLmNvbnZleW9yLnYxLlJlcG9ydFByb2dyZXNzSABCCQoHbWVzc2FnZSKRAgoPQ29ubmVjdFJlc3BvbnNlEicKB3dlbGNvbWUYASABKAsyFC5jb252ZXlvci52MS5XZWxjb21lSAASLwoLYXNzaWdubWVudHMYAiABKAsyGC5jb252ZXlvci52MS5Bc3NpZ25tZW50c0gAEjoKEWNhbmNlbF9hc3NpZ25tZW50GAMgASgLMh0uY29udmV5b3IudjEuQ2FuY2VsQXNzaWdubWVudEgAEiMKBWRyYWluGAQgASgLMhIuY29udmV5b3IudjEuRHJhaW5IABI4ChBvdXRjb21lX3JlamVjdGVkGAUgASgLMhwuY29udmV5b3IudjEuT3V0Y29tZVJlamVjdGVkSABCCQoHbWVzc2FnZSKMAQoFSGVsbG8SEQoJd29ya2VyX2lkGAEgASgJEg4KBnF1ZXVlcxgCIAMoCRISCgp0YXNrX25hbWVzGAMgAygJEhMKC2NvbmN1cnJlbmN5GAQgASgNEhAKCGxhbmd1YWdlGAUgASgJEhMKC3Nka192ZXJzaW9uGAYgASgJEhAKCGhvc3RuYW1lGAcgASgJIpcBCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCWxlYXNlX3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhITCgttYXhfY3JlZGl0cxgEIAEoDSIfCgxHcmFudENyZWRpdHMSDwoHY3JlZGl0cxgBIAEoDSILCglIZWFydGJlYXQiPAoOUmVwb3J0T3V0Y29tZXMSKgoIb3V0Y29tZXMYASADKAsyGC5jb252ZXlvci52MS5UYXNrT3V0Y29tZSKPAQoLVGFza091dGNvbWUSDwoHdGFza19pZBgBIAEoCRITCgtsZWFzZV90b2tlbhgCIAEoBBImCgZyZXN1bHQYAyABKAsyFC5jb252ZXlvci52MS5QYXlsb2FkSAASJwoFZXJyb3IYBCABKAsyFi5jb252ZXlvci52MS5UYXNrRXJyb3JIAEIJCgdvdXRjb21lIjMKC1Rhc2tTdGFydGVkEg8KB3Rhc2tfaWQYASABKAkSEwoLbGVhc2VfdG9rZW4YAiABKAQiXwoOUmVwb3J0UHJvZ3Jlc3MSDwoHdGFza19pZBgBIAEoCRITCgtsZWFzZV90b2tlbhgCIAEoBBInCghwcm9ncmVzcxgDIAEoCzIVLmNvbnZleW9yLnYxLlByb2dyZXNzIjsKC0Fzc2lnbm1lbnRzEiwKC2Fzc2lnbm1lbnRzGAEgAygLMhcuY29udmV5b3IudjEuQXNzaWdubWVudCKDBAoKQXNzaWdubWVudBIPCgd0YXNrX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSIgoEYXJncxgDIAMoCzIULmNvbnZleW9yLnYxLlBheWxvYWQSMwoGa3dhcmdzGAQgAygLMiMuY29udmV5b3IudjEuQXNzaWdubWVudC5Ld2FyZ3NFbnRyeRIPCgdhdHRlbXB0GAUgASgNEhMKC2xlYXNlX3Rva2VuGAYgASgEEjUKB2hlYWRlcnMYByADKAsyJC5jb252ZXlvci52MS5Bc3NpZ25tZW50LkhlYWRlcnNFbnRyeRIyCg9zb2Z0X3RpbWVfbGltaXQYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMgoPaGFyZF90aW1lX2xpbWl0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC21heF9yZXRyaWVzGAsgASgNGkMKC0t3YXJnc0VudHJ5EgsKA2tleRgBIAEoCRIjCgV2YWx1ZRgCIAEoCzIULmNvbnZleW9yLnYxLlBheWxvYWQ6AjgBGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjMKEENhbmNlbEFzc2lnbm1lbnQSDwoHdGFza19pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiMQoFRHJhaW4SKAoFZ3JhY2UYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iQQoPT3V0Y29tZVJlamVjdGVkEg8KB3Rhc2tfaWQYASABKAkSDAoEY29kZRgCIAEoBRIPCgdtZXNzYWdlGAMgASgJIhQKEkxpc3RXb3JrZXJzUmVxdWVzdCI/ChNMaXN0V29ya2Vyc1Jlc3BvbnNlEigKB3dvcmtlcnMYASADKAsyFy5jb252ZXlvci52MS5Xb3JrZXJJbmZvIsQCCgpXb3JrZXJJbmZvEhEKCXdvcmtlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg4KBnF1ZXVlcxgDIAMoCRISCgp0YXNrX25hbWVzGAQgAygJEhMKC2NvbmN1cnJlbmN5GAUgASgNEhAKCGxhbmd1YWdlGAYgASgJEhMKC3Nka192ZXJzaW9uGAcgASgJEhAKCGhvc3RuYW1lGAggASgJEhUKDWFjdGl2ZV9sZWFzZXMYCSABKA0SDwoHY3JlZGl0cxgKIAEoDRIwCgxjb25uZWN0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJY29tcGxldGVkGA0gASgEMs4CCg9EaXNwYXRjaFNlcnZpY2USSAoHQ29ubmVjdBIbLmNvbnZleW9yLnYxLkNvbm5lY3RSZXF1ZXN0GhwuY29udmV5b3IudjEuQ29ubmVjdFJlc3BvbnNlKAEwARJQCgtMaXN0V29ya2VycxIfLmNvbnZleW9yLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBogLmNvbnZleW9yLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USTQoKUGF1c2VRdWV1ZRIeLmNvbnZleW9yLnYxLlBhdXNlUXVldWVSZXF1ZXN0Gh8uY29udmV5b3IudjEuUGF1c2VRdWV1ZVJlc3BvbnNlElAKC1Jlc3VtZVF1ZXVlEh8uY29udmV5b3IudjEuUmVzdW1lUXVldWVSZXF1ZXN0GiAuY29udmV5b3IudjEuUmVzdW1lUXVldWVSZXNwb25zZUKpAQoPY29tLmNvbnZleW9yLnYxQhREaXNwYXRjaFNlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+
+/**
+ * PauseQueue request.
+ *
+ * @generated from message conveyor.v1.PauseQueueRequest
+ */
+export type PauseQueueRequest = Message<"conveyor.v1.PauseQueueRequest"> & {
+  /**
+   * Queue name.
+   *
+   * @generated from field: string queue = 1;
+   */
+  queue: string;
+};
+
+/**
+ * Describes the message conveyor.v1.PauseQueueRequest.
+ * Use `create(PauseQueueRequestSchema)` to create a new message.
+ */
+export const PauseQueueRequestSchema: GenMessage<PauseQueueRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_dispatch_service, 0);
+
+/**
+ * PauseQueue response.
+ *
+ * @generated from message conveyor.v1.PauseQueueResponse
+ */
+export type PauseQueueResponse = Message<"conveyor.v1.PauseQueueResponse"> & {
+};
+
+/**
+ * Describes the message conveyor.v1.PauseQueueResponse.
+ * Use `create(PauseQueueResponseSchema)` to create a new message.
+ */
+export const PauseQueueResponseSchema: GenMessage<PauseQueueResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_dispatch_service, 1);
+
+/**
+ * ResumeQueue request.
+ *
+ * @generated from message conveyor.v1.ResumeQueueRequest
+ */
+export type ResumeQueueRequest = Message<"conveyor.v1.ResumeQueueRequest"> & {
+  /**
+   * Queue name.
+   *
+   * @generated from field: string queue = 1;
+   */
+  queue: string;
+};
+
+/**
+ * Describes the message conveyor.v1.ResumeQueueRequest.
+ * Use `create(ResumeQueueRequestSchema)` to create a new message.
+ */
+export const ResumeQueueRequestSchema: GenMessage<ResumeQueueRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_dispatch_service, 2);
+
+/**
+ * ResumeQueue response.
+ *
+ * @generated from message conveyor.v1.ResumeQueueResponse
+ */
+export type ResumeQueueResponse = Message<"conveyor.v1.ResumeQueueResponse"> & {
+};
+
+/**
+ * Describes the message conveyor.v1.ResumeQueueResponse.
+ * Use `create(ResumeQueueResponseSchema)` to create a new message.
+ */
+export const ResumeQueueResponseSchema: GenMessage<ResumeQueueResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_dispatch_service, 3);
 
 /**
  * A message from worker to dispatcher.
@@ -83,7 +155,7 @@ export type ConnectRequest = Message<"conveyor.v1.ConnectRequest"> & {
  * Use `create(ConnectRequestSchema)` to create a new message.
  */
 export const ConnectRequestSchema: GenMessage<ConnectRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 0);
+  messageDesc(file_conveyor_v1_dispatch_service, 4);
 
 /**
  * A message from dispatcher to worker.
@@ -144,7 +216,7 @@ export type ConnectResponse = Message<"conveyor.v1.ConnectResponse"> & {
  * Use `create(ConnectResponseSchema)` to create a new message.
  */
 export const ConnectResponseSchema: GenMessage<ConnectResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 1);
+  messageDesc(file_conveyor_v1_dispatch_service, 5);
 
 /**
  * Worker introduction.
@@ -208,7 +280,7 @@ export type Hello = Message<"conveyor.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 2);
+  messageDesc(file_conveyor_v1_dispatch_service, 6);
 
 /**
  * Session parameters.
@@ -250,7 +322,7 @@ export type Welcome = Message<"conveyor.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 3);
+  messageDesc(file_conveyor_v1_dispatch_service, 7);
 
 /**
  * Adds credits: the dispatcher may send this many more assignments.
@@ -271,7 +343,7 @@ export type GrantCredits = Message<"conveyor.v1.GrantCredits"> & {
  * Use `create(GrantCreditsSchema)` to create a new message.
  */
 export const GrantCreditsSchema: GenMessage<GrantCredits> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 4);
+  messageDesc(file_conveyor_v1_dispatch_service, 8);
 
 /**
  * Liveness signal.
@@ -286,7 +358,7 @@ export type Heartbeat = Message<"conveyor.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 5);
+  messageDesc(file_conveyor_v1_dispatch_service, 9);
 
 /**
  * Outcomes of finished attempts.
@@ -307,7 +379,7 @@ export type ReportOutcomes = Message<"conveyor.v1.ReportOutcomes"> & {
  * Use `create(ReportOutcomesSchema)` to create a new message.
  */
 export const ReportOutcomesSchema: GenMessage<ReportOutcomes> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 6);
+  messageDesc(file_conveyor_v1_dispatch_service, 10);
 
 /**
  * The outcome of one attempt.
@@ -358,7 +430,7 @@ export type TaskOutcome = Message<"conveyor.v1.TaskOutcome"> & {
  * Use `create(TaskOutcomeSchema)` to create a new message.
  */
 export const TaskOutcomeSchema: GenMessage<TaskOutcome> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 7);
+  messageDesc(file_conveyor_v1_dispatch_service, 11);
 
 /**
  * A handler started running an assigned task.
@@ -386,7 +458,7 @@ export type TaskStarted = Message<"conveyor.v1.TaskStarted"> & {
  * Use `create(TaskStartedSchema)` to create a new message.
  */
 export const TaskStartedSchema: GenMessage<TaskStarted> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 8);
+  messageDesc(file_conveyor_v1_dispatch_service, 12);
 
 /**
  * Progress of a running task; recorded only with the current lease token.
@@ -421,7 +493,7 @@ export type ReportProgress = Message<"conveyor.v1.ReportProgress"> & {
  * Use `create(ReportProgressSchema)` to create a new message.
  */
 export const ReportProgressSchema: GenMessage<ReportProgress> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 9);
+  messageDesc(file_conveyor_v1_dispatch_service, 13);
 
 /**
  * A batch of tasks to run.
@@ -442,7 +514,7 @@ export type Assignments = Message<"conveyor.v1.Assignments"> & {
  * Use `create(AssignmentsSchema)` to create a new message.
  */
 export const AssignmentsSchema: GenMessage<Assignments> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 10);
+  messageDesc(file_conveyor_v1_dispatch_service, 14);
 
 /**
  * One task to run under a lease.
@@ -533,7 +605,7 @@ export type Assignment = Message<"conveyor.v1.Assignment"> & {
  * Use `create(AssignmentSchema)` to create a new message.
  */
 export const AssignmentSchema: GenMessage<Assignment> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 11);
+  messageDesc(file_conveyor_v1_dispatch_service, 15);
 
 /**
  * Stop running a task.
@@ -561,7 +633,7 @@ export type CancelAssignment = Message<"conveyor.v1.CancelAssignment"> & {
  * Use `create(CancelAssignmentSchema)` to create a new message.
  */
 export const CancelAssignmentSchema: GenMessage<CancelAssignment> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 12);
+  messageDesc(file_conveyor_v1_dispatch_service, 16);
 
 /**
  * Asks the worker to finish its running tasks and disconnect.
@@ -582,7 +654,7 @@ export type Drain = Message<"conveyor.v1.Drain"> & {
  * Use `create(DrainSchema)` to create a new message.
  */
 export const DrainSchema: GenMessage<Drain> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 13);
+  messageDesc(file_conveyor_v1_dispatch_service, 17);
 
 /**
  * An outcome that was not recorded.
@@ -618,7 +690,7 @@ export type OutcomeRejected = Message<"conveyor.v1.OutcomeRejected"> & {
  * Use `create(OutcomeRejectedSchema)` to create a new message.
  */
 export const OutcomeRejectedSchema: GenMessage<OutcomeRejected> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 14);
+  messageDesc(file_conveyor_v1_dispatch_service, 18);
 
 /**
  * ListWorkers request.
@@ -633,7 +705,7 @@ export type ListWorkersRequest = Message<"conveyor.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 15);
+  messageDesc(file_conveyor_v1_dispatch_service, 19);
 
 /**
  * ListWorkers response.
@@ -654,7 +726,7 @@ export type ListWorkersResponse = Message<"conveyor.v1.ListWorkersResponse"> & {
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 16);
+  messageDesc(file_conveyor_v1_dispatch_service, 20);
 
 /**
  * A connected worker session.
@@ -759,7 +831,7 @@ export type WorkerInfo = Message<"conveyor.v1.WorkerInfo"> & {
  * Use `create(WorkerInfoSchema)` to create a new message.
  */
 export const WorkerInfoSchema: GenMessage<WorkerInfo> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_dispatch_service, 17);
+  messageDesc(file_conveyor_v1_dispatch_service, 21);
 
 /**
  * DispatchService connects workers to queues.
@@ -815,6 +887,27 @@ export const DispatchService: GenService<{
     methodKind: "unary";
     input: typeof ListWorkersRequestSchema;
     output: typeof ListWorkersResponseSchema;
+  },
+  /**
+   * Stops handing out the queue's tasks (on every replica) until resumed;
+   * submissions are still accepted and running tasks finish.
+   *
+   * @generated from rpc conveyor.v1.DispatchService.PauseQueue
+   */
+  pauseQueue: {
+    methodKind: "unary";
+    input: typeof PauseQueueRequestSchema;
+    output: typeof PauseQueueResponseSchema;
+  },
+  /**
+   * Resumes a paused queue.
+   *
+   * @generated from rpc conveyor.v1.DispatchService.ResumeQueue
+   */
+  resumeQueue: {
+    methodKind: "unary";
+    input: typeof ResumeQueueRequestSchema;
+    output: typeof ResumeQueueResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_conveyor_v1_dispatch_service, 0);
