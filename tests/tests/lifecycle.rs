@@ -23,6 +23,7 @@ on_both_stores!(
     an_expired_task_never_reaches_a_worker,
     name_defaults_fill_unset_options,
     higher_priorities_always_run_first,
+    an_idle_worker_wakes_for_a_high_priority_task,
 );
 
 fn state(task: &pb::Task) -> pb::TaskState {
@@ -630,4 +631,45 @@ async fn higher_priorities_always_run_first(backend: Backend) {
     // Higher level first; within a level, submission (FIFO) order.
     expected.sort_by(|left, right| right.0.cmp(&left.0).then(left.1.cmp(&right.1)));
     assert_eq!(seen, expected);
+}
+
+async fn an_idle_worker_wakes_for_a_high_priority_task(backend: Backend) {
+    let Some(cluster) = TestCluster::start(backend).await else {
+        return;
+    };
+    let mut worker = RawWorker::connect(cluster.channel.clone(), hello("idle", &["add"], 1))
+        .await
+        .unwrap();
+    worker.keep_alive();
+    worker.grant(1).await;
+    assert!(
+        worker
+            .assignments(1, Duration::from_millis(200))
+            .await
+            .is_empty(),
+        "idle first"
+    );
+    let submitted = Instant::now();
+    let id = submit(
+        &cluster,
+        with_options(
+            spec("add", &[json!(1), json!(1)]),
+            pb::TaskOptions {
+                priority: 7,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    let assigned = worker.assignments(1, Duration::from_secs(2)).await;
+    assert_eq!(
+        assigned.first().map(|a| a.task_id.as_str()),
+        Some(id.as_str())
+    );
+    // Woken by the notification, not by the 5 s starvation re-check.
+    assert!(
+        submitted.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        submitted.elapsed()
+    );
 }
