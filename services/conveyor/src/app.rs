@@ -86,6 +86,8 @@ pub struct AppConfig {
     /// Where the scheduler submits schedule runs; default: this process, when
     /// it serves the submission role.
     pub submission_url: Option<String>,
+    /// Schedules declared in the config file.
+    pub declared_schedules: Vec<conveyor_api::pb::Schedule>,
 }
 
 impl Default for AppConfig {
@@ -99,6 +101,7 @@ impl Default for AppConfig {
             max_wait: Duration::from_secs(300),
             task_defaults: TaskDefaults::default(),
             submission_url: None,
+            declared_schedules: Vec::new(),
         }
     }
 }
@@ -134,6 +137,7 @@ pub fn start(
     let mut routes = Routes::builder();
     let mut names = Vec::new();
     let mut background = Vec::new();
+    let mut declared: Option<Scheduler> = None;
     for role in dedup(&config.roles) {
         match role {
             Role::Submission => {
@@ -164,7 +168,9 @@ pub fn start(
                     store.clone(),
                     config.scheduler.clone(),
                     submission_target(config, &listener),
-                );
+                )
+                .with_declared(config.declared_schedules.clone());
+                declared = Some(scheduler.clone());
                 background.push(tokio::spawn(scheduler.clone().run(shutdown.clone())));
                 routes.add_service(scheduler.into_server());
                 names.push(conveyor_scheduling::SERVICE_NAME);
@@ -174,6 +180,10 @@ pub fn start(
     let server_config = config.server.clone();
     let routes = routes.routes();
     tokio::spawn(async move {
+        // Declared schedules exist before the first request is served.
+        if let Some(scheduler) = declared {
+            scheduler.apply_declared().await;
+        }
         let result = conveyor_runtime::serve(
             listener,
             routes,

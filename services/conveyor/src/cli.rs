@@ -105,6 +105,10 @@ pub struct ServerArgs {
     /// it also serves submission).
     #[arg(long, env = "CONVEYOR_SUBMISSION_URL")]
     pub submission_url: Option<String>,
+    /// TOML file of periodic schedules, created or updated at start; see the
+    /// README.
+    #[arg(long, env = "CONVEYOR_SCHEDULES")]
+    pub schedules: Option<std::path::PathBuf>,
     /// TOML file of options per task name (queue, retries, backoff, time
     /// limits, result TTL); see the README.
     #[arg(long, env = "CONVEYOR_TASK_DEFAULTS")]
@@ -211,6 +215,9 @@ async fn serve(roles: Vec<Role>, args: ServerArgs, log_json: bool) -> anyhow::Re
         config.task_defaults = crate::config::load_task_defaults(path)?;
     }
     config.submission_url = args.submission_url.clone();
+    if let Some(path) = &args.schedules {
+        config.declared_schedules = crate::config::load_schedules(path)?;
+    }
     config.server.grace = args.grace;
     // Workers get most of the grace period to finish what they hold; the
     // rest is for their last outcomes to be recorded.

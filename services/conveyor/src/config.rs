@@ -191,3 +191,225 @@ mod tests {
         assert!(error.reason.contains("queue"), "{error}");
     }
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchedulesFile {
+    /// Schedules by id.
+    #[serde(default)]
+    schedules: BTreeMap<String, DeclaredSchedule>,
+}
+
+/// One schedule in the file; exactly one of `every`, `cron`, `solar`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct DeclaredSchedule {
+    /// Task name.
+    task: String,
+    /// Positional arguments (any TOML values, sent as JSON).
+    #[serde(default)]
+    args: Vec<toml::Value>,
+    /// Named arguments.
+    #[serde(default)]
+    kwargs: BTreeMap<String, toml::Value>,
+    /// Queue.
+    queue: Option<String>,
+    /// Fixed interval, e.g. "10m".
+    every: Option<String>,
+    /// Cron expression.
+    cron: Option<String>,
+    /// IANA zone of `cron`.
+    time_zone: Option<String>,
+    /// Solar event: sunrise, sunset, solar-noon, dawn-civil, dusk-civil, …
+    solar: Option<String>,
+    /// Latitude of `solar`.
+    latitude: Option<f64>,
+    /// Longitude of `solar`.
+    longitude: Option<f64>,
+    /// Random delay up to this per run.
+    jitter: Option<String>,
+    /// "skip" (default) or "run-once".
+    catch_up: Option<String>,
+}
+
+fn json_payload(value: &toml::Value, what: &str) -> Result<pb::Payload, String> {
+    let data = serde_json::to_vec(value).map_err(|error| format!("{what}: {error}"))?;
+    Ok(pb::Payload {
+        data,
+        content_type: "application/json".into(),
+    })
+}
+
+impl DeclaredSchedule {
+    fn into_schedule(self, id: String) -> Result<pb::Schedule, String> {
+        let field = |name: &str| format!("schedules.{id}.{name}");
+        let rule = match (&self.every, &self.cron, &self.solar) {
+            (Some(every), None, None) => pb::schedule::Rule::Interval(pb::IntervalRule {
+                every: duration(&id, "every", &Some(every.clone()))?,
+            }),
+            (None, Some(cron), None) => pb::schedule::Rule::Cron(pb::CronRule {
+                expression: cron.clone(),
+                time_zone: self.time_zone.clone().unwrap_or_default(),
+            }),
+            (None, None, Some(event)) => {
+                let event = match event.as_str() {
+                    "sunrise" => pb::SolarEvent::Sunrise,
+                    "sunset" => pb::SolarEvent::Sunset,
+                    "solar-noon" => pb::SolarEvent::SolarNoon,
+                    "dawn-civil" => pb::SolarEvent::DawnCivil,
+                    "dusk-civil" => pb::SolarEvent::DuskCivil,
+                    "dawn-nautical" => pb::SolarEvent::DawnNautical,
+                    "dusk-nautical" => pb::SolarEvent::DuskNautical,
+                    "dawn-astronomical" => pb::SolarEvent::DawnAstronomical,
+                    "dusk-astronomical" => pb::SolarEvent::DuskAstronomical,
+                    other => {
+                        return Err(format!("{}: unknown solar event {other:?}", field("solar")));
+                    }
+                };
+                pb::schedule::Rule::Solar(pb::SolarRule {
+                    event: event as i32,
+                    latitude: self
+                        .latitude
+                        .ok_or_else(|| format!("{} is required", field("latitude")))?,
+                    longitude: self
+                        .longitude
+                        .ok_or_else(|| format!("{} is required", field("longitude")))?,
+                })
+            }
+            _ => {
+                return Err(format!(
+                    "schedules.{id}: set exactly one of every, cron or solar"
+                ));
+            }
+        };
+        let catch_up = match self.catch_up.as_deref() {
+            None | Some("skip") => pb::CatchUp::Skip,
+            Some("run-once") => pb::CatchUp::RunOnce,
+            Some(other) => {
+                return Err(format!(
+                    "{}: {other:?}: expected skip or run-once",
+                    field("catch-up")
+                ));
+            }
+        };
+        let args = self
+            .args
+            .iter()
+            .enumerate()
+            .map(|(index, value)| json_payload(value, &field(&format!("args[{index}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let kwargs = self
+            .kwargs
+            .iter()
+            .map(|(name, value)| {
+                Ok((
+                    name.clone(),
+                    json_payload(value, &field(&format!("kwargs.{name}")))?,
+                ))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(pb::Schedule {
+            id: id.clone(),
+            task: Some(pb::TaskSpec {
+                name: self.task,
+                args,
+                kwargs,
+                options: Some(pb::TaskOptions {
+                    queue: self.queue.unwrap_or_default(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            rule: Some(rule),
+            jitter: duration(&id, "jitter", &self.jitter)?,
+            catch_up: catch_up as i32,
+            ..Default::default()
+        })
+    }
+}
+
+/// Parses a schedules file (`--schedules`); each schedule is validated as
+/// CreateSchedule would, so a bad one fails at start.
+pub fn parse_schedules(text: &str, path: &str) -> Result<Vec<pb::Schedule>, ConfigError> {
+    let invalid = |reason: String| ConfigError {
+        path: path.to_string(),
+        reason,
+    };
+    let file: SchedulesFile = toml::from_str(text).map_err(|error| invalid(error.to_string()))?;
+    let schedules = file
+        .schedules
+        .into_iter()
+        .map(|(id, declared)| declared.into_schedule(id))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    conveyor_scheduling::Scheduler::check_declared(&schedules)
+        .map_err(|error| invalid(error.to_string()))?;
+    Ok(schedules)
+}
+
+/// Reads and parses a schedules file.
+pub fn load_schedules(path: &Path) -> Result<Vec<pb::Schedule>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+        path: path.display().to_string(),
+        reason: error.to_string(),
+    })?;
+    parse_schedules(&text, &path.display().to_string())
+}
+
+#[cfg(test)]
+mod schedule_file_tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_kinds_of_rule() {
+        let schedules = parse_schedules(
+            r#"
+            [schedules.heartbeat]
+            task = "ping"
+            every = "30s"
+
+            [schedules.nightly-report]
+            task = "report.build"
+            args = ["daily", 3]
+            queue = "reports"
+            cron = "0 3 * * *"
+            time-zone = "Europe/Berlin"
+            catch-up = "run-once"
+            jitter = "1m"
+
+            [schedules.lights-on]
+            task = "lights"
+            kwargs = { on = true }
+            solar = "sunset"
+            latitude = 52.52
+            longitude = 13.40
+            "#,
+            "schedules.toml",
+        )
+        .unwrap();
+        assert_eq!(schedules.len(), 3);
+        let report = schedules.iter().find(|s| s.id == "nightly-report").unwrap();
+        assert_eq!(report.task.as_ref().unwrap().args[1].data, b"3");
+        assert_eq!(report.catch_up, pb::CatchUp::RunOnce as i32);
+        assert!(matches!(report.rule, Some(pb::schedule::Rule::Cron(_))));
+    }
+
+    #[test]
+    fn rejects_bad_schedules_at_start() {
+        let error =
+            parse_schedules("[schedules.x]\ntask = \"t\"\ncron = \"0 0 * *\"", "f").unwrap_err();
+        assert!(error.reason.contains("cron.expression"), "{error}");
+        let error = parse_schedules(
+            "[schedules.x]\ntask = \"t\"\nevery = \"1m\"\ncron = \"* * * * *\"",
+            "f",
+        )
+        .unwrap_err();
+        assert!(error.reason.contains("exactly one"), "{error}");
+        let error = parse_schedules(
+            "[schedules.x]\ntask = \"t\"\nsolar = \"sunrise\"\nlatitude = 95.0\nlongitude = 0.0",
+            "f",
+        )
+        .unwrap_err();
+        assert!(error.reason.contains("latitude"), "{error}");
+    }
+}

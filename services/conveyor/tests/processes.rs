@@ -414,3 +414,52 @@ async fn invalid_task_defaults_exit_64() {
         "{output:?}"
     );
 }
+
+#[tokio::test]
+async fn schedules_declared_in_a_file_fire() {
+    let path =
+        std::env::temp_dir().join(format!("schedules-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &path,
+        "[schedules.heartbeat]\ntask = \"add\"\nargs = [2, 3]\nevery = \"1s\"\n",
+    )
+    .unwrap();
+    let dev = spawn_conveyor(&["dev", "--schedules", path.to_str().unwrap()]).await;
+    std::fs::remove_file(&path).unwrap();
+    let mut scheduling =
+        conveyor_client::pb::scheduling_service_client::SchedulingServiceClient::new(
+            channel(&dev.addr).await,
+        );
+    let listed = scheduling
+        .list_schedules(conveyor_client::pb::ListSchedulesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .schedules;
+    assert_eq!(
+        listed
+            .iter()
+            .map(|schedule| schedule.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["heartbeat"]
+    );
+    let started = Instant::now();
+    loop {
+        let runs = scheduling
+            .list_schedule_runs(conveyor_client::pb::ListScheduleRunsRequest {
+                id: "heartbeat".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        if runs.len() >= 2 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the declared schedule fires"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -69,6 +69,8 @@ pub struct Scheduler {
     config: SchedulerConfig,
     limits: Limits,
     submission: Option<SubmissionTarget>,
+    /// Schedules from the config file, created or updated at start.
+    declared: Arc<Vec<pb::Schedule>>,
     counters: Arc<Counters>,
 }
 
@@ -91,7 +93,50 @@ impl Scheduler {
             config,
             limits: Limits::default(),
             submission,
+            declared: Arc::default(),
             counters: Arc::default(),
+        }
+    }
+
+    /// Schedules to create, or update in place, when the scheduler starts.
+    pub fn with_declared(mut self, schedules: Vec<pb::Schedule>) -> Self {
+        self.declared = Arc::new(schedules);
+        self
+    }
+
+    /// Validates declared schedules without storing them (config checks).
+    pub fn check_declared(schedules: &[pb::Schedule]) -> Result<(), ConveyorError> {
+        for schedule in schedules {
+            prepare(schedule.clone(), None, &Limits::default(), now_ms())?;
+        }
+        Ok(())
+    }
+
+    /// Creates or updates the declared schedules; call before serving.
+    pub async fn apply_declared(&self) {
+        for schedule in self.declared.iter() {
+            let result = async {
+                let existing = self.store.get_schedule(&schedule.id).await?;
+                let prepared =
+                    prepare(schedule.clone(), existing.as_ref(), &self.limits, now_ms())?;
+                if existing.is_some() {
+                    self.store
+                        .replace_schedule(prepared.schedule, prepared.next_ms)
+                        .await?;
+                } else {
+                    self.store
+                        .create_schedule(prepared.schedule, prepared.next_ms)
+                        .await?;
+                }
+                Ok::<_, ConveyorError>(())
+            }
+            .await;
+            match result {
+                Ok(()) => tracing::info!(schedule = %schedule.id, "declared schedule applied"),
+                Err(error) => {
+                    tracing::error!(schedule = %schedule.id, %error, "declared schedule rejected")
+                }
+            }
         }
     }
 
