@@ -132,8 +132,13 @@ async fn sdk_worker_crash_runs_the_task_elsewhere(backend: Backend) {
     .await;
     assert!(rescued, "the task moved to the live worker");
     assert!(
-        !client.cancel(&id).await.unwrap(),
-        "a running task is not cancellable yet"
+        client.cancel(&id).await.unwrap(),
+        "a running task is revoked"
+    );
+    let revoked = client.get(&id).await.unwrap();
+    assert_eq!(
+        revoked.state,
+        conveyor_client::pb::TaskState::Cancelled as i32
     );
     stop.cancel();
     rescuer.await.unwrap();

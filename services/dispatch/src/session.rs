@@ -46,6 +46,8 @@ enum End {
 
 const MAX_QUEUES: usize = 64;
 const MAX_TASK_NAMES: usize = 1024;
+/// Flush reported outcomes at this many even while more frames are waiting.
+const FLUSH_AT: usize = 256;
 /// Re-check the store this often while starved, in case a notification was lost.
 const STARVED_RECHECK: Duration = Duration::from_secs(5);
 
@@ -144,6 +146,11 @@ struct Session {
     drain_deadline: Option<Instant>,
     /// Whether the leases were already handed back (the drop guard checks).
     released: bool,
+    /// Outcomes received and not yet recorded: frames already waiting on the
+    /// stream are drained first and recorded in one store call.
+    pending_outcomes: Vec<pb::TaskOutcome>,
+    /// TaskStarted reports not yet recorded, batched the same way.
+    pending_started: Vec<StartReport>,
     /// Revocations of this session's tasks (CancelTask on a running task).
     revocations: Option<SessionEvents>,
 }
@@ -196,6 +203,8 @@ impl Session {
             drain_deadline: None,
             released: false,
             revocations,
+            pending_outcomes: Vec::new(),
+            pending_started: Vec::new(),
         }
     }
 
@@ -241,6 +250,7 @@ impl Session {
                         Err(End::Closed)
                     }
                 },
+                                _ = std::future::ready(()), if self.has_pending() => self.flush().await,
                 _ = ticker.tick() => self.on_tick().await,
                 Some(id) = revocations.revoked() => self.revoke(id, "revoked").await,
                 _ = sleep_until_deadline(hard_deadline), if hard_deadline.is_some() => self.enforce_time_limits().await,
@@ -269,7 +279,12 @@ impl Session {
             }
             Some(Inbound::GrantCredits(grant)) => self.grant(grant.credits)?,
             Some(Inbound::Heartbeat(_)) => {}
-            Some(Inbound::ReportOutcomes(report)) => self.record_outcomes(report.outcomes).await?,
+            Some(Inbound::ReportOutcomes(report)) => {
+                self.pending_outcomes.extend(report.outcomes);
+                if self.pending_outcomes.len() >= FLUSH_AT {
+                    self.flush().await?;
+                }
+            }
             Some(Inbound::TaskStarted(started)) => self.mark_started(started).await,
             Some(Inbound::ReportProgress(report)) => self.record_progress(report).await,
             None => {
@@ -431,6 +446,25 @@ impl Session {
         Ok(())
     }
 
+    fn has_pending(&self) -> bool {
+        !self.pending_outcomes.is_empty() || !self.pending_started.is_empty()
+    }
+
+    /// Records what the worker reported, in one store call per kind.
+    async fn flush(&mut self) -> Result<(), End> {
+        if !self.pending_started.is_empty() {
+            let reports = std::mem::take(&mut self.pending_started);
+            if let Err(error) = self.context.store.mark_started(reports, now_ms()).await {
+                tracing::warn!(session = %self.id, %error, "marking tasks running failed");
+            }
+        }
+        if !self.pending_outcomes.is_empty() {
+            let outcomes = std::mem::take(&mut self.pending_outcomes);
+            self.record_outcomes(outcomes).await?;
+        }
+        Ok(())
+    }
+
     async fn mark_started(&mut self, started: pb::TaskStarted) {
         let Ok(id) = TaskId::parse(&started.task_id, "task_id") else {
             return;
@@ -442,18 +476,19 @@ impl Session {
         {
             return;
         }
-        let report = StartReport {
+        self.pending_started.push(StartReport {
             id,
             session_id: self.id.clone(),
             lease_token: started.lease_token,
-        };
-        if let Err(error) = self
-            .context
-            .store
-            .mark_started(vec![report], now_ms())
-            .await
+        });
+        if self.pending_started.len() >= FLUSH_AT
+            && let Err(error) = self
+                .context
+                .store
+                .mark_started(std::mem::take(&mut self.pending_started), now_ms())
+                .await
         {
-            tracing::warn!(session = %self.id, %error, "marking a task running failed");
+            tracing::warn!(session = %self.id, %error, "marking tasks running failed");
         }
     }
 
@@ -610,6 +645,8 @@ impl Session {
     }
 
     async fn finish(&mut self, end: End) {
+        // Outcomes that arrived before the end are recorded, not lost.
+        let _ = self.flush().await;
         match end {
             End::Fatal(status) => {
                 tracing::info!(session = %self.id, %status, "session ended with an error");
