@@ -269,3 +269,65 @@ async fn paused_queue_waits_then_drains(backend: Backend) {
     stop.cancel();
     handle.await.unwrap();
 }
+
+/// With several partitions (hash slots), tasks sharing a limit share a
+/// partition, so the limit stays global.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_with_four_partitions() {
+    let Some(url) = conveyor_store::conformance::test_redis_url() else {
+        return;
+    };
+    let mut config = conveyor_store::conformance::test_redis_config(&url);
+    config.partitions = 4;
+    let store: Arc<dyn conveyor_store::Store> =
+        Arc::new(conveyor_store::RedisStore::connect(config).await.unwrap());
+    let cluster = TestCluster::start_on(store, TestCluster::test_config()).await;
+    let probe = probe();
+    let stop = CancellationToken::new();
+    let handles: Vec<_> = (0..4)
+        .map(|index| {
+            worker(
+                &cluster,
+                format!("w{index}"),
+                4,
+                probe.clone(),
+                40,
+                stop.clone(),
+            )
+        })
+        .collect();
+    let client = Client::from_channel(cluster.channel.clone());
+    let rated = client
+        .submit_many(
+            (0..21)
+                .map(|_| TaskRequest::new("limited").rate_limit("10/s"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    all_succeed(&client, &rated).await;
+    let starts = probe.starts.lock().unwrap().clone();
+    let span = *starts.iter().max().unwrap() - *starts.iter().min().unwrap();
+    let rate = 20.0 / span.as_secs_f64();
+    println!("four partitions: {rate:.2}/s for a limit of 10/s");
+    assert!((9.0..=11.0).contains(&rate), "measured {rate:.2}/s");
+    probe.most.store(0, Ordering::SeqCst);
+    let limited = client
+        .submit_many(
+            (0..16)
+                .map(|_| TaskRequest::new("limited").concurrency_limit("k", 2))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    all_succeed(&client, &limited).await;
+    assert_eq!(
+        probe.most.load(Ordering::SeqCst),
+        2,
+        "at most 2 at once across partitions"
+    );
+    stop.cancel();
+    for handle in handles {
+        handle.await.unwrap();
+    }
+}

@@ -371,9 +371,9 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 async fn get(id: &str, target: &Target) -> anyhow::Result<()> {
     let mut results = pb::results_service_client::ResultsServiceClient::new(channel(target).await?);
     let task = results
-        .get_task(pb::GetTaskRequest {
+        .get_task(target.request(pb::GetTaskRequest {
             task_id: id.to_string(),
-        })
+        })?)
         .await
         .map_err(status_error)?
         .into_inner()
@@ -404,9 +404,9 @@ async fn cancel(id: &str, target: &Target) -> anyhow::Result<()> {
     let mut submission =
         pb::submission_service_client::SubmissionServiceClient::new(channel(target).await?);
     let response = submission
-        .cancel_task(pb::CancelTaskRequest {
+        .cancel_task(target.request(pb::CancelTaskRequest {
             task_id: id.to_string(),
-        })
+        })?)
         .await
         .map_err(status_error)?
         .into_inner();

@@ -67,6 +67,14 @@ struct NameDefaults {
     /// Headers added to every task of the name.
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Most starts per time unit, e.g. "10/m" (Celery's `rate_limit`).
+    rate_limit: Option<String>,
+    /// Share the rate per this key instead of per name.
+    rate_limit_key: Option<String>,
+    /// Concurrency key.
+    concurrency_key: Option<String>,
+    /// Most tasks with the key running at once.
+    concurrency_limit: Option<u32>,
 }
 
 fn duration(
@@ -109,6 +117,10 @@ impl NameDefaults {
             hard_time_limit: duration(name, "hard-time-limit", &self.hard_time_limit)?,
             result_ttl: duration(name, "result-ttl", &self.result_ttl)?,
             headers: self.headers.into_iter().collect(),
+            rate_limit: self.rate_limit.unwrap_or_default(),
+            rate_limit_key: self.rate_limit_key.unwrap_or_default(),
+            concurrency_key: self.concurrency_key.unwrap_or_default(),
+            concurrency_limit: self.concurrency_limit.unwrap_or(0),
             ..Default::default()
         })
     }
@@ -164,7 +176,10 @@ mod tests {
             queue = "billing"
             max-retries = 5
             backoff-base = "2s"
-            hard-time-limit = "1m"
+                        hard-time-limit = "1m"
+            rate-limit = "10/m"
+            concurrency-key = "psp"
+            concurrency-limit = 4
             headers = { team = "payments" }
             "#,
             "defaults.toml",
@@ -179,6 +194,10 @@ mod tests {
         );
         assert_eq!(charge.hard_time_limit.unwrap().seconds, 60);
         assert_eq!(charge.headers["team"], "payments");
+        assert_eq!(
+            (charge.rate_limit.as_str(), charge.concurrency_limit),
+            ("10/m", 4)
+        );
     }
 
     #[test]

@@ -504,6 +504,9 @@ impl Session {
         if self.leases.remove(&id).is_none() {
             return Ok(());
         }
+        self.context
+            .registry
+            .update(&self.id, self.leases.len(), self.credits, self.completed);
         let cancel = pb::CancelAssignment {
             task_id: id.to_string(),
             reason: reason.to_string(),

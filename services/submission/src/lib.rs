@@ -10,7 +10,7 @@ use conveyor_api::pb::{self, submission_service_server as server};
 use conveyor_core::ids::partition_for_key;
 use conveyor_core::time::now_ms;
 use conveyor_core::validate::validate_with_defaults;
-use conveyor_core::{ConveyorError, Limits, TaskDefaults, TaskId, TaskState};
+use conveyor_core::{ConveyorError, Limits, NewTask, TaskDefaults, TaskId, TaskState};
 use conveyor_store::{CancelAck, EnqueueAck, ReplayAck, Store};
 
 /// Fully qualified service name, for health.
@@ -44,12 +44,31 @@ impl Submission {
             .max_decoding_message_size(max_message.max(64 * 1024 * 1024))
     }
 
-    fn partition_for(&self, idempotency_key: &str) -> u16 {
+    /// Places a validated task: tasks sharing a concurrency key, else a rate
+    /// bucket, else an idempotency key, land in one partition (one hash slot),
+    /// so the store can enforce the limit or the key atomically; the rest
+    /// are spread over partitions in turn.
+    fn place(&self, mut task: NewTask) -> NewTask {
         let partitions = self.store.partitions();
-        if !idempotency_key.is_empty() {
-            return partition_for_key(idempotency_key, partitions);
+        if partitions <= 1 {
+            return task;
         }
-        (self.rotor.fetch_add(1, Ordering::Relaxed) % u32::from(partitions.max(1))) as u16
+        let key = task
+            .concurrency
+            .as_ref()
+            .map(|(key, _)| format!("c:{key}"))
+            .or_else(|| {
+                task.rate_limit
+                    .as_ref()
+                    .map(|(bucket, _)| format!("r:{bucket}"))
+            })
+            .or_else(|| task.idempotency_key.clone());
+        let partition = match key {
+            Some(key) => partition_for_key(&key, partitions),
+            None => (self.rotor.fetch_add(1, Ordering::Relaxed) % u32::from(partitions)) as u16,
+        };
+        task.id = TaskId::new(partition);
+        task
     }
 }
 
@@ -72,9 +91,14 @@ impl server::SubmissionService for Submission {
             .task
             .ok_or_else(|| ConveyorError::invalid("task", "is required"))?;
         let now = now_ms();
-        let partition = self.partition_for(&spec.idempotency_key);
-        let task =
-            validate_with_defaults(spec, "task", &self.limits, &self.defaults, now, partition)?;
+        let task = self.place(validate_with_defaults(
+            spec,
+            "task",
+            &self.limits,
+            &self.defaults,
+            now,
+            0,
+        )?);
         let ack = self
             .store
             .enqueue(vec![task], now)
@@ -107,15 +131,9 @@ impl server::SubmissionService for Submission {
             .into_iter()
             .enumerate()
             .map(|(index, spec)| {
-                let partition = self.partition_for(&spec.idempotency_key);
-                validate_with_defaults(
-                    spec,
-                    &format!("tasks[{index}]"),
-                    &self.limits,
-                    &self.defaults,
-                    now,
-                    partition,
-                )
+                let prefix = format!("tasks[{index}]");
+                validate_with_defaults(spec, &prefix, &self.limits, &self.defaults, now, 0)
+                    .map(|task| self.place(task))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let acks = self.store.enqueue(tasks, now).await?;
