@@ -394,6 +394,26 @@ async fn cli_sends_the_bearer_token() {
     ])
     .await;
     assert!(accepted.status.success(), "{accepted:?}");
+    let id = String::from_utf8_lossy(&accepted.stdout).trim().to_string();
+    for command in [
+        vec!["get", id.as_str()],
+        vec!["cancel", id.as_str()],
+        vec!["workers"],
+    ] {
+        let mut args = command.clone();
+        args.extend(["--server", server.as_str(), "--token", "s3cret"]);
+        let output = cli(&args).await;
+        assert!(
+            output.status.success(),
+            "{command:?} with a token: {output:?}"
+        );
+        let mut bare = command.clone();
+        bare.extend(["--server", server.as_str()]);
+        assert!(
+            !cli(&bare).await.status.success(),
+            "{command:?} without a token is refused"
+        );
+    }
 }
 
 #[tokio::test]
