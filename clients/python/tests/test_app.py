@@ -76,6 +76,34 @@ def test_apply_async_options_send_task_and_partials(app, start_worker, queue_nam
     assert app.AsyncResult(by_name.id).get(timeout=1) == "x+y"
 
 
+def test_rate_limit_spaces_starts(app, start_worker, queue_name):
+    starts = []
+
+    @app.task(name=f"rated.{queue_name}", queue=queue_name, rate_limit="5/s")  # a default, as in Celery
+    def rated(i):
+        starts.append(time.monotonic())  # measured on the worker side
+        return i
+
+    @app.task(name=f"once.{queue_name}", queue=queue_name)
+    def once():
+        return "ok"
+
+    start_worker(app, queue_name)
+    results = [rated.delay(i) for i in range(3)]
+    assert [r.get(timeout=15) for r in results] == [0, 1, 2]
+    assert all(r.task.options.rate_limit == "5/s" for r in results)
+    starts.sort()
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
+    assert len(gaps) == 2 and all(gap >= 0.18 for gap in gaps), gaps
+
+    overridden = once.apply_async(rate_limit="10/s", rate_limit_key="tenant-1")
+    assert overridden.get(timeout=10) == "ok"
+    assert (overridden.task.options.rate_limit, overridden.task.options.rate_limit_key) == ("10/s", "tenant-1")
+    with pytest.raises(conveyor.ConveyorError) as error:
+        once.apply_async(rate_limit_key="tenant-1")  # the server wants the rate with a key
+    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_handler_failures_and_retries(app, start_worker, queue_name):
     attempts = []
 

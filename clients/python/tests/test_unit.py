@@ -30,6 +30,7 @@ def test_build_spec_encodes_arguments_and_options():
         max_retries=4,
         soft_time_limit=1.5,
         time_limit=dt.timedelta(seconds=9),
+        rate_limit="10/m",
         rate_limit_key="api",
         concurrency_key="db",
         concurrency_limit=2,
@@ -49,7 +50,8 @@ def test_build_spec_encodes_arguments_and_options():
     assert (o.retry.backoff_base.seconds, o.retry.backoff_base.nanos) == (0, 250_000_000)
     assert (o.soft_time_limit.seconds, o.soft_time_limit.nanos) == (1, 500_000_000)
     assert o.hard_time_limit.seconds == 9
-    assert (o.rate_limit_key, o.concurrency_key, o.concurrency_limit) == ("api", "db", 2)
+    assert (o.rate_limit, o.rate_limit_key, o.concurrency_key, o.concurrency_limit) == ("10/m", "api", "db", 2)
+    assert conveyor.build_spec("t", rate_limit=20).options.rate_limit == "20/s"  # Celery: a number is per second
     assert dict(o.headers) == {"traceparent": "00-abc"} and o.result_ttl.seconds == 60
     assert spec.idempotency_key == "k-1"
 
@@ -68,6 +70,8 @@ def test_build_spec_refuses_bad_input():
         conveyor.build_spec("t", countdown=-1)
     with pytest.raises(TypeError):
         conveyor.build_spec("t", "abc")
+    with pytest.raises(ValueError, match="rate_limit"):
+        conveyor.build_spec("t", rate_limit=0)
 
 
 def test_payloads():

@@ -168,6 +168,7 @@ OPTION_NAMES = frozenset(
         "soft_time_limit",
         "time_limit",
         "hard_time_limit",
+        "rate_limit",
         "rate_limit_key",
         "concurrency_key",
         "concurrency_limit",
@@ -215,6 +216,18 @@ def retry_policy(value: Any) -> task_pb2.RetryPolicy:
     return policy
 
 
+def rate_limit(value: Any) -> str:
+    """A rate in Celery's syntax ("10/s", "100/m", "5/h"); a number, as in
+    Celery, means tasks per second."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(f'rate_limit must be a str such as "10/m" or a number, not {value!r}')
+    if isinstance(value, str):
+        return value.strip()
+    if not (value > 0 and value != float("inf")):
+        raise ValueError(f"rate_limit must be positive, not {value!r}")
+    return f"{value}/s"
+
+
 def build_spec(
     name: str,
     args: Iterable[Any] | None = None,
@@ -227,8 +240,10 @@ def build_spec(
     countdown (seconds or timedelta) or eta (datetime or epoch seconds),
     expires (a datetime, or seconds/timedelta from now, as in Celery),
     max_retries, retry_policy (see `retry_policy`), soft_time_limit,
-    time_limit (alias hard_time_limit), rate_limit_key, concurrency_key and
-    concurrency_limit, idempotency_key, headers (str -> str), result_ttl.
+    time_limit (alias hard_time_limit), rate_limit (Celery's syntax: "10/s",
+    "100/m", "5/h"; a bare number means per second) and rate_limit_key,
+    concurrency_key and concurrency_limit, idempotency_key, headers
+    (str -> str), result_ttl.
     """
     if not isinstance(name, str):
         raise TypeError(f"task name must be a str, not {name!r}")
@@ -282,6 +297,9 @@ def build_spec(
     hard = get("time_limit") if get("time_limit") is not None else get("hard_time_limit")
     if hard is not None:
         opts.hard_time_limit.CopyFrom(to_duration(hard, "time_limit"))
+        touched = True
+    if get("rate_limit") is not None:
+        opts.rate_limit = rate_limit(get("rate_limit"))
         touched = True
     if get("rate_limit_key") is not None:
         opts.rate_limit_key = str(get("rate_limit_key"))

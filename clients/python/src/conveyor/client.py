@@ -97,7 +97,7 @@ class Client:
         """Submits one task and returns its id (for a repeated idempotency
         key, the id of the task first submitted with it). Options: see
         `conveyor.build_spec` (queue, priority, countdown, eta, expires,
-        max_retries, retry_policy, soft_time_limit, time_limit,
+        max_retries, retry_policy, soft_time_limit, time_limit, rate_limit,
         rate_limit_key, concurrency_key, concurrency_limit, idempotency_key,
         headers, result_ttl)."""
         spec = _codec.build_spec(name, args, kwargs, **options)
