@@ -161,7 +161,18 @@ func WithHardTimeLimit(d time.Duration) Option {
 	return func(b *specBuilder) { b.options().HardTimeLimit = durationToProto(d) }
 }
 
-// WithRateLimitKey makes tasks sharing key share a rate limit.
+// WithRateLimit caps how often tasks of this name start, in Celery's syntax:
+// "10/s", "100/m" or "5/h" (a positive number per second, minute or hour).
+// The limit holds across all workers; a task over the rate waits (SCHEDULED)
+// for its slot and is never failed or dropped. Tasks sharing a bucket (the
+// name, or the name and [WithRateLimitKey]) should share a rate.
+func WithRateLimit(rate string) Option {
+	return func(b *specBuilder) { b.options().RateLimit = rate }
+}
+
+// WithRateLimitKey splits the rate limit of [WithRateLimit] by key: tasks of
+// the same name sharing key share one bucket; without a key every task of the
+// name shares it. The server rejects a key without a rate (INVALID_ARGUMENT).
 func WithRateLimitKey(key string) Option {
 	return func(b *specBuilder) { b.options().RateLimitKey = key }
 }

@@ -128,7 +128,7 @@ func TestRequestSpec(t *testing.T) {
 		WithRetryPolicy(RetryPolicy{MaxRetries: 1, BackoffFactor: 3, Jitter: true}), WithMaxRetries(4),
 		WithIdempotencyKey("k-1"), WithHeader("traceparent", "00-abc"), WithHeaders(map[string]string{"a": "b"}),
 		WithResultTTL(time.Minute), WithSoftTimeLimit(5*time.Second), WithHardTimeLimit(9*time.Second),
-		WithRateLimitKey("api"), WithConcurrencyLimit("db", 2),
+		WithRateLimit("10/m"), WithRateLimitKey("api"), WithConcurrencyLimit("db", 2),
 	).Spec()
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +150,7 @@ func TestRequestSpec(t *testing.T) {
 		!r.GetJitter() || r.GetBackoffBase() != nil || spec.GetIdempotencyKey() != "k-1" ||
 		o.GetHeaders()["traceparent"] != "00-abc" || o.GetHeaders()["a"] != "b" || o.GetResultTtl().AsDuration() != time.Minute ||
 		o.GetSoftTimeLimit().AsDuration() != 5*time.Second || o.GetHardTimeLimit().AsDuration() != 9*time.Second ||
-		o.GetRateLimitKey() != "api" || o.GetConcurrencyKey() != "db" || o.GetConcurrencyLimit() != 2 {
+		o.GetRateLimit() != "10/m" || o.GetRateLimitKey() != "api" || o.GetConcurrencyKey() != "db" || o.GetConcurrencyLimit() != 2 {
 		t.Fatalf("options %v", o)
 	}
 	withETA, _ := NewRequest("t", WithCountdown(time.Second), WithETA(eta)).Spec()

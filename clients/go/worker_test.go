@@ -8,7 +8,9 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -132,6 +134,56 @@ func TestSoftTimeLimitCancelsTheHandler(t *testing.T) {
 	}
 	if cause := <-causes; !errors.Is(cause, conveyor.ErrSoftTimeLimit) {
 		t.Fatalf("cause %v", cause)
+	}
+}
+
+func TestRateLimitSpacesStarts(t *testing.T) {
+	ctx := testContext(t)
+	c := newClient(t)
+	queue := uniqueQueue(t)
+	name := "rated." + queue // its own bucket on the shared server
+	var mu sync.Mutex
+	var starts []time.Time // measured on the worker side
+	startWorker(t, conveyor.WorkerOptions{Queues: []string{queue}, Concurrency: 4}, map[string]conveyor.Handler{
+		name: func(context.Context, *conveyor.Task) (any, error) {
+			mu.Lock()
+			starts = append(starts, time.Now())
+			mu.Unlock()
+			return "ok", nil
+		},
+	})
+	var ids []string
+	for range 3 {
+		id, err := c.Submit(ctx, name, conveyor.WithQueue(queue), conveyor.WithRateLimit("5/s"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	for _, id := range ids {
+		if err := c.Result(ctx, id, 15*time.Second, nil); err != nil {
+			t.Fatal(err)
+		}
+		task, err := c.Get(ctx, id)
+		if err != nil || task.GetOptions().GetRateLimit() != "5/s" {
+			t.Fatalf("task %v, %v", task, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	slices.SortFunc(starts, func(a, b time.Time) int { return a.Compare(b) })
+	if len(starts) != 3 {
+		t.Fatalf("%d starts", len(starts))
+	}
+	for i := 1; i < len(starts); i++ {
+		if gap := starts[i].Sub(starts[i-1]); gap < 180*time.Millisecond {
+			t.Fatalf("starts %d and %d only %s apart", i-1, i, gap)
+		}
+	}
+
+	_, err := c.Submit(ctx, name, conveyor.WithQueue(queue), conveyor.WithRateLimitKey("tenant-1"))
+	if conveyor.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a key without a rate: %v", err)
 	}
 }
 
