@@ -57,7 +57,16 @@ export interface SubmitOptions {
   softTimeLimitMs?: number;
   /** After this long the lease is revoked and the attempt fails. */
   hardTimeLimitMs?: number;
-  /** Tasks sharing this key share a rate limit. */
+  /**
+   * Most starts per time unit, Celery's syntax: "10/s", "100/m", "5/h".
+   * Enforced across all workers; a task over the rate waits (SCHEDULED) for
+   * its slot and is never failed or dropped.
+   */
+  rateLimit?: string;
+  /**
+   * Splits `rateLimit` by key: tasks of the same name sharing the key share
+   * one bucket (without a key the whole name does). Needs `rateLimit`.
+   */
   rateLimitKey?: string;
   /** Tasks sharing this key share a concurrency limit of `concurrencyLimit`. */
   concurrencyKey?: string;
@@ -133,6 +142,7 @@ function buildOptions(options: SubmitOptions): TaskOptions | undefined {
   }
   set("softTimeLimit", options.softTimeLimitMs === undefined ? undefined : msToDuration(options.softTimeLimitMs));
   set("hardTimeLimit", options.hardTimeLimitMs === undefined ? undefined : msToDuration(options.hardTimeLimitMs));
+  set("rateLimit", options.rateLimit);
   set("rateLimitKey", options.rateLimitKey);
   set("concurrencyKey", options.concurrencyKey);
   set("concurrencyLimit", options.concurrencyLimit);

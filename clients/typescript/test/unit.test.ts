@@ -121,6 +121,7 @@ describe("task specs", () => {
       retry: { maxRetries: 1, backoffBaseMs: 100, backoffFactor: 3, backoffMaxMs: 60_000, jitter: true },
       softTimeLimitMs: 5000,
       hardTimeLimitMs: 9000,
+      rateLimit: "10/m",
       rateLimitKey: "api",
       concurrencyKey: "db",
       concurrencyLimit: 2,
@@ -143,6 +144,7 @@ describe("task specs", () => {
     assert.equal(options.retry?.jitter, true);
     assert.equal(options.softTimeLimit?.seconds, 5n);
     assert.equal(options.hardTimeLimit?.seconds, 9n);
+    assert.equal(options.rateLimit, "10/m");
     assert.equal(options.rateLimitKey, "api");
     assert.equal(options.concurrencyKey, "db");
     assert.equal(options.concurrencyLimit, 2);

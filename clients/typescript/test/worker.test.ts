@@ -7,6 +7,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { after, before, describe, test } from "node:test";
 import {
   Client,
+  Code,
   RawPayload,
   TaskCancelledError,
   TaskFailedError,
@@ -60,6 +61,35 @@ describe("Worker", () => {
       assert.equal(task.state, TaskState.FAILED);
       assert.equal(task.attempt, 1, "a non-retryable failure is final");
       assert.equal(task.workerId, worker.worker.workerId);
+    } finally {
+      await worker.stop();
+    }
+  });
+
+  test("rateLimit spaces the starts of a task name across the worker", async () => {
+    const queue = uniqueQueue();
+    const name = `rated.${queue}`; // its own bucket on the shared server
+    const starts: number[] = []; // measured on the worker side
+    const worker = runWorker(server.addr, { queues: [queue], concurrency: 4 }, (w) =>
+      w.register(name, (_ctx, i: number) => {
+        starts.push(performance.now());
+        return i;
+      }),
+    );
+    try {
+      const ids = await Promise.all([0, 1, 2].map((i) => client.submit(name, [i], { queue, rateLimit: "5/s" })));
+      for (const [i, id] of ids.entries()) {
+        assert.equal(await client.result<number>(id, { timeoutMs: 15_000 }), i);
+        assert.equal((await client.get(id)).options?.rateLimit, "5/s");
+      }
+      starts.sort((a, b) => a - b);
+      assert.equal(starts.length, 3);
+      for (let i = 1; i < starts.length; i++) {
+        assert.ok(starts[i]! - starts[i - 1]! >= 180, `starts ${starts.map((s) => s.toFixed(0)).join(", ")}`);
+      }
+      await assert.rejects(client.submit(name, [9], { queue, rateLimitKey: "tenant-1" }), {
+        code: Code.InvalidArgument,
+      });
     } finally {
       await worker.stop();
     }
