@@ -8,6 +8,7 @@ use conveyor_api::pb::results_service_client::ResultsServiceClient;
 use conveyor_api::pb::submission_service_client::SubmissionServiceClient;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result, task_state};
@@ -32,6 +33,8 @@ const MIN_USEFUL_WAIT: Duration = Duration::from_secs(1);
 pub struct Client {
     submission: SubmissionServiceClient<Channel>,
     results: ResultsServiceClient<Channel>,
+    /// `Bearer <token>`, sent as `authorization` on every call.
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 impl Client {
@@ -53,15 +56,42 @@ impl Client {
         Client {
             submission: SubmissionServiceClient::new(submission),
             results: ResultsServiceClient::new(results),
+            authorization: None,
         }
     }
 
-    /// The generated submission client, for calls this type does not wrap.
+    /// Sends `authorization: Bearer <token>` on every call, for a server
+    /// started with `--auth-token`. Fails with [`Error::Config`] when the
+    /// token cannot be a header value (visible ASCII only).
+    ///
+    /// ```no_run
+    /// # async fn example() -> conveyor_client::Result<()> {
+    /// let client = conveyor_client::Client::connect("http://127.0.0.1:50051")
+    ///     .await?
+    ///     .with_token("s3cret")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_token(mut self, token: impl AsRef<str>) -> Result<Client> {
+        self.authorization = Some(bearer(token.as_ref())?);
+        Ok(self)
+    }
+
+    /// Wraps `message` in a `tonic::Request` carrying this client's token,
+    /// for calls made through [`submission_client`](Self::submission_client)
+    /// or [`results_client`](Self::results_client).
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        authorize(tonic::Request::new(message), self.authorization.as_ref())
+    }
+
+    /// The generated submission client, for calls this type does not wrap
+    /// (build their requests with [`request`](Self::request) to send the token).
     pub fn submission_client(&self) -> SubmissionServiceClient<Channel> {
         self.submission.clone()
     }
 
-    /// The generated results client, for calls this type does not wrap.
+    /// The generated results client, for calls this type does not wrap
+    /// (build their requests with [`request`](Self::request) to send the token).
     pub fn results_client(&self) -> ResultsServiceClient<Channel> {
         self.results.clone()
     }
@@ -72,7 +102,11 @@ impl Client {
         let request = pb::SubmitTaskRequest {
             task: Some(task.into_spec()?),
         };
-        let response = self.submission.clone().submit_task(request).await?;
+        let response = self
+            .submission
+            .clone()
+            .submit_task(self.request(request))
+            .await?;
         Ok(response.into_inner().task_id)
     }
 
@@ -94,7 +128,11 @@ impl Client {
             let batch: Vec<pb::TaskSpec> = remaining.by_ref().take(MAX_TASKS_PER_BATCH).collect();
             let sent = batch.len();
             let request = pb::SubmitTasksRequest { tasks: batch };
-            let results = submission.submit_tasks(request).await?.into_inner().results;
+            let results = submission
+                .submit_tasks(self.request(request))
+                .await?
+                .into_inner()
+                .results;
             if results.len() != sent {
                 return Err(Error::Protocol(format!(
                     "submitted {sent} tasks, got {} results",
@@ -111,7 +149,7 @@ impl Client {
         let request = pb::GetTaskRequest {
             task_id: id.to_owned(),
         };
-        let response = self.results.clone().get_task(request).await?;
+        let response = self.results.clone().get_task(self.request(request)).await?;
         response
             .into_inner()
             .task
@@ -130,7 +168,7 @@ impl Client {
         loop {
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
-            let mut request = tonic::Request::new(pb::WaitTaskRequest {
+            let mut request = self.request(pb::WaitTaskRequest {
                 task_id: id.to_owned(),
                 timeout: Some(duration_to_proto(remaining)),
             });
@@ -180,7 +218,11 @@ impl Client {
         let request = pb::CancelTaskRequest {
             task_id: id.to_owned(),
         };
-        let response = self.submission.clone().cancel_task(request).await?;
+        let response = self
+            .submission
+            .clone()
+            .cancel_task(self.request(request))
+            .await?;
         Ok(response.into_inner().cancelled)
     }
 
@@ -193,7 +235,12 @@ impl Client {
         let request = pb::WatchTaskRequest {
             task_id: id.to_owned(),
         };
-        let updates = self.results.clone().watch_task(request).await?.into_inner();
+        let updates = self
+            .results
+            .clone()
+            .watch_task(self.request(request))
+            .await?
+            .into_inner();
         Ok(updates.map(|update| update?.task.ok_or_else(|| missing_task("WatchTask"))))
     }
 }
@@ -201,6 +248,26 @@ impl Client {
 /// Parses `endpoint` and connects, failing fast when nothing listens there.
 pub(crate) async fn connect_channel(endpoint: String) -> Result<Channel> {
     Ok(Endpoint::from_shared(endpoint)?.connect().await?)
+}
+
+/// The `authorization` value for `token`: `Bearer <token>`.
+pub(crate) fn bearer(token: &str) -> Result<MetadataValue<Ascii>> {
+    format!("Bearer {token}")
+        .parse()
+        .map_err(|_| Error::Config("the token must be visible ASCII".to_owned()))
+}
+
+/// Puts `authorization` on `request` when there is one.
+pub(crate) fn authorize<T>(
+    mut request: tonic::Request<T>,
+    authorization: Option<&MetadataValue<Ascii>>,
+) -> tonic::Request<T> {
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
+    request
 }
 
 fn missing_task(rpc: &str) -> Error {
@@ -231,6 +298,24 @@ mod tests {
         assert!(!should_wait_again(&status, long_ago, now), "no time left");
         let other = tonic::Status::unavailable("down");
         assert!(!should_wait_again(&other, long_ago, far));
+    }
+
+    #[tokio::test]
+    async fn the_token_travels_as_a_bearer_authorization() {
+        let client =
+            Client::from_channel(Endpoint::from_static("http://127.0.0.1:1").connect_lazy());
+        let plain = client.request(());
+        assert!(plain.metadata().get("authorization").is_none());
+        let client = client.with_token("s3cret").expect("valid token");
+        let request = client.request(());
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer s3cret"
+        );
+        assert!(matches!(
+            client.with_token("bad\ntoken"),
+            Err(Error::Config(_))
+        ));
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ use conveyor_api::pb;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use self::backoff::{Backoff, default_worker_id, hostname};
@@ -24,6 +25,7 @@ pub use self::context::{ARGUMENT_ERROR, PANIC_ERROR, TaskContext, TaskFailure};
 pub use self::runner::HandlerResult;
 use self::runner::{BoxedHandler, Finished, Started, box_handler};
 use self::state::{SessionEnd, is_fatal};
+use crate::client::bearer;
 use crate::error::{Error, Result};
 
 /// Default time running tasks get to finish once shutdown starts.
@@ -76,6 +78,8 @@ pub(crate) struct WorkerConfig {
     min_backoff: Duration,
     max_backoff: Duration,
     handlers: HashMap<String, BoxedHandler>,
+    /// `Bearer <token>`, sent as `authorization` on the Connect stream.
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 impl WorkerConfig {
@@ -228,6 +232,7 @@ pub struct WorkerBuilder {
     min_backoff: Duration,
     max_backoff: Duration,
     handlers: HashMap<String, BoxedHandler>,
+    token: Option<String>,
 }
 
 impl WorkerBuilder {
@@ -242,7 +247,16 @@ impl WorkerBuilder {
             min_backoff: DEFAULT_MIN_BACKOFF,
             max_backoff: DEFAULT_MAX_BACKOFF,
             handlers: HashMap::new(),
+            token: None,
         }
+    }
+
+    /// Sends `authorization: Bearer <token>` when opening the worker stream,
+    /// for a server started with `--auth-token`. [`build`](Self::build)
+    /// fails when the token is not visible ASCII.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
     /// The worker's id, 1 to 200 characters. Default: `hostname-pid`.
@@ -340,6 +354,7 @@ impl WorkerBuilder {
         if let Some(problem) = problem {
             return Err(Error::Config(problem));
         }
+        let authorization = self.token.as_deref().map(bearer).transpose()?;
         let config = WorkerConfig {
             worker_id,
             hostname,
@@ -350,6 +365,7 @@ impl WorkerBuilder {
             min_backoff: self.min_backoff,
             max_backoff: self.max_backoff,
             handlers: self.handlers,
+            authorization,
         };
         Ok(Worker {
             config: Arc::new(config),

@@ -16,8 +16,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
+use crate::client::authorize;
 use crate::error::{Error, Result};
 use crate::payload::duration_from_proto;
 use crate::worker::Runtime;
@@ -61,7 +63,10 @@ pub(crate) async fn run(
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_BUFFER);
     let hello = request(Outbound::Hello(runtime.config.hello()));
     let outbound = tokio_stream::once(hello).chain(ReceiverStream::new(out_rx));
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(channel, outbound));
+    let handshake = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(channel, outbound, runtime.config.authorization.clone()),
+    );
     let (inbound, welcome) = tokio::select! {
         () = stop.cancelled() => return SessionEnd::Stopped,
         result = handshake => match result {
@@ -102,9 +107,11 @@ pub(crate) async fn run(
 async fn handshake(
     channel: Channel,
     outbound: impl Stream<Item = pb::ConnectRequest> + Send + 'static,
+    authorization: Option<MetadataValue<Ascii>>,
 ) -> Result<(Streaming<pb::ConnectResponse>, pb::Welcome)> {
     let mut client = DispatchServiceClient::new(channel);
-    let mut inbound = client.connect(outbound).await?.into_inner();
+    let request = authorize(tonic::Request::new(outbound), authorization.as_ref());
+    let mut inbound = client.connect(request).await?.into_inner();
     match inbound.message().await? {
         Some(pb::ConnectResponse {
             message: Some(Inbound::Welcome(welcome)),
