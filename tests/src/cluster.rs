@@ -45,6 +45,8 @@ impl TestCluster {
         config.dispatch.heartbeat_interval = Duration::from_millis(200);
         config.dispatch.lease_ttl = Duration::from_secs(1);
         config.dispatch.drain_grace = Duration::from_secs(2);
+        // Tests watch every state, RUNNING included.
+        config.dispatch.track_started = true;
         config.server.grace = Duration::from_secs(3);
         config.scheduler.promote_interval = Duration::from_millis(20);
         config.scheduler.reap_interval = Duration::from_millis(50);

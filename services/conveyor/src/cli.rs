@@ -113,6 +113,10 @@ pub struct ServerArgs {
     /// limits, result TTL); see the README.
     #[arg(long, env = "CONVEYOR_TASK_DEFAULTS")]
     pub task_defaults: Option<std::path::PathBuf>,
+    /// Record when handlers start (state RUNNING), as Celery's
+    /// `task_track_started`; off by default (one store write per task).
+    #[arg(long, env = "CONVEYOR_TRACK_STARTED")]
+    pub track_started: bool,
     /// Accepted bearer tokens (comma-separated); none: no authentication.
     #[arg(
         long = "auth-token",
@@ -225,6 +229,7 @@ async fn serve(roles: Vec<Role>, args: ServerArgs, log_json: bool) -> anyhow::Re
     config.server.auth_tokens = args.auth_tokens;
     config.dispatch.heartbeat_interval = args.heartbeat_interval;
     config.dispatch.lease_ttl = args.lease_ttl;
+    config.dispatch.track_started = args.track_started;
     let store = app::open_store(&args.store, &args.redis_prefix, args.partitions).await?;
     // Bind before anything else runs, so a taken port fails fast.
     let listener = TcpListener::bind(args.listen)

@@ -156,6 +156,15 @@ pub fn validate_with_defaults(
         limits.max_name_len,
         &[':', '/'],
     )?;
+    let mut spec = spec;
+    // JSON is stored as the canonical empty content type: "application/json"
+    // repeated per argument would push small task records past Redis'
+    // compact (listpack) hash encoding.
+    for payload in spec.args.iter_mut().chain(spec.kwargs.values_mut()) {
+        if payload.content_type == JSON {
+            payload.content_type.clear();
+        }
+    }
     let mut total_bytes = 0usize;
     for (index, payload) in spec.args.iter().enumerate() {
         check_payload(&format!("{prefix}.args[{index}]"), payload, limits)?;

@@ -44,6 +44,10 @@ pub struct DispatchConfig {
     pub hello_timeout: Duration,
     /// Payload limits (results are held to the same bound as arguments).
     pub limits: Limits,
+    /// Record TaskStarted (state RUNNING) in the store. Off by default, as
+    /// Celery's `task_track_started`: it costs a store write per task, and
+    /// LEASED already says a worker holds the task.
+    pub track_started: bool,
 }
 
 impl Default for DispatchConfig {
@@ -57,6 +61,7 @@ impl Default for DispatchConfig {
             drain_grace: Duration::from_secs(30),
             hello_timeout: Duration::from_secs(10),
             limits: Limits::default(),
+            track_started: false,
         }
     }
 }

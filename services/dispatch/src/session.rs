@@ -466,6 +466,9 @@ impl Session {
     }
 
     async fn mark_started(&mut self, started: pb::TaskStarted) {
+        if !self.context.config.track_started {
+            return;
+        }
         let Ok(id) = TaskId::parse(&started.task_id, "task_id") else {
             return;
         };

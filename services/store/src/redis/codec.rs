@@ -101,6 +101,7 @@ pub(crate) fn parse_task(id: TaskId, fields: Vec<(String, Vec<u8>)>) -> Result<S
         ),
         None => None,
     };
+    let created_at_ms = record.created_at_ms;
     let state_code = number(&fields, "st");
     let state = TaskState::from_i32(state_code as i32)
         .ok_or_else(|| corrupt(format!("state {state_code}")))?;
@@ -119,8 +120,13 @@ pub(crate) fn parse_task(id: TaskId, fields: Vec<(String, Vec<u8>)>) -> Result<S
         session_id: text(&fields, "ss"),
         worker_id: text(&fields, "wk"),
         queue,
-        updated_at_ms: number(&fields, "ua"),
-        due_at_ms: number(&fields, "du"),
+        // Absent until they differ from creation (see the enqueue script).
+        updated_at_ms: Some(number(&fields, "ua"))
+            .filter(|ms| *ms > 0)
+            .unwrap_or(created_at_ms),
+        due_at_ms: Some(number(&fields, "du"))
+            .filter(|ms| *ms > 0)
+            .unwrap_or(created_at_ms),
         finished_at_ms: number(&fields, "fa"),
         outcome,
         progress,

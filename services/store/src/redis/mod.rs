@@ -82,7 +82,12 @@ impl RedisStore {
     /// Connects, and subscribes to change notifications before returning so
     /// that no notification after this call is missed.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|error| {
+        // Nagle off: every store call is a small request awaiting its reply.
+        let info =
+            redis::IntoConnectionInfo::into_connection_info(config.url.as_str()).map(|info| {
+                info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
+            });
+        let client = info.and_then(redis::Client::open).map_err(|error| {
             ConveyorError::Unavailable(format!("redis url {}: {error}", config.url))
         })?;
         let manager_config = redis::aio::ConnectionManagerConfig::new()

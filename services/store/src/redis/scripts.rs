@@ -87,8 +87,12 @@ for b = 4, #ARGV, 12 do
   else
     local st = 2
     if due > now then st = 1 end
-    redis.call('HSET', P .. 't:' .. id, 'st', st, 'at', 0, 'fl', 0, 'tk', 0, 'qk', qk,
-      'sp', ARGV[b + 2], 'ua', now, 'du', due, 'ex', ARGV[b + 4], 'ttl', ARGV[b + 5])
+        -- Only what differs from the defaults is written (attempt, failures and
+    -- token 0; updated and due at creation; no expiry): small hashes stay in
+    -- Redis' compact encoding.
+    redis.call('HSET', P .. 't:' .. id, 'st', st, 'qk', qk, 'sp', ARGV[b + 2], 'ttl', ARGV[b + 5])
+    if st == 1 then redis.call('HSET', P .. 't:' .. id, 'du', due) end
+    if ARGV[b + 4] ~= '0' then redis.call('HSET', P .. 't:' .. id, 'ex', ARGV[b + 4]) end
     if ARGV[b + 4] ~= '0' then redis.call('ZADD', P .. 'exp', ARGV[b + 4], id) end
     if ARGV[b + 8] ~= '' then redis.call('HSET', P .. 't:' .. id, 'rb', ARGV[b + 8], 'ri', ARGV[b + 9]) end
     if ARGV[b + 10] ~= '' then redis.call('HSET', P .. 't:' .. id, 'ck', ARGV[b + 10], 'cl', ARGV[b + 11]) end
@@ -169,17 +173,17 @@ for _, level in ipairs(levels) do
       local t = P .. 't:' .. id
       local f = redis.call('HMGET', t, 'st', 'at', 'fl', 'tk', 'ex', 'sp')
       if f[1] == '2' then
-        local ex = tonumber(f[5])
+                local ex = tonumber(f[5] or '0')
         if ex > 0 and ex <= now then
           finish(P, t, id, 8, now, ev)
         elseif admit(t, id) then
-          local at, tk = tonumber(f[2]) + 1, tonumber(f[4]) + 1
+          local at, tk = tonumber(f[2] or '0') + 1, tonumber(f[4] or '0') + 1
           redis.call('HSET', t, 'st', 3, 'at', at, 'tk', tk, 'ss', sid, 'wk', wk, 'ua', now)
           redis.call('HDEL', t, 'pg')
           redis.call('ZREM', P .. 'exp', id)
           redis.call('SADD', P .. 'sl:' .. sid, id)
           redis.call('PUBLISH', ev, id)
-          out[#out + 1] = id; out[#out + 1] = at; out[#out + 1] = tonumber(f[3]); out[#out + 1] = tk
+          out[#out + 1] = id; out[#out + 1] = at; out[#out + 1] = tonumber(f[3] or '0'); out[#out + 1] = tk
           out[#out + 1] = f[6]
           got = got + 1
         end
@@ -201,7 +205,7 @@ for b = 4, #ARGV, 3 do
   local id = ARGV[b]
   local t = P .. 't:' .. id
   local f = redis.call('HMGET', t, 'st', 'ss', 'tk')
-  if f[1] == '3' and f[2] == ARGV[b + 1] and tonumber(f[3]) == tonumber(ARGV[b + 2]) then
+  if f[1] == '3' and f[2] == ARGV[b + 1] and tonumber(f[3] or '0') == tonumber(ARGV[b + 2]) then
     redis.call('HSET', t, 'st', 4, 'ua', now)
     redis.call('PUBLISH', ev, id)
   end
@@ -231,7 +235,7 @@ for b = 4, #ARGV, 6 do
   local f = redis.call('HMGET', t, 'st', 'ss', 'tk', 'fl')
   if not f[1] then
     out[#out + 1] = -1
-  elseif tonumber(f[3]) ~= tonumber(ARGV[b + 2]) then
+  elseif tonumber(f[3] or '0') ~= tonumber(ARGV[b + 2]) then
     out[#out + 1] = -2
   elseif f[2] ~= sid or (f[1] ~= '3' and f[1] ~= '4') then
     out[#out + 1] = -3
@@ -242,7 +246,7 @@ for b = 4, #ARGV, 6 do
       finish(P, t, id, 5, now, ev)
       out[#out + 1] = 5
     else
-      redis.call('HSET', t, 'fl', tonumber(f[4]) + 1)
+            redis.call('HSET', t, 'fl', tonumber(f[4] or '0') + 1)
       if kind == 'r' then
         free_permit(P, t, id, ev)
         redis.call('HSET', t, 'st', 1, 'du', ARGV[b + 5], 'ua', now)
@@ -284,9 +288,9 @@ local promoted, expired, pushed = 0, 0, {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'sched', '-inf', now, 'LIMIT', 0, ARGV[3])) do
   redis.call('ZREM', P .. 'sched', id)
   local t = P .. 't:' .. id
-  local f = redis.call('HMGET', t, 'st', 'qk', 'ex')
+    local f = redis.call('HMGET', t, 'st', 'qk', 'ex')
   if f[1] == '1' then
-    local ex = tonumber(f[3])
+    local ex = tonumber(f[3] or '0')
     if ex > 0 and ex <= now then
       finish(P, t, id, 8, now, ev)
       expired = expired + 1
@@ -350,7 +354,7 @@ for b = 4, #ARGV, 4 do
   local id = ARGV[b]
   local t = P .. 't:' .. id
   local f = redis.call('HMGET', t, 'st', 'ss', 'tk')
-  if (f[1] == '3' or f[1] == '4') and f[2] == ARGV[b + 1] and tonumber(f[3]) == tonumber(ARGV[b + 2]) then
+  if (f[1] == '3' or f[1] == '4') and f[2] == ARGV[b + 1] and tonumber(f[3] or '0') == tonumber(ARGV[b + 2]) then
     redis.call('HSET', t, 'pg', ARGV[b + 3], 'ua', now)
     redis.call('PUBLISH', ev, id)
   end
