@@ -198,7 +198,13 @@ pub fn validate_with_defaults(
     let mut options = spec.options.unwrap_or_default();
     defaults.apply(&spec.name, &mut options);
     let timing = check_options(&mut options, &format!("{prefix}.options"), limits, now_ms)?;
-    let queue = options.queue.clone();
+    // The default queue is implicit in the stored options (the queue key
+    // carries it): a few bytes per task that Redis would keep for each.
+    let queue = if options.queue.is_empty() {
+        DEFAULT_QUEUE.to_string()
+    } else {
+        options.queue.clone()
+    };
     let rate_limit = if options.rate_limit.is_empty() {
         if !options.rate_limit_key.is_empty() {
             return Err(ConveyorError::invalid(
@@ -288,15 +294,14 @@ fn check_options(
     limits: &Limits,
     now_ms: i64,
 ) -> Result<Timing> {
-    if options.queue.is_empty() {
-        options.queue = DEFAULT_QUEUE.to_string();
+    if !options.queue.is_empty() {
+        check_name(
+            &format!("{prefix}.queue"),
+            &options.queue,
+            limits.max_queue_len,
+            &[],
+        )?;
     }
-    check_name(
-        &format!("{prefix}.queue"),
-        &options.queue,
-        limits.max_queue_len,
-        &[],
-    )?;
     if options.priority > limits.max_priority {
         return Err(ConveyorError::invalid(
             format!("{prefix}.priority"),
