@@ -44,7 +44,7 @@ func runTests(m *testing.M) int {
 	}
 	defer os.Remove(logFile.Name())
 	defer logFile.Close()
-	cmd := exec.Command(bin, "dev", "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s")
+	cmd := exec.Command(bin, "dev", "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s", "--track-started")
 	cmd.Stderr = logFile
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

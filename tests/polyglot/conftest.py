@@ -52,7 +52,7 @@ def programs(tmp_path_factory) -> dict:
 class Server:
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [str(_conveyor_bin()), "dev", "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s"],
+            [str(_conveyor_bin()), "dev", "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s", "--track-started"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

@@ -61,6 +61,8 @@ def server() -> Iterator[str]:
                 "200ms",
                 "--lease-ttl",
                 "1s",
+                # The tests watch every state, RUNNING included.
+                "--track-started",
             ],
             stdout=subprocess.PIPE,
             stderr=log,

@@ -14,7 +14,7 @@ import conveyor
 def start_server(listen: str) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
         [conveyor_bin(), "dev", "--listen", listen]
-        + ["--heartbeat-interval", "200ms", "--lease-ttl", "1s", "--grace", "5s"],
+        + ["--heartbeat-interval", "200ms", "--lease-ttl", "1s", "--grace", "5s", "--track-started"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

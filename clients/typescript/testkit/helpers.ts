@@ -30,7 +30,7 @@ export async function startServer(): Promise<Server> {
   const bin = process.env["CONVEYOR_BIN"] || resolve(repoRoot, "target", "debug", "conveyor");
   const child = spawn(
     bin,
-    ["dev", "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s"],
+    ["dev", "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s", "--track-started"],
     { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env["RUST_LOG"] ?? "warn" } },
   );
   let stderr = "";

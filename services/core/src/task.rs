@@ -54,8 +54,14 @@ impl StoredTask {
         pb::Task {
             id: self.id.to_string(),
             name: self.record.name.clone(),
-            args: self.record.args.clone(),
-            kwargs: self.record.kwargs.clone(),
+            args: with_content_types(self.record.args.clone()),
+            kwargs: self
+                .record
+                .kwargs
+                .clone()
+                .into_iter()
+                .map(|(name, payload)| (name, with_content_type(payload)))
+                .collect(),
             options: self.record.options.clone(),
             state: self.state.to_pb() as i32,
             attempt: self.attempt,
@@ -71,4 +77,18 @@ impl StoredTask {
             progress: self.progress.clone(),
         }
     }
+}
+
+/// JSON payloads are stored with the empty (default) content type to keep
+/// records small; everything a client or worker reads names it again.
+pub fn with_content_type(mut payload: pb::Payload) -> pb::Payload {
+    if payload.content_type.is_empty() {
+        payload.content_type = "application/json".to_string();
+    }
+    payload
+}
+
+/// [`with_content_type`] over a list.
+pub fn with_content_types(payloads: Vec<pb::Payload>) -> Vec<pb::Payload> {
+    payloads.into_iter().map(with_content_type).collect()
 }

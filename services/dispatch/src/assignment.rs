@@ -2,6 +2,7 @@
 
 use conveyor_api::pb;
 use conveyor_core::backoff::Backoff;
+use conveyor_core::task::{with_content_type, with_content_types};
 use conveyor_core::time::{duration_ms, timestamp_from_ms};
 use conveyor_core::{Limits, TaskId};
 use conveyor_store::{LeasedTask, Outcome, OutcomeReport};
@@ -36,8 +37,12 @@ pub(crate) fn to_assignment(task: LeasedTask) -> (pb::Assignment, HeldLease) {
     let assignment = pb::Assignment {
         task_id: task.id.to_string(),
         name: record.name,
-        args: record.args,
-        kwargs: record.kwargs,
+        args: with_content_types(record.args),
+        kwargs: record
+            .kwargs
+            .into_iter()
+            .map(|(name, payload)| (name, with_content_type(payload)))
+            .collect(),
         attempt: task.attempt,
         lease_token: task.lease_token,
         headers: options.headers,
