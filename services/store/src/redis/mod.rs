@@ -269,7 +269,16 @@ impl Store for RedisStore {
                     .arg(task.record.encode_to_vec())
                     .arg(task.due_at_ms)
                     .arg(task.expires_at_ms)
-                    .arg(task.result_ttl_ms)
+                    // The default TTL is not stored (see the finish helper).
+                    .arg(
+                        if task.result_ttl_ms
+                            == conveyor_core::Limits::default().default_result_ttl_ms
+                        {
+                            String::new()
+                        } else {
+                            task.result_ttl_ms.to_string()
+                        },
+                    )
                     .arg(task.idempotency_key.as_deref().unwrap_or(""))
                     .arg(task.idempotency_ttl_ms)
                     .arg(

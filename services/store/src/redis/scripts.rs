@@ -38,7 +38,8 @@ end
 local function finish(P, t, id, st, now, ev)
   free_permit(P, t, id, ev)
   redis.call('HSET', t, 'st', st, 'ua', now, 'fa', now)
-  local ttl = tonumber(redis.call('HGET', t, 'ttl'))
+    -- Absent: the platform default (DEFAULT_TTL_MS, substituted at build).
+  local ttl = tonumber(redis.call('HGET', t, 'ttl') or 'DEFAULT_TTL_MS')
   if ttl and ttl > 0 then redis.call('PEXPIRE', t, ttl) end
   redis.call('PUBLISH', ev, id)
 end
@@ -90,7 +91,8 @@ for b = 4, #ARGV, 12 do
         -- Only what differs from the defaults is written (attempt, failures and
     -- token 0; updated and due at creation; no expiry): small hashes stay in
     -- Redis' compact encoding.
-    redis.call('HSET', P .. 't:' .. id, 'st', st, 'qk', qk, 'sp', ARGV[b + 2], 'ttl', ARGV[b + 5])
+        redis.call('HSET', P .. 't:' .. id, 'st', st, 'qk', qk, 'sp', ARGV[b + 2])
+    if ARGV[b + 5] ~= '' then redis.call('HSET', P .. 't:' .. id, 'ttl', ARGV[b + 5]) end
     if st == 1 then redis.call('HSET', P .. 't:' .. id, 'du', due) end
     if ARGV[b + 4] ~= '0' then redis.call('HSET', P .. 't:' .. id, 'ex', ARGV[b + 4]) end
     if ARGV[b + 4] ~= '0' then redis.call('ZADD', P .. 'exp', ARGV[b + 4], id) end
@@ -453,7 +455,13 @@ pub(crate) struct Scripts {
 
 impl Scripts {
     pub(crate) fn new() -> Self {
-        let with_common = |body: &str| redis::Script::new(&format!("{COMMON}\n{body}"));
+        let common = COMMON.replace(
+            "DEFAULT_TTL_MS",
+            &conveyor_core::Limits::default()
+                .default_result_ttl_ms
+                .to_string(),
+        );
+        let with_common = |body: &str| redis::Script::new(&format!("{common}\n{body}"));
         Self {
             enqueue: redis::Script::new(ENQUEUE),
             lease: with_common(LEASE),
