@@ -61,6 +61,34 @@ pub fn violated_field(status: &tonic::Status) -> Option<String> {
         .map(|violation| violation.field.clone())
 }
 
+/// A task's state as the enum.
+pub fn state(task: &pb::Task) -> pb::TaskState {
+    pb::TaskState::try_from(task.state).expect("known state")
+}
+
+/// GetTask, which must succeed.
+pub async fn get(cluster: &TestCluster, id: &str) -> pb::Task {
+    cluster
+        .results()
+        .get_task(pb::GetTaskRequest { task_id: id.into() })
+        .await
+        .expect("get task")
+        .into_inner()
+        .task
+        .expect("task")
+}
+
+/// SubmitTask, which must succeed; the new task's id.
+pub async fn submit(cluster: &TestCluster, task: pb::TaskSpec) -> String {
+    cluster
+        .submission()
+        .submit_task(pb::SubmitTaskRequest { task: Some(task) })
+        .await
+        .expect("submit")
+        .into_inner()
+        .task_id
+}
+
 /// Installs a test log subscriber once (RUST_LOG controls it).
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()

@@ -11,6 +11,7 @@ use conveyor_api::pb::{self, connect_response::Message as Down};
 use conveyor_client::{Client, TaskContext, TaskRequest, Worker};
 use conveyor_tests::raw_worker::hello;
 use conveyor_tests::{Backend, RawWorker, TestCluster, eventually, on_both_stores, spec};
+use conveyor_tests::{get, state, submit};
 
 on_both_stores!(
     revoking_a_running_task_cancels_it_on_its_worker,
@@ -25,31 +26,6 @@ on_both_stores!(
     higher_priorities_always_run_first,
     an_idle_worker_wakes_for_a_high_priority_task,
 );
-
-fn state(task: &pb::Task) -> pb::TaskState {
-    pb::TaskState::try_from(task.state).expect("known state")
-}
-
-async fn get(cluster: &TestCluster, id: &str) -> pb::Task {
-    cluster
-        .results()
-        .get_task(pb::GetTaskRequest { task_id: id.into() })
-        .await
-        .expect("get")
-        .into_inner()
-        .task
-        .expect("task")
-}
-
-async fn submit(cluster: &TestCluster, task: pb::TaskSpec) -> String {
-    cluster
-        .submission()
-        .submit_task(pb::SubmitTaskRequest { task: Some(task) })
-        .await
-        .expect("submit")
-        .into_inner()
-        .task_id
-}
 
 fn with_options(mut task: pb::TaskSpec, options: pb::TaskOptions) -> pb::TaskSpec {
     task.options = Some(options);

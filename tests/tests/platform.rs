@@ -14,6 +14,7 @@ use tonic::Code;
 use conveyor_api::pb::{self, connect_response::Message as Down};
 use conveyor_tests::raw_worker::hello;
 use conveyor_tests::{Backend, RawWorker, TestCluster, eventually, on_both_stores, spec};
+use conveyor_tests::{get, state, submit};
 
 on_both_stores!(
     ten_thousand_tasks_over_three_workers,
@@ -25,31 +26,6 @@ on_both_stores!(
     countdown_runs_after_its_delay,
     cancel_before_start,
 );
-
-fn state(task: &pb::Task) -> pb::TaskState {
-    pb::TaskState::try_from(task.state).expect("known state")
-}
-
-async fn get(cluster: &TestCluster, id: &str) -> pb::Task {
-    cluster
-        .results()
-        .get_task(pb::GetTaskRequest { task_id: id.into() })
-        .await
-        .expect("get task")
-        .into_inner()
-        .task
-        .expect("task")
-}
-
-async fn submit(cluster: &TestCluster, task: pb::TaskSpec) -> String {
-    cluster
-        .submission()
-        .submit_task(pb::SubmitTaskRequest { task: Some(task) })
-        .await
-        .expect("submit")
-        .into_inner()
-        .task_id
-}
 
 /// A raw worker loop for `add`: runs every assignment at once, reports the
 /// frame's outcomes together and grants the credits back. Counts executions.

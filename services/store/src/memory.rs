@@ -470,9 +470,10 @@ impl Store for MemoryStore {
         {
             let mut inner = self.lock();
             for report in reports {
-                let ack = complete_one(&mut inner, report.clone(), now_ms);
+                let id = report.id;
+                let ack = complete_one(&mut inner, report, now_ms);
                 if matches!(ack, OutcomeAck::Recorded(_)) {
-                    changed.push(report.id);
+                    changed.push(id);
                 }
                 acks.push(ack);
             }

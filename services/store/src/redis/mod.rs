@@ -6,6 +6,7 @@ mod codec;
 mod scripts;
 mod subscriber;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -195,6 +196,22 @@ impl RedisStore {
     }
 }
 
+/// Items grouped by the partition of their task (one script call each),
+/// each with its index in the request so replies can be put back in order.
+fn group_by_partition<T>(
+    items: Vec<T>,
+    id: impl Fn(&T) -> TaskId,
+) -> BTreeMap<u16, Vec<(usize, T)>> {
+    let mut groups: BTreeMap<u16, Vec<(usize, T)>> = BTreeMap::new();
+    for (index, item) in items.into_iter().enumerate() {
+        groups
+            .entry(id(&item).partition())
+            .or_default()
+            .push((index, item));
+    }
+    groups
+}
+
 fn decode_schedule(bytes: &[u8], id: &str) -> Result<conveyor_api::pb::Schedule> {
     conveyor_api::pb::Schedule::decode(bytes).map_err(|error| ConveyorError::Corrupt {
         key: format!("schedule {id}"),
@@ -241,14 +258,7 @@ impl Store for RedisStore {
 
     async fn enqueue(&self, tasks: Vec<NewTask>, now_ms: i64) -> Result<Vec<EnqueueAck>> {
         let count = tasks.len();
-        let mut by_partition: std::collections::BTreeMap<u16, Vec<(usize, NewTask)>> =
-            Default::default();
-        for (index, task) in tasks.into_iter().enumerate() {
-            by_partition
-                .entry(task.id.partition())
-                .or_default()
-                .push((index, task));
-        }
+        let by_partition = group_by_partition(tasks, |item| item.id);
         let mut acks: Vec<Option<EnqueueAck>> = vec![None; count];
         for (partition, group) in by_partition {
             let mut invocation = self.invoke(&self.scripts.enqueue, partition);
@@ -392,18 +402,11 @@ impl Store for RedisStore {
     }
 
     async fn mark_started(&self, reports: Vec<StartReport>, now_ms: i64) -> Result<()> {
-        let mut by_partition: std::collections::BTreeMap<u16, Vec<StartReport>> =
-            Default::default();
-        for report in reports {
-            by_partition
-                .entry(report.id.partition())
-                .or_default()
-                .push(report);
-        }
+        let by_partition = group_by_partition(reports, |item| item.id);
         for (partition, group) in by_partition {
             let mut invocation = self.invoke(&self.scripts.mark_started, partition);
             invocation.arg(now_ms).arg(&self.events_channel);
-            for report in &group {
+            for (_, report) in &group {
                 invocation
                     .arg(report.id.to_string())
                     .arg(&report.session_id)
@@ -426,14 +429,7 @@ impl Store for RedisStore {
 
     async fn complete(&self, reports: Vec<OutcomeReport>, now_ms: i64) -> Result<Vec<OutcomeAck>> {
         let count = reports.len();
-        let mut by_partition: std::collections::BTreeMap<u16, Vec<(usize, OutcomeReport)>> =
-            Default::default();
-        for (index, report) in reports.into_iter().enumerate() {
-            by_partition
-                .entry(report.id.partition())
-                .or_default()
-                .push((index, report));
-        }
+        let by_partition = group_by_partition(reports, |item| item.id);
         let mut acks = vec![OutcomeAck::NotFound; count];
         for (partition, group) in by_partition {
             let mut invocation = self.invoke(&self.scripts.complete, partition);
@@ -530,18 +526,11 @@ impl Store for RedisStore {
     }
 
     async fn record_progress(&self, reports: Vec<ProgressReport>, now_ms: i64) -> Result<()> {
-        let mut by_partition: std::collections::BTreeMap<u16, Vec<ProgressReport>> =
-            Default::default();
-        for report in reports {
-            by_partition
-                .entry(report.id.partition())
-                .or_default()
-                .push(report);
-        }
+        let by_partition = group_by_partition(reports, |item| item.id);
         for (partition, group) in by_partition {
             let mut invocation = self.invoke(&self.scripts.progress, partition);
             invocation.arg(now_ms).arg(&self.events_channel);
-            for report in group {
+            for (_, report) in group {
                 let mut progress = report.progress;
                 progress.reported_at = Some(conveyor_core::time::timestamp_from_ms(now_ms));
                 invocation
