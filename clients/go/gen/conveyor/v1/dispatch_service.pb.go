@@ -890,7 +890,9 @@ func (*TaskOutcome_Result) isTaskOutcome_Outcome() {}
 
 func (*TaskOutcome_Error) isTaskOutcome_Outcome() {}
 
-// A handler started running an assigned task.
+// A handler started running an assigned task. The task becomes RUNNING when
+// the dispatcher tracks starts (--track-started); otherwise it is accepted and
+// ignored, saving a store write per task.
 type TaskStarted struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Task id from the assignment.

@@ -37,7 +37,9 @@ const (
 	TaskState_TASK_STATE_QUEUED TaskState = 2
 	// Assigned to a worker under a lease.
 	TaskState_TASK_STATE_LEASED TaskState = 3
-	// The worker reported that the handler started.
+	// The worker reported that the handler started. Recorded only when the
+	// dispatcher runs with --track-started (as Celery's task_track_started);
+	// otherwise a task goes from LEASED straight to its outcome.
 	TaskState_TASK_STATE_RUNNING TaskState = 4
 	// Finished with a result. Terminal.
 	TaskState_TASK_STATE_SUCCEEDED TaskState = 5

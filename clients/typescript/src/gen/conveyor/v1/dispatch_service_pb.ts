@@ -433,7 +433,9 @@ export const TaskOutcomeSchema: GenMessage<TaskOutcome> = /*@__PURE__*/
   messageDesc(file_conveyor_v1_dispatch_service, 11);
 
 /**
- * A handler started running an assigned task.
+ * A handler started running an assigned task. The task becomes RUNNING when
+ * the dispatcher tracks starts (--track-started); otherwise it is accepted and
+ * ignored, saving a store write per task.
  *
  * @generated from message conveyor.v1.TaskStarted
  */

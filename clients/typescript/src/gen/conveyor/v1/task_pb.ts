@@ -532,7 +532,9 @@ export enum TaskState {
   LEASED = 3,
 
   /**
-   * The worker reported that the handler started.
+   * The worker reported that the handler started. Recorded only when the
+   * dispatcher runs with --track-started (as Celery's task_track_started);
+   * otherwise a task goes from LEASED straight to its outcome.
    *
    * @generated from enum value: TASK_STATE_RUNNING = 4;
    */
