@@ -54,6 +54,7 @@ def test_readme_grpcurl_commands(server, worker):
              for command in commands]
     assert len(commands) >= 6, commands
     task_id = None
+    described_message = False
     for command, kind in zip(commands, kinds):
         command = command.replace("localhost:50051", server.addr)
         if task_id is not None:
@@ -68,6 +69,10 @@ def test_readme_grpcurl_commands(server, worker):
                             "conveyor.v1.SchedulingService", "conveyor.v1.SubmissionService",
                             "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"]:
                 assert service in done.stdout.split(), output
+        elif kind == "describe" and "is a message" in output:
+            assert done.returncode == 0, output
+            assert "message SubmitTaskRequest {" in output and "TaskSpec task = 1" in output, output
+            described_message = True
         elif kind == "describe":
             assert done.returncode == 0, output
             assert "service SubmissionService {" in output and "rpc SubmitTask" in output, output
@@ -86,3 +91,4 @@ def test_readme_grpcurl_commands(server, worker):
         else:
             raise AssertionError(f"the README shows a grpcurl command this test does not know: {command}")
     assert task_id is not None, "the README shows a submit"
+    assert described_message, "the README describes a message"
