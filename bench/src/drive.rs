@@ -327,39 +327,52 @@ impl Bench<'_> {
         let args = self.args;
         let n = ((rate * duration.as_secs_f64()).round() as usize).max(2);
         let permits = Arc::new(Semaphore::new(args.max_in_flight));
-        let mut submits = JoinSet::new();
         let start = Instant::now();
         let start_wall = now();
-        let mut next = 0usize;
-        while next < n {
-            let elapsed = start.elapsed().as_secs_f64();
-            let due = ((elapsed * rate).floor() as usize + 1).min(n);
-            while next < due {
-                let permit = permits.clone().acquire_owned().await?;
-                let client = self.client.clone();
-                let index = next;
-                let due = start + Duration::from_secs_f64(index as f64 / rate);
-                submits.spawn(async move {
-                    let result = client.submit(add_request()).await;
-                    drop(permit);
-                    // The producer's view: due to submit → WaitTask answers.
-                    let observed = match (&result, observe) {
-                        (Ok(id), true) => client
-                            .wait(id, Duration::from_secs(30))
-                            .await
-                            .ok()
-                            .map(|_| due.elapsed().as_secs_f64() * 1e3),
-                        _ => None,
-                    };
-                    (index, result, observed)
-                });
-                next += 1;
+        // The pacing loop runs on a thread of its own and sleeps with the OS
+        // timer: tokio's timer wheel has whole-millisecond ticks, so a
+        // `sleep_until` would submit up to a millisecond after the due
+        // instant and count that against the system measured.
+        let client = self.client.clone();
+        let handle = tokio::runtime::Handle::current();
+        let mut submits = tokio::task::spawn_blocking(move || {
+            let mut submits = JoinSet::new();
+            let mut next = 0usize;
+            while next < n {
+                let elapsed = start.elapsed().as_secs_f64();
+                let due = ((elapsed * rate).floor() as usize + 1).min(n);
+                while next < due {
+                    let permit = handle.block_on(permits.clone().acquire_owned())?;
+                    let client = client.clone();
+                    let index = next;
+                    let due = start + Duration::from_secs_f64(index as f64 / rate);
+                    submits.spawn_on(
+                        async move {
+                            let result = client.submit(add_request()).await;
+                            drop(permit);
+                            // The producer's view: due to submit → WaitTask answers.
+                            let observed = match (&result, observe) {
+                                (Ok(id), true) => client
+                                    .wait(id, Duration::from_secs(30))
+                                    .await
+                                    .ok()
+                                    .map(|_| due.elapsed().as_secs_f64() * 1e3),
+                                _ => None,
+                            };
+                            (index, result, observed)
+                        },
+                        &handle,
+                    );
+                    next += 1;
+                }
+                if next < n {
+                    let at = start + Duration::from_secs_f64(next as f64 / rate);
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                }
             }
-            if next < n {
-                let at = start + Duration::from_secs_f64(next as f64 / rate);
-                tokio::time::sleep_until(at.into()).await;
-            }
-        }
+            anyhow::Ok(submits)
+        })
+        .await??;
         let mut ids = vec![String::new(); n];
         let mut errors = 0usize;
         let mut observed = Vec::new();

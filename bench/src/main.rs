@@ -131,9 +131,18 @@ pub struct DriveArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // Workers and drivers run on one thread each, as BullMQ's Node process
+    // and Celery's drivers do: the handlers are trivial, the machine's two
+    // cores are shared by Redis, the server, the driver and two workers,
+    // and a single-threaded runtime spares each message a hop between
+    // threads. (`BENCH_THREADS=multi` gives them tokio's default.)
+    let one_thread = std::env::var("BENCH_THREADS").as_deref() != Ok("multi");
+    let mut builder = if one_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Worker { addr, concurrency } => worker::run(&url_of(&addr), concurrency).await,
