@@ -25,6 +25,11 @@ pub struct Cli {
     /// Log JSON lines instead of text.
     #[arg(long, global = true, env = "CONVEYOR_LOG_JSON")]
     pub log_json: bool,
+    /// Threads of the async runtime (default: one per core). On a machine
+    /// whose cores are shared with Redis and workers, fewer threads spare
+    /// messages hops between threads: the benchmark runs with 1 on 2 cores.
+    #[arg(long, global = true, env = "CONVEYOR_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 /// Subcommands.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, Streaming};
@@ -18,7 +18,8 @@ use conveyor_core::time::{now_ms, pb_duration, timestamp_from_ms};
 use conveyor_core::validate::{DEFAULT_QUEUE, check_name};
 use conveyor_core::{ConveyorError, TaskId};
 use conveyor_store::{
-    LeaseRequest, OutcomeAck, ProgressReport, QueueKey, SessionEvents, StartReport, Store,
+    LeaseRequest, OutcomeAck, ProgressReport, QueueKey, QueueWaiter, SessionEvents, StartReport,
+    Store,
 };
 
 use crate::assignment::{HeldLease, time_limit_report, to_assignment, to_report};
@@ -137,7 +138,7 @@ struct Session {
     leases: HashMap<TaskId, HeldLease>,
     completed: u64,
     /// Woken by the store when any of `keys` gets work.
-    ready: Arc<Notify>,
+    ready: Arc<QueueWaiter>,
     /// The last lease attempt found less than it asked for.
     starved_since: Option<Instant>,
     last_seen: Instant,
@@ -168,7 +169,7 @@ impl Session {
                     .map(move |name| QueueKey::new(queue, name))
             })
             .collect();
-        let ready = Arc::new(Notify::new());
+        let ready = Arc::new(QueueWaiter::default());
         context.store.events().register_queue_waiter(&keys, &ready);
         let revocations = Some(context.store.events().register_session(&id));
         let now = now_ms();
@@ -238,6 +239,11 @@ impl Session {
         let mut ticker = tokio::time::interval(self.context.config.heartbeat_interval / 4);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Idle: waiting for work with room for it, so a wake-up for our
+            // queues may pick this session.
+            ready.set_idle(
+                self.starved_since.is_some() && self.credits > 0 && self.drain_deadline.is_none(),
+            );
             let hard_deadline = self.next_hard_deadline();
             let step = tokio::select! {
                 biased;
@@ -339,6 +345,12 @@ impl Session {
         };
         if leased.len() < max {
             self.starved_since = Some(Instant::now());
+        } else {
+            // A full batch: more may be waiting, so pass the wake-up on to
+            // another idle session (see EventHub::queue_ready).
+            for key in &self.keys {
+                self.context.store.events().queue_ready(key);
+            }
         }
         if leased.is_empty() {
             return Ok(());

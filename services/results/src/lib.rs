@@ -106,7 +106,10 @@ impl server::ResultsService for Results {
         let id = TaskId::parse(&request.into_inner().task_id, "task_id")?;
         // Subscribe before the first read so no change is missed in between.
         let mut events = self.store.events().subscribe_task(id);
-        let first = self.load(id).await?;
+        let first = match self.store.watch(id, now_ms()).await? {
+            Some(task) => task.to_pb(),
+            None => return Err(ConveyorError::task_not_found(id.to_string()).into()),
+        };
         let (sender, receiver) = mpsc::channel(16);
         let store = self.store.clone();
         tokio::spawn(async move {
@@ -127,11 +130,15 @@ impl server::ResultsService for Results {
                 return;
             }
             while !terminal {
-                tokio::select! {
-                    _ = events.changed() => {}
+                let finished = tokio::select! {
+                    change = events.changed() => change,
                     _ = sender.closed() => return,
-                }
-                let task = match store.get(id, now_ms()).await {
+                };
+                let read = match finished {
+                    Some(task) => Ok(Some(Arc::unwrap_or_clone(task))),
+                    None => store.get(id, now_ms()).await,
+                };
+                let task = match read {
                     Ok(Some(task)) => task.to_pb(),
                     Ok(None) => {
                         let _ = sender

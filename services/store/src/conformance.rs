@@ -521,7 +521,7 @@ pub async fn started_marks_running_when_fenced(store: Arc<dyn Store>) {
 
 /// Task waiters and queue waiters are woken by the changes they wait for.
 pub async fn notifications_reach_waiters(store: Arc<dyn Store>) {
-    let ready = Arc::new(tokio::sync::Notify::new());
+    let ready = Arc::new(crate::QueueWaiter::default());
     store
         .events()
         .register_queue_waiter(&[QueueKey::new("default", "add")], &ready);
@@ -534,6 +534,8 @@ pub async fn notifications_reach_waiters(store: Arc<dyn Store>) {
         .await
         .expect("queue waiter woken by enqueue");
     let mut events = store.events().subscribe_task(id);
+    // Stores may notify only watched tasks' changes.
+    store.watch(id, NOW).await.unwrap().expect("task exists");
     store
         .lease(lease_request("s1", &["add"], 1, NOW))
         .await
@@ -542,9 +544,20 @@ pub async fn notifications_reach_waiters(store: Arc<dyn Store>) {
         .complete(vec![success(id, "s1", 1, "3")], NOW)
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(2), events.changed())
-        .await
-        .expect("task waiter woken by completion");
+    // Woken by the lease, then by the completion (which may carry the task).
+    let finished = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Some(task) = events.changed().await {
+                return task;
+            }
+            if store.get(id, NOW).await.unwrap().unwrap().state == TaskState::Succeeded {
+                return Arc::new(store.get(id, NOW).await.unwrap().unwrap());
+            }
+        }
+    })
+    .await
+    .expect("task waiter woken by completion");
+    assert_eq!(finished.state, TaskState::Succeeded);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     let done = crate::wait_terminal(store.as_ref(), id, deadline)
         .await
@@ -1064,7 +1077,7 @@ pub async fn concurrency_permits_pass_to_waiters(store: Arc<dyn Store>) {
         TaskState::Queued,
         "waiting, still queued"
     );
-    let ready = Arc::new(tokio::sync::Notify::new());
+    let ready = Arc::new(crate::QueueWaiter::default());
     store
         .events()
         .register_queue_waiter(&[QueueKey::new("default", "add")], &ready);

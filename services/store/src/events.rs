@@ -3,11 +3,12 @@
 //! result waiters and dispatcher sessions wait on it instead of polling.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{Notify, broadcast, mpsc};
 
-use conveyor_core::TaskId;
+use conveyor_core::{StoredTask, TaskId};
 
 use crate::types::QueueKey;
 
@@ -19,11 +20,13 @@ pub struct EventHub {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// One sender per task somebody is waiting on.
-    tasks: Mutex<HashMap<TaskId, broadcast::Sender<()>>>,
-    /// Sessions waiting for work, per queue key. `Notify::notify_one` stores
-    /// a permit, so a wake-up that lands before the session waits is kept.
-    queues: Mutex<HashMap<QueueKey, Vec<Weak<Notify>>>>,
+    /// One sender per task somebody is waiting on: `None` says "changed,
+    /// read it again", `Some` carries the finished task itself.
+    tasks: Mutex<HashMap<TaskId, broadcast::Sender<TaskChange>>>,
+    /// Sessions waiting for work, per queue key.
+    queues: Mutex<HashMap<QueueKey, Vec<Weak<QueueWaiter>>>>,
+    /// Rotates the first waiter tried, so idle sessions share the work.
+    rotor: AtomicUsize,
     /// Dispatcher sessions on this process, told when a task they hold is
     /// revoked.
     sessions: Mutex<HashMap<String, mpsc::UnboundedSender<TaskId>>>,
@@ -32,13 +35,31 @@ struct Inner {
 impl EventHub {
     /// A task changed state.
     pub fn task_changed(&self, id: TaskId) {
+        self.send_task(id, None);
+    }
+
+    /// A task finished; waiters get it without reading it again.
+    pub fn task_finished(&self, task: StoredTask) {
+        self.send_task(task.id, Some(Arc::new(task)));
+    }
+
+    /// Whether anybody in this process waits on the task.
+    pub fn is_watched(&self, id: TaskId) -> bool {
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .contains_key(&id)
+    }
+
+    fn send_task(&self, id: TaskId, change: TaskChange) {
         let tasks = self
             .inner
             .tasks
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         if let Some(sender) = tasks.get(&id) {
-            let _ = sender.send(());
+            let _ = sender.send(change);
         }
     }
 
@@ -60,27 +81,42 @@ impl EventHub {
         }
     }
 
-    /// Work appeared on a queue key.
+    /// Work appeared on a queue key. One idle waiter is woken, not all of
+    /// them (a herd of sessions racing for one task costs a store call
+    /// each); a waiter that then leases a full batch passes the wake-up on
+    /// with another `queue_ready`. With no idle waiter, every waiter keeps
+    /// a permit, so a session about to wait does not miss the work.
     pub fn queue_ready(&self, key: &QueueKey) {
         let mut queues = self
             .inner
             .queues
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        if let Some(waiters) = queues.get_mut(key) {
-            waiters.retain(|waiter| match waiter.upgrade() {
-                Some(notify) => {
-                    notify.notify_one();
-                    true
-                }
-                None => false,
-            });
+        let Some(waiters) = queues.get_mut(key) else {
+            return;
+        };
+        waiters.retain(|waiter| waiter.strong_count() > 0);
+        let live: Vec<Arc<QueueWaiter>> = waiters.iter().filter_map(Weak::upgrade).collect();
+        drop(queues);
+        if live.is_empty() {
+            return;
+        }
+        let start = self.inner.rotor.fetch_add(1, Ordering::Relaxed);
+        for offset in 0..live.len() {
+            let waiter = &live[(start + offset) % live.len()];
+            if waiter.idle.swap(false, Ordering::AcqRel) {
+                waiter.notify.notify_one();
+                return;
+            }
+        }
+        for waiter in &live {
+            waiter.notify.notify_one();
         }
     }
 
     /// Registers a session's wake-up for work on any of `keys`; it is
     /// forgotten when the session drops its `Arc`.
-    pub fn register_queue_waiter(&self, keys: &[QueueKey], notify: &Arc<Notify>) {
+    pub fn register_queue_waiter(&self, keys: &[QueueKey], notify: &Arc<QueueWaiter>) {
         let mut queues = self
             .inner
             .queues
@@ -130,7 +166,7 @@ impl EventHub {
             .unwrap_or_else(|poison| poison.into_inner())
             .values()
         {
-            let _ = sender.send(());
+            let _ = sender.send(None);
         }
         let queues = self
             .inner
@@ -138,25 +174,50 @@ impl EventHub {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         for waiter in queues.values().flatten() {
-            if let Some(notify) = waiter.upgrade() {
-                notify.notify_one();
+            if let Some(waiter) = waiter.upgrade() {
+                waiter.notify.notify_one();
             }
         }
     }
 }
+
+/// A session's wake-up for work on its queues.
+#[derive(Debug, Default)]
+pub struct QueueWaiter {
+    notify: Notify,
+    /// Waiting with room for work: preferred by [`EventHub::queue_ready`].
+    idle: AtomicBool,
+}
+
+impl QueueWaiter {
+    /// Resolves when work may be there (a permit stored before counts).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Whether the session waits for work and has room for it.
+    pub fn set_idle(&self, idle: bool) {
+        self.idle.store(idle, Ordering::Release);
+    }
+}
+
+/// What a task waiter is told: the finished task, or `None` for "it
+/// changed, read it again".
+pub type TaskChange = Option<Arc<StoredTask>>;
 
 /// A subscription to one task's changes.
 #[derive(Debug)]
 pub struct TaskEvents {
     hub: EventHub,
     id: TaskId,
-    receiver: broadcast::Receiver<()>,
+    receiver: broadcast::Receiver<TaskChange>,
 }
 
 impl TaskEvents {
-    /// Resolves at the next change (or lag: either way, re-read the task).
-    pub async fn changed(&mut self) {
-        let _ = self.receiver.recv().await;
+    /// Resolves at the next change: the finished task when the notification
+    /// carried it, else `None` (read the task again; also after a lag).
+    pub async fn changed(&mut self) -> TaskChange {
+        self.receiver.recv().await.ok().flatten()
     }
 }
 

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use conveyor_api::pb;
 use conveyor_core::{NewTask, Result, StoredTask, TaskId};
 
-pub use events::{EventHub, SessionEvents, TaskEvents};
+pub use events::{EventHub, QueueWaiter, SessionEvents, TaskChange, TaskEvents};
 pub use memory::MemoryStore;
 pub use redis::{RedisConfig, RedisStore};
 pub use types::*;
@@ -34,6 +34,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// A task by id; `None` when unknown or its result expired.
     async fn get(&self, id: TaskId, now_ms: i64) -> Result<Option<StoredTask>>;
+
+    /// [`Store::get`] for a waiter that subscribed to the task's events:
+    /// from now on its changes are notified through [`EventHub`] (a store
+    /// may notify only the changes of tasks somebody watches, and send the
+    /// finished task along).
+    async fn watch(&self, id: TaskId, now_ms: i64) -> Result<Option<StoredTask>> {
+        self.get(id, now_ms).await
+    }
 
     /// Leases up to `max` QUEUED tasks from the given queue keys to a session,
     /// in one round trip. Expired tasks met on the way become EXPIRED.

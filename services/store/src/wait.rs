@@ -1,5 +1,7 @@
 //! Waiting for a task to finish, woken by change notifications.
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
 use conveyor_core::{ConveyorError, Result, StoredTask, TaskId, time::now_ms};
@@ -7,25 +9,32 @@ use conveyor_core::{ConveyorError, Result, StoredTask, TaskId, time::now_ms};
 use crate::Store;
 
 /// Waits until the task is terminal or `deadline` passes. Subscribes before
-/// reading, so a change between the read and the wait cannot be missed.
+/// reading (with [`Store::watch`]), so a change between the read and the
+/// wait cannot be missed.
 /// `NotFound` for an unknown task; `DeadlineExceeded` on time-out.
 pub async fn wait_terminal(store: &dyn Store, id: TaskId, deadline: Instant) -> Result<StoredTask> {
     let mut events = store.events().subscribe_task(id);
+    // The first read also asks the store to notify this task's changes.
+    let mut read = store.watch(id, now_ms()).await?;
     loop {
-        let Some(task) = store.get(id, now_ms()).await? else {
+        let Some(task) = read else {
             return Err(ConveyorError::task_not_found(id.to_string()));
         };
         if task.state.is_terminal() {
             return Ok(task);
         }
-        if tokio::time::timeout_at(deadline, events.changed())
-            .await
-            .is_err()
-        {
-            return Err(ConveyorError::DeadlineExceeded(format!(
-                "task {id} is still {:?}",
-                task.state
-            )));
+        match tokio::time::timeout_at(deadline, events.changed()).await {
+            Err(_) => {
+                return Err(ConveyorError::DeadlineExceeded(format!(
+                    "task {id} is still {:?}",
+                    task.state
+                )));
+            }
+            // The notification carried the finished task: no read needed.
+            Ok(Some(finished)) if finished.state.is_terminal() => {
+                return Ok(Arc::unwrap_or_clone(finished));
+            }
+            Ok(_) => read = store.get(id, now_ms()).await?,
         }
     }
 }

@@ -354,6 +354,26 @@ impl Store for RedisStore {
         Ok(Some(task))
     }
 
+    async fn watch(&self, id: TaskId, _now_ms: i64) -> Result<Option<StoredTask>> {
+        let mut invocation = self.invoke(&self.scripts.watch, id.partition());
+        invocation.arg(id.to_string());
+        let reply = items(self.run(&invocation).await?);
+        if reply.is_empty() {
+            return Ok(None);
+        }
+        let fields = reply
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [name, value] => Some((
+                    String::from_utf8_lossy(&bytes_of(name)).into_owned(),
+                    bytes_of(value),
+                )),
+                _ => None,
+            })
+            .collect();
+        Ok(Some(parse_task(id, fields)?))
+    }
+
     async fn lease(&self, request: LeaseRequest) -> Result<Vec<LeasedTask>> {
         if request.queue_keys.is_empty() || request.max == 0 {
             return Ok(Vec::new());

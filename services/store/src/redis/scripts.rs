@@ -4,10 +4,30 @@
 //!
 //! Task hash fields: st state, at attempt, fl failures, tk lease token,
 //! ss session, wk worker id, qk queue key, sp spec record, oc outcome record,
-//! ua updated ms, du due ms, fa finished ms, ex expires ms, ttl result ttl ms.
+//! ua updated ms, du due ms, fa finished ms, ex expires ms, ttl result ttl ms,
+//! w watched (its changes are published on the events channel).
 
 /// Helpers shared by the scripts (prepended to each).
 const COMMON: &str = r#"
+-- Task events go out only for tasks somebody watches (field w, set by the
+-- watch script), so unwatched tasks cost no pub/sub traffic.
+local function notify(t, id, ev)
+  if redis.call('HEXISTS', t, 'w') == 1 then redis.call('PUBLISH', ev, id) end
+end
+
+-- A watched task that finished is sent along with its event, so that its
+-- waiters need not read it: id, newline, then per field: name, space,
+-- length, space, value.
+local function notify_finished(t, id, ev)
+  if redis.call('HEXISTS', t, 'w') == 0 then return end
+  local h = redis.call('HGETALL', t)
+  local parts = {id, '\n'}
+  for i = 1, #h, 2 do
+    parts[#parts + 1] = h[i] .. ' ' .. #h[i + 1] .. ' ' .. h[i + 1]
+  end
+  redis.call('PUBLISH', ev, table.concat(parts))
+end
+
 -- The ready channel sits beside the events channel (prefix..'ev').
 local function ready_channel(ev)
   return string.sub(ev, 1, -3) .. 'rdy'
@@ -15,8 +35,7 @@ end
 
 -- Gives back the task's concurrency permit, if it holds one, and moves the
 -- first task waiting for that key back to the head of its queue.
-local function free_permit(P, t, id, ev)
-  local ck = redis.call('HGET', t, 'ck')
+local function free_permit_of(P, id, ck, ev)
   if not ck or redis.call('SREM', P .. 'cc:' .. ck, id) == 0 then return end
   local waiting = redis.call('LPOP', P .. 'cw:' .. ck)
   if not waiting then return end
@@ -27,6 +46,10 @@ local function free_permit(P, t, id, ev)
   end
 end
 
+local function free_permit(P, t, id, ev)
+  free_permit_of(P, id, redis.call('HGET', t, 'ck'), ev)
+end
+
 -- Takes a QUEUED task out of its queue or its concurrency waiting list.
 local function unqueue(P, t, id, qk)
   if redis.call('LREM', P .. 'q:' .. qk, 1, id) == 0 then
@@ -35,13 +58,20 @@ local function unqueue(P, t, id, qk)
   end
 end
 
-local function finish(P, t, id, st, now, ev)
-  free_permit(P, t, id, ev)
-  redis.call('HSET', t, 'st', st, 'ua', now, 'fa', now)
-    -- Absent: the platform default (DEFAULT_TTL_MS, substituted at build).
-  local ttl = tonumber(redis.call('HGET', t, 'ttl') or 'DEFAULT_TTL_MS')
+-- g: the task's ck, ttl and w fields when the caller already read them;
+-- oc: an outcome record to store with the final state.
+local function finish(P, t, id, st, now, ev, g, oc)
+  g = g or redis.call('HMGET', t, 'ck', 'ttl', 'w')
+  free_permit_of(P, id, g[1], ev)
+  if oc then
+    redis.call('HSET', t, 'st', st, 'ua', now, 'fa', now, 'oc', oc)
+  else
+    redis.call('HSET', t, 'st', st, 'ua', now, 'fa', now)
+  end
+  -- Absent: the platform default (DEFAULT_TTL_MS, substituted at build).
+  local ttl = tonumber(g[2] or 'DEFAULT_TTL_MS')
   if ttl and ttl > 0 then redis.call('PEXPIRE', t, ttl) end
-  redis.call('PUBLISH', ev, id)
+  if g[3] then notify_finished(t, id, ev) end
 end
 
 local function release(P, sid, now, ev, rdy, out)
@@ -59,7 +89,7 @@ local function release(P, sid, now, ev, rdy, out)
       redis.call('HSET', t, 'st', 2, 'ua', now)
       redis.call('LPUSH', P .. 'q:' .. f[3], id)
       pushed[f[3]] = true
-      redis.call('PUBLISH', ev, id)
+      notify(t, id, ev)
       out[#out + 1] = id
     end
   end
@@ -144,7 +174,7 @@ local function admit(t, id)
         local slot = math.ceil(tat)
         redis.call('HSET', t, 'st', 1, 'du', slot, 'rs', slot, 'ua', now)
         redis.call('ZADD', P .. 'sched', slot, id)
-        redis.call('PUBLISH', ev, id)
+        notify(t, id, ev)
         return false
       end
     end
@@ -173,18 +203,19 @@ for _, level in ipairs(levels) do
     if id then
       empty = 0
       local t = P .. 't:' .. id
-      local f = redis.call('HMGET', t, 'st', 'at', 'fl', 'tk', 'ex', 'sp')
+      -- One read for everything the common case needs.
+      local f = redis.call('HMGET', t, 'st', 'at', 'fl', 'tk', 'ex', 'sp', 'w', 'rb', 'ck', 'pg')
       if f[1] == '2' then
-                local ex = tonumber(f[5] or '0')
+        local ex = tonumber(f[5] or '0')
         if ex > 0 and ex <= now then
           finish(P, t, id, 8, now, ev)
-        elseif admit(t, id) then
+        elseif (not f[8] and not f[9]) or admit(t, id) then
           local at, tk = tonumber(f[2] or '0') + 1, tonumber(f[4] or '0') + 1
           redis.call('HSET', t, 'st', 3, 'at', at, 'tk', tk, 'ss', sid, 'wk', wk, 'ua', now)
-          redis.call('HDEL', t, 'pg')
-          redis.call('ZREM', P .. 'exp', id)
+          if f[10] then redis.call('HDEL', t, 'pg') end
+          if ex > 0 then redis.call('ZREM', P .. 'exp', id) end
           redis.call('SADD', P .. 'sl:' .. sid, id)
-          redis.call('PUBLISH', ev, id)
+          if f[7] then redis.call('PUBLISH', ev, id) end
           out[#out + 1] = id; out[#out + 1] = at; out[#out + 1] = tonumber(f[3] or '0'); out[#out + 1] = tk
           out[#out + 1] = f[6]
           got = got + 1
@@ -209,10 +240,19 @@ for b = 4, #ARGV, 3 do
   local f = redis.call('HMGET', t, 'st', 'ss', 'tk')
   if f[1] == '3' and f[2] == ARGV[b + 1] and tonumber(f[3] or '0') == tonumber(ARGV[b + 2]) then
     redis.call('HSET', t, 'st', 4, 'ua', now)
-    redis.call('PUBLISH', ev, id)
+    notify(t, id, ev)
   end
 end
 return 0
+"#;
+
+/// ARGV: P, id. The task's hash fields (none: unknown), after marking it
+/// watched: from now on its changes are published.
+const WATCH: &str = r#"
+local t = ARGV[1] .. 't:' .. ARGV[2]
+if redis.call('EXISTS', t) == 0 then return {} end
+redis.call('HSET', t, 'w', 1)
+return redis.call('HGETALL', t)
 "#;
 
 /// ARGV: P, session, deadline. 1 when the session's leases were extended.
@@ -234,7 +274,7 @@ local out = {}
 for b = 4, #ARGV, 6 do
   local id, sid, kind = ARGV[b], ARGV[b + 1], ARGV[b + 3]
   local t = P .. 't:' .. id
-  local f = redis.call('HMGET', t, 'st', 'ss', 'tk', 'fl')
+  local f = redis.call('HMGET', t, 'st', 'ss', 'tk', 'fl', 'ck', 'ttl', 'w')
   if not f[1] then
     out[#out + 1] = -1
   elseif tonumber(f[3] or '0') ~= tonumber(ARGV[b + 2]) then
@@ -243,20 +283,20 @@ for b = 4, #ARGV, 6 do
     out[#out + 1] = -3
   else
     redis.call('SREM', P .. 'sl:' .. sid, id)
-    redis.call('HSET', t, 'oc', ARGV[b + 4])
+    local g = {f[5], f[6], f[7]}
     if kind == 's' then
-      finish(P, t, id, 5, now, ev)
+      finish(P, t, id, 5, now, ev, g, ARGV[b + 4])
       out[#out + 1] = 5
     else
-            redis.call('HSET', t, 'fl', tonumber(f[4] or '0') + 1)
+      redis.call('HSET', t, 'oc', ARGV[b + 4], 'fl', tonumber(f[4] or '0') + 1)
       if kind == 'r' then
-        free_permit(P, t, id, ev)
+        free_permit_of(P, id, f[5], ev)
         redis.call('HSET', t, 'st', 1, 'du', ARGV[b + 5], 'ua', now)
         redis.call('ZADD', P .. 'sched', ARGV[b + 5], id)
-        redis.call('PUBLISH', ev, id)
+        notify(t, id, ev)
         out[#out + 1] = 1
       else
-        finish(P, t, id, 6, now, ev)
+        finish(P, t, id, 6, now, ev, g)
         redis.call('ZADD', P .. 'dlq', now, id)
         out[#out + 1] = 6
       end
@@ -300,7 +340,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'sched', '-inf', now, 'LIMI
       redis.call('HSET', t, 'st', 2, 'ua', now)
       redis.call('RPUSH', P .. 'q:' .. f[2], id)
       pushed[f[2]] = true
-      redis.call('PUBLISH', ev, id)
+      notify(t, id, ev)
       promoted = promoted + 1
     end
   end
@@ -358,7 +398,7 @@ for b = 4, #ARGV, 4 do
   local f = redis.call('HMGET', t, 'st', 'ss', 'tk')
   if (f[1] == '3' or f[1] == '4') and f[2] == ARGV[b + 1] and tonumber(f[3] or '0') == tonumber(ARGV[b + 2]) then
     redis.call('HSET', t, 'pg', ARGV[b + 3], 'ua', now)
-    redis.call('PUBLISH', ev, id)
+    notify(t, id, ev)
   end
 end
 return 0
@@ -371,9 +411,9 @@ local t = P .. 't:' .. id
 local st = redis.call('HGET', t, 'st')
 if not st then return -1 end
 if st ~= '5' and st ~= '6' and st ~= '7' and st ~= '8' then return tonumber(st) end
+notify(t, id, ARGV[3])
 redis.call('DEL', t)
 redis.call('ZREM', P .. 'dlq', id)
-redis.call('PUBLISH', ARGV[3], id)
 return 0
 "#;
 
@@ -388,7 +428,7 @@ redis.call('HSET', t, 'st', 2, 'fl', 0, 'fa', 0, 'ua', now)
 redis.call('PERSIST', t)
 redis.call('ZREM', P .. 'dlq', id)
 redis.call('RPUSH', P .. 'q:' .. f[2], id)
-redis.call('PUBLISH', ARGV[4], id)
+notify(t, id, ARGV[4])
 redis.call('PUBLISH', ARGV[5], f[2])
 return 0
 "#;
@@ -439,6 +479,7 @@ pub(crate) struct Scripts {
     pub enqueue: redis::Script,
     pub lease: redis::Script,
     pub mark_started: redis::Script,
+    pub watch: redis::Script,
     pub heartbeat: redis::Script,
     pub complete: redis::Script,
     pub release: redis::Script,
@@ -465,16 +506,17 @@ impl Scripts {
         Self {
             enqueue: redis::Script::new(ENQUEUE),
             lease: with_common(LEASE),
-            mark_started: redis::Script::new(MARK_STARTED),
+            mark_started: with_common(MARK_STARTED),
+            watch: redis::Script::new(WATCH),
             heartbeat: redis::Script::new(HEARTBEAT),
             complete: with_common(COMPLETE),
             release: with_common(RELEASE),
             reap: with_common(REAP),
             promote: with_common(PROMOTE),
             cancel: with_common(CANCEL),
-            progress: redis::Script::new(PROGRESS),
-            forget: redis::Script::new(FORGET),
-            replay: redis::Script::new(REPLAY),
+            progress: with_common(PROGRESS),
+            forget: with_common(FORGET),
+            replay: with_common(REPLAY),
             schedule_put: redis::Script::new(SCHEDULE_PUT),
             schedule_advance: redis::Script::new(SCHEDULE_ADVANCE),
             schedule_delete: redis::Script::new(SCHEDULE_DELETE),

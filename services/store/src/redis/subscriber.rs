@@ -12,7 +12,7 @@ use conveyor_core::{Result, TaskId};
 use crate::events::EventHub;
 use crate::types::QueueKey;
 
-use super::codec::unavailable;
+use super::codec::{parse_task, unavailable};
 
 /// Subscribes (waiting for the first subscription) and spawns the loop.
 pub(crate) async fn start(
@@ -79,8 +79,26 @@ async fn pump(
                 events.task_revoked(session_id, id);
             }
         } else if message.get_channel_name() == events_channel {
-            if let Ok(id) = TaskId::parse(&String::from_utf8_lossy(payload), "id") {
-                events.task_changed(id);
+            match payload.iter().position(|&byte| byte == b'\n') {
+                // A finished task, sent along (see notify_finished).
+                Some(end) => {
+                    let Ok(id) = TaskId::parse(&String::from_utf8_lossy(&payload[..end]), "id")
+                    else {
+                        continue;
+                    };
+                    match decode_fields(&payload[end + 1..]).map(|fields| parse_task(id, fields)) {
+                        Some(Ok(task)) => events.task_finished(task),
+                        _ => {
+                            tracing::warn!(task = %id, "undecodable finished-task event; waiters re-read it");
+                            events.task_changed(id);
+                        }
+                    }
+                }
+                None => {
+                    if let Ok(id) = TaskId::parse(&String::from_utf8_lossy(payload), "id") {
+                        events.task_changed(id);
+                    }
+                }
             }
         } else if payload == b"*" {
             // A queue was resumed: every starved session re-checks.
@@ -90,5 +108,46 @@ async fn pump(
             // Priority lists notify under their base key, which sessions watch.
             events.queue_ready(&key.base());
         }
+    }
+}
+
+/// The hash fields of a finished-task event: per field, name, space,
+/// length, space, value. `None` when malformed.
+fn decode_fields(mut rest: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+    let mut fields = Vec::new();
+    while !rest.is_empty() {
+        let space = rest.iter().position(|&byte| byte == b' ')?;
+        let name = std::str::from_utf8(&rest[..space]).ok()?.to_owned();
+        rest = &rest[space + 1..];
+        let space = rest.iter().position(|&byte| byte == b' ')?;
+        let length: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
+        rest = &rest[space + 1..];
+        if rest.len() < length {
+            return None;
+        }
+        fields.push((name, rest[..length].to_vec()));
+        rest = &rest[length..];
+    }
+    Some(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_fields;
+
+    #[test]
+    fn finished_task_fields_decode_with_binary_values() {
+        let fields = decode_fields(b"st 1 5oc 4 a \nbfa 3 123").unwrap();
+        assert_eq!(
+            fields,
+            vec![
+                ("st".to_string(), b"5".to_vec()),
+                ("oc".to_string(), b"a \nb".to_vec()),
+                ("fa".to_string(), b"123".to_vec()),
+            ]
+        );
+        assert_eq!(decode_fields(b""), Some(vec![]));
+        assert_eq!(decode_fields(b"st 9 5"), None);
+        assert_eq!(decode_fields(b"st x 5"), None);
     }
 }
