@@ -356,9 +356,9 @@ def markdown(records, runs, args):
         "50-call warm-up, with idle workers ready.",
         f"- **W3** submits one task per call, open-loop, at a fixed rate"
         f"{f' for {duration:.0f} s' if duration else ''}. Latency runs from the instant a task was "
-        "due to be submitted to the instant its outcome was stored (Conveyor `finished_at`, BullMQ "
-        "`finishedOn`, both stored in whole milliseconds, so their figures read up to 1 ms low; "
-        "Celery `date_done`, microseconds), so a producer that falls behind counts against its "
+        "due to be submitted to the instant its outcome was stored (Conveyor `finished_at` and "
+        "Celery `date_done`, both with microseconds; BullMQ `finishedOn`, whole milliseconds, so "
+        "its figures read up to 1 ms low), so a producer that falls behind counts against its "
         "system. The sweep then tries higher rates until "
         "one is not sustained (achieved < 95 % of the rate or p99 > 100 ms); sweep steps read back "
         "a sample of 5,000 tasks. Conveyor's `observed` figures in results.json are the same "

@@ -4,7 +4,7 @@ use conveyor_api::{pb, store_pb};
 
 use crate::ids::TaskId;
 use crate::state::TaskState;
-use crate::time::timestamp_from_ms;
+use crate::time::{timestamp_from_ms, timestamp_from_us};
 
 /// Everything the store knows about one task.
 #[derive(Debug, Clone)]
@@ -33,6 +33,9 @@ pub struct StoredTask {
     pub due_at_ms: i64,
     /// When it reached a terminal state, Unix ms; 0 before.
     pub finished_at_ms: i64,
+    /// The same instant in Unix µs, where the store kept it that precisely
+    /// (an outcome a worker reported); 0 otherwise.
+    pub finished_at_us: i64,
     /// The recorded outcome (result, or last error).
     pub outcome: Option<store_pb::OutcomeRecord>,
     /// Latest progress of the running attempt.
@@ -69,7 +72,11 @@ impl StoredTask {
             created_at: Some(timestamp_from_ms(self.record.created_at_ms)),
             updated_at: Some(timestamp_from_ms(self.updated_at_ms)),
             due_at: Some(timestamp_from_ms(self.due_at_ms)),
-            finished_at: (self.finished_at_ms > 0).then(|| timestamp_from_ms(self.finished_at_ms)),
+            finished_at: match (self.finished_at_us, self.finished_at_ms) {
+                (us, _) if us > 0 => Some(timestamp_from_us(us)),
+                (_, ms) if ms > 0 => Some(timestamp_from_ms(ms)),
+                _ => None,
+            },
             worker_id: self.worker_id.clone(),
             result,
             error,

@@ -10,6 +10,22 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Unix microseconds now.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// A protobuf timestamp from Unix microseconds.
+pub fn timestamp_from_us(us: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: us.div_euclid(1_000_000),
+        nanos: (us.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
 /// A protobuf timestamp from Unix milliseconds.
 pub fn timestamp_from_ms(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {

@@ -14,7 +14,7 @@ use tonic::{Code, Status, Streaming};
 use conveyor_api::pb::{
     self, connect_request::Message as Inbound, connect_response::Message as Outbound,
 };
-use conveyor_core::time::{now_ms, pb_duration, timestamp_from_ms};
+use conveyor_core::time::{now_ms, now_us, pb_duration, timestamp_from_ms};
 use conveyor_core::validate::{DEFAULT_QUEUE, check_name};
 use conveyor_core::{ConveyorError, TaskId};
 use conveyor_store::{
@@ -372,7 +372,8 @@ impl Session {
     }
 
     async fn record_outcomes(&mut self, outcomes: Vec<pb::TaskOutcome>) -> Result<(), End> {
-        let now = now_ms();
+        let now_us = now_us();
+        let now = now_us.div_euclid(1000);
         let mut reports = Vec::with_capacity(outcomes.len());
         let mut rejections = Vec::new();
         for outcome in outcomes {
@@ -420,7 +421,7 @@ impl Session {
             let acks = self
                 .context
                 .store
-                .complete(reports, now)
+                .complete(reports, now_us)
                 .await
                 .map_err(|error| End::Fatal(error.into()))?;
             for (id, ack) in ids.into_iter().zip(acks) {
@@ -554,7 +555,7 @@ impl Session {
         tracing::info!(session = %self.id, count = reports.len(), "hard time limit passed");
         self.context
             .store
-            .complete(reports, now_ms)
+            .complete(reports, now_ms * 1000)
             .await
             .map_err(|error| End::Fatal(error.into()))?;
         for id in expired {

@@ -78,6 +78,11 @@ macro_rules! conformance_suite {
 
 const NOW: i64 = 1_800_000_000_000;
 
+/// `ms` in the microseconds that [`Store::complete`] takes.
+fn us(ms: i64) -> i64 {
+    ms * 1000
+}
+
 fn json(text: &str) -> pb::Payload {
     pb::Payload {
         data: text.as_bytes().to_vec(),
@@ -152,12 +157,12 @@ pub async fn lease_complete_and_fencing(store: Arc<dyn Store>) {
     assert_eq!(leased[0].record.name, "add");
     assert_eq!(state_of(&store, id).await, TaskState::Leased);
     let first = store
-        .complete(vec![success(id, "s1", 1, "3")], NOW + 1)
+        .complete(vec![success(id, "s1", 1, "3")], us(NOW + 1))
         .await
         .unwrap();
     assert_eq!(first, vec![OutcomeAck::Recorded(TaskState::Succeeded)]);
     let second = store
-        .complete(vec![success(id, "s1", 1, "99")], NOW + 2)
+        .complete(vec![success(id, "s1", 1, "99")], us(NOW + 2))
         .await
         .unwrap();
     assert_eq!(second, vec![OutcomeAck::NotHeld]);
@@ -168,7 +173,7 @@ pub async fn lease_complete_and_fencing(store: Arc<dyn Store>) {
     let missing = store
         .complete(
             vec![success(conveyor_core::TaskId::new(0), "s1", 1, "1")],
-            NOW,
+            us(NOW),
         )
         .await
         .unwrap();
@@ -196,18 +201,18 @@ pub async fn release_requeues_and_fences_stale_tokens(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!((again[0].attempt, again[0].lease_token), (2, 2));
     let stale = store
-        .complete(vec![success(id, "s1", 1, "1")], NOW + 3)
+        .complete(vec![success(id, "s1", 1, "1")], us(NOW + 3))
         .await
         .unwrap();
     assert_eq!(stale, vec![OutcomeAck::StaleLease]);
     let wrong_session = store
-        .complete(vec![success(id, "s1", 2, "1")], NOW + 3)
+        .complete(vec![success(id, "s1", 2, "1")], us(NOW + 3))
         .await
         .unwrap();
     assert_eq!(wrong_session, vec![OutcomeAck::NotHeld]);
     assert_eq!(state_of(&store, id).await, TaskState::Leased);
     let good = store
-        .complete(vec![success(id, "s2", 2, "3")], NOW + 4)
+        .complete(vec![success(id, "s2", 2, "3")], us(NOW + 4))
         .await
         .unwrap();
     assert_eq!(good, vec![OutcomeAck::Recorded(TaskState::Succeeded)]);
@@ -364,7 +369,7 @@ pub async fn cancel_queued_and_scheduled_only(store: Arc<dyn Store>) {
         leased
     );
     let late = store
-        .complete(vec![success(leased, "s1", 1, "1")], NOW)
+        .complete(vec![success(leased, "s1", 1, "1")], us(NOW))
         .await
         .unwrap();
     assert_eq!(
@@ -434,7 +439,7 @@ pub async fn retries_reschedule_with_backoff(store: Arc<dyn Store>) {
         },
     };
     assert_eq!(
-        store.complete(vec![retry], NOW).await.unwrap(),
+        store.complete(vec![retry], us(NOW)).await.unwrap(),
         vec![OutcomeAck::Recorded(TaskState::Scheduled)]
     );
     let stored = store.get(id, NOW).await.unwrap().unwrap();
@@ -458,7 +463,7 @@ pub async fn retries_reschedule_with_backoff(store: Arc<dyn Store>) {
         },
     };
     assert_eq!(
-        store.complete(vec![fail], NOW + 2002).await.unwrap(),
+        store.complete(vec![fail], us(NOW + 2002)).await.unwrap(),
         vec![OutcomeAck::Recorded(TaskState::Failed)]
     );
     let failed = store.get(id, NOW + 2003).await.unwrap().unwrap().to_pb();
@@ -513,7 +518,7 @@ pub async fn started_marks_running_when_fenced(store: Arc<dyn Store>) {
     store.mark_started(vec![right], NOW).await.unwrap();
     assert_eq!(state_of(&store, id).await, TaskState::Running);
     let ack = store
-        .complete(vec![success(id, "s1", 1, "1")], NOW)
+        .complete(vec![success(id, "s1", 1, "1")], us(NOW))
         .await
         .unwrap();
     assert_eq!(ack, vec![OutcomeAck::Recorded(TaskState::Succeeded)]);
@@ -541,7 +546,7 @@ pub async fn notifications_reach_waiters(store: Arc<dyn Store>) {
         .await
         .unwrap();
     store
-        .complete(vec![success(id, "s1", 1, "3")], NOW)
+        .complete(vec![success(id, "s1", 1, "3")], us(NOW))
         .await
         .unwrap();
     // Woken by the lease, then by the completion (which may carry the task).
@@ -704,7 +709,7 @@ pub async fn dead_letters_replay_and_forget(store: Arc<dyn Store>) {
             retry_at_ms: None,
         },
     };
-    store.complete(vec![fail], NOW + 1).await.unwrap();
+    store.complete(vec![fail], us(NOW + 1)).await.unwrap();
     let (dead, next) = store
         .dead_letters(DeadLetterCursor::default(), 10)
         .await
@@ -732,7 +737,7 @@ pub async fn dead_letters_replay_and_forget(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!((again[0].attempt, again[0].failures), (2, 0));
     store
-        .complete(vec![success(id, "s2", 2, "7")], NOW + 4)
+        .complete(vec![success(id, "s2", 2, "7")], us(NOW + 4))
         .await
         .unwrap();
     assert_eq!(store.forget(id).await.unwrap(), ForgetAck::Forgotten);
@@ -1082,7 +1087,7 @@ pub async fn concurrency_permits_pass_to_waiters(store: Arc<dyn Store>) {
         .events()
         .register_queue_waiter(&[QueueKey::new("default", "add")], &ready);
     store
-        .complete(vec![success(ids[0], "s1", 1, "1")], NOW)
+        .complete(vec![success(ids[0], "s1", 1, "1")], us(NOW))
         .await
         .unwrap();
     tokio::time::timeout(Duration::from_secs(2), ready.notified())

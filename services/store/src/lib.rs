@@ -54,8 +54,9 @@ pub trait Store: Send + Sync + 'static {
     /// registered leases (never leased, or reaped).
     async fn heartbeat(&self, session_id: &str, deadline_ms: i64) -> Result<bool>;
 
-    /// Records outcomes, fenced by lease token and session.
-    async fn complete(&self, reports: Vec<OutcomeReport>, now_ms: i64) -> Result<Vec<OutcomeAck>>;
+    /// Records outcomes, fenced by lease token and session. `now_us` is in
+    /// microseconds: the finish time is kept that precisely.
+    async fn complete(&self, reports: Vec<OutcomeReport>, now_us: i64) -> Result<Vec<OutcomeAck>>;
 
     /// Puts every task the session holds back at the head of its queue.
     async fn release_session(&self, session_id: &str, now_ms: i64) -> Result<Vec<TaskId>>;

@@ -178,6 +178,7 @@ impl Inner {
             entry.task.state = state;
             entry.task.updated_at_ms = now_ms;
             entry.task.finished_at_ms = now_ms;
+            entry.task.finished_at_us = now_ms * 1000;
             self.purge.insert((now_ms + entry.result_ttl_ms, id));
         }
     }
@@ -307,6 +308,7 @@ impl Store for MemoryStore {
                     updated_at_ms: now_ms,
                     due_at_ms: task.due_at_ms,
                     finished_at_ms: 0,
+                    finished_at_us: 0,
                     outcome: None,
                     progress: None,
                 };
@@ -464,7 +466,8 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn complete(&self, reports: Vec<OutcomeReport>, now_ms: i64) -> Result<Vec<OutcomeAck>> {
+    async fn complete(&self, reports: Vec<OutcomeReport>, now_us: i64) -> Result<Vec<OutcomeAck>> {
+        let now_ms = now_us.div_euclid(1000);
         let mut acks = Vec::with_capacity(reports.len());
         let mut changed = Vec::new();
         {
@@ -472,6 +475,11 @@ impl Store for MemoryStore {
             for report in reports {
                 let id = report.id;
                 let ack = complete_one(&mut inner, report, now_ms);
+                if matches!(ack, OutcomeAck::Recorded(state) if state.is_terminal())
+                    && let Some(entry) = inner.tasks.get_mut(&id)
+                {
+                    entry.task.finished_at_us = now_us;
+                }
                 if matches!(ack, OutcomeAck::Recorded(_)) {
                     changed.push(id);
                 }
@@ -691,6 +699,7 @@ impl Store for MemoryStore {
             entry.task.state = TaskState::Queued;
             entry.task.failures = 0;
             entry.task.finished_at_ms = 0;
+            entry.task.finished_at_us = 0;
             entry.task.updated_at_ms = now_ms;
             let key = entry.queue_key.clone();
             inner.purge.remove(&(purge_at, id));

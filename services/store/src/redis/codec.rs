@@ -128,6 +128,12 @@ pub(crate) fn parse_task(id: TaskId, fields: Vec<(String, Vec<u8>)>) -> Result<S
             .filter(|ms| *ms > 0)
             .unwrap_or(created_at_ms),
         finished_at_ms: number(&fields, "fa"),
+        // Reported outcomes store `fa` with µs as a fraction of the ms.
+        finished_at_us: fields
+            .iter()
+            .find(|(field, _)| field == "fa")
+            .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse::<f64>().ok())
+            .map_or(0, |ms| (ms * 1000.0).round() as i64),
         outcome,
         progress,
     })

@@ -447,13 +447,16 @@ impl Store for RedisStore {
         Ok(alive)
     }
 
-    async fn complete(&self, reports: Vec<OutcomeReport>, now_ms: i64) -> Result<Vec<OutcomeAck>> {
+    async fn complete(&self, reports: Vec<OutcomeReport>, now_us: i64) -> Result<Vec<OutcomeAck>> {
+        // Milliseconds with the µs as a fraction: Lua numbers (doubles)
+        // hold it exactly, ZADD takes it as a score, and the codec reads it.
+        let now = format!("{}.{:03}", now_us.div_euclid(1000), now_us.rem_euclid(1000));
         let count = reports.len();
         let by_partition = group_by_partition(reports, |item| item.id);
         let mut acks = vec![OutcomeAck::NotFound; count];
         for (partition, group) in by_partition {
             let mut invocation = self.invoke(&self.scripts.complete, partition);
-            invocation.arg(now_ms).arg(&self.events_channel);
+            invocation.arg(&now).arg(&self.events_channel);
             for (_, report) in &group {
                 let (kind, record, retry_at) = codec::encode_outcome(&report.outcome);
                 invocation
