@@ -13,6 +13,9 @@ use conveyor_core::validate::validate_with_defaults;
 use conveyor_core::{ConveyorError, Limits, NewTask, TaskDefaults, TaskId, TaskState};
 use conveyor_store::{CancelAck, EnqueueAck, ReplayAck, Store};
 
+mod group;
+use group::GroupCommit;
+
 /// Fully qualified service name, for health.
 pub const SERVICE_NAME: &str = "conveyor.v1.SubmissionService";
 
@@ -24,12 +27,16 @@ pub struct Submission {
     defaults: TaskDefaults,
     /// Spreads tasks without idempotency keys over partitions.
     rotor: AtomicU32,
+    /// Batches concurrent single submissions into shared store calls.
+    group: GroupCommit,
 }
 
 impl Submission {
-    /// A submission role over `store`.
+    /// A submission role over `store`. Starts its group-commit loop, so it
+    /// must be called within a tokio runtime.
     pub fn new(store: Arc<dyn Store>, limits: Limits, defaults: TaskDefaults) -> Self {
         Self {
+            group: GroupCommit::start(store.clone()),
             store,
             limits,
             defaults,
@@ -99,14 +106,7 @@ impl server::SubmissionService for Submission {
             now,
             0,
         )?);
-        let ack = self
-            .store
-            .enqueue(vec![task], now)
-            .await?
-            .pop()
-            .ok_or_else(|| {
-                ConveyorError::Unavailable("store returned no acknowledgement".into())
-            })?;
+        let ack = self.group.enqueue(task, now).await?;
         Ok(Response::new(to_response(ack)))
     }
 
