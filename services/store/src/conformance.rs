@@ -157,7 +157,7 @@ pub async fn lease_complete_and_fencing(store: Arc<dyn Store>) {
     assert_eq!(leased[0].record.name, "add");
     assert_eq!(state_of(&store, id).await, TaskState::Leased);
     let first = store
-        .complete(vec![success(id, "s1", 1, "3")], us(NOW + 1))
+        .complete(vec![success(id, "s1", 1, "3")], us(NOW + 1) + 250)
         .await
         .unwrap();
     assert_eq!(first, vec![OutcomeAck::Recorded(TaskState::Succeeded)]);
@@ -170,6 +170,16 @@ pub async fn lease_complete_and_fencing(store: Arc<dyn Store>) {
     assert_eq!(stored.state, TaskState::Succeeded);
     assert_eq!(stored.to_pb().result.unwrap().data, b"3");
     assert_eq!(stored.worker_id, "worker-s1");
+    // The finish time of a reported outcome keeps its microseconds.
+    assert_eq!(stored.finished_at_ms, NOW + 1);
+    let finished = stored.to_pb().finished_at.unwrap();
+    assert_eq!(
+        (finished.seconds, finished.nanos),
+        (
+            (NOW + 1) / 1000,
+            ((NOW + 1) % 1000 * 1000 + 250) as i32 * 1000
+        )
+    );
     let missing = store
         .complete(
             vec![success(conveyor_core::TaskId::new(0), "s1", 1, "1")],

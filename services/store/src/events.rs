@@ -263,3 +263,51 @@ impl Drop for SessionEvents {
             .remove(&self.session_id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn woken(waiter: &QueueWaiter) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), waiter.notified())
+            .await
+            .is_ok()
+    }
+
+    /// A ready queue wakes one idle waiter, not the herd; with none idle,
+    /// every waiter keeps a permit so that none misses the work.
+    #[tokio::test]
+    async fn ready_queue_wakes_one_idle_waiter_else_leaves_permits() {
+        let hub = EventHub::default();
+        let key = QueueKey::new("default", "add");
+        let waiters: Vec<Arc<QueueWaiter>> =
+            (0..3).map(|_| Arc::new(QueueWaiter::default())).collect();
+        for waiter in &waiters {
+            hub.register_queue_waiter(std::slice::from_ref(&key), waiter);
+            waiter.set_idle(true);
+        }
+        hub.queue_ready(&key);
+        let mut count = 0;
+        for waiter in &waiters {
+            count += usize::from(woken(waiter).await);
+        }
+        assert_eq!(count, 1, "exactly one idle waiter woken");
+
+        // Two are still idle: two more signals wake them, one each.
+        hub.queue_ready(&key);
+        hub.queue_ready(&key);
+        let mut count = 0;
+        for waiter in &waiters {
+            count += usize::from(woken(waiter).await);
+        }
+        assert_eq!(count, 2);
+
+        // Nobody idle now: everybody gets a permit.
+        hub.queue_ready(&key);
+        for waiter in &waiters {
+            assert!(woken(waiter).await, "permit kept for a busy waiter");
+        }
+    }
+}
