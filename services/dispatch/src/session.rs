@@ -340,6 +340,9 @@ impl Session {
             Err(error) => {
                 tracing::warn!(session = %self.id, %error, "lease failed; retrying on the next tick");
                 self.starved_since = Some(Instant::now());
+                // The wake-up that brought us here may have been the only
+                // one: another idle session may fare better.
+                self.pass_wake_up_on();
                 return Ok(());
             }
         };
@@ -348,9 +351,7 @@ impl Session {
         } else {
             // A full batch: more may be waiting, so pass the wake-up on to
             // another idle session (see EventHub::queue_ready).
-            for key in &self.keys {
-                self.context.store.events().queue_ready(key);
-            }
+            self.pass_wake_up_on();
         }
         if leased.is_empty() {
             return Ok(());
@@ -369,6 +370,14 @@ impl Session {
             .update(&self.id, self.leases.len(), self.credits, self.completed);
         self.send(Outbound::Assignments(pb::Assignments { assignments }))
             .await
+    }
+
+    /// Signals this session's queues again, so that another idle session
+    /// looks at them (a ready queue wakes one idle session, not all).
+    fn pass_wake_up_on(&self) {
+        for key in &self.keys {
+            self.context.store.events().queue_ready(key);
+        }
     }
 
     async fn record_outcomes(&mut self, outcomes: Vec<pb::TaskOutcome>) -> Result<(), End> {
@@ -664,6 +673,10 @@ impl Session {
     }
 
     async fn finish(&mut self, end: End) {
+        // No longer a candidate for wake-ups; one that picked this session
+        // since its last lease goes to another idle session instead.
+        self.ready.set_idle(false);
+        self.pass_wake_up_on();
         // Outcomes that arrived before the end are recorded, not lost.
         let _ = self.flush().await;
         match end {

@@ -125,7 +125,8 @@ async fn commit_partition(store: &dyn Store, group: Vec<Pending>) {
             let _ = replies.remove(0).send(Err(error));
         }
         Err(error) => {
-            // Nothing of the call was stored; every caller may retry.
+            // The call failed as a whole (a timed-out one may still have
+            // been applied, as for any store call); every caller sees it.
             let message = error.to_string();
             for reply in replies {
                 let _ = reply.send(Err(ConveyorError::Unavailable(message.clone())));
