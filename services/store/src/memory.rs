@@ -173,12 +173,18 @@ impl Inner {
     }
 
     fn finish(&mut self, id: TaskId, state: TaskState, now_ms: i64) {
+        self.finish_at_us(id, state, now_ms * 1000);
+    }
+
+    /// [`Inner::finish`] at a µs-precise instant (a reported outcome).
+    fn finish_at_us(&mut self, id: TaskId, state: TaskState, now_us: i64) {
+        let now_ms = now_us.div_euclid(1000);
         self.free_permit(id);
         if let Some(entry) = self.tasks.get_mut(&id) {
             entry.task.state = state;
             entry.task.updated_at_ms = now_ms;
             entry.task.finished_at_ms = now_ms;
-            entry.task.finished_at_us = now_ms * 1000;
+            entry.task.finished_at_us = now_us;
             self.purge.insert((now_ms + entry.result_ttl_ms, id));
         }
     }
@@ -467,19 +473,13 @@ impl Store for MemoryStore {
     }
 
     async fn complete(&self, reports: Vec<OutcomeReport>, now_us: i64) -> Result<Vec<OutcomeAck>> {
-        let now_ms = now_us.div_euclid(1000);
         let mut acks = Vec::with_capacity(reports.len());
         let mut changed = Vec::new();
         {
             let mut inner = self.lock();
             for report in reports {
                 let id = report.id;
-                let ack = complete_one(&mut inner, report, now_ms);
-                if matches!(ack, OutcomeAck::Recorded(state) if state.is_terminal())
-                    && let Some(entry) = inner.tasks.get_mut(&id)
-                {
-                    entry.task.finished_at_us = now_us;
-                }
+                let ack = complete_one(&mut inner, report, now_us);
                 if matches!(ack, OutcomeAck::Recorded(_)) {
                     changed.push(id);
                 }
@@ -850,7 +850,8 @@ impl MemoryStore {
     }
 }
 
-fn complete_one(inner: &mut Inner, report: OutcomeReport, now_ms: i64) -> OutcomeAck {
+fn complete_one(inner: &mut Inner, report: OutcomeReport, now_us: i64) -> OutcomeAck {
+    let now_ms = now_us.div_euclid(1000);
     let Some(entry) = inner.tasks.get_mut(&report.id) else {
         return OutcomeAck::NotFound;
     };
@@ -898,6 +899,6 @@ fn complete_one(inner: &mut Inner, report: OutcomeReport, now_ms: i64) -> Outcom
             }
         }
     };
-    inner.finish(report.id, state, now_ms);
+    inner.finish_at_us(report.id, state, now_us);
     OutcomeAck::Recorded(state)
 }

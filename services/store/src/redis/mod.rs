@@ -357,20 +357,15 @@ impl Store for RedisStore {
     async fn watch(&self, id: TaskId, _now_ms: i64) -> Result<Option<StoredTask>> {
         let mut invocation = self.invoke(&self.scripts.watch, id.partition());
         invocation.arg(id.to_string());
-        let reply = items(self.run(&invocation).await?);
-        if reply.is_empty() {
+        // The script answers with HGETALL's reply: read it as `get` does.
+        let fields: Vec<(String, Vec<u8>)> = redis::from_redis_value(self.run(&invocation).await?)
+            .map_err(|error| ConveyorError::Corrupt {
+                key: id.to_string(),
+                reason: format!("watch reply: {error}"),
+            })?;
+        if fields.is_empty() {
             return Ok(None);
         }
-        let fields = reply
-            .chunks(2)
-            .filter_map(|pair| match pair {
-                [name, value] => Some((
-                    String::from_utf8_lossy(&bytes_of(name)).into_owned(),
-                    bytes_of(value),
-                )),
-                _ => None,
-            })
-            .collect();
         Ok(Some(parse_task(id, fields)?))
     }
 

@@ -86,6 +86,11 @@ async fn pump(
                     else {
                         continue;
                     };
+                    // Every process gets the event; only one with a waiter
+                    // for the task decodes it.
+                    if !events.is_watched(id) {
+                        continue;
+                    }
                     match decode_fields(&payload[end + 1..]).map(|fields| parse_task(id, fields)) {
                         Some(Ok(task)) => events.task_finished(task),
                         _ => {
