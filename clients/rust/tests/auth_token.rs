@@ -13,10 +13,18 @@ use tokio::process::{Child, Command};
 
 const TOKEN: &str = "s3cret";
 
-/// `CONVEYOR_BIN`, else the workspace's `target/debug/conveyor`.
+/// `CONVEYOR_BIN`, else `conveyor` in this test binary's profile directory
+/// (`target/debug/deps/<test>` -> `target/debug`, wherever the target is).
 fn conveyor_bin() -> PathBuf {
     let path = std::env::var_os("CONVEYOR_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/conveyor"),
+        || {
+            let exe = std::env::current_exe().expect("test binary path");
+            let profile = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("target/<profile>/deps");
+            profile.join("conveyor")
+        },
         PathBuf::from,
     );
     assert!(
