@@ -115,7 +115,7 @@ impl Bench<'_> {
         let mut dispatch = self.dispatch();
         loop {
             let workers = dispatch
-                .list_workers(pb::ListWorkersRequest {})
+                .list_workers(pb::ListWorkersRequest::default())
                 .await?
                 .into_inner()
                 .workers;

@@ -70,7 +70,10 @@ pub fn state(task: &pb::Task) -> pb::TaskState {
 pub async fn get(cluster: &TestCluster, id: &str) -> pb::Task {
     cluster
         .results()
-        .get_task(pb::GetTaskRequest { task_id: id.into() })
+        .get_task(pb::GetTaskRequest {
+            task_id: id.into(),
+            ..Default::default()
+        })
         .await
         .expect("get task")
         .into_inner()
@@ -82,7 +85,10 @@ pub async fn get(cluster: &TestCluster, id: &str) -> pb::Task {
 pub async fn submit(cluster: &TestCluster, task: pb::TaskSpec) -> String {
     cluster
         .submission()
-        .submit_task(pb::SubmitTaskRequest { task: Some(task) })
+        .submit_task(pb::SubmitTaskRequest {
+            task: Some(task),
+            ..Default::default()
+        })
         .await
         .expect("submit")
         .into_inner()

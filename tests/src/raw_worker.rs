@@ -39,6 +39,7 @@ pub fn hello(worker_id: &str, names: &[&str], concurrency: u32) -> pb::Hello {
         language: "rust-raw".into(),
         sdk_version: "test".into(),
         hostname: "localhost".into(),
+        ..Default::default()
     }
 }
 

@@ -28,7 +28,10 @@ fn with_options(options: pb::TaskOptions) -> pb::TaskSpec {
 async fn submit_err(cluster: &TestCluster, task: Option<pb::TaskSpec>) -> tonic::Status {
     cluster
         .submission()
-        .submit_task(pb::SubmitTaskRequest { task })
+        .submit_task(pb::SubmitTaskRequest {
+            task,
+            ..Default::default()
+        })
         .await
         .expect_err("must be refused")
 }
@@ -192,7 +195,10 @@ async fn bad_submissions_name_their_field_and_store_nothing(backend: Backend) {
     tasks[3].name = String::new();
     let status = cluster
         .submission()
-        .submit_tasks(pb::SubmitTasksRequest { tasks })
+        .submit_tasks(pb::SubmitTasksRequest {
+            tasks,
+            ..Default::default()
+        })
         .await
         .expect_err("batch refused");
     assert_eq!(
@@ -204,7 +210,10 @@ async fn bad_submissions_name_their_field_and_store_nothing(backend: Backend) {
         .collect();
     let status = cluster
         .submission()
-        .submit_tasks(pb::SubmitTasksRequest { tasks: oversized })
+        .submit_tasks(pb::SubmitTasksRequest {
+            tasks: oversized,
+            ..Default::default()
+        })
         .await
         .expect_err("batch too large");
     assert_eq!(
@@ -213,7 +222,10 @@ async fn bad_submissions_name_their_field_and_store_nothing(backend: Backend) {
     );
     let empty = cluster
         .submission()
-        .submit_tasks(pb::SubmitTasksRequest { tasks: vec![] })
+        .submit_tasks(pb::SubmitTasksRequest {
+            tasks: vec![],
+            ..Default::default()
+        })
         .await
         .expect_err("empty batch");
     assert_eq!(empty.code(), Code::InvalidArgument);
@@ -229,6 +241,7 @@ async fn unknown_and_malformed_ids(backend: Backend) {
     let status = results
         .get_task(pb::GetTaskRequest {
             task_id: unknown.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -240,6 +253,7 @@ async fn unknown_and_malformed_ids(backend: Backend) {
                 seconds: 1,
                 nanos: 0,
             }),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -247,6 +261,7 @@ async fn unknown_and_malformed_ids(backend: Backend) {
     let status = results
         .get_task(pb::GetTaskRequest {
             task_id: "not-a-uuid".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -257,6 +272,7 @@ async fn unknown_and_malformed_ids(backend: Backend) {
     let status = results
         .get_task(pb::GetTaskRequest {
             task_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -265,12 +281,16 @@ async fn unknown_and_malformed_ids(backend: Backend) {
         .submission()
         .cancel_task(pb::CancelTaskRequest {
             task_id: "nope".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     let status = results
-        .watch_task(pb::WatchTaskRequest { task_id: unknown })
+        .watch_task(pb::WatchTaskRequest {
+            task_id: unknown,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -295,6 +315,7 @@ async fn protocol_violations_end_the_stream_precisely(backend: Backend) {
         .submission()
         .submit_task(pb::SubmitTaskRequest {
             task: Some(spec("add", &[json!(1), json!(2)])),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -318,6 +339,7 @@ async fn protocol_violations_end_the_stream_precisely(backend: Backend) {
             .results()
             .get_task(pb::GetTaskRequest {
                 task_id: task_id.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()

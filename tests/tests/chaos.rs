@@ -94,7 +94,10 @@ async fn submit_work(channel: &Channel, count: usize, sleep_ms: u64) -> Vec<Stri
             .map(|n| spec("work", &[json!(n), json!(sleep_ms)]))
             .collect();
         let response = submission
-            .submit_tasks(pb::SubmitTasksRequest { tasks })
+            .submit_tasks(pb::SubmitTasksRequest {
+                tasks,
+                ..Default::default()
+            })
             .await
             .unwrap();
         ids.extend(
@@ -122,6 +125,7 @@ async fn settle(chaos: &Chaos, channel: &Channel, ids: &[String], label: &str) -
                         seconds: 90,
                         nanos: 0,
                     }),
+                    ..Default::default()
                 };
                 results
                     .wait_task(request)
@@ -251,7 +255,10 @@ async fn killed_dispatcher_mid_run_loses_nothing() {
         let id = ids[600].clone();
         async move {
             let task = results
-                .get_task(pb::GetTaskRequest { task_id: id })
+                .get_task(pb::GetTaskRequest {
+                    task_id: id,
+                    ..Default::default()
+                })
                 .await
                 .unwrap()
                 .into_inner()
@@ -379,6 +386,7 @@ async fn submit_through_a_redis_crash(fsync: &'static str) -> (usize, usize) {
     while started.elapsed() < Duration::from_secs(3) {
         let mut request = tonic::Request::new(pb::SubmitTaskRequest {
             task: Some(spec("work", &[json!(acknowledged.len()), json!(0)])),
+            ..Default::default()
         });
         request.set_timeout(Duration::from_secs(2));
         match submission.submit_task(request).await {
@@ -395,6 +403,7 @@ async fn submit_through_a_redis_crash(fsync: &'static str) -> (usize, usize) {
             match results
                 .get_task(pb::GetTaskRequest {
                     task_id: id.clone(),
+                    ..Default::default()
                 })
                 .await
             {
@@ -456,7 +465,10 @@ async fn stalled_worker_late_outcome_is_refused() {
         let id = ids[0].clone();
         async move {
             let task = results
-                .get_task(pb::GetTaskRequest { task_id: id })
+                .get_task(pb::GetTaskRequest {
+                    task_id: id,
+                    ..Default::default()
+                })
                 .await
                 .unwrap()
                 .into_inner()
@@ -477,6 +489,7 @@ async fn stalled_worker_late_outcome_is_refused() {
                 seconds: 20,
                 nanos: 0,
             }),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -496,7 +509,7 @@ async fn stalled_worker_late_outcome_is_refused() {
         let mut dispatch = dispatch.clone();
         async move {
             let workers = dispatch
-                .list_workers(pb::ListWorkersRequest {})
+                .list_workers(pb::ListWorkersRequest::default())
                 .await
                 .unwrap()
                 .into_inner()
@@ -510,6 +523,7 @@ async fn stalled_worker_late_outcome_is_refused() {
     let after = results
         .get_task(pb::GetTaskRequest {
             task_id: ids[0].clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -535,7 +549,9 @@ async fn stalled_worker_late_outcome_is_refused() {
         "the late outcome changed nothing"
     );
     assert_eq!(executions, 2, "both attempts ran");
-    let _ = dispatch.list_workers(pb::ListWorkersRequest {}).await;
+    let _ = dispatch
+        .list_workers(pb::ListWorkersRequest::default())
+        .await;
     stalled.kill().await;
     rescuer.kill().await;
 }

@@ -49,6 +49,7 @@ fn failure(
             traceback: String::new(),
             retryable: true,
             retry_after,
+            ..Default::default()
         })),
     }
 }
@@ -70,6 +71,7 @@ async fn revoking_a_running_task_cancels_it_on_its_worker(backend: Backend) {
         .submission()
         .cancel_task(pb::CancelTaskRequest {
             task_id: id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -310,6 +312,7 @@ async fn progress_reaches_watchers(backend: Backend) {
         .results()
         .watch_task(pb::WatchTaskRequest {
             task_id: id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -370,6 +373,7 @@ async fn dead_letters_replay_and_forget_over_grpc(backend: Backend) {
     let forget_running = results
         .forget_task(pb::ForgetTaskRequest {
             task_id: id.clone(),
+            ..Default::default()
         })
         .await;
     assert!(
@@ -379,6 +383,7 @@ async fn dead_letters_replay_and_forget_over_grpc(backend: Backend) {
     let gone = results
         .get_task(pb::GetTaskRequest {
             task_id: id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -401,6 +406,7 @@ async fn dead_letters_replay_and_forget_over_grpc(backend: Backend) {
         .submission()
         .replay_task(pb::ReplayTaskRequest {
             task_id: second.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -426,6 +432,7 @@ async fn dead_letters_replay_and_forget_over_grpc(backend: Backend) {
         .submission()
         .replay_task(pb::ReplayTaskRequest {
             task_id: second.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -434,6 +441,7 @@ async fn dead_letters_replay_and_forget_over_grpc(backend: Backend) {
         .list_dead_letters(pb::ListDeadLettersRequest {
             page_size: 5000,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -442,6 +450,7 @@ async fn dead_letters_replay_and_forget_over_grpc(backend: Backend) {
     let unfinished = results
         .forget_task(pb::ForgetTaskRequest {
             task_id: queued.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -578,7 +587,10 @@ async fn higher_priorities_always_run_first(backend: Backend) {
         .collect();
     cluster
         .submission()
-        .submit_tasks(pb::SubmitTasksRequest { tasks })
+        .submit_tasks(pb::SubmitTasksRequest {
+            tasks,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let mut worker = RawWorker::connect(cluster.channel.clone(), hello("w", &["add"], 1))

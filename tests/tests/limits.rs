@@ -239,6 +239,7 @@ async fn paused_queue_waits_then_drains(backend: Backend) {
     dispatch
         .pause_queue(pb::PauseQueueRequest {
             queue: "default".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -255,6 +256,7 @@ async fn paused_queue_waits_then_drains(backend: Backend) {
     dispatch
         .resume_queue(pb::ResumeQueueRequest {
             queue: "default".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -262,6 +264,7 @@ async fn paused_queue_waits_then_drains(backend: Backend) {
     let bad = dispatch
         .pause_queue(pb::PauseQueueRequest {
             queue: "no:pe".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -88,7 +88,10 @@ async fn ten_thousand_tasks_over_three_workers(backend: Backend) {
             .collect();
         let response = cluster
             .submission()
-            .submit_tasks(pb::SubmitTasksRequest { tasks })
+            .submit_tasks(pb::SubmitTasksRequest {
+                tasks,
+                ..Default::default()
+            })
             .await
             .expect("submit batch")
             .into_inner();
@@ -337,6 +340,7 @@ async fn wait_returns_promptly_and_times_out_cleanly(backend: Backend) {
                 seconds: 0,
                 nanos: 200_000_000,
             }),
+            ..Default::default()
         })
         .await
         .expect_err("must time out");
@@ -357,6 +361,7 @@ async fn wait_returns_promptly_and_times_out_cleanly(backend: Backend) {
                     seconds: 10,
                     nanos: 0,
                 }),
+                ..Default::default()
             })
             .await;
         (Instant::now(), response)
@@ -392,6 +397,7 @@ async fn watch_streams_every_state(backend: Backend) {
         .results()
         .watch_task(pb::WatchTaskRequest {
             task_id: id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -477,6 +483,7 @@ async fn cancel_before_start(backend: Backend) {
         .submission()
         .cancel_task(pb::CancelTaskRequest {
             task_id: id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -497,6 +504,7 @@ async fn cancel_before_start(backend: Backend) {
         .submission()
         .cancel_task(pb::CancelTaskRequest {
             task_id: id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -506,6 +514,7 @@ async fn cancel_before_start(backend: Backend) {
         .submission()
         .cancel_task(pb::CancelTaskRequest {
             task_id: uuid::Uuid::now_v7().to_string(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -121,6 +121,7 @@ async fn every_tick_fires_exactly_once(backend: Backend, seconds: u64) {
     let created = scheduling(&schedulers[0])
         .create_schedule(pb::CreateScheduleRequest {
             schedule: Some(interval_schedule("tick", 1000)),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -130,11 +131,17 @@ async fn every_tick_fires_exactly_once(backend: Backend, seconds: u64) {
     let first = ms_from_timestamp(&created.next_run_at.unwrap());
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     scheduling(&schedulers[1])
-        .pause_schedule(pb::PauseScheduleRequest { id: "tick".into() })
+        .pause_schedule(pb::PauseScheduleRequest {
+            id: "tick".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let runs = scheduling(&schedulers[2])
-        .list_schedule_runs(pb::ListScheduleRunsRequest { id: "tick".into() })
+        .list_schedule_runs(pb::ListScheduleRunsRequest {
+            id: "tick".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -188,7 +195,9 @@ async fn every_tick_fires_exactly_once(backend: Backend, seconds: u64) {
         "each ran once"
     );
     let status = scheduling(&schedulers[0])
-        .get_scheduler_status(pb::GetSchedulerStatusRequest {})
+        .get_scheduler_status(pb::GetSchedulerStatusRequest {
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -217,6 +226,7 @@ async fn schedule_rpcs_and_bad_input(backend: Backend) {
     let mut client = scheduling(&cluster);
     let create = |schedule: pb::Schedule| pb::CreateScheduleRequest {
         schedule: Some(schedule),
+        ..Default::default()
     };
     let mut nightly = interval_schedule("nightly", 1000);
     nightly.rule = Some(pb::schedule::Rule::Cron(pb::CronRule {
@@ -238,7 +248,9 @@ async fn schedule_rpcs_and_bad_input(backend: Backend) {
         .unwrap_err();
     assert_eq!(duplicate.code(), Code::AlreadyExists);
     let listed = client
-        .list_schedules(pb::ListSchedulesRequest {})
+        .list_schedules(pb::ListSchedulesRequest {
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -256,6 +268,7 @@ async fn schedule_rpcs_and_bad_input(backend: Backend) {
     let updated = client
         .update_schedule(pb::UpdateScheduleRequest {
             schedule: Some(sunrise),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -266,6 +279,7 @@ async fn schedule_rpcs_and_bad_input(backend: Backend) {
     let paused = client
         .pause_schedule(pb::PauseScheduleRequest {
             id: "nightly".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -276,6 +290,7 @@ async fn schedule_rpcs_and_bad_input(backend: Backend) {
     let resumed = client
         .resume_schedule(pb::ResumeScheduleRequest {
             id: "nightly".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -284,6 +299,7 @@ async fn schedule_rpcs_and_bad_input(backend: Backend) {
     let run = client
         .trigger_schedule(pb::TriggerScheduleRequest {
             id: "nightly".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -295,12 +311,14 @@ async fn schedule_rpcs_and_bad_input(backend: Backend) {
         .results()
         .get_task(pb::GetTaskRequest {
             task_id: run.task_id.clone(),
+            ..Default::default()
         })
         .await
         .expect("the triggered run's task exists");
     let runs = client
         .list_schedule_runs(pb::ListScheduleRunsRequest {
             id: "nightly".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -310,12 +328,14 @@ async fn schedule_rpcs_and_bad_input(backend: Backend) {
     client
         .delete_schedule(pb::DeleteScheduleRequest {
             id: "nightly".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
     let gone = client
         .get_schedule(pb::GetScheduleRequest {
             id: "nightly".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -323,6 +343,7 @@ async fn schedule_rpcs_and_bad_input(backend: Backend) {
     let gone = client
         .delete_schedule(pb::DeleteScheduleRequest {
             id: "nightly".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -374,7 +395,9 @@ async fn schedule_rpcs_and_bad_input(backend: Backend) {
     }
     assert!(
         client
-            .list_schedules(pb::ListSchedulesRequest {})
+            .list_schedules(pb::ListSchedulesRequest {
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()
@@ -403,6 +426,7 @@ async fn missed_runs_follow_the_catch_up_policy(backend: Backend) {
                 .create_schedule(schedule, Some(missed_at))
                 .await
                 .unwrap()
+                .is_some()
         );
     }
     let cluster = TestCluster::start_on(store.clone(), TestCluster::test_config()).await;
@@ -413,7 +437,10 @@ async fn missed_runs_follow_the_catch_up_policy(backend: Backend) {
             let mut all = true;
             for id in ["skipper", "catcher"] {
                 let schedule = client
-                    .get_schedule(pb::GetScheduleRequest { id: id.into() })
+                    .get_schedule(pb::GetScheduleRequest {
+                        id: id.into(),
+                        ..Default::default()
+                    })
                     .await
                     .unwrap()
                     .into_inner()
@@ -430,7 +457,10 @@ async fn missed_runs_follow_the_catch_up_policy(backend: Backend) {
         let mut client = client.clone();
         async move {
             client
-                .list_schedule_runs(pb::ListScheduleRunsRequest { id: id.into() })
+                .list_schedule_runs(pb::ListScheduleRunsRequest {
+                    id: id.into(),
+                    ..Default::default()
+                })
                 .await
                 .unwrap()
                 .into_inner()
@@ -446,6 +476,7 @@ async fn missed_runs_follow_the_catch_up_policy(backend: Backend) {
     let skipper = client
         .get_schedule(pb::GetScheduleRequest {
             id: "skipper".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

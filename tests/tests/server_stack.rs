@@ -48,6 +48,7 @@ async fn bearer_tokens_guard_every_call_but_health() {
         .unwrap();
     let request = || pb::SubmitTaskRequest {
         task: Some(spec("add", &[json!(1), json!(2)])),
+        ..Default::default()
     };
     let status = cluster
         .submission()

@@ -35,6 +35,8 @@ pub struct Client {
     results: ResultsServiceClient<Channel>,
     /// `Bearer <token>`, sent as `authorization` on every call.
     authorization: Option<MetadataValue<Ascii>>,
+    /// Namespace of every call; "" is `default`.
+    namespace: String,
 }
 
 impl Client {
@@ -57,6 +59,7 @@ impl Client {
             submission: SubmissionServiceClient::new(submission),
             results: ResultsServiceClient::new(results),
             authorization: None,
+            namespace: String::new(),
         }
     }
 
@@ -75,6 +78,13 @@ impl Client {
     pub fn with_token(mut self, token: impl AsRef<str>) -> Result<Client> {
         self.authorization = Some(bearer(token.as_ref())?);
         Ok(self)
+    }
+
+    /// Acts in `namespace` (tasks, queues and keys of other namespaces are
+    /// invisible). Default: `default`.
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Client {
+        self.namespace = namespace.into();
+        self
     }
 
     /// Wraps `message` in a `tonic::Request` carrying this client's token,
@@ -101,6 +111,7 @@ impl Client {
     pub async fn submit(&self, task: TaskRequest) -> Result<String> {
         let request = pb::SubmitTaskRequest {
             task: Some(task.into_spec()?),
+            namespace: self.namespace.clone(),
         };
         let response = self
             .submission
@@ -127,7 +138,10 @@ impl Client {
         while remaining.peek().is_some() {
             let batch: Vec<pb::TaskSpec> = remaining.by_ref().take(MAX_TASKS_PER_BATCH).collect();
             let sent = batch.len();
-            let request = pb::SubmitTasksRequest { tasks: batch };
+            let request = pb::SubmitTasksRequest {
+                tasks: batch,
+                namespace: self.namespace.clone(),
+            };
             let results = submission
                 .submit_tasks(self.request(request))
                 .await?
@@ -148,6 +162,7 @@ impl Client {
     pub async fn get(&self, id: &str) -> Result<pb::Task> {
         let request = pb::GetTaskRequest {
             task_id: id.to_owned(),
+            namespace: self.namespace.clone(),
         };
         let response = self.results.clone().get_task(self.request(request)).await?;
         response
@@ -171,6 +186,7 @@ impl Client {
             let mut request = self.request(pb::WaitTaskRequest {
                 task_id: id.to_owned(),
                 timeout: Some(duration_to_proto(remaining)),
+                namespace: self.namespace.clone(),
             });
             // `grpc-timeout` is enforced by the server; the local timeout
             // guards against a server that never answers at all.
@@ -217,6 +233,7 @@ impl Client {
     pub async fn cancel(&self, id: &str) -> Result<bool> {
         let request = pb::CancelTaskRequest {
             task_id: id.to_owned(),
+            namespace: self.namespace.clone(),
         };
         let response = self
             .submission
@@ -234,6 +251,7 @@ impl Client {
     ) -> Result<impl Stream<Item = Result<pb::Task>> + Send + Unpin + 'static> {
         let request = pb::WatchTaskRequest {
             task_id: id.to_owned(),
+            namespace: self.namespace.clone(),
         };
         let updates = self
             .results

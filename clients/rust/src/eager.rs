@@ -99,6 +99,9 @@ impl EagerClient {
                 hard_time_limit: options.hard_time_limit,
                 created_at: None,
                 max_retries,
+                failures: task.failures,
+                trace_context: spec.trace_context.clone(),
+                namespace: String::new(),
             };
             let context = TaskContext::new(assignment, CancellationToken::new());
             let result = match self.handlers.get(&spec.name) {

@@ -130,6 +130,7 @@ mod tests {
                 traceback: "tb".into(),
                 retryable: false,
                 retry_after: None,
+                ..Default::default()
             }),
             ..Default::default()
         };

@@ -50,6 +50,7 @@ fn finished(id: &str) -> Result<pb::Task, Status> {
                 traceback: "tb".into(),
                 retryable: false,
                 retry_after: None,
+                ..Default::default()
             });
         }
         "expired" => reported.state = pb::TaskState::Expired as i32,

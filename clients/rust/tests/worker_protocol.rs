@@ -94,6 +94,7 @@ async fn cancel_drops_the_outcome_and_frees_the_slot() {
     session.send(ToWorker::CancelAssignment(pb::CancelAssignment {
         task_id: "t1".into(),
         reason: "revoked".into(),
+        ..Default::default()
     }));
     assert_eq!(
         session.expect_credits().await,

@@ -140,6 +140,9 @@ pub struct Target {
     /// Bearer token, when the server requires one.
     #[arg(long, env = "CONVEYOR_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Namespace to act in (default: `default`).
+    #[arg(long, default_value = "", env = "CONVEYOR_NAMESPACE")]
+    pub namespace: String,
 }
 
 impl Target {
@@ -307,10 +310,10 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let mut submission =
         pb::submission_service_client::SubmissionServiceClient::new(channel.clone());
     let response = submission
-        .submit_task(
-            args.target
-                .request(pb::SubmitTaskRequest { task: Some(spec) })?,
-        )
+        .submit_task(args.target.request(pb::SubmitTaskRequest {
+            task: Some(spec),
+            namespace: args.target.namespace.clone(),
+        })?)
         .await
         .map_err(status_error)?
         .into_inner();
@@ -335,6 +338,7 @@ async fn wait_on(
     let mut request = target.request(pb::WaitTaskRequest {
         task_id: id.to_string(),
         timeout: Some(pb_duration(timeout)),
+        namespace: target.namespace.clone(),
     })?;
     request.set_timeout(timeout + Duration::from_secs(5));
     let task = results
@@ -383,6 +387,7 @@ async fn get(id: &str, target: &Target) -> anyhow::Result<()> {
     let task = results
         .get_task(target.request(pb::GetTaskRequest {
             task_id: id.to_string(),
+            namespace: target.namespace.clone(),
         })?)
         .await
         .map_err(status_error)?
@@ -416,6 +421,7 @@ async fn cancel(id: &str, target: &Target) -> anyhow::Result<()> {
     let response = submission
         .cancel_task(target.request(pb::CancelTaskRequest {
             task_id: id.to_string(),
+            namespace: target.namespace.clone(),
         })?)
         .await
         .map_err(status_error)?
@@ -434,7 +440,7 @@ async fn workers(target: &Target) -> anyhow::Result<()> {
     let mut dispatch =
         pb::dispatch_service_client::DispatchServiceClient::new(channel(target).await?);
     let workers = dispatch
-        .list_workers(target.request(pb::ListWorkersRequest {})?)
+        .list_workers(target.request(pb::ListWorkersRequest::default())?)
         .await
         .map_err(status_error)?
         .into_inner()

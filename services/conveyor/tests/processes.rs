@@ -451,7 +451,9 @@ async fn schedules_declared_in_a_file_fire() {
             channel(&dev.addr).await,
         );
     let listed = scheduling
-        .list_schedules(conveyor_client::pb::ListSchedulesRequest {})
+        .list_schedules(conveyor_client::pb::ListSchedulesRequest {
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -468,6 +470,7 @@ async fn schedules_declared_in_a_file_fire() {
         let runs = scheduling
             .list_schedule_runs(conveyor_client::pb::ListScheduleRunsRequest {
                 id: "heartbeat".into(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -48,6 +48,10 @@ pub enum ConveyorError {
     /// The operation is valid but not in the current state.
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// A compare-and-set lost: the thing changed since the caller read it;
+    /// nothing changed now. Read it again and retry.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A wait ran out of time; nothing changed.
     #[error("deadline exceeded: {0}")]
     DeadlineExceeded(String),
@@ -111,6 +115,7 @@ impl From<ConveyorError> for Status {
             ConveyorError::NotFound { .. } => Status::not_found(message),
             ConveyorError::AlreadyExists { .. } => Status::already_exists(message),
             ConveyorError::FailedPrecondition(_) => Status::failed_precondition(message),
+            ConveyorError::Conflict(_) => Status::aborted(message),
             ConveyorError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             ConveyorError::Unavailable(_) => Status::unavailable(message),
             ConveyorError::Corrupt { .. } => Status::internal(message),
@@ -162,6 +167,7 @@ mod tests {
                 Code::Internal,
             ),
             (ConveyorError::ShuttingDown, Code::Unavailable),
+            (ConveyorError::Conflict("x".into()), Code::Aborted),
         ];
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);

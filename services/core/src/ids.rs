@@ -47,15 +47,6 @@ impl fmt::Display for TaskId {
     }
 }
 
-/// The partition for an idempotency key (FNV-1a), so that a retried submit
-/// lands where its first attempt did; stable across processes and versions.
-pub fn partition_for_key(key: &str, partitions: u16) -> u16 {
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % u64::from(partitions.max(1))) as u16
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,14 +60,6 @@ mod tests {
         let parsed = TaskId::parse(&first.to_string(), "task_id").unwrap();
         assert_eq!(parsed, first);
         assert_eq!(parsed.as_uuid().get_version_num(), 7);
-    }
-
-    #[test]
-    fn key_partitions_are_stable_and_in_range() {
-        assert_eq!(partition_for_key("order-42", 1), 0);
-        let partition = partition_for_key("order-42", 16);
-        assert!(partition < 16);
-        assert_eq!(partition_for_key("order-42", 16), partition);
     }
 
     #[test]

@@ -24,7 +24,19 @@ pub struct Limits {
     pub idempotency_window_ms: i64,
     /// Highest priority level.
     pub max_priority: u32,
+    /// Longest duration or distance into the future any option may name
+    /// (countdown, ETA, expiry, retry delays, time limits, result TTL), ms.
+    /// Bounded so that every instant the store computes stays exact in a
+    /// double and valid as a Redis expiry.
+    pub max_horizon_ms: i64,
 }
+
+/// Slowest rate limit: one start a day, in ms between starts.
+pub const MAX_RATE_INTERVAL_MS: f64 = 86_400_000.0;
+/// Fastest rate limit: a million starts a second, in ms between starts.
+pub const MIN_RATE_INTERVAL_MS: f64 = 0.001;
+/// Largest backoff factor.
+pub const MAX_BACKOFF_FACTOR: f64 = 1000.0;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -39,6 +51,7 @@ impl Default for Limits {
             default_result_ttl_ms: 24 * 3600 * 1000,
             idempotency_window_ms: 24 * 3600 * 1000,
             max_priority: 9,
+            max_horizon_ms: 10 * 366 * 24 * 3600 * 1000,
         }
     }
 }

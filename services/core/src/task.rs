@@ -43,6 +43,11 @@ pub struct StoredTask {
 }
 
 impl StoredTask {
+    /// Whether the task belongs to `namespace`.
+    pub fn in_namespace(&self, namespace: &crate::namespace::Namespace) -> bool {
+        crate::namespace::owns(namespace, &self.record.namespace)
+    }
+
     /// The public view of the task.
     pub fn to_pb(&self) -> pb::Task {
         let (result, error) = match self
@@ -80,8 +85,12 @@ impl StoredTask {
             worker_id: self.worker_id.clone(),
             result,
             error,
-            queue: self.queue.clone(),
+            queue: crate::namespace::split_queue(&self.queue).1.to_string(),
             progress: self.progress.clone(),
+            namespace: crate::namespace::Namespace::from_stored(&self.record.namespace)
+                .name()
+                .to_string(),
+            trace_context: self.record.trace_context.clone(),
         }
     }
 }

@@ -7,7 +7,8 @@ use crate::backoff::Backoff;
 use crate::defaults::TaskDefaults;
 use crate::error::{ConveyorError, Result};
 use crate::ids::TaskId;
-use crate::limits::Limits;
+use crate::limits::{Limits, MAX_BACKOFF_FACTOR, MAX_RATE_INTERVAL_MS, MIN_RATE_INTERVAL_MS};
+use crate::namespace::Namespace;
 use crate::time::{duration_ms, ms_from_timestamp};
 
 /// The queue used when a task names none.
@@ -41,6 +42,24 @@ pub struct NewTask {
 }
 
 impl NewTask {
+    /// Moves the task into `namespace`: its queue, idempotency key and limit
+    /// keys are scoped to it (see [`crate::namespace`]).
+    pub fn in_namespace(mut self, namespace: &Namespace) -> Self {
+        if namespace.is_default() {
+            return self;
+        }
+        self.queue = namespace.queue(&self.queue);
+        self.idempotency_key = self.idempotency_key.map(|key| namespace.key(&key));
+        self.rate_limit = self
+            .rate_limit
+            .map(|(bucket, interval)| (namespace.key(&bucket), interval));
+        self.concurrency = self
+            .concurrency
+            .map(|(key, limit)| (namespace.key(&key), limit));
+        self.record.namespace = namespace.stored().to_string();
+        self
+    }
+
     /// Whether it goes to the scheduled set rather than its queue.
     pub fn is_delayed(&self) -> bool {
         self.due_at_ms > self.record.created_at_ms
@@ -94,7 +113,14 @@ pub fn parse_rate(field: &str, text: &str) -> Result<f64> {
     if !(count.is_finite() && count > 0.0) {
         return Err(ConveyorError::invalid(field, "the rate must be positive"));
     }
-    Ok(per_ms / count)
+    let interval = per_ms / count;
+    if !(MIN_RATE_INTERVAL_MS..=MAX_RATE_INTERVAL_MS).contains(&interval) {
+        return Err(ConveyorError::invalid(
+            field,
+            format!("{text:?} is out of range: allowed are 1/d (\"0.0417/h\") to \"1000000/s\""),
+        ));
+    }
+    Ok(interval)
 }
 
 /// Checks one payload's size and, when declared JSON, that it parses.
@@ -189,11 +215,19 @@ pub fn validate_with_defaults(
             ),
         ));
     }
-    if spec.idempotency_key.len() > limits.max_name_len {
+    if spec.idempotency_key.len() > limits.max_name_len
+        || spec.idempotency_key.chars().any(char::is_control)
+    {
         return Err(ConveyorError::invalid(
             format!("{prefix}.idempotency_key"),
-            format!("must be at most {} bytes", limits.max_name_len),
+            format!(
+                "must be at most {} bytes, without control characters",
+                limits.max_name_len
+            ),
         ));
+    }
+    if let Some(context) = &spec.trace_context {
+        check_trace_context(&format!("{prefix}.trace_context"), context)?;
     }
     let mut options = spec.options.unwrap_or_default();
     defaults.apply(&spec.name, &mut options);
@@ -243,6 +277,10 @@ pub fn validate_with_defaults(
         options: Some(options),
         created_at_ms: now_ms,
         idempotency_key: spec.idempotency_key,
+        namespace: String::new(),
+        trace_context: spec
+            .trace_context
+            .filter(|context| !context.traceparent.is_empty()),
     };
     Ok(NewTask {
         id: TaskId::new(partition),
@@ -256,6 +294,38 @@ pub fn validate_with_defaults(
         rate_limit,
         concurrency,
     })
+}
+
+/// A W3C trace context: `traceparent` is version-traceid-parentid-flags in
+/// lowercase hex (or empty: no context); `tracestate` is bounded.
+fn check_trace_context(field: &str, context: &pb::TraceContext) -> Result<()> {
+    let parent = context.traceparent.as_str();
+    let hex = |part: &str, len: usize| {
+        part.len() == len
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let parts: Vec<&str> = parent.split('-').collect();
+    let well_formed = parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2);
+    if !parent.is_empty() && !well_formed {
+        return Err(ConveyorError::invalid(
+            format!("{field}.traceparent"),
+            "must be a W3C traceparent such as \"00-<32 hex>-<16 hex>-01\"",
+        ));
+    }
+    if context.tracestate.len() > 512 || context.tracestate.chars().any(char::is_control) {
+        return Err(ConveyorError::invalid(
+            format!("{field}.tracestate"),
+            "must be at most 512 printable bytes",
+        ));
+    }
+    Ok(())
 }
 
 /// Keys of rate and concurrency limits: printable, no spaces, bounded.
@@ -279,13 +349,53 @@ struct Timing {
     result_ttl_ms: i64,
 }
 
-fn non_negative(field: String, value: Option<&prost_types::Duration>) -> Result<Option<i64>> {
-    match value {
-        None => Ok(None),
-        Some(duration) => duration_ms(duration)
-            .map(Some)
-            .ok_or_else(|| ConveyorError::invalid(field, "must be a non-negative duration")),
+fn non_negative(
+    field: String,
+    value: Option<&prost_types::Duration>,
+    limits: &Limits,
+) -> Result<Option<i64>> {
+    let Some(duration) = value else {
+        return Ok(None);
+    };
+    let ms = duration_ms(duration)
+        .ok_or_else(|| ConveyorError::invalid(field.clone(), "must be a non-negative duration"))?;
+    if ms > limits.max_horizon_ms {
+        return Err(ConveyorError::invalid(
+            field,
+            format!(
+                "must be at most {} days",
+                limits.max_horizon_ms / 86_400_000
+            ),
+        ));
     }
+    Ok(Some(ms))
+}
+
+/// An instant from a timestamp, no further than the horizon from now.
+fn instant(
+    field: String,
+    value: &prost_types::Timestamp,
+    limits: &Limits,
+    now_ms: i64,
+) -> Result<i64> {
+    // Checked before converting, so that the conversion cannot overflow.
+    let in_range = value.seconds.unsigned_abs() < limits.max_horizon_ms.unsigned_abs()
+        && (0..1_000_000_000).contains(&value.nanos);
+    let ms = if in_range {
+        ms_from_timestamp(value)
+    } else {
+        i64::MAX
+    };
+    if ms > now_ms.saturating_add(limits.max_horizon_ms) {
+        return Err(ConveyorError::invalid(
+            field,
+            format!(
+                "must be a valid time at most {} days ahead",
+                limits.max_horizon_ms / 86_400_000
+            ),
+        ));
+    }
+    Ok(ms)
 }
 
 fn check_options(
@@ -308,7 +418,11 @@ fn check_options(
             format!("must be between 0 and {}", limits.max_priority),
         ));
     }
-    let countdown_ms = non_negative(format!("{prefix}.countdown"), options.countdown.as_ref())?;
+    let countdown_ms = non_negative(
+        format!("{prefix}.countdown"),
+        options.countdown.as_ref(),
+        limits,
+    )?;
     if countdown_ms.is_some() && options.eta.is_some() {
         return Err(ConveyorError::invalid(
             format!("{prefix}.eta"),
@@ -316,11 +430,14 @@ fn check_options(
         ));
     }
     let due_at_ms = match (&options.eta, countdown_ms) {
-        (Some(eta), _) => ms_from_timestamp(eta).max(now_ms),
+        (Some(eta), _) => instant(format!("{prefix}.eta"), eta, limits, now_ms)?.max(now_ms),
         (None, Some(countdown)) => now_ms.saturating_add(countdown),
         (None, None) => now_ms,
     };
-    let expires_at_ms = options.expires.as_ref().map(ms_from_timestamp).unwrap_or(0);
+    let expires_at_ms = match &options.expires {
+        Some(expires) => instant(format!("{prefix}.expires"), expires, limits, now_ms)?,
+        None => 0,
+    };
     if options.expires.is_some() && expires_at_ms <= due_at_ms {
         return Err(ConveyorError::invalid(
             format!("{prefix}.expires"),
@@ -336,24 +453,34 @@ fn check_options(
             ));
         }
         if retry.backoff_factor != 0.0
-            && !(retry.backoff_factor >= 1.0 && retry.backoff_factor.is_finite())
+            && !(1.0..=MAX_BACKOFF_FACTOR).contains(&retry.backoff_factor)
         {
             return Err(ConveyorError::invalid(
                 format!("{field}.backoff_factor"),
-                "must be at least 1.0",
+                format!("must be between 1.0 and {MAX_BACKOFF_FACTOR}"),
             ));
         }
-        non_negative(format!("{field}.backoff_base"), retry.backoff_base.as_ref())?;
-        non_negative(format!("{field}.backoff_max"), retry.backoff_max.as_ref())?;
+        non_negative(
+            format!("{field}.backoff_base"),
+            retry.backoff_base.as_ref(),
+            limits,
+        )?;
+        non_negative(
+            format!("{field}.backoff_max"),
+            retry.backoff_max.as_ref(),
+            limits,
+        )?;
         Backoff::from_pb(Some(retry));
     }
     non_negative(
         format!("{prefix}.soft_time_limit"),
         options.soft_time_limit.as_ref(),
+        limits,
     )?;
     non_negative(
         format!("{prefix}.hard_time_limit"),
         options.hard_time_limit.as_ref(),
+        limits,
     )?;
     if options.concurrency_limit > 0 && options.concurrency_key.is_empty() {
         return Err(ConveyorError::invalid(
@@ -367,9 +494,13 @@ fn check_options(
             format!("at most {} headers", limits.max_headers),
         ));
     }
-    let result_ttl_ms = non_negative(format!("{prefix}.result_ttl"), options.result_ttl.as_ref())?
-        .filter(|ttl| *ttl > 0)
-        .unwrap_or(limits.default_result_ttl_ms);
+    let result_ttl_ms = non_negative(
+        format!("{prefix}.result_ttl"),
+        options.result_ttl.as_ref(),
+        limits,
+    )?
+    .filter(|ttl| *ttl > 0)
+    .unwrap_or(limits.default_result_ttl_ms);
     Ok(Timing {
         due_at_ms,
         expires_at_ms,
@@ -401,6 +532,59 @@ mod tests {
             ConveyorError::InvalidArgument(violation) => violation.field,
             ConveyorError::ResourceExhausted { field, .. } => field,
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn extreme_numbers_are_refused_before_anything_is_stored() {
+        let limits = Limits::default();
+        for rate in ["1e-300/s", "1e300/s", "0.00001/h", "NaN/s", "inf/s"] {
+            assert!(parse_rate("r", rate).is_err(), "{rate} accepted");
+        }
+        assert!(parse_rate("r", "1000000/s").is_ok());
+        assert!(parse_rate("r", "1/h").is_ok());
+        let far = prost_types::Duration {
+            seconds: i64::MAX / 2,
+            nanos: 0,
+        };
+        let options = [
+            pb::TaskOptions {
+                countdown: Some(far),
+                ..Default::default()
+            },
+            pb::TaskOptions {
+                result_ttl: Some(far),
+                ..Default::default()
+            },
+            pb::TaskOptions {
+                eta: Some(prost_types::Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            pb::TaskOptions {
+                expires: Some(prost_types::Timestamp {
+                    seconds: i64::MIN,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            pb::TaskOptions {
+                retry: Some(pb::RetryPolicy {
+                    backoff_factor: 1e300,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ];
+        for options in options {
+            let mut task = spec("add");
+            task.options = Some(options.clone());
+            assert!(
+                validate_spec(task, "task", &limits, 1000, 0).is_err(),
+                "accepted {options:?}"
+            );
         }
     }
 

@@ -50,6 +50,11 @@ pub(crate) fn to_assignment(task: LeasedTask) -> (pb::Assignment, HeldLease) {
         hard_time_limit: options.hard_time_limit,
         created_at: Some(timestamp_from_ms(record.created_at_ms)),
         max_retries: backoff.max_retries,
+        failures: task.failures,
+        trace_context: record.trace_context,
+        namespace: conveyor_core::Namespace::from_stored(&record.namespace)
+            .name()
+            .to_string(),
     };
     (assignment, held)
 }
@@ -71,6 +76,7 @@ pub(crate) fn to_report(
             Outcome::Failed {
                 error: pb::TaskError {
                     r#type: "ResultTooLarge".into(),
+                    reason: pb::FailureReason::ResultTooLarge as i32,
                     message: format!(
                         "result is {} bytes, the limit is {}",
                         payload.data.len(),
@@ -112,6 +118,7 @@ pub(crate) fn time_limit_report(
 ) -> OutcomeReport {
     let error = pb::TaskError {
         r#type: "TimeLimitExceeded".into(),
+        reason: pb::FailureReason::HardTimeLimit as i32,
         message: "the hard time limit passed; the worker was told to abandon the task".into(),
         traceback: String::new(),
         retryable: true,

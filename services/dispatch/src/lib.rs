@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use conveyor_api::pb::{self, dispatch_service_server as server};
-use conveyor_core::Limits;
 use conveyor_core::validate::check_name;
+use conveyor_core::{Limits, Namespace};
 use conveyor_store::Store;
 
 pub use registry::Registry;
@@ -120,10 +120,37 @@ impl server::DispatchService for Dispatcher {
 
     async fn list_workers(
         &self,
-        _request: Request<pb::ListWorkersRequest>,
+        request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let size = match request.page_size {
+            0 => 1000,
+            size => size.min(1000) as usize,
+        };
+        // Ordered by (worker id, session id); the token is the last pair.
+        let mut workers: Vec<pb::WorkerInfo> = self
+            .registry
+            .snapshot()
+            .into_iter()
+            .filter(|worker| worker.namespace == namespace.name())
+            .filter(|worker| {
+                request.page_token.is_empty()
+                    || format!("{}\n{}", worker.worker_id, worker.session_id) > request.page_token
+            })
+            .collect();
+        let next_page_token = if workers.len() > size {
+            workers.truncate(size);
+            workers
+                .last()
+                .map(|last| format!("{}\n{}", last.worker_id, last.session_id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Response::new(pb::ListWorkersResponse {
-            workers: self.registry.snapshot(),
+            workers,
+            next_page_token,
         }))
     }
 
@@ -131,9 +158,13 @@ impl server::DispatchService for Dispatcher {
         &self,
         request: Request<pb::PauseQueueRequest>,
     ) -> Result<Response<pb::PauseQueueResponse>, Status> {
-        let queue = request.into_inner().queue;
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let queue = request.queue;
         check_name("queue", &queue, self.config.limits.max_queue_len, &[])?;
-        self.store.set_queue_paused(&queue, true).await?;
+        self.store
+            .set_queue_paused(&namespace.queue(&queue), true)
+            .await?;
         tracing::info!(%queue, "queue paused");
         Ok(Response::new(pb::PauseQueueResponse {}))
     }
@@ -142,9 +173,13 @@ impl server::DispatchService for Dispatcher {
         &self,
         request: Request<pb::ResumeQueueRequest>,
     ) -> Result<Response<pb::ResumeQueueResponse>, Status> {
-        let queue = request.into_inner().queue;
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let queue = request.queue;
         check_name("queue", &queue, self.config.limits.max_queue_len, &[])?;
-        self.store.set_queue_paused(&queue, false).await?;
+        self.store
+            .set_queue_paused(&namespace.queue(&queue), false)
+            .await?;
         tracing::info!(%queue, "queue resumed");
         Ok(Response::new(pb::ResumeQueueResponse {}))
     }

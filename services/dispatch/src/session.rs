@@ -16,7 +16,7 @@ use conveyor_api::pb::{
 };
 use conveyor_core::time::{now_ms, now_us, pb_duration, timestamp_from_ms};
 use conveyor_core::validate::{DEFAULT_QUEUE, check_name};
-use conveyor_core::{ConveyorError, TaskId};
+use conveyor_core::{ConveyorError, Namespace, TaskId};
 use conveyor_store::{
     LeaseRequest, OutcomeAck, ProgressReport, QueueKey, QueueWaiter, SessionEvents, StartReport,
     Store,
@@ -75,14 +75,14 @@ pub(crate) async fn run(
             return;
         }
     };
-    let hello = match validate_hello(hello) {
-        Ok(hello) => hello,
+    let (hello, namespace) = match validate_hello(hello) {
+        Ok(checked) => checked,
         Err(error) => {
             let _ = outbound.send(Err(error.into())).await;
             return;
         }
     };
-    let mut session = Session::new(context, hello, outbound);
+    let mut session = Session::new(context, hello, namespace, outbound);
     if session
         .send(Outbound::Welcome(session.welcome()))
         .await
@@ -95,7 +95,20 @@ pub(crate) async fn run(
     session.finish(end).await;
 }
 
-fn validate_hello(mut hello: pb::Hello) -> Result<pb::Hello, ConveyorError> {
+/// The worker protocol this dispatcher speaks (Hello.protocol_version).
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+fn validate_hello(mut hello: pb::Hello) -> Result<(pb::Hello, Namespace), ConveyorError> {
+    // 0: an SDK from before the field existed, which speaks version 1.
+    if hello.protocol_version > PROTOCOL_VERSION {
+        return Err(ConveyorError::FailedPrecondition(format!(
+            "hello.protocol_version {} is not supported: this dispatcher speaks version \
+             {PROTOCOL_VERSION}; upgrade the server or use an SDK release for protocol \
+             {PROTOCOL_VERSION}",
+            hello.protocol_version
+        )));
+    }
+    let namespace = Namespace::parse("hello.namespace", &hello.namespace)?;
     check_name("hello.worker_id", &hello.worker_id, 200, &[':', '/', '@'])?;
     if hello.queues.is_empty() {
         hello.queues.push(DEFAULT_QUEUE.to_string());
@@ -123,7 +136,7 @@ fn validate_hello(mut hello: pb::Hello) -> Result<pb::Hello, ConveyorError> {
             &[':', '/'],
         )?;
     }
-    Ok(hello)
+    Ok((hello, namespace))
 }
 
 struct Session {
@@ -157,16 +170,22 @@ struct Session {
 }
 
 impl Session {
-    fn new(context: SessionContext, hello: pb::Hello, outbound: Sender) -> Self {
+    fn new(
+        context: SessionContext,
+        hello: pb::Hello,
+        namespace: Namespace,
+        outbound: Sender,
+    ) -> Self {
         let id = uuid::Uuid::now_v7().to_string();
         let keys: Vec<QueueKey> = hello
             .queues
             .iter()
             .flat_map(|queue| {
+                let scoped = namespace.queue(queue);
                 hello
                     .task_names
                     .iter()
-                    .map(move |name| QueueKey::new(queue, name))
+                    .map(move |name| QueueKey::new(&scoped, name))
             })
             .collect();
         let ready = Arc::new(QueueWaiter::default());
@@ -187,6 +206,7 @@ impl Session {
             connected_at: Some(timestamp_from_ms(now)),
             last_seen_at: Some(timestamp_from_ms(now)),
             completed: 0,
+            namespace: namespace.name().to_string(),
         });
         Self {
             context,
@@ -215,6 +235,7 @@ impl Session {
             heartbeat_interval: Some(pb_duration(self.context.config.heartbeat_interval)),
             lease_ttl: Some(pb_duration(self.context.config.lease_ttl)),
             max_credits: self.context.config.max_credits,
+            protocol_version: PROTOCOL_VERSION,
         }
     }
 
@@ -258,7 +279,7 @@ impl Session {
                 },
                                 _ = std::future::ready(()), if self.has_pending() => self.flush().await,
                 _ = ticker.tick() => self.on_tick().await,
-                Some(id) = revocations.revoked() => self.revoke(id, "revoked").await,
+                Some(id) = revocations.revoked() => self.revoke(id, "revoked", pb::CancelReason::Revoked).await,
                 _ = sleep_until_deadline(hard_deadline), if hard_deadline.is_some() => self.enforce_time_limits().await,
                 _ = ready.notified(), if self.starved_since.is_some() && self.credits > 0 => {
                     self.starved_since = None;
@@ -525,7 +546,12 @@ impl Session {
     }
 
     /// The store already took the task from us (CancelTask): tell the worker.
-    async fn revoke(&mut self, id: TaskId, reason: &str) -> Result<(), End> {
+    async fn revoke(
+        &mut self,
+        id: TaskId,
+        reason: &str,
+        code: pb::CancelReason,
+    ) -> Result<(), End> {
         if self.leases.remove(&id).is_none() {
             return Ok(());
         }
@@ -535,6 +561,7 @@ impl Session {
         let cancel = pb::CancelAssignment {
             task_id: id.to_string(),
             reason: reason.to_string(),
+            reason_code: code as i32,
         };
         self.send(Outbound::CancelAssignment(cancel)).await
     }
@@ -568,7 +595,12 @@ impl Session {
             .await
             .map_err(|error| End::Fatal(error.into()))?;
         for id in expired {
-            self.revoke(id, "hard time limit exceeded").await?;
+            self.revoke(
+                id,
+                "hard time limit exceeded",
+                pb::CancelReason::HardTimeLimit,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -612,8 +644,9 @@ impl Session {
     /// knows them (reaped while we were cut off), tell the worker to stop.
     async fn renew(&mut self) -> Result<(), End> {
         self.last_renewal = Instant::now();
-        let deadline = now_ms() + self.context.config.lease_ttl.as_millis() as i64;
-        match self.context.store.heartbeat(&self.id, deadline).await {
+        let now = now_ms();
+        let deadline = now + self.context.config.lease_ttl.as_millis() as i64;
+        match self.context.store.heartbeat(&self.id, deadline, now).await {
             Ok(true) => Ok(()),
             Ok(false) => {
                 tracing::warn!(session = %self.id, leases = self.leases.len(), "leases were reaped; cancelling them on the worker");
@@ -622,6 +655,7 @@ impl Session {
                     let cancel = pb::CancelAssignment {
                         task_id: id.to_string(),
                         reason: "lease expired".into(),
+                        reason_code: pb::CancelReason::LeaseLost as i32,
                     };
                     self.send(Outbound::CancelAssignment(cancel)).await?;
                 }

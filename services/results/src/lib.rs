@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use conveyor_api::pb::{self, results_service_server as server};
 use conveyor_core::time::{duration_ms, now_ms};
-use conveyor_core::{ConveyorError, TaskId};
+use conveyor_core::{ConveyorError, Namespace, TaskId};
 use conveyor_store::{DeadLetterCursor, ForgetAck, Store, wait_terminal};
 
 /// Fully qualified service name, for health.
@@ -34,10 +34,12 @@ impl Results {
         server::ResultsServiceServer::new(self).max_encoding_message_size(64 * 1024 * 1024)
     }
 
-    async fn load(&self, id: TaskId) -> Result<pb::Task, ConveyorError> {
+    /// Task `id` if it exists in `namespace`: one of another namespace is
+    /// as invisible as a missing one.
+    async fn load(&self, namespace: &Namespace, id: TaskId) -> Result<pb::Task, ConveyorError> {
         match self.store.get(id, now_ms()).await? {
-            Some(task) => Ok(task.to_pb()),
-            None => Err(ConveyorError::task_not_found(id.to_string())),
+            Some(task) if task.in_namespace(namespace) => Ok(task.to_pb()),
+            _ => Err(ConveyorError::task_not_found(id.to_string())),
         }
     }
 }
@@ -64,9 +66,11 @@ impl server::ResultsService for Results {
         &self,
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
-        let id = TaskId::parse(&request.into_inner().task_id, "task_id")?;
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let id = TaskId::parse(&request.task_id, "task_id")?;
         Ok(Response::new(pb::GetTaskResponse {
-            task: Some(self.load(id).await?),
+            task: Some(self.load(&namespace, id).await?),
         }))
     }
 
@@ -76,6 +80,7 @@ impl server::ResultsService for Results {
     ) -> Result<Response<pb::WaitTaskResponse>, Status> {
         let caller_deadline = grpc_timeout(&request);
         let message = request.into_inner();
+        let namespace = Namespace::parse("namespace", &message.namespace)?;
         let id = TaskId::parse(&message.task_id, "task_id")?;
         let requested = match &message.timeout {
             Some(timeout) => Some(Duration::from_millis(
@@ -91,7 +96,7 @@ impl server::ResultsService for Results {
             .min()
             .unwrap_or(self.max_wait);
         let deadline = tokio::time::Instant::now() + wait;
-        let task = wait_terminal(self.store.as_ref(), id, deadline).await?;
+        let task = wait_terminal(self.store.as_ref(), &namespace, id, deadline).await?;
         Ok(Response::new(pb::WaitTaskResponse {
             task: Some(task.to_pb()),
         }))
@@ -103,12 +108,14 @@ impl server::ResultsService for Results {
         &self,
         request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
-        let id = TaskId::parse(&request.into_inner().task_id, "task_id")?;
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let id = TaskId::parse(&request.task_id, "task_id")?;
         // Subscribe before the first read so no change is missed in between.
         let mut events = self.store.events().subscribe_task(id);
         let first = match self.store.watch(id, now_ms()).await? {
-            Some(task) => task.to_pb(),
-            None => return Err(ConveyorError::task_not_found(id.to_string()).into()),
+            Some(task) if task.in_namespace(&namespace) => task.to_pb(),
+            _ => return Err(ConveyorError::task_not_found(id.to_string()).into()),
         };
         let (sender, receiver) = mpsc::channel(16);
         let store = self.store.clone();
@@ -178,7 +185,10 @@ impl server::ResultsService for Results {
         &self,
         request: Request<pb::ForgetTaskRequest>,
     ) -> Result<Response<pb::ForgetTaskResponse>, Status> {
-        let id = TaskId::parse(&request.into_inner().task_id, "task_id")?;
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let id = TaskId::parse(&request.task_id, "task_id")?;
+        self.load(&namespace, id).await?;
         match self.store.forget(id).await? {
             ForgetAck::Forgotten => Ok(Response::new(pb::ForgetTaskResponse {})),
             ForgetAck::NotFinished(state) => Err(ConveyorError::FailedPrecondition(format!(
@@ -207,9 +217,16 @@ impl server::ResultsService for Results {
         let cursor = DeadLetterCursor::from_token(&message.page_token).ok_or_else(|| {
             ConveyorError::invalid("page_token", "not a token from a previous response")
         })?;
+        let namespace = Namespace::parse("namespace", &message.namespace)?;
         let (tasks, next) = self.store.dead_letters(cursor, page_size as usize).await?;
+        // Filtered after the read: a page of another namespace's dead letters
+        // comes back short (possibly empty) with a next token.
         Ok(Response::new(pb::ListDeadLettersResponse {
-            tasks: tasks.iter().map(|task| task.to_pb()).collect(),
+            tasks: tasks
+                .iter()
+                .filter(|task| task.in_namespace(&namespace))
+                .map(|task| task.to_pb())
+                .collect(),
             next_page_token: next.map(DeadLetterCursor::to_token).unwrap_or_default(),
         }))
     }

@@ -17,9 +17,10 @@ use tonic::{Request, Response, Status};
 use conveyor_api::pb::{
     self, scheduling_service_server as server, submission_service_client::SubmissionServiceClient,
 };
+use conveyor_core::namespace::{Namespace, split_key};
 use conveyor_core::time::{ms_from_timestamp, now_ms, timestamp_from_ms};
 use conveyor_core::{ConveyorError, Limits};
-use conveyor_store::Store;
+use conveyor_store::{SchedulePut, Store};
 
 use schedules::{next_run_after, next_run_from, prepare, rule_of, run_spec};
 
@@ -116,18 +117,8 @@ impl Scheduler {
     pub async fn apply_declared(&self) {
         for schedule in self.declared.iter() {
             let result = async {
-                let existing = self.store.get_schedule(&schedule.id).await?;
-                let prepared =
-                    prepare(schedule.clone(), existing.as_ref(), &self.limits, now_ms())?;
-                if existing.is_some() {
-                    self.store
-                        .replace_schedule(prepared.schedule, prepared.next_ms)
-                        .await?;
-                } else {
-                    self.store
-                        .create_schedule(prepared.schedule, prepared.next_ms)
-                        .await?;
-                }
+                let namespace = Namespace::parse("schedule.namespace", &schedule.namespace)?;
+                self.put(&namespace, schedule.clone(), None, true).await?;
                 Ok::<_, ConveyorError>(())
             }
             .await;
@@ -204,9 +195,14 @@ impl Scheduler {
             let now = now_ms();
             match self.store.due_schedules(now, 100).await {
                 Ok(due) => {
-                    for schedule in due {
+                    for schedule in due.due {
                         if let Err(error) = self.fire(schedule.clone(), now).await {
-                            tracing::warn!(schedule = %schedule.id, %error, "firing a schedule failed; retrying");
+                            tracing::warn!(schedule = %schedule.id, %error, "firing a schedule failed; a replica retries it once its claim lapses");
+                        }
+                    }
+                    for (id, fire_ms) in due.unsettled {
+                        if let Err(error) = self.resettle(&id, fire_ms).await {
+                            tracing::warn!(schedule = %id, %error, "settling a claimed run failed; retrying");
                         }
                     }
                 }
@@ -219,7 +215,11 @@ impl Scheduler {
         }
     }
 
-    /// Fires one due run: submit (idempotently), then advance by CAS.
+    /// Fires one due run: claim it (compare-and-set on the schedule's
+    /// version, due on the store's clock, not paused), then submit it
+    /// (idempotently, keyed by the fire time), then settle the claim. A
+    /// replica that dies in between leaves the claim to be settled by another
+    /// one; a paused or updated schedule cannot be claimed any more.
     async fn fire(&self, schedule: pb::Schedule, now: i64) -> Result<(), ConveyorError> {
         let Some(fire_ms) = schedule.next_run_at.as_ref().map(ms_from_timestamp) else {
             return Ok(());
@@ -228,45 +228,190 @@ impl Scheduler {
         let missed = now - fire_ms > self.config.catch_up_grace.as_millis() as i64;
         let catch_up = pb::CatchUp::try_from(schedule.catch_up).unwrap_or(pb::CatchUp::Skip);
         let submit = !missed || catch_up == pb::CatchUp::RunOnce;
-        let mut run = None;
-        if submit {
-            let task_id = self
-                .submit(run_spec(&schedule, &fire_ms.to_string()))
-                .await?;
-            run = Some(pb::ScheduleRun {
-                fire_at: Some(timestamp_from_ms(fire_ms)),
-                task_id,
-                triggered: false,
-            });
-        } else {
-            tracing::info!(schedule = %schedule.id, late_ms = now - fire_ms, "skipping a missed run");
-        }
         let next_ms = next_run_after(&schedule, &rule, if missed { now } else { fire_ms });
-        let mut updated = schedule;
+        let mut updated = schedule.clone();
         updated.next_run_at = next_ms.map(timestamp_from_ms);
-        if run.is_some() {
+        if submit {
             updated.last_run_at = Some(timestamp_from_ms(fire_ms));
             updated.runs += 1;
         }
-        let counted = run.is_some();
+        // A skipped run leaves no claim to settle.
+        let claim_ttl_ms = if submit { CLAIM_TTL_MS } else { 0 };
+        let claimed = self
+            .store
+            .claim_schedule_run(
+                schedule.version,
+                fire_ms,
+                updated,
+                next_ms,
+                claim_ttl_ms,
+                now,
+            )
+            .await?;
+        if !claimed {
+            return Ok(());
+        }
+        if !submit {
+            tracing::info!(schedule = %schedule.id, late_ms = now - fire_ms, "skipping a missed run");
+            return Ok(());
+        }
+        self.submit_and_settle(&schedule, fire_ms).await
+    }
+
+    /// Submits the claimed run at `fire_ms` (a duplicate of an earlier
+    /// submit returns the same task) and records it.
+    async fn submit_and_settle(
+        &self,
+        schedule: &pb::Schedule,
+        fire_ms: i64,
+    ) -> Result<(), ConveyorError> {
+        let (namespace, _) = split_key(&schedule.id);
+        let task_id = self
+            .submit(&namespace, run_spec(schedule, &fire_ms.to_string()))
+            .await?;
+        let run = pb::ScheduleRun {
+            fire_at: Some(timestamp_from_ms(fire_ms)),
+            task_id,
+            triggered: false,
+        };
         if self
             .store
-            .advance_schedule(fire_ms, updated, next_ms, run)
+            .settle_schedule_run(&schedule.id, fire_ms, Some(run))
             .await?
-            && counted
         {
             self.counters.schedule_runs.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    async fn submit(&self, spec: pb::TaskSpec) -> Result<String, ConveyorError> {
+    /// Finishes a run claimed by a replica that did not settle it.
+    async fn resettle(&self, id: &str, fire_ms: i64) -> Result<(), ConveyorError> {
+        match self.store.get_schedule(id).await? {
+            Some(schedule) => self.submit_and_settle(&schedule, fire_ms).await,
+            None => {
+                self.store.settle_schedule_run(id, fire_ms, None).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Creates or replaces a schedule (from a request or the declared file),
+    /// compare-and-set on its version so that a concurrent run or change is
+    /// never overwritten; retried when a run moved it meanwhile, unless the
+    /// caller named the version it expects.
+    async fn put(
+        &self,
+        namespace: &Namespace,
+        schedule: pb::Schedule,
+        expected_version: Option<u64>,
+        create: bool,
+    ) -> Result<pb::Schedule, ConveyorError> {
+        let user_id = schedule.id.clone();
+        check_schedule_id(&user_id)?;
+        let store_id = namespace.key(&user_id);
+        for _ in 0..8 {
+            let existing = self.store.get_schedule(&store_id).await?;
+            let Some(existing) = existing else {
+                if !create {
+                    return Err(schedule_not_found(&user_id));
+                }
+                let mut prepared = prepare(schedule.clone(), None, &self.limits, now_ms())?;
+                prepared.schedule.id = store_id.clone();
+                let Some(version) = self
+                    .store
+                    .create_schedule(prepared.schedule.clone(), prepared.next_ms)
+                    .await?
+                else {
+                    continue; // created meanwhile: replace it
+                };
+                prepared.schedule.version = version;
+                return Ok(public(namespace, prepared.schedule));
+            };
+            let mut public_existing = public(namespace, existing.clone());
+            public_existing.id = user_id.clone();
+            let mut prepared = prepare(
+                schedule.clone(),
+                Some(&public_existing),
+                &self.limits,
+                now_ms(),
+            )?;
+            prepared.schedule.id = store_id.clone();
+            let expected = expected_version.unwrap_or(existing.version);
+            match self
+                .store
+                .replace_schedule(prepared.schedule.clone(), prepared.next_ms, Some(expected))
+                .await?
+            {
+                SchedulePut::Stored(version) => {
+                    prepared.schedule.version = version;
+                    return Ok(public(namespace, prepared.schedule));
+                }
+                SchedulePut::NotFound => return Err(schedule_not_found(&user_id)),
+                SchedulePut::Conflict if expected_version.is_some() => {
+                    return Err(conflict(&user_id, expected));
+                }
+                SchedulePut::Conflict => continue,
+            }
+        }
+        Err(ConveyorError::Unavailable(format!(
+            "schedule {user_id} kept changing while being written; retry"
+        )))
+    }
+
+    /// Pauses or resumes, compare-and-set like [`Self::put`].
+    async fn set_paused(
+        &self,
+        namespace: &Namespace,
+        id: &str,
+        paused: bool,
+        expected_version: Option<u64>,
+    ) -> Result<pb::Schedule, ConveyorError> {
+        let store_id = namespace.key(id);
+        for _ in 0..8 {
+            let mut schedule = self.load(&store_id).await?;
+            let expected = expected_version.unwrap_or(schedule.version);
+            schedule.paused = paused;
+            let next_ms = if paused {
+                None
+            } else {
+                next_run_from(&schedule, &rule_of(&schedule)?, now_ms())
+            };
+            schedule.next_run_at = next_ms.map(timestamp_from_ms);
+            match self
+                .store
+                .replace_schedule(schedule.clone(), next_ms, Some(expected))
+                .await?
+            {
+                SchedulePut::Stored(version) => {
+                    schedule.version = version;
+                    return Ok(public(namespace, schedule));
+                }
+                SchedulePut::NotFound => return Err(schedule_not_found(id)),
+                SchedulePut::Conflict if expected_version.is_some() => {
+                    return Err(conflict(id, expected));
+                }
+                SchedulePut::Conflict => continue,
+            }
+        }
+        Err(ConveyorError::Unavailable(format!(
+            "schedule {id} kept changing while being written; retry"
+        )))
+    }
+
+    async fn submit(
+        &self,
+        namespace: &Namespace,
+        spec: pb::TaskSpec,
+    ) -> Result<String, ConveyorError> {
         let Some(target) = &self.submission else {
             return Err(ConveyorError::Unavailable(
                 "no submission service configured for this scheduler (--submission-url)".into(),
             ));
         };
-        let mut request = Request::new(pb::SubmitTaskRequest { task: Some(spec) });
+        let mut request = Request::new(pb::SubmitTaskRequest {
+            task: Some(spec),
+            namespace: namespace.stored().to_string(),
+        });
         if let Some(token) = &target.token
             && let Ok(value) = format!("Bearer {token}").parse()
         {
@@ -287,19 +432,55 @@ impl Scheduler {
         server::SchedulingServiceServer::new(self)
     }
 
-    async fn load(&self, id: &str) -> Result<pb::Schedule, ConveyorError> {
+    /// A stored schedule by its store id (scoped).
+    async fn load(&self, store_id: &str) -> Result<pb::Schedule, ConveyorError> {
         self.store
-            .get_schedule(id)
+            .get_schedule(store_id)
             .await?
-            .ok_or_else(|| ConveyorError::NotFound {
-                kind: "schedule",
-                id: id.to_string(),
-            })
+            .ok_or_else(|| schedule_not_found(split_key(store_id).1))
     }
 }
 
+/// How long a replica has to submit and settle a run it claimed before
+/// another replica does it (the submit itself times out after 10 s).
+const CLAIM_TTL_MS: i64 = 30_000;
+
 fn required(schedule: Option<pb::Schedule>) -> Result<pb::Schedule, ConveyorError> {
     schedule.ok_or_else(|| ConveyorError::invalid("schedule", "is required"))
+}
+
+fn check_schedule_id(id: &str) -> Result<(), ConveyorError> {
+    conveyor_core::validate::check_name("schedule.id", id, 200, &[':', '/'])
+}
+
+fn schedule_not_found(id: &str) -> ConveyorError {
+    ConveyorError::NotFound {
+        kind: "schedule",
+        id: id.to_string(),
+    }
+}
+
+fn conflict(id: &str, expected: u64) -> ConveyorError {
+    ConveyorError::Conflict(format!(
+        "schedule {id} is no longer at version {expected}; get it again and retry"
+    ))
+}
+
+/// A stored schedule as its namespace's callers see it.
+fn public(namespace: &Namespace, mut schedule: pb::Schedule) -> pb::Schedule {
+    if let Some(id) = namespace.unscope_key(&schedule.id) {
+        schedule.id = id.to_string();
+    }
+    schedule.namespace = namespace.name().to_string();
+    schedule
+}
+
+/// Page bounds: 0 means 100; at most 1000.
+fn page_size(requested: u32) -> usize {
+    match requested {
+        0 => 100,
+        size => size.min(1000) as usize,
+    }
 }
 
 #[tonic::async_trait]
@@ -322,26 +503,25 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::CreateScheduleRequest>,
     ) -> Result<Response<pb::CreateScheduleResponse>, Status> {
-        let prepared = prepare(
-            required(request.into_inner().schedule)?,
-            None,
-            &self.limits,
-            now_ms(),
-        )?;
-        let id = prepared.schedule.id.clone();
-        if !self
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let mut prepared = prepare(required(request.schedule)?, None, &self.limits, now_ms())?;
+        let user_id = prepared.schedule.id.clone();
+        prepared.schedule.id = namespace.key(&user_id);
+        let Some(version) = self
             .store
             .create_schedule(prepared.schedule.clone(), prepared.next_ms)
             .await?
-        {
+        else {
             return Err(ConveyorError::AlreadyExists {
                 kind: "schedule",
-                id,
+                id: user_id,
             }
             .into());
-        }
+        };
+        prepared.schedule.version = version;
         Ok(Response::new(pb::CreateScheduleResponse {
-            schedule: Some(prepared.schedule),
+            schedule: Some(public(&namespace, prepared.schedule)),
         }))
     }
 
@@ -349,18 +529,43 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::GetScheduleRequest>,
     ) -> Result<Response<pb::GetScheduleResponse>, Status> {
-        let schedule = self.load(&request.into_inner().id).await?;
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let schedule = self.load(&namespace.key(&request.id)).await?;
         Ok(Response::new(pb::GetScheduleResponse {
-            schedule: Some(schedule),
+            schedule: Some(public(&namespace, schedule)),
         }))
     }
 
     async fn list_schedules(
         &self,
-        _request: Request<pb::ListSchedulesRequest>,
+        request: Request<pb::ListSchedulesRequest>,
     ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let size = page_size(request.page_size);
+        let mut schedules: Vec<pb::Schedule> = self
+            .store
+            .list_schedules()
+            .await?
+            .into_iter()
+            .filter(|schedule| namespace.unscope_key(&schedule.id).is_some())
+            .map(|schedule| public(&namespace, schedule))
+            .filter(|schedule| schedule.id.as_str() > request.page_token.as_str())
+            .collect();
+        schedules.sort_by(|left, right| left.id.cmp(&right.id));
+        let next_page_token = if schedules.len() > size {
+            schedules.truncate(size);
+            schedules
+                .last()
+                .map(|last| last.id.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Response::new(pb::ListSchedulesResponse {
-            schedules: self.store.list_schedules().await?,
+            schedules,
+            next_page_token,
         }))
     }
 
@@ -368,22 +573,14 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::UpdateScheduleRequest>,
     ) -> Result<Response<pb::UpdateScheduleResponse>, Status> {
-        let schedule = required(request.into_inner().schedule)?;
-        let existing = self.load(&schedule.id).await?;
-        let prepared = prepare(schedule, Some(&existing), &self.limits, now_ms())?;
-        if !self
-            .store
-            .replace_schedule(prepared.schedule.clone(), prepared.next_ms)
-            .await?
-        {
-            return Err(ConveyorError::NotFound {
-                kind: "schedule",
-                id: prepared.schedule.id,
-            }
-            .into());
-        }
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let expected = (request.expected_version > 0).then_some(request.expected_version);
+        let schedule = self
+            .put(&namespace, required(request.schedule)?, expected, false)
+            .await?;
         Ok(Response::new(pb::UpdateScheduleResponse {
-            schedule: Some(prepared.schedule),
+            schedule: Some(schedule),
         }))
     }
 
@@ -391,13 +588,14 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::DeleteScheduleRequest>,
     ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
-        let id = request.into_inner().id;
-        if !self.store.delete_schedule(&id).await? {
-            return Err(ConveyorError::NotFound {
-                kind: "schedule",
-                id,
-            }
-            .into());
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        if !self
+            .store
+            .delete_schedule(&namespace.key(&request.id))
+            .await?
+        {
+            return Err(schedule_not_found(&request.id).into());
         }
         Ok(Response::new(pb::DeleteScheduleResponse {}))
     }
@@ -406,10 +604,12 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::PauseScheduleRequest>,
     ) -> Result<Response<pb::PauseScheduleResponse>, Status> {
-        let mut schedule = self.load(&request.into_inner().id).await?;
-        schedule.paused = true;
-        schedule.next_run_at = None;
-        self.store.replace_schedule(schedule.clone(), None).await?;
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let expected = (request.expected_version > 0).then_some(request.expected_version);
+        let schedule = self
+            .set_paused(&namespace, &request.id, true, expected)
+            .await?;
         Ok(Response::new(pb::PauseScheduleResponse {
             schedule: Some(schedule),
         }))
@@ -419,12 +619,11 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::ResumeScheduleRequest>,
     ) -> Result<Response<pb::ResumeScheduleResponse>, Status> {
-        let mut schedule = self.load(&request.into_inner().id).await?;
-        schedule.paused = false;
-        let next_ms = next_run_from(&schedule, &rule_of(&schedule)?, now_ms());
-        schedule.next_run_at = next_ms.map(timestamp_from_ms);
-        self.store
-            .replace_schedule(schedule.clone(), next_ms)
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let expected = (request.expected_version > 0).then_some(request.expected_version);
+        let schedule = self
+            .set_paused(&namespace, &request.id, false, expected)
             .await?;
         Ok(Response::new(pb::ResumeScheduleResponse {
             schedule: Some(schedule),
@@ -435,10 +634,12 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::TriggerScheduleRequest>,
     ) -> Result<Response<pb::TriggerScheduleResponse>, Status> {
-        let schedule = self.load(&request.into_inner().id).await?;
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let schedule = self.load(&namespace.key(&request.id)).await?;
         let now = now_ms();
         let task_id = self
-            .submit(run_spec(&schedule, &format!("trigger:{now}")))
+            .submit(&namespace, run_spec(&schedule, &format!("trigger:{now}")))
             .await?;
         let run = pb::ScheduleRun {
             fire_at: Some(timestamp_from_ms(now)),
@@ -457,10 +658,28 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::ListScheduleRunsRequest>,
     ) -> Result<Response<pb::ListScheduleRunsResponse>, Status> {
-        let id = request.into_inner().id;
-        self.load(&id).await?;
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let store_id = namespace.key(&request.id);
+        self.load(&store_id).await?;
+        let offset: usize = if request.page_token.is_empty() {
+            0
+        } else {
+            request.page_token.parse().map_err(|_| {
+                ConveyorError::invalid("page_token", "is not a token this server issued")
+            })?
+        };
+        let size = page_size(request.page_size);
+        let runs = self.store.schedule_runs(&store_id).await?;
+        let end = (offset + size).min(runs.len());
+        let next_page_token = if end < runs.len() {
+            end.to_string()
+        } else {
+            String::new()
+        };
         Ok(Response::new(pb::ListScheduleRunsResponse {
-            runs: self.store.schedule_runs(&id).await?,
+            runs: runs.get(offset..end).unwrap_or_default().to_vec(),
+            next_page_token,
         }))
     }
 }

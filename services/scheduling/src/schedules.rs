@@ -116,7 +116,10 @@ pub(crate) fn prepare(
 /// racing replicas submit the same thing).
 pub(crate) fn run_spec(schedule: &pb::Schedule, run_key: &str) -> pb::TaskSpec {
     let mut spec = schedule.task.clone().unwrap_or_default();
-    spec.idempotency_key = format!("schedule:{}:{run_key}", schedule.id);
+    // The plain id: the run is submitted in the schedule's namespace, which
+    // scopes the key.
+    let id = conveyor_core::namespace::split_key(&schedule.id).1;
+    spec.idempotency_key = format!("schedule:{id}:{run_key}");
     let jitter_ms = schedule.jitter.as_ref().and_then(duration_ms).unwrap_or(0);
     if jitter_ms > 0 {
         let hash = spec

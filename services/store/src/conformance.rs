@@ -39,7 +39,10 @@ pub fn test_redis_config(url: &str) -> RedisConfig {
 /// Fresh Redis store with a unique prefix, or `None` when Redis tests are skipped.
 pub async fn redis_store() -> Option<Arc<dyn Store>> {
     let url = test_redis_url()?;
-    let store = RedisStore::connect(test_redis_config(&url))
+    // The cases drive virtual time (NOW + …): the store compares on it.
+    let mut config = test_redis_config(&url);
+    config.clock = crate::redis::StoreClock::Caller;
+    let store = RedisStore::connect(config)
         .await
         .expect("connect to test redis");
     Some(Arc::new(store))
@@ -58,7 +61,7 @@ macro_rules! conformance_suite {
                 retries_reschedule_with_backoff, expired_tasks_never_lease, started_marks_running_when_fenced,
                 notifications_reach_waiters, wait_times_out_without_changes, batch_lease_takes_many,
                 progress_is_fenced_and_visible, dead_letters_replay_and_forget, unstarted_tasks_expire_without_workers,
-                eta_an_hour_ahead_runs_once_when_due, higher_priorities_lease_first, schedules_advance_by_compare_and_set,
+                eta_an_hour_ahead_runs_once_when_due, higher_priorities_lease_first, schedules_claim_by_compare_and_set,
                 rate_limits_space_starts_and_park_without_loss, concurrency_permits_pass_to_waiters, paused_queues_hand_out_nothing);
         }
     };
@@ -144,7 +147,7 @@ pub async fn lease_complete_and_fencing(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let id = acks[0].id;
-    assert_eq!(acks[0].state, TaskState::Queued);
+    assert_eq!(acks[0].state, Some(TaskState::Queued));
     let leased = store
         .lease(lease_request("s1", &["add"], 10, NOW))
         .await
@@ -400,7 +403,7 @@ pub async fn cancel_queued_and_scheduled_only(store: Arc<dyn Store>) {
 
 /// Heartbeats move the deadline; past it the reaper requeues the leases.
 pub async fn heartbeats_extend_and_reaper_requeues(store: Arc<dyn Store>) {
-    assert!(!store.heartbeat("s1", NOW + 1000).await.unwrap());
+    assert!(!store.heartbeat("s1", NOW + 1000, NOW).await.unwrap());
     let id = store
         .enqueue(vec![plain(&store, "add")], NOW)
         .await
@@ -409,11 +412,11 @@ pub async fn heartbeats_extend_and_reaper_requeues(store: Arc<dyn Store>) {
     let mut request = lease_request("s1", &["add"], 1, NOW);
     request.lease_deadline_ms = NOW + 100;
     store.lease(request).await.unwrap();
-    assert!(store.heartbeat("s1", NOW + 1000).await.unwrap());
+    assert!(store.heartbeat("s1", NOW + 1000, NOW).await.unwrap());
     assert!(store.reap_expired(NOW + 500, 100).await.unwrap().is_empty());
     assert_eq!(store.reap_expired(NOW + 1500, 100).await.unwrap(), vec![id]);
     assert_eq!(state_of(&store, id).await, TaskState::Queued);
-    assert!(!store.heartbeat("s1", NOW + 3000).await.unwrap());
+    assert!(!store.heartbeat("s1", NOW + 3000, NOW).await.unwrap());
     let again = store
         .lease(lease_request("s2", &["add"], 1, NOW + 1600))
         .await
@@ -438,6 +441,7 @@ pub async fn retries_reschedule_with_backoff(store: Arc<dyn Store>) {
         traceback: "line 1".into(),
         retryable: true,
         retry_after: None,
+        reason: 0,
     };
     let retry = OutcomeReport {
         id,
@@ -574,9 +578,14 @@ pub async fn notifications_reach_waiters(store: Arc<dyn Store>) {
     .expect("task waiter woken by completion");
     assert_eq!(finished.state, TaskState::Succeeded);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    let done = crate::wait_terminal(store.as_ref(), id, deadline)
-        .await
-        .unwrap();
+    let done = crate::wait_terminal(
+        store.as_ref(),
+        &conveyor_core::Namespace::default(),
+        id,
+        deadline,
+    )
+    .await
+    .unwrap();
     assert_eq!(done.state, TaskState::Succeeded);
 }
 
@@ -589,9 +598,14 @@ pub async fn wait_times_out_without_changes(store: Arc<dyn Store>) {
         .id;
     let before = store.get(id, NOW).await.unwrap().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
-    let error = crate::wait_terminal(store.as_ref(), id, deadline)
-        .await
-        .unwrap_err();
+    let error = crate::wait_terminal(
+        store.as_ref(),
+        &conveyor_core::Namespace::default(),
+        id,
+        deadline,
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(error, ConveyorError::DeadlineExceeded(_)),
         "{error:?}"
@@ -601,8 +615,13 @@ pub async fn wait_times_out_without_changes(store: Arc<dyn Store>) {
         (before.state, before.attempt, before.updated_at_ms),
         (after.state, after.attempt, after.updated_at_ms)
     );
-    let missing =
-        crate::wait_terminal(store.as_ref(), conveyor_core::TaskId::new(0), deadline).await;
+    let missing = crate::wait_terminal(
+        store.as_ref(),
+        &conveyor_core::Namespace::default(),
+        conveyor_core::TaskId::new(0),
+        deadline,
+    )
+    .await;
     assert!(matches!(missing, Err(ConveyorError::NotFound { .. })));
 }
 
@@ -898,9 +917,10 @@ pub async fn higher_priorities_lease_first(store: Arc<dyn Store>) {
     assert_eq!(order, expected, "levels 9, 9, 5, 5, 0, 0, FIFO within each");
 }
 
-/// Schedules: create once, list, due, and an advance that only one of two
-/// racing replicas wins.
-pub async fn schedules_advance_by_compare_and_set(store: Arc<dyn Store>) {
+/// Schedules: create once, list, due; a run is claimed by one of two racing
+/// replicas, only when due, not paused and at the version read; a claim
+/// left unsettled comes back; updates are compare-and-set on the version.
+pub async fn schedules_claim_by_compare_and_set(store: Arc<dyn Store>) {
     let schedule = |id: &str| pb::Schedule {
         id: id.to_string(),
         task: Some(pb::TaskSpec {
@@ -909,23 +929,32 @@ pub async fn schedules_advance_by_compare_and_set(store: Arc<dyn Store>) {
         }),
         ..Default::default()
     };
-    assert!(
+    let due_ids = |due: &crate::DueSchedules| {
+        due.due
+            .iter()
+            .map(|s| s.id.clone())
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(
         store
             .create_schedule(schedule("b"), Some(NOW + 1000))
             .await
-            .unwrap()
+            .unwrap(),
+        Some(1)
     );
-    assert!(
+    assert_eq!(
         store
             .create_schedule(schedule("a"), Some(NOW + 5000))
             .await
-            .unwrap()
+            .unwrap(),
+        Some(1)
     );
-    assert!(
-        !store
+    assert_eq!(
+        store
             .create_schedule(schedule("a"), Some(NOW))
             .await
             .unwrap(),
+        None,
         "ids are unique"
     );
     let ids: Vec<String> = store
@@ -936,53 +965,117 @@ pub async fn schedules_advance_by_compare_and_set(store: Arc<dyn Store>) {
         .map(|s| s.id)
         .collect();
     assert_eq!(ids, vec!["a", "b"]);
-    assert!(store.due_schedules(NOW + 999, 10).await.unwrap().is_empty());
+    assert!(due_ids(&store.due_schedules(NOW + 999, 10).await.unwrap()).is_empty());
     let due = store.due_schedules(NOW + 1000, 10).await.unwrap();
-    assert_eq!(
-        due.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-        vec!["b"]
-    );
-    let run = pb::ScheduleRun {
-        fire_at: Some(conveyor_core::time::timestamp_from_ms(NOW + 1000)),
-        task_id: "t1".into(),
-        triggered: false,
-    };
+    assert_eq!(due_ids(&due), vec!["b"]);
+    assert_eq!(due.due[0].version, 1);
     let mut advanced = schedule("b");
     advanced.runs = 1;
-    let first = store.advance_schedule(
-        NOW + 1000,
-        advanced.clone(),
-        Some(NOW + 2000),
-        Some(run.clone()),
+    // Not due yet on the store's clock: no claim, however the caller asks.
+    assert!(
+        !store
+            .claim_schedule_run(
+                1,
+                NOW + 1000,
+                advanced.clone(),
+                Some(NOW + 2000),
+                5000,
+                NOW + 999
+            )
+            .await
+            .unwrap(),
+        "a run is never claimed before its time"
     );
-    let second = store.advance_schedule(
+    let first = store.claim_schedule_run(
+        1,
         NOW + 1000,
         advanced.clone(),
         Some(NOW + 2000),
-        Some(run.clone()),
+        5000,
+        NOW + 1000,
+    );
+    let second = store.claim_schedule_run(
+        1,
+        NOW + 1000,
+        advanced.clone(),
+        Some(NOW + 2000),
+        5000,
+        NOW + 1000,
     );
     assert!(first.await.unwrap());
     assert!(!second.await.unwrap(), "the slower replica loses");
-    assert_eq!(store.schedule_runs("b").await.unwrap(), vec![run]);
-    assert_eq!(store.get_schedule("b").await.unwrap().unwrap().runs, 1);
+    // The winner's claim lapses unsettled: it comes back after its deadline.
     assert!(
         store
             .due_schedules(NOW + 1500, 10)
             .await
             .unwrap()
+            .unsettled
             .is_empty()
     );
-    // Paused: no next run, never due.
-    assert!(store.replace_schedule(schedule("b"), None).await.unwrap());
+    let lapsed = store.due_schedules(NOW + 6000, 10).await.unwrap();
+    assert_eq!(lapsed.unsettled, vec![("b".to_string(), NOW + 1000)]);
+    let run = pb::ScheduleRun {
+        fire_at: Some(conveyor_core::time::timestamp_from_ms(NOW + 1000)),
+        task_id: "t1".into(),
+        triggered: false,
+    };
     assert!(
         store
-            .due_schedules(NOW + 100_000, 10)
+            .settle_schedule_run("b", NOW + 1000, Some(run.clone()))
             .await
             .unwrap()
-            .iter()
-            .all(|s| s.id != "b")
     );
-    assert!(!store.replace_schedule(schedule("zz"), None).await.unwrap());
+    assert!(
+        !store
+            .settle_schedule_run("b", NOW + 1000, Some(run.clone()))
+            .await
+            .unwrap(),
+        "a run is recorded once"
+    );
+    assert_eq!(store.schedule_runs("b").await.unwrap(), vec![run]);
+    let stored = store.get_schedule("b").await.unwrap().unwrap();
+    assert_eq!((stored.runs, stored.version), (1, 2));
+    // Compare-and-set on the version: a stale writer changes nothing.
+    assert_eq!(
+        store
+            .replace_schedule(schedule("b"), None, Some(1))
+            .await
+            .unwrap(),
+        crate::SchedulePut::Conflict
+    );
+    // Paused (no next run): never due, never claimed.
+    assert_eq!(
+        store
+            .replace_schedule(schedule("b"), None, Some(2))
+            .await
+            .unwrap(),
+        crate::SchedulePut::Stored(3)
+    );
+    assert!(
+        !due_ids(&store.due_schedules(NOW + 100_000, 10).await.unwrap()).contains(&"b".to_string())
+    );
+    assert!(
+        !store
+            .claim_schedule_run(
+                3,
+                NOW + 2000,
+                advanced.clone(),
+                Some(NOW + 3000),
+                5000,
+                NOW + 100_000
+            )
+            .await
+            .unwrap(),
+        "a paused schedule never fires"
+    );
+    assert_eq!(
+        store
+            .replace_schedule(schedule("zz"), None, None)
+            .await
+            .unwrap(),
+        crate::SchedulePut::NotFound
+    );
     assert!(store.delete_schedule("b").await.unwrap());
     assert!(!store.delete_schedule("b").await.unwrap());
     assert!(store.get_schedule("b").await.unwrap().is_none());

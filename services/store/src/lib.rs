@@ -14,16 +14,29 @@ use conveyor_core::{NewTask, Result, StoredTask, TaskId};
 
 pub use events::{EventHub, QueueWaiter, SessionEvents, TaskChange, TaskEvents};
 pub use memory::MemoryStore;
-pub use redis::{RedisConfig, RedisStore};
+pub use redis::{RedisConfig, RedisStore, StoreClock};
 pub use types::*;
 pub use wait::wait_terminal;
 
-/// The task lifecycle. Every method is one atomic transition in the backend;
-/// `now_ms` comes from the caller so that tests control time.
+/// The task lifecycle. Every method is one atomic transition in the backend.
+///
+/// Instants (`now_ms`, deadlines, due times) are in the caller's clock, so
+/// that tests control time. A store shared by several processes compares
+/// them on its own clock instead (Redis: `TIME`): it turns each instant into
+/// an offset from the caller's `now` and applies it to the store's, so a
+/// replica whose clock is off can neither reap live leases nor break rates.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Number of partitions; task ids choose one with [`TaskId::new`].
     fn partitions(&self) -> u16;
+
+    /// Places tasks that will be stored together in one `enqueue` call (a
+    /// `SubmitTasks` batch: one partition, so the call is all-or-nothing),
+    /// giving each an id that names its partition. The store decides: see
+    /// [`conveyor_core::placement`].
+    fn place(&self, tasks: &mut [NewTask]) {
+        conveyor_core::placement::place(tasks, self.partitions());
+    }
 
     /// Change notifications for waiters (tasks) and dispatchers (queues).
     fn events(&self) -> &EventHub;
@@ -52,7 +65,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Extends every lease of the session. `false`: the session holds no
     /// registered leases (never leased, or reaped).
-    async fn heartbeat(&self, session_id: &str, deadline_ms: i64) -> Result<bool>;
+    async fn heartbeat(&self, session_id: &str, deadline_ms: i64, now_ms: i64) -> Result<bool>;
 
     /// Records outcomes, fenced by lease token and session. `now_us` is in
     /// microseconds: the finish time is kept that precisely.
@@ -90,32 +103,59 @@ pub trait Store: Send + Sync + 'static {
     /// Pauses (or resumes) handing out a queue's tasks, on every replica.
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()>;
 
-    /// Stores a new schedule firing next at `next_ms`; `false` if the id exists.
-    async fn create_schedule(&self, schedule: pb::Schedule, next_ms: Option<i64>) -> Result<bool>;
+    /// Stores a new schedule firing next at `next_ms`; its version (1), or
+    /// `None` if the id exists.
+    async fn create_schedule(
+        &self,
+        schedule: pb::Schedule,
+        next_ms: Option<i64>,
+    ) -> Result<Option<u64>>;
 
-    /// Replaces a schedule; `false` if there is no such id.
-    async fn replace_schedule(&self, schedule: pb::Schedule, next_ms: Option<i64>) -> Result<bool>;
+    /// Replaces a schedule, when its version is `expected_version` (any
+    /// version when `None`): compare-and-set, so concurrent updates, pauses
+    /// and runs never overwrite each other.
+    async fn replace_schedule(
+        &self,
+        schedule: pb::Schedule,
+        next_ms: Option<i64>,
+        expected_version: Option<u64>,
+    ) -> Result<SchedulePut>;
 
-    /// A schedule by id.
+    /// A schedule by id, with its version.
     async fn get_schedule(&self, id: &str) -> Result<Option<pb::Schedule>>;
 
-    /// Every schedule, by id.
+    /// Every schedule, by id, with versions.
     async fn list_schedules(&self) -> Result<Vec<pb::Schedule>>;
 
     /// Deletes a schedule and its runs; `false` if there is no such id.
     async fn delete_schedule(&self, id: &str) -> Result<bool>;
 
-    /// Unpaused schedules whose next run is at or before `now_ms`.
-    async fn due_schedules(&self, now_ms: i64, limit: usize) -> Result<Vec<pb::Schedule>>;
+    /// Unpaused schedules whose next run is due on the store's clock, and
+    /// claimed runs left unsettled past their deadline.
+    async fn due_schedules(&self, now_ms: i64, limit: usize) -> Result<DueSchedules>;
 
-    /// Compare-and-set: when the schedule's next run is still `expected_ms`,
-    /// stores `updated` (next run `next_ms`) and records `run`. `false` when
-    /// another replica advanced it first, or it changed meanwhile.
-    async fn advance_schedule(
+    /// Claims the run at `fire_ms` before submitting it: compare-and-set on
+    /// the schedule's version, and only when `fire_ms` is still its next run,
+    /// it is not paused, and the run is due on the store's clock. Stores
+    /// `updated` (next run `next_ms`) and a pending claim that must be
+    /// settled within `claim_ttl_ms`. `false`: another replica claimed it,
+    /// the schedule changed, or the run is not due.
+    async fn claim_schedule_run(
         &self,
-        expected_ms: i64,
+        expected_version: u64,
+        fire_ms: i64,
         updated: pb::Schedule,
         next_ms: Option<i64>,
+        claim_ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool>;
+
+    /// Settles a claimed run: records `run` in the history (a skipped run
+    /// records nothing) and drops the claim. `false` when already settled.
+    async fn settle_schedule_run(
+        &self,
+        id: &str,
+        fire_ms: i64,
         run: Option<pb::ScheduleRun>,
     ) -> Result<bool>;
 

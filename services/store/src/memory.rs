@@ -37,6 +37,8 @@ struct Inner {
     expiring: BTreeSet<(i64, TaskId)>,
     /// Schedules by id, with their next run (absent: paused or finished).
     schedules: std::collections::BTreeMap<String, (conveyor_api::pb::Schedule, Option<i64>)>,
+    /// Claimed, unsettled schedule runs: (id, fire ms) → settle deadline.
+    schedule_claims: std::collections::BTreeMap<(String, i64), i64>,
     /// Recent runs per schedule, newest first.
     schedule_runs: HashMap<String, VecDeque<conveyor_api::pb::ScheduleRun>>,
     /// Rate limit buckets: theoretical arrival time (GCRA), ms.
@@ -233,7 +235,12 @@ impl Inner {
                 break;
             }
             self.purge.pop_first();
-            self.tasks.remove(&id);
+            // A dead letter goes with its task.
+            if let Some(entry) = self.tasks.remove(&id)
+                && entry.task.state == TaskState::Failed
+            {
+                self.dead.retain(|(_, dead)| *dead != id);
+            }
         }
         self.idempotency
             .retain(|_, (_, forget_at)| *forget_at > now_ms);
@@ -260,11 +267,7 @@ impl Store for MemoryStore {
                     if let Some((existing, forget_at)) = inner.idempotency.get(key).copied()
                         && forget_at > now_ms
                     {
-                        let state = inner
-                            .tasks
-                            .get(&existing)
-                            .map(|entry| entry.task.state)
-                            .unwrap_or(TaskState::Succeeded);
+                        let state = inner.tasks.get(&existing).map(|entry| entry.task.state);
                         acks.push(EnqueueAck {
                             id: existing,
                             state,
@@ -332,7 +335,7 @@ impl Store for MemoryStore {
                 );
                 acks.push(EnqueueAck {
                     id,
-                    state,
+                    state: Some(state),
                     duplicate: false,
                 });
             }
@@ -461,7 +464,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn heartbeat(&self, session_id: &str, deadline_ms: i64) -> Result<bool> {
+    async fn heartbeat(&self, session_id: &str, deadline_ms: i64, _now_ms: i64) -> Result<bool> {
         let mut inner = self.lock();
         Ok(match inner.sessions.get_mut(session_id) {
             Some(session) => {
@@ -727,26 +730,39 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn create_schedule(&self, schedule: pb::Schedule, next_ms: Option<i64>) -> Result<bool> {
+    async fn create_schedule(
+        &self,
+        mut schedule: pb::Schedule,
+        next_ms: Option<i64>,
+    ) -> Result<Option<u64>> {
         let mut inner = self.lock();
         if inner.schedules.contains_key(&schedule.id) {
-            return Ok(false);
+            return Ok(None);
         }
+        schedule.version = 1;
         inner
             .schedules
             .insert(schedule.id.clone(), (schedule, next_ms));
-        Ok(true)
+        Ok(Some(1))
     }
 
-    async fn replace_schedule(&self, schedule: pb::Schedule, next_ms: Option<i64>) -> Result<bool> {
+    async fn replace_schedule(
+        &self,
+        mut schedule: pb::Schedule,
+        next_ms: Option<i64>,
+        expected_version: Option<u64>,
+    ) -> Result<SchedulePut> {
         let mut inner = self.lock();
-        match inner.schedules.get_mut(&schedule.id) {
-            Some(entry) => {
-                *entry = (schedule, next_ms);
-                Ok(true)
-            }
-            None => Ok(false),
+        let Some(entry) = inner.schedules.get_mut(&schedule.id) else {
+            return Ok(SchedulePut::NotFound);
+        };
+        let version = entry.0.version;
+        if expected_version.is_some_and(|expected| expected != version) {
+            return Ok(SchedulePut::Conflict);
         }
+        schedule.version = version + 1;
+        *entry = (schedule, next_ms);
+        Ok(SchedulePut::Stored(version + 1))
     }
 
     async fn get_schedule(&self, id: &str) -> Result<Option<pb::Schedule>> {
@@ -769,35 +785,77 @@ impl Store for MemoryStore {
     async fn delete_schedule(&self, id: &str) -> Result<bool> {
         let mut inner = self.lock();
         inner.schedule_runs.remove(id);
+        inner
+            .schedule_claims
+            .retain(|(claimed, _), _| claimed != id);
         Ok(inner.schedules.remove(id).is_some())
     }
 
-    async fn due_schedules(&self, now_ms: i64, limit: usize) -> Result<Vec<pb::Schedule>> {
+    async fn due_schedules(&self, now_ms: i64, limit: usize) -> Result<DueSchedules> {
         let inner = self.lock();
-        Ok(inner
-            .schedules
-            .values()
-            .filter(|(_, next)| next.is_some_and(|next| next <= now_ms))
-            .take(limit)
-            .map(|(schedule, _)| schedule.clone())
-            .collect())
+        Ok(DueSchedules {
+            due: inner
+                .schedules
+                .values()
+                .filter(|(_, next)| next.is_some_and(|next| next <= now_ms))
+                .take(limit)
+                .map(|(schedule, _)| schedule.clone())
+                .collect(),
+            unsettled: inner
+                .schedule_claims
+                .iter()
+                .filter(|(_, deadline)| **deadline <= now_ms)
+                .take(limit)
+                .map(|(claim, _)| claim.clone())
+                .collect(),
+        })
     }
 
-    async fn advance_schedule(
+    async fn claim_schedule_run(
         &self,
-        expected_ms: i64,
-        updated: pb::Schedule,
+        expected_version: u64,
+        fire_ms: i64,
+        mut updated: pb::Schedule,
         next_ms: Option<i64>,
-        run: Option<pb::ScheduleRun>,
+        claim_ttl_ms: i64,
+        now_ms: i64,
     ) -> Result<bool> {
         let mut inner = self.lock();
         let id = updated.id.clone();
-        match inner.schedules.get_mut(&id) {
-            Some(entry) if entry.1 == Some(expected_ms) => *entry = (updated, next_ms),
-            _ => return Ok(false),
+        let Some(entry) = inner.schedules.get_mut(&id) else {
+            return Ok(false);
+        };
+        if entry.0.version != expected_version || entry.1 != Some(fire_ms) || fire_ms > now_ms {
+            return Ok(false);
         }
-        if let Some(run) = run {
-            let runs = inner.schedule_runs.entry(id).or_default();
+        updated.version = expected_version + 1;
+        *entry = (updated, next_ms);
+        if claim_ttl_ms > 0 {
+            inner
+                .schedule_claims
+                .insert((id, fire_ms), now_ms + claim_ttl_ms);
+        }
+        Ok(true)
+    }
+
+    async fn settle_schedule_run(
+        &self,
+        id: &str,
+        fire_ms: i64,
+        run: Option<pb::ScheduleRun>,
+    ) -> Result<bool> {
+        let mut inner = self.lock();
+        if inner
+            .schedule_claims
+            .remove(&(id.to_string(), fire_ms))
+            .is_none()
+        {
+            return Ok(false);
+        }
+        if let Some(run) = run
+            && inner.schedules.contains_key(id)
+        {
+            let runs = inner.schedule_runs.entry(id.to_string()).or_default();
             runs.push_front(run);
             runs.truncate(100);
         }

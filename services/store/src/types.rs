@@ -52,8 +52,9 @@ pub const PRIORITIES_HIGH_FIRST: [u32; 10] = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0];
 pub struct EnqueueAck {
     /// The new task's id, or the earlier task's for a known idempotency key.
     pub id: TaskId,
-    /// Its state now.
-    pub state: TaskState,
+    /// Its state now; `None` for a duplicate whose first task's record is
+    /// gone (forgotten, or its result TTL passed).
+    pub state: Option<TaskState>,
     /// Whether an earlier task was returned.
     pub duplicate: bool,
 }
@@ -233,4 +234,25 @@ impl DeadLetterCursor {
             offset: offset.parse().ok()?,
         })
     }
+}
+
+/// What `replace_schedule` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulePut {
+    /// Stored; the schedule's new version.
+    Stored(u64),
+    /// No schedule with that id.
+    NotFound,
+    /// The schedule's version is not the one expected; nothing changed.
+    Conflict,
+}
+
+/// Schedules to fire, as `due_schedules` finds them.
+#[derive(Debug, Clone, Default)]
+pub struct DueSchedules {
+    /// Unpaused schedules whose next run is due, each with its `version`.
+    pub due: Vec<pb::Schedule>,
+    /// Claimed runs (schedule id, fire ms) whose replica did not settle them
+    /// in time: submit them again (idempotently) and settle them.
+    pub unsettled: Vec<(String, i64)>,
 }

@@ -2,15 +2,13 @@
 //! only after the store has it; invalid input changes nothing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use tonic::{Request, Response, Status};
 
 use conveyor_api::pb::{self, submission_service_server as server};
-use conveyor_core::ids::partition_for_key;
 use conveyor_core::time::now_ms;
 use conveyor_core::validate::validate_with_defaults;
-use conveyor_core::{ConveyorError, Limits, NewTask, TaskDefaults, TaskId, TaskState};
+use conveyor_core::{ConveyorError, Limits, Namespace, NewTask, TaskDefaults, TaskId, TaskState};
 use conveyor_store::{CancelAck, EnqueueAck, ReplayAck, Store};
 
 mod group;
@@ -25,8 +23,6 @@ pub struct Submission {
     limits: Limits,
     /// Options per task name.
     defaults: TaskDefaults,
-    /// Spreads tasks without idempotency keys over partitions.
-    rotor: AtomicU32,
     /// Batches concurrent single submissions into shared store calls.
     group: GroupCommit,
 }
@@ -40,7 +36,6 @@ impl Submission {
             store,
             limits,
             defaults,
-            rotor: AtomicU32::new(0),
         }
     }
 
@@ -51,30 +46,19 @@ impl Submission {
             .max_decoding_message_size(max_message.max(64 * 1024 * 1024))
     }
 
-    /// Places a validated task: tasks sharing a concurrency key, else a rate
-    /// bucket, else an idempotency key, land in one partition (one hash slot),
-    /// so the store can enforce the limit or the key atomically; the rest
-    /// are spread over partitions in turn.
-    fn place(&self, mut task: NewTask) -> NewTask {
-        let partitions = self.store.partitions();
-        if partitions <= 1 {
-            return task;
+    /// NOT_FOUND unless task `id` exists in `namespace` (a task of another
+    /// namespace is as invisible as a missing one).
+    async fn check_owner(&self, namespace: &str, id: TaskId) -> Result<(), ConveyorError> {
+        let namespace = Namespace::parse("namespace", namespace)?;
+        match self.store.get(id, now_ms()).await? {
+            Some(task) if task.in_namespace(&namespace) => Ok(()),
+            _ => Err(ConveyorError::task_not_found(id.to_string())),
         }
-        let key = task
-            .concurrency
-            .as_ref()
-            .map(|(key, _)| format!("c:{key}"))
-            .or_else(|| {
-                task.rate_limit
-                    .as_ref()
-                    .map(|(bucket, _)| format!("r:{bucket}"))
-            })
-            .or_else(|| task.idempotency_key.clone());
-        let partition = match key {
-            Some(key) => partition_for_key(&key, partitions),
-            None => (self.rotor.fetch_add(1, Ordering::Relaxed) % u32::from(partitions)) as u16,
-        };
-        task.id = TaskId::new(partition);
+    }
+
+    /// Places one task (the store decides its partition).
+    fn place(&self, mut task: NewTask) -> NewTask {
+        self.store.place(std::slice::from_mut(&mut task));
         task
     }
 }
@@ -83,7 +67,9 @@ fn to_response(ack: EnqueueAck) -> pb::SubmitTaskResponse {
     pb::SubmitTaskResponse {
         task_id: ack.id.to_string(),
         duplicate: ack.duplicate,
-        state: ack.state.to_pb() as i32,
+        state: ack
+            .state
+            .map_or(pb::TaskState::Unspecified, TaskState::to_pb) as i32,
     }
 }
 
@@ -93,19 +79,16 @@ impl server::SubmissionService for Submission {
         &self,
         request: Request<pb::SubmitTaskRequest>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
         let spec = request
-            .into_inner()
             .task
             .ok_or_else(|| ConveyorError::invalid("task", "is required"))?;
         let now = now_ms();
-        let task = self.place(validate_with_defaults(
-            spec,
-            "task",
-            &self.limits,
-            &self.defaults,
-            now,
-            0,
-        )?);
+        let task = self.place(
+            validate_with_defaults(spec, "task", &self.limits, &self.defaults, now, 0)?
+                .in_namespace(&namespace),
+        );
         let ack = self.group.enqueue(task, now).await?;
         Ok(Response::new(to_response(ack)))
     }
@@ -114,7 +97,9 @@ impl server::SubmissionService for Submission {
         &self,
         request: Request<pb::SubmitTasksRequest>,
     ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
-        let specs = request.into_inner().tasks;
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let specs = request.tasks;
         if specs.is_empty() {
             return Err(ConveyorError::invalid("tasks", "must not be empty").into());
         }
@@ -127,15 +112,18 @@ impl server::SubmissionService for Submission {
             return Err(ConveyorError::exhausted("tasks", description).into());
         }
         let now = now_ms();
-        let tasks = specs
+        let mut tasks = specs
             .into_iter()
             .enumerate()
             .map(|(index, spec)| {
                 let prefix = format!("tasks[{index}]");
                 validate_with_defaults(spec, &prefix, &self.limits, &self.defaults, now, 0)
-                    .map(|task| self.place(task))
+                    .map(|task| task.in_namespace(&namespace))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // One partition for the whole batch: one atomic store call, so a
+        // failure stores nothing and a success stored everything.
+        self.store.place(&mut tasks);
         let acks = self.store.enqueue(tasks, now).await?;
         Ok(Response::new(pb::SubmitTasksResponse {
             results: acks.into_iter().map(to_response).collect(),
@@ -146,7 +134,9 @@ impl server::SubmissionService for Submission {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
-        let id = TaskId::parse(&request.into_inner().task_id, "task_id")?;
+        let request = request.into_inner();
+        let id = TaskId::parse(&request.task_id, "task_id")?;
+        self.check_owner(&request.namespace, id).await?;
         let (cancelled, state) = match self.store.cancel(id, now_ms()).await? {
             CancelAck::Cancelled => (true, TaskState::Cancelled),
             CancelAck::NotCancellable(state) => (false, state),
@@ -162,7 +152,9 @@ impl server::SubmissionService for Submission {
         &self,
         request: Request<pb::ReplayTaskRequest>,
     ) -> Result<Response<pb::ReplayTaskResponse>, Status> {
-        let id = TaskId::parse(&request.into_inner().task_id, "task_id")?;
+        let request = request.into_inner();
+        let id = TaskId::parse(&request.task_id, "task_id")?;
+        self.check_owner(&request.namespace, id).await?;
         match self.store.replay(id, now_ms()).await? {
             ReplayAck::Replayed => Ok(Response::new(pb::ReplayTaskResponse {
                 state: TaskState::Queued.to_pb() as i32,

@@ -260,6 +260,7 @@ impl TaskFailure {
             traceback: self.traceback,
             retryable: self.retryable,
             retry_after: self.retry_after.map(crate::payload::duration_to_proto),
+            reason: pb::FailureReason::Unspecified as i32,
         }
     }
 }

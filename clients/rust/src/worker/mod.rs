@@ -80,7 +80,12 @@ pub(crate) struct WorkerConfig {
     handlers: HashMap<String, BoxedHandler>,
     /// `Bearer <token>`, sent as `authorization` on the Connect stream.
     authorization: Option<MetadataValue<Ascii>>,
+    /// Namespace whose queues the worker consumes.
+    namespace: String,
 }
+
+/// The worker protocol version this SDK speaks.
+const PROTOCOL_VERSION: u32 = 1;
 
 impl WorkerConfig {
     fn hello(&self) -> pb::Hello {
@@ -94,6 +99,8 @@ impl WorkerConfig {
             language: "rust".to_owned(),
             sdk_version: env!("CARGO_PKG_VERSION").to_owned(),
             hostname: self.hostname.clone(),
+            protocol_version: PROTOCOL_VERSION,
+            namespace: self.namespace.clone(),
         }
     }
 }
@@ -233,6 +240,7 @@ pub struct WorkerBuilder {
     max_backoff: Duration,
     handlers: HashMap<String, BoxedHandler>,
     token: Option<String>,
+    namespace: String,
 }
 
 impl WorkerBuilder {
@@ -248,6 +256,7 @@ impl WorkerBuilder {
             max_backoff: DEFAULT_MAX_BACKOFF,
             handlers: HashMap::new(),
             token: None,
+            namespace: String::new(),
         }
     }
 
@@ -256,6 +265,12 @@ impl WorkerBuilder {
     /// fails when the token is not visible ASCII.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Consumes the queues of `namespace`. Default: `default`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
         self
     }
 
@@ -366,6 +381,7 @@ impl WorkerBuilder {
             max_backoff: self.max_backoff,
             handlers: self.handlers,
             authorization,
+            namespace: self.namespace,
         };
         Ok(Worker {
             config: Arc::new(config),

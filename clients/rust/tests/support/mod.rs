@@ -112,6 +112,7 @@ impl FakeSession {
                 nanos: 0,
             }),
             max_credits: 1024,
+            ..Default::default()
         }));
         hello
     }

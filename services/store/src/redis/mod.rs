@@ -37,6 +37,20 @@ pub struct RedisConfig {
     pub partitions: u16,
     /// Time limit of any one store call.
     pub command_timeout: Duration,
+    /// Whose clock the scripts compare deadlines on.
+    pub clock: StoreClock,
+}
+
+/// Whose clock decides lease expiry, due times, expiry and rate slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreClock {
+    /// Redis' `TIME`: one clock for every replica, whatever theirs say.
+    /// Instants a caller passes are turned into offsets from its own now,
+    /// and applied to the store's. The production setting.
+    Server,
+    /// The `now` each caller passes, as given: for tests that drive virtual
+    /// time (the conformance suite and the differential test).
+    Caller,
 }
 
 impl RedisConfig {
@@ -47,6 +61,7 @@ impl RedisConfig {
             prefix: "cv:".to_string(),
             partitions: 1,
             command_timeout: Duration::from_secs(5),
+            clock: StoreClock::Server,
         }
     }
 }
@@ -62,6 +77,10 @@ pub struct RedisStore {
     revoke_channel: String,
     /// Rotates the first partition and queue key tried by `lease`, for fairness.
     rotor: AtomicUsize,
+    /// Partitions where each of this process's sessions took leases: what
+    /// a heartbeat must extend.
+    session_partitions:
+        std::sync::Mutex<std::collections::HashMap<String, std::collections::BTreeSet<u16>>>,
     subscriber: AbortHandle,
 }
 
@@ -115,7 +134,7 @@ impl RedisStore {
             revoke_channel.clone(),
         )
         .await?;
-        Ok(Self {
+        let store = Self {
             connection,
             config,
             scripts: Scripts::new(),
@@ -124,8 +143,40 @@ impl RedisStore {
             ready_channel,
             revoke_channel,
             rotor: AtomicUsize::new(0),
+            session_partitions: Default::default(),
             subscriber,
-        })
+        };
+        store.check_partitions().await?;
+        Ok(store)
+    }
+
+    /// Records the partition count on first use and refuses a different one
+    /// later: tasks, keys and limits were placed by that count, and a process
+    /// that assumed another would not see some of them.
+    async fn check_partitions(&self) -> Result<()> {
+        let key = format!("{}partitions", self.partition_prefix(0));
+        let mut connection = self.connection.clone();
+        let stored: Option<u16> = self
+            .timed(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(self.config.partitions)
+                    .arg("NX")
+                    .arg("GET")
+                    .query_async(&mut connection),
+            )
+            .await?;
+        match stored {
+            Some(stored) if stored != self.config.partitions => {
+                Err(ConveyorError::FailedPrecondition(format!(
+                    "this Redis (key prefix {:?}) was set up with --partitions {stored}, \
+                     not {}: start every process with --partitions {stored} \
+                     (CONVEYOR_PARTITIONS), or use another --redis-prefix for a new layout",
+                    self.config.prefix, self.config.partitions
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The key prefix of a partition, hash tag included.
@@ -133,14 +184,22 @@ impl RedisStore {
         format!("{{{}{partition}}}:", self.config.prefix)
     }
 
-    /// A script call routed to `partition`: its declared key carries the
-    /// partition's hash tag, so Redis Cluster sends it to the slot that holds
-    /// every key the script touches. ARGV[1] is the key prefix.
+    /// A script call routed to `partition`: KEYS[1] is the partition's
+    /// routing key, whose hash tag every key the script touches shares (the
+    /// scripts derive their keys from it), so Redis Cluster sends the call
+    /// to the slot that holds them all.
     fn invoke<'a>(&self, script: &'a redis::Script, partition: u16) -> redis::ScriptInvocation<'a> {
-        let prefix = self.partition_prefix(partition);
         let mut invocation = script.prepare_invoke();
-        invocation.key(format!("{prefix}sched")).arg(prefix);
+        invocation.key(format!("{}sched", self.partition_prefix(partition)));
         invocation
+    }
+
+    /// The `now` argument of a script: empty for the store's clock.
+    fn now_arg(&self, now_ms: i64) -> String {
+        match self.config.clock {
+            StoreClock::Server => String::new(),
+            StoreClock::Caller => now_ms.to_string(),
+        }
     }
 
     async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value> {
@@ -154,19 +213,43 @@ impl RedisStore {
         .map_err(unavailable)
     }
 
+    /// 0: the mode's condition failed; -1: version conflict; else the new
+    /// version.
     async fn put_schedule(
         &self,
         schedule: conveyor_api::pb::Schedule,
         next_ms: Option<i64>,
         mode: &str,
-    ) -> Result<bool> {
+        expected_version: Option<u64>,
+    ) -> Result<i64> {
         let mut invocation = self.invoke(&self.scripts.schedule_put, 0);
         invocation
             .arg(&schedule.id)
             .arg(schedule.encode_to_vec())
             .arg(next_ms.unwrap_or(-1))
-            .arg(mode);
-        Ok(int_of(&self.run(&invocation).await?) == 1)
+            .arg(mode)
+            .arg(expected_version.map(|v| v.to_string()).unwrap_or_default());
+        Ok(int_of(&self.run(&invocation).await?))
+    }
+
+    /// Schedules with their versions, from parallel replies.
+    fn with_versions(
+        ids: &[String],
+        records: Vec<Option<Vec<u8>>>,
+        versions: Vec<Option<u64>>,
+    ) -> Result<Vec<conveyor_api::pb::Schedule>> {
+        ids.iter()
+            .zip(records)
+            .zip(versions)
+            .filter_map(|((id, bytes), version)| {
+                bytes.map(|bytes| {
+                    decode_schedule(&bytes, id).map(|mut schedule| {
+                        schedule.version = version.unwrap_or(0);
+                        schedule
+                    })
+                })
+            })
+            .collect()
     }
 
     /// A plain command under the store's time limit.
@@ -188,8 +271,8 @@ impl RedisStore {
     ) -> Result<Vec<TaskId>> {
         let mut invocation = self.invoke(&self.scripts.release, partition);
         invocation
+            .arg(self.now_arg(now_ms))
             .arg(session_id)
-            .arg(now_ms)
             .arg(&self.events_channel)
             .arg(&self.ready_channel);
         ids_of(self.run(&invocation).await?)
@@ -210,6 +293,22 @@ fn group_by_partition<T>(
             .push((index, item));
     }
     groups
+}
+
+/// A task's due time as the enqueue script reads it: relative to now
+/// (`+N`) unless an ETA names the instant, so that a countdown runs on the
+/// store's clock even when the submitter's is off.
+fn due_arg(task: &NewTask, now_ms: i64) -> String {
+    let eta = task
+        .record
+        .options
+        .as_ref()
+        .is_some_and(|options| options.eta.is_some());
+    if eta {
+        task.due_at_ms.to_string()
+    } else {
+        format!("+{}", (task.due_at_ms - now_ms).max(0))
+    }
 }
 
 fn decode_schedule(bytes: &[u8], id: &str) -> Result<conveyor_api::pb::Schedule> {
@@ -262,7 +361,9 @@ impl Store for RedisStore {
         let mut acks: Vec<Option<EnqueueAck>> = vec![None; count];
         for (partition, group) in by_partition {
             let mut invocation = self.invoke(&self.scripts.enqueue, partition);
-            invocation.arg(now_ms).arg(&self.ready_channel);
+            invocation
+                .arg(self.now_arg(now_ms))
+                .arg(&self.ready_channel);
             for (_, task) in &group {
                 invocation
                     .arg(task.id.to_string())
@@ -277,7 +378,7 @@ impl Store for RedisStore {
                             .as_str(),
                     )
                     .arg(task.record.encode_to_vec())
-                    .arg(task.due_at_ms)
+                    .arg(due_arg(task, now_ms))
                     .arg(task.expires_at_ms)
                     // The default TTL is not stored (see the finish helper).
                     .arg(
@@ -314,10 +415,10 @@ impl Store for RedisStore {
                     continue;
                 };
                 let id = ids_of(Value::Array(vec![id.clone()]))?.remove(0);
-                // A duplicate whose first task's result already expired reports 0.
+                // A duplicate whose first task's record is gone reports 0.
                 let state = match int_of(state) {
-                    0 => TaskState::Succeeded,
-                    code => state_of(code)?,
+                    0 => None,
+                    code => Some(state_of(code)?),
                 };
                 acks[*index] = Some(EnqueueAck {
                     id,
@@ -383,8 +484,8 @@ impl Store for RedisStore {
             let partition = ((start + offset as usize) % partitions as usize) as u16;
             let mut invocation = self.invoke(&self.scripts.lease, partition);
             invocation
-                .arg(request.now_ms)
-                .arg(request.lease_deadline_ms)
+                .arg(self.now_arg(request.now_ms))
+                .arg((request.lease_deadline_ms - request.now_ms).max(0))
                 .arg(&request.session_id)
                 .arg(&request.worker_id)
                 .arg(request.max - leased.len())
@@ -394,6 +495,14 @@ impl Store for RedisStore {
                 invocation.arg(key.as_str());
             }
             let reply = items(self.run(&invocation).await?);
+            if !reply.is_empty() {
+                self.session_partitions
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .entry(request.session_id.clone())
+                    .or_default()
+                    .insert(partition);
+            }
             for chunk in reply.chunks(5) {
                 let [id, attempt, failures, token, spec] = chunk else {
                     continue;
@@ -420,7 +529,9 @@ impl Store for RedisStore {
         let by_partition = group_by_partition(reports, |item| item.id);
         for (partition, group) in by_partition {
             let mut invocation = self.invoke(&self.scripts.mark_started, partition);
-            invocation.arg(now_ms).arg(&self.events_channel);
+            invocation
+                .arg(self.now_arg(now_ms))
+                .arg(&self.events_channel);
             for (_, report) in &group {
                 invocation
                     .arg(report.id.to_string())
@@ -432,11 +543,23 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn heartbeat(&self, session_id: &str, deadline_ms: i64) -> Result<bool> {
+    async fn heartbeat(&self, session_id: &str, deadline_ms: i64, now_ms: i64) -> Result<bool> {
+        // Only the partitions where this session took leases: one call in
+        // the common case, whatever the partition count.
+        let partitions: Vec<u16> = self
+            .session_partitions
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .get(session_id)
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default();
         let mut alive = false;
-        for partition in 0..self.config.partitions.max(1) {
+        for partition in partitions {
             let mut invocation = self.invoke(&self.scripts.heartbeat, partition);
-            invocation.arg(session_id).arg(deadline_ms);
+            invocation
+                .arg(self.now_arg(now_ms))
+                .arg(session_id)
+                .arg((deadline_ms - now_ms).max(0));
             alive |= int_of(&self.run(&invocation).await?) == 1;
         }
         Ok(alive)
@@ -445,7 +568,13 @@ impl Store for RedisStore {
     async fn complete(&self, reports: Vec<OutcomeReport>, now_us: i64) -> Result<Vec<OutcomeAck>> {
         // Milliseconds with the µs as a fraction: Lua numbers (doubles)
         // hold it exactly, ZADD takes it as a score, and the codec reads it.
-        let now = format!("{}.{:03}", now_us.div_euclid(1000), now_us.rem_euclid(1000));
+        let now = match self.config.clock {
+            StoreClock::Server => String::new(),
+            StoreClock::Caller => {
+                format!("{}.{:03}", now_us.div_euclid(1000), now_us.rem_euclid(1000))
+            }
+        };
+        let now_ms = now_us.div_euclid(1000);
         let count = reports.len();
         let by_partition = group_by_partition(reports, |item| item.id);
         let mut acks = vec![OutcomeAck::NotFound; count];
@@ -454,13 +583,19 @@ impl Store for RedisStore {
             invocation.arg(&now).arg(&self.events_channel);
             for (_, report) in &group {
                 let (kind, record, retry_at) = codec::encode_outcome(&report.outcome);
+                // Sent as a delay: the store applies it to its own clock.
+                let retry_in = if kind == "r" {
+                    (retry_at - now_ms).max(0)
+                } else {
+                    0
+                };
                 invocation
                     .arg(report.id.to_string())
                     .arg(&report.session_id)
                     .arg(report.lease_token)
                     .arg(kind)
                     .arg(record)
-                    .arg(retry_at);
+                    .arg(retry_in);
             }
             let reply = items(self.run(&invocation).await?);
             for ((index, _), code) in group.iter().zip(reply.iter()) {
@@ -476,6 +611,10 @@ impl Store for RedisStore {
     }
 
     async fn release_session(&self, session_id: &str, now_ms: i64) -> Result<Vec<TaskId>> {
+        self.session_partitions
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(session_id);
         let mut requeued = Vec::new();
         for partition in 0..self.config.partitions.max(1) {
             requeued.extend(
@@ -491,7 +630,7 @@ impl Store for RedisStore {
         for partition in 0..self.config.partitions.max(1) {
             let mut invocation = self.invoke(&self.scripts.reap, partition);
             invocation
-                .arg(now_ms)
+                .arg(self.now_arg(now_ms))
                 .arg(limit)
                 .arg(&self.events_channel)
                 .arg(&self.ready_channel);
@@ -505,7 +644,7 @@ impl Store for RedisStore {
         for partition in 0..self.config.partitions.max(1) {
             let mut invocation = self.invoke(&self.scripts.promote, partition);
             invocation
-                .arg(now_ms)
+                .arg(self.now_arg(now_ms))
                 .arg(limit)
                 .arg(&self.events_channel)
                 .arg(&self.ready_channel);
@@ -517,7 +656,12 @@ impl Store for RedisStore {
             };
             promotion.promoted += int_of(promoted) as usize;
             promotion.expired += int_of(expired) as usize;
-            let next_due = int_of(next_due);
+            // The script answers in ms from its now: in the caller's clock,
+            // the next due time is that far from the caller's now.
+            let next_due = match int_of(next_due) {
+                -1 => -1,
+                in_ms => now_ms + in_ms,
+            };
             if next_due >= 0 {
                 promotion.next_due_ms = Some(
                     promotion
@@ -533,7 +677,7 @@ impl Store for RedisStore {
         let mut invocation = self.invoke(&self.scripts.cancel, id.partition());
         invocation
             .arg(id.to_string())
-            .arg(now_ms)
+            .arg(self.now_arg(now_ms))
             .arg(&self.events_channel)
             .arg(&self.revoke_channel);
         Ok(match int_of(&self.run(&invocation).await?) {
@@ -547,7 +691,9 @@ impl Store for RedisStore {
         let by_partition = group_by_partition(reports, |item| item.id);
         for (partition, group) in by_partition {
             let mut invocation = self.invoke(&self.scripts.progress, partition);
-            invocation.arg(now_ms).arg(&self.events_channel);
+            invocation
+                .arg(self.now_arg(now_ms))
+                .arg(&self.events_channel);
             for (_, report) in group {
                 let mut progress = report.progress;
                 progress.reported_at = Some(conveyor_core::time::timestamp_from_ms(now_ms));
@@ -619,7 +765,7 @@ impl Store for RedisStore {
         let mut invocation = self.invoke(&self.scripts.replay, id.partition());
         invocation
             .arg(id.to_string())
-            .arg(now_ms)
+            .arg(self.now_arg(now_ms))
             .arg(&self.events_channel)
             .arg(&self.ready_channel);
         Ok(match int_of(&self.run(&invocation).await?) {
@@ -653,41 +799,71 @@ impl Store for RedisStore {
         &self,
         schedule: conveyor_api::pb::Schedule,
         next_ms: Option<i64>,
-    ) -> Result<bool> {
-        self.put_schedule(schedule, next_ms, "create").await
+    ) -> Result<Option<u64>> {
+        let version = self.put_schedule(schedule, next_ms, "create", None).await?;
+        Ok((version > 0).then_some(version as u64))
     }
 
     async fn replace_schedule(
         &self,
         schedule: conveyor_api::pb::Schedule,
         next_ms: Option<i64>,
-    ) -> Result<bool> {
-        self.put_schedule(schedule, next_ms, "replace").await
+        expected_version: Option<u64>,
+    ) -> Result<SchedulePut> {
+        Ok(
+            match self
+                .put_schedule(schedule, next_ms, "replace", expected_version)
+                .await?
+            {
+                0 => SchedulePut::NotFound,
+                -1 => SchedulePut::Conflict,
+                version => SchedulePut::Stored(version as u64),
+            },
+        )
     }
 
     async fn get_schedule(&self, id: &str) -> Result<Option<conveyor_api::pb::Schedule>> {
         let mut connection = self.connection.clone();
-        let key = format!("{}sch", self.partition_prefix(0));
-        let bytes: Option<Vec<u8>> = self
+        let prefix = self.partition_prefix(0);
+        let (record, version): (Option<Vec<u8>>, Option<u64>) = self
             .timed(
-                redis::cmd("HGET")
-                    .arg(&key)
+                redis::pipe()
+                    .cmd("HGET")
+                    .arg(format!("{prefix}sch"))
+                    .arg(id)
+                    .cmd("HGET")
+                    .arg(format!("{prefix}schv"))
                     .arg(id)
                     .query_async(&mut connection),
             )
             .await?;
-        bytes.map(|bytes| decode_schedule(&bytes, id)).transpose()
+        Ok(Self::with_versions(&[id.to_string()], vec![record], vec![version])?.pop())
     }
 
     async fn list_schedules(&self) -> Result<Vec<conveyor_api::pb::Schedule>> {
         let mut connection = self.connection.clone();
-        let key = format!("{}sch", self.partition_prefix(0));
-        let entries: Vec<(String, Vec<u8>)> = self
-            .timed(redis::cmd("HGETALL").arg(&key).query_async(&mut connection))
+        let prefix = self.partition_prefix(0);
+        let (entries, versions): (
+            Vec<(String, Vec<u8>)>,
+            std::collections::HashMap<String, u64>,
+        ) = self
+            .timed(
+                redis::pipe()
+                    .cmd("HGETALL")
+                    .arg(format!("{prefix}sch"))
+                    .cmd("HGETALL")
+                    .arg(format!("{prefix}schv"))
+                    .query_async(&mut connection),
+            )
             .await?;
         let mut schedules = entries
             .iter()
-            .map(|(id, bytes)| decode_schedule(bytes, id))
+            .map(|(id, bytes)| {
+                decode_schedule(bytes, id).map(|mut schedule| {
+                    schedule.version = versions.get(id).copied().unwrap_or(0);
+                    schedule
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         schedules.sort_by(|left, right| left.id.cmp(&right.id));
         Ok(schedules)
@@ -699,55 +875,60 @@ impl Store for RedisStore {
         Ok(int_of(&self.run(&invocation).await?) == 1)
     }
 
-    async fn due_schedules(
-        &self,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<conveyor_api::pb::Schedule>> {
-        let mut connection = self.connection.clone();
-        let prefix = self.partition_prefix(0);
-        let ids: Vec<String> = self
-            .timed(
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(format!("{prefix}schn"))
-                    .arg("-inf")
-                    .arg(now_ms)
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit)
-                    .query_async(&mut connection),
-            )
-            .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
+    async fn due_schedules(&self, now_ms: i64, limit: usize) -> Result<DueSchedules> {
+        let mut invocation = self.invoke(&self.scripts.schedule_due, 0);
+        invocation.arg(self.now_arg(now_ms)).arg(limit);
+        let reply = items(self.run(&invocation).await?);
+        let Some((count, rest)) = reply.split_first() else {
+            return Ok(DueSchedules::default());
+        };
+        let count = int_of(count) as usize;
+        let mut due = DueSchedules::default();
+        for pair in rest.chunks(2).take(count) {
+            let [record, version] = pair else { continue };
+            let mut schedule = decode_schedule(&bytes_of(record), "(due)")?;
+            schedule.version = int_of(version) as u64;
+            due.due.push(schedule);
         }
-        let values: Vec<Option<Vec<u8>>> = self
-            .timed(
-                redis::cmd("HMGET")
-                    .arg(format!("{prefix}sch"))
-                    .arg(&ids)
-                    .query_async(&mut connection),
-            )
-            .await?;
-        ids.iter()
-            .zip(values)
-            .filter_map(|(id, bytes)| bytes.map(|bytes| decode_schedule(&bytes, id)))
-            .collect()
+        for pair in rest.chunks(2).skip(count) {
+            let [id, fire] = pair else { continue };
+            let id = String::from_utf8(bytes_of(id)).unwrap_or_default();
+            due.unsettled.push((id, int_of(fire)));
+        }
+        Ok(due)
     }
 
-    async fn advance_schedule(
+    async fn claim_schedule_run(
         &self,
-        expected_ms: i64,
+        expected_version: u64,
+        fire_ms: i64,
         updated: conveyor_api::pb::Schedule,
         next_ms: Option<i64>,
-        run: Option<conveyor_api::pb::ScheduleRun>,
+        claim_ttl_ms: i64,
+        now_ms: i64,
     ) -> Result<bool> {
-        let mut invocation = self.invoke(&self.scripts.schedule_advance, 0);
+        let mut invocation = self.invoke(&self.scripts.schedule_claim, 0);
         invocation
             .arg(&updated.id)
-            .arg(expected_ms)
+            .arg(expected_version)
+            .arg(fire_ms)
             .arg(updated.encode_to_vec())
             .arg(next_ms.unwrap_or(-1))
+            .arg(claim_ttl_ms)
+            .arg(self.now_arg(now_ms));
+        Ok(int_of(&self.run(&invocation).await?) == 1)
+    }
+
+    async fn settle_schedule_run(
+        &self,
+        id: &str,
+        fire_ms: i64,
+        run: Option<conveyor_api::pb::ScheduleRun>,
+    ) -> Result<bool> {
+        let mut invocation = self.invoke(&self.scripts.schedule_settle, 0);
+        invocation
+            .arg(id)
+            .arg(fire_ms)
             .arg(run.map(|run| run.encode_to_vec()).unwrap_or_default());
         Ok(int_of(&self.run(&invocation).await?) == 1)
     }

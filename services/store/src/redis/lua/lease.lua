@@ -1,0 +1,88 @@
+#!lua
+-- Leases up to max QUEUED tasks of the given queue keys to a session.
+-- ARGV: now (''=store clock), ttl ms, session, worker, max, ev, start,
+-- queue keys... Returns per leased task: id, attempt, failures, token, spec.
+local now, ttl, sid, wk = clock(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local max, ev, start = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local out = {}
+local got = 0
+-- Paused queues hand out nothing.
+local keys = {}
+for k = 8, #ARGV do
+  local queue = string.match(ARGV[k], '^[^:]+')
+  if redis.call('SISMEMBER', P .. 'paused', queue) == 0 then keys[#keys + 1] = ARGV[k] end
+end
+local nq = #keys
+-- Admission: a rate-limited task takes the next slot of its bucket (GCRA);
+-- a slot in the future parks it, SCHEDULED, until then with the slot kept.
+-- A task over its key's concurrency limit waits in the key's list until a
+-- permit is freed. Returns whether the task may be leased now.
+local function admit(t, id)
+  local g = redis.call('HMGET', t, 'rb', 'ri', 'rs', 'ck', 'cl')
+  if g[1] then
+    local reserved = tonumber(g[3] or '-1')
+    if reserved < 0 or reserved > now then
+      local bucket = P .. 'rl:' .. g[1]
+      local tat = tonumber(redis.call('GET', bucket) or '0')
+      if tat < now then tat = now end
+      local after = tat + tonumber(g[2])
+      redis.call('SET', bucket, string.format('%.3f', after), 'PX', math.ceil(after - now) + 60000)
+      if tat > now then
+        local slot = math.ceil(tat)
+        redis.call('HSET', t, 'st', 1, 'du', slot, 'rs', slot, 'ua', now)
+        redis.call('ZADD', P .. 'sched', slot, id)
+        notify(t, id, ev)
+        return false
+      end
+    end
+    redis.call('HDEL', t, 'rs')
+  end
+  if g[4] then
+    local permits = P .. 'cc:' .. g[4]
+    if redis.call('SISMEMBER', permits, id) == 0 then
+      if redis.call('SCARD', permits) >= tonumber(g[5]) then
+        redis.call('RPUSH', P .. 'cw:' .. g[4], id)
+        return false
+      end
+      redis.call('SADD', permits, id)
+    end
+  end
+  return true
+end
+-- Priority levels, highest first; level 0 is the plain key.
+local levels = {'#9', '#8', '#7', '#6', '#5', '#4', '#3', '#2', '#1', ''}
+for _, level in ipairs(levels) do
+  local empty, i = 0, 0
+  while got < max and empty < nq do
+    local qk = keys[1 + ((start + i) % nq)] .. level
+    i = i + 1
+    local id = redis.call('LPOP', P .. 'q:' .. qk)
+    if id then
+      empty = 0
+      local t = P .. 't:' .. id
+      -- One read for everything the common case needs.
+      local f = redis.call('HMGET', t, 'st', 'at', 'fl', 'tk', 'ex', 'sp', 'w', 'rb', 'ck', 'pg')
+      if f[1] == '2' then
+        local ex = tonumber(f[5] or '0')
+        if ex > 0 and ex <= now then
+          finish(t, id, 8, now, ev)
+        elseif (not f[8] and not f[9]) or admit(t, id) then
+          local at, tk = tonumber(f[2] or '0') + 1, tonumber(f[4] or '0') + 1
+          redis.call('HSET', t, 'st', 3, 'at', at, 'tk', tk, 'ss', sid, 'wk', wk, 'ua', now)
+          if f[10] then redis.call('HDEL', t, 'pg') end
+          if ex > 0 then redis.call('ZREM', P .. 'exp', id) end
+          redis.call('SADD', P .. 'sl:' .. sid, id)
+          if f[7] then redis.call('PUBLISH', ev, id) end
+          out[#out + 1] = id; out[#out + 1] = at; out[#out + 1] = tonumber(f[3] or '0'); out[#out + 1] = tk
+          out[#out + 1] = f[6]
+          got = got + 1
+        end
+      end
+    else
+      empty = empty + 1
+    end
+  end
+  if got >= max then break end
+end
+if got > 0 then redis.call('ZADD', P .. 'sess', now + ttl, sid) end
+return out

@@ -1,0 +1,16 @@
+#!lua
+-- ARGV: id, now (''=store clock), ev, rdy. 0 replayed, -1 not found, else
+-- the state.
+local id, now = ARGV[1], clock(ARGV[2])
+local t = P .. 't:' .. id
+local f = redis.call('HMGET', t, 'st', 'qk')
+if not f[1] then return -1 end
+if f[1] ~= '6' then return tonumber(f[1]) end
+redis.call('HSET', t, 'st', 2, 'fl', 0, 'fa', 0, 'ua', now)
+redis.call('PERSIST', t)
+redis.call('ZREM', P .. 'dlq', id)
+redis.call('ZREM', P .. 'dlx', id)
+redis.call('RPUSH', P .. 'q:' .. f[2], id)
+notify(t, id, ARGV[3])
+redis.call('PUBLISH', ARGV[4], f[2])
+return 0
