@@ -794,13 +794,22 @@ impl Store for MemoryStore {
     async fn due_schedules(&self, now_ms: i64, limit: usize) -> Result<DueSchedules> {
         let inner = self.lock();
         Ok(DueSchedules {
-            due: inner
-                .schedules
-                .values()
-                .filter(|(_, next)| next.is_some_and(|next| next <= now_ms))
-                .take(limit)
-                .map(|(schedule, _)| schedule.clone())
-                .collect(),
+            // Earliest first, as the Redis index orders them.
+            due: {
+                let mut due: Vec<(i64, &pb::Schedule)> = inner
+                    .schedules
+                    .values()
+                    .filter_map(|(schedule, next)| {
+                        next.filter(|next| *next <= now_ms)
+                            .map(|next| (next, schedule))
+                    })
+                    .collect();
+                due.sort_by(|left, right| (left.0, &left.1.id).cmp(&(right.0, &right.1.id)));
+                due.into_iter()
+                    .take(limit)
+                    .map(|(_, schedule)| schedule.clone())
+                    .collect()
+            },
             unsettled: inner
                 .schedule_claims
                 .iter()

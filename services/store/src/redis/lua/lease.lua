@@ -70,7 +70,9 @@ for _, level in ipairs(levels) do
           local at, tk = tonumber(f[2] or '0') + 1, tonumber(f[4] or '0') + 1
           redis.call('HSET', t, 'st', 3, 'at', at, 'tk', tk, 'ss', sid, 'wk', wk, 'ua', now)
           if f[10] then redis.call('HDEL', t, 'pg') end
-          if ex > 0 then redis.call('ZREM', P .. 'exp', id) end
+          -- The expiry entry stays: a task that comes back unstarted
+          -- (lease lost, retry) still expires at its instant; promote
+          -- skips the tasks that are leased or finished by then.
           redis.call('SADD', P .. 'sl:' .. sid, id)
           if f[7] then redis.call('PUBLISH', ev, id) end
           out[#out + 1] = id; out[#out + 1] = at; out[#out + 1] = tonumber(f[3] or '0'); out[#out + 1] = tk
