@@ -23,11 +23,77 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Why an assignment is cancelled.
+type CancelReason int32
+
+const (
+	// Not given (an older dispatcher).
+	CancelReason_CANCEL_REASON_UNSPECIFIED CancelReason = 0
+	// CancelTask (revoke) was called.
+	CancelReason_CANCEL_REASON_REVOKED CancelReason = 1
+	// The hard time limit passed.
+	CancelReason_CANCEL_REASON_HARD_TIME_LIMIT CancelReason = 2
+	// The lease was lost (the session was reaped or cut off); another
+	// attempt may run elsewhere.
+	CancelReason_CANCEL_REASON_LEASE_LOST CancelReason = 3
+	// The task expired.
+	CancelReason_CANCEL_REASON_EXPIRED CancelReason = 4
+)
+
+// Enum value maps for CancelReason.
+var (
+	CancelReason_name = map[int32]string{
+		0: "CANCEL_REASON_UNSPECIFIED",
+		1: "CANCEL_REASON_REVOKED",
+		2: "CANCEL_REASON_HARD_TIME_LIMIT",
+		3: "CANCEL_REASON_LEASE_LOST",
+		4: "CANCEL_REASON_EXPIRED",
+	}
+	CancelReason_value = map[string]int32{
+		"CANCEL_REASON_UNSPECIFIED":     0,
+		"CANCEL_REASON_REVOKED":         1,
+		"CANCEL_REASON_HARD_TIME_LIMIT": 2,
+		"CANCEL_REASON_LEASE_LOST":      3,
+		"CANCEL_REASON_EXPIRED":         4,
+	}
+)
+
+func (x CancelReason) Enum() *CancelReason {
+	p := new(CancelReason)
+	*p = x
+	return p
+}
+
+func (x CancelReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CancelReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_conveyor_v1_dispatch_service_proto_enumTypes[0].Descriptor()
+}
+
+func (CancelReason) Type() protoreflect.EnumType {
+	return &file_conveyor_v1_dispatch_service_proto_enumTypes[0]
+}
+
+func (x CancelReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CancelReason.Descriptor instead.
+func (CancelReason) EnumDescriptor() ([]byte, []int) {
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{0}
+}
+
 // PauseQueue request.
 type PauseQueueRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Queue name.
-	Queue         string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -65,6 +131,13 @@ func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
 func (x *PauseQueueRequest) GetQueue() string {
 	if x != nil {
 		return x.Queue
+	}
+	return ""
+}
+
+func (x *PauseQueueRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -110,7 +183,11 @@ func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
 type ResumeQueueRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Queue name.
-	Queue         string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -148,6 +225,13 @@ func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
 func (x *ResumeQueueRequest) GetQueue() string {
 	if x != nil {
 		return x.Queue
+	}
+	return ""
+}
+
+func (x *ResumeQueueRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -499,7 +583,15 @@ type Hello struct {
 	// SDK version.
 	SdkVersion string `protobuf:"bytes,6,opt,name=sdk_version,json=sdkVersion,proto3" json:"sdk_version,omitempty"`
 	// Host the worker runs on.
-	Hostname      string `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Hostname string `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// Worker protocol version the SDK speaks; 0 is read as 1. The dispatcher
+	// ends the stream with FAILED_PRECONDITION, naming the versions it
+	// supports, for a version it does not know.
+	ProtocolVersion uint32 `protobuf:"varint,8,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,9,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -583,6 +675,20 @@ func (x *Hello) GetHostname() string {
 	return ""
 }
 
+func (x *Hello) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *Hello) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
 // Session parameters.
 type Welcome struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -593,9 +699,11 @@ type Welcome struct {
 	// Leases last this long after the last heartbeat.
 	LeaseTtl *durationpb.Duration `protobuf:"bytes,3,opt,name=lease_ttl,json=leaseTtl,proto3" json:"lease_ttl,omitempty"`
 	// Most credits that may be outstanding at once.
-	MaxCredits    uint32 `protobuf:"varint,4,opt,name=max_credits,json=maxCredits,proto3" json:"max_credits,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxCredits uint32 `protobuf:"varint,4,opt,name=max_credits,json=maxCredits,proto3" json:"max_credits,omitempty"`
+	// Protocol version the dispatcher speaks on this stream.
+	ProtocolVersion uint32 `protobuf:"varint,5,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -652,6 +760,13 @@ func (x *Welcome) GetLeaseTtl() *durationpb.Duration {
 func (x *Welcome) GetMaxCredits() uint32 {
 	if x != nil {
 		return x.MaxCredits
+	}
+	return 0
+}
+
+func (x *Welcome) GetProtocolVersion() uint32 {
+	if x != nil {
+		return x.ProtocolVersion
 	}
 	return 0
 }
@@ -1081,7 +1196,15 @@ type Assignment struct {
 	// When the task was submitted.
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// Retries allowed by the task's policy, for handlers that want to know.
-	MaxRetries    uint32 `protobuf:"varint,11,opt,name=max_retries,json=maxRetries,proto3" json:"max_retries,omitempty"`
+	MaxRetries uint32 `protobuf:"varint,11,opt,name=max_retries,json=maxRetries,proto3" json:"max_retries,omitempty"`
+	// Failed attempts before this one (the handler's retries so far). Attempts
+	// that ended because a lease was lost (worker died, stream broke) count in
+	// `attempt` but not here: lost leases = attempt - 1 - failures.
+	Failures uint32 `protobuf:"varint,12,opt,name=failures,proto3" json:"failures,omitempty"`
+	// W3C trace context of the producer, from the task spec.
+	TraceContext *TraceContext `protobuf:"bytes,13,opt,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty"`
+	// Namespace of the task.
+	Namespace     string `protobuf:"bytes,14,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1193,13 +1316,36 @@ func (x *Assignment) GetMaxRetries() uint32 {
 	return 0
 }
 
+func (x *Assignment) GetFailures() uint32 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+func (x *Assignment) GetTraceContext() *TraceContext {
+	if x != nil {
+		return x.TraceContext
+	}
+	return nil
+}
+
+func (x *Assignment) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
 // Stop running a task.
 type CancelAssignment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Task id.
 	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	// Why, e.g. "revoked".
-	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Why, in words, e.g. "revoked".
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Why, for programs to match on.
+	ReasonCode    CancelReason `protobuf:"varint,3,opt,name=reason_code,json=reasonCode,proto3,enum=conveyor.v1.CancelReason" json:"reason_code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1246,6 +1392,13 @@ func (x *CancelAssignment) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *CancelAssignment) GetReasonCode() CancelReason {
+	if x != nil {
+		return x.ReasonCode
+	}
+	return CancelReason_CANCEL_REASON_UNSPECIFIED
 }
 
 // Asks the worker to finish its running tasks and disconnect.
@@ -1361,7 +1514,15 @@ func (x *OutcomeRejected) GetMessage() string {
 
 // ListWorkers request.
 type ListWorkersRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Most workers per page (default and maximum 1000).
+	PageSize uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's next_page_token; "" for the first page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1396,11 +1557,34 @@ func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
 	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{19}
 }
 
+func (x *ListWorkersRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ListWorkersRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListWorkersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 // ListWorkers response.
 type ListWorkersResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Connected sessions.
-	Workers       []*WorkerInfo `protobuf:"bytes,1,rep,name=workers,proto3" json:"workers,omitempty"`
+	Workers []*WorkerInfo `protobuf:"bytes,1,rep,name=workers,proto3" json:"workers,omitempty"`
+	// Token of the next page; "" when this is the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1442,6 +1626,13 @@ func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
 	return nil
 }
 
+func (x *ListWorkersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 // A connected worker session.
 type WorkerInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1470,7 +1661,9 @@ type WorkerInfo struct {
 	// When the last message from the worker arrived.
 	LastSeenAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_seen_at,json=lastSeenAt,proto3" json:"last_seen_at,omitempty"`
 	// Outcomes accepted during this session.
-	Completed     uint64 `protobuf:"varint,13,opt,name=completed,proto3" json:"completed,omitempty"`
+	Completed uint64 `protobuf:"varint,13,opt,name=completed,proto3" json:"completed,omitempty"`
+	// Namespace of the session.
+	Namespace     string `protobuf:"bytes,14,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1596,16 +1789,25 @@ func (x *WorkerInfo) GetCompleted() uint64 {
 	return 0
 }
 
+func (x *WorkerInfo) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
 var File_conveyor_v1_dispatch_service_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\n" +
-	"\"conveyor/v1/dispatch_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\")\n" +
+	"\"conveyor/v1/dispatch_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n" +
 	"\x11PauseQueueRequest\x12\x14\n" +
-	"\x05queue\x18\x01 \x01(\tR\x05queue\"\x14\n" +
-	"\x12PauseQueueResponse\"*\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"\x14\n" +
+	"\x12PauseQueueResponse\"H\n" +
 	"\x12ResumeQueueRequest\x12\x14\n" +
-	"\x05queue\x18\x01 \x01(\tR\x05queue\"\x15\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"\x15\n" +
 	"\x13ResumeQueueResponse\"\x90\x03\n" +
 	"\x0eConnectRequest\x12*\n" +
 	"\x05hello\x18\x01 \x01(\v2\x12.conveyor.v1.HelloH\x00R\x05hello\x12@\n" +
@@ -1621,7 +1823,7 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\x11cancel_assignment\x18\x03 \x01(\v2\x1d.conveyor.v1.CancelAssignmentH\x00R\x10cancelAssignment\x12*\n" +
 	"\x05drain\x18\x04 \x01(\v2\x12.conveyor.v1.DrainH\x00R\x05drain\x12I\n" +
 	"\x10outcome_rejected\x18\x05 \x01(\v2\x1c.conveyor.v1.OutcomeRejectedH\x00R\x0foutcomeRejectedB\t\n" +
-	"\amessage\"\xd6\x01\n" +
+	"\amessage\"\x9f\x02\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x16\n" +
 	"\x06queues\x18\x02 \x03(\tR\x06queues\x12\x1d\n" +
@@ -1631,14 +1833,17 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\blanguage\x18\x05 \x01(\tR\blanguage\x12\x1f\n" +
 	"\vsdk_version\x18\x06 \x01(\tR\n" +
 	"sdkVersion\x12\x1a\n" +
-	"\bhostname\x18\a \x01(\tR\bhostname\"\xcb\x01\n" +
+	"\bhostname\x18\a \x01(\tR\bhostname\x12)\n" +
+	"\x10protocol_version\x18\b \x01(\rR\x0fprotocolVersion\x12\x1c\n" +
+	"\tnamespace\x18\t \x01(\tR\tnamespace\"\xf6\x01\n" +
 	"\aWelcome\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12H\n" +
 	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x126\n" +
 	"\tlease_ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bleaseTtl\x12\x1f\n" +
 	"\vmax_credits\x18\x04 \x01(\rR\n" +
-	"maxCredits\"(\n" +
+	"maxCredits\x12)\n" +
+	"\x10protocol_version\x18\x05 \x01(\rR\x0fprotocolVersion\"(\n" +
 	"\fGrantCredits\x12\x18\n" +
 	"\acredits\x18\x01 \x01(\rR\acredits\"\v\n" +
 	"\tHeartbeat\"F\n" +
@@ -1661,7 +1866,7 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"leaseToken\x121\n" +
 	"\bprogress\x18\x03 \x01(\v2\x15.conveyor.v1.ProgressR\bprogress\"H\n" +
 	"\vAssignments\x129\n" +
-	"\vassignments\x18\x01 \x03(\v2\x17.conveyor.v1.AssignmentR\vassignments\"\x8a\x05\n" +
+	"\vassignments\x18\x01 \x03(\v2\x17.conveyor.v1.AssignmentR\vassignments\"\x84\x06\n" +
 	"\n" +
 	"Assignment\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x12\n" +
@@ -1678,25 +1883,35 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"created_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1f\n" +
 	"\vmax_retries\x18\v \x01(\rR\n" +
-	"maxRetries\x1aO\n" +
+	"maxRetries\x12\x1a\n" +
+	"\bfailures\x18\f \x01(\rR\bfailures\x12>\n" +
+	"\rtrace_context\x18\r \x01(\v2\x19.conveyor.v1.TraceContextR\ftraceContext\x12\x1c\n" +
+	"\tnamespace\x18\x0e \x01(\tR\tnamespace\x1aO\n" +
 	"\vKwargsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12*\n" +
 	"\x05value\x18\x02 \x01(\v2\x14.conveyor.v1.PayloadR\x05value:\x028\x01\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"C\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x7f\n" +
 	"\x10CancelAssignment\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"8\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12:\n" +
+	"\vreason_code\x18\x03 \x01(\x0e2\x19.conveyor.v1.CancelReasonR\n" +
+	"reasonCode\"8\n" +
 	"\x05Drain\x12/\n" +
 	"\x05grace\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05grace\"X\n" +
 	"\x0fOutcomeRejected\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\x14\n" +
-	"\x12ListWorkersRequest\"H\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"n\n" +
+	"\x12ListWorkersRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"p\n" +
 	"\x13ListWorkersResponse\x121\n" +
-	"\aworkers\x18\x01 \x03(\v2\x17.conveyor.v1.WorkerInfoR\aworkers\"\xd4\x03\n" +
+	"\aworkers\x18\x01 \x03(\v2\x17.conveyor.v1.WorkerInfoR\aworkers\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf2\x03\n" +
 	"\n" +
 	"WorkerInfo\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1d\n" +
@@ -1716,7 +1931,14 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\fconnected_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\vconnectedAt\x12<\n" +
 	"\flast_seen_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"lastSeenAt\x12\x1c\n" +
-	"\tcompleted\x18\r \x01(\x04R\tcompleted2\xce\x02\n" +
+	"\tcompleted\x18\r \x01(\x04R\tcompleted\x12\x1c\n" +
+	"\tnamespace\x18\x0e \x01(\tR\tnamespace*\xa4\x01\n" +
+	"\fCancelReason\x12\x1d\n" +
+	"\x19CANCEL_REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15CANCEL_REASON_REVOKED\x10\x01\x12!\n" +
+	"\x1dCANCEL_REASON_HARD_TIME_LIMIT\x10\x02\x12\x1c\n" +
+	"\x18CANCEL_REASON_LEASE_LOST\x10\x03\x12\x19\n" +
+	"\x15CANCEL_REASON_EXPIRED\x10\x042\xce\x02\n" +
 	"\x0fDispatchService\x12H\n" +
 	"\aConnect\x12\x1b.conveyor.v1.ConnectRequest\x1a\x1c.conveyor.v1.ConnectResponse(\x010\x01\x12P\n" +
 	"\vListWorkers\x12\x1f.conveyor.v1.ListWorkersRequest\x1a .conveyor.v1.ListWorkersResponse\x12M\n" +
@@ -1737,81 +1959,86 @@ func file_conveyor_v1_dispatch_service_proto_rawDescGZIP() []byte {
 	return file_conveyor_v1_dispatch_service_proto_rawDescData
 }
 
+var file_conveyor_v1_dispatch_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_conveyor_v1_dispatch_service_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_conveyor_v1_dispatch_service_proto_goTypes = []any{
-	(*PauseQueueRequest)(nil),     // 0: conveyor.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),    // 1: conveyor.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),    // 2: conveyor.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),   // 3: conveyor.v1.ResumeQueueResponse
-	(*ConnectRequest)(nil),        // 4: conveyor.v1.ConnectRequest
-	(*ConnectResponse)(nil),       // 5: conveyor.v1.ConnectResponse
-	(*Hello)(nil),                 // 6: conveyor.v1.Hello
-	(*Welcome)(nil),               // 7: conveyor.v1.Welcome
-	(*GrantCredits)(nil),          // 8: conveyor.v1.GrantCredits
-	(*Heartbeat)(nil),             // 9: conveyor.v1.Heartbeat
-	(*ReportOutcomes)(nil),        // 10: conveyor.v1.ReportOutcomes
-	(*TaskOutcome)(nil),           // 11: conveyor.v1.TaskOutcome
-	(*TaskStarted)(nil),           // 12: conveyor.v1.TaskStarted
-	(*ReportProgress)(nil),        // 13: conveyor.v1.ReportProgress
-	(*Assignments)(nil),           // 14: conveyor.v1.Assignments
-	(*Assignment)(nil),            // 15: conveyor.v1.Assignment
-	(*CancelAssignment)(nil),      // 16: conveyor.v1.CancelAssignment
-	(*Drain)(nil),                 // 17: conveyor.v1.Drain
-	(*OutcomeRejected)(nil),       // 18: conveyor.v1.OutcomeRejected
-	(*ListWorkersRequest)(nil),    // 19: conveyor.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),   // 20: conveyor.v1.ListWorkersResponse
-	(*WorkerInfo)(nil),            // 21: conveyor.v1.WorkerInfo
-	nil,                           // 22: conveyor.v1.Assignment.KwargsEntry
-	nil,                           // 23: conveyor.v1.Assignment.HeadersEntry
-	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
-	(*Payload)(nil),               // 25: conveyor.v1.Payload
-	(*TaskError)(nil),             // 26: conveyor.v1.TaskError
-	(*Progress)(nil),              // 27: conveyor.v1.Progress
-	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
+	(CancelReason)(0),             // 0: conveyor.v1.CancelReason
+	(*PauseQueueRequest)(nil),     // 1: conveyor.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),    // 2: conveyor.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),    // 3: conveyor.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),   // 4: conveyor.v1.ResumeQueueResponse
+	(*ConnectRequest)(nil),        // 5: conveyor.v1.ConnectRequest
+	(*ConnectResponse)(nil),       // 6: conveyor.v1.ConnectResponse
+	(*Hello)(nil),                 // 7: conveyor.v1.Hello
+	(*Welcome)(nil),               // 8: conveyor.v1.Welcome
+	(*GrantCredits)(nil),          // 9: conveyor.v1.GrantCredits
+	(*Heartbeat)(nil),             // 10: conveyor.v1.Heartbeat
+	(*ReportOutcomes)(nil),        // 11: conveyor.v1.ReportOutcomes
+	(*TaskOutcome)(nil),           // 12: conveyor.v1.TaskOutcome
+	(*TaskStarted)(nil),           // 13: conveyor.v1.TaskStarted
+	(*ReportProgress)(nil),        // 14: conveyor.v1.ReportProgress
+	(*Assignments)(nil),           // 15: conveyor.v1.Assignments
+	(*Assignment)(nil),            // 16: conveyor.v1.Assignment
+	(*CancelAssignment)(nil),      // 17: conveyor.v1.CancelAssignment
+	(*Drain)(nil),                 // 18: conveyor.v1.Drain
+	(*OutcomeRejected)(nil),       // 19: conveyor.v1.OutcomeRejected
+	(*ListWorkersRequest)(nil),    // 20: conveyor.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),   // 21: conveyor.v1.ListWorkersResponse
+	(*WorkerInfo)(nil),            // 22: conveyor.v1.WorkerInfo
+	nil,                           // 23: conveyor.v1.Assignment.KwargsEntry
+	nil,                           // 24: conveyor.v1.Assignment.HeadersEntry
+	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
+	(*Payload)(nil),               // 26: conveyor.v1.Payload
+	(*TaskError)(nil),             // 27: conveyor.v1.TaskError
+	(*Progress)(nil),              // 28: conveyor.v1.Progress
+	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
+	(*TraceContext)(nil),          // 30: conveyor.v1.TraceContext
 }
 var file_conveyor_v1_dispatch_service_proto_depIdxs = []int32{
-	6,  // 0: conveyor.v1.ConnectRequest.hello:type_name -> conveyor.v1.Hello
-	8,  // 1: conveyor.v1.ConnectRequest.grant_credits:type_name -> conveyor.v1.GrantCredits
-	9,  // 2: conveyor.v1.ConnectRequest.heartbeat:type_name -> conveyor.v1.Heartbeat
-	10, // 3: conveyor.v1.ConnectRequest.report_outcomes:type_name -> conveyor.v1.ReportOutcomes
-	12, // 4: conveyor.v1.ConnectRequest.task_started:type_name -> conveyor.v1.TaskStarted
-	13, // 5: conveyor.v1.ConnectRequest.report_progress:type_name -> conveyor.v1.ReportProgress
-	7,  // 6: conveyor.v1.ConnectResponse.welcome:type_name -> conveyor.v1.Welcome
-	14, // 7: conveyor.v1.ConnectResponse.assignments:type_name -> conveyor.v1.Assignments
-	16, // 8: conveyor.v1.ConnectResponse.cancel_assignment:type_name -> conveyor.v1.CancelAssignment
-	17, // 9: conveyor.v1.ConnectResponse.drain:type_name -> conveyor.v1.Drain
-	18, // 10: conveyor.v1.ConnectResponse.outcome_rejected:type_name -> conveyor.v1.OutcomeRejected
-	24, // 11: conveyor.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	24, // 12: conveyor.v1.Welcome.lease_ttl:type_name -> google.protobuf.Duration
-	11, // 13: conveyor.v1.ReportOutcomes.outcomes:type_name -> conveyor.v1.TaskOutcome
-	25, // 14: conveyor.v1.TaskOutcome.result:type_name -> conveyor.v1.Payload
-	26, // 15: conveyor.v1.TaskOutcome.error:type_name -> conveyor.v1.TaskError
-	27, // 16: conveyor.v1.ReportProgress.progress:type_name -> conveyor.v1.Progress
-	15, // 17: conveyor.v1.Assignments.assignments:type_name -> conveyor.v1.Assignment
-	25, // 18: conveyor.v1.Assignment.args:type_name -> conveyor.v1.Payload
-	22, // 19: conveyor.v1.Assignment.kwargs:type_name -> conveyor.v1.Assignment.KwargsEntry
-	23, // 20: conveyor.v1.Assignment.headers:type_name -> conveyor.v1.Assignment.HeadersEntry
-	24, // 21: conveyor.v1.Assignment.soft_time_limit:type_name -> google.protobuf.Duration
-	24, // 22: conveyor.v1.Assignment.hard_time_limit:type_name -> google.protobuf.Duration
-	28, // 23: conveyor.v1.Assignment.created_at:type_name -> google.protobuf.Timestamp
-	24, // 24: conveyor.v1.Drain.grace:type_name -> google.protobuf.Duration
-	21, // 25: conveyor.v1.ListWorkersResponse.workers:type_name -> conveyor.v1.WorkerInfo
-	28, // 26: conveyor.v1.WorkerInfo.connected_at:type_name -> google.protobuf.Timestamp
-	28, // 27: conveyor.v1.WorkerInfo.last_seen_at:type_name -> google.protobuf.Timestamp
-	25, // 28: conveyor.v1.Assignment.KwargsEntry.value:type_name -> conveyor.v1.Payload
-	4,  // 29: conveyor.v1.DispatchService.Connect:input_type -> conveyor.v1.ConnectRequest
-	19, // 30: conveyor.v1.DispatchService.ListWorkers:input_type -> conveyor.v1.ListWorkersRequest
-	0,  // 31: conveyor.v1.DispatchService.PauseQueue:input_type -> conveyor.v1.PauseQueueRequest
-	2,  // 32: conveyor.v1.DispatchService.ResumeQueue:input_type -> conveyor.v1.ResumeQueueRequest
-	5,  // 33: conveyor.v1.DispatchService.Connect:output_type -> conveyor.v1.ConnectResponse
-	20, // 34: conveyor.v1.DispatchService.ListWorkers:output_type -> conveyor.v1.ListWorkersResponse
-	1,  // 35: conveyor.v1.DispatchService.PauseQueue:output_type -> conveyor.v1.PauseQueueResponse
-	3,  // 36: conveyor.v1.DispatchService.ResumeQueue:output_type -> conveyor.v1.ResumeQueueResponse
-	33, // [33:37] is the sub-list for method output_type
-	29, // [29:33] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	7,  // 0: conveyor.v1.ConnectRequest.hello:type_name -> conveyor.v1.Hello
+	9,  // 1: conveyor.v1.ConnectRequest.grant_credits:type_name -> conveyor.v1.GrantCredits
+	10, // 2: conveyor.v1.ConnectRequest.heartbeat:type_name -> conveyor.v1.Heartbeat
+	11, // 3: conveyor.v1.ConnectRequest.report_outcomes:type_name -> conveyor.v1.ReportOutcomes
+	13, // 4: conveyor.v1.ConnectRequest.task_started:type_name -> conveyor.v1.TaskStarted
+	14, // 5: conveyor.v1.ConnectRequest.report_progress:type_name -> conveyor.v1.ReportProgress
+	8,  // 6: conveyor.v1.ConnectResponse.welcome:type_name -> conveyor.v1.Welcome
+	15, // 7: conveyor.v1.ConnectResponse.assignments:type_name -> conveyor.v1.Assignments
+	17, // 8: conveyor.v1.ConnectResponse.cancel_assignment:type_name -> conveyor.v1.CancelAssignment
+	18, // 9: conveyor.v1.ConnectResponse.drain:type_name -> conveyor.v1.Drain
+	19, // 10: conveyor.v1.ConnectResponse.outcome_rejected:type_name -> conveyor.v1.OutcomeRejected
+	25, // 11: conveyor.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	25, // 12: conveyor.v1.Welcome.lease_ttl:type_name -> google.protobuf.Duration
+	12, // 13: conveyor.v1.ReportOutcomes.outcomes:type_name -> conveyor.v1.TaskOutcome
+	26, // 14: conveyor.v1.TaskOutcome.result:type_name -> conveyor.v1.Payload
+	27, // 15: conveyor.v1.TaskOutcome.error:type_name -> conveyor.v1.TaskError
+	28, // 16: conveyor.v1.ReportProgress.progress:type_name -> conveyor.v1.Progress
+	16, // 17: conveyor.v1.Assignments.assignments:type_name -> conveyor.v1.Assignment
+	26, // 18: conveyor.v1.Assignment.args:type_name -> conveyor.v1.Payload
+	23, // 19: conveyor.v1.Assignment.kwargs:type_name -> conveyor.v1.Assignment.KwargsEntry
+	24, // 20: conveyor.v1.Assignment.headers:type_name -> conveyor.v1.Assignment.HeadersEntry
+	25, // 21: conveyor.v1.Assignment.soft_time_limit:type_name -> google.protobuf.Duration
+	25, // 22: conveyor.v1.Assignment.hard_time_limit:type_name -> google.protobuf.Duration
+	29, // 23: conveyor.v1.Assignment.created_at:type_name -> google.protobuf.Timestamp
+	30, // 24: conveyor.v1.Assignment.trace_context:type_name -> conveyor.v1.TraceContext
+	0,  // 25: conveyor.v1.CancelAssignment.reason_code:type_name -> conveyor.v1.CancelReason
+	25, // 26: conveyor.v1.Drain.grace:type_name -> google.protobuf.Duration
+	22, // 27: conveyor.v1.ListWorkersResponse.workers:type_name -> conveyor.v1.WorkerInfo
+	29, // 28: conveyor.v1.WorkerInfo.connected_at:type_name -> google.protobuf.Timestamp
+	29, // 29: conveyor.v1.WorkerInfo.last_seen_at:type_name -> google.protobuf.Timestamp
+	26, // 30: conveyor.v1.Assignment.KwargsEntry.value:type_name -> conveyor.v1.Payload
+	5,  // 31: conveyor.v1.DispatchService.Connect:input_type -> conveyor.v1.ConnectRequest
+	20, // 32: conveyor.v1.DispatchService.ListWorkers:input_type -> conveyor.v1.ListWorkersRequest
+	1,  // 33: conveyor.v1.DispatchService.PauseQueue:input_type -> conveyor.v1.PauseQueueRequest
+	3,  // 34: conveyor.v1.DispatchService.ResumeQueue:input_type -> conveyor.v1.ResumeQueueRequest
+	6,  // 35: conveyor.v1.DispatchService.Connect:output_type -> conveyor.v1.ConnectResponse
+	21, // 36: conveyor.v1.DispatchService.ListWorkers:output_type -> conveyor.v1.ListWorkersResponse
+	2,  // 37: conveyor.v1.DispatchService.PauseQueue:output_type -> conveyor.v1.PauseQueueResponse
+	4,  // 38: conveyor.v1.DispatchService.ResumeQueue:output_type -> conveyor.v1.ResumeQueueResponse
+	35, // [35:39] is the sub-list for method output_type
+	31, // [31:35] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_conveyor_v1_dispatch_service_proto_init() }
@@ -1844,13 +2071,14 @@ func file_conveyor_v1_dispatch_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_dispatch_service_proto_rawDesc), len(file_conveyor_v1_dispatch_service_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_conveyor_v1_dispatch_service_proto_goTypes,
 		DependencyIndexes: file_conveyor_v1_dispatch_service_proto_depIdxs,
+		EnumInfos:         file_conveyor_v1_dispatch_service_proto_enumTypes,
 		MessageInfos:      file_conveyor_v1_dispatch_service_proto_msgTypes,
 	}.Build()
 	File_conveyor_v1_dispatch_service_proto = out.File

@@ -26,7 +26,11 @@ const (
 type GetTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Task id (UUID).
-	TaskId        string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -64,6 +68,13 @@ func (*GetTaskRequest) Descriptor() ([]byte, []int) {
 func (x *GetTaskRequest) GetTaskId() string {
 	if x != nil {
 		return x.TaskId
+	}
+	return ""
+}
+
+func (x *GetTaskRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -121,7 +132,11 @@ type WaitTaskRequest struct {
 	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
 	// How long to wait at most. Unset: until the call's deadline, capped at the
 	// server's maximum wait (5 minutes by default).
-	Timeout       *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -168,6 +183,13 @@ func (x *WaitTaskRequest) GetTimeout() *durationpb.Duration {
 		return x.Timeout
 	}
 	return nil
+}
+
+func (x *WaitTaskRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
 }
 
 // WaitTask response.
@@ -220,7 +242,11 @@ func (x *WaitTaskResponse) GetTask() *Task {
 type WatchTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Task id (UUID).
-	TaskId        string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -258,6 +284,13 @@ func (*WatchTaskRequest) Descriptor() ([]byte, []int) {
 func (x *WatchTaskRequest) GetTaskId() string {
 	if x != nil {
 		return x.TaskId
+	}
+	return ""
+}
+
+func (x *WatchTaskRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -312,7 +345,11 @@ func (x *WatchTaskResponse) GetTask() *Task {
 type ForgetTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Task id (UUID).
-	TaskId        string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -350,6 +387,13 @@ func (*ForgetTaskRequest) Descriptor() ([]byte, []int) {
 func (x *ForgetTaskRequest) GetTaskId() string {
 	if x != nil {
 		return x.TaskId
+	}
+	return ""
+}
+
+func (x *ForgetTaskRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -397,7 +441,11 @@ type ListDeadLettersRequest struct {
 	// Most tasks to return, 1 to 1000; 0 means 100.
 	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// Opaque token from a previous response, to continue after it.
-	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -442,6 +490,13 @@ func (x *ListDeadLettersRequest) GetPageSize() uint32 {
 func (x *ListDeadLettersRequest) GetPageToken() string {
 	if x != nil {
 		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListDeadLettersRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -505,27 +560,32 @@ var File_conveyor_v1_results_service_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_results_service_proto_rawDesc = "" +
 	"\n" +
-	"!conveyor/v1/results_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\")\n" +
+	"!conveyor/v1/results_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\"G\n" +
 	"\x0eGetTaskRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\"8\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"8\n" +
 	"\x0fGetTaskResponse\x12%\n" +
-	"\x04task\x18\x01 \x01(\v2\x11.conveyor.v1.TaskR\x04task\"_\n" +
+	"\x04task\x18\x01 \x01(\v2\x11.conveyor.v1.TaskR\x04task\"}\n" +
 	"\x0fWaitTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x123\n" +
-	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"9\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1c\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"9\n" +
 	"\x10WaitTaskResponse\x12%\n" +
-	"\x04task\x18\x01 \x01(\v2\x11.conveyor.v1.TaskR\x04task\"+\n" +
+	"\x04task\x18\x01 \x01(\v2\x11.conveyor.v1.TaskR\x04task\"I\n" +
 	"\x10WatchTaskRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\":\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\":\n" +
 	"\x11WatchTaskResponse\x12%\n" +
-	"\x04task\x18\x01 \x01(\v2\x11.conveyor.v1.TaskR\x04task\",\n" +
+	"\x04task\x18\x01 \x01(\v2\x11.conveyor.v1.TaskR\x04task\"J\n" +
 	"\x11ForgetTaskRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\x14\n" +
-	"\x12ForgetTaskResponse\"T\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"\x14\n" +
+	"\x12ForgetTaskResponse\"r\n" +
 	"\x16ListDeadLettersRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"j\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12\x1c\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"j\n" +
 	"\x17ListDeadLettersResponse\x12'\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x11.conveyor.v1.TaskR\x05tasks\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x9a\x03\n" +

@@ -159,7 +159,11 @@ func (CatchUp) EnumDescriptor() ([]byte, []int) {
 
 // GetSchedulerStatus request.
 type GetSchedulerStatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -192,6 +196,13 @@ func (x *GetSchedulerStatusRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use GetSchedulerStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetSchedulerStatusRequest) Descriptor() ([]byte, []int) {
 	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *GetSchedulerStatusRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
 }
 
 // GetSchedulerStatus response.
@@ -478,7 +489,13 @@ type Schedule struct {
 	// Output only: runs so far.
 	Runs uint64 `protobuf:"varint,13,opt,name=runs,proto3" json:"runs,omitempty"`
 	// Output only: when it was created.
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// Output only: the conflict token. It grows with every change (update,
+	// pause, resume, and every run the scheduler claims); pass it back as
+	// `expected_version` to change the schedule only if nobody else did.
+	Version uint64 `protobuf:"varint,15,opt,name=version,proto3" json:"version,omitempty"`
+	// Output only: the schedule's namespace.
+	Namespace     string `protobuf:"bytes,16,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -624,6 +641,20 @@ func (x *Schedule) GetCreatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Schedule) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *Schedule) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
 type isSchedule_Rule interface {
 	isSchedule_Rule()
 }
@@ -717,7 +748,11 @@ func (x *ScheduleRun) GetTriggered() bool {
 type CreateScheduleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The schedule; output-only fields are ignored.
-	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	Schedule *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -757,6 +792,13 @@ func (x *CreateScheduleRequest) GetSchedule() *Schedule {
 		return x.Schedule
 	}
 	return nil
+}
+
+func (x *CreateScheduleRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
 }
 
 // CreateSchedule response.
@@ -809,7 +851,11 @@ func (x *CreateScheduleResponse) GetSchedule() *Schedule {
 type GetScheduleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Schedule id.
-	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -847,6 +893,13 @@ func (*GetScheduleRequest) Descriptor() ([]byte, []int) {
 func (x *GetScheduleRequest) GetId() string {
 	if x != nil {
 		return x.Id
+	}
+	return ""
+}
+
+func (x *GetScheduleRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -899,7 +952,15 @@ func (x *GetScheduleResponse) GetSchedule() *Schedule {
 
 // ListSchedules request.
 type ListSchedulesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Most items per page: 1 to 1000; 0 means 100.
+	PageSize uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's next_page_token; "" for the first page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -934,11 +995,34 @@ func (*ListSchedulesRequest) Descriptor() ([]byte, []int) {
 	return file_conveyor_v1_scheduling_service_proto_rawDescGZIP(), []int{11}
 }
 
+func (x *ListSchedulesRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ListSchedulesRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSchedulesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 // ListSchedules response.
 type ListSchedulesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Every schedule, by id.
-	Schedules     []*Schedule `protobuf:"bytes,1,rep,name=schedules,proto3" json:"schedules,omitempty"`
+	// Schedules of the namespace, by id.
+	Schedules []*Schedule `protobuf:"bytes,1,rep,name=schedules,proto3" json:"schedules,omitempty"`
+	// Token of the next page; "" when this is the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -980,13 +1064,28 @@ func (x *ListSchedulesResponse) GetSchedules() []*Schedule {
 	return nil
 }
 
+func (x *ListSchedulesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 // UpdateSchedule request.
 type UpdateScheduleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The new definition; `id` names the schedule to update.
-	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Schedule *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Optional conflict token: the `version` of the schedule this change was
+	// computed from. When set and the schedule changed since, nothing changes
+	// and the call fails with ABORTED (read it again and retry).
+	ExpectedVersion uint64 `protobuf:"varint,3,opt,name=expected_version,json=expectedVersion,proto3" json:"expected_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *UpdateScheduleRequest) Reset() {
@@ -1024,6 +1123,20 @@ func (x *UpdateScheduleRequest) GetSchedule() *Schedule {
 		return x.Schedule
 	}
 	return nil
+}
+
+func (x *UpdateScheduleRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *UpdateScheduleRequest) GetExpectedVersion() uint64 {
+	if x != nil {
+		return x.ExpectedVersion
+	}
+	return 0
 }
 
 // UpdateSchedule response.
@@ -1076,7 +1189,11 @@ func (x *UpdateScheduleResponse) GetSchedule() *Schedule {
 type DeleteScheduleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Schedule id.
-	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1114,6 +1231,13 @@ func (*DeleteScheduleRequest) Descriptor() ([]byte, []int) {
 func (x *DeleteScheduleRequest) GetId() string {
 	if x != nil {
 		return x.Id
+	}
+	return ""
+}
+
+func (x *DeleteScheduleRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -1159,9 +1283,17 @@ func (*DeleteScheduleResponse) Descriptor() ([]byte, []int) {
 type PauseScheduleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Schedule id.
-	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Optional conflict token: the `version` of the schedule this change was
+	// computed from. When set and the schedule changed since, nothing changes
+	// and the call fails with ABORTED (read it again and retry).
+	ExpectedVersion uint64 `protobuf:"varint,3,opt,name=expected_version,json=expectedVersion,proto3" json:"expected_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *PauseScheduleRequest) Reset() {
@@ -1199,6 +1331,20 @@ func (x *PauseScheduleRequest) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+func (x *PauseScheduleRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *PauseScheduleRequest) GetExpectedVersion() uint64 {
+	if x != nil {
+		return x.ExpectedVersion
+	}
+	return 0
 }
 
 // PauseSchedule response.
@@ -1251,9 +1397,17 @@ func (x *PauseScheduleResponse) GetSchedule() *Schedule {
 type ResumeScheduleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Schedule id.
-	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Optional conflict token: the `version` of the schedule this change was
+	// computed from. When set and the schedule changed since, nothing changes
+	// and the call fails with ABORTED (read it again and retry).
+	ExpectedVersion uint64 `protobuf:"varint,3,opt,name=expected_version,json=expectedVersion,proto3" json:"expected_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ResumeScheduleRequest) Reset() {
@@ -1291,6 +1445,20 @@ func (x *ResumeScheduleRequest) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+func (x *ResumeScheduleRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ResumeScheduleRequest) GetExpectedVersion() uint64 {
+	if x != nil {
+		return x.ExpectedVersion
+	}
+	return 0
 }
 
 // ResumeSchedule response.
@@ -1343,7 +1511,11 @@ func (x *ResumeScheduleResponse) GetSchedule() *Schedule {
 type TriggerScheduleRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Schedule id.
-	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1381,6 +1553,13 @@ func (*TriggerScheduleRequest) Descriptor() ([]byte, []int) {
 func (x *TriggerScheduleRequest) GetId() string {
 	if x != nil {
 		return x.Id
+	}
+	return ""
+}
+
+func (x *TriggerScheduleRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -1435,7 +1614,15 @@ func (x *TriggerScheduleResponse) GetRun() *ScheduleRun {
 type ListScheduleRunsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Schedule id.
-	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Most items per page: 1 to 1000; 0 means 100.
+	PageSize uint32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's next_page_token; "" for the first page.
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1477,11 +1664,34 @@ func (x *ListScheduleRunsRequest) GetId() string {
 	return ""
 }
 
+func (x *ListScheduleRunsRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ListScheduleRunsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListScheduleRunsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 // ListScheduleRuns response.
 type ListScheduleRunsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Runs, newest first.
-	Runs          []*ScheduleRun `protobuf:"bytes,1,rep,name=runs,proto3" json:"runs,omitempty"`
+	Runs []*ScheduleRun `protobuf:"bytes,1,rep,name=runs,proto3" json:"runs,omitempty"`
+	// Token of the next page; "" when this is the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1523,12 +1733,20 @@ func (x *ListScheduleRunsResponse) GetRuns() []*ScheduleRun {
 	return nil
 }
 
+func (x *ListScheduleRunsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_conveyor_v1_scheduling_service_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_scheduling_service_proto_rawDesc = "" +
 	"\n" +
-	"$conveyor/v1/scheduling_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x1b\n" +
-	"\x19GetSchedulerStatusRequest\"\xfb\x01\n" +
+	"$conveyor/v1/scheduling_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"9\n" +
+	"\x19GetSchedulerStatusRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"\xfb\x01\n" +
 	"\x1aGetSchedulerStatusResponse\x12'\n" +
 	"\x0fscheduled_tasks\x18\x01 \x01(\x04R\x0escheduledTasks\x12:\n" +
 	"\vnext_due_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tnextDueAt\x12%\n" +
@@ -1545,7 +1763,7 @@ const file_conveyor_v1_scheduling_service_proto_rawDesc = "" +
 	"\tSolarRule\x12-\n" +
 	"\x05event\x18\x01 \x01(\x0e2\x17.conveyor.v1.SolarEventR\x05event\x12\x1a\n" +
 	"\blatitude\x18\x02 \x01(\x01R\blatitude\x12\x1c\n" +
-	"\tlongitude\x18\x03 \x01(\x01R\tlongitude\"\x90\x05\n" +
+	"\tlongitude\x18\x03 \x01(\x01R\tlongitude\"\xc8\x05\n" +
 	"\bSchedule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12)\n" +
 	"\x04task\x18\x02 \x01(\v2\x15.conveyor.v1.TaskSpecR\x04task\x127\n" +
@@ -1562,46 +1780,68 @@ const file_conveyor_v1_scheduling_service_proto_rawDesc = "" +
 	"\vlast_run_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tlastRunAt\x12\x12\n" +
 	"\x04runs\x18\r \x01(\x04R\x04runs\x129\n" +
 	"\n" +
-	"created_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAtB\x06\n" +
+	"created_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x18\n" +
+	"\aversion\x18\x0f \x01(\x04R\aversion\x12\x1c\n" +
+	"\tnamespace\x18\x10 \x01(\tR\tnamespaceB\x06\n" +
 	"\x04rule\"y\n" +
 	"\vScheduleRun\x123\n" +
 	"\afire_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x06fireAt\x12\x17\n" +
 	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12\x1c\n" +
-	"\ttriggered\x18\x03 \x01(\bR\ttriggered\"J\n" +
+	"\ttriggered\x18\x03 \x01(\bR\ttriggered\"h\n" +
 	"\x15CreateScheduleRequest\x121\n" +
-	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"K\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"K\n" +
 	"\x16CreateScheduleResponse\x121\n" +
-	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"$\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"B\n" +
 	"\x12GetScheduleRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"H\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"H\n" +
 	"\x13GetScheduleResponse\x121\n" +
-	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"\x16\n" +
-	"\x14ListSchedulesRequest\"L\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"p\n" +
+	"\x14ListSchedulesRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"t\n" +
 	"\x15ListSchedulesResponse\x123\n" +
-	"\tschedules\x18\x01 \x03(\v2\x15.conveyor.v1.ScheduleR\tschedules\"J\n" +
+	"\tschedules\x18\x01 \x03(\v2\x15.conveyor.v1.ScheduleR\tschedules\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x93\x01\n" +
 	"\x15UpdateScheduleRequest\x121\n" +
-	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"K\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12)\n" +
+	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"K\n" +
 	"\x16UpdateScheduleResponse\x121\n" +
-	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"'\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"E\n" +
 	"\x15DeleteScheduleRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x18\n" +
-	"\x16DeleteScheduleResponse\"&\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"\x18\n" +
+	"\x16DeleteScheduleResponse\"o\n" +
 	"\x14PauseScheduleRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"J\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12)\n" +
+	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"J\n" +
 	"\x15PauseScheduleResponse\x121\n" +
-	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"'\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"p\n" +
 	"\x15ResumeScheduleRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"K\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12)\n" +
+	"\x10expected_version\x18\x03 \x01(\x04R\x0fexpectedVersion\"K\n" +
 	"\x16ResumeScheduleResponse\x121\n" +
-	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"(\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.conveyor.v1.ScheduleR\bschedule\"F\n" +
 	"\x16TriggerScheduleRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"E\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"E\n" +
 	"\x17TriggerScheduleResponse\x12*\n" +
-	"\x03run\x18\x01 \x01(\v2\x18.conveyor.v1.ScheduleRunR\x03run\")\n" +
+	"\x03run\x18\x01 \x01(\v2\x18.conveyor.v1.ScheduleRunR\x03run\"\x83\x01\n" +
 	"\x17ListScheduleRunsRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"H\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"p\n" +
 	"\x18ListScheduleRunsResponse\x12,\n" +
-	"\x04runs\x18\x01 \x03(\v2\x18.conveyor.v1.ScheduleRunR\x04runs*\xb2\x02\n" +
+	"\x04runs\x18\x01 \x03(\v2\x18.conveyor.v1.ScheduleRunR\x04runs\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\xb2\x02\n" +
 	"\n" +
 	"SolarEvent\x12\x1b\n" +
 	"\x17SOLAR_EVENT_UNSPECIFIED\x10\x00\x12\x17\n" +

@@ -25,7 +25,11 @@ const (
 type SubmitTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The task to submit.
-	Task          *TaskSpec `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	Task *TaskSpec `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -67,6 +71,13 @@ func (x *SubmitTaskRequest) GetTask() *TaskSpec {
 	return nil
 }
 
+func (x *SubmitTaskRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
 // SubmitTask response.
 type SubmitTaskResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -74,7 +85,9 @@ type SubmitTaskResponse struct {
 	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
 	// True when an earlier task with the same idempotency key was returned.
 	Duplicate bool `protobuf:"varint,2,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
-	// State of the task after submission (QUEUED or SCHEDULED for a new task).
+	// State of the task after submission (QUEUED or SCHEDULED for a new task;
+	// the earlier task's state for a duplicate, or UNSPECIFIED when the
+	// earlier task's record is gone: forgotten, or its result TTL passed).
 	State         TaskState `protobuf:"varint,3,opt,name=state,proto3,enum=conveyor.v1.TaskState" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -135,7 +148,11 @@ func (x *SubmitTaskResponse) GetState() TaskState {
 type SubmitTasksRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Tasks to submit, at most 1000.
-	Tasks         []*TaskSpec `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	Tasks []*TaskSpec `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -175,6 +192,13 @@ func (x *SubmitTasksRequest) GetTasks() []*TaskSpec {
 		return x.Tasks
 	}
 	return nil
+}
+
+func (x *SubmitTasksRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
 }
 
 // SubmitTasks response.
@@ -227,7 +251,11 @@ func (x *SubmitTasksResponse) GetResults() []*SubmitTaskResponse {
 type CancelTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Id of the task to cancel.
-	TaskId        string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -265,6 +293,13 @@ func (*CancelTaskRequest) Descriptor() ([]byte, []int) {
 func (x *CancelTaskRequest) GetTaskId() string {
 	if x != nil {
 		return x.TaskId
+	}
+	return ""
+}
+
+func (x *CancelTaskRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -328,7 +363,11 @@ func (x *CancelTaskResponse) GetState() TaskState {
 type ReplayTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Id of a FAILED task.
-	TaskId        string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -366,6 +405,13 @@ func (*ReplayTaskRequest) Descriptor() ([]byte, []int) {
 func (x *ReplayTaskRequest) GetTaskId() string {
 	if x != nil {
 		return x.TaskId
+	}
+	return ""
+}
+
+func (x *ReplayTaskRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
 	}
 	return ""
 }
@@ -420,24 +466,28 @@ var File_conveyor_v1_submission_service_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_submission_service_proto_rawDesc = "" +
 	"\n" +
-	"$conveyor/v1/submission_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\">\n" +
+	"$conveyor/v1/submission_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\"\\\n" +
 	"\x11SubmitTaskRequest\x12)\n" +
-	"\x04task\x18\x01 \x01(\v2\x15.conveyor.v1.TaskSpecR\x04task\"y\n" +
+	"\x04task\x18\x01 \x01(\v2\x15.conveyor.v1.TaskSpecR\x04task\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"y\n" +
 	"\x12SubmitTaskResponse\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n" +
 	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12,\n" +
-	"\x05state\x18\x03 \x01(\x0e2\x16.conveyor.v1.TaskStateR\x05state\"A\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x16.conveyor.v1.TaskStateR\x05state\"_\n" +
 	"\x12SubmitTasksRequest\x12+\n" +
-	"\x05tasks\x18\x01 \x03(\v2\x15.conveyor.v1.TaskSpecR\x05tasks\"P\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x15.conveyor.v1.TaskSpecR\x05tasks\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"P\n" +
 	"\x13SubmitTasksResponse\x129\n" +
-	"\aresults\x18\x01 \x03(\v2\x1f.conveyor.v1.SubmitTaskResponseR\aresults\",\n" +
+	"\aresults\x18\x01 \x03(\v2\x1f.conveyor.v1.SubmitTaskResponseR\aresults\"J\n" +
 	"\x11CancelTaskRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\"`\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"`\n" +
 	"\x12CancelTaskResponse\x12\x1c\n" +
 	"\tcancelled\x18\x01 \x01(\bR\tcancelled\x12,\n" +
-	"\x05state\x18\x02 \x01(\x0e2\x16.conveyor.v1.TaskStateR\x05state\",\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x16.conveyor.v1.TaskStateR\x05state\"J\n" +
 	"\x11ReplayTaskRequest\x12\x17\n" +
-	"\atask_id\x18\x01 \x01(\tR\x06taskId\"B\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"B\n" +
 	"\x12ReplayTaskResponse\x12,\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x16.conveyor.v1.TaskStateR\x05state2\xd2\x02\n" +
 	"\x11SubmissionService\x12M\n" +

@@ -108,6 +108,72 @@ func (TaskState) EnumDescriptor() ([]byte, []int) {
 	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{0}
 }
 
+// Why the platform failed an attempt (errors raised by handlers leave it
+// UNSPECIFIED).
+type FailureReason int32
+
+const (
+	// The handler reported the error.
+	FailureReason_FAILURE_REASON_UNSPECIFIED FailureReason = 0
+	// The result exceeded the payload limit.
+	FailureReason_FAILURE_REASON_RESULT_TOO_LARGE FailureReason = 1
+	// The hard time limit passed.
+	FailureReason_FAILURE_REASON_HARD_TIME_LIMIT FailureReason = 2
+	// The soft time limit passed and the handler did not finish.
+	FailureReason_FAILURE_REASON_SOFT_TIME_LIMIT FailureReason = 3
+	// No worker registered the task's name (reported by SDKs that refuse it).
+	FailureReason_FAILURE_REASON_UNKNOWN_TASK FailureReason = 4
+	// The arguments could not be decoded.
+	FailureReason_FAILURE_REASON_BAD_ARGUMENTS FailureReason = 5
+)
+
+// Enum value maps for FailureReason.
+var (
+	FailureReason_name = map[int32]string{
+		0: "FAILURE_REASON_UNSPECIFIED",
+		1: "FAILURE_REASON_RESULT_TOO_LARGE",
+		2: "FAILURE_REASON_HARD_TIME_LIMIT",
+		3: "FAILURE_REASON_SOFT_TIME_LIMIT",
+		4: "FAILURE_REASON_UNKNOWN_TASK",
+		5: "FAILURE_REASON_BAD_ARGUMENTS",
+	}
+	FailureReason_value = map[string]int32{
+		"FAILURE_REASON_UNSPECIFIED":      0,
+		"FAILURE_REASON_RESULT_TOO_LARGE": 1,
+		"FAILURE_REASON_HARD_TIME_LIMIT":  2,
+		"FAILURE_REASON_SOFT_TIME_LIMIT":  3,
+		"FAILURE_REASON_UNKNOWN_TASK":     4,
+		"FAILURE_REASON_BAD_ARGUMENTS":    5,
+	}
+)
+
+func (x FailureReason) Enum() *FailureReason {
+	p := new(FailureReason)
+	*p = x
+	return p
+}
+
+func (x FailureReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FailureReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_conveyor_v1_task_proto_enumTypes[1].Descriptor()
+}
+
+func (FailureReason) Type() protoreflect.EnumType {
+	return &file_conveyor_v1_task_proto_enumTypes[1]
+}
+
+func (x FailureReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FailureReason.Descriptor instead.
+func (FailureReason) EnumDescriptor() ([]byte, []int) {
+	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{1}
+}
+
 // A value passed to or returned from a task. Conveyor never interprets the
 // bytes beyond checking that a payload declared as JSON parses; SDKs encode
 // and decode them. This is what lets a task submitted from one language run
@@ -436,8 +502,11 @@ type TaskSpec struct {
 	// Optional. A second submit with the same key within the idempotency window
 	// returns the first task's id and creates nothing.
 	IdempotencyKey string `protobuf:"bytes,5,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// W3C trace context of the producer's span (SDKs inject it); handed to
+	// the worker in the assignment so that its span continues the trace.
+	TraceContext  *TraceContext `protobuf:"bytes,6,opt,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskSpec) Reset() {
@@ -505,6 +574,70 @@ func (x *TaskSpec) GetIdempotencyKey() string {
 	return ""
 }
 
+func (x *TaskSpec) GetTraceContext() *TraceContext {
+	if x != nil {
+		return x.TraceContext
+	}
+	return nil
+}
+
+// W3C Trace Context (https://www.w3.org/TR/trace-context/).
+type TraceContext struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The `traceparent` header value, e.g.
+	// "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"; at most 55
+	// bytes.
+	Traceparent string `protobuf:"bytes,1,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	// The `tracestate` header value; at most 512 bytes.
+	Tracestate    string `protobuf:"bytes,2,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TraceContext) Reset() {
+	*x = TraceContext{}
+	mi := &file_conveyor_v1_task_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TraceContext) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TraceContext) ProtoMessage() {}
+
+func (x *TraceContext) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_task_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TraceContext.ProtoReflect.Descriptor instead.
+func (*TraceContext) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TraceContext) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+func (x *TraceContext) GetTracestate() string {
+	if x != nil {
+		return x.Tracestate
+	}
+	return ""
+}
+
 // Why an attempt failed, as the handler's language reports it.
 type TaskError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -519,14 +652,16 @@ type TaskError struct {
 	// Set by a handler to ask for a retry after this delay instead of the
 	// policy's backoff (Celery's `self.retry(countdown=...)`). Implies
 	// `retryable`; still bounded by the task's `max_retries`.
-	RetryAfter    *durationpb.Duration `protobuf:"bytes,5,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
+	RetryAfter *durationpb.Duration `protobuf:"bytes,5,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
+	// Set when the platform, not the handler, failed the attempt.
+	Reason        FailureReason `protobuf:"varint,6,opt,name=reason,proto3,enum=conveyor.v1.FailureReason" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskError) Reset() {
 	*x = TaskError{}
-	mi := &file_conveyor_v1_task_proto_msgTypes[4]
+	mi := &file_conveyor_v1_task_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -538,7 +673,7 @@ func (x *TaskError) String() string {
 func (*TaskError) ProtoMessage() {}
 
 func (x *TaskError) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_task_proto_msgTypes[4]
+	mi := &file_conveyor_v1_task_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -551,7 +686,7 @@ func (x *TaskError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskError.ProtoReflect.Descriptor instead.
 func (*TaskError) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{4}
+	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TaskError) GetType() string {
@@ -589,6 +724,13 @@ func (x *TaskError) GetRetryAfter() *durationpb.Duration {
 	return nil
 }
 
+func (x *TaskError) GetReason() FailureReason {
+	if x != nil {
+		return x.Reason
+	}
+	return FailureReason_FAILURE_REASON_UNSPECIFIED
+}
+
 // What a running handler reported about itself (Celery's `update_state`).
 type Progress struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -606,7 +748,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_conveyor_v1_task_proto_msgTypes[5]
+	mi := &file_conveyor_v1_task_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +760,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_task_proto_msgTypes[5]
+	mi := &file_conveyor_v1_task_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +773,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{5}
+	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Progress) GetState() string {
@@ -700,14 +842,18 @@ type Task struct {
 	// Queue the task was routed to.
 	Queue string `protobuf:"bytes,16,opt,name=queue,proto3" json:"queue,omitempty"`
 	// The latest progress reported by the running attempt, if any.
-	Progress      *Progress `protobuf:"bytes,17,opt,name=progress,proto3" json:"progress,omitempty"`
+	Progress *Progress `protobuf:"bytes,17,opt,name=progress,proto3" json:"progress,omitempty"`
+	// Namespace of the task.
+	Namespace string `protobuf:"bytes,18,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Producer's trace context, as submitted.
+	TraceContext  *TraceContext `protobuf:"bytes,19,opt,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_conveyor_v1_task_proto_msgTypes[6]
+	mi := &file_conveyor_v1_task_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -719,7 +865,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_task_proto_msgTypes[6]
+	mi := &file_conveyor_v1_task_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -732,7 +878,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{6}
+	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Task) GetId() string {
@@ -854,6 +1000,20 @@ func (x *Task) GetProgress() *Progress {
 	return nil
 }
 
+func (x *Task) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Task) GetTraceContext() *TraceContext {
+	if x != nil {
+		return x.TraceContext
+	}
+	return nil
+}
+
 var File_conveyor_v1_task_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_task_proto_rawDesc = "" +
@@ -890,29 +1050,36 @@ const file_conveyor_v1_task_proto_rawDesc = "" +
 	"rate_limit\x18\x0e \x01(\tR\trateLimit\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb1\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf1\x02\n" +
 	"\bTaskSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12(\n" +
 	"\x04args\x18\x02 \x03(\v2\x14.conveyor.v1.PayloadR\x04args\x129\n" +
 	"\x06kwargs\x18\x03 \x03(\v2!.conveyor.v1.TaskSpec.KwargsEntryR\x06kwargs\x122\n" +
 	"\aoptions\x18\x04 \x01(\v2\x18.conveyor.v1.TaskOptionsR\aoptions\x12'\n" +
-	"\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKey\x1aO\n" +
+	"\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKey\x12>\n" +
+	"\rtrace_context\x18\x06 \x01(\v2\x19.conveyor.v1.TraceContextR\ftraceContext\x1aO\n" +
 	"\vKwargsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12*\n" +
-	"\x05value\x18\x02 \x01(\v2\x14.conveyor.v1.PayloadR\x05value:\x028\x01\"\xb1\x01\n" +
+	"\x05value\x18\x02 \x01(\v2\x14.conveyor.v1.PayloadR\x05value:\x028\x01\"P\n" +
+	"\fTraceContext\x12 \n" +
+	"\vtraceparent\x18\x01 \x01(\tR\vtraceparent\x12\x1e\n" +
+	"\n" +
+	"tracestate\x18\x02 \x01(\tR\n" +
+	"tracestate\"\xe5\x01\n" +
 	"\tTaskError\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1c\n" +
 	"\ttraceback\x18\x03 \x01(\tR\ttraceback\x12\x1c\n" +
 	"\tretryable\x18\x04 \x01(\bR\tretryable\x12:\n" +
 	"\vretry_after\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"retryAfter\"\xa1\x01\n" +
+	"retryAfter\x122\n" +
+	"\x06reason\x18\x06 \x01(\x0e2\x1a.conveyor.v1.FailureReasonR\x06reason\"\xa1\x01\n" +
 	"\bProgress\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x18\n" +
 	"\apercent\x18\x02 \x01(\x01R\apercent\x12(\n" +
 	"\x04meta\x18\x03 \x01(\v2\x14.conveyor.v1.PayloadR\x04meta\x12;\n" +
 	"\vreported_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"reportedAt\"\x9c\x06\n" +
+	"reportedAt\"\xfa\x06\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12(\n" +
@@ -934,7 +1101,9 @@ const file_conveyor_v1_task_proto_rawDesc = "" +
 	"\x06result\x18\x0e \x01(\v2\x14.conveyor.v1.PayloadR\x06result\x12,\n" +
 	"\x05error\x18\x0f \x01(\v2\x16.conveyor.v1.TaskErrorR\x05error\x12\x14\n" +
 	"\x05queue\x18\x10 \x01(\tR\x05queue\x121\n" +
-	"\bprogress\x18\x11 \x01(\v2\x15.conveyor.v1.ProgressR\bprogress\x1aO\n" +
+	"\bprogress\x18\x11 \x01(\v2\x15.conveyor.v1.ProgressR\bprogress\x12\x1c\n" +
+	"\tnamespace\x18\x12 \x01(\tR\tnamespace\x12>\n" +
+	"\rtrace_context\x18\x13 \x01(\v2\x19.conveyor.v1.TraceContextR\ftraceContext\x1aO\n" +
 	"\vKwargsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12*\n" +
 	"\x05value\x18\x02 \x01(\v2\x14.conveyor.v1.PayloadR\x05value:\x028\x01*\x82\x02\n" +
@@ -948,7 +1117,14 @@ const file_conveyor_v1_task_proto_rawDesc = "" +
 	"\x11TASK_STATE_FAILED\x10\x06\x12\x18\n" +
 	"\x14TASK_STATE_CANCELLED\x10\a\x12\x16\n" +
 	"\x12TASK_STATE_EXPIRED\x10\b\x12\x16\n" +
-	"\x12TASK_STATE_WAITING\x10\tB\x9e\x01\n" +
+	"\x12TASK_STATE_WAITING\x10\t*\xdf\x01\n" +
+	"\rFailureReason\x12\x1e\n" +
+	"\x1aFAILURE_REASON_UNSPECIFIED\x10\x00\x12#\n" +
+	"\x1fFAILURE_REASON_RESULT_TOO_LARGE\x10\x01\x12\"\n" +
+	"\x1eFAILURE_REASON_HARD_TIME_LIMIT\x10\x02\x12\"\n" +
+	"\x1eFAILURE_REASON_SOFT_TIME_LIMIT\x10\x03\x12\x1f\n" +
+	"\x1bFAILURE_REASON_UNKNOWN_TASK\x10\x04\x12 \n" +
+	"\x1cFAILURE_REASON_BAD_ARGUMENTS\x10\x05B\x9e\x01\n" +
 	"\x0fcom.conveyor.v1B\tTaskProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03CXX\xaa\x02\vConveyor.V1\xca\x02\vConveyor\\V1\xe2\x02\x17Conveyor\\V1\\GPBMetadata\xea\x02\fConveyor::V1b\x06proto3"
 
 var (
@@ -963,58 +1139,63 @@ func file_conveyor_v1_task_proto_rawDescGZIP() []byte {
 	return file_conveyor_v1_task_proto_rawDescData
 }
 
-var file_conveyor_v1_task_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_conveyor_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_conveyor_v1_task_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_conveyor_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_conveyor_v1_task_proto_goTypes = []any{
 	(TaskState)(0),                // 0: conveyor.v1.TaskState
-	(*Payload)(nil),               // 1: conveyor.v1.Payload
-	(*RetryPolicy)(nil),           // 2: conveyor.v1.RetryPolicy
-	(*TaskOptions)(nil),           // 3: conveyor.v1.TaskOptions
-	(*TaskSpec)(nil),              // 4: conveyor.v1.TaskSpec
-	(*TaskError)(nil),             // 5: conveyor.v1.TaskError
-	(*Progress)(nil),              // 6: conveyor.v1.Progress
-	(*Task)(nil),                  // 7: conveyor.v1.Task
-	nil,                           // 8: conveyor.v1.TaskOptions.HeadersEntry
-	nil,                           // 9: conveyor.v1.TaskSpec.KwargsEntry
-	nil,                           // 10: conveyor.v1.Task.KwargsEntry
-	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(FailureReason)(0),            // 1: conveyor.v1.FailureReason
+	(*Payload)(nil),               // 2: conveyor.v1.Payload
+	(*RetryPolicy)(nil),           // 3: conveyor.v1.RetryPolicy
+	(*TaskOptions)(nil),           // 4: conveyor.v1.TaskOptions
+	(*TaskSpec)(nil),              // 5: conveyor.v1.TaskSpec
+	(*TraceContext)(nil),          // 6: conveyor.v1.TraceContext
+	(*TaskError)(nil),             // 7: conveyor.v1.TaskError
+	(*Progress)(nil),              // 8: conveyor.v1.Progress
+	(*Task)(nil),                  // 9: conveyor.v1.Task
+	nil,                           // 10: conveyor.v1.TaskOptions.HeadersEntry
+	nil,                           // 11: conveyor.v1.TaskSpec.KwargsEntry
+	nil,                           // 12: conveyor.v1.Task.KwargsEntry
+	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 }
 var file_conveyor_v1_task_proto_depIdxs = []int32{
-	11, // 0: conveyor.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	11, // 1: conveyor.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
-	11, // 2: conveyor.v1.TaskOptions.countdown:type_name -> google.protobuf.Duration
-	12, // 3: conveyor.v1.TaskOptions.eta:type_name -> google.protobuf.Timestamp
-	12, // 4: conveyor.v1.TaskOptions.expires:type_name -> google.protobuf.Timestamp
-	2,  // 5: conveyor.v1.TaskOptions.retry:type_name -> conveyor.v1.RetryPolicy
-	11, // 6: conveyor.v1.TaskOptions.soft_time_limit:type_name -> google.protobuf.Duration
-	11, // 7: conveyor.v1.TaskOptions.hard_time_limit:type_name -> google.protobuf.Duration
-	11, // 8: conveyor.v1.TaskOptions.result_ttl:type_name -> google.protobuf.Duration
-	8,  // 9: conveyor.v1.TaskOptions.headers:type_name -> conveyor.v1.TaskOptions.HeadersEntry
-	1,  // 10: conveyor.v1.TaskSpec.args:type_name -> conveyor.v1.Payload
-	9,  // 11: conveyor.v1.TaskSpec.kwargs:type_name -> conveyor.v1.TaskSpec.KwargsEntry
-	3,  // 12: conveyor.v1.TaskSpec.options:type_name -> conveyor.v1.TaskOptions
-	11, // 13: conveyor.v1.TaskError.retry_after:type_name -> google.protobuf.Duration
-	1,  // 14: conveyor.v1.Progress.meta:type_name -> conveyor.v1.Payload
-	12, // 15: conveyor.v1.Progress.reported_at:type_name -> google.protobuf.Timestamp
-	1,  // 16: conveyor.v1.Task.args:type_name -> conveyor.v1.Payload
-	10, // 17: conveyor.v1.Task.kwargs:type_name -> conveyor.v1.Task.KwargsEntry
-	3,  // 18: conveyor.v1.Task.options:type_name -> conveyor.v1.TaskOptions
-	0,  // 19: conveyor.v1.Task.state:type_name -> conveyor.v1.TaskState
-	12, // 20: conveyor.v1.Task.created_at:type_name -> google.protobuf.Timestamp
-	12, // 21: conveyor.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
-	12, // 22: conveyor.v1.Task.due_at:type_name -> google.protobuf.Timestamp
-	12, // 23: conveyor.v1.Task.finished_at:type_name -> google.protobuf.Timestamp
-	1,  // 24: conveyor.v1.Task.result:type_name -> conveyor.v1.Payload
-	5,  // 25: conveyor.v1.Task.error:type_name -> conveyor.v1.TaskError
-	6,  // 26: conveyor.v1.Task.progress:type_name -> conveyor.v1.Progress
-	1,  // 27: conveyor.v1.TaskSpec.KwargsEntry.value:type_name -> conveyor.v1.Payload
-	1,  // 28: conveyor.v1.Task.KwargsEntry.value:type_name -> conveyor.v1.Payload
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	13, // 0: conveyor.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	13, // 1: conveyor.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	13, // 2: conveyor.v1.TaskOptions.countdown:type_name -> google.protobuf.Duration
+	14, // 3: conveyor.v1.TaskOptions.eta:type_name -> google.protobuf.Timestamp
+	14, // 4: conveyor.v1.TaskOptions.expires:type_name -> google.protobuf.Timestamp
+	3,  // 5: conveyor.v1.TaskOptions.retry:type_name -> conveyor.v1.RetryPolicy
+	13, // 6: conveyor.v1.TaskOptions.soft_time_limit:type_name -> google.protobuf.Duration
+	13, // 7: conveyor.v1.TaskOptions.hard_time_limit:type_name -> google.protobuf.Duration
+	13, // 8: conveyor.v1.TaskOptions.result_ttl:type_name -> google.protobuf.Duration
+	10, // 9: conveyor.v1.TaskOptions.headers:type_name -> conveyor.v1.TaskOptions.HeadersEntry
+	2,  // 10: conveyor.v1.TaskSpec.args:type_name -> conveyor.v1.Payload
+	11, // 11: conveyor.v1.TaskSpec.kwargs:type_name -> conveyor.v1.TaskSpec.KwargsEntry
+	4,  // 12: conveyor.v1.TaskSpec.options:type_name -> conveyor.v1.TaskOptions
+	6,  // 13: conveyor.v1.TaskSpec.trace_context:type_name -> conveyor.v1.TraceContext
+	13, // 14: conveyor.v1.TaskError.retry_after:type_name -> google.protobuf.Duration
+	1,  // 15: conveyor.v1.TaskError.reason:type_name -> conveyor.v1.FailureReason
+	2,  // 16: conveyor.v1.Progress.meta:type_name -> conveyor.v1.Payload
+	14, // 17: conveyor.v1.Progress.reported_at:type_name -> google.protobuf.Timestamp
+	2,  // 18: conveyor.v1.Task.args:type_name -> conveyor.v1.Payload
+	12, // 19: conveyor.v1.Task.kwargs:type_name -> conveyor.v1.Task.KwargsEntry
+	4,  // 20: conveyor.v1.Task.options:type_name -> conveyor.v1.TaskOptions
+	0,  // 21: conveyor.v1.Task.state:type_name -> conveyor.v1.TaskState
+	14, // 22: conveyor.v1.Task.created_at:type_name -> google.protobuf.Timestamp
+	14, // 23: conveyor.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
+	14, // 24: conveyor.v1.Task.due_at:type_name -> google.protobuf.Timestamp
+	14, // 25: conveyor.v1.Task.finished_at:type_name -> google.protobuf.Timestamp
+	2,  // 26: conveyor.v1.Task.result:type_name -> conveyor.v1.Payload
+	7,  // 27: conveyor.v1.Task.error:type_name -> conveyor.v1.TaskError
+	8,  // 28: conveyor.v1.Task.progress:type_name -> conveyor.v1.Progress
+	6,  // 29: conveyor.v1.Task.trace_context:type_name -> conveyor.v1.TraceContext
+	2,  // 30: conveyor.v1.TaskSpec.KwargsEntry.value:type_name -> conveyor.v1.Payload
+	2,  // 31: conveyor.v1.Task.KwargsEntry.value:type_name -> conveyor.v1.Payload
+	32, // [32:32] is the sub-list for method output_type
+	32, // [32:32] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_conveyor_v1_task_proto_init() }
@@ -1027,8 +1208,8 @@ func file_conveyor_v1_task_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_task_proto_rawDesc), len(file_conveyor_v1_task_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   10,
+			NumEnums:      2,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -4,6 +4,7 @@ from conveyor.v1 import task_pb2 as _task_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -11,21 +12,38 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CancelReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CANCEL_REASON_UNSPECIFIED: _ClassVar[CancelReason]
+    CANCEL_REASON_REVOKED: _ClassVar[CancelReason]
+    CANCEL_REASON_HARD_TIME_LIMIT: _ClassVar[CancelReason]
+    CANCEL_REASON_LEASE_LOST: _ClassVar[CancelReason]
+    CANCEL_REASON_EXPIRED: _ClassVar[CancelReason]
+CANCEL_REASON_UNSPECIFIED: CancelReason
+CANCEL_REASON_REVOKED: CancelReason
+CANCEL_REASON_HARD_TIME_LIMIT: CancelReason
+CANCEL_REASON_LEASE_LOST: CancelReason
+CANCEL_REASON_EXPIRED: CancelReason
+
 class PauseQueueRequest(_message.Message):
-    __slots__ = ("queue",)
+    __slots__ = ("queue", "namespace")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     queue: str
-    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+    namespace: str
+    def __init__(self, queue: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class PauseQueueResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ResumeQueueRequest(_message.Message):
-    __slots__ = ("queue",)
+    __slots__ = ("queue", "namespace")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     queue: str
-    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+    namespace: str
+    def __init__(self, queue: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class ResumeQueueResponse(_message.Message):
     __slots__ = ()
@@ -62,7 +80,7 @@ class ConnectResponse(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., cancel_assignment: _Optional[_Union[CancelAssignment, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., outcome_rejected: _Optional[_Union[OutcomeRejected, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("worker_id", "queues", "task_names", "concurrency", "language", "sdk_version", "hostname")
+    __slots__ = ("worker_id", "queues", "task_names", "concurrency", "language", "sdk_version", "hostname", "protocol_version", "namespace")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     QUEUES_FIELD_NUMBER: _ClassVar[int]
     TASK_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +88,8 @@ class Hello(_message.Message):
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     SDK_VERSION_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     queues: _containers.RepeatedScalarFieldContainer[str]
     task_names: _containers.RepeatedScalarFieldContainer[str]
@@ -77,19 +97,23 @@ class Hello(_message.Message):
     language: str
     sdk_version: str
     hostname: str
-    def __init__(self, worker_id: _Optional[str] = ..., queues: _Optional[_Iterable[str]] = ..., task_names: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., language: _Optional[str] = ..., sdk_version: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
+    protocol_version: int
+    namespace: str
+    def __init__(self, worker_id: _Optional[str] = ..., queues: _Optional[_Iterable[str]] = ..., task_names: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., language: _Optional[str] = ..., sdk_version: _Optional[str] = ..., hostname: _Optional[str] = ..., protocol_version: _Optional[int] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "heartbeat_interval", "lease_ttl", "max_credits")
+    __slots__ = ("session_id", "heartbeat_interval", "lease_ttl", "max_credits", "protocol_version")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_FIELD_NUMBER: _ClassVar[int]
     MAX_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     heartbeat_interval: _duration_pb2.Duration
     lease_ttl: _duration_pb2.Duration
     max_credits: int
-    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_credits: _Optional[int] = ...) -> None: ...
+    protocol_version: int
+    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_credits: _Optional[int] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class GrantCredits(_message.Message):
     __slots__ = ("credits",)
@@ -144,7 +168,7 @@ class Assignments(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("task_id", "name", "args", "kwargs", "attempt", "lease_token", "headers", "soft_time_limit", "hard_time_limit", "created_at", "max_retries")
+    __slots__ = ("task_id", "name", "args", "kwargs", "attempt", "lease_token", "headers", "soft_time_limit", "hard_time_limit", "created_at", "max_retries", "failures", "trace_context", "namespace")
     class KwargsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +194,9 @@ class Assignment(_message.Message):
     HARD_TIME_LIMIT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     name: str
     args: _containers.RepeatedCompositeFieldContainer[_task_pb2.Payload]
@@ -181,15 +208,20 @@ class Assignment(_message.Message):
     hard_time_limit: _duration_pb2.Duration
     created_at: _timestamp_pb2.Timestamp
     max_retries: int
-    def __init__(self, task_id: _Optional[str] = ..., name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[_task_pb2.Payload, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, _task_pb2.Payload]] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., soft_time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hard_time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_retries: _Optional[int] = ...) -> None: ...
+    failures: int
+    trace_context: _task_pb2.TraceContext
+    namespace: str
+    def __init__(self, task_id: _Optional[str] = ..., name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[_task_pb2.Payload, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, _task_pb2.Payload]] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., soft_time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hard_time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_retries: _Optional[int] = ..., failures: _Optional[int] = ..., trace_context: _Optional[_Union[_task_pb2.TraceContext, _Mapping]] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class CancelAssignment(_message.Message):
-    __slots__ = ("task_id", "reason")
+    __slots__ = ("task_id", "reason", "reason_code")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    REASON_CODE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     reason: str
-    def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    reason_code: CancelReason
+    def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ..., reason_code: _Optional[_Union[CancelReason, str]] = ...) -> None: ...
 
 class Drain(_message.Message):
     __slots__ = ("grace",)
@@ -208,17 +240,25 @@ class OutcomeRejected(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("namespace", "page_size", "page_token")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    page_size: int
+    page_token: str
+    def __init__(self, namespace: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListWorkersResponse(_message.Message):
-    __slots__ = ("workers",)
+    __slots__ = ("workers", "next_page_token")
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
-    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "session_id", "queues", "task_names", "concurrency", "language", "sdk_version", "hostname", "active_leases", "credits", "connected_at", "last_seen_at", "completed")
+    __slots__ = ("worker_id", "session_id", "queues", "task_names", "concurrency", "language", "sdk_version", "hostname", "active_leases", "credits", "connected_at", "last_seen_at", "completed", "namespace")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     QUEUES_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +272,7 @@ class WorkerInfo(_message.Message):
     CONNECTED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_AT_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     session_id: str
     queues: _containers.RepeatedScalarFieldContainer[str]
@@ -245,4 +286,5 @@ class WorkerInfo(_message.Message):
     connected_at: _timestamp_pb2.Timestamp
     last_seen_at: _timestamp_pb2.Timestamp
     completed: int
-    def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., queues: _Optional[_Iterable[str]] = ..., task_names: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., language: _Optional[str] = ..., sdk_version: _Optional[str] = ..., hostname: _Optional[str] = ..., active_leases: _Optional[int] = ..., credits: _Optional[int] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed: _Optional[int] = ...) -> None: ...
+    namespace: str
+    def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., queues: _Optional[_Iterable[str]] = ..., task_names: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., language: _Optional[str] = ..., sdk_version: _Optional[str] = ..., hostname: _Optional[str] = ..., active_leases: _Optional[int] = ..., credits: _Optional[int] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed: _Optional[int] = ..., namespace: _Optional[str] = ...) -> None: ...

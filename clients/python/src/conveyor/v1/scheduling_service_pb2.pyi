@@ -45,8 +45,10 @@ CATCH_UP_SKIP: CatchUp
 CATCH_UP_RUN_ONCE: CatchUp
 
 class GetSchedulerStatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("namespace",)
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    def __init__(self, namespace: _Optional[str] = ...) -> None: ...
 
 class GetSchedulerStatusResponse(_message.Message):
     __slots__ = ("scheduled_tasks", "next_due_at", "promoted_total", "reaped_total", "schedule_runs_total")
@@ -87,7 +89,7 @@ class SolarRule(_message.Message):
     def __init__(self, event: _Optional[_Union[SolarEvent, str]] = ..., latitude: _Optional[float] = ..., longitude: _Optional[float] = ...) -> None: ...
 
 class Schedule(_message.Message):
-    __slots__ = ("id", "task", "interval", "cron", "solar", "start_at", "end_at", "jitter", "catch_up", "paused", "next_run_at", "last_run_at", "runs", "created_at")
+    __slots__ = ("id", "task", "interval", "cron", "solar", "start_at", "end_at", "jitter", "catch_up", "paused", "next_run_at", "last_run_at", "runs", "created_at", "version", "namespace")
     ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +104,8 @@ class Schedule(_message.Message):
     LAST_RUN_AT_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     id: str
     task: _task_pb2.TaskSpec
     interval: IntervalRule
@@ -116,7 +120,9 @@ class Schedule(_message.Message):
     last_run_at: _timestamp_pb2.Timestamp
     runs: int
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., task: _Optional[_Union[_task_pb2.TaskSpec, _Mapping]] = ..., interval: _Optional[_Union[IntervalRule, _Mapping]] = ..., cron: _Optional[_Union[CronRule, _Mapping]] = ..., solar: _Optional[_Union[SolarRule, _Mapping]] = ..., start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., jitter: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., catch_up: _Optional[_Union[CatchUp, str]] = ..., paused: _Optional[bool] = ..., next_run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., runs: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    version: int
+    namespace: str
+    def __init__(self, id: _Optional[str] = ..., task: _Optional[_Union[_task_pb2.TaskSpec, _Mapping]] = ..., interval: _Optional[_Union[IntervalRule, _Mapping]] = ..., cron: _Optional[_Union[CronRule, _Mapping]] = ..., solar: _Optional[_Union[SolarRule, _Mapping]] = ..., start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., jitter: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., catch_up: _Optional[_Union[CatchUp, str]] = ..., paused: _Optional[bool] = ..., next_run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., runs: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class ScheduleRun(_message.Message):
     __slots__ = ("fire_at", "task_id", "triggered")
@@ -129,10 +135,12 @@ class ScheduleRun(_message.Message):
     def __init__(self, fire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., task_id: _Optional[str] = ..., triggered: _Optional[bool] = ...) -> None: ...
 
 class CreateScheduleRequest(_message.Message):
-    __slots__ = ("schedule",)
+    __slots__ = ("schedule", "namespace")
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     schedule: Schedule
-    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
+    namespace: str
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class CreateScheduleResponse(_message.Message):
     __slots__ = ("schedule",)
@@ -141,10 +149,12 @@ class CreateScheduleResponse(_message.Message):
     def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
 
 class GetScheduleRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "namespace")
     ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    namespace: str
+    def __init__(self, id: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class GetScheduleResponse(_message.Message):
     __slots__ = ("schedule",)
@@ -153,20 +163,32 @@ class GetScheduleResponse(_message.Message):
     def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
 
 class ListSchedulesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("namespace", "page_size", "page_token")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    page_size: int
+    page_token: str
+    def __init__(self, namespace: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListSchedulesResponse(_message.Message):
-    __slots__ = ("schedules",)
+    __slots__ = ("schedules", "next_page_token")
     SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     schedules: _containers.RepeatedCompositeFieldContainer[Schedule]
-    def __init__(self, schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class UpdateScheduleRequest(_message.Message):
-    __slots__ = ("schedule",)
+    __slots__ = ("schedule", "namespace", "expected_version")
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     schedule: Schedule
-    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
+    namespace: str
+    expected_version: int
+    def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ..., namespace: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
 
 class UpdateScheduleResponse(_message.Message):
     __slots__ = ("schedule",)
@@ -175,20 +197,26 @@ class UpdateScheduleResponse(_message.Message):
     def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
 
 class DeleteScheduleRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "namespace")
     ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    namespace: str
+    def __init__(self, id: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class DeleteScheduleResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class PauseScheduleRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "namespace", "expected_version")
     ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    namespace: str
+    expected_version: int
+    def __init__(self, id: _Optional[str] = ..., namespace: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
 
 class PauseScheduleResponse(_message.Message):
     __slots__ = ("schedule",)
@@ -197,10 +225,14 @@ class PauseScheduleResponse(_message.Message):
     def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
 
 class ResumeScheduleRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "namespace", "expected_version")
     ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    namespace: str
+    expected_version: int
+    def __init__(self, id: _Optional[str] = ..., namespace: _Optional[str] = ..., expected_version: _Optional[int] = ...) -> None: ...
 
 class ResumeScheduleResponse(_message.Message):
     __slots__ = ("schedule",)
@@ -209,10 +241,12 @@ class ResumeScheduleResponse(_message.Message):
     def __init__(self, schedule: _Optional[_Union[Schedule, _Mapping]] = ...) -> None: ...
 
 class TriggerScheduleRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "namespace")
     ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    namespace: str
+    def __init__(self, id: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class TriggerScheduleResponse(_message.Message):
     __slots__ = ("run",)
@@ -221,13 +255,21 @@ class TriggerScheduleResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[ScheduleRun, _Mapping]] = ...) -> None: ...
 
 class ListScheduleRunsRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "namespace", "page_size", "page_token")
     ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    namespace: str
+    page_size: int
+    page_token: str
+    def __init__(self, id: _Optional[str] = ..., namespace: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListScheduleRunsResponse(_message.Message):
-    __slots__ = ("runs",)
+    __slots__ = ("runs", "next_page_token")
     RUNS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[ScheduleRun]
-    def __init__(self, runs: _Optional[_Iterable[_Union[ScheduleRun, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, runs: _Optional[_Iterable[_Union[ScheduleRun, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

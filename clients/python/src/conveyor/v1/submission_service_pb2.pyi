@@ -8,10 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitTaskRequest(_message.Message):
-    __slots__ = ("task",)
+    __slots__ = ("task", "namespace")
     TASK_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     task: _task_pb2.TaskSpec
-    def __init__(self, task: _Optional[_Union[_task_pb2.TaskSpec, _Mapping]] = ...) -> None: ...
+    namespace: str
+    def __init__(self, task: _Optional[_Union[_task_pb2.TaskSpec, _Mapping]] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class SubmitTaskResponse(_message.Message):
     __slots__ = ("task_id", "duplicate", "state")
@@ -24,10 +26,12 @@ class SubmitTaskResponse(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., duplicate: _Optional[bool] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ...) -> None: ...
 
 class SubmitTasksRequest(_message.Message):
-    __slots__ = ("tasks",)
+    __slots__ = ("tasks", "namespace")
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[_task_pb2.TaskSpec]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.TaskSpec, _Mapping]]] = ...) -> None: ...
+    namespace: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[_task_pb2.TaskSpec, _Mapping]]] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class SubmitTasksResponse(_message.Message):
     __slots__ = ("results",)
@@ -36,10 +40,12 @@ class SubmitTasksResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SubmitTaskResponse, _Mapping]]] = ...) -> None: ...
 
 class CancelTaskRequest(_message.Message):
-    __slots__ = ("task_id",)
+    __slots__ = ("task_id", "namespace")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
-    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+    namespace: str
+    def __init__(self, task_id: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class CancelTaskResponse(_message.Message):
     __slots__ = ("cancelled", "state")
@@ -50,10 +56,12 @@ class CancelTaskResponse(_message.Message):
     def __init__(self, cancelled: _Optional[bool] = ..., state: _Optional[_Union[_task_pb2.TaskState, str]] = ...) -> None: ...
 
 class ReplayTaskRequest(_message.Message):
-    __slots__ = ("task_id",)
+    __slots__ = ("task_id", "namespace")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
-    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+    namespace: str
+    def __init__(self, task_id: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class ReplayTaskResponse(_message.Message):
     __slots__ = ("state",)

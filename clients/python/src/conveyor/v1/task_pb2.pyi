@@ -23,6 +23,15 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_STATE_CANCELLED: _ClassVar[TaskState]
     TASK_STATE_EXPIRED: _ClassVar[TaskState]
     TASK_STATE_WAITING: _ClassVar[TaskState]
+
+class FailureReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAILURE_REASON_UNSPECIFIED: _ClassVar[FailureReason]
+    FAILURE_REASON_RESULT_TOO_LARGE: _ClassVar[FailureReason]
+    FAILURE_REASON_HARD_TIME_LIMIT: _ClassVar[FailureReason]
+    FAILURE_REASON_SOFT_TIME_LIMIT: _ClassVar[FailureReason]
+    FAILURE_REASON_UNKNOWN_TASK: _ClassVar[FailureReason]
+    FAILURE_REASON_BAD_ARGUMENTS: _ClassVar[FailureReason]
 TASK_STATE_UNSPECIFIED: TaskState
 TASK_STATE_SCHEDULED: TaskState
 TASK_STATE_QUEUED: TaskState
@@ -33,6 +42,12 @@ TASK_STATE_FAILED: TaskState
 TASK_STATE_CANCELLED: TaskState
 TASK_STATE_EXPIRED: TaskState
 TASK_STATE_WAITING: TaskState
+FAILURE_REASON_UNSPECIFIED: FailureReason
+FAILURE_REASON_RESULT_TOO_LARGE: FailureReason
+FAILURE_REASON_HARD_TIME_LIMIT: FailureReason
+FAILURE_REASON_SOFT_TIME_LIMIT: FailureReason
+FAILURE_REASON_UNKNOWN_TASK: FailureReason
+FAILURE_REASON_BAD_ARGUMENTS: FailureReason
 
 class Payload(_message.Message):
     __slots__ = ("data", "content_type")
@@ -96,7 +111,7 @@ class TaskOptions(_message.Message):
     def __init__(self, queue: _Optional[str] = ..., priority: _Optional[int] = ..., countdown: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., eta: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., soft_time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hard_time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., rate_limit_key: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ..., result_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., headers: _Optional[_Mapping[str, str]] = ..., rate_limit: _Optional[str] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("name", "args", "kwargs", "options", "idempotency_key")
+    __slots__ = ("name", "args", "kwargs", "options", "idempotency_key", "trace_context")
     class KwargsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -109,26 +124,38 @@ class TaskSpec(_message.Message):
     KWARGS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     name: str
     args: _containers.RepeatedCompositeFieldContainer[Payload]
     kwargs: _containers.MessageMap[str, Payload]
     options: TaskOptions
     idempotency_key: str
-    def __init__(self, name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Payload]] = ..., options: _Optional[_Union[TaskOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    trace_context: TraceContext
+    def __init__(self, name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Payload]] = ..., options: _Optional[_Union[TaskOptions, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., trace_context: _Optional[_Union[TraceContext, _Mapping]] = ...) -> None: ...
+
+class TraceContext(_message.Message):
+    __slots__ = ("traceparent", "tracestate")
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    TRACESTATE_FIELD_NUMBER: _ClassVar[int]
+    traceparent: str
+    tracestate: str
+    def __init__(self, traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
 
 class TaskError(_message.Message):
-    __slots__ = ("type", "message", "traceback", "retryable", "retry_after")
+    __slots__ = ("type", "message", "traceback", "retryable", "retry_after", "reason")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TRACEBACK_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     type: str
     message: str
     traceback: str
     retryable: bool
     retry_after: _duration_pb2.Duration
-    def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., retryable: _Optional[bool] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    reason: FailureReason
+    def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., retryable: _Optional[bool] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[_Union[FailureReason, str]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("state", "percent", "meta", "reported_at")
@@ -143,7 +170,7 @@ class Progress(_message.Message):
     def __init__(self, state: _Optional[str] = ..., percent: _Optional[float] = ..., meta: _Optional[_Union[Payload, _Mapping]] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "name", "args", "kwargs", "options", "state", "attempt", "failures", "created_at", "updated_at", "due_at", "finished_at", "worker_id", "result", "error", "queue", "progress")
+    __slots__ = ("id", "name", "args", "kwargs", "options", "state", "attempt", "failures", "created_at", "updated_at", "due_at", "finished_at", "worker_id", "result", "error", "queue", "progress", "namespace", "trace_context")
     class KwargsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +195,8 @@ class Task(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     args: _containers.RepeatedCompositeFieldContainer[Payload]
@@ -185,4 +214,6 @@ class Task(_message.Message):
     error: TaskError
     queue: str
     progress: Progress
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Payload]] = ..., options: _Optional[_Union[TaskOptions, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., failures: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., queue: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+    namespace: str
+    trace_context: TraceContext
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Payload]] = ..., options: _Optional[_Union[TaskOptions, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., failures: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., queue: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., namespace: _Optional[str] = ..., trace_context: _Optional[_Union[TraceContext, _Mapping]] = ...) -> None: ...

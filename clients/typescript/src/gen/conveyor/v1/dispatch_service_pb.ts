@@ -2,9 +2,9 @@
 // @generated from file conveyor/v1/dispatch_service.proto (package conveyor.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Payload, Progress, TaskError } from "./task_pb.js";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Payload, Progress, TaskError, TraceContext } from "./task_pb.js";
 import { file_conveyor_v1_task } from "./task_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/dispatch_service.proto.
  */
 export const file_conveyor_v1_dispatch_service: GenFile = /*@__PURE__*/
-  fileDesc("CiJjb252ZXlvci92MS9kaXNwYXRjaF9zZXJ2aWNlLnByb3RvEgtjb252ZXlvci52MSIiChFQYXVzZVF1ZXVlUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSIUChJQYXVzZVF1ZXVlUmVzcG9uc2UiIwoSUmVzdW1lUXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJIhUKE1Jlc3VtZVF1ZXVlUmVzcG9uc2UiwwIKDkNvbm5lY3RSZXF1ZXN0EiMKBWhlbGxvGAEgASgLMhIuY29udmV5b3IudjEuSGVsbG9IABIyCg1ncmFudF9jcmVkaXRzGAIgASgLMhkuY29udmV5b3IudjEuR3JhbnRDcmVkaXRzSAASKwoJaGVhcnRiZWF0GAMgASgLMhYuY29udmV5b3IudjEuSGVhcnRiZWF0SAASNgoPcmVwb3J0X291dGNvbWVzGAQgASgLMhsuY29udmV5b3IudjEuUmVwb3J0T3V0Y29tZXNIABIwCgx0YXNrX3N0YXJ0ZWQYBSABKAsyGC5jb252ZXlvci52MS5UYXNrU3RhcnRlZEgAEjYKD3JlcG9ydF9wcm9ncmVzcxgGIAEoCzIbLmNvbnZleW9yLnYxLlJlcG9ydFByb2dyZXNzSABCCQoHbWVzc2FnZSKRAgoPQ29ubmVjdFJlc3BvbnNlEicKB3dlbGNvbWUYASABKAsyFC5jb252ZXlvci52MS5XZWxjb21lSAASLwoLYXNzaWdubWVudHMYAiABKAsyGC5jb252ZXlvci52MS5Bc3NpZ25tZW50c0gAEjoKEWNhbmNlbF9hc3NpZ25tZW50GAMgASgLMh0uY29udmV5b3IudjEuQ2FuY2VsQXNzaWdubWVudEgAEiMKBWRyYWluGAQgASgLMhIuY29udmV5b3IudjEuRHJhaW5IABI4ChBvdXRjb21lX3JlamVjdGVkGAUgASgLMhwuY29udmV5b3IudjEuT3V0Y29tZVJlamVjdGVkSABCCQoHbWVzc2FnZSKMAQoFSGVsbG8SEQoJd29ya2VyX2lkGAEgASgJEg4KBnF1ZXVlcxgCIAMoCRISCgp0YXNrX25hbWVzGAMgAygJEhMKC2NvbmN1cnJlbmN5GAQgASgNEhAKCGxhbmd1YWdlGAUgASgJEhMKC3Nka192ZXJzaW9uGAYgASgJEhAKCGhvc3RuYW1lGAcgASgJIpcBCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCWxlYXNlX3R0bBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhITCgttYXhfY3JlZGl0cxgEIAEoDSIfCgxHcmFudENyZWRpdHMSDwoHY3JlZGl0cxgBIAEoDSILCglIZWFydGJlYXQiPAoOUmVwb3J0T3V0Y29tZXMSKgoIb3V0Y29tZXMYASADKAsyGC5jb252ZXlvci52MS5UYXNrT3V0Y29tZSKPAQoLVGFza091dGNvbWUSDwoHdGFza19pZBgBIAEoCRITCgtsZWFzZV90b2tlbhgCIAEoBBImCgZyZXN1bHQYAyABKAsyFC5jb252ZXlvci52MS5QYXlsb2FkSAASJwoFZXJyb3IYBCABKAsyFi5jb252ZXlvci52MS5UYXNrRXJyb3JIAEIJCgdvdXRjb21lIjMKC1Rhc2tTdGFydGVkEg8KB3Rhc2tfaWQYASABKAkSEwoLbGVhc2VfdG9rZW4YAiABKAQiXwoOUmVwb3J0UHJvZ3Jlc3MSDwoHdGFza19pZBgBIAEoCRITCgtsZWFzZV90b2tlbhgCIAEoBBInCghwcm9ncmVzcxgDIAEoCzIVLmNvbnZleW9yLnYxLlByb2dyZXNzIjsKC0Fzc2lnbm1lbnRzEiwKC2Fzc2lnbm1lbnRzGAEgAygLMhcuY29udmV5b3IudjEuQXNzaWdubWVudCKDBAoKQXNzaWdubWVudBIPCgd0YXNrX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSIgoEYXJncxgDIAMoCzIULmNvbnZleW9yLnYxLlBheWxvYWQSMwoGa3dhcmdzGAQgAygLMiMuY29udmV5b3IudjEuQXNzaWdubWVudC5Ld2FyZ3NFbnRyeRIPCgdhdHRlbXB0GAUgASgNEhMKC2xlYXNlX3Rva2VuGAYgASgEEjUKB2hlYWRlcnMYByADKAsyJC5jb252ZXlvci52MS5Bc3NpZ25tZW50LkhlYWRlcnNFbnRyeRIyCg9zb2Z0X3RpbWVfbGltaXQYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMgoPaGFyZF90aW1lX2xpbWl0GAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC21heF9yZXRyaWVzGAsgASgNGkMKC0t3YXJnc0VudHJ5EgsKA2tleRgBIAEoCRIjCgV2YWx1ZRgCIAEoCzIULmNvbnZleW9yLnYxLlBheWxvYWQ6AjgBGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjMKEENhbmNlbEFzc2lnbm1lbnQSDwoHdGFza19pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiMQoFRHJhaW4SKAoFZ3JhY2UYASABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iQQoPT3V0Y29tZVJlamVjdGVkEg8KB3Rhc2tfaWQYASABKAkSDAoEY29kZRgCIAEoBRIPCgdtZXNzYWdlGAMgASgJIhQKEkxpc3RXb3JrZXJzUmVxdWVzdCI/ChNMaXN0V29ya2Vyc1Jlc3BvbnNlEigKB3dvcmtlcnMYASADKAsyFy5jb252ZXlvci52MS5Xb3JrZXJJbmZvIsQCCgpXb3JrZXJJbmZvEhEKCXdvcmtlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg4KBnF1ZXVlcxgDIAMoCRISCgp0YXNrX25hbWVzGAQgAygJEhMKC2NvbmN1cnJlbmN5GAUgASgNEhAKCGxhbmd1YWdlGAYgASgJEhMKC3Nka192ZXJzaW9uGAcgASgJEhAKCGhvc3RuYW1lGAggASgJEhUKDWFjdGl2ZV9sZWFzZXMYCSABKA0SDwoHY3JlZGl0cxgKIAEoDRIwCgxjb25uZWN0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJY29tcGxldGVkGA0gASgEMs4CCg9EaXNwYXRjaFNlcnZpY2USSAoHQ29ubmVjdBIbLmNvbnZleW9yLnYxLkNvbm5lY3RSZXF1ZXN0GhwuY29udmV5b3IudjEuQ29ubmVjdFJlc3BvbnNlKAEwARJQCgtMaXN0V29ya2VycxIfLmNvbnZleW9yLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBogLmNvbnZleW9yLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USTQoKUGF1c2VRdWV1ZRIeLmNvbnZleW9yLnYxLlBhdXNlUXVldWVSZXF1ZXN0Gh8uY29udmV5b3IudjEuUGF1c2VRdWV1ZVJlc3BvbnNlElAKC1Jlc3VtZVF1ZXVlEh8uY29udmV5b3IudjEuUmVzdW1lUXVldWVSZXF1ZXN0GiAuY29udmV5b3IudjEuUmVzdW1lUXVldWVSZXNwb25zZUKpAQoPY29tLmNvbnZleW9yLnYxQhREaXNwYXRjaFNlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiJjb252ZXlvci92MS9kaXNwYXRjaF9zZXJ2aWNlLnByb3RvEgtjb252ZXlvci52MSI1ChFQYXVzZVF1ZXVlUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiFAoSUGF1c2VRdWV1ZVJlc3BvbnNlIjYKElJlc3VtZVF1ZXVlUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiFQoTUmVzdW1lUXVldWVSZXNwb25zZSLDAgoOQ29ubmVjdFJlcXVlc3QSIwoFaGVsbG8YASABKAsyEi5jb252ZXlvci52MS5IZWxsb0gAEjIKDWdyYW50X2NyZWRpdHMYAiABKAsyGS5jb252ZXlvci52MS5HcmFudENyZWRpdHNIABIrCgloZWFydGJlYXQYAyABKAsyFi5jb252ZXlvci52MS5IZWFydGJlYXRIABI2Cg9yZXBvcnRfb3V0Y29tZXMYBCABKAsyGy5jb252ZXlvci52MS5SZXBvcnRPdXRjb21lc0gAEjAKDHRhc2tfc3RhcnRlZBgFIAEoCzIYLmNvbnZleW9yLnYxLlRhc2tTdGFydGVkSAASNgoPcmVwb3J0X3Byb2dyZXNzGAYgASgLMhsuY29udmV5b3IudjEuUmVwb3J0UHJvZ3Jlc3NIAEIJCgdtZXNzYWdlIpECCg9Db25uZWN0UmVzcG9uc2USJwoHd2VsY29tZRgBIAEoCzIULmNvbnZleW9yLnYxLldlbGNvbWVIABIvCgthc3NpZ25tZW50cxgCIAEoCzIYLmNvbnZleW9yLnYxLkFzc2lnbm1lbnRzSAASOgoRY2FuY2VsX2Fzc2lnbm1lbnQYAyABKAsyHS5jb252ZXlvci52MS5DYW5jZWxBc3NpZ25tZW50SAASIwoFZHJhaW4YBCABKAsyEi5jb252ZXlvci52MS5EcmFpbkgAEjgKEG91dGNvbWVfcmVqZWN0ZWQYBSABKAsyHC5jb252ZXlvci52MS5PdXRjb21lUmVqZWN0ZWRIAEIJCgdtZXNzYWdlIrkBCgVIZWxsbxIRCgl3b3JrZXJfaWQYASABKAkSDgoGcXVldWVzGAIgAygJEhIKCnRhc2tfbmFtZXMYAyADKAkSEwoLY29uY3VycmVuY3kYBCABKA0SEAoIbGFuZ3VhZ2UYBSABKAkSEwoLc2RrX3ZlcnNpb24YBiABKAkSEAoIaG9zdG5hbWUYByABKAkSGAoQcHJvdG9jb2xfdmVyc2lvbhgIIAEoDRIRCgluYW1lc3BhY2UYCSABKAkisQEKB1dlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoJbGVhc2VfdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhMKC21heF9jcmVkaXRzGAQgASgNEhgKEHByb3RvY29sX3ZlcnNpb24YBSABKA0iHwoMR3JhbnRDcmVkaXRzEg8KB2NyZWRpdHMYASABKA0iCwoJSGVhcnRiZWF0IjwKDlJlcG9ydE91dGNvbWVzEioKCG91dGNvbWVzGAEgAygLMhguY29udmV5b3IudjEuVGFza091dGNvbWUijwEKC1Rhc2tPdXRjb21lEg8KB3Rhc2tfaWQYASABKAkSEwoLbGVhc2VfdG9rZW4YAiABKAQSJgoGcmVzdWx0GAMgASgLMhQuY29udmV5b3IudjEuUGF5bG9hZEgAEicKBWVycm9yGAQgASgLMhYuY29udmV5b3IudjEuVGFza0Vycm9ySABCCQoHb3V0Y29tZSIzCgtUYXNrU3RhcnRlZBIPCgd0YXNrX2lkGAEgASgJEhMKC2xlYXNlX3Rva2VuGAIgASgEIl8KDlJlcG9ydFByb2dyZXNzEg8KB3Rhc2tfaWQYASABKAkSEwoLbGVhc2VfdG9rZW4YAiABKAQSJwoIcHJvZ3Jlc3MYAyABKAsyFS5jb252ZXlvci52MS5Qcm9ncmVzcyI7CgtBc3NpZ25tZW50cxIsCgthc3NpZ25tZW50cxgBIAMoCzIXLmNvbnZleW9yLnYxLkFzc2lnbm1lbnQi2gQKCkFzc2lnbm1lbnQSDwoHdGFza19pZBgBIAEoCRIMCgRuYW1lGAIgASgJEiIKBGFyZ3MYAyADKAsyFC5jb252ZXlvci52MS5QYXlsb2FkEjMKBmt3YXJncxgEIAMoCzIjLmNvbnZleW9yLnYxLkFzc2lnbm1lbnQuS3dhcmdzRW50cnkSDwoHYXR0ZW1wdBgFIAEoDRITCgtsZWFzZV90b2tlbhgGIAEoBBI1CgdoZWFkZXJzGAcgAygLMiQuY29udmV5b3IudjEuQXNzaWdubWVudC5IZWFkZXJzRW50cnkSMgoPc29mdF90aW1lX2xpbWl0GAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKD2hhcmRfdGltZV9saW1pdBgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIuCgpjcmVhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgttYXhfcmV0cmllcxgLIAEoDRIQCghmYWlsdXJlcxgMIAEoDRIwCg10cmFjZV9jb250ZXh0GA0gASgLMhkuY29udmV5b3IudjEuVHJhY2VDb250ZXh0EhEKCW5hbWVzcGFjZRgOIAEoCRpDCgtLd2FyZ3NFbnRyeRILCgNrZXkYASABKAkSIwoFdmFsdWUYAiABKAsyFC5jb252ZXlvci52MS5QYXlsb2FkOgI4ARouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJjChBDYW5jZWxBc3NpZ25tZW50Eg8KB3Rhc2tfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEi4KC3JlYXNvbl9jb2RlGAMgASgOMhkuY29udmV5b3IudjEuQ2FuY2VsUmVhc29uIjEKBURyYWluEigKBWdyYWNlGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkEKD091dGNvbWVSZWplY3RlZBIPCgd0YXNrX2lkGAEgASgJEgwKBGNvZGUYAiABKAUSDwoHbWVzc2FnZRgDIAEoCSJOChJMaXN0V29ya2Vyc1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJIlgKE0xpc3RXb3JrZXJzUmVzcG9uc2USKAoHd29ya2VycxgBIAMoCzIXLmNvbnZleW9yLnYxLldvcmtlckluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJItcCCgpXb3JrZXJJbmZvEhEKCXdvcmtlcl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEg4KBnF1ZXVlcxgDIAMoCRISCgp0YXNrX25hbWVzGAQgAygJEhMKC2NvbmN1cnJlbmN5GAUgASgNEhAKCGxhbmd1YWdlGAYgASgJEhMKC3Nka192ZXJzaW9uGAcgASgJEhAKCGhvc3RuYW1lGAggASgJEhUKDWFjdGl2ZV9sZWFzZXMYCSABKA0SDwoHY3JlZGl0cxgKIAEoDRIwCgxjb25uZWN0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3Rfc2Vlbl9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJY29tcGxldGVkGA0gASgEEhEKCW5hbWVzcGFjZRgOIAEoCSqkAQoMQ2FuY2VsUmVhc29uEh0KGUNBTkNFTF9SRUFTT05fVU5TUEVDSUZJRUQQABIZChVDQU5DRUxfUkVBU09OX1JFVk9LRUQQARIhCh1DQU5DRUxfUkVBU09OX0hBUkRfVElNRV9MSU1JVBACEhwKGENBTkNFTF9SRUFTT05fTEVBU0VfTE9TVBADEhkKFUNBTkNFTF9SRUFTT05fRVhQSVJFRBAEMs4CCg9EaXNwYXRjaFNlcnZpY2USSAoHQ29ubmVjdBIbLmNvbnZleW9yLnYxLkNvbm5lY3RSZXF1ZXN0GhwuY29udmV5b3IudjEuQ29ubmVjdFJlc3BvbnNlKAEwARJQCgtMaXN0V29ya2VycxIfLmNvbnZleW9yLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBogLmNvbnZleW9yLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USTQoKUGF1c2VRdWV1ZRIeLmNvbnZleW9yLnYxLlBhdXNlUXVldWVSZXF1ZXN0Gh8uY29udmV5b3IudjEuUGF1c2VRdWV1ZVJlc3BvbnNlElAKC1Jlc3VtZVF1ZXVlEh8uY29udmV5b3IudjEuUmVzdW1lUXVldWVSZXF1ZXN0GiAuY29udmV5b3IudjEuUmVzdW1lUXVldWVSZXNwb25zZUKpAQoPY29tLmNvbnZleW9yLnYxQhREaXNwYXRjaFNlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * PauseQueue request.
@@ -28,6 +28,15 @@ export type PauseQueueRequest = Message<"conveyor.v1.PauseQueueRequest"> & {
    * @generated from field: string queue = 1;
    */
   queue: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
 };
 
 /**
@@ -64,6 +73,15 @@ export type ResumeQueueRequest = Message<"conveyor.v1.ResumeQueueRequest"> & {
    * @generated from field: string queue = 1;
    */
   queue: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
 };
 
 /**
@@ -273,6 +291,24 @@ export type Hello = Message<"conveyor.v1.Hello"> & {
    * @generated from field: string hostname = 7;
    */
   hostname: string;
+
+  /**
+   * Worker protocol version the SDK speaks; 0 is read as 1. The dispatcher
+   * ends the stream with FAILED_PRECONDITION, naming the versions it
+   * supports, for a version it does not know.
+   *
+   * @generated from field: uint32 protocol_version = 8;
+   */
+  protocolVersion: number;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 9;
+   */
+  namespace: string;
 };
 
 /**
@@ -315,6 +351,13 @@ export type Welcome = Message<"conveyor.v1.Welcome"> & {
    * @generated from field: uint32 max_credits = 4;
    */
   maxCredits: number;
+
+  /**
+   * Protocol version the dispatcher speaks on this stream.
+   *
+   * @generated from field: uint32 protocol_version = 5;
+   */
+  protocolVersion: number;
 };
 
 /**
@@ -600,6 +643,29 @@ export type Assignment = Message<"conveyor.v1.Assignment"> & {
    * @generated from field: uint32 max_retries = 11;
    */
   maxRetries: number;
+
+  /**
+   * Failed attempts before this one (the handler's retries so far). Attempts
+   * that ended because a lease was lost (worker died, stream broke) count in
+   * `attempt` but not here: lost leases = attempt - 1 - failures.
+   *
+   * @generated from field: uint32 failures = 12;
+   */
+  failures: number;
+
+  /**
+   * W3C trace context of the producer, from the task spec.
+   *
+   * @generated from field: conveyor.v1.TraceContext trace_context = 13;
+   */
+  traceContext?: TraceContext | undefined;
+
+  /**
+   * Namespace of the task.
+   *
+   * @generated from field: string namespace = 14;
+   */
+  namespace: string;
 };
 
 /**
@@ -623,11 +689,18 @@ export type CancelAssignment = Message<"conveyor.v1.CancelAssignment"> & {
   taskId: string;
 
   /**
-   * Why, e.g. "revoked".
+   * Why, in words, e.g. "revoked".
    *
    * @generated from field: string reason = 2;
    */
   reason: string;
+
+  /**
+   * Why, for programs to match on.
+   *
+   * @generated from field: conveyor.v1.CancelReason reason_code = 3;
+   */
+  reasonCode: CancelReason;
 };
 
 /**
@@ -700,6 +773,28 @@ export const OutcomeRejectedSchema: GenMessage<OutcomeRejected> = /*@__PURE__*/
  * @generated from message conveyor.v1.ListWorkersRequest
  */
 export type ListWorkersRequest = Message<"conveyor.v1.ListWorkersRequest"> & {
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * Most workers per page (default and maximum 1000).
+   *
+   * @generated from field: uint32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token; "" for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
 };
 
 /**
@@ -721,6 +816,13 @@ export type ListWorkersResponse = Message<"conveyor.v1.ListWorkersResponse"> & {
    * @generated from field: repeated conveyor.v1.WorkerInfo workers = 1;
    */
   workers: WorkerInfo[];
+
+  /**
+   * Token of the next page; "" when this is the last.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -826,6 +928,13 @@ export type WorkerInfo = Message<"conveyor.v1.WorkerInfo"> & {
    * @generated from field: uint64 completed = 13;
    */
   completed: bigint;
+
+  /**
+   * Namespace of the session.
+   *
+   * @generated from field: string namespace = 14;
+   */
+  namespace: string;
 };
 
 /**
@@ -834,6 +943,55 @@ export type WorkerInfo = Message<"conveyor.v1.WorkerInfo"> & {
  */
 export const WorkerInfoSchema: GenMessage<WorkerInfo> = /*@__PURE__*/
   messageDesc(file_conveyor_v1_dispatch_service, 21);
+
+/**
+ * Why an assignment is cancelled.
+ *
+ * @generated from enum conveyor.v1.CancelReason
+ */
+export enum CancelReason {
+  /**
+   * Not given (an older dispatcher).
+   *
+   * @generated from enum value: CANCEL_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * CancelTask (revoke) was called.
+   *
+   * @generated from enum value: CANCEL_REASON_REVOKED = 1;
+   */
+  REVOKED = 1,
+
+  /**
+   * The hard time limit passed.
+   *
+   * @generated from enum value: CANCEL_REASON_HARD_TIME_LIMIT = 2;
+   */
+  HARD_TIME_LIMIT = 2,
+
+  /**
+   * The lease was lost (the session was reaped or cut off); another
+   * attempt may run elsewhere.
+   *
+   * @generated from enum value: CANCEL_REASON_LEASE_LOST = 3;
+   */
+  LEASE_LOST = 3,
+
+  /**
+   * The task expired.
+   *
+   * @generated from enum value: CANCEL_REASON_EXPIRED = 4;
+   */
+  EXPIRED = 4,
+}
+
+/**
+ * Describes the enum conveyor.v1.CancelReason.
+ */
+export const CancelReasonSchema: GenEnum<CancelReason> = /*@__PURE__*/
+  enumDesc(file_conveyor_v1_dispatch_service, 0);
 
 /**
  * DispatchService connects workers to queues.

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/results_service.proto.
  */
 export const file_conveyor_v1_results_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFjb252ZXlvci92MS9yZXN1bHRzX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIiEKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiMgoPR2V0VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5jb252ZXlvci52MS5UYXNrIk4KD1dhaXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iMwoQV2FpdFRhc2tSZXNwb25zZRIfCgR0YXNrGAEgASgLMhEuY29udmV5b3IudjEuVGFzayIjChBXYXRjaFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiNAoRV2F0Y2hUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmNvbnZleW9yLnYxLlRhc2siJAoRRm9yZ2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIUChJGb3JnZXRUYXNrUmVzcG9uc2UiPwoWTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJUChdMaXN0RGVhZExldHRlcnNSZXNwb25zZRIgCgV0YXNrcxgBIAMoCzIRLmNvbnZleW9yLnYxLlRhc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMpoDCg5SZXN1bHRzU2VydmljZRJECgdHZXRUYXNrEhsuY29udmV5b3IudjEuR2V0VGFza1JlcXVlc3QaHC5jb252ZXlvci52MS5HZXRUYXNrUmVzcG9uc2USRwoIV2FpdFRhc2sSHC5jb252ZXlvci52MS5XYWl0VGFza1JlcXVlc3QaHS5jb252ZXlvci52MS5XYWl0VGFza1Jlc3BvbnNlEkwKCVdhdGNoVGFzaxIdLmNvbnZleW9yLnYxLldhdGNoVGFza1JlcXVlc3QaHi5jb252ZXlvci52MS5XYXRjaFRhc2tSZXNwb25zZTABEk0KCkZvcmdldFRhc2sSHi5jb252ZXlvci52MS5Gb3JnZXRUYXNrUmVxdWVzdBofLmNvbnZleW9yLnYxLkZvcmdldFRhc2tSZXNwb25zZRJcCg9MaXN0RGVhZExldHRlcnMSIy5jb252ZXlvci52MS5MaXN0RGVhZExldHRlcnNSZXF1ZXN0GiQuY29udmV5b3IudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2VCqAEKD2NvbS5jb252ZXlvci52MUITUmVzdWx0c1NlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_google_protobuf_duration]);
+  fileDesc("CiFjb252ZXlvci92MS9yZXN1bHRzX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIjQKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJIjIKD0dldFRhc2tSZXNwb25zZRIfCgR0YXNrGAEgASgLMhEuY29udmV5b3IudjEuVGFzayJhCg9XYWl0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIqCgd0aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhEKCW5hbWVzcGFjZRgDIAEoCSIzChBXYWl0VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5jb252ZXlvci52MS5UYXNrIjYKEFdhdGNoVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiNAoRV2F0Y2hUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmNvbnZleW9yLnYxLlRhc2siNwoRRm9yZ2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiFAoSRm9yZ2V0VGFza1Jlc3BvbnNlIlIKFkxpc3REZWFkTGV0dGVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSEQoJbmFtZXNwYWNlGAMgASgJIlQKF0xpc3REZWFkTGV0dGVyc1Jlc3BvbnNlEiAKBXRhc2tzGAEgAygLMhEuY29udmV5b3IudjEuVGFzaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkymgMKDlJlc3VsdHNTZXJ2aWNlEkQKB0dldFRhc2sSGy5jb252ZXlvci52MS5HZXRUYXNrUmVxdWVzdBocLmNvbnZleW9yLnYxLkdldFRhc2tSZXNwb25zZRJHCghXYWl0VGFzaxIcLmNvbnZleW9yLnYxLldhaXRUYXNrUmVxdWVzdBodLmNvbnZleW9yLnYxLldhaXRUYXNrUmVzcG9uc2USTAoJV2F0Y2hUYXNrEh0uY29udmV5b3IudjEuV2F0Y2hUYXNrUmVxdWVzdBoeLmNvbnZleW9yLnYxLldhdGNoVGFza1Jlc3BvbnNlMAESTQoKRm9yZ2V0VGFzaxIeLmNvbnZleW9yLnYxLkZvcmdldFRhc2tSZXF1ZXN0Gh8uY29udmV5b3IudjEuRm9yZ2V0VGFza1Jlc3BvbnNlElwKD0xpc3REZWFkTGV0dGVycxIjLmNvbnZleW9yLnYxLkxpc3REZWFkTGV0dGVyc1JlcXVlc3QaJC5jb252ZXlvci52MS5MaXN0RGVhZExldHRlcnNSZXNwb25zZUKoAQoPY29tLmNvbnZleW9yLnYxQhNSZXN1bHRzU2VydmljZVByb3RvUAFaM2dvLmNvbnZleW9yLmRldi9jb252ZXlvci9nZW4vY29udmV5b3IvdjE7Y29udmV5b3J2MaICA0NYWKoCC0NvbnZleW9yLlYxygILQ29udmV5b3JcVjHiAhdDb252ZXlvclxWMVxHUEJNZXRhZGF0YeoCDENvbnZleW9yOjpWMWIGcHJvdG8z", [file_conveyor_v1_task, file_google_protobuf_duration]);
 
 /**
  * GetTask request.
@@ -28,6 +28,15 @@ export type GetTaskRequest = Message<"conveyor.v1.GetTaskRequest"> & {
    * @generated from field: string task_id = 1;
    */
   taskId: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
 };
 
 /**
@@ -78,6 +87,15 @@ export type WaitTaskRequest = Message<"conveyor.v1.WaitTaskRequest"> & {
    * @generated from field: google.protobuf.Duration timeout = 2;
    */
   timeout?: Duration | undefined;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 3;
+   */
+  namespace: string;
 };
 
 /**
@@ -120,6 +138,15 @@ export type WatchTaskRequest = Message<"conveyor.v1.WatchTaskRequest"> & {
    * @generated from field: string task_id = 1;
    */
   taskId: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
 };
 
 /**
@@ -162,6 +189,15 @@ export type ForgetTaskRequest = Message<"conveyor.v1.ForgetTaskRequest"> & {
    * @generated from field: string task_id = 1;
    */
   taskId: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
 };
 
 /**
@@ -205,6 +241,15 @@ export type ListDeadLettersRequest = Message<"conveyor.v1.ListDeadLettersRequest
    * @generated from field: string page_token = 2;
    */
   pageToken: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 3;
+   */
+  namespace: string;
 };
 
 /**

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/scheduling_service.proto.
  */
 export const file_conveyor_v1_scheduling_service: GenFile = /*@__PURE__*/
-  fileDesc("CiRjb252ZXlvci92MS9zY2hlZHVsaW5nX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIhsKGUdldFNjaGVkdWxlclN0YXR1c1JlcXVlc3QisQEKGkdldFNjaGVkdWxlclN0YXR1c1Jlc3BvbnNlEhcKD3NjaGVkdWxlZF90YXNrcxgBIAEoBBIvCgtuZXh0X2R1ZV9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcHJvbW90ZWRfdG90YWwYAyABKAQSFAoMcmVhcGVkX3RvdGFsGAQgASgEEhsKE3NjaGVkdWxlX3J1bnNfdG90YWwYBSABKAQiOAoMSW50ZXJ2YWxSdWxlEigKBWV2ZXJ5GAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjEKCENyb25SdWxlEhIKCmV4cHJlc3Npb24YASABKAkSEQoJdGltZV96b25lGAIgASgJIlgKCVNvbGFyUnVsZRImCgVldmVudBgBIAEoDjIXLmNvbnZleW9yLnYxLlNvbGFyRXZlbnQSEAoIbGF0aXR1ZGUYAiABKAESEQoJbG9uZ2l0dWRlGAMgASgBIp8ECghTY2hlZHVsZRIKCgJpZBgBIAEoCRIjCgR0YXNrGAIgASgLMhUuY29udmV5b3IudjEuVGFza1NwZWMSLQoIaW50ZXJ2YWwYAyABKAsyGS5jb252ZXlvci52MS5JbnRlcnZhbFJ1bGVIABIlCgRjcm9uGAQgASgLMhUuY29udmV5b3IudjEuQ3JvblJ1bGVIABInCgVzb2xhchgFIAEoCzIWLmNvbnZleW9yLnYxLlNvbGFyUnVsZUgAEiwKCHN0YXJ0X2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgZlbmRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBmppdHRlchgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhImCghjYXRjaF91cBgJIAEoDjIULmNvbnZleW9yLnYxLkNhdGNoVXASDgoGcGF1c2VkGAogASgIEi8KC25leHRfcnVuX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtsYXN0X3J1bl9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEcnVucxgNIAEoBBIuCgpjcmVhdGVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGCgRydWxlIl4KC1NjaGVkdWxlUnVuEisKB2ZpcmVfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB3Rhc2tfaWQYAiABKAkSEQoJdHJpZ2dlcmVkGAMgASgIIkAKFUNyZWF0ZVNjaGVkdWxlUmVxdWVzdBInCghzY2hlZHVsZRgBIAEoCzIVLmNvbnZleW9yLnYxLlNjaGVkdWxlIkEKFkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USJwoIc2NoZWR1bGUYASABKAsyFS5jb252ZXlvci52MS5TY2hlZHVsZSIgChJHZXRTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiPgoTR2V0U2NoZWR1bGVSZXNwb25zZRInCghzY2hlZHVsZRgBIAEoCzIVLmNvbnZleW9yLnYxLlNjaGVkdWxlIhYKFExpc3RTY2hlZHVsZXNSZXF1ZXN0IkEKFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIoCglzY2hlZHVsZXMYASADKAsyFS5jb252ZXlvci52MS5TY2hlZHVsZSJAChVVcGRhdGVTY2hlZHVsZVJlcXVlc3QSJwoIc2NoZWR1bGUYASABKAsyFS5jb252ZXlvci52MS5TY2hlZHVsZSJBChZVcGRhdGVTY2hlZHVsZVJlc3BvbnNlEicKCHNjaGVkdWxlGAEgASgLMhUuY29udmV5b3IudjEuU2NoZWR1bGUiIwoVRGVsZXRlU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIhgKFkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2UiIgoUUGF1c2VTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiQAoVUGF1c2VTY2hlZHVsZVJlc3BvbnNlEicKCHNjaGVkdWxlGAEgASgLMhUuY29udmV5b3IudjEuU2NoZWR1bGUiIwoVUmVzdW1lU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIkEKFlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USJwoIc2NoZWR1bGUYASABKAsyFS5jb252ZXlvci52MS5TY2hlZHVsZSIkChZUcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIkAKF1RyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEiUKA3J1bhgBIAEoCzIYLmNvbnZleW9yLnYxLlNjaGVkdWxlUnVuIiUKF0xpc3RTY2hlZHVsZVJ1bnNSZXF1ZXN0EgoKAmlkGAEgASgJIkIKGExpc3RTY2hlZHVsZVJ1bnNSZXNwb25zZRImCgRydW5zGAEgAygLMhguY29udmV5b3IudjEuU2NoZWR1bGVSdW4qsgIKClNvbGFyRXZlbnQSGwoXU09MQVJfRVZFTlRfVU5TUEVDSUZJRUQQABIXChNTT0xBUl9FVkVOVF9TVU5SSVNFEAESFgoSU09MQVJfRVZFTlRfU1VOU0VUEAISGgoWU09MQVJfRVZFTlRfU09MQVJfTk9PThADEhoKFlNPTEFSX0VWRU5UX0RBV05fQ0lWSUwQBBIaChZTT0xBUl9FVkVOVF9EVVNLX0NJVklMEAUSHQoZU09MQVJfRVZFTlRfREFXTl9OQVVUSUNBTBAGEh0KGVNPTEFSX0VWRU5UX0RVU0tfTkFVVElDQUwQBxIhCh1TT0xBUl9FVkVOVF9EQVdOX0FTVFJPTk9NSUNBTBAIEiEKHVNPTEFSX0VWRU5UX0RVU0tfQVNUUk9OT01JQ0FMEAkqTQoHQ2F0Y2hVcBIYChRDQVRDSF9VUF9VTlNQRUNJRklFRBAAEhEKDUNBVENIX1VQX1NLSVAQARIVChFDQVRDSF9VUF9SVU5fT05DRRACMqcHChFTY2hlZHVsaW5nU2VydmljZRJlChJHZXRTY2hlZHVsZXJTdGF0dXMSJi5jb252ZXlvci52MS5HZXRTY2hlZHVsZXJTdGF0dXNSZXF1ZXN0GicuY29udmV5b3IudjEuR2V0U2NoZWR1bGVyU3RhdHVzUmVzcG9uc2USWQoOQ3JlYXRlU2NoZWR1bGUSIi5jb252ZXlvci52MS5DcmVhdGVTY2hlZHVsZVJlcXVlc3QaIy5jb252ZXlvci52MS5DcmVhdGVTY2hlZHVsZVJlc3BvbnNlElAKC0dldFNjaGVkdWxlEh8uY29udmV5b3IudjEuR2V0U2NoZWR1bGVSZXF1ZXN0GiAuY29udmV5b3IudjEuR2V0U2NoZWR1bGVSZXNwb25zZRJWCg1MaXN0U2NoZWR1bGVzEiEuY29udmV5b3IudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaIi5jb252ZXlvci52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USWQoOVXBkYXRlU2NoZWR1bGUSIi5jb252ZXlvci52MS5VcGRhdGVTY2hlZHVsZVJlcXVlc3QaIy5jb252ZXlvci52MS5VcGRhdGVTY2hlZHVsZVJlc3BvbnNlElkKDkRlbGV0ZVNjaGVkdWxlEiIuY29udmV5b3IudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0GiMuY29udmV5b3IudjEuRGVsZXRlU2NoZWR1bGVSZXNwb25zZRJWCg1QYXVzZVNjaGVkdWxlEiEuY29udmV5b3IudjEuUGF1c2VTY2hlZHVsZVJlcXVlc3QaIi5jb252ZXlvci52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USWQoOUmVzdW1lU2NoZWR1bGUSIi5jb252ZXlvci52MS5SZXN1bWVTY2hlZHVsZVJlcXVlc3QaIy5jb252ZXlvci52MS5SZXN1bWVTY2hlZHVsZVJlc3BvbnNlElwKD1RyaWdnZXJTY2hlZHVsZRIjLmNvbnZleW9yLnYxLlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QaJC5jb252ZXlvci52MS5UcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRJfChBMaXN0U2NoZWR1bGVSdW5zEiQuY29udmV5b3IudjEuTGlzdFNjaGVkdWxlUnVuc1JlcXVlc3QaJS5jb252ZXlvci52MS5MaXN0U2NoZWR1bGVSdW5zUmVzcG9uc2VCqwEKD2NvbS5jb252ZXlvci52MUIWU2NoZWR1bGluZ1NlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiRjb252ZXlvci92MS9zY2hlZHVsaW5nX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIi4KGUdldFNjaGVkdWxlclN0YXR1c1JlcXVlc3QSEQoJbmFtZXNwYWNlGAEgASgJIrEBChpHZXRTY2hlZHVsZXJTdGF0dXNSZXNwb25zZRIXCg9zY2hlZHVsZWRfdGFza3MYASABKAQSLwoLbmV4dF9kdWVfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDnByb21vdGVkX3RvdGFsGAMgASgEEhQKDHJlYXBlZF90b3RhbBgEIAEoBBIbChNzY2hlZHVsZV9ydW5zX3RvdGFsGAUgASgEIjgKDEludGVydmFsUnVsZRIoCgVldmVyeRgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIxCghDcm9uUnVsZRISCgpleHByZXNzaW9uGAEgASgJEhEKCXRpbWVfem9uZRgCIAEoCSJYCglTb2xhclJ1bGUSJgoFZXZlbnQYASABKA4yFy5jb252ZXlvci52MS5Tb2xhckV2ZW50EhAKCGxhdGl0dWRlGAIgASgBEhEKCWxvbmdpdHVkZRgDIAEoASLDBAoIU2NoZWR1bGUSCgoCaWQYASABKAkSIwoEdGFzaxgCIAEoCzIVLmNvbnZleW9yLnYxLlRhc2tTcGVjEi0KCGludGVydmFsGAMgASgLMhkuY29udmV5b3IudjEuSW50ZXJ2YWxSdWxlSAASJQoEY3JvbhgEIAEoCzIVLmNvbnZleW9yLnYxLkNyb25SdWxlSAASJwoFc29sYXIYBSABKAsyFi5jb252ZXlvci52MS5Tb2xhclJ1bGVIABIsCghzdGFydF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoGZW5kX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIpCgZqaXR0ZXIYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoIY2F0Y2hfdXAYCSABKA4yFC5jb252ZXlvci52MS5DYXRjaFVwEg4KBnBhdXNlZBgKIAEoCBIvCgtuZXh0X3J1bl9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLbGFzdF9ydW5fYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBHJ1bnMYDSABKAQSLgoKY3JlYXRlZF9hdBgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHdmVyc2lvbhgPIAEoBBIRCgluYW1lc3BhY2UYECABKAlCBgoEcnVsZSJeCgtTY2hlZHVsZVJ1bhIrCgdmaXJlX2F0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgd0YXNrX2lkGAIgASgJEhEKCXRyaWdnZXJlZBgDIAEoCCJTChVDcmVhdGVTY2hlZHVsZVJlcXVlc3QSJwoIc2NoZWR1bGUYASABKAsyFS5jb252ZXlvci52MS5TY2hlZHVsZRIRCgluYW1lc3BhY2UYAiABKAkiQQoWQ3JlYXRlU2NoZWR1bGVSZXNwb25zZRInCghzY2hlZHVsZRgBIAEoCzIVLmNvbnZleW9yLnYxLlNjaGVkdWxlIjMKEkdldFNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiPgoTR2V0U2NoZWR1bGVSZXNwb25zZRInCghzY2hlZHVsZRgBIAEoCzIVLmNvbnZleW9yLnYxLlNjaGVkdWxlIlAKFExpc3RTY2hlZHVsZXNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCSJaChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USKAoJc2NoZWR1bGVzGAEgAygLMhUuY29udmV5b3IudjEuU2NoZWR1bGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIm0KFVVwZGF0ZVNjaGVkdWxlUmVxdWVzdBInCghzY2hlZHVsZRgBIAEoCzIVLmNvbnZleW9yLnYxLlNjaGVkdWxlEhEKCW5hbWVzcGFjZRgCIAEoCRIYChBleHBlY3RlZF92ZXJzaW9uGAMgASgEIkEKFlVwZGF0ZVNjaGVkdWxlUmVzcG9uc2USJwoIc2NoZWR1bGUYASABKAsyFS5jb252ZXlvci52MS5TY2hlZHVsZSI2ChVEZWxldGVTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJIhgKFkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2UiTwoUUGF1c2VTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJEhgKEGV4cGVjdGVkX3ZlcnNpb24YAyABKAQiQAoVUGF1c2VTY2hlZHVsZVJlc3BvbnNlEicKCHNjaGVkdWxlGAEgASgLMhUuY29udmV5b3IudjEuU2NoZWR1bGUiUAoVUmVzdW1lU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCRIYChBleHBlY3RlZF92ZXJzaW9uGAMgASgEIkEKFlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USJwoIc2NoZWR1bGUYASABKAsyFS5jb252ZXlvci52MS5TY2hlZHVsZSI3ChZUcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSJAChdUcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRIlCgNydW4YASABKAsyGC5jb252ZXlvci52MS5TY2hlZHVsZVJ1biJfChdMaXN0U2NoZWR1bGVSdW5zUmVxdWVzdBIKCgJpZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkSEQoJcGFnZV9zaXplGAMgASgNEhIKCnBhZ2VfdG9rZW4YBCABKAkiWwoYTGlzdFNjaGVkdWxlUnVuc1Jlc3BvbnNlEiYKBHJ1bnMYASADKAsyGC5jb252ZXlvci52MS5TY2hlZHVsZVJ1bhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqsgIKClNvbGFyRXZlbnQSGwoXU09MQVJfRVZFTlRfVU5TUEVDSUZJRUQQABIXChNTT0xBUl9FVkVOVF9TVU5SSVNFEAESFgoSU09MQVJfRVZFTlRfU1VOU0VUEAISGgoWU09MQVJfRVZFTlRfU09MQVJfTk9PThADEhoKFlNPTEFSX0VWRU5UX0RBV05fQ0lWSUwQBBIaChZTT0xBUl9FVkVOVF9EVVNLX0NJVklMEAUSHQoZU09MQVJfRVZFTlRfREFXTl9OQVVUSUNBTBAGEh0KGVNPTEFSX0VWRU5UX0RVU0tfTkFVVElDQUwQBxIhCh1TT0xBUl9FVkVOVF9EQVdOX0FTVFJPTk9NSUNBTBAIEiEKHVNPTEFSX0VWRU5UX0RVU0tfQVNUUk9OT01JQ0FMEAkqTQoHQ2F0Y2hVcBIYChRDQVRDSF9VUF9VTlNQRUNJRklFRBAAEhEKDUNBVENIX1VQX1NLSVAQARIVChFDQVRDSF9VUF9SVU5fT05DRRACMqcHChFTY2hlZHVsaW5nU2VydmljZRJlChJHZXRTY2hlZHVsZXJTdGF0dXMSJi5jb252ZXlvci52MS5HZXRTY2hlZHVsZXJTdGF0dXNSZXF1ZXN0GicuY29udmV5b3IudjEuR2V0U2NoZWR1bGVyU3RhdHVzUmVzcG9uc2USWQoOQ3JlYXRlU2NoZWR1bGUSIi5jb252ZXlvci52MS5DcmVhdGVTY2hlZHVsZVJlcXVlc3QaIy5jb252ZXlvci52MS5DcmVhdGVTY2hlZHVsZVJlc3BvbnNlElAKC0dldFNjaGVkdWxlEh8uY29udmV5b3IudjEuR2V0U2NoZWR1bGVSZXF1ZXN0GiAuY29udmV5b3IudjEuR2V0U2NoZWR1bGVSZXNwb25zZRJWCg1MaXN0U2NoZWR1bGVzEiEuY29udmV5b3IudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaIi5jb252ZXlvci52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USWQoOVXBkYXRlU2NoZWR1bGUSIi5jb252ZXlvci52MS5VcGRhdGVTY2hlZHVsZVJlcXVlc3QaIy5jb252ZXlvci52MS5VcGRhdGVTY2hlZHVsZVJlc3BvbnNlElkKDkRlbGV0ZVNjaGVkdWxlEiIuY29udmV5b3IudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0GiMuY29udmV5b3IudjEuRGVsZXRlU2NoZWR1bGVSZXNwb25zZRJWCg1QYXVzZVNjaGVkdWxlEiEuY29udmV5b3IudjEuUGF1c2VTY2hlZHVsZVJlcXVlc3QaIi5jb252ZXlvci52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USWQoOUmVzdW1lU2NoZWR1bGUSIi5jb252ZXlvci52MS5SZXN1bWVTY2hlZHVsZVJlcXVlc3QaIy5jb252ZXlvci52MS5SZXN1bWVTY2hlZHVsZVJlc3BvbnNlElwKD1RyaWdnZXJTY2hlZHVsZRIjLmNvbnZleW9yLnYxLlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QaJC5jb252ZXlvci52MS5UcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRJfChBMaXN0U2NoZWR1bGVSdW5zEiQuY29udmV5b3IudjEuTGlzdFNjaGVkdWxlUnVuc1JlcXVlc3QaJS5jb252ZXlvci52MS5MaXN0U2NoZWR1bGVSdW5zUmVzcG9uc2VCqwEKD2NvbS5jb252ZXlvci52MUIWU2NoZWR1bGluZ1NlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * GetSchedulerStatus request.
@@ -22,6 +22,14 @@ export const file_conveyor_v1_scheduling_service: GenFile = /*@__PURE__*/
  * @generated from message conveyor.v1.GetSchedulerStatusRequest
  */
 export type GetSchedulerStatusRequest = Message<"conveyor.v1.GetSchedulerStatusRequest"> & {
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
 };
 
 /**
@@ -282,6 +290,22 @@ export type Schedule = Message<"conveyor.v1.Schedule"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 14;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * Output only: the conflict token. It grows with every change (update,
+   * pause, resume, and every run the scheduler claims); pass it back as
+   * `expected_version` to change the schedule only if nobody else did.
+   *
+   * @generated from field: uint64 version = 15;
+   */
+  version: bigint;
+
+  /**
+   * Output only: the schedule's namespace.
+   *
+   * @generated from field: string namespace = 16;
+   */
+  namespace: string;
 };
 
 /**
@@ -338,6 +362,15 @@ export type CreateScheduleRequest = Message<"conveyor.v1.CreateScheduleRequest">
    * @generated from field: conveyor.v1.Schedule schedule = 1;
    */
   schedule?: Schedule | undefined;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
 };
 
 /**
@@ -380,6 +413,15 @@ export type GetScheduleRequest = Message<"conveyor.v1.GetScheduleRequest"> & {
    * @generated from field: string id = 1;
    */
   id: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
 };
 
 /**
@@ -416,6 +458,28 @@ export const GetScheduleResponseSchema: GenMessage<GetScheduleResponse> = /*@__P
  * @generated from message conveyor.v1.ListSchedulesRequest
  */
 export type ListSchedulesRequest = Message<"conveyor.v1.ListSchedulesRequest"> & {
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * Most items per page: 1 to 1000; 0 means 100.
+   *
+   * @generated from field: uint32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token; "" for the first page.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
 };
 
 /**
@@ -432,11 +496,18 @@ export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@_
  */
 export type ListSchedulesResponse = Message<"conveyor.v1.ListSchedulesResponse"> & {
   /**
-   * Every schedule, by id.
+   * Schedules of the namespace, by id.
    *
    * @generated from field: repeated conveyor.v1.Schedule schedules = 1;
    */
   schedules: Schedule[];
+
+  /**
+   * Token of the next page; "" when this is the last.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -458,6 +529,24 @@ export type UpdateScheduleRequest = Message<"conveyor.v1.UpdateScheduleRequest">
    * @generated from field: conveyor.v1.Schedule schedule = 1;
    */
   schedule?: Schedule | undefined;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
+
+  /**
+   * Optional conflict token: the `version` of the schedule this change was
+   * computed from. When set and the schedule changed since, nothing changes
+   * and the call fails with ABORTED (read it again and retry).
+   *
+   * @generated from field: uint64 expected_version = 3;
+   */
+  expectedVersion: bigint;
 };
 
 /**
@@ -500,6 +589,15 @@ export type DeleteScheduleRequest = Message<"conveyor.v1.DeleteScheduleRequest">
    * @generated from field: string id = 1;
    */
   id: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
 };
 
 /**
@@ -536,6 +634,24 @@ export type PauseScheduleRequest = Message<"conveyor.v1.PauseScheduleRequest"> &
    * @generated from field: string id = 1;
    */
   id: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
+
+  /**
+   * Optional conflict token: the `version` of the schedule this change was
+   * computed from. When set and the schedule changed since, nothing changes
+   * and the call fails with ABORTED (read it again and retry).
+   *
+   * @generated from field: uint64 expected_version = 3;
+   */
+  expectedVersion: bigint;
 };
 
 /**
@@ -578,6 +694,24 @@ export type ResumeScheduleRequest = Message<"conveyor.v1.ResumeScheduleRequest">
    * @generated from field: string id = 1;
    */
   id: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
+
+  /**
+   * Optional conflict token: the `version` of the schedule this change was
+   * computed from. When set and the schedule changed since, nothing changes
+   * and the call fails with ABORTED (read it again and retry).
+   *
+   * @generated from field: uint64 expected_version = 3;
+   */
+  expectedVersion: bigint;
 };
 
 /**
@@ -620,6 +754,15 @@ export type TriggerScheduleRequest = Message<"conveyor.v1.TriggerScheduleRequest
    * @generated from field: string id = 1;
    */
   id: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
 };
 
 /**
@@ -662,6 +805,29 @@ export type ListScheduleRunsRequest = Message<"conveyor.v1.ListScheduleRunsReque
    * @generated from field: string id = 1;
    */
   id: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
+
+  /**
+   * Most items per page: 1 to 1000; 0 means 100.
+   *
+   * @generated from field: uint32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token; "" for the first page.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
 };
 
 /**
@@ -683,6 +849,13 @@ export type ListScheduleRunsResponse = Message<"conveyor.v1.ListScheduleRunsResp
    * @generated from field: repeated conveyor.v1.ScheduleRun runs = 1;
    */
   runs: ScheduleRun[];
+
+  /**
+   * Token of the next page; "" when this is the last.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
 };
 
 /**

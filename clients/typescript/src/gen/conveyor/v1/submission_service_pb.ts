@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/submission_service.proto.
  */
 export const file_conveyor_v1_submission_service: GenFile = /*@__PURE__*/
-  fileDesc("CiRjb252ZXlvci92MS9zdWJtaXNzaW9uX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIjgKEVN1Ym1pdFRhc2tSZXF1ZXN0EiMKBHRhc2sYASABKAsyFS5jb252ZXlvci52MS5UYXNrU3BlYyJfChJTdWJtaXRUYXNrUmVzcG9uc2USDwoHdGFza19pZBgBIAEoCRIRCglkdXBsaWNhdGUYAiABKAgSJQoFc3RhdGUYAyABKA4yFi5jb252ZXlvci52MS5UYXNrU3RhdGUiOgoSU3VibWl0VGFza3NSZXF1ZXN0EiQKBXRhc2tzGAEgAygLMhUuY29udmV5b3IudjEuVGFza1NwZWMiRwoTU3VibWl0VGFza3NSZXNwb25zZRIwCgdyZXN1bHRzGAEgAygLMh8uY29udmV5b3IudjEuU3VibWl0VGFza1Jlc3BvbnNlIiQKEUNhbmNlbFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiTgoSQ2FuY2VsVGFza1Jlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCBIlCgVzdGF0ZRgCIAEoDjIWLmNvbnZleW9yLnYxLlRhc2tTdGF0ZSIkChFSZXBsYXlUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjsKElJlcGxheVRhc2tSZXNwb25zZRIlCgVzdGF0ZRgBIAEoDjIWLmNvbnZleW9yLnYxLlRhc2tTdGF0ZTLSAgoRU3VibWlzc2lvblNlcnZpY2USTQoKU3VibWl0VGFzaxIeLmNvbnZleW9yLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0Gh8uY29udmV5b3IudjEuU3VibWl0VGFza1Jlc3BvbnNlElAKC1N1Ym1pdFRhc2tzEh8uY29udmV5b3IudjEuU3VibWl0VGFza3NSZXF1ZXN0GiAuY29udmV5b3IudjEuU3VibWl0VGFza3NSZXNwb25zZRJNCgpDYW5jZWxUYXNrEh4uY29udmV5b3IudjEuQ2FuY2VsVGFza1JlcXVlc3QaHy5jb252ZXlvci52MS5DYW5jZWxUYXNrUmVzcG9uc2USTQoKUmVwbGF5VGFzaxIeLmNvbnZleW9yLnYxLlJlcGxheVRhc2tSZXF1ZXN0Gh8uY29udmV5b3IudjEuUmVwbGF5VGFza1Jlc3BvbnNlQqsBCg9jb20uY29udmV5b3IudjFCFlN1Ym1pc3Npb25TZXJ2aWNlUHJvdG9QAVozZ28uY29udmV5b3IuZGV2L2NvbnZleW9yL2dlbi9jb252ZXlvci92MTtjb252ZXlvcnYxogIDQ1hYqgILQ29udmV5b3IuVjHKAgtDb252ZXlvclxWMeICF0NvbnZleW9yXFYxXEdQQk1ldGFkYXRh6gIMQ29udmV5b3I6OlYxYgZwcm90bzM", [file_conveyor_v1_task]);
+  fileDesc("CiRjb252ZXlvci92MS9zdWJtaXNzaW9uX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIksKEVN1Ym1pdFRhc2tSZXF1ZXN0EiMKBHRhc2sYASABKAsyFS5jb252ZXlvci52MS5UYXNrU3BlYxIRCgluYW1lc3BhY2UYAiABKAkiXwoSU3VibWl0VGFza1Jlc3BvbnNlEg8KB3Rhc2tfaWQYASABKAkSEQoJZHVwbGljYXRlGAIgASgIEiUKBXN0YXRlGAMgASgOMhYuY29udmV5b3IudjEuVGFza1N0YXRlIk0KElN1Ym1pdFRhc2tzUmVxdWVzdBIkCgV0YXNrcxgBIAMoCzIVLmNvbnZleW9yLnYxLlRhc2tTcGVjEhEKCW5hbWVzcGFjZRgCIAEoCSJHChNTdWJtaXRUYXNrc1Jlc3BvbnNlEjAKB3Jlc3VsdHMYASADKAsyHy5jb252ZXlvci52MS5TdWJtaXRUYXNrUmVzcG9uc2UiNwoRQ2FuY2VsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiTgoSQ2FuY2VsVGFza1Jlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCBIlCgVzdGF0ZRgCIAEoDjIWLmNvbnZleW9yLnYxLlRhc2tTdGF0ZSI3ChFSZXBsYXlUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSI7ChJSZXBsYXlUYXNrUmVzcG9uc2USJQoFc3RhdGUYASABKA4yFi5jb252ZXlvci52MS5UYXNrU3RhdGUy0gIKEVN1Ym1pc3Npb25TZXJ2aWNlEk0KClN1Ym1pdFRhc2sSHi5jb252ZXlvci52MS5TdWJtaXRUYXNrUmVxdWVzdBofLmNvbnZleW9yLnYxLlN1Ym1pdFRhc2tSZXNwb25zZRJQCgtTdWJtaXRUYXNrcxIfLmNvbnZleW9yLnYxLlN1Ym1pdFRhc2tzUmVxdWVzdBogLmNvbnZleW9yLnYxLlN1Ym1pdFRhc2tzUmVzcG9uc2USTQoKQ2FuY2VsVGFzaxIeLmNvbnZleW9yLnYxLkNhbmNlbFRhc2tSZXF1ZXN0Gh8uY29udmV5b3IudjEuQ2FuY2VsVGFza1Jlc3BvbnNlEk0KClJlcGxheVRhc2sSHi5jb252ZXlvci52MS5SZXBsYXlUYXNrUmVxdWVzdBofLmNvbnZleW9yLnYxLlJlcGxheVRhc2tSZXNwb25zZUKrAQoPY29tLmNvbnZleW9yLnYxQhZTdWJtaXNzaW9uU2VydmljZVByb3RvUAFaM2dvLmNvbnZleW9yLmRldi9jb252ZXlvci9nZW4vY29udmV5b3IvdjE7Y29udmV5b3J2MaICA0NYWKoCC0NvbnZleW9yLlYxygILQ29udmV5b3JcVjHiAhdDb252ZXlvclxWMVxHUEJNZXRhZGF0YeoCDENvbnZleW9yOjpWMWIGcHJvdG8z", [file_conveyor_v1_task]);
 
 /**
  * SubmitTask request.
@@ -26,6 +26,15 @@ export type SubmitTaskRequest = Message<"conveyor.v1.SubmitTaskRequest"> & {
    * @generated from field: conveyor.v1.TaskSpec task = 1;
    */
   task?: TaskSpec | undefined;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
 };
 
 /**
@@ -56,7 +65,9 @@ export type SubmitTaskResponse = Message<"conveyor.v1.SubmitTaskResponse"> & {
   duplicate: boolean;
 
   /**
-   * State of the task after submission (QUEUED or SCHEDULED for a new task).
+   * State of the task after submission (QUEUED or SCHEDULED for a new task;
+   * the earlier task's state for a duplicate, or UNSPECIFIED when the
+   * earlier task's record is gone: forgotten, or its result TTL passed).
    *
    * @generated from field: conveyor.v1.TaskState state = 3;
    */
@@ -82,6 +93,15 @@ export type SubmitTasksRequest = Message<"conveyor.v1.SubmitTasksRequest"> & {
    * @generated from field: repeated conveyor.v1.TaskSpec tasks = 1;
    */
   tasks: TaskSpec[];
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
 };
 
 /**
@@ -124,6 +144,15 @@ export type CancelTaskRequest = Message<"conveyor.v1.CancelTaskRequest"> & {
    * @generated from field: string task_id = 1;
    */
   taskId: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
 };
 
 /**
@@ -173,6 +202,15 @@ export type ReplayTaskRequest = Message<"conveyor.v1.ReplayTaskRequest"> & {
    * @generated from field: string task_id = 1;
    */
   taskId: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default". Tasks,
+   * queues, schedules, idempotency keys, limits and workers of one namespace
+   * are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
 };
 
 /**

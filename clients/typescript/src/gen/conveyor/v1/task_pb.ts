@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/task.proto.
  */
 export const file_conveyor_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChZjb252ZXlvci92MS90YXNrLnByb3RvEgtjb252ZXlvci52MSItCgdQYXlsb2FkEgwKBGRhdGEYASABKAwSFAoMY29udGVudF90eXBlGAIgASgJIqsBCgtSZXRyeVBvbGljeRITCgttYXhfcmV0cmllcxgBIAEoDRIvCgxiYWNrb2ZmX2Jhc2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOYmFja29mZl9mYWN0b3IYAyABKAESLgoLYmFja29mZl9tYXgYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGaml0dGVyGAUgASgIIroECgtUYXNrT3B0aW9ucxINCgVxdWV1ZRgBIAEoCRIQCghwcmlvcml0eRgCIAEoDRIsCgljb3VudGRvd24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJwoDZXRhGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgdleHBpcmVzGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgVyZXRyeRgGIAEoCzIYLmNvbnZleW9yLnYxLlJldHJ5UG9saWN5EjIKD3NvZnRfdGltZV9saW1pdBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCg9oYXJkX3RpbWVfbGltaXQYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOcmF0ZV9saW1pdF9rZXkYCSABKAkSFwoPY29uY3VycmVuY3lfa2V5GAogASgJEhkKEWNvbmN1cnJlbmN5X2xpbWl0GAsgASgNEi0KCnJlc3VsdF90dGwYDCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNgoHaGVhZGVycxgNIAMoCzIlLmNvbnZleW9yLnYxLlRhc2tPcHRpb25zLkhlYWRlcnNFbnRyeRISCgpyYXRlX2xpbWl0GA4gASgJGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIvgBCghUYXNrU3BlYxIMCgRuYW1lGAEgASgJEiIKBGFyZ3MYAiADKAsyFC5jb252ZXlvci52MS5QYXlsb2FkEjEKBmt3YXJncxgDIAMoCzIhLmNvbnZleW9yLnYxLlRhc2tTcGVjLkt3YXJnc0VudHJ5EikKB29wdGlvbnMYBCABKAsyGC5jb252ZXlvci52MS5UYXNrT3B0aW9ucxIXCg9pZGVtcG90ZW5jeV9rZXkYBSABKAkaQwoLS3dhcmdzRW50cnkSCwoDa2V5GAEgASgJEiMKBXZhbHVlGAIgASgLMhQuY29udmV5b3IudjEuUGF5bG9hZDoCOAEigAEKCVRhc2tFcnJvchIMCgR0eXBlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSEQoJdHJhY2ViYWNrGAMgASgJEhEKCXJldHJ5YWJsZRgEIAEoCBIuCgtyZXRyeV9hZnRlchgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ/CghQcm9ncmVzcxINCgVzdGF0ZRgBIAEoCRIPCgdwZXJjZW50GAIgASgBEiIKBG1ldGEYAyABKAsyFC5jb252ZXlvci52MS5QYXlsb2FkEi8KC3JlcG9ydGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKCBQoEVGFzaxIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiIKBGFyZ3MYAyADKAsyFC5jb252ZXlvci52MS5QYXlsb2FkEi0KBmt3YXJncxgEIAMoCzIdLmNvbnZleW9yLnYxLlRhc2suS3dhcmdzRW50cnkSKQoHb3B0aW9ucxgFIAEoCzIYLmNvbnZleW9yLnYxLlRhc2tPcHRpb25zEiUKBXN0YXRlGAYgASgOMhYuY29udmV5b3IudjEuVGFza1N0YXRlEg8KB2F0dGVtcHQYByABKA0SEAoIZmFpbHVyZXMYCCABKA0SLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoGZHVlX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJd29ya2VyX2lkGA0gASgJEiQKBnJlc3VsdBgOIAEoCzIULmNvbnZleW9yLnYxLlBheWxvYWQSJQoFZXJyb3IYDyABKAsyFi5jb252ZXlvci52MS5UYXNrRXJyb3ISDQoFcXVldWUYECABKAkSJwoIcHJvZ3Jlc3MYESABKAsyFS5jb252ZXlvci52MS5Qcm9ncmVzcxpDCgtLd2FyZ3NFbnRyeRILCgNrZXkYASABKAkSIwoFdmFsdWUYAiABKAsyFC5jb252ZXlvci52MS5QYXlsb2FkOgI4ASqCAgoJVGFza1N0YXRlEhoKFlRBU0tfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRUQVNLX1NUQVRFX1NDSEVEVUxFRBABEhUKEVRBU0tfU1RBVEVfUVVFVUVEEAISFQoRVEFTS19TVEFURV9MRUFTRUQQAxIWChJUQVNLX1NUQVRFX1JVTk5JTkcQBBIYChRUQVNLX1NUQVRFX1NVQ0NFRURFRBAFEhUKEVRBU0tfU1RBVEVfRkFJTEVEEAYSGAoUVEFTS19TVEFURV9DQU5DRUxMRUQQBxIWChJUQVNLX1NUQVRFX0VYUElSRUQQCBIWChJUQVNLX1NUQVRFX1dBSVRJTkcQCUKeAQoPY29tLmNvbnZleW9yLnYxQglUYXNrUHJvdG9QAVozZ28uY29udmV5b3IuZGV2L2NvbnZleW9yL2dlbi9jb252ZXlvci92MTtjb252ZXlvcnYxogIDQ1hYqgILQ29udmV5b3IuVjHKAgtDb252ZXlvclxWMeICF0NvbnZleW9yXFYxXEdQQk1ldGFkYXRh6gIMQ29udmV5b3I6OlYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZjb252ZXlvci92MS90YXNrLnByb3RvEgtjb252ZXlvci52MSItCgdQYXlsb2FkEgwKBGRhdGEYASABKAwSFAoMY29udGVudF90eXBlGAIgASgJIqsBCgtSZXRyeVBvbGljeRITCgttYXhfcmV0cmllcxgBIAEoDRIvCgxiYWNrb2ZmX2Jhc2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOYmFja29mZl9mYWN0b3IYAyABKAESLgoLYmFja29mZl9tYXgYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGaml0dGVyGAUgASgIIroECgtUYXNrT3B0aW9ucxINCgVxdWV1ZRgBIAEoCRIQCghwcmlvcml0eRgCIAEoDRIsCgljb3VudGRvd24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJwoDZXRhGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgdleHBpcmVzGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgVyZXRyeRgGIAEoCzIYLmNvbnZleW9yLnYxLlJldHJ5UG9saWN5EjIKD3NvZnRfdGltZV9saW1pdBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCg9oYXJkX3RpbWVfbGltaXQYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOcmF0ZV9saW1pdF9rZXkYCSABKAkSFwoPY29uY3VycmVuY3lfa2V5GAogASgJEhkKEWNvbmN1cnJlbmN5X2xpbWl0GAsgASgNEi0KCnJlc3VsdF90dGwYDCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNgoHaGVhZGVycxgNIAMoCzIlLmNvbnZleW9yLnYxLlRhc2tPcHRpb25zLkhlYWRlcnNFbnRyeRISCgpyYXRlX2xpbWl0GA4gASgJGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqoCCghUYXNrU3BlYxIMCgRuYW1lGAEgASgJEiIKBGFyZ3MYAiADKAsyFC5jb252ZXlvci52MS5QYXlsb2FkEjEKBmt3YXJncxgDIAMoCzIhLmNvbnZleW9yLnYxLlRhc2tTcGVjLkt3YXJnc0VudHJ5EikKB29wdGlvbnMYBCABKAsyGC5jb252ZXlvci52MS5UYXNrT3B0aW9ucxIXCg9pZGVtcG90ZW5jeV9rZXkYBSABKAkSMAoNdHJhY2VfY29udGV4dBgGIAEoCzIZLmNvbnZleW9yLnYxLlRyYWNlQ29udGV4dBpDCgtLd2FyZ3NFbnRyeRILCgNrZXkYASABKAkSIwoFdmFsdWUYAiABKAsyFC5jb252ZXlvci52MS5QYXlsb2FkOgI4ASI3CgxUcmFjZUNvbnRleHQSEwoLdHJhY2VwYXJlbnQYASABKAkSEgoKdHJhY2VzdGF0ZRgCIAEoCSKsAQoJVGFza0Vycm9yEgwKBHR5cGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIRCgl0cmFjZWJhY2sYAyABKAkSEQoJcmV0cnlhYmxlGAQgASgIEi4KC3JldHJ5X2FmdGVyGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKBnJlYXNvbhgGIAEoDjIaLmNvbnZleW9yLnYxLkZhaWx1cmVSZWFzb24ifwoIUHJvZ3Jlc3MSDQoFc3RhdGUYASABKAkSDwoHcGVyY2VudBgCIAEoARIiCgRtZXRhGAMgASgLMhQuY29udmV5b3IudjEuUGF5bG9hZBIvCgtyZXBvcnRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAixwUKBFRhc2sSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIiCgRhcmdzGAMgAygLMhQuY29udmV5b3IudjEuUGF5bG9hZBItCgZrd2FyZ3MYBCADKAsyHS5jb252ZXlvci52MS5UYXNrLkt3YXJnc0VudHJ5EikKB29wdGlvbnMYBSABKAsyGC5jb252ZXlvci52MS5UYXNrT3B0aW9ucxIlCgVzdGF0ZRgGIAEoDjIWLmNvbnZleW9yLnYxLlRhc2tTdGF0ZRIPCgdhdHRlbXB0GAcgASgNEhAKCGZhaWx1cmVzGAggASgNEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBmR1ZV9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXdvcmtlcl9pZBgNIAEoCRIkCgZyZXN1bHQYDiABKAsyFC5jb252ZXlvci52MS5QYXlsb2FkEiUKBWVycm9yGA8gASgLMhYuY29udmV5b3IudjEuVGFza0Vycm9yEg0KBXF1ZXVlGBAgASgJEicKCHByb2dyZXNzGBEgASgLMhUuY29udmV5b3IudjEuUHJvZ3Jlc3MSEQoJbmFtZXNwYWNlGBIgASgJEjAKDXRyYWNlX2NvbnRleHQYEyABKAsyGS5jb252ZXlvci52MS5UcmFjZUNvbnRleHQaQwoLS3dhcmdzRW50cnkSCwoDa2V5GAEgASgJEiMKBXZhbHVlGAIgASgLMhQuY29udmV5b3IudjEuUGF5bG9hZDoCOAEqggIKCVRhc2tTdGF0ZRIaChZUQVNLX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUVEFTS19TVEFURV9TQ0hFRFVMRUQQARIVChFUQVNLX1NUQVRFX1FVRVVFRBACEhUKEVRBU0tfU1RBVEVfTEVBU0VEEAMSFgoSVEFTS19TVEFURV9SVU5OSU5HEAQSGAoUVEFTS19TVEFURV9TVUNDRUVERUQQBRIVChFUQVNLX1NUQVRFX0ZBSUxFRBAGEhgKFFRBU0tfU1RBVEVfQ0FOQ0VMTEVEEAcSFgoSVEFTS19TVEFURV9FWFBJUkVEEAgSFgoSVEFTS19TVEFURV9XQUlUSU5HEAkq3wEKDUZhaWx1cmVSZWFzb24SHgoaRkFJTFVSRV9SRUFTT05fVU5TUEVDSUZJRUQQABIjCh9GQUlMVVJFX1JFQVNPTl9SRVNVTFRfVE9PX0xBUkdFEAESIgoeRkFJTFVSRV9SRUFTT05fSEFSRF9USU1FX0xJTUlUEAISIgoeRkFJTFVSRV9SRUFTT05fU09GVF9USU1FX0xJTUlUEAMSHwobRkFJTFVSRV9SRUFTT05fVU5LTk9XTl9UQVNLEAQSIAocRkFJTFVSRV9SRUFTT05fQkFEX0FSR1VNRU5UUxAFQp4BCg9jb20uY29udmV5b3IudjFCCVRhc2tQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A value passed to or returned from a task. Conveyor never interprets the
@@ -258,6 +258,14 @@ export type TaskSpec = Message<"conveyor.v1.TaskSpec"> & {
    * @generated from field: string idempotency_key = 5;
    */
   idempotencyKey: string;
+
+  /**
+   * W3C trace context of the producer's span (SDKs inject it); handed to
+   * the worker in the assignment so that its span continues the trace.
+   *
+   * @generated from field: conveyor.v1.TraceContext trace_context = 6;
+   */
+  traceContext?: TraceContext | undefined;
 };
 
 /**
@@ -266,6 +274,36 @@ export type TaskSpec = Message<"conveyor.v1.TaskSpec"> & {
  */
 export const TaskSpecSchema: GenMessage<TaskSpec> = /*@__PURE__*/
   messageDesc(file_conveyor_v1_task, 3);
+
+/**
+ * W3C Trace Context (https://www.w3.org/TR/trace-context/).
+ *
+ * @generated from message conveyor.v1.TraceContext
+ */
+export type TraceContext = Message<"conveyor.v1.TraceContext"> & {
+  /**
+   * The `traceparent` header value, e.g.
+   * "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"; at most 55
+   * bytes.
+   *
+   * @generated from field: string traceparent = 1;
+   */
+  traceparent: string;
+
+  /**
+   * The `tracestate` header value; at most 512 bytes.
+   *
+   * @generated from field: string tracestate = 2;
+   */
+  tracestate: string;
+};
+
+/**
+ * Describes the message conveyor.v1.TraceContext.
+ * Use `create(TraceContextSchema)` to create a new message.
+ */
+export const TraceContextSchema: GenMessage<TraceContext> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_task, 4);
 
 /**
  * Why an attempt failed, as the handler's language reports it.
@@ -309,6 +347,13 @@ export type TaskError = Message<"conveyor.v1.TaskError"> & {
    * @generated from field: google.protobuf.Duration retry_after = 5;
    */
   retryAfter?: Duration | undefined;
+
+  /**
+   * Set when the platform, not the handler, failed the attempt.
+   *
+   * @generated from field: conveyor.v1.FailureReason reason = 6;
+   */
+  reason: FailureReason;
 };
 
 /**
@@ -316,7 +361,7 @@ export type TaskError = Message<"conveyor.v1.TaskError"> & {
  * Use `create(TaskErrorSchema)` to create a new message.
  */
 export const TaskErrorSchema: GenMessage<TaskError> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_task, 4);
+  messageDesc(file_conveyor_v1_task, 5);
 
 /**
  * What a running handler reported about itself (Celery's `update_state`).
@@ -358,7 +403,7 @@ export type Progress = Message<"conveyor.v1.Progress"> & {
  * Use `create(ProgressSchema)` to create a new message.
  */
 export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_task, 5);
+  messageDesc(file_conveyor_v1_task, 6);
 
 /**
  * A task as the results service reports it.
@@ -486,6 +531,20 @@ export type Task = Message<"conveyor.v1.Task"> & {
    * @generated from field: conveyor.v1.Progress progress = 17;
    */
   progress?: Progress | undefined;
+
+  /**
+   * Namespace of the task.
+   *
+   * @generated from field: string namespace = 18;
+   */
+  namespace: string;
+
+  /**
+   * Producer's trace context, as submitted.
+   *
+   * @generated from field: conveyor.v1.TraceContext trace_context = 19;
+   */
+  traceContext?: TraceContext | undefined;
 };
 
 /**
@@ -493,7 +552,7 @@ export type Task = Message<"conveyor.v1.Task"> & {
  * Use `create(TaskSchema)` to create a new message.
  */
 export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_task, 6);
+  messageDesc(file_conveyor_v1_task, 7);
 
 /**
  * The states of a task. SCHEDULED -> QUEUED -> LEASED -> RUNNING -> one of
@@ -581,4 +640,60 @@ export enum TaskState {
  */
 export const TaskStateSchema: GenEnum<TaskState> = /*@__PURE__*/
   enumDesc(file_conveyor_v1_task, 0);
+
+/**
+ * Why the platform failed an attempt (errors raised by handlers leave it
+ * UNSPECIFIED).
+ *
+ * @generated from enum conveyor.v1.FailureReason
+ */
+export enum FailureReason {
+  /**
+   * The handler reported the error.
+   *
+   * @generated from enum value: FAILURE_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The result exceeded the payload limit.
+   *
+   * @generated from enum value: FAILURE_REASON_RESULT_TOO_LARGE = 1;
+   */
+  RESULT_TOO_LARGE = 1,
+
+  /**
+   * The hard time limit passed.
+   *
+   * @generated from enum value: FAILURE_REASON_HARD_TIME_LIMIT = 2;
+   */
+  HARD_TIME_LIMIT = 2,
+
+  /**
+   * The soft time limit passed and the handler did not finish.
+   *
+   * @generated from enum value: FAILURE_REASON_SOFT_TIME_LIMIT = 3;
+   */
+  SOFT_TIME_LIMIT = 3,
+
+  /**
+   * No worker registered the task's name (reported by SDKs that refuse it).
+   *
+   * @generated from enum value: FAILURE_REASON_UNKNOWN_TASK = 4;
+   */
+  UNKNOWN_TASK = 4,
+
+  /**
+   * The arguments could not be decoded.
+   *
+   * @generated from enum value: FAILURE_REASON_BAD_ARGUMENTS = 5;
+   */
+  BAD_ARGUMENTS = 5,
+}
+
+/**
+ * Describes the enum conveyor.v1.FailureReason.
+ */
+export const FailureReasonSchema: GenEnum<FailureReason> = /*@__PURE__*/
+  enumDesc(file_conveyor_v1_task, 1);
 
