@@ -93,9 +93,14 @@ func staticResolver(list string) (*manual.Resolver, error) {
 //	c, err := conveyor.Dial(ctx, addr, conveyor.WithToken(os.Getenv("CONVEYOR_TOKEN")))
 //	conn, err := conveyor.NewConn(addr, conveyor.WithToken(token))
 //
-// The token is sent over plaintext connections too (as `conveyor dev`
-// serves); use an https:// address where the network is not trusted.
+// An empty token adds nothing, so a token read from the environment can be
+// passed as it is. The token is sent over plaintext connections too (as
+// `conveyor dev` serves); use an https:// address where the network is not
+// trusted.
 func WithToken(token string) grpc.DialOption {
+	if token == "" {
+		return grpc.EmptyDialOption{}
+	}
 	return grpc.WithPerRPCCredentials(bearerToken(token))
 }
 
