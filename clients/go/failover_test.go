@@ -131,3 +131,18 @@ func freePort(t *testing.T) string {
 	defer l.Close()
 	return l.Addr().String()
 }
+
+func TestAddressLists(t *testing.T) {
+	for _, ok := range []string{"127.0.0.1:1,127.0.0.1:2", "http://127.0.0.1:1, 127.0.0.1:2/"} {
+		conn, err := conveyor.NewConn(ok)
+		if err != nil {
+			t.Fatalf("%q: %v", ok, err)
+		}
+		_ = conn.Close()
+	}
+	for _, bad := range []string{"", "127.0.0.1:1,http://127.0.0.1:2", " , "} {
+		if _, err := conveyor.NewConn(bad); err == nil {
+			t.Fatalf("%q was accepted", bad)
+		}
+	}
+}
