@@ -68,13 +68,12 @@ func NewConn(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 func staticResolver(list string) (*manual.Resolver, error) {
 	var addrs []resolver.Address
 	for _, a := range strings.Split(list, ",") {
-		a = strings.TrimSpace(a)
-		a = strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(a, "http://"), "https://"), "/")
+		a = strings.TrimSuffix(strings.TrimSpace(a), "/")
 		if a == "" {
 			continue
 		}
 		if strings.Contains(a, "://") {
-			return nil, fmt.Errorf("only the first of several addresses may carry a scheme, got %q", a)
+			return nil, fmt.Errorf("only the first of several addresses may carry a scheme (it applies to all), got %q", a)
 		}
 		addrs = append(addrs, resolver.Address{Addr: a})
 	}

@@ -82,18 +82,27 @@ func TestUnavailableIsRetriedForSafeCalls(t *testing.T) {
 		t.Fatalf("a submission without a key was not given up at once: %v", err)
 	}
 
-	restarted := make(chan *testServer, 1)
+	type launched struct {
+		server *testServer
+		err    error
+	}
+	restarted := make(chan launched, 1)
 	go func() {
 		time.Sleep(300 * time.Millisecond) // the outage
-		restarted <- startServerOn(t, port)
+		s, err := launchServer(port)
+		restarted <- launched{s, err}
 	}()
+	t.Cleanup(func() {
+		if r := <-restarted; r.server != nil {
+			r.server.kill()
+		}
+	})
 	started := time.Now()
 	id, err := c.Submit(ctx, "add", conveyor.Args(1, 2))
 	if err != nil {
 		t.Fatalf("keyed submit through a restart: %v", err)
 	}
 	t.Logf("submit through a 300 ms outage took %s", time.Since(started))
-	<-restarted
 	if task, err := c.Get(ctx, id); err != nil || task.GetName() != "add" {
 		t.Fatalf("get: %v, %v", task, err)
 	}

@@ -1,6 +1,7 @@
 package conveyor_test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,32 +24,44 @@ type testServer struct {
 	cmd  *exec.Cmd
 }
 
-// startServer starts `conveyor dev` with args on listen (127.0.0.1:0 when
-// empty) and returns its http:// address; it is killed when the test ends.
+// startServerOn starts `conveyor dev` with args on listen (127.0.0.1:0
+// when empty); it is killed when the test ends.
 func startServerOn(t *testing.T, listen string, args ...string) *testServer {
 	t.Helper()
+	s, err := launchServer(listen, args...)
+	if s != nil {
+		t.Cleanup(s.kill)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// launchServer starts `conveyor dev` and waits for its listening line; the
+// caller kills it. Safe to call from any goroutine.
+func launchServer(listen string, args ...string) (*testServer, error) {
 	if listen == "" {
 		listen = "127.0.0.1:0"
 	}
 	cmd := exec.Command(serverBin(), append([]string{"dev", "--listen", listen, "--heartbeat-interval", "200ms", "--lease-ttl", "1s"}, args...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if os.Getenv("CONVEYOR_TEST_VERBOSE") != "" {
 		cmd.Stderr = os.Stderr
 	}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", serverBin(), err)
+		return nil, fmt.Errorf("starting %s (set CONVEYOR_BIN to the conveyor binary): %w", serverBin(), err)
 	}
 	s := &testServer{cmd: cmd}
-	t.Cleanup(s.kill)
 	addr, err := readListenLine(stdout, 30*time.Second)
 	if err != nil {
-		t.Fatalf("server did not start: %v", err)
+		return s, fmt.Errorf("server did not start: %w", err)
 	}
 	s.addr = addr
-	return s
+	return s, nil
 }
 
 func startServer(t *testing.T, args ...string) string {
