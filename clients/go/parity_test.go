@@ -8,6 +8,8 @@ package conveyor_test
 import (
 	"context"
 	"errors"
+	"os"
+	"os/exec"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -570,6 +572,21 @@ func Test_parity_token(t *testing.T) {
 	var sum int
 	if err := c.Result(ctx, id, 10*time.Second, &sum); err != nil || sum != 3 {
 		t.Fatalf("with a token: %d, %v", sum, err)
+	}
+	// The example worker program takes its token from CONVEYOR_TOKEN.
+	example := exec.Command(exampleBinary(t, "conveyor-example-worker"))
+	example.Env = append(os.Environ(), "CONVEYOR_ADDR="+addr, "CONVEYOR_QUEUE=tokened", "CONVEYOR_TOKEN=s3cret")
+	if err := example.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = example.Process.Kill(); _ = example.Wait() }()
+	id, err = c.Submit(ctx, "lang", conveyor.WithQueue("tokened"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lang string
+	if err := c.Result(ctx, id, 10*time.Second, &lang); err != nil || lang != "go" {
+		t.Fatalf("the example worker with CONVEYOR_TOKEN: %q, %v", lang, err)
 	}
 	badConn, err := conveyor.NewConn(addr, conveyor.WithToken("wrong"))
 	if err != nil {
