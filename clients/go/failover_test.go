@@ -3,7 +3,10 @@ package conveyor_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -153,5 +156,74 @@ func TestAddressLists(t *testing.T) {
 		if _, err := conveyor.NewConn(bad); err == nil {
 			t.Fatalf("%q was accepted", bad)
 		}
+	}
+}
+
+// Two servers on one Redis (CONVEYOR_TEST_REDIS, which scripts/test sets):
+// the server holding a running task's worker stream and the client's Watch
+// is SIGKILLed; the worker fails over and runs the task again, and the
+// Watch, reopened on the other server, sees it succeed.
+func TestFailoverOnSharedRedis(t *testing.T) {
+	redisURL := os.Getenv("CONVEYOR_TEST_REDIS")
+	if redisURL == "" {
+		t.Skip("set CONVEYOR_TEST_REDIS=redis://... to run two servers on one store")
+	}
+	ctx := testContext(t)
+	prefix := fmt.Sprintf("cv-go-failover-%d-%d:", os.Getpid(), time.Now().UnixNano())
+	first := startServerOn(t, "", "--store", redisURL, "--redis-prefix", prefix)
+	second := startServerOn(t, "", "--store", redisURL, "--redis-prefix", prefix)
+	addrs := "http://" + first.addr + "," + second.addr
+	c, err := conveyor.Dial(ctx, addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	conn, err := conveyor.NewConn(addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var runs atomic.Int32
+	firstRun := make(chan struct{})
+	w := conveyor.NewWorker(conn, conveyor.WorkerOptions{Logger: testLogger(), Concurrency: 2})
+	w.Register("once-blocked", func(ctx context.Context, _ *conveyor.Task) (any, error) {
+		if runs.Add(1) == 1 {
+			close(firstRun)
+			<-ctx.Done() // the stream that brought it breaks
+			return nil, context.Cause(ctx)
+		}
+		return "second run", nil
+	})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+
+	id, err := c.Submit(ctx, "once-blocked")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := c.Watch(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	<-firstRun
+	first.kill()
+	killed := time.Now()
+	var last *conveyor.TaskInfo
+	for task, err := range stream.All() {
+		if err != nil {
+			t.Fatalf("watch across the failover: %v", err)
+		}
+		last = task
+	}
+	t.Logf("task finished %s after its server was killed", time.Since(killed))
+	if last.GetState() != conveyor.StateSucceeded || runs.Load() != 2 {
+		t.Fatalf("last state %v after %d runs", last.GetState(), runs.Load())
+	}
+	var out string
+	if err := c.Result(ctx, id, 10*time.Second, &out); err != nil || out != "second run" {
+		t.Fatalf("result: %q, %v", out, err)
 	}
 }
