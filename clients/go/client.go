@@ -59,20 +59,27 @@ type Client struct {
 	owned      *grpc.ClientConn
 	submission conveyorv1.SubmissionServiceClient
 	results    conveyorv1.ResultsServiceClient
+	dispatch   conveyorv1.DispatchServiceClient
+	scheduling conveyorv1.SchedulingServiceClient
+	retry      CallRetry
 }
 
-// NewClient uses conn for both the submission and the results services.
-// The caller keeps ownership of conn.
+// NewClient uses conn for every service. The caller keeps ownership of conn.
 func NewClient(conn grpc.ClientConnInterface) *Client {
 	return NewClientWith(conn, conn)
 }
 
 // NewClientWith uses one connection per service, for deployments where
-// submission and results run as separate processes.
+// submission and results run as separate processes. Queue (dispatch) and
+// schedule (scheduling) calls go through the submission connection: any
+// `conveyor serve` process forwards what it does not serve itself.
 func NewClientWith(submission, results grpc.ClientConnInterface) *Client {
 	return &Client{
 		submission: conveyorv1.NewSubmissionServiceClient(submission),
 		results:    conveyorv1.NewResultsServiceClient(results),
+		dispatch:   conveyorv1.NewDispatchServiceClient(submission),
+		scheduling: conveyorv1.NewSchedulingServiceClient(submission),
+		retry:      DefaultCallRetry,
 	}
 }
 
@@ -98,7 +105,10 @@ func (c *Client) Submit(ctx context.Context, name string, opts ...Option) (strin
 	if err != nil {
 		return "", err
 	}
-	resp, err := c.submission.SubmitTask(ctx, &conveyorv1.SubmitTaskRequest{Task: spec})
+	c.addIdempotencyKey(spec)
+	resp, err := retryCall(ctx, c.retry, spec.GetIdempotencyKey() != "", func(ctx context.Context) (*conveyorv1.SubmitTaskResponse, error) {
+		return c.submission.SubmitTask(ctx, &conveyorv1.SubmitTaskRequest{Task: spec})
+	})
 	if err != nil {
 		return "", wrapRPC("SubmitTask", err)
 	}
@@ -116,12 +126,19 @@ func (c *Client) SubmitMany(ctx context.Context, tasks []TaskRequest) ([]string,
 		if err != nil {
 			return nil, err
 		}
+		c.addIdempotencyKey(spec)
 		specs = append(specs, spec)
 	}
 	ids := make([]string, 0, len(specs))
 	for start := 0; start < len(specs); start += MaxTasksPerBatch {
 		batch := specs[start:min(start+MaxTasksPerBatch, len(specs))]
-		resp, err := c.submission.SubmitTasks(ctx, &conveyorv1.SubmitTasksRequest{Tasks: batch})
+		safe := true
+		for _, spec := range batch {
+			safe = safe && spec.GetIdempotencyKey() != ""
+		}
+		resp, err := retryCall(ctx, c.retry, safe, func(ctx context.Context) (*conveyorv1.SubmitTasksResponse, error) {
+			return c.submission.SubmitTasks(ctx, &conveyorv1.SubmitTasksRequest{Tasks: batch})
+		})
 		if err != nil {
 			return ids, wrapRPC("SubmitTasks", err)
 		}
@@ -137,7 +154,9 @@ func (c *Client) SubmitMany(ctx context.Context, tasks []TaskRequest) ([]string,
 
 // Get returns the task's current state and, once finished, its outcome.
 func (c *Client) Get(ctx context.Context, id string) (*TaskInfo, error) {
-	resp, err := c.results.GetTask(ctx, &conveyorv1.GetTaskRequest{TaskId: id})
+	resp, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.GetTaskResponse, error) {
+		return c.results.GetTask(ctx, &conveyorv1.GetTaskRequest{TaskId: id})
+	})
 	if err != nil {
 		return nil, wrapRPC("GetTask", err)
 	}
@@ -154,19 +173,23 @@ func (c *Client) Get(ctx context.Context, id string) (*TaskInfo, error) {
 // Waits longer than the server's maximum are carried out as several calls.
 func (c *Client) Wait(ctx context.Context, id string, timeout time.Duration) (*TaskInfo, error) {
 	if timeout <= 0 {
-		resp, err := c.results.WaitTask(ctx, &conveyorv1.WaitTaskRequest{TaskId: id})
+		resp, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.WaitTaskResponse, error) {
+			return c.results.WaitTask(ctx, &conveyorv1.WaitTaskRequest{TaskId: id})
+		})
 		return waitAnswer(resp, err)
 	}
 	deadline := time.Now().Add(timeout)
 	for {
 		started := time.Now()
-		remaining := max(deadline.Sub(started), time.Millisecond)
-		callCtx, cancel := context.WithTimeout(ctx, remaining+waitDeadlineMargin)
-		resp, err := c.results.WaitTask(callCtx, &conveyorv1.WaitTaskRequest{
-			TaskId:  id,
-			Timeout: durationToProto(remaining),
+		resp, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.WaitTaskResponse, error) {
+			remaining := max(time.Until(deadline), time.Millisecond)
+			callCtx, cancel := context.WithTimeout(ctx, remaining+waitDeadlineMargin)
+			defer cancel()
+			return c.results.WaitTask(callCtx, &conveyorv1.WaitTaskRequest{
+				TaskId:  id,
+				Timeout: durationToProto(remaining),
+			})
 		})
-		cancel()
 		if err != nil && Code(err) == codes.DeadlineExceeded && ctx.Err() == nil &&
 			time.Since(started) >= minUsefulWait && time.Until(deadline) >= minUsefulWait {
 			continue // the server's cap ended this call, not our timeout
@@ -220,8 +243,10 @@ func DecodeResult(task *TaskInfo, out any) error {
 	}
 }
 
-// Cancel cancels a task that has not started yet. It reports true when this
-// call cancelled it, false when it was already running or finished.
+// Cancel cancels (revokes) a task: one that has not started never runs, a
+// running one has its handler's context cancelled on its worker and its
+// late outcome ignored. It reports true when this call cancelled it, false
+// when the task had already finished.
 func (c *Client) Cancel(ctx context.Context, id string) (bool, error) {
 	resp, err := c.submission.CancelTask(ctx, &conveyorv1.CancelTaskRequest{TaskId: id})
 	if err != nil {
@@ -233,14 +258,12 @@ func (c *Client) Cancel(ctx context.Context, id string) (bool, error) {
 // Watch streams the task's current state, then every change; the stream
 // ends (Recv returns io.EOF) after a terminal state. The first state is
 // read before Watch returns, so an unknown id fails here with NOT_FOUND.
+// When the stream breaks with UNAVAILABLE (a server died) it is reopened,
+// as the client's [CallRetry] allows; the reopened stream starts with the
+// task's current state, which may repeat the last one seen.
 func (c *Client) Watch(ctx context.Context, id string) (*TaskStream, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	stream, err := c.results.WatchTask(ctx, &conveyorv1.WatchTaskRequest{TaskId: id})
-	if err != nil {
-		cancel()
-		return nil, wrapRPC("WatchTask", err)
-	}
-	s := &TaskStream{stream: stream, cancel: cancel}
+	s := &TaskStream{client: c, ctx: ctx, id: id, cancel: cancel}
 	first, err := s.recv()
 	if err != nil && err != io.EOF {
 		cancel()
@@ -252,6 +275,9 @@ func (c *Client) Watch(ctx context.Context, id string) (*TaskStream, error) {
 
 // TaskStream is the stream of a task's states returned by [Client.Watch].
 type TaskStream struct {
+	client   *Client
+	ctx      context.Context
+	id       string
 	stream   grpc.ServerStreamingClient[conveyorv1.WatchTaskResponse]
 	cancel   context.CancelFunc
 	first    *TaskInfo
@@ -270,20 +296,45 @@ func (s *TaskStream) Recv() (*TaskInfo, error) {
 	return s.recv()
 }
 
+// recv reads the next message, opening or reopening the stream as needed.
 func (s *TaskStream) recv() (*TaskInfo, error) {
-	resp, err := s.stream.Recv()
-	if err == io.EOF {
-		s.cancel()
-		return nil, io.EOF
+	var bo *reconnectBackoff
+	for attempt := 1; ; attempt++ {
+		resp, err := s.recvOnce()
+		if err == nil {
+			if resp.GetTask() == nil {
+				return nil, &ProtocolError{"WatchTask response carries no task"}
+			}
+			return resp.GetTask(), nil
+		}
+		if err == io.EOF {
+			s.cancel()
+			return nil, io.EOF
+		}
+		s.stream = nil
+		if Code(err) != codes.Unavailable || attempt >= s.client.retry.attempts() || s.ctx.Err() != nil {
+			s.cancel()
+			return nil, wrapRPC("WatchTask", err)
+		}
+		if bo == nil {
+			bo = newBackoff(s.client.retry.MinBackoff, s.client.retry.MaxBackoff)
+		}
+		if !sleepCtx(s.ctx, bo.next()) {
+			s.cancel()
+			return nil, wrapRPC("WatchTask", err)
+		}
 	}
-	if err != nil {
-		s.cancel()
-		return nil, wrapRPC("WatchTask", err)
+}
+
+func (s *TaskStream) recvOnce() (*conveyorv1.WatchTaskResponse, error) {
+	if s.stream == nil {
+		stream, err := s.client.results.WatchTask(s.ctx, &conveyorv1.WatchTaskRequest{TaskId: s.id})
+		if err != nil {
+			return nil, err
+		}
+		s.stream = stream
 	}
-	if resp.GetTask() == nil {
-		return nil, &ProtocolError{"WatchTask response carries no task"}
-	}
-	return resp.GetTask(), nil
+	return s.stream.Recv()
 }
 
 // All iterates over the remaining states; it stops after the terminal state

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 )
 
@@ -21,13 +23,17 @@ import (
 //
 // addr is "host:port" or "http://host:port" (plaintext HTTP/2, as
 // `conveyor dev` serves), "https://host:port" (TLS with the system roots),
-// or any gRPC target ("dns:///host:port", "unix:///path"), plaintext. The
-// connection backs off from 100 ms to 5 s between attempts. opts come last,
-// so they may replace the credentials or add interceptors (bearer tokens).
+// or any gRPC target ("dns:///host:port", "unix:///path"), plaintext.
+// Several servers are given comma-separated, "http://10.0.0.1:50051,10.0.0.2:50051"
+// (one scheme, first): the connection uses the first that answers and fails
+// over to the next when it dies, as it does across the addresses of a DNS
+// name ("dns:///conveyor.internal:50051"). The connection backs off from
+// 100 ms to 5 s between attempts. opts come last, so they may replace the
+// credentials or add interceptors; [WithToken] adds a bearer token.
 func NewConn(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	target, creds := parseAddr(addr)
 	if target == "" {
-		return nil, fmt.Errorf("conveyor: empty address")
+		return nil, fmt.Errorf("conveyor: empty address: pass host:port, http://host:port or several comma-separated")
 	}
 	base := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
@@ -41,12 +47,69 @@ func NewConn(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 			MinConnectTimeout: 5 * time.Second,
 		}),
 	}
+	if strings.Contains(target, ",") {
+		static, err := staticResolver(target)
+		if err != nil {
+			return nil, fmt.Errorf("conveyor: address %q: %w", addr, err)
+		}
+		base = append(base, grpc.WithResolvers(static))
+		target = static.Scheme() + ":///conveyor"
+	}
 	conn, err := grpc.NewClient(target, append(base, opts...)...)
 	if err != nil {
-		return nil, fmt.Errorf("conveyor: address %q: %w", addr, err)
+		return nil, fmt.Errorf("conveyor: address %q: %w (pass host:port, http://host:port or several comma-separated)", addr, err)
 	}
 	return conn, nil
 }
+
+// staticResolver resolves to a fixed list of "host:port" addresses, tried
+// in order by gRPC's default pick_first policy: the first that connects is
+// used until it fails, then the next.
+func staticResolver(list string) (*manual.Resolver, error) {
+	var addrs []resolver.Address
+	for _, a := range strings.Split(list, ",") {
+		a = strings.TrimSuffix(strings.TrimSpace(a), "/")
+		if a == "" {
+			continue
+		}
+		if strings.Contains(a, "://") {
+			return nil, fmt.Errorf("only the first of several addresses may carry a scheme (it applies to all), got %q", a)
+		}
+		addrs = append(addrs, resolver.Address{Addr: a})
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("no address in the list")
+	}
+	r := manual.NewBuilderWithScheme("conveyor-static")
+	r.InitialState(resolver.State{Addresses: addrs})
+	return r, nil
+}
+
+// WithToken sends token as "authorization: Bearer <token>" on every call
+// of the connection, which is what a server started with --auth-token
+// requires. Pass it to [Dial] for a client or to [NewConn] for a worker:
+//
+//	c, err := conveyor.Dial(ctx, addr, conveyor.WithToken(os.Getenv("CONVEYOR_TOKEN")))
+//	conn, err := conveyor.NewConn(addr, conveyor.WithToken(token))
+//
+// An empty token adds nothing, so a token read from the environment can be
+// passed as it is. The token is sent over plaintext connections too (as
+// `conveyor dev` serves); use an https:// address where the network is not
+// trusted.
+func WithToken(token string) grpc.DialOption {
+	if token == "" {
+		return grpc.EmptyDialOption{}
+	}
+	return grpc.WithPerRPCCredentials(bearerToken(token))
+}
+
+type bearerToken string
+
+func (t bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(t)}, nil
+}
+
+func (bearerToken) RequireTransportSecurity() bool { return false }
 
 func parseAddr(addr string) (string, credentials.TransportCredentials) {
 	addr = strings.TrimSpace(addr)

@@ -27,6 +27,13 @@
 //	})
 //	err = w.Run(ctx)
 //
+// Handlers report progress with [Task.ReportProgress] and ask for a retry
+// after a delay with [RetryAfter]. The client also replays and forgets tasks,
+// lists dead letters, pauses queues and manages schedules. [WithToken] sends
+// a bearer token; several comma-separated addresses fail over; calls that
+// are safe to repeat are retried on UNAVAILABLE ([CallRetry]).
+// [NewEagerClient] runs handlers in-process with no server, for tests.
+//
 // Arguments and results travel as JSON payloads, so tasks submitted from one
 // language run in any other. Errors of RPCs carry their gRPC status
 // ([status.FromError] and [Code] work on them); a task that failed is reported

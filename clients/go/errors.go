@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -222,4 +223,38 @@ func traceback(err error) string {
 		err = errors.Unwrap(err)
 	}
 	return ""
+}
+
+// RetryAfter asks for the task to run again after delay instead of after its
+// retry policy's backoff (Celery's `self.retry(countdown=...)`); the attempt
+// still counts against the policy's max retries, and the task fails with
+// err once they are spent. err gives the reported type and message; nil
+// reports type "Retry". Return it from a handler:
+//
+//	return nil, conveyor.RetryAfter(30*time.Second, err)
+func RetryAfter(delay time.Duration, err error) error {
+	if err == nil {
+		err = NewTaskError("Retry", fmt.Sprintf("retry requested in %s", delay))
+	}
+	return &retryAfterError{err: err, delay: max(delay, 0)}
+}
+
+type retryAfterError struct {
+	err   error
+	delay time.Duration
+}
+
+func (e *retryAfterError) Error() string             { return e.err.Error() }
+func (e *retryAfterError) Unwrap() error             { return e.err }
+func (e *retryAfterError) Retryable() bool           { return true }
+func (e *retryAfterError) ErrorType() string         { return ErrorType(e.err) }
+func (e *retryAfterError) RetryDelay() time.Duration { return e.delay }
+
+// retryDelay is the delay asked for by a [RetryAfter] error in err's chain.
+func retryDelay(err error) (time.Duration, bool) {
+	var r interface{ RetryDelay() time.Duration }
+	if errors.As(err, &r) {
+		return r.RetryDelay(), true
+	}
+	return 0, false
 }

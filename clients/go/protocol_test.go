@@ -355,3 +355,41 @@ func TestProtocolRefusedHelloEndsRun(t *testing.T) {
 		t.Fatal("Run did not return after PERMISSION_DENIED")
 	}
 }
+
+// Progress travels as ReportProgress with the attempt's lease token, and a
+// RetryAfter failure as an outcome whose error carries retry_after.
+func TestProtocolProgressAndRetryAfter(t *testing.T) {
+	d, addr := startFakeDispatcher(t)
+	startFakeWorker(t, addr, map[string]conveyor.Handler{
+		"busy": func(_ context.Context, task *conveyor.Task) (any, error) {
+			if err := task.ReportProgress("WAITING", 25, map[string]string{"on": "upstream"}); err != nil {
+				return nil, err
+			}
+			return nil, conveyor.RetryAfter(1500*time.Millisecond, conveyor.NonRetryable(conveyor.NewTaskError("Busy", "later")))
+		},
+	})
+	s := d.accept(t)
+	s.welcome(t)
+	s.next(t) // credits
+	s.assign(t, assignment("t1", "busy", 9))
+	var progress *conveyorv1.ReportProgress
+	var outcome *conveyorv1.TaskOutcome
+	for outcome == nil {
+		msg := s.next(t)
+		if p := msg.GetReportProgress(); p != nil {
+			progress = p
+		}
+		if o := msg.GetReportOutcomes(); o != nil {
+			outcome = o.GetOutcomes()[0]
+		}
+	}
+	if progress == nil || progress.GetTaskId() != "t1" || progress.GetLeaseToken() != 9 ||
+		progress.GetProgress().GetState() != "WAITING" || progress.GetProgress().GetPercent() != 25 ||
+		string(progress.GetProgress().GetMeta().GetData()) != `{"on":"upstream"}` {
+		t.Fatalf("progress %v", progress)
+	}
+	e := outcome.GetError()
+	if e.GetType() != "Busy" || !e.GetRetryable() || e.GetRetryAfter().AsDuration() != 1500*time.Millisecond {
+		t.Fatalf("outcome error %v", e)
+	}
+}

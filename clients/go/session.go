@@ -342,6 +342,13 @@ func (s *session) onEvent(ev runnerEvent) error {
 			if outcome := s.outcomeOf(ev); outcome != nil {
 				outcomes = append(outcomes, outcome)
 			}
+		} else if ev.progress != nil {
+			if s.isCurrent(ev) {
+				report := &conveyorv1.ReportProgress{TaskId: ev.taskID, LeaseToken: ev.token, Progress: ev.progress}
+				if err := s.send(&conveyorv1.ConnectRequest{Message: &conveyorv1.ConnectRequest_ReportProgress{ReportProgress: report}}); err != nil {
+					return err
+				}
+			}
 		} else if s.isCurrent(ev) {
 			started := &conveyorv1.TaskStarted{TaskId: ev.taskID, LeaseToken: ev.token}
 			if err := s.send(&conveyorv1.ConnectRequest{Message: &conveyorv1.ConnectRequest_TaskStarted{TaskStarted: started}}); err != nil {

@@ -1,10 +1,18 @@
 package conveyor
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
 	conveyorv1 "go.conveyor.dev/conveyor/gen/conveyor/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Progress limits the dispatcher enforces (larger reports are dropped there).
+const (
+	maxProgressState = 100
+	maxProgressMeta  = 64 << 10
 )
 
 // ArgumentError is the error type reported when a handler's argument is
@@ -32,6 +40,8 @@ type Task struct {
 	CreatedAt time.Time
 
 	assignment *conveyorv1.Assignment
+	// report sends a progress report; nil outside a worker or eager run.
+	report func(*conveyorv1.Progress) error
 }
 
 // TaskFromAssignment builds the handler's view of an assignment; handy to
@@ -105,4 +115,35 @@ func (t *Task) HasKwarg(name string) bool {
 
 func argumentError(msg string) error {
 	return NonRetryable(NewTaskError(ArgumentError, msg))
+}
+
+// ReportProgress reports the handler's progress (Celery's `update_state`):
+// a custom state name such as "DOWNLOADING" (at most 100 bytes), percent
+// complete (0 to 100) and meta, any JSON-encodable details (at most 64 KiB;
+// nil for none). Watchers of the task ([Client.Watch]) and [Client.Get] see
+// the latest report in the task's Progress. It returns once the report is
+// queued on the worker's stream (best effort: a report racing the stream's
+// end is lost), or an error saying why it was not sent.
+func (t *Task) ReportProgress(state string, percent float64, meta any) error {
+	if t.report == nil {
+		return errors.New("conveyor: progress not sent: this task is not run by a worker (build it with a Worker or an eager client)")
+	}
+	if len(state) > maxProgressState {
+		return fmt.Errorf("conveyor: progress state is %d bytes, at most %d are accepted: shorten it", len(state), maxProgressState)
+	}
+	if percent < 0 || percent > 100 {
+		return fmt.Errorf("conveyor: progress percent %v is outside 0..100", percent)
+	}
+	p := &conveyorv1.Progress{State: state, Percent: percent, ReportedAt: timestamppb.Now()}
+	if meta != nil {
+		payload, err := EncodeJSON(meta)
+		if err != nil {
+			return fmt.Errorf("conveyor: progress meta cannot be encoded as json: %w", err)
+		}
+		if len(payload.GetData()) > maxProgressMeta {
+			return fmt.Errorf("conveyor: progress meta is %d bytes, at most %d are accepted: send less", len(payload.GetData()), maxProgressMeta)
+		}
+		p.Meta = payload
+	}
+	return t.report(p)
 }

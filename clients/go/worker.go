@@ -287,6 +287,9 @@ type runnerEvent struct {
 	token    uint64
 	finished bool
 	outcome  *conveyorv1.TaskOutcome
+	// progress, when set, is a report to send (the event is neither a
+	// start nor a finish).
+	progress *conveyorv1.Progress
 }
 
 func (rt *workerRuntime) emit(ev runnerEvent) {
@@ -310,6 +313,17 @@ func (rt *workerRuntime) runTask(ctx context.Context, cancel context.CancelCause
 	}
 	rt.emit(ev)
 	task := TaskFromAssignment(a)
+	task.report = func(p *conveyorv1.Progress) error {
+		report := runnerEvent{epoch: epoch, taskID: a.GetTaskId(), token: a.GetLeaseToken(), progress: p}
+		select {
+		case rt.events <- report:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("conveyor: progress not sent: the task's context ended (%w)", context.Cause(ctx))
+		case <-rt.done:
+			return errors.New("conveyor: progress not sent: the worker stopped")
+		}
+	}
 	var taskErr *conveyorv1.TaskError
 	var result *Payload
 	if h == nil {
@@ -391,10 +405,15 @@ func handlerFailure(ctx context.Context, err error, softLimit time.Duration) *co
 		// at the point the failure was reported.
 		tb = string(debug.Stack())
 	}
-	return &conveyorv1.TaskError{
+	failure := &conveyorv1.TaskError{
 		Type:      ErrorType(err),
 		Message:   err.Error(),
 		Traceback: tb,
 		Retryable: IsRetryable(err),
 	}
+	if delay, ok := retryDelay(err); ok {
+		failure.Retryable = true
+		failure.RetryAfter = durationToProto(delay)
+	}
+	return failure
 }

@@ -54,7 +54,7 @@ func run() (string, error) {
 
 	dialCtx, cancelDial := context.WithTimeout(ctx, 10*time.Second)
 	defer cancelDial()
-	c, err := conveyor.Dial(dialCtx, addr)
+	c, err := conveyor.Dial(dialCtx, addr, conveyor.WithToken(os.Getenv("CONVEYOR_TOKEN")))
 	if err != nil {
 		return "", err
 	}

@@ -37,7 +37,7 @@ func run() error {
 		return fmt.Errorf("CONVEYOR_CONCURRENCY: %w", err)
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	conn, err := conveyor.NewConn(addr)
+	conn, err := conveyor.NewConn(addr, conveyor.WithToken(os.Getenv("CONVEYOR_TOKEN")))
 	if err != nil {
 		return err
 	}
