@@ -1,5 +1,6 @@
 // The worker: registers handlers, holds one DispatchService.Connect stream
-// (reconnecting with backoff when it breaks), and drains on shutdown.
+// (reconnecting with backoff when it breaks, failing over between addresses),
+// and drains on shutdown.
 
 import { hostname as osHostname } from "node:os";
 import { create } from "@bufbuild/protobuf";
@@ -12,6 +13,7 @@ import {
   HeartbeatSchema,
   HelloSchema,
   ReportOutcomesSchema,
+  ReportProgressSchema,
   TaskOutcomeSchema,
   TaskStartedSchema,
 } from "./gen/conveyor/v1/dispatch_service_pb.js";
@@ -23,8 +25,10 @@ import type {
   TaskOutcome,
   Welcome,
 } from "./gen/conveyor/v1/dispatch_service_pb.js";
-import { TaskErrorSchema } from "./gen/conveyor/v1/task_pb.js";
+import { ProgressSchema, TaskErrorSchema } from "./gen/conveyor/v1/task_pb.js";
+import type { TaskError } from "./gen/conveyor/v1/task_pb.js";
 import { TaskCancelledError, TaskContext, TaskFailure, describeFailure } from "./context.js";
+import type { ProgressUpdate } from "./context.js";
 import { ConveyorError, codeName } from "./errors.js";
 import { Backoff, DEFAULT_MAX_BACKOFF_MS, DEFAULT_MIN_BACKOFF_MS } from "./internal/backoff.js";
 import { AsyncQueue } from "./internal/queue.js";
@@ -32,13 +36,21 @@ import { ACTIVE, creditsToGrant, drain, endedByDispatcher } from "./internal/sta
 import type { Phase, SessionEnd } from "./internal/state.js";
 import { stderrLogger } from "./logger.js";
 import type { Logger } from "./logger.js";
-import { durationToMs, errorText, toPayload } from "./payload.js";
-import { createTransport, parseAddress } from "./transport.js";
-import type { ConnectionOptions } from "./transport.js";
+import { durationToMs, errorText, msToDuration, toPayload } from "./payload.js";
+import { Endpoints } from "./transport.js";
+import type { Addresses, ConnectionOptions, Endpoint } from "./transport.js";
 import { SDK_VERSION } from "./version.js";
 
 /** Default time running tasks get to finish once shutdown starts. */
 export const DEFAULT_GRACE_PERIOD_MS = 30_000;
+
+/**
+ * Default concurrency: handlers run on Node's event loop, so a worker waiting
+ * on I/O for ten tasks is as cheap as for one. CPU-bound handlers block the
+ * loop whatever this is: run them in several processes (or worker threads)
+ * with concurrency 1 each.
+ */
+export const DEFAULT_CONCURRENCY = 10;
 
 /** Limits the dispatcher enforces on Hello, checked early for a clear error. */
 const MAX_QUEUES = 64;
@@ -68,7 +80,7 @@ export type Handler<A extends unknown[] = any[]> = (ctx: TaskContext, ...args: A
 export interface WorkerOptions extends ConnectionOptions {
   /** Queues to consume. Default ["default"]. */
   queues?: readonly string[];
-  /** Tasks run at once (slots), 1 to 2^20. Default 1. */
+  /** Tasks run at once (slots), 1 to 2^20. Default 10 (DEFAULT_CONCURRENCY). */
   concurrency?: number;
   /** The worker's id, 1 to 200 characters. Default "<hostname>-<pid>". */
   workerId?: string;
@@ -111,7 +123,7 @@ function isFatal(error: Error): boolean {
 
 /** State shared by the worker's sessions: handlers outlive the stream that brought their task. */
 interface Runtime {
-  readonly dispatch: RpcClient<typeof DispatchService>;
+  readonly endpoints: Endpoints<RpcClient<typeof DispatchService>>;
   readonly handlers: ReadonlyMap<string, Handler>;
   readonly log: Logger;
   readonly concurrency: number;
@@ -139,20 +151,26 @@ export class Worker {
   readonly queues: readonly string[];
   readonly concurrency: number;
   readonly hostname: string;
+  /** The dispatcher addresses, in failover order. */
+  readonly addresses: readonly string[];
   readonly #handlers = new Map<string, Handler>();
   readonly #options: WorkerOptions;
-  readonly #baseUrl: string;
+  readonly #addresses: Addresses;
   readonly #log: Logger;
   #running = false;
 
-  constructor(baseUrl: string, options: WorkerOptions = {}) {
-    this.#baseUrl = baseUrl;
+  /**
+   * `addresses`: "http://127.0.0.1:50051", or several (comma-separated or an
+   * array) to fail over between when a dispatcher goes away.
+   */
+  constructor(addresses: Addresses, options: WorkerOptions = {}) {
+    this.#addresses = addresses;
     this.#options = options;
     this.#log = options.logger ?? stderrLogger();
     this.hostname = safeHostname();
     this.workerId = options.workerId ?? `${this.hostname}-${process.pid}`;
     this.queues = options.queues !== undefined && options.queues.length > 0 ? [...options.queues] : ["default"];
-    this.concurrency = options.concurrency ?? 1;
+    this.concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
     const problem = !Number.isInteger(this.concurrency) || this.concurrency < 1 || this.concurrency > MAX_CONCURRENCY
       ? `concurrency must be an integer from 1 to ${MAX_CONCURRENCY}`
       : this.workerId.length === 0 || this.workerId.length > MAX_WORKER_ID_LENGTH
@@ -162,7 +180,7 @@ export class Worker {
           : undefined;
     if (problem !== undefined) throw new RangeError(problem);
     // Fails early on a malformed address.
-    if (options.transport === undefined) parseAddress(baseUrl);
+    this.addresses = new Endpoints(addresses, options, () => undefined).addresses;
   }
 
   /**
@@ -214,13 +232,24 @@ export class Worker {
       process.on("SIGTERM", onSignal);
       process.on("SIGINT", onSignal);
     }
-    const { transport, close } = createTransport(this.#baseUrl, {
-      ...this.#options,
-      // Pings find a dead connection when the dispatcher goes silent.
-      http2: this.#options.http2 ?? { pingIntervalMs: 10_000, pingTimeoutMs: 10_000 },
+    const endpoints = new Endpoints(
+      this.#addresses,
+      {
+        ...this.#options,
+        // Pings find a dead connection when the dispatcher goes silent.
+        http2: this.#options.http2 ?? { pingIntervalMs: 10_000, pingTimeoutMs: 10_000 },
+      },
+      (transport) => createClient(DispatchService, transport),
+    );
+    this.#log.info("worker starting", {
+      addresses: endpoints.addresses.join(","),
+      worker_id: this.workerId,
+      queues: this.queues.join(","),
+      tasks: this.taskNames.join(","),
+      concurrency: this.concurrency,
     });
     const runtime: Runtime = {
-      dispatch: createClient(DispatchService, transport),
+      endpoints,
       handlers: this.#handlers,
       log: this.#log,
       concurrency: this.concurrency,
@@ -238,7 +267,7 @@ export class Worker {
         process.off("SIGTERM", onSignal);
         process.off("SIGINT", onSignal);
       }
-      close();
+      endpoints.close();
       this.#running = false;
     }
   }
@@ -318,13 +347,27 @@ class Session {
   /** Connects, says Hello, awaits Welcome, then serves the stream until it ends. */
   async run(stop: AbortSignal, hardStop: AbortSignal): Promise<SessionEnd> {
     if (stop.aborted) return { kind: "stopped" };
+    this.#send({ case: "hello", value: this.#rt.hello() });
+    const endpoint = this.#rt.endpoints.current();
+    const iterator = endpoint.value
+      .connect(this.#outbound, { signal: this.#rpcAbort.signal })
+      [Symbol.asyncIterator]();
+    const end = await this.#serve(iterator, endpoint, stop, hardStop);
+    // A dispatcher that broke the stream or refused it: the next session
+    // tries the next address (when there are several).
+    if (end.kind === "broken") this.#rt.endpoints.failed(endpoint);
+    return end;
+  }
+
+  async #serve(
+    iterator: AsyncIterator<ConnectResponse>,
+    endpoint: Endpoint<unknown>,
+    stop: AbortSignal,
+    hardStop: AbortSignal,
+  ): Promise<SessionEnd> {
     const ended = new Promise<SessionEnd>((resolve) => {
       this.#resolveEnd = resolve;
     });
-    this.#send({ case: "hello", value: this.#rt.hello() });
-    const iterator = this.#rt.dispatch
-      .connect(this.#outbound, { signal: this.#rpcAbort.signal })
-      [Symbol.asyncIterator]();
 
     let welcome: Welcome;
     try {
@@ -359,6 +402,7 @@ class Session {
     );
     this.#maxCredits = welcome.maxCredits > 0 ? welcome.maxCredits : DEFAULT_MAX_CREDITS;
     this.#rt.log.info("worker session established", {
+      address: endpoint.address,
       session_id: welcome.sessionId,
       heartbeat_ms: heartbeatMs,
       epoch: this.#epoch,
@@ -470,11 +514,23 @@ class Session {
     this.#running.set(taskId, running);
     this.#rt.inFlight += 1;
     this.#send({ case: "taskStarted", value: create(TaskStartedSchema, { taskId, leaseToken }) });
-    void execute(this.#rt, assignment, running.controller).then((outcome) => {
+    const onProgress = (update: ProgressUpdate): void => this.#progress(taskId, running, update);
+    void execute(this.#rt, assignment, running.controller, onProgress).then((outcome) => {
       this.#rt.inFlight -= 1;
       this.#finished(taskId, running, outcome);
       // The slot is free: the session taking work may grant a credit.
       this.#rt.current?.schedule();
+    });
+  }
+
+  /** Sends a handler's progress report, while its attempt is still this session's. */
+  #progress(taskId: string, running: Running, update: ProgressUpdate): void {
+    if (this.#ended || this.#running.get(taskId) !== running || running.cancelled) return;
+    const progress = create(ProgressSchema, { state: update.state ?? "", percent: update.percent ?? 0 });
+    if (update.meta !== undefined) progress.meta = toPayload(update.meta, `progress meta of task ${taskId}`);
+    this.#send({
+      case: "reportProgress",
+      value: create(ReportProgressSchema, { taskId, leaseToken: running.leaseToken, progress }),
     });
   }
 
@@ -577,11 +633,18 @@ class Session {
   }
 }
 
-/** Runs one attempt's handler to its outcome; never throws. */
-async function execute(
-  runtime: Runtime,
+/** What running a handler needs: the worker's, or eager mode's. */
+export interface ExecutionEnv {
+  readonly handlers: ReadonlyMap<string, Handler>;
+  readonly log: Logger;
+}
+
+/** Runs one attempt's handler to its outcome; never throws. Internal (eager mode uses it too). */
+export async function execute(
+  runtime: ExecutionEnv,
   assignment: Assignment,
   controller: AbortController,
+  onProgress: (update: ProgressUpdate) => void,
 ): Promise<TaskOutcome["outcome"]> {
   const started = Date.now();
   let softTimer: NodeJS.Timeout | undefined;
@@ -591,7 +654,7 @@ async function execute(
     if (handler === undefined) {
       throw new TaskFailure("NotRegistered", `no handler is registered for "${assignment.name}"`);
     }
-    const ctx = new TaskContext(assignment, controller.signal);
+    const ctx = new TaskContext(assignment, controller.signal, onProgress);
     const softLimit = ctx.softTimeLimitMs;
     if (softLimit !== undefined) {
       softTimer = setTimeout(() => {
@@ -609,12 +672,25 @@ async function execute(
     runtime.log.debug("task succeeded", { ...fields, elapsed_ms: Date.now() - started });
     return { case: "result", value: payload };
   } catch (thrown) {
-    const failure = describeFailure(thrown, controller.signal);
-    runtime.log.info("task failed", { ...fields, error_type: failure.type, message: failure.message, retryable: failure.retryable });
-    return { case: "error", value: create(TaskErrorSchema, failure) };
+    return { case: "error", value: failureOutcome(runtime, thrown, controller.signal, fields) };
   } finally {
     clearTimeout(softTimer);
   }
+}
+
+/** The TaskError reported for what a handler threw. */
+function failureOutcome(runtime: ExecutionEnv, thrown: unknown, signal: AbortSignal, fields: Record<string, unknown>): TaskError {
+  const failure = describeFailure(thrown, signal);
+  const { retryAfterMs, ...rest } = failure;
+  const error = create(TaskErrorSchema, rest);
+  if (retryAfterMs !== undefined) {
+    error.retryAfter = msToDuration(retryAfterMs);
+    error.retryable = true;
+    runtime.log.info("task asked for a retry", { ...fields, retry_after_ms: retryAfterMs, message: failure.message });
+  } else {
+    runtime.log.info("task failed", { ...fields, error_type: failure.type, message: failure.message, retryable: failure.retryable });
+  }
+  return error;
 }
 
 /** Waits for `promise`, `ms` milliseconds or `signal`, whichever comes first. */
