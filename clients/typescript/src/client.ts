@@ -15,7 +15,7 @@ import { RetryPolicySchema, TaskOptionsSchema, TaskSpecSchema, TaskState } from 
 import type { Payload, Task, TaskOptions, TaskSpec } from "./gen/conveyor/v1/task_pb.js";
 import { ConveyorError, unsuccessfulTaskError } from "./errors.js";
 import { Backoff } from "./internal/backoff.js";
-import { callWithRetry, isRetryable, resolvePolicy, sleep, unavailable } from "./internal/retry.js";
+import { callWithRetry, connectionLost, resolvePolicy, sleep, unavailable } from "./internal/retry.js";
 import { fromOptionalPayload, msToDuration, toPayload, toTimestamp } from "./payload.js";
 import { buildSchedule } from "./schedules.js";
 import type { ScheduleDefinition } from "./schedules.js";
@@ -350,8 +350,9 @@ export class Client {
         }
         return;
       } catch (thrown) {
-        const error = ConveyorError.from(thrown);
-        if (!isRetryable(error)) throw error;
+        const failure = ConveyorError.from(thrown);
+        const error = connectionLost(failure, options.signal);
+        if (error === undefined) throw failure;
         this.#endpoints.failed(endpoint);
         failures += 1;
         if (failures >= this.#retry.maxAttempts || options.signal?.aborted === true) {

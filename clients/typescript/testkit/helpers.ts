@@ -25,12 +25,12 @@ export interface Server {
   stop(): Promise<void>;
 }
 
-/** Starts `conveyor dev` on a free port and waits for its "listening on" line. */
-export async function startServer(): Promise<Server> {
+/** Starts `conveyor dev` on a free port (with `extraArgs`) and waits for its "listening on" line. */
+export async function startServer(extraArgs: readonly string[] = []): Promise<Server> {
   const bin = process.env["CONVEYOR_BIN"] || resolve(repoRoot, "target", "debug", "conveyor");
   const child = spawn(
     bin,
-    ["dev", "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s", "--track-started"],
+    ["dev", "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s", "--track-started", ...extraArgs],
     { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env["RUST_LOG"] ?? "warn" } },
   );
   let stderr = "";

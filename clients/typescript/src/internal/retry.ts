@@ -20,9 +20,17 @@ export function resolvePolicy(policy: RetryPolicy | false | undefined): Required
   };
 }
 
-/** Whether a failed call may be tried again on another address. */
-export function isRetryable(error: ConveyorError): boolean {
-  return error.code === Code.Unavailable;
+/**
+ * The error as UNAVAILABLE when it means the connection is gone: UNAVAILABLE
+ * itself, or CANCELED that the caller did not ask for (an HTTP/2 stream reset
+ * by a server that died with the connection open); else undefined.
+ */
+export function connectionLost(error: ConveyorError, signal?: AbortSignal): ConveyorError | undefined {
+  if (error.code === Code.Unavailable) return error;
+  if (error.code === Code.Canceled && signal?.aborted !== true) {
+    return new ConveyorError(Code.Unavailable, `connection lost (${error.rawMessage})`, { cause: error });
+  }
+  return undefined;
 }
 
 /**
@@ -44,8 +52,9 @@ export async function callWithRetry<C, T>(
       endpoint = endpoints.current();
       return await call(endpoint.value);
     } catch (thrown) {
-      const error = ConveyorError.from(thrown);
-      if (!isRetryable(error) || endpoint === undefined) throw error;
+      const failure = ConveyorError.from(thrown);
+      const error = connectionLost(failure, signal);
+      if (error === undefined || endpoint === undefined) throw failure;
       endpoints.failed(endpoint);
       const last = !safe || attempt >= policy.maxAttempts || signal?.aborted === true;
       if (last) throw unavailable(error, endpoints.addresses, attempt, safe);
