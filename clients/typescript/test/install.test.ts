@@ -10,6 +10,7 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, write
 import { tmpdir } from "node:os";
 import { join, relative, sep } from "node:path";
 import { after, before, describe, test } from "node:test";
+import ts from "typescript";
 import { packageRoot, startServer } from "../testkit/helpers.js";
 import type { Server } from "../testkit/helpers.js";
 
@@ -45,6 +46,14 @@ function run(command: string, args: string[], cwd: string): string {
     `${command} ${args.join(" ")} in ${cwd} failed (${result.error?.message ?? `exit ${result.status}`}):\n${result.stdout}\n${result.stderr}`,
   );
   return result.stdout;
+}
+
+/** The README's ```ts blocks that are whole programs (they import the package). */
+function readmePrograms(): string[] {
+  const readme = readFileSync(join(packageRoot, "README.md"), "utf8");
+  return [...readme.matchAll(/```ts\n([\s\S]*?)```/g)]
+    .map((match) => match[1]!)
+    .filter((block) => block.startsWith("import ") && block.includes('from "@conveyor/client"'));
 }
 
 /** A copy of the package as a fresh checkout has it: no node_modules, no dist. */
@@ -92,6 +101,17 @@ describe("install", { timeout: TIMEOUT_MS }, () => {
     run("npm", ["install", "--no-audit", "--no-fund", checkout], project);
     assert.ok(existsSync(join(checkout, "dist", "src", "index.js")), "prepare built dist/");
     assert.equal(run(process.execPath, ["main.js", server.addr], project), "eager 5\nserver 42\n");
+    // The README's complete programs, compiled as a user's TypeScript would be, run as written.
+    const programs = readmePrograms();
+    assert.equal(programs.length, 2, "the README's Quick start and Eager mode programs");
+    const outputs = programs.map((source, index) => {
+      const file = join(project, `readme-${index}.mjs`);
+      writeFileSync(file, ts.transpileModule(source.replaceAll("http://127.0.0.1:50051", server.addr), {
+        compilerOptions: { module: ts.ModuleKind.ES2022, target: ts.ScriptTarget.ES2022 },
+      }).outputText);
+      return run(process.execPath, [file], project);
+    });
+    assert.deepEqual(outputs, ["4\n", "5\nValueError\n"]);
   });
 
   test("the tarball npm pack makes (what the registry serves) carries dist/ and installs with its dependencies", () => {
