@@ -41,6 +41,7 @@ import {
 } from "../src/index.js";
 import type { ProgressUpdate } from "../src/index.js";
 import { Backoff } from "../src/internal/backoff.js";
+import { connectionLost } from "../src/internal/retry.js";
 import { AsyncQueue } from "../src/internal/queue.js";
 import { ACTIVE, creditsToGrant, drain, endedByDispatcher } from "../src/internal/state.js";
 import { durationToMs, fromOptionalPayload, fromTimestamp, msToDuration, toTimestamp } from "../src/payload.js";
@@ -401,6 +402,19 @@ describe("retries, progress, schedules, defaults", () => {
     assert.equal(new Worker("127.0.0.1:50051").concurrency, DEFAULT_CONCURRENCY);
     assert.equal(new Worker("127.0.0.1:50051", { concurrency: 3 }).concurrency, 3);
     assert.deepEqual(new Worker("a:1,b:2").addresses, ["a:1", "b:2"]);
+  });
+
+  test("a lost connection reads as UNAVAILABLE; statuses the server sent do not", () => {
+    const reset = Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" });
+    const aborted = new ConveyorError(Code.Aborted, "read ECONNRESET", { cause: new Error("wrapped", { cause: reset }) });
+    assert.equal(connectionLost(aborted)?.code, Code.Unavailable);
+    assert.match(connectionLost(aborted)!.message, /connection lost \(read ECONNRESET\)/);
+    assert.equal(connectionLost(new ConveyorError(Code.Aborted, "lease conflict")), undefined);
+    assert.equal(connectionLost(new ConveyorError(Code.Canceled, "stream reset"))?.code, Code.Unavailable);
+    const controller = new AbortController();
+    controller.abort();
+    assert.equal(connectionLost(new ConveyorError(Code.Canceled, "aborted by caller"), controller.signal), undefined);
+    assert.equal(connectionLost(new ConveyorError(Code.NotFound, "no such task")), undefined);
   });
 
   test("engines: package.json, its dependencies and the README agree on Node 20", () => {

@@ -20,17 +20,35 @@ export function resolvePolicy(policy: RetryPolicy | false | undefined): Required
   };
 }
 
+/** Node's codes for a connection that broke under a call (connect reports them as ABORTED). */
+const BROKEN_CONNECTION = new Set(["ECONNRESET", "EPIPE", "ERR_STREAM_DESTROYED", "ERR_HTTP2_INVALID_STREAM", "ERR_HTTP2_GOAWAY_SESSION", "ERR_HTTP2_STREAM_CANCEL"]);
+
+/** The Node error codes along an error's `cause` chain. */
+function nodeCodes(error: unknown): string[] {
+  const codes: string[] = [];
+  const seen = new Set<unknown>();
+  for (let current = error; current instanceof Error && !seen.has(current); current = current.cause) {
+    seen.add(current);
+    const code = (current as { code?: unknown }).code;
+    if (typeof code === "string") codes.push(code);
+  }
+  return codes;
+}
+
 /**
- * The error as UNAVAILABLE when it means the connection is gone: UNAVAILABLE
- * itself, or CANCELED that the caller did not ask for (an HTTP/2 stream reset
- * by a server that died with the connection open); else undefined.
+ * The error as UNAVAILABLE when it means the connection is gone, else
+ * undefined: UNAVAILABLE itself; CANCELED that the caller did not ask for
+ * (an HTTP/2 stream reset by a server that died with the connection open);
+ * ABORTED caused by a reset socket. An ABORTED status sent by the server
+ * carries no socket error and is left alone.
  */
 export function connectionLost(error: ConveyorError, signal?: AbortSignal): ConveyorError | undefined {
   if (error.code === Code.Unavailable) return error;
-  if (error.code === Code.Canceled && signal?.aborted !== true) {
-    return new ConveyorError(Code.Unavailable, `connection lost (${error.rawMessage})`, { cause: error });
-  }
-  return undefined;
+  const broken =
+    (error.code === Code.Canceled && signal?.aborted !== true) ||
+    (error.code === Code.Aborted && nodeCodes(error).some((code) => BROKEN_CONNECTION.has(code)));
+  if (!broken) return undefined;
+  return new ConveyorError(Code.Unavailable, `connection lost (${error.rawMessage})`, { cause: error });
 }
 
 /**
@@ -58,7 +76,8 @@ export async function callWithRetry<C, T>(
       endpoints.failed(endpoint);
       const last = !safe || attempt >= policy.maxAttempts || signal?.aborted === true;
       if (last) throw unavailable(error, endpoints.addresses, attempt, safe);
-      await sleep(backoff.next(), signal);
+      // The first pass over the other addresses is immediate; then back off.
+      if (attempt >= endpoints.size) await sleep(backoff.next(), signal);
     }
   }
 }
