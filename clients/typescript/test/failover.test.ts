@@ -101,7 +101,7 @@ describe("failover", () => {
     try {
       const first = await onDoomed.submit("add", [1, 1], { queue });
       assert.equal(await onDoomed.result(first, { timeoutMs: 10_000 }), 2, "served by the first address");
-      doomed.process.kill("SIGKILL");
+      doomed.kill();
       const second = await onSecondary.submit("add", [2, 2], { queue });
       assert.equal(await onSecondary.result(second, { timeoutMs: 15_000 }), 4, "served after failing over");
       await waitFor(async () => (await onSecondary.listWorkers()).some((info) => info.workerId === worker.worker.workerId), "the worker on the second server");
@@ -118,7 +118,7 @@ describe("failover", () => {
     try {
       const before = await client.submit("add", [1, 1], { queue: uniqueQueue() });
       assert.equal((await client.get(before)).state, TaskState.QUEUED);
-      doomed.process.kill("SIGKILL");
+      doomed.kill();
       const id = await client.submit("add", [3, 3], { queue: uniqueQueue() });
       assert.equal((await client.get(id)).state, TaskState.QUEUED, "submitted and read on the second server");
       await assert.rejects(direct.get(before), { code: Code.NotFound }, "the second server has its own store");

@@ -23,6 +23,8 @@ export interface Server {
   addr: string;
   process: ChildProcess;
   stop(): Promise<void>;
+  /** SIGKILL, as a crash would. */
+  kill(): void;
 }
 
 /** Starts `conveyor dev` on a free port (with `extraArgs`) and waits for its "listening on" line. */
@@ -56,10 +58,22 @@ export async function startServer(extraArgs: readonly string[] = []): Promise<Se
       resolvePromise(`http://${match[1]}`);
     });
   });
+  let stopping = false;
+  child.once("exit", (code, signal) => {
+    if (stopping) return;
+    process.stderr.write(`conveyor dev at ${addr} exited unexpectedly (code ${code}, signal ${signal}); its stderr:\n${stderr}\n`);
+  });
   return {
     addr,
     process: child,
-    stop: () => stopProcess(child),
+    stop: () => {
+      stopping = true;
+      return stopProcess(child);
+    },
+    kill: () => {
+      stopping = true;
+      child.kill("SIGKILL");
+    },
   };
 }
 
