@@ -12,8 +12,8 @@ import {
   SolarRuleSchema,
 } from "./gen/conveyor/v1/scheduling_service_pb.js";
 import type { Schedule } from "./gen/conveyor/v1/scheduling_service_pb.js";
-import { buildTaskSpec } from "./client.js";
-import type { SubmitOptions } from "./client.js";
+import { buildTaskSpec } from "./spec.js";
+import type { SubmitOptions } from "./spec.js";
 import { msToDuration, toTimestamp } from "./payload.js";
 
 /** Solar events, as Celery's `solar` schedule names them. */

@@ -22,6 +22,7 @@ import type {
   ConnectRequest,
   ConnectResponse,
   Hello,
+  ReportProgress,
   TaskOutcome,
   Welcome,
 } from "./gen/conveyor/v1/dispatch_service_pb.js";
@@ -333,6 +334,8 @@ class Session {
   #heartbeat: NodeJS.Timeout | undefined;
   #deadlineTimer: NodeJS.Timeout | undefined;
   #pending: TaskOutcome[] = [];
+  /** The latest unsent progress report per task: a handler reporting in a tight loop sends one per turn. */
+  readonly #pendingProgress = new Map<string, ReportProgress>();
   #scheduled = false;
   #ended = false;
   #resolveEnd: (end: SessionEnd) => void = () => {};
@@ -528,10 +531,8 @@ class Session {
     if (this.#ended || this.#running.get(taskId) !== running || running.cancelled) return;
     const progress = create(ProgressSchema, { state: update.state ?? "", percent: update.percent ?? 0 });
     if (update.meta !== undefined) progress.meta = toPayload(update.meta, `progress meta of task ${taskId}`);
-    this.#send({
-      case: "reportProgress",
-      value: create(ReportProgressSchema, { taskId, leaseToken: running.leaseToken, progress }),
-    });
+    this.#pendingProgress.set(taskId, create(ReportProgressSchema, { taskId, leaseToken: running.leaseToken, progress }));
+    this.schedule();
   }
 
   #finished(taskId: string, running: Running, outcome: TaskOutcome["outcome"]): void {
@@ -566,6 +567,9 @@ class Session {
   }
 
   #flush(): void {
+    // Progress first: a report made just before the handler returned must not follow its outcome.
+    for (const report of this.#pendingProgress.values()) this.#send({ case: "reportProgress", value: report });
+    this.#pendingProgress.clear();
     while (this.#pending.length > 0) {
       const outcomes = this.#pending.splice(0, MAX_OUTCOMES_PER_FRAME);
       this.#send({ case: "reportOutcomes", value: create(ReportOutcomesSchema, { outcomes }) });
