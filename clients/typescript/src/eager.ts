@@ -17,7 +17,7 @@ import type { TaskContext } from "./context.js";
 import { silentLogger } from "./logger.js";
 import type { Logger } from "./logger.js";
 import { toPayload } from "./payload.js";
-import { execute } from "./worker.js";
+import { execute } from "./internal/execute.js";
 import type { Handler } from "./worker.js";
 
 /** The worker id eager tasks report. */
