@@ -5,7 +5,7 @@
 // (from package-lock.json) when the compiler is missing.
 
 import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -38,4 +38,6 @@ if (!existsSync(tsc)) {
   const install = existsSync(join(root, "package-lock.json")) ? "ci" : "install";
   run(command, [...args, install, "--ignore-scripts", "--include=dev", "--no-audit", "--no-fund"], `installing the build dependencies (npm ${install})`);
 }
+// A clean output: files of modules since deleted must not be packed.
+rmSync(join(root, "dist", "src"), { recursive: true, force: true });
 run(process.execPath, [tsc, "-p", join(root, "tsconfig.build.json")], "compiling src/ into dist/ (tsc)");
