@@ -1,17 +1,27 @@
-// Client, the producer's side: submit tasks, then read, await, watch or
-// cancel them through the submission and results services.
+// Client, the producer's side: submit tasks, then read, await, watch,
+// cancel, replay or forget them; dead letters, schedules and queue pauses.
 
-import { create } from "@bufbuild/protobuf";
+import { randomUUID } from "node:crypto";
 import { Code, createClient } from "@connectrpc/connect";
 import type { Client as RpcClient } from "@connectrpc/connect";
+import { DispatchService } from "./gen/conveyor/v1/dispatch_service_pb.js";
+import type { WorkerInfo } from "./gen/conveyor/v1/dispatch_service_pb.js";
 import { ResultsService } from "./gen/conveyor/v1/results_service_pb.js";
+import { SchedulingService } from "./gen/conveyor/v1/scheduling_service_pb.js";
+import type { Schedule, ScheduleRun } from "./gen/conveyor/v1/scheduling_service_pb.js";
 import { SubmissionService } from "./gen/conveyor/v1/submission_service_pb.js";
-import { RetryPolicySchema, TaskOptionsSchema, TaskSpecSchema, TaskState } from "./gen/conveyor/v1/task_pb.js";
-import type { Payload, Task, TaskOptions, TaskSpec } from "./gen/conveyor/v1/task_pb.js";
+import { TaskState } from "./gen/conveyor/v1/task_pb.js";
+import type { Payload, Task, TaskSpec } from "./gen/conveyor/v1/task_pb.js";
 import { ConveyorError, unsuccessfulTaskError } from "./errors.js";
-import { fromOptionalPayload, msToDuration, toPayload, toTimestamp } from "./payload.js";
-import { createTransport } from "./transport.js";
-import type { ConnectionOptions } from "./transport.js";
+import { Backoff } from "./internal/backoff.js";
+import { callWithRetry, connectionLost, resolvePolicy, sleep, unavailable } from "./internal/retry.js";
+import { msToDuration } from "./payload.js";
+import { buildSchedule } from "./schedules.js";
+import type { ScheduleDefinition } from "./schedules.js";
+import { buildTaskSpec, isTerminal, taskResult } from "./spec.js";
+import type { SubmitOptions, TaskRequest } from "./spec.js";
+import { Endpoints } from "./transport.js";
+import type { Addresses, ConnectionOptions, RetryPolicy } from "./transport.js";
 
 /** Most tasks one SubmitTasks call carries (the service's limit). */
 export const MAX_TASKS_PER_BATCH = 1000;
@@ -20,72 +30,6 @@ export const MAX_TASKS_PER_BATCH = 1000;
 const WAIT_DEADLINE_MARGIN_MS = 2000;
 /** A WaitTask that timed out sooner than this after it started is not repeated. */
 const MIN_USEFUL_WAIT_MS = 1000;
-
-/** Retry policy of a task. Unset fields take the server's defaults. */
-export interface RetryOptions {
-  /** Retries after the first attempt; 0 means a failure is final. */
-  maxRetries?: number;
-  /** Delay before the first retry (server default 1 s). */
-  backoffBaseMs?: number;
-  /** Multiplier per retry, >= 1 (server default 2). */
-  backoffFactor?: number;
-  /** Upper bound of one delay (server default 10 min). */
-  backoffMaxMs?: number;
-  /** Full jitter on the delays. */
-  jitter?: boolean;
-}
-
-/** Options of one submitted task; every one is optional. */
-export interface SubmitOptions {
-  /** Named arguments, each encoded as JSON (or sent as is when a RawPayload). */
-  kwargs?: Record<string, unknown>;
-  /** Queue to route the task to (server default "default"). */
-  queue?: string;
-  /** 0 (lowest) to 9 (highest). */
-  priority?: number;
-  /** Run no earlier than this long after submission. Exclusive with `eta`. */
-  countdownMs?: number;
-  /** Run no earlier than this instant (a Date or epoch milliseconds). */
-  eta?: Date | number;
-  /** A task not started by this instant (Date or epoch ms) becomes EXPIRED. */
-  expires?: Date | number;
-  /** Retries after the first attempt, with the server's default backoff. */
-  maxRetries?: number;
-  /** The whole retry policy; `maxRetries` above overrides its count. */
-  retry?: RetryOptions;
-  /** After this long the worker signals the handler to stop. */
-  softTimeLimitMs?: number;
-  /** After this long the lease is revoked and the attempt fails. */
-  hardTimeLimitMs?: number;
-  /**
-   * Most starts per time unit, Celery's syntax: "10/s", "100/m", "5/h".
-   * Enforced across all workers; a task over the rate waits (SCHEDULED) for
-   * its slot and is never failed or dropped.
-   */
-  rateLimit?: string;
-  /**
-   * Splits `rateLimit` by key: tasks of the same name sharing the key share
-   * one bucket (without a key the whole name does). Needs `rateLimit`.
-   */
-  rateLimitKey?: string;
-  /** Tasks sharing this key share a concurrency limit of `concurrencyLimit`. */
-  concurrencyKey?: string;
-  /** Most tasks with `concurrencyKey` running at once. */
-  concurrencyLimit?: number;
-  /** A second submit with the same key returns the first task's id. */
-  idempotencyKey?: string;
-  /** Headers passed to the worker untouched (trace context, tenant...). */
-  headers?: Record<string, string>;
-  /** How long the outcome is kept after the task finishes. */
-  resultTtlMs?: number;
-}
-
-/** One task of a `submitMany` call. */
-export interface TaskRequest extends SubmitOptions {
-  name: string;
-  /** Positional arguments, each encoded as JSON. */
-  args?: readonly unknown[];
-}
 
 /** Per-call options. */
 export interface CallOptions {
@@ -99,100 +43,80 @@ export interface WaitOptions extends CallOptions {
   timeoutMs?: number;
 }
 
-export interface ClientOptions extends ConnectionOptions {}
-
-/** Builds the TaskSpec of one task; throws PayloadError for unencodable arguments. */
-export function buildTaskSpec(name: string, args: readonly unknown[] = [], options: SubmitOptions = {}): TaskSpec {
-  const spec = create(TaskSpecSchema, {
-    name,
-    args: args.map((arg, index) => toPayload(arg, `positional argument ${index} of task "${name}"`)),
-    idempotencyKey: options.idempotencyKey ?? "",
-  });
-  for (const [key, value] of Object.entries(options.kwargs ?? {})) {
-    spec.kwargs[key] = toPayload(value, `named argument "${key}" of task "${name}"`);
-  }
-  const taskOptions = buildOptions(options);
-  if (taskOptions !== undefined) spec.options = taskOptions;
-  return spec;
+export interface ClientOptions extends ConnectionOptions {
+  /**
+   * Give every submitted task without an idempotency key a random one
+   * (default true), so that a submission lost to a failover is retried
+   * without running twice. `false` submits without a key; such submissions
+   * are then not retried automatically.
+   */
+  autoIdempotencyKey?: boolean;
 }
 
-function buildOptions(options: SubmitOptions): TaskOptions | undefined {
-  const out = create(TaskOptionsSchema);
-  let any = false;
-  const set = <K extends keyof TaskOptions>(key: K, value: TaskOptions[K] | undefined): void => {
-    if (value === undefined) return;
-    out[key] = value;
-    any = true;
-  };
-  set("queue", options.queue);
-  set("priority", options.priority);
-  set("countdown", options.countdownMs === undefined ? undefined : msToDuration(options.countdownMs));
-  set("eta", options.eta === undefined ? undefined : toTimestamp(options.eta));
-  set("expires", options.expires === undefined ? undefined : toTimestamp(options.expires));
-  if (options.retry !== undefined || options.maxRetries !== undefined) {
-    const retry = options.retry ?? {};
-    const policy = create(RetryPolicySchema, {
-      maxRetries: options.maxRetries ?? retry.maxRetries ?? 0,
-      backoffFactor: retry.backoffFactor ?? 0,
-      jitter: retry.jitter ?? false,
-    });
-    if (retry.backoffBaseMs !== undefined) policy.backoffBase = msToDuration(retry.backoffBaseMs);
-    if (retry.backoffMaxMs !== undefined) policy.backoffMax = msToDuration(retry.backoffMaxMs);
-    set("retry", policy);
-  }
-  set("softTimeLimit", options.softTimeLimitMs === undefined ? undefined : msToDuration(options.softTimeLimitMs));
-  set("hardTimeLimit", options.hardTimeLimitMs === undefined ? undefined : msToDuration(options.hardTimeLimitMs));
-  set("rateLimit", options.rateLimit);
-  set("rateLimitKey", options.rateLimitKey);
-  set("concurrencyKey", options.concurrencyKey);
-  set("concurrencyLimit", options.concurrencyLimit);
-  set("resultTtl", options.resultTtlMs === undefined ? undefined : msToDuration(options.resultTtlMs));
-  if (options.headers !== undefined && Object.keys(options.headers).length > 0) {
-    set("headers", { ...options.headers });
-  }
-  return any ? out : undefined;
+/** One page of dead letters. */
+export interface DeadLetterPage {
+  /** FAILED tasks, oldest failure first. */
+  tasks: Task[];
+  /** Pass to the next call to continue; empty on the last page. */
+  nextPageToken: string;
 }
 
-/** True for SUCCEEDED, FAILED, CANCELLED and EXPIRED. */
-export function isTerminal(state: TaskState): boolean {
-  return (
-    state === TaskState.SUCCEEDED ||
-    state === TaskState.FAILED ||
-    state === TaskState.CANCELLED ||
-    state === TaskState.EXPIRED
-  );
-}
-
-/** Decodes the JSON result of a task (null when it returned nothing). */
-export function taskResult<T = unknown>(task: Task): T {
-  return fromOptionalPayload(task.result, `result of task ${task.id}`) as T;
+/** What one connection serves: the generated client of each service. */
+interface Services {
+  submission: RpcClient<typeof SubmissionService>;
+  results: RpcClient<typeof ResultsService>;
+  scheduling: RpcClient<typeof SchedulingService>;
+  dispatch: RpcClient<typeof DispatchService>;
 }
 
 /**
- * A producer's handle on Conveyor: one HTTP/2 connection serving the
- * submission and results services, such as `conveyor dev` at
- * "http://127.0.0.1:50051".
+ * A producer's handle on Conveyor: submit tasks, then read, await, watch,
+ * cancel, replay or forget them; list dead letters; manage schedules and
+ * pause queues. Given several addresses ("http://a:50051,http://b:50051" or
+ * an array), it fails over between them; calls that are safe to repeat
+ * (reads, and submissions, which carry an idempotency key by default) are
+ * retried on UNAVAILABLE with backoff, within `options.retry`'s bound.
  */
 export class Client {
-  readonly #submission: RpcClient<typeof SubmissionService>;
-  readonly #results: RpcClient<typeof ResultsService>;
-  readonly #close: () => void;
+  /** The addresses calls go to, in failover order. */
+  readonly addresses: readonly string[];
+  readonly #endpoints: Endpoints<Services>;
+  readonly #retry: Required<RetryPolicy>;
+  readonly #autoKey: boolean;
 
-  constructor(baseUrl: string, options: ClientOptions = {}) {
-    const { transport, close } = createTransport(baseUrl, options);
-    this.#submission = createClient(SubmissionService, transport);
-    this.#results = createClient(ResultsService, transport);
-    this.#close = close;
+  constructor(addresses: Addresses, options: ClientOptions = {}) {
+    this.#endpoints = new Endpoints(addresses, options, (transport) => ({
+      submission: createClient(SubmissionService, transport),
+      results: createClient(ResultsService, transport),
+      scheduling: createClient(SchedulingService, transport),
+      dispatch: createClient(DispatchService, transport),
+    }));
+    this.addresses = this.#endpoints.addresses;
+    this.#retry = resolvePolicy(options.retry);
+    this.#autoKey = options.autoIdempotencyKey ?? true;
   }
 
-  /** The generated submission client, for calls this class does not wrap. */
+  /** The generated submission client (of the current address), for calls this class does not wrap. */
   get submissionService(): RpcClient<typeof SubmissionService> {
-    return this.#submission;
+    return this.#endpoints.current().value.submission;
   }
 
-  /** The generated results client, for calls this class does not wrap. */
+  /** The generated results client (of the current address), for calls this class does not wrap. */
   get resultsService(): RpcClient<typeof ResultsService> {
-    return this.#results;
+    return this.#endpoints.current().value.results;
+  }
+
+  /** Runs one unary call, with failover and, when `safe`, retries. */
+  #call<T>(safe: boolean, options: CallOptions, call: (services: Services, opts: RpcCallOptions) => Promise<T>, timeoutMs?: number): Promise<T> {
+    const opts = callOptions(options);
+    if (timeoutMs !== undefined) opts.timeoutMs = timeoutMs;
+    return callWithRetry(this.#endpoints, this.#retry, safe, (services) => call(services, opts), options.signal);
+  }
+
+  #spec(name: string, args: readonly unknown[], options: SubmitOptions): TaskSpec {
+    const spec = buildTaskSpec(name, args, options);
+    if (spec.idempotencyKey === "" && this.#autoKey) spec.idempotencyKey = `auto:${randomUUID()}`;
+    return spec;
   }
 
   /**
@@ -204,8 +128,8 @@ export class Client {
     args: readonly unknown[] = [],
     options: SubmitOptions & CallOptions = {},
   ): Promise<string> {
-    const task = buildTaskSpec(name, args, options);
-    const response = await rpc(() => this.#submission.submitTask({ task }, callOptions(options)));
+    const task = this.#spec(name, args, options);
+    const response = await this.#call(task.idempotencyKey !== "", options, (s, o) => s.submission.submitTask({ task }, o));
     return response.taskId;
   }
 
@@ -215,15 +139,16 @@ export class Client {
    * the earlier ones stay accepted.
    */
   async submitMany(tasks: readonly TaskRequest[], options: CallOptions = {}): Promise<string[]> {
-    const specs = tasks.map((task) => buildTaskSpec(task.name, task.args ?? [], task));
+    const specs = tasks.map((task) => this.#spec(task.name, task.args ?? [], task));
     const ids: string[] = [];
     for (let start = 0; start < specs.length; start += MAX_TASKS_PER_BATCH) {
       const batch = specs.slice(start, start + MAX_TASKS_PER_BATCH);
-      const response = await rpc(() => this.#submission.submitTasks({ tasks: batch }, callOptions(options)));
+      const safe = batch.every((spec) => spec.idempotencyKey !== "");
+      const response = await this.#call(safe, options, (s, o) => s.submission.submitTasks({ tasks: batch }, o));
       if (response.results.length !== batch.length) {
         throw new ConveyorError(
           Code.Internal,
-          `submitted ${batch.length} tasks, got ${response.results.length} results`,
+          `submitted ${batch.length} tasks, got ${response.results.length} results; report this as a Conveyor bug`,
         );
       }
       ids.push(...response.results.map((result) => result.taskId));
@@ -231,9 +156,9 @@ export class Client {
     return ids;
   }
 
-  /** The task's current state and, once finished, its outcome. */
+  /** The task's current state and, once finished, its outcome (and progress while it runs). */
   async get(id: string, options: CallOptions = {}): Promise<Task> {
-    const response = await rpc(() => this.#results.getTask({ taskId: id }, callOptions(options)));
+    const response = await this.#call(true, options, (s, o) => s.results.getTask({ taskId: id }, o));
     return requireTask(response.task, "GetTask");
   }
 
@@ -250,10 +175,9 @@ export class Client {
       const remaining = deadline === undefined ? undefined : Math.max(0, deadline - started);
       const request =
         remaining === undefined ? { taskId: id } : { taskId: id, timeout: msToDuration(remaining) };
-      const call = callOptions(options);
-      if (remaining !== undefined) call.timeoutMs = remaining + WAIT_DEADLINE_MARGIN_MS;
+      const callTimeout = remaining === undefined ? undefined : remaining + WAIT_DEADLINE_MARGIN_MS;
       try {
-        const response = await rpc(() => this.#results.waitTask(request, call));
+        const response = await this.#call(true, options, (s, o) => s.results.waitTask(request, o), callTimeout);
         return requireTask(response.task, "WaitTask");
       } catch (error) {
         if (error instanceof ConveyorError && shouldWaitAgain(error, started, deadline)) continue;
@@ -274,50 +198,181 @@ export class Client {
   }
 
   /**
-   * The task's current state, then every change; ends after a terminal
-   * state. Break out of the loop (or abort `signal`) to stop watching.
+   * The task's current state, then every change (progress reports
+   * included); ends after a terminal state. Break out of the loop (or abort
+   * `signal`) to stop watching. When the connection is lost the watch is
+   * opened again (on the next address), which repeats the current state.
    */
   async *watch(id: string, options: CallOptions = {}): AsyncGenerator<Task, void, undefined> {
-    try {
-      for await (const update of this.#results.watchTask({ taskId: id }, callOptions(options))) {
-        yield requireTask(update.task, "WatchTask");
+    const backoff = new Backoff(this.#retry.initialBackoffMs, this.#retry.maxBackoffMs);
+    let failures = 0;
+    for (;;) {
+      const endpoint = this.#endpoints.current();
+      try {
+        for await (const update of endpoint.value.results.watchTask({ taskId: id }, callOptions(options))) {
+          failures = 0;
+          backoff.reset();
+          const task = requireTask(update.task, "WatchTask");
+          yield task;
+          if (isTerminal(task.state)) return;
+        }
+        return;
+      } catch (thrown) {
+        const failure = ConveyorError.from(thrown);
+        const error = connectionLost(failure, options.signal);
+        if (error === undefined) throw failure;
+        this.#endpoints.failed(endpoint);
+        failures += 1;
+        if (failures >= this.#retry.maxAttempts || options.signal?.aborted === true) {
+          throw unavailable(error, this.addresses, failures, true);
+        }
+        await sleep(backoff.next(), options.signal);
       }
-    } catch (error) {
-      throw ConveyorError.from(error);
     }
   }
 
   /**
-   * Cancels a task that has not started. Returns true when this call
-   * cancelled it, false when it was already running or finished.
+   * Cancels (revokes) a task: a queued or scheduled one never runs, a
+   * running one is stopped on its worker (its handler's `ctx.signal`
+   * aborts). Returns true when this call cancelled it, false when it had
+   * already finished.
    */
   async cancel(id: string, options: CallOptions = {}): Promise<boolean> {
-    const response = await rpc(() => this.#submission.cancelTask({ taskId: id }, callOptions(options)));
+    const response = await this.#call(false, options, (s, o) => s.submission.cancelTask({ taskId: id }, o));
     return response.cancelled;
   }
 
-  /** Closes the connection; calls made afterwards open a new one. */
+  /**
+   * Queues a FAILED task (a dead letter) again under the same id, with its
+   * retry count reset. FAILED_PRECONDITION for a task in another state.
+   */
+  async replay(id: string, options: CallOptions = {}): Promise<TaskState> {
+    const response = await this.#call(false, options, (s, o) => s.submission.replayTask({ taskId: id }, o));
+    return response.state;
+  }
+
+  /** Deletes a finished task's record and result before its TTL; later reads are NOT_FOUND. */
+  async forget(id: string, options: CallOptions = {}): Promise<void> {
+    await this.#call(false, options, (s, o) => s.results.forgetTask({ taskId: id }, o));
+  }
+
+  /** One page of dead letters (tasks that ended FAILED), oldest failure first. */
+  async listDeadLetters(
+    page: { pageSize?: number; pageToken?: string } = {},
+    options: CallOptions = {},
+  ): Promise<DeadLetterPage> {
+    const request = { pageSize: page.pageSize ?? 0, pageToken: page.pageToken ?? "" };
+    const response = await this.#call(true, options, (s, o) => s.results.listDeadLetters(request, o));
+    return { tasks: response.tasks, nextPageToken: response.nextPageToken };
+  }
+
+  /** Every dead letter, page after page: `for await (const task of client.deadLetters()) ...`. */
+  async *deadLetters(options: CallOptions & { pageSize?: number } = {}): AsyncGenerator<Task, void, undefined> {
+    let pageToken = "";
+    do {
+      const page = await this.listDeadLetters({ pageSize: options.pageSize ?? 0, pageToken }, options);
+      yield* page.tasks;
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
+  }
+
+  /** Stops handing out the queue's tasks (on every dispatcher) until resumed; submissions are still accepted. */
+  async pauseQueue(queue: string, options: CallOptions = {}): Promise<void> {
+    await this.#call(true, options, (s, o) => s.dispatch.pauseQueue({ queue }, o));
+  }
+
+  /** Resumes a paused queue. */
+  async resumeQueue(queue: string, options: CallOptions = {}): Promise<void> {
+    await this.#call(true, options, (s, o) => s.dispatch.resumeQueue({ queue }, o));
+  }
+
+  /** The worker sessions connected to the dispatcher this client talks to. */
+  async listWorkers(options: CallOptions = {}): Promise<WorkerInfo[]> {
+    const response = await this.#call(true, options, (s, o) => s.dispatch.listWorkers({}, o));
+    return response.workers;
+  }
+
+  /** Creates a periodic schedule; ALREADY_EXISTS when its id is taken. */
+  async createSchedule(definition: ScheduleDefinition, options: CallOptions = {}): Promise<Schedule> {
+    const schedule = buildSchedule(definition);
+    const response = await this.#call(false, options, (s, o) => s.scheduling.createSchedule({ schedule }, o));
+    return requireSchedule(response.schedule, "CreateSchedule");
+  }
+
+  /** A schedule, with its next and last run; NOT_FOUND for an unknown id. */
+  async getSchedule(id: string, options: CallOptions = {}): Promise<Schedule> {
+    const response = await this.#call(true, options, (s, o) => s.scheduling.getSchedule({ id }, o));
+    return requireSchedule(response.schedule, "GetSchedule");
+  }
+
+  /** Every schedule, by id. */
+  async listSchedules(options: CallOptions = {}): Promise<Schedule[]> {
+    const response = await this.#call(true, options, (s, o) => s.scheduling.listSchedules({}, o));
+    return response.schedules;
+  }
+
+  /** Replaces a schedule's task, rule and options; its next run is computed again from now. */
+  async updateSchedule(definition: ScheduleDefinition, options: CallOptions = {}): Promise<Schedule> {
+    const schedule = buildSchedule(definition);
+    const response = await this.#call(true, options, (s, o) => s.scheduling.updateSchedule({ schedule }, o));
+    return requireSchedule(response.schedule, "UpdateSchedule");
+  }
+
+  /** Deletes a schedule and its run history; NOT_FOUND for an unknown id. */
+  async deleteSchedule(id: string, options: CallOptions = {}): Promise<void> {
+    await this.#call(false, options, (s, o) => s.scheduling.deleteSchedule({ id }, o));
+  }
+
+  /** Stops a schedule from firing until resumed. */
+  async pauseSchedule(id: string, options: CallOptions = {}): Promise<Schedule> {
+    const response = await this.#call(true, options, (s, o) => s.scheduling.pauseSchedule({ id }, o));
+    return requireSchedule(response.schedule, "PauseSchedule");
+  }
+
+  /** Resumes a paused schedule from now (missed runs are not caught up). */
+  async resumeSchedule(id: string, options: CallOptions = {}): Promise<Schedule> {
+    const response = await this.#call(true, options, (s, o) => s.scheduling.resumeSchedule({ id }, o));
+    return requireSchedule(response.schedule, "ResumeSchedule");
+  }
+
+  /** Submits one run now, outside the rule, and returns it (its `taskId` among others). */
+  async triggerSchedule(id: string, options: CallOptions = {}): Promise<ScheduleRun> {
+    const response = await this.#call(false, options, (s, o) => s.scheduling.triggerSchedule({ id }, o));
+    if (response.run === undefined) throw new ConveyorError(Code.Internal, "TriggerSchedule response carries no run; report this as a Conveyor bug");
+    return response.run;
+  }
+
+  /** The schedule's recent runs (the last 100), newest first. */
+  async listScheduleRuns(id: string, options: CallOptions = {}): Promise<ScheduleRun[]> {
+    const response = await this.#call(true, options, (s, o) => s.scheduling.listScheduleRuns({ id }, o));
+    return response.runs;
+  }
+
+  /** Closes the connections; calls made afterwards open new ones. */
   close(): void {
-    this.#close();
+    this.#endpoints.close();
   }
 }
 
-/** Runs one call, converting its failure into a ConveyorError. */
-async function rpc<T>(call: () => Promise<T>): Promise<T> {
-  try {
-    return await call();
-  } catch (error) {
-    throw ConveyorError.from(error);
-  }
+interface RpcCallOptions {
+  signal?: AbortSignal;
+  timeoutMs?: number;
 }
 
-function callOptions(options: CallOptions): { signal?: AbortSignal; timeoutMs?: number } {
+function callOptions(options: CallOptions): RpcCallOptions {
   return options.signal === undefined ? {} : { signal: options.signal };
 }
 
 function requireTask(task: Task | undefined, rpcName: string): Task {
-  if (task === undefined) throw new ConveyorError(Code.Internal, `${rpcName} response carries no task`);
+  if (task === undefined) throw new ConveyorError(Code.Internal, `${rpcName} response carries no task; report this as a Conveyor bug`);
   return task;
+}
+
+function requireSchedule(schedule: Schedule | undefined, rpcName: string): Schedule {
+  if (schedule === undefined) {
+    throw new ConveyorError(Code.Internal, `${rpcName} response carries no schedule; report this as a Conveyor bug`);
+  }
+  return schedule;
 }
 
 /**
@@ -337,4 +392,6 @@ export function shouldWaitAgain(
   );
 }
 
+export { buildTaskSpec, isTerminal, taskResult };
 export type { Payload, Task };
+export type { RetryOptions, SubmitOptions, TaskRequest } from "./spec.js";

@@ -21,13 +21,44 @@ export class TaskFailure extends Error {
   /** Whether the task's retry policy may run it again (default true). */
   readonly retryable: boolean;
 
-  constructor(type: string, message: string, options: { retryable?: boolean; cause?: unknown } = {}) {
+  /** Retry after this long instead of the policy's backoff (still bounded by max retries). */
+  readonly retryAfterMs: number | undefined;
+
+  constructor(
+    type: string,
+    message: string,
+    options: { retryable?: boolean; retryAfterMs?: number; cause?: unknown } = {},
+  ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.type = type;
     this.name = type;
-    this.retryable = options.retryable ?? true;
+    this.retryAfterMs = options.retryAfterMs;
+    this.retryable = options.retryAfterMs !== undefined ? true : (options.retryable ?? true);
   }
 }
+
+/** What a handler reports about itself while it runs (Celery's `update_state`). */
+export interface ProgressUpdate {
+  /** A custom state name, e.g. "DOWNLOADING" (at most 100 bytes). */
+  state?: string;
+  /** Completion from 0 to 100. */
+  percent?: number;
+  /** Any details, encoded as JSON (at most 64 KiB). */
+  meta?: unknown;
+}
+
+/** Options of `ctx.retry`. */
+export interface RetryRequest {
+  /** Run the next attempt this long from now (Celery's `countdown`); default: the policy's backoff. */
+  countdownMs?: number;
+  /** Why, as the reported error's message. */
+  message?: string;
+  /** The error that caused the retry, reported as the cause. */
+  cause?: unknown;
+}
+
+/** Error type reported when a handler calls `ctx.retry` (Celery's Retry). */
+export const RETRY_ERROR = "Retry";
 
 /** Why a handler's AbortSignal fired; `signal.reason` is one of these. */
 export class TaskCancelledError extends Error {
@@ -83,7 +114,14 @@ export class TaskContext {
    * non-retryable TaskFailure of type ArgumentError. Public so that handlers
    * can be unit-tested without a server.
    */
-  constructor(assignment: Assignment, signal: AbortSignal = new AbortController().signal) {
+  readonly #onProgress: ((update: ProgressUpdate) => void) | undefined;
+
+  constructor(
+    assignment: Assignment,
+    signal: AbortSignal = new AbortController().signal,
+    onProgress?: (update: ProgressUpdate) => void,
+  ) {
+    this.#onProgress = onProgress;
     this.taskId = assignment.taskId;
     this.name = assignment.name;
     this.attempt = assignment.attempt;
@@ -113,6 +151,34 @@ export class TaskContext {
   throwIfCancelled(): void {
     this.signal.throwIfAborted();
   }
+
+  /**
+   * Reports progress (Celery's `update_state`): producers see it in
+   * `client.get(id).progress` and in `client.watch(id)`. Fire and forget;
+   * an update that cannot be encoded as JSON throws a PayloadError.
+   */
+  updateState(update: ProgressUpdate): void {
+    if (update.percent !== undefined && !(update.percent >= 0 && update.percent <= 100)) {
+      throw new RangeError(`progress percent must be from 0 to 100, got ${update.percent}`);
+    }
+    this.#onProgress?.(update);
+  }
+
+  /**
+   * Ends this attempt asking for another one (Celery's `self.retry`): throw
+   * what it returns, `throw ctx.retry({ countdownMs: 5000 })`. The next
+   * attempt runs after `countdownMs` (default: the retry policy's backoff),
+   * within the task's `maxRetries`; past them the task ends FAILED with
+   * this error.
+   */
+  retry(request: RetryRequest = {}): TaskFailure {
+    const { countdownMs, cause } = request;
+    if (countdownMs !== undefined && !(countdownMs >= 0)) {
+      throw new RangeError(`retry countdown must be a number of milliseconds >= 0, got ${countdownMs}`);
+    }
+    const message = request.message ?? (cause instanceof Error ? `${cause.name}: ${cause.message}` : "retry requested by the handler");
+    return new TaskFailure(RETRY_ERROR, message, { retryAfterMs: countdownMs, retryable: true, cause });
+  }
 }
 
 function decodeArgument(payload: Payload, what: string): unknown {
@@ -131,6 +197,8 @@ export interface FailureFields {
   message: string;
   traceback: string;
   retryable: boolean;
+  /** Set when the handler asked for a retry after a delay. */
+  retryAfterMs?: number;
 }
 
 /**
@@ -148,12 +216,14 @@ export function describeFailure(thrown: unknown, signal?: AbortSignal): FailureF
     const retryable = (thrown as { retryable?: unknown }).retryable;
     const type =
       thrown instanceof TaskFailure ? thrown.type : source.name || source.constructor?.name || "Error";
-    return {
+    const fields: FailureFields = {
       type,
       message: source.message,
       traceback: thrown.stack ?? source.stack ?? "",
       retryable: retryable !== false,
     };
+    if (thrown instanceof TaskFailure && thrown.retryAfterMs !== undefined) fields.retryAfterMs = thrown.retryAfterMs;
+    return fields;
   }
   let message: string;
   if (typeof thrown === "string") {

@@ -1,11 +1,23 @@
 // @conveyor/client: the TypeScript client and worker SDK of Conveyor.
 
 export { Client, MAX_TASKS_PER_BATCH, buildTaskSpec, isTerminal, taskResult } from "./client.js";
-export type { CallOptions, ClientOptions, RetryOptions, SubmitOptions, TaskRequest, WaitOptions } from "./client.js";
-export { Worker, DEFAULT_GRACE_PERIOD_MS } from "./worker.js";
+export type {
+  CallOptions,
+  ClientOptions,
+  DeadLetterPage,
+  RetryOptions,
+  SubmitOptions,
+  TaskRequest,
+  WaitOptions,
+} from "./client.js";
+export { EagerClient, EAGER_WORKER_ID } from "./eager.js";
+export type { EagerClientOptions } from "./eager.js";
+export { buildSchedule } from "./schedules.js";
+export type { ScheduleDefinition, ScheduleRule, SolarEventName } from "./schedules.js";
+export { Worker, DEFAULT_CONCURRENCY, DEFAULT_GRACE_PERIOD_MS } from "./worker.js";
 export type { Handler, RunOptions, WorkerOptions } from "./worker.js";
-export { ARGUMENT_ERROR, TaskCancelledError, TaskContext, TaskFailure, describeFailure } from "./context.js";
-export type { FailureFields } from "./context.js";
+export { ARGUMENT_ERROR, RETRY_ERROR, TaskCancelledError, TaskContext, TaskFailure, describeFailure } from "./context.js";
+export type { FailureFields, ProgressUpdate, RetryRequest } from "./context.js";
 export {
   Code,
   ConveyorError,
@@ -17,9 +29,13 @@ export {
   stateName,
 } from "./errors.js";
 export { JSON_CONTENT_TYPE, RawPayload, fromPayload, isJson, toPayload } from "./payload.js";
-export type { ConnectionOptions } from "./transport.js";
+export { parseAddresses } from "./transport.js";
+export type { Addresses, ConnectionOptions, RetryPolicy } from "./transport.js";
 export { silentLogger, stderrLogger } from "./logger.js";
 export type { LogFields, LogLevel, Logger } from "./logger.js";
 export { SDK_VERSION } from "./version.js";
 export { TaskState } from "./gen/conveyor/v1/task_pb.js";
-export type { Payload, Task, TaskError, TaskOptions, TaskSpec } from "./gen/conveyor/v1/task_pb.js";
+export type { Payload, Progress, Task, TaskError, TaskOptions, TaskSpec } from "./gen/conveyor/v1/task_pb.js";
+export { CatchUp, SolarEvent } from "./gen/conveyor/v1/scheduling_service_pb.js";
+export type { Schedule, ScheduleRun } from "./gen/conveyor/v1/scheduling_service_pb.js";
+export type { WorkerInfo } from "./gen/conveyor/v1/dispatch_service_pb.js";

@@ -1,61 +1,40 @@
 // The worker: registers handlers, holds one DispatchService.Connect stream
-// (reconnecting with backoff when it breaks), and drains on shutdown.
+// (reconnecting with backoff when it breaks, failing over between addresses),
+// and drains on shutdown. The stream itself is internal/session.ts.
 
 import { hostname as osHostname } from "node:os";
 import { create } from "@bufbuild/protobuf";
 import { Code, createClient } from "@connectrpc/connect";
-import type { Client as RpcClient } from "@connectrpc/connect";
-import {
-  ConnectRequestSchema,
-  DispatchService,
-  GrantCreditsSchema,
-  HeartbeatSchema,
-  HelloSchema,
-  ReportOutcomesSchema,
-  TaskOutcomeSchema,
-  TaskStartedSchema,
-} from "./gen/conveyor/v1/dispatch_service_pb.js";
-import type {
-  Assignment,
-  ConnectRequest,
-  ConnectResponse,
-  Hello,
-  TaskOutcome,
-  Welcome,
-} from "./gen/conveyor/v1/dispatch_service_pb.js";
-import { TaskErrorSchema } from "./gen/conveyor/v1/task_pb.js";
-import { TaskCancelledError, TaskContext, TaskFailure, describeFailure } from "./context.js";
-import { ConveyorError, codeName } from "./errors.js";
+import { DispatchService, HelloSchema } from "./gen/conveyor/v1/dispatch_service_pb.js";
+import type { Hello } from "./gen/conveyor/v1/dispatch_service_pb.js";
+import type { TaskContext } from "./context.js";
+import { ConveyorError } from "./errors.js";
 import { Backoff, DEFAULT_MAX_BACKOFF_MS, DEFAULT_MIN_BACKOFF_MS } from "./internal/backoff.js";
-import { AsyncQueue } from "./internal/queue.js";
-import { ACTIVE, creditsToGrant, drain, endedByDispatcher } from "./internal/state.js";
-import type { Phase, SessionEnd } from "./internal/state.js";
+import { ProtocolError, Session } from "./internal/session.js";
+import type { Runtime } from "./internal/session.js";
 import { stderrLogger } from "./logger.js";
 import type { Logger } from "./logger.js";
-import { durationToMs, errorText, toPayload } from "./payload.js";
-import { createTransport, parseAddress } from "./transport.js";
-import type { ConnectionOptions } from "./transport.js";
+import { errorText } from "./payload.js";
+import { Endpoints } from "./transport.js";
+import type { Addresses, ConnectionOptions } from "./transport.js";
 import { SDK_VERSION } from "./version.js";
 
 /** Default time running tasks get to finish once shutdown starts. */
 export const DEFAULT_GRACE_PERIOD_MS = 30_000;
+
+/**
+ * Default concurrency: handlers run on Node's event loop, so a worker waiting
+ * on I/O for ten tasks is as cheap as for one. CPU-bound handlers block the
+ * loop whatever this is: run them in several processes (or worker threads)
+ * with concurrency 1 each.
+ */
+export const DEFAULT_CONCURRENCY = 10;
 
 /** Limits the dispatcher enforces on Hello, checked early for a clear error. */
 const MAX_QUEUES = 64;
 const MAX_TASK_NAMES = 1024;
 const MAX_WORKER_ID_LENGTH = 200;
 const MAX_CONCURRENCY = 1 << 20;
-/** How long the dispatcher has to answer Hello with Welcome. */
-const HANDSHAKE_TIMEOUT_MS = 10_000;
-/** How long to wait, after closing our side, for the dispatcher to close its side. */
-const CLOSE_TIMEOUT_MS = 5_000;
-/** Most outcomes in one ReportOutcomes frame. */
-const MAX_OUTCOMES_PER_FRAME = 1024;
-/** Heartbeat interval when Welcome names none, and the shortest honoured. */
-const DEFAULT_HEARTBEAT_MS = 10_000;
-const MIN_HEARTBEAT_MS = 10;
-/** Credit limit when Welcome names none (the protocol's own limit). */
-const DEFAULT_MAX_CREDITS = 1024;
 
 /**
  * A task handler: called once per attempt with the context and the decoded
@@ -68,7 +47,7 @@ export type Handler<A extends unknown[] = any[]> = (ctx: TaskContext, ...args: A
 export interface WorkerOptions extends ConnectionOptions {
   /** Queues to consume. Default ["default"]. */
   queues?: readonly string[];
-  /** Tasks run at once (slots), 1 to 2^20. Default 1. */
+  /** Tasks run at once (slots), 1 to 2^20. Default 10 (DEFAULT_CONCURRENCY). */
   concurrency?: number;
   /** The worker's id, 1 to 200 characters. Default "<hostname>-<pid>". */
   workerId?: string;
@@ -94,34 +73,11 @@ export interface RunOptions {
   handleSignals?: boolean;
 }
 
-/** An error reconnecting cannot fix: the dispatcher broke the protocol. */
-class ProtocolError extends ConveyorError {
-  constructor(message: string) {
-    super(Code.Internal, `protocol error: ${message}`);
-    this.name = "ProtocolError";
-  }
-}
-
 /** Errors that reconnecting would only repeat. */
 function isFatal(error: Error): boolean {
   if (error instanceof ProtocolError) return true;
   if (!(error instanceof ConveyorError)) return false;
   return [Code.InvalidArgument, Code.Unauthenticated, Code.PermissionDenied, Code.Unimplemented].includes(error.code);
-}
-
-/** State shared by the worker's sessions: handlers outlive the stream that brought their task. */
-interface Runtime {
-  readonly dispatch: RpcClient<typeof DispatchService>;
-  readonly handlers: ReadonlyMap<string, Handler>;
-  readonly log: Logger;
-  readonly concurrency: number;
-  readonly gracePeriodMs: number;
-  readonly heartbeatOverrideMs: number | undefined;
-  hello(): Hello;
-  /** Handlers still running, of this session or an earlier one: each holds a slot. */
-  inFlight: number;
-  /** The session taking work, if any. */
-  current: Session | undefined;
 }
 
 /**
@@ -139,20 +95,26 @@ export class Worker {
   readonly queues: readonly string[];
   readonly concurrency: number;
   readonly hostname: string;
+  /** The dispatcher addresses, in failover order. */
+  readonly addresses: readonly string[];
   readonly #handlers = new Map<string, Handler>();
   readonly #options: WorkerOptions;
-  readonly #baseUrl: string;
+  readonly #addresses: Addresses;
   readonly #log: Logger;
   #running = false;
 
-  constructor(baseUrl: string, options: WorkerOptions = {}) {
-    this.#baseUrl = baseUrl;
+  /**
+   * `addresses`: "http://127.0.0.1:50051", or several (comma-separated or an
+   * array) to fail over between when a dispatcher goes away.
+   */
+  constructor(addresses: Addresses, options: WorkerOptions = {}) {
+    this.#addresses = addresses;
     this.#options = options;
     this.#log = options.logger ?? stderrLogger();
     this.hostname = safeHostname();
     this.workerId = options.workerId ?? `${this.hostname}-${process.pid}`;
     this.queues = options.queues !== undefined && options.queues.length > 0 ? [...options.queues] : ["default"];
-    this.concurrency = options.concurrency ?? 1;
+    this.concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
     const problem = !Number.isInteger(this.concurrency) || this.concurrency < 1 || this.concurrency > MAX_CONCURRENCY
       ? `concurrency must be an integer from 1 to ${MAX_CONCURRENCY}`
       : this.workerId.length === 0 || this.workerId.length > MAX_WORKER_ID_LENGTH
@@ -162,7 +124,7 @@ export class Worker {
           : undefined;
     if (problem !== undefined) throw new RangeError(problem);
     // Fails early on a malformed address.
-    if (options.transport === undefined) parseAddress(baseUrl);
+    this.addresses = new Endpoints(addresses, options, () => undefined).addresses;
   }
 
   /**
@@ -214,13 +176,24 @@ export class Worker {
       process.on("SIGTERM", onSignal);
       process.on("SIGINT", onSignal);
     }
-    const { transport, close } = createTransport(this.#baseUrl, {
-      ...this.#options,
-      // Pings find a dead connection when the dispatcher goes silent.
-      http2: this.#options.http2 ?? { pingIntervalMs: 10_000, pingTimeoutMs: 10_000 },
+    const endpoints = new Endpoints(
+      this.#addresses,
+      {
+        ...this.#options,
+        // Pings find a dead connection when the dispatcher goes silent.
+        http2: this.#options.http2 ?? { pingIntervalMs: 10_000, pingTimeoutMs: 10_000 },
+      },
+      (transport) => createClient(DispatchService, transport),
+    );
+    this.#log.info("worker starting", {
+      addresses: endpoints.addresses.join(","),
+      worker_id: this.workerId,
+      queues: this.queues.join(","),
+      tasks: this.taskNames.join(","),
+      concurrency: this.concurrency,
     });
     const runtime: Runtime = {
-      dispatch: createClient(DispatchService, transport),
+      endpoints,
       handlers: this.#handlers,
       log: this.#log,
       concurrency: this.concurrency,
@@ -238,7 +211,7 @@ export class Worker {
         process.off("SIGTERM", onSignal);
         process.off("SIGINT", onSignal);
       }
-      close();
+      endpoints.close();
       this.#running = false;
     }
   }
@@ -280,363 +253,6 @@ export class Worker {
       }
       await sleep(delay, stop);
     }
-  }
-}
-
-/** An assignment of a session whose handler has not finished. */
-interface Running {
-  readonly leaseToken: bigint;
-  readonly controller: AbortController;
-  /** Set by CancelAssignment: the outcome will be dropped. */
-  cancelled: boolean;
-}
-
-/** One worker session: a Connect stream from Hello to its end. */
-class Session {
-  readonly #rt: Runtime;
-  readonly #epoch: number;
-  readonly #outbound = new AsyncQueue<ConnectRequest>();
-  readonly #rpcAbort = new AbortController();
-  readonly #running = new Map<string, Running>();
-  #outstanding = 0;
-  #maxCredits = DEFAULT_MAX_CREDITS;
-  #phase: Phase = ACTIVE;
-  #heartbeat: NodeJS.Timeout | undefined;
-  #deadlineTimer: NodeJS.Timeout | undefined;
-  #pending: TaskOutcome[] = [];
-  #scheduled = false;
-  #ended = false;
-  #resolveEnd: (end: SessionEnd) => void = () => {};
-  /** Set while closing: called when the dispatcher has closed its half. */
-  #inboundClosed: (() => void) | undefined;
-
-  constructor(runtime: Runtime, epoch: number) {
-    this.#rt = runtime;
-    this.#epoch = epoch;
-  }
-
-  /** Connects, says Hello, awaits Welcome, then serves the stream until it ends. */
-  async run(stop: AbortSignal, hardStop: AbortSignal): Promise<SessionEnd> {
-    if (stop.aborted) return { kind: "stopped" };
-    const ended = new Promise<SessionEnd>((resolve) => {
-      this.#resolveEnd = resolve;
-    });
-    this.#send({ case: "hello", value: this.#rt.hello() });
-    const iterator = this.#rt.dispatch
-      .connect(this.#outbound, { signal: this.#rpcAbort.signal })
-      [Symbol.asyncIterator]();
-
-    let welcome: Welcome;
-    try {
-      const first = await race(iterator.next(), HANDSHAKE_TIMEOUT_MS, stop);
-      if (first === "stopped") {
-        this.#abandon();
-        return { kind: "stopped" };
-      }
-      if (first === "timeout") {
-        this.#abandon();
-        const error = new ConveyorError(Code.DeadlineExceeded, `no Welcome within ${HANDSHAKE_TIMEOUT_MS} ms of Hello`);
-        return { kind: "broken", error, welcomed: false };
-      }
-      if (first.done === true) {
-        this.#abandon();
-        return { kind: "broken", error: new ConveyorError(Code.Unavailable, "stream ended before Welcome"), welcomed: false };
-      }
-      if (first.value.message.case !== "welcome") {
-        this.#abandon();
-        const error = new ProtocolError(`expected Welcome as the first message, got ${first.value.message.case ?? "nothing"}`);
-        return { kind: "broken", error, welcomed: false };
-      }
-      welcome = first.value.message.value;
-    } catch (error) {
-      this.#abandon();
-      return { kind: "broken", error: ConveyorError.from(error), welcomed: false };
-    }
-
-    const heartbeatMs = Math.max(
-      MIN_HEARTBEAT_MS,
-      this.#rt.heartbeatOverrideMs ?? durationToMs(welcome.heartbeatInterval) ?? DEFAULT_HEARTBEAT_MS,
-    );
-    this.#maxCredits = welcome.maxCredits > 0 ? welcome.maxCredits : DEFAULT_MAX_CREDITS;
-    this.#rt.log.info("worker session established", {
-      session_id: welcome.sessionId,
-      heartbeat_ms: heartbeatMs,
-      epoch: this.#epoch,
-    });
-    this.#rt.current = this;
-    this.#heartbeat = setInterval(() => this.#send({ case: "heartbeat", value: create(HeartbeatSchema) }), heartbeatMs);
-
-    const onStop = (): void => {
-      this.#rt.log.info("draining before shutdown", { running: this.#running.size });
-      this.#drain(true, this.#rt.gracePeriodMs);
-    };
-    const onHardStop = (): void => void this.#finish({ kind: "stopped" }, false);
-    stop.addEventListener("abort", onStop, { once: true });
-    hardStop.addEventListener("abort", onHardStop, { once: true });
-    void this.#read(iterator);
-    if (stop.aborted) onStop();
-    this.#step();
-    try {
-      return await ended;
-    } finally {
-      stop.removeEventListener("abort", onStop);
-      hardStop.removeEventListener("abort", onHardStop);
-    }
-  }
-
-  /** Asks for a flush of finished outcomes and a credit grant, once per turn of the event loop. */
-  schedule(): void {
-    if (this.#scheduled || this.#ended) return;
-    this.#scheduled = true;
-    setImmediate(() => {
-      this.#scheduled = false;
-      this.#step();
-    });
-  }
-
-  async #read(iterator: AsyncIterator<ConnectResponse>): Promise<void> {
-    try {
-      for (;;) {
-        const next = await iterator.next();
-        if (next.done === true) break;
-        if (this.#ended) continue; // closing: drain what the dispatcher still sends
-        this.#handle(next.value);
-        this.#step();
-      }
-      if (this.#inboundClosed !== undefined) return this.#inboundClosed();
-      if (this.#ended) return;
-      this.#streamEnded(new ConveyorError(Code.Unavailable, "dispatcher ended the stream"));
-    } catch (error) {
-      if (this.#inboundClosed !== undefined) return this.#inboundClosed();
-      if (this.#ended) return;
-      this.#streamEnded(ConveyorError.from(error));
-    }
-  }
-
-  /** Handles one dispatcher message. */
-  #handle(response: ConnectResponse): void {
-    const message = response.message;
-    switch (message.case) {
-      case "assignments":
-        for (const assignment of message.value.assignments) this.#start(assignment);
-        break;
-      case "cancelAssignment": {
-        const { taskId, reason } = message.value;
-        const running = this.#running.get(taskId);
-        if (running !== undefined) {
-          this.#rt.log.info("task cancelled by dispatcher", { task_id: taskId, reason });
-          running.cancelled = true;
-          running.controller.abort(new TaskCancelledError("cancelled", `cancelled by the dispatcher: ${reason || "no reason given"}`));
-        }
-        break;
-      }
-      case "drain": {
-        const graceMs = durationToMs(message.value.grace) ?? this.#rt.gracePeriodMs;
-        this.#rt.log.info("dispatcher asked to drain", { grace_ms: graceMs, running: this.#running.size });
-        this.#drain(false, graceMs);
-        break;
-      }
-      case "outcomeRejected": {
-        const { taskId, code, message: why } = message.value;
-        this.#rt.log.warn("outcome rejected by dispatcher", { task_id: taskId, code: codeName(code as Code), message: why });
-        break;
-      }
-      case "welcome":
-        this.#rt.log.warn("ignoring a second Welcome");
-        break;
-      default:
-        this.#rt.log.debug("ignoring a message of a kind this SDK does not know");
-    }
-  }
-
-  /**
-   * Starts the handler of one assignment, unless draining: then the task
-   * stays leased until the stream closes, which puts it back in its queue.
-   */
-  #start(assignment: Assignment): void {
-    if (this.#outstanding === 0) {
-      this.#rt.log.warn("assignment beyond the credits granted", { task_id: assignment.taskId });
-    }
-    this.#outstanding = Math.max(0, this.#outstanding - 1);
-    if (this.#phase.kind === "draining") {
-      this.#rt.log.debug("not starting an assignment while draining", { task_id: assignment.taskId });
-      return;
-    }
-    const { taskId, leaseToken } = assignment;
-    const running: Running = { leaseToken, controller: new AbortController(), cancelled: false };
-    // An earlier attempt of the same task may still run here after a cancel;
-    // its outcome no longer matches a lease token and is dropped.
-    this.#running.get(taskId)?.controller.abort(new TaskCancelledError("cancelled", "superseded by a newer attempt"));
-    this.#running.set(taskId, running);
-    this.#rt.inFlight += 1;
-    this.#send({ case: "taskStarted", value: create(TaskStartedSchema, { taskId, leaseToken }) });
-    void execute(this.#rt, assignment, running.controller).then((outcome) => {
-      this.#rt.inFlight -= 1;
-      this.#finished(taskId, running, outcome);
-      // The slot is free: the session taking work may grant a credit.
-      this.#rt.current?.schedule();
-    });
-  }
-
-  #finished(taskId: string, running: Running, outcome: TaskOutcome["outcome"]): void {
-    if (this.#ended || this.#running.get(taskId) !== running) return;
-    this.#running.delete(taskId);
-    if (running.cancelled) {
-      this.#rt.log.debug("dropping the outcome of a cancelled task", { task_id: taskId });
-      return;
-    }
-    this.#pending.push(create(TaskOutcomeSchema, { taskId, leaseToken: running.leaseToken, outcome }));
-  }
-
-  /** Flushes outcomes, ends a finished drain, grants the credits free slots allow. */
-  #step(): void {
-    if (this.#ended) return;
-    this.#flush();
-    if (this.#phase.kind === "draining" && this.#running.size === 0) {
-      void this.#finish(endedByDispatcher(this.#phase) ?? { kind: "drained" }, true);
-      return;
-    }
-    const credits = creditsToGrant(
-      this.#rt.concurrency,
-      this.#rt.inFlight,
-      this.#outstanding,
-      this.#maxCredits,
-      this.#phase.kind === "draining",
-    );
-    if (credits > 0) {
-      this.#outstanding += credits;
-      this.#send({ case: "grantCredits", value: create(GrantCreditsSchema, { credits }) });
-    }
-  }
-
-  #flush(): void {
-    while (this.#pending.length > 0) {
-      const outcomes = this.#pending.splice(0, MAX_OUTCOMES_PER_FRAME);
-      this.#send({ case: "reportOutcomes", value: create(ReportOutcomesSchema, { outcomes }) });
-    }
-  }
-
-  #drain(stopping: boolean, graceMs: number): void {
-    if (this.#ended) return;
-    this.#phase = drain(this.#phase, stopping, graceMs);
-    clearTimeout(this.#deadlineTimer);
-    if (this.#phase.kind === "draining") {
-      this.#deadlineTimer = setTimeout(() => {
-        this.#rt.log.warn("drain grace period over", { abandoned: this.#running.size });
-        void this.#finish(endedByDispatcher(this.#phase) ?? { kind: "drained" }, true);
-      }, Math.max(0, this.#phase.deadline - Date.now()));
-    }
-    this.#step();
-  }
-
-  /** The end of the session when the dispatcher closed or broke the stream. */
-  #streamEnded(error: ConveyorError): void {
-    const end = endedByDispatcher(this.#phase);
-    void this.#finish(end ?? { kind: "broken", error, welcomed: true }, false);
-  }
-
-  /**
-   * Ends the session once. A graceful end reports what is pending, closes our
-   * half of the stream and waits (bounded) for the dispatcher to close its
-   * half, so the last frames are delivered rather than reset. Whatever still
-   * runs was leased through this stream and is abandoned with it.
-   */
-  async #finish(end: SessionEnd, graceful: boolean): Promise<void> {
-    if (this.#ended) return;
-    if (graceful) this.#flush();
-    this.#ended = true;
-    clearInterval(this.#heartbeat);
-    clearTimeout(this.#deadlineTimer);
-    if (this.#rt.current === this) this.#rt.current = undefined;
-    const reason =
-      end.kind === "broken"
-        ? new TaskCancelledError("stream-lost", "the worker stream broke; the task will run again elsewhere")
-        : new TaskCancelledError("drain", "the drain grace period is over");
-    for (const running of this.#running.values()) running.controller.abort(reason);
-    if (graceful) {
-      let timer: NodeJS.Timeout | undefined;
-      await new Promise<void>((resolve) => {
-        this.#inboundClosed = resolve;
-        timer = setTimeout(resolve, CLOSE_TIMEOUT_MS);
-        this.#outbound.end();
-      });
-      clearTimeout(timer);
-    }
-    this.#abandon();
-    this.#resolveEnd(end);
-  }
-
-  /** Closes both halves of the stream at once. */
-  #abandon(): void {
-    this.#outbound.end();
-    this.#rpcAbort.abort();
-  }
-
-  #send(message: ConnectRequest["message"]): void {
-    this.#outbound.push(create(ConnectRequestSchema, { message }));
-  }
-}
-
-/** Runs one attempt's handler to its outcome; never throws. */
-async function execute(
-  runtime: Runtime,
-  assignment: Assignment,
-  controller: AbortController,
-): Promise<TaskOutcome["outcome"]> {
-  const started = Date.now();
-  let softTimer: NodeJS.Timeout | undefined;
-  const fields = { task_id: assignment.taskId, name: assignment.name, attempt: assignment.attempt };
-  try {
-    const handler = runtime.handlers.get(assignment.name);
-    if (handler === undefined) {
-      throw new TaskFailure("NotRegistered", `no handler is registered for "${assignment.name}"`);
-    }
-    const ctx = new TaskContext(assignment, controller.signal);
-    const softLimit = ctx.softTimeLimitMs;
-    if (softLimit !== undefined) {
-      softTimer = setTimeout(() => {
-        runtime.log.warn("soft time limit passed, signalling the handler", { ...fields, limit_ms: softLimit });
-        controller.abort(new TaskCancelledError("soft-time-limit", `soft time limit of ${softLimit} ms exceeded`));
-      }, softLimit);
-    }
-    const value = await handler(ctx, ...ctx.args);
-    let payload;
-    try {
-      payload = toPayload(value, "the handler's result");
-    } catch (error) {
-      throw new TaskFailure("SerializationError", errorText(error), { retryable: false, cause: error });
-    }
-    runtime.log.debug("task succeeded", { ...fields, elapsed_ms: Date.now() - started });
-    return { case: "result", value: payload };
-  } catch (thrown) {
-    const failure = describeFailure(thrown, controller.signal);
-    runtime.log.info("task failed", { ...fields, error_type: failure.type, message: failure.message, retryable: failure.retryable });
-    return { case: "error", value: create(TaskErrorSchema, failure) };
-  } finally {
-    clearTimeout(softTimer);
-  }
-}
-
-/** Waits for `promise`, `ms` milliseconds or `signal`, whichever comes first. */
-async function race<T>(promise: Promise<T>, ms: number, signal: AbortSignal): Promise<T | "timeout" | "stopped"> {
-  if (signal.aborted) {
-    promise.catch(() => {});
-    return "stopped";
-  }
-  let timer: NodeJS.Timeout | undefined;
-  let onAbort: (() => void) | undefined;
-  const others = new Promise<"timeout" | "stopped">((resolve) => {
-    timer = setTimeout(() => resolve("timeout"), ms);
-    onAbort = () => resolve("stopped");
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
-  try {
-    const result = await Promise.race([promise, others]);
-    if (result === "timeout" || result === "stopped") promise.catch(() => {});
-    return result;
-  } finally {
-    clearTimeout(timer);
-    if (onAbort !== undefined) signal.removeEventListener("abort", onAbort);
   }
 }
 

@@ -193,6 +193,46 @@ describe("worker protocol", () => {
     await done;
   });
 
+  test("progress: reports carry the lease token, a burst is coalesced to its latest, and precedes the outcome; a retry carries its delay", async () => {
+    const { worker, stream, controller, run } = setup({ concurrency: 2 });
+    worker.register("report", (ctx: TaskContext) => {
+      for (let percent = 0; percent <= 100; percent += 10) ctx.updateState({ state: "WORKING", percent, meta: { percent } });
+      return "done";
+    });
+    worker.register("later", (ctx: TaskContext) => {
+      throw ctx.retry({ countdownMs: 1500 });
+    });
+    const done = run();
+    const s = await stream(0);
+    await s.expect("hello");
+    s.welcome();
+    await s.expect("grantCredits");
+    s.assign("p1", "report", [], 21n);
+    await s.expect("taskStarted");
+    const progress = await s.expect("reportProgress");
+    assert.equal(progress.taskId, "p1");
+    assert.equal(progress.leaseToken, 21n);
+    assert.equal(progress.progress?.state, "WORKING");
+    assert.equal(progress.progress?.percent, 100, "only the latest of the burst is sent");
+    assert.deepEqual(fromPayload(progress.progress!.meta!), { percent: 100 });
+    assert.equal((await s.expect("reportOutcomes")).outcomes[0]!.taskId, "p1");
+    await s.expect("grantCredits");
+
+    s.assign("r1", "later", [], 22n);
+    await s.expect("taskStarted");
+    const retried = (await s.expect("reportOutcomes")).outcomes[0]!;
+    assert.equal(retried.outcome.case, "error");
+    const error = retried.outcome.value as { type: string; retryable: boolean; retryAfter?: { seconds: bigint; nanos: number } };
+    assert.equal(error.type, "Retry");
+    assert.equal(error.retryable, true);
+    assert.deepEqual([error.retryAfter?.seconds, error.retryAfter?.nanos], [1n, 500_000_000]);
+
+    controller.abort();
+    await waitFor(() => s.closedByWorker, "the worker to close its half");
+    s.end();
+    await done;
+  });
+
   test("CancelAssignment aborts the handler's signal and drops its outcome", async () => {
     const { worker, stream, controller, run } = setup({ concurrency: 2 });
     let reason: unknown;

@@ -12,7 +12,13 @@ import { shouldWaitAgain } from "../src/client.js";
 import { unsuccessfulTaskError } from "../src/errors.js";
 import {
   ARGUMENT_ERROR,
+  CatchUp,
   Code,
+  DEFAULT_CONCURRENCY,
+  RETRY_ERROR,
+  SolarEvent,
+  Worker,
+  buildSchedule,
   ConveyorError,
   ConveyorTimeoutError,
   PayloadError,
@@ -33,7 +39,9 @@ import {
   stateName,
   toPayload,
 } from "../src/index.js";
+import type { ProgressUpdate } from "../src/index.js";
 import { Backoff } from "../src/internal/backoff.js";
+import { connectionLost } from "../src/internal/retry.js";
 import { AsyncQueue } from "../src/internal/queue.js";
 import { ACTIVE, creditsToGrant, drain, endedByDispatcher } from "../src/internal/state.js";
 import { durationToMs, fromOptionalPayload, fromTimestamp, msToDuration, toTimestamp } from "../src/payload.js";
@@ -345,5 +353,84 @@ describe("worker internals", () => {
   test("the SDK version is the package's", () => {
     const pkg = JSON.parse(readFileSync(resolve(packageRoot, "package.json"), "utf8")) as { version: string };
     assert.equal(SDK_VERSION, pkg.version);
+  });
+});
+
+describe("retries, progress, schedules, defaults", () => {
+  const assignment = () => create(AssignmentSchema, { taskId: "t", name: "n", attempt: 1, leaseToken: 1n });
+
+  test("ctx.retry asks for a delay: a retryable Retry failure carrying retryAfterMs", () => {
+    const ctx = new TaskContext(assignment());
+    const failure = ctx.retry({ countdownMs: 5000, message: "later" });
+    assert.ok(failure instanceof TaskFailure);
+    const described = describeFailure(failure);
+    assert.deepEqual(
+      [described.type, described.message, described.retryable, described.retryAfterMs],
+      [RETRY_ERROR, "later", true, 5000],
+    );
+    assert.equal(describeFailure(ctx.retry()).retryAfterMs, undefined, "no countdown: the policy's backoff");
+    assert.equal(describeFailure(ctx.retry({ cause: new RangeError("flaky") })).message, "RangeError: flaky");
+    assert.throws(() => ctx.retry({ countdownMs: -1 }), RangeError);
+    assert.equal(new TaskFailure("X", "m", { retryable: false, retryAfterMs: 10 }).retryable, true, "a delay implies retryable");
+  });
+
+  test("ctx.updateState hands the update to the worker; percent must be 0 to 100", () => {
+    const updates: ProgressUpdate[] = [];
+    const ctx = new TaskContext(assignment(), undefined, (update) => updates.push(update));
+    ctx.updateState({ state: "STEP", percent: 100, meta: { n: 1 } });
+    assert.deepEqual(updates, [{ state: "STEP", percent: 100, meta: { n: 1 } }]);
+    assert.throws(() => ctx.updateState({ percent: 101 }), /0 to 100/);
+    new TaskContext(assignment()).updateState({ state: "ignored without a worker" });
+  });
+
+  test("a schedule needs exactly one rule; each rule maps to its message", () => {
+    assert.throws(() => buildSchedule({ id: "s", task: "t" } as never), /exactly one rule/);
+    assert.throws(() => buildSchedule({ id: "s", task: "t", everyMs: 1000, cron: "* * * * *" } as never), /exactly one rule/);
+    const interval = buildSchedule({ id: "s", task: "t", args: [1], everyMs: 90_000, jitterMs: 500, catchUp: "run-once" });
+    assert.equal(interval.rule.case, "interval");
+    assert.equal(durationToMs(interval.rule.case === "interval" ? interval.rule.value.every : undefined), 90_000);
+    assert.equal(interval.catchUp, CatchUp.RUN_ONCE);
+    assert.equal(interval.task?.idempotencyKey, "", "the scheduler sets the key");
+    const cron = buildSchedule({ id: "s", task: "t", cron: "0 3 * * *", timeZone: "Europe/Berlin" });
+    assert.deepEqual(cron.rule.case === "cron" ? [cron.rule.value.expression, cron.rule.value.timeZone] : [], ["0 3 * * *", "Europe/Berlin"]);
+    const solar = buildSchedule({ id: "s", task: "t", solar: { event: "sunset", latitude: 52.5, longitude: 13.4 } });
+    assert.equal(solar.rule.case === "solar" ? solar.rule.value.event : undefined, SolarEvent.SUNSET);
+  });
+
+  test("a worker runs DEFAULT_CONCURRENCY (10) tasks at once unless told otherwise", () => {
+    assert.equal(DEFAULT_CONCURRENCY, 10);
+    assert.equal(new Worker("127.0.0.1:50051").concurrency, DEFAULT_CONCURRENCY);
+    assert.equal(new Worker("127.0.0.1:50051", { concurrency: 3 }).concurrency, 3);
+    assert.deepEqual(new Worker("a:1,b:2").addresses, ["a:1", "b:2"]);
+  });
+
+  test("a lost connection reads as UNAVAILABLE; statuses the server sent do not", () => {
+    const reset = Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" });
+    const aborted = new ConveyorError(Code.Aborted, "read ECONNRESET", { cause: new Error("wrapped", { cause: reset }) });
+    assert.equal(connectionLost(aborted)?.code, Code.Unavailable);
+    assert.match(connectionLost(aborted)!.message, /connection lost \(read ECONNRESET\)/);
+    assert.equal(connectionLost(new ConveyorError(Code.Aborted, "lease conflict")), undefined);
+    assert.equal(connectionLost(new ConveyorError(Code.Canceled, "stream reset"))?.code, Code.Unavailable);
+    const controller = new AbortController();
+    controller.abort();
+    assert.equal(connectionLost(new ConveyorError(Code.Canceled, "aborted by caller"), controller.signal), undefined);
+    assert.equal(connectionLost(new ConveyorError(Code.NotFound, "no such task")), undefined);
+  });
+
+  test("engines: package.json, its dependencies and the README agree on Node 20", () => {
+    const manifest = JSON.parse(readFileSync(resolve(packageRoot, "package.json"), "utf8")) as { engines: { node: string } };
+    assert.equal(manifest.engines.node, ">=20");
+    assert.ok(Number(process.versions.node.split(".")[0]) >= 20);
+    const lock = JSON.parse(readFileSync(resolve(packageRoot, "package-lock.json"), "utf8")) as {
+      packages: Record<string, { engines?: { node?: string }; dev?: boolean }>;
+    };
+    // Every package the SDK runs, builds or tests with accepts Node 20; the
+    // one exception is the code generator, run only by scripts/generate.
+    const needNewer = Object.entries(lock.packages)
+      .filter(([, entry]) => /^>=\s*(2[1-9]|[3-9]\d)/.test(entry.engines?.node ?? ""))
+      .map(([path]) => path);
+    assert.deepEqual(needNewer, ["node_modules/@bufbuild/protoc-gen-es"]);
+    const readme = readFileSync(resolve(packageRoot, "README.md"), "utf8");
+    assert.match(readme, /Node 20 or newer/);
   });
 });

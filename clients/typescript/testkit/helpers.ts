@@ -23,14 +23,16 @@ export interface Server {
   addr: string;
   process: ChildProcess;
   stop(): Promise<void>;
+  /** SIGKILL, as a crash would. */
+  kill(): void;
 }
 
-/** Starts `conveyor dev` on a free port and waits for its "listening on" line. */
-export async function startServer(): Promise<Server> {
+/** Starts `conveyor dev` on a free port (with `extraArgs`) and waits for its "listening on" line. */
+export async function startServer(extraArgs: readonly string[] = []): Promise<Server> {
   const bin = process.env["CONVEYOR_BIN"] || resolve(repoRoot, "target", "debug", "conveyor");
   const child = spawn(
     bin,
-    ["dev", "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s", "--track-started"],
+    ["dev", "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s", "--track-started", ...extraArgs],
     { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env["RUST_LOG"] ?? "warn" } },
   );
   let stderr = "";
@@ -56,10 +58,22 @@ export async function startServer(): Promise<Server> {
       resolvePromise(`http://${match[1]}`);
     });
   });
+  let stopping = false;
+  child.once("exit", (code, signal) => {
+    if (stopping) return;
+    process.stderr.write(`conveyor dev at ${addr} exited unexpectedly (code ${code}, signal ${signal}); its stderr:\n${stderr}\n`);
+  });
   return {
     addr,
     process: child,
-    stop: () => stopProcess(child),
+    stop: () => {
+      stopping = true;
+      return stopProcess(child);
+    },
+    kill: () => {
+      stopping = true;
+      child.kill("SIGKILL");
+    },
   };
 }
 
