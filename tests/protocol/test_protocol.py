@@ -426,6 +426,7 @@ def test_reconnect_backs_off_with_a_cap(language, backoff_runs):
     times = [run["reset_at"], *run["attempts"]]
     gaps = [b - a for a, b in zip(times, times[1:])]
     shown = ", ".join(f"{gap:.2f}" for gap in gaps)
+    print(f"{language}: reconnect delays after a reset, then {REFUSALS} refusals (s): {shown}")
     assert gaps[0] >= 0.02, f"reconnected {gaps[0] * 1000:.0f} ms after the reset: no backoff ({shown})"
     assert gaps[0] <= 2.0, f"waited {gaps[0]:.2f}s to reconnect after a working session ({shown})"
     assert sum(1 for t in run["attempts"] if t - run["reset_at"] < 3.0) <= 8, f"a tight loop: {shown}"
