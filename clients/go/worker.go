@@ -327,9 +327,13 @@ func (rt *workerRuntime) runTask(ctx context.Context, cancel context.CancelCause
 	var taskErr *conveyorv1.TaskError
 	var result *Payload
 	if h == nil {
+		// Retryable, as in every SDK: a worker that registered the name can
+		// take the task on its next attempt.
 		taskErr = &conveyorv1.TaskError{
-			Type:    "NotRegistered",
-			Message: fmt.Sprintf("no handler is registered for %q", a.GetName()),
+			Type:      "NotRegistered",
+			Message:   fmt.Sprintf("no handler is registered for %q", a.GetName()),
+			Retryable: true,
+			Reason:    conveyorv1.FailureReason_FAILURE_REASON_UNKNOWN_TASK,
 		}
 	} else {
 		if task.SoftTimeLimit > 0 {

@@ -23,8 +23,6 @@ from fake_dispatcher import FakeDispatcher, assignment, payload
 
 # (language, case) -> why that SDK fails the case today.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("go", "unknown_task"): "reports NotRegistered as not retryable (Rust, Python and TypeScript: retryable, "
-    "so a worker that does register the name can take the task); clients/go/worker.go runTask",
     ("python", "bad_payload"): "reports an undecodable argument as PayloadError (Rust, Go and TypeScript: "
     "ArgumentError); clients/python/src/conveyor/worker.py _execute",
 }

@@ -305,6 +305,7 @@ async fn parity_replay() {
     let id = dead_letter(&client, "p-replay").await;
     let request = client.request(pb::ReplayTaskRequest {
         task_id: id.clone(),
+        ..Default::default()
     });
     client
         .submission_client()
@@ -313,7 +314,10 @@ async fn parity_replay() {
         .unwrap();
     let fixed: String = client.result(&id, STEP).await.unwrap();
     assert_eq!(fixed, "fixed", "the replay ran under the same id");
-    let request = client.request(pb::ReplayTaskRequest { task_id: id });
+    let request = client.request(pb::ReplayTaskRequest {
+        task_id: id,
+        ..Default::default()
+    });
     let refused = client.submission_client().replay_task(request).await;
     assert_eq!(
         refused.unwrap_err().code(),
@@ -332,6 +336,7 @@ async fn parity_forget() {
     assert_eq!(client.result::<i64>(&id, STEP).await.unwrap(), 3);
     let request = client.request(pb::ForgetTaskRequest {
         task_id: id.clone(),
+        ..Default::default()
     });
     client.results_client().forget_task(request).await.unwrap();
     let gone = client.get(&id).await.unwrap_err();
@@ -348,6 +353,7 @@ async fn parity_dead_letters() {
     let request = client.request(pb::ListDeadLettersRequest {
         page_size: 10,
         page_token: String::new(),
+        ..Default::default()
     });
     let letters = client
         .results_client()
@@ -387,6 +393,7 @@ async fn parity_schedules_crud() {
     let created = schedules
         .create_schedule(client.request(pb::CreateScheduleRequest {
             schedule: Some(schedule.clone()),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -397,6 +404,7 @@ async fn parity_schedules_crud() {
     let got = schedules
         .get_schedule(client.request(pb::GetScheduleRequest {
             id: "parity-rust".into(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -405,7 +413,9 @@ async fn parity_schedules_crud() {
         .unwrap();
     assert_eq!(got.rule, every(3600));
     let listed = schedules
-        .list_schedules(client.request(pb::ListSchedulesRequest {}))
+        .list_schedules(client.request(pb::ListSchedulesRequest {
+            ..Default::default()
+        }))
         .await
         .unwrap()
         .into_inner()
@@ -417,6 +427,7 @@ async fn parity_schedules_crud() {
                 rule: every(7200),
                 ..schedule
             }),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -427,12 +438,14 @@ async fn parity_schedules_crud() {
     schedules
         .delete_schedule(client.request(pb::DeleteScheduleRequest {
             id: "parity-rust".into(),
+            ..Default::default()
         }))
         .await
         .unwrap();
     let gone = schedules
         .get_schedule(client.request(pb::GetScheduleRequest {
             id: "parity-rust".into(),
+            ..Default::default()
         }))
         .await
         .unwrap_err();
@@ -447,6 +460,7 @@ async fn parity_pause_queue() {
     dispatch
         .pause_queue(client.request(pb::PauseQueueRequest {
             queue: "p-pause".into(),
+            ..Default::default()
         }))
         .await
         .unwrap();
@@ -464,6 +478,7 @@ async fn parity_pause_queue() {
     dispatch
         .resume_queue(client.request(pb::ResumeQueueRequest {
             queue: "p-pause".into(),
+            ..Default::default()
         }))
         .await
         .unwrap();
