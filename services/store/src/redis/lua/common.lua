@@ -32,6 +32,14 @@ local function instant(text, now)
   return tonumber(text)
 end
 
+-- Puts a task in queue list qk (at the head when `head`) and marks the list
+-- ready: the set rq holds every list that may be non-empty, so that a lease
+-- visits only those, whatever number of queues and names a worker serves.
+local function push(qk, id, head)
+  redis.call(head and 'LPUSH' or 'RPUSH', P .. 'q:' .. qk, id)
+  redis.call('SADD', P .. 'rq', qk)
+end
+
 -- Task events go out only for tasks somebody watches (field w, set by the
 -- watch script), so unwatched tasks cost no pub/sub traffic.
 local function notify(t, id, ev)
@@ -64,7 +72,7 @@ local function free_permit_of(id, ck, ev)
   if not waiting then return end
   local qk = redis.call('HGET', P .. 't:' .. waiting, 'qk')
   if qk then
-    redis.call('LPUSH', P .. 'q:' .. qk, waiting)
+    push(qk, waiting, true)
     redis.call('PUBLISH', ready_channel(ev), qk)
   end
 end
@@ -125,7 +133,7 @@ local function release(sid, now, ev, rdy, out)
     if (f[1] == '3' or f[1] == '4') and f[2] == sid then
       free_permit(t, id, ev)
       redis.call('HSET', t, 'st', 2, 'ua', now)
-      redis.call('LPUSH', P .. 'q:' .. f[3], id)
+      push(f[3], id, true)
       pushed[f[3]] = true
       notify(t, id, ev)
       out[#out + 1] = id

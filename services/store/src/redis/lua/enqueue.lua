@@ -39,7 +39,7 @@ for b = 3, #ARGV, 12 do
     if st == 1 then
       redis.call('ZADD', P .. 'sched', due, id)
     else
-      redis.call('RPUSH', P .. 'q:' .. qk, id)
+      push(qk, id, false)
       pushed[qk] = true
     end
     out[#out + 1] = id; out[#out + 1] = 0; out[#out + 1] = st

@@ -6,13 +6,23 @@ local now, ttl, sid, wk = clock(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local max, ev, start = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
 local out = {}
 local got = 0
--- Paused queues hand out nothing.
-local keys = {}
-for k = 8, #ARGV do
-  local queue = string.match(ARGV[k], '^[^:]+')
-  if redis.call('SISMEMBER', P .. 'paused', queue) == 0 then keys[#keys + 1] = ARGV[k] end
+-- The lists to visit: the ready ones (rq) that this worker serves, of
+-- queues that are not paused, by priority level. O(ready lists), not
+-- O(queues x names x levels).
+local serves = {}
+for k = 8, #ARGV do serves[ARGV[k]] = true end
+local paused = {}
+for _, queue in ipairs(redis.call('SMEMBERS', P .. 'paused')) do paused[queue] = true end
+local by_level = {}
+for _, qk in ipairs(redis.call('SMEMBERS', P .. 'rq')) do
+  local base, level = string.match(qk, '^(.*)#(%d)$')
+  if not base then base, level = qk, '0' end
+  if serves[base] and not paused[string.match(base, '^[^:]+')] then
+    local list = by_level[level]
+    if not list then list = {}; by_level[level] = list end
+    list[#list + 1] = qk
+  end
 end
-local nq = #keys
 -- Admission: a rate-limited task takes the next slot of its bucket (GCRA);
 -- a slot in the future parks it, SCHEDULED, until then with the slot kept.
 -- A task over its key's concurrency limit waits in the key's list until a
@@ -49,42 +59,51 @@ local function admit(t, id)
   end
   return true
 end
--- Priority levels, highest first; level 0 is the plain key.
-local levels = {'#9', '#8', '#7', '#6', '#5', '#4', '#3', '#2', '#1', ''}
-for _, level in ipairs(levels) do
-  local empty, i = 0, 0
-  while got < max and empty < nq do
-    local qk = keys[1 + ((start + i) % nq)] .. level
-    i = i + 1
-    local id = redis.call('LPOP', P .. 'q:' .. qk)
-    if id then
-      empty = 0
-      local t = P .. 't:' .. id
-      -- One read for everything the common case needs.
-      local f = redis.call('HMGET', t, 'st', 'at', 'fl', 'tk', 'ex', 'sp', 'w', 'rb', 'ck', 'pg')
-      if f[1] == '2' then
-        local ex = tonumber(f[5] or '0')
-        if ex > 0 and ex <= now then
-          finish(t, id, 8, now, ev)
-        elseif (not f[8] and not f[9]) or admit(t, id) then
-          local at, tk = tonumber(f[2] or '0') + 1, tonumber(f[4] or '0') + 1
-          redis.call('HSET', t, 'st', 3, 'at', at, 'tk', tk, 'ss', sid, 'wk', wk, 'ua', now)
-          if f[10] then redis.call('HDEL', t, 'pg') end
-          -- The expiry entry stays: a task that comes back unstarted
-          -- (lease lost, retry) still expires at its instant; promote
-          -- skips the tasks that are leased or finished by then.
-          redis.call('SADD', P .. 'sl:' .. sid, id)
-          if f[7] then redis.call('PUBLISH', ev, id) end
-          out[#out + 1] = id; out[#out + 1] = at; out[#out + 1] = tonumber(f[3] or '0'); out[#out + 1] = tk
-          out[#out + 1] = f[6]
-          got = got + 1
+-- Priority levels, highest first; within a level, one task per list in
+-- turn from a rotating start, so that no list starves the others.
+for level = 9, 0, -1 do
+  local lists = by_level[tostring(level)]
+  if lists and got < max then
+    table.sort(lists)
+    local live = {}
+    local n = #lists
+    for j = 1, n do live[j] = lists[1 + ((start + j - 1) % n)] end
+    while got < max and #live > 0 do
+      local remaining = {}
+      for _, qk in ipairs(live) do
+        if got >= max then remaining[#remaining + 1] = qk else
+          local id = redis.call('LPOP', P .. 'q:' .. qk)
+          if not id then
+            redis.call('SREM', P .. 'rq', qk)
+          else
+            remaining[#remaining + 1] = qk
+            local t = P .. 't:' .. id
+            -- One read for everything the common case needs.
+            local f = redis.call('HMGET', t, 'st', 'at', 'fl', 'tk', 'ex', 'sp', 'w', 'rb', 'ck', 'pg')
+            if f[1] == '2' then
+              local ex = tonumber(f[5] or '0')
+              if ex > 0 and ex <= now then
+                finish(t, id, 8, now, ev)
+              elseif (not f[8] and not f[9]) or admit(t, id) then
+                local at, tk = tonumber(f[2] or '0') + 1, tonumber(f[4] or '0') + 1
+                redis.call('HSET', t, 'st', 3, 'at', at, 'tk', tk, 'ss', sid, 'wk', wk, 'ua', now)
+                if f[10] then redis.call('HDEL', t, 'pg') end
+                -- The expiry entry stays: a task that comes back unstarted
+                -- (lease lost, retry) still expires at its instant; promote
+                -- skips the tasks that are leased or finished by then.
+                redis.call('SADD', P .. 'sl:' .. sid, id)
+                if f[7] then redis.call('PUBLISH', ev, id) end
+                out[#out + 1] = id; out[#out + 1] = at; out[#out + 1] = tonumber(f[3] or '0'); out[#out + 1] = tk
+                out[#out + 1] = f[6]
+                got = got + 1
+              end
+            end
+          end
         end
       end
-    else
-      empty = empty + 1
+      live = remaining
     end
   end
-  if got >= max then break end
 end
 if got > 0 then redis.call('ZADD', P .. 'sess', now + ttl, sid) end
 return out

@@ -16,7 +16,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'sched', '-inf', now, 'LIMI
       expired = expired + 1
     else
       redis.call('HSET', t, 'st', 2, 'ua', now)
-      redis.call('RPUSH', P .. 'q:' .. f[2], id)
+      push(f[2], id, false)
       pushed[f[2]] = true
       notify(t, id, ev)
       promoted = promoted + 1

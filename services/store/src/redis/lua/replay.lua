@@ -10,7 +10,7 @@ redis.call('HSET', t, 'st', 2, 'fl', 0, 'fa', 0, 'ua', now)
 redis.call('PERSIST', t)
 redis.call('ZREM', P .. 'dlq', id)
 redis.call('ZREM', P .. 'dlx', id)
-redis.call('RPUSH', P .. 'q:' .. f[2], id)
+push(f[2], id, false)
 notify(t, id, ARGV[3])
 redis.call('PUBLISH', ARGV[4], f[2])
 return 0
