@@ -97,6 +97,10 @@ pub struct ServerArgs {
     /// Partitions per queue (Redis hash slots); raise to spread over a cluster.
     #[arg(long, default_value_t = 1, env = "CONVEYOR_PARTITIONS")]
     pub partitions: u16,
+    /// Shifts this process's clock, e.g. `-30s` (tests of clock skew only:
+    /// deadlines shared between replicas are compared on the store's clock).
+    #[arg(long, hide = true, allow_hyphen_values = true, value_parser = parse_skew)]
+    pub clock_skew: Option<i64>,
     /// How often workers heartbeat.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, env = "CONVEYOR_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Duration,
@@ -214,6 +218,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(roles: Vec<Role>, args: ServerArgs, log_json: bool) -> anyhow::Result<()> {
     conveyor_runtime::init_tracing(log_json);
+    if let Some(skew_ms) = args.clock_skew {
+        tracing::warn!(skew_ms, "this process's clock is skewed (--clock-skew)");
+        conveyor_core::time::set_clock_skew_ms(skew_ms);
+    }
     if args.store == StoreUrl::Memory && roles.len() < Role::ALL.len() {
         tracing::warn!(
             "the memory store is private to this process; split roles need --store redis://…"
@@ -465,4 +473,15 @@ async fn workers(target: &Target) -> anyhow::Result<()> {
         println!("(no workers connected)");
     }
     Ok(())
+}
+
+/// `30s`, `-30s` or `+1m`: a signed duration in ms.
+fn parse_skew(text: &str) -> Result<i64, String> {
+    let (sign, magnitude) = match text.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text.strip_prefix('+').unwrap_or(text)),
+    };
+    humantime::parse_duration(magnitude)
+        .map(|duration| sign * duration.as_millis() as i64)
+        .map_err(|error| format!("{error}: expected a duration such as -30s"))
 }

@@ -486,3 +486,102 @@ async fn schedules_declared_in_a_file_fire() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Replicas whose clocks are 30 s off in both directions share one Redis:
+/// the reaper runs 30 s ahead of a dispatcher that runs 30 s behind, and two
+/// dispatchers 60 s apart hand out rate-limited tasks. Lease deadlines and
+/// rate slots are compared on the store's clock, so no live lease is reaped
+/// and the rate holds. (On their own clocks, the reaper would take every
+/// lease at once and the fast dispatcher would ignore the rate.)
+#[tokio::test]
+async fn skewed_clocks_neither_reap_live_leases_nor_break_rates() {
+    let Some(url) = test_redis_url() else { return };
+    let prefix = format!("skew-{}:", uuid::Uuid::new_v4().simple());
+    let extra = redis_args(&url, &prefix);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let with = |roles: &[&'static str], skew: &'static str| {
+        let mut args: Vec<&str> = vec!["serve"];
+        args.extend(roles);
+        args.extend(&extra);
+        args.extend(["--clock-skew", skew]);
+        args
+    };
+    let front = spawn_conveyor(&with(&["submission", "results", "scheduling"], "+30s")).await;
+    let behind = spawn_conveyor(&with(&["dispatch"], "-30s")).await;
+    let ahead = spawn_conveyor(&with(&["dispatch"], "+30s")).await;
+    let client = Client::connect(format!("http://{}", front.addr))
+        .await
+        .unwrap();
+    let starts = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let stop = tokio_util_stop();
+    let mut workers = Vec::new();
+    for (name, dispatcher) in [("behind", &behind), ("ahead", &ahead)] {
+        let starts = starts.clone();
+        let worker = Worker::from_channel(channel(&dispatcher.addr).await)
+            .worker_id(name)
+            .concurrency(4)
+            .register("hold", |_ctx: conveyor_client::TaskContext| async move {
+                // Longer than two lease TTLs: only heartbeats keep it.
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                Ok(serde_json::json!("held"))
+            })
+            .register("tick", move |_ctx: conveyor_client::TaskContext| {
+                let starts = starts.clone();
+                async move {
+                    starts.lock().unwrap().push(Instant::now());
+                    Ok(serde_json::json!("tick"))
+                }
+            })
+            .build()
+            .unwrap();
+        let stopper = stop.clone();
+        workers.push(tokio::spawn(async move {
+            worker
+                .run_until(async move { stopper.notified().await })
+                .await
+        }));
+    }
+    // Held on the dispatcher that runs behind, reaped by a scheduler ahead.
+    let held = client
+        .submit(TaskRequest::new("hold").queue("default"))
+        .await
+        .unwrap();
+    // Five starts a second, handed out by both dispatchers.
+    let ticks = client
+        .submit_many(
+            (0..8)
+                .map(|_| TaskRequest::new("tick").rate_limit("5/s"))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    for id in &ticks {
+        let _: String = client.result(id, Duration::from_secs(20)).await.unwrap();
+    }
+    let outcome: String = client.result(&held, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(outcome, "held");
+    let task = client.get(&held).await.unwrap();
+    assert_eq!(
+        task.attempt, 1,
+        "the live lease was never reaped (worker {})",
+        task.worker_id
+    );
+    let mut starts = starts.lock().unwrap().clone();
+    starts.sort();
+    let span = starts[starts.len() - 1] - starts[0];
+    println!("8 ticks at 5/s across dispatchers 60 s apart started over {span:?}");
+    // 8 starts at 5/s: 7 gaps of 200 ms (a little early at most by the
+    // store's ms rounding and this process's scheduling).
+    assert!(span >= Duration::from_millis(1300), "rate broken: {span:?}");
+    for pair in starts.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(120),
+            "two starts {:?} apart",
+            pair[1] - pair[0]
+        );
+    }
+    stop.notify_waiters();
+    for worker in workers {
+        worker.abort();
+    }
+}

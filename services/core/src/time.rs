@@ -1,21 +1,34 @@
 //! Clock and conversions between Unix milliseconds and protobuf types.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Now, in Unix milliseconds.
+/// Added to this process's clock: a test's way to run a replica whose clock
+/// is wrong (`conveyor serve --clock-skew`), and show that nothing shared
+/// depends on it.
+static SKEW_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Skews this process's clock by `ms` (tests of clock skew only).
+pub fn set_clock_skew_ms(ms: i64) {
+    SKEW_MS.store(ms, Ordering::Relaxed);
+}
+
+/// Now, in Unix milliseconds, by this process's clock.
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as i64)
         .unwrap_or(0)
+        + SKEW_MS.load(Ordering::Relaxed)
 }
 
-/// Unix microseconds now.
+/// Unix microseconds now, by this process's clock.
 pub fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_micros() as i64)
         .unwrap_or(0)
+        + SKEW_MS.load(Ordering::Relaxed) * 1000
 }
 
 /// A protobuf timestamp from Unix microseconds.
