@@ -25,6 +25,7 @@ on_both_stores!(
     name_defaults_fill_unset_options,
     higher_priorities_always_run_first,
     an_idle_worker_wakes_for_a_high_priority_task,
+    a_worker_that_stops_reading_loses_its_session,
 );
 
 fn with_options(mut task: pb::TaskSpec, options: pb::TaskOptions) -> pb::TaskSpec {
@@ -660,4 +661,80 @@ async fn an_idle_worker_wakes_for_a_high_priority_task(backend: Backend) {
         "{:?}",
         submitted.elapsed()
     );
+}
+
+/// A worker that heartbeats but stops reading its stream cannot wedge its
+/// session: once a message waits for it longer than a lease TTL, the session
+/// is closed with RESOURCE_EXHAUSTED, it leaves ListWorkers, and its tasks
+/// run elsewhere.
+async fn a_worker_that_stops_reading_loses_its_session(backend: Backend) {
+    let Some(cluster) = TestCluster::start(backend).await else {
+        return;
+    };
+    let mut stuck = RawWorker::connect(cluster.channel.clone(), hello("stuck", &["big"], 500))
+        .await
+        .unwrap();
+    stuck.keep_alive();
+    stuck.grant(500).await;
+    // 300 tasks of 40 KB one by one (an assignment message each): far more
+    // than the stream's flow-control windows and the session's buffer.
+    let client = Client::from_channel(cluster.channel.clone());
+    let blob = "x".repeat(40_000);
+    let mut ids = Vec::new();
+    for _ in 0..300 {
+        ids.push(
+            client
+                .submit(TaskRequest::new("big").arg(blob.clone()))
+                .await
+                .unwrap(),
+        );
+    }
+    let dispatch =
+        || pb::dispatch_service_client::DispatchServiceClient::new(cluster.channel.clone());
+    let gone = eventually(Duration::from_secs(10), || async {
+        let workers = dispatch()
+            .list_workers(pb::ListWorkersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .workers;
+        workers.iter().all(|worker| worker.worker_id != "stuck")
+    })
+    .await;
+    assert!(gone, "the stalled session was closed");
+    let stop = CancellationToken::new();
+    let worker = Worker::from_channel(cluster.channel.clone())
+        .worker_id("reader")
+        .concurrency(16)
+        .register("big", |ctx: TaskContext| async move {
+            let text: String = ctx.arg(0)?;
+            Ok(json!(text.len()))
+        })
+        .build()
+        .unwrap();
+    let stopper = stop.clone();
+    let running = tokio::spawn(async move { worker.run_until(stopper.cancelled_owned()).await });
+    for id in &ids {
+        let length: usize = client.result(id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(length, 40_000);
+    }
+    // The stalled worker, reading at last, finds its stream ended after what
+    // was buffered (its buffer being full, no status could be queued behind).
+    let read_until = Instant::now() + Duration::from_secs(10);
+    let mut ended = false;
+    while Instant::now() < read_until {
+        let asked = Instant::now();
+        match stuck.next(Duration::from_secs(5)).await {
+            Some(Ok(_)) => continue,
+            // An end, not the read's time-out.
+            None if asked.elapsed() >= Duration::from_secs(5) => break,
+            Some(Err(_)) | None => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    assert!(ended, "the stalled stream ended");
+    stop.cancel();
+    running.await.unwrap().unwrap();
 }

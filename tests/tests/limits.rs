@@ -334,3 +334,134 @@ async fn limits_hold_with_four_partitions() {
         handle.await.unwrap();
     }
 }
+
+/// A Redis store with `partitions` partitions, on a prefix of its own.
+async fn partitioned_store(partitions: u16) -> Option<Arc<dyn conveyor_store::Store>> {
+    let url = conveyor_store::conformance::test_redis_url()?;
+    let mut config = conveyor_store::conformance::test_redis_config(&url);
+    config.partitions = partitions;
+    Some(Arc::new(
+        conveyor_store::RedisStore::connect(config).await.unwrap(),
+    ))
+}
+
+/// Eight partitions, two dispatchers, eight workers: a rate of 20/s per task
+/// name holds although every task also carries one of 50 concurrency keys
+/// (which once placed tasks by key, splitting the rate bucket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_holds_at_eight_partitions_with_concurrency_keys() {
+    let Some(store) = partitioned_store(8).await else {
+        return;
+    };
+    let front = TestCluster::start_roles(
+        store.clone(),
+        &[Role::Submission, Role::Results, Role::Scheduling],
+    )
+    .await;
+    let dispatchers = [
+        TestCluster::start_roles(store.clone(), &[Role::Dispatch]).await,
+        TestCluster::start_roles(store.clone(), &[Role::Dispatch]).await,
+    ];
+    let probe = probe();
+    let stop = CancellationToken::new();
+    let handles: Vec<_> = (0..8)
+        .map(|index| {
+            worker(
+                &dispatchers[index % 2],
+                format!("w{index}"),
+                4,
+                probe.clone(),
+                5,
+                stop.clone(),
+            )
+        })
+        .collect();
+    let client = Client::from_channel(front.channel.clone());
+    let ids = client
+        .submit_many(
+            (0..41)
+                .map(|index| {
+                    TaskRequest::new("limited")
+                        .rate_limit("20/s")
+                        .concurrency_limit(format!("key-{}", index % 50), 1)
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    all_succeed(&client, &ids).await;
+    let starts = probe.starts.lock().unwrap().clone();
+    let span = *starts.iter().max().unwrap() - *starts.iter().min().unwrap();
+    let rate = 40.0 / span.as_secs_f64();
+    println!("eight partitions, two dispatchers: {rate:.2}/s for a limit of 20/s");
+    assert!(rate <= 20.5, "measured {rate:.2}/s for a limit of 20/s");
+    assert!(rate >= 15.0, "measured {rate:.2}/s: far below the limit");
+    stop.cancel();
+    for handle in handles {
+        handle.await.unwrap();
+    }
+}
+
+/// Eight partitions: one idempotency key sent 200 times at once, with every
+/// other option varied (queue, priority, countdown, rate and concurrency
+/// limits), creates exactly one task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_one_task_at_eight_partitions() {
+    let Some(store) = partitioned_store(8).await else {
+        return;
+    };
+    let cluster = TestCluster::start_on(store, TestCluster::test_config()).await;
+    let client = Client::from_channel(cluster.channel.clone());
+    let submits = (0..200).map(|index| {
+        let client = client.clone();
+        async move {
+            let mut request = TaskRequest::new("limited")
+                .idempotency_key("order-42")
+                .priority((index % 10) as u32);
+            if index % 3 == 0 {
+                request = request.queue(format!("queue{}", index % 5));
+            }
+            if index % 4 == 0 {
+                request = request.rate_limit("10/s");
+            }
+            if index % 5 == 0 {
+                request = request.concurrency_limit(format!("key-{index}"), 2);
+            }
+            if index % 7 == 0 {
+                request = request.countdown(Duration::from_secs(60));
+            }
+            client.submit(request).await.unwrap()
+        }
+    });
+    let ids: std::collections::BTreeSet<String> = futures::future::join_all(submits)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(ids.len(), 1, "one task for one key: {ids:?}");
+}
+
+/// The partition count is part of the data: a process started with another
+/// count on the same store refuses to start, and says what to do.
+#[tokio::test]
+async fn a_different_partition_count_is_refused() {
+    let Some(url) = conveyor_store::conformance::test_redis_url() else {
+        return;
+    };
+    let mut config = conveyor_store::conformance::test_redis_config(&url);
+    config.partitions = 8;
+    let _first = conveyor_store::RedisStore::connect(config.clone())
+        .await
+        .unwrap();
+    let _same = conveyor_store::RedisStore::connect(config.clone())
+        .await
+        .expect("the same count connects");
+    config.partitions = 2;
+    let error = conveyor_store::RedisStore::connect(config)
+        .await
+        .expect_err("another count is refused")
+        .to_string();
+    assert!(
+        error.contains("--partitions 8") && error.contains("--redis-prefix"),
+        "{error}"
+    );
+}

@@ -109,3 +109,76 @@ async fn shutdown_drains_worker_streams() {
         .unwrap()
         .unwrap();
 }
+
+/// Long polls have a budget of their own: with room for 8 calls in flight,
+/// 40 WaitTask calls waiting on tasks that never finish do not keep
+/// SubmitTask out, and the 41st waiter beyond its own budget is told so.
+#[tokio::test]
+async fn waiters_never_starve_submissions() {
+    let mut config = TestCluster::test_config();
+    config.server.max_in_flight = 8;
+    config.server.max_waiting = 40;
+    let Some(cluster) = TestCluster::start_with(Backend::Memory, config).await else {
+        return;
+    };
+    let mut submission =
+        pb::submission_service_client::SubmissionServiceClient::new(cluster.channel.clone());
+    let results = pb::results_service_client::ResultsServiceClient::new(cluster.channel.clone());
+    let mut waiters = Vec::new();
+    for _ in 0..40 {
+        let id = submission
+            .submit_task(pb::SubmitTaskRequest {
+                task: Some(spec("nobody-runs-this", &[])),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .task_id;
+        let mut results = results.clone();
+        waiters.push(tokio::spawn(async move {
+            results
+                .wait_task(pb::WaitTaskRequest {
+                    task_id: id,
+                    timeout: Some(prost_types::Duration {
+                        seconds: 30,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                })
+                .await
+        }));
+    }
+    // Every waiter holds its place once one more is refused (an unknown id
+    // answers NOT_FOUND at once while there is room).
+    let probe = || {
+        let mut results = results.clone();
+        async move {
+            results
+                .wait_task(pb::WaitTaskRequest {
+                    task_id: conveyor_core::TaskId::new(0).to_string(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err()
+        }
+    };
+    let full = conveyor_tests::eventually(Duration::from_secs(10), || async {
+        probe().await.code() == Code::ResourceExhausted
+    })
+    .await;
+    assert!(full, "40 waiters fill the wait budget");
+    assert!(probe().await.message().contains("WaitTask"));
+    for _ in 0..20 {
+        let submitted = submission
+            .submit_task(pb::SubmitTaskRequest {
+                task: Some(spec("add", &[json!(1), json!(2)])),
+                ..Default::default()
+            })
+            .await;
+        assert!(submitted.is_ok(), "submit starved: {submitted:?}");
+    }
+    for waiter in waiters {
+        waiter.abort();
+    }
+}

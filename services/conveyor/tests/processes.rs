@@ -65,6 +65,8 @@ fn redis_args(url: &str, prefix: &str) -> Vec<String> {
         "200ms".into(),
         "--lease-ttl".into(),
         "1s".into(),
+        "--partitions".into(),
+        conveyor_store::conformance::test_partitions().to_string(),
     ]
 }
 
@@ -291,6 +293,7 @@ async fn sigterm_drains_running_tasks_then_exits() {
     // The running task finished during the drain and its outcome was kept.
     let mut config = conveyor_store::RedisConfig::new(url.clone());
     config.prefix = prefix;
+    config.partitions = conveyor_store::conformance::test_partitions();
     let store = conveyor_store::RedisStore::connect(config).await.unwrap();
     use conveyor_store::Store;
     let task_id = conveyor_core::TaskId::parse(&id, "id").unwrap();
@@ -497,8 +500,21 @@ async fn schedules_declared_in_a_file_fire() {
 async fn skewed_clocks_neither_reap_live_leases_nor_break_rates() {
     let Some(url) = test_redis_url() else { return };
     let prefix = format!("skew-{}:", uuid::Uuid::new_v4().simple());
-    let extra = redis_args(&url, &prefix);
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let partitions = conveyor_store::conformance::test_partitions().to_string();
+    // Roomier heartbeats than the other tests: under a loaded CI machine a
+    // late heartbeat must not pass for a clock problem (30 s dwarfs both).
+    let extra: Vec<&str> = vec![
+        "--store",
+        &url,
+        "--redis-prefix",
+        &prefix,
+        "--heartbeat-interval",
+        "500ms",
+        "--lease-ttl",
+        "2s",
+        "--partitions",
+        &partitions,
+    ];
     let with = |roles: &[&'static str], skew: &'static str| {
         let mut args: Vec<&str> = vec!["serve"];
         args.extend(roles);
@@ -522,7 +538,7 @@ async fn skewed_clocks_neither_reap_live_leases_nor_break_rates() {
             .concurrency(4)
             .register("hold", |_ctx: conveyor_client::TaskContext| async move {
                 // Longer than two lease TTLs: only heartbeats keep it.
-                tokio::time::sleep(Duration::from_millis(2500)).await;
+                tokio::time::sleep(Duration::from_millis(4500)).await;
                 Ok(serde_json::json!("held"))
             })
             .register("tick", move |_ctx: conveyor_client::TaskContext| {

@@ -43,6 +43,9 @@ enum End {
     Drained,
     /// Ends the stream with this status.
     Fatal(Status),
+    /// The worker stopped reading: a message could not be queued for it
+    /// within a lease TTL. Its leases go back to their queues.
+    Stalled,
 }
 
 const MAX_QUEUES: usize = 64;
@@ -243,10 +246,19 @@ impl Session {
         let response = pb::ConnectResponse {
             message: Some(message),
         };
-        self.outbound
-            .send(Ok(response))
-            .await
-            .map_err(|_| End::Closed)
+        // Bounded: a worker that stops reading cannot wedge the session (and
+        // with it heartbeats, outcomes and its leases) for longer than a
+        // lease would survive anyway.
+        match tokio::time::timeout(
+            self.context.config.lease_ttl,
+            self.outbound.send(Ok(response)),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Closed),
+            Err(_) => Err(End::Stalled),
+        }
     }
 
     fn can_lease(&self) -> bool {
@@ -716,7 +728,13 @@ impl Session {
         match end {
             End::Fatal(status) => {
                 tracing::info!(session = %self.id, %status, "session ended with an error");
-                let _ = self.outbound.send(Err(status)).await;
+                let _ = self.outbound.try_send(Err(status));
+            }
+            End::Stalled => {
+                tracing::warn!(session = %self.id, worker = %self.worker_id, "worker stopped reading its stream; closing the session and requeueing its tasks");
+                let _ = self.outbound.try_send(Err(Status::resource_exhausted(
+                    "the worker did not read its stream for a lease TTL; reconnect",
+                )));
             }
             End::Closed => {
                 tracing::info!(session = %self.id, worker = %self.worker_id, "worker disconnected")

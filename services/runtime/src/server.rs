@@ -21,6 +21,10 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Requests in flight before new ones get `RESOURCE_EXHAUSTED`.
     pub max_in_flight: usize,
+    /// WaitTask calls waiting at once before new ones get
+    /// `RESOURCE_EXHAUSTED`; apart from `max_in_flight`, so waiters never
+    /// starve submissions.
+    pub max_waiting: usize,
     /// Accepted bearer tokens; empty disables authentication.
     pub auth_tokens: Vec<String>,
     /// How long in-flight calls may take to finish after shutdown begins.
@@ -34,6 +38,7 @@ impl Default for ServerConfig {
         Self {
             request_timeout: Duration::from_secs(330),
             max_in_flight: 10_000,
+            max_waiting: 50_000,
             auth_tokens: Vec::new(),
             grace: Duration::from_secs(10),
             max_message_bytes: 16 * 1024 * 1024,
@@ -83,7 +88,7 @@ pub async fn serve(
     let layers = tower::ServiceBuilder::new()
         // Outermost after tonic's own trace span: shed before doing any work,
         // so an overloaded server answers fast and cheaply.
-        .layer(OverloadLayer::new(config.max_in_flight))
+        .layer(OverloadLayer::new(config.max_in_flight, config.max_waiting))
         // Then authenticate: a rejected caller costs no handler time.
         .layer(AuthLayer::new(config.auth_tokens.clone()));
 

@@ -44,7 +44,12 @@ async fn command_counts(url: &str) -> std::collections::BTreeMap<String, u64> {
     info.lines()
         .filter_map(|line| {
             let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = stats.split(',').next()?.strip_prefix("calls=")?.parse().ok()?;
+            let calls = stats
+                .split(',')
+                .next()?
+                .strip_prefix("calls=")?
+                .parse()
+                .ok()?;
             Some((name.to_string(), calls))
         })
         .collect()
@@ -58,7 +63,14 @@ async fn a_lease_over_4000_queue_keys_is_one_bounded_call() {
     }
     let port = free_port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server on PATH (scripts/test installs it)");
@@ -100,8 +112,14 @@ async fn a_lease_over_4000_queue_keys_is_one_bounded_call() {
         }),
         ..Default::default()
     };
-    let task = validate_spec(spec, "task", &Limits::default(), conveyor_core::time::now_ms(), 0)
-        .expect("valid");
+    let task = validate_spec(
+        spec,
+        "task",
+        &Limits::default(),
+        conveyor_core::time::now_ms(),
+        0,
+    )
+    .expect("valid");
     let id = task.id;
     store
         .enqueue(vec![task], conveyor_core::time::now_ms())
@@ -116,10 +134,16 @@ async fn a_lease_over_4000_queue_keys_is_one_bounded_call() {
     assert_eq!(leased[0].id, id);
     let delta: std::collections::BTreeMap<&str, u64> = after
         .iter()
-        .map(|(name, calls)| (name.as_str(), calls - before.get(name).copied().unwrap_or(0)))
+        .map(|(name, calls)| {
+            (
+                name.as_str(),
+                calls - before.get(name).copied().unwrap_or(0),
+            )
+        })
         .filter(|(name, calls)| *calls > 0 && *name != "info")
         .collect();
-    let scripts = delta.get("evalsha").copied().unwrap_or(0) + delta.get("eval").copied().unwrap_or(0);
+    let scripts =
+        delta.get("evalsha").copied().unwrap_or(0) + delta.get("eval").copied().unwrap_or(0);
     let total: u64 = delta.values().sum();
     eprintln!("commands of one lease: {delta:?}");
     assert_eq!(scripts, 1, "one script call: {delta:?}");
