@@ -132,6 +132,7 @@ impl RedisStore {
             events_channel.clone(),
             ready_channel.clone(),
             revoke_channel.clone(),
+            connection.clone(),
         )
         .await?;
         let store = Self {
@@ -202,15 +203,39 @@ impl RedisStore {
         }
     }
 
+    /// Runs a script whose second run changes nothing the first did not
+    /// (or only how its answer reads): a call that met a dropped connection
+    /// is retried once on the re-established one.
     async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value> {
+        match self.run_once(invocation).await {
+            Err(Retry::Dropped(_)) => {
+                tracing::info!("redis connection was dropped; retrying the call once");
+                self.run_once(invocation).await.map_err(Retry::into_error)
+            }
+            other => other.map_err(Retry::into_error),
+        }
+    }
+
+    /// Runs a script once: for calls that must not run twice (a lease whose
+    /// answer was lost would hold its tasks until the session ends).
+    async fn run_once(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> std::result::Result<Value, Retry> {
         let mut connection = self.connection.clone();
-        tokio::time::timeout(
+        match tokio::time::timeout(
             self.config.command_timeout,
             invocation.invoke_async(&mut connection),
         )
         .await
-        .map_err(|_| ConveyorError::Unavailable("redis call timed out".into()))?
-        .map_err(unavailable)
+        {
+            Err(_) => Err(Retry::Final(ConveyorError::Unavailable(
+                "redis call timed out".into(),
+            ))),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) if error.is_connection_dropped() => Err(Retry::Dropped(error)),
+            Ok(Err(error)) => Err(Retry::Final(unavailable(error))),
+        }
     }
 
     /// 0: the mode's condition failed; -1: version conflict; else the new
@@ -229,7 +254,12 @@ impl RedisStore {
             .arg(next_ms.unwrap_or(-1))
             .arg(mode)
             .arg(expected_version.map(|v| v.to_string()).unwrap_or_default());
-        Ok(int_of(&self.run(&invocation).await?))
+        Ok(int_of(
+            &self
+                .run_once(&invocation)
+                .await
+                .map_err(Retry::into_error)?,
+        ))
     }
 
     /// Schedules with their versions, from parallel replies.
@@ -276,6 +306,22 @@ impl RedisStore {
             .arg(&self.events_channel)
             .arg(&self.ready_channel);
         ids_of(self.run(&invocation).await?)
+    }
+}
+
+/// A failed store call: worth one retry (the connection was dropped, so
+/// the manager reconnects), or not.
+enum Retry {
+    Dropped(redis::RedisError),
+    Final(ConveyorError),
+}
+
+impl Retry {
+    fn into_error(self) -> ConveyorError {
+        match self {
+            Retry::Dropped(error) => unavailable(error),
+            Retry::Final(error) => error,
+        }
     }
 }
 
@@ -409,7 +455,17 @@ impl Store for RedisStore {
                     )
                     .arg(task.concurrency.as_ref().map_or(0, |(_, limit)| *limit));
             }
-            let reply = items(self.run(&invocation).await?);
+            // Run twice, tasks without an idempotency key would be stored
+            // twice: only a batch keyed throughout is retried.
+            let keyed = group.iter().all(|(_, task)| task.idempotency_key.is_some());
+            let reply = if keyed {
+                self.run(&invocation).await?
+            } else {
+                self.run_once(&invocation)
+                    .await
+                    .map_err(Retry::into_error)?
+            };
+            let reply = items(reply);
             for ((index, _), chunk) in group.iter().zip(reply.chunks(3)) {
                 let [id, duplicate, state] = chunk else {
                     continue;
@@ -438,14 +494,22 @@ impl Store for RedisStore {
 
     async fn get(&self, id: TaskId, _now_ms: i64) -> Result<Option<StoredTask>> {
         let key = format!("{}t:{id}", self.partition_prefix(id.partition()));
-        let mut connection = self.connection.clone();
-        let fields: Vec<(String, Vec<u8>)> = tokio::time::timeout(
-            self.config.command_timeout,
-            redis::cmd("HGETALL").arg(&key).query_async(&mut connection),
-        )
-        .await
-        .map_err(|_| ConveyorError::Unavailable("redis call timed out".into()))?
-        .map_err(unavailable)?;
+        let read = || async {
+            let mut connection = self.connection.clone();
+            tokio::time::timeout(
+                self.config.command_timeout,
+                redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async::<Vec<(String, Vec<u8>)>>(&mut connection),
+            )
+            .await
+            .map_err(|_| ConveyorError::Unavailable("redis call timed out".into()))
+        };
+        // A read: retried once when it met a dropped connection.
+        let fields = match read().await? {
+            Err(error) if error.is_connection_dropped() => read().await?.map_err(unavailable)?,
+            other => other.map_err(unavailable)?,
+        };
         if fields.is_empty() {
             return Ok(None);
         }
@@ -494,7 +558,11 @@ impl Store for RedisStore {
             for key in &request.queue_keys {
                 invocation.arg(key.as_str());
             }
-            let reply = items(self.run(&invocation).await?);
+            let reply = items(
+                self.run_once(&invocation)
+                    .await
+                    .map_err(Retry::into_error)?,
+            );
             if !reply.is_empty() {
                 self.session_partitions
                     .lock()
@@ -680,11 +748,18 @@ impl Store for RedisStore {
             .arg(self.now_arg(now_ms))
             .arg(&self.events_channel)
             .arg(&self.revoke_channel);
-        Ok(match int_of(&self.run(&invocation).await?) {
-            0 => CancelAck::Cancelled,
-            -1 => CancelAck::NotFound,
-            state => CancelAck::NotCancellable(state_of(state)?),
-        })
+        Ok(
+            match int_of(
+                &self
+                    .run_once(&invocation)
+                    .await
+                    .map_err(Retry::into_error)?,
+            ) {
+                0 => CancelAck::Cancelled,
+                -1 => CancelAck::NotFound,
+                state => CancelAck::NotCancellable(state_of(state)?),
+            },
+        )
     }
 
     async fn record_progress(&self, reports: Vec<ProgressReport>, now_ms: i64) -> Result<()> {
@@ -711,11 +786,18 @@ impl Store for RedisStore {
     async fn forget(&self, id: TaskId) -> Result<ForgetAck> {
         let mut invocation = self.invoke(&self.scripts.forget, id.partition());
         invocation.arg(id.to_string()).arg(&self.events_channel);
-        Ok(match int_of(&self.run(&invocation).await?) {
-            0 => ForgetAck::Forgotten,
-            -1 => ForgetAck::NotFound,
-            state => ForgetAck::NotFinished(state_of(state)?),
-        })
+        Ok(
+            match int_of(
+                &self
+                    .run_once(&invocation)
+                    .await
+                    .map_err(Retry::into_error)?,
+            ) {
+                0 => ForgetAck::Forgotten,
+                -1 => ForgetAck::NotFound,
+                state => ForgetAck::NotFinished(state_of(state)?),
+            },
+        )
     }
 
     async fn dead_letters(
@@ -768,11 +850,18 @@ impl Store for RedisStore {
             .arg(self.now_arg(now_ms))
             .arg(&self.events_channel)
             .arg(&self.ready_channel);
-        Ok(match int_of(&self.run(&invocation).await?) {
-            0 => ReplayAck::Replayed,
-            -1 => ReplayAck::NotFound,
-            state => ReplayAck::NotFailed(state_of(state)?),
-        })
+        Ok(
+            match int_of(
+                &self
+                    .run_once(&invocation)
+                    .await
+                    .map_err(Retry::into_error)?,
+            ) {
+                0 => ReplayAck::Replayed,
+                -1 => ReplayAck::NotFound,
+                state => ReplayAck::NotFailed(state_of(state)?),
+            },
+        )
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {

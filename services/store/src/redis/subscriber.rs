@@ -21,6 +21,7 @@ pub(crate) async fn start(
     events_channel: String,
     ready_channel: String,
     revoke_channel: String,
+    commands: redis::aio::ConnectionManager,
 ) -> Result<AbortHandle> {
     let channels = [
         events_channel.clone(),
@@ -38,6 +39,19 @@ pub(crate) async fn start(
                     Ok(current) => {
                         backoff = Duration::from_millis(50);
                         events.wake_all();
+                        // Redis came back: the command connection is most
+                        // likely dead too. Ping it now, so that it reconnects
+                        // before a caller's request meets the dead socket.
+                        let mut commands = commands.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..2 {
+                                let pong: redis::RedisResult<String> =
+                                    redis::cmd("PING").query_async(&mut commands).await;
+                                if pong.is_ok() {
+                                    break;
+                                }
+                            }
+                        });
                         current
                     }
                     Err(error) => {
