@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod defaults;
 pub mod error;
 pub mod ids;
+pub mod lifecycle;
 pub mod limits;
 pub mod namespace;
 pub mod placement;

@@ -17,7 +17,7 @@ use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 
 use conveyor_api::pb;
 use conveyor_core::validate::validate_spec;
-use conveyor_core::{Limits, NewTask, StoredTask, TaskId, TaskState};
+use conveyor_core::{Limits, NewTask, StoredTask, TaskId, TaskState, lifecycle};
 use conveyor_store::conformance::{test_redis_config, test_redis_url};
 use conveyor_store::{
     LeaseRequest, MemoryStore, Outcome, OutcomeReport, ProgressReport, QueueKey, RedisStore,
@@ -213,6 +213,8 @@ struct Run {
     tasks: Vec<TaskId>,
     /// Leases per session, as the stores granted them: (task, token).
     leases: BTreeMap<usize, Vec<(TaskId, u64)>>,
+    /// Each task's state after the last step.
+    states: BTreeMap<TaskId, Option<TaskState>>,
     /// The run each schedule was last claimed for.
     claims: BTreeMap<u8, i64>,
     /// The next run each schedule was last given (the stores keep it apart
@@ -627,10 +629,20 @@ impl Run {
                 op
             );
         }
-        // Every task's state, on both.
+        // Every task's state, on both; every change one the lifecycle allows.
         for id in self.tasks.clone() {
             let memory = seen(self.stores[0].get(id, self.now).await.map_err(fail)?);
             let redis = seen(self.stores[1].get(id, self.now).await.map_err(fail)?);
+            let state = memory.as_ref().map(|seen| seen.state);
+            let before = self.states.insert(id, state).flatten();
+            prop_assert!(
+                lifecycle::allows(before, state),
+                "{:?} took task {} from {:?} to {:?}, which conveyor_core::lifecycle does not allow",
+                op,
+                id,
+                before,
+                state
+            );
             prop_assert_eq!(memory, redis, "task {} after {:?} (memory, redis)", id, op);
         }
         Ok(())
@@ -690,6 +702,7 @@ fn memory_and_redis_agree_on_random_sequences() {
                 tasks: Vec::new(),
                 leases: BTreeMap::new(),
                 claims: BTreeMap::new(),
+                states: BTreeMap::new(),
                 schedule_nexts: BTreeMap::new(),
             };
             for op in &ops {

@@ -3,6 +3,7 @@
 //! the in-process [`EventHub`] so that nothing on a hot path polls.
 
 mod codec;
+pub mod schema;
 mod scripts;
 mod subscriber;
 

@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", conveyor_store::redis::schema::markdown());
+}
