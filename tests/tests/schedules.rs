@@ -43,6 +43,22 @@ fn tick_worker(
     Arc<Mutex<HashMap<String, u32>>>,
     tokio::task::JoinHandle<()>,
 ) {
+    let (executions, _starts, handle) = timed_tick_worker(cluster, stop);
+    (executions, handle)
+}
+
+/// As [`tick_worker`], also recording when each task started (Unix ms).
+#[allow(clippy::type_complexity)]
+fn timed_tick_worker(
+    cluster: &TestCluster,
+    stop: CancellationToken,
+) -> (
+    Arc<Mutex<HashMap<String, u32>>>,
+    Arc<Mutex<HashMap<String, i64>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let starts = Arc::new(Mutex::new(HashMap::new()));
+    let started = starts.clone();
     let executions = Arc::new(Mutex::new(HashMap::new()));
     let seen = executions.clone();
     let worker = Worker::from_channel(cluster.channel.clone())
@@ -50,7 +66,13 @@ fn tick_worker(
         .concurrency(4)
         .register("tick", move |ctx: TaskContext| {
             let seen = seen.clone();
+            let started = started.clone();
             async move {
+                started
+                    .lock()
+                    .unwrap()
+                    .entry(ctx.task_id().to_string())
+                    .or_insert_with(now_ms);
                 *seen
                     .lock()
                     .unwrap()
@@ -64,7 +86,7 @@ fn tick_worker(
     let handle = tokio::spawn(async move {
         worker.run_until(stop.cancelled_owned()).await.unwrap();
     });
-    (executions, handle)
+    (executions, starts, handle)
 }
 
 /// Four handles on one store: the same memory store, or four connections to
@@ -112,83 +134,117 @@ async fn replicas(backend: Backend) -> Option<(TestCluster, Vec<TestCluster>)> {
     Some((front, schedulers))
 }
 
+/// Three schedules ticking every second, fired by three replicas for
+/// `seconds`: each run creates exactly one task, none starts before its fire
+/// time (a replica that read the due index before another advanced the
+/// schedule once fired the next run early), every run is in the history
+/// (none lost to the pause), and nothing fires after the pause.
 async fn every_tick_fires_exactly_once(backend: Backend, seconds: u64) {
     let Some((front, schedulers)) = replicas(backend).await else {
         return;
     };
     let stop = CancellationToken::new();
-    let (executions, worker) = tick_worker(&front, stop.clone());
-    let created = scheduling(&schedulers[0])
-        .create_schedule(pb::CreateScheduleRequest {
-            schedule: Some(interval_schedule("tick", 1000)),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .schedule
-        .unwrap();
-    let first = ms_from_timestamp(&created.next_run_at.unwrap());
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    scheduling(&schedulers[1])
-        .pause_schedule(pb::PauseScheduleRequest {
-            id: "tick".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let runs = scheduling(&schedulers[2])
-        .list_schedule_runs(pb::ListScheduleRunsRequest {
-            id: "tick".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .runs;
-    let mut fires: Vec<i64> = runs
-        .iter()
-        .map(|run| ms_from_timestamp(run.fire_at.as_ref().unwrap()))
-        .collect();
-    fires.reverse();
-    let task_ids: std::collections::HashSet<&str> =
-        runs.iter().map(|run| run.task_id.as_str()).collect();
-    println!(
-        "{backend:?}: {} runs in {seconds} s from three replicas",
-        runs.len()
-    );
-    assert_eq!(
-        fires.first(),
-        Some(&first),
-        "the first run is the creation time"
-    );
-    for pair in fires.windows(2) {
-        assert_eq!(
-            pair[1] - pair[0],
-            1000,
-            "consecutive runs one tick apart: no gap, no duplicate"
-        );
+    let (executions, starts, worker) = timed_tick_worker(&front, stop.clone());
+    let ids = ["tick-a", "tick-b", "tick-c"];
+    let mut firsts = HashMap::new();
+    for id in ids {
+        let created = scheduling(&schedulers[0])
+            .create_schedule(pb::CreateScheduleRequest {
+                schedule: Some(interval_schedule(id, 1000)),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .schedule
+            .unwrap();
+        firsts.insert(id, ms_from_timestamp(&created.next_run_at.unwrap()));
     }
-    assert!(
-        (runs.len() as i64 - seconds as i64).abs() <= 1,
-        "{} runs in {seconds} s",
-        runs.len()
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    for id in ids {
+        scheduling(&schedulers[1])
+            .pause_schedule(pb::PauseScheduleRequest {
+                id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let paused_at = now_ms();
+    // A run claimed just before the pause settles just after it; and
+    // nothing may fire once paused: wait a tick and a half, then look.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut all_runs = Vec::new();
+    for id in ids {
+        let runs = scheduling(&schedulers[2])
+            .list_schedule_runs(pb::ListScheduleRunsRequest {
+                id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        let mut fires: Vec<i64> = runs
+            .iter()
+            .map(|run| ms_from_timestamp(run.fire_at.as_ref().unwrap()))
+            .collect();
+        fires.reverse();
+        assert_eq!(
+            fires.first(),
+            Some(&firsts[id]),
+            "{id}: the first run is the creation time"
+        );
+        for pair in fires.windows(2) {
+            assert_eq!(
+                pair[1] - pair[0],
+                1000,
+                "{id}: consecutive runs one tick apart: no gap, no duplicate"
+            );
+        }
+        assert!(
+            (runs.len() as i64 - seconds as i64).abs() <= 1,
+            "{id}: {} runs in {seconds} s",
+            runs.len()
+        );
+        all_runs.extend(runs);
+    }
+    println!(
+        "{backend:?}: {} runs of 3 schedules in {seconds} s from three replicas",
+        all_runs.len()
     );
-    assert_eq!(task_ids.len(), runs.len(), "one task per run");
+    let task_ids: std::collections::HashSet<&str> =
+        all_runs.iter().map(|run| run.task_id.as_str()).collect();
+    assert_eq!(task_ids.len(), all_runs.len(), "one task per run");
     let all_ran = eventually(Duration::from_secs(10), || async {
         let executions = executions.lock().unwrap();
         task_ids.iter().all(|id| executions.contains_key(*id))
     })
     .await;
     assert!(all_ran, "every run's task ran");
-    let executions = executions.lock().unwrap().clone();
-    // A run submitted as the pause lands loses its compare-and-set to the
-    // pause, so its task exists without a history entry: at most one.
+    let starts = starts.lock().unwrap().clone();
+    for run in &all_runs {
+        let fire = ms_from_timestamp(run.fire_at.as_ref().unwrap());
+        let started = starts[&run.task_id];
+        assert!(
+            started >= fire,
+            "the run for {fire} started {} ms early",
+            fire - started
+        );
+    }
+    // Every task is a recorded run (none lost from the history), and no run
+    // was for a time after the pause.
     assert!(
-        executions.len() - runs.len() <= 1,
-        "{} tasks for {} recorded runs",
+        all_runs
+            .iter()
+            .all(|run| ms_from_timestamp(run.fire_at.as_ref().unwrap()) <= paused_at),
+        "a run fired after the pause"
+    );
+    let executions = executions.lock().unwrap().clone();
+    assert_eq!(
         executions.len(),
-        runs.len()
+        all_runs.len(),
+        "every task is a recorded run; nothing fired after the pause at {paused_at}"
     );
     assert!(
         executions.values().all(|count| *count == 1),
@@ -210,8 +266,8 @@ async fn every_tick_fires_exactly_once(backend: Backend, seconds: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_on_redis_fire_every_tick_once_for_30_seconds() {
-    every_tick_fires_exactly_once(Backend::Redis, 30).await;
+async fn three_replicas_on_redis_fire_every_tick_once_for_21_seconds() {
+    every_tick_fires_exactly_once(Backend::Redis, 21).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
