@@ -123,7 +123,7 @@ class Schedules:
 
     def trigger(self, schedule_id: str) -> str:
         """Runs the schedule's task now; returns the task id."""
-        return self._call("TriggerSchedule", spb.TriggerScheduleRequest(id=schedule_id)).task_id
+        return self._call("TriggerSchedule", spb.TriggerScheduleRequest(id=schedule_id)).run.task_id
 
     def runs(self, schedule_id: str) -> list[spb.ScheduleRun]:
         return list(self._call("ListScheduleRuns", spb.ListScheduleRunsRequest(id=schedule_id), safe=True).runs)
