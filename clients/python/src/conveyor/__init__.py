@@ -10,7 +10,7 @@ from conveyor import aio
 from conveyor._codec import JSON_CONTENT_TYPE, Progress, TaskState, build_spec, decode, encode
 from conveyor._version import __version__
 from conveyor._eager import EagerResult
-from conveyor.app import AsyncResult, Config, Conveyor, Signature, Task
+from conveyor.app import AsyncResult, Config, Conveyor, Signature, Task, current_app
 from conveyor.client import Client
 from conveyor.errors import (
     ConveyorError,
@@ -61,6 +61,7 @@ __all__ = [
     "aio",
     "build_spec",
     "crontab",
+    "current_app",
     "current_task",
     "decode",
     "encode",

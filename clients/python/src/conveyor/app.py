@@ -21,7 +21,7 @@ from conveyor.errors import TaskNotSucceeded
 from conveyor.v1 import task_pb2
 from conveyor.worker import DEFAULT_CONCURRENCY, Handler, Worker, current_task
 
-__all__ = ["AsyncResult", "Config", "Conveyor", "EagerResult", "Signature", "Task"]
+__all__ = ["AsyncResult", "Config", "Conveyor", "EagerResult", "Signature", "Task", "current_app"]
 
 log = logging.getLogger("conveyor.app")
 
@@ -64,6 +64,17 @@ def _options(options: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
+_default_app: Conveyor | None = None
+
+
+def current_app() -> Conveyor:
+    """The app created last in this process (Celery's `current_app`), which
+    `AsyncResult(task_id)` uses when given no app."""
+    if _default_app is None:
+        raise RuntimeError("no Conveyor app yet: create one (app = conveyor.Conveyor(address)) first")
+    return _default_app
+
+
 class Conveyor:
     """The application: a registry of tasks and a connection to Conveyor.
 
@@ -103,6 +114,13 @@ class Conveyor:
             task_eager_propagates=False,
             task_default_queue=None,
         )
+        global _default_app
+        _default_app = self
+
+    def set_current(self) -> None:
+        """Makes this the app that `AsyncResult(task_id)` uses (Celery's)."""
+        global _default_app
+        _default_app = self
 
     def config_from_object(self, source: Any) -> None:
         """Copies the lowercase settings of a module, a module name, an
@@ -286,6 +304,8 @@ class Conveyor:
         `conveyor.Worker`. A non-empty `conf.beat_schedule` is synced to the
         scheduling service when the worker connects."""
         handlers = {name: task.handler() for name, task in self.tasks.items()}
+        if queues is None and self.conf.get("task_default_queue"):
+            queues = [self.conf["task_default_queue"]]
         settings.setdefault("token", self._token)
         settings.setdefault("metadata", self._metadata)
         if self.conf.get("beat_schedule"):
@@ -450,7 +470,7 @@ class AsyncResult:
 
     def __init__(self, id: str, *, app: Conveyor | None = None, client: Client | None = None):  # noqa: A002
         if app is None and client is None:
-            raise ValueError("AsyncResult needs an app or a client")
+            app = current_app()
         self.id = id
         self.app = app
         self._client = client
