@@ -13,6 +13,9 @@ import pytest
 import conveyor
 
 HERE = Path(__file__).resolve().parent
+# The project's modules import `tasks` as its user's do: from this directory.
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
 
 def worker_command() -> list[str]:
