@@ -216,6 +216,14 @@ class Worker:
 
     Most code gets one from `Conveyor.worker()` instead, with the app's
     tasks registered.
+
+    `pool`: "threads" (default), "process" (sync handlers in `concurrency`
+    spawned child processes; `max_tasks_per_child`, `max_memory_per_child`
+    in KiB replace them) or "asyncio"; a handler's own `pool` overrides it.
+    `address` may list several dispatchers (comma-separated or a list): the
+    worker fails over to the next when a session cannot be had or is lost.
+    `on_connect` callables run in a thread after the first session opens
+    (again at the next session if one raises).
     """
 
     def __init__(
