@@ -200,7 +200,8 @@ def test_parity_revoke(app, client, start_worker, queue_name):
     result = forever.delay()
     wait_for_state(client, result.id, {"RUNNING"})
     assert result.revoke(terminate=True) is True
-    assert stopped.wait(5)
+    assert stopped.wait(5), "the handler was not stopped"
+    wait_for_state(client, result.id, {"CANCELLED"}, timeout=5)
     assert result.state == "REVOKED" and result.celery_state == "REVOKED"
 
 
