@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import conveyor
 from conftest import read_line, wait_for_state
 
 TASKS = '''

@@ -62,6 +62,9 @@ class TaskContext:
         # True when the handler runs in this process by eager mode.
         self.is_eager = False
         self._event = threading.Event()
+        # Guards `_sleeping`: how many `sleep` calls wait on `_event` now.
+        self._lock = threading.Lock()
+        self._sleeping = 0
         self._reason: type[BaseException] = Terminated
         self._reporter: Callable[[pb.ReportProgress], bool] | None = None
 
@@ -109,7 +112,14 @@ class TaskContext:
         """Sleeps like `time.sleep`, but raises at once when the attempt is
         cancelled (`Terminated`) or its soft time limit passes
         (`SoftTimeLimitExceeded`)."""
-        if self._event.wait(max(0.0, seconds)):
+        with self._lock:
+            self._sleeping += 1
+        try:
+            woken = self._event.wait(max(0.0, seconds))
+        finally:
+            with self._lock:
+                self._sleeping -= 1
+        if woken:
             raise self._reason(f"task {self.id} stopped while sleeping")
 
     def check(self) -> None:
@@ -171,6 +181,15 @@ class TaskContext:
         if not self._event.is_set():
             self._reason = reason
             self._event.set()
+
+    def _interrupt(self, reason: type[BaseException], inject: Callable[[type[BaseException]], None]) -> None:
+        """Stops the attempt: a handler inside `sleep` wakes and raises
+        there; any other is sent `reason` asynchronously by `inject`. Never
+        both, so that the handler's cleanup is not interrupted a second time."""
+        with self._lock:
+            self._cancel(reason)
+            if not self._sleeping:
+                inject(reason)
 
     def __repr__(self) -> str:
         return f"<TaskContext {self.name} id={self.id} attempt={self.attempt}>"

@@ -103,7 +103,8 @@ class _Job:
         if self.cancelled:
             return
         self.cancelled = True
-        self.context._cancel(Terminated)
+        if self.handle is None or self.handle.done() or self.runs_on_loop or self.kill is not None:
+            self.context._cancel(Terminated)
         if self.handle is None or self.handle.done():
             return
         if self.runs_on_loop:
@@ -114,18 +115,18 @@ class _Job:
         elif self.kill is not None:
             self.kill()
         else:
-            self.guard.interrupt(Terminated)
+            self.context._interrupt(Terminated, self.guard.interrupt)
 
     def soft_limit(self) -> None:
         if self.cancelled or self.handle is None or self.handle.done() or self.kill is not None:
             return  # a child process arms its own soft limit
         log.warning("task %s: soft time limit passed, interrupting the handler", self.task_id)
         self.soft_expired = True
-        self.context._cancel(SoftTimeLimitExceeded)
         if self.runs_on_loop:
+            self.context._cancel(SoftTimeLimitExceeded)
             self.handle.cancel("soft time limit exceeded")
         else:
-            self.guard.interrupt(SoftTimeLimitExceeded)
+            self.context._interrupt(SoftTimeLimitExceeded, self.guard.interrupt)
 
 
 # --- sessions -----------------------------------------------------------------------
