@@ -94,7 +94,9 @@ def test_rate_limit_spaces_starts(app, start_worker, queue_name):
     assert all(r.task.options.rate_limit == "5/s" for r in results)
     starts.sort()
     gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
-    assert len(gaps) == 2 and all(gap >= 0.18 for gap in gaps), gaps
+    # 5/s spaces the dispatches 200 ms apart; a handler thread may see its
+    # start a little late, so the gaps seen here carry that jitter.
+    assert len(gaps) == 2 and all(gap >= 0.15 for gap in gaps) and sum(gaps) >= 0.38, gaps
 
     overridden = once.apply_async(rate_limit="10/s", rate_limit_key="tenant-1")
     assert overridden.get(timeout=10) == "ok"

@@ -187,11 +187,12 @@ def test_parity_soft_limit(app, start_worker, queue_name):
 
 
 def test_parity_revoke(app, client, start_worker, queue_name):
-    stopped = threading.Event()
+    running, stopped = threading.Event(), threading.Event()
 
     @app.task(bind=True, queue=queue_name)
     def forever(self):
         try:
+            running.set()
             self.sleep(30)
         finally:
             stopped.set()
@@ -199,6 +200,7 @@ def test_parity_revoke(app, client, start_worker, queue_name):
     start_worker(app, queue_name)
     result = forever.delay()
     wait_for_state(client, result.id, {"RUNNING"})
+    assert running.wait(5)  # RUNNING is recorded as the handler is handed to its thread
     assert result.revoke(terminate=True) is True
     assert stopped.wait(5), "the handler was not stopped"
     wait_for_state(client, result.id, {"CANCELLED"}, timeout=5)
