@@ -21,14 +21,18 @@ def burn(seconds):
     return os.getpid()
 
 
-@app.task
-def work(units):
+def plain_work(units):
     """A fixed amount of pure-Python CPU work (a unit is about 1 ms); returns the pid."""
     total = 0
     for _ in range(units):
         for i in range(10_000):
             total += i * i
     return os.getpid()
+
+
+@app.task
+def work(units):
+    return plain_work(units)
 
 
 @app.task

@@ -4,6 +4,7 @@ kills and replaces a child at the hard limit, on revoke and on a crash
 (failing only that task), retires children by task count and memory, and
 keeps leases while its children burn CPU; per-task pool overrides."""
 
+import multiprocessing
 import os
 import time
 
@@ -49,20 +50,37 @@ def test_process_pool_runs_cpu_bound_tasks_in_parallel(client, start_worker, ser
     pool_worker(start_worker, process_queue, pool="process")
     warm_up(client, threads_queue, 2)
     assert len(warm_up(client, process_queue, 2)) == 2
-    # Another build may share the two cores: up to five rounds, the best counts.
-    ratios = []
+    # Another build may share the two cores: up to five rounds, the best
+    # counts. Each round also times the same work on a plain multiprocessing
+    # pool, which tells how much parallelism the machine gives right now.
+    rounds = []
     for round_number in range(5):
         threads, thread_pids = run_burns(client, threads_queue, 4, 1400)
         process, process_pids = run_burns(client, process_queue, 4, 1400)
+        plain = plain_pool_time(4, 1400)
         load = os.getloadavg()[0]
-        ratios.append(process / threads)
+        rounds.append((process / threads, plain / threads))
         record(f"cpu-bound x4 (1400 units of pure-Python work each), -c 2, round {round_number + 1}: "
-               f"threads {threads:.2f}s, process {process:.2f}s, ratio {process / threads:.2f} (load {load:.2f})")
+               f"threads {threads:.2f}s, process {process:.2f}s, ratio {process / threads:.2f}; "
+               f"plain multiprocessing {plain:.2f}s, ratio {plain / threads:.2f} (load {load:.2f})")
         assert set(thread_pids) == {os.getpid()}
         assert len(set(process_pids)) == 2 and os.getpid() not in process_pids
-        if ratios[-1] <= 0.6:
-            break
-    assert min(ratios) <= 0.6, f"process/threads ratios {[round(r, 2) for r in ratios]} (load {load:.2f})"
+        if process / threads <= 0.6:
+            return
+    best, plain_best = min(rounds)
+    # No round met 0.6: pass only if the machine itself could not (a plain
+    # pool never met it either) and the worker kept up with the plain pool.
+    busy = all(plain_ratio > 0.6 for _, plain_ratio in rounds)
+    assert busy and best <= plain_best + 0.1, f"(process, plain) / threads ratios per round: {rounds}"
+    record("machine busy: the 0.6 bound was not measurable; the process pool kept up with plain multiprocessing")
+
+
+def plain_pool_time(count, units):
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(pool_tasks.plain_work, [1, 1])
+        started = time.monotonic()
+        pool.map(pool_tasks.plain_work, [units] * count, chunksize=1)
+        return time.monotonic() - started
 
 
 def test_parity_soft_limit_interrupts_time_sleep_in_a_child(client, start_worker, queue_name):
