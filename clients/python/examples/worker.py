@@ -12,33 +12,35 @@ import sys
 
 from conveyor import Conveyor
 
+# Explicit bare names: workers and producers in other languages use them
+# (without `name=`, a task is named `module.function`, as in Celery).
 app = Conveyor(os.environ.get("CONVEYOR_ADDR") or "http://127.0.0.1:50051")
 
 
-@app.task
+@app.task(name="add")
 def add(a, b):
     """a + b; integers stay integers."""
     return a + b
 
 
-@app.task
+@app.task(name="xsum")
 def xsum(numbers):
     """The sum of a JSON array of numbers; any float makes a float."""
     return sum(numbers)
 
 
-@app.task(dont_retry_for=(ValueError,))
+@app.task(name="fail", dont_retry_for=(ValueError,))
 def fail(message="boom"):
     """Always fails with a non-retryable ValueError."""
     raise ValueError(message)
 
 
-@app.task
+@app.task(name="lang")
 def lang():
     return "python"
 
 
-@app.task
+@app.task(name="sleep")
 async def sleep(seconds):
     """Sleeps; cancelling the task cancels the sleep."""
     await asyncio.sleep(float(seconds))

@@ -3,6 +3,7 @@ this process (a thread) or in child processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -44,12 +45,13 @@ def read_line(stream, timeout: float) -> str:
         return ""
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[str]:
-    """The address of a `conveyor dev` that lives as long as the session."""
+@contextlib.contextmanager
+def dev_server(*extra: str, log_name: str = "python-client-server.log") -> Iterator[str]:
+    """A `conveyor dev` on a free port (heartbeat 200 ms, lease TTL 1 s,
+    RUNNING tracked) with `extra` flags; yields its http:// address."""
     log_dir = Path(os.environ.get("CONVEYOR_TMP") or tempfile.gettempdir())
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / "python-client-server.log"  # the last run's server log
+    log_path = log_dir / log_name  # the last run's server log
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [
@@ -63,6 +65,7 @@ def server() -> Iterator[str]:
                 "1s",
                 # The tests watch every state, RUNNING included.
                 "--track-started",
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=log,
@@ -81,6 +84,13 @@ def server() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[str]:
+    """The address of a `conveyor dev` that lives as long as the session."""
+    with dev_server() as address:
+        yield address
 
 
 @pytest.fixture(scope="session")
@@ -220,4 +230,4 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.02)
 
 
-__all__ = ["ProcessWorker", "ThreadWorker", "signal", "wait_for_state", "wait_until"]
+__all__ = ["ProcessWorker", "ThreadWorker", "dev_server", "signal", "wait_for_state", "wait_until"]

@@ -2,6 +2,7 @@
 its own event loop with asyncio.run; the worker runs in a thread)."""
 
 import asyncio
+import socket
 import time
 import uuid
 
@@ -79,3 +80,16 @@ def test_errors_timeout_watch_and_cancel(server, start_worker, queue_name):
             assert await client.result(waiting, timeout=1) == 4
 
     asyncio.run(scenario())
+
+
+async def _failover(dead, server, queue):
+    async with conveyor.aio.AsyncClient([dead, server]) as client:
+        task_id = await client.submit("nobody", queue=queue)  # keyed by default: retried on the next address
+        assert (await client.get(task_id)).id == task_id
+
+
+def test_async_client_fails_over(server, queue_name):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    asyncio.run(_failover(dead, server, queue_name))

@@ -23,6 +23,10 @@ def test_wheel_builds(tmp_path):
             "conveyor/__init__.py",
             "conveyor/aio.py",
             "conveyor/worker.py",
+            "conveyor/cli.py",
+            "conveyor/__main__.py",
+            "conveyor/_process.py",
+            "conveyor/schedules.py",
             "conveyor/py.typed",
             "conveyor/v1/task_pb2.py",
             "conveyor/v1/dispatch_service_pb2_grpc.py",
@@ -30,6 +34,15 @@ def test_wheel_builds(tmp_path):
             assert module in names, module
         assert not any("__pycache__" in name for name in names)
         metadata = next(wheel.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+        entry_points = next(wheel.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "[console_scripts]" in entry_points
+    assert "conveyor-worker = conveyor.cli:main" in entry_points
+    # What PyPI shows: a summary, the README as description, license, classifiers.
+    assert "Summary: Python client and worker SDK for Conveyor" in metadata
+    assert "Description-Content-Type: text/markdown" in metadata
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "Classifier: Programming Language :: Python :: 3.12" in metadata
+    assert "## Migrating from Celery" in metadata
     assert "Name: conveyor-client" in metadata
     assert "Requires-Python: >=3.10" in metadata
     assert "Requires-Dist: grpcio<2,>=1.85.1" in metadata

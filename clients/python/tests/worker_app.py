@@ -11,7 +11,7 @@ from conveyor import Conveyor
 app = Conveyor(os.environ.get("CONVEYOR_ADDR"))
 
 
-@app.task(bind=True)
+@app.task(name="slow", bind=True)
 def slow(ctx, seconds):
     ctx.sleep(seconds)
     return {"attempt": ctx.attempt, "worker": ctx.worker_id}

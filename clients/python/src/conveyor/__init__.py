@@ -9,10 +9,12 @@ Celery-like: `Conveyor` (the app) with `@app.task`, `delay`/`apply_async`,
 from conveyor import aio
 from conveyor._codec import JSON_CONTENT_TYPE, Progress, TaskState, build_spec, decode, encode
 from conveyor._version import __version__
-from conveyor.app import AsyncResult, Conveyor, Signature, Task
+from conveyor._eager import EagerResult
+from conveyor.app import AsyncResult, Config, Conveyor, Signature, Task, current_app
 from conveyor.client import Client
 from conveyor.errors import (
     ConveyorError,
+    MaxRetriesExceededError,
     PayloadError,
     ProtocolError,
     Reject,
@@ -25,14 +27,19 @@ from conveyor.errors import (
     TaskTimeout,
     Terminated,
 )
-from conveyor.worker import TaskContext, Worker, current_task
+from conveyor.schedules import crontab
+from conveyor.worker import POOLS, TaskContext, Worker, current_task
 
 __all__ = [
     "JSON_CONTENT_TYPE",
+    "POOLS",
     "AsyncResult",
     "Client",
+    "Config",
     "Conveyor",
     "ConveyorError",
+    "EagerResult",
+    "MaxRetriesExceededError",
     "PayloadError",
     "ProtocolError",
     "Progress",
@@ -53,6 +60,8 @@ __all__ = [
     "__version__",
     "aio",
     "build_spec",
+    "crontab",
+    "current_app",
     "current_task",
     "decode",
     "encode",

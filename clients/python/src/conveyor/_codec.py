@@ -30,7 +30,8 @@ _MAX_DURATION_SECONDS = 315_576_000_000
 
 
 class TaskState(str, enum.Enum):
-    """A task's state. A `str` enum: `state == "SUCCEEDED"` works too."""
+    """A task's state. A `str` enum: `state == "SUCCEEDED"` works too, and so
+    do Celery's names: `state == "SUCCESS"` (see `celery`)."""
 
     UNSPECIFIED = "UNSPECIFIED"
     SCHEDULED = "SCHEDULED"
@@ -51,10 +52,33 @@ class TaskState(str, enum.Enum):
             return cls.UNSPECIFIED
         return cls(name.removeprefix("TASK_STATE_"))
 
+    @classmethod
+    def _missing_(cls, value: object) -> TaskState | None:
+        """`TaskState("SUCCESS")`: a Celery name gives its state."""
+        return _FROM_CELERY.get(value) if isinstance(value, str) else None
+
     @property
     def terminal(self) -> bool:
         """SUCCEEDED, FAILED, CANCELLED or EXPIRED."""
         return self in _TERMINAL
+
+    @property
+    def celery(self) -> str:
+        """Celery's name: PENDING (not started: SCHEDULED, QUEUED, LEASED,
+        WAITING), STARTED (RUNNING), SUCCESS, FAILURE, REVOKED (CANCELLED,
+        EXPIRED). `AsyncResult.celery_state` also tells RETRY (waiting for
+        a retry after a failure)."""
+        return _CELERY[self][0]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str) and not isinstance(other, TaskState):
+            return str.__eq__(self, other) or other in _CELERY[self]
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = str.__hash__
 
     def __str__(self) -> str:
         return self.value
@@ -63,6 +87,28 @@ class TaskState(str, enum.Enum):
 _TERMINAL = frozenset(
     {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED}
 )
+# Celery's names of each state, the first being `TaskState.celery`.
+_CELERY: dict[TaskState, tuple[str, ...]] = {
+    TaskState.UNSPECIFIED: ("PENDING",),
+    TaskState.SCHEDULED: ("PENDING",),
+    TaskState.QUEUED: ("PENDING",),
+    TaskState.LEASED: ("PENDING", "RECEIVED"),
+    TaskState.RUNNING: ("STARTED",),
+    TaskState.SUCCEEDED: ("SUCCESS",),
+    TaskState.FAILED: ("FAILURE",),
+    TaskState.CANCELLED: ("REVOKED",),
+    TaskState.EXPIRED: ("REVOKED",),
+    TaskState.WAITING: ("PENDING",),
+}
+_FROM_CELERY = {
+    "PENDING": TaskState.QUEUED,
+    "RECEIVED": TaskState.LEASED,
+    "STARTED": TaskState.RUNNING,
+    "RETRY": TaskState.SCHEDULED,
+    "SUCCESS": TaskState.SUCCEEDED,
+    "FAILURE": TaskState.FAILED,
+    "REVOKED": TaskState.CANCELLED,
+}
 
 
 # --- payloads --------------------------------------------------------------------

@@ -43,7 +43,9 @@ class Target:
     secure: bool
 
 
-def resolve_address(address: str | None) -> str:
+def resolve_address(address: str | Sequence[str] | None) -> str:
+    if address is not None and not isinstance(address, str):
+        return ",".join(address)
     return address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
 
 
@@ -66,6 +68,25 @@ def parse_address(address: str | None) -> Target:
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     return Target(f"{host}:{port}", secure=secure)
+
+
+def parse_targets(address: str | Sequence[str] | None) -> list[Target]:
+    """Every address of a comma-separated list (or a sequence), each as
+    `parse_address` reads it. `ipv4:A,B` and `ipv6:[A],[B]` become one target
+    per address, so that the SDK fails over between them itself."""
+    if address is not None and not isinstance(address, str):
+        items = [str(item) for item in address]
+    else:
+        text = resolve_address(address).strip()
+        scheme = ""
+        for prefix in ("ipv4:", "ipv6:"):
+            if text.startswith(prefix):
+                scheme, text = prefix, text[len(prefix) :]
+        items = [scheme + part.strip() if scheme else part.strip() for part in text.split(",")]
+    targets = [parse_address(item) for item in items if item.strip()]
+    if not targets:
+        raise ValueError(f"no address in {address!r}: give host:port, http://host:port or a comma-separated list")
+    return targets
 
 
 def call_metadata(token: str | None, metadata: Iterable[tuple[str, str]] | None) -> tuple[tuple[str, str], ...]:
@@ -100,3 +121,17 @@ def wait_again(code: grpc.StatusCode | None, waited: float, remaining: float | N
     if code != grpc.StatusCode.DEADLINE_EXCEEDED or waited < MIN_USEFUL_WAIT:
         return False
     return remaining is None or remaining >= MIN_USEFUL_WAIT
+
+
+# Retries of UNAVAILABLE for calls that are safe to repeat: at most this many
+# attempts, the delay from RETRY_MIN doubling to RETRY_MAX (full jitter).
+RETRY_ATTEMPTS = 5
+RETRY_MIN = 0.05
+RETRY_MAX = 1.0
+
+
+def retry_delay(attempt: int) -> float:
+    """The pause before retry number `attempt` (1-based)."""
+    import random  # noqa: PLC0415
+
+    return random.uniform(0, min(RETRY_MAX, RETRY_MIN * (2 ** (attempt - 1))))

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -15,10 +17,12 @@ from conveyor._common import (
     CHANNEL_OPTIONS,
     DEFAULT_RPC_TIMEOUT,
     MAX_TASKS_PER_BATCH,
+    RETRY_ATTEMPTS,
     WAIT_DEADLINE_MARGIN,
     as_request,
     call_metadata,
-    parse_address,
+    parse_targets,
+    retry_delay,
     wait_again,
 )
 from conveyor.errors import ConveyorError, ProtocolError
@@ -46,34 +50,51 @@ class AsyncClient:
 
     def __init__(
         self,
-        address: str | None = None,
+        address: str | Sequence[str] | None = None,
         *,
         token: str | None = None,
         metadata: Iterable[tuple[str, str]] | None = None,
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         channel: grpc.aio.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Iterable[tuple[str, Any]] = (),
+        retry_attempts: int = RETRY_ATTEMPTS,
     ):
+        options = [*CHANNEL_OPTIONS, *channel_options]
         if channel is None:
-            target = parse_address(address)
-            if target.secure or credentials is not None:
-                channel = grpc.aio.secure_channel(
-                    target.target, credentials or grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS
-                )
-            else:
-                channel = grpc.aio.insecure_channel(target.target, options=CHANNEL_OPTIONS)
+            channels = []
+            for target in parse_targets(address):
+                if target.secure or credentials is not None:
+                    creds = credentials or grpc.ssl_channel_credentials()
+                    channels.append(grpc.aio.secure_channel(target.target, creds, options=options))
+                else:
+                    channels.append(grpc.aio.insecure_channel(target.target, options=options))
             self._owns_channel = True
         else:
+            channels = [channel]
             self._owns_channel = False
-        self.channel = channel
-        self.submission = submission_service_pb2_grpc.SubmissionServiceStub(channel)
-        self.results = results_service_pb2_grpc.ResultsServiceStub(channel)
+        self._channels = channels
+        self._current = 0
         self._metadata = call_metadata(token, metadata)
         self._rpc_timeout = rpc_timeout
+        self._retry_attempts = max(1, int(retry_attempts))
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        return self._channels[self._current]
+
+    @property
+    def submission(self) -> submission_service_pb2_grpc.SubmissionServiceStub:
+        return submission_service_pb2_grpc.SubmissionServiceStub(self.channel)
+
+    @property
+    def results(self) -> results_service_pb2_grpc.ResultsServiceStub:
+        return results_service_pb2_grpc.ResultsServiceStub(self.channel)
 
     async def close(self) -> None:
         if self._owns_channel:
-            await self.channel.close()
+            for channel in self._channels:
+                await channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -91,12 +112,13 @@ class AsyncClient:
         **options: Any,
     ) -> str:
         """Submits one task and returns its id; see `Client.submit`."""
+        options.setdefault("idempotency_key", f"auto-{uuid.uuid4().hex}")
         spec = _codec.build_spec(name, args, kwargs, **options)
         return (await self.submit_spec(spec)).task_id
 
     async def submit_spec(self, spec: task_pb2.TaskSpec) -> submission_service_pb2.SubmitTaskResponse:
         request = submission_service_pb2.SubmitTaskRequest(task=spec)
-        return await self._call(self.submission.SubmitTask, request, "SubmitTask")
+        return await self._call("submission", "SubmitTask", request, safe=bool(spec.idempotency_key))
 
     async def submit_many(self, tasks: Iterable[Any]) -> list[str]:
         """Submits many tasks (one SubmitTasks call per 1000); see
@@ -104,12 +126,13 @@ class AsyncClient:
         specs = []
         for item in tasks:
             name, args, kwargs, options = as_request(item)
+            options = {"idempotency_key": f"auto-{uuid.uuid4().hex}", **options}
             specs.append(_codec.build_spec(name, args, kwargs, **options))
         ids: list[str] = []
         for start in range(0, len(specs), MAX_TASKS_PER_BATCH):
             batch = specs[start : start + MAX_TASKS_PER_BATCH]
             request = submission_service_pb2.SubmitTasksRequest(tasks=batch)
-            response = await self._call(self.submission.SubmitTasks, request, "SubmitTasks")
+            response = await self._call("submission", "SubmitTasks", request, safe=all(t.idempotency_key for t in batch))
             if len(response.results) != len(batch):
                 raise ProtocolError(f"submitted {len(batch)} tasks, got {len(response.results)} results")
             ids.extend(result.task_id for result in response.results)
@@ -119,23 +142,23 @@ class AsyncClient:
         """Cancels (revokes) a task, queued or running; True when this call
         did. See `Client.cancel`."""
         request = submission_service_pb2.CancelTaskRequest(task_id=task_id)
-        return (await self._call(self.submission.CancelTask, request, "CancelTask")).cancelled
+        return (await self._call("submission", "CancelTask", request)).cancelled
 
     async def replay(self, task_id: str) -> _codec.TaskState:
         """Queues a FAILED task again; see `Client.replay`."""
         request = submission_service_pb2.ReplayTaskRequest(task_id=task_id)
-        response = await self._call(self.submission.ReplayTask, request, "ReplayTask")
+        response = await self._call("submission", "ReplayTask", request)
         return _codec.TaskState.from_proto(response.state)
 
     async def forget(self, task_id: str) -> None:
         """Deletes a finished task now; see `Client.forget`."""
         request = results_service_pb2.ForgetTaskRequest(task_id=task_id)
-        await self._call(self.results.ForgetTask, request, "ForgetTask")
+        await self._call("results", "ForgetTask", request)
 
     async def list_dead_letters(self, page_size: int = 0, page_token: str = "") -> tuple[list[task_pb2.Task], str]:
         """One page of dead letters and the next page's token."""
         request = results_service_pb2.ListDeadLettersRequest(page_size=page_size, page_token=page_token)
-        response = await self._call(self.results.ListDeadLetters, request, "ListDeadLetters")
+        response = await self._call("results", "ListDeadLetters", request, safe=True)
         return list(response.tasks), response.next_page_token
 
     async def dead_letters(self, page_size: int = 0) -> AsyncIterator[task_pb2.Task]:
@@ -152,7 +175,7 @@ class AsyncClient:
 
     async def get(self, task_id: str) -> task_pb2.Task:
         request = results_service_pb2.GetTaskRequest(task_id=task_id)
-        response = await self._call(self.results.GetTask, request, "GetTask")
+        response = await self._call("results", "GetTask", request, safe=True)
         return _codec.require_task(response, "GetTask")
 
     async def state(self, task_id: str) -> _codec.TaskState:
@@ -198,8 +221,20 @@ class AsyncClient:
         finally:
             call.cancel()
 
-    async def _call(self, method: Any, request: Any, rpc: str) -> Any:
-        try:
-            return await method(request, timeout=self._rpc_timeout, metadata=self._metadata)
-        except grpc.RpcError as error:
-            raise ConveyorError.from_rpc(error, rpc) from None
+    async def _call(self, service: str, rpc: str, request: Any, *, safe: bool = False) -> Any:
+        """As `Client._call`: UNAVAILABLE retried on the next address when safe."""
+        attempt = 0
+        while True:
+            attempt += 1
+            stub = self.submission if service == "submission" else self.results
+            try:
+                return await getattr(stub, rpc)(request, timeout=self._rpc_timeout, metadata=self._metadata)
+            except grpc.RpcError as error:
+                code = error.code() if callable(getattr(error, "code", None)) else None
+                if code != grpc.StatusCode.UNAVAILABLE:
+                    raise ConveyorError.from_rpc(error, rpc) from None
+                self._current = (self._current + 1) % len(self._channels)
+                if not safe or attempt >= self._retry_attempts:
+                    hint = "" if safe else " (not retried: repeating it is not safe)"
+                    raise ConveyorError.from_rpc(error, f"{rpc}{hint}; is the server at the address running?") from None
+                await asyncio.sleep(retry_delay(attempt))

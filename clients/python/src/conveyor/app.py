@@ -4,19 +4,57 @@ makes), `Signature` (a task with arguments and options bound) and
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import importlib
+import logging
+import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from conveyor import _codec
 from conveyor._common import resolve_address
+from conveyor._eager import EagerResult, run_eager
 from conveyor.client import Client
 from conveyor.errors import TaskNotSucceeded
 from conveyor.v1 import task_pb2
 from conveyor.worker import DEFAULT_CONCURRENCY, Handler, Worker, current_task
 
-__all__ = ["AsyncResult", "Conveyor", "Signature", "Task"]
+__all__ = ["AsyncResult", "Config", "Conveyor", "EagerResult", "Signature", "Task", "current_app"]
+
+log = logging.getLogger("conveyor.app")
+
+# Task settings that shape how the worker runs the handler (not submission
+# options): Celery's names.
+_HANDLER_SETTINGS = (
+    "pool",
+    "autoretry_for",
+    "retry_backoff",
+    "retry_backoff_max",
+    "retry_jitter",
+    "retry_kwargs",
+    "default_retry_delay",
+)
+# Celery task options accepted and ignored: Conveyor behaves this way always
+# (acks_late, track_started: leases and RUNNING) or has nothing to set.
+_IGNORED_SETTINGS = ("acks_late", "ignore_result", "track_started", "serializer", "typing", "reject_on_worker_lost")
+_SCHEDULE_ID = re.compile(r"[^A-Za-z0-9_.:/-]")
+
+
+class Config(dict):
+    """`app.conf`: a dict whose keys are also attributes, as Celery's.
+    Read: `beat_schedule`, `task_routes`, `task_always_eager`,
+    `task_eager_propagates`, `task_default_queue`; other keys are kept."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no setting {name!r} in app.conf") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
 
 
 def _options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -24,6 +62,17 @@ def _options(options: Mapping[str, Any]) -> dict[str, Any]:
     kept = {key: value for key, value in options.items() if value is not None}
     _codec.check_options(kept)
     return kept
+
+
+_default_app: Conveyor | None = None
+
+
+def current_app() -> Conveyor:
+    """The app created last in this process (Celery's `current_app`), which
+    `AsyncResult(task_id)` uses when given no app."""
+    if _default_app is None:
+        raise RuntimeError("no Conveyor app yet: create one (app = conveyor.Conveyor(address)) first")
+    return _default_app
 
 
 class Conveyor:
@@ -43,18 +92,47 @@ class Conveyor:
 
     def __init__(
         self,
-        address: str | None = None,
+        address: str | Sequence[str] | None = None,
         *,
+        main: str | None = None,
         token: str | None = None,
         metadata: Iterable[tuple[str, str]] | None = None,
         client: Client | None = None,
+        eager: bool = False,
     ):
         self.address = resolve_address(address)
+        self.main = main
         self._token = token
         self._metadata = tuple(metadata or ())
         self._client = client
         self._lock = threading.Lock()
         self.tasks: dict[str, Task] = {}
+        self.conf = Config(
+            beat_schedule={},
+            task_routes={},
+            task_always_eager=eager,
+            task_eager_propagates=False,
+            task_default_queue=None,
+        )
+        global _default_app
+        _default_app = self
+
+    def set_current(self) -> None:
+        """Makes this the app that `AsyncResult(task_id)` uses (Celery's)."""
+        global _default_app
+        _default_app = self
+
+    def config_from_object(self, source: Any) -> None:
+        """Copies the lowercase settings of a module, a module name, an
+        object or a mapping into `app.conf` (Celery's)."""
+        if isinstance(source, str):
+            source = importlib.import_module(source)
+        items = source.items() if isinstance(source, Mapping) else vars(source).items()
+        self.conf.update({k: v for k, v in items if not k.startswith("_") and k.islower()})
+
+    @property
+    def eager(self) -> bool:
+        return bool(self.conf.get("task_always_eager"))
 
     # --- producer side ---------------------------------------------------------------
 
@@ -88,21 +166,34 @@ class Conveyor:
         **options: Any,
     ) -> Any:
         """Registers a task: `@app.task` or `@app.task(name="add",
-        queue="math", max_retries=3, ...)`. The name defaults to the
-        function's `__name__` (names are shared with workers in any language,
-        so keep them simple). Options are the defaults of every submission
-        (see `Client.submit`). `bind=True` passes the `TaskContext` as first
-        argument; `dont_retry_for` lists exception types that fail the task
-        for good."""
+        queue="math", max_retries=3, ...)`. The name defaults to
+        `module.function` as in Celery (`main` stands for `__main__`); give
+        `name=` for a bare name shared with workers in other languages.
+        Submission options (see `Client.submit`) become the defaults of every
+        submission. Worker settings: `bind=True` passes the `TaskContext` (with
+        Celery's `request`, `retry`, `update_state`) as first argument;
+        `dont_retry_for` lists exception types that fail the task for good;
+        `pool` ("threads", "process", "asyncio") overrides the worker's pool;
+        `autoretry_for`, `retry_backoff`, `retry_backoff_max`, `retry_jitter`,
+        `retry_kwargs`, `default_retry_delay` as in Celery."""
+        settings = {key: options.pop(key) for key in _HANDLER_SETTINGS if key in options}
+        for key in _IGNORED_SETTINGS:
+            options.pop(key, None)
+        if "autoretry_for" in settings:
+            settings["autoretry_for"] = tuple(settings["autoretry_for"])
+        retry_kwargs = settings.get("retry_kwargs") or {}
+        if "max_retries" in retry_kwargs and "max_retries" not in options:
+            options["max_retries"] = retry_kwargs["max_retries"]
 
         def decorate(function: Callable[..., Any]) -> Task:
             task = Task(
                 self,
                 function,
-                name=name or function.__name__,
+                name=name or self._default_name(function),
                 bind=bind,
                 dont_retry_for=tuple(dont_retry_for),
                 options=_options(options),
+                settings=settings,
             )
             self.tasks[task.name] = task
             return task
@@ -110,6 +201,60 @@ class Conveyor:
         if fn is not None:
             return decorate(fn)
         return decorate
+
+    def _default_name(self, function: Callable[..., Any]) -> str:
+        module = getattr(function, "__module__", None) or "__main__"
+        if module == "__main__" and self.main:
+            module = self.main
+        return f"{module}.{function.__name__}"
+
+    def route(self, name: str) -> dict[str, Any]:
+        """The options `conf.task_routes` gives task `name` (a dict of exact
+        names or glob patterns, or a callable returning options or None)."""
+        routes = self.conf.get("task_routes") or {}
+        found: Any = None
+        if callable(routes):
+            found = routes(name)
+        else:
+            for items in routes if isinstance(routes, (list, tuple)) else [routes]:
+                if name in items:
+                    found = items[name]
+                    break
+                for pattern, value in items.items():
+                    if fnmatch.fnmatchcase(name, pattern):
+                        found = value
+                        break
+                if found is not None:
+                    break
+        if found is None:
+            default = self.conf.get("task_default_queue")
+            return {"queue": default} if default else {}
+        if isinstance(found, str):
+            return {"queue": found}
+        return {k: v for k, v in dict(found).items() if k in ("queue", "priority")}
+
+    # --- beat ------------------------------------------------------------------------
+
+    def sync_beat_schedule(self) -> dict[str, str]:
+        """Creates or updates one schedule per `conf.beat_schedule` entry on
+        the scheduling service (id `beat:<entry name>`); idempotent, so every
+        worker and app may call it. Returns each entry's id and what was done
+        ("created", "updated", "unchanged")."""
+        done: dict[str, str] = {}
+        for entry, spec in (self.conf.get("beat_schedule") or {}).items():
+            if "task" not in spec or "schedule" not in spec:
+                raise ValueError(f"beat_schedule entry {entry!r} needs 'task' and 'schedule'")
+            options = {**self.route(spec["task"]), **dict(spec.get("options") or {})}
+            task = self.tasks.get(spec["task"])
+            if task is not None:
+                options = {**task.options, **options}
+            schedule_id = "beat:" + _SCHEDULE_ID.sub("_", entry)[:190]
+            args, kwargs = spec.get("args") or (), spec.get("kwargs") or {}
+            done[schedule_id] = self.client.schedules.ensure(
+                schedule_id, spec["task"], spec["schedule"], list(args), dict(kwargs), **options
+            )
+            log.info("beat schedule %s: %s", schedule_id, done[schedule_id])
+        return done
 
     def send_task(
         self,
@@ -119,8 +264,12 @@ class Conveyor:
         **options: Any,
     ) -> AsyncResult:
         """Submits a task by name (it may be defined by a worker in another
-        language) and returns its `AsyncResult`."""
-        task_id = self.client.submit(name, list(args or ()), dict(kwargs or {}), **_options(options))
+        language) and returns its `AsyncResult`. `conf.task_routes` picks the
+        queue when neither the call nor the task's defaults give one."""
+        options = {**self.route(name), **_options(options)}
+        if self.eager and name in self.tasks:
+            return self.tasks[name]._apply_eager(args, kwargs, options)
+        task_id = self.client.submit(name, list(args or ()), dict(kwargs or {}), **options)
         return AsyncResult(task_id, app=self)
 
     def send_many(self, signatures: Iterable[Signature | Any]) -> list[AsyncResult]:
@@ -150,14 +299,17 @@ class Conveyor:
         **settings: Any,
     ) -> Worker:
         """A `Worker` that runs this app's tasks (call `.run()`). Settings:
-        worker_id, grace_period, heartbeat_interval, reconnect_backoff,
-        credentials; see `conveyor.Worker`."""
-        handlers = {
-            name: Handler(name, task.run, bind=task.bind, dont_retry_for=task.dont_retry_for)
-            for name, task in self.tasks.items()
-        }
+        pool, worker_id, grace_period, heartbeat_interval, reconnect_backoff,
+        max_tasks_per_child, max_memory_per_child, credentials; see
+        `conveyor.Worker`. A non-empty `conf.beat_schedule` is synced to the
+        scheduling service when the worker connects."""
+        handlers = {name: task.handler() for name, task in self.tasks.items()}
+        if queues is None and self.conf.get("task_default_queue"):
+            queues = [self.conf["task_default_queue"]]
         settings.setdefault("token", self._token)
         settings.setdefault("metadata", self._metadata)
+        if self.conf.get("beat_schedule"):
+            settings["on_connect"] = [*settings.get("on_connect", ()), self.sync_beat_schedule]
         return Worker(self.address, tasks=handlers, concurrency=concurrency, queues=queues, **settings)
 
     def __repr__(self) -> str:
@@ -177,6 +329,7 @@ class Task:
         bind: bool = False,
         dont_retry_for: tuple[type[BaseException], ...] = (),
         options: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
     ):
         self.app = app
         self.run = fn
@@ -184,7 +337,25 @@ class Task:
         self.bind = bind
         self.dont_retry_for = dont_retry_for
         self.options = dict(options or {})
+        self.settings = dict(settings or {})
+        self.handler()  # checks the settings now
         functools.update_wrapper(self, fn)
+
+    @property
+    def max_retries(self) -> int | None:
+        return self.options.get("max_retries")
+
+    def handler(self) -> Handler:
+        """How a worker runs this task."""
+        return Handler(self.name, self.run, bind=self.bind, dont_retry_for=self.dont_retry_for, **self.settings)
+
+    def _apply_eager(self, args: Any, kwargs: Any, options: Mapping[str, Any]) -> EagerResult:
+        propagate = bool(self.app.conf.get("task_eager_propagates"))
+        return run_eager(self.handler(), args, kwargs, options, propagate)
+
+    def apply(self, args: Iterable[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any) -> EagerResult:
+        """Runs the task here and now, as eager mode does (Celery's `apply`)."""
+        return self._apply_eager(args, kwargs, {**self.options, **_options(options)})
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.bind:
@@ -299,7 +470,7 @@ class AsyncResult:
 
     def __init__(self, id: str, *, app: Conveyor | None = None, client: Client | None = None):  # noqa: A002
         if app is None and client is None:
-            raise ValueError("AsyncResult needs an app or a client")
+            app = current_app()
         self.id = id
         self.app = app
         self._client = client
@@ -331,9 +502,21 @@ class AsyncResult:
 
     @property
     def state(self) -> _codec.TaskState:
+        """The state now; compares equal to Celery's names too
+        (`r.state == "SUCCESS"`)."""
         return _codec.TaskState.from_proto(self._fetch().state)
 
     status = state
+
+    @property
+    def celery_state(self) -> str:
+        """Celery's name of the state: RETRY for a task waiting for another
+        attempt after a failure, else `state.celery`."""
+        task = self._fetch()
+        state = _codec.TaskState.from_proto(task.state)
+        if task.failures > 0 and state in (_codec.TaskState.SCHEDULED, _codec.TaskState.QUEUED):
+            return "RETRY"
+        return state.celery
 
     def ready(self) -> bool:
         """True once the task is SUCCEEDED, FAILED, CANCELLED or EXPIRED."""
@@ -392,9 +575,11 @@ class AsyncResult:
             return task.error.traceback
         return None
 
-    def revoke(self) -> bool:
-        """Cancels the task: if it runs, its worker stops it. True when this
-        call cancelled it, False when it had already finished."""
+    def revoke(self, terminate: bool = False, signal: Any = None) -> bool:
+        """Cancels the task: a queued one never runs, and a running one is
+        stopped on its worker whatever `terminate` says (Celery's
+        `revoke(terminate=True)`; a process-pool child running it is killed).
+        True when this call cancelled it, False when it had already finished."""
         return self.client.cancel(self.id)
 
     cancel = revoke

@@ -4,7 +4,8 @@ cancel) over the submission and results services."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -14,20 +15,26 @@ from conveyor._common import (
     CHANNEL_OPTIONS,
     DEFAULT_RPC_TIMEOUT,
     MAX_TASKS_PER_BATCH,
+    RETRY_ATTEMPTS,
     WAIT_DEADLINE_MARGIN,
     as_request,
     call_metadata,
-    parse_address,
+    parse_targets,
+    retry_delay,
     wait_again,
 )
 from conveyor.errors import ConveyorError, ProtocolError
 from conveyor.v1 import (
+    dispatch_service_pb2,
+    dispatch_service_pb2_grpc,
     results_service_pb2,
     results_service_pb2_grpc,
+    scheduling_service_pb2_grpc,
     submission_service_pb2,
     submission_service_pb2_grpc,
     task_pb2,
 )
+from conveyor.schedules import Schedules
 
 __all__ = ["Client"]
 
@@ -41,43 +48,66 @@ class Client:
     assert client.result(task_id, timeout=10) == 5
     ```
 
-    `address` defaults to `$CONVEYOR_ADDR`, then `http://127.0.0.1:50051`.
+    `address` defaults to `$CONVEYOR_ADDR`, then `http://127.0.0.1:50051`;
+    several addresses (a comma-separated string or a list) are failed over:
+    a call that is safe to repeat (reads, submissions with an idempotency key,
+    which `submit` adds unless given, pausing queues) is retried on
+    UNAVAILABLE, on the next address, up to 5 attempts with backoff.
     `token` is sent as a bearer token. Errors of calls raise `ConveyorError`
     with the gRPC status `code`.
     """
 
     def __init__(
         self,
-        address: str | None = None,
+        address: str | Sequence[str] | None = None,
         *,
         token: str | None = None,
         metadata: Iterable[tuple[str, str]] | None = None,
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         channel: grpc.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Iterable[tuple[str, Any]] = (),
+        retry_attempts: int = RETRY_ATTEMPTS,
     ):
+        options = [*CHANNEL_OPTIONS, *channel_options]
         if channel is None:
-            target = parse_address(address)
-            if target.secure or credentials is not None:
-                channel = grpc.secure_channel(
-                    target.target, credentials or grpc.ssl_channel_credentials(), options=CHANNEL_OPTIONS
-                )
-            else:
-                channel = grpc.insecure_channel(target.target, options=CHANNEL_OPTIONS)
+            channels = []
+            for target in parse_targets(address):
+                if target.secure or credentials is not None:
+                    creds = credentials or grpc.ssl_channel_credentials()
+                    channels.append(grpc.secure_channel(target.target, creds, options=options))
+                else:
+                    channels.append(grpc.insecure_channel(target.target, options=options))
             self._owns_channel = True
         else:
+            channels = [channel]
             self._owns_channel = False
-        self.channel = channel
-        self.submission = submission_service_pb2_grpc.SubmissionServiceStub(channel)
-        self.results = results_service_pb2_grpc.ResultsServiceStub(channel)
+        self._channels = channels
+        self._current = 0
         self._metadata = call_metadata(token, metadata)
         self._rpc_timeout = rpc_timeout
+        self._retry_attempts = max(1, int(retry_attempts))
+        self.schedules = Schedules(self)
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel of the address in use now."""
+        return self._channels[self._current]
+
+    @property
+    def submission(self) -> submission_service_pb2_grpc.SubmissionServiceStub:
+        return submission_service_pb2_grpc.SubmissionServiceStub(self.channel)
+
+    @property
+    def results(self) -> results_service_pb2_grpc.ResultsServiceStub:
+        return results_service_pb2_grpc.ResultsServiceStub(self.channel)
 
     # --- lifecycle ---------------------------------------------------------------
 
     def close(self) -> None:
         if self._owns_channel:
-            self.channel.close()
+            for channel in self._channels:
+                channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -100,6 +130,7 @@ class Client:
         max_retries, retry_policy, soft_time_limit, time_limit, rate_limit,
         rate_limit_key, concurrency_key, concurrency_limit, idempotency_key,
         headers, result_ttl)."""
+        options.setdefault("idempotency_key", _default_key())
         spec = _codec.build_spec(name, args, kwargs, **options)
         return self.submit_spec(spec).task_id
 
@@ -107,7 +138,7 @@ class Client:
         """Submits a ready-made TaskSpec; returns the whole response
         (task_id, duplicate, state)."""
         request = submission_service_pb2.SubmitTaskRequest(task=spec)
-        return self._call(self.submission.SubmitTask, request, "SubmitTask")
+        return self._call("submission", "SubmitTask", request, safe=bool(spec.idempotency_key))
 
     def submit_many(self, tasks: Iterable[Any]) -> list[str]:
         """Submits many tasks, returns their ids in order. Each entry is a
@@ -120,12 +151,14 @@ class Client:
         specs = []
         for item in tasks:
             name, args, kwargs, options = as_request(item)
+            options = {"idempotency_key": _default_key(), **options}
             specs.append(_codec.build_spec(name, args, kwargs, **options))
         ids: list[str] = []
         for start in range(0, len(specs), MAX_TASKS_PER_BATCH):
             batch = specs[start : start + MAX_TASKS_PER_BATCH]
             request = submission_service_pb2.SubmitTasksRequest(tasks=batch)
-            response = self._call(self.submission.SubmitTasks, request, "SubmitTasks")
+            safe = all(spec.idempotency_key for spec in batch)
+            response = self._call("submission", "SubmitTasks", request, safe=safe)
             if len(response.results) != len(batch):
                 raise ProtocolError(f"submitted {len(batch)} tasks, got {len(response.results)} results")
             ids.extend(result.task_id for result in response.results)
@@ -136,27 +169,27 @@ class Client:
         running one is cancelled on its worker. True when this call
         cancelled it; False when it had already finished."""
         request = submission_service_pb2.CancelTaskRequest(task_id=task_id)
-        return self._call(self.submission.CancelTask, request, "CancelTask").cancelled
+        return self._call("submission", "CancelTask", request).cancelled
 
     def replay(self, task_id: str) -> _codec.TaskState:
         """Queues a FAILED task (a dead letter) again under the same id, with
         its retry count reset; returns its new state (QUEUED).
         FAILED_PRECONDITION for a task in any other state."""
         request = submission_service_pb2.ReplayTaskRequest(task_id=task_id)
-        response = self._call(self.submission.ReplayTask, request, "ReplayTask")
+        response = self._call("submission", "ReplayTask", request)
         return _codec.TaskState.from_proto(response.state)
 
     def forget(self, task_id: str) -> None:
         """Deletes a finished task and its outcome now, before its result
         TTL. FAILED_PRECONDITION for a task that has not finished."""
         request = results_service_pb2.ForgetTaskRequest(task_id=task_id)
-        self._call(self.results.ForgetTask, request, "ForgetTask")
+        self._call("results", "ForgetTask", request)
 
     def list_dead_letters(self, page_size: int = 0, page_token: str = "") -> tuple[list[task_pb2.Task], str]:
         """One page of the tasks that failed for good, oldest first, and the
         token of the next page ("" after the last)."""
         request = results_service_pb2.ListDeadLettersRequest(page_size=page_size, page_token=page_token)
-        response = self._call(self.results.ListDeadLetters, request, "ListDeadLetters")
+        response = self._call("results", "ListDeadLetters", request, safe=True)
         return list(response.tasks), response.next_page_token
 
     def dead_letters(self, page_size: int = 0) -> Iterator[task_pb2.Task]:
@@ -174,7 +207,7 @@ class Client:
         """The task as it is now (state, attempts, and once finished its
         result or error). NOT_FOUND for an unknown or forgotten id."""
         request = results_service_pb2.GetTaskRequest(task_id=task_id)
-        response = self._call(self.results.GetTask, request, "GetTask")
+        response = self._call("results", "GetTask", request, safe=True)
         return _codec.require_task(response, "GetTask")
 
     def state(self, task_id: str) -> _codec.TaskState:
@@ -185,6 +218,7 @@ class Client:
         returns it. Raises `TaskTimeout` (code DEADLINE_EXCEEDED) when
         `timeout` seconds pass first; None waits for as long as it takes."""
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        unavailable = 0
         while True:
             started = time.monotonic()
             remaining = None if deadline is None else max(0.0, deadline - started)
@@ -199,6 +233,11 @@ class Client:
                 now = time.monotonic()
                 left = None if deadline is None else deadline - now
                 if wait_again(code, now - started, left):
+                    continue
+                if code == grpc.StatusCode.UNAVAILABLE and unavailable < self._retry_attempts - 1:
+                    unavailable += 1  # waiting is safe to repeat: fail over and wait again
+                    self._current = (self._current + 1) % len(self._channels)
+                    time.sleep(retry_delay(unavailable))
                     continue
                 raise ConveyorError.from_rpc(error, f"WaitTask {task_id}") from None
             return _codec.require_task(response, "WaitTask")
@@ -223,11 +262,56 @@ class Client:
 
     # --- helpers ----------------------------------------------------------------------
 
-    def _call(self, method: Any, request: Any, rpc: str) -> Any:
-        try:
-            return method(request, timeout=self._rpc_timeout, metadata=self._metadata)
-        except grpc.RpcError as error:
-            raise ConveyorError.from_rpc(error, rpc) from None
+    def pause_queue(self, queue: str) -> None:
+        """Stops handing out the queue's tasks until `resume_queue`;
+        submissions are still accepted and running tasks finish."""
+        self._call("dispatch", "PauseQueue", dispatch_service_pb2.PauseQueueRequest(queue=queue), safe=True)
+
+    def resume_queue(self, queue: str) -> None:
+        self._call("dispatch", "ResumeQueue", dispatch_service_pb2.ResumeQueueRequest(queue=queue), safe=True)
+
+    def workers(self) -> list[dispatch_service_pb2.WorkerInfo]:
+        """The worker sessions connected to the dispatcher answering."""
+        response = self._call("dispatch", "ListWorkers", dispatch_service_pb2.ListWorkersRequest(), safe=True)
+        return list(response.workers)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _stub(self, service: str) -> Any:
+        return _STUBS[service](self.channel)
+
+    def _call(self, service: str, rpc: str, request: Any, *, safe: bool = False) -> Any:
+        """Calls `rpc`; when `safe`, UNAVAILABLE is retried on the next
+        address with backoff, at most `retry_attempts` attempts."""
+        attempt = 0
+        while True:
+            attempt += 1
+            method = getattr(self._stub(service), rpc)
+            try:
+                return method(request, timeout=self._rpc_timeout, metadata=self._metadata)
+            except grpc.RpcError as error:
+                code = error.code() if callable(getattr(error, "code", None)) else None
+                if code != grpc.StatusCode.UNAVAILABLE:
+                    raise ConveyorError.from_rpc(error, rpc) from None
+                self._current = (self._current + 1) % len(self._channels)
+                if not safe or attempt >= self._retry_attempts:
+                    hint = "" if safe else " (not retried: repeating it is not safe)"
+                    raise ConveyorError.from_rpc(error, f"{rpc}{hint}; is the server at the address running?") from None
+                time.sleep(retry_delay(attempt))
+
+
+_STUBS = {
+    "submission": submission_service_pb2_grpc.SubmissionServiceStub,
+    "results": results_service_pb2_grpc.ResultsServiceStub,
+    "dispatch": dispatch_service_pb2_grpc.DispatchServiceStub,
+    "scheduling": scheduling_service_pb2_grpc.SchedulingServiceStub,
+}
+
+
+def _default_key() -> str:
+    """The idempotency key `submit` adds, so that a retried submission is
+    never run twice."""
+    return f"auto-{uuid.uuid4().hex}"
 
 
 def _watch(stream: Any, task_id: str) -> Iterator[task_pb2.Task]:

@@ -12,6 +12,7 @@ __all__ = [
     "ConveyorError",
     "PayloadError",
     "ProtocolError",
+    "MaxRetriesExceededError",
     "Reject",
     "Retry",
     "SoftTimeLimitExceeded",
@@ -165,6 +166,11 @@ class Retry(Exception):
         super().__init__(message or (f"retry in {countdown:g}s" if countdown is not None else "retry"))
         self.countdown = countdown
         self.exc = exc
+
+
+class MaxRetriesExceededError(Exception):
+    """Raised by `ctx.retry(max_retries=N)` when N retries were already made
+    and no `exc` was given (Celery's name)."""
 
 
 class SoftTimeLimitExceeded(Exception):

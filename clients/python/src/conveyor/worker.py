@@ -3,7 +3,9 @@
 the stream breaks and draining on SIGTERM/SIGINT.
 
 Async handlers run on the event loop; sync handlers run in a pool of at most
-`concurrency` threads. The worker grants one credit per free slot, so it
+`concurrency` threads (`pool="threads"`, the default) or of `concurrency`
+child processes (`pool="process"`, see `_process.py`), chosen per worker and
+overridable per task. The worker grants one credit per free slot, so it
 never holds more tasks than it can run.
 """
 
@@ -11,41 +13,35 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import datetime as _dt
 import functools
-import inspect
 import logging
 import os
+import pickle
 import random
 import signal
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import grpc.aio
 
 from conveyor import _codec
-from conveyor._common import CHANNEL_OPTIONS, call_metadata, parse_address
+from conveyor._common import CHANNEL_OPTIONS, call_metadata, parse_targets
+from conveyor._context import TaskContext, _current, current_task
+from conveyor._handler import POOLS, Handler, failure, prepare, success, task_error
+from conveyor._handler import error as _error
+from conveyor._process import ProcessPool
 from conveyor._threads import DaemonThreadPool, ThreadGuard
 from conveyor._version import __version__
-from conveyor.errors import (
-    ConveyorError,
-    PayloadError,
-    ProtocolError,
-    Reject,
-    Retry,
-    SoftTimeLimitExceeded,
-    Terminated,
-)
+from conveyor.errors import ConveyorError, ProtocolError, SoftTimeLimitExceeded, Terminated
 from conveyor.v1 import dispatch_service_pb2 as pb
-from conveyor.v1 import dispatch_service_pb2_grpc, task_pb2
+from conveyor.v1 import dispatch_service_pb2_grpc
 
-__all__ = ["TaskContext", "Worker", "current_task"]
+__all__ = ["POOLS", "Handler", "TaskContext", "Worker", "current_task", "task_error"]
 
 log = logging.getLogger("conveyor.worker")
 
@@ -64,8 +60,6 @@ _MAX_OUTCOMES_PER_FRAME = 1024
 _MAX_CONCURRENCY = 1 << 20
 _MAX_QUEUES = 64
 _MAX_TASK_NAMES = 1024
-_MAX_PROGRESS_STATE = 100
-_MAX_PROGRESS_META = 64 * 1024
 # Time a revoked async handler gets to stop before it is cancelled again.
 _REVOKE_GRACE = 1.0
 _FATAL_CODES = frozenset(
@@ -76,204 +70,6 @@ _FATAL_CODES = frozenset(
         grpc.StatusCode.UNIMPLEMENTED,
     }
 )
-
-_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
-    "conveyor_current_task", default=None
-)
-
-
-def current_task() -> TaskContext | None:
-    """The context of the attempt the calling handler runs (in its thread or
-    its asyncio task); None outside a handler."""
-    return _current.get()
-
-
-class TaskContext:
-    """One attempt of one task, as its handler sees it: ids, attempt number,
-    headers, time limits, and its cancellation.
-
-    Handlers get it from `conveyor.current_task()`, or as their first
-    argument when registered with `bind=True`.
-    """
-
-    def __init__(self, assignment: pb.Assignment, worker_id: str = ""):
-        self.assignment = assignment
-        self.id: str = assignment.task_id
-        self.name: str = assignment.name
-        self.attempt: int = assignment.attempt
-        self.max_retries: int = assignment.max_retries
-        self.lease_token: int = assignment.lease_token
-        self.headers: dict[str, str] = dict(assignment.headers)
-        self.soft_time_limit: float | None = _codec.from_duration(
-            assignment.soft_time_limit if assignment.HasField("soft_time_limit") else None
-        )
-        self.hard_time_limit: float | None = _codec.from_duration(
-            assignment.hard_time_limit if assignment.HasField("hard_time_limit") else None
-        )
-        self.created_at: _dt.datetime | None = (
-            _codec.from_timestamp(assignment.created_at) if assignment.HasField("created_at") else None
-        )
-        self.worker_id = worker_id
-        self._event = threading.Event()
-        self._reason: type[BaseException] = Terminated
-        self._reporter: Callable[[pb.ReportProgress], bool] | None = None
-
-    @property
-    def task_id(self) -> str:
-        return self.id
-
-    @property
-    def retries(self) -> int:
-        """Attempts before this one (Celery's `request.retries`)."""
-        return max(0, self.attempt - 1)
-
-    @property
-    def cancelled(self) -> bool:
-        """True once the attempt was cancelled or its soft time limit passed."""
-        return self._event.is_set()
-
-    def is_cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def wait_cancelled(self, timeout: float | None = None) -> bool:
-        """Blocks until the attempt is cancelled or `timeout` passes; True
-        when cancelled."""
-        return self._event.wait(timeout)
-
-    def sleep(self, seconds: float) -> None:
-        """Sleeps like `time.sleep`, but raises at once when the attempt is
-        cancelled (`Terminated`) or its soft time limit passes
-        (`SoftTimeLimitExceeded`)."""
-        if self._event.wait(max(0.0, seconds)):
-            raise self._reason(f"task {self.id} stopped while sleeping")
-
-    def check(self) -> None:
-        """Raises as `sleep` does when the attempt should stop."""
-        if self._event.is_set():
-            raise self._reason(f"task {self.id} stopped")
-
-    def update_state(self, state: str = "PROGRESS", meta: Any = None, *, percent: float = 0.0) -> bool:
-        """Reports a custom state and progress (Celery's `update_state`):
-        producers see it in `AsyncResult.progress` and in watch updates.
-        `meta` is any JSON value (at most 64 KiB encoded), `state` at most 100
-        bytes, `percent` 0 to 100. Callable from sync and async handlers;
-        best effort: False when there is no stream to send it on. Reports
-        sent faster than the stream takes them are coalesced (latest wins)."""
-        if len(state.encode()) > _MAX_PROGRESS_STATE:
-            raise ValueError(f"progress state is over {_MAX_PROGRESS_STATE} bytes")
-        if not 0.0 <= float(percent) <= 100.0:
-            raise ValueError(f"percent must be 0 to 100, not {percent}")
-        progress = task_pb2.Progress(state=state, percent=float(percent))
-        if meta is not None:
-            payload = _codec.encode(meta, "progress meta")
-            if len(payload.data) > _MAX_PROGRESS_META:
-                raise ValueError(f"progress meta is over {_MAX_PROGRESS_META} bytes encoded")
-            progress.meta.CopyFrom(payload)
-        report = pb.ReportProgress(task_id=self.id, lease_token=self.lease_token, progress=progress)
-        reporter = self._reporter
-        return reporter(report) if reporter is not None else False
-
-    def report_progress(self, percent: float, state: str = "PROGRESS", meta: Any = None) -> bool:
-        """`update_state` with the percentage first."""
-        return self.update_state(state, meta, percent=percent)
-
-    def retry(self, *, countdown: float | None = None, exc: BaseException | None = None) -> NoReturn:
-        """Ends this attempt and asks for another after `countdown` seconds
-        (Celery's `self.retry`); within the task's max_retries. Raises
-        `conveyor.Retry`, so `raise ctx.retry(...)` reads as in Celery."""
-        raise Retry(countdown=countdown, exc=exc)
-
-    def _cancel(self, reason: type[BaseException]) -> None:
-        if not self._event.is_set():
-            self._reason = reason
-            self._event.set()
-
-    def __repr__(self) -> str:
-        return f"<TaskContext {self.name} id={self.id} attempt={self.attempt}>"
-
-
-@dataclass
-class Handler:
-    """A registered task function and how to call it."""
-
-    name: str
-    fn: Callable[..., Any]
-    bind: bool = False
-    dont_retry_for: tuple[type[BaseException], ...] = ()
-    is_async: bool = field(init=False)
-    signature: inspect.Signature | None = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.is_async = _is_async(self.fn)
-        try:
-            self.signature = inspect.signature(self.fn)
-        except (TypeError, ValueError):
-            self.signature = None
-
-
-def _is_async(fn: Any) -> bool:
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    return not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__)
-
-
-# --- outcomes -----------------------------------------------------------------------
-
-
-_INTERNAL_FILES = {os.path.abspath(__file__), os.path.abspath(os.path.join(os.path.dirname(__file__), "_threads.py"))}
-
-
-def _format_traceback(exc: BaseException) -> str:
-    """The exception's traceback without the worker's own leading frames."""
-    tb = exc.__traceback__
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in _INTERNAL_FILES:
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
-
-
-def task_error(exc: BaseException, dont_retry_for: tuple[type[BaseException], ...] = ()) -> task_pb2.TaskError:
-    """The TaskError a handler's exception is reported as: its class name,
-    `str(exc)`, its formatted traceback, and whether it may be retried."""
-    reported: BaseException = exc
-    if isinstance(exc, Retry):
-        if exc.exc is not None:
-            reported = exc.exc
-        traced = reported if reported.__traceback__ is not None else exc
-        error = task_pb2.TaskError(
-            type=type(reported).__name__,
-            message=str(reported),
-            traceback=_format_traceback(traced),
-            retryable=True,
-        )
-        if exc.countdown is not None:
-            error.retry_after.CopyFrom(_codec.to_duration(exc.countdown, "retry countdown"))
-        return error
-    if isinstance(exc, Reject):
-        if isinstance(exc.reason, BaseException):
-            reported = exc.reason
-            message = str(reported)
-        else:
-            message = "" if exc.reason is None else str(exc.reason)
-    else:
-        message = str(exc)
-    retryable = not (
-        isinstance(exc, Reject)
-        or getattr(exc, "retryable", True) is False
-        or getattr(reported, "retryable", True) is False
-        or (dont_retry_for and isinstance(reported, dont_retry_for))
-    )
-    return task_pb2.TaskError(
-        type=type(reported).__name__,
-        message=message,
-        traceback=_format_traceback(exc),
-        retryable=retryable,
-    )
-
-
-def _error(type_name: str, message: str, retryable: bool, tb: str = "") -> task_pb2.TaskError:
-    return task_pb2.TaskError(type=type_name, message=message, traceback=tb, retryable=retryable)
 
 
 # --- jobs ---------------------------------------------------------------------------
@@ -294,6 +90,9 @@ class _Job:
         self.soft_expired = False
         self.soft_timer: asyncio.TimerHandle | None = None
         self.progress: pb.ReportProgress | None = None  # latest not yet sent
+        self.started = time.monotonic()
+        # Set when the job runs in a child process: kills that child.
+        self.kill: Callable[[], bool] | None = None
 
     @property
     def runs_on_loop(self) -> bool:
@@ -304,7 +103,8 @@ class _Job:
         if self.cancelled:
             return
         self.cancelled = True
-        self.context._cancel(Terminated)
+        if self.handle is None or self.handle.done() or self.runs_on_loop or self.kill is not None:
+            self.context._cancel(Terminated)
         if self.handle is None or self.handle.done():
             return
         if self.runs_on_loop:
@@ -312,19 +112,21 @@ class _Job:
             handle = self.handle
             # A handler that swallows the cancellation is cancelled again.
             handle.get_loop().call_later(_REVOKE_GRACE, lambda: handle.done() or handle.cancel("cancelled"))
+        elif self.kill is not None:
+            self.kill()
         else:
-            self.guard.interrupt(Terminated)
+            self.context._interrupt(Terminated, self.guard.interrupt)
 
     def soft_limit(self) -> None:
-        if self.cancelled or self.handle is None or self.handle.done():
-            return
+        if self.cancelled or self.handle is None or self.handle.done() or self.kill is not None:
+            return  # a child process arms its own soft limit
         log.warning("task %s: soft time limit passed, interrupting the handler", self.task_id)
         self.soft_expired = True
-        self.context._cancel(SoftTimeLimitExceeded)
         if self.runs_on_loop:
+            self.context._cancel(SoftTimeLimitExceeded)
             self.handle.cancel("soft time limit exceeded")
         else:
-            self.guard.interrupt(SoftTimeLimitExceeded)
+            self.context._interrupt(SoftTimeLimitExceeded, self.guard.interrupt)
 
 
 # --- sessions -----------------------------------------------------------------------
@@ -415,6 +217,14 @@ class Worker:
 
     Most code gets one from `Conveyor.worker()` instead, with the app's
     tasks registered.
+
+    `pool`: "threads" (default), "process" (sync handlers in `concurrency`
+    spawned child processes; `max_tasks_per_child`, `max_memory_per_child`
+    in KiB replace them) or "asyncio"; a handler's own `pool` overrides it.
+    `address` may list several dispatchers (comma-separated or a list): the
+    worker fails over to the next when a session cannot be had or is lost.
+    `on_connect` callables run in a thread after the first session opens
+    (again at the next session if one raises).
     """
 
     def __init__(
@@ -431,12 +241,28 @@ class Worker:
         grace_period: float = DEFAULT_GRACE_PERIOD,
         heartbeat_interval: float | None = None,
         reconnect_backoff: tuple[float, float] = (DEFAULT_MIN_BACKOFF, DEFAULT_MAX_BACKOFF),
+        pool: str = "threads",
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        channel_options: Iterable[tuple[str, Any]] = (),
+        on_connect: Iterable[Callable[[], Any]] = (),
     ):
         if not 1 <= int(concurrency) <= _MAX_CONCURRENCY:
             raise ValueError(f"concurrency must be 1 to {_MAX_CONCURRENCY}, not {concurrency}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
+        for what, limit in (("max_tasks_per_child", max_tasks_per_child), ("max_memory_per_child", max_memory_per_child)):
+            if limit is not None and int(limit) < 1:
+                raise ValueError(f"{what} must be at least 1 (or None for no limit), not {limit}")
         self.address = address
-        self._target = parse_address(address)
+        self._targets = parse_targets(address)
+        self._target_index = 0
         self._credentials = credentials
+        self._channel_options = [*CHANNEL_OPTIONS, *channel_options]
+        self.pool = pool
+        self.max_tasks_per_child = max_tasks_per_child
+        self.max_memory_per_child = max_memory_per_child
+        self._on_connect = list(on_connect)
         self.concurrency = int(concurrency)
         if isinstance(queues, str):
             queues = [queues]
@@ -465,7 +291,21 @@ class Worker:
         self._stop_early = False
         self._inflight: set[_Job] = set()
         self._pool: DaemonThreadPool | None = None
+        self._processes: ProcessPool | None = None
         self.session_id: str | None = None
+
+    @property
+    def target(self) -> str:
+        """The dispatcher address the worker uses now (it fails over to the
+        next one of several when a session cannot be had)."""
+        return self._targets[self._target_index].target
+
+    def pool_of(self, handler: Handler) -> str:
+        """Where the handler runs: "asyncio" (the loop), "threads" or "process"."""
+        if handler.is_async:
+            return "asyncio"
+        chosen = handler.pool or self.pool
+        return "threads" if chosen == "asyncio" else chosen
 
     # --- registration ---------------------------------------------------------------
 
@@ -476,23 +316,28 @@ class Worker:
         *,
         bind: bool = False,
         dont_retry_for: Iterable[type[BaseException]] = (),
+        pool: str | None = None,
     ) -> Any:
         """Registers `fn` for tasks named `name`: `worker.register("add", add)`,
         or as a decorator, `@worker.register("add")` / `@worker.register`.
         With `bind=True` the handler's first argument is its `TaskContext`;
-        exceptions of the `dont_retry_for` types fail the task for good."""
+        exceptions of the `dont_retry_for` types fail the task for good;
+        `pool` overrides the worker's pool for this task."""
         if callable(name) and fn is None:
             fn, name = name, None
         if fn is None:
-            return lambda f: self.register(name, f, bind=bind, dont_retry_for=dont_retry_for)
+            return lambda f: self.register(name, f, bind=bind, dont_retry_for=dont_retry_for, pool=pool)
         self.handlers[name or fn.__name__] = Handler(
-            name or fn.__name__, fn, bind=bind, dont_retry_for=tuple(dont_retry_for)
+            name or fn.__name__, fn, bind=bind, dont_retry_for=tuple(dont_retry_for), pool=pool
         )
         return fn
 
     def _add(self, name: str, task: Any) -> None:
         if isinstance(task, Handler):
             self.handlers[name] = task
+            return
+        if callable(getattr(task, "handler", None)) and hasattr(task, "apply_async"):
+            self.handlers[name] = task.handler()
             return
         fn = getattr(task, "run", None) if hasattr(task, "apply_async") else task
         self.handlers[name] = Handler(
@@ -547,6 +392,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._stop_requests = 0
         self._pool = DaemonThreadPool(self.concurrency)
+        self._processes = self._process_pool()
         installed: list[int] = []
         if install_signal_handlers and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -558,42 +404,69 @@ class Worker:
         if self._stop_early:
             self._stop_early = False
             self._request_stop()
-        channel = self._channel()
         log.info(
-            "worker %s starting: %s, queues %s, tasks %s, concurrency %d",
+            "worker %s starting: %s, queues %s, tasks %s, pool %s, concurrency %d",
             self.worker_id,
-            self._target.target,
+            ",".join(t.target for t in self._targets),
             self.queues,
             sorted(self.handlers),
+            self.pool,
             self.concurrency,
         )
+        channels: dict[int, grpc.aio.Channel] = {}
         try:
-            await self._serve(channel)
+            await self._serve(channels)
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self._abandon_all()
             self._pool.shutdown()
-            await channel.close()
+            if self._processes is not None:
+                self._processes.close()
+            for channel in channels.values():
+                await channel.close()
             self._loop = None
             log.info("worker %s stopped", self.worker_id)
 
-    def _channel(self) -> grpc.aio.Channel:
-        if self._target.secure or self._credentials is not None:
-            return grpc.aio.secure_channel(
-                self._target.target,
-                self._credentials or grpc.ssl_channel_credentials(),
-                options=CHANNEL_OPTIONS,
-            )
-        return grpc.aio.insecure_channel(self._target.target, options=CHANNEL_OPTIONS)
+    def _process_pool(self) -> ProcessPool | None:
+        """The pool of child processes when any task runs in one; started
+        now when it is the worker's pool, on first use otherwise."""
+        in_processes = [h for h in self.handlers.values() if self.pool_of(h) == "process"]
+        if not in_processes:
+            return None
+        for handler in in_processes:
+            pickle.dumps(handler)  # ValueError now, not at the first task, if not importable
+        processes = ProcessPool(
+            self.concurrency,
+            max_tasks_per_child=self.max_tasks_per_child,
+            max_memory_per_child=self.max_memory_per_child,
+            worker_id=self.worker_id,
+        )
+        if self.pool == "process":
+            processes.start()
+        return processes
 
-    async def _serve(self, channel: grpc.aio.Channel) -> None:
+    def _channel(self, channels: dict[int, grpc.aio.Channel]) -> grpc.aio.Channel:
+        index = self._target_index
+        if index not in channels:
+            target = self._targets[index]
+            if target.secure or self._credentials is not None:
+                channels[index] = grpc.aio.secure_channel(
+                    target.target,
+                    self._credentials or grpc.ssl_channel_credentials(),
+                    options=self._channel_options,
+                )
+            else:
+                channels[index] = grpc.aio.insecure_channel(target.target, options=self._channel_options)
+        return channels[index]
+
+    async def _serve(self, channels: dict[int, grpc.aio.Channel]) -> None:
         assert self._stopping is not None
         backoff = _Backoff(*self.reconnect_backoff)
         epoch = 0
         while not self._stopping.is_set():
             epoch += 1
-            end = await self._session(channel, epoch)
+            end = await self._session(self._channel(channels), epoch)
             if end.kind == "stopped":
                 return
             if end.kind == "drained":
@@ -603,17 +476,32 @@ class Worker:
                 error = end.error or ConveyorError("worker stream lost", code=grpc.StatusCode.UNAVAILABLE)
                 if isinstance(error, ProtocolError) or error.code in _FATAL_CODES:
                     raise error
+                failed = self.target
+                self._target_index = (self._target_index + 1) % len(self._targets)
                 if end.welcomed:
                     backoff.reset()
-                    log.warning("worker stream lost (%s), reconnecting", error)
+                    log.warning("worker stream to %s lost (%s), reconnecting to %s", failed, error, self.target)
                 else:
-                    log.warning("cannot open a worker session (%s), retrying", error)
+                    log.warning("cannot open a worker session on %s (%s), trying %s", failed, error, self.target)
+                if self._target_index != 0 and not end.welcomed:
+                    continue  # fail over to the next address at once; back off after a full round
             delay = backoff.next_delay()
             try:
                 await asyncio.wait_for(self._stopping.wait(), delay)
                 return
             except asyncio.TimeoutError:
                 pass
+
+    async def _run_on_connect(self) -> None:
+        """Runs the on-connect hooks (the app's beat_schedule sync) in a
+        thread; one that fails is tried again at the next session."""
+        hooks, self._on_connect = self._on_connect, []
+        for hook in hooks:
+            try:
+                await asyncio.to_thread(hook)
+            except Exception as exc:  # noqa: BLE001 - logged, retried
+                log.warning("%s failed (%s); retrying at the next session", getattr(hook, "__name__", hook), exc)
+                self._on_connect.append(hook)
 
     async def _abandon_all(self) -> None:
         jobs = list(self._inflight)
@@ -681,7 +569,9 @@ class Worker:
         self.session_id = welcome.session_id
         interval = self.heartbeat_interval or _codec.from_duration(welcome.heartbeat_interval) or _DEFAULT_HEARTBEAT
         interval = max(interval, _MIN_HEARTBEAT)
-        log.info("worker session %s established (heartbeat %.3fs)", welcome.session_id, interval)
+        log.info("worker session %s established on %s (heartbeat %.3fs)", welcome.session_id, self.target, interval)
+        if self._on_connect:
+            asyncio.ensure_future(self._run_on_connect())
         session = _Session(epoch, call, welcome.max_credits or _DEFAULT_MAX_CREDITS)
         reader = asyncio.ensure_future(self._read(call, epoch))
         beat = asyncio.ensure_future(self._beat(epoch, interval))
@@ -837,6 +727,7 @@ class Worker:
             previous.cancel()
         s.running[job.task_id] = job
         self._inflight.add(job)
+        log.info("task %s[%s] received (attempt %d)", assignment.name, job.task_id, assignment.attempt)
         job.handle = self._loop.create_task(self._execute(job), name=f"conveyor-task-{job.task_id}")
         job.handle.add_done_callback(functools.partial(self._done, job))
         limit = job.context.soft_time_limit
@@ -884,6 +775,8 @@ class Worker:
                 lease_token=job.lease_token,
                 error=_error("WorkerError", repr(exc), True),
             )
+        if outcome.HasField("result"):
+            log.info("task %s[%s] succeeded in %.3fs", job.context.name, job.task_id, time.monotonic() - job.started)
         s.outcomes.append(outcome)
 
     async def _flush(self, s: _Session) -> None:
@@ -905,29 +798,23 @@ class Worker:
     # --- running a handler ---------------------------------------------------------------
 
     async def _execute(self, job: _Job) -> pb.TaskOutcome:
-        def outcome(**kind: Any) -> pb.TaskOutcome:
-            return pb.TaskOutcome(task_id=job.task_id, lease_token=job.lease_token, **kind)
-
         handler = job.handler
         ctx = job.context
         if handler is None:
             message = f"no handler is registered for {ctx.name!r} on worker {self.worker_id}"
-            return outcome(error=_error("NotRegistered", message, True))
-        _current.set(ctx)
-        try:
-            args = [_codec.decode(p, f"positional argument {i}") for i, p in enumerate(ctx.assignment.args)]
-            kwargs = {k: _codec.decode(v, f"keyword argument {k!r}") for k, v in ctx.assignment.kwargs.items()}
-        except PayloadError as exc:
-            return outcome(error=_error("PayloadError", str(exc), False))
-        if handler.bind:
-            args.insert(0, ctx)
-        if handler.signature is not None:
-            try:
-                handler.signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                message = f"{handler.name}() cannot take these arguments: {exc}"
-                return outcome(error=_error("TypeError", message, False))
+            return pb.TaskOutcome(task_id=job.task_id, lease_token=job.lease_token, error=_error("NotRegistered", message, True))
         started = time.monotonic()
+        if self.pool_of(handler) == "process" and self._processes is not None:
+            processes = self._processes
+            job.kill = lambda: processes.kill(job)
+            result = await processes.run(job, handler)
+            log.debug("task %s (%s) ended in %.3fs", job.task_id, ctx.name, time.monotonic() - started)
+            return result
+        prepared = prepare(handler, ctx)
+        if isinstance(prepared, pb.TaskOutcome):
+            return prepared
+        args, kwargs = prepared
+        _current.set(ctx)
         try:
             if handler.is_async:
                 value = await handler.fn(*args, **kwargs)
@@ -940,24 +827,14 @@ class Worker:
                 task = asyncio.current_task()
                 if task is not None and hasattr(task, "uncancel"):
                     task.uncancel()
-                limit = ctx.soft_time_limit or 0.0
-                message = f"soft time limit ({limit:g}s) exceeded"
-                return outcome(error=_error("SoftTimeLimitExceeded", message, True))
+                return failure(handler, ctx, SoftTimeLimitExceeded(f"soft time limit ({ctx.soft_time_limit or 0.0:g}s) exceeded"))
             raise
         except BaseException as exc:  # noqa: BLE001 - every handler failure is reported
-            error = task_error(exc, handler.dont_retry_for)
-            if isinstance(exc, SoftTimeLimitExceeded) and not error.message:
-                error.message = f"soft time limit ({ctx.soft_time_limit or 0.0:g}s) exceeded"
-            log.info("task %s (%s) failed: %s: %s", job.task_id, ctx.name, error.type, error.message)
-            return outcome(error=error)
+            return failure(handler, ctx, exc)
         finally:
             _current.set(None)
-        try:
-            payload = _codec.encode(value, f"result of {handler.name}")
-        except PayloadError as exc:
-            return outcome(error=_error("SerializationError", str(exc), False))
         log.debug("task %s (%s) succeeded in %.3fs", job.task_id, ctx.name, time.monotonic() - started)
-        return outcome(result=payload)
+        return success(handler, ctx, value)
 
     async def _run_in_thread(
         self, job: _Job, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
