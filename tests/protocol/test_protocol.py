@@ -23,8 +23,6 @@ from fake_dispatcher import FakeDispatcher, assignment, payload
 
 # (language, case) -> why that SDK fails the case today.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("python", "bad_payload"): "reports an undecodable argument as PayloadError (Rust, Go and TypeScript: "
-    "ArgumentError); clients/python/src/conveyor/worker.py _execute",
 }
 
 # How long a worker may take to start and open its first stream.

@@ -206,7 +206,9 @@ def prepare(handler: Handler, ctx: TaskContext) -> tuple[list[Any], dict[str, An
         args = ctx.args
         kwargs = ctx.kwargs
     except PayloadError as exc:
-        return outcome_of(ctx, error=error("PayloadError", str(exc), False))
+        # ArgumentError, as every SDK names an argument it cannot decode
+        # (the protocol conformance suite checks it).
+        return outcome_of(ctx, error=error("ArgumentError", str(exc), False))
     if handler.bind:
         args.insert(0, ctx)
     if handler.signature is not None:
