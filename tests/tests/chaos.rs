@@ -555,3 +555,106 @@ async fn stalled_worker_late_outcome_is_refused() {
     stalled.kill().await;
     rescuer.kill().await;
 }
+
+/// `SubmitTasks` at 8 partitions while Redis is SIGKILLed and restarted on
+/// its AOF: a batch is stored whole or not at all (the store places a batch
+/// in one partition and stores it with one script), and no acknowledged
+/// batch is missing anything. Every stored task is counted by scanning Redis
+/// for task hashes, grouped by the batch number each carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_through_a_redis_crash_are_whole_or_absent() {
+    if test_redis_url().is_none() {
+        return;
+    }
+    let mut redis = OwnRedis::start("always").await;
+    let url = redis.url();
+    let server = spawn_conveyor(
+        &["dev", "--store", &url, "--partitions", "8"],
+        "127.0.0.1:0",
+    )
+    .await;
+    let channel = channel(&server.addr).await;
+    let mut submission =
+        pb::submission_service_client::SubmissionServiceClient::new(channel.clone());
+    let crash = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        redis.crash_and_restart().await;
+        redis
+    });
+    const BATCH: usize = 40;
+    let mut acknowledged: Vec<(usize, Vec<String>)> = Vec::new();
+    let mut refused = 0;
+    let started = Instant::now();
+    let mut batch = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let tasks = (0..BATCH)
+            .map(|index| spec("work", &[json!(batch), json!(index)]))
+            .collect();
+        let mut request = tonic::Request::new(pb::SubmitTasksRequest {
+            tasks,
+            ..Default::default()
+        });
+        request.set_timeout(Duration::from_secs(2));
+        match submission.submit_tasks(request).await {
+            Ok(response) => acknowledged.push((
+                batch,
+                response
+                    .into_inner()
+                    .results
+                    .into_iter()
+                    .map(|result| result.task_id)
+                    .collect(),
+            )),
+            Err(_) => refused += 1,
+        }
+        batch += 1;
+    }
+    let _redis = crash.await.expect("redis restarted");
+    // Count the stored tasks of every batch, straight from Redis.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("{cv:*}:t:*")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let mut stored: HashMap<usize, usize> = HashMap::new();
+    for key in &keys {
+        let record: Vec<u8> = redis::cmd("HGET")
+            .arg(key)
+            .arg("sp")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let record =
+            <conveyor_api::store_pb::TaskRecord as prost::Message>::decode(record.as_slice())
+                .unwrap();
+        let number: usize = serde_json::from_slice(&record.args[0].data).unwrap();
+        *stored.entry(number).or_default() += 1;
+    }
+    println!(
+        "SubmitTasks through a Redis crash: {} batches acknowledged, {refused} refused, {} batches stored",
+        acknowledged.len(),
+        stored.len()
+    );
+    assert!(refused > 0, "the crash hit some calls");
+    assert!(acknowledged.len() > 5, "enough batches went through");
+    for (number, count) in &stored {
+        assert_eq!(
+            *count, BATCH,
+            "batch {number} is partly stored: {count} of {BATCH}"
+        );
+    }
+    for (number, ids) in &acknowledged {
+        assert_eq!(
+            stored.get(number),
+            Some(&BATCH),
+            "acknowledged batch {number} lost tasks"
+        );
+        let partitions: std::collections::HashSet<u16> = ids
+            .iter()
+            .map(|id| conveyor_core::TaskId::parse(id, "id").unwrap().partition())
+            .collect();
+        assert_eq!(partitions.len(), 1, "a batch lives in one partition");
+    }
+}
