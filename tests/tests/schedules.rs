@@ -35,21 +35,10 @@ fn scheduling(cluster: &TestCluster) -> SchedulingServiceClient<tonic::transport
     SchedulingServiceClient::new(cluster.channel.clone())
 }
 
-/// A worker that records how often each task id ran.
-fn tick_worker(
-    cluster: &TestCluster,
-    stop: CancellationToken,
-) -> (
-    Arc<Mutex<HashMap<String, u32>>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (executions, _starts, handle) = timed_tick_worker(cluster, stop);
-    (executions, handle)
-}
-
-/// As [`tick_worker`], also recording when each task started (Unix ms).
+/// A worker of `tick` tasks that records how often each task ran and when it
+/// first started (Unix ms).
 #[allow(clippy::type_complexity)]
-fn timed_tick_worker(
+fn tick_worker(
     cluster: &TestCluster,
     stop: CancellationToken,
 ) -> (
@@ -144,7 +133,7 @@ async fn every_tick_fires_exactly_once(backend: Backend, seconds: u64) {
         return;
     };
     let stop = CancellationToken::new();
-    let (executions, starts, worker) = timed_tick_worker(&front, stop.clone());
+    let (executions, starts, worker) = tick_worker(&front, stop.clone());
     let ids = ["tick-a", "tick-b", "tick-c"];
     let mut firsts = HashMap::new();
     for id in ids {
