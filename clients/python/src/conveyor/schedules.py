@@ -75,7 +75,7 @@ def build_schedule(
     return schedule
 
 
-_OUTPUT_ONLY = ("paused", "next_run_at", "last_run_at", "runs", "created_at")
+_OUTPUT_ONLY = ("paused", "next_run_at", "last_run_at", "runs", "created_at", "version", "namespace")
 
 
 def _definition(schedule: spb.Schedule) -> bytes:
