@@ -1,6 +1,7 @@
 //! The `Store`: the task lifecycle as atomic operations, with an embedded
 //! memory backend and a Redis backend that pass one conformance suite.
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod events;
 pub mod memory;

@@ -74,6 +74,8 @@ pub struct RedisStore {
     scripts: Scripts,
     events: EventHub,
     events_channel: String,
+    /// This process's channel for task events (see [`Store::watch`]).
+    watch_channel: String,
     ready_channel: String,
     revoke_channel: String,
     /// Rotates the first partition and queue key tried by `lease`, for fairness.
@@ -125,12 +127,15 @@ impl RedisStore {
         .map_err(unavailable)?;
         let events = EventHub::default();
         let events_channel = format!("{}ev", config.prefix);
+        // This process's own channel for the changes of the tasks it waits
+        // on: the scripts publish a task's events only to its watchers.
+        let watch_channel = format!("{}ev:{}", config.prefix, uuid::Uuid::now_v7().simple());
         let ready_channel = format!("{}rdy", config.prefix);
         let revoke_channel = format!("{}rev", config.prefix);
         let subscriber = subscriber::start(
             client,
             events.clone(),
-            events_channel.clone(),
+            watch_channel.clone(),
             ready_channel.clone(),
             revoke_channel.clone(),
             connection.clone(),
@@ -142,6 +147,7 @@ impl RedisStore {
             scripts: Scripts::new(),
             events,
             events_channel,
+            watch_channel,
             ready_channel,
             revoke_channel,
             rotor: AtomicUsize::new(0),
@@ -522,7 +528,7 @@ impl Store for RedisStore {
 
     async fn watch(&self, id: TaskId, _now_ms: i64) -> Result<Option<StoredTask>> {
         let mut invocation = self.invoke(&self.scripts.watch, id.partition());
-        invocation.arg(id.to_string());
+        invocation.arg(id.to_string()).arg(&self.watch_channel);
         // The script answers with HGETALL's reply: read it as `get` does.
         let fields: Vec<(String, Vec<u8>)> = redis::from_redis_value(self.run(&invocation).await?)
             .map_err(|error| ConveyorError::Corrupt {

@@ -40,23 +40,32 @@ local function push(qk, id, head)
   redis.call('SADD', P .. 'rq', qk)
 end
 
--- Task events go out only for tasks somebody watches (field w, set by the
--- watch script), so unwatched tasks cost no pub/sub traffic.
+-- Task events go only to the processes that wait on the task: field w
+-- lists their event channels (set by the watch script), so unwatched tasks
+-- cost no pub/sub traffic and a finished task's fields reach no process that
+-- does not wait for it. `ev` (the shared events channel) only names the
+-- ready channel beside it.
+local function publish_to_watchers(w, message)
+  for channel in string.gmatch(w, '%S+') do redis.call('PUBLISH', channel, message) end
+end
+
 local function notify(t, id, ev)
-  if redis.call('HEXISTS', t, 'w') == 1 then redis.call('PUBLISH', ev, id) end
+  local w = redis.call('HGET', t, 'w')
+  if w then publish_to_watchers(w, id) end
 end
 
 -- A watched task that finished is sent along with its event, so that its
 -- waiters need not read it: id, newline, then per field: name, space,
 -- length, space, value.
 local function notify_finished(t, id, ev)
-  if redis.call('HEXISTS', t, 'w') == 0 then return end
+  local w = redis.call('HGET', t, 'w')
+  if not w then return end
   local h = redis.call('HGETALL', t)
   local parts = {id, '\n'}
   for i = 1, #h, 2 do
     parts[#parts + 1] = h[i] .. ' ' .. #h[i + 1] .. ' ' .. h[i + 1]
   end
-  redis.call('PUBLISH', ev, table.concat(parts))
+  publish_to_watchers(w, table.concat(parts))
 end
 
 -- The ready channel sits beside the events channel (prefix..'ev').
