@@ -41,7 +41,10 @@ pub struct Client {
 
 impl Client {
     /// Connects to an endpoint serving both the submission and the results
-    /// services, such as `"http://127.0.0.1:50051"` (`conveyor dev`).
+    /// services, such as `"http://127.0.0.1:50051"` (`conveyor dev`), or to
+    /// several separated by commas (`"http://a:50051,http://b:50051"`):
+    /// calls then go to the servers that answer, so one that dies is
+    /// failed over. An address without a scheme is `http://`.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Client> {
         let channel = connect_channel(endpoint.into()).await?;
         Ok(Client::from_channel(channel))
@@ -113,11 +116,17 @@ impl Client {
             task: Some(task.into_spec()?),
             namespace: self.namespace.clone(),
         };
-        let response = self
-            .submission
-            .clone()
-            .submit_task(self.request(request))
-            .await?;
+        // A keyed submit may be repeated: the key makes it the same task.
+        let safe = request
+            .task
+            .as_ref()
+            .is_some_and(|task| !task.idempotency_key.is_empty());
+        let response = with_failover(safe, || {
+            let mut submission = self.submission.clone();
+            let request = self.request(request.clone());
+            async move { submission.submit_task(request).await }
+        })
+        .await?;
         Ok(response.into_inner().task_id)
     }
 
@@ -133,20 +142,24 @@ impl Client {
             .map(TaskRequest::into_spec)
             .collect::<Result<Vec<_>>>()?;
         let mut ids = Vec::with_capacity(specs.len());
-        let mut submission = self.submission.clone();
+        let submission = self.submission.clone();
         let mut remaining = specs.into_iter().peekable();
         while remaining.peek().is_some() {
             let batch: Vec<pb::TaskSpec> = remaining.by_ref().take(MAX_TASKS_PER_BATCH).collect();
             let sent = batch.len();
+            let safe = batch.iter().all(|task| !task.idempotency_key.is_empty());
             let request = pb::SubmitTasksRequest {
                 tasks: batch,
                 namespace: self.namespace.clone(),
             };
-            let results = submission
-                .submit_tasks(self.request(request))
-                .await?
-                .into_inner()
-                .results;
+            let results = with_failover(safe, || {
+                let mut submission = submission.clone();
+                let request = self.request(request.clone());
+                async move { submission.submit_tasks(request).await }
+            })
+            .await?
+            .into_inner()
+            .results;
             if results.len() != sent {
                 return Err(Error::Protocol(format!(
                     "submitted {sent} tasks, got {} results",
@@ -164,7 +177,12 @@ impl Client {
             task_id: id.to_owned(),
             namespace: self.namespace.clone(),
         };
-        let response = self.results.clone().get_task(self.request(request)).await?;
+        let response = with_failover(true, || {
+            let mut results = self.results.clone();
+            let request = self.request(request.clone());
+            async move { results.get_task(request).await }
+        })
+        .await?;
         response
             .into_inner()
             .task
@@ -179,7 +197,7 @@ impl Client {
     /// server's maximum are carried out as several calls.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<pb::Task> {
         let deadline = Instant::now() + timeout;
-        let mut results = self.results.clone();
+        let results = self.results.clone();
         loop {
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
@@ -192,7 +210,12 @@ impl Client {
             // guards against a server that never answers at all.
             let deadline_for_call = remaining.saturating_add(WAIT_DEADLINE_MARGIN);
             request.set_timeout(deadline_for_call);
-            let call = results.wait_task(request);
+            let call = with_failover(true, || {
+                let mut again = self.request(request.get_ref().clone());
+                again.set_timeout(deadline_for_call);
+                let mut results = results.clone();
+                async move { results.wait_task(again).await }
+            });
             let answer = tokio::time::timeout(deadline_for_call + WAIT_DEADLINE_MARGIN, call)
                 .await
                 .unwrap_or_else(|_| {
@@ -235,11 +258,14 @@ impl Client {
             task_id: id.to_owned(),
             namespace: self.namespace.clone(),
         };
-        let response = self
-            .submission
-            .clone()
-            .cancel_task(self.request(request))
-            .await?;
+        // Not repeated once sent (a second cancel would report "not
+        // cancelled"), but tried on the next server when none was reached.
+        let response = with_failover(false, || {
+            let mut submission = self.submission.clone();
+            let request = self.request(request.clone());
+            async move { submission.cancel_task(request).await }
+        })
+        .await?;
         Ok(response.into_inner().cancelled)
     }
 
@@ -264,8 +290,88 @@ impl Client {
 }
 
 /// Parses `endpoint` and connects, failing fast when nothing listens there.
+/// Runs `call`, and again (up to 6 attempts, backing off from 20 ms to
+/// 500 ms) when it fails with UNAVAILABLE and may be repeated: always when
+/// the request never left (no server could be reached: with several
+/// addresses the next try may reach another), and on any UNAVAILABLE for a
+/// `safe` call (a read, or a submit with an idempotency key).
+async fn with_failover<T, F, Fut>(safe: bool, mut call: F) -> std::result::Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+{
+    let mut delay = Duration::from_millis(20);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(status)
+                if attempt < 6
+                    && status.code() == tonic::Code::Unavailable
+                    && (safe || never_sent(&status)) =>
+            {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether the call failed before its request reached any server.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        let text = error.to_string();
+        if text.contains("tcp connect error") || text.contains("Connection refused") {
+            return true;
+        }
+        source = error.source();
+    }
+    status.message().contains("tcp connect error")
+}
+
 pub(crate) async fn connect_channel(endpoint: String) -> Result<Channel> {
-    Ok(Endpoint::from_shared(endpoint)?.connect().await?)
+    let endpoints = endpoints(&endpoint)?;
+    match <[Endpoint; 1]>::try_from(endpoints) {
+        Ok([one]) => Ok(one.connect().await?),
+        Err(several) => Ok(Channel::balance_list(several.into_iter())),
+    }
+}
+
+/// A channel to `addresses`, connected on first use: one address, or
+/// several separated by commas, over which calls are balanced and from which
+/// a server that stops answering is dropped (failover).
+pub(crate) fn lazy_channel(addresses: &str) -> Result<Channel> {
+    let endpoints = endpoints(addresses)?;
+    match <[Endpoint; 1]>::try_from(endpoints) {
+        Ok([one]) => Ok(one.connect_lazy()),
+        Err(several) => Ok(Channel::balance_list(several.into_iter())),
+    }
+}
+
+/// The endpoints of `http://a:1,b:2` (an address without a scheme is
+/// `http://`).
+pub(crate) fn endpoints(addresses: &str) -> Result<Vec<Endpoint>> {
+    let endpoints = addresses
+        .split(',')
+        .map(str::trim)
+        .filter(|address| !address.is_empty())
+        .map(|address| {
+            let url = if address.contains("://") {
+                address.to_owned()
+            } else {
+                format!("http://{address}")
+            };
+            Endpoint::from_shared(url).map_err(Error::from)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if endpoints.is_empty() {
+        return Err(Error::Config(format!(
+            "no server address in {addresses:?}: give one, e.g. http://127.0.0.1:50051, or several separated by commas"
+        )));
+    }
+    Ok(endpoints)
 }
 
 /// The `authorization` value for `token`: `Bearer <token>`.

@@ -601,3 +601,60 @@ async fn skewed_clocks_neither_reap_live_leases_nor_break_rates() {
         worker.abort();
     }
 }
+
+/// The Rust client and worker given two servers (`A,B`, one without a
+/// scheme) keep working when one of them is SIGKILLed.
+#[tokio::test]
+async fn rust_client_and_worker_fail_over_to_the_second_server() {
+    let Some(url) = test_redis_url() else { return };
+    let prefix = format!("failover-{}:", uuid::Uuid::new_v4().simple());
+    let extra = redis_args(&url, &prefix);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut args = vec!["dev"];
+    args.extend(&extra);
+    let mut first = spawn_conveyor(&args).await;
+    let second = spawn_conveyor(&args).await;
+    let addresses = format!("http://{},{}", first.addr, second.addr);
+    let client = Client::connect(addresses.clone()).await.unwrap();
+    let stop = tokio_util_stop();
+    let stopper = stop.clone();
+    let worker = Worker::builder(addresses)
+        .worker_id("failover")
+        .concurrency(4)
+        .register("add", |ctx: conveyor_client::TaskContext| async move {
+            let (left, right): (i64, i64) = (ctx.arg(0)?, ctx.arg(1)?);
+            Ok(serde_json::json!(left + right))
+        })
+        .build()
+        .unwrap();
+    let worker = tokio::spawn(async move {
+        worker
+            .run_until(async move { stopper.notified().await })
+            .await
+    });
+    for n in 0..5 {
+        let id = client
+            .submit(TaskRequest::new("add").arg(n).arg(1))
+            .await
+            .unwrap();
+        let sum: i64 = client.result(&id, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(sum, n + 1);
+    }
+    first.child.start_kill().unwrap();
+    first.child.wait().await.unwrap();
+    let killed = Instant::now();
+    for n in 0..20 {
+        let id = client
+            .submit(TaskRequest::new("add").arg(n).arg(2))
+            .await
+            .unwrap_or_else(|error| panic!("submit {n} after the kill: {error}"));
+        let sum: i64 = client.result(&id, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(sum, n + 2);
+    }
+    println!(
+        "20 round trips after a server was killed, in {:?}",
+        killed.elapsed()
+    );
+    stop.notify_one();
+    worker.await.unwrap().unwrap();
+}

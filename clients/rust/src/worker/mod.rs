@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use self::backoff::{Backoff, default_worker_id, hostname};
 pub use self::backoff::{DEFAULT_MAX_BACKOFF, DEFAULT_MIN_BACKOFF};
@@ -177,7 +177,9 @@ impl Worker {
             Target::Channel(channel) => channel,
             // Lazy: an unreachable dispatcher then fails the first session,
             // which the backoff below retries, instead of failing `run`.
-            Target::Endpoint(endpoint) => Endpoint::from_shared(endpoint)?.connect_lazy(),
+            // Several comma-separated addresses: sessions go to the ones
+            // that answer (failover).
+            Target::Endpoint(endpoint) => crate::client::lazy_channel(&endpoint)?,
         };
         let (started_tx, started_rx) = mpsc::unbounded_channel();
         let mut runtime = Runtime {
@@ -340,7 +342,7 @@ impl WorkerBuilder {
     /// Checks the settings and builds the worker.
     pub fn build(self) -> Result<Worker> {
         if let Target::Endpoint(endpoint) = &self.target {
-            Endpoint::from_shared(endpoint.clone())?;
+            crate::client::endpoints(endpoint)?;
         }
         let hostname = hostname();
         let worker_id = self
