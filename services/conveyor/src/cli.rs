@@ -272,8 +272,14 @@ async fn serve(roles: Vec<Role>, args: ServerArgs, log_json: bool) -> anyhow::Re
 }
 
 async fn channel(target: &Target) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(target.server.clone())
-        .context("--server must be a URL such as http://127.0.0.1:50051")?
+    // `127.0.0.1:50051` means `http://127.0.0.1:50051`.
+    let server = if target.server.contains("://") {
+        target.server.clone()
+    } else {
+        format!("http://{}", target.server)
+    };
+    Endpoint::from_shared(server)
+        .context("--server must be an address such as http://127.0.0.1:50051")?
         .connect()
         .await
         .with_context(|| format!("connecting to {}", target.server))

@@ -658,3 +658,44 @@ async fn rust_client_and_worker_fail_over_to_the_second_server() {
     stop.notify_one();
     worker.await.unwrap().unwrap();
 }
+
+/// The CLI takes an address without a scheme, and logs written to a pipe
+/// carry no colour escape codes.
+#[tokio::test]
+async fn cli_takes_a_bare_address_and_pipes_get_plain_logs() {
+    let mut child = Command::new(BINARY)
+        .args(["dev", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn conveyor");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = line.strip_prefix("listening on ").unwrap().to_string();
+    let log = tokio::time::timeout(Duration::from_secs(10), stderr.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        log.contains("conveyor serving") || log.contains("INFO"),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in piped logs: {log:?}"
+    );
+    let output = cli(&["workers", "--server", &addr]).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
