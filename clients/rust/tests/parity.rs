@@ -4,8 +4,6 @@
 //! `clients/rust/README.md`, which are compiled here (module `readme`) and
 //! kept identical to the README by `readme_snippets_are_compiled_here`.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -15,68 +13,34 @@ use conveyor_client::pb::scheduling_service_client::SchedulingServiceClient;
 use conveyor_client::{Client, Error, TaskContext, TaskFailure, TaskRequest, Worker, pb};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// The longest any step waits before the test fails.
 const STEP: Duration = Duration::from_secs(15);
 
-/// `CONVEYOR_BIN`, else `conveyor` in this test binary's profile directory.
-fn conveyor_bin() -> PathBuf {
-    let path = std::env::var_os("CONVEYOR_BIN").map_or_else(
-        || {
-            let exe = std::env::current_exe().expect("test binary path");
-            let profile = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("target/<profile>/deps");
-            profile.join("conveyor")
-        },
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "no conveyor binary at {}: build it (cargo build -p conveyor) or set CONVEYOR_BIN",
-        path.display()
-    );
-    path
+mod dev_server;
+use dev_server::Server;
+
+/// What the parity tests need of a server beyond starting it.
+trait ServerExt {
+    async fn start_for_tests(args: &[&str]) -> Server;
+    async fn channel(&self) -> tonic::transport::Channel;
+    async fn client(&self) -> Client;
 }
 
-/// A `conveyor dev` child on a free port, killed when dropped.
-struct Server {
-    _child: Child,
-    endpoint: String,
-}
-
-impl Server {
-    async fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(conveyor_bin())
-            .arg("dev")
-            .args(["--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms"])
-            .args(["--lease-ttl", "1s", "--track-started"])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn conveyor");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(STEP, lines.next_line())
-            .await
-            .expect("conveyor printed its address in time")
-            .expect("read stdout")
-            .expect("a line");
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("expected `listening on ADDR`, got {line:?}"));
-        Server {
-            endpoint: format!("http://{addr}"),
-            _child: child,
-        }
+impl ServerExt for Server {
+    /// A dev server with short heartbeats and leases, tracking starts.
+    async fn start_for_tests(args: &[&str]) -> Server {
+        let mut all = vec![
+            "--heartbeat-interval",
+            "200ms",
+            "--lease-ttl",
+            "1s",
+            "--track-started",
+        ];
+        all.extend(args);
+        Server::start(&all).await
     }
 
     async fn channel(&self) -> tonic::transport::Channel {
@@ -161,7 +125,7 @@ async fn get_until(client: &Client, id: &str, done: impl Fn(&pb::Task) -> bool) 
 
 #[tokio::test]
 async fn parity_submit() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let worker = adder(&server, "p-submit");
     let client = server.client().await;
     let id = client.submit(add_task("p-submit", 2, 3)).await.unwrap();
@@ -173,7 +137,7 @@ async fn parity_submit() {
 
 #[tokio::test]
 async fn parity_submit_many() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let worker = adder(&server, "p-many");
     let client = server.client().await;
     let tasks = (1..=3).map(|n| add_task("p-many", n, n)).collect();
@@ -189,7 +153,7 @@ async fn parity_submit_many() {
 
 #[tokio::test]
 async fn parity_get() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let client = server.client().await;
     let id = client.submit(add_task("p-get", 2, 3)).await.unwrap();
     let queued = client.get(&id).await.unwrap();
@@ -207,7 +171,7 @@ async fn parity_get() {
 
 #[tokio::test]
 async fn parity_wait() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let client = server.client().await;
     let id = client.submit(add_task("p-wait", 20, 22)).await.unwrap();
     let early = client.wait(&id, Duration::from_millis(300)).await;
@@ -224,7 +188,7 @@ async fn parity_wait() {
 
 #[tokio::test]
 async fn parity_watch() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let client = server.client().await;
     let id = client.submit(add_task("p-watch", 1, 1)).await.unwrap();
     let mut updates = client.watch(&id).await.unwrap();
@@ -244,7 +208,7 @@ async fn parity_watch() {
 
 #[tokio::test]
 async fn parity_cancel() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let client = server.client().await;
     let id = client.submit(add_task("p-cancel", 1, 1)).await.unwrap();
     assert!(
@@ -299,7 +263,7 @@ async fn dead_letter(client: &Client, queue: &str) -> String {
 
 #[tokio::test]
 async fn parity_replay() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let worker = flaky_worker(&server, "p-replay");
     let client = server.client().await;
     let id = dead_letter(&client, "p-replay").await;
@@ -329,7 +293,7 @@ async fn parity_replay() {
 
 #[tokio::test]
 async fn parity_forget() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let worker = adder(&server, "p-forget");
     let client = server.client().await;
     let id = client.submit(add_task("p-forget", 1, 2)).await.unwrap();
@@ -346,7 +310,7 @@ async fn parity_forget() {
 
 #[tokio::test]
 async fn parity_dead_letters() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let worker = flaky_worker(&server, "p-dead");
     let client = server.client().await;
     let id = dead_letter(&client, "p-dead").await;
@@ -376,7 +340,7 @@ async fn parity_dead_letters() {
 
 #[tokio::test]
 async fn parity_schedules_crud() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let client = server.client().await;
     let mut schedules = SchedulingServiceClient::new(server.channel().await);
     let every = |seconds| {
@@ -454,7 +418,7 @@ async fn parity_schedules_crud() {
 
 #[tokio::test]
 async fn parity_pause_queue() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let client = server.client().await;
     let mut dispatch = DispatchServiceClient::new(server.channel().await);
     dispatch
@@ -490,7 +454,7 @@ async fn parity_pause_queue() {
 
 #[tokio::test]
 async fn parity_progress() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let release = CancellationToken::new();
     let gate = release.clone();
     let worker = RunningWorker::spawn(
@@ -530,7 +494,7 @@ async fn parity_progress() {
 
 #[tokio::test]
 async fn parity_retry_delay() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let (attempts_tx, mut attempts) = mpsc::unbounded_channel();
     let worker = RunningWorker::spawn(
         Worker::builder(server.endpoint.clone())
@@ -578,7 +542,7 @@ async fn parity_retry_delay() {
 
 #[tokio::test]
 async fn parity_soft_limit() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let worker = RunningWorker::spawn(
         Worker::builder(server.endpoint.clone())
             .queues(["p-soft"])
@@ -614,7 +578,7 @@ async fn parity_soft_limit() {
 
 #[tokio::test]
 async fn parity_revoke() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let worker = RunningWorker::spawn(
         Worker::builder(server.endpoint.clone())
@@ -649,7 +613,7 @@ async fn parity_revoke() {
 
 #[tokio::test]
 async fn parity_drain() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let (started_tx, mut started) = mpsc::unbounded_channel();
     let worker = RunningWorker::spawn(
         Worker::builder(server.endpoint.clone())
@@ -683,7 +647,7 @@ async fn parity_drain() {
 
 #[tokio::test]
 async fn parity_token() {
-    let server = Server::start(&["--auth-token", "s3cret"]).await;
+    let server = Server::start_for_tests(&["--auth-token", "s3cret"]).await;
     let anonymous = server.client().await;
     let refused = anonymous.submit(add_task("p-token", 1, 1)).await;
     assert_eq!(
@@ -716,7 +680,7 @@ async fn parity_eager_mode() {
 /// The README's client and worker snippets, run against a server.
 #[tokio::test]
 async fn readme_client_and_worker_snippets_run() {
-    let server = Server::start(&[]).await;
+    let server = Server::start_for_tests(&[]).await;
     let stop = CancellationToken::new();
     let worker = tokio::spawn(readme::run_worker_until(
         server.endpoint.clone(),
