@@ -214,10 +214,10 @@ impl RedisStore {
     /// (or only how its answer reads): a call that met a dropped connection
     /// is retried once on the re-established one.
     async fn run(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value> {
-        match self.run_once(invocation).await {
+        match self.attempt(invocation).await {
             Err(Retry::Dropped(_)) => {
                 tracing::info!("redis connection was dropped; retrying the call once");
-                self.run_once(invocation).await.map_err(Retry::into_error)
+                self.attempt(invocation).await.map_err(Retry::into_error)
             }
             other => other.map_err(Retry::into_error),
         }
@@ -225,7 +225,12 @@ impl RedisStore {
 
     /// Runs a script once: for calls that must not run twice (a lease whose
     /// answer was lost would hold its tasks until the session ends).
-    async fn run_once(
+    async fn run_once(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value> {
+        self.attempt(invocation).await.map_err(Retry::into_error)
+    }
+
+    /// One try of a script, telling a dropped connection from other errors.
+    async fn attempt(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> std::result::Result<Value, Retry> {
@@ -261,12 +266,7 @@ impl RedisStore {
             .arg(next_ms.unwrap_or(-1))
             .arg(mode)
             .arg(expected_version.map(|v| v.to_string()).unwrap_or_default());
-        Ok(int_of(
-            &self
-                .run_once(&invocation)
-                .await
-                .map_err(Retry::into_error)?,
-        ))
+        Ok(int_of(&self.run_once(&invocation).await?))
     }
 
     /// Schedules with their versions, from parallel replies.
@@ -468,9 +468,7 @@ impl Store for RedisStore {
             let reply = if keyed {
                 self.run(&invocation).await?
             } else {
-                self.run_once(&invocation)
-                    .await
-                    .map_err(Retry::into_error)?
+                self.run_once(&invocation).await?
             };
             let reply = items(reply);
             for ((index, _), chunk) in group.iter().zip(reply.chunks(3)) {
@@ -565,11 +563,7 @@ impl Store for RedisStore {
             for key in &request.queue_keys {
                 invocation.arg(key.as_str());
             }
-            let reply = items(
-                self.run_once(&invocation)
-                    .await
-                    .map_err(Retry::into_error)?,
-            );
+            let reply = items(self.run_once(&invocation).await?);
             if !reply.is_empty() {
                 self.session_partitions
                     .lock()
@@ -755,18 +749,11 @@ impl Store for RedisStore {
             .arg(self.now_arg(now_ms))
             .arg(&self.events_channel)
             .arg(&self.revoke_channel);
-        Ok(
-            match int_of(
-                &self
-                    .run_once(&invocation)
-                    .await
-                    .map_err(Retry::into_error)?,
-            ) {
-                0 => CancelAck::Cancelled,
-                -1 => CancelAck::NotFound,
-                state => CancelAck::NotCancellable(state_of(state)?),
-            },
-        )
+        Ok(match int_of(&self.run_once(&invocation).await?) {
+            0 => CancelAck::Cancelled,
+            -1 => CancelAck::NotFound,
+            state => CancelAck::NotCancellable(state_of(state)?),
+        })
     }
 
     async fn record_progress(&self, reports: Vec<ProgressReport>, now_ms: i64) -> Result<()> {
@@ -793,18 +780,11 @@ impl Store for RedisStore {
     async fn forget(&self, id: TaskId) -> Result<ForgetAck> {
         let mut invocation = self.invoke(&self.scripts.forget, id.partition());
         invocation.arg(id.to_string()).arg(&self.events_channel);
-        Ok(
-            match int_of(
-                &self
-                    .run_once(&invocation)
-                    .await
-                    .map_err(Retry::into_error)?,
-            ) {
-                0 => ForgetAck::Forgotten,
-                -1 => ForgetAck::NotFound,
-                state => ForgetAck::NotFinished(state_of(state)?),
-            },
-        )
+        Ok(match int_of(&self.run_once(&invocation).await?) {
+            0 => ForgetAck::Forgotten,
+            -1 => ForgetAck::NotFound,
+            state => ForgetAck::NotFinished(state_of(state)?),
+        })
     }
 
     async fn dead_letters(
@@ -857,18 +837,11 @@ impl Store for RedisStore {
             .arg(self.now_arg(now_ms))
             .arg(&self.events_channel)
             .arg(&self.ready_channel);
-        Ok(
-            match int_of(
-                &self
-                    .run_once(&invocation)
-                    .await
-                    .map_err(Retry::into_error)?,
-            ) {
-                0 => ReplayAck::Replayed,
-                -1 => ReplayAck::NotFound,
-                state => ReplayAck::NotFailed(state_of(state)?),
-            },
-        )
+        Ok(match int_of(&self.run_once(&invocation).await?) {
+            0 => ReplayAck::Replayed,
+            -1 => ReplayAck::NotFound,
+            state => ReplayAck::NotFailed(state_of(state)?),
+        })
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {
