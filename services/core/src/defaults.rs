@@ -53,9 +53,13 @@ impl TaskDefaults {
         if options.rate_limit_key.is_empty() {
             options.rate_limit_key = defaults.rate_limit_key.clone();
         }
-        if options.concurrency_key.is_empty() && options.concurrency_limit == 0 {
+        if options.concurrency_key.is_empty()
+            && options.concurrency_limit == 0
+            && options.concurrency_keys.is_empty()
+        {
             options.concurrency_key = defaults.concurrency_key.clone();
             options.concurrency_limit = defaults.concurrency_limit;
+            options.concurrency_keys = defaults.concurrency_keys.clone();
         }
         for (key, value) in &defaults.headers {
             options

@@ -2,6 +2,7 @@
 //! and the one error type whose mapping to gRPC statuses lives here. No I/O.
 
 pub mod backoff;
+pub mod concurrency;
 pub mod defaults;
 pub mod error;
 pub mod ids;

@@ -20,7 +20,7 @@ pub const COORDINATION_PARTITION: u16 = 0;
 
 /// Whether the task must live in the [`COORDINATION_PARTITION`].
 pub fn needs_coordination(task: &NewTask) -> bool {
-    task.idempotency_key.is_some() || task.rate_limit.is_some() || task.concurrency.is_some()
+    task.idempotency_key.is_some() || task.rate_limit.is_some() || !task.concurrency.is_empty()
 }
 
 /// Places tasks that are stored together, atomically, in one partition:

@@ -37,8 +37,9 @@ pub struct NewTask {
     /// Rate limit bucket (`name`, or `name|key`) and the milliseconds
     /// between starts it allows; `None` without a rate limit.
     pub rate_limit: Option<(String, f64)>,
-    /// Concurrency key and its limit; `None` without one.
-    pub concurrency: Option<(String, u32)>,
+    /// Concurrency keys and their limits, all taken at once (see
+    /// [`crate::concurrency`]); empty without any.
+    pub concurrency: Vec<(String, u32)>,
 }
 
 impl NewTask {
@@ -53,9 +54,9 @@ impl NewTask {
         self.rate_limit = self
             .rate_limit
             .map(|(bucket, interval)| (namespace.key(&bucket), interval));
-        self.concurrency = self
-            .concurrency
-            .map(|(key, limit)| (namespace.key(&key), limit));
+        for (key, _) in &mut self.concurrency {
+            *key = namespace.key(key);
+        }
         self.record.namespace = namespace.stored().to_string();
         self
     }
@@ -260,15 +261,7 @@ pub fn validate_with_defaults(
         };
         Some((bucket, interval_ms))
     };
-    let concurrency = if options.concurrency_limit > 0 {
-        check_key(
-            &format!("{prefix}.options.concurrency_key"),
-            &options.concurrency_key,
-        )?;
-        Some((options.concurrency_key.clone(), options.concurrency_limit))
-    } else {
-        None
-    };
+    let concurrency = concurrency_keys(&options, &format!("{prefix}.options"))?;
     let idempotency_key = (!spec.idempotency_key.is_empty()).then(|| spec.idempotency_key.clone());
     let record = store_pb::TaskRecord {
         name: spec.name,
@@ -326,6 +319,54 @@ fn check_trace_context(field: &str, context: &pb::TraceContext) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The task's concurrency keys: `concurrency_key` first (when its limit is
+/// set), then `concurrency_keys`; at most [`crate::concurrency::MAX_KEYS`],
+/// each once, each with a limit of at least 1.
+fn concurrency_keys(options: &pb::TaskOptions, prefix: &str) -> Result<Vec<(String, u32)>> {
+    let mut keys: Vec<(String, u32)> = Vec::new();
+    if options.concurrency_limit > 0 {
+        check_key(
+            &format!("{prefix}.concurrency_key"),
+            &options.concurrency_key,
+        )?;
+        keys.push((options.concurrency_key.clone(), options.concurrency_limit));
+    }
+    let total = keys.len() + options.concurrency_keys.len();
+    if total > crate::concurrency::MAX_KEYS {
+        return Err(ConveyorError::invalid(
+            format!("{prefix}.concurrency_keys"),
+            format!(
+                "a task may need at most {} concurrency keys, this one names {total}",
+                crate::concurrency::MAX_KEYS
+            ),
+        ));
+    }
+    for (index, entry) in options.concurrency_keys.iter().enumerate() {
+        let field = format!("{prefix}.concurrency_keys[{index}]");
+        if entry.key.is_empty() {
+            return Err(ConveyorError::invalid(
+                format!("{field}.key"),
+                "must not be empty",
+            ));
+        }
+        check_key(&format!("{field}.key"), &entry.key)?;
+        if entry.limit == 0 {
+            return Err(ConveyorError::invalid(
+                format!("{field}.limit"),
+                format!("key {:?} needs a limit of at least 1", entry.key),
+            ));
+        }
+        if keys.iter().any(|(key, _)| *key == entry.key) {
+            return Err(ConveyorError::invalid(
+                format!("{field}.key"),
+                format!("{:?} is named twice; give each key once", entry.key),
+            ));
+        }
+        keys.push((entry.key.clone(), entry.limit));
+    }
+    Ok(keys)
 }
 
 /// Keys of rate and concurrency limits: printable, no spaces, bounded.
@@ -720,7 +761,7 @@ mod tests {
         });
         let task = validate_spec(keyed, "task", &Limits::default(), 0, 0).unwrap();
         assert_eq!(task.rate_limit, Some(("add|customer-7".to_string(), 200.0)));
-        assert_eq!(task.concurrency, Some(("customer-7".to_string(), 3)));
+        assert_eq!(task.concurrency, vec![("customer-7".to_string(), 3)]);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The embedded store: one mutex over plain collections. The default of
 //! `conveyor dev` and of tests; it passes the same conformance suite as Redis.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use conveyor_api::pb;
 use conveyor_api::store_pb::{self, outcome_record};
+use conveyor_core::concurrency::{OVERTAKE_LIMIT, WAKE_WINDOW};
 use conveyor_core::{NewTask, Result, StoredTask, TaskId, TaskState};
 
 use crate::Store;
@@ -43,15 +44,34 @@ struct Inner {
     schedule_runs: HashMap<String, VecDeque<conveyor_api::pb::ScheduleRun>>,
     /// Rate limit buckets: theoretical arrival time (GCRA), ms.
     rate_tat: HashMap<String, f64>,
-    /// Concurrency permits held, per key.
-    permits: HashMap<String, HashSet<TaskId>>,
-    /// Tasks waiting for a permit, per key.
-    waiting: HashMap<String, VecDeque<TaskId>>,
+    /// Concurrency keys in use: holders, waiting line, reservation.
+    keys: HashMap<String, KeyState>,
+    /// The last park sequence number given out.
+    park_seq: u64,
     /// Paused queues.
     paused: HashSet<String>,
     /// Queue keys that got work back from a freed permit; notified after
     /// the lock is released.
     ready: Vec<QueueKey>,
+}
+
+/// One concurrency key (see [`conveyor_core::concurrency`]).
+#[derive(Debug, Default)]
+struct KeyState {
+    /// Tasks holding a permit.
+    holders: HashSet<TaskId>,
+    /// Parked tasks by park sequence, oldest first.
+    line: BTreeMap<u64, TaskId>,
+    /// The older waiter one permit is held back for, with its sequence.
+    reserved: Option<(TaskId, u64)>,
+    /// Younger tasks admitted while the line's head waited.
+    overtakes: u32,
+}
+
+impl KeyState {
+    fn is_idle(&self) -> bool {
+        self.holders.is_empty() && self.line.is_empty() && self.reserved.is_none()
+    }
 }
 
 #[derive(Debug)]
@@ -70,8 +90,10 @@ struct Entry {
     rate_limit: Option<(String, f64)>,
     /// The slot a rate-parked task reserved.
     reserved_slot: Option<i64>,
-    /// Concurrency key and limit.
-    concurrency: Option<(String, u32)>,
+    /// Concurrency keys and limits.
+    concurrency: Vec<(String, u32)>,
+    /// Place in the waiting lines, given when the task first parks.
+    park_seq: Option<u64>,
 }
 
 impl MemoryStore {
@@ -116,61 +138,199 @@ impl Inner {
             }
             entry.reserved_slot = None;
         }
-        if let Some((key, limit)) = entry.concurrency.clone() {
-            let permits = self.permits.entry(key.clone()).or_default();
-            if !permits.contains(&id) {
-                if permits.len() >= limit as usize {
-                    self.waiting.entry(key).or_default().push_back(id);
-                    return false;
+        if entry.concurrency.is_empty() {
+            return true;
+        }
+        if !self.fits(id, &HashMap::new()) {
+            self.park(id);
+            return false;
+        }
+        let Some(entry) = self.tasks.get(&id) else {
+            return false;
+        };
+        let seq = entry.park_seq.unwrap_or(u64::MAX);
+        for (key, _) in entry.concurrency.clone() {
+            let state = self.keys.entry(key).or_default();
+            state.holders.insert(id);
+            if state.reserved.is_some_and(|(reserved, _)| reserved == id) {
+                state.reserved = None;
+                state.overtakes = 0;
+            } else if let Some((&head_seq, &head)) = state.line.first_key_value()
+                && head_seq < seq
+            {
+                state.overtakes += 1;
+                if state.overtakes >= OVERTAKE_LIMIT && state.reserved.is_none() {
+                    state.reserved = Some((head, head_seq));
                 }
-                permits.insert(id);
             }
         }
         true
     }
 
-    /// Frees the task's permit, if any, and moves the first waiter for the
-    /// key back to the head of its queue.
-    fn free_permit(&mut self, id: TaskId) {
-        let Some((key, _)) = self
-            .tasks
-            .get(&id)
-            .and_then(|entry| entry.concurrency.clone())
-        else {
+    /// Whether `id` would get every permit it needs now; `promised` counts
+    /// permits promised to tasks woken earlier in the same scan.
+    fn fits(&self, id: TaskId, promised: &HashMap<String, usize>) -> bool {
+        let Some(entry) = self.tasks.get(&id) else {
+            return false;
+        };
+        let seq = entry.park_seq.unwrap_or(u64::MAX);
+        entry.concurrency.iter().all(|(key, limit)| {
+            let mut used = promised.get(key).copied().unwrap_or(0);
+            if let Some(state) = self.keys.get(key) {
+                if state.holders.contains(&id) {
+                    return true;
+                }
+                used += state.holders.len();
+                if state
+                    .reserved
+                    .is_some_and(|(reserved, reserved_seq)| reserved != id && reserved_seq < seq)
+                {
+                    used += 1;
+                }
+            }
+            used < *limit as usize
+        })
+    }
+
+    /// Puts a task that cannot be admitted in the line of each of its keys,
+    /// then wakes whoever its keys have room for (it may have been woken for
+    /// a permit that someone else took; others in a line may fit).
+    fn park(&mut self, id: TaskId) {
+        let next = self.park_seq + 1;
+        let Some(entry) = self.tasks.get_mut(&id) else {
             return;
         };
-        if !self
-            .permits
-            .get_mut(&key)
-            .is_some_and(|permits| permits.remove(&id))
-        {
+        let seq = *entry.park_seq.get_or_insert(next);
+        if seq == next {
+            self.park_seq = next;
+        }
+        let keys = entry.concurrency.clone();
+        for (key, _) in &keys {
+            self.keys
+                .entry(key.clone())
+                .or_default()
+                .line
+                .insert(seq, id);
+        }
+        for (key, limit) in &keys {
+            self.wake(key, *limit);
+        }
+    }
+
+    /// Takes a parked task out of every line it is in.
+    fn leave_lines(&mut self, id: TaskId) {
+        let Some(entry) = self.tasks.get(&id) else {
+            return;
+        };
+        let Some(seq) = entry.park_seq else {
+            return;
+        };
+        for (key, _) in &entry.concurrency {
+            if let Some(state) = self.keys.get_mut(key)
+                && state.line.remove(&seq).is_some()
+                && state.line.is_empty()
+            {
+                state.overtakes = 0;
+                if state.is_idle() {
+                    self.keys.remove(key);
+                }
+            }
+        }
+    }
+
+    /// A key gained room: the tasks of its line (the first
+    /// [`WAKE_WINDOW`], oldest first) that would be admitted now go back to
+    /// the head of their queues, as many as `limit` leaves room for.
+    fn wake(&mut self, key: &str, limit: u32) {
+        let Some(state) = self.keys.get(key) else {
+            return;
+        };
+        let mut room = (limit as usize).saturating_sub(state.holders.len());
+        if room == 0 {
             return;
         }
-        let Some(next) = self.waiting.get_mut(&key).and_then(VecDeque::pop_front) else {
-            return;
-        };
-        if let Some(queue_key) = self.tasks.get(&next).map(|entry| entry.queue_key.clone()) {
+        let line: Vec<TaskId> = state.line.values().take(WAKE_WINDOW).copied().collect();
+        let mut promised: HashMap<String, usize> = HashMap::new();
+        let mut woken = Vec::new();
+        for id in line {
+            if !self.fits(id, &promised) {
+                continue;
+            }
+            for (key, _) in &self.tasks[&id].concurrency {
+                *promised.entry(key.clone()).or_default() += 1;
+            }
+            self.leave_lines(id);
+            woken.push(id);
+            room -= 1;
+            if room == 0 {
+                break;
+            }
+        }
+        // The oldest ends up first.
+        for id in woken.into_iter().rev() {
+            let queue_key = self.tasks[&id].queue_key.clone();
             self.queues
                 .entry(queue_key.clone())
                 .or_default()
-                .push_front(next);
+                .push_front(id);
             self.ready.push(queue_key);
         }
     }
 
-    /// Takes a QUEUED task out of its queue or its permit waiting list.
+    /// Gives back every permit the task holds, then wakes the keys' lines.
+    fn free_permits(&mut self, id: TaskId) {
+        let Some(entry) = self.tasks.get(&id) else {
+            return;
+        };
+        let keys = entry.concurrency.clone();
+        let mut freed = Vec::new();
+        for (key, limit) in keys {
+            if let Some(state) = self.keys.get_mut(&key)
+                && state.holders.remove(&id)
+            {
+                if state.is_idle() {
+                    self.keys.remove(&key);
+                }
+                freed.push((key, limit));
+            }
+        }
+        for (key, limit) in freed {
+            self.wake(&key, limit);
+        }
+    }
+
+    /// Drops the permits held back for a task that will not run now.
+    fn drop_reservations(&mut self, id: TaskId) {
+        let Some(entry) = self.tasks.get(&id) else {
+            return;
+        };
+        for (key, limit) in entry.concurrency.clone() {
+            if let Some(state) = self.keys.get_mut(&key)
+                && state.reserved.is_some_and(|(reserved, _)| reserved == id)
+            {
+                state.reserved = None;
+                state.overtakes = 0;
+                if state.is_idle() {
+                    self.keys.remove(&key);
+                }
+                self.wake(&key, limit);
+            }
+        }
+    }
+
+    /// Takes a QUEUED task out of its queue or out of the lines it is
+    /// parked in.
     fn unqueue(&mut self, id: TaskId) {
         let Some(entry) = self.tasks.get(&id) else {
             return;
         };
-        let (key, concurrency) = (entry.queue_key.clone(), entry.concurrency.clone());
-        if let Some(queue) = self.queues.get_mut(&key) {
-            queue.retain(|queued| *queued != id);
-        }
-        if let Some((concurrency_key, _)) = concurrency
-            && let Some(waiting) = self.waiting.get_mut(&concurrency_key)
-        {
-            waiting.retain(|queued| *queued != id);
+        let key = entry.queue_key.clone();
+        let queued = self.queues.get_mut(&key).and_then(|queue| {
+            let position = queue.iter().position(|queued| *queued == id)?;
+            queue.remove(position)
+        });
+        if queued.is_none() {
+            self.leave_lines(id);
         }
     }
 
@@ -181,7 +341,8 @@ impl Inner {
     /// [`Inner::finish`] at a µs-precise instant (a reported outcome).
     fn finish_at_us(&mut self, id: TaskId, state: TaskState, now_us: i64) {
         let now_ms = now_us.div_euclid(1000);
-        self.free_permit(id);
+        self.free_permits(id);
+        self.drop_reservations(id);
         if let Some(entry) = self.tasks.get_mut(&id) {
             entry.task.state = state;
             entry.task.updated_at_ms = now_ms;
@@ -213,7 +374,7 @@ impl Inner {
             if !entry.task.state.is_leased() || entry.task.session_id != session_id {
                 continue;
             }
-            self.free_permit(id);
+            self.free_permits(id);
             let Some(entry) = self.tasks.get_mut(&id) else {
                 continue;
             };
@@ -331,6 +492,7 @@ impl Store for MemoryStore {
                         rate_limit: task.rate_limit.clone(),
                         reserved_slot: None,
                         concurrency: task.concurrency.clone(),
+                        park_seq: None,
                     },
                 );
                 acks.push(EnqueueAck {
@@ -949,7 +1111,7 @@ fn complete_one(inner: &mut Inner, report: OutcomeReport, now_us: i64) -> Outcom
             });
             match retry_at_ms {
                 Some(due) => {
-                    inner.free_permit(report.id);
+                    inner.free_permits(report.id);
                     let Some(entry) = inner.tasks.get_mut(&report.id) else {
                         return OutcomeAck::NotFound;
                     };

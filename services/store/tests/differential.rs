@@ -29,6 +29,9 @@ const NAMES: [&str; 2] = ["add", "mul"];
 const SESSIONS: [&str; 2] = ["s0", "s1"];
 // The fastest and (almost) the slowest rates validation allows among them.
 const RATES: [&str; 4] = ["5/s", "1000000/s", "1/h", "0.0417/h"];
+// Concurrency keys and limits: overlapping single permits (forks), a key
+// with room for two, and one that never runs out.
+const KEY_LIMITS: [(&str, u32); 4] = [("f0", 1), ("f1", 1), ("f2", 2), ("c", u32::MAX)];
 const DEFAULT_SEED: u64 = 0x00C0_FFEE;
 
 /// One step of a sequence. Indices pick among what the sequence created.
@@ -42,7 +45,10 @@ enum Op {
         max_retries: u32,
         idempotency_key: Option<u8>,
         rate: Option<usize>,
-        concurrency_limit: Option<u32>,
+        /// Concurrency keys (indexes into KEY_LIMITS); the first through the
+        /// one-key fields when `legacy_key`.
+        concurrency: Vec<usize>,
+        legacy_key: bool,
         result_ttl_ms: Option<u64>,
     },
     Lease {
@@ -117,7 +123,12 @@ fn op() -> impl Strategy<Value = Op> {
         0u32..3,
         prop::option::weighted(0.3, 0u8..2),
         prop::option::weighted(0.2, 0..RATES.len()),
-        prop::option::weighted(0.2, prop_oneof![1u32..3, Just(u32::MAX)]),
+        prop::option::weighted(
+            0.35,
+            prop::sample::subsequence(vec![0usize, 1, 2, 3], 1..=3),
+        )
+        .prop_map(Option::unwrap_or_default),
+        any::<bool>(),
         // Redis expires results on its own (real) clock, so only TTLs that
         // outlast a run are comparable here; the conformance suite covers
         // expiry itself.
@@ -132,7 +143,8 @@ fn op() -> impl Strategy<Value = Op> {
                 max_retries,
                 idempotency_key,
                 rate,
-                concurrency_limit,
+                concurrency,
+                legacy_key,
                 result_ttl_ms,
             )| Op::Submit {
                 name,
@@ -142,7 +154,8 @@ fn op() -> impl Strategy<Value = Op> {
                 max_retries,
                 idempotency_key,
                 rate,
-                concurrency_limit,
+                concurrency,
+                legacy_key,
                 result_ttl_ms,
             },
         );
@@ -170,6 +183,43 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..2).prop_map(|id| Op::SettleRun { id }),
         1 => (0u8..2, any::<bool>()).prop_map(|(id, paused)| Op::PauseSchedule { id, paused }),
         1 => Just(Op::DueSchedules),
+    ]
+}
+
+/// Sequences about concurrency keys alone, long enough for waiting lines,
+/// overtakes and reservations to build up: every task needs one to three
+/// overlapping keys.
+fn contention_op() -> impl Strategy<Value = Op> {
+    let submit = (
+        0..NAMES.len(),
+        prop::sample::subsequence(vec![0usize, 1, 2], 1..=3),
+        any::<bool>(),
+        prop::option::weighted(0.1, Just(100u64)),
+    )
+        .prop_map(
+            |(name, concurrency, legacy_key, expires_in_ms)| Op::Submit {
+                name,
+                priority: 0,
+                countdown_ms: None,
+                expires_in_ms,
+                max_retries: 1,
+                idempotency_key: None,
+                rate: None,
+                concurrency,
+                legacy_key,
+                result_ttl_ms: None,
+            },
+        );
+    prop_oneof![
+        5 => submit,
+        5 => (0..SESSIONS.len(), 0..NAMES.len(), 1usize..4)
+            .prop_map(|(session, name, max)| Op::Lease { session, name, max, ttl_ms: 5000 }),
+        5 => (0..SESSIONS.len(), 0usize..4, 0u8..3)
+            .prop_map(|(session, pick, kind)| Op::Complete { session, pick, kind, delay_ms: 0, stale: false }),
+        1 => (0usize..40).prop_map(Op::Cancel),
+        1 => (0..SESSIONS.len()).prop_map(Op::Release),
+        1 => Just(Op::Promote),
+        1 => prop_oneof![Just(200i64), Just(1000)].prop_map(Op::Advance),
     ]
 }
 
@@ -243,7 +293,8 @@ impl Run {
             max_retries,
             idempotency_key,
             rate,
-            concurrency_limit,
+            concurrency,
+            legacy_key,
             result_ttl_ms,
         } = op
         else {
@@ -265,12 +316,22 @@ impl Run {
                 ..Default::default()
             }),
             rate_limit: rate.map(|rate| RATES[rate].to_string()).unwrap_or_default(),
-            concurrency_key: if concurrency_limit.is_some() {
-                "c".into()
-            } else {
-                String::new()
+            concurrency_key: match concurrency.first() {
+                Some(&key) if *legacy_key => KEY_LIMITS[key].0.into(),
+                _ => String::new(),
             },
-            concurrency_limit: concurrency_limit.unwrap_or(0),
+            concurrency_limit: match concurrency.first() {
+                Some(&key) if *legacy_key => KEY_LIMITS[key].1,
+                _ => 0,
+            },
+            concurrency_keys: concurrency
+                .iter()
+                .skip(usize::from(*legacy_key))
+                .map(|&key| pb::ConcurrencyKey {
+                    key: KEY_LIMITS[key].0.into(),
+                    limit: KEY_LIMITS[key].1,
+                })
+                .collect(),
             result_ttl: result_ttl_ms.map(ms),
             ..Default::default()
         };
@@ -669,13 +730,27 @@ fn seed() -> u64 {
 
 #[test]
 fn memory_and_redis_agree_on_random_sequences() {
-    let Some(url) = test_redis_url() else {
-        return;
-    };
     let cases: u32 = std::env::var("CONVEYOR_DIFF_CASES")
         .ok()
         .and_then(|cases| cases.parse().ok())
         .unwrap_or(10_000);
+    agree(cases, prop::collection::vec(op(), 1..16));
+}
+
+#[test]
+fn memory_and_redis_agree_on_concurrency_keys() {
+    let cases: u32 = std::env::var("CONVEYOR_DIFF_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(10_000)
+        / 10;
+    agree(cases.max(1), prop::collection::vec(contention_op(), 10..80));
+}
+
+fn agree(cases: u32, sequences: impl Strategy<Value = Vec<Op>>) {
+    let Some(url) = test_redis_url() else {
+        return;
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -688,7 +763,7 @@ fn memory_and_redis_agree_on_random_sequences() {
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
-    let result = runner.run(&prop::collection::vec(op(), 1..16), |ops| {
+    let result = runner.run(&sequences, |ops| {
         runtime.block_on(async {
             let mut redis_config = test_redis_config(&url);
             redis_config.clock = StoreClock::Caller;

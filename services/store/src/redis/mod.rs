@@ -455,12 +455,8 @@ impl Store for RedisStore {
                             .as_ref()
                             .map_or(0.0, |(_, interval)| *interval),
                     )
-                    .arg(
-                        task.concurrency
-                            .as_ref()
-                            .map_or("", |(key, _)| key.as_str()),
-                    )
-                    .arg(task.concurrency.as_ref().map_or(0, |(_, limit)| *limit));
+                    .arg(concurrency_keys(&task.concurrency))
+                    .arg(concurrency_limits(&task.concurrency));
             }
             // Run twice, tasks without an idempotency key would be stored
             // twice: only a batch keyed throughout is retried.
@@ -1075,4 +1071,24 @@ impl Store for RedisStore {
         }
         Ok(summary)
     }
+}
+
+/// A task's concurrency keys as its `ck` field stores them.
+fn concurrency_keys(keys: &[(String, u32)]) -> String {
+    let mut joined = String::new();
+    for (index, (key, _)) in keys.iter().enumerate() {
+        if index > 0 {
+            joined.push(conveyor_core::concurrency::KEY_SEPARATOR);
+        }
+        joined.push_str(key);
+    }
+    joined
+}
+
+/// The limits of [`concurrency_keys`], as the `cl` field stores them.
+fn concurrency_limits(keys: &[(String, u32)]) -> String {
+    keys.iter()
+        .map(|(_, limit)| limit.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

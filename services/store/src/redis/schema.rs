@@ -87,9 +87,19 @@ pub const KEYS: &[Key] = &[
         holds: "tasks holding a permit of a concurrency key (partition 0)",
     },
     Key {
-        pattern: "cw:<key>",
-        kind: "list",
-        holds: "tasks waiting for a permit of a concurrency key (partition 0)",
+        pattern: "cz:<key>",
+        kind: "sorted set",
+        holds: "tasks parked for a concurrency key, scored by park sequence (partition 0)",
+    },
+    Key {
+        pattern: "cr:<key>",
+        kind: "hash",
+        holds: "a concurrency key's reservation (r: task, s: its park sequence) and overtakes of its oldest waiter (b) (partition 0)",
+    },
+    Key {
+        pattern: "cseq",
+        kind: "string",
+        holds: "the last park sequence given to a task waiting for concurrency keys (partition 0)",
     },
     Key {
         pattern: "partitions",
@@ -209,11 +219,15 @@ pub const TASK_FIELDS: &[Field] = &[
     },
     Field {
         name: "ck",
-        holds: "concurrency key (none)",
+        holds: "concurrency keys, joined by a vertical bar (none)",
     },
     Field {
         name: "cl",
-        holds: "concurrency limit",
+        holds: "their limits, joined by commas",
+    },
+    Field {
+        name: "cs",
+        holds: "park sequence: the task's place in its keys' waiting lines (never parked)",
     },
     Field {
         name: "w",

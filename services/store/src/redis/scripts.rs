@@ -46,12 +46,21 @@ fn body(name: &str, source: &str) -> String {
 
 /// The full text of script `name`: shebang, helpers, body.
 pub(crate) fn assemble(name: &str, source: &str) -> String {
-    let common = body("common", COMMON).replace(
-        "DEFAULT_TTL_MS",
-        &conveyor_core::Limits::default()
-            .default_result_ttl_ms
-            .to_string(),
-    );
+    let common = body("common", COMMON)
+        .replace(
+            "DEFAULT_TTL_MS",
+            &conveyor_core::Limits::default()
+                .default_result_ttl_ms
+                .to_string(),
+        )
+        .replace(
+            "CONC_OVERTAKE_LIMIT",
+            &conveyor_core::concurrency::OVERTAKE_LIMIT.to_string(),
+        )
+        .replace(
+            "CONC_WAKE_WINDOW",
+            &conveyor_core::concurrency::WAKE_WINDOW.to_string(),
+        );
     format!("{SHEBANG}\n{common}\n{}", body(name, source))
 }
 

@@ -73,38 +73,158 @@ local function ready_channel(ev)
   return string.sub(ev, 1, -3) .. 'rdy'
 end
 
--- Gives back the task's concurrency permit, if it holds one, and moves the
--- first task waiting for that key back to the head of its queue.
-local function free_permit_of(id, ck, ev)
-  if not ck or redis.call('SREM', P .. 'cc:' .. ck, id) == 0 then return end
-  local waiting = redis.call('LPOP', P .. 'cw:' .. ck)
-  if not waiting then return end
-  local qk = redis.call('HGET', P .. 't:' .. waiting, 'qk')
-  if qk then
-    push(qk, waiting, true)
-    redis.call('PUBLISH', ready_channel(ev), qk)
+-- Concurrency keys (conveyor_core::concurrency has the policy; the memory
+-- store mirrors every step). Per key K: cc:K holds the holders, cz:K the
+-- parked tasks scored by park sequence, cr:K the reservation (r: task,
+-- s: its sequence) and the overtake count (b). A task's keys are in its
+-- ck field joined by '|', their limits in cl joined by ','; cs is its park
+-- sequence, from the counter cseq.
+local OVERTAKE_LIMIT, WAKE_WINDOW = CONC_OVERTAKE_LIMIT, CONC_WAKE_WINDOW
+
+local function conc_of(ck, cl)
+  local keys, limits = {}, {}
+  if ck then
+    for k in string.gmatch(ck, '[^|]+') do keys[#keys + 1] = k end
+    for l in string.gmatch(cl or '', '[^,]+') do limits[#limits + 1] = tonumber(l) end
+  end
+  return keys, limits
+end
+
+-- Whether task id (park sequence seq, math.huge if never parked) would get
+-- every permit now; promised counts permits promised earlier in a scan.
+local function fits(id, seq, keys, limits, promised)
+  for i, k in ipairs(keys) do
+    local cc = P .. 'cc:' .. k
+    if redis.call('SISMEMBER', cc, id) == 0 then
+      local used = redis.call('SCARD', cc) + ((promised and promised[k]) or 0)
+      local r = redis.call('HMGET', P .. 'cr:' .. k, 'r', 's')
+      if r[1] and r[1] ~= id and tonumber(r[2]) < seq then used = used + 1 end
+      if used >= limits[i] then return false end
+    end
+  end
+  return true
+end
+
+-- Takes a parked task out of every line it is in.
+local function leave_lines(id, keys)
+  for _, k in ipairs(keys) do
+    local z = P .. 'cz:' .. k
+    if redis.call('ZREM', z, id) == 1 and redis.call('ZCARD', z) == 0 then
+      redis.call('HDEL', P .. 'cr:' .. k, 'b')
+    end
   end
 end
 
-local function free_permit(t, id, ev)
-  free_permit_of(id, redis.call('HGET', t, 'ck'), ev)
+-- Key k gained room: the tasks of its line (the first WAKE_WINDOW, oldest
+-- first) that would be admitted now go back to the head of their queues, as
+-- many as limit leaves room for.
+local function wake(k, limit, ev)
+  local room = limit - redis.call('SCARD', P .. 'cc:' .. k)
+  if room <= 0 then return end
+  local line = redis.call('ZRANGE', P .. 'cz:' .. k, 0, WAKE_WINDOW - 1)
+  local promised, woken = {}, {}
+  for _, w in ipairs(line) do
+    local g = redis.call('HMGET', P .. 't:' .. w, 'ck', 'cl', 'cs', 'qk')
+    local keys, limits = conc_of(g[1], g[2])
+    if fits(w, tonumber(g[3]), keys, limits, promised) then
+      for _, wk in ipairs(keys) do promised[wk] = (promised[wk] or 0) + 1 end
+      leave_lines(w, keys)
+      woken[#woken + 1] = w; woken[#woken + 1] = g[4]
+      room = room - 1
+      if room == 0 then break end
+    end
+  end
+  -- The oldest ends up first.
+  for j = #woken - 1, 1, -2 do
+    push(woken[j + 1], woken[j], true)
+    redis.call('PUBLISH', ready_channel(ev), woken[j + 1])
+  end
 end
 
--- Takes a QUEUED task out of its queue or its concurrency waiting list.
+-- Parks task id (hash t) in the line of each of its keys, then wakes
+-- whoever its keys have room for: it may have been woken for a permit that
+-- somebody else took, and others in a line may fit.
+local function park(t, id, seq, keys, limits, ev)
+  if not seq then
+    seq = redis.call('INCR', P .. 'cseq')
+    redis.call('HSET', t, 'cs', seq)
+  end
+  for _, k in ipairs(keys) do redis.call('ZADD', P .. 'cz:' .. k, seq, id) end
+  for i, k in ipairs(keys) do wake(k, limits[i], ev) end
+end
+
+-- Admission of task id to its concurrency keys: all permits at once, or
+-- parked. Counts the overtakes of each line's head; reserves a permit for
+-- the head after OVERTAKE_LIMIT of them.
+local function admit_keys(t, id, ck, cl, cs, ev)
+  local keys, limits = conc_of(ck, cl)
+  local seq = tonumber(cs) or math.huge
+  if not fits(id, seq, keys, limits, nil) then
+    park(t, id, tonumber(cs), keys, limits, ev)
+    return false
+  end
+  for _, k in ipairs(keys) do
+    redis.call('SADD', P .. 'cc:' .. k, id)
+    local cr = P .. 'cr:' .. k
+    local r = redis.call('HGET', cr, 'r')
+    if r == id then
+      redis.call('HDEL', cr, 'r', 's', 'b')
+    else
+      local head = redis.call('ZRANGE', P .. 'cz:' .. k, 0, 0, 'WITHSCORES')
+      if head[1] and tonumber(head[2]) < seq then
+        local b = redis.call('HINCRBY', cr, 'b', 1)
+        if b >= OVERTAKE_LIMIT and not r then redis.call('HSET', cr, 'r', head[1], 's', head[2]) end
+      end
+    end
+  end
+  return true
+end
+
+-- Gives back every permit the task holds, then wakes the keys' lines.
+local function free_permits_of(id, ck, cl, ev)
+  if not ck then return end
+  local keys, limits = conc_of(ck, cl)
+  local freed = {}
+  for i, k in ipairs(keys) do
+    if redis.call('SREM', P .. 'cc:' .. k, id) == 1 then freed[#freed + 1] = i end
+  end
+  for _, i in ipairs(freed) do wake(keys[i], limits[i], ev) end
+end
+
+local function free_permits(t, id, ev)
+  local g = redis.call('HMGET', t, 'ck', 'cl')
+  free_permits_of(id, g[1], g[2], ev)
+end
+
+-- Drops the permits held back for a task that will not run now.
+local function drop_reservations(id, ck, cl, ev)
+  if not ck then return end
+  local keys, limits = conc_of(ck, cl)
+  for i, k in ipairs(keys) do
+    local cr = P .. 'cr:' .. k
+    if redis.call('HGET', cr, 'r') == id then
+      redis.call('HDEL', cr, 'r', 's', 'b')
+      wake(k, limits[i], ev)
+    end
+  end
+end
+
+-- Takes a QUEUED task out of its queue or out of the lines it is parked in.
 local function unqueue(t, id, qk)
   if redis.call('LREM', P .. 'q:' .. qk, 1, id) == 0 then
-    local ck = redis.call('HGET', t, 'ck')
-    if ck then redis.call('LREM', P .. 'cw:' .. ck, 1, id) end
+    local g = redis.call('HMGET', t, 'ck', 'cl')
+    if g[1] then leave_lines(id, (conc_of(g[1], g[2]))) end
   end
 end
 
--- g: the task's ck, ttl and w fields when the caller already read them;
+-- g: the task's ck, ttl, w and cl fields when the caller already read them;
 -- oc: an outcome record to store with the final state. A task leaves the
 -- dead letters when it finishes otherwise, and its dead letter entry goes
 -- when its hash expires (see trim_dead).
 local function finish(t, id, st, now, ev, g, oc)
-  g = g or redis.call('HMGET', t, 'ck', 'ttl', 'w')
-  free_permit_of(id, g[1], ev)
+  g = g or redis.call('HMGET', t, 'ck', 'ttl', 'w', 'cl')
+  free_permits_of(id, g[1], g[4], ev)
+  drop_reservations(id, g[1], g[4], ev)
   if oc then
     redis.call('HSET', t, 'st', st, 'ua', now, 'fa', now, 'oc', oc)
   else
@@ -140,7 +260,7 @@ local function release(sid, now, ev, rdy, out)
     local t = P .. 't:' .. id
     local f = redis.call('HMGET', t, 'st', 'ss', 'qk')
     if (f[1] == '3' or f[1] == '4') and f[2] == sid then
-      free_permit(t, id, ev)
+      free_permits(t, id, ev)
       redis.call('HSET', t, 'st', 2, 'ua', now)
       push(f[3], id, true)
       pushed[f[3]] = true

@@ -10,7 +10,7 @@ local out = {}
 for b = 3, #ARGV, 6 do
   local id, sid, kind = ARGV[b], ARGV[b + 1], ARGV[b + 3]
   local t = P .. 't:' .. id
-  local f = redis.call('HMGET', t, 'st', 'ss', 'tk', 'fl', 'ck', 'ttl', 'w')
+  local f = redis.call('HMGET', t, 'st', 'ss', 'tk', 'fl', 'ck', 'ttl', 'w', 'cl')
   if not f[1] then
     out[#out + 1] = -1
   elseif tonumber(f[3] or '0') ~= tonumber(ARGV[b + 2]) then
@@ -19,7 +19,7 @@ for b = 3, #ARGV, 6 do
     out[#out + 1] = -3
   else
     redis.call('SREM', P .. 'sl:' .. sid, id)
-    local g = {f[5], f[6], f[7]}
+    local g = {f[5], f[6], f[7], f[8]}
     if kind == 's' then
       finish(t, id, 5, now, ev, g, ARGV[b + 4])
       out[#out + 1] = 5
@@ -27,7 +27,7 @@ for b = 3, #ARGV, 6 do
       redis.call('HSET', t, 'oc', ARGV[b + 4], 'fl', tonumber(f[4] or '0') + 1)
       if kind == 'r' then
         local due = now_ms + tonumber(ARGV[b + 5])
-        free_permit_of(id, f[5], ev)
+        free_permits_of(id, f[5], f[8], ev)
         redis.call('HSET', t, 'st', 1, 'du', due, 'ua', now_ms)
         redis.call('ZADD', P .. 'sched', due, id)
         notify(t, id, ev)

@@ -25,10 +25,10 @@ for _, qk in ipairs(redis.call('SMEMBERS', P .. 'rq')) do
 end
 -- Admission: a rate-limited task takes the next slot of its bucket (GCRA);
 -- a slot in the future parks it, SCHEDULED, until then with the slot kept.
--- A task over its key's concurrency limit waits in the key's list until a
--- permit is freed. Returns whether the task may be leased now.
+-- A task needing a concurrency key without a free permit is parked (see
+-- admit_keys). Returns whether the task may be leased now.
 local function admit(t, id)
-  local g = redis.call('HMGET', t, 'rb', 'ri', 'rs', 'ck', 'cl')
+  local g = redis.call('HMGET', t, 'rb', 'ri', 'rs', 'ck', 'cl', 'cs')
   if g[1] then
     local reserved = tonumber(g[3] or '-1')
     if reserved < 0 or reserved > now then
@@ -47,16 +47,7 @@ local function admit(t, id)
     end
     redis.call('HDEL', t, 'rs')
   end
-  if g[4] then
-    local permits = P .. 'cc:' .. g[4]
-    if redis.call('SISMEMBER', permits, id) == 0 then
-      if redis.call('SCARD', permits) >= tonumber(g[5]) then
-        redis.call('RPUSH', P .. 'cw:' .. g[4], id)
-        return false
-      end
-      redis.call('SADD', permits, id)
-    end
-  end
+  if g[4] then return admit_keys(t, id, g[4], g[5], g[6], ev) end
   return true
 end
 -- Priority levels, highest first; within a level, one task per list in
