@@ -75,6 +75,17 @@ struct NameDefaults {
     concurrency_key: Option<String>,
     /// Most tasks with the key running at once.
     concurrency_limit: Option<u32>,
+    /// Keys needed all at once: `[{ key = "fork:1", limit = 1 }, …]`.
+    #[serde(default)]
+    concurrency_keys: Vec<KeyDefault>,
+}
+
+/// One entry of `concurrency-keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyDefault {
+    key: String,
+    limit: u32,
 }
 
 fn duration(
@@ -121,6 +132,14 @@ impl NameDefaults {
             rate_limit_key: self.rate_limit_key.unwrap_or_default(),
             concurrency_key: self.concurrency_key.unwrap_or_default(),
             concurrency_limit: self.concurrency_limit.unwrap_or(0),
+            concurrency_keys: self
+                .concurrency_keys
+                .into_iter()
+                .map(|entry| pb::ConcurrencyKey {
+                    key: entry.key,
+                    limit: entry.limit,
+                })
+                .collect(),
             ..Default::default()
         })
     }
@@ -208,6 +227,32 @@ mod tests {
         assert!(error.reason.contains("max_retries"), "{error}");
         let error = parse_task_defaults("[tasks.x]\nqueue = \"a:b\"", "f").unwrap_err();
         assert!(error.reason.contains("queue"), "{error}");
+        let error = parse_task_defaults(
+            "[tasks.x]\nconcurrency-keys = [{ key = \"a\", limit = 1 }, { key = \"a\", limit = 2 }]",
+            "f",
+        )
+        .unwrap_err();
+        assert!(error.reason.contains("concurrency_keys[1].key"), "{error}");
+    }
+
+    #[test]
+    fn parses_several_concurrency_keys() {
+        let defaults = parse_task_defaults(
+            r#"
+            [tasks.eat]
+            concurrency-keys = [{ key = "fork:1", limit = 1 }, { key = "fork:2", limit = 1 }]
+            "#,
+            "defaults.toml",
+        )
+        .unwrap();
+        let keys: Vec<(&str, u32)> = defaults
+            .get("eat")
+            .unwrap()
+            .concurrency_keys
+            .iter()
+            .map(|entry| (entry.key.as_str(), entry.limit))
+            .collect();
+        assert_eq!(keys, vec![("fork:1", 1), ("fork:2", 1)]);
     }
 }
 

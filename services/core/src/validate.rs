@@ -765,6 +765,82 @@ mod tests {
     }
 
     #[test]
+    fn concurrency_keys_are_bounded_distinct_and_limited() {
+        let spec_with = |legacy: Option<&str>, keys: Vec<(&str, u32)>| pb::TaskSpec {
+            name: "eat".into(),
+            options: Some(pb::TaskOptions {
+                concurrency_key: legacy.unwrap_or_default().into(),
+                concurrency_limit: u32::from(legacy.is_some()),
+                concurrency_keys: keys
+                    .into_iter()
+                    .map(|(key, limit)| pb::ConcurrencyKey {
+                        key: key.into(),
+                        limit,
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let check = |spec| validate_spec(spec, "task", &Limits::default(), 0, 0);
+        let task = check(spec_with(Some("db"), vec![("fork:1", 1), ("fork:2", 2)])).unwrap();
+        assert_eq!(
+            task.concurrency,
+            vec![
+                ("db".to_string(), 1),
+                ("fork:1".to_string(), 1),
+                ("fork:2".to_string(), 2)
+            ]
+        );
+        let names: Vec<String> = (0..9).map(|i| format!("k{i}")).collect();
+        let nine = names.iter().map(|name| (name.as_str(), 1)).collect();
+        let error = check(spec_with(None, nine)).unwrap_err().to_string();
+        assert!(
+            error.contains("task.options.concurrency_keys") && error.contains("at most 8"),
+            "{error}"
+        );
+        let eight: Vec<(&str, u32)> = names[..8].iter().map(|name| (name.as_str(), 1)).collect();
+        assert!(check(spec_with(None, eight.clone())).is_ok());
+        let error = check(spec_with(Some("db"), eight)).unwrap_err().to_string();
+        assert!(error.contains("at most 8"), "{error}");
+        let error = check(spec_with(None, vec![("a", 1), ("a", 1)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("task.options.concurrency_keys[1].key") && error.contains("twice"),
+            "{error}"
+        );
+        let error = check(spec_with(Some("a"), vec![("a", 1)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("task.options.concurrency_keys[0].key"),
+            "{error}"
+        );
+        let error = check(spec_with(None, vec![("a", 1), ("b", 0)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("task.options.concurrency_keys[1].limit"),
+            "{error}"
+        );
+        let error = check(spec_with(None, vec![("a b", 1)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("task.options.concurrency_keys[0].key"),
+            "{error}"
+        );
+        let error = check(spec_with(None, vec![("", 1)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("task.options.concurrency_keys[0].key"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn countdown_delays_the_task() {
         let mut delayed = spec("add");
         delayed.options = Some(pb::TaskOptions {

@@ -75,7 +75,8 @@ macro_rules! conformance_suite {
                 notifications_reach_waiters, wait_times_out_without_changes, batch_lease_takes_many,
                 progress_is_fenced_and_visible, dead_letters_replay_and_forget, unstarted_tasks_expire_without_workers,
                 eta_an_hour_ahead_runs_once_when_due, higher_priorities_lease_first, schedules_claim_by_compare_and_set,
-                rate_limits_space_starts_and_park_without_loss, concurrency_permits_pass_to_waiters, paused_queues_hand_out_nothing);
+                rate_limits_space_starts_and_park_without_loss, concurrency_permits_pass_to_waiters, paused_queues_hand_out_nothing,
+                several_keys_are_taken_all_or_nothing, waiters_for_several_keys_are_not_starved);
         }
     };
     (@cases $factory:expr; $($case:ident),*) => {
@@ -1231,6 +1232,171 @@ pub async fn concurrency_permits_pass_to_waiters(store: Arc<dyn Store>) {
     assert_eq!(
         again.iter().map(|task| task.id).collect::<Vec<_>>(),
         vec![ids[1]]
+    );
+}
+
+/// A task needing `keys` (key, limit), in the coordination partition.
+fn keyed(keys: &[(&str, u32)]) -> NewTask {
+    limited_spec(pb::TaskOptions {
+        concurrency_keys: keys
+            .iter()
+            .map(|(key, limit)| pb::ConcurrencyKey {
+                key: (*key).into(),
+                limit: *limit,
+            })
+            .collect(),
+        ..Default::default()
+    })
+}
+
+fn limited_spec(options: pb::TaskOptions) -> NewTask {
+    let mut new = task("add", options, 1);
+    new.id = conveyor_core::TaskId::new(0);
+    new
+}
+
+async fn enqueue_one(store: &Arc<dyn Store>, task: NewTask) -> conveyor_core::TaskId {
+    store.enqueue(vec![task], NOW).await.unwrap()[0].id
+}
+
+async fn lease_ids(store: &Arc<dyn Store>, session: &str) -> Vec<conveyor_core::TaskId> {
+    store
+        .lease(lease_request(session, &["add"], 10, NOW))
+        .await
+        .unwrap()
+        .iter()
+        .map(|task| task.id)
+        .collect()
+}
+
+/// Several keys: a task is leased only with every permit, holds none while
+/// it waits (others use them meanwhile), and gives all back together, when
+/// it finishes and when its session is lost.
+pub async fn several_keys_are_taken_all_or_nothing(store: Arc<dyn Store>) {
+    let a = enqueue_one(&store, keyed(&[("f0", 1), ("f1", 1)])).await;
+    let b = enqueue_one(&store, keyed(&[("f1", 1), ("f2", 1)])).await;
+    let c = enqueue_one(&store, keyed(&[("f2", 1), ("f3", 1)])).await;
+    // b needs f1, which a holds: it waits holding nothing, so c gets f2.
+    assert_eq!(lease_ids(&store, "s1").await, vec![a, c]);
+    assert_eq!(state_of(&store, b).await, TaskState::Queued);
+    // a done: f1 is free but f2 is not; b still waits.
+    store
+        .complete(vec![success(a, "s1", 1, "1")], us(NOW))
+        .await
+        .unwrap();
+    assert!(lease_ids(&store, "s1").await.is_empty(), "b needs f2 too");
+    // c done: both free, b runs.
+    store
+        .complete(vec![success(c, "s1", 1, "1")], us(NOW))
+        .await
+        .unwrap();
+    assert_eq!(lease_ids(&store, "s2").await, vec![b]);
+    // b holds f1 and f2: tasks needing either wait. b's session is lost:
+    // both permits come back, b goes back to the head of its queue and takes
+    // them again; when it finishes, both waiters run.
+    let d = enqueue_one(&store, keyed(&[("f1", 1)])).await;
+    let e = enqueue_one(&store, keyed(&[("f2", 1), ("f3", 1)])).await;
+    assert!(lease_ids(&store, "s1").await.is_empty());
+    store.release_session("s2", NOW).await.unwrap();
+    assert_eq!(lease_ids(&store, "s1").await, vec![b], "b first again");
+    store
+        .complete(vec![success(b, "s1", 2, "1")], us(NOW))
+        .await
+        .unwrap();
+    let mut after = lease_ids(&store, "s1").await;
+    after.sort();
+    let mut expected = vec![d, e];
+    expected.sort();
+    assert_eq!(after, expected, "both keys came back together");
+    // A key with room for two: two holders, the third waits.
+    let wide: Vec<_> = (0..3).map(|_| keyed(&[("pool", 2), ("f9", 5)])).collect();
+    let ids: Vec<_> = store
+        .enqueue(wide, NOW)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|ack| ack.id)
+        .collect();
+    assert_eq!(lease_ids(&store, "s3").await, ids[..2].to_vec());
+}
+
+/// A task waiting for two keys is overtaken on each at most
+/// `OVERTAKE_LIMIT` times by tasks needing one of them; then a permit is
+/// held for it, it runs as soon as the holders finish, before younger
+/// waiters; a cancelled waiter gives its reservation up.
+pub async fn waiters_for_several_keys_are_not_starved(store: Arc<dyn Store>) {
+    let limit = conveyor_core::concurrency::OVERTAKE_LIMIT as usize;
+    let x0 = enqueue_one(&store, keyed(&[("x", 1)])).await;
+    assert_eq!(lease_ids(&store, "s1").await, vec![x0]);
+    let w = enqueue_one(&store, keyed(&[("x", 1), ("y", 1)])).await;
+    assert!(lease_ids(&store, "s1").await.is_empty(), "x is held");
+    // Tasks needing only y overtake w while x is held, up to the limit.
+    let mut overtook = 0;
+    let mut blocked = None;
+    for _ in 0..limit + 3 {
+        let y = enqueue_one(&store, keyed(&[("y", 1)])).await;
+        match lease_ids(&store, "s2").await.as_slice() {
+            [] => {
+                blocked = Some(y);
+                break;
+            }
+            [leased] => {
+                assert_eq!(*leased, y);
+                overtook += 1;
+                store
+                    .complete(vec![success(y, "s2", 1, "1")], us(NOW))
+                    .await
+                    .unwrap();
+            }
+            other => panic!("leased {other:?}"),
+        }
+    }
+    assert_eq!(overtook, limit, "overtaken exactly OVERTAKE_LIMIT times");
+    let blocked = blocked.expect("y is held for w after the limit");
+    // A younger task waiting for x: when x0 finishes, w goes first.
+    let x1 = enqueue_one(&store, keyed(&[("x", 1)])).await;
+    assert!(lease_ids(&store, "s3").await.is_empty());
+    store
+        .complete(vec![success(x0, "s1", 1, "1")], us(NOW))
+        .await
+        .unwrap();
+    assert_eq!(
+        lease_ids(&store, "s3").await,
+        vec![w],
+        "the oldest waiter first"
+    );
+    store
+        .complete(vec![success(w, "s3", 1, "1")], us(NOW))
+        .await
+        .unwrap();
+    let mut rest = lease_ids(&store, "s3").await;
+    rest.sort();
+    let mut expected = vec![blocked, x1];
+    expected.sort();
+    assert_eq!(rest, expected, "w's keys came back to the others");
+    // A reserved waiter that is cancelled leaves its permit to the others.
+    let z0 = enqueue_one(&store, keyed(&[("z", 1)])).await;
+    assert_eq!(lease_ids(&store, "s4").await, vec![z0]);
+    let v = enqueue_one(&store, keyed(&[("z", 1), ("v", 1)])).await;
+    assert!(lease_ids(&store, "s4").await.is_empty());
+    let mut last = None;
+    for _ in 0..limit + 1 {
+        let only_v = enqueue_one(&store, keyed(&[("v", 1)])).await;
+        if let [leased] = lease_ids(&store, "s5").await.as_slice() {
+            store
+                .complete(vec![success(*leased, "s5", 1, "1")], us(NOW))
+                .await
+                .unwrap();
+        } else {
+            last = Some(only_v);
+        }
+    }
+    let last = last.expect("v is held for the waiter");
+    assert_eq!(store.cancel(v, NOW).await.unwrap(), CancelAck::Cancelled);
+    assert_eq!(
+        lease_ids(&store, "s5").await,
+        vec![last],
+        "reservation dropped with the waiter"
     );
 }
 
