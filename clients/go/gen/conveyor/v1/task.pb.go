@@ -342,6 +342,8 @@ type TaskOptions struct {
 	// every task of the name shares it.
 	RateLimitKey string `protobuf:"bytes,9,opt,name=rate_limit_key,json=rateLimitKey,proto3" json:"rate_limit_key,omitempty"`
 	// Tasks sharing this key share a concurrency limit of `concurrency_limit`.
+	// The one-key form of `concurrency_keys`; when both are set, this key is
+	// the first of the task's keys.
 	ConcurrencyKey string `protobuf:"bytes,10,opt,name=concurrency_key,json=concurrencyKey,proto3" json:"concurrency_key,omitempty"`
 	// Maximum tasks with `concurrency_key` running at once; 0 means unlimited.
 	ConcurrencyLimit uint32 `protobuf:"varint,11,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
@@ -355,9 +357,17 @@ type TaskOptions struct {
 	// the rate waits (SCHEDULED) for its slot and is never failed or dropped.
 	// Tasks sharing a bucket should share a rate (usually set per task name
 	// through the task defaults).
-	RateLimit     string `protobuf:"bytes,14,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RateLimit string `protobuf:"bytes,14,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	// Concurrency keys the task needs all at once, at most 8 in all (with
+	// `concurrency_key`), no key twice. A task is leased only when every key
+	// has a free permit; it takes them all in one atomic store operation and
+	// gives them all back when its attempt ends. It never holds some while
+	// waiting for others, so tasks that share keys cannot deadlock. Waiting
+	// tasks are served oldest first per key, with bounded overtaking (see
+	// the README's "Several keys at once").
+	ConcurrencyKeys []*ConcurrencyKey `protobuf:"bytes,15,rep,name=concurrency_keys,json=concurrencyKeys,proto3" json:"concurrency_keys,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *TaskOptions) Reset() {
@@ -488,6 +498,69 @@ func (x *TaskOptions) GetRateLimit() string {
 	return ""
 }
 
+func (x *TaskOptions) GetConcurrencyKeys() []*ConcurrencyKey {
+	if x != nil {
+		return x.ConcurrencyKeys
+	}
+	return nil
+}
+
+// One concurrency key of a task and the most tasks holding it at once.
+type ConcurrencyKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 1 to 200 printable characters, no spaces or '|'.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Permits of the key, at least 1. Tasks sharing a key should give it the
+	// same limit (usually through the task defaults file).
+	Limit         uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConcurrencyKey) Reset() {
+	*x = ConcurrencyKey{}
+	mi := &file_conveyor_v1_task_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConcurrencyKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConcurrencyKey) ProtoMessage() {}
+
+func (x *ConcurrencyKey) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_task_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConcurrencyKey.ProtoReflect.Descriptor instead.
+func (*ConcurrencyKey) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ConcurrencyKey) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *ConcurrencyKey) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
 // Everything a producer says about one task.
 type TaskSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -511,7 +584,7 @@ type TaskSpec struct {
 
 func (x *TaskSpec) Reset() {
 	*x = TaskSpec{}
-	mi := &file_conveyor_v1_task_proto_msgTypes[3]
+	mi := &file_conveyor_v1_task_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -523,7 +596,7 @@ func (x *TaskSpec) String() string {
 func (*TaskSpec) ProtoMessage() {}
 
 func (x *TaskSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_task_proto_msgTypes[3]
+	mi := &file_conveyor_v1_task_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -536,7 +609,7 @@ func (x *TaskSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskSpec.ProtoReflect.Descriptor instead.
 func (*TaskSpec) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{3}
+	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *TaskSpec) GetName() string {
@@ -596,7 +669,7 @@ type TraceContext struct {
 
 func (x *TraceContext) Reset() {
 	*x = TraceContext{}
-	mi := &file_conveyor_v1_task_proto_msgTypes[4]
+	mi := &file_conveyor_v1_task_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -608,7 +681,7 @@ func (x *TraceContext) String() string {
 func (*TraceContext) ProtoMessage() {}
 
 func (x *TraceContext) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_task_proto_msgTypes[4]
+	mi := &file_conveyor_v1_task_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -621,7 +694,7 @@ func (x *TraceContext) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TraceContext.ProtoReflect.Descriptor instead.
 func (*TraceContext) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{4}
+	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TraceContext) GetTraceparent() string {
@@ -661,7 +734,7 @@ type TaskError struct {
 
 func (x *TaskError) Reset() {
 	*x = TaskError{}
-	mi := &file_conveyor_v1_task_proto_msgTypes[5]
+	mi := &file_conveyor_v1_task_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +746,7 @@ func (x *TaskError) String() string {
 func (*TaskError) ProtoMessage() {}
 
 func (x *TaskError) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_task_proto_msgTypes[5]
+	mi := &file_conveyor_v1_task_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +759,7 @@ func (x *TaskError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskError.ProtoReflect.Descriptor instead.
 func (*TaskError) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{5}
+	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TaskError) GetType() string {
@@ -748,7 +821,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_conveyor_v1_task_proto_msgTypes[6]
+	mi := &file_conveyor_v1_task_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +833,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_task_proto_msgTypes[6]
+	mi := &file_conveyor_v1_task_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +846,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{6}
+	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Progress) GetState() string {
@@ -853,7 +926,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_conveyor_v1_task_proto_msgTypes[7]
+	mi := &file_conveyor_v1_task_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +938,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_task_proto_msgTypes[7]
+	mi := &file_conveyor_v1_task_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +951,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{7}
+	return file_conveyor_v1_task_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Task) GetId() string {
@@ -1029,7 +1102,7 @@ const file_conveyor_v1_task_proto_rawDesc = "" +
 	"\x0ebackoff_factor\x18\x03 \x01(\x01R\rbackoffFactor\x12:\n" +
 	"\vbackoff_max\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"backoffMax\x12\x16\n" +
-	"\x06jitter\x18\x05 \x01(\bR\x06jitter\"\xe4\x05\n" +
+	"\x06jitter\x18\x05 \x01(\bR\x06jitter\"\xac\x06\n" +
 	"\vTaskOptions\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1a\n" +
 	"\bpriority\x18\x02 \x01(\rR\bpriority\x127\n" +
@@ -1047,10 +1120,14 @@ const file_conveyor_v1_task_proto_rawDesc = "" +
 	"result_ttl\x18\f \x01(\v2\x19.google.protobuf.DurationR\tresultTtl\x12?\n" +
 	"\aheaders\x18\r \x03(\v2%.conveyor.v1.TaskOptions.HeadersEntryR\aheaders\x12\x1d\n" +
 	"\n" +
-	"rate_limit\x18\x0e \x01(\tR\trateLimit\x1a:\n" +
+	"rate_limit\x18\x0e \x01(\tR\trateLimit\x12F\n" +
+	"\x10concurrency_keys\x18\x0f \x03(\v2\x1b.conveyor.v1.ConcurrencyKeyR\x0fconcurrencyKeys\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf1\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"8\n" +
+	"\x0eConcurrencyKey\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\xf1\x02\n" +
 	"\bTaskSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12(\n" +
 	"\x04args\x18\x02 \x03(\v2\x14.conveyor.v1.PayloadR\x04args\x129\n" +
@@ -1140,62 +1217,64 @@ func file_conveyor_v1_task_proto_rawDescGZIP() []byte {
 }
 
 var file_conveyor_v1_task_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_conveyor_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_conveyor_v1_task_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_conveyor_v1_task_proto_goTypes = []any{
 	(TaskState)(0),                // 0: conveyor.v1.TaskState
 	(FailureReason)(0),            // 1: conveyor.v1.FailureReason
 	(*Payload)(nil),               // 2: conveyor.v1.Payload
 	(*RetryPolicy)(nil),           // 3: conveyor.v1.RetryPolicy
 	(*TaskOptions)(nil),           // 4: conveyor.v1.TaskOptions
-	(*TaskSpec)(nil),              // 5: conveyor.v1.TaskSpec
-	(*TraceContext)(nil),          // 6: conveyor.v1.TraceContext
-	(*TaskError)(nil),             // 7: conveyor.v1.TaskError
-	(*Progress)(nil),              // 8: conveyor.v1.Progress
-	(*Task)(nil),                  // 9: conveyor.v1.Task
-	nil,                           // 10: conveyor.v1.TaskOptions.HeadersEntry
-	nil,                           // 11: conveyor.v1.TaskSpec.KwargsEntry
-	nil,                           // 12: conveyor.v1.Task.KwargsEntry
-	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*ConcurrencyKey)(nil),        // 5: conveyor.v1.ConcurrencyKey
+	(*TaskSpec)(nil),              // 6: conveyor.v1.TaskSpec
+	(*TraceContext)(nil),          // 7: conveyor.v1.TraceContext
+	(*TaskError)(nil),             // 8: conveyor.v1.TaskError
+	(*Progress)(nil),              // 9: conveyor.v1.Progress
+	(*Task)(nil),                  // 10: conveyor.v1.Task
+	nil,                           // 11: conveyor.v1.TaskOptions.HeadersEntry
+	nil,                           // 12: conveyor.v1.TaskSpec.KwargsEntry
+	nil,                           // 13: conveyor.v1.Task.KwargsEntry
+	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
 }
 var file_conveyor_v1_task_proto_depIdxs = []int32{
-	13, // 0: conveyor.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
-	13, // 1: conveyor.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
-	13, // 2: conveyor.v1.TaskOptions.countdown:type_name -> google.protobuf.Duration
-	14, // 3: conveyor.v1.TaskOptions.eta:type_name -> google.protobuf.Timestamp
-	14, // 4: conveyor.v1.TaskOptions.expires:type_name -> google.protobuf.Timestamp
+	14, // 0: conveyor.v1.RetryPolicy.backoff_base:type_name -> google.protobuf.Duration
+	14, // 1: conveyor.v1.RetryPolicy.backoff_max:type_name -> google.protobuf.Duration
+	14, // 2: conveyor.v1.TaskOptions.countdown:type_name -> google.protobuf.Duration
+	15, // 3: conveyor.v1.TaskOptions.eta:type_name -> google.protobuf.Timestamp
+	15, // 4: conveyor.v1.TaskOptions.expires:type_name -> google.protobuf.Timestamp
 	3,  // 5: conveyor.v1.TaskOptions.retry:type_name -> conveyor.v1.RetryPolicy
-	13, // 6: conveyor.v1.TaskOptions.soft_time_limit:type_name -> google.protobuf.Duration
-	13, // 7: conveyor.v1.TaskOptions.hard_time_limit:type_name -> google.protobuf.Duration
-	13, // 8: conveyor.v1.TaskOptions.result_ttl:type_name -> google.protobuf.Duration
-	10, // 9: conveyor.v1.TaskOptions.headers:type_name -> conveyor.v1.TaskOptions.HeadersEntry
-	2,  // 10: conveyor.v1.TaskSpec.args:type_name -> conveyor.v1.Payload
-	11, // 11: conveyor.v1.TaskSpec.kwargs:type_name -> conveyor.v1.TaskSpec.KwargsEntry
-	4,  // 12: conveyor.v1.TaskSpec.options:type_name -> conveyor.v1.TaskOptions
-	6,  // 13: conveyor.v1.TaskSpec.trace_context:type_name -> conveyor.v1.TraceContext
-	13, // 14: conveyor.v1.TaskError.retry_after:type_name -> google.protobuf.Duration
-	1,  // 15: conveyor.v1.TaskError.reason:type_name -> conveyor.v1.FailureReason
-	2,  // 16: conveyor.v1.Progress.meta:type_name -> conveyor.v1.Payload
-	14, // 17: conveyor.v1.Progress.reported_at:type_name -> google.protobuf.Timestamp
-	2,  // 18: conveyor.v1.Task.args:type_name -> conveyor.v1.Payload
-	12, // 19: conveyor.v1.Task.kwargs:type_name -> conveyor.v1.Task.KwargsEntry
-	4,  // 20: conveyor.v1.Task.options:type_name -> conveyor.v1.TaskOptions
-	0,  // 21: conveyor.v1.Task.state:type_name -> conveyor.v1.TaskState
-	14, // 22: conveyor.v1.Task.created_at:type_name -> google.protobuf.Timestamp
-	14, // 23: conveyor.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
-	14, // 24: conveyor.v1.Task.due_at:type_name -> google.protobuf.Timestamp
-	14, // 25: conveyor.v1.Task.finished_at:type_name -> google.protobuf.Timestamp
-	2,  // 26: conveyor.v1.Task.result:type_name -> conveyor.v1.Payload
-	7,  // 27: conveyor.v1.Task.error:type_name -> conveyor.v1.TaskError
-	8,  // 28: conveyor.v1.Task.progress:type_name -> conveyor.v1.Progress
-	6,  // 29: conveyor.v1.Task.trace_context:type_name -> conveyor.v1.TraceContext
-	2,  // 30: conveyor.v1.TaskSpec.KwargsEntry.value:type_name -> conveyor.v1.Payload
-	2,  // 31: conveyor.v1.Task.KwargsEntry.value:type_name -> conveyor.v1.Payload
-	32, // [32:32] is the sub-list for method output_type
-	32, // [32:32] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	14, // 6: conveyor.v1.TaskOptions.soft_time_limit:type_name -> google.protobuf.Duration
+	14, // 7: conveyor.v1.TaskOptions.hard_time_limit:type_name -> google.protobuf.Duration
+	14, // 8: conveyor.v1.TaskOptions.result_ttl:type_name -> google.protobuf.Duration
+	11, // 9: conveyor.v1.TaskOptions.headers:type_name -> conveyor.v1.TaskOptions.HeadersEntry
+	5,  // 10: conveyor.v1.TaskOptions.concurrency_keys:type_name -> conveyor.v1.ConcurrencyKey
+	2,  // 11: conveyor.v1.TaskSpec.args:type_name -> conveyor.v1.Payload
+	12, // 12: conveyor.v1.TaskSpec.kwargs:type_name -> conveyor.v1.TaskSpec.KwargsEntry
+	4,  // 13: conveyor.v1.TaskSpec.options:type_name -> conveyor.v1.TaskOptions
+	7,  // 14: conveyor.v1.TaskSpec.trace_context:type_name -> conveyor.v1.TraceContext
+	14, // 15: conveyor.v1.TaskError.retry_after:type_name -> google.protobuf.Duration
+	1,  // 16: conveyor.v1.TaskError.reason:type_name -> conveyor.v1.FailureReason
+	2,  // 17: conveyor.v1.Progress.meta:type_name -> conveyor.v1.Payload
+	15, // 18: conveyor.v1.Progress.reported_at:type_name -> google.protobuf.Timestamp
+	2,  // 19: conveyor.v1.Task.args:type_name -> conveyor.v1.Payload
+	13, // 20: conveyor.v1.Task.kwargs:type_name -> conveyor.v1.Task.KwargsEntry
+	4,  // 21: conveyor.v1.Task.options:type_name -> conveyor.v1.TaskOptions
+	0,  // 22: conveyor.v1.Task.state:type_name -> conveyor.v1.TaskState
+	15, // 23: conveyor.v1.Task.created_at:type_name -> google.protobuf.Timestamp
+	15, // 24: conveyor.v1.Task.updated_at:type_name -> google.protobuf.Timestamp
+	15, // 25: conveyor.v1.Task.due_at:type_name -> google.protobuf.Timestamp
+	15, // 26: conveyor.v1.Task.finished_at:type_name -> google.protobuf.Timestamp
+	2,  // 27: conveyor.v1.Task.result:type_name -> conveyor.v1.Payload
+	8,  // 28: conveyor.v1.Task.error:type_name -> conveyor.v1.TaskError
+	9,  // 29: conveyor.v1.Task.progress:type_name -> conveyor.v1.Progress
+	7,  // 30: conveyor.v1.Task.trace_context:type_name -> conveyor.v1.TraceContext
+	2,  // 31: conveyor.v1.TaskSpec.KwargsEntry.value:type_name -> conveyor.v1.Payload
+	2,  // 32: conveyor.v1.Task.KwargsEntry.value:type_name -> conveyor.v1.Payload
+	33, // [33:33] is the sub-list for method output_type
+	33, // [33:33] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_conveyor_v1_task_proto_init() }
@@ -1209,7 +1288,7 @@ func file_conveyor_v1_task_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_task_proto_rawDesc), len(file_conveyor_v1_task_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

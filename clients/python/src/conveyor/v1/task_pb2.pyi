@@ -72,7 +72,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_retries: _Optional[int] = ..., backoff_base: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., backoff_factor: _Optional[float] = ..., backoff_max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., jitter: _Optional[bool] = ...) -> None: ...
 
 class TaskOptions(_message.Message):
-    __slots__ = ("queue", "priority", "countdown", "eta", "expires", "retry", "soft_time_limit", "hard_time_limit", "rate_limit_key", "concurrency_key", "concurrency_limit", "result_ttl", "headers", "rate_limit")
+    __slots__ = ("queue", "priority", "countdown", "eta", "expires", "retry", "soft_time_limit", "hard_time_limit", "rate_limit_key", "concurrency_key", "concurrency_limit", "result_ttl", "headers", "rate_limit", "concurrency_keys")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class TaskOptions(_message.Message):
     RESULT_TTL_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENCY_KEYS_FIELD_NUMBER: _ClassVar[int]
     queue: str
     priority: int
     countdown: _duration_pb2.Duration
@@ -108,7 +109,16 @@ class TaskOptions(_message.Message):
     result_ttl: _duration_pb2.Duration
     headers: _containers.ScalarMap[str, str]
     rate_limit: str
-    def __init__(self, queue: _Optional[str] = ..., priority: _Optional[int] = ..., countdown: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., eta: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., soft_time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hard_time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., rate_limit_key: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ..., result_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., headers: _Optional[_Mapping[str, str]] = ..., rate_limit: _Optional[str] = ...) -> None: ...
+    concurrency_keys: _containers.RepeatedCompositeFieldContainer[ConcurrencyKey]
+    def __init__(self, queue: _Optional[str] = ..., priority: _Optional[int] = ..., countdown: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., eta: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., soft_time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hard_time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., rate_limit_key: _Optional[str] = ..., concurrency_key: _Optional[str] = ..., concurrency_limit: _Optional[int] = ..., result_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., headers: _Optional[_Mapping[str, str]] = ..., rate_limit: _Optional[str] = ..., concurrency_keys: _Optional[_Iterable[_Union[ConcurrencyKey, _Mapping]]] = ...) -> None: ...
+
+class ConcurrencyKey(_message.Message):
+    __slots__ = ("key", "limit")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    limit: int
+    def __init__(self, key: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
     __slots__ = ("name", "args", "kwargs", "options", "idempotency_key", "trace_context")

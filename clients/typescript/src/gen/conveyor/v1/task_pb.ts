@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/task.proto.
  */
 export const file_conveyor_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChZjb252ZXlvci92MS90YXNrLnByb3RvEgtjb252ZXlvci52MSItCgdQYXlsb2FkEgwKBGRhdGEYASABKAwSFAoMY29udGVudF90eXBlGAIgASgJIqsBCgtSZXRyeVBvbGljeRITCgttYXhfcmV0cmllcxgBIAEoDRIvCgxiYWNrb2ZmX2Jhc2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOYmFja29mZl9mYWN0b3IYAyABKAESLgoLYmFja29mZl9tYXgYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGaml0dGVyGAUgASgIIroECgtUYXNrT3B0aW9ucxINCgVxdWV1ZRgBIAEoCRIQCghwcmlvcml0eRgCIAEoDRIsCgljb3VudGRvd24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJwoDZXRhGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgdleHBpcmVzGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgVyZXRyeRgGIAEoCzIYLmNvbnZleW9yLnYxLlJldHJ5UG9saWN5EjIKD3NvZnRfdGltZV9saW1pdBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCg9oYXJkX3RpbWVfbGltaXQYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOcmF0ZV9saW1pdF9rZXkYCSABKAkSFwoPY29uY3VycmVuY3lfa2V5GAogASgJEhkKEWNvbmN1cnJlbmN5X2xpbWl0GAsgASgNEi0KCnJlc3VsdF90dGwYDCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNgoHaGVhZGVycxgNIAMoCzIlLmNvbnZleW9yLnYxLlRhc2tPcHRpb25zLkhlYWRlcnNFbnRyeRISCgpyYXRlX2xpbWl0GA4gASgJGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqoCCghUYXNrU3BlYxIMCgRuYW1lGAEgASgJEiIKBGFyZ3MYAiADKAsyFC5jb252ZXlvci52MS5QYXlsb2FkEjEKBmt3YXJncxgDIAMoCzIhLmNvbnZleW9yLnYxLlRhc2tTcGVjLkt3YXJnc0VudHJ5EikKB29wdGlvbnMYBCABKAsyGC5jb252ZXlvci52MS5UYXNrT3B0aW9ucxIXCg9pZGVtcG90ZW5jeV9rZXkYBSABKAkSMAoNdHJhY2VfY29udGV4dBgGIAEoCzIZLmNvbnZleW9yLnYxLlRyYWNlQ29udGV4dBpDCgtLd2FyZ3NFbnRyeRILCgNrZXkYASABKAkSIwoFdmFsdWUYAiABKAsyFC5jb252ZXlvci52MS5QYXlsb2FkOgI4ASI3CgxUcmFjZUNvbnRleHQSEwoLdHJhY2VwYXJlbnQYASABKAkSEgoKdHJhY2VzdGF0ZRgCIAEoCSKsAQoJVGFza0Vycm9yEgwKBHR5cGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCRIRCgl0cmFjZWJhY2sYAyABKAkSEQoJcmV0cnlhYmxlGAQgASgIEi4KC3JldHJ5X2FmdGVyGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKBnJlYXNvbhgGIAEoDjIaLmNvbnZleW9yLnYxLkZhaWx1cmVSZWFzb24ifwoIUHJvZ3Jlc3MSDQoFc3RhdGUYASABKAkSDwoHcGVyY2VudBgCIAEoARIiCgRtZXRhGAMgASgLMhQuY29udmV5b3IudjEuUGF5bG9hZBIvCgtyZXBvcnRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAixwUKBFRhc2sSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIiCgRhcmdzGAMgAygLMhQuY29udmV5b3IudjEuUGF5bG9hZBItCgZrd2FyZ3MYBCADKAsyHS5jb252ZXlvci52MS5UYXNrLkt3YXJnc0VudHJ5EikKB29wdGlvbnMYBSABKAsyGC5jb252ZXlvci52MS5UYXNrT3B0aW9ucxIlCgVzdGF0ZRgGIAEoDjIWLmNvbnZleW9yLnYxLlRhc2tTdGF0ZRIPCgdhdHRlbXB0GAcgASgNEhAKCGZhaWx1cmVzGAggASgNEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEioKBmR1ZV9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXdvcmtlcl9pZBgNIAEoCRIkCgZyZXN1bHQYDiABKAsyFC5jb252ZXlvci52MS5QYXlsb2FkEiUKBWVycm9yGA8gASgLMhYuY29udmV5b3IudjEuVGFza0Vycm9yEg0KBXF1ZXVlGBAgASgJEicKCHByb2dyZXNzGBEgASgLMhUuY29udmV5b3IudjEuUHJvZ3Jlc3MSEQoJbmFtZXNwYWNlGBIgASgJEjAKDXRyYWNlX2NvbnRleHQYEyABKAsyGS5jb252ZXlvci52MS5UcmFjZUNvbnRleHQaQwoLS3dhcmdzRW50cnkSCwoDa2V5GAEgASgJEiMKBXZhbHVlGAIgASgLMhQuY29udmV5b3IudjEuUGF5bG9hZDoCOAEqggIKCVRhc2tTdGF0ZRIaChZUQVNLX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUVEFTS19TVEFURV9TQ0hFRFVMRUQQARIVChFUQVNLX1NUQVRFX1FVRVVFRBACEhUKEVRBU0tfU1RBVEVfTEVBU0VEEAMSFgoSVEFTS19TVEFURV9SVU5OSU5HEAQSGAoUVEFTS19TVEFURV9TVUNDRUVERUQQBRIVChFUQVNLX1NUQVRFX0ZBSUxFRBAGEhgKFFRBU0tfU1RBVEVfQ0FOQ0VMTEVEEAcSFgoSVEFTS19TVEFURV9FWFBJUkVEEAgSFgoSVEFTS19TVEFURV9XQUlUSU5HEAkq3wEKDUZhaWx1cmVSZWFzb24SHgoaRkFJTFVSRV9SRUFTT05fVU5TUEVDSUZJRUQQABIjCh9GQUlMVVJFX1JFQVNPTl9SRVNVTFRfVE9PX0xBUkdFEAESIgoeRkFJTFVSRV9SRUFTT05fSEFSRF9USU1FX0xJTUlUEAISIgoeRkFJTFVSRV9SRUFTT05fU09GVF9USU1FX0xJTUlUEAMSHwobRkFJTFVSRV9SRUFTT05fVU5LTk9XTl9UQVNLEAQSIAocRkFJTFVSRV9SRUFTT05fQkFEX0FSR1VNRU5UUxAFQp4BCg9jb20uY29udmV5b3IudjFCCVRhc2tQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZjb252ZXlvci92MS90YXNrLnByb3RvEgtjb252ZXlvci52MSItCgdQYXlsb2FkEgwKBGRhdGEYASABKAwSFAoMY29udGVudF90eXBlGAIgASgJIqsBCgtSZXRyeVBvbGljeRITCgttYXhfcmV0cmllcxgBIAEoDRIvCgxiYWNrb2ZmX2Jhc2UYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOYmFja29mZl9mYWN0b3IYAyABKAESLgoLYmFja29mZl9tYXgYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SDgoGaml0dGVyGAUgASgIIvEECgtUYXNrT3B0aW9ucxINCgVxdWV1ZRgBIAEoCRIQCghwcmlvcml0eRgCIAEoDRIsCgljb3VudGRvd24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJwoDZXRhGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIrCgdleHBpcmVzGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgVyZXRyeRgGIAEoCzIYLmNvbnZleW9yLnYxLlJldHJ5UG9saWN5EjIKD3NvZnRfdGltZV9saW1pdBgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIyCg9oYXJkX3RpbWVfbGltaXQYCCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOcmF0ZV9saW1pdF9rZXkYCSABKAkSFwoPY29uY3VycmVuY3lfa2V5GAogASgJEhkKEWNvbmN1cnJlbmN5X2xpbWl0GAsgASgNEi0KCnJlc3VsdF90dGwYDCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNgoHaGVhZGVycxgNIAMoCzIlLmNvbnZleW9yLnYxLlRhc2tPcHRpb25zLkhlYWRlcnNFbnRyeRISCgpyYXRlX2xpbWl0GA4gASgJEjUKEGNvbmN1cnJlbmN5X2tleXMYDyADKAsyGy5jb252ZXlvci52MS5Db25jdXJyZW5jeUtleRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIsCg5Db25jdXJyZW5jeUtleRILCgNrZXkYASABKAkSDQoFbGltaXQYAiABKA0iqgIKCFRhc2tTcGVjEgwKBG5hbWUYASABKAkSIgoEYXJncxgCIAMoCzIULmNvbnZleW9yLnYxLlBheWxvYWQSMQoGa3dhcmdzGAMgAygLMiEuY29udmV5b3IudjEuVGFza1NwZWMuS3dhcmdzRW50cnkSKQoHb3B0aW9ucxgEIAEoCzIYLmNvbnZleW9yLnYxLlRhc2tPcHRpb25zEhcKD2lkZW1wb3RlbmN5X2tleRgFIAEoCRIwCg10cmFjZV9jb250ZXh0GAYgASgLMhkuY29udmV5b3IudjEuVHJhY2VDb250ZXh0GkMKC0t3YXJnc0VudHJ5EgsKA2tleRgBIAEoCRIjCgV2YWx1ZRgCIAEoCzIULmNvbnZleW9yLnYxLlBheWxvYWQ6AjgBIjcKDFRyYWNlQ29udGV4dBITCgt0cmFjZXBhcmVudBgBIAEoCRISCgp0cmFjZXN0YXRlGAIgASgJIqwBCglUYXNrRXJyb3ISDAoEdHlwZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEhEKCXRyYWNlYmFjaxgDIAEoCRIRCglyZXRyeWFibGUYBCABKAgSLgoLcmV0cnlfYWZ0ZXIYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcmVhc29uGAYgASgOMhouY29udmV5b3IudjEuRmFpbHVyZVJlYXNvbiJ/CghQcm9ncmVzcxINCgVzdGF0ZRgBIAEoCRIPCgdwZXJjZW50GAIgASgBEiIKBG1ldGEYAyABKAsyFC5jb252ZXlvci52MS5QYXlsb2FkEi8KC3JlcG9ydGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLHBQoEVGFzaxIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEiIKBGFyZ3MYAyADKAsyFC5jb252ZXlvci52MS5QYXlsb2FkEi0KBmt3YXJncxgEIAMoCzIdLmNvbnZleW9yLnYxLlRhc2suS3dhcmdzRW50cnkSKQoHb3B0aW9ucxgFIAEoCzIYLmNvbnZleW9yLnYxLlRhc2tPcHRpb25zEiUKBXN0YXRlGAYgASgOMhYuY29udmV5b3IudjEuVGFza1N0YXRlEg8KB2F0dGVtcHQYByABKA0SEAoIZmFpbHVyZXMYCCABKA0SLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoGZHVlX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJd29ya2VyX2lkGA0gASgJEiQKBnJlc3VsdBgOIAEoCzIULmNvbnZleW9yLnYxLlBheWxvYWQSJQoFZXJyb3IYDyABKAsyFi5jb252ZXlvci52MS5UYXNrRXJyb3ISDQoFcXVldWUYECABKAkSJwoIcHJvZ3Jlc3MYESABKAsyFS5jb252ZXlvci52MS5Qcm9ncmVzcxIRCgluYW1lc3BhY2UYEiABKAkSMAoNdHJhY2VfY29udGV4dBgTIAEoCzIZLmNvbnZleW9yLnYxLlRyYWNlQ29udGV4dBpDCgtLd2FyZ3NFbnRyeRILCgNrZXkYASABKAkSIwoFdmFsdWUYAiABKAsyFC5jb252ZXlvci52MS5QYXlsb2FkOgI4ASqCAgoJVGFza1N0YXRlEhoKFlRBU0tfU1RBVEVfVU5TUEVDSUZJRUQQABIYChRUQVNLX1NUQVRFX1NDSEVEVUxFRBABEhUKEVRBU0tfU1RBVEVfUVVFVUVEEAISFQoRVEFTS19TVEFURV9MRUFTRUQQAxIWChJUQVNLX1NUQVRFX1JVTk5JTkcQBBIYChRUQVNLX1NUQVRFX1NVQ0NFRURFRBAFEhUKEVRBU0tfU1RBVEVfRkFJTEVEEAYSGAoUVEFTS19TVEFURV9DQU5DRUxMRUQQBxIWChJUQVNLX1NUQVRFX0VYUElSRUQQCBIWChJUQVNLX1NUQVRFX1dBSVRJTkcQCSrfAQoNRmFpbHVyZVJlYXNvbhIeChpGQUlMVVJFX1JFQVNPTl9VTlNQRUNJRklFRBAAEiMKH0ZBSUxVUkVfUkVBU09OX1JFU1VMVF9UT09fTEFSR0UQARIiCh5GQUlMVVJFX1JFQVNPTl9IQVJEX1RJTUVfTElNSVQQAhIiCh5GQUlMVVJFX1JFQVNPTl9TT0ZUX1RJTUVfTElNSVQQAxIfChtGQUlMVVJFX1JFQVNPTl9VTktOT1dOX1RBU0sQBBIgChxGQUlMVVJFX1JFQVNPTl9CQURfQVJHVU1FTlRTEAVCngEKD2NvbS5jb252ZXlvci52MUIJVGFza1Byb3RvUAFaM2dvLmNvbnZleW9yLmRldi9jb252ZXlvci9nZW4vY29udmV5b3IvdjE7Y29udmV5b3J2MaICA0NYWKoCC0NvbnZleW9yLlYxygILQ29udmV5b3JcVjHiAhdDb252ZXlvclxWMVxHUEJNZXRhZGF0YeoCDENvbnZleW9yOjpWMWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A value passed to or returned from a task. Conveyor never interprets the
@@ -171,6 +171,8 @@ export type TaskOptions = Message<"conveyor.v1.TaskOptions"> & {
 
   /**
    * Tasks sharing this key share a concurrency limit of `concurrency_limit`.
+   * The one-key form of `concurrency_keys`; when both are set, this key is
+   * the first of the task's keys.
    *
    * @generated from field: string concurrency_key = 10;
    */
@@ -208,6 +210,19 @@ export type TaskOptions = Message<"conveyor.v1.TaskOptions"> & {
    * @generated from field: string rate_limit = 14;
    */
   rateLimit: string;
+
+  /**
+   * Concurrency keys the task needs all at once, at most 8 in all (with
+   * `concurrency_key`), no key twice. A task is leased only when every key
+   * has a free permit; it takes them all in one atomic store operation and
+   * gives them all back when its attempt ends. It never holds some while
+   * waiting for others, so tasks that share keys cannot deadlock. Waiting
+   * tasks are served oldest first per key, with bounded overtaking (see
+   * the README's "Several keys at once").
+   *
+   * @generated from field: repeated conveyor.v1.ConcurrencyKey concurrency_keys = 15;
+   */
+  concurrencyKeys: ConcurrencyKey[];
 };
 
 /**
@@ -216,6 +231,35 @@ export type TaskOptions = Message<"conveyor.v1.TaskOptions"> & {
  */
 export const TaskOptionsSchema: GenMessage<TaskOptions> = /*@__PURE__*/
   messageDesc(file_conveyor_v1_task, 2);
+
+/**
+ * One concurrency key of a task and the most tasks holding it at once.
+ *
+ * @generated from message conveyor.v1.ConcurrencyKey
+ */
+export type ConcurrencyKey = Message<"conveyor.v1.ConcurrencyKey"> & {
+  /**
+   * 1 to 200 printable characters, no spaces or '|'.
+   *
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * Permits of the key, at least 1. Tasks sharing a key should give it the
+   * same limit (usually through the task defaults file).
+   *
+   * @generated from field: uint32 limit = 2;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message conveyor.v1.ConcurrencyKey.
+ * Use `create(ConcurrencyKeySchema)` to create a new message.
+ */
+export const ConcurrencyKeySchema: GenMessage<ConcurrencyKey> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_task, 3);
 
 /**
  * Everything a producer says about one task.
@@ -273,7 +317,7 @@ export type TaskSpec = Message<"conveyor.v1.TaskSpec"> & {
  * Use `create(TaskSpecSchema)` to create a new message.
  */
 export const TaskSpecSchema: GenMessage<TaskSpec> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_task, 3);
+  messageDesc(file_conveyor_v1_task, 4);
 
 /**
  * W3C Trace Context (https://www.w3.org/TR/trace-context/).
@@ -303,7 +347,7 @@ export type TraceContext = Message<"conveyor.v1.TraceContext"> & {
  * Use `create(TraceContextSchema)` to create a new message.
  */
 export const TraceContextSchema: GenMessage<TraceContext> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_task, 4);
+  messageDesc(file_conveyor_v1_task, 5);
 
 /**
  * Why an attempt failed, as the handler's language reports it.
@@ -361,7 +405,7 @@ export type TaskError = Message<"conveyor.v1.TaskError"> & {
  * Use `create(TaskErrorSchema)` to create a new message.
  */
 export const TaskErrorSchema: GenMessage<TaskError> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_task, 5);
+  messageDesc(file_conveyor_v1_task, 6);
 
 /**
  * What a running handler reported about itself (Celery's `update_state`).
@@ -403,7 +447,7 @@ export type Progress = Message<"conveyor.v1.Progress"> & {
  * Use `create(ProgressSchema)` to create a new message.
  */
 export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_task, 6);
+  messageDesc(file_conveyor_v1_task, 7);
 
 /**
  * A task as the results service reports it.
@@ -552,7 +596,7 @@ export type Task = Message<"conveyor.v1.Task"> & {
  * Use `create(TaskSchema)` to create a new message.
  */
 export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_task, 7);
+  messageDesc(file_conveyor_v1_task, 8);
 
 /**
  * The states of a task. SCHEDULED -> QUEUED -> LEASED -> RUNNING -> one of
