@@ -169,11 +169,24 @@ impl TaskRequest {
         self
     }
 
-    /// At most `limit` tasks sharing `key` run at once.
+    /// At most `limit` tasks holding `key` run at once. Call it once per
+    /// key for a task that needs several at once (up to 8, each once): the
+    /// task is leased only when every key has a free permit and takes them
+    /// all together, so tasks sharing keys cannot deadlock.
+    ///
+    /// ```
+    /// # use conveyor_client::TaskRequest;
+    /// // Philosopher 4 needs forks 4 and 0.
+    /// let meal = TaskRequest::new("eat")
+    ///     .arg(4)
+    ///     .concurrency_limit("fork:4", 1)
+    ///     .concurrency_limit("fork:0", 1);
+    /// ```
     pub fn concurrency_limit(mut self, key: impl Into<String>, limit: u32) -> Self {
-        let options = self.options();
-        options.concurrency_key = key.into();
-        options.concurrency_limit = limit;
+        self.options().concurrency_keys.push(pb::ConcurrencyKey {
+            key: key.into(),
+            limit,
+        });
         self
     }
 
@@ -296,10 +309,12 @@ mod tests {
         assert_eq!(options.soft_time_limit.expect("soft").seconds, 5);
         assert_eq!(options.hard_time_limit.expect("hard").seconds, 9);
         assert_eq!(options.rate_limit_key, "api");
-        assert_eq!(
-            (options.concurrency_key.as_str(), options.concurrency_limit),
-            ("db", 2)
-        );
+        let keys: Vec<(&str, u32)> = options
+            .concurrency_keys
+            .iter()
+            .map(|entry| (entry.key.as_str(), entry.limit))
+            .collect();
+        assert_eq!(keys, vec![("db", 2)]);
     }
 
     #[test]
