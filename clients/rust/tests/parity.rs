@@ -123,6 +123,118 @@ async fn get_until(client: &Client, id: &str, done: impl Fn(&pb::Task) -> bool) 
 
 // --- client side ---------------------------------------------------------------------
 
+/// Three tasks in a ring of keys (a: k0+k1, b: k1+k2, c: k2+k0), limit 1
+/// each: no two sharing a key overlap; a key named twice is refused.
+#[tokio::test]
+async fn parity_concurrency_keys() {
+    let server = Server::start_for_tests(&[]).await;
+    let client = server.client().await;
+    let spans: Arc<std::sync::Mutex<Vec<(usize, Instant, Instant)>>> = Arc::default();
+    let record = spans.clone();
+    let worker = RunningWorker::spawn(
+        Worker::builder(server.endpoint.clone())
+            .queues(["keys"])
+            .concurrency(4)
+            .register("hold", move |ctx: TaskContext| {
+                let record = record.clone();
+                async move {
+                    let index: usize = ctx.arg(0)?;
+                    let start = Instant::now();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    record.lock().unwrap().push((index, start, Instant::now()));
+                    Ok(Value::Null)
+                }
+            }),
+    );
+    let key = |index: usize| format!("k{}", index % 3);
+    let ids = client
+        .submit_many(
+            (0..6)
+                .map(|index| {
+                    TaskRequest::new("hold")
+                        .queue("keys")
+                        .arg(index % 3)
+                        .concurrency_limit(key(index), 1)
+                        .concurrency_limit(key(index + 1), 1)
+                })
+                .collect(),
+        )
+        .await
+        .expect("submit");
+    for id in &ids {
+        client
+            .result::<Value>(id, STEP)
+            .await
+            .expect("every task runs");
+    }
+    worker.shutdown().await;
+    let spans = spans.lock().unwrap().clone();
+    assert_eq!(spans.len(), 6);
+    // Any two of the ring share a key: none may overlap.
+    for (i, (_, start, end)) in spans.iter().enumerate() {
+        for (other_start, other_end) in spans[i + 1..].iter().map(|(_, s, e)| (s, e)) {
+            assert!(
+                end <= other_start || other_end <= start,
+                "two tasks sharing a key overlapped"
+            );
+        }
+    }
+    let error = client
+        .submit(
+            TaskRequest::new("hold")
+                .concurrency_limit("k0", 1)
+                .concurrency_limit("k0", 1),
+        )
+        .await
+        .expect_err("a key named twice");
+    match error {
+        Error::Rpc(status) => {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains("concurrency_keys"), "{status:?}");
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+}
+
+/// `examples/philosophers.rs`, as its doc says to run it, against a dev
+/// server: every philosopher eats, at most two at once, no fork shared.
+#[tokio::test]
+async fn the_philosophers_example_runs() {
+    let Some(example) = std::env::current_exe().ok().and_then(|exe| {
+        let path = exe
+            .parent()?
+            .parent()?
+            .join("examples")
+            .join("philosophers");
+        path.exists().then_some(path)
+    }) else {
+        panic!("build the examples first: cargo build -p conveyor-client --examples");
+    };
+    let server = Server::start_for_tests(&[]).await;
+    let output = tokio::process::Command::new(example)
+        .env("CONVEYOR_ADDR", &server.endpoint)
+        .env("MEALS", "4")
+        .output()
+        .await
+        .expect("run the example");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for philosopher in 0..5 {
+        assert!(
+            stdout.contains(&format!("philosopher {philosopher} ate 4 meals")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("meals that overlapped a neighbour's: 0"),
+        "{stdout}"
+    );
+}
+
 #[tokio::test]
 async fn parity_submit() {
     let server = Server::start_for_tests(&[]).await;
