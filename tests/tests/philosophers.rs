@@ -21,6 +21,7 @@ use conveyor_tests::{Backend, TestCluster, eventually, on_both_stores};
 on_both_stores!(
     dining_philosophers_eat_safely_and_fairly,
     a_killed_philosopher_puts_both_forks_back,
+    two_keys_are_not_starved_by_a_stream_of_one_key_tasks,
 );
 
 const PHILOSOPHERS: usize = 5;
@@ -292,5 +293,82 @@ async fn a_killed_philosopher_puts_both_forks_back(backend: Backend) {
     assert!(
         again < Duration::from_secs(6),
         "forks came back by the lease rules; took {again:?}"
+    );
+}
+
+/// A task needing keys a and b, submitted while a stream of tasks needing
+/// only a or only b keeps both busy (never both free at once), runs long
+/// before the stream ends: after a few overtakes a permit is held for it.
+async fn two_keys_are_not_starved_by_a_stream_of_one_key_tasks(backend: Backend) {
+    let Some(cluster) = TestCluster::start(backend).await else {
+        return;
+    };
+    let client = Client::from_channel(cluster.channel.clone());
+    let started: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
+    let record = started.clone();
+    let worker = Worker::from_channel(cluster.channel.clone())
+        .worker_id("busy")
+        .concurrency(8)
+        .register("use", move |ctx: TaskContext| {
+            let record = record.clone();
+            async move {
+                record
+                    .lock()
+                    .unwrap()
+                    .insert(ctx.task_id().to_string(), Instant::now());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(Value::Null)
+            }
+        })
+        .build()
+        .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run_until(stop.clone().cancelled_owned()));
+    let stream_for = Duration::from_secs(4);
+    let began = Instant::now();
+    let producer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while began.elapsed() < stream_for {
+                for key in ["a", "b"] {
+                    ids.push(
+                        client
+                            .submit(TaskRequest::new("use").concurrency_limit(key, 1))
+                            .await
+                            .unwrap(),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ids
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let both = client
+        .submit(
+            TaskRequest::new("use")
+                .concurrency_limit("a", 1)
+                .concurrency_limit("b", 1),
+        )
+        .await
+        .unwrap();
+    let submitted = Instant::now();
+    let task = client.wait(&both, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32);
+    let waited = started.lock().unwrap()[&both] - submitted;
+    let ids = producer.await.unwrap();
+    for id in &ids {
+        client.wait(id, Duration::from_secs(60)).await.unwrap();
+    }
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    println!(
+        "{backend:?}: the two-key task waited {waited:?} amid {} one-key tasks streamed over {stream_for:?}",
+        ids.len()
+    );
+    assert!(
+        waited < Duration::from_millis(1500),
+        "starved for {waited:?} while one-key tasks kept a or b busy"
     );
 }

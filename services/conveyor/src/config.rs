@@ -235,6 +235,25 @@ mod tests {
         assert!(error.reason.contains("concurrency_keys[1].key"), "{error}");
     }
 
+    /// The README's example file is the documentation of every key: it
+    /// must parse.
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("### Defaults per task name")
+            .nth(1)
+            .expect("README section");
+        let block = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("a toml block");
+        let defaults = parse_task_defaults(block, "README.md").unwrap();
+        let charge = defaults.get("charge").expect("tasks.charge");
+        assert_eq!(charge.concurrency_keys.len(), 2);
+    }
+
     #[test]
     fn parses_several_concurrency_keys() {
         let defaults = parse_task_defaults(
