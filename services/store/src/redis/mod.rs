@@ -155,7 +155,47 @@ impl RedisStore {
             subscriber,
         };
         store.check_partitions().await?;
+        store.requeue_parked_v1().await?;
         Ok(store)
+    }
+
+    /// Moves tasks parked for a concurrency permit by an older version (in
+    /// lists `cw:<key>`, which nothing reads any more) back to their queues.
+    async fn requeue_parked_v1(&self) -> Result<()> {
+        let prefix = self.partition_prefix(conveyor_core::placement::COORDINATION_PARTITION);
+        let pattern = format!("{}cw:*", redis_glob_escape(&prefix));
+        let mut connection = self.connection.clone();
+        let mut cursor: u64 = 0;
+        let mut lists: Vec<String> = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .timed(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut connection),
+                )
+                .await?;
+            lists.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        for list in lists {
+            let key = &list[prefix.len() + "cw:".len()..];
+            let mut invocation = self.invoke(
+                &self.scripts.requeue_parked_v1,
+                conveyor_core::placement::COORDINATION_PARTITION,
+            );
+            invocation.arg(&self.events_channel).arg(key);
+            let moved: i64 = redis::from_redis_value(self.run(&invocation).await?).unwrap_or(0);
+            tracing::info!(key, moved, "requeued tasks parked by an older version");
+        }
+        Ok(())
     }
 
     /// Records the partition count on first use and refuses a different one
@@ -1091,4 +1131,16 @@ fn concurrency_limits(keys: &[(String, u32)]) -> String {
         .map(|(_, limit)| limit.to_string())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `text` with Redis glob characters escaped, for `SCAN MATCH`.
+fn redis_glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }

@@ -97,6 +97,11 @@ pub const KEYS: &[Key] = &[
         holds: "a concurrency key's reservation (r: task, s: its park sequence) and overtakes of its oldest waiter (b) (partition 0)",
     },
     Key {
+        pattern: "cw:<key>",
+        kind: "list",
+        holds: "tasks parked by versions before several keys per task; moved back to their queues when a store connects, then gone (partition 0)",
+    },
+    Key {
         pattern: "cseq",
         kind: "string",
         holds: "the last park sequence given to a task waiting for concurrency keys (partition 0)",
