@@ -8,9 +8,12 @@ package conveyor_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -535,6 +538,88 @@ func Test_parity_drain(t *testing.T) {
 	var out string
 	if err := c.Result(ctx, id, 5*time.Second, &out); err != nil || out != "finished" {
 		t.Fatalf("the task running during the drain: %q, %v", out, err)
+	}
+}
+
+func Test_parity_concurrency_keys(t *testing.T) {
+	ctx := testContext(t)
+	c := newClient(t)
+	queue := uniqueQueue(t)
+	// Three tasks in a ring of keys with limit 1: each pair shares a key, so
+	// no two may ever run at once, though the worker has slots for all.
+	var k [3]conveyor.ConcurrencyKey
+	for i := range k {
+		k[i] = conveyor.ConcurrencyKey{Key: fmt.Sprintf("%s:k%d", queue, i), Limit: 1}
+	}
+	type span struct{ start, end time.Time }
+	var mu sync.Mutex
+	spans := map[string]span{}
+	startWorker(t, conveyor.WorkerOptions{Queues: []string{queue}, Concurrency: 4}, map[string]conveyor.Handler{
+		"hold": func(_ context.Context, task *conveyor.Task) (any, error) {
+			var name string
+			if err := task.Arg(0, &name); err != nil {
+				return nil, err
+			}
+			start := time.Now()
+			time.Sleep(100 * time.Millisecond)
+			mu.Lock()
+			spans[name] = span{start, time.Now()}
+			mu.Unlock()
+			return name, nil
+		},
+	})
+	needs := map[string][]conveyor.ConcurrencyKey{"A": {k[0], k[1]}, "B": {k[1], k[2]}, "C": {k[2], k[0]}}
+	ids := map[string]string{}
+	for name, keys := range needs {
+		id, err := c.Submit(ctx, "hold", conveyor.Args(name), conveyor.WithQueue(queue), conveyor.WithConcurrencyKeys(keys...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[name] = id
+	}
+	for name, id := range ids {
+		var got string
+		if err := c.Result(ctx, id, 15*time.Second, &got); err != nil || got != name {
+			t.Fatalf("task %s: %q, %v", name, got, err)
+		}
+	}
+	mu.Lock()
+	ordered := make([]span, 0, len(spans))
+	for _, s := range spans {
+		ordered = append(ordered, s)
+	}
+	mu.Unlock()
+	slices.SortFunc(ordered, func(a, b span) int { return a.start.Compare(b.start) })
+	for i := 1; i < len(ordered); i++ {
+		if ordered[i].start.Before(ordered[i-1].end) {
+			t0 := ordered[0].start
+			t.Fatalf("tasks sharing a key overlapped: one ran %v..%v, the next started at %v",
+				ordered[i-1].start.Sub(t0), ordered[i-1].end.Sub(t0), ordered[i].start.Sub(t0))
+		}
+	}
+	task, err := c.Get(ctx, ids["C"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored []string
+	for _, key := range task.GetOptions().GetConcurrencyKeys() {
+		stored = append(stored, fmt.Sprintf("%s=%d", key.GetKey(), key.GetLimit()))
+	}
+	if want := []string{k[2].Key + "=1", k[0].Key + "=1"}; !slices.Equal(stored, want) {
+		t.Fatalf("stored keys %v, want %v", stored, want)
+	}
+
+	for _, bad := range []struct {
+		keys  []conveyor.ConcurrencyKey
+		field string
+	}{
+		{[]conveyor.ConcurrencyKey{{Key: "a", Limit: 1}, {Key: "a", Limit: 1}}, "concurrency_keys[1].key"},
+		{[]conveyor.ConcurrencyKey{{Key: "a", Limit: 0}}, "concurrency_keys[0].limit"},
+	} {
+		_, err := c.Submit(ctx, "hold", conveyor.Args("X"), conveyor.WithQueue(queue), conveyor.WithConcurrencyKeys(bad.keys...))
+		if conveyor.Code(err) != codes.InvalidArgument || !strings.Contains(fmt.Sprint(err), bad.field) {
+			t.Fatalf("keys %v: want INVALID_ARGUMENT naming %s, got %v", bad.keys, bad.field, err)
+		}
 	}
 }
 

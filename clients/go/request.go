@@ -178,11 +178,44 @@ func WithRateLimitKey(key string) Option {
 }
 
 // WithConcurrencyLimit lets at most limit tasks sharing key run at once.
+// With [WithConcurrencyKeys] too, this key counts as one of the task's keys
+// (the first).
 func WithConcurrencyLimit(key string, limit uint32) Option {
 	return func(b *specBuilder) {
 		o := b.options()
 		o.ConcurrencyKey = key
 		o.ConcurrencyLimit = limit
+	}
+}
+
+// ConcurrencyKey is one concurrency key of a task and the most tasks holding
+// it at once (at least 1). Tasks sharing a key should give it the same limit.
+type ConcurrencyKey struct {
+	Key   string
+	Limit uint32
+}
+
+// WithConcurrencyKeys makes the task need a permit of every one of keys at
+// once: the server leases it only when all are free, takes them together and
+// gives them all back when the attempt ends, so tasks sharing keys cannot
+// deadlock. For the dining philosophers, forks are keys with limit 1:
+//
+//	conveyor.WithConcurrencyKeys(
+//		conveyor.ConcurrencyKey{Key: "fork:1", Limit: 1},
+//		conveyor.ConcurrencyKey{Key: "fork:2", Limit: 1})
+//
+// It is variadic so that one call says everything a task needs, and each
+// call appends, so options built apart (a helper's key, a caller's) combine.
+// The server accepts at most 8 keys in all, counting [WithConcurrencyLimit]'s,
+// each named once, each with a limit of at least 1; it rejects anything else
+// with INVALID_ARGUMENT naming the field (e.g.
+// "task.options.concurrency_keys[1].limit"). The client does not check.
+func WithConcurrencyKeys(keys ...ConcurrencyKey) Option {
+	return func(b *specBuilder) {
+		o := b.options()
+		for _, k := range keys {
+			o.ConcurrencyKeys = append(o.ConcurrencyKeys, &conveyorv1.ConcurrencyKey{Key: k.Key, Limit: k.Limit})
+		}
 	}
 }
 

@@ -153,6 +153,16 @@ func TestRequestSpec(t *testing.T) {
 		o.GetRateLimit() != "10/m" || o.GetRateLimitKey() != "api" || o.GetConcurrencyKey() != "db" || o.GetConcurrencyLimit() != 2 {
 		t.Fatalf("options %v", o)
 	}
+	keyed, _ := NewRequest("t", WithConcurrencyLimit("db", 2),
+		WithConcurrencyKeys(ConcurrencyKey{Key: "fork:1", Limit: 1}, ConcurrencyKey{Key: "fork:2", Limit: 1}),
+		WithConcurrencyKeys(ConcurrencyKey{Key: "x", Limit: 3})).Spec()
+	var keys []string
+	for _, k := range keyed.GetOptions().GetConcurrencyKeys() {
+		keys = append(keys, fmt.Sprintf("%s=%d", k.GetKey(), k.GetLimit()))
+	}
+	if strings.Join(keys, " ") != "fork:1=1 fork:2=1 x=3" || keyed.GetOptions().GetConcurrencyKey() != "db" {
+		t.Fatalf("concurrency keys %v of %v", keys, keyed.GetOptions())
+	}
 	withETA, _ := NewRequest("t", WithCountdown(time.Second), WithETA(eta)).Spec()
 	if withETA.GetOptions().GetCountdown() != nil || withETA.GetOptions().GetEta() == nil {
 		t.Fatal("eta does not replace countdown")

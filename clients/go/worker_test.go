@@ -469,3 +469,31 @@ func TestExamplePrograms(t *testing.T) {
 		}
 	})
 }
+
+func TestExamplePhilosophers(t *testing.T) {
+	ctx := testContext(t)
+	cmd := exec.CommandContext(ctx, exampleBinary(t, "conveyor-example-philosophers"))
+	cmd.Env = append(os.Environ(), "CONVEYOR_ADDR="+serverAddr, "CONVEYOR_QUEUE="+uniqueQueue(t))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("philosophers: %v\n%s%s", err, out, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 7 {
+		t.Fatalf("want 7 lines, got %q", out)
+	}
+	for i := range 5 {
+		if want := fmt.Sprintf("philosopher %d ate 5 meals", i); lines[i] != want {
+			t.Fatalf("line %d: %q, want %q", i, lines[i], want)
+		}
+	}
+	var most int
+	if _, err := fmt.Sscanf(lines[5], "most eating at once: %d", &most); err != nil || most < 1 || most > 2 {
+		t.Fatalf("line %q (%v)", lines[5], err)
+	}
+	if lines[6] != "fork held by two at once: never" {
+		t.Fatalf("line %q", lines[6])
+	}
+}

@@ -265,6 +265,35 @@ def test_parity_eager_mode():
         boom.delay()
 
 
+def test_parity_concurrency_keys(app, client, start_worker, queue_name):
+    # Three tasks in a ring of keys with limit 1: each pair shares a key, so
+    # no two may ever run at once, though the worker has slots for all.
+    k = [f"{queue_name}:k{i}" for i in range(3)]
+    needs = {"A": [(k[0], 1), (k[1], 1)], "B": [(k[1], 1), (k[2], 1)], "C": {k[2]: 1, k[0]: 1}}
+    spans: dict[str, tuple[float, float]] = {}
+
+    @app.task(queue=queue_name)
+    def hold(name):
+        started = time.monotonic()
+        time.sleep(0.1)
+        spans[name] = (started, time.monotonic())
+        return name
+
+    start_worker(app, queue_name, concurrency=4)
+    results = {name: hold.apply_async([name], concurrency_keys=keys) for name, keys in needs.items()}
+    assert {name: r.get(timeout=15) for name, r in results.items()} == {"A": "A", "B": "B", "C": "C"}
+    ordered = sorted(spans.values())
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(ordered, ordered[1:])), spans
+    stored = client.get(results["C"].id).options.concurrency_keys
+    assert [(key.key, key.limit) for key in stored] == [(k[2], 1), (k[0], 1)]
+
+    for bad, field in (([("a", 1), ("a", 1)], "concurrency_keys[1].key"), ({"a": 0}, "concurrency_keys[0].limit")):
+        with pytest.raises(conveyor.ConveyorError) as refused:
+            client.submit("hold", ["X"], queue=queue_name, concurrency_keys=bad)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in refused.value.details, refused.value.details
+
+
 def test_failover_to_the_next_address(server, queue_name):
     with socket.socket() as probe:  # a port where nothing listens
         probe.bind(("127.0.0.1", 0))

@@ -52,6 +52,23 @@ def test_example_producer_fails_without_a_server(queue_name):
     assert producer.stdout == "" and "UNAVAILABLE" in producer.stderr
 
 
+def test_example_philosophers(server, queue_name):
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / "philosophers.py")],
+        env={**os.environ, "CONVEYOR_ADDR": server, "CONVEYOR_QUEUE": queue_name},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert lines[:5] == [f"philosopher {i} ate 5 meals" for i in range(5)], run.stdout
+    most = int(lines[5].removeprefix("most eating at once: "))
+    assert 1 <= most <= 2, run.stdout
+    assert lines[6:] == ["fork held by two at once: never"], run.stdout
+
+
 def test_killed_worker_task_runs_again_elsewhere(client, spawn_worker, queue_name):
     first = spawn_worker(WORKER_APP, queue_name, worker_id="py-doomed")
     task_id = client.submit("slow", [3], queue=queue_name)

@@ -74,6 +74,28 @@ def test_build_spec_refuses_bad_input():
         conveyor.build_spec("t", rate_limit=0)
 
 
+def test_build_spec_encodes_concurrency_keys():
+    def keys(spec):
+        return [(k.key, k.limit) for k in spec.options.concurrency_keys]
+
+    pairs = conveyor.build_spec("t", concurrency_keys=[("fork:1", 1), ("fork:2", 2)])
+    assert keys(pairs) == [("fork:1", 1), ("fork:2", 2)]
+    assert keys(conveyor.build_spec("t", concurrency_keys={"fork:1": 1, "fork:2": 2})) == keys(pairs)
+    legacy = conveyor.build_spec("t", concurrency_key="db", concurrency_limit=3, concurrency_keys={"x": 1})
+    assert (legacy.options.concurrency_key, legacy.options.concurrency_limit, keys(legacy)) == ("db", 3, [("x", 1)])
+    assert not conveyor.build_spec("t", concurrency_keys=[]).HasField("options")
+    # Duplicates and a zero limit are the server's to refuse (it names the field).
+    assert keys(conveyor.build_spec("t", concurrency_keys=[("a", 0), ("a", 1)])) == [("a", 0), ("a", 1)]
+    with pytest.raises(TypeError, match="concurrency_keys"):
+        conveyor.build_spec("t", concurrency_keys="fork:1")
+    with pytest.raises(TypeError, match="pair"):
+        conveyor.build_spec("t", concurrency_keys=["fork:1"])
+    with pytest.raises(TypeError, match="int"):
+        conveyor.build_spec("t", concurrency_keys={"fork:1": "1"})
+    with pytest.raises(ValueError, match="fork:1"):
+        conveyor.build_spec("t", concurrency_keys={"fork:1": -1})
+
+
 def test_payloads():
     assert conveyor.decode(conveyor.encode({"a": "é"})) == {"a": "é"}
     assert conveyor.decode(task_pb2.Payload(data=b"42", content_type="")) == 42

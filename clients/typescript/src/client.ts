@@ -394,4 +394,4 @@ export function shouldWaitAgain(
 
 export { buildTaskSpec, isTerminal, taskResult };
 export type { Payload, Task };
-export type { RetryOptions, SubmitOptions, TaskRequest } from "./spec.js";
+export type { ConcurrencyKey, RetryOptions, SubmitOptions, TaskRequest } from "./spec.js";

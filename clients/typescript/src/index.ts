@@ -4,6 +4,7 @@ export { Client, MAX_TASKS_PER_BATCH, buildTaskSpec, isTerminal, taskResult } fr
 export type {
   CallOptions,
   ClientOptions,
+  ConcurrencyKey,
   DeadLetterPage,
   RetryOptions,
   SubmitOptions,

@@ -2,7 +2,13 @@
 // conversion into the TaskSpec that SubmissionService and schedules carry.
 
 import { create } from "@bufbuild/protobuf";
-import { RetryPolicySchema, TaskOptionsSchema, TaskSpecSchema, TaskState } from "./gen/conveyor/v1/task_pb.js";
+import {
+  ConcurrencyKeySchema,
+  RetryPolicySchema,
+  TaskOptionsSchema,
+  TaskSpecSchema,
+  TaskState,
+} from "./gen/conveyor/v1/task_pb.js";
 import type { Task, TaskOptions, TaskSpec } from "./gen/conveyor/v1/task_pb.js";
 import { fromOptionalPayload, msToDuration, toPayload, toTimestamp } from "./payload.js";
 
@@ -18,6 +24,12 @@ export interface RetryOptions {
   backoffMaxMs?: number;
   /** Full jitter on the delays. */
   jitter?: boolean;
+}
+
+/** One concurrency key a task needs and the most tasks holding it at once (>= 1). */
+export interface ConcurrencyKey {
+  key: string;
+  limit: number;
 }
 
 /** Options of one submitted task; every one is optional. */
@@ -57,6 +69,16 @@ export interface SubmitOptions {
   concurrencyKey?: string;
   /** Most tasks with `concurrencyKey` running at once. */
   concurrencyLimit?: number;
+  /**
+   * Several concurrency keys the task needs at once, e.g. the two forks of a
+   * dining philosopher: `[{ key: "fork:1", limit: 1 }, { key: "fork:2", limit: 1 }]`.
+   * The server leases the task only when every key has a free permit, takes
+   * them all together and gives them all back when the attempt ends, so tasks
+   * sharing keys cannot deadlock. At most 8 keys, counting `concurrencyKey`
+   * (which comes first), each named once, each limit at least 1; the server
+   * rejects anything else with INVALID_ARGUMENT naming the field.
+   */
+  concurrencyKeys?: readonly ConcurrencyKey[];
   /** A second submit with the same key returns the first task's id. */
   idempotencyKey?: string;
   /** Headers passed to the worker untouched (trace context, tenant...). */
@@ -118,6 +140,9 @@ function buildOptions(options: SubmitOptions): TaskOptions | undefined {
   set("rateLimitKey", options.rateLimitKey);
   set("concurrencyKey", options.concurrencyKey);
   set("concurrencyLimit", options.concurrencyLimit);
+  if (options.concurrencyKeys !== undefined && options.concurrencyKeys.length > 0) {
+    set("concurrencyKeys", options.concurrencyKeys.map(({ key, limit }) => create(ConcurrencyKeySchema, { key, limit })));
+  }
   set("resultTtl", options.resultTtlMs === undefined ? undefined : msToDuration(options.resultTtlMs));
   if (options.headers !== undefined && Object.keys(options.headers).length > 0) {
     set("headers", { ...options.headers });

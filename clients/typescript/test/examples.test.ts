@@ -1,6 +1,6 @@
-// The example programs the cross-language matrix runs: the producer against
-// the example worker, the worker's graceful exit on SIGTERM, and this client
-// against the Rust example worker.
+// The example programs: those the cross-language matrix runs (the producer
+// against the example worker, the worker's graceful exit on SIGTERM, this
+// client against the Rust example worker) and the dining philosophers.
 
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
@@ -8,6 +8,7 @@ import { resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Client, RawPayload, TaskFailedError, TaskState } from "../src/index.js";
 import {
+  examplePhilosophers,
   exampleProducer,
   exampleWorker,
   packageRoot,
@@ -93,6 +94,20 @@ describe("examples", () => {
     } finally {
       worker.child.kill("SIGKILL");
     }
+  });
+
+  test("the dining philosophers all eat, at most two at once, no fork held by two", async () => {
+    const run = spawnNode(examplePhilosophers, { CONVEYOR_ADDR: server.addr, CONVEYOR_QUEUE: uniqueQueue("philosophers") });
+    const [code] = await run.exit;
+    assert.equal(code, 0, `philosophers failed: ${run.stdout()}${run.stderr()}`);
+    const lines = run.stdout().trim().split("\n");
+    assert.deepEqual(
+      lines.slice(0, 5),
+      [0, 1, 2, 3, 4].map((i) => `philosopher ${i} ate 5 meals`),
+    );
+    const most = /^most eating at once: (\d+)$/.exec(lines[5] ?? "");
+    assert.ok(most !== null && Number(most[1]) >= 1 && Number(most[1]) <= 2, run.stdout());
+    assert.deepEqual(lines.slice(6), ["fork held by two at once: never"]);
   });
 
   const rustWorker =

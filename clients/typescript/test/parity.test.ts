@@ -16,7 +16,7 @@ import {
   isTerminal,
   silentLogger,
 } from "../src/index.js";
-import type { Task } from "../src/index.js";
+import type { ConcurrencyKey, Task } from "../src/index.js";
 import { runWorker, startServer, uniqueQueue, waitFor } from "../testkit/helpers.js";
 import type { Server } from "../testkit/helpers.js";
 
@@ -207,6 +207,53 @@ describe("parity: client", () => {
       assert.equal(await client.result(held, { timeoutMs: 10_000 }), 2);
     } finally {
       await worker.stop();
+    }
+  });
+});
+
+describe("parity: concurrency", () => {
+  test("parity_concurrency_keys: tasks sharing a limit-1 key never overlap; invalid keys are INVALID_ARGUMENT", async () => {
+    const queue = uniqueQueue();
+    // Three tasks in a ring of keys with limit 1: each pair shares a key, so
+    // no two may ever run at once, though the worker has slots for all.
+    const k = [0, 1, 2].map((i) => ({ key: `${queue}:k${i}`, limit: 1 }));
+    const needs: Record<string, ConcurrencyKey[]> = { A: [k[0]!, k[1]!], B: [k[1]!, k[2]!], C: [k[2]!, k[0]!] };
+    const spans: Record<string, [number, number]> = {};
+    const worker = runWorker(server.addr, { queues: [queue], concurrency: 4 }, (w) =>
+      w.register("hold", async (_ctx, name: string) => {
+        const start = performance.now();
+        await sleep(100);
+        spans[name] = [start, performance.now()];
+        return name;
+      }),
+    );
+    try {
+      const ids = await Promise.all(
+        Object.entries(needs).map(([name, concurrencyKeys]) => client.submit("hold", [name], { queue, concurrencyKeys })),
+      );
+      const results = await Promise.all(ids.map((id) => client.result(id, { timeoutMs: 15_000 })));
+      assert.deepEqual(results, ["A", "B", "C"]);
+      const ordered = Object.values(spans).sort((a, b) => a[0] - b[0]);
+      for (let i = 1; i < ordered.length; i++) {
+        assert.ok(ordered[i]![0] >= ordered[i - 1]![1], `tasks sharing a key overlapped: ${JSON.stringify(spans)}`);
+      }
+      const stored = (await client.get(ids[2]!)).options?.concurrencyKeys.map(({ key, limit }) => ({ key, limit }));
+      assert.deepEqual(stored, needs["C"]);
+    } finally {
+      await worker.stop();
+    }
+
+    const invalid: [ConcurrencyKey[], string][] = [
+      [[{ key: "a", limit: 1 }, { key: "a", limit: 1 }], "concurrency_keys[1].key"],
+      [[{ key: "a", limit: 0 }], "concurrency_keys[0].limit"],
+    ];
+    for (const [concurrencyKeys, field] of invalid) {
+      await assert.rejects(client.submit("hold", ["X"], { queue, concurrencyKeys }), (error: unknown) => {
+        assert.ok(error instanceof ConveyorError);
+        assert.equal(error.code, Code.InvalidArgument);
+        assert.ok(error.rawMessage.includes(field), error.rawMessage);
+        return true;
+      });
     }
   });
 });

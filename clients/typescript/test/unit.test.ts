@@ -161,6 +161,26 @@ describe("task specs", () => {
     assert.equal(spec.idempotencyKey, "k-1");
   });
 
+  test("concurrencyKeys map to ConcurrencyKey messages, in order, beside the one-key fields", () => {
+    const spec = buildTaskSpec("t", [], {
+      concurrencyKey: "db",
+      concurrencyLimit: 2,
+      concurrencyKeys: [
+        { key: "fork:1", limit: 1 },
+        { key: "fork:2", limit: 1 },
+      ],
+    });
+    assert.deepEqual(
+      spec.options?.concurrencyKeys.map(({ key, limit }) => [key, limit]),
+      [
+        ["fork:1", 1],
+        ["fork:2", 1],
+      ],
+    );
+    assert.equal(spec.options?.concurrencyKey, "db");
+    assert.equal(buildTaskSpec("t", [], { concurrencyKeys: [] }).options, undefined);
+  });
+
   test("an unencodable argument names its position", () => {
     assert.throws(() => buildTaskSpec("t", [1, 2n]), /positional argument 1 of task "t"/);
     assert.throws(() => buildTaskSpec("t", [], { kwargs: { bad: 1n } }), /named argument "bad" of task "t"/);

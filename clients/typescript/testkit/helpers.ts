@@ -18,6 +18,7 @@ const repoRoot = resolve(packageRoot, "..", "..");
 /** The example programs, compiled. */
 export const exampleWorker = resolve(packageRoot, "dist", "examples", "worker.js");
 export const exampleProducer = resolve(packageRoot, "dist", "examples", "producer.js");
+export const examplePhilosophers = resolve(packageRoot, "dist", "examples", "philosophers.js");
 
 export interface Server {
   addr: string;

@@ -218,6 +218,7 @@ OPTION_NAMES = frozenset(
         "rate_limit_key",
         "concurrency_key",
         "concurrency_limit",
+        "concurrency_keys",
         "idempotency_key",
         "headers",
         "result_ttl",
@@ -274,6 +275,38 @@ def rate_limit(value: Any) -> str:
     return f"{value}/s"
 
 
+def concurrency_keys(value: Any) -> list[task_pb2.ConcurrencyKey]:
+    """The ConcurrencyKey messages of the `concurrency_keys` option: a
+    mapping {key: limit} or pairs [(key, limit), ...], in order. Only the
+    types are checked here; the server checks the rest (at most 8 keys with
+    `concurrency_key`, each once, limit >= 1) and names the field it rejects."""
+    if isinstance(value, Mapping):
+        pairs: Iterable[Any] = value.items()
+    elif isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(
+            f'concurrency_keys must be a mapping {{"key": limit}} or (key, limit) pairs, not {value!r}'
+        )
+    else:
+        pairs = value
+    keys = []
+    for pair in pairs:
+        if isinstance(pair, task_pb2.ConcurrencyKey):
+            key, limit = pair.key, pair.limit
+        else:
+            try:
+                key, limit = pair
+            except (TypeError, ValueError):
+                raise TypeError(f"a concurrency key is a (key, limit) pair, not {pair!r}") from None
+        if not isinstance(key, str):
+            raise TypeError(f"a concurrency key must be a str, not {key!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"the limit of concurrency key {key!r} must be an int, not {limit!r}")
+        if not 0 <= limit < 2**32:
+            raise ValueError(f"the limit of concurrency key {key!r} must be 1 to {2**32 - 1}, not {limit!r}")
+        keys.append(task_pb2.ConcurrencyKey(key=key, limit=limit))
+    return keys
+
+
 def build_spec(
     name: str,
     args: Iterable[Any] | None = None,
@@ -288,8 +321,9 @@ def build_spec(
     max_retries, retry_policy (see `retry_policy`), soft_time_limit,
     time_limit (alias hard_time_limit), rate_limit (Celery's syntax: "10/s",
     "100/m", "5/h"; a bare number means per second) and rate_limit_key,
-    concurrency_key and concurrency_limit, idempotency_key, headers
-    (str -> str), result_ttl.
+    concurrency_key and concurrency_limit, concurrency_keys (several keys
+    needed at once, all-or-nothing: {key: limit} or [(key, limit), ...]; see
+    `concurrency_keys`), idempotency_key, headers (str -> str), result_ttl.
     """
     if not isinstance(name, str):
         raise TypeError(f"task name must be a str, not {name!r}")
@@ -356,6 +390,9 @@ def build_spec(
     if get("concurrency_limit") is not None:
         opts.concurrency_limit = int(get("concurrency_limit"))
         touched = True
+    if get("concurrency_keys") is not None:
+        opts.concurrency_keys.extend(concurrency_keys(get("concurrency_keys")))
+        touched = touched or len(opts.concurrency_keys) > 0
     if get("headers"):
         for key, value in dict(get("headers")).items():
             opts.headers[str(key)] = str(value)

@@ -128,8 +128,8 @@ class Client:
         key, the id of the task first submitted with it). Options: see
         `conveyor.build_spec` (queue, priority, countdown, eta, expires,
         max_retries, retry_policy, soft_time_limit, time_limit, rate_limit,
-        rate_limit_key, concurrency_key, concurrency_limit, idempotency_key,
-        headers, result_ttl)."""
+        rate_limit_key, concurrency_key, concurrency_limit, concurrency_keys,
+        idempotency_key, headers, result_ttl)."""
         options.setdefault("idempotency_key", _default_key())
         spec = _codec.build_spec(name, args, kwargs, **options)
         return self.submit_spec(spec).task_id
