@@ -304,11 +304,7 @@ where
     let mut attempt = 1;
     loop {
         match call().await {
-            Err(status)
-                if attempt < 6
-                    && status.code() == tonic::Code::Unavailable
-                    && (safe || never_sent(&status)) =>
-            {
+            Err(status) if attempt < 6 && may_repeat(&status, safe) => {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_millis(500));
                 attempt += 1;
@@ -318,17 +314,35 @@ where
     }
 }
 
-/// Whether the call failed before its request reached any server.
+/// Whether a failed call may be sent again: UNAVAILABLE for a `safe` call,
+/// or any failure before the request left this process.
+fn may_repeat(status: &tonic::Status, safe: bool) -> bool {
+    match status.code() {
+        tonic::Code::Unavailable => safe || never_sent(status),
+        // What hyper reports for a request still queued on a connection that
+        // closed before writing it (a server killed a moment ago).
+        tonic::Code::Cancelled => never_sent(status),
+        _ => false,
+    }
+}
+
+/// Whether the call failed before its request reached any server: the
+/// connection could not be made, or closed before the request was written
+/// (hyper's "operation was canceled").
 fn never_sent(status: &tonic::Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(error) = source {
         let text = error.to_string();
-        if text.contains("tcp connect error") || text.contains("Connection refused") {
+        if text.contains("tcp connect error")
+            || text.contains("Connection refused")
+            || text.starts_with("operation was canceled")
+        {
             return true;
         }
         source = error.source();
     }
     status.message().contains("tcp connect error")
+        || status.message().starts_with("operation was canceled")
 }
 
 pub(crate) async fn connect_channel(endpoint: String) -> Result<Channel> {
