@@ -49,6 +49,12 @@ async fn tasks_parked_by_the_previous_version_run_after_the_upgrade() {
         .query_async(&mut connection)
         .await
         .expect("DEL");
+    // ... and no layout key, which that version did not write.
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}layout"))
+        .query_async(&mut connection)
+        .await
+        .expect("DEL");
     let _: () = redis::cmd("RPUSH")
         .arg(format!("{prefix}cw:k"))
         .arg(acks[0].id.to_string())
@@ -82,6 +88,16 @@ async fn tasks_parked_by_the_previous_version_run_after_the_upgrade() {
         .await
         .expect("EXISTS");
     assert_eq!(exists, 0, "the old list is gone");
+    let layout: Option<u32> = redis::cmd("GET")
+        .arg(format!("{prefix}layout"))
+        .query_async(&mut connection)
+        .await
+        .expect("GET");
+    assert_eq!(
+        layout,
+        Some(2),
+        "marked: the next start does not look again"
+    );
     upgraded.release_session("s1", NOW).await.expect("release");
     let again = upgraded.lease(request("s2")).await.expect("lease");
     assert_eq!(again.len(), 1, "one permit");

@@ -154,9 +154,34 @@ impl RedisStore {
             session_partitions: Default::default(),
             subscriber,
         };
-        store.check_partitions().await?;
-        store.requeue_parked_v1().await?;
+        let fresh = store.check_partitions().await?;
+        store.upgrade_layout(fresh).await?;
         Ok(store)
+    }
+
+    /// Brings data of an older layout up to date, once per store: a fresh
+    /// store is marked current at once; one written by an older version is
+    /// upgraded, then marked, so later starts pay one GET.
+    async fn upgrade_layout(&self, fresh: bool) -> Result<()> {
+        let marker = format!("{}layout", self.partition_prefix(0));
+        let mut connection = self.connection.clone();
+        if !fresh {
+            let layout: Option<u32> = self
+                .timed(redis::cmd("GET").arg(&marker).query_async(&mut connection))
+                .await?;
+            if layout.is_none_or(|layout| layout < LAYOUT) {
+                self.requeue_parked_v1().await?;
+            }
+        }
+        let _: () = self
+            .timed(
+                redis::cmd("SET")
+                    .arg(&marker)
+                    .arg(LAYOUT)
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Moves tasks parked for a concurrency permit by an older version (in
@@ -201,7 +226,8 @@ impl RedisStore {
     /// Records the partition count on first use and refuses a different one
     /// later: tasks, keys and limits were placed by that count, and a process
     /// that assumed another would not see some of them.
-    async fn check_partitions(&self) -> Result<()> {
+    /// Returns whether the store is new (nothing was recorded yet).
+    async fn check_partitions(&self) -> Result<bool> {
         let key = format!("{}partitions", self.partition_prefix(0));
         let mut connection = self.connection.clone();
         let stored: Option<u16> = self
@@ -223,7 +249,8 @@ impl RedisStore {
                     self.config.prefix, self.config.partitions
                 )))
             }
-            _ => Ok(()),
+            Some(_) => Ok(false),
+            None => Ok(true),
         }
     }
 
@@ -1112,6 +1139,11 @@ impl Store for RedisStore {
         Ok(summary)
     }
 }
+
+/// The key layout this version writes (the `layout` key): 2 parks tasks
+/// waiting for concurrency permits in `cz:<key>` sorted sets, where layout 1
+/// (no `layout` key) used `cw:<key>` lists.
+const LAYOUT: u32 = 2;
 
 /// A task's concurrency keys as its `ck` field stores them.
 fn concurrency_keys(keys: &[(String, u32)]) -> String {

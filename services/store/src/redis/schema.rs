@@ -97,6 +97,11 @@ pub const KEYS: &[Key] = &[
         holds: "a concurrency key's reservation (r: task, s: its park sequence) and overtakes of its oldest waiter (b) (partition 0)",
     },
     Key {
+        pattern: "layout",
+        kind: "string",
+        holds: "the key layout the data is in, 2 (absent: 1); a store upgrades older data when it connects (partition 0)",
+    },
+    Key {
         pattern: "cw:<key>",
         kind: "list",
         holds: "tasks parked by versions before several keys per task; moved back to their queues when a store connects, then gone (partition 0)",
