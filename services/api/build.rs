@@ -23,8 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     // No transport constructors: `DispatchService.Connect` would collide with
     // the generated `connect(endpoint)`. Callers build a `Channel` and use `new`.
+    // Decode errors are the caller's: INVALID_ARGUMENT (see src/codec.rs).
     tonic_prost_build::configure()
         .build_transport(false)
+        .codec_path("crate::codec::ConveyorCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

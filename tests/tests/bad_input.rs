@@ -15,6 +15,7 @@ on_both_stores!(
     bad_submissions_name_their_field_and_store_nothing,
     unknown_and_malformed_ids,
     protocol_violations_end_the_stream_precisely,
+    frames_that_do_not_decode_are_invalid_argument,
 );
 
 fn with_options(options: pb::TaskOptions) -> pb::TaskSpec {
@@ -138,6 +139,34 @@ async fn bad_submissions_name_their_field_and_store_nothing(backend: Backend) {
             }),
             Code::InvalidArgument,
             "task.options.rate_limit",
+        ),
+        (
+            with_options(pb::TaskOptions {
+                rate_limit: " 10/s".into(),
+                ..Default::default()
+            }),
+            Code::InvalidArgument,
+            "task.options.rate_limit",
+        ),
+        (
+            pb::TaskSpec {
+                name: "add".into(),
+                args: vec![payload(json!(1)); 1001],
+                ..Default::default()
+            },
+            Code::ResourceExhausted,
+            "task.args",
+        ),
+        (
+            with_options(pb::TaskOptions {
+                eta: Some(prost_types::Timestamp {
+                    seconds: 253_402_300_800, // 10000-01-01
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            Code::InvalidArgument,
+            "task.options.eta",
         ),
         (
             with_options(pb::TaskOptions {
@@ -394,4 +423,109 @@ async fn first_status(mut inbound: tonic::Streaming<pb::ConnectResponse>) -> ton
         Ok(Err(status)) => status,
         other => panic!("expected a status, got {other:?}"),
     }
+}
+
+/// Sends and receives raw bytes, to put frames that are not valid protobuf
+/// on the wire.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// Malformed protobuf and strings that are not UTF-8, on a unary call and on
+/// the worker stream: INVALID_ARGUMENT saying so, nothing stored.
+async fn frames_that_do_not_decode_are_invalid_argument(backend: Backend) {
+    let Some(cluster) = TestCluster::start(backend).await else {
+        return;
+    };
+    let submit = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/conveyor.v1.SubmissionService/SubmitTask",
+    );
+    // SubmitTaskRequest { task: TaskSpec { name: [0xff, 0xfe] } }, then bytes
+    // that are no protobuf at all (a field number 0 and a truncated varint).
+    for frame in [vec![0x0a, 4, 0x0a, 2, 0xff, 0xfe], vec![0x00, 0xff, 0xff]] {
+        let mut grpc = tonic::client::Grpc::new(cluster.channel.clone());
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary(tonic::Request::new(frame.clone()), submit.clone(), RawCodec)
+            .await
+            .expect_err("a frame that does not decode");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{frame:?}: {status:?}"
+        );
+        assert!(
+            status.message().contains("not valid protobuf"),
+            "{status:?}"
+        );
+    }
+    assert_nothing_stored(&cluster).await;
+    // The worker stream: a hello, then garbage. The stream ends with
+    // INVALID_ARGUMENT (not OK), and the dispatcher goes on serving others.
+    let connect = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/conveyor.v1.DispatchService/Connect",
+    );
+    let hello_frame = prost::Message::encode_to_vec(&pb::ConnectRequest {
+        message: Some(Up::Hello(hello("garbage", &["add"], 1))),
+    });
+    let frames = futures::stream::iter([hello_frame, vec![0x0a, 0x05, 0xff]]);
+    let mut grpc = tonic::client::Grpc::new(cluster.channel.clone());
+    grpc.ready().await.unwrap();
+    let mut inbound = grpc
+        .streaming(tonic::Request::new(frames), connect, RawCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(5), inbound.message()).await {
+            Ok(Ok(Some(_welcome))) => continue,
+            Ok(Ok(None)) => panic!("the stream ended with OK after a garbage frame"),
+            Ok(Err(status)) => break status,
+            Err(_) => panic!("the stream stayed open after a garbage frame"),
+        }
+    };
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_nothing_stored(&cluster).await;
 }

@@ -430,6 +430,31 @@ async fn schedule_rpcs_and_bad_input(backend: Backend) {
             })),
             "schedule.interval.every",
         ),
+        (
+            // A 7th (year) field: croner would take it; the contract does not.
+            with_rule(pb::schedule::Rule::Cron(pb::CronRule {
+                expression: "0 0 12 * * * 2030".into(),
+                time_zone: "UTC".into(),
+            })),
+            "schedule.cron.expression",
+        ),
+        (
+            pb::Schedule {
+                catch_up: 7,
+                ..interval_schedule("bad", 1000)
+            },
+            "schedule.catch_up",
+        ),
+        (
+            pb::Schedule {
+                end_at: Some(prost_types::Timestamp {
+                    seconds: 253_402_300_800, // 10000-01-01
+                    nanos: 0,
+                }),
+                ..interval_schedule("bad", 1000)
+            },
+            "schedule.end_at",
+        ),
     ];
     for (schedule, field) in cases {
         let status = client.create_schedule(create(schedule)).await.unwrap_err();

@@ -15,6 +15,8 @@ mod generated {
     }
 }
 
+pub mod codec;
+
 /// Records at rest, package `conveyor.store.v1`.
 pub use generated::conveyor::store::v1 as store_pb;
 /// The public contracts, package `conveyor.v1`.

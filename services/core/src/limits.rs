@@ -14,6 +14,8 @@ pub struct Limits {
     pub max_task_bytes: usize,
     /// Most tasks in one SubmitTasks call.
     pub max_batch: usize,
+    /// Most positional arguments, and most named arguments, of one task.
+    pub max_args: usize,
     /// Most retries a policy may ask for.
     pub max_retries: u32,
     /// Most headers per task.
@@ -46,6 +48,7 @@ impl Default for Limits {
             max_payload_bytes: 1024 * 1024,
             max_task_bytes: 4 * 1024 * 1024,
             max_batch: 1000,
+            max_args: 1000,
             max_retries: 100,
             max_headers: 64,
             default_result_ttl_ms: 24 * 3600 * 1000,

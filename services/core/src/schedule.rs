@@ -68,6 +68,19 @@ impl Rule {
                 Ok(Self::Interval { every_ms })
             }
             Some(pb::schedule::Rule::Cron(cron)) => {
+                // croner also takes a 7th (year) field; the contract is
+                // 5 fields, or 6 with seconds first.
+                let fields = cron.expression.split_whitespace().count();
+                if !cron.expression.trim_start().starts_with('@') && !(5..=6).contains(&fields) {
+                    return Err(ConveyorError::invalid(
+                        format!("{prefix}.cron.expression"),
+                        format!(
+                            "{:?} has {fields} fields: give 5 (minute hour day month weekday) \
+                             or 6 (seconds first)",
+                            cron.expression
+                        ),
+                    ));
+                }
                 let parsed = CronParser::builder()
                     .seconds(Seconds::Optional)
                     .build()

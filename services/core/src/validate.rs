@@ -96,6 +96,12 @@ pub fn check_name(field: &str, value: &str, max_len: usize, extra: &[char]) -> R
 /// Parses Celery's rate syntax ("10/s", "100/m", "5/h", or a bare number per
 /// second) into milliseconds between starts.
 pub fn parse_rate(field: &str, text: &str) -> Result<f64> {
+    if text.chars().any(char::is_whitespace) {
+        return Err(ConveyorError::invalid(
+            field,
+            format!("{text:?} has spaces: write a rate as \"10/m\""),
+        ));
+    }
     let (count, unit) = text.trim().split_once('/').unwrap_or((text.trim(), "s"));
     let per_ms = match unit.trim() {
         "s" => 1000.0,
@@ -191,6 +197,17 @@ pub fn validate_with_defaults(
         if payload.content_type == JSON {
             payload.content_type.clear();
         }
+    }
+    if spec.args.len() > limits.max_args || spec.kwargs.len() > limits.max_args {
+        return Err(ConveyorError::exhausted(
+            format!("{prefix}.args"),
+            format!(
+                "{} positional and {} named arguments; the limit is {} of each",
+                spec.args.len(),
+                spec.kwargs.len(),
+                limits.max_args
+            ),
+        ));
     }
     let mut total_bytes = 0usize;
     for (index, payload) in spec.args.iter().enumerate() {

@@ -68,6 +68,11 @@ pub(crate) async fn run(
                 .await;
             return;
         }
+        Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+            tracing::warn!(%status, "a worker stream sent a frame that does not decode");
+            let _ = outbound.send(Err(status)).await;
+            return;
+        }
         Ok(Err(_)) | Ok(Ok(None)) => return,
         Ok(Ok(Some(pb::ConnectRequest {
             message: Some(Inbound::Hello(hello)),
@@ -284,6 +289,12 @@ impl Session {
                 message = inbound.message() => match message {
                     Ok(Some(request)) => self.handle(request).await,
                     Ok(None) => Err(End::Closed),
+                    // A frame that does not decode: the worker is told why
+                    // (its leases go back to their queues as on any end).
+                    Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                        tracing::warn!(session = %self.id, worker = %self.worker_id, %status, "a worker sent a frame that does not decode; ending its stream");
+                        Err(End::Fatal(status))
+                    }
                     Err(status) => {
                         tracing::debug!(session = %self.id, %status, "stream error");
                         Err(End::Closed)

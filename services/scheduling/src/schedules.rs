@@ -9,6 +9,10 @@ use conveyor_core::time::{duration_ms, ms_from_timestamp, pb_duration, timestamp
 use conveyor_core::validate::{check_name, validate_spec};
 use conveyor_core::{ConveyorError, Limits, Result};
 
+/// 9999-12-31T23:59:59Z, the last instant RFC 3339 (and protobuf's JSON
+/// mapping of Timestamp) can write.
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
 /// A schedule checked and normalised, with its first run.
 pub(crate) struct Prepared {
     pub schedule: pb::Schedule,
@@ -82,6 +86,29 @@ pub(crate) fn prepare(
     }
     validate_spec(task, "schedule.task", limits, now_ms, 0)?;
     let rule = rule_of(&schedule)?;
+    if pb::CatchUp::try_from(schedule.catch_up).is_err() {
+        return Err(ConveyorError::invalid(
+            "schedule.catch_up",
+            format!(
+                "{} is not a CatchUp value: use CATCH_UP_SKIP (1) or CATCH_UP_RUN_ONCE (2)",
+                schedule.catch_up
+            ),
+        ));
+    }
+    for (field, instant) in [
+        ("schedule.start_at", &schedule.start_at),
+        ("schedule.end_at", &schedule.end_at),
+    ] {
+        if let Some(instant) = instant
+            && !((0..=MAX_TIMESTAMP_SECONDS).contains(&instant.seconds)
+                && (0..1_000_000_000).contains(&instant.nanos))
+        {
+            return Err(ConveyorError::invalid(
+                field,
+                "must be a valid time from 1970-01-01 to 9999-12-31",
+            ));
+        }
+    }
     if let (Some(start), Some(end)) = (&schedule.start_at, &schedule.end_at)
         && ms_from_timestamp(end) <= ms_from_timestamp(start)
     {
