@@ -18,6 +18,15 @@ use crate::task::TaskRequest;
 /// Most tasks one `SubmitTasks` call may carry (the service's limit).
 pub const MAX_TASKS_PER_BATCH: usize = 1000;
 
+/// Most encoded bytes of tasks in one `SubmitTasks` call: a larger batch is
+/// split (a server accepts 64 MiB; a task holds at most 4 MiB of payloads).
+pub const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// The receive (and send) limit of this SDK's calls: above the largest
+/// message a server sends (a task with 4 MiB of arguments, a worker frame of
+/// `Welcome.max_frame_bytes`), where tonic's default of 4 MiB is not.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
 /// How much longer than the requested wait the gRPC deadline is, so that the
 /// server's own timeout answers first and the network has time to carry it.
 const WAIT_DEADLINE_MARGIN: Duration = Duration::from_secs(2);
@@ -59,8 +68,11 @@ impl Client {
     /// results run as separate processes.
     pub fn from_channels(submission: Channel, results: Channel) -> Client {
         Client {
-            submission: SubmissionServiceClient::new(submission),
-            results: ResultsServiceClient::new(results),
+            submission: SubmissionServiceClient::new(submission)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            results: ResultsServiceClient::new(results)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             authorization: None,
             namespace: String::new(),
         }
@@ -133,8 +145,9 @@ impl Client {
     /// Submits many tasks and returns their ids in order.
     ///
     /// Every task is encoded before anything is sent. Tasks travel in one
-    /// `SubmitTasks` call per [`MAX_TASKS_PER_BATCH`]; each call is
-    /// all-or-nothing, but when a later call fails the earlier ones stay
+    /// `SubmitTasks` call per [`MAX_TASKS_PER_BATCH`] tasks or
+    /// [`MAX_BATCH_BYTES`] encoded bytes, whichever comes first; each call
+    /// is all-or-nothing, but when a later call fails the earlier ones stay
     /// accepted.
     pub async fn submit_many(&self, tasks: Vec<TaskRequest>) -> Result<Vec<String>> {
         let specs = tasks
@@ -145,7 +158,18 @@ impl Client {
         let submission = self.submission.clone();
         let mut remaining = specs.into_iter().peekable();
         while remaining.peek().is_some() {
-            let batch: Vec<pb::TaskSpec> = remaining.by_ref().take(MAX_TASKS_PER_BATCH).collect();
+            let mut batch: Vec<pb::TaskSpec> = Vec::new();
+            let mut bytes = 0;
+            while let Some(task) = remaining.peek() {
+                let size = prost::Message::encoded_len(task) + 6;
+                if !batch.is_empty()
+                    && (batch.len() == MAX_TASKS_PER_BATCH || bytes + size > MAX_BATCH_BYTES)
+                {
+                    break;
+                }
+                bytes += size;
+                batch.extend(remaining.next());
+            }
             let sent = batch.len();
             let safe = batch.iter().all(|task| !task.idempotency_key.is_empty());
             let request = pb::SubmitTasksRequest {

@@ -30,7 +30,7 @@ pub mod worker;
 
 pub use conveyor_api::pb;
 
-pub use crate::client::{Client, MAX_TASKS_PER_BATCH};
+pub use crate::client::{Client, MAX_BATCH_BYTES, MAX_TASKS_PER_BATCH};
 pub use crate::eager::EagerClient;
 pub use crate::error::{Error, Result};
 pub use crate::task::TaskRequest;

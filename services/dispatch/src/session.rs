@@ -55,6 +55,36 @@ const FLUSH_AT: usize = 256;
 /// Re-check the store this often while starved, in case a notification was lost.
 const STARVED_RECHECK: Duration = Duration::from_secs(5);
 
+/// Bytes of assignments gathered in one frame before a new one starts: far
+/// under the 4 MiB receive limit gRPC libraries default to.
+const FRAME_BUDGET_BYTES: usize = 1024 * 1024;
+/// The largest frame a session sends (Welcome.max_frame_bytes): one task's
+/// assignment, whose payloads the submission limits keep within 4 MiB, plus
+/// its options, headers and names.
+pub(crate) const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+
+/// Splits assignments into frames of at most [`FRAME_BUDGET_BYTES`] each, or
+/// one assignment when it alone is larger; in order.
+fn frames(assignments: Vec<pb::Assignment>) -> Vec<Vec<pb::Assignment>> {
+    let mut frames = Vec::new();
+    let mut frame = Vec::new();
+    let mut bytes = 0;
+    for assignment in assignments {
+        // The field's tag and length prefix: at most 6 bytes.
+        let size = prost::Message::encoded_len(&assignment) + 6;
+        if !frame.is_empty() && bytes + size > FRAME_BUDGET_BYTES {
+            frames.push(std::mem::take(&mut frame));
+            bytes = 0;
+        }
+        bytes += size;
+        frame.push(assignment);
+    }
+    if !frame.is_empty() {
+        frames.push(frame);
+    }
+    frames
+}
+
 /// Runs a session from its first message to its end.
 pub(crate) async fn run(
     context: SessionContext,
@@ -244,6 +274,7 @@ impl Session {
             lease_ttl: Some(pb_duration(self.context.config.lease_ttl)),
             max_credits: self.context.config.max_credits,
             protocol_version: PROTOCOL_VERSION,
+            max_frame_bytes: MAX_FRAME_BYTES as u32,
         }
     }
 
@@ -412,8 +443,11 @@ impl Session {
         self.context
             .registry
             .update(&self.id, self.leases.len(), self.credits, self.completed);
-        self.send(Outbound::Assignments(pb::Assignments { assignments }))
-            .await
+        for frame in frames(assignments) {
+            self.send(Outbound::Assignments(pb::Assignments { assignments: frame }))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Signals this session's queues again, so that another idle session

@@ -109,13 +109,24 @@ async fn handshake(
     outbound: impl Stream<Item = pb::ConnectRequest> + Send + 'static,
     authorization: Option<MetadataValue<Ascii>>,
 ) -> Result<(Streaming<pb::ConnectResponse>, pb::Welcome)> {
-    let mut client = DispatchServiceClient::new(channel);
+    let mut client = DispatchServiceClient::new(channel)
+        .max_decoding_message_size(crate::client::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::client::MAX_MESSAGE_BYTES);
     let request = authorize(tonic::Request::new(outbound), authorization.as_ref());
     let mut inbound = client.connect(request).await?.into_inner();
     match inbound.message().await? {
         Some(pb::ConnectResponse {
             message: Some(Inbound::Welcome(welcome)),
-        }) => Ok((inbound, welcome)),
+        }) => {
+            if welcome.max_frame_bytes as usize > crate::client::MAX_MESSAGE_BYTES {
+                tracing::error!(
+                    max_frame_bytes = welcome.max_frame_bytes,
+                    limit = crate::client::MAX_MESSAGE_BYTES,
+                    "the dispatcher may send frames larger than this SDK receives; upgrade the SDK"
+                );
+            }
+            Ok((inbound, welcome))
+        }
         Some(other) => Err(Error::Protocol(format!(
             "expected Welcome as the first message, got {other:?}"
         ))),

@@ -702,8 +702,13 @@ type Welcome struct {
 	MaxCredits uint32 `protobuf:"varint,4,opt,name=max_credits,json=maxCredits,proto3" json:"max_credits,omitempty"`
 	// Protocol version the dispatcher speaks on this stream.
 	ProtocolVersion uint32 `protobuf:"varint,5,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The largest frame the dispatcher sends on this stream, in bytes: it
+	// splits assignments over several frames to stay under it (one task's
+	// assignment, bounded by the submission limits, always fits). A worker's
+	// receive limit must be at least this.
+	MaxFrameBytes uint32 `protobuf:"varint,6,opt,name=max_frame_bytes,json=maxFrameBytes,proto3" json:"max_frame_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -767,6 +772,13 @@ func (x *Welcome) GetMaxCredits() uint32 {
 func (x *Welcome) GetProtocolVersion() uint32 {
 	if x != nil {
 		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *Welcome) GetMaxFrameBytes() uint32 {
+	if x != nil {
+		return x.MaxFrameBytes
 	}
 	return 0
 }
@@ -1835,7 +1847,7 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"sdkVersion\x12\x1a\n" +
 	"\bhostname\x18\a \x01(\tR\bhostname\x12)\n" +
 	"\x10protocol_version\x18\b \x01(\rR\x0fprotocolVersion\x12\x1c\n" +
-	"\tnamespace\x18\t \x01(\tR\tnamespace\"\xf6\x01\n" +
+	"\tnamespace\x18\t \x01(\tR\tnamespace\"\x9e\x02\n" +
 	"\aWelcome\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12H\n" +
@@ -1843,7 +1855,8 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\tlease_ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\bleaseTtl\x12\x1f\n" +
 	"\vmax_credits\x18\x04 \x01(\rR\n" +
 	"maxCredits\x12)\n" +
-	"\x10protocol_version\x18\x05 \x01(\rR\x0fprotocolVersion\"(\n" +
+	"\x10protocol_version\x18\x05 \x01(\rR\x0fprotocolVersion\x12&\n" +
+	"\x0fmax_frame_bytes\x18\x06 \x01(\rR\rmaxFrameBytes\"(\n" +
 	"\fGrantCredits\x12\x18\n" +
 	"\acredits\x18\x01 \x01(\rR\acredits\"\v\n" +
 	"\tHeartbeat\"F\n" +

@@ -102,18 +102,20 @@ class Hello(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., queues: _Optional[_Iterable[str]] = ..., task_names: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., language: _Optional[str] = ..., sdk_version: _Optional[str] = ..., hostname: _Optional[str] = ..., protocol_version: _Optional[int] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "heartbeat_interval", "lease_ttl", "max_credits", "protocol_version")
+    __slots__ = ("session_id", "heartbeat_interval", "lease_ttl", "max_credits", "protocol_version", "max_frame_bytes")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_FIELD_NUMBER: _ClassVar[int]
     MAX_CREDITS_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     heartbeat_interval: _duration_pb2.Duration
     lease_ttl: _duration_pb2.Duration
     max_credits: int
     protocol_version: int
-    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_credits: _Optional[int] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    max_frame_bytes: int
+    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_credits: _Optional[int] = ..., protocol_version: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ...) -> None: ...
 
 class GrantCredits(_message.Message):
     __slots__ = ("credits",)
