@@ -444,8 +444,10 @@ impl Session {
             .registry
             .update(&self.id, self.leases.len(), self.credits, self.completed);
         for frame in frames(assignments) {
-            self.send(Outbound::Assignments(pb::Assignments { assignments: frame }))
-                .await?;
+            self.send(Outbound::Assignments(pb::Assignments {
+                assignments: frame,
+            }))
+            .await?;
         }
         Ok(())
     }
@@ -827,5 +829,56 @@ async fn sleep_until_deadline(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(bytes: usize) -> pb::Assignment {
+        pb::Assignment {
+            task_id: "t".into(),
+            args: vec![pb::Payload {
+                data: vec![b'x'; bytes],
+                content_type: String::new(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn frames_stay_within_the_budget_and_keep_order() {
+        // 50 leases of 256 KB: 13 MB in one frame before; now 1 MiB frames.
+        let leased: Vec<_> = (0..50).map(|_| assignment(256 * 1024)).collect();
+        let sizes: Vec<usize> = leased.iter().map(prost::Message::encoded_len).collect();
+        let frames = frames(leased);
+        assert_eq!(frames.iter().map(Vec::len).sum::<usize>(), 50);
+        for frame in &frames {
+            let message = pb::ConnectResponse {
+                message: Some(Outbound::Assignments(pb::Assignments {
+                    assignments: frame.clone(),
+                })),
+            };
+            assert!(prost::Message::encoded_len(&message) <= FRAME_BUDGET_BYTES);
+        }
+        assert_eq!(frames.len(), 17, "three of 256 KB per frame");
+        let flat: Vec<usize> = frames
+            .iter()
+            .flatten()
+            .map(prost::Message::encoded_len)
+            .collect();
+        assert_eq!(flat, sizes);
+        // A task larger than the budget travels alone, whole.
+        let frames = frames_of_sizes(&[100, 3 * 1024 * 1024, 100]);
+        assert_eq!(frames, vec![1, 1, 1]);
+        assert!(frames_of_sizes(&[]).is_empty());
+    }
+
+    fn frames_of_sizes(sizes: &[usize]) -> Vec<usize> {
+        frames(sizes.iter().map(|&bytes| assignment(bytes)).collect())
+            .iter()
+            .map(Vec::len)
+            .collect()
     }
 }
