@@ -72,6 +72,46 @@ async fn large_payloads_run_with_default_settings(backend: Backend) {
     let task = client.get(&biggest).await.unwrap();
     assert_eq!(task.state, pb::TaskState::Succeeded as i32);
     assert_eq!(task.attempt, 1, "delivered once: no stream broke");
+    // WaitTask answers with the outcome, not the megabytes of arguments the
+    // waiter sent; the full view has them.
+    let wait = |view: pb::TaskView| pb::WaitTaskRequest {
+        task_id: biggest.clone(),
+        view: view as i32,
+        ..Default::default()
+    };
+    let outcome = cluster
+        .results()
+        .wait_task(wait(pb::TaskView::Unspecified))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert!(outcome.args.is_empty() && outcome.result.is_some());
+    assert!(
+        prost::Message::encoded_len(&outcome) < 1024,
+        "a small reply"
+    );
+    let full = cluster
+        .results()
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .wait_task(wait(pb::TaskView::Full))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(full.args.len(), 4);
+    let bad = cluster
+        .results()
+        .wait_task(pb::WaitTaskRequest {
+            task_id: biggest.clone(),
+            view: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     let took = began.elapsed();
     println!("{backend:?}: 200 x 256 KB and one 4 MB task done in {took:?}");
     stop.cancel();

@@ -229,6 +229,7 @@ impl Client {
                 task_id: id.to_owned(),
                 timeout: Some(duration_to_proto(remaining)),
                 namespace: self.namespace.clone(),
+                ..Default::default()
             });
             // `grpc-timeout` is enforced by the server; the local timeout
             // guards against a server that never answers at all.

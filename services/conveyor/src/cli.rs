@@ -353,6 +353,7 @@ async fn wait_on(
         task_id: id.to_string(),
         timeout: Some(pb_duration(timeout)),
         namespace: target.namespace.clone(),
+        ..Default::default()
     })?;
     request.set_timeout(timeout + Duration::from_secs(5));
     let task = results

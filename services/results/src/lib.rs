@@ -96,10 +96,22 @@ impl server::ResultsService for Results {
             .min()
             .unwrap_or(self.max_wait);
         let deadline = tokio::time::Instant::now() + wait;
+        let view = pb::TaskView::try_from(message.view).map_err(|_| {
+            ConveyorError::invalid(
+                "view",
+                format!(
+                    "{} is not a TaskView: 1 (outcome) or 2 (full)",
+                    message.view
+                ),
+            )
+        })?;
         let task = wait_terminal(self.store.as_ref(), &namespace, id, deadline).await?;
-        Ok(Response::new(pb::WaitTaskResponse {
-            task: Some(task.to_pb()),
-        }))
+        let mut task = task.to_pb();
+        if view != pb::TaskView::Full {
+            task.args.clear();
+            task.kwargs.clear();
+        }
+        Ok(Response::new(pb::WaitTaskResponse { task: Some(task) }))
     }
 
     type WatchTaskStream = ReceiverStream<Result<pb::WatchTaskResponse, Status>>;

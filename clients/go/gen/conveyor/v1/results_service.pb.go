@@ -22,6 +22,59 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// How much of a task a reply carries.
+type TaskView int32
+
+const (
+	// The call's default (WaitTask: TASK_VIEW_OUTCOME).
+	TaskView_TASK_VIEW_UNSPECIFIED TaskView = 0
+	// Every field but `args` and `kwargs`.
+	TaskView_TASK_VIEW_OUTCOME TaskView = 1
+	// Every field.
+	TaskView_TASK_VIEW_FULL TaskView = 2
+)
+
+// Enum value maps for TaskView.
+var (
+	TaskView_name = map[int32]string{
+		0: "TASK_VIEW_UNSPECIFIED",
+		1: "TASK_VIEW_OUTCOME",
+		2: "TASK_VIEW_FULL",
+	}
+	TaskView_value = map[string]int32{
+		"TASK_VIEW_UNSPECIFIED": 0,
+		"TASK_VIEW_OUTCOME":     1,
+		"TASK_VIEW_FULL":        2,
+	}
+)
+
+func (x TaskView) Enum() *TaskView {
+	p := new(TaskView)
+	*p = x
+	return p
+}
+
+func (x TaskView) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TaskView) Descriptor() protoreflect.EnumDescriptor {
+	return file_conveyor_v1_results_service_proto_enumTypes[0].Descriptor()
+}
+
+func (TaskView) Type() protoreflect.EnumType {
+	return &file_conveyor_v1_results_service_proto_enumTypes[0]
+}
+
+func (x TaskView) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TaskView.Descriptor instead.
+func (TaskView) EnumDescriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{0}
+}
+
 // GetTask request.
 type GetTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -136,7 +189,10 @@ type WaitTaskRequest struct {
 	// Namespace the call acts in; "" is the namespace "default". Tasks,
 	// queues, schedules, idempotency keys, limits and workers of one namespace
 	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
-	Namespace     string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// How much of the task to return. Unset: TASK_VIEW_OUTCOME, without the
+	// arguments, which a waiter has (they may be megabytes).
+	View          TaskView `protobuf:"varint,4,opt,name=view,proto3,enum=conveyor.v1.TaskView" json:"view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -192,10 +248,17 @@ func (x *WaitTaskRequest) GetNamespace() string {
 	return ""
 }
 
+func (x *WaitTaskRequest) GetView() TaskView {
+	if x != nil {
+		return x.View
+	}
+	return TaskView_TASK_VIEW_UNSPECIFIED
+}
+
 // WaitTask response.
 type WaitTaskResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The task, in a terminal state.
+	// The task, in a terminal state, as much of it as the request's view asks.
 	Task          *Task `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -565,11 +628,12 @@ const file_conveyor_v1_results_service_proto_rawDesc = "" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"8\n" +
 	"\x0fGetTaskResponse\x12%\n" +
-	"\x04task\x18\x01 \x01(\v2\x11.conveyor.v1.TaskR\x04task\"}\n" +
+	"\x04task\x18\x01 \x01(\v2\x11.conveyor.v1.TaskR\x04task\"\xa8\x01\n" +
 	"\x0fWaitTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1c\n" +
-	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"9\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\x12)\n" +
+	"\x04view\x18\x04 \x01(\x0e2\x15.conveyor.v1.TaskViewR\x04view\"9\n" +
 	"\x10WaitTaskResponse\x12%\n" +
 	"\x04task\x18\x01 \x01(\v2\x11.conveyor.v1.TaskR\x04task\"I\n" +
 	"\x10WatchTaskRequest\x12\x17\n" +
@@ -588,7 +652,11 @@ const file_conveyor_v1_results_service_proto_rawDesc = "" +
 	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"j\n" +
 	"\x17ListDeadLettersResponse\x12'\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x11.conveyor.v1.TaskR\x05tasks\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x9a\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*P\n" +
+	"\bTaskView\x12\x19\n" +
+	"\x15TASK_VIEW_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11TASK_VIEW_OUTCOME\x10\x01\x12\x12\n" +
+	"\x0eTASK_VIEW_FULL\x10\x022\x9a\x03\n" +
 	"\x0eResultsService\x12D\n" +
 	"\aGetTask\x12\x1b.conveyor.v1.GetTaskRequest\x1a\x1c.conveyor.v1.GetTaskResponse\x12G\n" +
 	"\bWaitTask\x12\x1c.conveyor.v1.WaitTaskRequest\x1a\x1d.conveyor.v1.WaitTaskResponse\x12L\n" +
@@ -610,42 +678,45 @@ func file_conveyor_v1_results_service_proto_rawDescGZIP() []byte {
 	return file_conveyor_v1_results_service_proto_rawDescData
 }
 
+var file_conveyor_v1_results_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_conveyor_v1_results_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_conveyor_v1_results_service_proto_goTypes = []any{
-	(*GetTaskRequest)(nil),          // 0: conveyor.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),         // 1: conveyor.v1.GetTaskResponse
-	(*WaitTaskRequest)(nil),         // 2: conveyor.v1.WaitTaskRequest
-	(*WaitTaskResponse)(nil),        // 3: conveyor.v1.WaitTaskResponse
-	(*WatchTaskRequest)(nil),        // 4: conveyor.v1.WatchTaskRequest
-	(*WatchTaskResponse)(nil),       // 5: conveyor.v1.WatchTaskResponse
-	(*ForgetTaskRequest)(nil),       // 6: conveyor.v1.ForgetTaskRequest
-	(*ForgetTaskResponse)(nil),      // 7: conveyor.v1.ForgetTaskResponse
-	(*ListDeadLettersRequest)(nil),  // 8: conveyor.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil), // 9: conveyor.v1.ListDeadLettersResponse
-	(*Task)(nil),                    // 10: conveyor.v1.Task
-	(*durationpb.Duration)(nil),     // 11: google.protobuf.Duration
+	(TaskView)(0),                   // 0: conveyor.v1.TaskView
+	(*GetTaskRequest)(nil),          // 1: conveyor.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),         // 2: conveyor.v1.GetTaskResponse
+	(*WaitTaskRequest)(nil),         // 3: conveyor.v1.WaitTaskRequest
+	(*WaitTaskResponse)(nil),        // 4: conveyor.v1.WaitTaskResponse
+	(*WatchTaskRequest)(nil),        // 5: conveyor.v1.WatchTaskRequest
+	(*WatchTaskResponse)(nil),       // 6: conveyor.v1.WatchTaskResponse
+	(*ForgetTaskRequest)(nil),       // 7: conveyor.v1.ForgetTaskRequest
+	(*ForgetTaskResponse)(nil),      // 8: conveyor.v1.ForgetTaskResponse
+	(*ListDeadLettersRequest)(nil),  // 9: conveyor.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil), // 10: conveyor.v1.ListDeadLettersResponse
+	(*Task)(nil),                    // 11: conveyor.v1.Task
+	(*durationpb.Duration)(nil),     // 12: google.protobuf.Duration
 }
 var file_conveyor_v1_results_service_proto_depIdxs = []int32{
-	10, // 0: conveyor.v1.GetTaskResponse.task:type_name -> conveyor.v1.Task
-	11, // 1: conveyor.v1.WaitTaskRequest.timeout:type_name -> google.protobuf.Duration
-	10, // 2: conveyor.v1.WaitTaskResponse.task:type_name -> conveyor.v1.Task
-	10, // 3: conveyor.v1.WatchTaskResponse.task:type_name -> conveyor.v1.Task
-	10, // 4: conveyor.v1.ListDeadLettersResponse.tasks:type_name -> conveyor.v1.Task
-	0,  // 5: conveyor.v1.ResultsService.GetTask:input_type -> conveyor.v1.GetTaskRequest
-	2,  // 6: conveyor.v1.ResultsService.WaitTask:input_type -> conveyor.v1.WaitTaskRequest
-	4,  // 7: conveyor.v1.ResultsService.WatchTask:input_type -> conveyor.v1.WatchTaskRequest
-	6,  // 8: conveyor.v1.ResultsService.ForgetTask:input_type -> conveyor.v1.ForgetTaskRequest
-	8,  // 9: conveyor.v1.ResultsService.ListDeadLetters:input_type -> conveyor.v1.ListDeadLettersRequest
-	1,  // 10: conveyor.v1.ResultsService.GetTask:output_type -> conveyor.v1.GetTaskResponse
-	3,  // 11: conveyor.v1.ResultsService.WaitTask:output_type -> conveyor.v1.WaitTaskResponse
-	5,  // 12: conveyor.v1.ResultsService.WatchTask:output_type -> conveyor.v1.WatchTaskResponse
-	7,  // 13: conveyor.v1.ResultsService.ForgetTask:output_type -> conveyor.v1.ForgetTaskResponse
-	9,  // 14: conveyor.v1.ResultsService.ListDeadLetters:output_type -> conveyor.v1.ListDeadLettersResponse
-	10, // [10:15] is the sub-list for method output_type
-	5,  // [5:10] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	11, // 0: conveyor.v1.GetTaskResponse.task:type_name -> conveyor.v1.Task
+	12, // 1: conveyor.v1.WaitTaskRequest.timeout:type_name -> google.protobuf.Duration
+	0,  // 2: conveyor.v1.WaitTaskRequest.view:type_name -> conveyor.v1.TaskView
+	11, // 3: conveyor.v1.WaitTaskResponse.task:type_name -> conveyor.v1.Task
+	11, // 4: conveyor.v1.WatchTaskResponse.task:type_name -> conveyor.v1.Task
+	11, // 5: conveyor.v1.ListDeadLettersResponse.tasks:type_name -> conveyor.v1.Task
+	1,  // 6: conveyor.v1.ResultsService.GetTask:input_type -> conveyor.v1.GetTaskRequest
+	3,  // 7: conveyor.v1.ResultsService.WaitTask:input_type -> conveyor.v1.WaitTaskRequest
+	5,  // 8: conveyor.v1.ResultsService.WatchTask:input_type -> conveyor.v1.WatchTaskRequest
+	7,  // 9: conveyor.v1.ResultsService.ForgetTask:input_type -> conveyor.v1.ForgetTaskRequest
+	9,  // 10: conveyor.v1.ResultsService.ListDeadLetters:input_type -> conveyor.v1.ListDeadLettersRequest
+	2,  // 11: conveyor.v1.ResultsService.GetTask:output_type -> conveyor.v1.GetTaskResponse
+	4,  // 12: conveyor.v1.ResultsService.WaitTask:output_type -> conveyor.v1.WaitTaskResponse
+	6,  // 13: conveyor.v1.ResultsService.WatchTask:output_type -> conveyor.v1.WatchTaskResponse
+	8,  // 14: conveyor.v1.ResultsService.ForgetTask:output_type -> conveyor.v1.ForgetTaskResponse
+	10, // 15: conveyor.v1.ResultsService.ListDeadLetters:output_type -> conveyor.v1.ListDeadLettersResponse
+	11, // [11:16] is the sub-list for method output_type
+	6,  // [6:11] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_conveyor_v1_results_service_proto_init() }
@@ -659,13 +730,14 @@ func file_conveyor_v1_results_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_results_service_proto_rawDesc), len(file_conveyor_v1_results_service_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_conveyor_v1_results_service_proto_goTypes,
 		DependencyIndexes: file_conveyor_v1_results_service_proto_depIdxs,
+		EnumInfos:         file_conveyor_v1_results_service_proto_enumTypes,
 		MessageInfos:      file_conveyor_v1_results_service_proto_msgTypes,
 	}.Build()
 	File_conveyor_v1_results_service_proto = out.File

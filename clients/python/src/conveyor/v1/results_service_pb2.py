@@ -26,7 +26,7 @@ from conveyor.v1 import task_pb2 as conveyor_dot_v1_dot_task__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!conveyor/v1/results_service.proto\x12\x0b\x63onveyor.v1\x1a\x16\x63onveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\"G\n\x0eGetTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"8\n\x0fGetTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.TaskR\x04task\"}\n\x0fWaitTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x33\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\x12\x1c\n\tnamespace\x18\x03 \x01(\tR\tnamespace\"9\n\x10WaitTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.TaskR\x04task\"I\n\x10WatchTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\":\n\x11WatchTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.TaskR\x04task\"J\n\x11\x46orgetTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"\x14\n\x12\x46orgetTaskResponse\"r\n\x16ListDeadLettersRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12\x1c\n\tnamespace\x18\x03 \x01(\tR\tnamespace\"j\n\x17ListDeadLettersResponse\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x11.conveyor.v1.TaskR\x05tasks\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x9a\x03\n\x0eResultsService\x12\x44\n\x07GetTask\x12\x1b.conveyor.v1.GetTaskRequest\x1a\x1c.conveyor.v1.GetTaskResponse\x12G\n\x08WaitTask\x12\x1c.conveyor.v1.WaitTaskRequest\x1a\x1d.conveyor.v1.WaitTaskResponse\x12L\n\tWatchTask\x12\x1d.conveyor.v1.WatchTaskRequest\x1a\x1e.conveyor.v1.WatchTaskResponse0\x01\x12M\n\nForgetTask\x12\x1e.conveyor.v1.ForgetTaskRequest\x1a\x1f.conveyor.v1.ForgetTaskResponse\x12\\\n\x0fListDeadLetters\x12#.conveyor.v1.ListDeadLettersRequest\x1a$.conveyor.v1.ListDeadLettersResponseB\xa8\x01\n\x0f\x63om.conveyor.v1B\x13ResultsServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03\x43XX\xaa\x02\x0b\x43onveyor.V1\xca\x02\x0b\x43onveyor\\V1\xe2\x02\x17\x43onveyor\\V1\\GPBMetadata\xea\x02\x0c\x43onveyor::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!conveyor/v1/results_service.proto\x12\x0b\x63onveyor.v1\x1a\x16\x63onveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\"G\n\x0eGetTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"8\n\x0fGetTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.TaskR\x04task\"\xa8\x01\n\x0fWaitTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x33\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\x12\x1c\n\tnamespace\x18\x03 \x01(\tR\tnamespace\x12)\n\x04view\x18\x04 \x01(\x0e\x32\x15.conveyor.v1.TaskViewR\x04view\"9\n\x10WaitTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.TaskR\x04task\"I\n\x10WatchTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\":\n\x11WatchTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.TaskR\x04task\"J\n\x11\x46orgetTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"\x14\n\x12\x46orgetTaskResponse\"r\n\x16ListDeadLettersRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12\x1c\n\tnamespace\x18\x03 \x01(\tR\tnamespace\"j\n\x17ListDeadLettersResponse\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x11.conveyor.v1.TaskR\x05tasks\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*P\n\x08TaskView\x12\x19\n\x15TASK_VIEW_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_VIEW_OUTCOME\x10\x01\x12\x12\n\x0eTASK_VIEW_FULL\x10\x02\x32\x9a\x03\n\x0eResultsService\x12\x44\n\x07GetTask\x12\x1b.conveyor.v1.GetTaskRequest\x1a\x1c.conveyor.v1.GetTaskResponse\x12G\n\x08WaitTask\x12\x1c.conveyor.v1.WaitTaskRequest\x1a\x1d.conveyor.v1.WaitTaskResponse\x12L\n\tWatchTask\x12\x1d.conveyor.v1.WatchTaskRequest\x1a\x1e.conveyor.v1.WatchTaskResponse0\x01\x12M\n\nForgetTask\x12\x1e.conveyor.v1.ForgetTaskRequest\x1a\x1f.conveyor.v1.ForgetTaskResponse\x12\\\n\x0fListDeadLetters\x12#.conveyor.v1.ListDeadLettersRequest\x1a$.conveyor.v1.ListDeadLettersResponseB\xa8\x01\n\x0f\x63om.conveyor.v1B\x13ResultsServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03\x43XX\xaa\x02\x0b\x43onveyor.V1\xca\x02\x0b\x43onveyor\\V1\xe2\x02\x17\x43onveyor\\V1\\GPBMetadata\xea\x02\x0c\x43onveyor::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,26 +34,28 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'conveyor.v1.results_service
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017com.conveyor.v1B\023ResultsServiceProtoP\001Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\242\002\003CXX\252\002\013Conveyor.V1\312\002\013Conveyor\\V1\342\002\027Conveyor\\V1\\GPBMetadata\352\002\014Conveyor::V1'
+  _globals['_TASKVIEW']._serialized_start=924
+  _globals['_TASKVIEW']._serialized_end=1004
   _globals['_GETTASKREQUEST']._serialized_start=106
   _globals['_GETTASKREQUEST']._serialized_end=177
   _globals['_GETTASKRESPONSE']._serialized_start=179
   _globals['_GETTASKRESPONSE']._serialized_end=235
-  _globals['_WAITTASKREQUEST']._serialized_start=237
-  _globals['_WAITTASKREQUEST']._serialized_end=362
-  _globals['_WAITTASKRESPONSE']._serialized_start=364
-  _globals['_WAITTASKRESPONSE']._serialized_end=421
-  _globals['_WATCHTASKREQUEST']._serialized_start=423
-  _globals['_WATCHTASKREQUEST']._serialized_end=496
-  _globals['_WATCHTASKRESPONSE']._serialized_start=498
-  _globals['_WATCHTASKRESPONSE']._serialized_end=556
-  _globals['_FORGETTASKREQUEST']._serialized_start=558
-  _globals['_FORGETTASKREQUEST']._serialized_end=632
-  _globals['_FORGETTASKRESPONSE']._serialized_start=634
-  _globals['_FORGETTASKRESPONSE']._serialized_end=654
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=656
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=770
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=772
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=878
-  _globals['_RESULTSSERVICE']._serialized_start=881
-  _globals['_RESULTSSERVICE']._serialized_end=1291
+  _globals['_WAITTASKREQUEST']._serialized_start=238
+  _globals['_WAITTASKREQUEST']._serialized_end=406
+  _globals['_WAITTASKRESPONSE']._serialized_start=408
+  _globals['_WAITTASKRESPONSE']._serialized_end=465
+  _globals['_WATCHTASKREQUEST']._serialized_start=467
+  _globals['_WATCHTASKREQUEST']._serialized_end=540
+  _globals['_WATCHTASKRESPONSE']._serialized_start=542
+  _globals['_WATCHTASKRESPONSE']._serialized_end=600
+  _globals['_FORGETTASKREQUEST']._serialized_start=602
+  _globals['_FORGETTASKREQUEST']._serialized_end=676
+  _globals['_FORGETTASKRESPONSE']._serialized_start=678
+  _globals['_FORGETTASKRESPONSE']._serialized_end=698
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=700
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=814
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=816
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=922
+  _globals['_RESULTSSERVICE']._serialized_start=1007
+  _globals['_RESULTSSERVICE']._serialized_end=1417
 # @@protoc_insertion_point(module_scope)

@@ -2,8 +2,8 @@
 // @generated from file conveyor/v1/results_service.proto (package conveyor.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Task } from "./task_pb.js";
 import { file_conveyor_v1_task } from "./task_pb.js";
 import type { Duration } from "@bufbuild/protobuf/wkt";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/results_service.proto.
  */
 export const file_conveyor_v1_results_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFjb252ZXlvci92MS9yZXN1bHRzX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIjQKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJIjIKD0dldFRhc2tSZXNwb25zZRIfCgR0YXNrGAEgASgLMhEuY29udmV5b3IudjEuVGFzayJhCg9XYWl0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIqCgd0aW1lb3V0GAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhEKCW5hbWVzcGFjZRgDIAEoCSIzChBXYWl0VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5jb252ZXlvci52MS5UYXNrIjYKEFdhdGNoVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiNAoRV2F0Y2hUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmNvbnZleW9yLnYxLlRhc2siNwoRRm9yZ2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiFAoSRm9yZ2V0VGFza1Jlc3BvbnNlIlIKFkxpc3REZWFkTGV0dGVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSEQoJbmFtZXNwYWNlGAMgASgJIlQKF0xpc3REZWFkTGV0dGVyc1Jlc3BvbnNlEiAKBXRhc2tzGAEgAygLMhEuY29udmV5b3IudjEuVGFzaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkymgMKDlJlc3VsdHNTZXJ2aWNlEkQKB0dldFRhc2sSGy5jb252ZXlvci52MS5HZXRUYXNrUmVxdWVzdBocLmNvbnZleW9yLnYxLkdldFRhc2tSZXNwb25zZRJHCghXYWl0VGFzaxIcLmNvbnZleW9yLnYxLldhaXRUYXNrUmVxdWVzdBodLmNvbnZleW9yLnYxLldhaXRUYXNrUmVzcG9uc2USTAoJV2F0Y2hUYXNrEh0uY29udmV5b3IudjEuV2F0Y2hUYXNrUmVxdWVzdBoeLmNvbnZleW9yLnYxLldhdGNoVGFza1Jlc3BvbnNlMAESTQoKRm9yZ2V0VGFzaxIeLmNvbnZleW9yLnYxLkZvcmdldFRhc2tSZXF1ZXN0Gh8uY29udmV5b3IudjEuRm9yZ2V0VGFza1Jlc3BvbnNlElwKD0xpc3REZWFkTGV0dGVycxIjLmNvbnZleW9yLnYxLkxpc3REZWFkTGV0dGVyc1JlcXVlc3QaJC5jb252ZXlvci52MS5MaXN0RGVhZExldHRlcnNSZXNwb25zZUKoAQoPY29tLmNvbnZleW9yLnYxQhNSZXN1bHRzU2VydmljZVByb3RvUAFaM2dvLmNvbnZleW9yLmRldi9jb252ZXlvci9nZW4vY29udmV5b3IvdjE7Y29udmV5b3J2MaICA0NYWKoCC0NvbnZleW9yLlYxygILQ29udmV5b3JcVjHiAhdDb252ZXlvclxWMVxHUEJNZXRhZGF0YeoCDENvbnZleW9yOjpWMWIGcHJvdG8z", [file_conveyor_v1_task, file_google_protobuf_duration]);
+  fileDesc("CiFjb252ZXlvci92MS9yZXN1bHRzX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIjQKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJIjIKD0dldFRhc2tSZXNwb25zZRIfCgR0YXNrGAEgASgLMhEuY29udmV5b3IudjEuVGFzayKGAQoPV2FpdFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCgluYW1lc3BhY2UYAyABKAkSIwoEdmlldxgEIAEoDjIVLmNvbnZleW9yLnYxLlRhc2tWaWV3IjMKEFdhaXRUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmNvbnZleW9yLnYxLlRhc2siNgoQV2F0Y2hUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSI0ChFXYXRjaFRhc2tSZXNwb25zZRIfCgR0YXNrGAEgASgLMhEuY29udmV5b3IudjEuVGFzayI3ChFGb3JnZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSIUChJGb3JnZXRUYXNrUmVzcG9uc2UiUgoWTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIRCgluYW1lc3BhY2UYAyABKAkiVAoXTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2USIAoFdGFza3MYASADKAsyES5jb252ZXlvci52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSpQCghUYXNrVmlldxIZChVUQVNLX1ZJRVdfVU5TUEVDSUZJRUQQABIVChFUQVNLX1ZJRVdfT1VUQ09NRRABEhIKDlRBU0tfVklFV19GVUxMEAIymgMKDlJlc3VsdHNTZXJ2aWNlEkQKB0dldFRhc2sSGy5jb252ZXlvci52MS5HZXRUYXNrUmVxdWVzdBocLmNvbnZleW9yLnYxLkdldFRhc2tSZXNwb25zZRJHCghXYWl0VGFzaxIcLmNvbnZleW9yLnYxLldhaXRUYXNrUmVxdWVzdBodLmNvbnZleW9yLnYxLldhaXRUYXNrUmVzcG9uc2USTAoJV2F0Y2hUYXNrEh0uY29udmV5b3IudjEuV2F0Y2hUYXNrUmVxdWVzdBoeLmNvbnZleW9yLnYxLldhdGNoVGFza1Jlc3BvbnNlMAESTQoKRm9yZ2V0VGFzaxIeLmNvbnZleW9yLnYxLkZvcmdldFRhc2tSZXF1ZXN0Gh8uY29udmV5b3IudjEuRm9yZ2V0VGFza1Jlc3BvbnNlElwKD0xpc3REZWFkTGV0dGVycxIjLmNvbnZleW9yLnYxLkxpc3REZWFkTGV0dGVyc1JlcXVlc3QaJC5jb252ZXlvci52MS5MaXN0RGVhZExldHRlcnNSZXNwb25zZUKoAQoPY29tLmNvbnZleW9yLnYxQhNSZXN1bHRzU2VydmljZVByb3RvUAFaM2dvLmNvbnZleW9yLmRldi9jb252ZXlvci9nZW4vY29udmV5b3IvdjE7Y29udmV5b3J2MaICA0NYWKoCC0NvbnZleW9yLlYxygILQ29udmV5b3JcVjHiAhdDb252ZXlvclxWMVxHUEJNZXRhZGF0YeoCDENvbnZleW9yOjpWMWIGcHJvdG8z", [file_conveyor_v1_task, file_google_protobuf_duration]);
 
 /**
  * GetTask request.
@@ -96,6 +96,14 @@ export type WaitTaskRequest = Message<"conveyor.v1.WaitTaskRequest"> & {
    * @generated from field: string namespace = 3;
    */
   namespace: string;
+
+  /**
+   * How much of the task to return. Unset: TASK_VIEW_OUTCOME, without the
+   * arguments, which a waiter has (they may be megabytes).
+   *
+   * @generated from field: conveyor.v1.TaskView view = 4;
+   */
+  view: TaskView;
 };
 
 /**
@@ -112,7 +120,7 @@ export const WaitTaskRequestSchema: GenMessage<WaitTaskRequest> = /*@__PURE__*/
  */
 export type WaitTaskResponse = Message<"conveyor.v1.WaitTaskResponse"> & {
   /**
-   * The task, in a terminal state.
+   * The task, in a terminal state, as much of it as the request's view asks.
    *
    * @generated from field: conveyor.v1.Task task = 1;
    */
@@ -286,6 +294,40 @@ export type ListDeadLettersResponse = Message<"conveyor.v1.ListDeadLettersRespon
  */
 export const ListDeadLettersResponseSchema: GenMessage<ListDeadLettersResponse> = /*@__PURE__*/
   messageDesc(file_conveyor_v1_results_service, 9);
+
+/**
+ * How much of a task a reply carries.
+ *
+ * @generated from enum conveyor.v1.TaskView
+ */
+export enum TaskView {
+  /**
+   * The call's default (WaitTask: TASK_VIEW_OUTCOME).
+   *
+   * @generated from enum value: TASK_VIEW_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Every field but `args` and `kwargs`.
+   *
+   * @generated from enum value: TASK_VIEW_OUTCOME = 1;
+   */
+  OUTCOME = 1,
+
+  /**
+   * Every field.
+   *
+   * @generated from enum value: TASK_VIEW_FULL = 2;
+   */
+  FULL = 2,
+}
+
+/**
+ * Describes the enum conveyor.v1.TaskView.
+ */
+export const TaskViewSchema: GenEnum<TaskView> = /*@__PURE__*/
+  enumDesc(file_conveyor_v1_results_service, 0);
 
 /**
  * ResultsService reports task states and outcomes and lets anyone await them.
