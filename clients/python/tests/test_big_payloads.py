@@ -97,7 +97,7 @@ def test_worker_with_50_slots_runs_large_tasks(client, start_worker, queue_name,
             assert TaskState.from_proto(task.state) == TaskState.SUCCEEDED
             assert [conveyor.decode(a) for a in task.args] == args
             assert conveyor.decode(task.result) == 4 * len(args[0])
-    assert "upgrade the conveyor SDK" not in caplog.text
+    assert "worker session" in caplog.text and "upgrade the conveyor SDK" not in caplog.text
 
 
 def test_worker_logs_an_error_when_frames_exceed_its_receive_limit(start_worker, queue_name, caplog):
