@@ -10,10 +10,16 @@ import (
 	conveyorv1 "go.conveyor.dev/conveyor/gen/conveyor/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 )
 
 // MaxTasksPerBatch is the most tasks one SubmitTasks call carries.
 const MaxTasksPerBatch = 1000
+
+// MaxBatchBytes is the most encoded bytes of tasks one SubmitTasks call of
+// [Client.SubmitMany] carries: a larger batch is split (a server accepts
+// messages of 64 MiB; one task holds at most 4 MiB of argument payloads).
+const MaxBatchBytes = 16 << 20
 
 const (
 	// waitDeadlineMargin: how much longer than the requested wait the gRPC
@@ -65,6 +71,7 @@ type Client struct {
 }
 
 // NewClient uses conn for every service. The caller keeps ownership of conn.
+// Calls send and receive messages of up to 64 MiB whatever conn's defaults.
 func NewClient(conn grpc.ClientConnInterface) *Client {
 	return NewClientWith(conn, conn)
 }
@@ -74,6 +81,7 @@ func NewClient(conn grpc.ClientConnInterface) *Client {
 // schedule (scheduling) calls go through the submission connection: any
 // `conveyor serve` process forwards what it does not serve itself.
 func NewClientWith(submission, results grpc.ClientConnInterface) *Client {
+	submission, results = withMessageLimits(submission), withMessageLimits(results)
 	return &Client{
 		submission: conveyorv1.NewSubmissionServiceClient(submission),
 		results:    conveyorv1.NewResultsServiceClient(results),
@@ -116,9 +124,11 @@ func (c *Client) Submit(ctx context.Context, name string, opts ...Option) (strin
 }
 
 // SubmitMany submits tasks and returns their ids in order. Every task is
-// encoded before anything is sent; tasks travel in one SubmitTasks call per
-// [MaxTasksPerBatch]. Each call is all-or-nothing, but when a later call
-// fails the ids of the earlier, accepted ones are returned with the error.
+// encoded before anything is sent; tasks travel in SubmitTasks calls of at
+// most [MaxTasksPerBatch] tasks and [MaxBatchBytes] encoded bytes,
+// whichever comes first (a task larger than that travels alone). Each call
+// is all-or-nothing, but when a later call fails the ids of the earlier,
+// accepted ones are returned with the error.
 func (c *Client) SubmitMany(ctx context.Context, tasks []TaskRequest) ([]string, error) {
 	specs := make([]*conveyorv1.TaskSpec, 0, len(tasks))
 	for _, t := range tasks {
@@ -130,8 +140,7 @@ func (c *Client) SubmitMany(ctx context.Context, tasks []TaskRequest) ([]string,
 		specs = append(specs, spec)
 	}
 	ids := make([]string, 0, len(specs))
-	for start := 0; start < len(specs); start += MaxTasksPerBatch {
-		batch := specs[start:min(start+MaxTasksPerBatch, len(specs))]
+	for _, batch := range splitBatches(specs) {
 		safe := true
 		for _, spec := range batch {
 			safe = safe && spec.GetIdempotencyKey() != ""
@@ -150,6 +159,26 @@ func (c *Client) SubmitMany(ctx context.Context, tasks []TaskRequest) ([]string,
 		}
 	}
 	return ids, nil
+}
+
+// splitBatches cuts specs, in order, into runs of at most MaxTasksPerBatch
+// tasks and MaxBatchBytes encoded bytes; a task larger than that is alone.
+func splitBatches(specs []*conveyorv1.TaskSpec) [][]*conveyorv1.TaskSpec {
+	var batches [][]*conveyorv1.TaskSpec
+	start, size := 0, 0
+	for i, spec := range specs {
+		// The spec's own bytes plus its field tag and length prefix.
+		n := proto.Size(spec) + 6
+		if i > start && (i-start >= MaxTasksPerBatch || size+n > MaxBatchBytes) {
+			batches = append(batches, specs[start:i:i])
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(specs) {
+		batches = append(batches, specs[start:])
+	}
+	return batches
 }
 
 // Get returns the task's current state and, once finished, its outcome.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -28,7 +29,9 @@ import (
 // (one scheme, first): the connection uses the first that answers and fails
 // over to the next when it dies, as it does across the addresses of a DNS
 // name ("dns:///conveyor.internal:50051"). The connection backs off from
-// 100 ms to 5 s between attempts. opts come last, so they may replace the
+// 100 ms to 5 s between attempts. Calls send and receive messages of up
+// to 64 MiB (grpc-go's default receive limit, 4 MiB, is below the largest
+// task a server returns and the largest worker frame it sends). opts come last, so they may replace the
 // credentials or add interceptors; [WithToken] adds a bearer token.
 func NewConn(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	target, creds := parseAddr(addr)
@@ -37,6 +40,7 @@ func NewConn(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	}
 	base := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes)),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff: backoff.Config{
 				BaseDelay:  100 * time.Millisecond,
@@ -60,6 +64,35 @@ func NewConn(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("conveyor: address %q: %w (pass host:port, http://host:port or several comma-separated)", addr, err)
 	}
 	return conn, nil
+}
+
+// maxMessageBytes is the send and receive limit of every call and worker
+// stream of this SDK: above the largest message a server sends (a task with
+// 4 MiB of arguments, a worker frame of Welcome.max_frame_bytes).
+const maxMessageBytes = 64 << 20
+
+// messageLimits sets maxMessageBytes on every call made through a
+// connection, including one the caller dialed without [NewConn].
+type messageLimits struct{ grpc.ClientConnInterface }
+
+var messageLimitOptions = []grpc.CallOption{grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes)}
+
+func withMessageLimits(conn grpc.ClientConnInterface) grpc.ClientConnInterface {
+	if conn == nil {
+		return nil
+	}
+	if _, ok := conn.(messageLimits); ok {
+		return conn
+	}
+	return messageLimits{conn}
+}
+
+func (c messageLimits) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	return c.ClientConnInterface.Invoke(ctx, method, args, reply, append(slices.Clip(messageLimitOptions), opts...)...)
+}
+
+func (c messageLimits) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return c.ClientConnInterface.NewStream(ctx, desc, method, append(slices.Clip(messageLimitOptions), opts...)...)
 }
 
 // staticResolver resolves to a fixed list of "host:port" addresses, tried

@@ -103,6 +103,10 @@ func (rt *workerRuntime) session(ctx context.Context, epoch uint64) sessionEnd {
 		maxCredits = defaultMaxCredits
 	}
 	rt.log.Info("worker session established", "session_id", welcome.GetSessionId(), "heartbeat", heartbeat)
+	if frame := welcome.GetMaxFrameBytes(); frame > maxMessageBytes {
+		rt.log.Error("the dispatcher may send worker frames larger than this worker receives: upgrade the conveyor Go SDK",
+			"max_frame_bytes", frame, "receive_limit", maxMessageBytes)
+	}
 	s := &session{
 		rt:         rt,
 		epoch:      epoch,

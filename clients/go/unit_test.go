@@ -12,6 +12,7 @@ import (
 	conveyorv1 "go.conveyor.dev/conveyor/gen/conveyor/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -272,5 +273,56 @@ func TestParseAddr(t *testing.T) {
 		if got != want || secure != strings.HasPrefix(in, "https://") {
 			t.Errorf("parseAddr(%q) = %q, %s", in, got, creds.Info().SecurityProtocol)
 		}
+	}
+}
+
+func TestSplitBatchesByCountAndBytes(t *testing.T) {
+	spec := func(size int) *conveyorv1.TaskSpec {
+		return &conveyorv1.TaskSpec{Name: "t", Args: []*conveyorv1.Payload{{Data: []byte(strings.Repeat("x", size))}}}
+	}
+	sizes := func(batches [][]*conveyorv1.TaskSpec) []int {
+		var n []int
+		for _, b := range batches {
+			n = append(n, len(b))
+		}
+		return n
+	}
+	var small []*conveyorv1.TaskSpec
+	for range 2500 {
+		small = append(small, spec(1))
+	}
+	if got := sizes(splitBatches(small)); fmt.Sprint(got) != "[1000 1000 500]" {
+		t.Fatalf("small: %v", got)
+	}
+	var big []*conveyorv1.TaskSpec
+	for range 130 {
+		big = append(big, spec(256*1024))
+	}
+	batches := splitBatches(big)
+	if got := sizes(batches); fmt.Sprint(got) != "[63 63 4]" {
+		t.Fatalf("256 KB tasks: %v", got)
+	}
+	var flat []*conveyorv1.TaskSpec
+	for _, b := range batches {
+		bytes := 0
+		for _, s := range b {
+			bytes += proto.Size(s) + 6
+		}
+		if bytes > MaxBatchBytes {
+			t.Fatalf("a batch of %d bytes", bytes)
+		}
+		flat = append(flat, b...)
+	}
+	for i := range big {
+		if flat[i] != big[i] {
+			t.Fatalf("task %d out of place", i)
+		}
+	}
+	// A task above the limit alone still travels, in its own call.
+	if got := sizes(splitBatches([]*conveyorv1.TaskSpec{spec(1), spec(MaxBatchBytes), spec(1)})); fmt.Sprint(got) != "[1 1 1]" {
+		t.Fatalf("huge: %v", got)
+	}
+	if got := splitBatches(nil); len(got) != 0 {
+		t.Fatalf("empty: %v", got)
 	}
 }

@@ -84,7 +84,9 @@ type Worker struct {
 }
 
 // NewWorker returns a worker that holds its stream on conn (see [NewConn]
-// for a connection from an address such as "http://127.0.0.1:50051").
+// for a connection from an address such as "http://127.0.0.1:50051"). The
+// stream sends and receives messages of up to 64 MiB whatever conn's
+// defaults.
 func NewWorker(conn grpc.ClientConnInterface, opts WorkerOptions) *Worker {
 	if opts.Hostname == "" {
 		opts.Hostname = hostname()
@@ -111,7 +113,7 @@ func NewWorker(conn grpc.ClientConnInterface, opts WorkerOptions) *Worker {
 		opts.Logger = slog.Default()
 	}
 	opts.Queues = append([]string(nil), opts.Queues...)
-	return &Worker{conn: conn, opts: opts, handlers: map[string]Handler{}}
+	return &Worker{conn: withMessageLimits(conn), opts: opts, handlers: map[string]Handler{}}
 }
 
 // WorkerID is the id the worker introduces itself with.

@@ -158,6 +158,29 @@ def test_max_memory_per_child(client, start_worker, queue_name):
     assert small == big != after
 
 
+def _child_peak(results) -> None:
+    from conveyor._process import _peak_rss_kib  # noqa: PLC0415
+
+    results.put(_peak_rss_kib())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux only")
+def test_child_peak_memory_excludes_the_parents_peak():
+    # Linux carries a parent's peak RSS over fork and exec into the child's
+    # ru_maxrss: measured that way, a worker that once peaked high (large
+    # payloads) would retire its children after every task.
+    hog = bytearray(200 * 1024 * 1024)
+    hog[:: 4096] = b"x" * len(hog[:: 4096])
+    del hog
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_child_peak, args=(results,))
+    child.start()
+    peak = results.get(timeout=30)
+    child.join(10)
+    assert 0 < peak < 150_000, f"child peak {peak} KiB"
+
+
 def test_cpu_bound_child_keeps_its_lease(client, start_worker, queue_name):
     # The test server's lease TTL is 1 s: the task burns 3.5 s of CPU.
     pool_worker(start_worker, queue_name, pool="process", concurrency=1)

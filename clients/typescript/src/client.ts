@@ -2,6 +2,7 @@
 // cancel, replay or forget them; dead letters, schedules and queue pauses.
 
 import { randomUUID } from "node:crypto";
+import { toBinary } from "@bufbuild/protobuf";
 import { Code, createClient } from "@connectrpc/connect";
 import type { Client as RpcClient } from "@connectrpc/connect";
 import { DispatchService } from "./gen/conveyor/v1/dispatch_service_pb.js";
@@ -10,7 +11,7 @@ import { ResultsService } from "./gen/conveyor/v1/results_service_pb.js";
 import { SchedulingService } from "./gen/conveyor/v1/scheduling_service_pb.js";
 import type { Schedule, ScheduleRun } from "./gen/conveyor/v1/scheduling_service_pb.js";
 import { SubmissionService } from "./gen/conveyor/v1/submission_service_pb.js";
-import { TaskState } from "./gen/conveyor/v1/task_pb.js";
+import { TaskSpecSchema, TaskState } from "./gen/conveyor/v1/task_pb.js";
 import type { Payload, Task, TaskSpec } from "./gen/conveyor/v1/task_pb.js";
 import { ConveyorError, unsuccessfulTaskError } from "./errors.js";
 import { Backoff } from "./internal/backoff.js";
@@ -25,6 +26,36 @@ import type { Addresses, ConnectionOptions, RetryPolicy } from "./transport.js";
 
 /** Most tasks one SubmitTasks call carries (the service's limit). */
 export const MAX_TASKS_PER_BATCH = 1000;
+
+/**
+ * Most encoded bytes of tasks one SubmitTasks call of `submitMany` carries: a
+ * larger batch is split (a server accepts messages of 64 MiB; one task holds
+ * at most 4 MiB of argument payloads).
+ */
+export const MAX_BATCH_BYTES = 16 * 1024 * 1024;
+
+/**
+ * Cuts `specs`, in order, into runs of at most MAX_TASKS_PER_BATCH tasks and
+ * MAX_BATCH_BYTES encoded bytes; a task larger than that travels alone.
+ */
+export function splitBatches(specs: readonly TaskSpec[]): TaskSpec[][] {
+  const batches: TaskSpec[][] = [];
+  let batch: TaskSpec[] = [];
+  let bytes = 0;
+  for (const spec of specs) {
+    // The spec's own bytes plus its field tag and length prefix.
+    const size = toBinary(TaskSpecSchema, spec).length + 6;
+    if (batch.length > 0 && (batch.length >= MAX_TASKS_PER_BATCH || bytes + size > MAX_BATCH_BYTES)) {
+      batches.push(batch);
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(spec);
+    bytes += size;
+  }
+  if (batch.length > 0) batches.push(batch);
+  return batches;
+}
 
 /** How much longer than the requested wait the call's deadline is. */
 const WAIT_DEADLINE_MARGIN_MS = 2000;
@@ -134,15 +165,16 @@ export class Client {
   }
 
   /**
-   * Submits many tasks and returns their ids in order, in one SubmitTasks
-   * call per 1000 tasks. Each call is all-or-nothing; when a later call fails
-   * the earlier ones stay accepted.
+   * Submits many tasks and returns their ids in order. Every task is encoded
+   * before anything is sent; they travel in SubmitTasks calls of at most
+   * MAX_TASKS_PER_BATCH (1000) tasks and MAX_BATCH_BYTES (16 MiB) of encoded
+   * tasks, whichever comes first. Each call is all-or-nothing; when a later
+   * call fails the earlier ones stay accepted.
    */
   async submitMany(tasks: readonly TaskRequest[], options: CallOptions = {}): Promise<string[]> {
     const specs = tasks.map((task) => this.#spec(task.name, task.args ?? [], task));
     const ids: string[] = [];
-    for (let start = 0; start < specs.length; start += MAX_TASKS_PER_BATCH) {
-      const batch = specs.slice(start, start + MAX_TASKS_PER_BATCH);
+    for (const batch of splitBatches(specs)) {
       const safe = batch.every((spec) => spec.idempotencyKey !== "");
       const response = await this.#call(safe, options, (s, o) => s.submission.submitTasks({ tasks: batch }, o));
       if (response.results.length !== batch.length) {

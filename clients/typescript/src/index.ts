@@ -1,6 +1,6 @@
 // @conveyor/client: the TypeScript client and worker SDK of Conveyor.
 
-export { Client, MAX_TASKS_PER_BATCH, buildTaskSpec, isTerminal, taskResult } from "./client.js";
+export { Client, MAX_BATCH_BYTES, MAX_TASKS_PER_BATCH, buildTaskSpec, isTerminal, taskResult } from "./client.js";
 export type {
   CallOptions,
   ClientOptions,
@@ -30,7 +30,7 @@ export {
   stateName,
 } from "./errors.js";
 export { JSON_CONTENT_TYPE, RawPayload, fromPayload, isJson, toPayload } from "./payload.js";
-export { parseAddresses } from "./transport.js";
+export { MAX_MESSAGE_BYTES, parseAddresses } from "./transport.js";
 export type { Addresses, ConnectionOptions, RetryPolicy } from "./transport.js";
 export { silentLogger, stderrLogger } from "./logger.js";
 export type { LogFields, LogLevel, Logger } from "./logger.js";

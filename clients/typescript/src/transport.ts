@@ -30,7 +30,11 @@ export interface ConnectionOptions {
   token?: string;
   /** Extra metadata sent on every call. */
   headers?: Record<string, string>;
-  /** Use this transport instead of creating one (the address is then ignored). */
+  /**
+   * Use this transport instead of creating one (the address is then ignored).
+   * Give it `readMaxBytes` and `writeMaxBytes` of at least 64 MiB, as the
+   * SDK's own transports have: a task may carry 4 MiB of arguments.
+   */
   transport?: Transport;
   /** Keepalive settings of the HTTP/2 connections. */
   http2?: Http2SessionOptions;
@@ -78,6 +82,14 @@ export function parseAddresses(addresses: Addresses): URL[] {
   return parts.map(parseAddress);
 }
 
+/**
+ * The send and receive limit of every call and worker stream this SDK's
+ * transports make: above the largest message a server sends (a task with 4 MiB
+ * of arguments, a worker frame of `Welcome.maxFrameBytes`), where gRPC
+ * libraries commonly default to 4 MiB.
+ */
+export const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
 /** A transport plus the means to close the connection it owns. */
 export interface OwnedTransport {
   transport: Transport;
@@ -109,6 +121,8 @@ export function createTransport(address: URL | string, options: ConnectionOption
     baseUrl: url.href.replace(/\/+$/, ""),
     sessionManager,
     interceptors: metadataInterceptor(options),
+    readMaxBytes: MAX_MESSAGE_BYTES,
+    writeMaxBytes: MAX_MESSAGE_BYTES,
   });
   return { transport, close: () => sessionManager.abort() };
 }

@@ -15,8 +15,8 @@ import {
   DispatchService,
 } from "../src/gen/conveyor/v1/dispatch_service_pb.js";
 import type { ConnectRequest, ConnectResponse } from "../src/gen/conveyor/v1/dispatch_service_pb.js";
-import { ConveyorError, SDK_VERSION, TaskCancelledError, Worker, fromPayload, silentLogger, toPayload } from "../src/index.js";
-import type { TaskContext } from "../src/index.js";
+import { ConveyorError, MAX_MESSAGE_BYTES, SDK_VERSION, TaskCancelledError, Worker, fromPayload, silentLogger, toPayload } from "../src/index.js";
+import type { LogFields, Logger, TaskContext } from "../src/index.js";
 import { AsyncQueue } from "../src/internal/queue.js";
 import { waitFor } from "../testkit/helpers.js";
 
@@ -66,10 +66,10 @@ class FakeStream {
     this.#outbox.push(create(ConnectResponseSchema, { message }));
   }
 
-  welcome(heartbeatMs = 50): void {
+  welcome(heartbeatMs = 50, maxFrameBytes = 8 * 1024 * 1024): void {
     this.send({
       case: "welcome",
-      value: { sessionId: "fake", heartbeatInterval: ms(heartbeatMs), leaseTtl: ms(1000), maxCredits: 1024 },
+      value: { sessionId: "fake", heartbeatInterval: ms(heartbeatMs), leaseTtl: ms(1000), maxCredits: 1024, maxFrameBytes },
     });
   }
 
@@ -111,7 +111,7 @@ function bigintSafe(_key: string, value: unknown): unknown {
 }
 
 /** A worker wired to a fake dispatcher; `streams` fills as it connects. */
-function setup(options: { concurrency?: number; gracePeriodMs?: number } = {}) {
+function setup(options: { concurrency?: number; gracePeriodMs?: number; logger?: Logger } = {}) {
   const streams: FakeStream[] = [];
   const transport = createRouterTransport(({ service }) => {
     service(DispatchService, {
@@ -393,6 +393,35 @@ describe("worker protocol", () => {
     await second.expect("hello");
     second.welcome();
     await second.expect("grantCredits");
+    controller.abort();
+    await waitFor(() => second.closedByWorker, "the worker to close its half");
+    second.end();
+    await done;
+  });
+
+  test("a Welcome whose maxFrameBytes exceeds the receive limit logs an error saying to upgrade the SDK", async () => {
+    const logs: { level: string; message: string; fields: LogFields | undefined }[] = [];
+    const record = (level: string) => (message: string, fields?: LogFields) => void logs.push({ level, message, fields });
+    const logger: Logger = { debug: record("debug"), info: record("info"), warn: record("warn"), error: record("error") };
+    const upgrade = () => logs.filter((entry) => entry.level === "error" && /upgrade the Conveyor TypeScript SDK/.test(entry.message));
+
+    const { worker, stream, controller, run } = setup({ logger });
+    worker.register("x", () => 1);
+    const done = run();
+    const first = await stream(0);
+    await first.expect("hello");
+    first.welcome(50, 8 * 1024 * 1024); // what the dispatcher says today: within the limit
+    await first.expect("grantCredits");
+    assert.deepEqual(upgrade(), []);
+    first.fail(new ConnectError("gone", Code.Unavailable));
+    const second = await stream(1);
+    await second.expect("hello");
+    second.welcome(50, 128 * 1024 * 1024);
+    await second.expect("grantCredits");
+    const errors = upgrade();
+    assert.equal(errors.length, 1);
+    assert.equal(errors[0]!.fields?.["max_frame_bytes"], 128 * 1024 * 1024);
+    assert.equal(errors[0]!.fields?.["receive_limit"], MAX_MESSAGE_BYTES);
     controller.abort();
     await waitFor(() => second.closedByWorker, "the worker to close its half");
     second.end();

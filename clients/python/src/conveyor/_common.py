@@ -4,7 +4,7 @@ request normalisation and the rules of the wait loop."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +16,15 @@ ADDRESS_ENV = "CONVEYOR_ADDR"
 
 # Most tasks one SubmitTasks call may carry (the service's limit).
 MAX_TASKS_PER_BATCH = 1000
+# Most encoded bytes of task specs in one SubmitTasks call: a larger batch is
+# split (a server accepts messages of 64 MiB; one task holds at most 4 MiB of
+# argument payloads).
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+# The receive and send limit of every call and worker stream of this SDK:
+# above the largest message a server sends (a task with 4 MiB of arguments,
+# a worker frame of `Welcome.max_frame_bytes`), where gRPC's default of 4 MiB
+# is not.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # The gRPC deadline of a WaitTask is this much longer than its `timeout`, so
 # that the server's own timeout answers first.
 WAIT_DEADLINE_MARGIN = 2.0
@@ -26,8 +35,8 @@ MIN_USEFUL_WAIT = 1.0
 DEFAULT_RPC_TIMEOUT = 30.0
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
@@ -87,6 +96,34 @@ def parse_targets(address: str | Sequence[str] | None) -> list[Target]:
     if not targets:
         raise ValueError(f"no address in {address!r}: give host:port, http://host:port or a comma-separated list")
     return targets
+
+
+def receive_limit(options: Iterable[tuple[str, Any]]) -> int | None:
+    """The receive limit that channel `options` set (the last
+    `grpc.max_receive_message_length` wins), or None for no limit."""
+    limit: Any = 4 * 1024 * 1024  # gRPC's default
+    for key, value in options:
+        if key == "grpc.max_receive_message_length":
+            limit = value
+    return None if limit is None or int(limit) < 0 else int(limit)
+
+
+def split_batches(specs: Sequence[Any]) -> Iterator[list[Any]]:
+    """`specs` (TaskSpec messages) in runs of at most MAX_TASKS_PER_BATCH
+    tasks and at most MAX_BATCH_BYTES encoded bytes, in order; a task larger
+    than MAX_BATCH_BYTES travels alone."""
+    batch: list[Any] = []
+    size = 0
+    for spec in specs:
+        # The spec's own bytes plus its field tag and length prefix.
+        encoded = spec.ByteSize() + 6
+        if batch and (len(batch) >= MAX_TASKS_PER_BATCH or size + encoded > MAX_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(spec)
+        size += encoded
+    if batch:
+        yield batch
 
 
 def call_metadata(token: str | None, metadata: Iterable[tuple[str, str]] | None) -> tuple[tuple[str, str], ...]:

@@ -262,8 +262,6 @@ def _child_main(conn: Connection, log_level: int, parent_pid: int) -> None:
         send(("progress", progress.SerializeToString()))
         return True
 
-    import resource  # noqa: PLC0415 - POSIX only, like the pool
-
     while True:
         try:
             message = pickle.loads(conn.recv_bytes())
@@ -284,5 +282,21 @@ def _child_main(conn: Connection, log_level: int, parent_pid: int) -> None:
             outcome = run_sync(handler, ctx, alarm.around(ctx))
         except SoftTimeLimitExceeded as exc:  # the alarm fired just after the handler returned
             outcome = outcome_of(ctx, error=error("SoftTimeLimitExceeded", str(exc), True))
-        max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        send(("done", outcome.SerializeToString(), max_rss))
+        send(("done", outcome.SerializeToString(), _peak_rss_kib()))
+
+
+def _peak_rss_kib() -> int:
+    """This child's own peak RSS, KiB. Linux carries a parent's peak over
+    fork and exec into the child's `ru_maxrss`, so a worker process that
+    once peaked above `max_memory_per_child` would retire every child after
+    every task; /proc/self/status's VmHWM is this process image's alone."""
+    try:
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource  # noqa: PLC0415 - POSIX only, like the pool
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -16,13 +16,13 @@ from conveyor import _codec
 from conveyor._common import (
     CHANNEL_OPTIONS,
     DEFAULT_RPC_TIMEOUT,
-    MAX_TASKS_PER_BATCH,
     RETRY_ATTEMPTS,
     WAIT_DEADLINE_MARGIN,
     as_request,
     call_metadata,
     parse_targets,
     retry_delay,
+    split_batches,
     wait_again,
 )
 from conveyor.errors import ConveyorError, ProtocolError
@@ -121,16 +121,15 @@ class AsyncClient:
         return await self._call("submission", "SubmitTask", request, safe=bool(spec.idempotency_key))
 
     async def submit_many(self, tasks: Iterable[Any]) -> list[str]:
-        """Submits many tasks (one SubmitTasks call per 1000); see
-        `Client.submit_many`."""
+        """Submits many tasks (SubmitTasks calls of at most 1000 tasks and
+        16 MiB of encoded tasks); see `Client.submit_many`."""
         specs = []
         for item in tasks:
             name, args, kwargs, options = as_request(item)
             options = {"idempotency_key": f"auto-{uuid.uuid4().hex}", **options}
             specs.append(_codec.build_spec(name, args, kwargs, **options))
         ids: list[str] = []
-        for start in range(0, len(specs), MAX_TASKS_PER_BATCH):
-            batch = specs[start : start + MAX_TASKS_PER_BATCH]
+        for batch in split_batches(specs):
             request = submission_service_pb2.SubmitTasksRequest(tasks=batch)
             response = await self._call("submission", "SubmitTasks", request, safe=all(t.idempotency_key for t in batch))
             if len(response.results) != len(batch):

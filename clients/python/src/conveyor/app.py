@@ -273,7 +273,8 @@ class Conveyor:
         return AsyncResult(task_id, app=self)
 
     def send_many(self, signatures: Iterable[Signature | Any]) -> list[AsyncResult]:
-        """Submits many tasks in batches (one call per 1000); returns their
+        """Submits many tasks in batches (calls of at most 1000 tasks and
+        16 MiB of encoded tasks, see `Client.submit_many`); returns their
         results in order."""
         return [AsyncResult(task_id, app=self) for task_id in self.client.submit_many(signatures)]
 

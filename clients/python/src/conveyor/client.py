@@ -14,13 +14,13 @@ from conveyor import _codec
 from conveyor._common import (
     CHANNEL_OPTIONS,
     DEFAULT_RPC_TIMEOUT,
-    MAX_TASKS_PER_BATCH,
     RETRY_ATTEMPTS,
     WAIT_DEADLINE_MARGIN,
     as_request,
     call_metadata,
     parse_targets,
     retry_delay,
+    split_batches,
     wait_again,
 )
 from conveyor.errors import ConveyorError, ProtocolError
@@ -146,16 +146,16 @@ class Client:
         or a tuple (name, args[, kwargs[, options]]).
 
         Everything is encoded before anything is sent; the tasks travel in
-        one SubmitTasks call per 1000. Each call is all-or-nothing, but when
-        a later call fails the earlier ones stay accepted."""
+        SubmitTasks calls of at most 1000 tasks and at most 16 MiB of
+        encoded tasks, whichever comes first. Each call is all-or-nothing,
+        but when a later call fails the earlier ones stay accepted."""
         specs = []
         for item in tasks:
             name, args, kwargs, options = as_request(item)
             options = {"idempotency_key": _default_key(), **options}
             specs.append(_codec.build_spec(name, args, kwargs, **options))
         ids: list[str] = []
-        for start in range(0, len(specs), MAX_TASKS_PER_BATCH):
-            batch = specs[start : start + MAX_TASKS_PER_BATCH]
+        for batch in split_batches(specs):
             request = submission_service_pb2.SubmitTasksRequest(tasks=batch)
             safe = all(spec.idempotency_key for spec in batch)
             response = self._call("submission", "SubmitTasks", request, safe=safe)

@@ -30,7 +30,7 @@ import grpc
 import grpc.aio
 
 from conveyor import _codec
-from conveyor._common import CHANNEL_OPTIONS, call_metadata, parse_targets
+from conveyor._common import CHANNEL_OPTIONS, call_metadata, parse_targets, receive_limit
 from conveyor._context import TaskContext, _current, current_task
 from conveyor._handler import POOLS, Handler, failure, prepare, success, task_error
 from conveyor._handler import error as _error
@@ -540,6 +540,18 @@ class Worker:
             return True, None
         raise asyncio.TimeoutError
 
+    def _check_frame_limit(self, max_frame_bytes: int) -> None:
+        """Logs an error when the dispatcher may send frames larger than this
+        worker's channels receive: such a frame would break the stream."""
+        limit = receive_limit(self._channel_options)
+        if limit is not None and max_frame_bytes > limit:
+            log.error(
+                "the dispatcher sends worker frames of up to %d bytes but this worker receives at most %d: "
+                "upgrade the conveyor SDK (and do not lower grpc.max_receive_message_length)",
+                max_frame_bytes,
+                limit,
+            )
+
     async def _session(self, channel: grpc.aio.Channel, epoch: int) -> _End:
         stub = dispatch_service_pb2_grpc.DispatchServiceStub(channel)
         call = stub.Connect(metadata=self._metadata or None)
@@ -570,6 +582,7 @@ class Worker:
         interval = self.heartbeat_interval or _codec.from_duration(welcome.heartbeat_interval) or _DEFAULT_HEARTBEAT
         interval = max(interval, _MIN_HEARTBEAT)
         log.info("worker session %s established on %s (heartbeat %.3fs)", welcome.session_id, self.target, interval)
+        self._check_frame_limit(welcome.max_frame_bytes)
         if self._on_connect:
             asyncio.ensure_future(self._run_on_connect())
         session = _Session(epoch, call, welcome.max_credits or _DEFAULT_MAX_CREDITS)

@@ -30,6 +30,7 @@ import type { ProgressUpdate } from "../context.js";
 import { ConveyorError, codeName } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { durationToMs, toPayload } from "../payload.js";
+import { MAX_MESSAGE_BYTES } from "../transport.js";
 import type { Endpoint, Endpoints } from "../transport.js";
 import type { Handler } from "../worker.js";
 import { execute } from "./execute.js";
@@ -169,6 +170,12 @@ export class Session {
       heartbeat_ms: heartbeatMs,
       epoch: this.#epoch,
     });
+    if (welcome.maxFrameBytes > MAX_MESSAGE_BYTES) {
+      this.#rt.log.error("the dispatcher may send worker frames larger than this worker receives: upgrade the Conveyor TypeScript SDK", {
+        max_frame_bytes: welcome.maxFrameBytes,
+        receive_limit: MAX_MESSAGE_BYTES,
+      });
+    }
     this.#rt.current = this;
     this.#heartbeat = setInterval(() => this.#send({ case: "heartbeat", value: create(HeartbeatSchema) }), heartbeatMs);
 
