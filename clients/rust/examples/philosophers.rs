@@ -70,22 +70,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     running.await??;
 
     let log = log.lock().unwrap();
-    let mut most = 0;
+    // Most eating at once: walk starts (+1) and ends (-1) in time order,
+    // ends first at equal instants.
+    let mut events: Vec<(Instant, i32)> = log
+        .iter()
+        .flat_map(|(_, start, end)| [(*start, 1), (*end, -1)])
+        .collect();
+    events.sort();
+    let (mut eating, mut most) = (0, 0);
+    for (_, change) in events {
+        eating += change;
+        most = most.max(eating);
+    }
+    // Neighbours share a fork: they must never eat at the same time.
     let mut shared = 0;
     for (index, (philosopher, start, end)) in log.iter().enumerate() {
-        let overlapping: Vec<usize> = log
+        shared += log[index + 1..]
             .iter()
-            .enumerate()
-            .filter(|(other, (_, s, e))| *other != index && s < end && start < e)
-            .map(|(_, (who, _, _))| *who)
-            .collect();
-        most = most.max(overlapping.len() + 1);
-        // Neighbours share a fork: they must never eat at the same time.
-        shared += overlapping
-            .iter()
-            .filter(|who| {
-                (**who + 1) % PHILOSOPHERS == *philosopher
-                    || (philosopher + 1) % PHILOSOPHERS == **who
+            .filter(|(who, s, e)| {
+                s < end
+                    && start < e
+                    && ((who + 1) % PHILOSOPHERS == *philosopher
+                        || (philosopher + 1) % PHILOSOPHERS == *who)
             })
             .count();
     }
