@@ -93,10 +93,15 @@ def test_worker_with_50_slots_runs_large_tasks(client, start_worker, queue_name,
 
     for task_id, args in ((big, big_args), (full, full_args)):
         assert client.result(task_id, timeout=20) == 4 * len(args[0])
-        for task in (client.get(task_id), client.wait(task_id, timeout=5)):
-            assert TaskState.from_proto(task.state) == TaskState.SUCCEEDED
-            assert [conveyor.decode(a) for a in task.args] == args
-            assert conveyor.decode(task.result) == 4 * len(args[0])
+        # get returns the whole task; WaitTask the outcome without arguments.
+        task = client.get(task_id)
+        assert TaskState.from_proto(task.state) == TaskState.SUCCEEDED
+        assert [conveyor.decode(a) for a in task.args] == args
+        assert conveyor.decode(task.result) == 4 * len(args[0])
+        waited = client.wait(task_id, timeout=5)
+        assert TaskState.from_proto(waited.state) == TaskState.SUCCEEDED
+        assert list(waited.args) == []
+        assert conveyor.decode(waited.result) == 4 * len(args[0])
     assert "worker session" in caplog.text and "upgrade the conveyor SDK" not in caplog.text
 
 
