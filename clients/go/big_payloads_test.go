@@ -228,15 +228,24 @@ func welcomeWithFrames(maxFrameBytes uint32) *conveyorv1.ConnectResponse {
 	}}}
 }
 
-func TestProtocolWorkerReceivesAFrameAbove4MiB(t *testing.T) {
+// welcomedWorker starts a worker against a fake dispatcher, reads its Hello
+// and answers with a Welcome saying maxFrameBytes; it returns the session and
+// the worker's logs.
+func welcomedWorker(t *testing.T, maxFrameBytes uint32) (*fakeSession, *syncBuffer) {
+	t.Helper()
 	d, addr := startFakeDispatcher(t)
-	var logs syncBuffer
-	startPlainWorker(t, addr, &logs)
+	logs := &syncBuffer{}
+	startPlainWorker(t, addr, logs)
 	s := d.accept(t)
 	if s.next(t).GetHello() == nil {
 		t.Fatal("first message is not Hello")
 	}
-	s.send(t, welcomeWithFrames(8<<20))
+	s.send(t, welcomeWithFrames(maxFrameBytes))
+	return s, logs
+}
+
+func TestProtocolWorkerReceivesAFrameAbove4MiB(t *testing.T) {
+	s, logs := welcomedWorker(t, 8<<20)
 	if s.next(t).GetGrantCredits() == nil {
 		t.Fatal("no credits")
 	}
@@ -262,14 +271,7 @@ func TestProtocolWorkerReceivesAFrameAbove4MiB(t *testing.T) {
 }
 
 func TestProtocolWorkerLogsAnErrorWhenFramesExceedItsReceiveLimit(t *testing.T) {
-	d, addr := startFakeDispatcher(t)
-	var logs syncBuffer
-	startPlainWorker(t, addr, &logs)
-	s := d.accept(t)
-	if s.next(t).GetHello() == nil {
-		t.Fatal("first message is not Hello")
-	}
-	s.send(t, welcomeWithFrames(128<<20))
+	_, logs := welcomedWorker(t, 128<<20)
 	eventually(t, 5*time.Second, "the upgrade error", func() bool {
 		return strings.Contains(logs.String(), "level=ERROR") && strings.Contains(logs.String(), "upgrade the conveyor Go SDK")
 	})

@@ -111,6 +111,21 @@ impl TestCluster {
         Self::start_on(store, config).await
     }
 
+    /// A front end (submission, results, scheduling) and `dispatchers`
+    /// dispatch replicas, separate servers on one store.
+    pub async fn split(store: Arc<dyn Store>, dispatchers: usize) -> (Self, Vec<Self>) {
+        let front = Self::start_roles(
+            store.clone(),
+            &[Role::Submission, Role::Results, Role::Scheduling],
+        )
+        .await;
+        let mut replicas = Vec::with_capacity(dispatchers);
+        for _ in 0..dispatchers {
+            replicas.push(Self::start_roles(store.clone(), &[Role::Dispatch]).await);
+        }
+        (front, replicas)
+    }
+
     /// A submission client.
     pub fn submission(&self) -> SubmissionServiceClient<Channel> {
         SubmissionServiceClient::new(self.channel.clone())

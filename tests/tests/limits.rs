@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use conveyor::app::Role;
 use conveyor_api::pb;
 use conveyor_client::{Client, TaskContext, TaskRequest, Worker};
 use conveyor_tests::{Backend, TestCluster, eventually, on_both_stores};
@@ -23,16 +22,7 @@ on_both_stores!(
 /// Front end plus two dispatch replicas, all on one store.
 async fn two_dispatchers(backend: Backend) -> Option<(TestCluster, Vec<TestCluster>)> {
     let store = TestCluster::store(backend).await?;
-    let front = TestCluster::start_roles(
-        store.clone(),
-        &[Role::Submission, Role::Results, Role::Scheduling],
-    )
-    .await;
-    let mut dispatchers = Vec::new();
-    for _ in 0..2 {
-        dispatchers.push(TestCluster::start_roles(store.clone(), &[Role::Dispatch]).await);
-    }
-    Some((front, dispatchers))
+    Some(TestCluster::split(store, 2).await)
 }
 
 struct Probe {
@@ -353,15 +343,7 @@ async fn rate_holds_at_eight_partitions_with_concurrency_keys() {
     let Some(store) = partitioned_store(8).await else {
         return;
     };
-    let front = TestCluster::start_roles(
-        store.clone(),
-        &[Role::Submission, Role::Results, Role::Scheduling],
-    )
-    .await;
-    let dispatchers = [
-        TestCluster::start_roles(store.clone(), &[Role::Dispatch]).await,
-        TestCluster::start_roles(store.clone(), &[Role::Dispatch]).await,
-    ];
+    let (front, dispatchers) = TestCluster::split(store, 2).await;
     let probe = probe();
     let stop = CancellationToken::new();
     let handles: Vec<_> = (0..8)

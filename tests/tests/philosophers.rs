@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use conveyor::app::Role;
 use conveyor_api::pb;
 use conveyor_client::{Client, TaskContext, TaskRequest, Worker};
 use conveyor_store::conformance::test_redis_url;
@@ -68,15 +67,7 @@ async fn dining_philosophers_eat_safely_and_fairly(backend: Backend) {
     let Some(store) = TestCluster::store(backend).await else {
         return;
     };
-    let front = TestCluster::start_roles(
-        store.clone(),
-        &[Role::Submission, Role::Results, Role::Scheduling],
-    )
-    .await;
-    let dispatchers = [
-        TestCluster::start_roles(store.clone(), &[Role::Dispatch]).await,
-        TestCluster::start_roles(store.clone(), &[Role::Dispatch]).await,
-    ];
+    let (front, dispatchers) = TestCluster::split(store, 2).await;
     let table = Arc::new(Table::default());
     let stop = CancellationToken::new();
     let meal_ms = 2;

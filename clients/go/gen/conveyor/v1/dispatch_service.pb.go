@@ -1138,7 +1138,9 @@ func (x *ReportProgress) GetProgress() *Progress {
 	return nil
 }
 
-// A batch of tasks to run.
+// A batch of tasks to run. One lease may arrive over several frames: the
+// dispatcher keeps each frame near 1 MiB (a single larger task travels alone)
+// and never above Welcome.max_frame_bytes.
 type Assignments struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Never more than the credits outstanding.

@@ -551,7 +551,9 @@ export const ReportProgressSchema: GenMessage<ReportProgress> = /*@__PURE__*/
   messageDesc(file_conveyor_v1_dispatch_service, 13);
 
 /**
- * A batch of tasks to run.
+ * A batch of tasks to run. One lease may arrive over several frames: the
+ * dispatcher keeps each frame near 1 MiB (a single larger task travels alone)
+ * and never above Welcome.max_frame_bytes.
  *
  * @generated from message conveyor.v1.Assignments
  */
