@@ -133,6 +133,16 @@ pub struct ServerArgs {
         env = "CONVEYOR_AUTH_TOKENS"
     )]
     pub auth_tokens: Vec<String>,
+    /// Export OpenTelemetry traces to this OTLP/gRPC collector, e.g.
+    /// `http://127.0.0.1:4317` (the standard `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// works too). Off by default.
+    #[arg(long, env = "CONVEYOR_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Admin HTTP listener: Prometheus metrics at `/metrics`, a plaintext
+    /// probe at `/healthz`. Off by default for `serve`; `dev` listens on
+    /// 127.0.0.1:9464 unless told otherwise (`off` turns it off).
+    #[arg(long, env = "CONVEYOR_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Where client commands connect.
@@ -202,8 +212,8 @@ pub struct SubmitArgs {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args.roles, args.server, cli.log_json).await,
-        Command::Dev(server) => serve(Role::ALL.to_vec(), server, cli.log_json).await,
+        Command::Serve(args) => serve(args.roles, args.server, cli.log_json, false).await,
+        Command::Dev(server) => serve(Role::ALL.to_vec(), server, cli.log_json, true).await,
         Command::Submit(args) => submit(args).await,
         Command::Get { id, target } => get(&id, &target).await,
         Command::Wait {
@@ -216,8 +226,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(roles: Vec<Role>, args: ServerArgs, log_json: bool) -> anyhow::Result<()> {
-    conveyor_runtime::init_tracing(log_json);
+/// Where `dev` serves metrics unless told otherwise (the port OpenTelemetry's
+/// Prometheus exporters use).
+pub const DEV_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+async fn serve(
+    roles: Vec<Role>,
+    args: ServerArgs,
+    log_json: bool,
+    dev: bool,
+) -> anyhow::Result<()> {
+    let _telemetry = conveyor_runtime::init_telemetry(&conveyor_runtime::TelemetryConfig {
+        log_json,
+        otlp_endpoint: args.otlp_endpoint.clone(),
+    });
     if let Some(skew_ms) = args.clock_skew {
         tracing::warn!(skew_ms, "this process's clock is skewed (--clock-skew)");
         conveyor_core::time::set_clock_skew_ms(skew_ms);
@@ -256,6 +278,7 @@ async fn serve(roles: Vec<Role>, args: ServerArgs, log_json: bool) -> anyhow::Re
     // from it when they ask for --listen 127.0.0.1:0.
     println!("listening on {bound}");
     let shutdown = CancellationToken::new();
+    start_admin(args.metrics_listen.as_deref(), dev, shutdown.clone()).await?;
     let server = app::start(&config, store, listener, shutdown.clone());
     let store_name = match &args.store {
         StoreUrl::Memory => "memory".to_string(),
@@ -269,6 +292,36 @@ async fn serve(roles: Vec<Role>, args: ServerArgs, log_json: bool) -> anyhow::Re
     }
     // Drain: workers are asked to finish, open calls complete, within --grace.
     server.await.context("server task")?
+}
+
+/// Starts the admin listener (metrics and probes) if asked for; `dev` asks
+/// for it at [`DEV_METRICS_LISTEN`] and carries on without it if that port is
+/// taken (several dev servers on one machine).
+async fn start_admin(listen: Option<&str>, dev: bool, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (address, required) = match listen {
+        Some("off") => return Ok(()),
+        Some(address) => (address, true),
+        None if dev => (DEV_METRICS_LISTEN, false),
+        None => return Ok(()),
+    };
+    let address: SocketAddr = address
+        .parse()
+        .with_context(|| format!("--metrics-listen {address:?}: expected an address such as 127.0.0.1:9464, or off"))?;
+    let listener = match TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(error) if !required => {
+            tracing::warn!(%address, %error, "metrics listener not started (pass --metrics-listen to choose another address)");
+            return Ok(());
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("binding --metrics-listen {address}"));
+        }
+    };
+    let handle = conveyor_runtime::metrics::install().map_err(|error| anyhow::anyhow!("metrics recorder: {error}"))?;
+    let bound = listener.local_addr().context("reading the metrics address")?;
+    tracing::info!(metrics = %format!("http://{bound}/metrics"), health = %format!("http://{bound}/healthz"), "admin listener");
+    tokio::spawn(conveyor_runtime::serve_admin(listener, handle, shutdown));
+    Ok(())
 }
 
 async fn channel(target: &Target) -> anyhow::Result<Channel> {

@@ -306,10 +306,9 @@ pub fn validate_with_defaults(
     })
 }
 
-/// A W3C trace context: `traceparent` is version-traceid-parentid-flags in
-/// lowercase hex (or empty: no context); `tracestate` is bounded.
-fn check_trace_context(field: &str, context: &pb::TraceContext) -> Result<()> {
-    let parent = context.traceparent.as_str();
+/// Whether `parent` is a well-formed W3C `traceparent`:
+/// version-traceid-parentid-flags in lowercase hex.
+pub fn is_traceparent(parent: &str) -> bool {
     let hex = |part: &str, len: usize| {
         part.len() == len
             && part
@@ -317,13 +316,19 @@ fn check_trace_context(field: &str, context: &pb::TraceContext) -> Result<()> {
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let parts: Vec<&str> = parent.split('-').collect();
-    let well_formed = parts.len() == 4
+    parts.len() == 4
         && hex(parts[0], 2)
         && parts[0] != "ff"
         && hex(parts[1], 32)
         && hex(parts[2], 16)
-        && hex(parts[3], 2);
-    if !parent.is_empty() && !well_formed {
+        && hex(parts[3], 2)
+}
+
+/// A W3C trace context: `traceparent` is version-traceid-parentid-flags in
+/// lowercase hex (or empty: no context); `tracestate` is bounded.
+fn check_trace_context(field: &str, context: &pb::TraceContext) -> Result<()> {
+    let parent = context.traceparent.as_str();
+    if !parent.is_empty() && !is_traceparent(parent) {
         return Err(ConveyorError::invalid(
             format!("{field}.traceparent"),
             "must be a W3C traceparent such as \"00-<32 hex>-<16 hex>-01\"",

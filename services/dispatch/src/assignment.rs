@@ -15,11 +15,121 @@ pub(crate) struct HeldLease {
     pub backoff: Backoff,
     /// When the hard time limit revokes the lease, if the task has one.
     pub hard_deadline: Option<tokio::time::Instant>,
+    /// Labels and trace of the attempt, kept only while metrics or traces
+    /// are on.
+    pub observed: Option<Box<Observed>>,
+}
+
+/// What metrics and traces need of a lease at its outcome.
+#[derive(Debug, Clone)]
+pub(crate) struct Observed {
+    pub namespace: String,
+    pub queue: String,
+    pub name: String,
+    pub created_at_ms: i64,
+    /// The `deliver` span's context, which the outcome's `settle` span
+    /// continues.
+    pub trace: Option<pb::TraceContext>,
+}
+
+/// Metrics for a leased attempt, and the `deliver` span that hands it over
+/// (traces on): its context replaces the producer's in the assignment, so
+/// the worker's `process` span is its child.
+fn observe(task: &LeasedTask, record: &mut conveyor_api::store_pb::TaskRecord) -> Option<Box<Observed>> {
+    let metrics_on = conveyor_runtime::metrics::enabled();
+    let traces_on = conveyor_runtime::telemetry::tracing_enabled();
+    if !metrics_on && !traces_on {
+        return None;
+    }
+    let namespace = conveyor_core::Namespace::from_stored(&record.namespace)
+        .name()
+        .to_string();
+    let queue = record
+        .options
+        .as_ref()
+        .map(|options| options.queue.clone())
+        .filter(|queue| !queue.is_empty())
+        .unwrap_or_else(|| conveyor_core::validate::DEFAULT_QUEUE.to_string());
+    if metrics_on {
+        use conveyor_runtime::metrics::{TASK_QUEUE_WAIT, TASKS_STARTED, count_tasks, observe_task};
+        count_tasks(TASKS_STARTED, &namespace, &queue, &record.name, 1);
+        if task.attempt <= 1 {
+            let waited = conveyor_core::time::now_ms() - record.created_at_ms;
+            observe_task(TASK_QUEUE_WAIT, &namespace, &queue, &record.name, waited as f64 / 1000.0);
+        }
+    }
+    let mut trace = None;
+    if traces_on && let Some(producer) = &record.trace_context {
+        let span = tracing::info_span!(
+            "deliver",
+            otel.name = %format!("deliver {queue}"),
+            messaging.system = "conveyor",
+            messaging.operation.type = "send",
+            messaging.destination.name = %queue,
+            messaging.message.id = %task.id,
+            conveyor.task.name = %record.name,
+            conveyor.task.attempt = task.attempt,
+        );
+        conveyor_runtime::telemetry::set_parent(&span, &producer.traceparent, &producer.tracestate);
+        trace = conveyor_runtime::telemetry::context_of(&span).map(|(traceparent, tracestate)| {
+            pb::TraceContext {
+                traceparent,
+                tracestate,
+            }
+        });
+        if trace.is_some() {
+            record.trace_context.clone_from(&trace);
+        }
+    }
+    Some(Box::new(Observed {
+        namespace,
+        queue,
+        name: record.name.clone(),
+        created_at_ms: record.created_at_ms,
+        trace,
+    }))
+}
+
+/// Metrics of a recorded outcome, and its `settle` span (traces on).
+pub(crate) fn observe_outcome(observed: &Observed, state: conveyor_core::TaskState) {
+    use conveyor_core::TaskState;
+    use conveyor_runtime::metrics::{
+        TASK_LATENCY, TASKS_FAILED, TASKS_RETRIED, TASKS_SUCCEEDED, count_tasks, observe_task,
+    };
+    let Observed {
+        namespace,
+        queue,
+        name,
+        created_at_ms,
+        trace,
+    } = observed;
+    let (metric, outcome) = match state {
+        TaskState::Succeeded => (TASKS_SUCCEEDED, "succeeded"),
+        TaskState::Failed => (TASKS_FAILED, "failed"),
+        _ => (TASKS_RETRIED, "retried"),
+    };
+    count_tasks(metric, namespace, queue, name, 1);
+    if metric != TASKS_RETRIED {
+        let latency = conveyor_core::time::now_ms() - created_at_ms;
+        observe_task(TASK_LATENCY, namespace, queue, name, latency as f64 / 1000.0);
+    }
+    if let Some(trace) = trace {
+        let span = tracing::info_span!(
+            "settle",
+            otel.name = %format!("settle {queue}"),
+            messaging.system = "conveyor",
+            messaging.operation.type = "settle",
+            messaging.destination.name = %queue,
+            conveyor.task.outcome = outcome,
+        );
+        conveyor_runtime::telemetry::set_parent(&span, &trace.traceparent, &trace.tracestate);
+    }
 }
 
 /// The assignment sent to the worker, and what to remember.
-pub(crate) fn to_assignment(task: LeasedTask) -> (pb::Assignment, HeldLease) {
-    let record = task.record;
+pub(crate) fn to_assignment(mut task: LeasedTask) -> (pb::Assignment, HeldLease) {
+    let mut record = std::mem::take(&mut task.record);
+    let observed = observe(&task, &mut record);
     let options = record.options.unwrap_or_default();
     let backoff = Backoff::from_pb(options.retry.as_ref());
     let hard_deadline = options
@@ -33,6 +143,7 @@ pub(crate) fn to_assignment(task: LeasedTask) -> (pb::Assignment, HeldLease) {
         failures: task.failures,
         backoff: backoff.clone(),
         hard_deadline,
+        observed,
     };
     let assignment = pb::Assignment {
         task_id: task.id.to_string(),

@@ -3,6 +3,7 @@
 //! outcomes fenced by lease token (see `dispatch_service.proto`).
 
 mod assignment;
+mod gauges;
 mod registry;
 mod session;
 
@@ -78,12 +79,20 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// A dispatcher over `store`; sessions drain when `shutdown` fires.
     pub fn new(store: Arc<dyn Store>, config: DispatchConfig, shutdown: CancellationToken) -> Self {
-        Self {
+        let dispatcher = Self {
             store,
             config: Arc::new(config),
             registry: Registry::default(),
             shutdown,
+        };
+        if conveyor_runtime::metrics::enabled() {
+            tokio::spawn(gauges::run(
+                dispatcher.store.clone(),
+                dispatcher.registry.clone(),
+                dispatcher.shutdown.clone(),
+            ));
         }
+        dispatcher
     }
 
     /// The sessions connected to this replica.

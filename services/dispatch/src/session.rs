@@ -514,9 +514,12 @@ impl Session {
                 .await
                 .map_err(|error| End::Fatal(error.into()))?;
             for (id, ack) in ids.into_iter().zip(acks) {
-                self.leases.remove(&id);
+                let held = self.leases.remove(&id);
                 let (code, message) = match ack {
-                    OutcomeAck::Recorded(_) => {
+                    OutcomeAck::Recorded(state) => {
+                        if let Some(observed) = held.and_then(|held| held.observed) {
+                            crate::assignment::observe_outcome(&observed, state);
+                        }
                         self.completed += 1;
                         continue;
                     }

@@ -2,15 +2,18 @@
 //! the server stack (layers, health, reflection), signals and graceful
 //! shutdown. Depends on no domain crate.
 
+mod admin;
 mod layers;
+pub mod metrics;
 mod server;
 mod shutdown;
-mod telemetry;
+pub mod telemetry;
 
+pub use admin::serve_admin;
 pub use layers::{AuthLayer, OverloadLayer};
 pub use server::{ServerConfig, serve};
 pub use shutdown::{Shutdown, wait_for_signals};
-pub use telemetry::init_tracing;
+pub use telemetry::{TelemetryConfig, TelemetryGuard, init_telemetry, init_tracing};
 
 /// Errors of the runtime.
 #[derive(Debug, thiserror::Error)]

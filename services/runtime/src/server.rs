@@ -86,6 +86,8 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let layers = tower::ServiceBuilder::new()
+        // Counts every answer, shed and refused ones included.
+        .layer(crate::metrics::RpcMetricsLayer)
         // Outermost after tonic's own trace span: shed before doing any work,
         // so an overloaded server answers fast and cheaply.
         .layer(OverloadLayer::new(config.max_in_flight, config.max_waiting))
@@ -100,7 +102,10 @@ pub async fn serve(
     let drain_signal = shutdown.clone();
     let server = Server::builder()
         // A span per call, named by its path; handlers' events nest inside.
-        .trace_fn(|request| tracing::info_span!("grpc", path = %request.uri().path()))
+        // Exported as an OpenTelemetry SERVER span (named by the method, as
+        // the RPC conventions say) whose parent is the caller's
+        // `traceparent`, when traces are on.
+        .trace_fn(grpc_span)
         // tonic times only the response future: open streams survive it.
         .timeout(config.request_timeout)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -136,4 +141,27 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// The span of one call: `grpc{path=…}` in logs; when traces are exported,
+/// a SERVER span named `conveyor.v1.Service/Method` continuing the caller's
+/// trace.
+fn grpc_span(request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    if !crate::telemetry::tracing_enabled() {
+        return tracing::info_span!("grpc", path = %path);
+    }
+    let method = path.trim_start_matches('/');
+    let (service, name) = method.split_once('/').unwrap_or((method, ""));
+    let span = tracing::info_span!(
+        "grpc",
+        path = %path,
+        otel.name = %method,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %name,
+    );
+    crate::telemetry::set_parent_from_headers(&span, request.headers());
+    span
 }

@@ -149,6 +149,10 @@ impl Scheduler {
                     self.counters
                         .promoted
                         .fetch_add(promotion.promoted as u64, Ordering::Relaxed);
+                    if promotion.expired > 0 && conveyor_runtime::metrics::enabled() {
+                        metrics::counter!(conveyor_runtime::metrics::TASKS_EXPIRED)
+                            .increment(promotion.expired as u64);
+                    }
                     if moved >= self.config.batch as u64 {
                         Duration::ZERO
                     } else {
@@ -179,6 +183,10 @@ impl Scheduler {
                     self.counters
                         .reaped
                         .fetch_add(requeued.len() as u64, Ordering::Relaxed);
+                    if conveyor_runtime::metrics::enabled() {
+                        metrics::counter!(conveyor_runtime::metrics::LEASES_REAPED)
+                            .increment(requeued.len() as u64);
+                    }
                 }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "reaping expired leases failed"),

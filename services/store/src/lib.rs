@@ -168,4 +168,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many tasks are SCHEDULED and when the next is due.
     async fn scheduled_summary(&self) -> Result<ScheduledSummary>;
+
+    /// Counts of ready, scheduled, leased and dead tasks (the ready ones per
+    /// queue list), read without blocking writers for long.
+    async fn queue_depths(&self) -> Result<QueueDepths>;
 }

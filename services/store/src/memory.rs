@@ -1057,6 +1057,23 @@ impl Store for MemoryStore {
             next_due_ms: inner.scheduled.first().map(|(due, _)| *due),
         })
     }
+
+    async fn queue_depths(&self) -> Result<QueueDepths> {
+        let inner = self.lock();
+        let mut ready: Vec<(QueueKey, u64)> = inner
+            .queues
+            .iter()
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(key, ids)| (key.clone(), ids.len() as u64))
+            .collect();
+        ready.sort_by(|left, right| left.0.as_str().cmp(right.0.as_str()));
+        Ok(QueueDepths {
+            ready,
+            scheduled: inner.scheduled.len() as u64,
+            leased: inner.sessions.values().map(|session| session.leases.len() as u64).sum(),
+            dead: inner.dead.len() as u64,
+        })
+    }
 }
 
 impl MemoryStore {

@@ -256,3 +256,16 @@ pub struct DueSchedules {
     /// in time: submit them again (idempotently) and settle them.
     pub unsettled: Vec<(String, i64)>,
 }
+
+/// How many tasks wait where, for the queue-depth gauge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueDepths {
+    /// Ready tasks per queue list (`queue:name`, priority levels apart).
+    pub ready: Vec<(QueueKey, u64)>,
+    /// Tasks waiting for their due time (countdown, ETA, retry backoff).
+    pub scheduled: u64,
+    /// Tasks leased to workers.
+    pub leased: u64,
+    /// Dead letters.
+    pub dead: u64,
+}

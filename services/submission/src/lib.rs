@@ -9,6 +9,7 @@ use conveyor_api::pb::{self, submission_service_server as server};
 use conveyor_core::time::now_ms;
 use conveyor_core::validate::validate_with_defaults;
 use conveyor_core::{ConveyorError, Limits, Namespace, NewTask, TaskDefaults, TaskId, TaskState};
+use conveyor_runtime::metrics::{TASKS_CANCELLED, TASKS_SUBMITTED, count_tasks};
 use conveyor_store::{CancelAck, EnqueueAck, ReplayAck, Store};
 
 mod group;
@@ -48,10 +49,14 @@ impl Submission {
 
     /// NOT_FOUND unless task `id` exists in `namespace` (a task of another
     /// namespace is as invisible as a missing one).
-    async fn check_owner(&self, namespace: &str, id: TaskId) -> Result<(), ConveyorError> {
+    async fn check_owner(
+        &self,
+        namespace: &str,
+        id: TaskId,
+    ) -> Result<conveyor_core::StoredTask, ConveyorError> {
         let namespace = Namespace::parse("namespace", namespace)?;
         match self.store.get(id, now_ms()).await? {
-            Some(task) if task.in_namespace(&namespace) => Ok(()),
+            Some(task) if task.in_namespace(&namespace) => Ok(task),
             _ => Err(ConveyorError::task_not_found(id.to_string())),
         }
     }
@@ -61,6 +66,47 @@ impl Submission {
         self.store.place(std::slice::from_mut(&mut task));
         task
     }
+}
+
+/// The trace a task without its own `trace_context` continues: this call's
+/// server span when traces are exported, else the caller's `traceparent`
+/// metadata as sent.
+fn caller_trace(metadata: &tonic::metadata::MetadataMap) -> Option<pb::TraceContext> {
+    if let Some((traceparent, tracestate)) =
+        conveyor_runtime::telemetry::context_of(&tracing::Span::current())
+    {
+        return Some(pb::TraceContext {
+            traceparent,
+            tracestate,
+        });
+    }
+    let header = |name| {
+        metadata
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+    };
+    let traceparent = header("traceparent")?;
+    conveyor_core::validate::is_traceparent(&traceparent).then(|| pb::TraceContext {
+        traceparent,
+        tracestate: header("tracestate").unwrap_or_default(),
+    })
+}
+
+fn adopt_trace(task: &mut NewTask, caller: Option<&pb::TraceContext>) {
+    if task.record.trace_context.is_none() {
+        task.record.trace_context = caller.cloned();
+    }
+}
+
+/// Metric labels of a task: namespace, queue, task name.
+fn labels_of(task: &NewTask) -> (String, String, String) {
+    let (namespace, queue) = conveyor_core::namespace::split_queue(&task.queue);
+    (
+        namespace.name().to_string(),
+        queue.to_string(),
+        task.record.name.clone(),
+    )
 }
 
 fn to_response(ack: EnqueueAck) -> pb::SubmitTaskResponse {
@@ -79,17 +125,24 @@ impl server::SubmissionService for Submission {
         &self,
         request: Request<pb::SubmitTaskRequest>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
+        let caller_trace = caller_trace(request.metadata());
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let spec = request
             .task
             .ok_or_else(|| ConveyorError::invalid("task", "is required"))?;
         let now = now_ms();
-        let task = self.place(
-            validate_with_defaults(spec, "task", &self.limits, &self.defaults, now, 0)?
-                .in_namespace(&namespace),
-        );
+        let mut task = validate_with_defaults(spec, "task", &self.limits, &self.defaults, now, 0)?
+            .in_namespace(&namespace);
+        adopt_trace(&mut task, caller_trace.as_ref());
+        let task = self.place(task);
+        let labels = conveyor_runtime::metrics::enabled().then(|| labels_of(&task));
         let ack = self.group.enqueue(task, now).await?;
+        if let Some((namespace, queue, name)) = labels
+            && !ack.duplicate
+        {
+            count_tasks(TASKS_SUBMITTED, &namespace, &queue, &name, 1);
+        }
         Ok(Response::new(to_response(ack)))
     }
 
@@ -97,6 +150,7 @@ impl server::SubmissionService for Submission {
         &self,
         request: Request<pb::SubmitTasksRequest>,
     ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
+        let caller_trace = caller_trace(request.metadata());
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let specs = request.tasks;
@@ -123,8 +177,21 @@ impl server::SubmissionService for Submission {
             .collect::<Result<Vec<_>, _>>()?;
         // One partition for the whole batch: one atomic store call, so a
         // failure stores nothing and a success stored everything.
+        for task in &mut tasks {
+            adopt_trace(task, caller_trace.as_ref());
+        }
         self.store.place(&mut tasks);
+        let labels: Vec<_> = if conveyor_runtime::metrics::enabled() {
+            tasks.iter().map(labels_of).collect()
+        } else {
+            Vec::new()
+        };
         let acks = self.store.enqueue(tasks, now).await?;
+        for ((namespace, queue, name), ack) in labels.iter().zip(&acks) {
+            if !ack.duplicate {
+                count_tasks(TASKS_SUBMITTED, namespace, queue, name, 1);
+            }
+        }
         Ok(Response::new(pb::SubmitTasksResponse {
             results: acks.into_iter().map(to_response).collect(),
         }))
@@ -136,9 +203,20 @@ impl server::SubmissionService for Submission {
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         let request = request.into_inner();
         let id = TaskId::parse(&request.task_id, "task_id")?;
-        self.check_owner(&request.namespace, id).await?;
+        let task = self.check_owner(&request.namespace, id).await?;
         let (cancelled, state) = match self.store.cancel(id, now_ms()).await? {
-            CancelAck::Cancelled => (true, TaskState::Cancelled),
+            CancelAck::Cancelled => {
+                let record = &task.record;
+                let queue = record
+                    .options
+                    .as_ref()
+                    .map(|options| options.queue.as_str())
+                    .filter(|queue| !queue.is_empty())
+                    .unwrap_or(conveyor_core::validate::DEFAULT_QUEUE);
+                let namespace = Namespace::from_stored(&record.namespace);
+                count_tasks(TASKS_CANCELLED, namespace.name(), queue, &record.name, 1);
+                (true, TaskState::Cancelled)
+            }
             CancelAck::NotCancellable(state) => (false, state),
             CancelAck::NotFound => return Err(ConveyorError::task_not_found(id.to_string()).into()),
         };

@@ -1138,6 +1138,57 @@ impl Store for RedisStore {
         }
         Ok(summary)
     }
+
+    async fn queue_depths(&self) -> Result<QueueDepths> {
+        let mut depths = QueueDepths::default();
+        let mut ready: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut connection = self.connection.clone();
+        for partition in 0..self.config.partitions.max(1) {
+            let prefix = self.partition_prefix(partition);
+            let (lists, scheduled, dead, sessions): (Vec<String>, u64, u64, Vec<String>) =
+                redis::pipe()
+                    .cmd("SMEMBERS")
+                    .arg(format!("{prefix}rq"))
+                    .cmd("ZCARD")
+                    .arg(format!("{prefix}sched"))
+                    .cmd("ZCARD")
+                    .arg(format!("{prefix}dlq"))
+                    .cmd("ZRANGE")
+                    .arg(format!("{prefix}sess"))
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(unavailable)?;
+            depths.scheduled += scheduled;
+            depths.dead += dead;
+            let mut pipe = redis::pipe();
+            for list in &lists {
+                pipe.cmd("LLEN").arg(format!("{prefix}q:{list}"));
+            }
+            for session in &sessions {
+                pipe.cmd("SCARD").arg(format!("{prefix}sl:{session}"));
+            }
+            if lists.is_empty() && sessions.is_empty() {
+                continue;
+            }
+            let counts: Vec<u64> = pipe
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            for (list, count) in lists.iter().zip(&counts) {
+                if *count > 0 {
+                    *ready.entry(list.clone()).or_default() += count;
+                }
+            }
+            depths.leased += counts[lists.len()..].iter().sum::<u64>();
+        }
+        depths.ready = ready
+            .into_iter()
+            .map(|(list, count)| (QueueKey::from_encoded(list), count))
+            .collect();
+        Ok(depths)
+    }
 }
 
 /// The key layout this version writes (the `layout` key): 2 parks tasks
