@@ -102,6 +102,7 @@ impl EagerClient {
                 failures: task.failures,
                 trace_context: spec.trace_context.clone(),
                 namespace: String::new(),
+                queue: task.queue.clone(),
             };
             let context = TaskContext::new(assignment, CancellationToken::new());
             let result = match self.handlers.get(&spec.name) {

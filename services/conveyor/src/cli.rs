@@ -65,11 +65,37 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Tail task and worker events (WatchEvents), like `celery events`.
+    Events(EventsArgs),
     /// List the workers connected to a dispatcher.
     Workers {
         #[command(flatten)]
         target: Target,
     },
+}
+
+/// `events` arguments.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only these queues (repeat the flag for more).
+    #[arg(long = "queue")]
+    pub queues: Vec<String>,
+    /// Only these task names.
+    #[arg(long = "task")]
+    pub tasks: Vec<String>,
+    /// Only these kinds: submitted, leased, started, progress, retried,
+    /// succeeded, failed, cancelled, expired, requeued, worker-online,
+    /// worker-offline, worker-heartbeat (comma-separated).
+    #[arg(long = "kind", value_delimiter = ',')]
+    pub kinds: Vec<String>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    #[command(flatten)]
+    pub target: Target,
 }
 
 /// `serve` arguments.
@@ -223,6 +249,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => wait(&id, timeout, &target).await,
         Command::Cancel { id, target } => cancel(&id, &target).await,
         Command::Workers { target } => workers(&target).await,
+        Command::Events(args) => events(args).await,
     }
 }
 
@@ -297,16 +324,20 @@ async fn serve(
 /// Starts the admin listener (metrics and probes) if asked for; `dev` asks
 /// for it at [`DEV_METRICS_LISTEN`] and carries on without it if that port is
 /// taken (several dev servers on one machine).
-async fn start_admin(listen: Option<&str>, dev: bool, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn start_admin(
+    listen: Option<&str>,
+    dev: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (address, required) = match listen {
         Some("off") => return Ok(()),
         Some(address) => (address, true),
         None if dev => (DEV_METRICS_LISTEN, false),
         None => return Ok(()),
     };
-    let address: SocketAddr = address
-        .parse()
-        .with_context(|| format!("--metrics-listen {address:?}: expected an address such as 127.0.0.1:9464, or off"))?;
+    let address: SocketAddr = address.parse().with_context(|| {
+        format!("--metrics-listen {address:?}: expected an address such as 127.0.0.1:9464, or off")
+    })?;
     let listener = match TcpListener::bind(address).await {
         Ok(listener) => listener,
         Err(error) if !required => {
@@ -317,8 +348,11 @@ async fn start_admin(listen: Option<&str>, dev: bool, shutdown: CancellationToke
             return Err(error).with_context(|| format!("binding --metrics-listen {address}"));
         }
     };
-    let handle = conveyor_runtime::metrics::install().map_err(|error| anyhow::anyhow!("metrics recorder: {error}"))?;
-    let bound = listener.local_addr().context("reading the metrics address")?;
+    let handle = conveyor_runtime::metrics::install()
+        .map_err(|error| anyhow::anyhow!("metrics recorder: {error}"))?;
+    let bound = listener
+        .local_addr()
+        .context("reading the metrics address")?;
     tracing::info!(metrics = %format!("http://{bound}/metrics"), health = %format!("http://{bound}/healthz"), "admin listener");
     tokio::spawn(conveyor_runtime::serve_admin(listener, handle, shutdown));
     Ok(())
@@ -500,6 +534,123 @@ async fn cancel(id: &str, target: &Target) -> anyhow::Result<()> {
         println!("cancelled");
     } else {
         println!("not cancelled: task is {state}");
+    }
+    Ok(())
+}
+
+/// The event kinds by the names `conveyor events --kind` takes.
+const EVENT_KINDS: [(&str, pb::EventKind); 13] = [
+    ("submitted", pb::EventKind::TaskSubmitted),
+    ("leased", pb::EventKind::TaskLeased),
+    ("started", pb::EventKind::TaskStarted),
+    ("progress", pb::EventKind::TaskProgress),
+    ("retried", pb::EventKind::TaskRetried),
+    ("succeeded", pb::EventKind::TaskSucceeded),
+    ("failed", pb::EventKind::TaskFailed),
+    ("cancelled", pb::EventKind::TaskCancelled),
+    ("expired", pb::EventKind::TaskExpired),
+    ("requeued", pb::EventKind::TaskRequeued),
+    ("worker-online", pb::EventKind::WorkerOnline),
+    ("worker-offline", pb::EventKind::WorkerOffline),
+    ("worker-heartbeat", pb::EventKind::WorkerHeartbeat),
+];
+
+fn event_kind_name(kind: i32) -> &'static str {
+    EVENT_KINDS
+        .iter()
+        .find(|(_, known)| *known as i32 == kind)
+        .map_or("unknown", |(name, _)| name)
+}
+
+async fn events(args: EventsArgs) -> anyhow::Result<()> {
+    let mut kinds = Vec::new();
+    for name in &args.kinds {
+        let Some((_, kind)) = EVENT_KINDS.iter().find(|(known, _)| known == name) else {
+            let names: Vec<&str> = EVENT_KINDS.iter().map(|(name, _)| *name).collect();
+            bail!(
+                "--kind {name:?} is not an event kind; use one of {}",
+                names.join(", ")
+            );
+        };
+        kinds.push(*kind as i32);
+    }
+    let mut results =
+        pb::results_service_client::ResultsServiceClient::new(channel(&args.target).await?);
+    let request = pb::WatchEventsRequest {
+        namespace: args.target.namespace.clone(),
+        queues: args.queues,
+        task_names: args.tasks,
+        kinds,
+    };
+    let mut stream = results
+        .watch_events(args.target.request(request)?)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut seen = 0u64;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    while let Some(message) = stream.message().await.map_err(status_error)? {
+        if message.dropped > 0 {
+            if args.json {
+                writeln!(out, "{}", serde_json::json!({"dropped": message.dropped}))?;
+            } else {
+                writeln!(
+                    out,
+                    "({} events dropped: this terminal reads too slowly)",
+                    message.dropped
+                )?;
+            }
+        }
+        for event in message.events {
+            let time = event
+                .time
+                .map(|time| time.seconds as f64 + f64::from(time.nanos) / 1e9)
+                .unwrap_or_default();
+            let kind = event_kind_name(event.kind);
+            if args.json {
+                let line = serde_json::json!({
+                    "kind": kind,
+                    "time": time,
+                    "namespace": event.namespace,
+                    "queue": event.queue,
+                    "task_name": event.task_name,
+                    "task_id": event.task_id,
+                    "attempt": event.attempt,
+                    "worker_id": event.worker_id,
+                    "session_id": event.session_id,
+                    "active": event.active,
+                    "slots": event.slots,
+                });
+                writeln!(out, "{line}")?;
+            } else if event.task_id.is_empty() {
+                writeln!(
+                    out,
+                    "{time:.3} {kind:<16} worker {} (active {}, free slots {})",
+                    event.worker_id, event.active, event.slots
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "{time:.3} {kind:<16} {} {} queue={} attempt={}{}",
+                    event.task_id,
+                    event.task_name,
+                    event.queue,
+                    event.attempt,
+                    if event.worker_id.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" worker={}", event.worker_id)
+                    }
+                )?;
+            }
+            seen += 1;
+            if args.count.is_some_and(|count| seen >= count) {
+                out.flush()?;
+                return Ok(());
+            }
+        }
+        out.flush()?;
     }
     Ok(())
 }

@@ -35,7 +35,10 @@ pub(crate) struct Observed {
 /// Metrics for a leased attempt, and the `deliver` span that hands it over
 /// (traces on): its context replaces the producer's in the assignment, so
 /// the worker's `process` span is its child.
-fn observe(task: &LeasedTask, record: &mut conveyor_api::store_pb::TaskRecord) -> Option<Box<Observed>> {
+fn observe(
+    task: &LeasedTask,
+    record: &mut conveyor_api::store_pb::TaskRecord,
+) -> Option<Box<Observed>> {
     let metrics_on = conveyor_runtime::metrics::enabled();
     let traces_on = conveyor_runtime::telemetry::tracing_enabled();
     if !metrics_on && !traces_on {
@@ -51,11 +54,19 @@ fn observe(task: &LeasedTask, record: &mut conveyor_api::store_pb::TaskRecord) -
         .filter(|queue| !queue.is_empty())
         .unwrap_or_else(|| conveyor_core::validate::DEFAULT_QUEUE.to_string());
     if metrics_on {
-        use conveyor_runtime::metrics::{TASK_QUEUE_WAIT, TASKS_STARTED, count_tasks, observe_task};
+        use conveyor_runtime::metrics::{
+            TASK_QUEUE_WAIT, TASKS_STARTED, count_tasks, observe_task,
+        };
         count_tasks(TASKS_STARTED, &namespace, &queue, &record.name, 1);
         if task.attempt <= 1 {
             let waited = conveyor_core::time::now_ms() - record.created_at_ms;
-            observe_task(TASK_QUEUE_WAIT, &namespace, &queue, &record.name, waited as f64 / 1000.0);
+            observe_task(
+                TASK_QUEUE_WAIT,
+                &namespace,
+                &queue,
+                &record.name,
+                waited as f64 / 1000.0,
+            );
         }
     }
     let mut trace = None;
@@ -111,7 +122,13 @@ pub(crate) fn observe_outcome(observed: &Observed, state: conveyor_core::TaskSta
     count_tasks(metric, namespace, queue, name, 1);
     if metric != TASKS_RETRIED {
         let latency = conveyor_core::time::now_ms() - created_at_ms;
-        observe_task(TASK_LATENCY, namespace, queue, name, latency as f64 / 1000.0);
+        observe_task(
+            TASK_LATENCY,
+            namespace,
+            queue,
+            name,
+            latency as f64 / 1000.0,
+        );
     }
     if let Some(trace) = trace {
         let span = tracing::info_span!(
@@ -166,6 +183,11 @@ pub(crate) fn to_assignment(mut task: LeasedTask) -> (pb::Assignment, HeldLease)
         namespace: conveyor_core::Namespace::from_stored(&record.namespace)
             .name()
             .to_string(),
+        queue: options
+            .queue
+            .is_empty()
+            .then(|| conveyor_core::validate::DEFAULT_QUEUE.to_string())
+            .unwrap_or(options.queue),
     };
     (assignment, held)
 }

@@ -29,7 +29,10 @@ pub(crate) async fn run(store: Arc<dyn Store>, registry: Registry, shutdown: Can
                 let mut ready: BTreeMap<(String, String), u64> = BTreeMap::new();
                 for (key, count) in &depths.ready {
                     let base = key.base();
-                    let scoped = base.as_str().split_once(':').map_or(base.as_str(), |(queue, _)| queue);
+                    let scoped = base
+                        .as_str()
+                        .split_once(':')
+                        .map_or(base.as_str(), |(queue, _)| queue);
                     let (namespace, queue) = conveyor_core::namespace::split_queue(scoped);
                     *ready
                         .entry((namespace.name().to_string(), queue.to_string()))

@@ -18,8 +18,8 @@ use conveyor_core::time::{now_ms, now_us, pb_duration, timestamp_from_ms};
 use conveyor_core::validate::{DEFAULT_QUEUE, check_name};
 use conveyor_core::{ConveyorError, Namespace, TaskId};
 use conveyor_store::{
-    LeaseRequest, OutcomeAck, ProgressReport, QueueKey, QueueWaiter, SessionEvents, StartReport,
-    Store,
+    EventKind, LeaseRequest, OutcomeAck, ProgressReport, QueueKey, QueueWaiter, SessionEvents,
+    StartReport, Store, StoreEvent,
 };
 
 use crate::assignment::{HeldLease, time_limit_report, to_assignment, to_report};
@@ -121,6 +121,7 @@ pub(crate) async fn run(
         }
     };
     let mut session = Session::new(context, hello, namespace, outbound);
+    session.worker_event(EventKind::WorkerOnline);
     if session
         .send(Outbound::Welcome(session.welcome()))
         .await
@@ -205,7 +206,15 @@ struct Session {
     pending_started: Vec<StartReport>,
     /// Revocations of this session's tasks (CancelTask on a running task).
     revocations: Option<SessionEvents>,
+    /// The namespace's queue prefix (`ns/`, or empty for `default`), which
+    /// worker events carry.
+    scope: String,
+    /// When the last worker summary event was published.
+    last_summary: Instant,
 }
+
+/// How often a session publishes its worker summary event.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Session {
     fn new(
@@ -264,7 +273,31 @@ impl Session {
             revocations,
             pending_outcomes: Vec::new(),
             pending_started: Vec::new(),
+            scope: namespace.queue(""),
+            last_summary: Instant::now(),
         }
+    }
+
+    /// Publishes a worker event (in the background: it never delays the
+    /// session).
+    fn worker_event(&self, kind: EventKind) {
+        let event = StoreEvent {
+            kind,
+            at_ms: now_ms() as f64,
+            task: None,
+            queue_key: self.scope.clone(),
+            attempt: 0,
+            worker_id: self.worker_id.clone(),
+            session_id: self.id.clone(),
+            active: self.leases.len() as u32,
+            slots: self.credits,
+        };
+        let store = self.context.store.clone();
+        tokio::spawn(async move {
+            if let Err(error) = store.publish_event(event).await {
+                tracing::debug!(%error, "publishing a worker event failed");
+            }
+        });
     }
 
     fn welcome(&self) -> pb::Welcome {
@@ -756,6 +789,10 @@ impl Session {
         if !self.leases.is_empty() && self.last_renewal.elapsed() >= config.heartbeat_interval {
             self.renew().await?;
         }
+        if self.last_summary.elapsed() >= SUMMARY_INTERVAL {
+            self.last_summary = Instant::now();
+            self.worker_event(EventKind::WorkerHeartbeat);
+        }
         Ok(())
     }
 
@@ -797,6 +834,7 @@ impl Session {
     async fn release(&mut self) {
         self.released = true;
         self.context.registry.remove(&self.id);
+        self.worker_event(EventKind::WorkerOffline);
         match self.context.store.release_session(&self.id, now_ms()).await {
             Ok(requeued) if !requeued.is_empty() => {
                 tracing::info!(session = %self.id, count = requeued.len(), "requeued the session's tasks");
@@ -817,6 +855,9 @@ impl Drop for Session {
             return;
         }
         self.context.registry.remove(&self.id);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.worker_event(EventKind::WorkerOffline);
+        }
         let store = self.context.store.clone();
         let id = std::mem::take(&mut self.id);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {

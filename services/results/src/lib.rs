@@ -13,6 +13,8 @@ use conveyor_core::time::{duration_ms, now_ms};
 use conveyor_core::{ConveyorError, Namespace, TaskId};
 use conveyor_store::{DeadLetterCursor, ForgetAck, Store, wait_terminal};
 
+mod events;
+
 /// Fully qualified service name, for health.
 pub const SERVICE_NAME: &str = "conveyor.v1.ResultsService";
 
@@ -115,6 +117,42 @@ impl server::ResultsService for Results {
     }
 
     type WatchTaskStream = ReceiverStream<Result<pb::WatchTaskResponse, Status>>;
+    type WatchEventsStream = ReceiverStream<Result<pb::WatchEventsResponse, Status>>;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        for (index, kind) in request.kinds.iter().enumerate() {
+            if pb::EventKind::try_from(*kind).is_err() || *kind == 0 {
+                return Err(ConveyorError::invalid(
+                    format!("kinds[{index}]"),
+                    format!("{kind} is not an EventKind"),
+                )
+                .into());
+            }
+        }
+        let filter = events::Filter {
+            namespace,
+            queues: request.queues.into_iter().collect(),
+            task_names: request.task_names.into_iter().collect(),
+            kinds: request.kinds.into_iter().collect(),
+        };
+        // Subscribe before switching the stream on, so nothing published
+        // after this call returns is missed.
+        let receiver = self.store.events().subscribe_events();
+        self.store.enable_events().await?;
+        let (outbox, inbox) = events::outbox();
+        tokio::spawn(events::forward(
+            self.store.clone(),
+            receiver,
+            filter,
+            outbox,
+        ));
+        Ok(Response::new(ReceiverStream::new(inbox)))
+    }
 
     async fn watch_task(
         &self,

@@ -83,9 +83,19 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
-    describe_counter!(RPC_REQUESTS, "RPCs answered, by service, method and gRPC status code.");
-    describe_histogram!(RPC_DURATION, Unit::Seconds, "RPC latency until the response starts.");
-    describe_counter!(TASKS_SUBMITTED, "Tasks accepted (idempotent duplicates not counted).");
+    describe_counter!(
+        RPC_REQUESTS,
+        "RPCs answered, by service, method and gRPC status code."
+    );
+    describe_histogram!(
+        RPC_DURATION,
+        Unit::Seconds,
+        "RPC latency until the response starts."
+    );
+    describe_counter!(
+        TASKS_SUBMITTED,
+        "Tasks accepted (idempotent duplicates not counted)."
+    );
     describe_counter!(TASKS_STARTED, "Attempts handed to a worker.");
     describe_counter!(TASKS_SUCCEEDED, "Tasks that finished successfully.");
     describe_counter!(TASKS_FAILED, "Tasks that failed for good.");
@@ -93,14 +103,34 @@ fn describe() {
     describe_counter!(TASKS_EXPIRED, "Tasks that expired before running.");
     describe_counter!(TASKS_CANCELLED, "Tasks cancelled (revoked).");
     describe_histogram!(TASK_LATENCY, Unit::Seconds, "Submission to final outcome.");
-    describe_histogram!(TASK_QUEUE_WAIT, Unit::Seconds, "Ready to leased, per attempt.");
-    describe_gauge!(QUEUE_DEPTH, "Tasks per queue and state (ready, scheduled, leased, dead).");
-    describe_gauge!(WORKERS_CONNECTED, "Worker sessions connected to this dispatcher.");
-    describe_gauge!(WORKER_SLOTS, "Free slots (credits) granted by connected workers.");
+    describe_histogram!(
+        TASK_QUEUE_WAIT,
+        Unit::Seconds,
+        "Ready to leased, per attempt."
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Tasks per queue and state (ready, scheduled, leased, dead)."
+    );
+    describe_gauge!(
+        WORKERS_CONNECTED,
+        "Worker sessions connected to this dispatcher."
+    );
+    describe_gauge!(
+        WORKER_SLOTS,
+        "Free slots (credits) granted by connected workers."
+    );
     describe_counter!(LEASES_REAPED, "Leases taken back from silent workers.");
-    describe_histogram!(STORE_CALL_DURATION, Unit::Seconds, "Store call latency by operation.");
+    describe_histogram!(
+        STORE_CALL_DURATION,
+        Unit::Seconds,
+        "Store call latency by operation."
+    );
     describe_counter!(STORE_ERRORS, "Store calls that failed, by operation.");
-    describe_counter!(EVENTS_DROPPED, "Task events a slow WatchEvents subscriber missed.");
+    describe_counter!(
+        EVENTS_DROPPED,
+        "Task events a slow WatchEvents subscriber missed."
+    );
 }
 
 /// Counts and times every RPC: [`RPC_REQUESTS`] and [`RPC_DURATION`].

@@ -55,7 +55,9 @@ impl Drop for TelemetryGuard {
 }
 
 fn env_set(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|value| !value.trim().is_empty())
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
 }
 
 /// The collector to export to, if traces are on.

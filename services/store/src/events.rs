@@ -10,6 +10,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 
 use conveyor_core::{StoredTask, TaskId};
 
+use crate::stream::StoreEvent;
 use crate::types::QueueKey;
 
 /// Fan-out hub; cheap to clone.
@@ -30,9 +31,42 @@ struct Inner {
     /// Dispatcher sessions on this process, told when a task they hold is
     /// revoked.
     sessions: Mutex<HashMap<String, mpsc::UnboundedSender<TaskId>>>,
+    /// Task and worker events for WatchEvents subscribers (created on first
+    /// use).
+    stream: std::sync::OnceLock<broadcast::Sender<Arc<StoreEvent>>>,
 }
 
+/// Events a WatchEvents subscriber may fall behind by before it misses some.
+pub const EVENT_BUFFER: usize = 65_536;
+
 impl EventHub {
+    fn stream(&self) -> &broadcast::Sender<Arc<StoreEvent>> {
+        self.inner
+            .stream
+            .get_or_init(|| broadcast::channel(EVENT_BUFFER).0)
+    }
+
+    /// Whether anybody in this process watches the event stream.
+    pub fn wants_events(&self) -> bool {
+        self.inner
+            .stream
+            .get()
+            .is_some_and(|sender| sender.receiver_count() > 0)
+    }
+
+    /// Hands an event to this process's event subscribers (none: dropped).
+    pub fn emit(&self, event: StoreEvent) {
+        if self.wants_events() {
+            let _ = self.stream().send(Arc::new(event));
+        }
+    }
+
+    /// Subscribes to the event stream; a receiver that falls more than
+    /// [`EVENT_BUFFER`] events behind gets `Lagged` and misses them.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Arc<StoreEvent>> {
+        self.stream().subscribe()
+    }
+
     /// A task changed state.
     pub fn task_changed(&self, id: TaskId) {
         self.send_task(id, None);

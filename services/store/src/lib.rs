@@ -6,6 +6,7 @@ pub mod conformance;
 pub mod events;
 pub mod memory;
 pub mod redis;
+mod stream;
 mod types;
 mod wait;
 
@@ -13,9 +14,10 @@ use async_trait::async_trait;
 use conveyor_api::pb;
 use conveyor_core::{NewTask, Result, StoredTask, TaskId};
 
-pub use events::{EventHub, QueueWaiter, SessionEvents, TaskChange, TaskEvents};
+pub use events::{EVENT_BUFFER, EventHub, QueueWaiter, SessionEvents, TaskChange, TaskEvents};
 pub use memory::MemoryStore;
 pub use redis::{RedisConfig, RedisStore, StoreClock};
+pub use stream::{EventKind, StoreEvent};
 pub use types::*;
 pub use wait::wait_terminal;
 
@@ -172,4 +174,12 @@ pub trait Store: Send + Sync + 'static {
     /// Counts of ready, scheduled, leased and dead tasks (the ready ones per
     /// queue list), read without blocking writers for long.
     async fn queue_depths(&self) -> Result<QueueDepths>;
+
+    /// Keeps the event stream on for about 15 s: call it every 5 s while a
+    /// `WatchEvents` subscriber is connected (the Redis scripts publish
+    /// task events only meanwhile). Events reach [`EventHub::subscribe_events`].
+    async fn enable_events(&self) -> Result<()>;
+
+    /// Publishes a worker event to every process's subscribers.
+    async fn publish_event(&self, event: StoreEvent) -> Result<()>;
 }

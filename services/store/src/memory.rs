@@ -12,10 +12,11 @@ use conveyor_core::{NewTask, Result, StoredTask, TaskId, TaskState};
 
 use crate::Store;
 use crate::events::EventHub;
+use crate::stream::{EventKind, StoreEvent};
 use crate::types::*;
 
 /// In-memory [`Store`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     events: EventHub,
@@ -53,6 +54,8 @@ struct Inner {
     /// Queue keys that got work back from a freed permit; notified after
     /// the lock is released.
     ready: Vec<QueueKey>,
+    /// Where task events go (see [`crate::stream`]).
+    hub: Option<EventHub>,
 }
 
 /// One concurrency key (see [`conveyor_core::concurrency`]).
@@ -101,7 +104,23 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
+}
 
+impl Default for MemoryStore {
+    fn default() -> Self {
+        let events = EventHub::default();
+        let inner = Inner {
+            hub: Some(events.clone()),
+            ..Inner::default()
+        };
+        Self {
+            inner: Mutex::new(inner),
+            events,
+        }
+    }
+}
+
+impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner
             .lock()
@@ -110,6 +129,32 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Emits a task event, if anybody watches: under the lock, so a task's
+    /// events are in order.
+    fn emit(&self, kind: EventKind, id: TaskId, now_ms: f64) {
+        let Some(hub) = self.hub.as_ref().filter(|hub| hub.wants_events()) else {
+            return;
+        };
+        let Some(entry) = self.tasks.get(&id) else {
+            return;
+        };
+        hub.emit(StoreEvent {
+            kind,
+            at_ms: now_ms,
+            task: Some(id),
+            queue_key: entry.queue_key.as_str().to_string(),
+            attempt: entry.task.attempt,
+            worker_id: if kind == EventKind::Leased {
+                entry.task.worker_id.clone()
+            } else {
+                String::new()
+            },
+            session_id: String::new(),
+            active: 0,
+            slots: 0,
+        });
+    }
+
     /// Rate and concurrency admission of a popped QUEUED task; mirrors the
     /// Redis lease script.
     fn admit(&mut self, id: TaskId, now_ms: i64, changed: &mut Vec<TaskId>) -> bool {
@@ -349,6 +394,13 @@ impl Inner {
             entry.task.finished_at_ms = now_ms;
             entry.task.finished_at_us = now_us;
             self.purge.insert((now_ms + entry.result_ttl_ms, id));
+            let kind = match state {
+                TaskState::Succeeded => EventKind::Succeeded,
+                TaskState::Failed => EventKind::Failed,
+                TaskState::Cancelled => EventKind::Cancelled,
+                _ => EventKind::Expired,
+            };
+            self.emit(kind, id, now_us as f64 / 1000.0);
         }
     }
 
@@ -386,6 +438,7 @@ impl Inner {
                 .push_front(id);
             ready.insert(entry.queue_key.clone());
             requeued.push(id);
+            self.emit(EventKind::Requeued, id, now_ms as f64);
         }
         requeued
     }
@@ -495,6 +548,7 @@ impl Store for MemoryStore {
                         park_seq: None,
                     },
                 );
+                inner.emit(EventKind::Submitted, id, now_ms as f64);
                 acks.push(EnqueueAck {
                     id,
                     state: Some(state),
@@ -573,6 +627,10 @@ impl Store for MemoryStore {
                     task.worker_id = request.worker_id.clone();
                     task.updated_at_ms = request.now_ms;
                     task.progress = None;
+                    inner.emit(EventKind::Leased, id, request.now_ms as f64);
+                    let Some(task) = inner.tasks.get(&id).map(|entry| &entry.task) else {
+                        continue;
+                    };
                     leased.push(LeasedTask {
                         id,
                         record: task.record.clone(),
@@ -617,6 +675,7 @@ impl Store for MemoryStore {
                     task.state = TaskState::Running;
                     task.updated_at_ms = now_ms;
                     changed.push(report.id);
+                    inner.emit(EventKind::Started, report.id, now_ms as f64);
                 }
             }
         }
@@ -795,6 +854,7 @@ impl Store for MemoryStore {
                     task.progress = Some(progress);
                     task.updated_at_ms = now_ms;
                     changed.push(report.id);
+                    inner.emit(EventKind::Progress, report.id, now_ms as f64);
                 }
             }
         }
@@ -870,6 +930,7 @@ impl Store for MemoryStore {
             inner.purge.remove(&(purge_at, id));
             inner.dead.remove(&(finished, id));
             inner.queues.entry(key.clone()).or_default().push_back(id);
+            inner.emit(EventKind::Requeued, id, now_ms as f64);
             key
         };
         self.events.task_changed(id);
@@ -1058,6 +1119,15 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn enable_events(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn publish_event(&self, event: StoreEvent) -> Result<()> {
+        self.events.emit(event);
+        Ok(())
+    }
+
     async fn queue_depths(&self) -> Result<QueueDepths> {
         let inner = self.lock();
         let mut ready: Vec<(QueueKey, u64)> = inner
@@ -1070,7 +1140,11 @@ impl Store for MemoryStore {
         Ok(QueueDepths {
             ready,
             scheduled: inner.scheduled.len() as u64,
-            leased: inner.sessions.values().map(|session| session.leases.len() as u64).sum(),
+            leased: inner
+                .sessions
+                .values()
+                .map(|session| session.leases.len() as u64)
+                .sum(),
             dead: inner.dead.len() as u64,
         })
     }
@@ -1136,6 +1210,7 @@ fn complete_one(inner: &mut Inner, report: OutcomeReport, now_us: i64) -> Outcom
                     task.state = TaskState::Scheduled;
                     task.due_at_ms = due;
                     inner.scheduled.insert((due, report.id));
+                    inner.emit(EventKind::Retried, report.id, now_us as f64 / 1000.0);
                     return OutcomeAck::Recorded(TaskState::Scheduled);
                 }
                 None => {

@@ -21,6 +21,7 @@ use conveyor_core::{ConveyorError, NewTask, Result, StoredTask, TaskId, TaskStat
 
 use crate::Store;
 use crate::events::EventHub;
+use crate::stream::StoreEvent;
 use crate::types::*;
 use codec::{bytes_of, int_of, parse_task, unavailable};
 use scripts::Scripts;
@@ -138,6 +139,7 @@ impl RedisStore {
             watch_channel.clone(),
             ready_channel.clone(),
             revoke_channel.clone(),
+            format!("{}tev", config.prefix),
             connection.clone(),
         )
         .await?;
@@ -1137,6 +1139,32 @@ impl Store for RedisStore {
             }
         }
         Ok(summary)
+    }
+
+    async fn enable_events(&self) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for partition in 0..self.config.partitions.max(1) {
+            pipe.cmd("SET")
+                .arg(format!("{}evon", self.partition_prefix(partition)))
+                .arg(1)
+                .arg("PX")
+                .arg(15_000)
+                .ignore();
+        }
+        let mut connection = self.connection.clone();
+        pipe.query_async::<()>(&mut connection)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn publish_event(&self, event: StoreEvent) -> Result<()> {
+        let mut connection = self.connection.clone();
+        redis::cmd("PUBLISH")
+            .arg(format!("{}tev", self.config.prefix))
+            .arg(event.encode())
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(unavailable)
     }
 
     async fn queue_depths(&self) -> Result<QueueDepths> {

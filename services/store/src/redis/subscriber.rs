@@ -13,6 +13,7 @@ use crate::events::EventHub;
 use crate::types::QueueKey;
 
 use super::codec::{parse_task, unavailable};
+use crate::stream::StoreEvent;
 
 /// Subscribes (waiting for the first subscription) and spawns the loop.
 pub(crate) async fn start(
@@ -21,12 +22,14 @@ pub(crate) async fn start(
     events_channel: String,
     ready_channel: String,
     revoke_channel: String,
+    stream_channel: String,
     commands: redis::aio::ConnectionManager,
 ) -> Result<AbortHandle> {
     let channels = [
         events_channel.clone(),
         ready_channel.clone(),
         revoke_channel.clone(),
+        stream_channel.clone(),
     ];
     let first = subscribe(&client, &channels).await?;
     let task = tokio::spawn(async move {
@@ -62,7 +65,14 @@ pub(crate) async fn start(
                     }
                 },
             };
-            pump(current, &events, &events_channel, &revoke_channel).await;
+            pump(
+                current,
+                &events,
+                &events_channel,
+                &revoke_channel,
+                &stream_channel,
+            )
+            .await;
             tracing::warn!("redis pub/sub connection lost; reconnecting");
             events.wake_all();
         }
@@ -81,11 +91,20 @@ async fn pump(
     events: &EventHub,
     events_channel: &str,
     revoke_channel: &str,
+    stream_channel: &str,
 ) {
     let mut messages = pubsub.on_message();
     while let Some(message) = messages.next().await {
         let payload = message.get_payload_bytes();
-        if message.get_channel_name() == revoke_channel {
+        if message.get_channel_name() == stream_channel {
+            // Task and worker events for WatchEvents (published only while
+            // a watcher keeps them on).
+            if events.wants_events()
+                && let Some(event) = StoreEvent::decode(&String::from_utf8_lossy(payload))
+            {
+                events.emit(event);
+            }
+        } else if message.get_channel_name() == revoke_channel {
             let text = String::from_utf8_lossy(payload);
             if let Some((session_id, id)) = text.split_once(' ')
                 && let Ok(id) = TaskId::parse(id, "id")

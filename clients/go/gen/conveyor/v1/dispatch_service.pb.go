@@ -1215,10 +1215,14 @@ type Assignment struct {
 	// that ended because a lease was lost (worker died, stream broke) count in
 	// `attempt` but not here: lost leases = attempt - 1 - failures.
 	Failures uint32 `protobuf:"varint,12,opt,name=failures,proto3" json:"failures,omitempty"`
-	// W3C trace context of the producer, from the task spec.
+	// W3C trace context: the dispatcher's `deliver` span when the server
+	// exports traces, else the producer's, from the task spec. A worker's
+	// `process` span is its child.
 	TraceContext *TraceContext `protobuf:"bytes,13,opt,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty"`
 	// Namespace of the task.
-	Namespace     string `protobuf:"bytes,14,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Namespace string `protobuf:"bytes,14,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Queue the task was routed to (without its namespace).
+	Queue         string `protobuf:"bytes,15,opt,name=queue,proto3" json:"queue,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1347,6 +1351,13 @@ func (x *Assignment) GetTraceContext() *TraceContext {
 func (x *Assignment) GetNamespace() string {
 	if x != nil {
 		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Assignment) GetQueue() string {
+	if x != nil {
+		return x.Queue
 	}
 	return ""
 }
@@ -1881,7 +1892,7 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"leaseToken\x121\n" +
 	"\bprogress\x18\x03 \x01(\v2\x15.conveyor.v1.ProgressR\bprogress\"H\n" +
 	"\vAssignments\x129\n" +
-	"\vassignments\x18\x01 \x03(\v2\x17.conveyor.v1.AssignmentR\vassignments\"\x84\x06\n" +
+	"\vassignments\x18\x01 \x03(\v2\x17.conveyor.v1.AssignmentR\vassignments\"\x9a\x06\n" +
 	"\n" +
 	"Assignment\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x12\n" +
@@ -1901,7 +1912,8 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"maxRetries\x12\x1a\n" +
 	"\bfailures\x18\f \x01(\rR\bfailures\x12>\n" +
 	"\rtrace_context\x18\r \x01(\v2\x19.conveyor.v1.TraceContextR\ftraceContext\x12\x1c\n" +
-	"\tnamespace\x18\x0e \x01(\tR\tnamespace\x1aO\n" +
+	"\tnamespace\x18\x0e \x01(\tR\tnamespace\x12\x14\n" +
+	"\x05queue\x18\x0f \x01(\tR\x05queue\x1aO\n" +
 	"\vKwargsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12*\n" +
 	"\x05value\x18\x02 \x01(\v2\x14.conveyor.v1.PayloadR\x05value:\x028\x01\x1a:\n" +

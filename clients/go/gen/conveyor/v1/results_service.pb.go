@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -21,6 +22,103 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// What happened.
+type EventKind int32
+
+const (
+	// Not set.
+	EventKind_EVENT_KIND_UNSPECIFIED EventKind = 0
+	// Stored, QUEUED or SCHEDULED (countdown, ETA).
+	EventKind_EVENT_KIND_TASK_SUBMITTED EventKind = 1
+	// An attempt was leased to a worker (`attempt`, `worker_id`).
+	EventKind_EVENT_KIND_TASK_LEASED EventKind = 2
+	// The worker started the handler (servers run with --track-started).
+	EventKind_EVENT_KIND_TASK_STARTED EventKind = 3
+	// The worker reported progress.
+	EventKind_EVENT_KIND_TASK_PROGRESS EventKind = 4
+	// An attempt failed and the task will be retried after its backoff.
+	EventKind_EVENT_KIND_TASK_RETRIED EventKind = 5
+	// Finished successfully.
+	EventKind_EVENT_KIND_TASK_SUCCEEDED EventKind = 6
+	// Failed for good (now a dead letter).
+	EventKind_EVENT_KIND_TASK_FAILED EventKind = 7
+	// Cancelled (revoked).
+	EventKind_EVENT_KIND_TASK_CANCELLED EventKind = 8
+	// Reached its `expires` instant before running.
+	EventKind_EVENT_KIND_TASK_EXPIRED EventKind = 9
+	// Back at the head of its queue: its worker's lease was lost or released.
+	EventKind_EVENT_KIND_TASK_REQUEUED EventKind = 10
+	// A worker session connected.
+	EventKind_EVENT_KIND_WORKER_ONLINE EventKind = 20
+	// A worker session ended.
+	EventKind_EVENT_KIND_WORKER_OFFLINE EventKind = 21
+	// A worker session's periodic summary (every 5 s): `active`, `slots`.
+	EventKind_EVENT_KIND_WORKER_HEARTBEAT EventKind = 22
+)
+
+// Enum value maps for EventKind.
+var (
+	EventKind_name = map[int32]string{
+		0:  "EVENT_KIND_UNSPECIFIED",
+		1:  "EVENT_KIND_TASK_SUBMITTED",
+		2:  "EVENT_KIND_TASK_LEASED",
+		3:  "EVENT_KIND_TASK_STARTED",
+		4:  "EVENT_KIND_TASK_PROGRESS",
+		5:  "EVENT_KIND_TASK_RETRIED",
+		6:  "EVENT_KIND_TASK_SUCCEEDED",
+		7:  "EVENT_KIND_TASK_FAILED",
+		8:  "EVENT_KIND_TASK_CANCELLED",
+		9:  "EVENT_KIND_TASK_EXPIRED",
+		10: "EVENT_KIND_TASK_REQUEUED",
+		20: "EVENT_KIND_WORKER_ONLINE",
+		21: "EVENT_KIND_WORKER_OFFLINE",
+		22: "EVENT_KIND_WORKER_HEARTBEAT",
+	}
+	EventKind_value = map[string]int32{
+		"EVENT_KIND_UNSPECIFIED":      0,
+		"EVENT_KIND_TASK_SUBMITTED":   1,
+		"EVENT_KIND_TASK_LEASED":      2,
+		"EVENT_KIND_TASK_STARTED":     3,
+		"EVENT_KIND_TASK_PROGRESS":    4,
+		"EVENT_KIND_TASK_RETRIED":     5,
+		"EVENT_KIND_TASK_SUCCEEDED":   6,
+		"EVENT_KIND_TASK_FAILED":      7,
+		"EVENT_KIND_TASK_CANCELLED":   8,
+		"EVENT_KIND_TASK_EXPIRED":     9,
+		"EVENT_KIND_TASK_REQUEUED":    10,
+		"EVENT_KIND_WORKER_ONLINE":    20,
+		"EVENT_KIND_WORKER_OFFLINE":   21,
+		"EVENT_KIND_WORKER_HEARTBEAT": 22,
+	}
+)
+
+func (x EventKind) Enum() *EventKind {
+	p := new(EventKind)
+	*p = x
+	return p
+}
+
+func (x EventKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (EventKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_conveyor_v1_results_service_proto_enumTypes[0].Descriptor()
+}
+
+func (EventKind) Type() protoreflect.EnumType {
+	return &file_conveyor_v1_results_service_proto_enumTypes[0]
+}
+
+func (x EventKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use EventKind.Descriptor instead.
+func (EventKind) EnumDescriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{0}
+}
 
 // How much of a task a reply carries.
 type TaskView int32
@@ -59,11 +157,11 @@ func (x TaskView) String() string {
 }
 
 func (TaskView) Descriptor() protoreflect.EnumDescriptor {
-	return file_conveyor_v1_results_service_proto_enumTypes[0].Descriptor()
+	return file_conveyor_v1_results_service_proto_enumTypes[1].Descriptor()
 }
 
 func (TaskView) Type() protoreflect.EnumType {
-	return &file_conveyor_v1_results_service_proto_enumTypes[0]
+	return &file_conveyor_v1_results_service_proto_enumTypes[1]
 }
 
 func (x TaskView) Number() protoreflect.EnumNumber {
@@ -72,7 +170,272 @@ func (x TaskView) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TaskView.Descriptor instead.
 func (TaskView) EnumDescriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{1}
+}
+
+// WatchEvents request. Empty filters match everything.
+type WatchEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Namespace to watch; "" is the namespace `default`.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Only events of these queues.
+	Queues []string `protobuf:"bytes,2,rep,name=queues,proto3" json:"queues,omitempty"`
+	// Only events of these task names (worker events have none and pass).
+	TaskNames []string `protobuf:"bytes,3,rep,name=task_names,json=taskNames,proto3" json:"task_names,omitempty"`
+	// Only these kinds.
+	Kinds         []EventKind `protobuf:"varint,4,rep,packed,name=kinds,proto3,enum=conveyor.v1.EventKind" json:"kinds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsRequest) Reset() {
+	*x = WatchEventsRequest{}
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsRequest) ProtoMessage() {}
+
+func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
+func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
 	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *WatchEventsRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *WatchEventsRequest) GetQueues() []string {
+	if x != nil {
+		return x.Queues
+	}
+	return nil
+}
+
+func (x *WatchEventsRequest) GetTaskNames() []string {
+	if x != nil {
+		return x.TaskNames
+	}
+	return nil
+}
+
+func (x *WatchEventsRequest) GetKinds() []EventKind {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
+// WatchEvents response: the events since the previous message.
+type WatchEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Events in the order the store recorded them (per task, always in order).
+	Events []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// Events missed since the previous message because this subscriber read
+	// too slowly.
+	Dropped       uint64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsResponse) Reset() {
+	*x = WatchEventsResponse{}
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsResponse) ProtoMessage() {}
+
+func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
+func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *WatchEventsResponse) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *WatchEventsResponse) GetDropped() uint64 {
+	if x != nil {
+		return x.Dropped
+	}
+	return 0
+}
+
+// One event.
+type Event struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What happened.
+	Kind EventKind `protobuf:"varint,1,opt,name=kind,proto3,enum=conveyor.v1.EventKind" json:"kind,omitempty"`
+	// When, on the store's clock (worker events: the dispatcher's clock).
+	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// Namespace of the task or worker.
+	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Queue of the task (without its namespace).
+	Queue string `protobuf:"bytes,4,opt,name=queue,proto3" json:"queue,omitempty"`
+	// Task name.
+	TaskName string `protobuf:"bytes,5,opt,name=task_name,json=taskName,proto3" json:"task_name,omitempty"`
+	// Task id; empty for worker events.
+	TaskId string `protobuf:"bytes,6,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Attempt the event belongs to (0 before the first lease).
+	Attempt uint32 `protobuf:"varint,7,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// Worker id (worker events, and TASK_LEASED).
+	WorkerId string `protobuf:"bytes,8,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// Dispatcher session id (worker events).
+	SessionId string `protobuf:"bytes,9,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// Worker events: tasks the session holds.
+	Active uint32 `protobuf:"varint,10,opt,name=active,proto3" json:"active,omitempty"`
+	// Worker events: free slots (credits) the session has granted.
+	Slots         uint32 `protobuf:"varint,11,opt,name=slots,proto3" json:"slots,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Event) GetKind() EventKind {
+	if x != nil {
+		return x.Kind
+	}
+	return EventKind_EVENT_KIND_UNSPECIFIED
+}
+
+func (x *Event) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *Event) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Event) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *Event) GetTaskName() string {
+	if x != nil {
+		return x.TaskName
+	}
+	return ""
+}
+
+func (x *Event) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *Event) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *Event) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *Event) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *Event) GetActive() uint32 {
+	if x != nil {
+		return x.Active
+	}
+	return 0
+}
+
+func (x *Event) GetSlots() uint32 {
+	if x != nil {
+		return x.Slots
+	}
+	return 0
 }
 
 // GetTask request.
@@ -90,7 +453,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[0]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -102,7 +465,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[0]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -115,7 +478,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{0}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GetTaskRequest) GetTaskId() string {
@@ -143,7 +506,7 @@ type GetTaskResponse struct {
 
 func (x *GetTaskResponse) Reset() {
 	*x = GetTaskResponse{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[1]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -155,7 +518,7 @@ func (x *GetTaskResponse) String() string {
 func (*GetTaskResponse) ProtoMessage() {}
 
 func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[1]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -168,7 +531,7 @@ func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskResponse.ProtoReflect.Descriptor instead.
 func (*GetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{1}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetTaskResponse) GetTask() *Task {
@@ -199,7 +562,7 @@ type WaitTaskRequest struct {
 
 func (x *WaitTaskRequest) Reset() {
 	*x = WaitTaskRequest{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[2]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -211,7 +574,7 @@ func (x *WaitTaskRequest) String() string {
 func (*WaitTaskRequest) ProtoMessage() {}
 
 func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[2]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -224,7 +587,7 @@ func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitTaskRequest.ProtoReflect.Descriptor instead.
 func (*WaitTaskRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{2}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *WaitTaskRequest) GetTaskId() string {
@@ -266,7 +629,7 @@ type WaitTaskResponse struct {
 
 func (x *WaitTaskResponse) Reset() {
 	*x = WaitTaskResponse{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[3]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -278,7 +641,7 @@ func (x *WaitTaskResponse) String() string {
 func (*WaitTaskResponse) ProtoMessage() {}
 
 func (x *WaitTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[3]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -291,7 +654,7 @@ func (x *WaitTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitTaskResponse.ProtoReflect.Descriptor instead.
 func (*WaitTaskResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{3}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WaitTaskResponse) GetTask() *Task {
@@ -316,7 +679,7 @@ type WatchTaskRequest struct {
 
 func (x *WatchTaskRequest) Reset() {
 	*x = WatchTaskRequest{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[4]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -328,7 +691,7 @@ func (x *WatchTaskRequest) String() string {
 func (*WatchTaskRequest) ProtoMessage() {}
 
 func (x *WatchTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[4]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -341,7 +704,7 @@ func (x *WatchTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTaskRequest.ProtoReflect.Descriptor instead.
 func (*WatchTaskRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{4}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WatchTaskRequest) GetTaskId() string {
@@ -369,7 +732,7 @@ type WatchTaskResponse struct {
 
 func (x *WatchTaskResponse) Reset() {
 	*x = WatchTaskResponse{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[5]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +744,7 @@ func (x *WatchTaskResponse) String() string {
 func (*WatchTaskResponse) ProtoMessage() {}
 
 func (x *WatchTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[5]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +757,7 @@ func (x *WatchTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTaskResponse.ProtoReflect.Descriptor instead.
 func (*WatchTaskResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{5}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WatchTaskResponse) GetTask() *Task {
@@ -419,7 +782,7 @@ type ForgetTaskRequest struct {
 
 func (x *ForgetTaskRequest) Reset() {
 	*x = ForgetTaskRequest{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[6]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -431,7 +794,7 @@ func (x *ForgetTaskRequest) String() string {
 func (*ForgetTaskRequest) ProtoMessage() {}
 
 func (x *ForgetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[6]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -444,7 +807,7 @@ func (x *ForgetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetTaskRequest.ProtoReflect.Descriptor instead.
 func (*ForgetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{6}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ForgetTaskRequest) GetTaskId() string {
@@ -470,7 +833,7 @@ type ForgetTaskResponse struct {
 
 func (x *ForgetTaskResponse) Reset() {
 	*x = ForgetTaskResponse{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[7]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +845,7 @@ func (x *ForgetTaskResponse) String() string {
 func (*ForgetTaskResponse) ProtoMessage() {}
 
 func (x *ForgetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[7]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +858,7 @@ func (x *ForgetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetTaskResponse.ProtoReflect.Descriptor instead.
 func (*ForgetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{7}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{10}
 }
 
 // ListDeadLetters request.
@@ -515,7 +878,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[8]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +890,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[8]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +903,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{8}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListDeadLettersRequest) GetPageSize() uint32 {
@@ -577,7 +940,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[9]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -589,7 +952,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[9]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -602,7 +965,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{9}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListDeadLettersResponse) GetTasks() []*Task {
@@ -623,7 +986,30 @@ var File_conveyor_v1_results_service_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_results_service_proto_rawDesc = "" +
 	"\n" +
-	"!conveyor/v1/results_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\"G\n" +
+	"!conveyor/v1/results_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x01\n" +
+	"\x12WatchEventsRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x16\n" +
+	"\x06queues\x18\x02 \x03(\tR\x06queues\x12\x1d\n" +
+	"\n" +
+	"task_names\x18\x03 \x03(\tR\ttaskNames\x12,\n" +
+	"\x05kinds\x18\x04 \x03(\x0e2\x16.conveyor.v1.EventKindR\x05kinds\"[\n" +
+	"\x13WatchEventsResponse\x12*\n" +
+	"\x06events\x18\x01 \x03(\v2\x12.conveyor.v1.EventR\x06events\x12\x18\n" +
+	"\adropped\x18\x02 \x01(\x04R\adropped\"\xd1\x02\n" +
+	"\x05Event\x12*\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x16.conveyor.v1.EventKindR\x04kind\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1c\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\x12\x14\n" +
+	"\x05queue\x18\x04 \x01(\tR\x05queue\x12\x1b\n" +
+	"\ttask_name\x18\x05 \x01(\tR\btaskName\x12\x17\n" +
+	"\atask_id\x18\x06 \x01(\tR\x06taskId\x12\x18\n" +
+	"\aattempt\x18\a \x01(\rR\aattempt\x12\x1b\n" +
+	"\tworker_id\x18\b \x01(\tR\bworkerId\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\t \x01(\tR\tsessionId\x12\x16\n" +
+	"\x06active\x18\n" +
+	" \x01(\rR\x06active\x12\x14\n" +
+	"\x05slots\x18\v \x01(\rR\x05slots\"G\n" +
 	"\x0eGetTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"8\n" +
@@ -652,18 +1038,35 @@ const file_conveyor_v1_results_service_proto_rawDesc = "" +
 	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"j\n" +
 	"\x17ListDeadLettersResponse\x12'\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x11.conveyor.v1.TaskR\x05tasks\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*P\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\xad\x03\n" +
+	"\tEventKind\x12\x1a\n" +
+	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19EVENT_KIND_TASK_SUBMITTED\x10\x01\x12\x1a\n" +
+	"\x16EVENT_KIND_TASK_LEASED\x10\x02\x12\x1b\n" +
+	"\x17EVENT_KIND_TASK_STARTED\x10\x03\x12\x1c\n" +
+	"\x18EVENT_KIND_TASK_PROGRESS\x10\x04\x12\x1b\n" +
+	"\x17EVENT_KIND_TASK_RETRIED\x10\x05\x12\x1d\n" +
+	"\x19EVENT_KIND_TASK_SUCCEEDED\x10\x06\x12\x1a\n" +
+	"\x16EVENT_KIND_TASK_FAILED\x10\a\x12\x1d\n" +
+	"\x19EVENT_KIND_TASK_CANCELLED\x10\b\x12\x1b\n" +
+	"\x17EVENT_KIND_TASK_EXPIRED\x10\t\x12\x1c\n" +
+	"\x18EVENT_KIND_TASK_REQUEUED\x10\n" +
+	"\x12\x1c\n" +
+	"\x18EVENT_KIND_WORKER_ONLINE\x10\x14\x12\x1d\n" +
+	"\x19EVENT_KIND_WORKER_OFFLINE\x10\x15\x12\x1f\n" +
+	"\x1bEVENT_KIND_WORKER_HEARTBEAT\x10\x16*P\n" +
 	"\bTaskView\x12\x19\n" +
 	"\x15TASK_VIEW_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11TASK_VIEW_OUTCOME\x10\x01\x12\x12\n" +
-	"\x0eTASK_VIEW_FULL\x10\x022\x9a\x03\n" +
+	"\x0eTASK_VIEW_FULL\x10\x022\xee\x03\n" +
 	"\x0eResultsService\x12D\n" +
 	"\aGetTask\x12\x1b.conveyor.v1.GetTaskRequest\x1a\x1c.conveyor.v1.GetTaskResponse\x12G\n" +
 	"\bWaitTask\x12\x1c.conveyor.v1.WaitTaskRequest\x1a\x1d.conveyor.v1.WaitTaskResponse\x12L\n" +
 	"\tWatchTask\x12\x1d.conveyor.v1.WatchTaskRequest\x1a\x1e.conveyor.v1.WatchTaskResponse0\x01\x12M\n" +
 	"\n" +
 	"ForgetTask\x12\x1e.conveyor.v1.ForgetTaskRequest\x1a\x1f.conveyor.v1.ForgetTaskResponse\x12\\\n" +
-	"\x0fListDeadLetters\x12#.conveyor.v1.ListDeadLettersRequest\x1a$.conveyor.v1.ListDeadLettersResponseB\xa8\x01\n" +
+	"\x0fListDeadLetters\x12#.conveyor.v1.ListDeadLettersRequest\x1a$.conveyor.v1.ListDeadLettersResponse\x12R\n" +
+	"\vWatchEvents\x12\x1f.conveyor.v1.WatchEventsRequest\x1a .conveyor.v1.WatchEventsResponse0\x01B\xa8\x01\n" +
 	"\x0fcom.conveyor.v1B\x13ResultsServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03CXX\xaa\x02\vConveyor.V1\xca\x02\vConveyor\\V1\xe2\x02\x17Conveyor\\V1\\GPBMetadata\xea\x02\fConveyor::V1b\x06proto3"
 
 var (
@@ -678,45 +1081,56 @@ func file_conveyor_v1_results_service_proto_rawDescGZIP() []byte {
 	return file_conveyor_v1_results_service_proto_rawDescData
 }
 
-var file_conveyor_v1_results_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_conveyor_v1_results_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_conveyor_v1_results_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_conveyor_v1_results_service_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_conveyor_v1_results_service_proto_goTypes = []any{
-	(TaskView)(0),                   // 0: conveyor.v1.TaskView
-	(*GetTaskRequest)(nil),          // 1: conveyor.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),         // 2: conveyor.v1.GetTaskResponse
-	(*WaitTaskRequest)(nil),         // 3: conveyor.v1.WaitTaskRequest
-	(*WaitTaskResponse)(nil),        // 4: conveyor.v1.WaitTaskResponse
-	(*WatchTaskRequest)(nil),        // 5: conveyor.v1.WatchTaskRequest
-	(*WatchTaskResponse)(nil),       // 6: conveyor.v1.WatchTaskResponse
-	(*ForgetTaskRequest)(nil),       // 7: conveyor.v1.ForgetTaskRequest
-	(*ForgetTaskResponse)(nil),      // 8: conveyor.v1.ForgetTaskResponse
-	(*ListDeadLettersRequest)(nil),  // 9: conveyor.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil), // 10: conveyor.v1.ListDeadLettersResponse
-	(*Task)(nil),                    // 11: conveyor.v1.Task
-	(*durationpb.Duration)(nil),     // 12: google.protobuf.Duration
+	(EventKind)(0),                  // 0: conveyor.v1.EventKind
+	(TaskView)(0),                   // 1: conveyor.v1.TaskView
+	(*WatchEventsRequest)(nil),      // 2: conveyor.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),     // 3: conveyor.v1.WatchEventsResponse
+	(*Event)(nil),                   // 4: conveyor.v1.Event
+	(*GetTaskRequest)(nil),          // 5: conveyor.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),         // 6: conveyor.v1.GetTaskResponse
+	(*WaitTaskRequest)(nil),         // 7: conveyor.v1.WaitTaskRequest
+	(*WaitTaskResponse)(nil),        // 8: conveyor.v1.WaitTaskResponse
+	(*WatchTaskRequest)(nil),        // 9: conveyor.v1.WatchTaskRequest
+	(*WatchTaskResponse)(nil),       // 10: conveyor.v1.WatchTaskResponse
+	(*ForgetTaskRequest)(nil),       // 11: conveyor.v1.ForgetTaskRequest
+	(*ForgetTaskResponse)(nil),      // 12: conveyor.v1.ForgetTaskResponse
+	(*ListDeadLettersRequest)(nil),  // 13: conveyor.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil), // 14: conveyor.v1.ListDeadLettersResponse
+	(*timestamppb.Timestamp)(nil),   // 15: google.protobuf.Timestamp
+	(*Task)(nil),                    // 16: conveyor.v1.Task
+	(*durationpb.Duration)(nil),     // 17: google.protobuf.Duration
 }
 var file_conveyor_v1_results_service_proto_depIdxs = []int32{
-	11, // 0: conveyor.v1.GetTaskResponse.task:type_name -> conveyor.v1.Task
-	12, // 1: conveyor.v1.WaitTaskRequest.timeout:type_name -> google.protobuf.Duration
-	0,  // 2: conveyor.v1.WaitTaskRequest.view:type_name -> conveyor.v1.TaskView
-	11, // 3: conveyor.v1.WaitTaskResponse.task:type_name -> conveyor.v1.Task
-	11, // 4: conveyor.v1.WatchTaskResponse.task:type_name -> conveyor.v1.Task
-	11, // 5: conveyor.v1.ListDeadLettersResponse.tasks:type_name -> conveyor.v1.Task
-	1,  // 6: conveyor.v1.ResultsService.GetTask:input_type -> conveyor.v1.GetTaskRequest
-	3,  // 7: conveyor.v1.ResultsService.WaitTask:input_type -> conveyor.v1.WaitTaskRequest
-	5,  // 8: conveyor.v1.ResultsService.WatchTask:input_type -> conveyor.v1.WatchTaskRequest
-	7,  // 9: conveyor.v1.ResultsService.ForgetTask:input_type -> conveyor.v1.ForgetTaskRequest
-	9,  // 10: conveyor.v1.ResultsService.ListDeadLetters:input_type -> conveyor.v1.ListDeadLettersRequest
-	2,  // 11: conveyor.v1.ResultsService.GetTask:output_type -> conveyor.v1.GetTaskResponse
-	4,  // 12: conveyor.v1.ResultsService.WaitTask:output_type -> conveyor.v1.WaitTaskResponse
-	6,  // 13: conveyor.v1.ResultsService.WatchTask:output_type -> conveyor.v1.WatchTaskResponse
-	8,  // 14: conveyor.v1.ResultsService.ForgetTask:output_type -> conveyor.v1.ForgetTaskResponse
-	10, // 15: conveyor.v1.ResultsService.ListDeadLetters:output_type -> conveyor.v1.ListDeadLettersResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	0,  // 0: conveyor.v1.WatchEventsRequest.kinds:type_name -> conveyor.v1.EventKind
+	4,  // 1: conveyor.v1.WatchEventsResponse.events:type_name -> conveyor.v1.Event
+	0,  // 2: conveyor.v1.Event.kind:type_name -> conveyor.v1.EventKind
+	15, // 3: conveyor.v1.Event.time:type_name -> google.protobuf.Timestamp
+	16, // 4: conveyor.v1.GetTaskResponse.task:type_name -> conveyor.v1.Task
+	17, // 5: conveyor.v1.WaitTaskRequest.timeout:type_name -> google.protobuf.Duration
+	1,  // 6: conveyor.v1.WaitTaskRequest.view:type_name -> conveyor.v1.TaskView
+	16, // 7: conveyor.v1.WaitTaskResponse.task:type_name -> conveyor.v1.Task
+	16, // 8: conveyor.v1.WatchTaskResponse.task:type_name -> conveyor.v1.Task
+	16, // 9: conveyor.v1.ListDeadLettersResponse.tasks:type_name -> conveyor.v1.Task
+	5,  // 10: conveyor.v1.ResultsService.GetTask:input_type -> conveyor.v1.GetTaskRequest
+	7,  // 11: conveyor.v1.ResultsService.WaitTask:input_type -> conveyor.v1.WaitTaskRequest
+	9,  // 12: conveyor.v1.ResultsService.WatchTask:input_type -> conveyor.v1.WatchTaskRequest
+	11, // 13: conveyor.v1.ResultsService.ForgetTask:input_type -> conveyor.v1.ForgetTaskRequest
+	13, // 14: conveyor.v1.ResultsService.ListDeadLetters:input_type -> conveyor.v1.ListDeadLettersRequest
+	2,  // 15: conveyor.v1.ResultsService.WatchEvents:input_type -> conveyor.v1.WatchEventsRequest
+	6,  // 16: conveyor.v1.ResultsService.GetTask:output_type -> conveyor.v1.GetTaskResponse
+	8,  // 17: conveyor.v1.ResultsService.WaitTask:output_type -> conveyor.v1.WaitTaskResponse
+	10, // 18: conveyor.v1.ResultsService.WatchTask:output_type -> conveyor.v1.WatchTaskResponse
+	12, // 19: conveyor.v1.ResultsService.ForgetTask:output_type -> conveyor.v1.ForgetTaskResponse
+	14, // 20: conveyor.v1.ResultsService.ListDeadLetters:output_type -> conveyor.v1.ListDeadLettersResponse
+	3,  // 21: conveyor.v1.ResultsService.WatchEvents:output_type -> conveyor.v1.WatchEventsResponse
+	16, // [16:22] is the sub-list for method output_type
+	10, // [10:16] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_conveyor_v1_results_service_proto_init() }
@@ -730,8 +1144,8 @@ func file_conveyor_v1_results_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_results_service_proto_rawDesc), len(file_conveyor_v1_results_service_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   10,
+			NumEnums:      2,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	ResultsService_WatchTask_FullMethodName       = "/conveyor.v1.ResultsService/WatchTask"
 	ResultsService_ForgetTask_FullMethodName      = "/conveyor.v1.ResultsService/ForgetTask"
 	ResultsService_ListDeadLetters_FullMethodName = "/conveyor.v1.ResultsService/ListDeadLetters"
+	ResultsService_WatchEvents_FullMethodName     = "/conveyor.v1.ResultsService/WatchEvents"
 )
 
 // ResultsServiceClient is the client API for ResultsService service.
@@ -50,6 +51,13 @@ type ResultsServiceClient interface {
 	// Lists tasks that failed for good (retries exhausted or not retryable),
 	// oldest first. Replay them with SubmissionService.ReplayTask.
 	ListDeadLetters(ctx context.Context, in *ListDeadLettersRequest, opts ...grpc.CallOption) (*ListDeadLettersResponse, error)
+	// Streams task and worker events of a namespace as they happen, like
+	// Celery's events: every transition a task makes in the store, in order
+	// per task, and worker sessions coming, going and their periodic summary.
+	// Delivery is at most once: a subscriber that reads too slowly misses
+	// events (counted in `dropped`) and never slows task processing. Events
+	// are sent in batches of at most 1,000, at most 20 batches a second.
+	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
 }
 
 type resultsServiceClient struct {
@@ -119,6 +127,25 @@ func (c *resultsServiceClient) ListDeadLetters(ctx context.Context, in *ListDead
 	return out, nil
 }
 
+func (c *resultsServiceClient) WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ResultsService_ServiceDesc.Streams[1], ResultsService_WatchEvents_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchEventsRequest, WatchEventsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ResultsService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
+
 // ResultsServiceServer is the server API for ResultsService service.
 // All implementations must embed UnimplementedResultsServiceServer
 // for forward compatibility.
@@ -143,6 +170,13 @@ type ResultsServiceServer interface {
 	// Lists tasks that failed for good (retries exhausted or not retryable),
 	// oldest first. Replay them with SubmissionService.ReplayTask.
 	ListDeadLetters(context.Context, *ListDeadLettersRequest) (*ListDeadLettersResponse, error)
+	// Streams task and worker events of a namespace as they happen, like
+	// Celery's events: every transition a task makes in the store, in order
+	// per task, and worker sessions coming, going and their periodic summary.
+	// Delivery is at most once: a subscriber that reads too slowly misses
+	// events (counted in `dropped`) and never slows task processing. Events
+	// are sent in batches of at most 1,000, at most 20 batches a second.
+	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
 	mustEmbedUnimplementedResultsServiceServer()
 }
 
@@ -167,6 +201,9 @@ func (UnimplementedResultsServiceServer) ForgetTask(context.Context, *ForgetTask
 }
 func (UnimplementedResultsServiceServer) ListDeadLetters(context.Context, *ListDeadLettersRequest) (*ListDeadLettersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListDeadLetters not implemented")
+}
+func (UnimplementedResultsServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
 }
 func (UnimplementedResultsServiceServer) mustEmbedUnimplementedResultsServiceServer() {}
 func (UnimplementedResultsServiceServer) testEmbeddedByValue()                        {}
@@ -272,6 +309,17 @@ func _ResultsService_ListDeadLetters_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ResultsService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ResultsServiceServer).WatchEvents(m, &grpc.GenericServerStream[WatchEventsRequest, WatchEventsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ResultsService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
+
 // ResultsService_ServiceDesc is the grpc.ServiceDesc for ResultsService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -300,6 +348,11 @@ var ResultsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchTask",
 			Handler:       _ResultsService_WatchTask_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchEvents",
+			Handler:       _ResultsService_WatchEvents_Handler,
 			ServerStreams: true,
 		},
 	},

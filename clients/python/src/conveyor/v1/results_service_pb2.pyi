@@ -2,6 +2,7 @@ import datetime
 
 from conveyor.v1 import task_pb2 as _task_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -11,14 +12,91 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_KIND_UNSPECIFIED: _ClassVar[EventKind]
+    EVENT_KIND_TASK_SUBMITTED: _ClassVar[EventKind]
+    EVENT_KIND_TASK_LEASED: _ClassVar[EventKind]
+    EVENT_KIND_TASK_STARTED: _ClassVar[EventKind]
+    EVENT_KIND_TASK_PROGRESS: _ClassVar[EventKind]
+    EVENT_KIND_TASK_RETRIED: _ClassVar[EventKind]
+    EVENT_KIND_TASK_SUCCEEDED: _ClassVar[EventKind]
+    EVENT_KIND_TASK_FAILED: _ClassVar[EventKind]
+    EVENT_KIND_TASK_CANCELLED: _ClassVar[EventKind]
+    EVENT_KIND_TASK_EXPIRED: _ClassVar[EventKind]
+    EVENT_KIND_TASK_REQUEUED: _ClassVar[EventKind]
+    EVENT_KIND_WORKER_ONLINE: _ClassVar[EventKind]
+    EVENT_KIND_WORKER_OFFLINE: _ClassVar[EventKind]
+    EVENT_KIND_WORKER_HEARTBEAT: _ClassVar[EventKind]
+
 class TaskView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TASK_VIEW_UNSPECIFIED: _ClassVar[TaskView]
     TASK_VIEW_OUTCOME: _ClassVar[TaskView]
     TASK_VIEW_FULL: _ClassVar[TaskView]
+EVENT_KIND_UNSPECIFIED: EventKind
+EVENT_KIND_TASK_SUBMITTED: EventKind
+EVENT_KIND_TASK_LEASED: EventKind
+EVENT_KIND_TASK_STARTED: EventKind
+EVENT_KIND_TASK_PROGRESS: EventKind
+EVENT_KIND_TASK_RETRIED: EventKind
+EVENT_KIND_TASK_SUCCEEDED: EventKind
+EVENT_KIND_TASK_FAILED: EventKind
+EVENT_KIND_TASK_CANCELLED: EventKind
+EVENT_KIND_TASK_EXPIRED: EventKind
+EVENT_KIND_TASK_REQUEUED: EventKind
+EVENT_KIND_WORKER_ONLINE: EventKind
+EVENT_KIND_WORKER_OFFLINE: EventKind
+EVENT_KIND_WORKER_HEARTBEAT: EventKind
 TASK_VIEW_UNSPECIFIED: TaskView
 TASK_VIEW_OUTCOME: TaskView
 TASK_VIEW_FULL: TaskView
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("namespace", "queues", "task_names", "kinds")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAMES_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    queues: _containers.RepeatedScalarFieldContainer[str]
+    task_names: _containers.RepeatedScalarFieldContainer[str]
+    kinds: _containers.RepeatedScalarFieldContainer[EventKind]
+    def __init__(self, namespace: _Optional[str] = ..., queues: _Optional[_Iterable[str]] = ..., task_names: _Optional[_Iterable[str]] = ..., kinds: _Optional[_Iterable[_Union[EventKind, str]]] = ...) -> None: ...
+
+class WatchEventsResponse(_message.Message):
+    __slots__ = ("events", "dropped")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    dropped: int
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("kind", "time", "namespace", "queue", "task_name", "task_id", "attempt", "worker_id", "session_id", "active", "slots")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    TASK_NAME_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    kind: EventKind
+    time: _timestamp_pb2.Timestamp
+    namespace: str
+    queue: str
+    task_name: str
+    task_id: str
+    attempt: int
+    worker_id: str
+    session_id: str
+    active: int
+    slots: int
+    def __init__(self, kind: _Optional[_Union[EventKind, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., namespace: _Optional[str] = ..., queue: _Optional[str] = ..., task_name: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., active: _Optional[int] = ..., slots: _Optional[int] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
     __slots__ = ("task_id", "namespace")

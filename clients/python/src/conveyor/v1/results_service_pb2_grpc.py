@@ -62,6 +62,11 @@ class ResultsServiceStub:
                 request_serializer=conveyor_dot_v1_dot_results__service__pb2.ListDeadLettersRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_results__service__pb2.ListDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/conveyor.v1.ResultsService/WatchEvents',
+                request_serializer=conveyor_dot_v1_dot_results__service__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_results__service__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ResultsServiceServicer:
@@ -111,6 +116,18 @@ class ResultsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Streams task and worker events of a namespace as they happen, like
+        Celery's events: every transition a task makes in the store, in order
+        per task, and worker sessions coming, going and their periodic summary.
+        Delivery is at most once: a subscriber that reads too slowly misses
+        events (counted in `dropped`) and never slows task processing. Events
+        are sent in batches of at most 1,000, at most 20 batches a second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ResultsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +155,11 @@ def add_ResultsServiceServicer_to_server(servicer, server):
                     servicer.ListDeadLetters,
                     request_deserializer=conveyor_dot_v1_dot_results__service__pb2.ListDeadLettersRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_results__service__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=conveyor_dot_v1_dot_results__service__pb2.WatchEventsRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_results__service__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -278,6 +300,33 @@ class ResultsService:
             '/conveyor.v1.ResultsService/ListDeadLetters',
             conveyor_dot_v1_dot_results__service__pb2.ListDeadLettersRequest.SerializeToString,
             conveyor_dot_v1_dot_results__service__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/conveyor.v1.ResultsService/WatchEvents',
+            conveyor_dot_v1_dot_results__service__pb2.WatchEventsRequest.SerializeToString,
+            conveyor_dot_v1_dot_results__service__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,24 @@ local function push(qk, id, head)
   redis.call('SADD', P .. 'rq', qk)
 end
 
+-- The event stream (WatchEvents; see stream.rs): while a watcher keeps
+-- P..'evon' alive, every transition publishes one event on the shared
+-- channel <prefix>tev, in the order of the transitions. Otherwise the cost
+-- is one EXISTS per script call that has something to say.
+local EVON = nil
+local function emit(kind, t, id, now, qk, at, wk)
+  if EVON == nil then EVON = redis.call('EXISTS', P .. 'evon') == 1 end
+  if not EVON then return end
+  if qk == nil or at == nil then
+    local f = redis.call('HMGET', t, 'qk', 'at')
+    qk = qk or f[1] or ''
+    at = at or f[2] or '0'
+  end
+  local tev = string.gsub(P, '^{(.-)%d+}:$', '%1') .. 'tev'
+  local sep = string.char(31)
+  redis.call('PUBLISH', tev, kind .. sep .. tostring(now) .. sep .. id .. sep .. qk .. sep .. tostring(at) .. sep .. (wk or ''))
+end
+
 -- Task events go only to the processes that wait on the task: field w
 -- lists their event channels (set by the watch script), so unwatched tasks
 -- cost no pub/sub traffic and a finished task's fields reach no process that
@@ -238,6 +256,8 @@ local function finish(t, id, st, now, ev, g, oc)
     if st == 6 then redis.call('ZADD', P .. 'dlx', tonumber(now) + ttl, id) end
   end
   if g[3] then notify_finished(t, id, ev) end
+  local kinds = {[5] = 'D', [6] = 'F', [7] = 'C', [8] = 'X'}
+  emit(kinds[st] or 'X', t, id, now)
 end
 
 -- Drops dead letters whose task hash expired (up to 100 per call).
@@ -265,6 +285,7 @@ local function release(sid, now, ev, rdy, out)
       push(f[3], id, true)
       pushed[f[3]] = true
       notify(t, id, ev)
+      emit('Q', t, id, now, f[3])
       out[#out + 1] = id
     end
   end

@@ -31,6 +31,7 @@ for b = 3, #ARGV, 6 do
         redis.call('HSET', t, 'st', 1, 'du', due, 'ua', now_ms)
         redis.call('ZADD', P .. 'sched', due, id)
         notify(t, id, ev)
+        emit('R', t, id, now)
         out[#out + 1] = 1
       else
         finish(t, id, 6, now, ev, g)

@@ -42,6 +42,7 @@ for b = 3, #ARGV, 12 do
       push(qk, id, false)
       pushed[qk] = true
     end
+    emit('S', t, id, now, qk, 0)
     out[#out + 1] = id; out[#out + 1] = 0; out[#out + 1] = st
   end
 end

@@ -84,6 +84,7 @@ for level = 9, 0, -1 do
                 -- skips the tasks that are leased or finished by then.
                 redis.call('SADD', P .. 'sl:' .. sid, id)
                 if f[7] then publish_to_watchers(f[7], id) end
+                emit('L', t, id, now, qk, at, wk)
                 out[#out + 1] = id; out[#out + 1] = at; out[#out + 1] = tonumber(f[3] or '0'); out[#out + 1] = tk
                 out[#out + 1] = f[6]
                 got = got + 1

@@ -9,6 +9,7 @@ for b = 3, #ARGV, 3 do
   if f[1] == '3' and f[2] == ARGV[b + 1] and tonumber(f[3] or '0') == tonumber(ARGV[b + 2]) then
     redis.call('HSET', t, 'st', 4, 'ua', now)
     notify(t, id, ev)
+    emit('B', t, id, now)
   end
 end
 return 0

@@ -9,6 +9,7 @@ for b = 3, #ARGV, 4 do
   if (f[1] == '3' or f[1] == '4') and f[2] == ARGV[b + 1] and tonumber(f[3] or '0') == tonumber(ARGV[b + 2]) then
     redis.call('HSET', t, 'pg', ARGV[b + 3], 'ua', now)
     notify(t, id, ev)
+    emit('P', t, id, now)
   end
 end
 return 0

@@ -12,5 +12,6 @@ redis.call('ZREM', P .. 'dlq', id)
 redis.call('ZREM', P .. 'dlx', id)
 push(f[2], id, false)
 notify(t, id, ARGV[3])
+emit('Q', t, id, now, f[2])
 redis.call('PUBLISH', ARGV[4], f[2])
 return 0

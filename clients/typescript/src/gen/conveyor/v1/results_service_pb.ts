@@ -6,15 +6,177 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Task } from "./task_pb.js";
 import { file_conveyor_v1_task } from "./task_pb.js";
-import type { Duration } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file conveyor/v1/results_service.proto.
  */
 export const file_conveyor_v1_results_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFjb252ZXlvci92MS9yZXN1bHRzX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIjQKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJIjIKD0dldFRhc2tSZXNwb25zZRIfCgR0YXNrGAEgASgLMhEuY29udmV5b3IudjEuVGFzayKGAQoPV2FpdFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCgluYW1lc3BhY2UYAyABKAkSIwoEdmlldxgEIAEoDjIVLmNvbnZleW9yLnYxLlRhc2tWaWV3IjMKEFdhaXRUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmNvbnZleW9yLnYxLlRhc2siNgoQV2F0Y2hUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSI0ChFXYXRjaFRhc2tSZXNwb25zZRIfCgR0YXNrGAEgASgLMhEuY29udmV5b3IudjEuVGFzayI3ChFGb3JnZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSIUChJGb3JnZXRUYXNrUmVzcG9uc2UiUgoWTGlzdERlYWRMZXR0ZXJzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIRCgluYW1lc3BhY2UYAyABKAkiVAoXTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2USIAoFdGFza3MYASADKAsyES5jb252ZXlvci52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSpQCghUYXNrVmlldxIZChVUQVNLX1ZJRVdfVU5TUEVDSUZJRUQQABIVChFUQVNLX1ZJRVdfT1VUQ09NRRABEhIKDlRBU0tfVklFV19GVUxMEAIymgMKDlJlc3VsdHNTZXJ2aWNlEkQKB0dldFRhc2sSGy5jb252ZXlvci52MS5HZXRUYXNrUmVxdWVzdBocLmNvbnZleW9yLnYxLkdldFRhc2tSZXNwb25zZRJHCghXYWl0VGFzaxIcLmNvbnZleW9yLnYxLldhaXRUYXNrUmVxdWVzdBodLmNvbnZleW9yLnYxLldhaXRUYXNrUmVzcG9uc2USTAoJV2F0Y2hUYXNrEh0uY29udmV5b3IudjEuV2F0Y2hUYXNrUmVxdWVzdBoeLmNvbnZleW9yLnYxLldhdGNoVGFza1Jlc3BvbnNlMAESTQoKRm9yZ2V0VGFzaxIeLmNvbnZleW9yLnYxLkZvcmdldFRhc2tSZXF1ZXN0Gh8uY29udmV5b3IudjEuRm9yZ2V0VGFza1Jlc3BvbnNlElwKD0xpc3REZWFkTGV0dGVycxIjLmNvbnZleW9yLnYxLkxpc3REZWFkTGV0dGVyc1JlcXVlc3QaJC5jb252ZXlvci52MS5MaXN0RGVhZExldHRlcnNSZXNwb25zZUKoAQoPY29tLmNvbnZleW9yLnYxQhNSZXN1bHRzU2VydmljZVByb3RvUAFaM2dvLmNvbnZleW9yLmRldi9jb252ZXlvci9nZW4vY29udmV5b3IvdjE7Y29udmV5b3J2MaICA0NYWKoCC0NvbnZleW9yLlYxygILQ29udmV5b3JcVjHiAhdDb252ZXlvclxWMVxHUEJNZXRhZGF0YeoCDENvbnZleW9yOjpWMWIGcHJvdG8z", [file_conveyor_v1_task, file_google_protobuf_duration]);
+  fileDesc("CiFjb252ZXlvci92MS9yZXN1bHRzX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxInIKEldhdGNoRXZlbnRzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSDgoGcXVldWVzGAIgAygJEhIKCnRhc2tfbmFtZXMYAyADKAkSJQoFa2luZHMYBCADKA4yFi5jb252ZXlvci52MS5FdmVudEtpbmQiSgoTV2F0Y2hFdmVudHNSZXNwb25zZRIiCgZldmVudHMYASADKAsyEi5jb252ZXlvci52MS5FdmVudBIPCgdkcm9wcGVkGAIgASgEIvQBCgVFdmVudBIkCgRraW5kGAEgASgOMhYuY29udmV5b3IudjEuRXZlbnRLaW5kEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCW5hbWVzcGFjZRgDIAEoCRINCgVxdWV1ZRgEIAEoCRIRCgl0YXNrX25hbWUYBSABKAkSDwoHdGFza19pZBgGIAEoCRIPCgdhdHRlbXB0GAcgASgNEhEKCXdvcmtlcl9pZBgIIAEoCRISCgpzZXNzaW9uX2lkGAkgASgJEg4KBmFjdGl2ZRgKIAEoDRINCgVzbG90cxgLIAEoDSI0Cg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSIyCg9HZXRUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmNvbnZleW9yLnYxLlRhc2sihgEKD1dhaXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEQoJbmFtZXNwYWNlGAMgASgJEiMKBHZpZXcYBCABKA4yFS5jb252ZXlvci52MS5UYXNrVmlldyIzChBXYWl0VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5jb252ZXlvci52MS5UYXNrIjYKEFdhdGNoVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiNAoRV2F0Y2hUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmNvbnZleW9yLnYxLlRhc2siNwoRRm9yZ2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiFAoSRm9yZ2V0VGFza1Jlc3BvbnNlIlIKFkxpc3REZWFkTGV0dGVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSEQoJbmFtZXNwYWNlGAMgASgJIlQKF0xpc3REZWFkTGV0dGVyc1Jlc3BvbnNlEiAKBXRhc2tzGAEgAygLMhEuY29udmV5b3IudjEuVGFzaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqrQMKCUV2ZW50S2luZBIaChZFVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASHQoZRVZFTlRfS0lORF9UQVNLX1NVQk1JVFRFRBABEhoKFkVWRU5UX0tJTkRfVEFTS19MRUFTRUQQAhIbChdFVkVOVF9LSU5EX1RBU0tfU1RBUlRFRBADEhwKGEVWRU5UX0tJTkRfVEFTS19QUk9HUkVTUxAEEhsKF0VWRU5UX0tJTkRfVEFTS19SRVRSSUVEEAUSHQoZRVZFTlRfS0lORF9UQVNLX1NVQ0NFRURFRBAGEhoKFkVWRU5UX0tJTkRfVEFTS19GQUlMRUQQBxIdChlFVkVOVF9LSU5EX1RBU0tfQ0FOQ0VMTEVEEAgSGwoXRVZFTlRfS0lORF9UQVNLX0VYUElSRUQQCRIcChhFVkVOVF9LSU5EX1RBU0tfUkVRVUVVRUQQChIcChhFVkVOVF9LSU5EX1dPUktFUl9PTkxJTkUQFBIdChlFVkVOVF9LSU5EX1dPUktFUl9PRkZMSU5FEBUSHwobRVZFTlRfS0lORF9XT1JLRVJfSEVBUlRCRUFUEBYqUAoIVGFza1ZpZXcSGQoVVEFTS19WSUVXX1VOU1BFQ0lGSUVEEAASFQoRVEFTS19WSUVXX09VVENPTUUQARISCg5UQVNLX1ZJRVdfRlVMTBACMu4DCg5SZXN1bHRzU2VydmljZRJECgdHZXRUYXNrEhsuY29udmV5b3IudjEuR2V0VGFza1JlcXVlc3QaHC5jb252ZXlvci52MS5HZXRUYXNrUmVzcG9uc2USRwoIV2FpdFRhc2sSHC5jb252ZXlvci52MS5XYWl0VGFza1JlcXVlc3QaHS5jb252ZXlvci52MS5XYWl0VGFza1Jlc3BvbnNlEkwKCVdhdGNoVGFzaxIdLmNvbnZleW9yLnYxLldhdGNoVGFza1JlcXVlc3QaHi5jb252ZXlvci52MS5XYXRjaFRhc2tSZXNwb25zZTABEk0KCkZvcmdldFRhc2sSHi5jb252ZXlvci52MS5Gb3JnZXRUYXNrUmVxdWVzdBofLmNvbnZleW9yLnYxLkZvcmdldFRhc2tSZXNwb25zZRJcCg9MaXN0RGVhZExldHRlcnMSIy5jb252ZXlvci52MS5MaXN0RGVhZExldHRlcnNSZXF1ZXN0GiQuY29udmV5b3IudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2USUgoLV2F0Y2hFdmVudHMSHy5jb252ZXlvci52MS5XYXRjaEV2ZW50c1JlcXVlc3QaIC5jb252ZXlvci52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAFCqAEKD2NvbS5jb252ZXlvci52MUITUmVzdWx0c1NlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+
+/**
+ * WatchEvents request. Empty filters match everything.
+ *
+ * @generated from message conveyor.v1.WatchEventsRequest
+ */
+export type WatchEventsRequest = Message<"conveyor.v1.WatchEventsRequest"> & {
+  /**
+   * Namespace to watch; "" is the namespace `default`.
+   *
+   * @generated from field: string namespace = 1;
+   */
+  namespace: string;
+
+  /**
+   * Only events of these queues.
+   *
+   * @generated from field: repeated string queues = 2;
+   */
+  queues: string[];
+
+  /**
+   * Only events of these task names (worker events have none and pass).
+   *
+   * @generated from field: repeated string task_names = 3;
+   */
+  taskNames: string[];
+
+  /**
+   * Only these kinds.
+   *
+   * @generated from field: repeated conveyor.v1.EventKind kinds = 4;
+   */
+  kinds: EventKind[];
+};
+
+/**
+ * Describes the message conveyor.v1.WatchEventsRequest.
+ * Use `create(WatchEventsRequestSchema)` to create a new message.
+ */
+export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_results_service, 0);
+
+/**
+ * WatchEvents response: the events since the previous message.
+ *
+ * @generated from message conveyor.v1.WatchEventsResponse
+ */
+export type WatchEventsResponse = Message<"conveyor.v1.WatchEventsResponse"> & {
+  /**
+   * Events in the order the store recorded them (per task, always in order).
+   *
+   * @generated from field: repeated conveyor.v1.Event events = 1;
+   */
+  events: Event[];
+
+  /**
+   * Events missed since the previous message because this subscriber read
+   * too slowly.
+   *
+   * @generated from field: uint64 dropped = 2;
+   */
+  dropped: bigint;
+};
+
+/**
+ * Describes the message conveyor.v1.WatchEventsResponse.
+ * Use `create(WatchEventsResponseSchema)` to create a new message.
+ */
+export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_results_service, 1);
+
+/**
+ * One event.
+ *
+ * @generated from message conveyor.v1.Event
+ */
+export type Event = Message<"conveyor.v1.Event"> & {
+  /**
+   * What happened.
+   *
+   * @generated from field: conveyor.v1.EventKind kind = 1;
+   */
+  kind: EventKind;
+
+  /**
+   * When, on the store's clock (worker events: the dispatcher's clock).
+   *
+   * @generated from field: google.protobuf.Timestamp time = 2;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * Namespace of the task or worker.
+   *
+   * @generated from field: string namespace = 3;
+   */
+  namespace: string;
+
+  /**
+   * Queue of the task (without its namespace).
+   *
+   * @generated from field: string queue = 4;
+   */
+  queue: string;
+
+  /**
+   * Task name.
+   *
+   * @generated from field: string task_name = 5;
+   */
+  taskName: string;
+
+  /**
+   * Task id; empty for worker events.
+   *
+   * @generated from field: string task_id = 6;
+   */
+  taskId: string;
+
+  /**
+   * Attempt the event belongs to (0 before the first lease).
+   *
+   * @generated from field: uint32 attempt = 7;
+   */
+  attempt: number;
+
+  /**
+   * Worker id (worker events, and TASK_LEASED).
+   *
+   * @generated from field: string worker_id = 8;
+   */
+  workerId: string;
+
+  /**
+   * Dispatcher session id (worker events).
+   *
+   * @generated from field: string session_id = 9;
+   */
+  sessionId: string;
+
+  /**
+   * Worker events: tasks the session holds.
+   *
+   * @generated from field: uint32 active = 10;
+   */
+  active: number;
+
+  /**
+   * Worker events: free slots (credits) the session has granted.
+   *
+   * @generated from field: uint32 slots = 11;
+   */
+  slots: number;
+};
+
+/**
+ * Describes the message conveyor.v1.Event.
+ * Use `create(EventSchema)` to create a new message.
+ */
+export const EventSchema: GenMessage<Event> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_results_service, 2);
 
 /**
  * GetTask request.
@@ -44,7 +206,7 @@ export type GetTaskRequest = Message<"conveyor.v1.GetTaskRequest"> & {
  * Use `create(GetTaskRequestSchema)` to create a new message.
  */
 export const GetTaskRequestSchema: GenMessage<GetTaskRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 0);
+  messageDesc(file_conveyor_v1_results_service, 3);
 
 /**
  * GetTask response.
@@ -65,7 +227,7 @@ export type GetTaskResponse = Message<"conveyor.v1.GetTaskResponse"> & {
  * Use `create(GetTaskResponseSchema)` to create a new message.
  */
 export const GetTaskResponseSchema: GenMessage<GetTaskResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 1);
+  messageDesc(file_conveyor_v1_results_service, 4);
 
 /**
  * WaitTask request.
@@ -111,7 +273,7 @@ export type WaitTaskRequest = Message<"conveyor.v1.WaitTaskRequest"> & {
  * Use `create(WaitTaskRequestSchema)` to create a new message.
  */
 export const WaitTaskRequestSchema: GenMessage<WaitTaskRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 2);
+  messageDesc(file_conveyor_v1_results_service, 5);
 
 /**
  * WaitTask response.
@@ -132,7 +294,7 @@ export type WaitTaskResponse = Message<"conveyor.v1.WaitTaskResponse"> & {
  * Use `create(WaitTaskResponseSchema)` to create a new message.
  */
 export const WaitTaskResponseSchema: GenMessage<WaitTaskResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 3);
+  messageDesc(file_conveyor_v1_results_service, 6);
 
 /**
  * WatchTask request.
@@ -162,7 +324,7 @@ export type WatchTaskRequest = Message<"conveyor.v1.WatchTaskRequest"> & {
  * Use `create(WatchTaskRequestSchema)` to create a new message.
  */
 export const WatchTaskRequestSchema: GenMessage<WatchTaskRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 4);
+  messageDesc(file_conveyor_v1_results_service, 7);
 
 /**
  * WatchTask response: one snapshot per observed change.
@@ -183,7 +345,7 @@ export type WatchTaskResponse = Message<"conveyor.v1.WatchTaskResponse"> & {
  * Use `create(WatchTaskResponseSchema)` to create a new message.
  */
 export const WatchTaskResponseSchema: GenMessage<WatchTaskResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 5);
+  messageDesc(file_conveyor_v1_results_service, 8);
 
 /**
  * ForgetTask request.
@@ -213,7 +375,7 @@ export type ForgetTaskRequest = Message<"conveyor.v1.ForgetTaskRequest"> & {
  * Use `create(ForgetTaskRequestSchema)` to create a new message.
  */
 export const ForgetTaskRequestSchema: GenMessage<ForgetTaskRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 6);
+  messageDesc(file_conveyor_v1_results_service, 9);
 
 /**
  * ForgetTask response.
@@ -228,7 +390,7 @@ export type ForgetTaskResponse = Message<"conveyor.v1.ForgetTaskResponse"> & {
  * Use `create(ForgetTaskResponseSchema)` to create a new message.
  */
 export const ForgetTaskResponseSchema: GenMessage<ForgetTaskResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 7);
+  messageDesc(file_conveyor_v1_results_service, 10);
 
 /**
  * ListDeadLetters request.
@@ -265,7 +427,7 @@ export type ListDeadLettersRequest = Message<"conveyor.v1.ListDeadLettersRequest
  * Use `create(ListDeadLettersRequestSchema)` to create a new message.
  */
 export const ListDeadLettersRequestSchema: GenMessage<ListDeadLettersRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 8);
+  messageDesc(file_conveyor_v1_results_service, 11);
 
 /**
  * ListDeadLetters response.
@@ -293,7 +455,118 @@ export type ListDeadLettersResponse = Message<"conveyor.v1.ListDeadLettersRespon
  * Use `create(ListDeadLettersResponseSchema)` to create a new message.
  */
 export const ListDeadLettersResponseSchema: GenMessage<ListDeadLettersResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 9);
+  messageDesc(file_conveyor_v1_results_service, 12);
+
+/**
+ * What happened.
+ *
+ * @generated from enum conveyor.v1.EventKind
+ */
+export enum EventKind {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: EVENT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Stored, QUEUED or SCHEDULED (countdown, ETA).
+   *
+   * @generated from enum value: EVENT_KIND_TASK_SUBMITTED = 1;
+   */
+  TASK_SUBMITTED = 1,
+
+  /**
+   * An attempt was leased to a worker (`attempt`, `worker_id`).
+   *
+   * @generated from enum value: EVENT_KIND_TASK_LEASED = 2;
+   */
+  TASK_LEASED = 2,
+
+  /**
+   * The worker started the handler (servers run with --track-started).
+   *
+   * @generated from enum value: EVENT_KIND_TASK_STARTED = 3;
+   */
+  TASK_STARTED = 3,
+
+  /**
+   * The worker reported progress.
+   *
+   * @generated from enum value: EVENT_KIND_TASK_PROGRESS = 4;
+   */
+  TASK_PROGRESS = 4,
+
+  /**
+   * An attempt failed and the task will be retried after its backoff.
+   *
+   * @generated from enum value: EVENT_KIND_TASK_RETRIED = 5;
+   */
+  TASK_RETRIED = 5,
+
+  /**
+   * Finished successfully.
+   *
+   * @generated from enum value: EVENT_KIND_TASK_SUCCEEDED = 6;
+   */
+  TASK_SUCCEEDED = 6,
+
+  /**
+   * Failed for good (now a dead letter).
+   *
+   * @generated from enum value: EVENT_KIND_TASK_FAILED = 7;
+   */
+  TASK_FAILED = 7,
+
+  /**
+   * Cancelled (revoked).
+   *
+   * @generated from enum value: EVENT_KIND_TASK_CANCELLED = 8;
+   */
+  TASK_CANCELLED = 8,
+
+  /**
+   * Reached its `expires` instant before running.
+   *
+   * @generated from enum value: EVENT_KIND_TASK_EXPIRED = 9;
+   */
+  TASK_EXPIRED = 9,
+
+  /**
+   * Back at the head of its queue: its worker's lease was lost or released.
+   *
+   * @generated from enum value: EVENT_KIND_TASK_REQUEUED = 10;
+   */
+  TASK_REQUEUED = 10,
+
+  /**
+   * A worker session connected.
+   *
+   * @generated from enum value: EVENT_KIND_WORKER_ONLINE = 20;
+   */
+  WORKER_ONLINE = 20,
+
+  /**
+   * A worker session ended.
+   *
+   * @generated from enum value: EVENT_KIND_WORKER_OFFLINE = 21;
+   */
+  WORKER_OFFLINE = 21,
+
+  /**
+   * A worker session's periodic summary (every 5 s): `active`, `slots`.
+   *
+   * @generated from enum value: EVENT_KIND_WORKER_HEARTBEAT = 22;
+   */
+  WORKER_HEARTBEAT = 22,
+}
+
+/**
+ * Describes the enum conveyor.v1.EventKind.
+ */
+export const EventKindSchema: GenEnum<EventKind> = /*@__PURE__*/
+  enumDesc(file_conveyor_v1_results_service, 0);
 
 /**
  * How much of a task a reply carries.
@@ -327,7 +600,7 @@ export enum TaskView {
  * Describes the enum conveyor.v1.TaskView.
  */
 export const TaskViewSchema: GenEnum<TaskView> = /*@__PURE__*/
-  enumDesc(file_conveyor_v1_results_service, 0);
+  enumDesc(file_conveyor_v1_results_service, 1);
 
 /**
  * ResultsService reports task states and outcomes and lets anyone await them.
@@ -392,6 +665,21 @@ export const ResultsService: GenService<{
     methodKind: "unary";
     input: typeof ListDeadLettersRequestSchema;
     output: typeof ListDeadLettersResponseSchema;
+  },
+  /**
+   * Streams task and worker events of a namespace as they happen, like
+   * Celery's events: every transition a task makes in the store, in order
+   * per task, and worker sessions coming, going and their periodic summary.
+   * Delivery is at most once: a subscriber that reads too slowly misses
+   * events (counted in `dropped`) and never slows task processing. Events
+   * are sent in batches of at most 1,000, at most 20 batches a second.
+   *
+   * @generated from rpc conveyor.v1.ResultsService.WatchEvents
+   */
+  watchEvents: {
+    methodKind: "server_streaming";
+    input: typeof WatchEventsRequestSchema;
+    output: typeof WatchEventsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_conveyor_v1_results_service, 0);
