@@ -1,6 +1,7 @@
 //! `Client`, the producer's side: submit tasks, then read, await, watch or
 //! cancel them through the submission and results services.
 
+use tracing::Instrument;
 use std::time::{Duration, Instant};
 
 use conveyor_api::pb;
@@ -106,7 +107,10 @@ impl Client {
     /// for calls made through [`submission_client`](Self::submission_client)
     /// or [`results_client`](Self::results_client).
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
-        authorize(tonic::Request::new(message), self.authorization.as_ref())
+        crate::trace::inject(authorize(
+            tonic::Request::new(message),
+            self.authorization.as_ref(),
+        ))
     }
 
     /// The generated submission client, for calls this type does not wrap
@@ -124,8 +128,13 @@ impl Client {
     /// Submits one task and returns its id (or, for a repeated idempotency
     /// key, the id of the task first submitted with it).
     pub async fn submit(&self, task: TaskRequest) -> Result<String> {
+        let mut spec = task.into_spec()?;
+        let span = crate::trace::publish_span(queue_of(&spec), &spec.name, 1);
+        if spec.trace_context.is_none() {
+            spec.trace_context = crate::trace::context_of(&span);
+        }
         let request = pb::SubmitTaskRequest {
-            task: Some(task.into_spec()?),
+            task: Some(spec),
             namespace: self.namespace.clone(),
         };
         // A keyed submit may be repeated: the key makes it the same task.
@@ -138,8 +147,17 @@ impl Client {
             let request = self.request(request.clone());
             async move { submission.submit_task(request).await }
         })
-        .await?;
-        Ok(response.into_inner().task_id)
+        .instrument(span.clone())
+        .await;
+        let id = match response {
+            Ok(response) => response.into_inner().task_id,
+            Err(error) => {
+                crate::trace::record_error(&span, &error.to_string());
+                return Err(error.into());
+            }
+        };
+        span.record("messaging.message.id", id.as_str());
+        Ok(id)
     }
 
     /// Submits many tasks and returns their ids in order.
@@ -150,10 +168,19 @@ impl Client {
     /// is all-or-nothing, but when a later call fails the earlier ones stay
     /// accepted.
     pub async fn submit_many(&self, tasks: Vec<TaskRequest>) -> Result<Vec<String>> {
-        let specs = tasks
+        let mut specs = tasks
             .into_iter()
             .map(TaskRequest::into_spec)
             .collect::<Result<Vec<_>>>()?;
+        let span = match specs.first() {
+            Some(first) => crate::trace::publish_span(queue_of(first), &first.name, specs.len()),
+            None => tracing::Span::none(),
+        };
+        if let Some(context) = crate::trace::context_of(&span) {
+            for spec in specs.iter_mut().filter(|spec| spec.trace_context.is_none()) {
+                spec.trace_context = Some(context.clone());
+            }
+        }
         let mut ids = Vec::with_capacity(specs.len());
         let submission = self.submission.clone();
         let mut remaining = specs.into_iter().peekable();
@@ -181,6 +208,7 @@ impl Client {
                 let request = self.request(request.clone());
                 async move { submission.submit_tasks(request).await }
             })
+            .instrument(span.clone())
             .await?
             .into_inner()
             .results;
@@ -220,6 +248,12 @@ impl Client {
     /// `DEADLINE_EXCEEDED` (see [`Error::is_timeout`]). Waits longer than the
     /// server's maximum are carried out as several calls.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<pb::Task> {
+        self.wait_traced(id, timeout)
+            .instrument(crate::trace::wait_span(id))
+            .await
+    }
+
+    async fn wait_traced(&self, id: &str, timeout: Duration) -> Result<pb::Task> {
         let deadline = Instant::now() + timeout;
         let results = self.results.clone();
         loop {
@@ -431,6 +465,15 @@ pub(crate) fn authorize<T>(
             .insert("authorization", value.clone());
     }
     request
+}
+
+/// The queue a spec goes to, for span names.
+fn queue_of(spec: &pb::TaskSpec) -> &str {
+    spec.options
+        .as_ref()
+        .map(|options| options.queue.as_str())
+        .filter(|queue| !queue.is_empty())
+        .unwrap_or("default")
 }
 
 fn missing_task(rpc: &str) -> Error {

@@ -26,6 +26,7 @@ mod eager;
 mod error;
 pub mod payload;
 mod task;
+mod trace;
 pub mod worker;
 
 pub use conveyor_api::pb;

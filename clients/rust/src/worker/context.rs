@@ -42,6 +42,11 @@ impl TaskContext {
         }
     }
 
+    /// The assignment this context was made from.
+    pub(crate) fn assignment(&self) -> &pb::Assignment {
+        &self.assignment
+    }
+
     /// Routes `report_progress` to a session's stream.
     pub(crate) fn with_reporter(
         mut self,

@@ -96,19 +96,19 @@ pub(crate) async fn run(job: Job) -> Finished {
         task_id: task_id.clone(),
         lease_token,
     });
-    let span = tracing::info_span!(
-        "task",
-        task_id = %task_id,
-        name = %context.name(),
-        attempt = context.attempt()
-    );
+    // `process {queue}`, a child of the dispatcher's `deliver` span when
+    // the task carries a trace (see crate::trace).
+    let span = crate::trace::process_span(context.assignment());
     let result = match handler {
-        Some(handler) => execute(handler, context).instrument(span).await,
+        Some(handler) => execute(handler, context).instrument(span.clone()).await,
         None => Err(TaskFailure::new(
             "NotRegistered",
             format!("no handler is registered for {:?}", context.name()),
         )),
     };
+    if let Err(failure) = &result {
+        crate::trace::record_error(&span, &failure.message);
+    }
     Finished {
         epoch,
         task_id,
@@ -123,7 +123,8 @@ pub(crate) async fn execute(handler: BoxedHandler, context: TaskContext) -> Hand
     let started_at = Instant::now();
     let soft_time_limit = context.soft_time_limit();
     let cancellation = context.cancellation_token();
-    let mut handle = tokio::spawn(handler(context));
+    // The handler's own spans nest under the attempt's span.
+    let mut handle = tokio::spawn(handler(context).instrument(tracing::Span::current()));
     // Aborting the runner (at shutdown) must stop the handler too.
     let _abort_handler = AbortOnDrop(handle.abort_handle());
     let joined = match soft_time_limit {
