@@ -26,6 +26,7 @@ def test_wheel_builds(tmp_path):
             "conveyor/cli.py",
             "conveyor/__main__.py",
             "conveyor/_process.py",
+            "conveyor/_tracing.py",
             "conveyor/schedules.py",
             "conveyor/py.typed",
             "conveyor/v1/task_pb2.py",
@@ -47,3 +48,7 @@ def test_wheel_builds(tmp_path):
     assert "Requires-Python: >=3.10" in metadata
     assert "Requires-Dist: grpcio<2,>=1.85.1" in metadata
     assert "Requires-Dist: protobuf<8,>=7.35.1" in metadata
+    # Tracing: the OpenTelemetry API only; the SDK is the test extra's.
+    assert "Requires-Dist: opentelemetry-api<2,>=1.22" in metadata
+    assert "Requires-Dist: opentelemetry-sdk==1.45.2; extra == 'test'" in metadata
+    assert not any(line.startswith("Requires-Dist: opentelemetry-sdk") and "extra" not in line for line in metadata.splitlines())

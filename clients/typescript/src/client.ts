@@ -5,6 +5,8 @@ import { randomUUID } from "node:crypto";
 import { toBinary } from "@bufbuild/protobuf";
 import { Code, createClient } from "@connectrpc/connect";
 import type { Client as RpcClient } from "@connectrpc/connect";
+import { context } from "@opentelemetry/api";
+import type { Context } from "@opentelemetry/api";
 import { DispatchService } from "./gen/conveyor/v1/dispatch_service_pb.js";
 import type { WorkerInfo } from "./gen/conveyor/v1/dispatch_service_pb.js";
 import { ResultsService } from "./gen/conveyor/v1/results_service_pb.js";
@@ -16,6 +18,7 @@ import type { Payload, Task, TaskSpec } from "./gen/conveyor/v1/task_pb.js";
 import { ConveyorError, unsuccessfulTaskError } from "./errors.js";
 import { Backoff } from "./internal/backoff.js";
 import { callWithRetry, connectionLost, resolvePolicy, sleep, unavailable } from "./internal/retry.js";
+import { publish, stamp, traceMetadata, waiting } from "./internal/tracing.js";
 import { msToDuration } from "./payload.js";
 import { buildSchedule } from "./schedules.js";
 import type { ScheduleDefinition } from "./schedules.js";
@@ -137,9 +140,18 @@ export class Client {
     return this.#endpoints.current().value.results;
   }
 
-  /** Runs one unary call, with failover and, when `safe`, retries. */
-  #call<T>(safe: boolean, options: CallOptions, call: (services: Services, opts: RpcCallOptions) => Promise<T>, timeoutMs?: number): Promise<T> {
-    const opts = callOptions(options);
+  /**
+   * Runs one unary call, with failover and, when `safe`, retries. The call
+   * carries the trace context of `traceContext` (default: the active one).
+   */
+  #call<T>(
+    safe: boolean,
+    options: CallOptions,
+    call: (services: Services, opts: RpcCallOptions) => Promise<T>,
+    timeoutMs?: number,
+    traceContext?: Context,
+  ): Promise<T> {
+    const opts = callOptions(options, traceContext);
     if (timeoutMs !== undefined) opts.timeoutMs = timeoutMs;
     return callWithRetry(this.#endpoints, this.#retry, safe, (services) => call(services, opts), options.signal);
   }
@@ -152,7 +164,8 @@ export class Client {
 
   /**
    * Submits one task and returns its id (for a repeated idempotency key, the
-   * id of the task first submitted with it).
+   * id of the task first submitted with it). Traced as a `publish` span,
+   * whose context the task carries unless `options.traceContext` is given.
    */
   async submit(
     name: string,
@@ -160,8 +173,13 @@ export class Client {
     options: SubmitOptions & CallOptions = {},
   ): Promise<string> {
     const task = this.#spec(name, args, options);
-    const response = await this.#call(task.idempotencyKey !== "", options, (s, o) => s.submission.submitTask({ task }, o));
-    return response.taskId;
+    return publish([task], false, async (span, ctx) => {
+      stamp(task, ctx);
+      const safe = task.idempotencyKey !== "";
+      const response = await this.#call(safe, options, (s, o) => s.submission.submitTask({ task }, o), undefined, ctx);
+      span.setAttribute("messaging.message.id", response.taskId);
+      return response.taskId;
+    });
   }
 
   /**
@@ -169,23 +187,28 @@ export class Client {
    * before anything is sent; they travel in SubmitTasks calls of at most
    * MAX_TASKS_PER_BATCH (1000) tasks and MAX_BATCH_BYTES (16 MiB) of encoded
    * tasks, whichever comes first. Each call is all-or-nothing; when a later
-   * call fails the earlier ones stay accepted.
+   * call fails the earlier ones stay accepted. Traced as one `publish` span,
+   * whose context every task carries (unless given its own `traceContext`).
    */
   async submitMany(tasks: readonly TaskRequest[], options: CallOptions = {}): Promise<string[]> {
     const specs = tasks.map((task) => this.#spec(task.name, task.args ?? [], task));
-    const ids: string[] = [];
-    for (const batch of splitBatches(specs)) {
-      const safe = batch.every((spec) => spec.idempotencyKey !== "");
-      const response = await this.#call(safe, options, (s, o) => s.submission.submitTasks({ tasks: batch }, o));
-      if (response.results.length !== batch.length) {
-        throw new ConveyorError(
-          Code.Internal,
-          `submitted ${batch.length} tasks, got ${response.results.length} results; report this as a Conveyor bug`,
-        );
+    if (specs.length === 0) return [];
+    return publish(specs, true, async (_span, ctx) => {
+      for (const spec of specs) stamp(spec, ctx);
+      const ids: string[] = [];
+      for (const batch of splitBatches(specs)) {
+        const safe = batch.every((spec) => spec.idempotencyKey !== "");
+        const response = await this.#call(safe, options, (s, o) => s.submission.submitTasks({ tasks: batch }, o), undefined, ctx);
+        if (response.results.length !== batch.length) {
+          throw new ConveyorError(
+            Code.Internal,
+            `submitted ${batch.length} tasks, got ${response.results.length} results; report this as a Conveyor bug`,
+          );
+        }
+        ids.push(...response.results.map((result) => result.taskId));
       }
-      ids.push(...response.results.map((result) => result.taskId));
-    }
-    return ids;
+      return ids;
+    });
   }
 
   /** The task's current state and, once finished, its outcome (and progress while it runs). */
@@ -198,24 +221,27 @@ export class Client {
    * Waits for the task to reach a terminal state and returns it, whatever
    * that state is. When `timeoutMs` passes first, throws a
    * ConveyorTimeoutError (code DEADLINE_EXCEEDED). Waits longer than the
-   * server's maximum are carried out as several calls.
+   * server's maximum are carried out as several calls. Traced as a `wait`
+   * span.
    */
-  async wait(id: string, options: WaitOptions = {}): Promise<Task> {
-    const deadline = options.timeoutMs === undefined ? undefined : Date.now() + Math.max(0, options.timeoutMs);
-    for (;;) {
-      const started = Date.now();
-      const remaining = deadline === undefined ? undefined : Math.max(0, deadline - started);
-      const request =
-        remaining === undefined ? { taskId: id } : { taskId: id, timeout: msToDuration(remaining) };
-      const callTimeout = remaining === undefined ? undefined : remaining + WAIT_DEADLINE_MARGIN_MS;
-      try {
-        const response = await this.#call(true, options, (s, o) => s.results.waitTask(request, o), callTimeout);
-        return requireTask(response.task, "WaitTask");
-      } catch (error) {
-        if (error instanceof ConveyorError && shouldWaitAgain(error, started, deadline)) continue;
-        throw error;
+  wait(id: string, options: WaitOptions = {}): Promise<Task> {
+    return waiting(id, async (ctx) => {
+      const deadline = options.timeoutMs === undefined ? undefined : Date.now() + Math.max(0, options.timeoutMs);
+      for (;;) {
+        const started = Date.now();
+        const remaining = deadline === undefined ? undefined : Math.max(0, deadline - started);
+        const request =
+          remaining === undefined ? { taskId: id } : { taskId: id, timeout: msToDuration(remaining) };
+        const callTimeout = remaining === undefined ? undefined : remaining + WAIT_DEADLINE_MARGIN_MS;
+        try {
+          const response = await this.#call(true, options, (s, o) => s.results.waitTask(request, o), callTimeout, ctx);
+          return requireTask(response.task, "WaitTask");
+        } catch (error) {
+          if (error instanceof ConveyorError && shouldWaitAgain(error, started, deadline)) continue;
+          throw error;
+        }
       }
-    }
+    });
   }
 
   /**
@@ -236,12 +262,13 @@ export class Client {
    * opened again (on the next address), which repeats the current state.
    */
   async *watch(id: string, options: CallOptions = {}): AsyncGenerator<Task, void, undefined> {
+    const traceContext = context.active();
     const backoff = new Backoff(this.#retry.initialBackoffMs, this.#retry.maxBackoffMs);
     let failures = 0;
     for (;;) {
       const endpoint = this.#endpoints.current();
       try {
-        for await (const update of endpoint.value.results.watchTask({ taskId: id }, callOptions(options))) {
+        for await (const update of endpoint.value.results.watchTask({ taskId: id }, callOptions(options, traceContext))) {
           failures = 0;
           backoff.reset();
           const task = requireTask(update.task, "WatchTask");
@@ -389,10 +416,15 @@ export class Client {
 interface RpcCallOptions {
   signal?: AbortSignal;
   timeoutMs?: number;
+  headers?: Record<string, string>;
 }
 
-function callOptions(options: CallOptions): RpcCallOptions {
-  return options.signal === undefined ? {} : { signal: options.signal };
+/** A call's options: `options.signal`, and the trace context of `traceContext` (default: the active one) as metadata. */
+function callOptions(options: CallOptions, traceContext?: Context): RpcCallOptions {
+  const opts: RpcCallOptions = options.signal === undefined ? {} : { signal: options.signal };
+  const headers = traceMetadata(traceContext);
+  if (headers !== undefined) opts.headers = headers;
+  return opts;
 }
 
 function requireTask(task: Task | undefined, rpcName: string): Task {

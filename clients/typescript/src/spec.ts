@@ -8,6 +8,7 @@ import {
   TaskOptionsSchema,
   TaskSpecSchema,
   TaskState,
+  TraceContextSchema,
 } from "./gen/conveyor/v1/task_pb.js";
 import type { Task, TaskOptions, TaskSpec } from "./gen/conveyor/v1/task_pb.js";
 import { fromOptionalPayload, msToDuration, toPayload, toTimestamp } from "./payload.js";
@@ -85,6 +86,12 @@ export interface SubmitOptions {
   headers?: Record<string, string>;
   /** How long the outcome is kept after the task finishes. */
   resultTtlMs?: number;
+  /**
+   * The W3C trace context the task carries to its worker. By default the
+   * SDK's `publish` span's (when an OpenTelemetry SDK is registered); given
+   * here, it is sent as is.
+   */
+  traceContext?: { traceparent: string; tracestate?: string };
 }
 
 /** One task of a `submitMany` call. */
@@ -107,6 +114,10 @@ export function buildTaskSpec(name: string, args: readonly unknown[] = [], optio
   }
   const taskOptions = buildOptions(options);
   if (taskOptions !== undefined) spec.options = taskOptions;
+  if (options.traceContext !== undefined) {
+    const { traceparent, tracestate = "" } = options.traceContext;
+    spec.traceContext = create(TraceContextSchema, { traceparent, tracestate });
+  }
   return spec;
 }
 

@@ -199,6 +199,7 @@ export class Worker {
       concurrency: this.concurrency,
       gracePeriodMs: this.#options.gracePeriodMs ?? DEFAULT_GRACE_PERIOD_MS,
       heartbeatOverrideMs: this.#options.heartbeatIntervalMs,
+      spanQueue: this.queues.length === 1 ? this.queues[0] : undefined,
       hello: () => this.#hello(),
       inFlight: 0,
       current: undefined,

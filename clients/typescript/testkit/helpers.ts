@@ -7,7 +7,9 @@ import { once } from "node:events";
 import { dirname, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import { Worker, stderrLogger } from "../src/index.js";
+import type { Interceptor, Transport } from "@connectrpc/connect";
+import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
+import { MAX_MESSAGE_BYTES, Worker, stderrLogger } from "../src/index.js";
 import type { WorkerOptions } from "../src/index.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -157,4 +159,25 @@ export function spawnNode(
   child.stderr!.on("data", (chunk: Buffer) => (err += chunk.toString()));
   const exit = once(child, "exit") as Promise<[number | null, NodeJS.Signals | null]>;
   return { child, stdout: () => out, stderr: () => err, exit };
+}
+
+/** The method name (e.g. "SubmitTask") and request metadata of every call made through a transport. */
+export type MetadataLog = Array<{ method: string; headers: Record<string, string> }>;
+
+/** A gRPC transport to `addr` that records the metadata of every call it makes; close() closes its connection. */
+export function recordingTransport(addr: string): { transport: Transport; calls: MetadataLog; close(): void } {
+  const calls: MetadataLog = [];
+  const record: Interceptor = (next) => (request) => {
+    calls.push({ method: request.method.name, headers: Object.fromEntries(request.header.entries()) });
+    return next(request);
+  };
+  const sessionManager = new Http2SessionManager(addr);
+  const transport = createGrpcTransport({
+    baseUrl: addr,
+    sessionManager,
+    interceptors: [record],
+    readMaxBytes: MAX_MESSAGE_BYTES,
+    writeMaxBytes: MAX_MESSAGE_BYTES,
+  });
+  return { transport, calls, close: () => sessionManager.abort() };
 }

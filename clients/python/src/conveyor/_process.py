@@ -24,6 +24,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from conveyor import _tracing
 from conveyor._context import TaskContext
 from conveyor._handler import Handler, error, outcome_of, run_sync
 from conveyor.errors import SoftTimeLimitExceeded
@@ -119,7 +120,7 @@ class ProcessPool:
         self._busy[id(job)] = child
         ctx: TaskContext = job.context
         try:
-            child.conn.send_bytes(_frame(handler, ctx, self.worker_id))
+            child.conn.send_bytes(_frame(handler, ctx, self.worker_id, _tracing.carrier()))
             return await self._await_outcome(child, ctx)
         except (OSError, EOFError):
             return await self._lost(child, ctx)
@@ -198,9 +199,11 @@ class ProcessPool:
         self._idle.clear()
 
 
-def _frame(handler: Handler, ctx: TaskContext, worker_id: str) -> bytes:
-    """One job as the child reads it: the handler pickled by reference."""
-    return pickle.dumps((pickle.dumps(handler), ctx.assignment.SerializeToString(), worker_id))
+def _frame(handler: Handler, ctx: TaskContext, worker_id: str, trace_headers: dict[str, str]) -> bytes:
+    """One job as the child reads it: the handler pickled by reference, and
+    the W3C context of the attempt's span (the parent's), made current in
+    the child while the handler runs."""
+    return pickle.dumps((pickle.dumps(handler), ctx.assignment.SerializeToString(), worker_id, trace_headers))
 
 
 # --- in the child ---------------------------------------------------------------------
@@ -269,7 +272,7 @@ def _child_main(conn: Connection, log_level: int, parent_pid: int) -> None:
             return
         if message is None:
             return
-        handler_bytes, assignment, worker_id = message
+        handler_bytes, assignment, worker_id, trace_headers = message
         ctx = TaskContext(pb.Assignment.FromString(assignment), worker_id)
         ctx._reporter = report
         try:
@@ -279,7 +282,8 @@ def _child_main(conn: Connection, log_level: int, parent_pid: int) -> None:
             send(("done", outcome_of(ctx, error=error("ImportError", text, False)).SerializeToString(), 0))
             continue
         try:
-            outcome = run_sync(handler, ctx, alarm.around(ctx))
+            with _tracing.attached(trace_headers):
+                outcome = run_sync(handler, ctx, alarm.around(ctx))
         except SoftTimeLimitExceeded as exc:  # the alarm fired just after the handler returned
             outcome = outcome_of(ctx, error=error("SoftTimeLimitExceeded", str(exc), True))
         send(("done", outcome.SerializeToString(), _peak_rss_kib()))

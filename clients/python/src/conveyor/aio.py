@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from conveyor import _codec
+from conveyor import _codec, _tracing
 from conveyor._common import (
     CHANNEL_OPTIONS,
     DEFAULT_RPC_TIMEOUT,
@@ -117,8 +117,13 @@ class AsyncClient:
         return (await self.submit_spec(spec)).task_id
 
     async def submit_spec(self, spec: task_pb2.TaskSpec) -> submission_service_pb2.SubmitTaskResponse:
+        """Submits a ready-made TaskSpec; see `Client.submit_spec`."""
         request = submission_service_pb2.SubmitTaskRequest(task=spec)
-        return await self._call("submission", "SubmitTask", request, safe=bool(spec.idempotency_key))
+        with _tracing.publish([spec], batch=False) as span:
+            _tracing.stamp(request.task)
+            response = await self._call("submission", "SubmitTask", request, safe=bool(spec.idempotency_key))
+            span.set_attribute("messaging.message.id", response.task_id)
+        return response
 
     async def submit_many(self, tasks: Iterable[Any]) -> list[str]:
         """Submits many tasks (SubmitTasks calls of at most 1000 tasks and
@@ -128,13 +133,19 @@ class AsyncClient:
             name, args, kwargs, options = as_request(item)
             options = {"idempotency_key": f"auto-{uuid.uuid4().hex}", **options}
             specs.append(_codec.build_spec(name, args, kwargs, **options))
+        if not specs:
+            return []
         ids: list[str] = []
-        for batch in split_batches(specs):
-            request = submission_service_pb2.SubmitTasksRequest(tasks=batch)
-            response = await self._call("submission", "SubmitTasks", request, safe=all(t.idempotency_key for t in batch))
-            if len(response.results) != len(batch):
-                raise ProtocolError(f"submitted {len(batch)} tasks, got {len(response.results)} results")
-            ids.extend(result.task_id for result in response.results)
+        with _tracing.publish(specs, batch=True):
+            for spec in specs:
+                _tracing.stamp(spec)
+            for batch in split_batches(specs):
+                request = submission_service_pb2.SubmitTasksRequest(tasks=batch)
+                safe = all(t.idempotency_key for t in batch)
+                response = await self._call("submission", "SubmitTasks", request, safe=safe)
+                if len(response.results) != len(batch):
+                    raise ProtocolError(f"submitted {len(batch)} tasks, got {len(response.results)} results")
+                ids.extend(result.task_id for result in response.results)
         return ids
 
     async def cancel(self, task_id: str) -> bool:
@@ -183,6 +194,10 @@ class AsyncClient:
     async def wait(self, task_id: str, timeout: float | None = None) -> task_pb2.Task:
         """Waits for a terminal state; `TaskTimeout` when `timeout` passes
         first. See `Client.wait`."""
+        with _tracing.waiting(task_id):
+            return await self._wait(task_id, timeout)
+
+    async def _wait(self, task_id: str, timeout: float | None) -> task_pb2.Task:
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while True:
             started = time.monotonic()
@@ -192,7 +207,8 @@ class AsyncClient:
                 request.timeout.CopyFrom(_codec.to_duration(remaining))
             call_timeout = None if remaining is None else remaining + WAIT_DEADLINE_MARGIN
             try:
-                response = await self.results.WaitTask(request, timeout=call_timeout, metadata=self._metadata)
+                metadata = _tracing.metadata(self._metadata)
+                response = await self.results.WaitTask(request, timeout=call_timeout, metadata=metadata)
             except grpc.RpcError as error:
                 now = time.monotonic()
                 left = None if deadline is None else deadline - now
@@ -211,7 +227,7 @@ class AsyncClient:
         terminal state. With a `timeout`, `TaskTimeout` ends a watch still
         going after that long."""
         request = results_service_pb2.WatchTaskRequest(task_id=task_id)
-        call = self.results.WatchTask(request, timeout=timeout, metadata=self._metadata)
+        call = self.results.WatchTask(request, timeout=timeout, metadata=_tracing.metadata(self._metadata))
         try:
             async for update in call:
                 yield _codec.require_task(update, "WatchTask")
@@ -227,7 +243,8 @@ class AsyncClient:
             attempt += 1
             stub = self.submission if service == "submission" else self.results
             try:
-                return await getattr(stub, rpc)(request, timeout=self._rpc_timeout, metadata=self._metadata)
+                metadata = _tracing.metadata(self._metadata)
+                return await getattr(stub, rpc)(request, timeout=self._rpc_timeout, metadata=metadata)
             except grpc.RpcError as error:
                 code = error.code() if callable(getattr(error, "code", None)) else None
                 if code != grpc.StatusCode.UNAVAILABLE:

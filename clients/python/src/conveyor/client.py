@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from conveyor import _codec
+from conveyor import _codec, _tracing
 from conveyor._common import (
     CHANNEL_OPTIONS,
     DEFAULT_RPC_TIMEOUT,
@@ -136,9 +136,14 @@ class Client:
 
     def submit_spec(self, spec: task_pb2.TaskSpec) -> submission_service_pb2.SubmitTaskResponse:
         """Submits a ready-made TaskSpec; returns the whole response
-        (task_id, duplicate, state)."""
+        (task_id, duplicate, state). Traced as a `publish` span, whose
+        context the task carries unless `spec.trace_context` is set."""
         request = submission_service_pb2.SubmitTaskRequest(task=spec)
-        return self._call("submission", "SubmitTask", request, safe=bool(spec.idempotency_key))
+        with _tracing.publish([spec], batch=False) as span:
+            _tracing.stamp(request.task)
+            response = self._call("submission", "SubmitTask", request, safe=bool(spec.idempotency_key))
+            span.set_attribute("messaging.message.id", response.task_id)
+        return response
 
     def submit_many(self, tasks: Iterable[Any]) -> list[str]:
         """Submits many tasks, returns their ids in order. Each entry is a
@@ -148,20 +153,26 @@ class Client:
         Everything is encoded before anything is sent; the tasks travel in
         SubmitTasks calls of at most 1000 tasks and at most 16 MiB of
         encoded tasks, whichever comes first. Each call is all-or-nothing,
-        but when a later call fails the earlier ones stay accepted."""
+        but when a later call fails the earlier ones stay accepted. Traced
+        as one `publish` span, whose context every task carries."""
         specs = []
         for item in tasks:
             name, args, kwargs, options = as_request(item)
             options = {"idempotency_key": _default_key(), **options}
             specs.append(_codec.build_spec(name, args, kwargs, **options))
+        if not specs:
+            return []
         ids: list[str] = []
-        for batch in split_batches(specs):
-            request = submission_service_pb2.SubmitTasksRequest(tasks=batch)
-            safe = all(spec.idempotency_key for spec in batch)
-            response = self._call("submission", "SubmitTasks", request, safe=safe)
-            if len(response.results) != len(batch):
-                raise ProtocolError(f"submitted {len(batch)} tasks, got {len(response.results)} results")
-            ids.extend(result.task_id for result in response.results)
+        with _tracing.publish(specs, batch=True):
+            for spec in specs:
+                _tracing.stamp(spec)
+            for batch in split_batches(specs):
+                request = submission_service_pb2.SubmitTasksRequest(tasks=batch)
+                safe = all(spec.idempotency_key for spec in batch)
+                response = self._call("submission", "SubmitTasks", request, safe=safe)
+                if len(response.results) != len(batch):
+                    raise ProtocolError(f"submitted {len(batch)} tasks, got {len(response.results)} results")
+                ids.extend(result.task_id for result in response.results)
         return ids
 
     def cancel(self, task_id: str) -> bool:
@@ -216,7 +227,12 @@ class Client:
     def wait(self, task_id: str, timeout: float | None = None) -> task_pb2.Task:
         """Waits until the task reaches a terminal state, whatever it is, and
         returns it. Raises `TaskTimeout` (code DEADLINE_EXCEEDED) when
-        `timeout` seconds pass first; None waits for as long as it takes."""
+        `timeout` seconds pass first; None waits for as long as it takes.
+        Traced as a `wait` span."""
+        with _tracing.waiting(task_id):
+            return self._wait(task_id, timeout)
+
+    def _wait(self, task_id: str, timeout: float | None) -> task_pb2.Task:
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         unavailable = 0
         while True:
@@ -227,7 +243,8 @@ class Client:
                 request.timeout.CopyFrom(_codec.to_duration(remaining))
             call_timeout = None if remaining is None else remaining + WAIT_DEADLINE_MARGIN
             try:
-                response = self.results.WaitTask(request, timeout=call_timeout, metadata=self._metadata)
+                metadata = _tracing.metadata(self._metadata)
+                response = self.results.WaitTask(request, timeout=call_timeout, metadata=metadata)
             except grpc.RpcError as error:
                 code = error.code() if callable(getattr(error, "code", None)) else None
                 now = time.monotonic()
@@ -255,7 +272,7 @@ class Client:
         `timeout`, `TaskTimeout` ends a watch still going after that long."""
         request = results_service_pb2.WatchTaskRequest(task_id=task_id)
         try:
-            stream = self.results.WatchTask(request, timeout=timeout, metadata=self._metadata)
+            stream = self.results.WatchTask(request, timeout=timeout, metadata=_tracing.metadata(self._metadata))
         except grpc.RpcError as error:  # pragma: no cover - raised lazily in practice
             raise ConveyorError.from_rpc(error, f"WatchTask {task_id}") from None
         return _watch(stream, task_id)
@@ -288,7 +305,7 @@ class Client:
             attempt += 1
             method = getattr(self._stub(service), rpc)
             try:
-                return method(request, timeout=self._rpc_timeout, metadata=self._metadata)
+                return method(request, timeout=self._rpc_timeout, metadata=_tracing.metadata(self._metadata))
             except grpc.RpcError as error:
                 code = error.code() if callable(getattr(error, "code", None)) else None
                 if code != grpc.StatusCode.UNAVAILABLE:

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from conveyor import _codec
+from conveyor import _codec, _tracing
 from conveyor._common import CHANNEL_OPTIONS, call_metadata, parse_targets, receive_limit
 from conveyor._context import TaskContext, _current, current_task
 from conveyor._handler import POOLS, Handler, failure, prepare, success, task_error
@@ -93,6 +93,8 @@ class _Job:
         self.started = time.monotonic()
         # Set when the job runs in a child process: kills that child.
         self.kill: Callable[[], bool] | None = None
+        # What the handler raised, recorded on the attempt's span.
+        self.raised: BaseException | None = None
 
     @property
     def runs_on_loop(self) -> bool:
@@ -811,6 +813,17 @@ class Worker:
     # --- running a handler ---------------------------------------------------------------
 
     async def _execute(self, job: _Job) -> pb.TaskOutcome:
+        """Runs the attempt in its `process` span, the current span while the
+        handler runs; an attempt that fails marks it ERROR."""
+        # An assignment does not name its queue: known only to a worker of one.
+        queue = self.queues[0] if len(self.queues) == 1 else None
+        with _tracing.process(job.context.assignment, queue) as span:
+            outcome = await self._attempt(job)
+            if outcome.HasField("error"):
+                _tracing.failed(span, outcome.error, job.raised)
+            return outcome
+
+    async def _attempt(self, job: _Job) -> pb.TaskOutcome:
         handler = job.handler
         ctx = job.context
         if handler is None:
@@ -843,6 +856,7 @@ class Worker:
                 return failure(handler, ctx, SoftTimeLimitExceeded(f"soft time limit ({ctx.soft_time_limit or 0.0:g}s) exceeded"))
             raise
         except BaseException as exc:  # noqa: BLE001 - every handler failure is reported
+            job.raised = exc
             return failure(handler, ctx, exc)
         finally:
             _current.set(None)
@@ -856,16 +870,18 @@ class Worker:
         future: asyncio.Future[tuple[bool, Any]] = loop.create_future()
         guard = job.guard
         ctx = job.context
+        trace_context = _tracing.current()  # the attempt's span, current in the handler's thread too
 
         def call() -> tuple[bool, Any]:
             _current.set(ctx)
-            try:
-                guard.enter()
-                return True, fn(*args, **kwargs)
-            except BaseException as exc:  # noqa: BLE001 - reported as the outcome
-                return False, exc
-            finally:
-                guard.exit()
+            with _tracing.attached(trace_context):
+                try:
+                    guard.enter()
+                    return True, fn(*args, **kwargs)
+                except BaseException as exc:  # noqa: BLE001 - reported as the outcome
+                    return False, exc
+                finally:
+                    guard.exit()
 
         def work() -> None:
             try:

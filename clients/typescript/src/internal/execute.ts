@@ -18,12 +18,17 @@ export interface ExecutionEnv {
   readonly log: Logger;
 }
 
-/** Runs one attempt's handler to its outcome; never throws. Internal (eager mode uses it too). */
+/**
+ * Runs one attempt's handler to its outcome; never throws, but tells
+ * `onThrow` what was thrown (the worker records it on the attempt's span).
+ * Internal (eager mode uses it too).
+ */
 export async function execute(
   runtime: ExecutionEnv,
   assignment: Assignment,
   controller: AbortController,
   onProgress: (update: ProgressUpdate) => void,
+  onThrow?: (thrown: unknown) => void,
 ): Promise<TaskOutcome["outcome"]> {
   const started = Date.now();
   let softTimer: NodeJS.Timeout | undefined;
@@ -51,6 +56,7 @@ export async function execute(
     runtime.log.debug("task succeeded", { ...fields, elapsed_ms: Date.now() - started });
     return { case: "result", value: payload };
   } catch (thrown) {
+    onThrow?.(thrown);
     return { case: "error", value: failureOutcome(runtime, thrown, controller.signal, fields) };
   } finally {
     clearTimeout(softTimer);

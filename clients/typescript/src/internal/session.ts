@@ -34,6 +34,7 @@ import { MAX_MESSAGE_BYTES } from "../transport.js";
 import type { Endpoint, Endpoints } from "../transport.js";
 import type { Handler } from "../worker.js";
 import { execute } from "./execute.js";
+import { processAttempt } from "./tracing.js";
 import { AsyncQueue } from "./queue.js";
 import { ACTIVE, creditsToGrant, drain, endedByDispatcher } from "./state.js";
 import type { Phase, SessionEnd } from "./state.js";
@@ -66,6 +67,11 @@ export interface Runtime {
   readonly concurrency: number;
   readonly gracePeriodMs: number;
   readonly heartbeatOverrideMs: number | undefined;
+  /**
+   * The queue of every assignment, for the `process` span: known only to a
+   * worker of one queue (an assignment does not name its queue).
+   */
+  readonly spanQueue: string | undefined;
   hello(): Hello;
   /** Handlers still running, of this session or an earlier one: each holds a slot. */
   inFlight: number;
@@ -284,7 +290,10 @@ export class Session {
     this.#rt.inFlight += 1;
     this.#send({ case: "taskStarted", value: create(TaskStartedSchema, { taskId, leaseToken }) });
     const onProgress = (update: ProgressUpdate): void => this.#progress(taskId, running, update);
-    void execute(this.#rt, assignment, running.controller, onProgress).then((outcome) => {
+    const attempt = processAttempt(assignment, this.#rt.spanQueue, (onThrow) =>
+      execute(this.#rt, assignment, running.controller, onProgress, onThrow),
+    );
+    void attempt.then((outcome) => {
       this.#rt.inFlight -= 1;
       this.#finished(taskId, running, outcome);
       // The slot is free: the session taking work may grant a credit.
