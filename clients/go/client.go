@@ -114,12 +114,17 @@ func (c *Client) Submit(ctx context.Context, name string, opts ...Option) (strin
 		return "", err
 	}
 	c.addIdempotencyKey(spec)
+	ctx, span := startPublish(ctx, []*conveyorv1.TaskSpec{spec}, false)
 	resp, err := retryCall(ctx, c.retry, spec.GetIdempotencyKey() != "", func(ctx context.Context) (*conveyorv1.SubmitTaskResponse, error) {
 		return c.submission.SubmitTask(ctx, &conveyorv1.SubmitTaskRequest{Task: spec})
 	})
 	if err != nil {
-		return "", wrapRPC("SubmitTask", err)
+		err = wrapRPC("SubmitTask", err)
+		endSpan(span, err)
+		return "", err
 	}
+	span.SetAttributes(attrMessageID.String(resp.GetTaskId()))
+	endSpan(span, nil)
 	return resp.GetTaskId(), nil
 }
 
@@ -128,7 +133,8 @@ func (c *Client) Submit(ctx context.Context, name string, opts ...Option) (strin
 // most [MaxTasksPerBatch] tasks and [MaxBatchBytes] encoded bytes,
 // whichever comes first (a task larger than that travels alone). Each call
 // is all-or-nothing, but when a later call fails the ids of the earlier,
-// accepted ones are returned with the error.
+// accepted ones are returned with the error. One publish span covers all
+// the calls.
 func (c *Client) SubmitMany(ctx context.Context, tasks []TaskRequest) ([]string, error) {
 	specs := make([]*conveyorv1.TaskSpec, 0, len(tasks))
 	for _, t := range tasks {
@@ -139,6 +145,16 @@ func (c *Client) SubmitMany(ctx context.Context, tasks []TaskRequest) ([]string,
 		c.addIdempotencyKey(spec)
 		specs = append(specs, spec)
 	}
+	if len(specs) == 0 {
+		return []string{}, nil
+	}
+	ctx, span := startPublish(ctx, specs, true)
+	ids, err := c.submitBatches(ctx, specs)
+	endSpan(span, err)
+	return ids, err
+}
+
+func (c *Client) submitBatches(ctx context.Context, specs []*conveyorv1.TaskSpec) ([]string, error) {
 	ids := make([]string, 0, len(specs))
 	for _, batch := range splitBatches(specs) {
 		safe := true
@@ -201,6 +217,13 @@ func (c *Client) Get(ctx context.Context, id string) (*TaskInfo, error) {
 // A timeout of 0 or less waits until ctx's deadline, capped by the server.
 // Waits longer than the server's maximum are carried out as several calls.
 func (c *Client) Wait(ctx context.Context, id string, timeout time.Duration) (*TaskInfo, error) {
+	ctx, span := startWait(ctx, id)
+	task, err := c.wait(ctx, id, timeout)
+	endSpan(span, err)
+	return task, err
+}
+
+func (c *Client) wait(ctx context.Context, id string, timeout time.Duration) (*TaskInfo, error) {
 	if timeout <= 0 {
 		resp, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.WaitTaskResponse, error) {
 			return c.results.WaitTask(ctx, &conveyorv1.WaitTaskRequest{TaskId: id})

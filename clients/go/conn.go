@@ -72,7 +72,8 @@ func NewConn(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 const maxMessageBytes = 64 << 20
 
 // messageLimits sets maxMessageBytes on every call made through a
-// connection, including one the caller dialed without [NewConn].
+// connection, including one the caller dialed without [NewConn], and sends
+// the trace context of the caller's span (if any) with each unary call.
 type messageLimits struct{ grpc.ClientConnInterface }
 
 var messageLimitOptions = []grpc.CallOption{grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes)}
@@ -88,7 +89,7 @@ func withMessageLimits(conn grpc.ClientConnInterface) grpc.ClientConnInterface {
 }
 
 func (c messageLimits) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
-	return c.ClientConnInterface.Invoke(ctx, method, args, reply, append(slices.Clip(messageLimitOptions), opts...)...)
+	return c.ClientConnInterface.Invoke(withTraceMetadata(ctx), method, args, reply, append(slices.Clip(messageLimitOptions), opts...)...)
 }
 
 func (c messageLimits) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {

@@ -102,6 +102,7 @@ func (e *eagerBackend) submit(ctx context.Context, spec *conveyorv1.TaskSpec) *c
 	task := &conveyorv1.Task{
 		Id: uuidV7(), Name: spec.GetName(), Args: spec.GetArgs(), Kwargs: spec.GetKwargs(),
 		Options: spec.GetOptions(), State: StateQueued, CreatedAt: now, UpdatedAt: now, Queue: queue,
+		TraceContext: spec.GetTraceContext(),
 	}
 	e.tasks[task.Id] = task
 	e.order = append(e.order, task.Id)
@@ -128,10 +129,10 @@ func (e *eagerBackend) run(ctx context.Context, task *conveyorv1.Task) {
 			TaskId: task.Id, Name: task.Name, Args: task.Args, Kwargs: task.Kwargs,
 			Attempt: task.Attempt, LeaseToken: uint64(task.Attempt), Headers: task.GetOptions().GetHeaders(),
 			SoftTimeLimit: task.GetOptions().GetSoftTimeLimit(), HardTimeLimit: task.GetOptions().GetHardTimeLimit(),
-			CreatedAt: task.CreatedAt, MaxRetries: maxRetries,
+			CreatedAt: task.CreatedAt, MaxRetries: maxRetries, TraceContext: task.GetTraceContext(),
 		}
 		e.mu.Unlock()
-		result, failure := e.attempt(ctx, h, assignment)
+		result, failure := e.attempt(ctx, h, assignment, task.Queue)
 		e.mu.Lock()
 		now := timestamppb.Now()
 		task.UpdatedAt = now
@@ -152,7 +153,11 @@ func (e *eagerBackend) run(ctx context.Context, task *conveyorv1.Task) {
 }
 
 // attempt runs one attempt as a worker would, soft time limit included.
-func (e *eagerBackend) attempt(ctx context.Context, h Handler, a *conveyorv1.Assignment) (*Payload, *conveyorv1.TaskError) {
+// Its span, as a worker's, has the context the task carries as its parent.
+func (e *eagerBackend) attempt(ctx context.Context, h Handler, a *conveyorv1.Assignment, queue string) (result *Payload, failure *conveyorv1.TaskError) {
+	ctx, span := startProcess(ctx, a, queue)
+	var cause error
+	defer func() { endProcess(span, failure, cause) }()
 	if h == nil {
 		return nil, &conveyorv1.TaskError{Type: "NotRegistered", Message: fmt.Sprintf("no handler is registered for %q: register it on the eager client", a.GetName())}
 	}
@@ -171,7 +176,8 @@ func (e *eagerBackend) attempt(ctx context.Context, h Handler, a *conveyorv1.Ass
 		timer := time.AfterFunc(task.SoftTimeLimit, func() { cancel(ErrSoftTimeLimit) })
 		defer timer.Stop()
 	}
-	return call(handlerCtx, h, task)
+	result, failure, cause = call(handlerCtx, h, task)
+	return result, failure
 }
 
 func (e *eagerBackend) stateOf(id string) TaskState {

@@ -245,6 +245,17 @@ func WithHeaders(headers map[string]string) Option {
 	}
 }
 
+// WithTraceContext sets the task's W3C trace context (a traceparent such as
+// "00-<32 hex>-<16 hex>-01" and an optional tracestate), which the worker's
+// span of each attempt continues. Without it, a submit made while
+// OpenTelemetry tracing is configured sends the context of its own
+// "publish" span.
+func WithTraceContext(traceparent, tracestate string) Option {
+	return func(b *specBuilder) {
+		b.spec.TraceContext = &conveyorv1.TraceContext{Traceparent: traceparent, Tracestate: tracestate}
+	}
+}
+
 // WithResultTTL keeps the outcome for ttl after the task finishes.
 func WithResultTTL(ttl time.Duration) Option {
 	return func(b *specBuilder) { b.options().ResultTtl = durationToProto(ttl) }

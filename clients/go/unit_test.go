@@ -103,7 +103,7 @@ func TestHandlerFailure(t *testing.T) {
 
 func TestHandlerPanicIsRecovered(t *testing.T) {
 	task := TaskFromAssignment(&conveyorv1.Assignment{TaskId: "t"})
-	result, failure := call(context.Background(), func(context.Context, *Task) (any, error) {
+	result, failure, cause := call(context.Background(), func(context.Context, *Task) (any, error) {
 		var m map[string]int
 		m["x"] = 1 // nil map write
 		return nil, nil
@@ -112,7 +112,10 @@ func TestHandlerPanicIsRecovered(t *testing.T) {
 		!strings.Contains(failure.GetTraceback(), "TestHandlerPanicIsRecovered") {
 		t.Fatalf("panic reported as %v", failure)
 	}
-	result, failure = call(context.Background(), func(context.Context, *Task) (any, error) {
+	if cause == nil || !strings.Contains(cause.Error(), "panic: ") {
+		t.Fatalf("the panic's error for the span: %v", cause)
+	}
+	result, failure, _ = call(context.Background(), func(context.Context, *Task) (any, error) {
 		return &Payload{Data: []byte{1}, ContentType: "application/octet-stream"}, nil
 	}, task)
 	if failure != nil || result.GetContentType() != "application/octet-stream" {

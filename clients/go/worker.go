@@ -193,6 +193,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		slots:    make(chan struct{}, w.opts.Concurrency),
 		done:     make(chan struct{}),
 	}
+	if len(w.opts.Queues) == 1 {
+		rt.queue = w.opts.Queues[0]
+	}
 	defer close(rt.done)
 	names := make([]string, 0, len(handlers))
 	for name := range handlers {
@@ -280,6 +283,10 @@ type workerRuntime struct {
 	slots chan struct{}
 	// done is closed when Run returns, releasing runners blocked on events.
 	done chan struct{}
+	// queue names the destination of the attempts' spans: the worker's
+	// queue when it consumes one ("" when several: an assignment does not
+	// say which of them it came from).
+	queue string
 }
 
 // runnerEvent says a runner started its handler, or finished.
@@ -314,6 +321,7 @@ func (rt *workerRuntime) runTask(ctx context.Context, cancel context.CancelCause
 		return
 	}
 	rt.emit(ev)
+	ctx, span := startProcess(ctx, a, rt.queue)
 	task := TaskFromAssignment(a)
 	task.report = func(p *conveyorv1.Progress) error {
 		report := runnerEvent{epoch: epoch, taskID: a.GetTaskId(), token: a.GetLeaseToken(), progress: p}
@@ -328,6 +336,7 @@ func (rt *workerRuntime) runTask(ctx context.Context, cancel context.CancelCause
 	}
 	var taskErr *conveyorv1.TaskError
 	var result *Payload
+	var handlerErr error
 	if h == nil {
 		// Retryable, as in every SDK: a worker that registered the name can
 		// take the task on its next attempt.
@@ -346,7 +355,7 @@ func (rt *workerRuntime) runTask(ctx context.Context, cancel context.CancelCause
 			defer timer.Stop()
 		}
 		started := time.Now()
-		result, taskErr = call(ctx, h, task)
+		result, taskErr, handlerErr = call(ctx, h, task)
 		if taskErr != nil {
 			rt.log.Info("task failed", "task_id", task.ID, "name", task.Name, "attempt", task.Attempt,
 				"error_type", taskErr.GetType(), "message", taskErr.GetMessage(), "retryable", taskErr.GetRetryable())
@@ -354,6 +363,7 @@ func (rt *workerRuntime) runTask(ctx context.Context, cancel context.CancelCause
 			rt.log.Debug("task succeeded", "task_id", task.ID, "name", task.Name, "elapsed", time.Since(started))
 		}
 	}
+	endProcess(span, taskErr, handlerErr)
 	<-rt.slots
 	outcome := &conveyorv1.TaskOutcome{TaskId: a.GetTaskId(), LeaseToken: a.GetLeaseToken()}
 	if taskErr != nil {
@@ -367,10 +377,13 @@ func (rt *workerRuntime) runTask(ctx context.Context, cancel context.CancelCause
 }
 
 // call runs the handler, recovering a panic, and encodes what it returned.
-func call(ctx context.Context, h Handler, task *Task) (result *Payload, failure *conveyorv1.TaskError) {
+// A failure comes with the error behind it (the handler's, a panic's or
+// the encoding's), for the attempt's span.
+func call(ctx context.Context, h Handler, task *Task) (result *Payload, failure *conveyorv1.TaskError, cause error) {
 	defer func() {
 		if r := recover(); r != nil {
 			result = nil
+			cause = fmt.Errorf("panic: %v", r)
 			failure = &conveyorv1.TaskError{
 				Type:      "panic",
 				Message:   fmt.Sprint(r),
@@ -381,7 +394,7 @@ func call(ctx context.Context, h Handler, task *Task) (result *Payload, failure 
 	}()
 	value, err := h(ctx, task)
 	if err != nil {
-		return nil, handlerFailure(ctx, err, task.SoftTimeLimit)
+		return nil, handlerFailure(ctx, err, task.SoftTimeLimit), err
 	}
 	payload, err := EncodeJSON(value)
 	if err != nil {
@@ -389,9 +402,9 @@ func call(ctx context.Context, h Handler, task *Task) (result *Payload, failure 
 			Type:      "SerializationError",
 			Message:   fmt.Sprintf("cannot encode the result as json: %v", err),
 			Traceback: string(debug.Stack()),
-		}
+		}, err
 	}
-	return payload, nil
+	return payload, nil, nil
 }
 
 // handlerFailure turns a handler's error into the TaskError reported.

@@ -50,12 +50,17 @@ def programs(tmp_path_factory) -> dict:
 
 
 class Server:
-    def __init__(self) -> None:
+    """`conveyor dev` on a free port; extra_args go after the defaults, env
+    replaces the environment (None: this process's)."""
+
+    def __init__(self, *extra_args: str, env: dict | None = None) -> None:
         self.process = subprocess.Popen(
-            [str(_conveyor_bin()), "dev", "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s", "--track-started"],
+            [str(_conveyor_bin()), "dev", "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s", "--track-started",
+             *extra_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            env=env,
         )
         line = self.process.stdout.readline().strip()
         assert line.startswith("listening on "), f"unexpected first line {line!r}"
