@@ -200,7 +200,7 @@ def test_traced_programs_export_their_spans(otel_programs, plain_server, sink, w
     assert checkout.service == producer_service(producer) and checkout.parent_span_id == ""
     assert checkout.scope == "polyglot.producer"
     process = sink.wait_for(
-        lambda spans: [s for s in spans if s.attributes.get("messaging.message.id") == line["task_id"]],
+        lambda spans: [s for s in spans if s.attributes.get("messaging.message.id") == line["task_id"] and s.kind == "CONSUMER"],
         timeout=SPAN_TIMEOUT, what=f"the Go worker's span of task {line['task_id']}")[0]
     assert process.name == f"process {queue}" and process.kind == "CONSUMER", process
     assert process.service == worker_service("go") and process.scope == "conveyor"

@@ -21,7 +21,10 @@ const OK: usize = 700;
 const FLAKY: usize = 200;
 const BAD: usize = 100;
 
-fn workers(dispatchers: &[TestCluster], stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+fn workers(
+    dispatchers: &[TestCluster],
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
     dispatchers
         .iter()
         .enumerate()
@@ -34,7 +37,8 @@ fn workers(dispatchers: &[TestCluster], stop: &CancellationToken) -> Vec<tokio::
                 .register("ev.ok", |_ctx: TaskContext| async { Ok(Value::Null) })
                 .register("ev.flaky", |ctx: TaskContext| async move {
                     if ctx.attempt() == 1 {
-                        Err(TaskFailure::new("Flaky", "first attempt").retry_in(Duration::from_millis(10)))
+                        Err(TaskFailure::new("Flaky", "first attempt")
+                            .retry_in(Duration::from_millis(10)))
                     } else {
                         Ok(Value::Null)
                     }
@@ -86,7 +90,9 @@ async fn collect(
         let remaining = deadline.saturating_duration_since(Instant::now());
         let message = tokio::time::timeout(remaining, stream.message())
             .await
-            .unwrap_or_else(|_| panic!("only {finished} of {expected} tasks finished in the event stream"))
+            .unwrap_or_else(|_| {
+                panic!("only {finished} of {expected} tasks finished in the event stream")
+            })
             .expect("stream ok")
             .expect("stream open");
         dropped += message.dropped;
@@ -95,7 +101,10 @@ async fn collect(
                 continue;
             }
             let kind = pb::EventKind::try_from(event.kind).expect("known kind");
-            if matches!(kind, pb::EventKind::TaskSucceeded | pb::EventKind::TaskFailed) {
+            if matches!(
+                kind,
+                pb::EventKind::TaskSucceeded | pb::EventKind::TaskFailed
+            ) {
                 finished += 1;
             }
             kinds.entry(event.task_id).or_default().push(kind);
@@ -163,7 +172,11 @@ async fn a_thousand_tasks_emit_their_transitions_in_order(backend: Backend) {
                 assert_eq!(seen[at - 1], TaskLeased, "task {index}: {seen:?}");
             }
         }
-        let without_started: Vec<_> = seen.iter().copied().filter(|kind| *kind != TaskStarted).collect();
+        let without_started: Vec<_> = seen
+            .iter()
+            .copied()
+            .filter(|kind| *kind != TaskStarted)
+            .collect();
         assert_eq!(without_started, expected, "task {index} ({id})");
     }
     assert_eq!(kinds.len(), ids.len(), "no events of other tasks");
@@ -243,7 +256,10 @@ async fn worker_events_follow_sessions(backend: Backend) {
             stop.cancel();
         }
     }
-    assert_eq!(seen, [pb::EventKind::WorkerOnline, pb::EventKind::WorkerOffline]);
+    assert_eq!(
+        seen,
+        [pb::EventKind::WorkerOnline, pb::EventKind::WorkerOffline]
+    );
     handle.await.unwrap();
 
     // Bad filters are refused with the field named.
@@ -256,6 +272,10 @@ async fn worker_events_follow_sessions(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("kinds[0]"), "{}", status.message());
+    assert!(
+        status.message().contains("kinds[0]"),
+        "{}",
+        status.message()
+    );
     cluster.stop().await.unwrap();
 }

@@ -27,7 +27,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_endpoint(endpoint)
         .build()?;
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        // The Tokio batch processor: the tonic exporter needs the runtime.
+        .with_span_processor(
+            opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+                exporter,
+                opentelemetry_sdk::runtime::Tokio,
+            )
+            .build(),
+        )
         .with_resource(
             opentelemetry_sdk::Resource::builder()
                 .with_service_name(service)

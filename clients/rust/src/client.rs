@@ -1,8 +1,8 @@
 //! `Client`, the producer's side: submit tasks, then read, await, watch or
 //! cancel them through the submission and results services.
 
-use tracing::Instrument;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use conveyor_api::pb;
 use conveyor_api::pb::results_service_client::ResultsServiceClient;

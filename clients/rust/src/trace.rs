@@ -9,9 +9,7 @@
 //! the `traceparent` metadata of every call. Without that layer no context
 //! exists and nothing is sent.
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::pb;
@@ -90,7 +88,7 @@ pub(crate) fn publish_span(queue: &str, name: &str, count: usize) -> tracing::Sp
         messaging.operation.type = "send",
         messaging.operation.name = "publish",
         messaging.destination.name = %queue,
-        messaging.batch.message_count = count,
+        messaging.batch.message_count = count as i64,
         messaging.message.id = tracing::field::Empty,
         conveyor.task.name = %name,
     )
@@ -115,7 +113,7 @@ pub(crate) fn process_span(assignment: &pb::Assignment) -> tracing::Span {
         messaging.destination.name = %queue,
         messaging.message.id = %assignment.task_id,
         conveyor.task.name = %assignment.name,
-        conveyor.task.attempt = assignment.attempt,
+        conveyor.task.attempt = i64::from(assignment.attempt),
     );
     if let Some(context) = &assignment.trace_context {
         set_parent(&span, context);
@@ -133,10 +131,25 @@ pub(crate) fn wait_span(task_id: &str) -> tracing::Span {
     )
 }
 
-/// Marks `span` failed.
-pub(crate) fn record_error(span: &tracing::Span, message: &str) {
+/// Marks `span` failed and records the error as an `exception` event, as the
+/// semantic conventions say.
+pub(crate) fn record_error_of_type(span: &tracing::Span, error_type: &str, message: &str) {
+    if span.is_disabled() {
+        return;
+    }
     span.record("otel.status_code", "ERROR");
     span.record("otel.status_description", message);
+    tracing::info!(
+        parent: span,
+        exception.r#type = %error_type,
+        exception.message = %message,
+        "exception"
+    );
+}
+
+/// [`record_error_of_type`] for errors without a type of their own.
+pub(crate) fn record_error(span: &tracing::Span, message: &str) {
+    record_error_of_type(span, "Error", message);
 }
 
 #[cfg(test)]
@@ -150,11 +163,21 @@ mod tests {
             tracestate: "vendor=x".into(),
         };
         let parsed = parse(&good).expect("valid");
-        assert_eq!(parsed.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            parsed.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert!(parsed.is_sampled() && parsed.is_remote());
-        for bad in ["", "00-x", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"] {
-            let context = pb::TraceContext { traceparent: bad.into(), tracestate: String::new() };
+        for bad in [
+            "",
+            "00-x",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            let context = pb::TraceContext {
+                traceparent: bad.into(),
+                tracestate: String::new(),
+            };
             assert!(parse(&context).is_none(), "{bad}");
         }
     }

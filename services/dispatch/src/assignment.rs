@@ -79,7 +79,7 @@ fn observe(
             messaging.destination.name = %queue,
             messaging.message.id = %task.id,
             conveyor.task.name = %record.name,
-            conveyor.task.attempt = task.attempt,
+            conveyor.task.attempt = i64::from(task.attempt),
         );
         conveyor_runtime::telemetry::set_parent(&span, &producer.traceparent, &producer.tracestate);
         trace = conveyor_runtime::telemetry::context_of(&span).map(|(traceparent, tracestate)| {

@@ -19,6 +19,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -78,26 +79,36 @@ fn otlp_endpoint(config: &TelemetryConfig) -> Option<String> {
 /// Installs the global subscriber once; later calls are no-ops (tests call it
 /// from many places). Needs a Tokio runtime when traces are on.
 pub fn init_telemetry(config: &TelemetryConfig) -> TelemetryGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a terminal: logs piped to a file or a collector
     // stay free of escape codes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // RUST_LOG filters the logs only: the exported spans are Conveyor's own
+    // at INFO whatever the log level (`RUST_LOG=warn` must not stop traces).
     let text = (!config.log_json).then(|| {
         tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
             .with_writer(std::io::stderr)
+            .with_filter(filter())
     });
     let json = config.log_json.then(|| {
         tracing_subscriber::fmt::layer()
             .json()
             .with_writer(std::io::stderr)
+            .with_filter(filter())
     });
     let mut guard = TelemetryGuard::default();
     let otel = otlp_endpoint(config).and_then(|endpoint| match tracer_provider(&endpoint) {
         Ok(provider) => {
             let tracer = provider.tracer("conveyor");
             guard.provider = Some(provider);
-            Some(tracing_opentelemetry::layer().with_tracer(tracer))
+            let spans = tracing_subscriber::filter::Targets::new()
+                .with_target("conveyor", tracing::Level::INFO);
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(spans),
+            )
         }
         Err(error) => {
             eprintln!("conveyor: OpenTelemetry export to {endpoint} is off: {error}");
@@ -106,7 +117,6 @@ pub fn init_telemetry(config: &TelemetryConfig) -> TelemetryGuard {
     });
     let enabled = otel.is_some();
     let installed = tracing_subscriber::registry()
-        .with(filter)
         .with(text)
         .with(json)
         .with(otel)
@@ -137,8 +147,17 @@ fn tracer_provider(endpoint: &str) -> Result<SdkTracerProvider, String> {
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service_name)
         .build();
+    // The batch processor of the Tokio runtime: the tonic exporter needs
+    // its reactor (the default processor's own thread has none, and would
+    // export only at shutdown).
+    let processor =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
     Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_span_processor(processor)
         .with_resource(resource)
         .build())
 }

@@ -107,7 +107,7 @@ pub(crate) async fn run(job: Job) -> Finished {
         )),
     };
     if let Err(failure) = &result {
-        crate::trace::record_error(&span, &failure.message);
+        crate::trace::record_error_of_type(&span, &failure.error_type, &failure.message);
     }
     Finished {
         epoch,
