@@ -183,11 +183,11 @@ pub(crate) fn to_assignment(mut task: LeasedTask) -> (pb::Assignment, HeldLease)
         namespace: conveyor_core::Namespace::from_stored(&record.namespace)
             .name()
             .to_string(),
-        queue: options
-            .queue
-            .is_empty()
-            .then(|| conveyor_core::validate::DEFAULT_QUEUE.to_string())
-            .unwrap_or(options.queue),
+        queue: if options.queue.is_empty() {
+            conveyor_core::validate::DEFAULT_QUEUE.to_string()
+        } else {
+            options.queue
+        },
     };
     (assignment, held)
 }

@@ -98,7 +98,7 @@ pub(crate) async fn forward(
     store: Arc<dyn Store>,
     mut events: broadcast::Receiver<Arc<StoreEvent>>,
     filter: Filter,
-    outbox: mpsc::Sender<Result<pb::WatchEventsResponse, Status>>,
+    outbox: mpsc::Sender<Message>,
 ) {
     let mut pending: Vec<pb::Event> = Vec::new();
     let mut dropped: u64 = 0;
@@ -152,10 +152,9 @@ pub(crate) async fn forward(
     }
 }
 
+type Message = Result<pb::WatchEventsResponse, Status>;
+
 /// The bounded channel a subscriber reads from.
-pub(crate) fn outbox() -> (
-    mpsc::Sender<Result<pb::WatchEventsResponse, Status>>,
-    mpsc::Receiver<Result<pb::WatchEventsResponse, Status>>,
-) {
+pub(crate) fn outbox() -> (mpsc::Sender<Message>, mpsc::Receiver<Message>) {
     mpsc::channel(OUTBOX)
 }
