@@ -130,6 +130,7 @@ func (e *eagerBackend) run(ctx context.Context, task *conveyorv1.Task) {
 			Attempt: task.Attempt, LeaseToken: uint64(task.Attempt), Headers: task.GetOptions().GetHeaders(),
 			SoftTimeLimit: task.GetOptions().GetSoftTimeLimit(), HardTimeLimit: task.GetOptions().GetHardTimeLimit(),
 			CreatedAt: task.CreatedAt, MaxRetries: maxRetries, TraceContext: task.GetTraceContext(),
+			Queue: task.Queue,
 		}
 		e.mu.Unlock()
 		result, failure := e.attempt(ctx, h, assignment, task.Queue)
