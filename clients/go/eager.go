@@ -27,7 +27,7 @@ import (
 // task's policy allows (their delays are skipped, as in Celery's eager
 // mode). Get, Wait, Result, Watch, Cancel, Replay, Forget and the dead
 // letters then answer from memory. A name with no handler fails at once
-// with type "NotRegistered". Queues, workers and schedules answer
+// with type "NotRegistered". Queues, workers, schedules and WatchEvents answer
 // UNIMPLEMENTED. Countdown, ETA, expiry, priorities and limits are ignored.
 func NewEagerClient(handlers map[string]Handler) *Client {
 	backend := &eagerBackend{handlers: map[string]Handler{}, tasks: map[string]*conveyorv1.Task{}, keys: map[string]string{}}
@@ -130,6 +130,7 @@ func (e *eagerBackend) run(ctx context.Context, task *conveyorv1.Task) {
 			Attempt: task.Attempt, LeaseToken: uint64(task.Attempt), Headers: task.GetOptions().GetHeaders(),
 			SoftTimeLimit: task.GetOptions().GetSoftTimeLimit(), HardTimeLimit: task.GetOptions().GetHardTimeLimit(),
 			CreatedAt: task.CreatedAt, MaxRetries: maxRetries, TraceContext: task.GetTraceContext(),
+			Queue: task.Queue,
 		}
 		e.mu.Unlock()
 		result, failure := e.attempt(ctx, h, assignment, task.Queue)
@@ -290,6 +291,11 @@ func (e *eagerBackend) ListDeadLetters(_ context.Context, in *conveyorv1.ListDea
 		out.Tasks = append(out.Tasks, proto.Clone(task).(*conveyorv1.Task))
 	}
 	return out, nil
+}
+
+// WatchEvents answers UNIMPLEMENTED: eager mode has no event stream.
+func (e *eagerBackend) WatchEvents(_ context.Context, _ *conveyorv1.WatchEventsRequest, _ ...grpc.CallOption) (grpc.ServerStreamingClient[conveyorv1.WatchEventsResponse], error) {
+	return nil, status.Errorf(codes.Unimplemented, "%s is not available in eager mode: test it against `conveyor dev`", conveyorv1.ResultsService_WatchEvents_FullMethodName)
 }
 
 // eagerWatch streams one state, the final one.

@@ -145,8 +145,15 @@ func startWait(ctx context.Context, id string) (context.Context, trace.Span) {
 
 // startProcess starts the CONSUMER span of one attempt of a task, its
 // parent the context the assignment carries (a new root when it carries
-// none, or an invalid one). ctx keeps its values but not its span.
-func startProcess(ctx context.Context, a *conveyorv1.Assignment, queue string) (context.Context, trace.Span) {
+// none, or an invalid one). ctx keeps its values but not its span. The span
+// is named after the queue the assignment was routed to; a server too old
+// to set Assignment.queue leaves it empty, and then fallbackQueue names it
+// (a worker's queue when it consumes one, "" when several).
+func startProcess(ctx context.Context, a *conveyorv1.Assignment, fallbackQueue string) (context.Context, trace.Span) {
+	queue := a.GetQueue()
+	if queue == "" {
+		queue = fallbackQueue
+	}
 	opts := []trace.SpanStartOption{
 		trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(

@@ -283,6 +283,40 @@ func TestTracingWorkerProcessSpanContinuesTheTrace(t *testing.T) {
 	}
 }
 
+// A worker of two queues names the span after the queue the assignment
+// says the task was routed to (Assignment.queue), not the first queue nor
+// plain "process".
+func TestTracingWorkerOfTwoQueuesNamesTheSpanAfterTheTasksQueue(t *testing.T) {
+	c := newClient(t)
+	exp := installTracing(t)
+	first, second := uniqueQueue(t), uniqueQueue(t)
+	startWorker(t, conveyor.WorkerOptions{Queues: []string{first, second}}, map[string]conveyor.Handler{"add": addHandler})
+	ctx, parent := testSpan(testContext(t))
+	id, err := c.Submit(ctx, "add", conveyor.Args(1, 2), conveyor.WithQueue(second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int
+	if err := c.Result(ctx, id, 10*time.Second, &sum); err != nil || sum != 3 {
+		t.Fatalf("result %d, %v", sum, err)
+	}
+	parent.End()
+
+	process := spansNamed(t, exp, "process "+second, 1)[0]
+	checkAttrs(t, process, map[string]any{
+		"messaging.destination.name": second,
+		"messaging.message.id":       id,
+	})
+	if process.SpanContext.TraceID() != parent.SpanContext().TraceID() {
+		t.Errorf("process span in trace %s, want %s", process.SpanContext.TraceID(), parent.SpanContext().TraceID())
+	}
+	for _, s := range exp.GetSpans() {
+		if s.Name == "process" || s.Name == "process "+first {
+			t.Errorf("unexpected span %q (attributes %v)", s.Name, s.Attributes)
+		}
+	}
+}
+
 func TestTracingRetriedTaskHasTwoProcessSpansInOneTrace(t *testing.T) {
 	c := newClient(t)
 	exp := installTracing(t)

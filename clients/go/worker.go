@@ -283,9 +283,9 @@ type workerRuntime struct {
 	slots chan struct{}
 	// done is closed when Run returns, releasing runners blocked on events.
 	done chan struct{}
-	// queue names the destination of the attempts' spans: the worker's
-	// queue when it consumes one ("" when several: an assignment does not
-	// say which of them it came from).
+	// queue names the destination of the attempts' spans when an
+	// assignment does not (a server older than Assignment.queue): the
+	// worker's queue when it consumes one, "" when several.
 	queue string
 }
 

@@ -133,17 +133,18 @@ class ThreadWorker:
 
 @pytest.fixture
 def start_worker(server: str) -> Iterator[Callable[..., ThreadWorker]]:
-    """start_worker(app_or_handlers, queue, **settings) -> a running ThreadWorker,
-    stopped at the end of the test."""
+    """start_worker(app_or_handlers, queue_or_queues, **settings) -> a running
+    ThreadWorker, stopped at the end of the test."""
     running: list[ThreadWorker] = []
 
-    def start(source, queue: str, **settings) -> ThreadWorker:
+    def start(source, queue: str | list[str], **settings) -> ThreadWorker:
         settings.setdefault("concurrency", 4)
         settings.setdefault("grace_period", 5.0)
+        queues = [queue] if isinstance(queue, str) else list(queue)
         if isinstance(source, conveyor.Conveyor):
-            worker = source.worker(queues=[queue], **settings)
+            worker = source.worker(queues=queues, **settings)
         else:
-            worker = conveyor.Worker(server, tasks=source, queues=[queue], **settings)
+            worker = conveyor.Worker(server, tasks=source, queues=queues, **settings)
         thread_worker = ThreadWorker(worker).start()
         running.append(thread_worker)
         return thread_worker

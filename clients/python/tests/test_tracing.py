@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import conveyor
 from conveyor import _tracing
 from conveyor.aio import AsyncClient
+from conveyor.v1 import dispatch_service_pb2 as pb
 from conveyor.v1 import task_pb2
 from conveyor.worker import Handler
 
@@ -229,6 +230,40 @@ def test_a_failed_then_retried_task_has_two_process_spans_the_first_in_error(
     assert "ValueError" in event.attributes["exception.type"]
     assert second.status.status_code == StatusCode.UNSET
     assert not [event for event in second.events if event.name == "exception"]
+
+
+def test_a_worker_of_two_queues_names_the_span_after_the_tasks_queue(
+    spans, tracer, client, start_worker, queue_name
+):
+    # Assignment.queue says which of the worker's queues a task came from.
+    first, second = f"{queue_name}-a", f"{queue_name}-b"
+    start_worker({"add": add}, [first, second])
+    with tracer.start_as_current_span("caller") as caller:
+        task_id = client.submit("add", [1, 2], queue=second)
+    assert client.result(task_id, timeout=10) == 3
+
+    (process,) = finished(spans, f"process {second}")
+    assert process.context.trace_id == caller.get_span_context().trace_id
+    assert process.attributes["messaging.destination.name"] == second
+    assert process.attributes["messaging.message.id"] == task_id
+    assert not [span for span in spans.get_finished_spans() if span.name in ("process", f"process {first}")]
+
+
+def test_an_assignment_without_a_queue_falls_back_to_the_workers_queue(spans):
+    # A server older than Assignment.queue leaves it empty: a worker of one
+    # queue names the span after it; a worker of several cannot name it.
+    assignment = pb.Assignment(task_id="t-1", name="add", attempt=1)
+    with _tracing.process(assignment, "only"):
+        pass
+    with _tracing.process(assignment, None):
+        pass
+    assignment.queue = "routed"
+    with _tracing.process(assignment, "only"):
+        pass
+    named, unnamed, routed = spans.get_finished_spans()
+    assert (named.name, named.attributes["messaging.destination.name"]) == ("process only", "only")
+    assert unnamed.name == "process" and "messaging.destination.name" not in unnamed.attributes
+    assert (routed.name, routed.attributes["messaging.destination.name"]) == ("process routed", "routed")
 
 
 def test_app_delay_apply_async_send_many_and_get(spans, tracer, server, start_worker, queue_name):

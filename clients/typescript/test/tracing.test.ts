@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, beforeEach, describe, test } from "node:test";
+import { create } from "@bufbuild/protobuf";
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, TraceFlags, context, trace } from "@opentelemetry/api";
 import type { Span, SpanContext } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
@@ -13,7 +14,8 @@ import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "
 import type { ReadableSpan } from "@opentelemetry/sdk-trace-base";
 import { Client, SDK_VERSION } from "../src/index.js";
 import type { TaskContext } from "../src/index.js";
-import { parseTraceHeaders, traceHeaders } from "../src/internal/tracing.js";
+import { AssignmentSchema } from "../src/gen/conveyor/v1/dispatch_service_pb.js";
+import { parseTraceHeaders, processAttempt, traceHeaders } from "../src/internal/tracing.js";
 import { recordingTransport, runWorker, startServer, uniqueQueue, waitFor } from "../testkit/helpers.js";
 import type { MetadataLog, Server } from "../testkit/helpers.js";
 
@@ -180,6 +182,47 @@ describe("tracing", () => {
     } finally {
       await worker.stop();
     }
+  });
+
+  test("a worker of two queues names the process span after the task's queue", async () => {
+    // Assignment.queue says which of the worker's queues a task came from.
+    const first = uniqueQueue("trace-a");
+    const second = uniqueQueue("trace-b");
+    const worker = runWorker(server.addr, { queues: [first, second] }, (w) => {
+      w.register("add", (_ctx: TaskContext, a: number, b: number) => a + b);
+    });
+    try {
+      const [caller, [id, sum]] = await inCaller(async () => {
+        const id = await client.submit("add", [1, 2], { queue: second });
+        return [id, await client.result<number>(id, { timeoutMs: 10_000 })] as const;
+      });
+      assert.equal(sum, 3);
+      const [process] = await finished(`process ${second}`);
+      assert.equal(process!.spanContext().traceId, caller.spanContext().traceId);
+      assert.equal(process!.attributes["messaging.destination.name"], second);
+      assert.equal(process!.attributes["messaging.message.id"], id);
+      const wrong = exporter.getFinishedSpans().filter((span) => span.name === "process" || span.name === `process ${first}`);
+      assert.deepEqual(wrong, []);
+    } finally {
+      await worker.stop();
+    }
+  });
+
+  test("an assignment without a queue (an older server) falls back to the worker's queue", async () => {
+    const done = async () => ({ case: undefined });
+    const assignment = create(AssignmentSchema, { taskId: "t-1", name: "add", attempt: 1 });
+    await processAttempt(assignment, "only", done);
+    await processAttempt(assignment, undefined, done);
+    await processAttempt(create(AssignmentSchema, { taskId: "t-2", name: "add", attempt: 1, queue: "routed" }), "only", done);
+    const ours = exporter.getFinishedSpans().filter((span) => ["t-1", "t-2"].includes(String(span.attributes["messaging.message.id"])));
+    assert.equal(ours.length, 3);
+    const [named, unnamed, routed] = ours;
+    assert.equal(named!.name, "process only");
+    assert.equal(named!.attributes["messaging.destination.name"], "only");
+    assert.equal(unnamed!.name, "process");
+    assert.equal("messaging.destination.name" in unnamed!.attributes, false);
+    assert.equal(routed!.name, "process routed");
+    assert.equal(routed!.attributes["messaging.destination.name"], "routed");
   });
 
   test("a failed then retried task has two process spans in one trace, the first in ERROR", async () => {

@@ -133,11 +133,15 @@ def _extract(context: task_pb2.TraceContext) -> otel_context.Context:
 
 
 def process(
-    assignment: Any, queue: str | None
+    assignment: Any, fallback_queue: str | None
 ) -> contextlib.AbstractContextManager[Span]:
     """The `process {queue}` span of one attempt (made current), a child of
-    the assignment's trace context. `queue` is None for a worker of several
-    queues: an assignment does not say which one it came from."""
+    the assignment's trace context. The queue is the one the assignment was
+    routed to (`Assignment.queue`); a server too old to set it leaves it
+    empty, and then `fallback_queue` names the span: the worker's queue when
+    it consumes one, None (span `process`, no `messaging.destination.name`)
+    when several."""
+    queue = assignment.queue or fallback_queue
     attributes: dict[str, Any] = {
         "messaging.system": SYSTEM,
         "messaging.operation.type": "process",

@@ -815,9 +815,10 @@ class Worker:
     async def _execute(self, job: _Job) -> pb.TaskOutcome:
         """Runs the attempt in its `process` span, the current span while the
         handler runs; an attempt that fails marks it ERROR."""
-        # An assignment does not name its queue: known only to a worker of one.
-        queue = self.queues[0] if len(self.queues) == 1 else None
-        with _tracing.process(job.context.assignment, queue) as span:
+        # The assignment names its queue; from an older server it does not,
+        # and then only a worker of one queue knows it.
+        fallback = self.queues[0] if len(self.queues) == 1 else None
+        with _tracing.process(job.context.assignment, fallback) as span:
             outcome = await self._attempt(job)
             if outcome.HasField("error"):
                 _tracing.failed(span, outcome.error, job.raised)

@@ -68,8 +68,9 @@ export interface Runtime {
   readonly gracePeriodMs: number;
   readonly heartbeatOverrideMs: number | undefined;
   /**
-   * The queue of every assignment, for the `process` span: known only to a
-   * worker of one queue (an assignment does not name its queue).
+   * The queue of the `process` span when an assignment does not name its
+   * queue (a server older than `Assignment.queue`): the worker's queue when
+   * it consumes one, undefined when several.
    */
   readonly spanQueue: string | undefined;
   hello(): Hello;

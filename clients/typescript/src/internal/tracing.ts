@@ -145,16 +145,19 @@ export function waiting<T>(taskId: string, run: (ctx: Context) => Promise<T>): P
 /**
  * Runs one attempt in its `process {queue}` span, a child of the
  * assignment's trace context (a root span when it has none), active while
- * `run` runs. `queue` is undefined for a worker of several queues: an
- * assignment does not say which one it came from. `run` resolves to the
- * attempt's outcome, and tells `onThrow` what the handler threw; an error
- * outcome marks the span ERROR.
+ * `run` runs. The queue is the one the assignment was routed to
+ * (`assignment.queue`); a server too old to set it leaves it empty, and then
+ * `fallbackQueue` names the span: the worker's queue when it consumes one,
+ * undefined (span `process`, no messaging.destination.name) when several.
+ * `run` resolves to the attempt's outcome, and tells `onThrow` what the
+ * handler threw; an error outcome marks the span ERROR.
  */
 export function processAttempt<T extends { case: string | undefined; value?: unknown }>(
   assignment: Assignment,
-  queue: string | undefined,
+  fallbackQueue: string | undefined,
   run: (onThrow: (thrown: unknown) => void) => Promise<T>,
 ): Promise<T> {
+  const queue = assignment.queue !== "" ? assignment.queue : fallbackQueue;
   const attributes: Attributes = {
     "messaging.system": SYSTEM,
     "messaging.operation.type": "process",
