@@ -350,8 +350,3 @@ func uuidV7() string {
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
-
-// WatchEvents is not served in eager mode: nothing runs elsewhere to watch.
-func (e *eagerBackend) WatchEvents(context.Context, *conveyorv1.WatchEventsRequest, ...grpc.CallOption) (grpc.ServerStreamingClient[conveyorv1.WatchEventsResponse], error) {
-	return nil, status.Error(codes.Unimplemented, "WatchEvents is not available in eager mode: connect to a server")
-}

@@ -134,6 +134,15 @@ impl ResultsService for Fake {
 
     type WatchTaskStream =
         futures::stream::Iter<std::vec::IntoIter<Result<pb::WatchTaskResponse, Status>>>;
+    type WatchEventsStream =
+        futures::stream::Iter<std::vec::IntoIter<Result<pb::WatchEventsResponse, Status>>>;
+
+    async fn watch_events(
+        &self,
+        _request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
 
     async fn get_task(
         &self,
