@@ -283,3 +283,48 @@ def test_retried_task_has_two_process_spans_in_one_trace(otel_programs, traced_s
     assert first.parent_span_id != second.parent_span_id, f"each attempt is a delivery of its own:\n  {listing(trace)}"
     for span in processes:
         assert span.attributes.get("messaging.message.id") == line["task_id"], span.attributes
+
+
+def test_a_schedule_run_starts_a_trace_linked_to_the_schedule(otel_programs, traced_server, sink, worker_factory):
+    """A run of a schedule is the root of a trace of its own ("schedule <id>",
+    from the scheduler), linked to the trace the schedule was created in; the
+    run's task continues it through the server to the worker."""
+    import grpc
+    from conveyor.v1 import scheduling_service_pb2 as scheduling, scheduling_service_pb2_grpc as scheduling_grpc
+    from conveyor.v1 import task_pb2
+    from google.protobuf import duration_pb2
+
+    queue = unique_queue("otel-schedule")
+    worker_factory("go", traced_server, queue)
+    creator_trace, creator_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    schedule_id = f"tick-{queue}"
+    with grpc.insecure_channel(traced_server.addr) as channel:
+        stub = scheduling_grpc.SchedulingServiceStub(channel)
+        template = task_pb2.TaskSpec(
+            name="otel.echo",
+            args=[task_pb2.Payload(data=b'"tick"', content_type="application/json")],
+            options=task_pb2.TaskOptions(queue=queue),
+            trace_context=task_pb2.TraceContext(traceparent=f"00-{creator_trace}-{creator_span}-01"),
+        )
+        stub.CreateSchedule(scheduling.CreateScheduleRequest(schedule=scheduling.Schedule(
+            id=schedule_id, task=template, interval=scheduling.IntervalRule(every=duration_pb2.Duration(seconds=3600)))))
+        run = stub.TriggerSchedule(scheduling.TriggerScheduleRequest(id=schedule_id))
+    task_id = run.run.task_id
+    roots = sink.wait_for(
+        lambda spans: [s for s in spans if s.name == f"schedule {schedule_id}" and s.service == SERVER_SERVICE],
+        timeout=SPAN_TIMEOUT, what=f"the schedule run's span of {schedule_id}")
+    root = roots[0]
+    assert root.parent_span_id == "" and root.trace_id != creator_trace, root
+    assert root.links == ((creator_trace, creator_span),), root.links
+    spans = wait_for_trace(sink, root.trace_id, {
+        (SERVER_SERVICE, SUBMIT_RPC): 1,
+        (SERVER_SERVICE, f"deliver {queue}"): 1,
+        (worker_service("go"), f"process {queue}"): 1,
+    })
+    submit = only(spans, SERVER_SERVICE, SUBMIT_RPC)
+    deliver = only(spans, SERVER_SERVICE, f"deliver {queue}")
+    process = only(spans, worker_service("go"), f"process {queue}")
+    assert submit.parent_span_id == root.span_id, listing(spans)
+    assert deliver.parent_span_id == root.span_id, listing(spans)
+    assert process.parent_span_id == deliver.span_id, listing(spans)
+    assert process.attributes.get("messaging.message.id") == task_id

@@ -76,7 +76,10 @@ async fn scrape(port: u16) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").expect("http response");
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
     body.to_string()
 }
@@ -100,7 +103,12 @@ fn promtool_accepts(role: &str, text: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("promtool is installed (scripts/test installs Debian's prometheus package)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
@@ -137,14 +145,21 @@ async fn role(name: &str, redis: &str, prefix: &str, extra: &[&str]) -> Role {
     Role { process, metrics }
 }
 
-async fn eventually_scraped(port: u16, what: &str, check: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+async fn eventually_scraped(
+    port: u16,
+    what: &str,
+    check: impl Fn(&[Sample]) -> bool,
+) -> Vec<Sample> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let samples = parse(&scrape(port).await);
         if check(&samples) {
             return samples;
         }
-        assert!(Instant::now() < deadline, "{what} never held; last scrape: {samples:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} never held; last scrape: {samples:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -164,7 +179,13 @@ async fn every_role_counts_exactly() {
     let results = role("results", &redis, &prefix, &[]).await;
     let dispatch = role("dispatch", &redis, &prefix, &[]).await;
     let submission_url = format!("http://{}", submission.process.addr);
-    let scheduling = role("scheduling", &redis, &prefix, &["--submission-url", &submission_url]).await;
+    let scheduling = role(
+        "scheduling",
+        &redis,
+        &prefix,
+        &["--submission-url", &submission_url],
+    )
+    .await;
 
     let channel = |addr: &str| {
         Endpoint::from_shared(format!("http://{addr}"))
@@ -201,10 +222,19 @@ async fn every_role_counts_exactly() {
 
     // Before any worker: every ready task is counted in its queue.
     let ready = (OK + FLAKY + BAD) as f64;
-    eventually_scraped(dispatch.metrics, "the queue depth before workers", |samples| {
-        value(samples, "conveyor_queue_depth", &[("queue", "m"), ("state", "ready")]) == ready
-            && value(samples, "conveyor_queue_depth", &[("state", "scheduled")]) == (LATER - 1) as f64
-    })
+    eventually_scraped(
+        dispatch.metrics,
+        "the queue depth before workers",
+        |samples| {
+            value(
+                samples,
+                "conveyor_queue_depth",
+                &[("queue", "m"), ("state", "ready")],
+            ) == ready
+                && value(samples, "conveyor_queue_depth", &[("state", "scheduled")])
+                    == (LATER - 1) as f64
+        },
+    )
     .await;
 
     let stop = CancellationToken::new();
@@ -233,10 +263,14 @@ async fn every_role_counts_exactly() {
     for id in &ids {
         let task = client.wait(id, Duration::from_secs(30)).await.unwrap();
         assert!(
-            task.state == pb::TaskState::Succeeded as i32 || task.state == pb::TaskState::Failed as i32
+            task.state == pb::TaskState::Succeeded as i32
+                || task.state == pb::TaskState::Failed as i32
         );
     }
-    let task = client.wait(&expiring, Duration::from_secs(30)).await.unwrap();
+    let task = client
+        .wait(&expiring, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(task.state, pb::TaskState::Expired as i32);
     for id in &ids[..3] {
         client.get(id).await.unwrap();
@@ -251,35 +285,108 @@ async fn every_role_counts_exactly() {
         ("m.bad", BAD),
         ("m.later", LATER),
     ] {
-        assert_eq!(value(&samples, "conveyor_tasks_submitted_total", &task(name)), count as f64, "{name}");
+        assert_eq!(
+            value(&samples, "conveyor_tasks_submitted_total", &task(name)),
+            count as f64,
+            "{name}"
+        );
     }
     let idle = [("queue", "m-idle"), ("task", "m.expiring")];
-    assert_eq!(value(&samples, "conveyor_tasks_submitted_total", &idle), 1.0);
-    assert_eq!(value(&samples, "conveyor_tasks_cancelled_total", &task("m.later")), 1.0);
-    let rpc = |method| [("service", "conveyor.v1.SubmissionService"), ("method", method), ("code", "OK")];
-    assert_eq!(value(&samples, "conveyor_rpc_requests_total", &rpc("SubmitTasks")), 1.0);
-    assert_eq!(value(&samples, "conveyor_rpc_requests_total", &rpc("SubmitTask")), (LATER + 1) as f64);
-    assert_eq!(value(&samples, "conveyor_rpc_requests_total", &rpc("CancelTask")), 1.0);
+    assert_eq!(
+        value(&samples, "conveyor_tasks_submitted_total", &idle),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, "conveyor_tasks_cancelled_total", &task("m.later")),
+        1.0
+    );
+    let rpc = |method| {
+        [
+            ("service", "conveyor.v1.SubmissionService"),
+            ("method", method),
+            ("code", "OK"),
+        ]
+    };
+    assert_eq!(
+        value(&samples, "conveyor_rpc_requests_total", &rpc("SubmitTasks")),
+        1.0
+    );
+    assert_eq!(
+        value(&samples, "conveyor_rpc_requests_total", &rpc("SubmitTask")),
+        (LATER + 1) as f64
+    );
+    assert_eq!(
+        value(&samples, "conveyor_rpc_requests_total", &rpc("CancelTask")),
+        1.0
+    );
 
     // Dispatch: attempts and outcomes, and the depths once drained.
     let samples = eventually_scraped(dispatch.metrics, "the drained queue's depth", |samples| {
-        value(samples, "conveyor_queue_depth", &[("queue", "m"), ("state", "ready")]) == 0.0
+        value(
+            samples,
+            "conveyor_queue_depth",
+            &[("queue", "m"), ("state", "ready")],
+        ) == 0.0
             && value(samples, "conveyor_queue_depth", &[("state", "leased")]) == 0.0
             && value(samples, "conveyor_workers_connected", &[]) == 1.0
     })
     .await;
-    assert_eq!(value(&samples, "conveyor_tasks_started_total", &task("m.ok")), OK as f64);
-    assert_eq!(value(&samples, "conveyor_tasks_started_total", &task("m.flaky")), (2 * FLAKY) as f64);
-    assert_eq!(value(&samples, "conveyor_tasks_started_total", &task("m.bad")), BAD as f64);
-    assert_eq!(value(&samples, "conveyor_tasks_succeeded_total", &task("m.ok")), OK as f64);
-    assert_eq!(value(&samples, "conveyor_tasks_succeeded_total", &task("m.flaky")), FLAKY as f64);
-    assert_eq!(value(&samples, "conveyor_tasks_retried_total", &task("m.flaky")), FLAKY as f64);
-    assert_eq!(value(&samples, "conveyor_tasks_failed_total", &task("m.bad")), BAD as f64);
-    assert_eq!(value(&samples, "conveyor_tasks_failed_total", &task("m.ok")), 0.0);
-    assert_eq!(value(&samples, "conveyor_task_latency_seconds_count", &task("m.ok")), OK as f64);
-    assert_eq!(value(&samples, "conveyor_task_queue_wait_seconds_count", &task("m.flaky")), FLAKY as f64);
-    assert_eq!(value(&samples, "conveyor_queue_depth", &[("state", "scheduled")]), (LATER - 1) as f64);
-    assert_eq!(value(&samples, "conveyor_queue_depth", &[("state", "dead")]), BAD as f64);
+    assert_eq!(
+        value(&samples, "conveyor_tasks_started_total", &task("m.ok")),
+        OK as f64
+    );
+    assert_eq!(
+        value(&samples, "conveyor_tasks_started_total", &task("m.flaky")),
+        (2 * FLAKY) as f64
+    );
+    assert_eq!(
+        value(&samples, "conveyor_tasks_started_total", &task("m.bad")),
+        BAD as f64
+    );
+    assert_eq!(
+        value(&samples, "conveyor_tasks_succeeded_total", &task("m.ok")),
+        OK as f64
+    );
+    assert_eq!(
+        value(&samples, "conveyor_tasks_succeeded_total", &task("m.flaky")),
+        FLAKY as f64
+    );
+    assert_eq!(
+        value(&samples, "conveyor_tasks_retried_total", &task("m.flaky")),
+        FLAKY as f64
+    );
+    assert_eq!(
+        value(&samples, "conveyor_tasks_failed_total", &task("m.bad")),
+        BAD as f64
+    );
+    assert_eq!(
+        value(&samples, "conveyor_tasks_failed_total", &task("m.ok")),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "conveyor_task_latency_seconds_count",
+            &task("m.ok")
+        ),
+        OK as f64
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "conveyor_task_queue_wait_seconds_count",
+            &task("m.flaky")
+        ),
+        FLAKY as f64
+    );
+    assert_eq!(
+        value(&samples, "conveyor_queue_depth", &[("state", "scheduled")]),
+        (LATER - 1) as f64
+    );
+    assert_eq!(
+        value(&samples, "conveyor_queue_depth", &[("state", "dead")]),
+        BAD as f64
+    );
     assert_eq!(value(&samples, "conveyor_worker_slots", &[]), 4.0);
 
     // Scheduling: the expired task; results: its calls.
@@ -287,9 +394,19 @@ async fn every_role_counts_exactly() {
     assert_eq!(value(&samples, "conveyor_tasks_expired_total", &[]), 1.0);
     assert_eq!(value(&samples, "conveyor_leases_reaped_total", &[]), 0.0);
     let samples = parse(&scrape(results.metrics).await);
-    let get = [("service", "conveyor.v1.ResultsService"), ("method", "GetTask"), ("code", "OK")];
+    let get = [
+        ("service", "conveyor.v1.ResultsService"),
+        ("method", "GetTask"),
+        ("code", "OK"),
+    ];
     assert_eq!(value(&samples, "conveyor_rpc_requests_total", &get), 3.0);
-    assert!(value(&samples, "conveyor_rpc_requests_total", &[("method", "WaitTask")]) >= (ids.len() + 1) as f64);
+    assert!(
+        value(
+            &samples,
+            "conveyor_rpc_requests_total",
+            &[("method", "WaitTask")]
+        ) >= (ids.len() + 1) as f64
+    );
 
     for (name, role) in [
         ("submission", &submission),

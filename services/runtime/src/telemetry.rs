@@ -220,6 +220,11 @@ pub fn set_parent(span: &tracing::Span, traceparent: &str, tracestate: &str) {
     let _ = span.set_parent(context);
 }
 
+/// Makes `span` the root of a new trace, whatever span is current.
+pub fn make_root(span: &tracing::Span) {
+    let _ = span.set_parent(opentelemetry::Context::new());
+}
+
 /// Adds a link from `span` to a stored W3C context.
 pub fn add_link(span: &tracing::Span, traceparent: &str, tracestate: &str) {
     let context = TraceContextPropagator::new().extract(&PairExtractor(traceparent, tracestate));

@@ -9,6 +9,7 @@ mod schedules;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tracing::Instrument;
 
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -275,7 +276,11 @@ impl Scheduler {
     ) -> Result<(), ConveyorError> {
         let (namespace, _) = split_key(&schedule.id);
         let task_id = self
-            .submit(&namespace, run_spec(schedule, &fire_ms.to_string()))
+            .submit(
+                &namespace,
+                &schedule.id,
+                run_spec(schedule, &fire_ms.to_string()),
+            )
             .await?;
         let run = pb::ScheduleRun {
             fire_at: Some(timestamp_from_ms(fire_ms)),
@@ -409,8 +414,12 @@ impl Scheduler {
     async fn submit(
         &self,
         namespace: &Namespace,
-        spec: pb::TaskSpec,
+        schedule_id: &str,
+        mut spec: pb::TaskSpec,
     ) -> Result<String, ConveyorError> {
+        // Each run starts a trace of its own (traces on), linked to the
+        // trace the schedule was created in, if the template carries one.
+        let span = run_span(schedule_id, &mut spec);
         let Some(target) = &self.submission else {
             return Err(ConveyorError::Unavailable(
                 "no submission service configured for this scheduler (--submission-url)".into(),
@@ -426,8 +435,14 @@ impl Scheduler {
             request.metadata_mut().insert("authorization", value);
         }
         request.set_timeout(Duration::from_secs(10));
+        if let Some(context) = &span.1
+            && let Ok(value) = context.traceparent.parse()
+        {
+            request.metadata_mut().insert("traceparent", value);
+        }
         let response = SubmissionServiceClient::new(target.channel.clone())
             .submit_task(request)
+            .instrument(span.0)
             .await
             .map_err(|status| {
                 ConveyorError::Unavailable(format!("submission service: {status}"))
@@ -447,6 +462,42 @@ impl Scheduler {
             .await?
             .ok_or_else(|| schedule_not_found(split_key(store_id).1))
     }
+}
+
+/// The root span of a schedule run and its W3C context, which the run's
+/// task carries (`None` while traces are off).
+fn run_span(
+    schedule_id: &str,
+    spec: &mut pb::TaskSpec,
+) -> (tracing::Span, Option<pb::TraceContext>) {
+    if !conveyor_runtime::telemetry::tracing_enabled() {
+        return (tracing::Span::none(), None);
+    }
+    let plain_id = split_key(schedule_id).1;
+    let span = tracing::info_span!(
+        "schedule run",
+        otel.name = %format!("schedule {plain_id}"),
+        otel.kind = "producer",
+        messaging.system = "conveyor",
+        messaging.operation.type = "send",
+        conveyor.schedule.id = %plain_id,
+        conveyor.task.name = %spec.name,
+    );
+    conveyor_runtime::telemetry::make_root(&span);
+    if let Some(template) = &spec.trace_context {
+        conveyor_runtime::telemetry::add_link(&span, &template.traceparent, &template.tracestate);
+    }
+    let context =
+        conveyor_runtime::telemetry::context_of(&span).map(|(traceparent, tracestate)| {
+            pb::TraceContext {
+                traceparent,
+                tracestate,
+            }
+        });
+    if context.is_some() {
+        spec.trace_context.clone_from(&context);
+    }
+    (span, context)
 }
 
 /// How long a replica has to submit and settle a run it claimed before
@@ -647,7 +698,11 @@ impl server::SchedulingService for Scheduler {
         let schedule = self.load(&namespace.key(&request.id)).await?;
         let now = now_ms();
         let task_id = self
-            .submit(&namespace, run_spec(&schedule, &format!("trigger:{now}")))
+            .submit(
+                &namespace,
+                &schedule.id,
+                run_spec(&schedule, &format!("trigger:{now}")),
+            )
             .await?;
         let run = pb::ScheduleRun {
             fire_at: Some(timestamp_from_ms(now)),

@@ -40,6 +40,8 @@ class Span:
     service: str
     scope: str
     events: tuple[str, ...]
+    # (trace id, span id) of each link.
+    links: tuple[tuple[str, str], ...] = ()
 
     def __str__(self) -> str:
         parent = self.parent_span_id or "-"
@@ -92,6 +94,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
                         service=service,
                         scope=scope_spans.scope.name,
                         events=tuple(event.name for event in span.events),
+                        links=tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links),
                     ))
         self._sink._add(received)
         return trace_service_pb2.ExportTraceServiceResponse()
