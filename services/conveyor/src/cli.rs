@@ -306,6 +306,11 @@ async fn serve(
     println!("listening on {bound}");
     let shutdown = CancellationToken::new();
     start_admin(args.metrics_listen.as_deref(), dev, shutdown.clone()).await?;
+    let store = if conveyor_runtime::metrics::enabled() {
+        std::sync::Arc::new(crate::metered::Metered(store))
+    } else {
+        store
+    };
     let server = app::start(&config, store, listener, shutdown.clone());
     let store_name = match &args.store {
         StoreUrl::Memory => "memory".to_string(),
