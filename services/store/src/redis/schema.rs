@@ -97,6 +97,11 @@ pub const KEYS: &[Key] = &[
         holds: "a concurrency key's reservation (r: task, s: its park sequence) and overtakes of its oldest waiter (b) (partition 0)",
     },
     Key {
+        pattern: "evon",
+        kind: "string",
+        holds: "present while a WatchEvents subscriber watches (15 s TTL, renewed every 5 s): the scripts then publish every transition on the channel <prefix>tev",
+    },
+    Key {
         pattern: "layout",
         kind: "string",
         holds: "the key layout the data is in, 2 (absent: 1); a store upgrades older data when it connects (partition 0)",
