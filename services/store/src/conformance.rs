@@ -76,7 +76,8 @@ macro_rules! conformance_suite {
                 progress_is_fenced_and_visible, dead_letters_replay_and_forget, unstarted_tasks_expire_without_workers,
                 eta_an_hour_ahead_runs_once_when_due, higher_priorities_lease_first, schedules_claim_by_compare_and_set,
                 rate_limits_space_starts_and_park_without_loss, concurrency_permits_pass_to_waiters, paused_queues_hand_out_nothing,
-                several_keys_are_taken_all_or_nothing, waiters_for_several_keys_are_not_starved);
+                several_keys_are_taken_all_or_nothing, waiters_for_several_keys_are_not_starved,
+                events_follow_every_transition);
         }
     };
     (@cases $factory:expr; $($case:ident),*) => {
@@ -1422,5 +1423,183 @@ pub async fn paused_queues_hand_out_nothing(store: Arc<dyn Store>) {
             .unwrap()
             .len(),
         1
+    );
+}
+
+/// The event stream: every transition of every task, in order per task,
+/// the same in both stores (leases name their attempt and worker).
+pub async fn events_follow_every_transition(store: Arc<dyn Store>) {
+    use crate::{EventKind, StoreEvent};
+    let mut stream = store.events().subscribe_events();
+    store.enable_events().await.unwrap();
+    let first = |acks: Vec<EnqueueAck>| acks[0].id;
+
+    // Succeeds, with a start and progress on the way.
+    let ok = first(store.enqueue(vec![plain(&store, "ev")], NOW).await.unwrap());
+    store
+        .lease(lease_request("s1", &["ev"], 1, NOW))
+        .await
+        .unwrap();
+    let start = StartReport {
+        id: ok,
+        session_id: "s1".into(),
+        lease_token: 1,
+    };
+    store.mark_started(vec![start], NOW + 1).await.unwrap();
+    let progress = ProgressReport {
+        id: ok,
+        session_id: "s1".into(),
+        lease_token: 1,
+        progress: pb::Progress {
+            state: "HALF".into(),
+            percent: 50.0,
+            meta: None,
+            reported_at: None,
+        },
+    };
+    store
+        .record_progress(vec![progress], NOW + 2)
+        .await
+        .unwrap();
+    store
+        .complete(vec![success(ok, "s1", 1, "1")], us(NOW + 3))
+        .await
+        .unwrap();
+
+    // Fails once (retried), fails for good, is replayed.
+    let error = pb::TaskError {
+        r#type: "ValueError".into(),
+        message: "boom".into(),
+        retryable: true,
+        ..Default::default()
+    };
+    let failed = |id, token, retry_at_ms| OutcomeReport {
+        id,
+        session_id: "s2".into(),
+        lease_token: token,
+        outcome: Outcome::Failed {
+            error: error.clone(),
+            retry_at_ms,
+        },
+    };
+    let flaky = first(
+        store
+            .enqueue(vec![plain(&store, "ev")], NOW + 4)
+            .await
+            .unwrap(),
+    );
+    store
+        .lease(lease_request("s2", &["ev"], 1, NOW + 4))
+        .await
+        .unwrap();
+    store
+        .complete(vec![failed(flaky, 1, Some(NOW + 10))], us(NOW + 5))
+        .await
+        .unwrap();
+    store.promote_due(NOW + 10, 10).await.unwrap();
+    store
+        .lease(lease_request("s2", &["ev"], 1, NOW + 11))
+        .await
+        .unwrap();
+    store
+        .complete(vec![failed(flaky, 2, None)], us(NOW + 12))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.replay(flaky, NOW + 13).await.unwrap(),
+        ReplayAck::Replayed
+    );
+
+    // Scheduled, then cancelled.
+    let options = pb::TaskOptions {
+        countdown: Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let later = first(
+        store
+            .enqueue(
+                vec![task("ev-later", options, store.partitions())],
+                NOW + 14,
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        store.cancel(later, NOW + 15).await.unwrap(),
+        CancelAck::Cancelled
+    );
+
+    // Leased, then its session lets go: back to its queue; leased again.
+    store
+        .lease(lease_request("s3", &["ev"], 1, NOW + 16))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.release_session("s3", NOW + 17).await.unwrap(),
+        vec![flaky]
+    );
+
+    // Expires before any worker takes it.
+    let options = pb::TaskOptions {
+        expires: Some(conveyor_core::time::timestamp_from_ms(NOW + 20)),
+        ..Default::default()
+    };
+    let expiring = first(
+        store
+            .enqueue(vec![task("ev-idle", options, store.partitions())], NOW + 18)
+            .await
+            .unwrap(),
+    );
+    assert!(
+        store
+            .lease(lease_request("s4", &["ev-idle"], 1, NOW + 30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    use EventKind::*;
+    let expected: Vec<(conveyor_core::TaskId, Vec<EventKind>)> = vec![
+        (ok, vec![Submitted, Leased, Started, Progress, Succeeded]),
+        (
+            flaky,
+            vec![
+                Submitted, Leased, Retried, Leased, Failed, Requeued, Leased, Requeued,
+            ],
+        ),
+        (later, vec![Submitted, Cancelled]),
+        (expiring, vec![Submitted, Expired]),
+    ];
+    let total: usize = expected.iter().map(|(_, kinds)| kinds.len()).sum();
+    let mut seen: Vec<StoreEvent> = Vec::new();
+    while seen.len() < total {
+        let event = tokio::time::timeout(Duration::from_secs(5), stream.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {total} events arrived: {seen:#?}", seen.len()))
+            .expect("event stream open");
+        seen.push((*event).clone());
+    }
+    for (id, kinds) in &expected {
+        let mine: Vec<&StoreEvent> = seen
+            .iter()
+            .filter(|event| event.task == Some(*id))
+            .collect();
+        let got: Vec<EventKind> = mine.iter().map(|event| event.kind).collect();
+        assert_eq!(&got, kinds, "events of {id}");
+        for event in &mine {
+            assert!(event.queue_key.starts_with("default:ev"), "{event:?}");
+        }
+    }
+    let leases: Vec<(u32, &str)> = seen
+        .iter()
+        .filter(|event| event.task == Some(flaky) && event.kind == Leased)
+        .map(|event| (event.attempt, event.worker_id.as_str()))
+        .collect();
+    assert_eq!(
+        leases,
+        [(1, "worker-s2"), (2, "worker-s2"), (3, "worker-s3")]
     );
 }

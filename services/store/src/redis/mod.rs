@@ -139,7 +139,9 @@ impl RedisStore {
             watch_channel.clone(),
             ready_channel.clone(),
             revoke_channel.clone(),
-            format!("{}tev", config.prefix),
+            (0..config.partitions.max(1))
+                .map(|partition| format!("{{{}{partition}}}:tev", config.prefix))
+                .collect(),
             connection.clone(),
         )
         .await?;
@@ -1160,7 +1162,7 @@ impl Store for RedisStore {
     async fn publish_event(&self, event: StoreEvent) -> Result<()> {
         let mut connection = self.connection.clone();
         redis::cmd("PUBLISH")
-            .arg(format!("{}tev", self.config.prefix))
+            .arg(format!("{}tev", self.partition_prefix(0)))
             .arg(event.encode())
             .query_async::<()>(&mut connection)
             .await

@@ -99,7 +99,7 @@ pub const KEYS: &[Key] = &[
     Key {
         pattern: "evon",
         kind: "string",
-        holds: "present while a WatchEvents subscriber watches (15 s TTL, renewed every 5 s): the scripts then publish every transition on the channel <prefix>tev",
+        holds: "present while a WatchEvents subscriber watches (15 s TTL, renewed every 5 s): the scripts then publish every transition on the partition's channel {<prefix><n>}:tev",
     },
     Key {
         pattern: "layout",

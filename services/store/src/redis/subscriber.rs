@@ -22,15 +22,15 @@ pub(crate) async fn start(
     events_channel: String,
     ready_channel: String,
     revoke_channel: String,
-    stream_channel: String,
+    stream_channels: Vec<String>,
     commands: redis::aio::ConnectionManager,
 ) -> Result<AbortHandle> {
-    let channels = [
+    let mut channels = vec![
         events_channel.clone(),
         ready_channel.clone(),
         revoke_channel.clone(),
-        stream_channel.clone(),
     ];
+    channels.extend(stream_channels.iter().cloned());
     let first = subscribe(&client, &channels).await?;
     let task = tokio::spawn(async move {
         let mut pubsub = Some(first);
@@ -70,7 +70,7 @@ pub(crate) async fn start(
                 &events,
                 &events_channel,
                 &revoke_channel,
-                &stream_channel,
+                &stream_channels,
             )
             .await;
             tracing::warn!("redis pub/sub connection lost; reconnecting");
@@ -91,12 +91,15 @@ async fn pump(
     events: &EventHub,
     events_channel: &str,
     revoke_channel: &str,
-    stream_channel: &str,
+    stream_channels: &[String],
 ) {
     let mut messages = pubsub.on_message();
     while let Some(message) = messages.next().await {
         let payload = message.get_payload_bytes();
-        if message.get_channel_name() == stream_channel {
+        if stream_channels
+            .iter()
+            .any(|channel| channel == message.get_channel_name())
+        {
             // Task and worker events for WatchEvents (published only while
             // a watcher keeps them on).
             if events.wants_events()

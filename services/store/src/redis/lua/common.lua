@@ -41,8 +41,8 @@ local function push(qk, id, head)
 end
 
 -- The event stream (WatchEvents; see stream.rs): while a watcher keeps
--- P..'evon' alive, every transition publishes one event on the shared
--- channel <prefix>tev, in the order of the transitions. Otherwise the cost
+-- P..'evon' alive, every transition publishes one event on the
+-- partition's channel P..'tev', in the order of the transitions. Otherwise the cost
 -- is one EXISTS per script call that has something to say.
 local EVON = nil
 local function emit(kind, t, id, now, qk, at, wk)
@@ -53,9 +53,8 @@ local function emit(kind, t, id, now, qk, at, wk)
     qk = qk or f[1] or ''
     at = at or f[2] or '0'
   end
-  local tev = string.gsub(P, '^{(.-)%d+}:$', '%1') .. 'tev'
   local sep = string.char(31)
-  redis.call('PUBLISH', tev, kind .. sep .. tostring(now) .. sep .. id .. sep .. qk .. sep .. tostring(at) .. sep .. (wk or ''))
+  redis.call('PUBLISH', P .. 'tev', kind .. sep .. tostring(now) .. sep .. id .. sep .. qk .. sep .. tostring(at) .. sep .. (wk or ''))
 end
 
 -- Task events go only to the processes that wait on the task: field w
