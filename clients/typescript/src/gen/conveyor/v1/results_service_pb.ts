@@ -672,7 +672,9 @@ export const ResultsService: GenService<{
    * per task, and worker sessions coming, going and their periodic summary.
    * Delivery is at most once: a subscriber that reads too slowly misses
    * events (counted in `dropped`) and never slows task processing. Events
-   * are sent in batches of at most 1,000, at most 20 batches a second.
+   * are sent every 50 ms in messages of at most 1,000; a subscriber may
+   * leave 16 messages unread and 16,000 more events pending before events
+   * are dropped for it.
    *
    * @generated from rpc conveyor.v1.ResultsService.WatchEvents
    */
