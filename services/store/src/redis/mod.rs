@@ -140,7 +140,9 @@ impl RedisStore {
             ready_channel.clone(),
             revoke_channel.clone(),
             (0..config.partitions.max(1))
-                .map(|partition| format!("{{{}{partition}}}:tev", config.prefix))
+                .map(|partition| {
+                    format!("{{{}{partition}}}:{}", config.prefix, schema::EVENT_CHANNEL)
+                })
                 .collect(),
             connection.clone(),
         )
@@ -1162,7 +1164,11 @@ impl Store for RedisStore {
     async fn publish_event(&self, event: StoreEvent) -> Result<()> {
         let mut connection = self.connection.clone();
         redis::cmd("PUBLISH")
-            .arg(format!("{}tev", self.partition_prefix(0)))
+            .arg(format!(
+                "{}{}",
+                self.partition_prefix(0),
+                schema::EVENT_CHANNEL
+            ))
             .arg(event.encode())
             .query_async::<()>(&mut connection)
             .await

@@ -19,6 +19,14 @@ pub struct Key {
     pub holds: &'static str,
 }
 
+/// Pub/sub channels named after a partition's prefix like its keys (not
+/// keys: nothing is stored under them): `tev`, the partition's event stream.
+#[cfg(test)]
+const PARTITION_CHANNELS: &[&str] = &[EVENT_CHANNEL];
+
+/// The partition's event stream channel (see `lua/common.lua`, `emit`).
+pub(crate) const EVENT_CHANNEL: &str = "tev";
+
 /// Every key of a partition.
 pub const KEYS: &[Key] = &[
     Key {
@@ -300,7 +308,8 @@ mod tests {
             // `t:<id>` is used as `P .. 't:' .. id`: its fixed part.
             let documented = KEYS
                 .iter()
-                .any(|key| key.pattern.split('<').next() == Some(name.as_str()));
+                .any(|key| key.pattern.split('<').next() == Some(name.as_str()))
+                || PARTITION_CHANNELS.contains(&name.as_str());
             assert!(
                 documented,
                 "lua uses key `{name}` that schema.rs does not list"
