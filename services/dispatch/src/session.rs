@@ -429,6 +429,9 @@ impl Session {
             ))));
         }
         self.credits += credits;
+        self.context
+            .registry
+            .update(&self.id, self.leases.len(), self.credits, self.completed);
         Ok(())
     }
 
@@ -684,11 +687,19 @@ impl Session {
             return Ok(());
         }
         tracing::info!(session = %self.id, count = reports.len(), "hard time limit passed");
-        self.context
+        let acks = self
+            .context
             .store
             .complete(reports, now_ms * 1000)
             .await
             .map_err(|error| End::Fatal(error.into()))?;
+        for (id, ack) in expired.iter().zip(acks) {
+            if let OutcomeAck::Recorded(state) = ack
+                && let Some(observed) = self.leases.get(id).and_then(|held| held.observed.as_ref())
+            {
+                crate::assignment::observe_outcome(observed, state);
+            }
+        }
         for id in expired {
             self.revoke(
                 id,

@@ -117,7 +117,12 @@ pub(crate) async fn forward(
                         }
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => dropped += missed,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    dropped += missed;
+                    if conveyor_runtime::metrics::enabled() {
+                        metrics::counter!(conveyor_runtime::metrics::EVENTS_DROPPED).increment(missed);
+                    }
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             _ = flush.tick() => {

@@ -17,18 +17,19 @@ use tokio::net::TcpListener;
 
 use crate::shutdown::Shutdown;
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown`.
+/// Serves `/metrics` and `/healthz` on `listener` for the life of the
+/// process; `/healthz` says `503 draining` once `shutdown` fires.
 pub async fn serve_admin(listener: TcpListener, handle: PrometheusHandle, shutdown: Shutdown) {
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "admin listener: accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
+        // Serves until the process exits, through the drain too: probes
+        // then read `503 draining` instead of a refused connection.
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "admin listener: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let handle = handle.clone();
         let shutdown = shutdown.clone();

@@ -36,7 +36,7 @@ pub const TASKS_EXPIRED: &str = "conveyor_tasks_expired_total";
 pub const TASKS_CANCELLED: &str = "conveyor_tasks_cancelled_total";
 /// Submission to final outcome, for tasks that finished on a worker.
 pub const TASK_LATENCY: &str = "conveyor_task_latency_seconds";
-/// Submission (or due time) to lease, per attempt.
+/// Submission to the first lease (a countdown or ETA counts as waiting).
 pub const TASK_QUEUE_WAIT: &str = "conveyor_task_queue_wait_seconds";
 /// Tasks per queue and state (ready, scheduled, leased, dead).
 pub const QUEUE_DEPTH: &str = "conveyor_queue_depth";
@@ -44,7 +44,8 @@ pub const QUEUE_DEPTH: &str = "conveyor_queue_depth";
 pub const WORKERS_CONNECTED: &str = "conveyor_workers_connected";
 /// Credits (free slots) the connected workers have granted.
 pub const WORKER_SLOTS: &str = "conveyor_worker_slots";
-/// Leases taken back from workers that stopped heartbeating.
+/// Leases the scheduler's reaper took back: their dispatcher died or lost
+/// the store (a live dispatcher requeues a silent worker's tasks itself).
 pub const LEASES_REAPED: &str = "conveyor_leases_reaped_total";
 /// Store calls, by operation.
 pub const STORE_CALL_DURATION: &str = "conveyor_store_call_duration_seconds";
@@ -120,7 +121,10 @@ fn describe() {
         WORKER_SLOTS,
         "Free slots (credits) granted by connected workers."
     );
-    describe_counter!(LEASES_REAPED, "Leases taken back from silent workers.");
+    describe_counter!(
+        LEASES_REAPED,
+        "Leases the reaper took back from dead dispatchers."
+    );
     describe_histogram!(
         STORE_CALL_DURATION,
         Unit::Seconds,
