@@ -270,6 +270,16 @@ struct Run {
     /// The next run each schedule was last given (the stores keep it apart
     /// from the record; `due_schedules` reveals it).
     schedule_nexts: BTreeMap<u8, Option<i64>>,
+    /// Each store's event stream (WatchEvents' source).
+    events: [tokio::sync::broadcast::Receiver<Arc<conveyor_store::StoreEvent>>; 2],
+}
+
+/// What an event says, apart from its time.
+fn event_seen(event: &conveyor_store::StoreEvent) -> String {
+    format!(
+        "{:?} {:?} {} attempt {} {}",
+        event.kind, event.task, event.queue_key, event.attempt, event.worker_id
+    )
 }
 
 fn schedule(id: u8) -> pb::Schedule {
@@ -668,6 +678,31 @@ impl Run {
         if let [memory, redis] = results.as_slice() {
             prop_assert_eq!(memory, redis, "results of {:?} differ (memory, redis)", op);
         }
+        // The same events, in the same order: the memory store's are sent
+        // under its lock, Redis' arrive over pub/sub (wait for as many; any
+        // extra shows up in the next step's comparison at the latest).
+        let mut memory_events = Vec::new();
+        while let Ok(event) = self.events[0].try_recv() {
+            memory_events.push(event_seen(&event));
+        }
+        let mut redis_events = Vec::new();
+        while redis_events.len() < memory_events.len() {
+            match tokio::time::timeout(std::time::Duration::from_secs(2), self.events[1].recv())
+                .await
+            {
+                Ok(Ok(event)) => redis_events.push(event_seen(&event)),
+                _ => break,
+            }
+        }
+        while let Ok(event) = self.events[1].try_recv() {
+            redis_events.push(event_seen(&event));
+        }
+        prop_assert_eq!(
+            &memory_events,
+            &redis_events,
+            "events of {:?} differ (memory, redis)",
+            op
+        );
         // Every schedule, on both.
         for id in 0..2u8 {
             let name = schedule(id).id;
@@ -771,8 +806,17 @@ fn agree(cases: u32, sequences: impl Strategy<Value = Vec<Op>>) {
             // partition only, a documented difference, not a disagreement.
             redis_config.partitions = 1;
             let redis = RedisStore::connect(redis_config).await.map_err(fail)?;
+            let stores: [Arc<dyn Store>; 2] = [Arc::new(MemoryStore::new()), Arc::new(redis)];
+            let events = [
+                stores[0].events().subscribe_events(),
+                stores[1].events().subscribe_events(),
+            ];
+            for store in &stores {
+                store.enable_events().await.map_err(fail)?;
+            }
             let mut run = Run {
-                stores: [Arc::new(MemoryStore::new()), Arc::new(redis)],
+                events,
+                stores,
                 now: NOW,
                 tasks: Vec::new(),
                 leases: BTreeMap::new(),
