@@ -820,19 +820,21 @@ fn agree(cases: u32, sequences: impl Strategy<Value = Vec<Op>>) {
             // Every fourth sequence also compares the event streams (with
             // events on, Redis publishes every transition: a cost the other
             // sequences spare, to keep the suite's time).
-            let events =
-                if EVENT_SEQUENCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4 == 0 {
-                    let events = [
-                        stores[0].events().subscribe_events(),
-                        stores[1].events().subscribe_events(),
-                    ];
-                    for store in &stores {
-                        store.enable_events().await.map_err(fail)?;
-                    }
-                    Some(events)
-                } else {
-                    None
-                };
+            let events = if EVENT_SEQUENCES
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .is_multiple_of(4)
+            {
+                let events = [
+                    stores[0].events().subscribe_events(),
+                    stores[1].events().subscribe_events(),
+                ];
+                for store in &stores {
+                    store.enable_events().await.map_err(fail)?;
+                }
+                Some(events)
+            } else {
+                None
+            };
             let mut run = Run {
                 events,
                 stores,
