@@ -140,6 +140,9 @@ async fn role(name: &str, redis: &str, prefix: &str, extra: &[&str]) -> Role {
         "--lease-ttl",
         "1s",
     ];
+    // The settings the suite runs at (scripts/test also runs 8 partitions).
+    let partitions = conveyor_store::conformance::test_partitions().to_string();
+    args.extend_from_slice(&["--partitions", &partitions]);
     args.extend_from_slice(extra);
     let process = spawn_conveyor(&args, "127.0.0.1:0").await;
     Role { process, metrics }

@@ -129,7 +129,10 @@ impl server::ResultsService for Results {
             if pb::EventKind::try_from(*kind).is_err() || *kind == 0 {
                 return Err(ConveyorError::invalid(
                     format!("kinds[{index}]"),
-                    format!("{kind} is not an EventKind"),
+                    format!(
+                        "{kind} is not an EventKind; use the values of conveyor.v1.EventKind, \
+                         e.g. 6 (EVENT_KIND_TASK_SUCCEEDED), or no kinds for all"
+                    ),
                 )
                 .into());
             }

@@ -111,7 +111,11 @@ pub fn init_telemetry(config: &TelemetryConfig) -> TelemetryGuard {
             )
         }
         Err(error) => {
-            eprintln!("conveyor: OpenTelemetry export to {endpoint} is off: {error}");
+            eprintln!(
+                "conveyor: OpenTelemetry export to {endpoint} is off: {error}; \
+                 give --otlp-endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) an OTLP/gRPC \
+                 collector address such as http://127.0.0.1:4317"
+            );
             None
         }
     });

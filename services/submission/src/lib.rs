@@ -93,12 +93,6 @@ fn caller_trace(metadata: &tonic::metadata::MetadataMap) -> Option<pb::TraceCont
     })
 }
 
-fn adopt_trace(task: &mut NewTask, caller: Option<&pb::TraceContext>) {
-    if task.record.trace_context.is_none() {
-        task.record.trace_context = caller.cloned();
-    }
-}
-
 /// Metric labels of a task: namespace, queue, task name.
 fn labels_of(task: &NewTask) -> (String, String, String) {
     let (namespace, queue) = conveyor_core::namespace::split_queue(&task.queue);
@@ -125,8 +119,7 @@ impl server::SubmissionService for Submission {
         &self,
         request: Request<pb::SubmitTaskRequest>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
-        let caller_trace = caller_trace(request.metadata());
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let spec = request
             .task
@@ -134,7 +127,9 @@ impl server::SubmissionService for Submission {
         let now = now_ms();
         let mut task = validate_with_defaults(spec, "task", &self.limits, &self.defaults, now, 0)?
             .in_namespace(&namespace);
-        adopt_trace(&mut task, caller_trace.as_ref());
+        if task.record.trace_context.is_none() {
+            task.record.trace_context = caller_trace(&metadata);
+        }
         let task = self.place(task);
         let labels = conveyor_runtime::metrics::enabled().then(|| labels_of(&task));
         let ack = self.group.enqueue(task, now).await?;
@@ -150,8 +145,7 @@ impl server::SubmissionService for Submission {
         &self,
         request: Request<pb::SubmitTasksRequest>,
     ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
-        let caller_trace = caller_trace(request.metadata());
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let specs = request.tasks;
         if specs.is_empty() {
@@ -177,8 +171,16 @@ impl server::SubmissionService for Submission {
             .collect::<Result<Vec<_>, _>>()?;
         // One partition for the whole batch: one atomic store call, so a
         // failure stores nothing and a success stored everything.
-        for task in &mut tasks {
-            adopt_trace(task, caller_trace.as_ref());
+        // Tasks without a context of their own continue the caller's
+        // (worked out once, and only if one needs it).
+        if tasks.iter().any(|task| task.record.trace_context.is_none()) {
+            let caller = caller_trace(&metadata);
+            for task in tasks
+                .iter_mut()
+                .filter(|task| task.record.trace_context.is_none())
+            {
+                task.record.trace_context.clone_from(&caller);
+            }
         }
         self.store.place(&mut tasks);
         let labels: Vec<_> = if conveyor_runtime::metrics::enabled() {

@@ -255,8 +255,9 @@ local function finish(t, id, st, now, ev, g, oc)
     if st == 6 then redis.call('ZADD', P .. 'dlx', tonumber(now) + ttl, id) end
   end
   if g[3] then notify_finished(t, id, ev) end
-  local kinds = {[5] = 'D', [6] = 'F', [7] = 'C', [8] = 'X'}
-  emit(kinds[st] or 'X', t, id, now)
+  if EVON ~= false then
+    emit((st == 5 and 'D') or (st == 6 and 'F') or (st == 7 and 'C') or 'X', t, id, now)
+  end
 end
 
 -- Drops dead letters whose task hash expired (up to 100 per call).
