@@ -5,6 +5,7 @@ use std::{env, path::PathBuf};
 
 const PROTOS: &[&str] = &[
     "conveyor/v1/task.proto",
+    "conveyor/v1/workflow.proto",
     "conveyor/v1/submission_service.proto",
     "conveyor/v1/dispatch_service.proto",
     "conveyor/v1/results_service.proto",

@@ -1222,7 +1222,9 @@ type Assignment struct {
 	// Namespace of the task.
 	Namespace string `protobuf:"bytes,14,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Queue the task was routed to (without its namespace).
-	Queue         string `protobuf:"bytes,15,opt,name=queue,proto3" json:"queue,omitempty"`
+	Queue string `protobuf:"bytes,15,opt,name=queue,proto3" json:"queue,omitempty"`
+	// The workflow the task is a node of, if any (Celery's root id).
+	WorkflowId    string `protobuf:"bytes,16,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1358,6 +1360,13 @@ func (x *Assignment) GetNamespace() string {
 func (x *Assignment) GetQueue() string {
 	if x != nil {
 		return x.Queue
+	}
+	return ""
+}
+
+func (x *Assignment) GetWorkflowId() string {
+	if x != nil {
+		return x.WorkflowId
 	}
 	return ""
 }
@@ -1892,7 +1901,7 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"leaseToken\x121\n" +
 	"\bprogress\x18\x03 \x01(\v2\x15.conveyor.v1.ProgressR\bprogress\"H\n" +
 	"\vAssignments\x129\n" +
-	"\vassignments\x18\x01 \x03(\v2\x17.conveyor.v1.AssignmentR\vassignments\"\x9a\x06\n" +
+	"\vassignments\x18\x01 \x03(\v2\x17.conveyor.v1.AssignmentR\vassignments\"\xbb\x06\n" +
 	"\n" +
 	"Assignment\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x12\n" +
@@ -1913,7 +1922,9 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\bfailures\x18\f \x01(\rR\bfailures\x12>\n" +
 	"\rtrace_context\x18\r \x01(\v2\x19.conveyor.v1.TraceContextR\ftraceContext\x12\x1c\n" +
 	"\tnamespace\x18\x0e \x01(\tR\tnamespace\x12\x14\n" +
-	"\x05queue\x18\x0f \x01(\tR\x05queue\x1aO\n" +
+	"\x05queue\x18\x0f \x01(\tR\x05queue\x12\x1f\n" +
+	"\vworkflow_id\x18\x10 \x01(\tR\n" +
+	"workflowId\x1aO\n" +
 	"\vKwargsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12*\n" +
 	"\x05value\x18\x02 \x01(\v2\x14.conveyor.v1.PayloadR\x05value:\x028\x01\x1a:\n" +

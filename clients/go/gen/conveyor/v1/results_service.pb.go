@@ -23,6 +23,63 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// How much of a workflow a reply carries.
+type WorkflowView int32
+
+const (
+	// The call's default.
+	WorkflowView_WORKFLOW_VIEW_UNSPECIFIED WorkflowView = 0
+	// State, counts and result; no nodes.
+	WorkflowView_WORKFLOW_VIEW_SUMMARY WorkflowView = 1
+	// Every node with its state and outcome, without arguments.
+	WorkflowView_WORKFLOW_VIEW_NODES WorkflowView = 2
+	// Every node with its arguments too.
+	WorkflowView_WORKFLOW_VIEW_FULL WorkflowView = 3
+)
+
+// Enum value maps for WorkflowView.
+var (
+	WorkflowView_name = map[int32]string{
+		0: "WORKFLOW_VIEW_UNSPECIFIED",
+		1: "WORKFLOW_VIEW_SUMMARY",
+		2: "WORKFLOW_VIEW_NODES",
+		3: "WORKFLOW_VIEW_FULL",
+	}
+	WorkflowView_value = map[string]int32{
+		"WORKFLOW_VIEW_UNSPECIFIED": 0,
+		"WORKFLOW_VIEW_SUMMARY":     1,
+		"WORKFLOW_VIEW_NODES":       2,
+		"WORKFLOW_VIEW_FULL":        3,
+	}
+)
+
+func (x WorkflowView) Enum() *WorkflowView {
+	p := new(WorkflowView)
+	*p = x
+	return p
+}
+
+func (x WorkflowView) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WorkflowView) Descriptor() protoreflect.EnumDescriptor {
+	return file_conveyor_v1_results_service_proto_enumTypes[0].Descriptor()
+}
+
+func (WorkflowView) Type() protoreflect.EnumType {
+	return &file_conveyor_v1_results_service_proto_enumTypes[0]
+}
+
+func (x WorkflowView) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WorkflowView.Descriptor instead.
+func (WorkflowView) EnumDescriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{0}
+}
+
 // What happened.
 type EventKind int32
 
@@ -49,6 +106,9 @@ const (
 	EventKind_EVENT_KIND_TASK_EXPIRED EventKind = 9
 	// Back at the head of its queue: its worker's lease was lost or released.
 	EventKind_EVENT_KIND_TASK_REQUEUED EventKind = 10
+	// A workflow node's parents finished: it left WAITING for its queue (or
+	// SCHEDULED, with a countdown).
+	EventKind_EVENT_KIND_TASK_READY EventKind = 11
 	// A worker session connected.
 	EventKind_EVENT_KIND_WORKER_ONLINE EventKind = 20
 	// A worker session ended.
@@ -71,6 +131,7 @@ var (
 		8:  "EVENT_KIND_TASK_CANCELLED",
 		9:  "EVENT_KIND_TASK_EXPIRED",
 		10: "EVENT_KIND_TASK_REQUEUED",
+		11: "EVENT_KIND_TASK_READY",
 		20: "EVENT_KIND_WORKER_ONLINE",
 		21: "EVENT_KIND_WORKER_OFFLINE",
 		22: "EVENT_KIND_WORKER_HEARTBEAT",
@@ -87,6 +148,7 @@ var (
 		"EVENT_KIND_TASK_CANCELLED":   8,
 		"EVENT_KIND_TASK_EXPIRED":     9,
 		"EVENT_KIND_TASK_REQUEUED":    10,
+		"EVENT_KIND_TASK_READY":       11,
 		"EVENT_KIND_WORKER_ONLINE":    20,
 		"EVENT_KIND_WORKER_OFFLINE":   21,
 		"EVENT_KIND_WORKER_HEARTBEAT": 22,
@@ -104,11 +166,11 @@ func (x EventKind) String() string {
 }
 
 func (EventKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_conveyor_v1_results_service_proto_enumTypes[0].Descriptor()
+	return file_conveyor_v1_results_service_proto_enumTypes[1].Descriptor()
 }
 
 func (EventKind) Type() protoreflect.EnumType {
-	return &file_conveyor_v1_results_service_proto_enumTypes[0]
+	return &file_conveyor_v1_results_service_proto_enumTypes[1]
 }
 
 func (x EventKind) Number() protoreflect.EnumNumber {
@@ -117,7 +179,7 @@ func (x EventKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventKind.Descriptor instead.
 func (EventKind) EnumDescriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{0}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{1}
 }
 
 // How much of a task a reply carries.
@@ -157,11 +219,11 @@ func (x TaskView) String() string {
 }
 
 func (TaskView) Descriptor() protoreflect.EnumDescriptor {
-	return file_conveyor_v1_results_service_proto_enumTypes[1].Descriptor()
+	return file_conveyor_v1_results_service_proto_enumTypes[2].Descriptor()
 }
 
 func (TaskView) Type() protoreflect.EnumType {
-	return &file_conveyor_v1_results_service_proto_enumTypes[1]
+	return &file_conveyor_v1_results_service_proto_enumTypes[2]
 }
 
 func (x TaskView) Number() protoreflect.EnumNumber {
@@ -170,7 +232,347 @@ func (x TaskView) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TaskView.Descriptor instead.
 func (TaskView) EnumDescriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{2}
+}
+
+// GetWorkflow request.
+type GetWorkflowRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Workflow id (UUID).
+	WorkflowId string `protobuf:"bytes,1,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default".
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// How much to return. Unset: WORKFLOW_VIEW_NODES.
+	View          WorkflowView `protobuf:"varint,3,opt,name=view,proto3,enum=conveyor.v1.WorkflowView" json:"view,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetWorkflowRequest) Reset() {
+	*x = GetWorkflowRequest{}
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetWorkflowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetWorkflowRequest) ProtoMessage() {}
+
+func (x *GetWorkflowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetWorkflowRequest.ProtoReflect.Descriptor instead.
+func (*GetWorkflowRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *GetWorkflowRequest) GetWorkflowId() string {
+	if x != nil {
+		return x.WorkflowId
+	}
+	return ""
+}
+
+func (x *GetWorkflowRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *GetWorkflowRequest) GetView() WorkflowView {
+	if x != nil {
+		return x.View
+	}
+	return WorkflowView_WORKFLOW_VIEW_UNSPECIFIED
+}
+
+// GetWorkflow response.
+type GetWorkflowResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The workflow.
+	Workflow      *Workflow `protobuf:"bytes,1,opt,name=workflow,proto3" json:"workflow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetWorkflowResponse) Reset() {
+	*x = GetWorkflowResponse{}
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetWorkflowResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetWorkflowResponse) ProtoMessage() {}
+
+func (x *GetWorkflowResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetWorkflowResponse.ProtoReflect.Descriptor instead.
+func (*GetWorkflowResponse) Descriptor() ([]byte, []int) {
 	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GetWorkflowResponse) GetWorkflow() *Workflow {
+	if x != nil {
+		return x.Workflow
+	}
+	return nil
+}
+
+// WaitWorkflow request.
+type WaitWorkflowRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Workflow id (UUID).
+	WorkflowId string `protobuf:"bytes,1,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
+	// How long to wait at most. Unset: until the call's deadline, capped at
+	// the server's maximum wait.
+	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default".
+	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// How much to return. Unset: WORKFLOW_VIEW_SUMMARY.
+	View          WorkflowView `protobuf:"varint,4,opt,name=view,proto3,enum=conveyor.v1.WorkflowView" json:"view,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitWorkflowRequest) Reset() {
+	*x = WaitWorkflowRequest{}
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitWorkflowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitWorkflowRequest) ProtoMessage() {}
+
+func (x *WaitWorkflowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitWorkflowRequest.ProtoReflect.Descriptor instead.
+func (*WaitWorkflowRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *WaitWorkflowRequest) GetWorkflowId() string {
+	if x != nil {
+		return x.WorkflowId
+	}
+	return ""
+}
+
+func (x *WaitWorkflowRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *WaitWorkflowRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *WaitWorkflowRequest) GetView() WorkflowView {
+	if x != nil {
+		return x.View
+	}
+	return WorkflowView_WORKFLOW_VIEW_UNSPECIFIED
+}
+
+// WaitWorkflow response.
+type WaitWorkflowResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The finished workflow.
+	Workflow      *Workflow `protobuf:"bytes,1,opt,name=workflow,proto3" json:"workflow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitWorkflowResponse) Reset() {
+	*x = WaitWorkflowResponse{}
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitWorkflowResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitWorkflowResponse) ProtoMessage() {}
+
+func (x *WaitWorkflowResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitWorkflowResponse.ProtoReflect.Descriptor instead.
+func (*WaitWorkflowResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *WaitWorkflowResponse) GetWorkflow() *Workflow {
+	if x != nil {
+		return x.Workflow
+	}
+	return nil
+}
+
+// WatchWorkflow request.
+type WatchWorkflowRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Workflow id (UUID).
+	WorkflowId string `protobuf:"bytes,1,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default".
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// How much each snapshot carries. Unset: WORKFLOW_VIEW_NODES.
+	View          WorkflowView `protobuf:"varint,3,opt,name=view,proto3,enum=conveyor.v1.WorkflowView" json:"view,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchWorkflowRequest) Reset() {
+	*x = WatchWorkflowRequest{}
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchWorkflowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchWorkflowRequest) ProtoMessage() {}
+
+func (x *WatchWorkflowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchWorkflowRequest.ProtoReflect.Descriptor instead.
+func (*WatchWorkflowRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *WatchWorkflowRequest) GetWorkflowId() string {
+	if x != nil {
+		return x.WorkflowId
+	}
+	return ""
+}
+
+func (x *WatchWorkflowRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *WatchWorkflowRequest) GetView() WorkflowView {
+	if x != nil {
+		return x.View
+	}
+	return WorkflowView_WORKFLOW_VIEW_UNSPECIFIED
+}
+
+// WatchWorkflow response: one snapshot per observed change.
+type WatchWorkflowResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The workflow after the change.
+	Workflow      *Workflow `protobuf:"bytes,1,opt,name=workflow,proto3" json:"workflow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchWorkflowResponse) Reset() {
+	*x = WatchWorkflowResponse{}
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchWorkflowResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchWorkflowResponse) ProtoMessage() {}
+
+func (x *WatchWorkflowResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchWorkflowResponse.ProtoReflect.Descriptor instead.
+func (*WatchWorkflowResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *WatchWorkflowResponse) GetWorkflow() *Workflow {
+	if x != nil {
+		return x.Workflow
+	}
+	return nil
 }
 
 // WatchEvents request. Empty filters match everything.
@@ -190,7 +592,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[0]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -202,7 +604,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[0]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -215,7 +617,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{0}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WatchEventsRequest) GetNamespace() string {
@@ -260,7 +662,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[1]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -272,7 +674,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[1]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -285,7 +687,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{1}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WatchEventsResponse) GetEvents() []*Event {
@@ -333,7 +735,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[2]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -345,7 +747,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[2]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -358,7 +760,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{2}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Event) GetKind() EventKind {
@@ -453,7 +855,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[3]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -465,7 +867,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[3]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -478,7 +880,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{3}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetTaskRequest) GetTaskId() string {
@@ -506,7 +908,7 @@ type GetTaskResponse struct {
 
 func (x *GetTaskResponse) Reset() {
 	*x = GetTaskResponse{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[4]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -518,7 +920,7 @@ func (x *GetTaskResponse) String() string {
 func (*GetTaskResponse) ProtoMessage() {}
 
 func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[4]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -531,7 +933,7 @@ func (x *GetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskResponse.ProtoReflect.Descriptor instead.
 func (*GetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{4}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetTaskResponse) GetTask() *Task {
@@ -562,7 +964,7 @@ type WaitTaskRequest struct {
 
 func (x *WaitTaskRequest) Reset() {
 	*x = WaitTaskRequest{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[5]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +976,7 @@ func (x *WaitTaskRequest) String() string {
 func (*WaitTaskRequest) ProtoMessage() {}
 
 func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[5]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +989,7 @@ func (x *WaitTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitTaskRequest.ProtoReflect.Descriptor instead.
 func (*WaitTaskRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{5}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WaitTaskRequest) GetTaskId() string {
@@ -629,7 +1031,7 @@ type WaitTaskResponse struct {
 
 func (x *WaitTaskResponse) Reset() {
 	*x = WaitTaskResponse{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[6]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +1043,7 @@ func (x *WaitTaskResponse) String() string {
 func (*WaitTaskResponse) ProtoMessage() {}
 
 func (x *WaitTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[6]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +1056,7 @@ func (x *WaitTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitTaskResponse.ProtoReflect.Descriptor instead.
 func (*WaitTaskResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{6}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WaitTaskResponse) GetTask() *Task {
@@ -679,7 +1081,7 @@ type WatchTaskRequest struct {
 
 func (x *WatchTaskRequest) Reset() {
 	*x = WatchTaskRequest{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[7]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +1093,7 @@ func (x *WatchTaskRequest) String() string {
 func (*WatchTaskRequest) ProtoMessage() {}
 
 func (x *WatchTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[7]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +1106,7 @@ func (x *WatchTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTaskRequest.ProtoReflect.Descriptor instead.
 func (*WatchTaskRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{7}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchTaskRequest) GetTaskId() string {
@@ -732,7 +1134,7 @@ type WatchTaskResponse struct {
 
 func (x *WatchTaskResponse) Reset() {
 	*x = WatchTaskResponse{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[8]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +1146,7 @@ func (x *WatchTaskResponse) String() string {
 func (*WatchTaskResponse) ProtoMessage() {}
 
 func (x *WatchTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[8]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +1159,7 @@ func (x *WatchTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchTaskResponse.ProtoReflect.Descriptor instead.
 func (*WatchTaskResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{8}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchTaskResponse) GetTask() *Task {
@@ -782,7 +1184,7 @@ type ForgetTaskRequest struct {
 
 func (x *ForgetTaskRequest) Reset() {
 	*x = ForgetTaskRequest{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[9]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +1196,7 @@ func (x *ForgetTaskRequest) String() string {
 func (*ForgetTaskRequest) ProtoMessage() {}
 
 func (x *ForgetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[9]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +1209,7 @@ func (x *ForgetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetTaskRequest.ProtoReflect.Descriptor instead.
 func (*ForgetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{9}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ForgetTaskRequest) GetTaskId() string {
@@ -833,7 +1235,7 @@ type ForgetTaskResponse struct {
 
 func (x *ForgetTaskResponse) Reset() {
 	*x = ForgetTaskResponse{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[10]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +1247,7 @@ func (x *ForgetTaskResponse) String() string {
 func (*ForgetTaskResponse) ProtoMessage() {}
 
 func (x *ForgetTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[10]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +1260,7 @@ func (x *ForgetTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForgetTaskResponse.ProtoReflect.Descriptor instead.
 func (*ForgetTaskResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{10}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{16}
 }
 
 // ListDeadLetters request.
@@ -878,7 +1280,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[11]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -890,7 +1292,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[11]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -903,7 +1305,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{11}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListDeadLettersRequest) GetPageSize() uint32 {
@@ -940,7 +1342,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[12]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1354,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_results_service_proto_msgTypes[12]
+	mi := &file_conveyor_v1_results_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1367,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{12}
+	return file_conveyor_v1_results_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListDeadLettersResponse) GetTasks() []*Task {
@@ -986,7 +1388,29 @@ var File_conveyor_v1_results_service_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_results_service_proto_rawDesc = "" +
 	"\n" +
-	"!conveyor/v1/results_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x01\n" +
+	"!conveyor/v1/results_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1aconveyor/v1/workflow.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x01\n" +
+	"\x12GetWorkflowRequest\x12\x1f\n" +
+	"\vworkflow_id\x18\x01 \x01(\tR\n" +
+	"workflowId\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12-\n" +
+	"\x04view\x18\x03 \x01(\x0e2\x19.conveyor.v1.WorkflowViewR\x04view\"H\n" +
+	"\x13GetWorkflowResponse\x121\n" +
+	"\bworkflow\x18\x01 \x01(\v2\x15.conveyor.v1.WorkflowR\bworkflow\"\xb8\x01\n" +
+	"\x13WaitWorkflowRequest\x12\x1f\n" +
+	"\vworkflow_id\x18\x01 \x01(\tR\n" +
+	"workflowId\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1c\n" +
+	"\tnamespace\x18\x03 \x01(\tR\tnamespace\x12-\n" +
+	"\x04view\x18\x04 \x01(\x0e2\x19.conveyor.v1.WorkflowViewR\x04view\"I\n" +
+	"\x14WaitWorkflowResponse\x121\n" +
+	"\bworkflow\x18\x01 \x01(\v2\x15.conveyor.v1.WorkflowR\bworkflow\"\x84\x01\n" +
+	"\x14WatchWorkflowRequest\x12\x1f\n" +
+	"\vworkflow_id\x18\x01 \x01(\tR\n" +
+	"workflowId\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12-\n" +
+	"\x04view\x18\x03 \x01(\x0e2\x19.conveyor.v1.WorkflowViewR\x04view\"J\n" +
+	"\x15WatchWorkflowResponse\x121\n" +
+	"\bworkflow\x18\x01 \x01(\v2\x15.conveyor.v1.WorkflowR\bworkflow\"\x97\x01\n" +
 	"\x12WatchEventsRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x16\n" +
 	"\x06queues\x18\x02 \x03(\tR\x06queues\x12\x1d\n" +
@@ -1038,7 +1462,12 @@ const file_conveyor_v1_results_service_proto_rawDesc = "" +
 	"\tnamespace\x18\x03 \x01(\tR\tnamespace\"j\n" +
 	"\x17ListDeadLettersResponse\x12'\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x11.conveyor.v1.TaskR\x05tasks\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\xad\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*y\n" +
+	"\fWorkflowView\x12\x1d\n" +
+	"\x19WORKFLOW_VIEW_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15WORKFLOW_VIEW_SUMMARY\x10\x01\x12\x17\n" +
+	"\x13WORKFLOW_VIEW_NODES\x10\x02\x12\x16\n" +
+	"\x12WORKFLOW_VIEW_FULL\x10\x03*\xc8\x03\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19EVENT_KIND_TASK_SUBMITTED\x10\x01\x12\x1a\n" +
@@ -1051,14 +1480,15 @@ const file_conveyor_v1_results_service_proto_rawDesc = "" +
 	"\x19EVENT_KIND_TASK_CANCELLED\x10\b\x12\x1b\n" +
 	"\x17EVENT_KIND_TASK_EXPIRED\x10\t\x12\x1c\n" +
 	"\x18EVENT_KIND_TASK_REQUEUED\x10\n" +
-	"\x12\x1c\n" +
+	"\x12\x19\n" +
+	"\x15EVENT_KIND_TASK_READY\x10\v\x12\x1c\n" +
 	"\x18EVENT_KIND_WORKER_ONLINE\x10\x14\x12\x1d\n" +
 	"\x19EVENT_KIND_WORKER_OFFLINE\x10\x15\x12\x1f\n" +
 	"\x1bEVENT_KIND_WORKER_HEARTBEAT\x10\x16*P\n" +
 	"\bTaskView\x12\x19\n" +
 	"\x15TASK_VIEW_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11TASK_VIEW_OUTCOME\x10\x01\x12\x12\n" +
-	"\x0eTASK_VIEW_FULL\x10\x022\xee\x03\n" +
+	"\x0eTASK_VIEW_FULL\x10\x022\xef\x05\n" +
 	"\x0eResultsService\x12D\n" +
 	"\aGetTask\x12\x1b.conveyor.v1.GetTaskRequest\x1a\x1c.conveyor.v1.GetTaskResponse\x12G\n" +
 	"\bWaitTask\x12\x1c.conveyor.v1.WaitTaskRequest\x1a\x1d.conveyor.v1.WaitTaskResponse\x12L\n" +
@@ -1066,7 +1496,10 @@ const file_conveyor_v1_results_service_proto_rawDesc = "" +
 	"\n" +
 	"ForgetTask\x12\x1e.conveyor.v1.ForgetTaskRequest\x1a\x1f.conveyor.v1.ForgetTaskResponse\x12\\\n" +
 	"\x0fListDeadLetters\x12#.conveyor.v1.ListDeadLettersRequest\x1a$.conveyor.v1.ListDeadLettersResponse\x12R\n" +
-	"\vWatchEvents\x12\x1f.conveyor.v1.WatchEventsRequest\x1a .conveyor.v1.WatchEventsResponse0\x01B\xa8\x01\n" +
+	"\vWatchEvents\x12\x1f.conveyor.v1.WatchEventsRequest\x1a .conveyor.v1.WatchEventsResponse0\x01\x12P\n" +
+	"\vGetWorkflow\x12\x1f.conveyor.v1.GetWorkflowRequest\x1a .conveyor.v1.GetWorkflowResponse\x12S\n" +
+	"\fWaitWorkflow\x12 .conveyor.v1.WaitWorkflowRequest\x1a!.conveyor.v1.WaitWorkflowResponse\x12X\n" +
+	"\rWatchWorkflow\x12!.conveyor.v1.WatchWorkflowRequest\x1a\".conveyor.v1.WatchWorkflowResponse0\x01B\xa8\x01\n" +
 	"\x0fcom.conveyor.v1B\x13ResultsServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03CXX\xaa\x02\vConveyor.V1\xca\x02\vConveyor\\V1\xe2\x02\x17Conveyor\\V1\\GPBMetadata\xea\x02\fConveyor::V1b\x06proto3"
 
 var (
@@ -1081,56 +1514,77 @@ func file_conveyor_v1_results_service_proto_rawDescGZIP() []byte {
 	return file_conveyor_v1_results_service_proto_rawDescData
 }
 
-var file_conveyor_v1_results_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_conveyor_v1_results_service_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_conveyor_v1_results_service_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_conveyor_v1_results_service_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_conveyor_v1_results_service_proto_goTypes = []any{
-	(EventKind)(0),                  // 0: conveyor.v1.EventKind
-	(TaskView)(0),                   // 1: conveyor.v1.TaskView
-	(*WatchEventsRequest)(nil),      // 2: conveyor.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),     // 3: conveyor.v1.WatchEventsResponse
-	(*Event)(nil),                   // 4: conveyor.v1.Event
-	(*GetTaskRequest)(nil),          // 5: conveyor.v1.GetTaskRequest
-	(*GetTaskResponse)(nil),         // 6: conveyor.v1.GetTaskResponse
-	(*WaitTaskRequest)(nil),         // 7: conveyor.v1.WaitTaskRequest
-	(*WaitTaskResponse)(nil),        // 8: conveyor.v1.WaitTaskResponse
-	(*WatchTaskRequest)(nil),        // 9: conveyor.v1.WatchTaskRequest
-	(*WatchTaskResponse)(nil),       // 10: conveyor.v1.WatchTaskResponse
-	(*ForgetTaskRequest)(nil),       // 11: conveyor.v1.ForgetTaskRequest
-	(*ForgetTaskResponse)(nil),      // 12: conveyor.v1.ForgetTaskResponse
-	(*ListDeadLettersRequest)(nil),  // 13: conveyor.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil), // 14: conveyor.v1.ListDeadLettersResponse
-	(*timestamppb.Timestamp)(nil),   // 15: google.protobuf.Timestamp
-	(*Task)(nil),                    // 16: conveyor.v1.Task
-	(*durationpb.Duration)(nil),     // 17: google.protobuf.Duration
+	(WorkflowView)(0),               // 0: conveyor.v1.WorkflowView
+	(EventKind)(0),                  // 1: conveyor.v1.EventKind
+	(TaskView)(0),                   // 2: conveyor.v1.TaskView
+	(*GetWorkflowRequest)(nil),      // 3: conveyor.v1.GetWorkflowRequest
+	(*GetWorkflowResponse)(nil),     // 4: conveyor.v1.GetWorkflowResponse
+	(*WaitWorkflowRequest)(nil),     // 5: conveyor.v1.WaitWorkflowRequest
+	(*WaitWorkflowResponse)(nil),    // 6: conveyor.v1.WaitWorkflowResponse
+	(*WatchWorkflowRequest)(nil),    // 7: conveyor.v1.WatchWorkflowRequest
+	(*WatchWorkflowResponse)(nil),   // 8: conveyor.v1.WatchWorkflowResponse
+	(*WatchEventsRequest)(nil),      // 9: conveyor.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),     // 10: conveyor.v1.WatchEventsResponse
+	(*Event)(nil),                   // 11: conveyor.v1.Event
+	(*GetTaskRequest)(nil),          // 12: conveyor.v1.GetTaskRequest
+	(*GetTaskResponse)(nil),         // 13: conveyor.v1.GetTaskResponse
+	(*WaitTaskRequest)(nil),         // 14: conveyor.v1.WaitTaskRequest
+	(*WaitTaskResponse)(nil),        // 15: conveyor.v1.WaitTaskResponse
+	(*WatchTaskRequest)(nil),        // 16: conveyor.v1.WatchTaskRequest
+	(*WatchTaskResponse)(nil),       // 17: conveyor.v1.WatchTaskResponse
+	(*ForgetTaskRequest)(nil),       // 18: conveyor.v1.ForgetTaskRequest
+	(*ForgetTaskResponse)(nil),      // 19: conveyor.v1.ForgetTaskResponse
+	(*ListDeadLettersRequest)(nil),  // 20: conveyor.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil), // 21: conveyor.v1.ListDeadLettersResponse
+	(*Workflow)(nil),                // 22: conveyor.v1.Workflow
+	(*durationpb.Duration)(nil),     // 23: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 24: google.protobuf.Timestamp
+	(*Task)(nil),                    // 25: conveyor.v1.Task
 }
 var file_conveyor_v1_results_service_proto_depIdxs = []int32{
-	0,  // 0: conveyor.v1.WatchEventsRequest.kinds:type_name -> conveyor.v1.EventKind
-	4,  // 1: conveyor.v1.WatchEventsResponse.events:type_name -> conveyor.v1.Event
-	0,  // 2: conveyor.v1.Event.kind:type_name -> conveyor.v1.EventKind
-	15, // 3: conveyor.v1.Event.time:type_name -> google.protobuf.Timestamp
-	16, // 4: conveyor.v1.GetTaskResponse.task:type_name -> conveyor.v1.Task
-	17, // 5: conveyor.v1.WaitTaskRequest.timeout:type_name -> google.protobuf.Duration
-	1,  // 6: conveyor.v1.WaitTaskRequest.view:type_name -> conveyor.v1.TaskView
-	16, // 7: conveyor.v1.WaitTaskResponse.task:type_name -> conveyor.v1.Task
-	16, // 8: conveyor.v1.WatchTaskResponse.task:type_name -> conveyor.v1.Task
-	16, // 9: conveyor.v1.ListDeadLettersResponse.tasks:type_name -> conveyor.v1.Task
-	5,  // 10: conveyor.v1.ResultsService.GetTask:input_type -> conveyor.v1.GetTaskRequest
-	7,  // 11: conveyor.v1.ResultsService.WaitTask:input_type -> conveyor.v1.WaitTaskRequest
-	9,  // 12: conveyor.v1.ResultsService.WatchTask:input_type -> conveyor.v1.WatchTaskRequest
-	11, // 13: conveyor.v1.ResultsService.ForgetTask:input_type -> conveyor.v1.ForgetTaskRequest
-	13, // 14: conveyor.v1.ResultsService.ListDeadLetters:input_type -> conveyor.v1.ListDeadLettersRequest
-	2,  // 15: conveyor.v1.ResultsService.WatchEvents:input_type -> conveyor.v1.WatchEventsRequest
-	6,  // 16: conveyor.v1.ResultsService.GetTask:output_type -> conveyor.v1.GetTaskResponse
-	8,  // 17: conveyor.v1.ResultsService.WaitTask:output_type -> conveyor.v1.WaitTaskResponse
-	10, // 18: conveyor.v1.ResultsService.WatchTask:output_type -> conveyor.v1.WatchTaskResponse
-	12, // 19: conveyor.v1.ResultsService.ForgetTask:output_type -> conveyor.v1.ForgetTaskResponse
-	14, // 20: conveyor.v1.ResultsService.ListDeadLetters:output_type -> conveyor.v1.ListDeadLettersResponse
-	3,  // 21: conveyor.v1.ResultsService.WatchEvents:output_type -> conveyor.v1.WatchEventsResponse
-	16, // [16:22] is the sub-list for method output_type
-	10, // [10:16] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	0,  // 0: conveyor.v1.GetWorkflowRequest.view:type_name -> conveyor.v1.WorkflowView
+	22, // 1: conveyor.v1.GetWorkflowResponse.workflow:type_name -> conveyor.v1.Workflow
+	23, // 2: conveyor.v1.WaitWorkflowRequest.timeout:type_name -> google.protobuf.Duration
+	0,  // 3: conveyor.v1.WaitWorkflowRequest.view:type_name -> conveyor.v1.WorkflowView
+	22, // 4: conveyor.v1.WaitWorkflowResponse.workflow:type_name -> conveyor.v1.Workflow
+	0,  // 5: conveyor.v1.WatchWorkflowRequest.view:type_name -> conveyor.v1.WorkflowView
+	22, // 6: conveyor.v1.WatchWorkflowResponse.workflow:type_name -> conveyor.v1.Workflow
+	1,  // 7: conveyor.v1.WatchEventsRequest.kinds:type_name -> conveyor.v1.EventKind
+	11, // 8: conveyor.v1.WatchEventsResponse.events:type_name -> conveyor.v1.Event
+	1,  // 9: conveyor.v1.Event.kind:type_name -> conveyor.v1.EventKind
+	24, // 10: conveyor.v1.Event.time:type_name -> google.protobuf.Timestamp
+	25, // 11: conveyor.v1.GetTaskResponse.task:type_name -> conveyor.v1.Task
+	23, // 12: conveyor.v1.WaitTaskRequest.timeout:type_name -> google.protobuf.Duration
+	2,  // 13: conveyor.v1.WaitTaskRequest.view:type_name -> conveyor.v1.TaskView
+	25, // 14: conveyor.v1.WaitTaskResponse.task:type_name -> conveyor.v1.Task
+	25, // 15: conveyor.v1.WatchTaskResponse.task:type_name -> conveyor.v1.Task
+	25, // 16: conveyor.v1.ListDeadLettersResponse.tasks:type_name -> conveyor.v1.Task
+	12, // 17: conveyor.v1.ResultsService.GetTask:input_type -> conveyor.v1.GetTaskRequest
+	14, // 18: conveyor.v1.ResultsService.WaitTask:input_type -> conveyor.v1.WaitTaskRequest
+	16, // 19: conveyor.v1.ResultsService.WatchTask:input_type -> conveyor.v1.WatchTaskRequest
+	18, // 20: conveyor.v1.ResultsService.ForgetTask:input_type -> conveyor.v1.ForgetTaskRequest
+	20, // 21: conveyor.v1.ResultsService.ListDeadLetters:input_type -> conveyor.v1.ListDeadLettersRequest
+	9,  // 22: conveyor.v1.ResultsService.WatchEvents:input_type -> conveyor.v1.WatchEventsRequest
+	3,  // 23: conveyor.v1.ResultsService.GetWorkflow:input_type -> conveyor.v1.GetWorkflowRequest
+	5,  // 24: conveyor.v1.ResultsService.WaitWorkflow:input_type -> conveyor.v1.WaitWorkflowRequest
+	7,  // 25: conveyor.v1.ResultsService.WatchWorkflow:input_type -> conveyor.v1.WatchWorkflowRequest
+	13, // 26: conveyor.v1.ResultsService.GetTask:output_type -> conveyor.v1.GetTaskResponse
+	15, // 27: conveyor.v1.ResultsService.WaitTask:output_type -> conveyor.v1.WaitTaskResponse
+	17, // 28: conveyor.v1.ResultsService.WatchTask:output_type -> conveyor.v1.WatchTaskResponse
+	19, // 29: conveyor.v1.ResultsService.ForgetTask:output_type -> conveyor.v1.ForgetTaskResponse
+	21, // 30: conveyor.v1.ResultsService.ListDeadLetters:output_type -> conveyor.v1.ListDeadLettersResponse
+	10, // 31: conveyor.v1.ResultsService.WatchEvents:output_type -> conveyor.v1.WatchEventsResponse
+	4,  // 32: conveyor.v1.ResultsService.GetWorkflow:output_type -> conveyor.v1.GetWorkflowResponse
+	6,  // 33: conveyor.v1.ResultsService.WaitWorkflow:output_type -> conveyor.v1.WaitWorkflowResponse
+	8,  // 34: conveyor.v1.ResultsService.WatchWorkflow:output_type -> conveyor.v1.WatchWorkflowResponse
+	26, // [26:35] is the sub-list for method output_type
+	17, // [17:26] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_conveyor_v1_results_service_proto_init() }
@@ -1139,13 +1593,14 @@ func file_conveyor_v1_results_service_proto_init() {
 		return
 	}
 	file_conveyor_v1_task_proto_init()
+	file_conveyor_v1_workflow_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_results_service_proto_rawDesc), len(file_conveyor_v1_results_service_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   13,
+			NumEnums:      3,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,9 @@ const (
 	ResultsService_ForgetTask_FullMethodName      = "/conveyor.v1.ResultsService/ForgetTask"
 	ResultsService_ListDeadLetters_FullMethodName = "/conveyor.v1.ResultsService/ListDeadLetters"
 	ResultsService_WatchEvents_FullMethodName     = "/conveyor.v1.ResultsService/WatchEvents"
+	ResultsService_GetWorkflow_FullMethodName     = "/conveyor.v1.ResultsService/GetWorkflow"
+	ResultsService_WaitWorkflow_FullMethodName    = "/conveyor.v1.ResultsService/WaitWorkflow"
+	ResultsService_WatchWorkflow_FullMethodName   = "/conveyor.v1.ResultsService/WatchWorkflow"
 )
 
 // ResultsServiceClient is the client API for ResultsService service.
@@ -60,6 +63,15 @@ type ResultsServiceClient interface {
 	// leave 16 messages unread and 16,000 more events pending before events
 	// are dropped for it.
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
+	// Returns a workflow with every node's state, attempt, result or error.
+	// NOT_FOUND for an unknown id or one whose result TTL passed.
+	GetWorkflow(ctx context.Context, in *GetWorkflowRequest, opts ...grpc.CallOption) (*GetWorkflowResponse, error)
+	// Waits until every node of the workflow has finished and returns it.
+	// DEADLINE_EXCEEDED when `timeout` (or the call's deadline) passes first.
+	WaitWorkflow(ctx context.Context, in *WaitWorkflowRequest, opts ...grpc.CallOption) (*WaitWorkflowResponse, error)
+	// Streams the workflow, then a snapshot after each node that finishes or
+	// becomes ready, and ends once the workflow has finished.
+	WatchWorkflow(ctx context.Context, in *WatchWorkflowRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchWorkflowResponse], error)
 }
 
 type resultsServiceClient struct {
@@ -148,6 +160,45 @@ func (c *resultsServiceClient) WatchEvents(ctx context.Context, in *WatchEventsR
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ResultsService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
 
+func (c *resultsServiceClient) GetWorkflow(ctx context.Context, in *GetWorkflowRequest, opts ...grpc.CallOption) (*GetWorkflowResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetWorkflowResponse)
+	err := c.cc.Invoke(ctx, ResultsService_GetWorkflow_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *resultsServiceClient) WaitWorkflow(ctx context.Context, in *WaitWorkflowRequest, opts ...grpc.CallOption) (*WaitWorkflowResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WaitWorkflowResponse)
+	err := c.cc.Invoke(ctx, ResultsService_WaitWorkflow_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *resultsServiceClient) WatchWorkflow(ctx context.Context, in *WatchWorkflowRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchWorkflowResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ResultsService_ServiceDesc.Streams[2], ResultsService_WatchWorkflow_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchWorkflowRequest, WatchWorkflowResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ResultsService_WatchWorkflowClient = grpc.ServerStreamingClient[WatchWorkflowResponse]
+
 // ResultsServiceServer is the server API for ResultsService service.
 // All implementations must embed UnimplementedResultsServiceServer
 // for forward compatibility.
@@ -181,6 +232,15 @@ type ResultsServiceServer interface {
 	// leave 16 messages unread and 16,000 more events pending before events
 	// are dropped for it.
 	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
+	// Returns a workflow with every node's state, attempt, result or error.
+	// NOT_FOUND for an unknown id or one whose result TTL passed.
+	GetWorkflow(context.Context, *GetWorkflowRequest) (*GetWorkflowResponse, error)
+	// Waits until every node of the workflow has finished and returns it.
+	// DEADLINE_EXCEEDED when `timeout` (or the call's deadline) passes first.
+	WaitWorkflow(context.Context, *WaitWorkflowRequest) (*WaitWorkflowResponse, error)
+	// Streams the workflow, then a snapshot after each node that finishes or
+	// becomes ready, and ends once the workflow has finished.
+	WatchWorkflow(*WatchWorkflowRequest, grpc.ServerStreamingServer[WatchWorkflowResponse]) error
 	mustEmbedUnimplementedResultsServiceServer()
 }
 
@@ -208,6 +268,15 @@ func (UnimplementedResultsServiceServer) ListDeadLetters(context.Context, *ListD
 }
 func (UnimplementedResultsServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
+}
+func (UnimplementedResultsServiceServer) GetWorkflow(context.Context, *GetWorkflowRequest) (*GetWorkflowResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetWorkflow not implemented")
+}
+func (UnimplementedResultsServiceServer) WaitWorkflow(context.Context, *WaitWorkflowRequest) (*WaitWorkflowResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method WaitWorkflow not implemented")
+}
+func (UnimplementedResultsServiceServer) WatchWorkflow(*WatchWorkflowRequest, grpc.ServerStreamingServer[WatchWorkflowResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchWorkflow not implemented")
 }
 func (UnimplementedResultsServiceServer) mustEmbedUnimplementedResultsServiceServer() {}
 func (UnimplementedResultsServiceServer) testEmbeddedByValue()                        {}
@@ -324,6 +393,53 @@ func _ResultsService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStre
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type ResultsService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
 
+func _ResultsService_GetWorkflow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetWorkflowRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ResultsServiceServer).GetWorkflow(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ResultsService_GetWorkflow_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ResultsServiceServer).GetWorkflow(ctx, req.(*GetWorkflowRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ResultsService_WaitWorkflow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WaitWorkflowRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ResultsServiceServer).WaitWorkflow(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ResultsService_WaitWorkflow_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ResultsServiceServer).WaitWorkflow(ctx, req.(*WaitWorkflowRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ResultsService_WatchWorkflow_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchWorkflowRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ResultsServiceServer).WatchWorkflow(m, &grpc.GenericServerStream[WatchWorkflowRequest, WatchWorkflowResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ResultsService_WatchWorkflowServer = grpc.ServerStreamingServer[WatchWorkflowResponse]
+
 // ResultsService_ServiceDesc is the grpc.ServiceDesc for ResultsService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -347,6 +463,14 @@ var ResultsService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListDeadLetters",
 			Handler:    _ResultsService_ListDeadLetters_Handler,
 		},
+		{
+			MethodName: "GetWorkflow",
+			Handler:    _ResultsService_GetWorkflow_Handler,
+		},
+		{
+			MethodName: "WaitWorkflow",
+			Handler:    _ResultsService_WaitWorkflow_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -357,6 +481,11 @@ var ResultsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchEvents",
 			Handler:       _ResultsService_WatchEvents_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchWorkflow",
+			Handler:       _ResultsService_WatchWorkflow_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -21,6 +21,236 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// SubmitWorkflow request.
+type SubmitWorkflowRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The workflow.
+	Workflow *WorkflowSpec `protobuf:"bytes,1,opt,name=workflow,proto3" json:"workflow,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default".
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitWorkflowRequest) Reset() {
+	*x = SubmitWorkflowRequest{}
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitWorkflowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitWorkflowRequest) ProtoMessage() {}
+
+func (x *SubmitWorkflowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitWorkflowRequest.ProtoReflect.Descriptor instead.
+func (*SubmitWorkflowRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SubmitWorkflowRequest) GetWorkflow() *WorkflowSpec {
+	if x != nil {
+		return x.Workflow
+	}
+	return nil
+}
+
+func (x *SubmitWorkflowRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+// SubmitWorkflow response.
+type SubmitWorkflowResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of the workflow (or of the earlier one with the same idempotency key).
+	WorkflowId string `protobuf:"bytes,1,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
+	// Task id of every node, in WorkflowSpec.nodes order.
+	TaskIds []string `protobuf:"bytes,2,rep,name=task_ids,json=taskIds,proto3" json:"task_ids,omitempty"`
+	// True when an earlier workflow with the same idempotency key was
+	// returned (then `task_ids` are its nodes').
+	Duplicate     bool `protobuf:"varint,3,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitWorkflowResponse) Reset() {
+	*x = SubmitWorkflowResponse{}
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitWorkflowResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitWorkflowResponse) ProtoMessage() {}
+
+func (x *SubmitWorkflowResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitWorkflowResponse.ProtoReflect.Descriptor instead.
+func (*SubmitWorkflowResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SubmitWorkflowResponse) GetWorkflowId() string {
+	if x != nil {
+		return x.WorkflowId
+	}
+	return ""
+}
+
+func (x *SubmitWorkflowResponse) GetTaskIds() []string {
+	if x != nil {
+		return x.TaskIds
+	}
+	return nil
+}
+
+func (x *SubmitWorkflowResponse) GetDuplicate() bool {
+	if x != nil {
+		return x.Duplicate
+	}
+	return false
+}
+
+// CancelWorkflow request.
+type CancelWorkflowRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of the workflow.
+	WorkflowId string `protobuf:"bytes,1,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
+	// Namespace the call acts in; "" is the namespace "default".
+	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelWorkflowRequest) Reset() {
+	*x = CancelWorkflowRequest{}
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelWorkflowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelWorkflowRequest) ProtoMessage() {}
+
+func (x *CancelWorkflowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelWorkflowRequest.ProtoReflect.Descriptor instead.
+func (*CancelWorkflowRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CancelWorkflowRequest) GetWorkflowId() string {
+	if x != nil {
+		return x.WorkflowId
+	}
+	return ""
+}
+
+func (x *CancelWorkflowRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+// CancelWorkflow response.
+type CancelWorkflowResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Nodes this call cancelled.
+	Cancelled uint32 `protobuf:"varint,1,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
+	// State of the workflow after the call.
+	State         WorkflowState `protobuf:"varint,2,opt,name=state,proto3,enum=conveyor.v1.WorkflowState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelWorkflowResponse) Reset() {
+	*x = CancelWorkflowResponse{}
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelWorkflowResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelWorkflowResponse) ProtoMessage() {}
+
+func (x *CancelWorkflowResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelWorkflowResponse.ProtoReflect.Descriptor instead.
+func (*CancelWorkflowResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CancelWorkflowResponse) GetCancelled() uint32 {
+	if x != nil {
+		return x.Cancelled
+	}
+	return 0
+}
+
+func (x *CancelWorkflowResponse) GetState() WorkflowState {
+	if x != nil {
+		return x.State
+	}
+	return WorkflowState_WORKFLOW_STATE_UNSPECIFIED
+}
+
 // SubmitTask request.
 type SubmitTaskRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -36,7 +266,7 @@ type SubmitTaskRequest struct {
 
 func (x *SubmitTaskRequest) Reset() {
 	*x = SubmitTaskRequest{}
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[0]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +278,7 @@ func (x *SubmitTaskRequest) String() string {
 func (*SubmitTaskRequest) ProtoMessage() {}
 
 func (x *SubmitTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[0]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +291,7 @@ func (x *SubmitTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitTaskRequest.ProtoReflect.Descriptor instead.
 func (*SubmitTaskRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{0}
+	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SubmitTaskRequest) GetTask() *TaskSpec {
@@ -95,7 +325,7 @@ type SubmitTaskResponse struct {
 
 func (x *SubmitTaskResponse) Reset() {
 	*x = SubmitTaskResponse{}
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[1]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -107,7 +337,7 @@ func (x *SubmitTaskResponse) String() string {
 func (*SubmitTaskResponse) ProtoMessage() {}
 
 func (x *SubmitTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[1]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -120,7 +350,7 @@ func (x *SubmitTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitTaskResponse.ProtoReflect.Descriptor instead.
 func (*SubmitTaskResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{1}
+	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SubmitTaskResponse) GetTaskId() string {
@@ -159,7 +389,7 @@ type SubmitTasksRequest struct {
 
 func (x *SubmitTasksRequest) Reset() {
 	*x = SubmitTasksRequest{}
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[2]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -171,7 +401,7 @@ func (x *SubmitTasksRequest) String() string {
 func (*SubmitTasksRequest) ProtoMessage() {}
 
 func (x *SubmitTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[2]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -184,7 +414,7 @@ func (x *SubmitTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitTasksRequest.ProtoReflect.Descriptor instead.
 func (*SubmitTasksRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{2}
+	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SubmitTasksRequest) GetTasks() []*TaskSpec {
@@ -212,7 +442,7 @@ type SubmitTasksResponse struct {
 
 func (x *SubmitTasksResponse) Reset() {
 	*x = SubmitTasksResponse{}
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[3]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -224,7 +454,7 @@ func (x *SubmitTasksResponse) String() string {
 func (*SubmitTasksResponse) ProtoMessage() {}
 
 func (x *SubmitTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[3]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -237,7 +467,7 @@ func (x *SubmitTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitTasksResponse.ProtoReflect.Descriptor instead.
 func (*SubmitTasksResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{3}
+	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SubmitTasksResponse) GetResults() []*SubmitTaskResponse {
@@ -262,7 +492,7 @@ type CancelTaskRequest struct {
 
 func (x *CancelTaskRequest) Reset() {
 	*x = CancelTaskRequest{}
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[4]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -274,7 +504,7 @@ func (x *CancelTaskRequest) String() string {
 func (*CancelTaskRequest) ProtoMessage() {}
 
 func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[4]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -287,7 +517,7 @@ func (x *CancelTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskRequest.ProtoReflect.Descriptor instead.
 func (*CancelTaskRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{4}
+	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CancelTaskRequest) GetTaskId() string {
@@ -317,7 +547,7 @@ type CancelTaskResponse struct {
 
 func (x *CancelTaskResponse) Reset() {
 	*x = CancelTaskResponse{}
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[5]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -329,7 +559,7 @@ func (x *CancelTaskResponse) String() string {
 func (*CancelTaskResponse) ProtoMessage() {}
 
 func (x *CancelTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[5]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -342,7 +572,7 @@ func (x *CancelTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelTaskResponse.ProtoReflect.Descriptor instead.
 func (*CancelTaskResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{5}
+	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CancelTaskResponse) GetCancelled() bool {
@@ -374,7 +604,7 @@ type ReplayTaskRequest struct {
 
 func (x *ReplayTaskRequest) Reset() {
 	*x = ReplayTaskRequest{}
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[6]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -386,7 +616,7 @@ func (x *ReplayTaskRequest) String() string {
 func (*ReplayTaskRequest) ProtoMessage() {}
 
 func (x *ReplayTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[6]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -399,7 +629,7 @@ func (x *ReplayTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayTaskRequest.ProtoReflect.Descriptor instead.
 func (*ReplayTaskRequest) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{6}
+	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReplayTaskRequest) GetTaskId() string {
@@ -427,7 +657,7 @@ type ReplayTaskResponse struct {
 
 func (x *ReplayTaskResponse) Reset() {
 	*x = ReplayTaskResponse{}
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[7]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +669,7 @@ func (x *ReplayTaskResponse) String() string {
 func (*ReplayTaskResponse) ProtoMessage() {}
 
 func (x *ReplayTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_conveyor_v1_submission_service_proto_msgTypes[7]
+	mi := &file_conveyor_v1_submission_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +682,7 @@ func (x *ReplayTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayTaskResponse.ProtoReflect.Descriptor instead.
 func (*ReplayTaskResponse) Descriptor() ([]byte, []int) {
-	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{7}
+	return file_conveyor_v1_submission_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReplayTaskResponse) GetState() TaskState {
@@ -466,7 +696,22 @@ var File_conveyor_v1_submission_service_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_submission_service_proto_rawDesc = "" +
 	"\n" +
-	"$conveyor/v1/submission_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\"\\\n" +
+	"$conveyor/v1/submission_service.proto\x12\vconveyor.v1\x1a\x16conveyor/v1/task.proto\x1a\x1aconveyor/v1/workflow.proto\"l\n" +
+	"\x15SubmitWorkflowRequest\x125\n" +
+	"\bworkflow\x18\x01 \x01(\v2\x19.conveyor.v1.WorkflowSpecR\bworkflow\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"r\n" +
+	"\x16SubmitWorkflowResponse\x12\x1f\n" +
+	"\vworkflow_id\x18\x01 \x01(\tR\n" +
+	"workflowId\x12\x19\n" +
+	"\btask_ids\x18\x02 \x03(\tR\ataskIds\x12\x1c\n" +
+	"\tduplicate\x18\x03 \x01(\bR\tduplicate\"V\n" +
+	"\x15CancelWorkflowRequest\x12\x1f\n" +
+	"\vworkflow_id\x18\x01 \x01(\tR\n" +
+	"workflowId\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"h\n" +
+	"\x16CancelWorkflowResponse\x12\x1c\n" +
+	"\tcancelled\x18\x01 \x01(\rR\tcancelled\x120\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1a.conveyor.v1.WorkflowStateR\x05state\"\\\n" +
 	"\x11SubmitTaskRequest\x12)\n" +
 	"\x04task\x18\x01 \x01(\v2\x15.conveyor.v1.TaskSpecR\x04task\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"y\n" +
@@ -489,7 +734,7 @@ const file_conveyor_v1_submission_service_proto_rawDesc = "" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\"B\n" +
 	"\x12ReplayTaskResponse\x12,\n" +
-	"\x05state\x18\x01 \x01(\x0e2\x16.conveyor.v1.TaskStateR\x05state2\xd2\x02\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x16.conveyor.v1.TaskStateR\x05state2\x88\x04\n" +
 	"\x11SubmissionService\x12M\n" +
 	"\n" +
 	"SubmitTask\x12\x1e.conveyor.v1.SubmitTaskRequest\x1a\x1f.conveyor.v1.SubmitTaskResponse\x12P\n" +
@@ -497,7 +742,9 @@ const file_conveyor_v1_submission_service_proto_rawDesc = "" +
 	"\n" +
 	"CancelTask\x12\x1e.conveyor.v1.CancelTaskRequest\x1a\x1f.conveyor.v1.CancelTaskResponse\x12M\n" +
 	"\n" +
-	"ReplayTask\x12\x1e.conveyor.v1.ReplayTaskRequest\x1a\x1f.conveyor.v1.ReplayTaskResponseB\xab\x01\n" +
+	"ReplayTask\x12\x1e.conveyor.v1.ReplayTaskRequest\x1a\x1f.conveyor.v1.ReplayTaskResponse\x12Y\n" +
+	"\x0eSubmitWorkflow\x12\".conveyor.v1.SubmitWorkflowRequest\x1a#.conveyor.v1.SubmitWorkflowResponse\x12Y\n" +
+	"\x0eCancelWorkflow\x12\".conveyor.v1.CancelWorkflowRequest\x1a#.conveyor.v1.CancelWorkflowResponseB\xab\x01\n" +
 	"\x0fcom.conveyor.v1B\x16SubmissionServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03CXX\xaa\x02\vConveyor.V1\xca\x02\vConveyor\\V1\xe2\x02\x17Conveyor\\V1\\GPBMetadata\xea\x02\fConveyor::V1b\x06proto3"
 
 var (
@@ -512,39 +759,51 @@ func file_conveyor_v1_submission_service_proto_rawDescGZIP() []byte {
 	return file_conveyor_v1_submission_service_proto_rawDescData
 }
 
-var file_conveyor_v1_submission_service_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_conveyor_v1_submission_service_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_conveyor_v1_submission_service_proto_goTypes = []any{
-	(*SubmitTaskRequest)(nil),   // 0: conveyor.v1.SubmitTaskRequest
-	(*SubmitTaskResponse)(nil),  // 1: conveyor.v1.SubmitTaskResponse
-	(*SubmitTasksRequest)(nil),  // 2: conveyor.v1.SubmitTasksRequest
-	(*SubmitTasksResponse)(nil), // 3: conveyor.v1.SubmitTasksResponse
-	(*CancelTaskRequest)(nil),   // 4: conveyor.v1.CancelTaskRequest
-	(*CancelTaskResponse)(nil),  // 5: conveyor.v1.CancelTaskResponse
-	(*ReplayTaskRequest)(nil),   // 6: conveyor.v1.ReplayTaskRequest
-	(*ReplayTaskResponse)(nil),  // 7: conveyor.v1.ReplayTaskResponse
-	(*TaskSpec)(nil),            // 8: conveyor.v1.TaskSpec
-	(TaskState)(0),              // 9: conveyor.v1.TaskState
+	(*SubmitWorkflowRequest)(nil),  // 0: conveyor.v1.SubmitWorkflowRequest
+	(*SubmitWorkflowResponse)(nil), // 1: conveyor.v1.SubmitWorkflowResponse
+	(*CancelWorkflowRequest)(nil),  // 2: conveyor.v1.CancelWorkflowRequest
+	(*CancelWorkflowResponse)(nil), // 3: conveyor.v1.CancelWorkflowResponse
+	(*SubmitTaskRequest)(nil),      // 4: conveyor.v1.SubmitTaskRequest
+	(*SubmitTaskResponse)(nil),     // 5: conveyor.v1.SubmitTaskResponse
+	(*SubmitTasksRequest)(nil),     // 6: conveyor.v1.SubmitTasksRequest
+	(*SubmitTasksResponse)(nil),    // 7: conveyor.v1.SubmitTasksResponse
+	(*CancelTaskRequest)(nil),      // 8: conveyor.v1.CancelTaskRequest
+	(*CancelTaskResponse)(nil),     // 9: conveyor.v1.CancelTaskResponse
+	(*ReplayTaskRequest)(nil),      // 10: conveyor.v1.ReplayTaskRequest
+	(*ReplayTaskResponse)(nil),     // 11: conveyor.v1.ReplayTaskResponse
+	(*WorkflowSpec)(nil),           // 12: conveyor.v1.WorkflowSpec
+	(WorkflowState)(0),             // 13: conveyor.v1.WorkflowState
+	(*TaskSpec)(nil),               // 14: conveyor.v1.TaskSpec
+	(TaskState)(0),                 // 15: conveyor.v1.TaskState
 }
 var file_conveyor_v1_submission_service_proto_depIdxs = []int32{
-	8,  // 0: conveyor.v1.SubmitTaskRequest.task:type_name -> conveyor.v1.TaskSpec
-	9,  // 1: conveyor.v1.SubmitTaskResponse.state:type_name -> conveyor.v1.TaskState
-	8,  // 2: conveyor.v1.SubmitTasksRequest.tasks:type_name -> conveyor.v1.TaskSpec
-	1,  // 3: conveyor.v1.SubmitTasksResponse.results:type_name -> conveyor.v1.SubmitTaskResponse
-	9,  // 4: conveyor.v1.CancelTaskResponse.state:type_name -> conveyor.v1.TaskState
-	9,  // 5: conveyor.v1.ReplayTaskResponse.state:type_name -> conveyor.v1.TaskState
-	0,  // 6: conveyor.v1.SubmissionService.SubmitTask:input_type -> conveyor.v1.SubmitTaskRequest
-	2,  // 7: conveyor.v1.SubmissionService.SubmitTasks:input_type -> conveyor.v1.SubmitTasksRequest
-	4,  // 8: conveyor.v1.SubmissionService.CancelTask:input_type -> conveyor.v1.CancelTaskRequest
-	6,  // 9: conveyor.v1.SubmissionService.ReplayTask:input_type -> conveyor.v1.ReplayTaskRequest
-	1,  // 10: conveyor.v1.SubmissionService.SubmitTask:output_type -> conveyor.v1.SubmitTaskResponse
-	3,  // 11: conveyor.v1.SubmissionService.SubmitTasks:output_type -> conveyor.v1.SubmitTasksResponse
-	5,  // 12: conveyor.v1.SubmissionService.CancelTask:output_type -> conveyor.v1.CancelTaskResponse
-	7,  // 13: conveyor.v1.SubmissionService.ReplayTask:output_type -> conveyor.v1.ReplayTaskResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	12, // 0: conveyor.v1.SubmitWorkflowRequest.workflow:type_name -> conveyor.v1.WorkflowSpec
+	13, // 1: conveyor.v1.CancelWorkflowResponse.state:type_name -> conveyor.v1.WorkflowState
+	14, // 2: conveyor.v1.SubmitTaskRequest.task:type_name -> conveyor.v1.TaskSpec
+	15, // 3: conveyor.v1.SubmitTaskResponse.state:type_name -> conveyor.v1.TaskState
+	14, // 4: conveyor.v1.SubmitTasksRequest.tasks:type_name -> conveyor.v1.TaskSpec
+	5,  // 5: conveyor.v1.SubmitTasksResponse.results:type_name -> conveyor.v1.SubmitTaskResponse
+	15, // 6: conveyor.v1.CancelTaskResponse.state:type_name -> conveyor.v1.TaskState
+	15, // 7: conveyor.v1.ReplayTaskResponse.state:type_name -> conveyor.v1.TaskState
+	4,  // 8: conveyor.v1.SubmissionService.SubmitTask:input_type -> conveyor.v1.SubmitTaskRequest
+	6,  // 9: conveyor.v1.SubmissionService.SubmitTasks:input_type -> conveyor.v1.SubmitTasksRequest
+	8,  // 10: conveyor.v1.SubmissionService.CancelTask:input_type -> conveyor.v1.CancelTaskRequest
+	10, // 11: conveyor.v1.SubmissionService.ReplayTask:input_type -> conveyor.v1.ReplayTaskRequest
+	0,  // 12: conveyor.v1.SubmissionService.SubmitWorkflow:input_type -> conveyor.v1.SubmitWorkflowRequest
+	2,  // 13: conveyor.v1.SubmissionService.CancelWorkflow:input_type -> conveyor.v1.CancelWorkflowRequest
+	5,  // 14: conveyor.v1.SubmissionService.SubmitTask:output_type -> conveyor.v1.SubmitTaskResponse
+	7,  // 15: conveyor.v1.SubmissionService.SubmitTasks:output_type -> conveyor.v1.SubmitTasksResponse
+	9,  // 16: conveyor.v1.SubmissionService.CancelTask:output_type -> conveyor.v1.CancelTaskResponse
+	11, // 17: conveyor.v1.SubmissionService.ReplayTask:output_type -> conveyor.v1.ReplayTaskResponse
+	1,  // 18: conveyor.v1.SubmissionService.SubmitWorkflow:output_type -> conveyor.v1.SubmitWorkflowResponse
+	3,  // 19: conveyor.v1.SubmissionService.CancelWorkflow:output_type -> conveyor.v1.CancelWorkflowResponse
+	14, // [14:20] is the sub-list for method output_type
+	8,  // [8:14] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_conveyor_v1_submission_service_proto_init() }
@@ -553,13 +812,14 @@ func file_conveyor_v1_submission_service_proto_init() {
 		return
 	}
 	file_conveyor_v1_task_proto_init()
+	file_conveyor_v1_workflow_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_submission_service_proto_rawDesc), len(file_conveyor_v1_submission_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,10 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SubmissionService_SubmitTask_FullMethodName  = "/conveyor.v1.SubmissionService/SubmitTask"
-	SubmissionService_SubmitTasks_FullMethodName = "/conveyor.v1.SubmissionService/SubmitTasks"
-	SubmissionService_CancelTask_FullMethodName  = "/conveyor.v1.SubmissionService/CancelTask"
-	SubmissionService_ReplayTask_FullMethodName  = "/conveyor.v1.SubmissionService/ReplayTask"
+	SubmissionService_SubmitTask_FullMethodName     = "/conveyor.v1.SubmissionService/SubmitTask"
+	SubmissionService_SubmitTasks_FullMethodName    = "/conveyor.v1.SubmissionService/SubmitTasks"
+	SubmissionService_CancelTask_FullMethodName     = "/conveyor.v1.SubmissionService/CancelTask"
+	SubmissionService_ReplayTask_FullMethodName     = "/conveyor.v1.SubmissionService/ReplayTask"
+	SubmissionService_SubmitWorkflow_FullMethodName = "/conveyor.v1.SubmissionService/SubmitWorkflow"
+	SubmissionService_CancelWorkflow_FullMethodName = "/conveyor.v1.SubmissionService/CancelWorkflow"
 )
 
 // SubmissionServiceClient is the client API for SubmissionService service.
@@ -53,6 +55,17 @@ type SubmissionServiceClient interface {
 	// Queues a FAILED task again under the same id, with its retry count
 	// reset (a dead letter's replay). FAILED_PRECONDITION for other states.
 	ReplayTask(ctx context.Context, in *ReplayTaskRequest, opts ...grpc.CallOption) (*ReplayTaskResponse, error)
+	// Submits a workflow (a DAG of tasks) in one atomic store operation:
+	// nodes without parents are queued at once, the others wait (WAITING)
+	// for their parents. INVALID_ARGUMENT names the offending node (cycles,
+	// parents out of range, an input mode that does not fit the parents);
+	// RESOURCE_EXHAUSTED beyond 10,000 nodes or 100,000 edges. Nothing is
+	// stored when the call fails.
+	SubmitWorkflow(ctx context.Context, in *SubmitWorkflowRequest, opts ...grpc.CallOption) (*SubmitWorkflowResponse, error)
+	// Cancels every unfinished node of a workflow in one atomic store
+	// operation: no node starts after the call returns; running ones are
+	// cancelled on their workers through the stream.
+	CancelWorkflow(ctx context.Context, in *CancelWorkflowRequest, opts ...grpc.CallOption) (*CancelWorkflowResponse, error)
 }
 
 type submissionServiceClient struct {
@@ -103,6 +116,26 @@ func (c *submissionServiceClient) ReplayTask(ctx context.Context, in *ReplayTask
 	return out, nil
 }
 
+func (c *submissionServiceClient) SubmitWorkflow(ctx context.Context, in *SubmitWorkflowRequest, opts ...grpc.CallOption) (*SubmitWorkflowResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SubmitWorkflowResponse)
+	err := c.cc.Invoke(ctx, SubmissionService_SubmitWorkflow_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *submissionServiceClient) CancelWorkflow(ctx context.Context, in *CancelWorkflowRequest, opts ...grpc.CallOption) (*CancelWorkflowResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CancelWorkflowResponse)
+	err := c.cc.Invoke(ctx, SubmissionService_CancelWorkflow_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SubmissionServiceServer is the server API for SubmissionService service.
 // All implementations must embed UnimplementedSubmissionServiceServer
 // for forward compatibility.
@@ -131,6 +164,17 @@ type SubmissionServiceServer interface {
 	// Queues a FAILED task again under the same id, with its retry count
 	// reset (a dead letter's replay). FAILED_PRECONDITION for other states.
 	ReplayTask(context.Context, *ReplayTaskRequest) (*ReplayTaskResponse, error)
+	// Submits a workflow (a DAG of tasks) in one atomic store operation:
+	// nodes without parents are queued at once, the others wait (WAITING)
+	// for their parents. INVALID_ARGUMENT names the offending node (cycles,
+	// parents out of range, an input mode that does not fit the parents);
+	// RESOURCE_EXHAUSTED beyond 10,000 nodes or 100,000 edges. Nothing is
+	// stored when the call fails.
+	SubmitWorkflow(context.Context, *SubmitWorkflowRequest) (*SubmitWorkflowResponse, error)
+	// Cancels every unfinished node of a workflow in one atomic store
+	// operation: no node starts after the call returns; running ones are
+	// cancelled on their workers through the stream.
+	CancelWorkflow(context.Context, *CancelWorkflowRequest) (*CancelWorkflowResponse, error)
 	mustEmbedUnimplementedSubmissionServiceServer()
 }
 
@@ -152,6 +196,12 @@ func (UnimplementedSubmissionServiceServer) CancelTask(context.Context, *CancelT
 }
 func (UnimplementedSubmissionServiceServer) ReplayTask(context.Context, *ReplayTaskRequest) (*ReplayTaskResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReplayTask not implemented")
+}
+func (UnimplementedSubmissionServiceServer) SubmitWorkflow(context.Context, *SubmitWorkflowRequest) (*SubmitWorkflowResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SubmitWorkflow not implemented")
+}
+func (UnimplementedSubmissionServiceServer) CancelWorkflow(context.Context, *CancelWorkflowRequest) (*CancelWorkflowResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelWorkflow not implemented")
 }
 func (UnimplementedSubmissionServiceServer) mustEmbedUnimplementedSubmissionServiceServer() {}
 func (UnimplementedSubmissionServiceServer) testEmbeddedByValue()                           {}
@@ -246,6 +296,42 @@ func _SubmissionService_ReplayTask_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SubmissionService_SubmitWorkflow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SubmitWorkflowRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SubmissionServiceServer).SubmitWorkflow(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SubmissionService_SubmitWorkflow_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SubmissionServiceServer).SubmitWorkflow(ctx, req.(*SubmitWorkflowRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SubmissionService_CancelWorkflow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelWorkflowRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SubmissionServiceServer).CancelWorkflow(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SubmissionService_CancelWorkflow_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SubmissionServiceServer).CancelWorkflow(ctx, req.(*CancelWorkflowRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SubmissionService_ServiceDesc is the grpc.ServiceDesc for SubmissionService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -268,6 +354,14 @@ var SubmissionService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReplayTask",
 			Handler:    _SubmissionService_ReplayTask_Handler,
+		},
+		{
+			MethodName: "SubmitWorkflow",
+			Handler:    _SubmissionService_SubmitWorkflow_Handler,
+		},
+		{
+			MethodName: "CancelWorkflow",
+			Handler:    _SubmissionService_CancelWorkflow_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

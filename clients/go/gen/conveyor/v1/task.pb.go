@@ -25,7 +25,7 @@ const (
 
 // The states of a task. SCHEDULED -> QUEUED -> LEASED -> RUNNING -> one of
 // SUCCEEDED, FAILED, CANCELLED, EXPIRED. A failed attempt that may retry goes
-// back to SCHEDULED.
+// back to SCHEDULED. A workflow node starts WAITING for its parents.
 type TaskState int32
 
 const (
@@ -125,6 +125,9 @@ const (
 	FailureReason_FAILURE_REASON_UNKNOWN_TASK FailureReason = 4
 	// The arguments could not be decoded.
 	FailureReason_FAILURE_REASON_BAD_ARGUMENTS FailureReason = 5
+	// A workflow node that did not run because a node it depends on failed
+	// or expired; `TaskError.cause_task_id` names that node.
+	FailureReason_FAILURE_REASON_DEPENDENCY_FAILED FailureReason = 6
 )
 
 // Enum value maps for FailureReason.
@@ -136,14 +139,16 @@ var (
 		3: "FAILURE_REASON_SOFT_TIME_LIMIT",
 		4: "FAILURE_REASON_UNKNOWN_TASK",
 		5: "FAILURE_REASON_BAD_ARGUMENTS",
+		6: "FAILURE_REASON_DEPENDENCY_FAILED",
 	}
 	FailureReason_value = map[string]int32{
-		"FAILURE_REASON_UNSPECIFIED":      0,
-		"FAILURE_REASON_RESULT_TOO_LARGE": 1,
-		"FAILURE_REASON_HARD_TIME_LIMIT":  2,
-		"FAILURE_REASON_SOFT_TIME_LIMIT":  3,
-		"FAILURE_REASON_UNKNOWN_TASK":     4,
-		"FAILURE_REASON_BAD_ARGUMENTS":    5,
+		"FAILURE_REASON_UNSPECIFIED":       0,
+		"FAILURE_REASON_RESULT_TOO_LARGE":  1,
+		"FAILURE_REASON_HARD_TIME_LIMIT":   2,
+		"FAILURE_REASON_SOFT_TIME_LIMIT":   3,
+		"FAILURE_REASON_UNKNOWN_TASK":      4,
+		"FAILURE_REASON_BAD_ARGUMENTS":     5,
+		"FAILURE_REASON_DEPENDENCY_FAILED": 6,
 	}
 )
 
@@ -727,7 +732,10 @@ type TaskError struct {
 	// `retryable`; still bounded by the task's `max_retries`.
 	RetryAfter *durationpb.Duration `protobuf:"bytes,5,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
 	// Set when the platform, not the handler, failed the attempt.
-	Reason        FailureReason `protobuf:"varint,6,opt,name=reason,proto3,enum=conveyor.v1.FailureReason" json:"reason,omitempty"`
+	Reason FailureReason `protobuf:"varint,6,opt,name=reason,proto3,enum=conveyor.v1.FailureReason" json:"reason,omitempty"`
+	// For FAILURE_REASON_DEPENDENCY_FAILED: the parent node whose failure
+	// failed this one (follow it for the cause chain).
+	CauseTaskId   string `protobuf:"bytes,7,opt,name=cause_task_id,json=causeTaskId,proto3" json:"cause_task_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -802,6 +810,13 @@ func (x *TaskError) GetReason() FailureReason {
 		return x.Reason
 	}
 	return FailureReason_FAILURE_REASON_UNSPECIFIED
+}
+
+func (x *TaskError) GetCauseTaskId() string {
+	if x != nil {
+		return x.CauseTaskId
+	}
+	return ""
 }
 
 // What a running handler reported about itself (Celery's `update_state`).
@@ -919,7 +934,11 @@ type Task struct {
 	// Namespace of the task.
 	Namespace string `protobuf:"bytes,18,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Producer's trace context, as submitted.
-	TraceContext  *TraceContext `protobuf:"bytes,19,opt,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty"`
+	TraceContext *TraceContext `protobuf:"bytes,19,opt,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty"`
+	// The workflow the task is a node of, if any.
+	WorkflowId string `protobuf:"bytes,20,opt,name=workflow_id,json=workflowId,proto3" json:"workflow_id,omitempty"`
+	// Its index among the workflow's nodes.
+	WorkflowNode  uint32 `protobuf:"varint,21,opt,name=workflow_node,json=workflowNode,proto3" json:"workflow_node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1087,6 +1106,20 @@ func (x *Task) GetTraceContext() *TraceContext {
 	return nil
 }
 
+func (x *Task) GetWorkflowId() string {
+	if x != nil {
+		return x.WorkflowId
+	}
+	return ""
+}
+
+func (x *Task) GetWorkflowNode() uint32 {
+	if x != nil {
+		return x.WorkflowNode
+	}
+	return 0
+}
+
 var File_conveyor_v1_task_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_task_proto_rawDesc = "" +
@@ -1142,7 +1175,7 @@ const file_conveyor_v1_task_proto_rawDesc = "" +
 	"\vtraceparent\x18\x01 \x01(\tR\vtraceparent\x12\x1e\n" +
 	"\n" +
 	"tracestate\x18\x02 \x01(\tR\n" +
-	"tracestate\"\xe5\x01\n" +
+	"tracestate\"\x89\x02\n" +
 	"\tTaskError\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1c\n" +
@@ -1150,13 +1183,14 @@ const file_conveyor_v1_task_proto_rawDesc = "" +
 	"\tretryable\x18\x04 \x01(\bR\tretryable\x12:\n" +
 	"\vretry_after\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"retryAfter\x122\n" +
-	"\x06reason\x18\x06 \x01(\x0e2\x1a.conveyor.v1.FailureReasonR\x06reason\"\xa1\x01\n" +
+	"\x06reason\x18\x06 \x01(\x0e2\x1a.conveyor.v1.FailureReasonR\x06reason\x12\"\n" +
+	"\rcause_task_id\x18\a \x01(\tR\vcauseTaskId\"\xa1\x01\n" +
 	"\bProgress\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x18\n" +
 	"\apercent\x18\x02 \x01(\x01R\apercent\x12(\n" +
 	"\x04meta\x18\x03 \x01(\v2\x14.conveyor.v1.PayloadR\x04meta\x12;\n" +
 	"\vreported_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"reportedAt\"\xfa\x06\n" +
+	"reportedAt\"\xc0\a\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12(\n" +
@@ -1180,7 +1214,10 @@ const file_conveyor_v1_task_proto_rawDesc = "" +
 	"\x05queue\x18\x10 \x01(\tR\x05queue\x121\n" +
 	"\bprogress\x18\x11 \x01(\v2\x15.conveyor.v1.ProgressR\bprogress\x12\x1c\n" +
 	"\tnamespace\x18\x12 \x01(\tR\tnamespace\x12>\n" +
-	"\rtrace_context\x18\x13 \x01(\v2\x19.conveyor.v1.TraceContextR\ftraceContext\x1aO\n" +
+	"\rtrace_context\x18\x13 \x01(\v2\x19.conveyor.v1.TraceContextR\ftraceContext\x12\x1f\n" +
+	"\vworkflow_id\x18\x14 \x01(\tR\n" +
+	"workflowId\x12#\n" +
+	"\rworkflow_node\x18\x15 \x01(\rR\fworkflowNode\x1aO\n" +
 	"\vKwargsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12*\n" +
 	"\x05value\x18\x02 \x01(\v2\x14.conveyor.v1.PayloadR\x05value:\x028\x01*\x82\x02\n" +
@@ -1194,14 +1231,15 @@ const file_conveyor_v1_task_proto_rawDesc = "" +
 	"\x11TASK_STATE_FAILED\x10\x06\x12\x18\n" +
 	"\x14TASK_STATE_CANCELLED\x10\a\x12\x16\n" +
 	"\x12TASK_STATE_EXPIRED\x10\b\x12\x16\n" +
-	"\x12TASK_STATE_WAITING\x10\t*\xdf\x01\n" +
+	"\x12TASK_STATE_WAITING\x10\t*\x85\x02\n" +
 	"\rFailureReason\x12\x1e\n" +
 	"\x1aFAILURE_REASON_UNSPECIFIED\x10\x00\x12#\n" +
 	"\x1fFAILURE_REASON_RESULT_TOO_LARGE\x10\x01\x12\"\n" +
 	"\x1eFAILURE_REASON_HARD_TIME_LIMIT\x10\x02\x12\"\n" +
 	"\x1eFAILURE_REASON_SOFT_TIME_LIMIT\x10\x03\x12\x1f\n" +
 	"\x1bFAILURE_REASON_UNKNOWN_TASK\x10\x04\x12 \n" +
-	"\x1cFAILURE_REASON_BAD_ARGUMENTS\x10\x05B\x9e\x01\n" +
+	"\x1cFAILURE_REASON_BAD_ARGUMENTS\x10\x05\x12$\n" +
+	" FAILURE_REASON_DEPENDENCY_FAILED\x10\x06B\x9e\x01\n" +
 	"\x0fcom.conveyor.v1B\tTaskProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03CXX\xaa\x02\vConveyor.V1\xca\x02\vConveyor\\V1\xe2\x02\x17Conveyor\\V1\\GPBMetadata\xea\x02\fConveyor::V1b\x06proto3"
 
 var (

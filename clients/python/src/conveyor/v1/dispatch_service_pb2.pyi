@@ -170,7 +170,7 @@ class Assignments(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("task_id", "name", "args", "kwargs", "attempt", "lease_token", "headers", "soft_time_limit", "hard_time_limit", "created_at", "max_retries", "failures", "trace_context", "namespace", "queue")
+    __slots__ = ("task_id", "name", "args", "kwargs", "attempt", "lease_token", "headers", "soft_time_limit", "hard_time_limit", "created_at", "max_retries", "failures", "trace_context", "namespace", "queue", "workflow_id")
     class KwargsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +200,7 @@ class Assignment(_message.Message):
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     name: str
     args: _containers.RepeatedCompositeFieldContainer[_task_pb2.Payload]
@@ -215,7 +216,8 @@ class Assignment(_message.Message):
     trace_context: _task_pb2.TraceContext
     namespace: str
     queue: str
-    def __init__(self, task_id: _Optional[str] = ..., name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[_task_pb2.Payload, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, _task_pb2.Payload]] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., soft_time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hard_time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_retries: _Optional[int] = ..., failures: _Optional[int] = ..., trace_context: _Optional[_Union[_task_pb2.TraceContext, _Mapping]] = ..., namespace: _Optional[str] = ..., queue: _Optional[str] = ...) -> None: ...
+    workflow_id: str
+    def __init__(self, task_id: _Optional[str] = ..., name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[_task_pb2.Payload, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, _task_pb2.Payload]] = ..., attempt: _Optional[int] = ..., lease_token: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., soft_time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hard_time_limit: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_retries: _Optional[int] = ..., failures: _Optional[int] = ..., trace_context: _Optional[_Union[_task_pb2.TraceContext, _Mapping]] = ..., namespace: _Optional[str] = ..., queue: _Optional[str] = ..., workflow_id: _Optional[str] = ...) -> None: ...
 
 class CancelAssignment(_message.Message):
     __slots__ = ("task_id", "reason", "reason_code")

@@ -23,11 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from conveyor.v1 import task_pb2 as conveyor_dot_v1_dot_task__pb2
+from conveyor.v1 import workflow_pb2 as conveyor_dot_v1_dot_workflow__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!conveyor/v1/results_service.proto\x12\x0b\x63onveyor.v1\x1a\x16\x63onveyor/v1/task.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x01\n\x12WatchEventsRequest\x12\x1c\n\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x16\n\x06queues\x18\x02 \x03(\tR\x06queues\x12\x1d\n\ntask_names\x18\x03 \x03(\tR\ttaskNames\x12,\n\x05kinds\x18\x04 \x03(\x0e\x32\x16.conveyor.v1.EventKindR\x05kinds\"[\n\x13WatchEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.conveyor.v1.EventR\x06\x65vents\x12\x18\n\x07\x64ropped\x18\x02 \x01(\x04R\x07\x64ropped\"\xd1\x02\n\x05\x45vent\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x16.conveyor.v1.EventKindR\x04kind\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x1c\n\tnamespace\x18\x03 \x01(\tR\tnamespace\x12\x14\n\x05queue\x18\x04 \x01(\tR\x05queue\x12\x1b\n\ttask_name\x18\x05 \x01(\tR\x08taskName\x12\x17\n\x07task_id\x18\x06 \x01(\tR\x06taskId\x12\x18\n\x07\x61ttempt\x18\x07 \x01(\rR\x07\x61ttempt\x12\x1b\n\tworker_id\x18\x08 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\t \x01(\tR\tsessionId\x12\x16\n\x06\x61\x63tive\x18\n \x01(\rR\x06\x61\x63tive\x12\x14\n\x05slots\x18\x0b \x01(\rR\x05slots\"G\n\x0eGetTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"8\n\x0fGetTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.TaskR\x04task\"\xa8\x01\n\x0fWaitTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x33\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\x12\x1c\n\tnamespace\x18\x03 \x01(\tR\tnamespace\x12)\n\x04view\x18\x04 \x01(\x0e\x32\x15.conveyor.v1.TaskViewR\x04view\"9\n\x10WaitTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.TaskR\x04task\"I\n\x10WatchTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\":\n\x11WatchTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.TaskR\x04task\"J\n\x11\x46orgetTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"\x14\n\x12\x46orgetTaskResponse\"r\n\x16ListDeadLettersRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12\x1c\n\tnamespace\x18\x03 \x01(\tR\tnamespace\"j\n\x17ListDeadLettersResponse\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x11.conveyor.v1.TaskR\x05tasks\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\xad\x03\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45VENT_KIND_TASK_SUBMITTED\x10\x01\x12\x1a\n\x16\x45VENT_KIND_TASK_LEASED\x10\x02\x12\x1b\n\x17\x45VENT_KIND_TASK_STARTED\x10\x03\x12\x1c\n\x18\x45VENT_KIND_TASK_PROGRESS\x10\x04\x12\x1b\n\x17\x45VENT_KIND_TASK_RETRIED\x10\x05\x12\x1d\n\x19\x45VENT_KIND_TASK_SUCCEEDED\x10\x06\x12\x1a\n\x16\x45VENT_KIND_TASK_FAILED\x10\x07\x12\x1d\n\x19\x45VENT_KIND_TASK_CANCELLED\x10\x08\x12\x1b\n\x17\x45VENT_KIND_TASK_EXPIRED\x10\t\x12\x1c\n\x18\x45VENT_KIND_TASK_REQUEUED\x10\n\x12\x1c\n\x18\x45VENT_KIND_WORKER_ONLINE\x10\x14\x12\x1d\n\x19\x45VENT_KIND_WORKER_OFFLINE\x10\x15\x12\x1f\n\x1b\x45VENT_KIND_WORKER_HEARTBEAT\x10\x16*P\n\x08TaskView\x12\x19\n\x15TASK_VIEW_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_VIEW_OUTCOME\x10\x01\x12\x12\n\x0eTASK_VIEW_FULL\x10\x02\x32\xee\x03\n\x0eResultsService\x12\x44\n\x07GetTask\x12\x1b.conveyor.v1.GetTaskRequest\x1a\x1c.conveyor.v1.GetTaskResponse\x12G\n\x08WaitTask\x12\x1c.conveyor.v1.WaitTaskRequest\x1a\x1d.conveyor.v1.WaitTaskResponse\x12L\n\tWatchTask\x12\x1d.conveyor.v1.WatchTaskRequest\x1a\x1e.conveyor.v1.WatchTaskResponse0\x01\x12M\n\nForgetTask\x12\x1e.conveyor.v1.ForgetTaskRequest\x1a\x1f.conveyor.v1.ForgetTaskResponse\x12\\\n\x0fListDeadLetters\x12#.conveyor.v1.ListDeadLettersRequest\x1a$.conveyor.v1.ListDeadLettersResponse\x12R\n\x0bWatchEvents\x12\x1f.conveyor.v1.WatchEventsRequest\x1a .conveyor.v1.WatchEventsResponse0\x01\x42\xa8\x01\n\x0f\x63om.conveyor.v1B\x13ResultsServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03\x43XX\xaa\x02\x0b\x43onveyor.V1\xca\x02\x0b\x43onveyor\\V1\xe2\x02\x17\x43onveyor\\V1\\GPBMetadata\xea\x02\x0c\x43onveyor::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!conveyor/v1/results_service.proto\x12\x0b\x63onveyor.v1\x1a\x16\x63onveyor/v1/task.proto\x1a\x1a\x63onveyor/v1/workflow.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x01\n\x12GetWorkflowRequest\x12\x1f\n\x0bworkflow_id\x18\x01 \x01(\tR\nworkflowId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\x12-\n\x04view\x18\x03 \x01(\x0e\x32\x19.conveyor.v1.WorkflowViewR\x04view\"H\n\x13GetWorkflowResponse\x12\x31\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.WorkflowR\x08workflow\"\xb8\x01\n\x13WaitWorkflowRequest\x12\x1f\n\x0bworkflow_id\x18\x01 \x01(\tR\nworkflowId\x12\x33\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\x12\x1c\n\tnamespace\x18\x03 \x01(\tR\tnamespace\x12-\n\x04view\x18\x04 \x01(\x0e\x32\x19.conveyor.v1.WorkflowViewR\x04view\"I\n\x14WaitWorkflowResponse\x12\x31\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.WorkflowR\x08workflow\"\x84\x01\n\x14WatchWorkflowRequest\x12\x1f\n\x0bworkflow_id\x18\x01 \x01(\tR\nworkflowId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\x12-\n\x04view\x18\x03 \x01(\x0e\x32\x19.conveyor.v1.WorkflowViewR\x04view\"J\n\x15WatchWorkflowResponse\x12\x31\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.WorkflowR\x08workflow\"\x97\x01\n\x12WatchEventsRequest\x12\x1c\n\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x16\n\x06queues\x18\x02 \x03(\tR\x06queues\x12\x1d\n\ntask_names\x18\x03 \x03(\tR\ttaskNames\x12,\n\x05kinds\x18\x04 \x03(\x0e\x32\x16.conveyor.v1.EventKindR\x05kinds\"[\n\x13WatchEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.conveyor.v1.EventR\x06\x65vents\x12\x18\n\x07\x64ropped\x18\x02 \x01(\x04R\x07\x64ropped\"\xd1\x02\n\x05\x45vent\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x16.conveyor.v1.EventKindR\x04kind\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x1c\n\tnamespace\x18\x03 \x01(\tR\tnamespace\x12\x14\n\x05queue\x18\x04 \x01(\tR\x05queue\x12\x1b\n\ttask_name\x18\x05 \x01(\tR\x08taskName\x12\x17\n\x07task_id\x18\x06 \x01(\tR\x06taskId\x12\x18\n\x07\x61ttempt\x18\x07 \x01(\rR\x07\x61ttempt\x12\x1b\n\tworker_id\x18\x08 \x01(\tR\x08workerId\x12\x1d\n\nsession_id\x18\t \x01(\tR\tsessionId\x12\x16\n\x06\x61\x63tive\x18\n \x01(\rR\x06\x61\x63tive\x12\x14\n\x05slots\x18\x0b \x01(\rR\x05slots\"G\n\x0eGetTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"8\n\x0fGetTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.TaskR\x04task\"\xa8\x01\n\x0fWaitTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x33\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationR\x07timeout\x12\x1c\n\tnamespace\x18\x03 \x01(\tR\tnamespace\x12)\n\x04view\x18\x04 \x01(\x0e\x32\x15.conveyor.v1.TaskViewR\x04view\"9\n\x10WaitTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.TaskR\x04task\"I\n\x10WatchTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\":\n\x11WatchTaskResponse\x12%\n\x04task\x18\x01 \x01(\x0b\x32\x11.conveyor.v1.TaskR\x04task\"J\n\x11\x46orgetTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"\x14\n\x12\x46orgetTaskResponse\"r\n\x16ListDeadLettersRequest\x12\x1b\n\tpage_size\x18\x01 \x01(\rR\x08pageSize\x12\x1d\n\npage_token\x18\x02 \x01(\tR\tpageToken\x12\x1c\n\tnamespace\x18\x03 \x01(\tR\tnamespace\"j\n\x17ListDeadLettersResponse\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x11.conveyor.v1.TaskR\x05tasks\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*y\n\x0cWorkflowView\x12\x1d\n\x19WORKFLOW_VIEW_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKFLOW_VIEW_SUMMARY\x10\x01\x12\x17\n\x13WORKFLOW_VIEW_NODES\x10\x02\x12\x16\n\x12WORKFLOW_VIEW_FULL\x10\x03*\xc8\x03\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45VENT_KIND_TASK_SUBMITTED\x10\x01\x12\x1a\n\x16\x45VENT_KIND_TASK_LEASED\x10\x02\x12\x1b\n\x17\x45VENT_KIND_TASK_STARTED\x10\x03\x12\x1c\n\x18\x45VENT_KIND_TASK_PROGRESS\x10\x04\x12\x1b\n\x17\x45VENT_KIND_TASK_RETRIED\x10\x05\x12\x1d\n\x19\x45VENT_KIND_TASK_SUCCEEDED\x10\x06\x12\x1a\n\x16\x45VENT_KIND_TASK_FAILED\x10\x07\x12\x1d\n\x19\x45VENT_KIND_TASK_CANCELLED\x10\x08\x12\x1b\n\x17\x45VENT_KIND_TASK_EXPIRED\x10\t\x12\x1c\n\x18\x45VENT_KIND_TASK_REQUEUED\x10\n\x12\x19\n\x15\x45VENT_KIND_TASK_READY\x10\x0b\x12\x1c\n\x18\x45VENT_KIND_WORKER_ONLINE\x10\x14\x12\x1d\n\x19\x45VENT_KIND_WORKER_OFFLINE\x10\x15\x12\x1f\n\x1b\x45VENT_KIND_WORKER_HEARTBEAT\x10\x16*P\n\x08TaskView\x12\x19\n\x15TASK_VIEW_UNSPECIFIED\x10\x00\x12\x15\n\x11TASK_VIEW_OUTCOME\x10\x01\x12\x12\n\x0eTASK_VIEW_FULL\x10\x02\x32\xef\x05\n\x0eResultsService\x12\x44\n\x07GetTask\x12\x1b.conveyor.v1.GetTaskRequest\x1a\x1c.conveyor.v1.GetTaskResponse\x12G\n\x08WaitTask\x12\x1c.conveyor.v1.WaitTaskRequest\x1a\x1d.conveyor.v1.WaitTaskResponse\x12L\n\tWatchTask\x12\x1d.conveyor.v1.WatchTaskRequest\x1a\x1e.conveyor.v1.WatchTaskResponse0\x01\x12M\n\nForgetTask\x12\x1e.conveyor.v1.ForgetTaskRequest\x1a\x1f.conveyor.v1.ForgetTaskResponse\x12\\\n\x0fListDeadLetters\x12#.conveyor.v1.ListDeadLettersRequest\x1a$.conveyor.v1.ListDeadLettersResponse\x12R\n\x0bWatchEvents\x12\x1f.conveyor.v1.WatchEventsRequest\x1a .conveyor.v1.WatchEventsResponse0\x01\x12P\n\x0bGetWorkflow\x12\x1f.conveyor.v1.GetWorkflowRequest\x1a .conveyor.v1.GetWorkflowResponse\x12S\n\x0cWaitWorkflow\x12 .conveyor.v1.WaitWorkflowRequest\x1a!.conveyor.v1.WaitWorkflowResponse\x12X\n\rWatchWorkflow\x12!.conveyor.v1.WatchWorkflowRequest\x1a\".conveyor.v1.WatchWorkflowResponse0\x01\x42\xa8\x01\n\x0f\x63om.conveyor.v1B\x13ResultsServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03\x43XX\xaa\x02\x0b\x43onveyor.V1\xca\x02\x0b\x43onveyor\\V1\xe2\x02\x17\x43onveyor\\V1\\GPBMetadata\xea\x02\x0c\x43onveyor::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,36 +36,50 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'conveyor.v1.results_service
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017com.conveyor.v1B\023ResultsServiceProtoP\001Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\242\002\003CXX\252\002\013Conveyor.V1\312\002\013Conveyor\\V1\342\002\027Conveyor\\V1\\GPBMetadata\352\002\014Conveyor::V1'
-  _globals['_EVENTKIND']._serialized_start=1545
-  _globals['_EVENTKIND']._serialized_end=1974
-  _globals['_TASKVIEW']._serialized_start=1976
-  _globals['_TASKVIEW']._serialized_end=2056
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=140
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=291
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=293
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=384
-  _globals['_EVENT']._serialized_start=387
-  _globals['_EVENT']._serialized_end=724
-  _globals['_GETTASKREQUEST']._serialized_start=726
-  _globals['_GETTASKREQUEST']._serialized_end=797
-  _globals['_GETTASKRESPONSE']._serialized_start=799
-  _globals['_GETTASKRESPONSE']._serialized_end=855
-  _globals['_WAITTASKREQUEST']._serialized_start=858
-  _globals['_WAITTASKREQUEST']._serialized_end=1026
-  _globals['_WAITTASKRESPONSE']._serialized_start=1028
-  _globals['_WAITTASKRESPONSE']._serialized_end=1085
-  _globals['_WATCHTASKREQUEST']._serialized_start=1087
-  _globals['_WATCHTASKREQUEST']._serialized_end=1160
-  _globals['_WATCHTASKRESPONSE']._serialized_start=1162
-  _globals['_WATCHTASKRESPONSE']._serialized_end=1220
-  _globals['_FORGETTASKREQUEST']._serialized_start=1222
-  _globals['_FORGETTASKREQUEST']._serialized_end=1296
-  _globals['_FORGETTASKRESPONSE']._serialized_start=1298
-  _globals['_FORGETTASKRESPONSE']._serialized_end=1318
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=1320
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=1434
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=1436
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=1542
-  _globals['_RESULTSSERVICE']._serialized_start=2059
-  _globals['_RESULTSSERVICE']._serialized_end=2553
+  _globals['_WORKFLOWVIEW']._serialized_start=2252
+  _globals['_WORKFLOWVIEW']._serialized_end=2373
+  _globals['_EVENTKIND']._serialized_start=2376
+  _globals['_EVENTKIND']._serialized_end=2832
+  _globals['_TASKVIEW']._serialized_start=2834
+  _globals['_TASKVIEW']._serialized_end=2914
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=168
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=298
+  _globals['_GETWORKFLOWRESPONSE']._serialized_start=300
+  _globals['_GETWORKFLOWRESPONSE']._serialized_end=372
+  _globals['_WAITWORKFLOWREQUEST']._serialized_start=375
+  _globals['_WAITWORKFLOWREQUEST']._serialized_end=559
+  _globals['_WAITWORKFLOWRESPONSE']._serialized_start=561
+  _globals['_WAITWORKFLOWRESPONSE']._serialized_end=634
+  _globals['_WATCHWORKFLOWREQUEST']._serialized_start=637
+  _globals['_WATCHWORKFLOWREQUEST']._serialized_end=769
+  _globals['_WATCHWORKFLOWRESPONSE']._serialized_start=771
+  _globals['_WATCHWORKFLOWRESPONSE']._serialized_end=845
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=848
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=999
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1001
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1092
+  _globals['_EVENT']._serialized_start=1095
+  _globals['_EVENT']._serialized_end=1432
+  _globals['_GETTASKREQUEST']._serialized_start=1434
+  _globals['_GETTASKREQUEST']._serialized_end=1505
+  _globals['_GETTASKRESPONSE']._serialized_start=1507
+  _globals['_GETTASKRESPONSE']._serialized_end=1563
+  _globals['_WAITTASKREQUEST']._serialized_start=1566
+  _globals['_WAITTASKREQUEST']._serialized_end=1734
+  _globals['_WAITTASKRESPONSE']._serialized_start=1736
+  _globals['_WAITTASKRESPONSE']._serialized_end=1793
+  _globals['_WATCHTASKREQUEST']._serialized_start=1795
+  _globals['_WATCHTASKREQUEST']._serialized_end=1868
+  _globals['_WATCHTASKRESPONSE']._serialized_start=1870
+  _globals['_WATCHTASKRESPONSE']._serialized_end=1928
+  _globals['_FORGETTASKREQUEST']._serialized_start=1930
+  _globals['_FORGETTASKREQUEST']._serialized_end=2004
+  _globals['_FORGETTASKRESPONSE']._serialized_start=2006
+  _globals['_FORGETTASKRESPONSE']._serialized_end=2026
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=2028
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=2142
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=2144
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=2250
+  _globals['_RESULTSSERVICE']._serialized_start=2917
+  _globals['_RESULTSSERVICE']._serialized_end=3668
 # @@protoc_insertion_point(module_scope)

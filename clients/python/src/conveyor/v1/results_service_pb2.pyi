@@ -1,6 +1,7 @@
 import datetime
 
 from conveyor.v1 import task_pb2 as _task_pb2
+from conveyor.v1 import workflow_pb2 as _workflow_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -11,6 +12,13 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class WorkflowView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WORKFLOW_VIEW_UNSPECIFIED: _ClassVar[WorkflowView]
+    WORKFLOW_VIEW_SUMMARY: _ClassVar[WorkflowView]
+    WORKFLOW_VIEW_NODES: _ClassVar[WorkflowView]
+    WORKFLOW_VIEW_FULL: _ClassVar[WorkflowView]
 
 class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -25,6 +33,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_TASK_CANCELLED: _ClassVar[EventKind]
     EVENT_KIND_TASK_EXPIRED: _ClassVar[EventKind]
     EVENT_KIND_TASK_REQUEUED: _ClassVar[EventKind]
+    EVENT_KIND_TASK_READY: _ClassVar[EventKind]
     EVENT_KIND_WORKER_ONLINE: _ClassVar[EventKind]
     EVENT_KIND_WORKER_OFFLINE: _ClassVar[EventKind]
     EVENT_KIND_WORKER_HEARTBEAT: _ClassVar[EventKind]
@@ -34,6 +43,10 @@ class TaskView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_VIEW_UNSPECIFIED: _ClassVar[TaskView]
     TASK_VIEW_OUTCOME: _ClassVar[TaskView]
     TASK_VIEW_FULL: _ClassVar[TaskView]
+WORKFLOW_VIEW_UNSPECIFIED: WorkflowView
+WORKFLOW_VIEW_SUMMARY: WorkflowView
+WORKFLOW_VIEW_NODES: WorkflowView
+WORKFLOW_VIEW_FULL: WorkflowView
 EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_TASK_SUBMITTED: EventKind
 EVENT_KIND_TASK_LEASED: EventKind
@@ -45,12 +58,63 @@ EVENT_KIND_TASK_FAILED: EventKind
 EVENT_KIND_TASK_CANCELLED: EventKind
 EVENT_KIND_TASK_EXPIRED: EventKind
 EVENT_KIND_TASK_REQUEUED: EventKind
+EVENT_KIND_TASK_READY: EventKind
 EVENT_KIND_WORKER_ONLINE: EventKind
 EVENT_KIND_WORKER_OFFLINE: EventKind
 EVENT_KIND_WORKER_HEARTBEAT: EventKind
 TASK_VIEW_UNSPECIFIED: TaskView
 TASK_VIEW_OUTCOME: TaskView
 TASK_VIEW_FULL: TaskView
+
+class GetWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "namespace", "view")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    namespace: str
+    view: WorkflowView
+    def __init__(self, workflow_id: _Optional[str] = ..., namespace: _Optional[str] = ..., view: _Optional[_Union[WorkflowView, str]] = ...) -> None: ...
+
+class GetWorkflowResponse(_message.Message):
+    __slots__ = ("workflow",)
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    workflow: _workflow_pb2.Workflow
+    def __init__(self, workflow: _Optional[_Union[_workflow_pb2.Workflow, _Mapping]] = ...) -> None: ...
+
+class WaitWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "timeout", "namespace", "view")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    timeout: _duration_pb2.Duration
+    namespace: str
+    view: WorkflowView
+    def __init__(self, workflow_id: _Optional[str] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., namespace: _Optional[str] = ..., view: _Optional[_Union[WorkflowView, str]] = ...) -> None: ...
+
+class WaitWorkflowResponse(_message.Message):
+    __slots__ = ("workflow",)
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    workflow: _workflow_pb2.Workflow
+    def __init__(self, workflow: _Optional[_Union[_workflow_pb2.Workflow, _Mapping]] = ...) -> None: ...
+
+class WatchWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "namespace", "view")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    namespace: str
+    view: WorkflowView
+    def __init__(self, workflow_id: _Optional[str] = ..., namespace: _Optional[str] = ..., view: _Optional[_Union[WorkflowView, str]] = ...) -> None: ...
+
+class WatchWorkflowResponse(_message.Message):
+    __slots__ = ("workflow",)
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    workflow: _workflow_pb2.Workflow
+    def __init__(self, workflow: _Optional[_Union[_workflow_pb2.Workflow, _Mapping]] = ...) -> None: ...
 
 class WatchEventsRequest(_message.Message):
     __slots__ = ("namespace", "queues", "task_names", "kinds")

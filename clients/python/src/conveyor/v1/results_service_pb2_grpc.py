@@ -67,6 +67,21 @@ class ResultsServiceStub:
                 request_serializer=conveyor_dot_v1_dot_results__service__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_results__service__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
+        self.GetWorkflow = channel.unary_unary(
+                '/conveyor.v1.ResultsService/GetWorkflow',
+                request_serializer=conveyor_dot_v1_dot_results__service__pb2.GetWorkflowRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_results__service__pb2.GetWorkflowResponse.FromString,
+                _registered_method=True)
+        self.WaitWorkflow = channel.unary_unary(
+                '/conveyor.v1.ResultsService/WaitWorkflow',
+                request_serializer=conveyor_dot_v1_dot_results__service__pb2.WaitWorkflowRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_results__service__pb2.WaitWorkflowResponse.FromString,
+                _registered_method=True)
+        self.WatchWorkflow = channel.unary_stream(
+                '/conveyor.v1.ResultsService/WatchWorkflow',
+                request_serializer=conveyor_dot_v1_dot_results__service__pb2.WatchWorkflowRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_results__service__pb2.WatchWorkflowResponse.FromString,
+                _registered_method=True)
 
 
 class ResultsServiceServicer:
@@ -130,6 +145,30 @@ class ResultsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWorkflow(self, request, context):
+        """Returns a workflow with every node's state, attempt, result or error.
+        NOT_FOUND for an unknown id or one whose result TTL passed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WaitWorkflow(self, request, context):
+        """Waits until every node of the workflow has finished and returns it.
+        DEADLINE_EXCEEDED when `timeout` (or the call's deadline) passes first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchWorkflow(self, request, context):
+        """Streams the workflow, then a snapshot after each node that finishes or
+        becomes ready, and ends once the workflow has finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ResultsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +201,21 @@ def add_ResultsServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=conveyor_dot_v1_dot_results__service__pb2.WatchEventsRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_results__service__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'GetWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkflow,
+                    request_deserializer=conveyor_dot_v1_dot_results__service__pb2.GetWorkflowRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_results__service__pb2.GetWorkflowResponse.SerializeToString,
+            ),
+            'WaitWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitWorkflow,
+                    request_deserializer=conveyor_dot_v1_dot_results__service__pb2.WaitWorkflowRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_results__service__pb2.WaitWorkflowResponse.SerializeToString,
+            ),
+            'WatchWorkflow': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchWorkflow,
+                    request_deserializer=conveyor_dot_v1_dot_results__service__pb2.WatchWorkflowRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_results__service__pb2.WatchWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -329,6 +383,87 @@ class ResultsService:
             '/conveyor.v1.ResultsService/WatchEvents',
             conveyor_dot_v1_dot_results__service__pb2.WatchEventsRequest.SerializeToString,
             conveyor_dot_v1_dot_results__service__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.ResultsService/GetWorkflow',
+            conveyor_dot_v1_dot_results__service__pb2.GetWorkflowRequest.SerializeToString,
+            conveyor_dot_v1_dot_results__service__pb2.GetWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.ResultsService/WaitWorkflow',
+            conveyor_dot_v1_dot_results__service__pb2.WaitWorkflowRequest.SerializeToString,
+            conveyor_dot_v1_dot_results__service__pb2.WaitWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/conveyor.v1.ResultsService/WatchWorkflow',
+            conveyor_dot_v1_dot_results__service__pb2.WatchWorkflowRequest.SerializeToString,
+            conveyor_dot_v1_dot_results__service__pb2.WatchWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from conveyor.v1 import task_pb2 as conveyor_dot_v1_dot_task__pb2
+from conveyor.v1 import workflow_pb2 as conveyor_dot_v1_dot_workflow__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$conveyor/v1/submission_service.proto\x12\x0b\x63onveyor.v1\x1a\x16\x63onveyor/v1/task.proto\"\\\n\x11SubmitTaskRequest\x12)\n\x04task\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.TaskSpecR\x04task\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"y\n\x12SubmitTaskResponse\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tduplicate\x18\x02 \x01(\x08R\tduplicate\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x16.conveyor.v1.TaskStateR\x05state\"_\n\x12SubmitTasksRequest\x12+\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.TaskSpecR\x05tasks\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"P\n\x13SubmitTasksResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32\x1f.conveyor.v1.SubmitTaskResponseR\x07results\"J\n\x11\x43\x61ncelTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"`\n\x12\x43\x61ncelTaskResponse\x12\x1c\n\tcancelled\x18\x01 \x01(\x08R\tcancelled\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x16.conveyor.v1.TaskStateR\x05state\"J\n\x11ReplayTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"B\n\x12ReplayTaskResponse\x12,\n\x05state\x18\x01 \x01(\x0e\x32\x16.conveyor.v1.TaskStateR\x05state2\xd2\x02\n\x11SubmissionService\x12M\n\nSubmitTask\x12\x1e.conveyor.v1.SubmitTaskRequest\x1a\x1f.conveyor.v1.SubmitTaskResponse\x12P\n\x0bSubmitTasks\x12\x1f.conveyor.v1.SubmitTasksRequest\x1a .conveyor.v1.SubmitTasksResponse\x12M\n\nCancelTask\x12\x1e.conveyor.v1.CancelTaskRequest\x1a\x1f.conveyor.v1.CancelTaskResponse\x12M\n\nReplayTask\x12\x1e.conveyor.v1.ReplayTaskRequest\x1a\x1f.conveyor.v1.ReplayTaskResponseB\xab\x01\n\x0f\x63om.conveyor.v1B\x16SubmissionServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03\x43XX\xaa\x02\x0b\x43onveyor.V1\xca\x02\x0b\x43onveyor\\V1\xe2\x02\x17\x43onveyor\\V1\\GPBMetadata\xea\x02\x0c\x43onveyor::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$conveyor/v1/submission_service.proto\x12\x0b\x63onveyor.v1\x1a\x16\x63onveyor/v1/task.proto\x1a\x1a\x63onveyor/v1/workflow.proto\"l\n\x15SubmitWorkflowRequest\x12\x35\n\x08workflow\x18\x01 \x01(\x0b\x32\x19.conveyor.v1.WorkflowSpecR\x08workflow\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"r\n\x16SubmitWorkflowResponse\x12\x1f\n\x0bworkflow_id\x18\x01 \x01(\tR\nworkflowId\x12\x19\n\x08task_ids\x18\x02 \x03(\tR\x07taskIds\x12\x1c\n\tduplicate\x18\x03 \x01(\x08R\tduplicate\"V\n\x15\x43\x61ncelWorkflowRequest\x12\x1f\n\x0bworkflow_id\x18\x01 \x01(\tR\nworkflowId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"h\n\x16\x43\x61ncelWorkflowResponse\x12\x1c\n\tcancelled\x18\x01 \x01(\rR\tcancelled\x12\x30\n\x05state\x18\x02 \x01(\x0e\x32\x1a.conveyor.v1.WorkflowStateR\x05state\"\\\n\x11SubmitTaskRequest\x12)\n\x04task\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.TaskSpecR\x04task\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"y\n\x12SubmitTaskResponse\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tduplicate\x18\x02 \x01(\x08R\tduplicate\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x16.conveyor.v1.TaskStateR\x05state\"_\n\x12SubmitTasksRequest\x12+\n\x05tasks\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.TaskSpecR\x05tasks\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"P\n\x13SubmitTasksResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32\x1f.conveyor.v1.SubmitTaskResponseR\x07results\"J\n\x11\x43\x61ncelTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"`\n\x12\x43\x61ncelTaskResponse\x12\x1c\n\tcancelled\x18\x01 \x01(\x08R\tcancelled\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x16.conveyor.v1.TaskStateR\x05state\"J\n\x11ReplayTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\tR\x06taskId\x12\x1c\n\tnamespace\x18\x02 \x01(\tR\tnamespace\"B\n\x12ReplayTaskResponse\x12,\n\x05state\x18\x01 \x01(\x0e\x32\x16.conveyor.v1.TaskStateR\x05state2\x88\x04\n\x11SubmissionService\x12M\n\nSubmitTask\x12\x1e.conveyor.v1.SubmitTaskRequest\x1a\x1f.conveyor.v1.SubmitTaskResponse\x12P\n\x0bSubmitTasks\x12\x1f.conveyor.v1.SubmitTasksRequest\x1a .conveyor.v1.SubmitTasksResponse\x12M\n\nCancelTask\x12\x1e.conveyor.v1.CancelTaskRequest\x1a\x1f.conveyor.v1.CancelTaskResponse\x12M\n\nReplayTask\x12\x1e.conveyor.v1.ReplayTaskRequest\x1a\x1f.conveyor.v1.ReplayTaskResponse\x12Y\n\x0eSubmitWorkflow\x12\".conveyor.v1.SubmitWorkflowRequest\x1a#.conveyor.v1.SubmitWorkflowResponse\x12Y\n\x0e\x43\x61ncelWorkflow\x12\".conveyor.v1.CancelWorkflowRequest\x1a#.conveyor.v1.CancelWorkflowResponseB\xab\x01\n\x0f\x63om.conveyor.v1B\x16SubmissionServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03\x43XX\xaa\x02\x0b\x43onveyor.V1\xca\x02\x0b\x43onveyor\\V1\xe2\x02\x17\x43onveyor\\V1\\GPBMetadata\xea\x02\x0c\x43onveyor::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,22 +34,30 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'conveyor.v1.submission_serv
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017com.conveyor.v1B\026SubmissionServiceProtoP\001Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\242\002\003CXX\252\002\013Conveyor.V1\312\002\013Conveyor\\V1\342\002\027Conveyor\\V1\\GPBMetadata\352\002\014Conveyor::V1'
-  _globals['_SUBMITTASKREQUEST']._serialized_start=77
-  _globals['_SUBMITTASKREQUEST']._serialized_end=169
-  _globals['_SUBMITTASKRESPONSE']._serialized_start=171
-  _globals['_SUBMITTASKRESPONSE']._serialized_end=292
-  _globals['_SUBMITTASKSREQUEST']._serialized_start=294
-  _globals['_SUBMITTASKSREQUEST']._serialized_end=389
-  _globals['_SUBMITTASKSRESPONSE']._serialized_start=391
-  _globals['_SUBMITTASKSRESPONSE']._serialized_end=471
-  _globals['_CANCELTASKREQUEST']._serialized_start=473
-  _globals['_CANCELTASKREQUEST']._serialized_end=547
-  _globals['_CANCELTASKRESPONSE']._serialized_start=549
-  _globals['_CANCELTASKRESPONSE']._serialized_end=645
-  _globals['_REPLAYTASKREQUEST']._serialized_start=647
-  _globals['_REPLAYTASKREQUEST']._serialized_end=721
-  _globals['_REPLAYTASKRESPONSE']._serialized_start=723
-  _globals['_REPLAYTASKRESPONSE']._serialized_end=789
-  _globals['_SUBMISSIONSERVICE']._serialized_start=792
-  _globals['_SUBMISSIONSERVICE']._serialized_end=1130
+  _globals['_SUBMITWORKFLOWREQUEST']._serialized_start=105
+  _globals['_SUBMITWORKFLOWREQUEST']._serialized_end=213
+  _globals['_SUBMITWORKFLOWRESPONSE']._serialized_start=215
+  _globals['_SUBMITWORKFLOWRESPONSE']._serialized_end=329
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=331
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=417
+  _globals['_CANCELWORKFLOWRESPONSE']._serialized_start=419
+  _globals['_CANCELWORKFLOWRESPONSE']._serialized_end=523
+  _globals['_SUBMITTASKREQUEST']._serialized_start=525
+  _globals['_SUBMITTASKREQUEST']._serialized_end=617
+  _globals['_SUBMITTASKRESPONSE']._serialized_start=619
+  _globals['_SUBMITTASKRESPONSE']._serialized_end=740
+  _globals['_SUBMITTASKSREQUEST']._serialized_start=742
+  _globals['_SUBMITTASKSREQUEST']._serialized_end=837
+  _globals['_SUBMITTASKSRESPONSE']._serialized_start=839
+  _globals['_SUBMITTASKSRESPONSE']._serialized_end=919
+  _globals['_CANCELTASKREQUEST']._serialized_start=921
+  _globals['_CANCELTASKREQUEST']._serialized_end=995
+  _globals['_CANCELTASKRESPONSE']._serialized_start=997
+  _globals['_CANCELTASKRESPONSE']._serialized_end=1093
+  _globals['_REPLAYTASKREQUEST']._serialized_start=1095
+  _globals['_REPLAYTASKREQUEST']._serialized_end=1169
+  _globals['_REPLAYTASKRESPONSE']._serialized_start=1171
+  _globals['_REPLAYTASKRESPONSE']._serialized_end=1237
+  _globals['_SUBMISSIONSERVICE']._serialized_start=1240
+  _globals['_SUBMISSIONSERVICE']._serialized_end=1760
 # @@protoc_insertion_point(module_scope)

@@ -63,6 +63,16 @@ class SubmissionServiceStub:
                 request_serializer=conveyor_dot_v1_dot_submission__service__pb2.ReplayTaskRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_submission__service__pb2.ReplayTaskResponse.FromString,
                 _registered_method=True)
+        self.SubmitWorkflow = channel.unary_unary(
+                '/conveyor.v1.SubmissionService/SubmitWorkflow',
+                request_serializer=conveyor_dot_v1_dot_submission__service__pb2.SubmitWorkflowRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_submission__service__pb2.SubmitWorkflowResponse.FromString,
+                _registered_method=True)
+        self.CancelWorkflow = channel.unary_unary(
+                '/conveyor.v1.SubmissionService/CancelWorkflow',
+                request_serializer=conveyor_dot_v1_dot_submission__service__pb2.CancelWorkflowRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_submission__service__pb2.CancelWorkflowResponse.FromString,
+                _registered_method=True)
 
 
 class SubmissionServiceServicer:
@@ -111,6 +121,27 @@ class SubmissionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitWorkflow(self, request, context):
+        """Submits a workflow (a DAG of tasks) in one atomic store operation:
+        nodes without parents are queued at once, the others wait (WAITING)
+        for their parents. INVALID_ARGUMENT names the offending node (cycles,
+        parents out of range, an input mode that does not fit the parents);
+        RESOURCE_EXHAUSTED beyond 10,000 nodes or 100,000 edges. Nothing is
+        stored when the call fails.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelWorkflow(self, request, context):
+        """Cancels every unfinished node of a workflow in one atomic store
+        operation: no node starts after the call returns; running ones are
+        cancelled on their workers through the stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubmissionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +164,16 @@ def add_SubmissionServiceServicer_to_server(servicer, server):
                     servicer.ReplayTask,
                     request_deserializer=conveyor_dot_v1_dot_submission__service__pb2.ReplayTaskRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_submission__service__pb2.ReplayTaskResponse.SerializeToString,
+            ),
+            'SubmitWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitWorkflow,
+                    request_deserializer=conveyor_dot_v1_dot_submission__service__pb2.SubmitWorkflowRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_submission__service__pb2.SubmitWorkflowResponse.SerializeToString,
+            ),
+            'CancelWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelWorkflow,
+                    request_deserializer=conveyor_dot_v1_dot_submission__service__pb2.CancelWorkflowRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_submission__service__pb2.CancelWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -252,6 +293,60 @@ class SubmissionService:
             '/conveyor.v1.SubmissionService/ReplayTask',
             conveyor_dot_v1_dot_submission__service__pb2.ReplayTaskRequest.SerializeToString,
             conveyor_dot_v1_dot_submission__service__pb2.ReplayTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.SubmissionService/SubmitWorkflow',
+            conveyor_dot_v1_dot_submission__service__pb2.SubmitWorkflowRequest.SerializeToString,
+            conveyor_dot_v1_dot_submission__service__pb2.SubmitWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.SubmissionService/CancelWorkflow',
+            conveyor_dot_v1_dot_submission__service__pb2.CancelWorkflowRequest.SerializeToString,
+            conveyor_dot_v1_dot_submission__service__pb2.CancelWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,6 +32,7 @@ class FailureReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILURE_REASON_SOFT_TIME_LIMIT: _ClassVar[FailureReason]
     FAILURE_REASON_UNKNOWN_TASK: _ClassVar[FailureReason]
     FAILURE_REASON_BAD_ARGUMENTS: _ClassVar[FailureReason]
+    FAILURE_REASON_DEPENDENCY_FAILED: _ClassVar[FailureReason]
 TASK_STATE_UNSPECIFIED: TaskState
 TASK_STATE_SCHEDULED: TaskState
 TASK_STATE_QUEUED: TaskState
@@ -48,6 +49,7 @@ FAILURE_REASON_HARD_TIME_LIMIT: FailureReason
 FAILURE_REASON_SOFT_TIME_LIMIT: FailureReason
 FAILURE_REASON_UNKNOWN_TASK: FailureReason
 FAILURE_REASON_BAD_ARGUMENTS: FailureReason
+FAILURE_REASON_DEPENDENCY_FAILED: FailureReason
 
 class Payload(_message.Message):
     __slots__ = ("data", "content_type")
@@ -152,20 +154,22 @@ class TraceContext(_message.Message):
     def __init__(self, traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
 
 class TaskError(_message.Message):
-    __slots__ = ("type", "message", "traceback", "retryable", "retry_after", "reason")
+    __slots__ = ("type", "message", "traceback", "retryable", "retry_after", "reason", "cause_task_id")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TRACEBACK_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_TASK_ID_FIELD_NUMBER: _ClassVar[int]
     type: str
     message: str
     traceback: str
     retryable: bool
     retry_after: _duration_pb2.Duration
     reason: FailureReason
-    def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., retryable: _Optional[bool] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[_Union[FailureReason, str]] = ...) -> None: ...
+    cause_task_id: str
+    def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., retryable: _Optional[bool] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[_Union[FailureReason, str]] = ..., cause_task_id: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("state", "percent", "meta", "reported_at")
@@ -180,7 +184,7 @@ class Progress(_message.Message):
     def __init__(self, state: _Optional[str] = ..., percent: _Optional[float] = ..., meta: _Optional[_Union[Payload, _Mapping]] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("id", "name", "args", "kwargs", "options", "state", "attempt", "failures", "created_at", "updated_at", "due_at", "finished_at", "worker_id", "result", "error", "queue", "progress", "namespace", "trace_context")
+    __slots__ = ("id", "name", "args", "kwargs", "options", "state", "attempt", "failures", "created_at", "updated_at", "due_at", "finished_at", "worker_id", "result", "error", "queue", "progress", "namespace", "trace_context", "workflow_id", "workflow_node")
     class KwargsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +211,8 @@ class Task(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_NODE_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     args: _containers.RepeatedCompositeFieldContainer[Payload]
@@ -226,4 +232,6 @@ class Task(_message.Message):
     progress: Progress
     namespace: str
     trace_context: TraceContext
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Payload]] = ..., options: _Optional[_Union[TaskOptions, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., failures: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., queue: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., namespace: _Optional[str] = ..., trace_context: _Optional[_Union[TraceContext, _Mapping]] = ...) -> None: ...
+    workflow_id: str
+    workflow_node: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., args: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., kwargs: _Optional[_Mapping[str, Payload]] = ..., options: _Optional[_Union[TaskOptions, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., attempt: _Optional[int] = ..., failures: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., due_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., worker_id: _Optional[str] = ..., result: _Optional[_Union[Payload, _Mapping]] = ..., error: _Optional[_Union[TaskError, _Mapping]] = ..., queue: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., namespace: _Optional[str] = ..., trace_context: _Optional[_Union[TraceContext, _Mapping]] = ..., workflow_id: _Optional[str] = ..., workflow_node: _Optional[int] = ...) -> None: ...

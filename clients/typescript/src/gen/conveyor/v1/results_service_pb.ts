@@ -6,6 +6,8 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Task } from "./task_pb.js";
 import { file_conveyor_v1_task } from "./task_pb.js";
+import type { Workflow } from "./workflow_pb.js";
+import { file_conveyor_v1_workflow } from "./workflow_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +16,183 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/results_service.proto.
  */
 export const file_conveyor_v1_results_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFjb252ZXlvci92MS9yZXN1bHRzX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxInIKEldhdGNoRXZlbnRzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSDgoGcXVldWVzGAIgAygJEhIKCnRhc2tfbmFtZXMYAyADKAkSJQoFa2luZHMYBCADKA4yFi5jb252ZXlvci52MS5FdmVudEtpbmQiSgoTV2F0Y2hFdmVudHNSZXNwb25zZRIiCgZldmVudHMYASADKAsyEi5jb252ZXlvci52MS5FdmVudBIPCgdkcm9wcGVkGAIgASgEIvQBCgVFdmVudBIkCgRraW5kGAEgASgOMhYuY29udmV5b3IudjEuRXZlbnRLaW5kEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCW5hbWVzcGFjZRgDIAEoCRINCgVxdWV1ZRgEIAEoCRIRCgl0YXNrX25hbWUYBSABKAkSDwoHdGFza19pZBgGIAEoCRIPCgdhdHRlbXB0GAcgASgNEhEKCXdvcmtlcl9pZBgIIAEoCRISCgpzZXNzaW9uX2lkGAkgASgJEg4KBmFjdGl2ZRgKIAEoDRINCgVzbG90cxgLIAEoDSI0Cg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSIyCg9HZXRUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmNvbnZleW9yLnYxLlRhc2sihgEKD1dhaXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEQoJbmFtZXNwYWNlGAMgASgJEiMKBHZpZXcYBCABKA4yFS5jb252ZXlvci52MS5UYXNrVmlldyIzChBXYWl0VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5jb252ZXlvci52MS5UYXNrIjYKEFdhdGNoVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiNAoRV2F0Y2hUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmNvbnZleW9yLnYxLlRhc2siNwoRRm9yZ2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiFAoSRm9yZ2V0VGFza1Jlc3BvbnNlIlIKFkxpc3REZWFkTGV0dGVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSEQoJbmFtZXNwYWNlGAMgASgJIlQKF0xpc3REZWFkTGV0dGVyc1Jlc3BvbnNlEiAKBXRhc2tzGAEgAygLMhEuY29udmV5b3IudjEuVGFzaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqrQMKCUV2ZW50S2luZBIaChZFVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASHQoZRVZFTlRfS0lORF9UQVNLX1NVQk1JVFRFRBABEhoKFkVWRU5UX0tJTkRfVEFTS19MRUFTRUQQAhIbChdFVkVOVF9LSU5EX1RBU0tfU1RBUlRFRBADEhwKGEVWRU5UX0tJTkRfVEFTS19QUk9HUkVTUxAEEhsKF0VWRU5UX0tJTkRfVEFTS19SRVRSSUVEEAUSHQoZRVZFTlRfS0lORF9UQVNLX1NVQ0NFRURFRBAGEhoKFkVWRU5UX0tJTkRfVEFTS19GQUlMRUQQBxIdChlFVkVOVF9LSU5EX1RBU0tfQ0FOQ0VMTEVEEAgSGwoXRVZFTlRfS0lORF9UQVNLX0VYUElSRUQQCRIcChhFVkVOVF9LSU5EX1RBU0tfUkVRVUVVRUQQChIcChhFVkVOVF9LSU5EX1dPUktFUl9PTkxJTkUQFBIdChlFVkVOVF9LSU5EX1dPUktFUl9PRkZMSU5FEBUSHwobRVZFTlRfS0lORF9XT1JLRVJfSEVBUlRCRUFUEBYqUAoIVGFza1ZpZXcSGQoVVEFTS19WSUVXX1VOU1BFQ0lGSUVEEAASFQoRVEFTS19WSUVXX09VVENPTUUQARISCg5UQVNLX1ZJRVdfRlVMTBACMu4DCg5SZXN1bHRzU2VydmljZRJECgdHZXRUYXNrEhsuY29udmV5b3IudjEuR2V0VGFza1JlcXVlc3QaHC5jb252ZXlvci52MS5HZXRUYXNrUmVzcG9uc2USRwoIV2FpdFRhc2sSHC5jb252ZXlvci52MS5XYWl0VGFza1JlcXVlc3QaHS5jb252ZXlvci52MS5XYWl0VGFza1Jlc3BvbnNlEkwKCVdhdGNoVGFzaxIdLmNvbnZleW9yLnYxLldhdGNoVGFza1JlcXVlc3QaHi5jb252ZXlvci52MS5XYXRjaFRhc2tSZXNwb25zZTABEk0KCkZvcmdldFRhc2sSHi5jb252ZXlvci52MS5Gb3JnZXRUYXNrUmVxdWVzdBofLmNvbnZleW9yLnYxLkZvcmdldFRhc2tSZXNwb25zZRJcCg9MaXN0RGVhZExldHRlcnMSIy5jb252ZXlvci52MS5MaXN0RGVhZExldHRlcnNSZXF1ZXN0GiQuY29udmV5b3IudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2USUgoLV2F0Y2hFdmVudHMSHy5jb252ZXlvci52MS5XYXRjaEV2ZW50c1JlcXVlc3QaIC5jb252ZXlvci52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAFCqAEKD2NvbS5jb252ZXlvci52MUITUmVzdWx0c1NlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CiFjb252ZXlvci92MS9yZXN1bHRzX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxImUKEkdldFdvcmtmbG93UmVxdWVzdBITCgt3b3JrZmxvd19pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkSJwoEdmlldxgDIAEoDjIZLmNvbnZleW9yLnYxLldvcmtmbG93VmlldyI+ChNHZXRXb3JrZmxvd1Jlc3BvbnNlEicKCHdvcmtmbG93GAEgASgLMhUuY29udmV5b3IudjEuV29ya2Zsb3cikgEKE1dhaXRXb3JrZmxvd1JlcXVlc3QSEwoLd29ya2Zsb3dfaWQYASABKAkSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIRCgluYW1lc3BhY2UYAyABKAkSJwoEdmlldxgEIAEoDjIZLmNvbnZleW9yLnYxLldvcmtmbG93VmlldyI/ChRXYWl0V29ya2Zsb3dSZXNwb25zZRInCgh3b3JrZmxvdxgBIAEoCzIVLmNvbnZleW9yLnYxLldvcmtmbG93ImcKFFdhdGNoV29ya2Zsb3dSZXF1ZXN0EhMKC3dvcmtmbG93X2lkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCRInCgR2aWV3GAMgASgOMhkuY29udmV5b3IudjEuV29ya2Zsb3dWaWV3IkAKFVdhdGNoV29ya2Zsb3dSZXNwb25zZRInCgh3b3JrZmxvdxgBIAEoCzIVLmNvbnZleW9yLnYxLldvcmtmbG93InIKEldhdGNoRXZlbnRzUmVxdWVzdBIRCgluYW1lc3BhY2UYASABKAkSDgoGcXVldWVzGAIgAygJEhIKCnRhc2tfbmFtZXMYAyADKAkSJQoFa2luZHMYBCADKA4yFi5jb252ZXlvci52MS5FdmVudEtpbmQiSgoTV2F0Y2hFdmVudHNSZXNwb25zZRIiCgZldmVudHMYASADKAsyEi5jb252ZXlvci52MS5FdmVudBIPCgdkcm9wcGVkGAIgASgEIvQBCgVFdmVudBIkCgRraW5kGAEgASgOMhYuY29udmV5b3IudjEuRXZlbnRLaW5kEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCW5hbWVzcGFjZRgDIAEoCRINCgVxdWV1ZRgEIAEoCRIRCgl0YXNrX25hbWUYBSABKAkSDwoHdGFza19pZBgGIAEoCRIPCgdhdHRlbXB0GAcgASgNEhEKCXdvcmtlcl9pZBgIIAEoCRISCgpzZXNzaW9uX2lkGAkgASgJEg4KBmFjdGl2ZRgKIAEoDRINCgVzbG90cxgLIAEoDSI0Cg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSIyCg9HZXRUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmNvbnZleW9yLnYxLlRhc2sihgEKD1dhaXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEQoJbmFtZXNwYWNlGAMgASgJEiMKBHZpZXcYBCABKA4yFS5jb252ZXlvci52MS5UYXNrVmlldyIzChBXYWl0VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5jb252ZXlvci52MS5UYXNrIjYKEFdhdGNoVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiNAoRV2F0Y2hUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmNvbnZleW9yLnYxLlRhc2siNwoRRm9yZ2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiFAoSRm9yZ2V0VGFza1Jlc3BvbnNlIlIKFkxpc3REZWFkTGV0dGVyc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSEQoJbmFtZXNwYWNlGAMgASgJIlQKF0xpc3REZWFkTGV0dGVyc1Jlc3BvbnNlEiAKBXRhc2tzGAEgAygLMhEuY29udmV5b3IudjEuVGFzaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqeQoMV29ya2Zsb3dWaWV3Eh0KGVdPUktGTE9XX1ZJRVdfVU5TUEVDSUZJRUQQABIZChVXT1JLRkxPV19WSUVXX1NVTU1BUlkQARIXChNXT1JLRkxPV19WSUVXX05PREVTEAISFgoSV09SS0ZMT1dfVklFV19GVUxMEAMqyAMKCUV2ZW50S2luZBIaChZFVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASHQoZRVZFTlRfS0lORF9UQVNLX1NVQk1JVFRFRBABEhoKFkVWRU5UX0tJTkRfVEFTS19MRUFTRUQQAhIbChdFVkVOVF9LSU5EX1RBU0tfU1RBUlRFRBADEhwKGEVWRU5UX0tJTkRfVEFTS19QUk9HUkVTUxAEEhsKF0VWRU5UX0tJTkRfVEFTS19SRVRSSUVEEAUSHQoZRVZFTlRfS0lORF9UQVNLX1NVQ0NFRURFRBAGEhoKFkVWRU5UX0tJTkRfVEFTS19GQUlMRUQQBxIdChlFVkVOVF9LSU5EX1RBU0tfQ0FOQ0VMTEVEEAgSGwoXRVZFTlRfS0lORF9UQVNLX0VYUElSRUQQCRIcChhFVkVOVF9LSU5EX1RBU0tfUkVRVUVVRUQQChIZChVFVkVOVF9LSU5EX1RBU0tfUkVBRFkQCxIcChhFVkVOVF9LSU5EX1dPUktFUl9PTkxJTkUQFBIdChlFVkVOVF9LSU5EX1dPUktFUl9PRkZMSU5FEBUSHwobRVZFTlRfS0lORF9XT1JLRVJfSEVBUlRCRUFUEBYqUAoIVGFza1ZpZXcSGQoVVEFTS19WSUVXX1VOU1BFQ0lGSUVEEAASFQoRVEFTS19WSUVXX09VVENPTUUQARISCg5UQVNLX1ZJRVdfRlVMTBACMu8FCg5SZXN1bHRzU2VydmljZRJECgdHZXRUYXNrEhsuY29udmV5b3IudjEuR2V0VGFza1JlcXVlc3QaHC5jb252ZXlvci52MS5HZXRUYXNrUmVzcG9uc2USRwoIV2FpdFRhc2sSHC5jb252ZXlvci52MS5XYWl0VGFza1JlcXVlc3QaHS5jb252ZXlvci52MS5XYWl0VGFza1Jlc3BvbnNlEkwKCVdhdGNoVGFzaxIdLmNvbnZleW9yLnYxLldhdGNoVGFza1JlcXVlc3QaHi5jb252ZXlvci52MS5XYXRjaFRhc2tSZXNwb25zZTABEk0KCkZvcmdldFRhc2sSHi5jb252ZXlvci52MS5Gb3JnZXRUYXNrUmVxdWVzdBofLmNvbnZleW9yLnYxLkZvcmdldFRhc2tSZXNwb25zZRJcCg9MaXN0RGVhZExldHRlcnMSIy5jb252ZXlvci52MS5MaXN0RGVhZExldHRlcnNSZXF1ZXN0GiQuY29udmV5b3IudjEuTGlzdERlYWRMZXR0ZXJzUmVzcG9uc2USUgoLV2F0Y2hFdmVudHMSHy5jb252ZXlvci52MS5XYXRjaEV2ZW50c1JlcXVlc3QaIC5jb252ZXlvci52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAESUAoLR2V0V29ya2Zsb3cSHy5jb252ZXlvci52MS5HZXRXb3JrZmxvd1JlcXVlc3QaIC5jb252ZXlvci52MS5HZXRXb3JrZmxvd1Jlc3BvbnNlElMKDFdhaXRXb3JrZmxvdxIgLmNvbnZleW9yLnYxLldhaXRXb3JrZmxvd1JlcXVlc3QaIS5jb252ZXlvci52MS5XYWl0V29ya2Zsb3dSZXNwb25zZRJYCg1XYXRjaFdvcmtmbG93EiEuY29udmV5b3IudjEuV2F0Y2hXb3JrZmxvd1JlcXVlc3QaIi5jb252ZXlvci52MS5XYXRjaFdvcmtmbG93UmVzcG9uc2UwAUKoAQoPY29tLmNvbnZleW9yLnYxQhNSZXN1bHRzU2VydmljZVByb3RvUAFaM2dvLmNvbnZleW9yLmRldi9jb252ZXlvci9nZW4vY29udmV5b3IvdjE7Y29udmV5b3J2MaICA0NYWKoCC0NvbnZleW9yLlYxygILQ29udmV5b3JcVjHiAhdDb252ZXlvclxWMVxHUEJNZXRhZGF0YeoCDENvbnZleW9yOjpWMWIGcHJvdG8z", [file_conveyor_v1_task, file_conveyor_v1_workflow, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+
+/**
+ * GetWorkflow request.
+ *
+ * @generated from message conveyor.v1.GetWorkflowRequest
+ */
+export type GetWorkflowRequest = Message<"conveyor.v1.GetWorkflowRequest"> & {
+  /**
+   * Workflow id (UUID).
+   *
+   * @generated from field: string workflow_id = 1;
+   */
+  workflowId: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default".
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
+
+  /**
+   * How much to return. Unset: WORKFLOW_VIEW_NODES.
+   *
+   * @generated from field: conveyor.v1.WorkflowView view = 3;
+   */
+  view: WorkflowView;
+};
+
+/**
+ * Describes the message conveyor.v1.GetWorkflowRequest.
+ * Use `create(GetWorkflowRequestSchema)` to create a new message.
+ */
+export const GetWorkflowRequestSchema: GenMessage<GetWorkflowRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_results_service, 0);
+
+/**
+ * GetWorkflow response.
+ *
+ * @generated from message conveyor.v1.GetWorkflowResponse
+ */
+export type GetWorkflowResponse = Message<"conveyor.v1.GetWorkflowResponse"> & {
+  /**
+   * The workflow.
+   *
+   * @generated from field: conveyor.v1.Workflow workflow = 1;
+   */
+  workflow?: Workflow | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.GetWorkflowResponse.
+ * Use `create(GetWorkflowResponseSchema)` to create a new message.
+ */
+export const GetWorkflowResponseSchema: GenMessage<GetWorkflowResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_results_service, 1);
+
+/**
+ * WaitWorkflow request.
+ *
+ * @generated from message conveyor.v1.WaitWorkflowRequest
+ */
+export type WaitWorkflowRequest = Message<"conveyor.v1.WaitWorkflowRequest"> & {
+  /**
+   * Workflow id (UUID).
+   *
+   * @generated from field: string workflow_id = 1;
+   */
+  workflowId: string;
+
+  /**
+   * How long to wait at most. Unset: until the call's deadline, capped at
+   * the server's maximum wait.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 2;
+   */
+  timeout?: Duration | undefined;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default".
+   *
+   * @generated from field: string namespace = 3;
+   */
+  namespace: string;
+
+  /**
+   * How much to return. Unset: WORKFLOW_VIEW_SUMMARY.
+   *
+   * @generated from field: conveyor.v1.WorkflowView view = 4;
+   */
+  view: WorkflowView;
+};
+
+/**
+ * Describes the message conveyor.v1.WaitWorkflowRequest.
+ * Use `create(WaitWorkflowRequestSchema)` to create a new message.
+ */
+export const WaitWorkflowRequestSchema: GenMessage<WaitWorkflowRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_results_service, 2);
+
+/**
+ * WaitWorkflow response.
+ *
+ * @generated from message conveyor.v1.WaitWorkflowResponse
+ */
+export type WaitWorkflowResponse = Message<"conveyor.v1.WaitWorkflowResponse"> & {
+  /**
+   * The finished workflow.
+   *
+   * @generated from field: conveyor.v1.Workflow workflow = 1;
+   */
+  workflow?: Workflow | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.WaitWorkflowResponse.
+ * Use `create(WaitWorkflowResponseSchema)` to create a new message.
+ */
+export const WaitWorkflowResponseSchema: GenMessage<WaitWorkflowResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_results_service, 3);
+
+/**
+ * WatchWorkflow request.
+ *
+ * @generated from message conveyor.v1.WatchWorkflowRequest
+ */
+export type WatchWorkflowRequest = Message<"conveyor.v1.WatchWorkflowRequest"> & {
+  /**
+   * Workflow id (UUID).
+   *
+   * @generated from field: string workflow_id = 1;
+   */
+  workflowId: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default".
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
+
+  /**
+   * How much each snapshot carries. Unset: WORKFLOW_VIEW_NODES.
+   *
+   * @generated from field: conveyor.v1.WorkflowView view = 3;
+   */
+  view: WorkflowView;
+};
+
+/**
+ * Describes the message conveyor.v1.WatchWorkflowRequest.
+ * Use `create(WatchWorkflowRequestSchema)` to create a new message.
+ */
+export const WatchWorkflowRequestSchema: GenMessage<WatchWorkflowRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_results_service, 4);
+
+/**
+ * WatchWorkflow response: one snapshot per observed change.
+ *
+ * @generated from message conveyor.v1.WatchWorkflowResponse
+ */
+export type WatchWorkflowResponse = Message<"conveyor.v1.WatchWorkflowResponse"> & {
+  /**
+   * The workflow after the change.
+   *
+   * @generated from field: conveyor.v1.Workflow workflow = 1;
+   */
+  workflow?: Workflow | undefined;
+};
+
+/**
+ * Describes the message conveyor.v1.WatchWorkflowResponse.
+ * Use `create(WatchWorkflowResponseSchema)` to create a new message.
+ */
+export const WatchWorkflowResponseSchema: GenMessage<WatchWorkflowResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_results_service, 5);
 
 /**
  * WatchEvents request. Empty filters match everything.
@@ -56,7 +234,7 @@ export type WatchEventsRequest = Message<"conveyor.v1.WatchEventsRequest"> & {
  * Use `create(WatchEventsRequestSchema)` to create a new message.
  */
 export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 0);
+  messageDesc(file_conveyor_v1_results_service, 6);
 
 /**
  * WatchEvents response: the events since the previous message.
@@ -85,7 +263,7 @@ export type WatchEventsResponse = Message<"conveyor.v1.WatchEventsResponse"> & {
  * Use `create(WatchEventsResponseSchema)` to create a new message.
  */
 export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 1);
+  messageDesc(file_conveyor_v1_results_service, 7);
 
 /**
  * One event.
@@ -176,7 +354,7 @@ export type Event = Message<"conveyor.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 2);
+  messageDesc(file_conveyor_v1_results_service, 8);
 
 /**
  * GetTask request.
@@ -206,7 +384,7 @@ export type GetTaskRequest = Message<"conveyor.v1.GetTaskRequest"> & {
  * Use `create(GetTaskRequestSchema)` to create a new message.
  */
 export const GetTaskRequestSchema: GenMessage<GetTaskRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 3);
+  messageDesc(file_conveyor_v1_results_service, 9);
 
 /**
  * GetTask response.
@@ -227,7 +405,7 @@ export type GetTaskResponse = Message<"conveyor.v1.GetTaskResponse"> & {
  * Use `create(GetTaskResponseSchema)` to create a new message.
  */
 export const GetTaskResponseSchema: GenMessage<GetTaskResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 4);
+  messageDesc(file_conveyor_v1_results_service, 10);
 
 /**
  * WaitTask request.
@@ -273,7 +451,7 @@ export type WaitTaskRequest = Message<"conveyor.v1.WaitTaskRequest"> & {
  * Use `create(WaitTaskRequestSchema)` to create a new message.
  */
 export const WaitTaskRequestSchema: GenMessage<WaitTaskRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 5);
+  messageDesc(file_conveyor_v1_results_service, 11);
 
 /**
  * WaitTask response.
@@ -294,7 +472,7 @@ export type WaitTaskResponse = Message<"conveyor.v1.WaitTaskResponse"> & {
  * Use `create(WaitTaskResponseSchema)` to create a new message.
  */
 export const WaitTaskResponseSchema: GenMessage<WaitTaskResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 6);
+  messageDesc(file_conveyor_v1_results_service, 12);
 
 /**
  * WatchTask request.
@@ -324,7 +502,7 @@ export type WatchTaskRequest = Message<"conveyor.v1.WatchTaskRequest"> & {
  * Use `create(WatchTaskRequestSchema)` to create a new message.
  */
 export const WatchTaskRequestSchema: GenMessage<WatchTaskRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 7);
+  messageDesc(file_conveyor_v1_results_service, 13);
 
 /**
  * WatchTask response: one snapshot per observed change.
@@ -345,7 +523,7 @@ export type WatchTaskResponse = Message<"conveyor.v1.WatchTaskResponse"> & {
  * Use `create(WatchTaskResponseSchema)` to create a new message.
  */
 export const WatchTaskResponseSchema: GenMessage<WatchTaskResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 8);
+  messageDesc(file_conveyor_v1_results_service, 14);
 
 /**
  * ForgetTask request.
@@ -375,7 +553,7 @@ export type ForgetTaskRequest = Message<"conveyor.v1.ForgetTaskRequest"> & {
  * Use `create(ForgetTaskRequestSchema)` to create a new message.
  */
 export const ForgetTaskRequestSchema: GenMessage<ForgetTaskRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 9);
+  messageDesc(file_conveyor_v1_results_service, 15);
 
 /**
  * ForgetTask response.
@@ -390,7 +568,7 @@ export type ForgetTaskResponse = Message<"conveyor.v1.ForgetTaskResponse"> & {
  * Use `create(ForgetTaskResponseSchema)` to create a new message.
  */
 export const ForgetTaskResponseSchema: GenMessage<ForgetTaskResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 10);
+  messageDesc(file_conveyor_v1_results_service, 16);
 
 /**
  * ListDeadLetters request.
@@ -427,7 +605,7 @@ export type ListDeadLettersRequest = Message<"conveyor.v1.ListDeadLettersRequest
  * Use `create(ListDeadLettersRequestSchema)` to create a new message.
  */
 export const ListDeadLettersRequestSchema: GenMessage<ListDeadLettersRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 11);
+  messageDesc(file_conveyor_v1_results_service, 17);
 
 /**
  * ListDeadLetters response.
@@ -455,7 +633,48 @@ export type ListDeadLettersResponse = Message<"conveyor.v1.ListDeadLettersRespon
  * Use `create(ListDeadLettersResponseSchema)` to create a new message.
  */
 export const ListDeadLettersResponseSchema: GenMessage<ListDeadLettersResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_results_service, 12);
+  messageDesc(file_conveyor_v1_results_service, 18);
+
+/**
+ * How much of a workflow a reply carries.
+ *
+ * @generated from enum conveyor.v1.WorkflowView
+ */
+export enum WorkflowView {
+  /**
+   * The call's default.
+   *
+   * @generated from enum value: WORKFLOW_VIEW_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * State, counts and result; no nodes.
+   *
+   * @generated from enum value: WORKFLOW_VIEW_SUMMARY = 1;
+   */
+  SUMMARY = 1,
+
+  /**
+   * Every node with its state and outcome, without arguments.
+   *
+   * @generated from enum value: WORKFLOW_VIEW_NODES = 2;
+   */
+  NODES = 2,
+
+  /**
+   * Every node with its arguments too.
+   *
+   * @generated from enum value: WORKFLOW_VIEW_FULL = 3;
+   */
+  FULL = 3,
+}
+
+/**
+ * Describes the enum conveyor.v1.WorkflowView.
+ */
+export const WorkflowViewSchema: GenEnum<WorkflowView> = /*@__PURE__*/
+  enumDesc(file_conveyor_v1_results_service, 0);
 
 /**
  * What happened.
@@ -541,6 +760,14 @@ export enum EventKind {
   TASK_REQUEUED = 10,
 
   /**
+   * A workflow node's parents finished: it left WAITING for its queue (or
+   * SCHEDULED, with a countdown).
+   *
+   * @generated from enum value: EVENT_KIND_TASK_READY = 11;
+   */
+  TASK_READY = 11,
+
+  /**
    * A worker session connected.
    *
    * @generated from enum value: EVENT_KIND_WORKER_ONLINE = 20;
@@ -566,7 +793,7 @@ export enum EventKind {
  * Describes the enum conveyor.v1.EventKind.
  */
 export const EventKindSchema: GenEnum<EventKind> = /*@__PURE__*/
-  enumDesc(file_conveyor_v1_results_service, 0);
+  enumDesc(file_conveyor_v1_results_service, 1);
 
 /**
  * How much of a task a reply carries.
@@ -600,7 +827,7 @@ export enum TaskView {
  * Describes the enum conveyor.v1.TaskView.
  */
 export const TaskViewSchema: GenEnum<TaskView> = /*@__PURE__*/
-  enumDesc(file_conveyor_v1_results_service, 1);
+  enumDesc(file_conveyor_v1_results_service, 2);
 
 /**
  * ResultsService reports task states and outcomes and lets anyone await them.
@@ -682,6 +909,39 @@ export const ResultsService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchEventsRequestSchema;
     output: typeof WatchEventsResponseSchema;
+  },
+  /**
+   * Returns a workflow with every node's state, attempt, result or error.
+   * NOT_FOUND for an unknown id or one whose result TTL passed.
+   *
+   * @generated from rpc conveyor.v1.ResultsService.GetWorkflow
+   */
+  getWorkflow: {
+    methodKind: "unary";
+    input: typeof GetWorkflowRequestSchema;
+    output: typeof GetWorkflowResponseSchema;
+  },
+  /**
+   * Waits until every node of the workflow has finished and returns it.
+   * DEADLINE_EXCEEDED when `timeout` (or the call's deadline) passes first.
+   *
+   * @generated from rpc conveyor.v1.ResultsService.WaitWorkflow
+   */
+  waitWorkflow: {
+    methodKind: "unary";
+    input: typeof WaitWorkflowRequestSchema;
+    output: typeof WaitWorkflowResponseSchema;
+  },
+  /**
+   * Streams the workflow, then a snapshot after each node that finishes or
+   * becomes ready, and ends once the workflow has finished.
+   *
+   * @generated from rpc conveyor.v1.ResultsService.WatchWorkflow
+   */
+  watchWorkflow: {
+    methodKind: "server_streaming";
+    input: typeof WatchWorkflowRequestSchema;
+    output: typeof WatchWorkflowResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_conveyor_v1_results_service, 0);

@@ -6,13 +6,135 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { TaskSpec, TaskState } from "./task_pb.js";
 import { file_conveyor_v1_task } from "./task_pb.js";
+import type { WorkflowSpec, WorkflowState } from "./workflow_pb.js";
+import { file_conveyor_v1_workflow } from "./workflow_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file conveyor/v1/submission_service.proto.
  */
 export const file_conveyor_v1_submission_service: GenFile = /*@__PURE__*/
-  fileDesc("CiRjb252ZXlvci92MS9zdWJtaXNzaW9uX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIksKEVN1Ym1pdFRhc2tSZXF1ZXN0EiMKBHRhc2sYASABKAsyFS5jb252ZXlvci52MS5UYXNrU3BlYxIRCgluYW1lc3BhY2UYAiABKAkiXwoSU3VibWl0VGFza1Jlc3BvbnNlEg8KB3Rhc2tfaWQYASABKAkSEQoJZHVwbGljYXRlGAIgASgIEiUKBXN0YXRlGAMgASgOMhYuY29udmV5b3IudjEuVGFza1N0YXRlIk0KElN1Ym1pdFRhc2tzUmVxdWVzdBIkCgV0YXNrcxgBIAMoCzIVLmNvbnZleW9yLnYxLlRhc2tTcGVjEhEKCW5hbWVzcGFjZRgCIAEoCSJHChNTdWJtaXRUYXNrc1Jlc3BvbnNlEjAKB3Jlc3VsdHMYASADKAsyHy5jb252ZXlvci52MS5TdWJtaXRUYXNrUmVzcG9uc2UiNwoRQ2FuY2VsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCRIRCgluYW1lc3BhY2UYAiABKAkiTgoSQ2FuY2VsVGFza1Jlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoCBIlCgVzdGF0ZRgCIAEoDjIWLmNvbnZleW9yLnYxLlRhc2tTdGF0ZSI3ChFSZXBsYXlUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSI7ChJSZXBsYXlUYXNrUmVzcG9uc2USJQoFc3RhdGUYASABKA4yFi5jb252ZXlvci52MS5UYXNrU3RhdGUy0gIKEVN1Ym1pc3Npb25TZXJ2aWNlEk0KClN1Ym1pdFRhc2sSHi5jb252ZXlvci52MS5TdWJtaXRUYXNrUmVxdWVzdBofLmNvbnZleW9yLnYxLlN1Ym1pdFRhc2tSZXNwb25zZRJQCgtTdWJtaXRUYXNrcxIfLmNvbnZleW9yLnYxLlN1Ym1pdFRhc2tzUmVxdWVzdBogLmNvbnZleW9yLnYxLlN1Ym1pdFRhc2tzUmVzcG9uc2USTQoKQ2FuY2VsVGFzaxIeLmNvbnZleW9yLnYxLkNhbmNlbFRhc2tSZXF1ZXN0Gh8uY29udmV5b3IudjEuQ2FuY2VsVGFza1Jlc3BvbnNlEk0KClJlcGxheVRhc2sSHi5jb252ZXlvci52MS5SZXBsYXlUYXNrUmVxdWVzdBofLmNvbnZleW9yLnYxLlJlcGxheVRhc2tSZXNwb25zZUKrAQoPY29tLmNvbnZleW9yLnYxQhZTdWJtaXNzaW9uU2VydmljZVByb3RvUAFaM2dvLmNvbnZleW9yLmRldi9jb252ZXlvci9nZW4vY29udmV5b3IvdjE7Y29udmV5b3J2MaICA0NYWKoCC0NvbnZleW9yLlYxygILQ29udmV5b3JcVjHiAhdDb252ZXlvclxWMVxHUEJNZXRhZGF0YeoCDENvbnZleW9yOjpWMWIGcHJvdG8z", [file_conveyor_v1_task]);
+  fileDesc("CiRjb252ZXlvci92MS9zdWJtaXNzaW9uX3NlcnZpY2UucHJvdG8SC2NvbnZleW9yLnYxIlcKFVN1Ym1pdFdvcmtmbG93UmVxdWVzdBIrCgh3b3JrZmxvdxgBIAEoCzIZLmNvbnZleW9yLnYxLldvcmtmbG93U3BlYxIRCgluYW1lc3BhY2UYAiABKAkiUgoWU3VibWl0V29ya2Zsb3dSZXNwb25zZRITCgt3b3JrZmxvd19pZBgBIAEoCRIQCgh0YXNrX2lkcxgCIAMoCRIRCglkdXBsaWNhdGUYAyABKAgiPwoVQ2FuY2VsV29ya2Zsb3dSZXF1ZXN0EhMKC3dvcmtmbG93X2lkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSJWChZDYW5jZWxXb3JrZmxvd1Jlc3BvbnNlEhEKCWNhbmNlbGxlZBgBIAEoDRIpCgVzdGF0ZRgCIAEoDjIaLmNvbnZleW9yLnYxLldvcmtmbG93U3RhdGUiSwoRU3VibWl0VGFza1JlcXVlc3QSIwoEdGFzaxgBIAEoCzIVLmNvbnZleW9yLnYxLlRhc2tTcGVjEhEKCW5hbWVzcGFjZRgCIAEoCSJfChJTdWJtaXRUYXNrUmVzcG9uc2USDwoHdGFza19pZBgBIAEoCRIRCglkdXBsaWNhdGUYAiABKAgSJQoFc3RhdGUYAyABKA4yFi5jb252ZXlvci52MS5UYXNrU3RhdGUiTQoSU3VibWl0VGFza3NSZXF1ZXN0EiQKBXRhc2tzGAEgAygLMhUuY29udmV5b3IudjEuVGFza1NwZWMSEQoJbmFtZXNwYWNlGAIgASgJIkcKE1N1Ym1pdFRhc2tzUmVzcG9uc2USMAoHcmVzdWx0cxgBIAMoCzIfLmNvbnZleW9yLnYxLlN1Ym1pdFRhc2tSZXNwb25zZSI3ChFDYW5jZWxUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCSJOChJDYW5jZWxUYXNrUmVzcG9uc2USEQoJY2FuY2VsbGVkGAEgASgIEiUKBXN0YXRlGAIgASgOMhYuY29udmV5b3IudjEuVGFza1N0YXRlIjcKEVJlcGxheVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkSEQoJbmFtZXNwYWNlGAIgASgJIjsKElJlcGxheVRhc2tSZXNwb25zZRIlCgVzdGF0ZRgBIAEoDjIWLmNvbnZleW9yLnYxLlRhc2tTdGF0ZTKIBAoRU3VibWlzc2lvblNlcnZpY2USTQoKU3VibWl0VGFzaxIeLmNvbnZleW9yLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0Gh8uY29udmV5b3IudjEuU3VibWl0VGFza1Jlc3BvbnNlElAKC1N1Ym1pdFRhc2tzEh8uY29udmV5b3IudjEuU3VibWl0VGFza3NSZXF1ZXN0GiAuY29udmV5b3IudjEuU3VibWl0VGFza3NSZXNwb25zZRJNCgpDYW5jZWxUYXNrEh4uY29udmV5b3IudjEuQ2FuY2VsVGFza1JlcXVlc3QaHy5jb252ZXlvci52MS5DYW5jZWxUYXNrUmVzcG9uc2USTQoKUmVwbGF5VGFzaxIeLmNvbnZleW9yLnYxLlJlcGxheVRhc2tSZXF1ZXN0Gh8uY29udmV5b3IudjEuUmVwbGF5VGFza1Jlc3BvbnNlElkKDlN1Ym1pdFdvcmtmbG93EiIuY29udmV5b3IudjEuU3VibWl0V29ya2Zsb3dSZXF1ZXN0GiMuY29udmV5b3IudjEuU3VibWl0V29ya2Zsb3dSZXNwb25zZRJZCg5DYW5jZWxXb3JrZmxvdxIiLmNvbnZleW9yLnYxLkNhbmNlbFdvcmtmbG93UmVxdWVzdBojLmNvbnZleW9yLnYxLkNhbmNlbFdvcmtmbG93UmVzcG9uc2VCqwEKD2NvbS5jb252ZXlvci52MUIWU3VibWlzc2lvblNlcnZpY2VQcm90b1ABWjNnby5jb252ZXlvci5kZXYvY29udmV5b3IvZ2VuL2NvbnZleW9yL3YxO2NvbnZleW9ydjGiAgNDWFiqAgtDb252ZXlvci5WMcoCC0NvbnZleW9yXFYx4gIXQ29udmV5b3JcVjFcR1BCTWV0YWRhdGHqAgxDb252ZXlvcjo6VjFiBnByb3RvMw", [file_conveyor_v1_task, file_conveyor_v1_workflow]);
+
+/**
+ * SubmitWorkflow request.
+ *
+ * @generated from message conveyor.v1.SubmitWorkflowRequest
+ */
+export type SubmitWorkflowRequest = Message<"conveyor.v1.SubmitWorkflowRequest"> & {
+  /**
+   * The workflow.
+   *
+   * @generated from field: conveyor.v1.WorkflowSpec workflow = 1;
+   */
+  workflow?: WorkflowSpec | undefined;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default".
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
+};
+
+/**
+ * Describes the message conveyor.v1.SubmitWorkflowRequest.
+ * Use `create(SubmitWorkflowRequestSchema)` to create a new message.
+ */
+export const SubmitWorkflowRequestSchema: GenMessage<SubmitWorkflowRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_submission_service, 0);
+
+/**
+ * SubmitWorkflow response.
+ *
+ * @generated from message conveyor.v1.SubmitWorkflowResponse
+ */
+export type SubmitWorkflowResponse = Message<"conveyor.v1.SubmitWorkflowResponse"> & {
+  /**
+   * Id of the workflow (or of the earlier one with the same idempotency key).
+   *
+   * @generated from field: string workflow_id = 1;
+   */
+  workflowId: string;
+
+  /**
+   * Task id of every node, in WorkflowSpec.nodes order.
+   *
+   * @generated from field: repeated string task_ids = 2;
+   */
+  taskIds: string[];
+
+  /**
+   * True when an earlier workflow with the same idempotency key was
+   * returned (then `task_ids` are its nodes').
+   *
+   * @generated from field: bool duplicate = 3;
+   */
+  duplicate: boolean;
+};
+
+/**
+ * Describes the message conveyor.v1.SubmitWorkflowResponse.
+ * Use `create(SubmitWorkflowResponseSchema)` to create a new message.
+ */
+export const SubmitWorkflowResponseSchema: GenMessage<SubmitWorkflowResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_submission_service, 1);
+
+/**
+ * CancelWorkflow request.
+ *
+ * @generated from message conveyor.v1.CancelWorkflowRequest
+ */
+export type CancelWorkflowRequest = Message<"conveyor.v1.CancelWorkflowRequest"> & {
+  /**
+   * Id of the workflow.
+   *
+   * @generated from field: string workflow_id = 1;
+   */
+  workflowId: string;
+
+  /**
+   * Namespace the call acts in; "" is the namespace "default".
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
+};
+
+/**
+ * Describes the message conveyor.v1.CancelWorkflowRequest.
+ * Use `create(CancelWorkflowRequestSchema)` to create a new message.
+ */
+export const CancelWorkflowRequestSchema: GenMessage<CancelWorkflowRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_submission_service, 2);
+
+/**
+ * CancelWorkflow response.
+ *
+ * @generated from message conveyor.v1.CancelWorkflowResponse
+ */
+export type CancelWorkflowResponse = Message<"conveyor.v1.CancelWorkflowResponse"> & {
+  /**
+   * Nodes this call cancelled.
+   *
+   * @generated from field: uint32 cancelled = 1;
+   */
+  cancelled: number;
+
+  /**
+   * State of the workflow after the call.
+   *
+   * @generated from field: conveyor.v1.WorkflowState state = 2;
+   */
+  state: WorkflowState;
+};
+
+/**
+ * Describes the message conveyor.v1.CancelWorkflowResponse.
+ * Use `create(CancelWorkflowResponseSchema)` to create a new message.
+ */
+export const CancelWorkflowResponseSchema: GenMessage<CancelWorkflowResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_submission_service, 3);
 
 /**
  * SubmitTask request.
@@ -42,7 +164,7 @@ export type SubmitTaskRequest = Message<"conveyor.v1.SubmitTaskRequest"> & {
  * Use `create(SubmitTaskRequestSchema)` to create a new message.
  */
 export const SubmitTaskRequestSchema: GenMessage<SubmitTaskRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_submission_service, 0);
+  messageDesc(file_conveyor_v1_submission_service, 4);
 
 /**
  * SubmitTask response.
@@ -79,7 +201,7 @@ export type SubmitTaskResponse = Message<"conveyor.v1.SubmitTaskResponse"> & {
  * Use `create(SubmitTaskResponseSchema)` to create a new message.
  */
 export const SubmitTaskResponseSchema: GenMessage<SubmitTaskResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_submission_service, 1);
+  messageDesc(file_conveyor_v1_submission_service, 5);
 
 /**
  * SubmitTasks request.
@@ -109,7 +231,7 @@ export type SubmitTasksRequest = Message<"conveyor.v1.SubmitTasksRequest"> & {
  * Use `create(SubmitTasksRequestSchema)` to create a new message.
  */
 export const SubmitTasksRequestSchema: GenMessage<SubmitTasksRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_submission_service, 2);
+  messageDesc(file_conveyor_v1_submission_service, 6);
 
 /**
  * SubmitTasks response.
@@ -130,7 +252,7 @@ export type SubmitTasksResponse = Message<"conveyor.v1.SubmitTasksResponse"> & {
  * Use `create(SubmitTasksResponseSchema)` to create a new message.
  */
 export const SubmitTasksResponseSchema: GenMessage<SubmitTasksResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_submission_service, 3);
+  messageDesc(file_conveyor_v1_submission_service, 7);
 
 /**
  * CancelTask request.
@@ -160,7 +282,7 @@ export type CancelTaskRequest = Message<"conveyor.v1.CancelTaskRequest"> & {
  * Use `create(CancelTaskRequestSchema)` to create a new message.
  */
 export const CancelTaskRequestSchema: GenMessage<CancelTaskRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_submission_service, 4);
+  messageDesc(file_conveyor_v1_submission_service, 8);
 
 /**
  * CancelTask response.
@@ -188,7 +310,7 @@ export type CancelTaskResponse = Message<"conveyor.v1.CancelTaskResponse"> & {
  * Use `create(CancelTaskResponseSchema)` to create a new message.
  */
 export const CancelTaskResponseSchema: GenMessage<CancelTaskResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_submission_service, 5);
+  messageDesc(file_conveyor_v1_submission_service, 9);
 
 /**
  * ReplayTask request.
@@ -218,7 +340,7 @@ export type ReplayTaskRequest = Message<"conveyor.v1.ReplayTaskRequest"> & {
  * Use `create(ReplayTaskRequestSchema)` to create a new message.
  */
 export const ReplayTaskRequestSchema: GenMessage<ReplayTaskRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_submission_service, 6);
+  messageDesc(file_conveyor_v1_submission_service, 10);
 
 /**
  * ReplayTask response.
@@ -239,7 +361,7 @@ export type ReplayTaskResponse = Message<"conveyor.v1.ReplayTaskResponse"> & {
  * Use `create(ReplayTaskResponseSchema)` to create a new message.
  */
 export const ReplayTaskResponseSchema: GenMessage<ReplayTaskResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_submission_service, 7);
+  messageDesc(file_conveyor_v1_submission_service, 11);
 
 /**
  * SubmissionService accepts work. A task accepted here is stored durably
@@ -300,6 +422,33 @@ export const SubmissionService: GenService<{
     methodKind: "unary";
     input: typeof ReplayTaskRequestSchema;
     output: typeof ReplayTaskResponseSchema;
+  },
+  /**
+   * Submits a workflow (a DAG of tasks) in one atomic store operation:
+   * nodes without parents are queued at once, the others wait (WAITING)
+   * for their parents. INVALID_ARGUMENT names the offending node (cycles,
+   * parents out of range, an input mode that does not fit the parents);
+   * RESOURCE_EXHAUSTED beyond 10,000 nodes or 100,000 edges. Nothing is
+   * stored when the call fails.
+   *
+   * @generated from rpc conveyor.v1.SubmissionService.SubmitWorkflow
+   */
+  submitWorkflow: {
+    methodKind: "unary";
+    input: typeof SubmitWorkflowRequestSchema;
+    output: typeof SubmitWorkflowResponseSchema;
+  },
+  /**
+   * Cancels every unfinished node of a workflow in one atomic store
+   * operation: no node starts after the call returns; running ones are
+   * cancelled on their workers through the stream.
+   *
+   * @generated from rpc conveyor.v1.SubmissionService.CancelWorkflow
+   */
+  cancelWorkflow: {
+    methodKind: "unary";
+    input: typeof CancelWorkflowRequestSchema;
+    output: typeof CancelWorkflowResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_conveyor_v1_submission_service, 0);
