@@ -103,6 +103,7 @@ impl EagerClient {
                 trace_context: spec.trace_context.clone(),
                 namespace: String::new(),
                 queue: task.queue.clone(),
+                workflow_id: String::new(),
             };
             let context = TaskContext::new(assignment, CancellationToken::new());
             let result = match self.handlers.get(&spec.name) {

@@ -42,6 +42,35 @@ impl Store for Metered {
         self.0.place(tasks);
     }
 
+    fn place_workflow(&self, workflow: &mut conveyor_core::workflow::NewWorkflow) {
+        self.0.place_workflow(workflow);
+    }
+
+    async fn submit_workflow(
+        &self,
+        workflow: conveyor_core::workflow::NewWorkflow,
+        now_ms: i64,
+    ) -> Result<conveyor_store::WorkflowAck> {
+        timed!("submit_workflow", self.0.submit_workflow(workflow, now_ms))
+    }
+
+    async fn get_workflow(
+        &self,
+        id: TaskId,
+        nodes: conveyor_store::WorkflowNodes,
+        now_ms: i64,
+    ) -> Result<Option<conveyor_store::StoredWorkflow>> {
+        timed!("get_workflow", self.0.get_workflow(id, nodes, now_ms))
+    }
+
+    async fn cancel_workflow(
+        &self,
+        id: TaskId,
+        now_ms: i64,
+    ) -> Result<Option<(u32, conveyor_core::TaskState)>> {
+        timed!("cancel_workflow", self.0.cancel_workflow(id, now_ms))
+    }
+
     fn events(&self) -> &EventHub {
         self.0.events()
     }

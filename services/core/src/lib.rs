@@ -15,6 +15,7 @@ pub mod state;
 pub mod task;
 pub mod time;
 pub mod validate;
+pub mod workflow;
 
 pub use defaults::TaskDefaults;
 pub use error::{ConveyorError, Result};

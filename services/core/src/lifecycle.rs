@@ -33,6 +33,13 @@ pub enum Operation {
     Replay,
     /// A finished task deleted (ForgetTask, or its result TTL passed).
     Forget,
+    /// A workflow node's parents finished as its trigger needs: it enters
+    /// its queue (SCHEDULED with a delay); or it was a link_error callback
+    /// none of whose parents failed, or a dependent of a cancelled node:
+    /// CANCELLED.
+    Ready,
+    /// A workflow node that cannot run because a parent failed or expired.
+    DependencyFailed,
 }
 
 /// One rule: `operation` takes a task in one of `from` (none: it did not
@@ -48,8 +55,13 @@ pub struct Rule {
 }
 
 const LEASED_OR_RUNNING: &[Option<TaskState>] = &[Some(Leased), Some(Running)];
-const UNFINISHED: &[Option<TaskState>] =
-    &[Some(Scheduled), Some(Queued), Some(Leased), Some(Running)];
+const UNFINISHED: &[Option<TaskState>] = &[
+    Some(Scheduled),
+    Some(Queued),
+    Some(Leased),
+    Some(Running),
+    Some(Waiting),
+];
 const TERMINAL: &[Option<TaskState>] = &[
     Some(Succeeded),
     Some(Failed),
@@ -129,6 +141,32 @@ pub const RULES: &[Rule] = &[
         operation: Operation::Forget,
         from: TERMINAL,
         to: None,
+    },
+    Rule {
+        operation: Operation::Submit,
+        from: &[None],
+        to: Some(Waiting),
+    },
+    Rule {
+        operation: Operation::Ready,
+        from: &[Some(Waiting)],
+        to: Some(Queued),
+    },
+    Rule {
+        operation: Operation::Ready,
+        from: &[Some(Waiting)],
+        to: Some(Scheduled),
+    },
+    Rule {
+        operation: Operation::DependencyFailed,
+        from: &[Some(Waiting)],
+        to: Some(Failed),
+    },
+    // A workflow's head settles when its last node finishes.
+    Rule {
+        operation: Operation::Ready,
+        from: &[Some(Waiting)],
+        to: Some(Succeeded),
     },
 ];
 

@@ -21,6 +21,8 @@ pub enum TaskState {
     Cancelled,
     /// Not started before `expires`.
     Expired,
+    /// A workflow node waiting for its parents.
+    Waiting,
 }
 
 impl TaskState {
@@ -53,7 +55,8 @@ impl TaskState {
             pb::TaskState::Failed => Self::Failed,
             pb::TaskState::Cancelled => Self::Cancelled,
             pb::TaskState::Expired => Self::Expired,
-            pb::TaskState::Unspecified | pb::TaskState::Waiting => return None,
+            pb::TaskState::Waiting => Self::Waiting,
+            pb::TaskState::Unspecified => return None,
         })
     }
 
@@ -68,6 +71,7 @@ impl TaskState {
             Self::Failed => pb::TaskState::Failed,
             Self::Cancelled => pb::TaskState::Cancelled,
             Self::Expired => pb::TaskState::Expired,
+            Self::Waiting => pb::TaskState::Waiting,
         }
     }
 }

@@ -40,6 +40,11 @@ pub struct StoredTask {
     pub outcome: Option<store_pb::OutcomeRecord>,
     /// Latest progress of the running attempt.
     pub progress: Option<pb::Progress>,
+    /// The workflow this task is a node of, and its index there.
+    pub node_of: Option<(TaskId, u32)>,
+    /// Whether this entry is a workflow's head (its state and counters), not
+    /// a task: the results service answers for it with GetWorkflow.
+    pub is_workflow: bool,
 }
 
 impl StoredTask {
@@ -91,6 +96,11 @@ impl StoredTask {
                 .name()
                 .to_string(),
             trace_context: self.record.trace_context.clone(),
+            workflow_id: self
+                .node_of
+                .map(|(workflow, _)| workflow.to_string())
+                .unwrap_or_default(),
+            workflow_node: self.node_of.map_or(0, |(_, index)| index),
         }
     }
 }

@@ -188,6 +188,10 @@ pub(crate) fn to_assignment(mut task: LeasedTask) -> (pb::Assignment, HeldLease)
         } else {
             options.queue
         },
+        workflow_id: task
+            .workflow_id
+            .map(|workflow| workflow.to_string())
+            .unwrap_or_default(),
     };
     (assignment, held)
 }
@@ -218,6 +222,7 @@ pub(crate) fn to_report(
                     traceback: String::new(),
                     retryable: false,
                     retry_after: None,
+                    cause_task_id: String::new(),
                 },
                 retry_at_ms: None,
             }
@@ -256,6 +261,7 @@ pub(crate) fn time_limit_report(
         traceback: String::new(),
         retryable: true,
         retry_after: None,
+        cause_task_id: String::new(),
     };
     to_report(
         id,

@@ -86,6 +86,7 @@ fn to_pb_kind(kind: EventKind) -> pb::EventKind {
         EventKind::Cancelled => pb::EventKind::TaskCancelled,
         EventKind::Expired => pb::EventKind::TaskExpired,
         EventKind::Requeued => pb::EventKind::TaskRequeued,
+        EventKind::Ready => pb::EventKind::TaskReady,
         EventKind::WorkerOnline => pb::EventKind::WorkerOnline,
         EventKind::WorkerOffline => pb::EventKind::WorkerOffline,
         EventKind::WorkerHeartbeat => pb::EventKind::WorkerHeartbeat,

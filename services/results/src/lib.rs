@@ -11,7 +11,9 @@ use tonic::{Request, Response, Status};
 use conveyor_api::pb::{self, results_service_server as server};
 use conveyor_core::time::{duration_ms, now_ms};
 use conveyor_core::{ConveyorError, Namespace, TaskId};
-use conveyor_store::{DeadLetterCursor, ForgetAck, Store, wait_terminal};
+use conveyor_store::{
+    DeadLetterCursor, ForgetAck, Store, StoredWorkflow, WorkflowNodes, wait_terminal,
+};
 
 mod events;
 
@@ -40,9 +42,116 @@ impl Results {
     /// as invisible as a missing one.
     async fn load(&self, namespace: &Namespace, id: TaskId) -> Result<pb::Task, ConveyorError> {
         match self.store.get(id, now_ms()).await? {
+            Some(task) if task.is_workflow && task.in_namespace(namespace) => {
+                Err(not_a_task(id))
+            }
             Some(task) if task.in_namespace(namespace) => Ok(task.to_pb()),
             _ => Err(ConveyorError::task_not_found(id.to_string())),
         }
+    }
+
+    /// Workflow `id` if it exists in `namespace`, with the nodes asked for.
+    async fn load_workflow(
+        &self,
+        namespace: &Namespace,
+        id: TaskId,
+        nodes: WorkflowNodes,
+    ) -> Result<StoredWorkflow, ConveyorError> {
+        match self.store.get_workflow(id, nodes, now_ms()).await? {
+            Some(workflow) if workflow.head.in_namespace(namespace) => Ok(workflow),
+            _ => Err(workflow_not_found(id)),
+        }
+    }
+}
+
+fn not_a_task(id: TaskId) -> ConveyorError {
+    ConveyorError::FailedPrecondition(format!(
+        "{id} is a workflow, not a task: read it with GetWorkflow (`conveyor workflow get {id}`)"
+    ))
+}
+
+fn workflow_not_found(id: TaskId) -> ConveyorError {
+    ConveyorError::NotFound {
+        kind: "workflow",
+        id: id.to_string(),
+    }
+}
+
+/// The view a request asks for, `default` when unset.
+fn workflow_view(value: i32, default: pb::WorkflowView) -> Result<pb::WorkflowView, ConveyorError> {
+    match pb::WorkflowView::try_from(value) {
+        Ok(pb::WorkflowView::Unspecified) => Ok(default),
+        Ok(view) => Ok(view),
+        Err(_) => Err(ConveyorError::invalid(
+            "view",
+            format!("{value} is not a WorkflowView: 1 (summary), 2 (nodes) or 3 (full)"),
+        )),
+    }
+}
+
+fn nodes_for(view: pb::WorkflowView) -> WorkflowNodes {
+    if view == pb::WorkflowView::Summary {
+        WorkflowNodes::Outputs
+    } else {
+        WorkflowNodes::All
+    }
+}
+
+/// The public view of a stored workflow.
+fn workflow_to_pb(workflow: &StoredWorkflow, view: pb::WorkflowView) -> pb::Workflow {
+    let by_index: std::collections::HashMap<u32, &conveyor_core::StoredTask> =
+        workflow.nodes.iter().map(|(index, task)| (*index, task)).collect();
+    let state = conveyor_core::workflow::workflow_state(workflow.head.state);
+    let result = (state == pb::WorkflowState::Succeeded)
+        .then(|| conveyor_core::workflow::workflow_result(&workflow.graph, |index| by_index.get(&index).copied()))
+        .flatten();
+    let mut state_counts = Vec::new();
+    let mut nodes = Vec::new();
+    if view != pb::WorkflowView::Summary {
+        state_counts = vec![0u32; 10];
+        for (index, task) in &workflow.nodes {
+            if let Some(count) = state_counts.get_mut(task.state.as_i32() as usize) {
+                *count += 1;
+            }
+            let record = &workflow.graph.nodes[*index as usize];
+            let mut task = task.to_pb();
+            if view != pb::WorkflowView::Full {
+                task.args.clear();
+                task.kwargs.clear();
+            }
+            nodes.push(pb::WorkflowNodeStatus {
+                index: *index,
+                task: Some(task),
+                parents: record.parents.clone(),
+                input: record.input,
+                trigger: record.trigger,
+                label: record.label.clone(),
+            });
+        }
+    }
+    let head = &workflow.head;
+    pb::Workflow {
+        id: head.id.to_string(),
+        name: head.record.name.clone(),
+        state: state as i32,
+        nodes,
+        state_counts,
+        node_count: workflow.graph.nodes.len() as u32,
+        result,
+        output_task_ids: workflow
+            .graph
+            .outputs
+            .iter()
+            .filter_map(|index| workflow.graph.nodes.get(*index as usize))
+            .map(|node| node.task_id.clone())
+            .collect(),
+        created_at: Some(conveyor_core::time::timestamp_from_ms(head.record.created_at_ms)),
+        finished_at: (head.finished_at_ms > 0)
+            .then(|| conveyor_core::time::timestamp_from_ms(head.finished_at_ms)),
+        namespace: Namespace::from_stored(&head.record.namespace)
+            .name()
+            .to_string(),
+        failed_task_id: workflow.first_failed.clone().unwrap_or_default(),
     }
 }
 
@@ -108,6 +217,9 @@ impl server::ResultsService for Results {
             )
         })?;
         let task = wait_terminal(self.store.as_ref(), &namespace, id, deadline).await?;
+        if task.is_workflow {
+            return Err(not_a_task(id).into());
+        }
         let mut task = task.to_pb();
         if view != pb::TaskView::Full {
             task.args.clear();
@@ -117,6 +229,133 @@ impl server::ResultsService for Results {
     }
 
     type WatchTaskStream = ReceiverStream<Result<pb::WatchTaskResponse, Status>>;
+    type WatchWorkflowStream = ReceiverStream<Result<pb::WatchWorkflowResponse, Status>>;
+
+    async fn get_workflow(
+        &self,
+        request: Request<pb::GetWorkflowRequest>,
+    ) -> Result<Response<pb::GetWorkflowResponse>, Status> {
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let id = TaskId::parse(&request.workflow_id, "workflow_id")?;
+        let view = workflow_view(request.view, pb::WorkflowView::Nodes)?;
+        let workflow = self.load_workflow(&namespace, id, nodes_for(view)).await?;
+        Ok(Response::new(pb::GetWorkflowResponse {
+            workflow: Some(workflow_to_pb(&workflow, view)),
+        }))
+    }
+
+    async fn wait_workflow(
+        &self,
+        request: Request<pb::WaitWorkflowRequest>,
+    ) -> Result<Response<pb::WaitWorkflowResponse>, Status> {
+        let caller_deadline = grpc_timeout(&request);
+        let message = request.into_inner();
+        let namespace = Namespace::parse("namespace", &message.namespace)?;
+        let id = TaskId::parse(&message.workflow_id, "workflow_id")?;
+        let view = workflow_view(message.view, pb::WorkflowView::Summary)?;
+        let requested = match &message.timeout {
+            Some(timeout) => Some(Duration::from_millis(
+                duration_ms(timeout)
+                    .ok_or_else(|| ConveyorError::invalid("timeout", "must be non-negative"))?
+                    as u64,
+            )),
+            None => None,
+        };
+        let wait = [requested, caller_deadline, Some(self.max_wait)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.max_wait);
+        let deadline = tokio::time::Instant::now() + wait;
+        // A workflow's head finishes with its last node.
+        let head = self.store.get(id, now_ms()).await?;
+        if !head.is_some_and(|head| head.is_workflow && head.in_namespace(&namespace)) {
+            return Err(workflow_not_found(id).into());
+        }
+        match wait_terminal(self.store.as_ref(), &namespace, id, deadline).await {
+            Ok(_) => {}
+            Err(ConveyorError::DeadlineExceeded(_)) => {
+                return Err(ConveyorError::DeadlineExceeded(format!(
+                    "workflow {id} is still running; wait again, or look at its nodes with \
+                     `conveyor workflow get {id}`"
+                ))
+                .into());
+            }
+            Err(error) => return Err(error.into()),
+        }
+        let workflow = self.load_workflow(&namespace, id, nodes_for(view)).await?;
+        Ok(Response::new(pb::WaitWorkflowResponse {
+            workflow: Some(workflow_to_pb(&workflow, view)),
+        }))
+    }
+
+    async fn watch_workflow(
+        &self,
+        request: Request<pb::WatchWorkflowRequest>,
+    ) -> Result<Response<Self::WatchWorkflowStream>, Status> {
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let id = TaskId::parse(&request.workflow_id, "workflow_id")?;
+        let view = workflow_view(request.view, pb::WorkflowView::Nodes)?;
+        // Subscribe (and ask the store to notify the head) before reading.
+        let mut events = self.store.events().subscribe_task(id);
+        match self.store.watch(id, now_ms()).await? {
+            Some(head) if head.is_workflow && head.in_namespace(&namespace) => {}
+            _ => return Err(workflow_not_found(id).into()),
+        }
+        let first = workflow_to_pb(
+            &self.load_workflow(&namespace, id, nodes_for(view)).await?,
+            view,
+        );
+        let (sender, receiver) = mpsc::channel(16);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut done = first.state != pb::WorkflowState::Running as i32;
+            let mut last = first.clone();
+            if sender
+                .send(Ok(pb::WatchWorkflowResponse {
+                    workflow: Some(first),
+                }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while !done {
+                tokio::select! {
+                    _ = events.changed() => {},
+                    _ = sender.closed() => return,
+                }
+                let read = match store.get_workflow(id, nodes_for(view), now_ms()).await {
+                    Ok(Some(workflow)) => workflow_to_pb(&workflow, view),
+                    Ok(None) => {
+                        let _ = sender.send(Err(workflow_not_found(id).into())).await;
+                        return;
+                    }
+                    Err(error) => {
+                        let _ = sender.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+                if read == last {
+                    continue;
+                }
+                done = read.state != pb::WorkflowState::Running as i32;
+                last = read.clone();
+                if sender
+                    .send(Ok(pb::WatchWorkflowResponse {
+                        workflow: Some(read),
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
     type WatchEventsStream = ReceiverStream<Result<pb::WatchEventsResponse, Status>>;
 
     async fn watch_events(

@@ -12,7 +12,8 @@ mod wait;
 
 use async_trait::async_trait;
 use conveyor_api::pb;
-use conveyor_core::{NewTask, Result, StoredTask, TaskId};
+use conveyor_core::workflow::NewWorkflow;
+use conveyor_core::{NewTask, Result, StoredTask, TaskId, TaskState};
 
 pub use events::{EVENT_BUFFER, EventHub, QueueWaiter, SessionEvents, TaskChange, TaskEvents};
 pub use memory::MemoryStore;
@@ -41,12 +42,46 @@ pub trait Store: Send + Sync + 'static {
         conveyor_core::placement::place(tasks, self.partitions());
     }
 
+    /// Places a workflow: the head and every node in one partition (the
+    /// coordination partition when a node needs it), so that a node's
+    /// outcome and its dependents change in one atomic operation.
+    fn place_workflow(&self, workflow: &mut NewWorkflow) {
+        let partitions = self.partitions();
+        let partition = if partitions <= 1 || workflow.needs_coordination() {
+            conveyor_core::placement::COORDINATION_PARTITION
+        } else {
+            (rand::random::<u32>() % u32::from(partitions)) as u16
+        };
+        workflow.assign_ids(partition);
+    }
+
     /// Change notifications for waiters (tasks) and dispatchers (queues).
     fn events(&self) -> &EventHub;
 
     /// Stores new tasks: QUEUED, or SCHEDULED when due later. A task whose
     /// idempotency key is known returns the first task instead.
     async fn enqueue(&self, tasks: Vec<NewTask>, now_ms: i64) -> Result<Vec<EnqueueAck>>;
+
+    /// Stores a placed workflow in one atomic operation: its head (WAITING
+    /// until every node finished) and its nodes, those without parents
+    /// QUEUED (or SCHEDULED), the others WAITING. A workflow whose
+    /// idempotency key is known returns the first one instead.
+    async fn submit_workflow(&self, workflow: NewWorkflow, now_ms: i64) -> Result<WorkflowAck>;
+
+    /// A workflow by id with the nodes asked for; `None` when unknown or
+    /// its result TTL passed.
+    async fn get_workflow(
+        &self,
+        id: TaskId,
+        nodes: WorkflowNodes,
+        now_ms: i64,
+    ) -> Result<Option<StoredWorkflow>>;
+
+    /// Cancels every unfinished node of a workflow in one atomic operation
+    /// (leased ones are taken from their sessions, which are told).
+    /// `None` for an unknown workflow, else the nodes cancelled and the
+    /// workflow head's state after the call.
+    async fn cancel_workflow(&self, id: TaskId, now_ms: i64) -> Result<Option<(u32, TaskState)>>;
 
     /// A task by id; `None` when unknown or its result expired.
     async fn get(&self, id: TaskId, now_ms: i64) -> Result<Option<StoredTask>>;

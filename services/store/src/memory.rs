@@ -8,6 +8,9 @@ use async_trait::async_trait;
 use conveyor_api::pb;
 use conveyor_api::store_pb::{self, outcome_record};
 use conveyor_core::concurrency::{OVERTAKE_LIMIT, WAKE_WINDOW};
+use conveyor_core::workflow::{
+    Arrival, NewWorkflow, NodeRule, ReadyDelay, dependency_error, inputs,
+};
 use conveyor_core::{NewTask, Result, StoredTask, TaskId, TaskState};
 
 use crate::Store;
@@ -56,6 +59,38 @@ struct Inner {
     ready: Vec<QueueKey>,
     /// Where task events go (see [`crate::stream`]).
     hub: Option<EventHub>,
+    /// Workflows by id (their heads are entries of `tasks`).
+    workflows: HashMap<TaskId, Flow>,
+    /// Tasks a workflow step changed besides the one operated on; notified
+    /// after the lock is released.
+    touched: Vec<TaskId>,
+}
+
+/// A workflow's head counters (the memory twin of the Redis head hash).
+#[derive(Debug)]
+struct Flow {
+    graph: store_pb::WorkflowRecord,
+    nodes: Vec<TaskId>,
+    unfinished: u32,
+    failed: u32,
+    first_failed: Option<TaskId>,
+    cancelling: bool,
+}
+
+/// A workflow node's links (the memory twin of the `w*` hash fields).
+#[derive(Debug)]
+struct Node {
+    workflow: TaskId,
+    children: Vec<(TaskId, u32)>,
+    /// Parents not finished, while WAITING.
+    left: u32,
+    rule: NodeRule,
+    ready_delay: Option<ReadyDelay>,
+    /// Inputs so far, by parent position.
+    arrivals: BTreeMap<u32, Arrival>,
+    /// For a node that did not run: the parent that settled it and the
+    /// root cause.
+    cause: Option<(TaskId, String)>,
 }
 
 /// One concurrency key (see [`conveyor_core::concurrency`]).
@@ -97,6 +132,8 @@ struct Entry {
     concurrency: Vec<(String, u32)>,
     /// Place in the waiting lines, given when the task first parks.
     park_seq: Option<u64>,
+    /// Workflow links of a node.
+    node: Option<Node>,
 }
 
 impl MemoryStore {
@@ -383,8 +420,17 @@ impl Inner {
         self.finish_at_us(id, state, now_ms * 1000);
     }
 
-    /// [`Inner::finish`] at a µs-precise instant (a reported outcome).
+    /// [`Inner::finish`] at a µs-precise instant (a reported outcome), then
+    /// the workflow steps it causes.
     fn finish_at_us(&mut self, id: TaskId, state: TaskState, now_us: i64) {
+        self.finish_task_at_us(id, state, now_us);
+        if self.tasks.get(&id).is_some_and(|entry| entry.node.is_some()) {
+            self.wf_after(id, state, now_us.div_euclid(1000));
+        }
+    }
+
+    /// A task reaches a final state, without workflow steps.
+    fn finish_task_at_us(&mut self, id: TaskId, state: TaskState, now_us: i64) {
         let now_ms = now_us.div_euclid(1000);
         self.free_permits(id);
         self.drop_reservations(id);
@@ -401,6 +447,227 @@ impl Inner {
                 _ => EventKind::Expired,
             };
             self.emit(kind, id, now_us as f64 / 1000.0);
+        }
+    }
+
+    /// Takes an unfinished task out of wherever it waits or runs, before it
+    /// is cancelled: its queue, the schedule, or its session (returned, to
+    /// be told). `Err` with the state of a finished task.
+    fn take_unfinished(&mut self, id: TaskId) -> std::result::Result<Option<String>, TaskState> {
+        let Some(entry) = self.tasks.get(&id) else {
+            return Ok(None);
+        };
+        let (state, due) = (entry.task.state, entry.task.due_at_ms);
+        match state {
+            TaskState::Queued => self.unqueue(id),
+            TaskState::Scheduled => {
+                self.scheduled.remove(&(due, id));
+            }
+            TaskState::Leased | TaskState::Running => {
+                let session_id = entry.task.session_id.clone();
+                if let Some(session) = self.sessions.get_mut(&session_id) {
+                    session.leases.remove(&id);
+                }
+                return Ok(Some(session_id));
+            }
+            TaskState::Waiting => {}
+            other => return Err(other),
+        }
+        Ok(None)
+    }
+
+    /// A WAITING node whose inputs are complete goes to its queue (or
+    /// SCHEDULED for its delay); cancelled instead while its workflow is.
+    /// Mirrors `wf_ready` in common.lua.
+    fn wf_ready(
+        &mut self,
+        id: TaskId,
+        now_ms: i64,
+        cancelling: bool,
+        work: &mut VecDeque<(TaskId, TaskState)>,
+    ) {
+        if cancelling {
+            self.finish_task_at_us(id, TaskState::Cancelled, now_ms * 1000);
+            work.push_back((id, TaskState::Cancelled));
+            return;
+        }
+        let Some(entry) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let Some(node) = entry.node.as_mut() else {
+            return;
+        };
+        let arrivals: Vec<Arrival> = std::mem::take(&mut node.arrivals).into_values().collect();
+        let mut args = inputs(node.rule, &arrivals);
+        if !args.is_empty() {
+            args.append(&mut entry.task.record.args);
+            entry.task.record.args = args;
+        }
+        let due = node.ready_delay.map_or(now_ms, |delay| delay.due(now_ms));
+        entry.task.updated_at_ms = now_ms;
+        if due > now_ms {
+            entry.task.state = TaskState::Scheduled;
+            entry.task.due_at_ms = due;
+            self.scheduled.insert((due, id));
+        } else {
+            entry.task.state = TaskState::Queued;
+            let key = entry.queue_key.clone();
+            self.queues.entry(key.clone()).or_default().push_back(id);
+            self.ready.push(key);
+        }
+        self.touched.push(id);
+        self.emit(EventKind::Ready, id, now_ms as f64);
+    }
+
+    /// What a finished node leaves its children.
+    fn arrival_of(&self, id: TaskId, state: TaskState) -> Arrival {
+        let entry = self.tasks.get(&id);
+        Arrival {
+            task_id: id.to_string(),
+            state,
+            // A node that did not run has no outcome of its own at rest.
+            outcome: entry
+                .filter(|entry| entry.node.as_ref().is_none_or(|node| node.cause.is_none()))
+                .and_then(|entry| entry.task.outcome.clone()),
+        }
+    }
+
+    /// Node `id` finished in `state`: settles its children, and theirs
+    /// when they cannot run, then the head's counters. Mirrors `wf_after`
+    /// in common.lua.
+    fn wf_after(&mut self, id: TaskId, state: TaskState, now_ms: i64) {
+        let Some(workflow) = self
+            .tasks
+            .get(&id)
+            .and_then(|entry| entry.node.as_ref())
+            .map(|node| node.workflow)
+        else {
+            return;
+        };
+        let cancelling = self.workflows.get(&workflow).is_some_and(|flow| flow.cancelling);
+        let mut work = VecDeque::from([(id, state)]);
+        let (mut finished, mut failed, mut first_failed) = (0u32, 0u32, None);
+        while let Some((parent, parent_state)) = work.pop_front() {
+            finished += 1;
+            if parent_state == TaskState::Failed {
+                failed += 1;
+                first_failed.get_or_insert(parent);
+            }
+            let bad = matches!(parent_state, TaskState::Failed | TaskState::Expired);
+            let Some((children, root)) = self.tasks.get(&parent).and_then(|entry| {
+                let node = entry.node.as_ref()?;
+                Some((node.children.clone(), node.cause.as_ref().map(|(_, root)| root.clone())))
+            }) else {
+                continue;
+            };
+            let arrival = self.arrival_of(parent, parent_state);
+            let root_text = root.clone().unwrap_or_else(|| parent.to_string());
+            for (child, position) in children {
+                let Some((left, trigger)) = self
+                    .tasks
+                    .get(&child)
+                    .filter(|entry| entry.task.state == TaskState::Waiting)
+                    .and_then(|entry| entry.node.as_ref())
+                    .map(|node| (node.left, node.rule.trigger))
+                else {
+                    continue;
+                };
+                fn node(inner: &mut Inner, child: TaskId) -> Option<&mut Node> {
+                    inner
+                        .tasks
+                        .get_mut(&child)
+                        .and_then(|entry| entry.node.as_mut())
+                }
+                if trigger == pb::NodeTrigger::OnFailure {
+                    if bad {
+                        let fired = match &root {
+                            Some(root_id) => {
+                                match TaskId::parse(root_id, "root") {
+                                    Ok(root_id) => {
+                                        let root_state = self
+                                            .tasks
+                                            .get(&root_id)
+                                            .map_or(TaskState::Failed, |entry| entry.task.state);
+                                        self.arrival_of(root_id, root_state)
+                                    }
+                                    Err(_) => arrival.clone(),
+                                }
+                            }
+                            None => arrival.clone(),
+                        };
+                        if let Some(node) = node(self, child) {
+                            node.arrivals = BTreeMap::from([(0, fired)]);
+                        }
+                        self.wf_ready(child, now_ms, cancelling, &mut work);
+                    } else if left <= 1 {
+                        self.finish_task_at_us(child, TaskState::Cancelled, now_ms * 1000);
+                        work.push_back((child, TaskState::Cancelled));
+                    } else if let Some(node) = node(self, child) {
+                        node.left -= 1;
+                    }
+                } else if parent_state == TaskState::Succeeded
+                    || trigger == pb::NodeTrigger::AllDone
+                {
+                    if let Some(node) = node(self, child) {
+                        node.arrivals.insert(position, arrival.clone());
+                        if left > 1 {
+                            node.left -= 1;
+                            continue;
+                        }
+                    }
+                    self.wf_ready(child, now_ms, cancelling, &mut work);
+                } else {
+                    let child_state = if bad {
+                        TaskState::Failed
+                    } else {
+                        TaskState::Cancelled
+                    };
+                    if let Some(entry) = self.tasks.get_mut(&child) {
+                        if let Some(node) = entry.node.as_mut() {
+                            node.cause = Some((parent, root_text.clone()));
+                            node.arrivals.clear();
+                        }
+                        if child_state == TaskState::Failed {
+                            entry.task.outcome = Some(store_pb::OutcomeRecord {
+                                outcome: Some(outcome_record::Outcome::Error(dependency_error(
+                                    &parent.to_string(),
+                                    &root_text,
+                                ))),
+                            });
+                        }
+                    }
+                    self.finish_task_at_us(child, child_state, now_ms * 1000);
+                    work.push_back((child, child_state));
+                }
+            }
+            if let Some(node) = self.tasks.get_mut(&parent).and_then(|e| e.node.as_mut()) {
+                node.arrivals.clear();
+            }
+        }
+        let Some(flow) = self.workflows.get_mut(&workflow) else {
+            return;
+        };
+        flow.unfinished = flow.unfinished.saturating_sub(finished);
+        flow.failed += failed;
+        if flow.first_failed.is_none() {
+            flow.first_failed = first_failed;
+        }
+        self.touched.push(workflow);
+        if flow.unfinished > 0 {
+            return;
+        }
+        let head_state = if flow.cancelling {
+            TaskState::Cancelled
+        } else if flow.failed > 0 {
+            TaskState::Failed
+        } else {
+            TaskState::Succeeded
+        };
+        if let Some(entry) = self.tasks.get_mut(&workflow) {
+            entry.task.state = head_state;
+            entry.task.updated_at_ms = now_ms;
+            entry.task.finished_at_ms = now_ms;
+            self.purge.insert((now_ms + entry.result_ttl_ms, workflow));
         }
     }
 
@@ -450,6 +717,7 @@ impl Inner {
             }
             self.purge.pop_first();
             // A dead letter goes with its task.
+            self.workflows.remove(&id);
             if let Some(entry) = self.tasks.remove(&id)
                 && entry.task.state == TaskState::Failed
             {
@@ -534,6 +802,8 @@ impl Store for MemoryStore {
                     finished_at_us: 0,
                     outcome: None,
                     progress: None,
+                    node_of: None,
+                    is_workflow: false,
                 };
                 inner.tasks.insert(
                     id,
@@ -546,6 +816,7 @@ impl Store for MemoryStore {
                         reserved_slot: None,
                         concurrency: task.concurrency.clone(),
                         park_seq: None,
+                        node: None,
                     },
                 );
                 inner.emit(EventKind::Submitted, id, now_ms as f64);
@@ -560,6 +831,245 @@ impl Store for MemoryStore {
             self.events.queue_ready(&key.base());
         }
         Ok(acks)
+    }
+
+    async fn submit_workflow(&self, workflow: NewWorkflow, now_ms: i64) -> Result<WorkflowAck> {
+        {
+            let mut inner = self.lock();
+            if let Some(key) = &workflow.idempotency_key {
+                if let Some((existing, forget_at)) = inner.idempotency.get(key).copied()
+                    && forget_at > now_ms
+                {
+                    let task_ids = inner
+                        .workflows
+                        .get(&existing)
+                        .map(|flow| flow.nodes.clone())
+                        .unwrap_or_default();
+                    return Ok(WorkflowAck {
+                        id: existing,
+                        task_ids,
+                        duplicate: true,
+                    });
+                }
+                inner.idempotency.insert(
+                    key.clone(),
+                    (workflow.id, now_ms + workflow.idempotency_ttl_ms),
+                );
+            }
+            let ids: Vec<TaskId> = workflow.nodes.iter().map(|node| node.task.id).collect();
+            for (index, node) in workflow.nodes.into_iter().enumerate() {
+                let task = node.task;
+                let waiting = !node.parents.is_empty();
+                let state = if waiting {
+                    TaskState::Waiting
+                } else if task.is_delayed() {
+                    TaskState::Scheduled
+                } else {
+                    TaskState::Queued
+                };
+                let priority = task
+                    .record
+                    .options
+                    .as_ref()
+                    .map_or(0, |options| options.priority);
+                let queue_key = QueueKey::new(&task.queue, &task.record.name).at_priority(priority);
+                let id = task.id;
+                match state {
+                    TaskState::Scheduled => {
+                        inner.scheduled.insert((task.due_at_ms, id));
+                    }
+                    TaskState::Queued => {
+                        inner
+                            .queues
+                            .entry(queue_key.clone())
+                            .or_default()
+                            .push_back(id);
+                        inner.ready.push(queue_key.clone());
+                    }
+                    _ => {}
+                }
+                if task.expires_at_ms > 0 {
+                    inner.expiring.insert((task.expires_at_ms, id));
+                }
+                let stored = StoredTask {
+                    id,
+                    record: task.record,
+                    state,
+                    attempt: 0,
+                    failures: 0,
+                    lease_token: 0,
+                    session_id: String::new(),
+                    worker_id: String::new(),
+                    queue: task.queue,
+                    updated_at_ms: now_ms,
+                    due_at_ms: if waiting { now_ms } else { task.due_at_ms },
+                    finished_at_ms: 0,
+                    finished_at_us: 0,
+                    outcome: None,
+                    progress: None,
+                    node_of: Some((workflow.id, index as u32)),
+                    is_workflow: false,
+                };
+                inner.tasks.insert(
+                    id,
+                    Entry {
+                        task: stored,
+                        queue_key,
+                        expires_at_ms: task.expires_at_ms,
+                        result_ttl_ms: task.result_ttl_ms,
+                        rate_limit: task.rate_limit.clone(),
+                        reserved_slot: None,
+                        concurrency: task.concurrency.clone(),
+                        park_seq: None,
+                        node: Some(Node {
+                            workflow: workflow.id,
+                            children: node
+                                .children
+                                .iter()
+                                .map(|(child, position)| (ids[*child as usize], *position))
+                                .collect(),
+                            left: node.parents.len() as u32,
+                            rule: node.rule,
+                            ready_delay: node.ready_delay,
+                            arrivals: BTreeMap::new(),
+                            cause: None,
+                        }),
+                    },
+                );
+                inner.emit(EventKind::Submitted, id, now_ms as f64);
+            }
+            let head = StoredTask {
+                id: workflow.id,
+                record: workflow.head,
+                state: TaskState::Waiting,
+                attempt: 0,
+                failures: 0,
+                lease_token: 0,
+                session_id: String::new(),
+                worker_id: String::new(),
+                queue: String::new(),
+                updated_at_ms: now_ms,
+                due_at_ms: now_ms,
+                finished_at_ms: 0,
+                finished_at_us: 0,
+                outcome: None,
+                progress: None,
+                node_of: None,
+                is_workflow: true,
+            };
+            inner.tasks.insert(
+                workflow.id,
+                Entry {
+                    task: head,
+                    queue_key: QueueKey::new("", ""),
+                    expires_at_ms: 0,
+                    result_ttl_ms: workflow.result_ttl_ms,
+                    rate_limit: None,
+                    reserved_slot: None,
+                    concurrency: Vec::new(),
+                    park_seq: None,
+                    node: None,
+                },
+            );
+            inner.workflows.insert(
+                workflow.id,
+                Flow {
+                    graph: workflow.graph,
+                    nodes: ids.clone(),
+                    unfinished: ids.len() as u32,
+                    failed: 0,
+                    first_failed: None,
+                    cancelling: false,
+                },
+            );
+            drop(inner);
+            self.notify_ready();
+            return Ok(WorkflowAck {
+                id: workflow.id,
+                task_ids: ids,
+                duplicate: false,
+            });
+        }
+    }
+
+    async fn get_workflow(
+        &self,
+        id: TaskId,
+        nodes: WorkflowNodes,
+        now_ms: i64,
+    ) -> Result<Option<StoredWorkflow>> {
+        let Some(head) = self.get(id, now_ms).await? else {
+            return Ok(None);
+        };
+        let inner = self.lock();
+        let Some(flow) = inner.workflows.get(&id) else {
+            return Ok(None);
+        };
+        let wanted: Vec<u32> = match nodes {
+            WorkflowNodes::All => (0..flow.nodes.len() as u32).collect(),
+            WorkflowNodes::Outputs => flow.graph.outputs.clone(),
+        };
+        let read = wanted
+            .into_iter()
+            .filter_map(|index| {
+                let entry = inner.tasks.get(flow.nodes.get(index as usize)?)?;
+                let purged = entry.task.finished_at_ms > 0
+                    && entry.task.finished_at_ms + entry.result_ttl_ms <= now_ms;
+                (!purged).then(|| (index, entry.task.clone()))
+            })
+            .collect();
+        let mut graph = flow.graph.clone();
+        for (record, id) in graph.nodes.iter_mut().zip(&flow.nodes) {
+            record.task_id = id.to_string();
+        }
+        Ok(Some(StoredWorkflow {
+            head,
+            graph,
+            nodes: read,
+            unfinished: flow.unfinished,
+            failed: flow.failed,
+            first_failed: flow.first_failed.map(|id| id.to_string()),
+        }))
+    }
+
+    async fn cancel_workflow(&self, id: TaskId, now_ms: i64) -> Result<Option<(u32, TaskState)>> {
+        let mut revoked = Vec::new();
+        let answer = {
+            let mut inner = self.lock();
+            let Some(head_state) = inner.tasks.get(&id).map(|entry| entry.task.state) else {
+                return Ok(None);
+            };
+            let Some(flow) = inner.workflows.get_mut(&id) else {
+                return Ok(None);
+            };
+            if head_state != TaskState::Waiting {
+                return Ok(Some((0, head_state)));
+            }
+            flow.cancelling = true;
+            let cancelled = flow.unfinished;
+            let nodes = flow.nodes.clone();
+            for node in nodes {
+                let Ok(session) = inner.take_unfinished(node) else {
+                    continue;
+                };
+                if let Some(session) = session {
+                    revoked.push((session, node));
+                }
+                inner.expiring.retain(|(_, expiring)| *expiring != node);
+                inner.finish(node, TaskState::Cancelled, now_ms);
+                inner.touched.push(node);
+            }
+            let state = inner
+                .tasks
+                .get(&id)
+                .map_or(TaskState::Cancelled, |entry| entry.task.state);
+            (cancelled, state)
+        };
+        self.notify_ready();
+        for (session, node) in revoked {
+            self.events.task_revoked(&session, node);
+        }
+        Ok(Some(answer))
     }
 
     async fn get(&self, id: TaskId, now_ms: i64) -> Result<Option<StoredTask>> {
@@ -637,6 +1147,7 @@ impl Store for MemoryStore {
                         attempt: task.attempt,
                         failures: task.failures,
                         lease_token: task.lease_token,
+                        workflow_id: task.node_of.map(|(workflow, _)| workflow),
                     });
                 }
             }
@@ -805,30 +1316,23 @@ impl Store for MemoryStore {
     }
 
     async fn cancel(&self, id: TaskId, now_ms: i64) -> Result<CancelAck> {
-        let mut revoked_from = None;
+        let revoked_from;
         let ack = {
             let mut inner = self.lock();
             let Some(entry) = inner.tasks.get(&id) else {
                 return Ok(CancelAck::NotFound);
             };
-            let (state, due) = (entry.task.state, entry.task.due_at_ms);
-            match state {
-                TaskState::Queued => inner.unqueue(id),
-                TaskState::Scheduled => {
-                    inner.scheduled.remove(&(due, id));
-                }
-                TaskState::Leased | TaskState::Running => {
-                    let session_id = inner.tasks[&id].task.session_id.clone();
-                    if let Some(session) = inner.sessions.get_mut(&session_id) {
-                        session.leases.remove(&id);
-                    }
-                    revoked_from = Some(session_id);
-                }
-                other => return Ok(CancelAck::NotCancellable(other)),
+            if entry.task.is_workflow {
+                return Ok(CancelAck::IsWorkflow);
+            }
+            match inner.take_unfinished(id) {
+                Err(state) => return Ok(CancelAck::NotCancellable(state)),
+                Ok(session) => revoked_from = session,
             }
             inner.finish(id, TaskState::Cancelled, now_ms);
             CancelAck::Cancelled
         };
+        self.notify_ready();
         self.events.task_changed(id);
         if let Some(session_id) = revoked_from {
             self.events.task_revoked(&session_id, id);
@@ -918,6 +1422,9 @@ impl Store for MemoryStore {
             };
             if entry.task.state != TaskState::Failed {
                 return Ok(ReplayAck::NotFailed(entry.task.state));
+            }
+            if entry.node.is_some() {
+                return Ok(ReplayAck::WorkflowNode);
             }
             let finished = entry.task.finished_at_ms;
             let purge_at = finished + entry.result_ttl_ms;
@@ -1151,11 +1658,21 @@ impl Store for MemoryStore {
 }
 
 impl MemoryStore {
-    /// Wakes sessions for queues that got work back from freed permits.
+    /// Wakes sessions for queues that got work back (freed permits, ready
+    /// workflow nodes), and waiters of tasks a workflow step changed.
     fn notify_ready(&self) {
-        let ready = std::mem::take(&mut self.lock().ready);
+        let (ready, touched) = {
+            let mut inner = self.lock();
+            (
+                std::mem::take(&mut inner.ready),
+                std::mem::take(&mut inner.touched),
+            )
+        };
         for key in ready {
             self.events.queue_ready(&key.base());
+        }
+        for id in touched {
+            self.events.task_changed(id);
         }
     }
 

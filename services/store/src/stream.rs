@@ -33,6 +33,8 @@ pub enum EventKind {
     Expired,
     /// Back to its queue (lease lost or released, or replayed).
     Requeued,
+    /// A workflow node's parents finished: it left WAITING.
+    Ready,
     /// A worker session connected.
     WorkerOnline,
     /// A worker session ended.
@@ -55,6 +57,7 @@ impl EventKind {
             EventKind::Cancelled => "C",
             EventKind::Expired => "X",
             EventKind::Requeued => "Q",
+            EventKind::Ready => "Y",
             EventKind::WorkerOnline => "W+",
             EventKind::WorkerOffline => "W-",
             EventKind::WorkerHeartbeat => "W~",
@@ -74,6 +77,7 @@ impl EventKind {
             "C" => EventKind::Cancelled,
             "X" => EventKind::Expired,
             "Q" => EventKind::Requeued,
+            "Y" => EventKind::Ready,
             "W+" => EventKind::WorkerOnline,
             "W-" => EventKind::WorkerOffline,
             "W~" => EventKind::WorkerHeartbeat,

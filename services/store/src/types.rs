@@ -1,7 +1,7 @@
 //! Requests and answers of the `Store` operations.
 
 use conveyor_api::{pb, store_pb};
-use conveyor_core::{TaskId, TaskState};
+use conveyor_core::{StoredTask, TaskId, TaskState};
 
 /// A queue and a task name: workers lease per (queue, name), so a worker is
 /// never handed a task it did not register.
@@ -89,6 +89,8 @@ pub struct LeasedTask {
     pub failures: u32,
     /// Fencing token of this lease.
     pub lease_token: u64,
+    /// The workflow the task is a node of.
+    pub workflow_id: Option<TaskId>,
 }
 
 /// A worker reports that a handler started.
@@ -151,6 +153,8 @@ pub enum CancelAck {
     NotCancellable(TaskState),
     /// No such task.
     NotFound,
+    /// The id is a workflow's: CancelWorkflow cancels it.
+    IsWorkflow,
 }
 
 /// What `promote_due` did.
@@ -206,6 +210,8 @@ pub enum ReplayAck {
     NotFailed(TaskState),
     /// No such task.
     NotFound,
+    /// A workflow node: its dependents settled on its failure already.
+    WorkflowNode,
 }
 
 /// Where a dead-letter listing continues: a partition and an offset in it.
@@ -268,4 +274,41 @@ pub struct QueueDepths {
     pub leased: u64,
     /// Dead letters.
     pub dead: u64,
+}
+
+/// What `submit_workflow` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowAck {
+    /// The workflow's id, or the earlier one's for a known idempotency key.
+    pub id: TaskId,
+    /// Its nodes' task ids, in order.
+    pub task_ids: Vec<TaskId>,
+    /// Whether an earlier workflow was returned.
+    pub duplicate: bool,
+}
+
+/// Which nodes `get_workflow` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkflowNodes {
+    /// Only the output nodes (for the result).
+    Outputs,
+    /// Every node.
+    All,
+}
+
+/// A workflow as stored: its head, graph and (some) nodes.
+#[derive(Debug, Clone)]
+pub struct StoredWorkflow {
+    /// The head: state (WAITING while running), name, namespace, times.
+    pub head: StoredTask,
+    /// The graph.
+    pub graph: store_pb::WorkflowRecord,
+    /// Nodes read, by index (a node whose result TTL passed is absent).
+    pub nodes: Vec<(u32, StoredTask)>,
+    /// Nodes not finished.
+    pub unfinished: u32,
+    /// Nodes FAILED.
+    pub failed: u32,
+    /// The first node that FAILED.
+    pub first_failed: Option<String>,
 }

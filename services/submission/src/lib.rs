@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use conveyor_api::pb::{self, submission_service_server as server};
 use conveyor_core::time::now_ms;
 use conveyor_core::validate::validate_with_defaults;
+use conveyor_core::workflow::validate_workflow;
 use conveyor_core::{ConveyorError, Limits, Namespace, NewTask, TaskDefaults, TaskId, TaskState};
 use conveyor_runtime::metrics::{TASKS_CANCELLED, TASKS_SUBMITTED, count_tasks};
 use conveyor_store::{CancelAck, EnqueueAck, ReplayAck, Store};
@@ -221,6 +222,13 @@ impl server::SubmissionService for Submission {
             }
             CancelAck::NotCancellable(state) => (false, state),
             CancelAck::NotFound => return Err(ConveyorError::task_not_found(id.to_string()).into()),
+            CancelAck::IsWorkflow => {
+                return Err(ConveyorError::FailedPrecondition(format!(
+                    "{id} is a workflow, not a task: cancel it with CancelWorkflow \
+                     (`conveyor workflow cancel {id}`)"
+                ))
+                .into());
+            }
         };
         Ok(Response::new(pb::CancelTaskResponse {
             cancelled,
@@ -244,6 +252,70 @@ impl server::SubmissionService for Submission {
             ))
             .into()),
             ReplayAck::NotFound => Err(ConveyorError::task_not_found(id.to_string()).into()),
+            ReplayAck::WorkflowNode => Err(ConveyorError::FailedPrecondition(format!(
+                "task {id} is a workflow node: its dependents already settled on its failure; \
+                 submit the workflow again instead"
+            ))
+            .into()),
         }
+    }
+
+    async fn submit_workflow(
+        &self,
+        request: Request<pb::SubmitWorkflowRequest>,
+    ) -> Result<Response<pb::SubmitWorkflowResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let mut spec = request
+            .workflow
+            .ok_or_else(|| ConveyorError::invalid("workflow", "is required"))?;
+        if spec.trace_context.is_none() {
+            spec.trace_context = caller_trace(&metadata);
+        }
+        let now = now_ms();
+        let mut workflow = validate_workflow(spec, &self.limits, &self.defaults, now)?
+            .in_namespace(&namespace);
+        self.store.place_workflow(&mut workflow);
+        let counts: Option<Vec<(String, String, String)>> = conveyor_runtime::metrics::enabled()
+            .then(|| workflow.nodes.iter().map(|node| labels_of(&node.task)).collect());
+        let ack = self.store.submit_workflow(workflow, now).await?;
+        if let Some(counts) = counts
+            && !ack.duplicate
+        {
+            for (namespace, queue, name) in counts {
+                count_tasks(TASKS_SUBMITTED, &namespace, &queue, &name, 1);
+            }
+        }
+        Ok(Response::new(pb::SubmitWorkflowResponse {
+            workflow_id: ack.id.to_string(),
+            task_ids: ack.task_ids.iter().map(ToString::to_string).collect(),
+            duplicate: ack.duplicate,
+        }))
+    }
+
+    async fn cancel_workflow(
+        &self,
+        request: Request<pb::CancelWorkflowRequest>,
+    ) -> Result<Response<pb::CancelWorkflowResponse>, Status> {
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let id = TaskId::parse(&request.workflow_id, "workflow_id")?;
+        let not_found = || ConveyorError::NotFound {
+            kind: "workflow",
+            id: id.to_string(),
+        };
+        match self.store.get(id, now_ms()).await? {
+            Some(head) if head.is_workflow && head.in_namespace(&namespace) => {}
+            _ => return Err(not_found().into()),
+        }
+        let (cancelled, state) = self
+            .store
+            .cancel_workflow(id, now_ms())
+            .await?
+            .ok_or_else(not_found)?;
+        Ok(Response::new(pb::CancelWorkflowResponse {
+            cancelled,
+            state: conveyor_core::workflow::workflow_state(state) as i32,
+        }))
     }
 }

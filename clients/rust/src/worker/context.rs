@@ -266,6 +266,7 @@ impl TaskFailure {
             retryable: self.retryable,
             retry_after: self.retry_after.map(crate::payload::duration_to_proto),
             reason: pb::FailureReason::Unspecified as i32,
+            cause_task_id: String::new(),
         }
     }
 }

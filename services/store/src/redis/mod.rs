@@ -17,6 +17,7 @@ use redis::Value;
 use redis::aio::ConnectionManager;
 use tokio::task::AbortHandle;
 
+use conveyor_core::workflow::NewWorkflow;
 use conveyor_core::{ConveyorError, NewTask, Result, StoredTask, TaskId, TaskState};
 
 use crate::Store;
@@ -566,6 +567,209 @@ impl Store for RedisStore {
             .collect()
     }
 
+    async fn submit_workflow(&self, workflow: NewWorkflow, now_ms: i64) -> Result<WorkflowAck> {
+        let partition = workflow.id.partition();
+        let default_ttl = conveyor_core::Limits::default().default_result_ttl_ms;
+        let ttl_arg = |ttl: i64| {
+            if ttl == default_ttl {
+                String::new()
+            } else {
+                ttl.to_string()
+            }
+        };
+        let mut invocation = self.invoke(&self.scripts.workflow, partition);
+        invocation
+            .arg(self.now_arg(now_ms))
+            .arg(&self.ready_channel)
+            .arg(&self.events_channel)
+            .arg(workflow.id.to_string())
+            .arg(workflow.head.encode_to_vec())
+            .arg(ttl_arg(workflow.result_ttl_ms))
+            .arg(workflow.graph.encode_to_vec())
+            .arg(workflow.idempotency_key.as_deref().unwrap_or(""))
+            .arg(workflow.idempotency_ttl_ms);
+        for (index, node) in workflow.nodes.iter().enumerate() {
+            let task = &node.task;
+            let children: Vec<String> = node
+                .children
+                .iter()
+                .map(|(child, position)| {
+                    format!("{}:{position}", workflow.nodes[*child as usize].task.id)
+                })
+                .collect();
+            invocation
+                .arg(task.id.to_string())
+                .arg(
+                    QueueKey::new(&task.queue, &task.record.name)
+                        .at_priority(
+                            task.record
+                                .options
+                                .as_ref()
+                                .map_or(0, |options| options.priority),
+                        )
+                        .as_str(),
+                )
+                .arg(task.record.encode_to_vec())
+                .arg(due_arg(task, now_ms))
+                .arg(task.expires_at_ms)
+                .arg(ttl_arg(task.result_ttl_ms))
+                .arg(
+                    task.rate_limit
+                        .as_ref()
+                        .map_or("", |(bucket, _)| bucket.as_str()),
+                )
+                .arg(
+                    task.rate_limit
+                        .as_ref()
+                        .map_or(0.0, |(_, interval)| *interval),
+                )
+                .arg(concurrency_keys(&task.concurrency))
+                .arg(concurrency_limits(&task.concurrency))
+                .arg(node.parents.len())
+                .arg(node.rule.input_code())
+                .arg(node.rule.trigger_code())
+                .arg(children.join(" "))
+                .arg(
+                    node.ready_delay
+                        .map(|delay| delay.to_script())
+                        .unwrap_or_default(),
+                )
+                .arg(index);
+        }
+        // Run twice, a workflow without an idempotency key would be stored
+        // twice: only a keyed one is retried.
+        let reply = if workflow.idempotency_key.is_some() {
+            self.run(&invocation).await?
+        } else {
+            self.run_once(&invocation).await?
+        };
+        let reply = items(reply);
+        let (Some(id), Some(duplicate)) = (reply.first(), reply.get(1)) else {
+            return Err(ConveyorError::Corrupt {
+                key: workflow.id.to_string(),
+                reason: "the workflow script answered nothing".into(),
+            });
+        };
+        let id = ids_of(Value::Array(vec![id.clone()]))?.remove(0);
+        if int_of(duplicate) == 0 {
+            return Ok(WorkflowAck {
+                id,
+                task_ids: workflow.nodes.iter().map(|node| node.task.id).collect(),
+                duplicate: false,
+            });
+        }
+        let task_ids = match self.get_workflow(id, WorkflowNodes::Outputs, now_ms).await? {
+            Some(earlier) => earlier
+                .graph
+                .nodes
+                .iter()
+                .filter_map(|node| TaskId::parse(&node.task_id, "task_id").ok())
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(WorkflowAck {
+            id,
+            task_ids,
+            duplicate: true,
+        })
+    }
+
+    async fn get_workflow(
+        &self,
+        id: TaskId,
+        nodes: WorkflowNodes,
+        now_ms: i64,
+    ) -> Result<Option<StoredWorkflow>> {
+        let Some(head) = self.get(id, now_ms).await? else {
+            return Ok(None);
+        };
+        if !head.is_workflow {
+            return Ok(None);
+        }
+        let prefix = self.partition_prefix(id.partition());
+        let key = format!("{prefix}t:{id}");
+        let mut connection = self.connection.clone();
+        let (graph, unfinished, failed, first_failed): (
+            Option<Vec<u8>>,
+            Option<u32>,
+            Option<u32>,
+            Option<String>,
+        ) = tokio::time::timeout(
+            self.config.command_timeout,
+            redis::cmd("HMGET")
+                .arg(&key)
+                .arg("wg")
+                .arg("wp")
+                .arg("wfc")
+                .arg("wff")
+                .query_async(&mut connection),
+        )
+        .await
+        .map_err(|_| ConveyorError::Unavailable("redis call timed out".into()))?
+        .map_err(unavailable)?;
+        let Some(graph) = graph else {
+            return Ok(None);
+        };
+        let graph = conveyor_api::store_pb::WorkflowRecord::decode(graph.as_slice()).map_err(
+            |error| ConveyorError::Corrupt {
+                key: key.clone(),
+                reason: format!("workflow graph: {error}"),
+            },
+        )?;
+        let wanted: Vec<u32> = match nodes {
+            WorkflowNodes::All => (0..graph.nodes.len() as u32).collect(),
+            WorkflowNodes::Outputs => graph.outputs.clone(),
+        };
+        let mut read = Vec::with_capacity(wanted.len());
+        for chunk in wanted.chunks(1_000) {
+            let mut pipe = redis::pipe();
+            for index in chunk {
+                let task_id = &graph.nodes[*index as usize].task_id;
+                pipe.cmd("HGETALL").arg(format!("{prefix}t:{task_id}"));
+            }
+            let replies: Vec<Vec<(String, Vec<u8>)>> = tokio::time::timeout(
+                self.config.command_timeout,
+                pipe.query_async(&mut connection),
+            )
+            .await
+            .map_err(|_| ConveyorError::Unavailable("redis call timed out".into()))?
+            .map_err(unavailable)?;
+            for (index, fields) in chunk.iter().zip(replies) {
+                if fields.is_empty() {
+                    continue;
+                }
+                let task_id = TaskId::parse(&graph.nodes[*index as usize].task_id, "task_id")
+                    .map_err(|_| ConveyorError::Corrupt {
+                        key: key.clone(),
+                        reason: "node id is not a uuid".into(),
+                    })?;
+                read.push((*index, parse_task(task_id, fields)?));
+            }
+        }
+        Ok(Some(StoredWorkflow {
+            head,
+            graph,
+            nodes: read,
+            unfinished: unfinished.unwrap_or(0),
+            failed: failed.unwrap_or(0),
+            first_failed,
+        }))
+    }
+
+    async fn cancel_workflow(&self, id: TaskId, now_ms: i64) -> Result<Option<(u32, TaskState)>> {
+        let mut invocation = self.invoke(&self.scripts.cancel_workflow, id.partition());
+        invocation
+            .arg(id.to_string())
+            .arg(self.now_arg(now_ms))
+            .arg(&self.events_channel)
+            .arg(&self.revoke_channel);
+        let reply = items(self.run(&invocation).await?);
+        match reply.as_slice() {
+            [count, state] => Ok(Some((int_of(count) as u32, state_of(int_of(state))?))),
+            _ => Ok(None),
+        }
+    }
+
     async fn get(&self, id: TaskId, _now_ms: i64) -> Result<Option<StoredTask>> {
         let key = format!("{}t:{id}", self.partition_prefix(id.partition()));
         let read = || async {
@@ -641,19 +845,31 @@ impl Store for RedisStore {
                     .or_default()
                     .insert(partition);
             }
-            for chunk in reply.chunks(5) {
-                let [id, attempt, failures, token, spec] = chunk else {
+            for chunk in reply.chunks(7) {
+                let [id, attempt, failures, token, spec, workflow, inputs] = chunk else {
                     continue;
                 };
                 let id = ids_of(Value::Array(vec![id.clone()]))?.remove(0);
-                let record = conveyor_api::store_pb::TaskRecord::decode(bytes_of(spec).as_slice())
-                    .map_err(|error| ConveyorError::Corrupt {
-                        key: id.to_string(),
-                        reason: format!("task record: {error}"),
-                    })?;
+                let mut record =
+                    conveyor_api::store_pb::TaskRecord::decode(bytes_of(spec).as_slice())
+                        .map_err(|error| ConveyorError::Corrupt {
+                            key: id.to_string(),
+                            reason: format!("task record: {error}"),
+                        })?;
+                let inputs = bytes_of(inputs);
+                if !inputs.is_empty() {
+                    codec::apply_leased_inputs(id, &mut record, &inputs)?;
+                }
+                let workflow = bytes_of(workflow);
+                let workflow_id = if workflow.is_empty() {
+                    None
+                } else {
+                    Some(ids_of(Value::Array(vec![Value::BulkString(workflow)]))?.remove(0))
+                };
                 leased.push(LeasedTask {
                     id,
                     record,
+                    workflow_id,
                     attempt: int_of(attempt) as u32,
                     failures: int_of(failures) as u32,
                     lease_token: int_of(token) as u64,
@@ -821,6 +1037,7 @@ impl Store for RedisStore {
         Ok(match int_of(&self.run_once(&invocation).await?) {
             0 => CancelAck::Cancelled,
             -1 => CancelAck::NotFound,
+            -2 => CancelAck::IsWorkflow,
             state => CancelAck::NotCancellable(state_of(state)?),
         })
     }
@@ -909,6 +1126,7 @@ impl Store for RedisStore {
         Ok(match int_of(&self.run_once(&invocation).await?) {
             0 => ReplayAck::Replayed,
             -1 => ReplayAck::NotFound,
+            -2 => ReplayAck::WorkflowNode,
             state => ReplayAck::NotFailed(state_of(state)?),
         })
     }

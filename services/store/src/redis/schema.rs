@@ -80,6 +80,11 @@ pub const KEYS: &[Key] = &[
         holds: "dead letters by the time their task hash expires: trimmed with them",
     },
     Key {
+        pattern: "wa:<id>",
+        kind: "hash",
+        holds: "a WAITING workflow node's inputs so far: parent position → parent id, its state digit and outcome record; gone once the node is ready (`wi`) or finished",
+    },
+    Key {
         pattern: "paused",
         kind: "set",
         holds: "paused queues",
@@ -255,6 +260,70 @@ pub const TASK_FIELDS: &[Field] = &[
     Field {
         name: "w",
         holds: "set once somebody waits on the task: its changes are published",
+    },
+    Field {
+        name: "wf",
+        holds: "workflow nodes: the workflow's id (its head is the hash t:<workflow id>)",
+    },
+    Field {
+        name: "wn",
+        holds: "workflow nodes: the node's index in the workflow",
+    },
+    Field {
+        name: "wc",
+        holds: "workflow nodes: children, `<id>:<position among its parents>` separated by spaces",
+    },
+    Field {
+        name: "wd",
+        holds: "WAITING nodes: parents not finished yet",
+    },
+    Field {
+        name: "wm",
+        holds: "WAITING nodes: input, 1 none, 2 the one parent's result, 3 the JSON list of the parents' results",
+    },
+    Field {
+        name: "wt",
+        holds: "WAITING nodes: trigger, 1 all parents succeeded, 2 all finished, 3 a parent failed (link_error)",
+    },
+    Field {
+        name: "wdl",
+        holds: "WAITING nodes: delay once ready, `+<ms>` (countdown) or an instant (ETA)",
+    },
+    Field {
+        name: "wi",
+        holds: "ready nodes: their inputs in parent order, each `<length>:<parent id><state digit><outcome record>`; prepended to the arguments when read",
+    },
+    Field {
+        name: "wx",
+        holds: "nodes that did not run: the parent whose failure (or cancellation) settled them",
+    },
+    Field {
+        name: "wr",
+        holds: "nodes that did not run: the node whose own failure started the chain",
+    },
+    Field {
+        name: "wg",
+        holds: "workflow heads: the graph, protobuf `WorkflowRecord`",
+    },
+    Field {
+        name: "wp",
+        holds: "workflow heads: nodes not finished; the head takes its final state at 0",
+    },
+    Field {
+        name: "wfc",
+        holds: "workflow heads: nodes FAILED",
+    },
+    Field {
+        name: "wff",
+        holds: "workflow heads: the first node that FAILED",
+    },
+    Field {
+        name: "wq",
+        holds: "workflow heads: present once CancelWorkflow was called",
+    },
+    Field {
+        name: "wl",
+        holds: "workflow heads: node ids separated by spaces, until the workflow finishes",
     },
 ];
 

@@ -1,7 +1,8 @@
 #!lua
 -- ARGV: id, now (''=store clock), ev, rev. Returns 0 when cancelled, -1
--- not found, or the (uncancellable) state. A leased task is taken from its
--- session, which is told on rev ("session id").
+-- not found, -2 a workflow's id, or the (uncancellable) state. A leased task is taken from its
+-- session, which is told on rev ("session id"). A WAITING workflow node
+-- is cancelled in place (its dependents follow, see wf_after).
 local id, now, ev = ARGV[1], clock(ARGV[2]), ARGV[3]
 local t = P .. 't:' .. id
 local f = redis.call('HMGET', t, 'st', 'qk', 'ss')
@@ -13,7 +14,10 @@ elseif f[1] == '1' then
 elseif f[1] == '3' or f[1] == '4' then
   redis.call('SREM', P .. 'sl:' .. f[3], id)
   redis.call('PUBLISH', ARGV[4], f[3] .. ' ' .. id)
-else
+elseif f[1] == '9' and redis.call('HEXISTS', t, 'wg') == 1 then
+  -- A workflow's head: CancelWorkflow cancels it.
+  return -2
+elseif f[1] ~= '9' then
   return tonumber(f[1])
 end
 redis.call('ZREM', P .. 'exp', id)

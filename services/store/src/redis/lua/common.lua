@@ -234,11 +234,11 @@ local function unqueue(t, id, qk)
   end
 end
 
--- g: the task's ck, ttl, w and cl fields when the caller already read them;
+-- g: the task's ck, ttl, w, cl (and wf) fields when the caller already read them;
 -- oc: an outcome record to store with the final state. A task leaves the
 -- dead letters when it finishes otherwise, and its dead letter entry goes
 -- when its hash expires (see trim_dead).
-local function finish(t, id, st, now, ev, g, oc)
+local function finish_task(t, id, st, now, ev, g, oc)
   g = g or redis.call('HMGET', t, 'ck', 'ttl', 'w', 'cl')
   free_permits_of(id, g[1], g[4], ev)
   drop_reservations(id, g[1], g[4], ev)
@@ -258,6 +258,143 @@ local function finish(t, id, st, now, ev, g, oc)
   if EVON ~= false then
     emit((st == 5 and 'D') or (st == 6 and 'F') or (st == 7 and 'C') or 'X', t, id, now)
   end
+end
+
+-- Workflows (conveyor_core::workflow has the rules; the memory store
+-- mirrors every step). A node's hash adds wf (its workflow's id), wn (its
+-- index), wc (its children, 'id:position' separated by spaces) and, while
+-- WAITING, wd (parents not finished), wm (input: 1 none, 2 one, 3 list), wt
+-- (trigger: 1 all succeeded, 2 all done, 3 on failure) and wdl (its delay
+-- once ready, '+ms' or an instant). wa:<id> collects its inputs (position
+-- -> parent id, state digit, outcome record) until it is ready; then wi
+-- holds them in parent order, each as 'length:bytes'. A node that cannot
+-- run keeps wx (the parent that failed) and wr (the root cause). The head
+-- t:<workflow id> keeps wp (nodes unfinished), wfc (nodes failed), wff
+-- (the first that failed), wq (cancelling) and wl (node ids).
+
+-- A WAITING node whose inputs are complete goes to its queue (or waits
+-- its delay, SCHEDULED); cancelled instead while its workflow is.
+local function wf_ready(ct, cid, now, ev, cancelling, work)
+  local wa = P .. 'wa:' .. cid
+  if cancelling then
+    redis.call('DEL', wa)
+    finish_task(ct, cid, 7, now, ev)
+    work[#work + 1] = cid; work[#work + 1] = 7
+    return
+  end
+  local h = redis.call('HGETALL', wa)
+  if #h > 0 then
+    local at, positions = {}, {}
+    for j = 1, #h, 2 do
+      local p = tonumber(h[j])
+      positions[#positions + 1] = p
+      at[p] = h[j + 1]
+    end
+    table.sort(positions)
+    local parts = {}
+    for _, p in ipairs(positions) do parts[#parts + 1] = #at[p] .. ':' .. at[p] end
+    redis.call('HSET', ct, 'wi', table.concat(parts))
+    redis.call('DEL', wa)
+  end
+  local g = redis.call('HMGET', ct, 'qk', 'wdl')
+  redis.call('HDEL', ct, 'wd')
+  local due = g[2] and instant(g[2], now) or now
+  if due > now then
+    redis.call('HSET', ct, 'st', 1, 'du', due, 'ua', now)
+    redis.call('ZADD', P .. 'sched', due, cid)
+  else
+    redis.call('HSET', ct, 'st', 2, 'ua', now)
+    push(g[1], cid, false)
+    redis.call('PUBLISH', ready_channel(ev), g[1])
+  end
+  notify(ct, cid, ev)
+  emit('Y', ct, cid, now, g[1])
+end
+
+-- Node id of workflow wid finished in state st: settles its children, and
+-- theirs when they cannot run, then the head's counters.
+local function wf_after(id, st, now_text, ev, wid)
+  local now = math.floor(tonumber(now_text))
+  local wt = P .. 't:' .. wid
+  local cancelling = redis.call('HEXISTS', wt, 'wq') == 1
+  local work = {id, st}
+  local finished, failed, first_failed = 0, 0, nil
+  local i = 1
+  while i <= #work do
+    local pid, pst = work[i], work[i + 1]
+    i = i + 2
+    finished = finished + 1
+    redis.call('DEL', P .. 'wa:' .. pid)
+    local pf = redis.call('HMGET', P .. 't:' .. pid, 'wc', 'oc', 'wr')
+    if pst == 6 then
+      failed = failed + 1
+      first_failed = first_failed or pid
+    end
+    local bad = pst == 6 or pst == 8
+    if pf[1] then
+      local root = pf[3] or pid
+      for child in string.gmatch(pf[1], '%S+') do
+        local cid, pos = string.match(child, '^(.+):(%d+)$')
+        local ct = P .. 't:' .. cid
+        local c = redis.call('HMGET', ct, 'st', 'wd', 'wt')
+        if c[1] == '9' then
+          local left = tonumber(c[2] or '1')
+          if c[3] == '3' then
+            if bad then
+              -- The failure that fired it: the root cause's.
+              local entry = pid .. pst .. (pf[2] or '')
+              if pf[3] then
+                local r = redis.call('HMGET', P .. 't:' .. pf[3], 'st', 'oc')
+                entry = pf[3] .. (r[1] or '6') .. (r[2] or '')
+              end
+              redis.call('DEL', P .. 'wa:' .. cid)
+              redis.call('HSET', ct, 'wi', #entry .. ':' .. entry)
+              wf_ready(ct, cid, now, ev, cancelling, work)
+            elseif left <= 1 then
+              finish_task(ct, cid, 7, now, ev)
+              work[#work + 1] = cid; work[#work + 1] = 7
+            else
+              redis.call('HSET', ct, 'wd', left - 1)
+            end
+          elseif pst == 5 or c[3] == '2' then
+            redis.call('HSET', P .. 'wa:' .. cid, pos, pid .. pst .. (pf[2] or ''))
+            if left <= 1 then
+              wf_ready(ct, cid, now, ev, cancelling, work)
+            else
+              redis.call('HSET', ct, 'wd', left - 1)
+            end
+          else
+            local cst = bad and 6 or 7
+            redis.call('HSET', ct, 'wx', pid, 'wr', root)
+            finish_task(ct, cid, cst, now, ev)
+            work[#work + 1] = cid; work[#work + 1] = cst
+          end
+        end
+      end
+    end
+  end
+  local unfinished = redis.call('HINCRBY', wt, 'wp', -finished)
+  if failed > 0 then
+    redis.call('HINCRBY', wt, 'wfc', failed)
+    redis.call('HSETNX', wt, 'wff', first_failed)
+  end
+  if unfinished > 0 then
+    notify(wt, wid, ev)
+    return
+  end
+  local h = redis.call('HMGET', wt, 'wq', 'wfc', 'ttl', 'w')
+  local hst = (h[1] and 7) or ((tonumber(h[2] or '0') > 0) and 6) or 5
+  redis.call('HSET', wt, 'st', hst, 'ua', now, 'fa', now)
+  redis.call('HDEL', wt, 'wl')
+  local ttl = tonumber(h[3] or 'DEFAULT_TTL_MS')
+  if ttl and ttl > 0 then redis.call('PEXPIRE', wt, ttl) end
+  if h[4] then notify_finished(wt, wid, ev) end
+end
+
+local function finish(t, id, st, now, ev, g, oc)
+  g = g or redis.call('HMGET', t, 'ck', 'ttl', 'w', 'cl', 'wf')
+  finish_task(t, id, st, now, ev, g, oc)
+  if g[5] then wf_after(id, st, now, ev, g[5]) end
 end
 
 -- Drops dead letters whose task hash expired (up to 100 per call).

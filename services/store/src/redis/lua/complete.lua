@@ -10,7 +10,7 @@ local out = {}
 for b = 3, #ARGV, 6 do
   local id, sid, kind = ARGV[b], ARGV[b + 1], ARGV[b + 3]
   local t = P .. 't:' .. id
-  local f = redis.call('HMGET', t, 'st', 'ss', 'tk', 'fl', 'ck', 'ttl', 'w', 'cl')
+  local f = redis.call('HMGET', t, 'st', 'ss', 'tk', 'fl', 'ck', 'ttl', 'w', 'cl', 'wf')
   if not f[1] then
     out[#out + 1] = -1
   elseif tonumber(f[3] or '0') ~= tonumber(ARGV[b + 2]) then
@@ -19,7 +19,7 @@ for b = 3, #ARGV, 6 do
     out[#out + 1] = -3
   else
     redis.call('SREM', P .. 'sl:' .. sid, id)
-    local g = {f[5], f[6], f[7], f[8]}
+    local g = {f[5], f[6], f[7], f[8], f[9]}
     if kind == 's' then
       finish(t, id, 5, now, ev, g, ARGV[b + 4])
       out[#out + 1] = 5

@@ -1,7 +1,8 @@
 #!lua
 -- Leases up to max QUEUED tasks of the given queue keys to a session.
 -- ARGV: now (''=store clock), ttl ms, session, worker, max, ev, start,
--- queue keys... Returns per leased task: id, attempt, failures, token, spec.
+-- queue keys... Returns per leased task: id, attempt, failures, token, spec,
+-- workflow id ('' for none), its inputs ('' for none).
 local now, ttl, sid, wk = clock(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local max, ev, start = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
 local out = {}
@@ -70,7 +71,7 @@ for level = 9, 0, -1 do
             remaining[#remaining + 1] = qk
             local t = P .. 't:' .. id
             -- One read for everything the common case needs.
-            local f = redis.call('HMGET', t, 'st', 'at', 'fl', 'tk', 'ex', 'sp', 'w', 'rb', 'ck', 'pg')
+            local f = redis.call('HMGET', t, 'st', 'at', 'fl', 'tk', 'ex', 'sp', 'w', 'rb', 'ck', 'pg', 'wf', 'wi', 'wm', 'wt')
             if f[1] == '2' then
               local ex = tonumber(f[5] or '0')
               if ex > 0 and ex <= now then
@@ -87,6 +88,10 @@ for level = 9, 0, -1 do
                 emit('L', t, id, now, qk, at, wk)
                 out[#out + 1] = id; out[#out + 1] = at; out[#out + 1] = tonumber(f[3] or '0'); out[#out + 1] = tk
                 out[#out + 1] = f[6]
+                -- Workflow nodes: the workflow, then trigger and input digits
+                -- before the inputs (decoded by codec.rs).
+                out[#out + 1] = f[11] or ''
+                out[#out + 1] = f[12] and ((f[14] or '1') .. (f[13] or '1') .. f[12]) or ''
                 got = got + 1
               end
             end

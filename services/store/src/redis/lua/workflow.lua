@@ -1,0 +1,56 @@
+#!lua
+-- Stores a workflow: its head and every node, in one partition, at once.
+-- Nodes without parents are QUEUED (or SCHEDULED), the others WAITING (see
+-- wf_after in common.lua for what happens next). Every argument was
+-- validated by the caller (conveyor_core::workflow).
+-- ARGV: now (''=store clock), rdy, ev, workflow id, head spec, head ttl,
+-- graph record, idempotency key, idempotency ttl, then per node: id, qk,
+-- spec, due ('+N' or 'N'), expires (0: never), ttl, rate bucket, rate
+-- interval, concurrency keys, limits, parents, input, trigger, children,
+-- delay once ready, index. Returns the workflow id and 1 when an earlier
+-- workflow had the idempotency key (0 otherwise).
+local now, rdy, ev, wid = clock(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local ik = ARGV[8]
+if ik ~= '' then
+  local existing = redis.call('GET', P .. 'idem:' .. ik)
+  if existing then return {existing, 1} end
+  redis.call('SET', P .. 'idem:' .. ik, wid, 'PX', ARGV[9])
+end
+local ids, pushed = {}, {}
+for b = 10, #ARGV, 16 do
+  local id, qk = ARGV[b], ARGV[b + 1]
+  ids[#ids + 1] = id
+  local t = P .. 't:' .. id
+  local waiting = ARGV[b + 10] ~= '0'
+  local st, due = 9, now
+  if not waiting then
+    due = instant(ARGV[b + 3], now)
+    st = 2
+    if due > now then st = 1 end
+  end
+  redis.call('HSET', t, 'st', st, 'qk', qk, 'sp', ARGV[b + 2], 'wf', wid, 'wn', ARGV[b + 15])
+  if ARGV[b + 5] ~= '' then redis.call('HSET', t, 'ttl', ARGV[b + 5]) end
+  if ARGV[b + 4] ~= '0' then
+    redis.call('HSET', t, 'ex', ARGV[b + 4])
+    redis.call('ZADD', P .. 'exp', ARGV[b + 4], id)
+  end
+  if ARGV[b + 6] ~= '' then redis.call('HSET', t, 'rb', ARGV[b + 6], 'ri', ARGV[b + 7]) end
+  if ARGV[b + 8] ~= '' then redis.call('HSET', t, 'ck', ARGV[b + 8], 'cl', ARGV[b + 9]) end
+  if ARGV[b + 13] ~= '' then redis.call('HSET', t, 'wc', ARGV[b + 13]) end
+  if waiting then
+    redis.call('HSET', t, 'wd', ARGV[b + 10], 'wm', ARGV[b + 11], 'wt', ARGV[b + 12])
+    if ARGV[b + 14] ~= '' then redis.call('HSET', t, 'wdl', ARGV[b + 14]) end
+  elseif st == 1 then
+    redis.call('HSET', t, 'du', due)
+    redis.call('ZADD', P .. 'sched', due, id)
+  else
+    push(qk, id, false)
+    pushed[qk] = true
+  end
+  emit('S', t, id, now, qk, 0)
+end
+local wt = P .. 't:' .. wid
+redis.call('HSET', wt, 'st', 9, 'sp', ARGV[5], 'wg', ARGV[7], 'wp', #ids, 'wl', table.concat(ids, ' '))
+if ARGV[6] ~= '' then redis.call('HSET', wt, 'ttl', ARGV[6]) end
+for qk, _ in pairs(pushed) do redis.call('PUBLISH', rdy, qk) end
+return {wid, 0}
