@@ -232,7 +232,9 @@ pub fn validate_workflow(
     if count > MAX_NODES {
         return Err(ConveyorError::exhausted(
             "workflow.nodes",
-            format!("{count} nodes; the limit is {MAX_NODES} per workflow: split it, or chain workflows through a callback task"),
+            format!(
+                "{count} nodes; the limit is {MAX_NODES} per workflow: split it, or chain workflows through a callback task"
+            ),
         ));
     }
     let edges: usize = spec.nodes.iter().map(|node| node.parents.len()).sum();
@@ -295,11 +297,17 @@ pub fn validate_workflow(
             if parent as usize >= count {
                 return Err(ConveyorError::invalid(
                     field,
-                    format!("node {parent} does not exist: the workflow has {count} nodes (0..{})", count - 1),
+                    format!(
+                        "node {parent} does not exist: the workflow has {count} nodes (0..{})",
+                        count - 1
+                    ),
                 ));
             }
             if parent as usize == index {
-                return Err(ConveyorError::invalid(field, "a node cannot depend on itself"));
+                return Err(ConveyorError::invalid(
+                    field,
+                    "a node cannot depend on itself",
+                ));
             }
             if !seen.insert(parent) {
                 return Err(ConveyorError::invalid(
@@ -610,7 +618,9 @@ pub fn dependency_error(parent: &str, root: &str) -> pb::TaskError {
     let message = if parent == root {
         format!("did not run: the task it depends on, {parent}, failed")
     } else {
-        format!("did not run: the task it depends on, {parent}, did not run because task {root} failed")
+        format!(
+            "did not run: the task it depends on, {parent}, did not run because task {root} failed"
+        )
     };
     pb::TaskError {
         r#type: "DependencyFailed".into(),
@@ -707,12 +717,8 @@ mod tests {
 
     #[test]
     fn inputs_resolve_from_parents() {
-        let workflow = validate(vec![
-            node("a", &[]),
-            node("b", &[0]),
-            node("c", &[0, 1]),
-        ])
-        .expect("valid");
+        let workflow =
+            validate(vec![node("a", &[]), node("b", &[0]), node("c", &[0, 1])]).expect("valid");
         let rules: Vec<_> = workflow.nodes.iter().map(|n| n.rule.input).collect();
         assert_eq!(
             rules,

@@ -42,9 +42,7 @@ impl Results {
     /// as invisible as a missing one.
     async fn load(&self, namespace: &Namespace, id: TaskId) -> Result<pb::Task, ConveyorError> {
         match self.store.get(id, now_ms()).await? {
-            Some(task) if task.is_workflow && task.in_namespace(namespace) => {
-                Err(not_a_task(id))
-            }
+            Some(task) if task.is_workflow && task.in_namespace(namespace) => Err(not_a_task(id)),
             Some(task) if task.in_namespace(namespace) => Ok(task.to_pb()),
             _ => Err(ConveyorError::task_not_found(id.to_string())),
         }
@@ -99,11 +97,18 @@ fn nodes_for(view: pb::WorkflowView) -> WorkflowNodes {
 
 /// The public view of a stored workflow.
 fn workflow_to_pb(workflow: &StoredWorkflow, view: pb::WorkflowView) -> pb::Workflow {
-    let by_index: std::collections::HashMap<u32, &conveyor_core::StoredTask> =
-        workflow.nodes.iter().map(|(index, task)| (*index, task)).collect();
+    let by_index: std::collections::HashMap<u32, &conveyor_core::StoredTask> = workflow
+        .nodes
+        .iter()
+        .map(|(index, task)| (*index, task))
+        .collect();
     let state = conveyor_core::workflow::workflow_state(workflow.head.state);
     let result = (state == pb::WorkflowState::Succeeded)
-        .then(|| conveyor_core::workflow::workflow_result(&workflow.graph, |index| by_index.get(&index).copied()))
+        .then(|| {
+            conveyor_core::workflow::workflow_result(&workflow.graph, |index| {
+                by_index.get(&index).copied()
+            })
+        })
         .flatten();
     let mut state_counts = Vec::new();
     let mut nodes = Vec::new();
@@ -145,7 +150,9 @@ fn workflow_to_pb(workflow: &StoredWorkflow, view: pb::WorkflowView) -> pb::Work
             .filter_map(|index| workflow.graph.nodes.get(*index as usize))
             .map(|node| node.task_id.clone())
             .collect(),
-        created_at: Some(conveyor_core::time::timestamp_from_ms(head.record.created_at_ms)),
+        created_at: Some(conveyor_core::time::timestamp_from_ms(
+            head.record.created_at_ms,
+        )),
         finished_at: (head.finished_at_ms > 0)
             .then(|| conveyor_core::time::timestamp_from_ms(head.finished_at_ms)),
         namespace: Namespace::from_stored(&head.record.namespace)

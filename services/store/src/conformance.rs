@@ -77,7 +77,9 @@ macro_rules! conformance_suite {
                 eta_an_hour_ahead_runs_once_when_due, higher_priorities_lease_first, schedules_claim_by_compare_and_set,
                 rate_limits_space_starts_and_park_without_loss, concurrency_permits_pass_to_waiters, paused_queues_hand_out_nothing,
                 several_keys_are_taken_all_or_nothing, waiters_for_several_keys_are_not_starved,
-                events_follow_every_transition);
+                events_follow_every_transition, workflow_chains_and_chords_pass_results_in_order,
+                workflow_failures_fail_dependents_and_fire_link_error_once,
+                workflow_cancel_stops_every_node, workflow_link_error_is_skipped_and_keys_dedupe);
         }
     };
     (@cases $factory:expr; $($case:ident),*) => {
@@ -458,6 +460,7 @@ pub async fn retries_reschedule_with_backoff(store: Arc<dyn Store>) {
         retryable: true,
         retry_after: None,
         reason: 0,
+        cause_task_id: String::new(),
     };
     let retry = OutcomeReport {
         id,
@@ -1602,4 +1605,396 @@ pub async fn events_follow_every_transition(store: Arc<dyn Store>) {
         leases,
         [(1, "worker-s2"), (2, "worker-s2"), (3, "worker-s3")]
     );
+}
+
+fn wf_node(name: &str, args: &[&str], parents: &[u32]) -> pb::WorkflowNode {
+    pb::WorkflowNode {
+        task: Some(pb::TaskSpec {
+            name: name.to_string(),
+            args: args.iter().map(|arg| json(arg)).collect(),
+            ..Default::default()
+        }),
+        parents: parents.to_vec(),
+        ..Default::default()
+    }
+}
+
+async fn submit_wf(
+    store: &Arc<dyn Store>,
+    nodes: Vec<pb::WorkflowNode>,
+    outputs: Vec<u32>,
+    output_list: bool,
+    key: &str,
+) -> WorkflowAck {
+    let spec = pb::WorkflowSpec {
+        nodes,
+        outputs,
+        output_list,
+        idempotency_key: key.to_string(),
+        ..Default::default()
+    };
+    let mut workflow = conveyor_core::workflow::validate_workflow(
+        spec,
+        &Limits::default(),
+        &conveyor_core::TaskDefaults::default(),
+        NOW,
+    )
+    .expect("valid workflow");
+    store.place_workflow(&mut workflow);
+    store.submit_workflow(workflow, NOW).await.unwrap()
+}
+
+/// Leases every queued task of `names` and returns (id, token, args as text).
+async fn lease_texts(
+    store: &Arc<dyn Store>,
+    session: &str,
+    names: &[&str],
+    now: i64,
+) -> Vec<(
+    conveyor_core::TaskId,
+    u64,
+    Vec<String>,
+    Option<conveyor_core::TaskId>,
+)> {
+    store
+        .lease(lease_request(session, names, 100, now))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|leased| {
+            let args = leased
+                .record
+                .args
+                .iter()
+                .map(|arg| String::from_utf8_lossy(&arg.data).into_owned())
+                .collect();
+            (leased.id, leased.lease_token, args, leased.workflow_id)
+        })
+        .collect()
+}
+
+fn failure(id: conveyor_core::TaskId, session: &str, token: u64, message: &str) -> OutcomeReport {
+    OutcomeReport {
+        id,
+        session_id: session.to_string(),
+        lease_token: token,
+        outcome: Outcome::Failed {
+            error: pb::TaskError {
+                r#type: "ValueError".into(),
+                message: message.into(),
+                ..Default::default()
+            },
+            retry_at_ms: None,
+        },
+    }
+}
+
+/// chain(a, b, group(c, d, e), f): each step gets the previous result
+/// first; the chord callback f gets the list of c, d, e in declaration
+/// order, whatever order they finished in, and is queued exactly once, by
+/// the outcome that completed its inputs. A node with a countdown waits it
+/// out once ready.
+pub async fn workflow_chains_and_chords_pass_results_in_order(store: Arc<dyn Store>) {
+    let mut delayed = wf_node("wf_g", &["0"], &[5]);
+    delayed.task.as_mut().unwrap().options = Some(pb::TaskOptions {
+        countdown: Some(prost_types::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    let ack = submit_wf(
+        &store,
+        vec![
+            wf_node("wf_a", &["1", "2"], &[]),
+            wf_node("wf_b", &["10"], &[0]),
+            wf_node("wf_c", &["1"], &[1]),
+            wf_node("wf_c", &["2"], &[1]),
+            wf_node("wf_c", &["3"], &[1]),
+            wf_node("wf_f", &[], &[2, 3, 4]),
+            delayed,
+        ],
+        vec![6],
+        false,
+        "",
+    )
+    .await;
+    let ids = ack.task_ids.clone();
+    assert_eq!(ids.len(), 7);
+    assert!(ids.iter().all(|id| id.partition() == ack.id.partition()));
+    assert_eq!(state_of(&store, ids[0]).await, TaskState::Queued);
+    for id in &ids[1..] {
+        assert_eq!(state_of(&store, *id).await, TaskState::Waiting);
+    }
+    let head = store.get(ack.id, NOW).await.unwrap().unwrap();
+    assert!(head.is_workflow);
+    assert_eq!(head.state, TaskState::Waiting);
+    // Nothing but the root is leasable.
+    let names = ["wf_a", "wf_b", "wf_c", "wf_f", "wf_g"];
+    let first = lease_texts(&store, "s1", &names, NOW).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].2, ["1", "2"]);
+    assert_eq!(first[0].3, Some(ack.id), "leases name their workflow");
+    store
+        .complete(vec![success(ids[0], "s1", first[0].1, "3")], us(NOW + 1))
+        .await
+        .unwrap();
+    let second = lease_texts(&store, "s1", &names, NOW + 2).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!(
+        second[0].2,
+        ["3", "10"],
+        "a chain step gets the result first"
+    );
+    store
+        .complete(vec![success(ids[1], "s1", second[0].1, "13")], us(NOW + 3))
+        .await
+        .unwrap();
+    let group = lease_texts(&store, "s1", &names, NOW + 4).await;
+    assert_eq!(group.len(), 3);
+    assert!(group.iter().all(|(_, _, args, _)| args[0] == "13"));
+    // Finish the group backwards: the callback still gets declaration order.
+    for (offset, (id, token, args, _)) in group.iter().rev().enumerate() {
+        assert_eq!(state_of(&store, ids[5]).await, TaskState::Waiting);
+        let value = format!("{}{}", args[0], args[1]);
+        store
+            .complete(
+                vec![success(*id, "s1", *token, &value)],
+                us(NOW + 5 + offset as i64),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(state_of(&store, ids[5]).await, TaskState::Queued);
+    let body = lease_texts(&store, "s1", &names, NOW + 10).await;
+    assert_eq!(body.len(), 1, "the callback is queued exactly once");
+    assert_eq!(body[0].2, ["[131,132,133]"]);
+    let stored = store.get(ids[5], NOW + 10).await.unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&stored.record.args[0].data),
+        "[131,132,133]",
+        "reads show the effective arguments"
+    );
+    assert_eq!(stored.node_of, Some((ack.id, 5)));
+    store
+        .complete(vec![success(ids[5], "s1", body[0].1, "396")], us(NOW + 11))
+        .await
+        .unwrap();
+    // The delayed step waits its countdown after becoming ready.
+    assert_eq!(state_of(&store, ids[6]).await, TaskState::Scheduled);
+    assert!(lease_texts(&store, "s1", &names, NOW + 12).await.is_empty());
+    store.promote_due(NOW + 11 + 5_000, 100).await.unwrap();
+    let last = lease_texts(&store, "s1", &names, NOW + 5_012).await;
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].2, ["396", "0"]);
+    let workflow = store
+        .get_workflow(ack.id, WorkflowNodes::All, NOW + 5_012)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(workflow.unfinished, 1);
+    assert_eq!(workflow.head.state, TaskState::Waiting);
+    store
+        .complete(vec![success(ids[6], "s1", last[0].1, "7")], us(NOW + 5_013))
+        .await
+        .unwrap();
+    let workflow = store
+        .get_workflow(ack.id, WorkflowNodes::All, NOW + 5_014)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(workflow.head.state, TaskState::Succeeded);
+    assert_eq!(workflow.unfinished, 0);
+    assert_eq!(workflow.nodes.len(), 7);
+    assert!(
+        workflow
+            .nodes
+            .iter()
+            .all(|(_, task)| task.state == TaskState::Succeeded)
+    );
+    let nodes: std::collections::HashMap<u32, &conveyor_core::StoredTask> =
+        workflow.nodes.iter().map(|(i, t)| (*i, t)).collect();
+    let result =
+        conveyor_core::workflow::workflow_result(&workflow.graph, |i| nodes.get(&i).copied())
+            .unwrap();
+    assert_eq!(result.data, b"7");
+}
+
+/// a fails: b (needs a) fails without running, naming a; c (needs b) names
+/// b, with a as the root cause; the link_error callback on a, b and c runs
+/// once with a's id and error; an ALL_DONE node gets the failure as a list
+/// entry; the workflow is FAILED with a as its first failure. A FAILED node
+/// cannot be replayed.
+pub async fn workflow_failures_fail_dependents_and_fire_link_error_once(store: Arc<dyn Store>) {
+    let mut errback = wf_node("wf_err", &["\"extra\""], &[0, 1, 2]);
+    errback.trigger = pb::NodeTrigger::OnFailure as i32;
+    let mut all_done = wf_node("wf_done", &[], &[0]);
+    all_done.trigger = pb::NodeTrigger::AllDone as i32;
+    all_done.input = pb::NodeInput::List as i32;
+    let ack = submit_wf(
+        &store,
+        vec![
+            wf_node("wf_a", &[], &[]),
+            wf_node("wf_b", &[], &[0]),
+            wf_node("wf_c", &[], &[1]),
+            errback,
+            all_done,
+        ],
+        vec![2],
+        false,
+        "",
+    )
+    .await;
+    let ids = ack.task_ids.clone();
+    let names = ["wf_a", "wf_b", "wf_c", "wf_err", "wf_done"];
+    let leased = lease_texts(&store, "s1", &names, NOW).await;
+    assert_eq!(leased.len(), 1);
+    store
+        .complete(
+            vec![failure(ids[0], "s1", leased[0].1, "bang")],
+            us(NOW + 1),
+        )
+        .await
+        .unwrap();
+    let b = store.get(ids[1], NOW + 2).await.unwrap().unwrap();
+    assert_eq!(b.state, TaskState::Failed);
+    assert_eq!(b.attempt, 0, "a dependent that cannot run never runs");
+    let error = b.to_pb().error.unwrap();
+    assert_eq!(error.reason, pb::FailureReason::DependencyFailed as i32);
+    assert_eq!(error.cause_task_id, ids[0].to_string());
+    let c = store.get(ids[2], NOW + 2).await.unwrap().unwrap().to_pb();
+    let error = c.error.unwrap();
+    assert_eq!(error.cause_task_id, ids[1].to_string());
+    assert!(
+        error.message.contains(&ids[0].to_string()),
+        "{}",
+        error.message
+    );
+    let next = lease_texts(&store, "s1", &names, NOW + 3).await;
+    assert_eq!(
+        next.len(),
+        2,
+        "the errback and the ALL_DONE node run: {next:?}"
+    );
+    let errback = next.iter().find(|(id, ..)| *id == ids[3]).unwrap();
+    assert_eq!(errback.2[0], format!("\"{}\"", ids[0]));
+    let error: serde_json::Value = serde_json::from_str(&errback.2[1]).unwrap();
+    assert_eq!(error["message"], "bang");
+    assert_eq!(errback.2[2], "\"extra\"", "its own arguments follow");
+    let done = next.iter().find(|(id, ..)| *id == ids[4]).unwrap();
+    let list: serde_json::Value = serde_json::from_str(&done.2[0]).unwrap();
+    assert_eq!(list[0]["error"]["task_id"], ids[0].to_string());
+    for (id, token, ..) in &next {
+        store
+            .complete(vec![success(*id, "s1", *token, "null")], us(NOW + 4))
+            .await
+            .unwrap();
+    }
+    assert!(lease_texts(&store, "s1", &names, NOW + 5).await.is_empty());
+    let workflow = store
+        .get_workflow(ack.id, WorkflowNodes::All, NOW + 5)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(workflow.head.state, TaskState::Failed);
+    assert_eq!(workflow.failed, 3);
+    assert_eq!(workflow.first_failed, Some(ids[0].to_string()));
+    assert_eq!(
+        store.replay(ids[0], NOW + 6).await.unwrap(),
+        ReplayAck::WorkflowNode
+    );
+    assert_eq!(
+        store.cancel(ack.id, NOW + 6).await.unwrap(),
+        CancelAck::IsWorkflow
+    );
+}
+
+/// CancelWorkflow cancels queued, leased and waiting nodes at once (the
+/// leased one's session is told); nothing leases afterwards and a late
+/// outcome is refused.
+pub async fn workflow_cancel_stops_every_node(store: Arc<dyn Store>) {
+    let ack = submit_wf(
+        &store,
+        vec![
+            wf_node("wf_a", &[], &[]),
+            wf_node("wf_q", &[], &[]),
+            wf_node("wf_b", &[], &[0]),
+            wf_node("wf_c", &[], &[1, 2]),
+        ],
+        vec![3],
+        false,
+        "",
+    )
+    .await;
+    let ids = ack.task_ids.clone();
+    let leased = lease_texts(&store, "s1", &["wf_a"], NOW).await;
+    assert_eq!(leased.len(), 1);
+    let mut session = store.events().register_session("s1");
+    let (cancelled, state) = store
+        .cancel_workflow(ack.id, NOW + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cancelled, 4);
+    assert_eq!(state, TaskState::Cancelled);
+    for id in &ids {
+        assert_eq!(state_of(&store, *id).await, TaskState::Cancelled);
+    }
+    let told = tokio::time::timeout(Duration::from_secs(5), session.revoked())
+        .await
+        .expect("the session hears of it");
+    assert_eq!(told, Some(ids[0]));
+    assert!(
+        lease_texts(&store, "s2", &["wf_a", "wf_q", "wf_b", "wf_c"], NOW + 2)
+            .await
+            .is_empty()
+    );
+    let late = store
+        .complete(vec![success(ids[0], "s1", leased[0].1, "1")], us(NOW + 3))
+        .await
+        .unwrap();
+    assert_eq!(late, vec![OutcomeAck::NotHeld]);
+    let again = store.cancel_workflow(ack.id, NOW + 4).await.unwrap();
+    assert_eq!(again, Some((0, TaskState::Cancelled)));
+    assert_eq!(
+        store
+            .cancel_workflow(conveyor_core::TaskId::new(0), NOW)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// A link_error callback none of whose parents failed is CANCELLED without
+/// running, and the workflow SUCCEEDED; a second submit with the same
+/// idempotency key returns the first workflow and its nodes.
+pub async fn workflow_link_error_is_skipped_and_keys_dedupe(store: Arc<dyn Store>) {
+    let mut errback = wf_node("wf_err", &[], &[0]);
+    errback.trigger = pb::NodeTrigger::OnFailure as i32;
+    let nodes = vec![wf_node("wf_a", &[], &[]), errback];
+    let ack = submit_wf(&store, nodes.clone(), vec![0], false, "wf-key").await;
+    assert!(!ack.duplicate);
+    let again = submit_wf(&store, nodes, vec![0], false, "wf-key").await;
+    assert!(again.duplicate);
+    assert_eq!((again.id, &again.task_ids), (ack.id, &ack.task_ids));
+    let leased = lease_texts(&store, "s1", &["wf_a", "wf_err"], NOW).await;
+    assert_eq!(leased.len(), 1);
+    store
+        .complete(
+            vec![success(ack.task_ids[0], "s1", leased[0].1, "1")],
+            us(NOW + 1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        state_of(&store, ack.task_ids[1]).await,
+        TaskState::Cancelled
+    );
+    let workflow = store
+        .get_workflow(ack.id, WorkflowNodes::Outputs, NOW + 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(workflow.head.state, TaskState::Succeeded);
+    assert_eq!(workflow.nodes.len(), 1, "outputs only");
 }

@@ -424,7 +424,11 @@ impl Inner {
     /// the workflow steps it causes.
     fn finish_at_us(&mut self, id: TaskId, state: TaskState, now_us: i64) {
         self.finish_task_at_us(id, state, now_us);
-        if self.tasks.get(&id).is_some_and(|entry| entry.node.is_some()) {
+        if self
+            .tasks
+            .get(&id)
+            .is_some_and(|entry| entry.node.is_some())
+        {
             self.wf_after(id, state, now_us.div_euclid(1000));
         }
     }
@@ -544,7 +548,10 @@ impl Inner {
         else {
             return;
         };
-        let cancelling = self.workflows.get(&workflow).is_some_and(|flow| flow.cancelling);
+        let cancelling = self
+            .workflows
+            .get(&workflow)
+            .is_some_and(|flow| flow.cancelling);
         let mut work = VecDeque::from([(id, state)]);
         let (mut finished, mut failed, mut first_failed) = (0u32, 0u32, None);
         while let Some((parent, parent_state)) = work.pop_front() {
@@ -556,7 +563,10 @@ impl Inner {
             let bad = matches!(parent_state, TaskState::Failed | TaskState::Expired);
             let Some((children, root)) = self.tasks.get(&parent).and_then(|entry| {
                 let node = entry.node.as_ref()?;
-                Some((node.children.clone(), node.cause.as_ref().map(|(_, root)| root.clone())))
+                Some((
+                    node.children.clone(),
+                    node.cause.as_ref().map(|(_, root)| root.clone()),
+                ))
             }) else {
                 continue;
             };
@@ -581,18 +591,16 @@ impl Inner {
                 if trigger == pb::NodeTrigger::OnFailure {
                     if bad {
                         let fired = match &root {
-                            Some(root_id) => {
-                                match TaskId::parse(root_id, "root") {
-                                    Ok(root_id) => {
-                                        let root_state = self
-                                            .tasks
-                                            .get(&root_id)
-                                            .map_or(TaskState::Failed, |entry| entry.task.state);
-                                        self.arrival_of(root_id, root_state)
-                                    }
-                                    Err(_) => arrival.clone(),
+                            Some(root_id) => match TaskId::parse(root_id, "root") {
+                                Ok(root_id) => {
+                                    let root_state = self
+                                        .tasks
+                                        .get(&root_id)
+                                        .map_or(TaskState::Failed, |entry| entry.task.state);
+                                    self.arrival_of(root_id, root_state)
                                 }
-                            }
+                                Err(_) => arrival.clone(),
+                            },
                             None => arrival.clone(),
                         };
                         if let Some(node) = node(self, child) {

@@ -273,11 +273,17 @@ impl server::SubmissionService for Submission {
             spec.trace_context = caller_trace(&metadata);
         }
         let now = now_ms();
-        let mut workflow = validate_workflow(spec, &self.limits, &self.defaults, now)?
-            .in_namespace(&namespace);
+        let mut workflow =
+            validate_workflow(spec, &self.limits, &self.defaults, now)?.in_namespace(&namespace);
         self.store.place_workflow(&mut workflow);
         let counts: Option<Vec<(String, String, String)>> = conveyor_runtime::metrics::enabled()
-            .then(|| workflow.nodes.iter().map(|node| labels_of(&node.task)).collect());
+            .then(|| {
+                workflow
+                    .nodes
+                    .iter()
+                    .map(|node| labels_of(&node.task))
+                    .collect()
+            });
         let ack = self.store.submit_workflow(workflow, now).await?;
         if let Some(counts) = counts
             && !ack.duplicate

@@ -204,7 +204,9 @@ pub(crate) fn parse_task(id: TaskId, fields: Vec<(String, Vec<u8>)>) -> Result<S
                 .map(|root| String::from_utf8_lossy(root).into_owned())
                 .unwrap_or_else(|| parent.clone());
             Some(store_pb::OutcomeRecord {
-                outcome: Some(outcome_record::Outcome::Error(dependency_error(&parent, &root))),
+                outcome: Some(outcome_record::Outcome::Error(dependency_error(
+                    &parent, &root,
+                ))),
             })
         }
         (outcome, _) => outcome,

@@ -658,7 +658,10 @@ impl Store for RedisStore {
                 duplicate: false,
             });
         }
-        let task_ids = match self.get_workflow(id, WorkflowNodes::Outputs, now_ms).await? {
+        let task_ids = match self
+            .get_workflow(id, WorkflowNodes::Outputs, now_ms)
+            .await?
+        {
             Some(earlier) => earlier
                 .graph
                 .nodes
@@ -710,12 +713,13 @@ impl Store for RedisStore {
         let Some(graph) = graph else {
             return Ok(None);
         };
-        let graph = conveyor_api::store_pb::WorkflowRecord::decode(graph.as_slice()).map_err(
-            |error| ConveyorError::Corrupt {
-                key: key.clone(),
-                reason: format!("workflow graph: {error}"),
-            },
-        )?;
+        let graph =
+            conveyor_api::store_pb::WorkflowRecord::decode(graph.as_slice()).map_err(|error| {
+                ConveyorError::Corrupt {
+                    key: key.clone(),
+                    reason: format!("workflow graph: {error}"),
+                }
+            })?;
         let wanted: Vec<u32> = match nodes {
             WorkflowNodes::All => (0..graph.nodes.len() as u32).collect(),
             WorkflowNodes::Outputs => graph.outputs.clone(),
@@ -850,12 +854,13 @@ impl Store for RedisStore {
                     continue;
                 };
                 let id = ids_of(Value::Array(vec![id.clone()]))?.remove(0);
-                let mut record =
-                    conveyor_api::store_pb::TaskRecord::decode(bytes_of(spec).as_slice())
-                        .map_err(|error| ConveyorError::Corrupt {
-                            key: id.to_string(),
-                            reason: format!("task record: {error}"),
-                        })?;
+                let mut record = conveyor_api::store_pb::TaskRecord::decode(
+                    bytes_of(spec).as_slice(),
+                )
+                .map_err(|error| ConveyorError::Corrupt {
+                    key: id.to_string(),
+                    reason: format!("task record: {error}"),
+                })?;
                 let inputs = bytes_of(inputs);
                 if !inputs.is_empty() {
                     codec::apply_leased_inputs(id, &mut record, &inputs)?;

@@ -7,6 +7,8 @@ local id, now, ev = ARGV[1], clock(ARGV[2]), ARGV[3]
 local t = P .. 't:' .. id
 local f = redis.call('HMGET', t, 'st', 'qk', 'ss')
 if not f[1] then return -1 end
+-- A workflow's head: CancelWorkflow cancels it.
+if redis.call('HEXISTS', t, 'wg') == 1 then return -2 end
 if f[1] == '2' then
   unqueue(t, id, f[2])
 elseif f[1] == '1' then
@@ -14,9 +16,6 @@ elseif f[1] == '1' then
 elseif f[1] == '3' or f[1] == '4' then
   redis.call('SREM', P .. 'sl:' .. f[3], id)
   redis.call('PUBLISH', ARGV[4], f[3] .. ' ' .. id)
-elseif f[1] == '9' and redis.call('HEXISTS', t, 'wg') == 1 then
-  -- A workflow's head: CancelWorkflow cancels it.
-  return -2
 elseif f[1] ~= '9' then
   return tonumber(f[1])
 end
