@@ -138,7 +138,7 @@ func (e *eagerBackend) runWorkflow(ctx context.Context, wf *eagerWorkflow, spec 
 				task.State, task.UpdatedAt, task.FinishedAt = StateFailed, now, now
 				task.Error = &conveyorv1.TaskError{
 					Type:        "DependencyFailed",
-					Message:     fmt.Sprintf("task %s, which this one depends on, failed", wf.ids[p]),
+					Message:     fmt.Sprintf("did not run: the task it depends on, %s, failed", wf.ids[p]),
 					Reason:      conveyorv1.FailureReason_FAILURE_REASON_DEPENDENCY_FAILED,
 					CauseTaskId: wf.ids[p],
 				}
