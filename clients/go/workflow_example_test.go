@@ -48,6 +48,7 @@ func ExampleClient_SubmitWorkflow() {
 	}
 	fmt.Println(total, len(h.TaskIDs))
 	// README: end
+
 	// Output: 111 6
 }
 
