@@ -160,3 +160,39 @@ func TestWorkflowWaitTimesOut(t *testing.T) {
 		t.Fatalf("after the timeout: %d, %v", got, err)
 	}
 }
+
+func TestTracingWorkflowPublishSpanCoversTheNodes(t *testing.T) {
+	env := serverWorkflowEnv(t, nil)
+	exp := installTracing(t)
+	ctx, parent := testSpan(testContext(t))
+	h := env.submit(t, ctx, conveyor.Chain(addOf(1, 1), addOf(1)))
+	parent.End()
+	var got int
+	if err := h.Get(testContext(t), &got); err != nil || got != 3 {
+		t.Fatalf("result %d, %v", got, err)
+	}
+	spec := h.Spec
+	queueName := spec.GetOptions().GetQueue()
+	if queueName == "" {
+		t.Fatalf("workflow options %v", spec.GetOptions())
+	}
+	publish := spansNamed(t, exp, "publish "+queueName, 1)[0]
+	if publish.Parent.SpanID() != parent.SpanContext().SpanID() {
+		t.Errorf("publish span's parent %v, want the test's span", publish.Parent)
+	}
+	checkAttrs(t, publish, map[string]any{
+		"messaging.message.id":          h.ID,
+		"messaging.batch.message_count": 2,
+		"conveyor.task.name":            "add",
+	})
+	want := traceparent(publish.SpanContext)
+	if spec.GetTraceContext().GetTraceparent() != want {
+		t.Errorf("the workflow's traceparent is %q, want the publish span's %q", spec.GetTraceContext().GetTraceparent(), want)
+	}
+	// Both nodes' attempts are in the producer's trace.
+	for _, s := range spansNamed(t, exp, "process "+queueName, 2) {
+		if s.SpanContext.TraceID() != parent.SpanContext().TraceID() {
+			t.Errorf("process span %v is not in the producer's trace", s.SpanContext)
+		}
+	}
+}
