@@ -282,14 +282,7 @@ func DecodeResult(task *TaskInfo, out any) error {
 		}
 		return nil
 	case StateFailed:
-		e := task.GetError()
-		return &TaskFailedError{
-			TaskID:    task.GetId(),
-			Type:      e.GetType(),
-			Message:   e.GetMessage(),
-			Traceback: e.GetTraceback(),
-			Retryable: e.GetRetryable(),
-		}
+		return taskFailed(task)
 	default:
 		return &TaskNotSucceededError{TaskID: task.GetId(), State: task.GetState()}
 	}

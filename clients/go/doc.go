@@ -27,6 +27,17 @@
 //	})
 //	err = w.Run(ctx)
 //
+// Workflows (Celery's canvas) are built from signatures with [Chain],
+// [Group] and [Chord], compiled client-side into one DAG and submitted with
+// [Client.SubmitWorkflow]:
+//
+//	add := conveyor.Sig("add")
+//	h, err := c.SubmitWorkflow(ctx, conveyor.Chord(
+//		conveyor.Group(add.With(conveyor.Args(1, 1)), add.With(conveyor.Args(2, 2))),
+//		conveyor.Sig("xsum")))
+//	var total int
+//	err = h.Get(ctx, &total)
+//
 // Handlers report progress with [Task.ReportProgress] and ask for a retry
 // after a delay with [RetryAfter]. The client also replays and forgets tasks,
 // lists dead letters, pauses queues and manages schedules. [WithToken] sends

@@ -25,12 +25,19 @@ import (
 // goroutine, through the worker's own path: JSON arguments, soft time
 // limit, panics, error types, progress reports, and retries while the
 // task's policy allows (their delays are skipped, as in Celery's eager
-// mode). Get, Wait, Result, Watch, Cancel, Replay, Forget and the dead
-// letters then answer from memory. A name with no handler fails at once
+// mode). SubmitWorkflow runs every node of a workflow the same way, in
+// dependency order, before it returns (chain results passed on, chord
+// bodies given the ordered list, links, error links once on the first
+// failure, dependents of a failed node failed with its id as cause). Get,
+// Wait, Result, Watch, Cancel, Replay, Forget, the dead letters and the
+// workflow calls then answer from memory. A name with no handler fails at once
 // with type "NotRegistered". Queues, workers, schedules and WatchEvents answer
 // UNIMPLEMENTED. Countdown, ETA, expiry, priorities and limits are ignored.
 func NewEagerClient(handlers map[string]Handler) *Client {
-	backend := &eagerBackend{handlers: map[string]Handler{}, tasks: map[string]*conveyorv1.Task{}, keys: map[string]string{}}
+	backend := &eagerBackend{
+		handlers: map[string]Handler{}, tasks: map[string]*conveyorv1.Task{}, keys: map[string]string{},
+		workflows: map[string]*eagerWorkflow{}, workflowKeys: map[string]string{},
+	}
 	for name, h := range handlers {
 		backend.handlers[name] = h
 	}
@@ -58,6 +65,9 @@ type eagerBackend struct {
 	tasks    map[string]*conveyorv1.Task
 	order    []string          // task ids in submission order
 	keys     map[string]string // idempotency key -> task id
+	// workflows by id, and workflow idempotency key -> workflow id.
+	workflows    map[string]*eagerWorkflow
+	workflowKeys map[string]string
 }
 
 func (e *eagerBackend) SubmitTask(ctx context.Context, in *conveyorv1.SubmitTaskRequest, _ ...grpc.CallOption) (*conveyorv1.SubmitTaskResponse, error) {
@@ -130,7 +140,7 @@ func (e *eagerBackend) run(ctx context.Context, task *conveyorv1.Task) {
 			Attempt: task.Attempt, LeaseToken: uint64(task.Attempt), Headers: task.GetOptions().GetHeaders(),
 			SoftTimeLimit: task.GetOptions().GetSoftTimeLimit(), HardTimeLimit: task.GetOptions().GetHardTimeLimit(),
 			CreatedAt: task.CreatedAt, MaxRetries: maxRetries, TraceContext: task.GetTraceContext(),
-			Queue: task.Queue,
+			Queue: task.Queue, WorkflowId: task.GetWorkflowId(),
 		}
 		e.mu.Unlock()
 		result, failure := e.attempt(ctx, h, assignment, task.Queue)
@@ -244,7 +254,7 @@ func (e *eagerBackend) WatchTask(ctx context.Context, in *conveyorv1.WatchTaskRe
 	if err != nil {
 		return nil, err
 	}
-	return &eagerWatch{ctx: ctx, next: &conveyorv1.WatchTaskResponse{Task: task}}, nil
+	return &eagerStream[conveyorv1.WatchTaskResponse]{ctx: ctx, next: &conveyorv1.WatchTaskResponse{Task: task}}, nil
 }
 
 func (e *eagerBackend) ForgetTask(_ context.Context, in *conveyorv1.ForgetTaskRequest, _ ...grpc.CallOption) (*conveyorv1.ForgetTaskResponse, error) {
@@ -298,13 +308,13 @@ func (e *eagerBackend) WatchEvents(_ context.Context, _ *conveyorv1.WatchEventsR
 	return nil, status.Errorf(codes.Unimplemented, "%s is not available in eager mode: test it against `conveyor dev`", conveyorv1.ResultsService_WatchEvents_FullMethodName)
 }
 
-// eagerWatch streams one state, the final one.
-type eagerWatch struct {
+// eagerStream streams one message, the final state.
+type eagerStream[T any] struct {
 	ctx  context.Context
-	next *conveyorv1.WatchTaskResponse
+	next *T
 }
 
-func (w *eagerWatch) Recv() (*conveyorv1.WatchTaskResponse, error) {
+func (w *eagerStream[T]) Recv() (*T, error) {
 	if w.next == nil {
 		return nil, io.EOF
 	}
@@ -312,17 +322,17 @@ func (w *eagerWatch) Recv() (*conveyorv1.WatchTaskResponse, error) {
 	w.next = nil
 	return next, nil
 }
-func (w *eagerWatch) Header() (metadata.MD, error) { return metadata.MD{}, nil }
-func (w *eagerWatch) Trailer() metadata.MD         { return metadata.MD{} }
-func (w *eagerWatch) CloseSend() error             { return nil }
-func (w *eagerWatch) Context() context.Context     { return w.ctx }
-func (w *eagerWatch) SendMsg(any) error            { return nil }
-func (w *eagerWatch) RecvMsg(m any) error {
+func (w *eagerStream[T]) Header() (metadata.MD, error) { return metadata.MD{}, nil }
+func (w *eagerStream[T]) Trailer() metadata.MD         { return metadata.MD{} }
+func (w *eagerStream[T]) CloseSend() error             { return nil }
+func (w *eagerStream[T]) Context() context.Context     { return w.ctx }
+func (w *eagerStream[T]) SendMsg(any) error            { return nil }
+func (w *eagerStream[T]) RecvMsg(m any) error {
 	resp, err := w.Recv()
 	if err != nil {
 		return err
 	}
-	proto.Merge(m.(proto.Message), resp)
+	proto.Merge(m.(proto.Message), any(resp).(proto.Message))
 	return nil
 }
 

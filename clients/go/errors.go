@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"strings"
 	"time"
+
+	conveyorv1 "go.conveyor.dev/conveyor/gen/conveyor/v1"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -120,7 +123,9 @@ type ProtocolError struct{ Message string }
 func (e *ProtocolError) Error() string { return "conveyor: protocol error: " + e.Message }
 
 // TaskFailedError is returned by [Client.Result] for a task that ended
-// FAILED: the error its handler reported on the last attempt.
+// FAILED: the error its handler reported on the last attempt. For a
+// workflow that ended FAILED ([WorkflowHandle.Get]), it is the error of the
+// node whose failure failed the workflow first, and WorkflowID is set.
 type TaskFailedError struct {
 	TaskID string
 	// Type is the error type or class name, e.g. "ValueError".
@@ -131,20 +136,67 @@ type TaskFailedError struct {
 	Traceback string
 	// Retryable is what the handler said about retrying the last attempt.
 	Retryable bool
+	// Reason is set when the platform, not the handler, failed the task:
+	// FAILURE_REASON_DEPENDENCY_FAILED for a workflow node that did not run
+	// because a node it depends on failed or expired.
+	Reason FailureReason
+	// CauseTaskID, for FAILURE_REASON_DEPENDENCY_FAILED, is the parent node
+	// whose failure failed this one (follow it for the cause chain).
+	CauseTaskID string
+	// WorkflowID is the failed workflow, for the error of a workflow.
+	WorkflowID string
+}
+
+// FailureReason says why the platform failed a task (UNSPECIFIED when its
+// handler reported the error).
+type FailureReason = conveyorv1.FailureReason
+
+// ReasonDependencyFailed is the reason of a workflow node that did not run
+// because a node it depends on failed or expired.
+const ReasonDependencyFailed = conveyorv1.FailureReason_FAILURE_REASON_DEPENDENCY_FAILED
+
+// taskFailed is the error of a FAILED task.
+func taskFailed(task *TaskInfo) *TaskFailedError {
+	e := task.GetError()
+	return &TaskFailedError{
+		TaskID:      task.GetId(),
+		Type:        e.GetType(),
+		Message:     e.GetMessage(),
+		Traceback:   e.GetTraceback(),
+		Retryable:   e.GetRetryable(),
+		Reason:      e.GetReason(),
+		CauseTaskID: e.GetCauseTaskId(),
+	}
 }
 
 func (e *TaskFailedError) Error() string {
-	return fmt.Sprintf("conveyor: task %s failed: %s: %s", e.TaskID, e.Type, e.Message)
+	var b strings.Builder
+	if e.WorkflowID != "" {
+		fmt.Fprintf(&b, "conveyor: workflow %s failed: task %s failed: %s: %s", e.WorkflowID, e.TaskID, e.Type, e.Message)
+	} else {
+		fmt.Fprintf(&b, "conveyor: task %s failed: %s: %s", e.TaskID, e.Type, e.Message)
+	}
+	if e.CauseTaskID != "" {
+		fmt.Fprintf(&b, " (caused by task %s)", e.CauseTaskID)
+	}
+	return b.String()
 }
 
 // TaskNotSucceededError is returned by [Client.Result] for a task that ended
-// without a result: CANCELLED or EXPIRED.
+// without a result: CANCELLED or EXPIRED. For a workflow that was cancelled
+// ([WorkflowHandle.Get]), WorkflowID is set, TaskID is empty and State is
+// CANCELLED.
 type TaskNotSucceededError struct {
 	TaskID string
 	State  TaskState
+	// WorkflowID is the cancelled workflow, for the error of a workflow.
+	WorkflowID string
 }
 
 func (e *TaskNotSucceededError) Error() string {
+	if e.TaskID == "" && e.WorkflowID != "" {
+		return fmt.Sprintf("conveyor: workflow %s did not succeed: it was %s", e.WorkflowID, e.State)
+	}
 	return fmt.Sprintf("conveyor: task %s did not succeed: it ended %s", e.TaskID, e.State)
 }
 

@@ -15,6 +15,8 @@ type Option func(*specBuilder)
 type specBuilder struct {
 	spec *conveyorv1.TaskSpec
 	err  error
+	// workflowName is set by WithWorkflowName (workflows only).
+	workflowName string
 }
 
 func (b *specBuilder) options() *conveyorv1.TaskOptions {
@@ -281,6 +283,18 @@ func NewRequest(name string, opts ...Option) TaskRequest {
 // Spec encodes the request as the protobuf TaskSpec, or returns the first
 // argument that failed to encode.
 func (r TaskRequest) Spec() (*conveyorv1.TaskSpec, error) {
+	b := r.build()
+	if b.err != nil {
+		return nil, b.err
+	}
+	if b.workflowName != "" {
+		return nil, fmt.Errorf("conveyor: task %q: WithWorkflowName applies to a whole workflow (SubmitWorkflow), not to a task", r.Name)
+	}
+	return b.spec, nil
+}
+
+// build applies the request's arguments and options.
+func (r TaskRequest) build() *specBuilder {
 	b := &specBuilder{spec: &conveyorv1.TaskSpec{Name: r.Name}}
 	for _, v := range r.Args {
 		b.addArg(v)
@@ -293,8 +307,5 @@ func (r TaskRequest) Spec() (*conveyorv1.TaskSpec, error) {
 			opt(b)
 		}
 	}
-	if b.err != nil {
-		return nil, b.err
-	}
-	return b.spec, nil
+	return b
 }

@@ -38,6 +38,9 @@ type Task struct {
 	HardTimeLimit time.Duration
 	// CreatedAt is when the task was submitted.
 	CreatedAt time.Time
+	// WorkflowID is the workflow the task is a node of (Celery's root id),
+	// "" for a task submitted alone.
+	WorkflowID string
 
 	assignment *conveyorv1.Assignment
 	// report sends a progress report; nil outside a worker or eager run.
@@ -55,6 +58,7 @@ func TaskFromAssignment(a *conveyorv1.Assignment) *Task {
 		Headers:       a.GetHeaders(),
 		SoftTimeLimit: durationFromProto(a.GetSoftTimeLimit()),
 		HardTimeLimit: durationFromProto(a.GetHardTimeLimit()),
+		WorkflowID:    a.GetWorkflowId(),
 		assignment:    a,
 	}
 	if a.GetCreatedAt() != nil {

@@ -221,3 +221,28 @@ func withTraceMetadata(ctx context.Context) context.Context {
 	}
 	return metadata.AppendToOutgoingContext(ctx, pairs...)
 }
+
+// startPublishWorkflow starts the PRODUCER span of a workflow's submit, as
+// [startPublish] does for a batch of its nodes (their queues as the
+// workflow's defaults route them), and gives the workflow the span's trace
+// context unless it has its own.
+func startPublishWorkflow(ctx context.Context, spec *conveyorv1.WorkflowSpec) (context.Context, trace.Span) {
+	proxies := make([]*conveyorv1.TaskSpec, 0, len(spec.GetNodes()))
+	for _, n := range spec.GetNodes() {
+		queue := n.GetTask().GetOptions().GetQueue()
+		if queue == "" {
+			queue = spec.GetOptions().GetQueue()
+		}
+		proxies = append(proxies, &conveyorv1.TaskSpec{
+			Name:    n.GetTask().GetName(),
+			Options: &conveyorv1.TaskOptions{Queue: queue},
+			// Marked as carrying a context, so that startPublish leaves it.
+			TraceContext: &conveyorv1.TraceContext{Traceparent: "-"},
+		})
+	}
+	ctx, span := startPublish(ctx, proxies, true)
+	if span.SpanContext().IsValid() && spec.GetTraceContext().GetTraceparent() == "" {
+		spec.TraceContext = traceContextOf(ctx)
+	}
+	return ctx, span
+}
