@@ -49,6 +49,7 @@ pub async fn run(args: &DriveArgs) -> anyhow::Result<Value> {
         Workload::W2 => ("w2", bench.w2().await?),
         Workload::W3 => ("w3", bench.w3().await?),
         Workload::W4 => ("w4", bench.w4().await?),
+        Workload::W5 => ("w5", bench.w5().await?),
     };
     let config = if args.config.is_empty() {
         format!("{}x{}", args.workers, args.concurrency)
@@ -253,6 +254,79 @@ impl Bench<'_> {
             figures["samples_ms"] = json!(samples.iter().map(|s| round3(*s)).collect::<Vec<_>>());
         }
         Ok(figures)
+    }
+
+    /// W5 workflows: a chord of N `add(2, 3)` header tasks and a `tsum`
+    /// callback, submit to the callback's stored finish; then a chain of
+    /// `add` steps, each adding 1 to the previous result, with the time
+    /// between consecutive steps' stored finishes.
+    async fn w5(&self) -> anyhow::Result<Value> {
+        use conveyor_client::{TaskRequest, canvas};
+        let args = self.args;
+        let mut workers = Workers::spawn(&self.url, args.workers, args.concurrency)?;
+        self.wait_ready(args.workers).await?;
+        let n = args.chord_tasks;
+        let chord = canvas::chord(
+            (0..n).map(|_| TaskRequest::new("add").arg(2).arg(3)),
+            TaskRequest::new("tsum"),
+        );
+        let started = std::time::SystemTime::now();
+        let clock = Instant::now();
+        let handle = self.client.submit_workflow(chord).await?;
+        let submit_s = clock.elapsed().as_secs_f64();
+        let sum: i64 = self
+            .client
+            .workflow_result(&handle.id, Duration::from_secs(600))
+            .await?;
+        let callback = self.client.get(&handle.output_task_ids[0]).await?;
+        let finished = stored_ms(callback.finished_at.as_ref());
+        let started_ms = started.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64() * 1e3;
+        let chord_s = (finished - started_ms) / 1e3;
+        let steps = args.chain_steps.max(2);
+        let chain = canvas::chain(
+            std::iter::once(TaskRequest::new("add").arg(0).arg(1))
+                .chain((1..steps).map(|_| TaskRequest::new("add").arg(1))),
+        );
+        let clock = Instant::now();
+        let handle = self.client.submit_workflow(chain).await?;
+        let last: i64 = self
+            .client
+            .workflow_result(&handle.id, Duration::from_secs(600))
+            .await?;
+        let chain_s = clock.elapsed().as_secs_f64();
+        let workflow = self.client.get_workflow(&handle.id).await?;
+        let mut finishes: Vec<(u32, f64)> = workflow
+            .nodes
+            .iter()
+            .map(|node| {
+                (
+                    node.index,
+                    stored_ms(
+                        node.task
+                            .as_ref()
+                            .and_then(|task| task.finished_at.as_ref()),
+                    ),
+                )
+            })
+            .collect();
+        finishes.sort_by_key(|(index, _)| *index);
+        let mut gaps: Vec<f64> = finishes
+            .windows(2)
+            .map(|pair| pair[1].1 - pair[0].1)
+            .collect();
+        gaps.sort_by(f64::total_cmp);
+        workers.kill().await;
+        Ok(json!({
+            "chord_tasks": n,
+            "chord_submit_s": round3(submit_s),
+            "chord_s": round3(chord_s),
+            "chord_ok": sum == 5 * n as i64,
+            "chain_steps": steps,
+            "chain_ok": last == steps as i64,
+            "chain_s": round3(chain_s),
+            "chain_step_p50_ms": round3(percentile(&gaps, 50.0)),
+            "chain_step_p99_ms": round3(percentile(&gaps, 99.0)),
+        }))
     }
 
     /// One submit-and-await, in milliseconds.
@@ -660,4 +734,11 @@ impl Step {
         }
         figures
     }
+}
+
+/// A stored timestamp in Unix ms (µs precise).
+fn stored_ms(at: Option<&prost_types::Timestamp>) -> f64 {
+    at.map_or(0.0, |at| {
+        at.seconds as f64 * 1e3 + f64::from(at.nanos) / 1e6
+    })
 }

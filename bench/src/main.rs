@@ -51,6 +51,8 @@ pub enum Workload {
     W3,
     /// Recovery: SIGKILL a worker that holds leases.
     W4,
+    /// Workflows: a chord of N header tasks, and a 100-step chain.
+    W5,
 }
 
 /// Settings of every workload (each uses the ones it needs).
@@ -121,6 +123,12 @@ pub struct DriveArgs {
     /// W4: give up waiting for recovery after this long.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub recovery_cap: Duration,
+    /// W5: header tasks of the chord.
+    #[arg(long, default_value_t = 10_000)]
+    pub chord_tasks: usize,
+    /// W5: steps of the chain.
+    #[arg(long, default_value_t = 100)]
+    pub chain_steps: usize,
     /// Include raw latency samples (ms) in the output, for the chart.
     #[arg(long)]
     pub samples: bool,

@@ -1,5 +1,6 @@
-//! The benchmark's worker process: `add(a, b)` and `sleep(seconds)`, the
-//! same two tasks the Celery and BullMQ workers serve.
+//! The benchmark's worker process: `add(a, b)`, `sleep(seconds)` and the
+//! chord callback `tsum(numbers)`, the tasks the Celery and BullMQ workers
+//! serve.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ pub async fn run(addr: &str, concurrency: usize) -> anyhow::Result<()> {
         .grace_period(Duration::from_secs(2))
         .register("add", add)
         .register("sleep", sleep)
+        .register("tsum", tsum)
         .build()?;
     worker.run().await?;
     Ok(())
@@ -22,6 +24,12 @@ pub async fn run(addr: &str, concurrency: usize) -> anyhow::Result<()> {
 async fn add(ctx: TaskContext) -> Result<Value, TaskFailure> {
     let (a, b): (i64, i64) = (ctx.arg(0)?, ctx.arg(1)?);
     Ok(Value::from(a.wrapping_add(b)))
+}
+
+/// A chord callback: the sum of its header's results.
+async fn tsum(ctx: TaskContext) -> Result<Value, TaskFailure> {
+    let numbers: Vec<i64> = ctx.arg(0)?;
+    Ok(Value::from(numbers.iter().sum::<i64>()))
 }
 
 async fn sleep(ctx: TaskContext) -> Result<Value, TaskFailure> {

@@ -389,9 +389,9 @@ func (ch *ChordCanvas) compile(c *compiler, in entry) ([]uint32, error) {
 // Limits the server enforces, checked here for a clear error.
 const (
 	// MaxWorkflowNodes is the most nodes a workflow may have.
-	MaxWorkflowNodes = 10_000
+	MaxWorkflowNodes = 20_000
 	// MaxWorkflowEdges is the most parent edges a workflow may have in all.
-	MaxWorkflowEdges = 100_000
+	MaxWorkflowEdges = 200_000
 	maxWorkflowLabel = 200
 )
 

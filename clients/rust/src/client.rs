@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::canvas::{Canvas, WorkflowHandle};
 use crate::error::{Error, Result, task_state};
 use crate::payload::{duration_to_proto, from_optional_payload};
 use crate::task::TaskRequest;
@@ -345,6 +346,151 @@ impl Client {
             .await?
             .into_inner();
         Ok(updates.map(|update| update?.task.ok_or_else(|| missing_task("WatchTask"))))
+    }
+
+    /// Submits a workflow (a chain, group, chord, or a task with callbacks)
+    /// in one atomic call. Without an idempotency key of its own, the
+    /// workflow gets a random one, so a call that met UNAVAILABLE can be
+    /// repeated without running it twice.
+    pub async fn submit_workflow(&self, canvas: impl Into<Canvas>) -> Result<WorkflowHandle> {
+        self.submit_workflow_spec(canvas.into().compile()?).await
+    }
+
+    /// Submits a compiled workflow (see [`Canvas::compile`]); set its
+    /// `options` for defaults every node inherits, its `idempotency_key`
+    /// to make the submit repeatable.
+    pub async fn submit_workflow_spec(&self, mut spec: pb::WorkflowSpec) -> Result<WorkflowHandle> {
+        if spec.idempotency_key.is_empty() {
+            spec.idempotency_key = format!("workflow-{}", uuid::Uuid::new_v4());
+        }
+        let span = crate::trace::publish_span("workflow", &spec.name, spec.nodes.len());
+        if spec.trace_context.is_none() {
+            spec.trace_context = crate::trace::context_of(&span);
+        }
+        let outputs = spec.outputs.clone();
+        let request = pb::SubmitWorkflowRequest {
+            workflow: Some(spec),
+            namespace: self.namespace.clone(),
+        };
+        let response = with_failover(true, || {
+            let mut submission = self.submission.clone();
+            let request = self.request(request.clone());
+            async move { submission.submit_workflow(request).await }
+        })
+        .instrument(span.clone())
+        .await
+        .inspect_err(|error| crate::trace::record_error(&span, &error.to_string()))?
+        .into_inner();
+        span.record("messaging.message.id", response.workflow_id.as_str());
+        Ok(WorkflowHandle {
+            output_task_ids: outputs
+                .iter()
+                .filter_map(|index| response.task_ids.get(*index as usize).cloned())
+                .collect(),
+            id: response.workflow_id,
+            task_ids: response.task_ids,
+            duplicate: response.duplicate,
+        })
+    }
+
+    /// A workflow with every node's state and outcome (no arguments).
+    pub async fn get_workflow(&self, id: &str) -> Result<pb::Workflow> {
+        let request = pb::GetWorkflowRequest {
+            workflow_id: id.to_owned(),
+            namespace: self.namespace.clone(),
+            view: pb::WorkflowView::Nodes as i32,
+        };
+        with_failover(true, || {
+            let mut results = self.results.clone();
+            let request = self.request(request.clone());
+            async move { results.get_workflow(request).await }
+        })
+        .await?
+        .into_inner()
+        .workflow
+        .ok_or_else(|| missing_task("GetWorkflow"))
+    }
+
+    /// Waits until every node of the workflow finished (or `timeout`
+    /// passes: `DEADLINE_EXCEEDED`) and returns its summary.
+    pub async fn wait_workflow(&self, id: &str, timeout: Duration) -> Result<pb::Workflow> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let started = Instant::now();
+            let remaining = deadline.saturating_duration_since(started);
+            let deadline_for_call = remaining.saturating_add(WAIT_DEADLINE_MARGIN);
+            let message = pb::WaitWorkflowRequest {
+                workflow_id: id.to_owned(),
+                timeout: Some(duration_to_proto(remaining)),
+                namespace: self.namespace.clone(),
+                view: pb::WorkflowView::Summary as i32,
+            };
+            let call = with_failover(true, || {
+                let mut request = self.request(message.clone());
+                request.set_timeout(deadline_for_call);
+                let mut results = self.results.clone();
+                async move { results.wait_workflow(request).await }
+            });
+            match call.await {
+                Ok(response) => {
+                    return response
+                        .into_inner()
+                        .workflow
+                        .ok_or_else(|| missing_task("WaitWorkflow"));
+                }
+                Err(status) if should_wait_again(&status, started, deadline) => continue,
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
+    /// Waits for the workflow and decodes its result (a chain's last
+    /// result; a group's list). A FAILED workflow gives
+    /// [`Error::TaskFailed`] naming the task that failed first.
+    pub async fn workflow_result<T: DeserializeOwned>(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<T> {
+        let workflow = self.wait_workflow(id, timeout).await?;
+        match pb::WorkflowState::try_from(workflow.state) {
+            Ok(pb::WorkflowState::Succeeded) => from_optional_payload(workflow.result.as_ref())
+                .map_err(|reason| Error::Decode {
+                    what: format!("result of workflow {id}"),
+                    reason,
+                }),
+            Ok(pb::WorkflowState::Failed) => {
+                let failed = workflow.failed_task_id.clone();
+                let detail = self.get(&failed).await.ok();
+                let error = detail.and_then(|task| task.error).unwrap_or_default();
+                Err(Error::TaskFailed {
+                    error_type: error.r#type,
+                    message: format!(
+                        "workflow {id} failed: its task {failed} failed: {}",
+                        error.message
+                    ),
+                    traceback: error.traceback,
+                })
+            }
+            _ => Err(Error::TaskNotSucceeded {
+                state: pb::TaskState::Cancelled,
+            }),
+        }
+    }
+
+    /// Cancels every unfinished task of the workflow; returns how many.
+    pub async fn cancel_workflow(&self, id: &str) -> Result<u32> {
+        let request = pb::CancelWorkflowRequest {
+            workflow_id: id.to_owned(),
+            namespace: self.namespace.clone(),
+        };
+        let response = with_failover(true, || {
+            let mut submission = self.submission.clone();
+            let request = self.request(request.clone());
+            async move { submission.cancel_workflow(request).await }
+        })
+        .await?;
+        Ok(response.into_inner().cancelled)
     }
 }
 

@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod canvas;
 mod client;
 mod eager;
 mod error;
@@ -31,6 +32,7 @@ pub mod worker;
 
 pub use conveyor_api::pb;
 
+pub use crate::canvas::{Canvas, WorkflowHandle, chain, chord, group};
 pub use crate::client::{Client, MAX_BATCH_BYTES, MAX_TASKS_PER_BATCH};
 pub use crate::eager::EagerClient;
 pub use crate::error::{Error, Result};

@@ -22,9 +22,9 @@ use crate::state::TaskState;
 use crate::validate::{NewTask, validate_with_defaults};
 
 /// Most nodes in one workflow.
-pub const MAX_NODES: usize = 10_000;
+pub const MAX_NODES: usize = 20_000;
 /// Most edges (parent references) in one workflow.
-pub const MAX_EDGES: usize = 100_000;
+pub const MAX_EDGES: usize = 200_000;
 /// The JSON content type.
 const JSON: &str = "application/json";
 
@@ -616,7 +616,7 @@ pub fn inputs(rule: NodeRule, arrivals: &[Arrival]) -> Vec<pb::Payload> {
 /// is the node whose own failure started the chain.
 pub fn dependency_error(parent: &str, root: &str) -> pb::TaskError {
     let message = if parent == root {
-        format!("did not run: the task it depends on, {parent}, failed")
+        format!("did not run: the task it depends on, {parent}, failed (or expired)")
     } else {
         format!(
             "did not run: the task it depends on, {parent}, did not run because task {root} failed"

@@ -1997,4 +1997,27 @@ pub async fn workflow_link_error_is_skipped_and_keys_dedupe(store: Arc<dyn Store
         .unwrap();
     assert_eq!(workflow.head.state, TaskState::Succeeded);
     assert_eq!(workflow.nodes.len(), 1, "outputs only");
+    // Cancelling one task cancels its dependents, and the workflow.
+    let ack = submit_wf(
+        &store,
+        vec![wf_node("wf_a", &[], &[]), wf_node("wf_b", &[], &[0])],
+        vec![1],
+        false,
+        "",
+    )
+    .await;
+    assert_eq!(
+        store.cancel(ack.task_ids[0], NOW + 3).await.unwrap(),
+        CancelAck::Cancelled
+    );
+    assert_eq!(
+        state_of(&store, ack.task_ids[1]).await,
+        TaskState::Cancelled
+    );
+    let workflow = store
+        .get_workflow(ack.id, WorkflowNodes::Outputs, NOW + 4)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(workflow.head.state, TaskState::Cancelled);
 }

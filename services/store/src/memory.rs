@@ -73,6 +73,7 @@ struct Flow {
     nodes: Vec<TaskId>,
     unfinished: u32,
     failed: u32,
+    cancelled: u32,
     first_failed: Option<TaskId>,
     cancelling: bool,
 }
@@ -553,14 +554,26 @@ impl Inner {
             .get(&workflow)
             .is_some_and(|flow| flow.cancelling);
         let mut work = VecDeque::from([(id, state)]);
-        let (mut finished, mut failed, mut first_failed) = (0u32, 0u32, None);
+        let (mut finished, mut failed, mut cancelled, mut first_failed) = (0u32, 0u32, 0u32, None);
         while let Some((parent, parent_state)) = work.pop_front() {
             finished += 1;
+            let bad = matches!(parent_state, TaskState::Failed | TaskState::Expired);
             if parent_state == TaskState::Failed {
                 failed += 1;
+            }
+            if bad {
                 first_failed.get_or_insert(parent);
             }
-            let bad = matches!(parent_state, TaskState::Failed | TaskState::Expired);
+            // A link_error callback that was not needed (Waiting in the
+            // work list) is CANCELLED but not counted.
+            let parent_state = match parent_state {
+                TaskState::Cancelled => {
+                    cancelled += 1;
+                    TaskState::Cancelled
+                }
+                TaskState::Waiting => TaskState::Cancelled,
+                other => other,
+            };
             let Some((children, root)) = self.tasks.get(&parent).and_then(|entry| {
                 let node = entry.node.as_ref()?;
                 Some((
@@ -609,7 +622,7 @@ impl Inner {
                         self.wf_ready(child, now_ms, cancelling, &mut work);
                     } else if left <= 1 {
                         self.finish_task_at_us(child, TaskState::Cancelled, now_ms * 1000);
-                        work.push_back((child, TaskState::Cancelled));
+                        work.push_back((child, TaskState::Waiting));
                     } else if let Some(node) = node(self, child) {
                         node.left -= 1;
                     }
@@ -657,6 +670,7 @@ impl Inner {
         };
         flow.unfinished = flow.unfinished.saturating_sub(finished);
         flow.failed += failed;
+        flow.cancelled += cancelled;
         if flow.first_failed.is_none() {
             flow.first_failed = first_failed;
         }
@@ -668,6 +682,8 @@ impl Inner {
             TaskState::Cancelled
         } else if flow.failed > 0 {
             TaskState::Failed
+        } else if flow.cancelled > 0 {
+            TaskState::Cancelled
         } else {
             TaskState::Succeeded
         };
@@ -986,6 +1002,7 @@ impl Store for MemoryStore {
                     nodes: ids.clone(),
                     unfinished: ids.len() as u32,
                     failed: 0,
+                    cancelled: 0,
                     first_failed: None,
                     cancelling: false,
                 },

@@ -314,8 +314,12 @@ pub const TASK_FIELDS: &[Field] = &[
         holds: "workflow heads: nodes FAILED",
     },
     Field {
+        name: "wcc",
+        holds: "workflow heads: nodes cancelled (link_error callbacks not needed are not counted)",
+    },
+    Field {
         name: "wff",
-        holds: "workflow heads: the first node that FAILED",
+        holds: "workflow heads: the first node that FAILED or EXPIRED",
     },
     Field {
         name: "wq",

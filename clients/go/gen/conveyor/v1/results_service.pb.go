@@ -29,7 +29,7 @@ type WorkflowView int32
 const (
 	// The call's default.
 	WorkflowView_WORKFLOW_VIEW_UNSPECIFIED WorkflowView = 0
-	// State, counts and result; no nodes.
+	// State, node count and result; no nodes, no per-state counts.
 	WorkflowView_WORKFLOW_VIEW_SUMMARY WorkflowView = 1
 	// Every node with its state and outcome, without arguments.
 	WorkflowView_WORKFLOW_VIEW_NODES WorkflowView = 2

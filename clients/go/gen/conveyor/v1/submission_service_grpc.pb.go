@@ -59,7 +59,7 @@ type SubmissionServiceClient interface {
 	// nodes without parents are queued at once, the others wait (WAITING)
 	// for their parents. INVALID_ARGUMENT names the offending node (cycles,
 	// parents out of range, an input mode that does not fit the parents);
-	// RESOURCE_EXHAUSTED beyond 10,000 nodes or 100,000 edges. Nothing is
+	// RESOURCE_EXHAUSTED beyond 20,000 nodes or 200,000 edges. Nothing is
 	// stored when the call fails.
 	SubmitWorkflow(ctx context.Context, in *SubmitWorkflowRequest, opts ...grpc.CallOption) (*SubmitWorkflowResponse, error)
 	// Cancels every unfinished node of a workflow in one atomic store
@@ -168,7 +168,7 @@ type SubmissionServiceServer interface {
 	// nodes without parents are queued at once, the others wait (WAITING)
 	// for their parents. INVALID_ARGUMENT names the offending node (cycles,
 	// parents out of range, an input mode that does not fit the parents);
-	// RESOURCE_EXHAUSTED beyond 10,000 nodes or 100,000 edges. Nothing is
+	// RESOURCE_EXHAUSTED beyond 20,000 nodes or 200,000 edges. Nothing is
 	// stored when the call fails.
 	SubmitWorkflow(context.Context, *SubmitWorkflowRequest) (*SubmitWorkflowResponse, error)
 	// Cancels every unfinished node of a workflow in one atomic store

@@ -159,11 +159,13 @@ const (
 	WorkflowState_WORKFLOW_STATE_UNSPECIFIED WorkflowState = 0
 	// Some node has not finished.
 	WorkflowState_WORKFLOW_STATE_RUNNING WorkflowState = 1
-	// Every node finished, and none FAILED.
+	// Every node finished, none FAILED and none was cancelled (a link_error
+	// callback that was not needed does not count).
 	WorkflowState_WORKFLOW_STATE_SUCCEEDED WorkflowState = 2
 	// Every node finished, and at least one FAILED.
 	WorkflowState_WORKFLOW_STATE_FAILED WorkflowState = 3
-	// Cancelled with CancelWorkflow.
+	// Cancelled with CancelWorkflow; or a node was cancelled (CancelTask)
+	// and none FAILED.
 	WorkflowState_WORKFLOW_STATE_CANCELLED WorkflowState = 4
 )
 
@@ -220,7 +222,7 @@ func (WorkflowState) EnumDescriptor() ([]byte, []int) {
 // atomic store operation: a chord callback is enqueued exactly once, by the
 // operation that records the last header outcome, with no polling.
 //
-// Limits: at most 10,000 nodes (RESOURCE_EXHAUSTED beyond), at most 100,000
+// Limits: at most 20,000 nodes (RESOURCE_EXHAUSTED beyond), at most 200,000
 // edges in all, each node's task within the task limits.
 type WorkflowSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -422,7 +424,8 @@ type Workflow struct {
 	// The nodes, in submission order (empty when the request asked for a
 	// summary).
 	Nodes []*WorkflowNodeStatus `protobuf:"bytes,4,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	// Nodes per task state (index: TaskState number).
+	// Nodes per task state (index: TaskState number); empty in a summary
+	// view, which reads the output nodes only.
 	StateCounts []uint32 `protobuf:"varint,5,rep,packed,name=state_counts,json=stateCounts,proto3" json:"state_counts,omitempty"`
 	// Number of nodes.
 	NodeCount uint32 `protobuf:"varint,6,opt,name=node_count,json=nodeCount,proto3" json:"node_count,omitempty"`
@@ -436,7 +439,7 @@ type Workflow struct {
 	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
 	// Namespace.
 	Namespace string `protobuf:"bytes,11,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	// The node whose failure failed the workflow first, if any.
+	// The first node that FAILED or EXPIRED, if any.
 	FailedTaskId  string `protobuf:"bytes,12,opt,name=failed_task_id,json=failedTaskId,proto3" json:"failed_task_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -126,7 +126,7 @@ class SubmissionServiceServicer:
         nodes without parents are queued at once, the others wait (WAITING)
         for their parents. INVALID_ARGUMENT names the offending node (cycles,
         parents out of range, an input mode that does not fit the parents);
-        RESOURCE_EXHAUSTED beyond 10,000 nodes or 100,000 edges. Nothing is
+        RESOURCE_EXHAUSTED beyond 20,000 nodes or 200,000 edges. Nothing is
         stored when the call fails.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -269,8 +269,10 @@ end
 -- -> parent id, state digit, outcome record) until it is ready; then wi
 -- holds them in parent order, each as 'length:bytes'. A node that cannot
 -- run keeps wx (the parent that failed) and wr (the root cause). The head
--- t:<workflow id> keeps wp (nodes unfinished), wfc (nodes failed), wff
--- (the first that failed), wq (cancelling) and wl (node ids).
+-- t:<workflow id> keeps wp (nodes unfinished), wfc (nodes failed), wcc
+-- (nodes cancelled), wff (the first that failed or expired), wq
+-- (cancelling) and wl (node ids). A link_error callback that is not needed
+-- is CANCELLED but not counted (0 in the work list).
 
 -- A WAITING node whose inputs are complete goes to its queue (or waits
 -- its delay, SCHEDULED); cancelled instead while its workflow is.
@@ -318,7 +320,7 @@ local function wf_after(id, st, now_text, ev, wid)
   local wt = P .. 't:' .. wid
   local cancelling = redis.call('HEXISTS', wt, 'wq') == 1
   local work = {id, st}
-  local finished, failed, first_failed = 0, 0, nil
+  local finished, failed, cancelled, first_failed = 0, 0, 0, nil
   local i = 1
   while i <= #work do
     local pid, pst = work[i], work[i + 1]
@@ -326,11 +328,11 @@ local function wf_after(id, st, now_text, ev, wid)
     finished = finished + 1
     redis.call('DEL', P .. 'wa:' .. pid)
     local pf = redis.call('HMGET', P .. 't:' .. pid, 'wc', 'oc', 'wr')
-    if pst == 6 then
-      failed = failed + 1
-      first_failed = first_failed or pid
-    end
     local bad = pst == 6 or pst == 8
+    if pst == 6 then failed = failed + 1 end
+    if pst == 7 then cancelled = cancelled + 1 end
+    if bad then first_failed = first_failed or pid end
+    if pst == 0 then pst = 7 end
     if pf[1] then
       local root = pf[3] or pid
       for child in string.gmatch(pf[1], '%S+') do
@@ -351,8 +353,10 @@ local function wf_after(id, st, now_text, ev, wid)
               redis.call('HSET', ct, 'wi', #entry .. ':' .. entry)
               wf_ready(ct, cid, now, ev, cancelling, work)
             elseif left <= 1 then
+              -- Not needed: CANCELLED, but not a cancellation of the
+              -- workflow's work (0 in the work list).
               finish_task(ct, cid, 7, now, ev)
-              work[#work + 1] = cid; work[#work + 1] = 7
+              work[#work + 1] = cid; work[#work + 1] = 0
             else
               redis.call('HSET', ct, 'wd', left - 1)
             end
@@ -374,16 +378,16 @@ local function wf_after(id, st, now_text, ev, wid)
     end
   end
   local unfinished = redis.call('HINCRBY', wt, 'wp', -finished)
-  if failed > 0 then
-    redis.call('HINCRBY', wt, 'wfc', failed)
-    redis.call('HSETNX', wt, 'wff', first_failed)
-  end
+  if failed > 0 then redis.call('HINCRBY', wt, 'wfc', failed) end
+  if cancelled > 0 then redis.call('HINCRBY', wt, 'wcc', cancelled) end
+  if first_failed then redis.call('HSETNX', wt, 'wff', first_failed) end
   if unfinished > 0 then
     notify(wt, wid, ev)
     return
   end
-  local h = redis.call('HMGET', wt, 'wq', 'wfc', 'ttl', 'w')
-  local hst = (h[1] and 7) or ((tonumber(h[2] or '0') > 0) and 6) or 5
+  local h = redis.call('HMGET', wt, 'wq', 'wfc', 'ttl', 'w', 'wcc')
+  local hst = (h[1] and 7) or ((tonumber(h[2] or '0') > 0) and 6)
+    or ((tonumber(h[5] or '0') > 0) and 7) or 5
   redis.call('HSET', wt, 'st', hst, 'ua', now, 'fa', now)
   redis.call('HDEL', wt, 'wl')
   local ttl = tonumber(h[3] or 'DEFAULT_TTL_MS')

@@ -649,7 +649,7 @@ export enum WorkflowView {
   UNSPECIFIED = 0,
 
   /**
-   * State, counts and result; no nodes.
+   * State, node count and result; no nodes, no per-state counts.
    *
    * @generated from enum value: WORKFLOW_VIEW_SUMMARY = 1;
    */

@@ -25,7 +25,7 @@ export const file_conveyor_v1_workflow: GenFile = /*@__PURE__*/
  * atomic store operation: a chord callback is enqueued exactly once, by the
  * operation that records the last header outcome, with no polling.
  *
- * Limits: at most 10,000 nodes (RESOURCE_EXHAUSTED beyond), at most 100,000
+ * Limits: at most 20,000 nodes (RESOURCE_EXHAUSTED beyond), at most 200,000
  * edges in all, each node's task within the task limits.
  *
  * @generated from message conveyor.v1.WorkflowSpec
@@ -180,7 +180,8 @@ export type Workflow = Message<"conveyor.v1.Workflow"> & {
   nodes: WorkflowNodeStatus[];
 
   /**
-   * Nodes per task state (index: TaskState number).
+   * Nodes per task state (index: TaskState number); empty in a summary
+   * view, which reads the output nodes only.
    *
    * @generated from field: repeated uint32 state_counts = 5;
    */
@@ -229,7 +230,7 @@ export type Workflow = Message<"conveyor.v1.Workflow"> & {
   namespace: string;
 
   /**
-   * The node whose failure failed the workflow first, if any.
+   * The first node that FAILED or EXPIRED, if any.
    *
    * @generated from field: string failed_task_id = 12;
    */
@@ -419,7 +420,8 @@ export enum WorkflowState {
   RUNNING = 1,
 
   /**
-   * Every node finished, and none FAILED.
+   * Every node finished, none FAILED and none was cancelled (a link_error
+   * callback that was not needed does not count).
    *
    * @generated from enum value: WORKFLOW_STATE_SUCCEEDED = 2;
    */
@@ -433,7 +435,8 @@ export enum WorkflowState {
   FAILED = 3,
 
   /**
-   * Cancelled with CancelWorkflow.
+   * Cancelled with CancelWorkflow; or a node was cancelled (CancelTask)
+   * and none FAILED.
    *
    * @generated from enum value: WORKFLOW_STATE_CANCELLED = 4;
    */
