@@ -97,6 +97,8 @@ _TERMINAL = frozenset(
     }
 )
 _BROKEN = frozenset({task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_EXPIRED})
+# How the server's DependencyFailed message says a parent ended.
+_ENDED = {task_pb2.TASK_STATE_FAILED: "failed", task_pb2.TASK_STATE_EXPIRED: "expired"}
 # What a LIST input holds for a parent that did not succeed (ALL_DONE).
 _NOT_SUCCEEDED = {
     task_pb2.TASK_STATE_CANCELLED: ("Cancelled", "the task was cancelled"),
@@ -225,7 +227,7 @@ def run_workflow(spec: workflow_pb2.WorkflowSpec, handlers: Mapping[str, Handler
             elif parent.state in _BROKEN:
                 error = task_pb2.TaskError(
                     type="DependencyFailed",
-                    message=f"task {parent.id} ({parent.name}), which this task depends on, did not succeed",
+                    message=f"did not run: the task it depends on, {parent.id}, {_ENDED[parent.state]}",
                     reason=task_pb2.FAILURE_REASON_DEPENDENCY_FAILED,
                     cause_task_id=parent.id,
                 )

@@ -33,7 +33,7 @@ group or has several exits.
 from __future__ import annotations
 
 import copy as _copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from conveyor import _codec
@@ -127,9 +127,18 @@ def _element(value: Any, what: str) -> Canvas:
 class _Compiler:
     """Appends the nodes of a canvas to one list (parents before children)."""
 
-    def __init__(self) -> None:
+    def __init__(self, route: Callable[[str], Mapping[str, Any]] | None = None, fixed: Iterable[str] = ()) -> None:
         self.nodes: list[workflow_pb2.WorkflowNode] = []
         self.edges = 0
+        self._route = route
+        self._fixed = frozenset(fixed)
+
+    def route(self, name: str) -> dict[str, Any]:
+        """The app's routing options of task `name` (`conf.task_routes`,
+        `task_default_queue`), but for those the workflow's options set."""
+        if self._route is None:
+            return {}
+        return {key: value for key, value in self._route(name).items() if key not in self._fixed}
 
     def add(self, node: workflow_pb2.WorkflowNode) -> int:
         self.nodes.append(node)
@@ -325,7 +334,7 @@ class Canvas:
         from conveyor._eager import run_workflow  # noqa: PLC0415
         from conveyor.result import handle_for  # noqa: PLC0415
 
-        spec = compile_workflow(self, **options)
+        spec = compile_workflow(self, app=app, **options)
         handlers = {}
         for node in spec.nodes:
             task = app.tasks.get(node.task.name)
@@ -360,7 +369,7 @@ def _add_callbacks(element: Canvas, options: dict[str, Any]) -> Canvas:
 def _submit(app: Conveyor, element: Canvas, options: Mapping[str, Any]) -> WorkflowResult:
     from conveyor.result import handle_for  # noqa: PLC0415
 
-    spec = compile_workflow(element, **options)
+    spec = compile_workflow(element, app=app, **options)
     response = app.client.submit_workflow(spec)
     return handle_for(element, response.workflow_id, list(response.task_ids), spec, app=app)
 
@@ -370,16 +379,22 @@ def compile_workflow(
     *,
     name: str | None = None,
     idempotency_key: str | None = None,
+    app: Conveyor | None = None,
     **options: Any,
 ) -> workflow_pb2.WorkflowSpec:
     """The WorkflowSpec of a canvas element: its nodes, its outputs (the
     element's exits; a list for a group or several exits), `name` (default:
     the element's `display`), the workflow's `options` (defaults of every
-    node: queue, priority, countdown, ...) and `idempotency_key`. Raises
-    ValueError for an empty chain, group or chord header, a chord without a
-    body, a node idempotency key, or more than MAX_NODES nodes."""
+    node: queue, priority, countdown, ...) and `idempotency_key`. The app
+    (`app`, else the first one a signature of the canvas has) routes each
+    node as `send_task` does (`conf.task_routes`, `task_default_queue`),
+    under the node's own options and the workflow's. Raises ValueError for
+    an empty chain, group or chord header, a chord without a body, a node
+    idempotency key, or more than MAX_NODES nodes."""
     element = _element(element, "a workflow")
-    compiler = _Compiler()
+    app = app or element._find_app()
+    workflow_options = checked_options(options)
+    compiler = _Compiler(app.route if app is not None else None, workflow_options)
     exits, _ = element._compile(compiler, [], _NONE, _ALL_SUCCEEDED, {}, "")
     spec = workflow_pb2.WorkflowSpec(
         nodes=compiler.nodes,
@@ -387,7 +402,6 @@ def compile_workflow(
         outputs=exits,
         output_list=element._is_group() or len(exits) > 1,
     )
-    workflow_options = checked_options(options)
     if workflow_options:
         built = _codec.build_spec("workflow", None, None, **workflow_options)
         if built.HasField("options"):
@@ -525,7 +539,7 @@ class Signature(Canvas):
                 f"task {self.name!r} of a workflow has an idempotency_key: workflow nodes cannot have one; "
                 "give idempotency_key to the whole workflow's apply_async instead"
             )
-        spec = _codec.build_spec(self.name, self.args, self.kwargs, **defaults)
+        spec = _codec.build_spec(self.name, self.args, self.kwargs, **{**compiler.route(self.name), **defaults})
         if not parents or self.immutable or trigger == _ON_FAILURE:
             node_input = _NONE
         else:
