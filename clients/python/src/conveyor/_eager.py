@@ -281,7 +281,7 @@ def _report(
         output_task_ids=[tasks[index].id for index in spec.outputs],
         namespace="default",
     )
-    for index, (node, task) in enumerate(zip(spec.nodes, tasks)):
+    for index, (node, task) in enumerate(zip(spec.nodes, tasks, strict=True)):
         workflow.nodes.append(
             workflow_pb2.WorkflowNodeStatus(
                 index=index, task=task, parents=node.parents, input=node.input, trigger=node.trigger, label=node.label

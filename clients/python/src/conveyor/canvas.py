@@ -42,7 +42,7 @@ from conveyor.v1 import task_pb2, workflow_pb2
 if TYPE_CHECKING:
     from conveyor._eager import EagerResult
     from conveyor.app import AsyncResult, Conveyor
-    from conveyor.result import GroupResult, WorkflowResult
+    from conveyor.result import WorkflowResult
 
 __all__ = [
     "MAX_EDGES",
@@ -305,8 +305,8 @@ class Canvas:
         **options: Any,
     ) -> Any:
         """Submits the canvas as one workflow and returns its handle: a
-        `GroupResult` when the result is a list (a group, or a chain or chord
-        ending with one), else a `WorkflowResult`. `args` are prepended to
+        `GroupResult` when the result is a list (a group, or a canvas with
+        several output tasks), else a `WorkflowResult`. `args` are prepended to
         the first task's arguments (every header task of a group or chord),
         `kwargs` merged there. `options` (queue, priority, countdown, ...)
         are the defaults of every task; `idempotency_key` is the workflow's;
@@ -467,6 +467,12 @@ class Signature(Canvas):
         (an immutable signature keeps its arguments)."""
         clone = self._with_call_args(args, kwargs)
         clone.options = {**clone.options, **checked_options(options)}
+        return clone
+
+    def _copy(self) -> Signature:
+        clone = super()._copy()
+        assert isinstance(clone, Signature)
+        clone.kwargs = dict(self.kwargs)
         return clone
 
     def _with_call_args(self, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None) -> Signature:
