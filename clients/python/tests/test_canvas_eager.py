@@ -252,3 +252,22 @@ def test_apply_runs_here_whatever_the_mode():
     assert sig.apply().get() == 10
     assert double.s(4).apply().get() == 8  # a plain signature: an EagerResult
     app.set_current()
+
+
+def test_a_finished_workflow_without_result_names_its_output():
+    from conveyor import _workflow  # noqa: PLC0415
+    from conveyor.v1 import workflow_pb2  # noqa: PLC0415
+
+    workflow = workflow_pb2.Workflow(id="w1", name="chain(a, b)", state=workflow_pb2.WORKFLOW_STATE_SUCCEEDED)
+    workflow.output_task_ids.append("t2")
+    for index, (task_id, state) in enumerate([("t1", task_pb2.TASK_STATE_CANCELLED), ("t2", task_pb2.TASK_STATE_CANCELLED)]):
+        workflow.nodes.append(workflow_pb2.WorkflowNodeStatus(index=index, task=task_pb2.Task(id=task_id, name="b", state=state)))
+    assert _workflow.needs_nodes(workflow)
+    with pytest.raises(conveyor.TaskCancelled, match="has no result: output node 1 .b, task t2."):
+        _workflow.settle(workflow)
+    workflow.result.CopyFrom(conveyor.encode(None))
+    assert not _workflow.needs_nodes(workflow) and _workflow.settle(workflow) is None
+    assert conveyor.WorkflowState("SUCCESS") == WorkflowState.SUCCEEDED and WorkflowState.RUNNING.celery == "STARTED"
+    assert WorkflowState.from_proto(99) == WorkflowState.UNSPECIFIED and not WorkflowState.RUNNING.terminal
+    with pytest.raises(ValueError, match="workflow view"):
+        _workflow.view_of("everything")

@@ -301,3 +301,28 @@ def test_asyncio_client(t, server):
                 await client.workflow_result(slow.workflow_id, timeout=10)
 
     asyncio.run(scenario())
+
+
+def test_a_cancelled_output_or_an_expired_cause_is_reported(t, client):
+    # One node cancelled on its own (CancelTask): its dependents are cancelled, and
+    # the workflow, where nothing FAILED, has no result to give.
+    result = (t.delayed.s(0, 30) | t.add.s(1)).delay()
+    deadline = time.monotonic() + 20
+    while TaskState.from_proto(result.workflow().nodes[0].task.state) != TaskState.RUNNING:
+        assert time.monotonic() < deadline, "the first node never started"
+        time.sleep(0.05)
+    assert client.cancel(result.task_ids[0])
+    with pytest.raises(conveyor.TaskCancelled) as cancelled:
+        result.get(timeout=10)
+    assert cancelled.value.task_id == result.task_ids[1] and "has no result" in str(cancelled.value)
+    assert states(result.workflow()) == ["CANCELLED", "CANCELLED"]
+    with pytest.raises(conveyor.TaskCancelled):
+        client.workflow_result(result.id, timeout=5)
+    # A node that expires before its parent finishes fails its dependents.
+    result = (t.delayed.s(0, 1.0) | t.add.s(1).set(expires=0.3) | t.add.s(2)).delay()
+    with pytest.raises(conveyor.TaskFailed) as caught:
+        result.get(timeout=30)
+    assert states(result.workflow()) == ["SUCCEEDED", "EXPIRED", "FAILED"]
+    assert caught.value.node == 2 and caught.value.reason == "DEPENDENCY_FAILED"
+    assert isinstance(caught.value.cause, conveyor.TaskExpired) and caught.value.cause.task_id == result.task_ids[1]
+    assert "caused by node 1 (add" in str(caught.value)

@@ -97,12 +97,10 @@ _TERMINAL = frozenset(
     }
 )
 _BROKEN = frozenset({task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_EXPIRED})
-# How the server's DependencyFailed message says a parent ended.
-_ENDED = {task_pb2.TASK_STATE_FAILED: "failed", task_pb2.TASK_STATE_EXPIRED: "expired"}
 # What a LIST input holds for a parent that did not succeed (ALL_DONE).
 _NOT_SUCCEEDED = {
-    task_pb2.TASK_STATE_CANCELLED: ("Cancelled", "the task was cancelled"),
-    task_pb2.TASK_STATE_EXPIRED: ("Expired", "the task expired before it ran"),
+    task_pb2.TASK_STATE_CANCELLED: ("Cancelled", "task {} was cancelled"),
+    task_pb2.TASK_STATE_EXPIRED: ("Expired", "task {} expired before it ran"),
 }
 
 
@@ -126,8 +124,8 @@ def _entry(task: task_pb2.Task) -> Any:
         return _value(task)
     if task.state == task_pb2.TASK_STATE_FAILED:
         return {"error": {"type": task.error.type, "message": task.error.message, "task_id": task.id}}
-    kind, message = _NOT_SUCCEEDED.get(task.state, ("Unknown", "the task did not succeed"))
-    return {"error": {"type": kind, "message": message, "task_id": task.id}}
+    kind, message = _NOT_SUCCEEDED.get(task.state, ("Unknown", "task {} did not succeed"))
+    return {"error": {"type": kind, "message": message.format(task.id), "task_id": task.id}}
 
 
 def _check_parents(spec: workflow_pb2.WorkflowSpec) -> None:
@@ -227,7 +225,7 @@ def run_workflow(spec: workflow_pb2.WorkflowSpec, handlers: Mapping[str, Handler
             elif parent.state in _BROKEN:
                 error = task_pb2.TaskError(
                     type="DependencyFailed",
-                    message=f"did not run: the task it depends on, {parent.id}, {_ENDED[parent.state]}",
+                    message=f"did not run: the task it depends on, {parent.id}, failed",
                     reason=task_pb2.FAILURE_REASON_DEPENDENCY_FAILED,
                     cause_task_id=parent.id,
                 )
@@ -244,7 +242,11 @@ def run_workflow(spec: workflow_pb2.WorkflowSpec, handlers: Mapping[str, Handler
         inputs: list[task_pb2.Payload] = []
         if node.trigger == workflow_pb2.NODE_TRIGGER_ON_FAILURE:
             cause = tasks[failed_by[index]]
-            error = {"type": cause.error.type, "message": cause.error.message, "traceback": cause.error.traceback}
+            if cause.state == task_pb2.TASK_STATE_FAILED:
+                error = {"type": cause.error.type, "message": cause.error.message, "traceback": cause.error.traceback}
+            else:
+                kind, message = _NOT_SUCCEEDED[cause.state]
+                error = {"type": kind, "message": message.format(cause.id), "traceback": ""}
             inputs = [_codec.encode(cause.id), _codec.encode(error, "error")]
         elif node.parents:
             mode = node.input

@@ -11,7 +11,7 @@ from conveyor import _codec
 from conveyor.errors import ProtocolError, TaskCancelled, TaskFailed, TaskNotSucceeded
 from conveyor.v1 import results_service_pb2, task_pb2, workflow_pb2
 
-__all__ = ["WorkflowState", "failure", "outcome", "prepare", "require_workflow", "view_of"]
+__all__ = ["WorkflowState", "failure", "needs_nodes", "outcome", "prepare", "require_workflow", "settle", "view_of"]
 
 
 class WorkflowState(str, enum.Enum):
@@ -90,6 +90,33 @@ def view_of(view: str | int) -> int:
         raise ValueError(f"workflow view must be one of {', '.join(_VIEWS)}, not {view!r}") from None
 
 
+def needs_nodes(workflow: workflow_pb2.Workflow) -> bool:
+    """Whether reading `workflow`'s outcome needs its nodes: FAILED (the
+    error is a node's), or SUCCEEDED with outputs but no result (an output
+    node was cancelled or expired: every node finished, none FAILED)."""
+    if workflow.state == workflow_pb2.WORKFLOW_STATE_FAILED:
+        return True
+    return workflow.state == workflow_pb2.WORKFLOW_STATE_SUCCEEDED and not workflow.HasField("result")
+
+
+def settle(workflow: workflow_pb2.Workflow) -> Any:
+    """The outcome of a finished workflow read with its nodes: `failure`
+    for FAILED, the error of an output node that did not succeed (a
+    SUCCEEDED workflow whose output was cancelled has no result), else
+    `outcome`."""
+    if workflow.state == workflow_pb2.WORKFLOW_STATE_FAILED:
+        raise failure(workflow)
+    if workflow.state == workflow_pb2.WORKFLOW_STATE_SUCCEEDED and not workflow.HasField("result"):
+        by_id = {node.task.id: node for node in workflow.nodes}
+        for task_id in workflow.output_task_ids:
+            node = by_id.get(task_id)
+            if node is not None and node.task.state != task_pb2.TASK_STATE_SUCCEEDED:
+                error = _codec.unsuccessful(node.task)
+                error.args = (f"workflow {workflow.id} ({workflow.name}) has no result: output {_describe(node.index, node.task)}: {error}",)
+                raise error
+    return outcome(workflow)
+
+
 def outcome(workflow: workflow_pb2.Workflow) -> Any:
     """The decoded result of a SUCCEEDED workflow (None when it has no
     outputs); raises `TaskCancelled` for a CANCELLED one. Not for FAILED
@@ -147,17 +174,23 @@ def _node_error(
     task = node.task
     seen.add(task.id)
     error = task.error
-    cause = None
+    cause: TaskNotSucceeded | None = None
     parent = by_id.get(error.cause_task_id) if error.cause_task_id else None
-    if parent is not None and parent.task.id not in seen and parent.task.state == task_pb2.TASK_STATE_FAILED:
-        cause = _node_error(workflow, parent, by_id, seen, top=False)
+    if parent is not None and parent.task.id not in seen:
+        if parent.task.state == task_pb2.TASK_STATE_FAILED:
+            cause = _node_error(workflow, parent, by_id, seen, top=False)
+        elif parent.task.state in (task_pb2.TASK_STATE_EXPIRED, task_pb2.TASK_STATE_CANCELLED):
+            cause = _codec.unsuccessful(parent.task)  # TaskExpired, TaskCancelled
     what = f"{error.type}: {error.message}" if error.type else error.message
     description = f"{_describe(node.index, task)} failed: {what}"
     if cause is not None:
         root = cause
-        while root.cause is not None:
+        while isinstance(root, TaskFailed) and root.cause is not None:
             root = root.cause
-        root_what = f"{root.type}: {root.message}" if root.type else root.message
+        if isinstance(root, TaskFailed):
+            root_what = f"{root.type}: {root.message}" if root.type else root.message
+        else:
+            root_what = str(root)
         description += f"; caused by {_describe(by_id[root.task_id].index, by_id[root.task_id].task)}: {root_what}"
     if top:
         description = f"workflow {workflow.id} ({workflow.name}) failed: {description}"

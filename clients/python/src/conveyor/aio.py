@@ -25,7 +25,7 @@ from conveyor._common import (
     split_batches,
     wait_again,
 )
-from conveyor._workflow import check_submitted, failure, prepare, require_workflow, view_of
+from conveyor._workflow import check_submitted, needs_nodes, prepare, require_workflow, settle, view_of
 from conveyor._workflow import outcome as workflow_outcome
 from conveyor.errors import ConveyorError, ProtocolError
 from conveyor.v1 import (
@@ -293,8 +293,8 @@ class AsyncClient:
         failed it, with `cause_task_id` and `cause`), `TaskCancelled`,
         `TaskTimeout`. See `Client.workflow_result`."""
         workflow = await self.wait_workflow(workflow_id, timeout)
-        if workflow.state == workflow_pb2.WORKFLOW_STATE_FAILED:
-            raise failure(await self.get_workflow(workflow_id, "nodes"))
+        if needs_nodes(workflow):
+            return settle(await self.get_workflow(workflow_id, "nodes"))
         return workflow_outcome(workflow)
 
     async def watch_workflow(

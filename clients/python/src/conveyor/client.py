@@ -24,7 +24,7 @@ from conveyor._common import (
     split_batches,
     wait_again,
 )
-from conveyor._workflow import check_submitted, failure, prepare, require_workflow, view_of
+from conveyor._workflow import check_submitted, needs_nodes, prepare, require_workflow, settle, view_of
 from conveyor._workflow import outcome as workflow_outcome
 from conveyor.errors import ConveyorError, ProtocolError
 from conveyor.v1 import (
@@ -346,8 +346,8 @@ class Client:
         `TaskCancelled` for a cancelled one, `TaskTimeout` when `timeout`
         passes first."""
         workflow = self.wait_workflow(workflow_id, timeout)
-        if workflow.state == workflow_pb2.WORKFLOW_STATE_FAILED:
-            raise failure(self.get_workflow(workflow_id, "nodes"))
+        if needs_nodes(workflow):
+            return settle(self.get_workflow(workflow_id, "nodes"))
         return workflow_outcome(workflow)
 
     def watch_workflow(

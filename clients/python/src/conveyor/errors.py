@@ -99,7 +99,9 @@ class TaskFailed(TaskNotSucceeded):
     failed, `reason` is "DEPENDENCY_FAILED" and `cause_task_id` names that
     parent (follow it for the cause chain). A failed workflow raises this
     error for its failed node (`workflow_id`, `node` its index, `task_name`),
-    with `cause` the error of the node `cause_task_id` names, if known.
+    with `cause` the error of the node `cause_task_id` names, if known (a
+    `TaskFailed`, or `TaskExpired`/`TaskCancelled` for a parent that expired
+    or was cancelled).
     """
 
     def __init__(
@@ -116,7 +118,7 @@ class TaskFailed(TaskNotSucceeded):
         workflow_id: str = "",
         node: int | None = None,
         task_name: str = "",
-        cause: TaskFailed | None = None,
+        cause: TaskNotSucceeded | None = None,
         description: str | None = None,
     ):
         summary = f"{type}: {message}" if type else message

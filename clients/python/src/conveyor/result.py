@@ -229,8 +229,8 @@ class WorkflowResult:
     wait = get
 
     def _value(self, workflow: workflow_pb2.Workflow) -> Any:
-        if workflow.state == workflow_pb2.WORKFLOW_STATE_FAILED:
-            raise _workflow.failure(self._backend.get(self.id, "nodes"))
+        if _workflow.needs_nodes(workflow):
+            return _workflow.settle(self._backend.get(self.id, "nodes"))
         return _workflow.outcome(workflow)
 
     @property
