@@ -311,3 +311,26 @@ def test_failover_to_the_next_address(server, queue_name):
                 client.cancel(task_id)  # not safe to repeat: the first address's error is reported
     finally:
         worker.stop()
+
+
+def test_parity_workflows(app, start_worker, queue_name):
+    """Canvas into one workflow: chain, group, chord, link_error, cancel."""
+    app.conf.task_default_queue = queue_name
+    add = app.task(name="add")(lambda a, b: a + b)
+    xsum = app.task(name="xsum")(lambda numbers: sum(numbers))
+    fail = app.task(name="fail", dont_retry_for=(ValueError,))(lambda *args: (_ for _ in ()).throw(ValueError("boom")))
+    errors = app.task(name="errors")(lambda task_id, error: error["type"])
+    start_worker(app, queue_name)
+    flow = add.s(1, 2) | conveyor.group(add.s(i) for i in range(10)) | xsum.s() | add.s(100)
+    assert flow.delay().get(timeout=30) == 175
+    assert conveyor.group(add.s(i, i) for i in range(3)).delay().get(timeout=30) == [0, 2, 4]
+    assert conveyor.chord([add.s(1, 1), add.s(2, 2)], xsum.s()).delay().get(timeout=30) == 6
+    failing = (add.s(1, 1) | fail.s() | add.s(1)).on_error(errors.s())
+    result = failing.delay()
+    with pytest.raises(conveyor.TaskFailed) as caught:
+        result.get(timeout=30)
+    nodes = result.workflow().nodes
+    assert caught.value.task_id == nodes[1].task.id and nodes[2].task.error.cause_task_id == nodes[1].task.id
+    assert conveyor.decode(nodes[3].task.result) == "ValueError"
+    later = (add.s(1, 1) | add.s(1)).apply_async(countdown=60)
+    assert later.revoke() == 2 and later.state == conveyor.WorkflowState.CANCELLED

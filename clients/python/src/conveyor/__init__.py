@@ -1,7 +1,8 @@
 """Conveyor's Python client and worker SDK.
 
 Celery-like: `Conveyor` (the app) with `@app.task`, `delay`/`apply_async`,
-`AsyncResult` and `app.worker().run()`; underneath, `conveyor.Client`
+`AsyncResult`, the canvas (`chain`, `group`, `chord`, `link`, compiled into
+server-side workflows) and `app.worker().run()`; underneath, `conveyor.Client`
 (blocking), `conveyor.aio.AsyncClient` (asyncio) and `conveyor.Worker`
 (grpc.aio). The generated protobuf and gRPC modules are in `conveyor.v1`.
 """
@@ -10,7 +11,8 @@ from conveyor import aio
 from conveyor._codec import JSON_CONTENT_TYPE, Progress, TaskState, build_spec, decode, encode
 from conveyor._version import __version__
 from conveyor._eager import EagerResult
-from conveyor.app import AsyncResult, Config, Conveyor, Signature, Task, current_app
+from conveyor.app import AsyncResult, Config, Conveyor, Task, current_app
+from conveyor.canvas import Signature, chain, chord, chunks, group, maybe_signature, signature, starmap
 from conveyor.client import Client
 from conveyor.errors import (
     ConveyorError,
@@ -27,6 +29,7 @@ from conveyor.errors import (
     TaskTimeout,
     Terminated,
 )
+from conveyor.result import GroupResult, WorkflowResult, WorkflowState
 from conveyor.schedules import crontab
 from conveyor.worker import POOLS, TaskContext, Worker, current_task
 
@@ -39,6 +42,7 @@ __all__ = [
     "Conveyor",
     "ConveyorError",
     "EagerResult",
+    "GroupResult",
     "MaxRetriesExceededError",
     "PayloadError",
     "ProtocolError",
@@ -57,12 +61,21 @@ __all__ = [
     "TaskTimeout",
     "Terminated",
     "Worker",
+    "WorkflowResult",
+    "WorkflowState",
     "__version__",
     "aio",
     "build_spec",
+    "chain",
+    "chord",
+    "chunks",
     "crontab",
     "current_app",
     "current_task",
     "decode",
     "encode",
+    "group",
+    "maybe_signature",
+    "signature",
+    "starmap",
 ]

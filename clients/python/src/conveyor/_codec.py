@@ -459,12 +459,28 @@ def unsuccessful(task: task_pb2.Task) -> TaskNotSucceeded:
             retryable=error.retryable,
             task_id=task.id,
             state=state,
+            reason=failure_reason(error.reason),
+            cause_task_id=error.cause_task_id,
+            workflow_id=task.workflow_id,
+            node=task.workflow_node if task.workflow_id else None,
+            task_name=task.name,
         )
     if state == TaskState.CANCELLED:
         return TaskCancelled(f"task {task.id} was cancelled", task_id=task.id, state=state)
     if state == TaskState.EXPIRED:
         return TaskExpired(f"task {task.id} expired before it ran", task_id=task.id, state=state)
     return TaskNotSucceeded(f"task {task.id} has not finished: it is {state}", task_id=task.id, state=state)
+
+
+def failure_reason(value: int) -> str:
+    """The name of a FailureReason without its prefix ("DEPENDENCY_FAILED");
+    "" for UNSPECIFIED (the handler's own error) and unknown numbers."""
+    if not value:
+        return ""
+    try:
+        return task_pb2.FailureReason.Name(value).removeprefix("FAILURE_REASON_")
+    except ValueError:
+        return ""
 
 
 def require_task(response: Any, rpc: str) -> task_pb2.Task:

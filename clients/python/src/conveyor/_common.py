@@ -148,6 +148,11 @@ def as_request(item: Any) -> tuple[str, Sequence[Any], Mapping[str, Any], Mappin
         name, args, kwargs, options = (*item, None, None, None)[:4]
         return name, args or (), kwargs or {}, options or {}
     if hasattr(item, "name") and hasattr(item, "args"):
+        if getattr(item, "links", None) or getattr(item, "errbacks", None):
+            raise TypeError(
+                f"{item!r} has link/link_error callbacks, which make it a workflow: submit it with its "
+                "apply_async (submit_many sends plain tasks)"
+            )
         return item.name, item.args or (), getattr(item, "kwargs", None) or {}, getattr(item, "options", None) or {}
     raise TypeError(f"cannot submit {item!r}: give a Signature, a mapping or a (name, args, ...) tuple")
 

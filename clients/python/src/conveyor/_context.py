@@ -59,6 +59,9 @@ class TaskContext:
             _codec.from_timestamp(assignment.created_at) if assignment.HasField("created_at") else None
         )
         self.worker_id = worker_id
+        # The workflow this task is a node of (Celery's `request.root_id`);
+        # None for a task submitted alone.
+        self.workflow_id: str | None = assignment.workflow_id or None
         # True when the handler runs in this process by eager mode.
         self.is_eager = False
         self._event = threading.Event()
@@ -75,7 +78,8 @@ class TaskContext:
     @property
     def request(self) -> Request:
         """Celery's `self.request`: id, retries, args, kwargs, headers,
-        hostname, is_eager (a bound task's context answers as both)."""
+        hostname, is_eager, root_id (the workflow id of a workflow node; a
+        bound task's context answers as both)."""
         return Request(self)
 
     @property
@@ -208,6 +212,10 @@ class Request:
         self.headers = context.headers
         self.hostname = context.worker_id
         self.is_eager = context.is_eager
+        # The workflow of a workflow node, else the task itself (Celery's
+        # root_id: the first task of a canvas; here the workflow's id).
+        self.workflow_id = context.workflow_id
+        self.root_id = context.workflow_id or context.id
         self.delivery_info: dict[str, Any] = {}
 
     @property

@@ -1,12 +1,12 @@
 """`AsyncClient`: the asyncio producer API, the same calls as
-`conveyor.Client` as coroutines (on grpc.aio)."""
+`conveyor.Client` as coroutines (on grpc.aio), workflows included."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -25,6 +25,8 @@ from conveyor._common import (
     split_batches,
     wait_again,
 )
+from conveyor._workflow import check_submitted, needs_nodes, prepare, require_workflow, settle, view_of
+from conveyor._workflow import outcome as workflow_outcome
 from conveyor.errors import ConveyorError, ProtocolError
 from conveyor.v1 import (
     results_service_pb2,
@@ -32,6 +34,7 @@ from conveyor.v1 import (
     submission_service_pb2,
     submission_service_pb2_grpc,
     task_pb2,
+    workflow_pb2,
 )
 
 __all__ = ["AsyncClient"]
@@ -198,24 +201,31 @@ class AsyncClient:
             return await self._wait(task_id, timeout)
 
     async def _wait(self, task_id: str, timeout: float | None) -> task_pb2.Task:
+        response = await self._long_wait(
+            "WaitTask", lambda: results_service_pb2.WaitTaskRequest(task_id=task_id), task_id, timeout
+        )
+        return _codec.require_task(response, "WaitTask")
+
+    async def _long_wait(self, rpc: str, make_request: Callable[[], Any], ident: str, timeout: float | None) -> Any:
+        """Calls `rpc` (WaitTask, WaitWorkflow) until it answers, asking again
+        when the server's own cap ended a wait that has time left."""
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while True:
             started = time.monotonic()
             remaining = None if deadline is None else max(0.0, deadline - started)
-            request = results_service_pb2.WaitTaskRequest(task_id=task_id)
+            request = make_request()
             if remaining is not None:
                 request.timeout.CopyFrom(_codec.to_duration(remaining))
             call_timeout = None if remaining is None else remaining + WAIT_DEADLINE_MARGIN
             try:
                 metadata = _tracing.metadata(self._metadata)
-                response = await self.results.WaitTask(request, timeout=call_timeout, metadata=metadata)
+                return await getattr(self.results, rpc)(request, timeout=call_timeout, metadata=metadata)
             except grpc.RpcError as error:
                 now = time.monotonic()
                 left = None if deadline is None else deadline - now
                 if wait_again(error.code(), now - started, left):
                     continue
-                raise ConveyorError.from_rpc(error, f"WaitTask {task_id}") from None
-            return _codec.require_task(response, "WaitTask")
+                raise ConveyorError.from_rpc(error, f"{rpc} {ident}") from None
 
     async def result(self, task_id: str, timeout: float | None = None) -> Any:
         """The decoded result, or `TaskFailed`/`TaskCancelled`/`TaskExpired`/
@@ -235,6 +245,78 @@ class AsyncClient:
             raise ConveyorError.from_rpc(error, f"WatchTask {task_id}") from None
         finally:
             call.cancel()
+
+    # --- workflows ---------------------------------------------------------------------
+
+    async def submit_workflow(
+        self,
+        workflow: Any,
+        *,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> submission_service_pb2.SubmitWorkflowResponse:
+        """Submits a workflow (a canvas element or a WorkflowSpec) in one
+        atomic call; returns `workflow_id` and `task_ids`. See
+        `Client.submit_workflow`."""
+        spec = prepare(workflow, name, idempotency_key, options, f"auto-{uuid.uuid4().hex}")
+        request = submission_service_pb2.SubmitWorkflowRequest(workflow=spec)
+        with _tracing.publish([node.task for node in spec.nodes], batch=True) as span:
+            _tracing.stamp(request.workflow)
+            response = await self._call("submission", "SubmitWorkflow", request, safe=True)
+            span.set_attribute("conveyor.workflow.id", response.workflow_id)
+        check_submitted(spec, response)
+        return response
+
+    async def get_workflow(self, workflow_id: str, view: str | int = "nodes") -> workflow_pb2.Workflow:
+        """The workflow now ("nodes", "summary" or "full"); see `Client.get_workflow`."""
+        request = results_service_pb2.GetWorkflowRequest(workflow_id=workflow_id, view=view_of(view))
+        response = await self._call("results", "GetWorkflow", request, safe=True)
+        return require_workflow(response, "GetWorkflow")
+
+    async def wait_workflow(
+        self, workflow_id: str, timeout: float | None = None, view: str | int = "summary"
+    ) -> workflow_pb2.Workflow:
+        """Waits until every node has finished; `TaskTimeout` when `timeout`
+        passes first. See `Client.wait_workflow`."""
+        with _tracing.waiting(workflow_id):
+            response = await self._long_wait(
+                "WaitWorkflow",
+                lambda: results_service_pb2.WaitWorkflowRequest(workflow_id=workflow_id, view=view_of(view)),
+                workflow_id,
+                timeout,
+            )
+        return require_workflow(response, "WaitWorkflow")
+
+    async def workflow_result(self, workflow_id: str, timeout: float | None = None) -> Any:
+        """The workflow's decoded result, or `TaskFailed` (the node that
+        failed it, with `cause_task_id` and `cause`), `TaskCancelled`,
+        `TaskTimeout`. See `Client.workflow_result`."""
+        workflow = await self.wait_workflow(workflow_id, timeout)
+        if needs_nodes(workflow):
+            return settle(await self.get_workflow(workflow_id, "nodes"))
+        return workflow_outcome(workflow)
+
+    async def watch_workflow(
+        self, workflow_id: str, timeout: float | None = None, view: str | int = "nodes"
+    ) -> AsyncIterator[workflow_pb2.Workflow]:
+        """Yields the workflow, then a snapshot after each change; ends once
+        it has finished. See `Client.watch_workflow`."""
+        request = results_service_pb2.WatchWorkflowRequest(workflow_id=workflow_id, view=view_of(view))
+        call = self.results.WatchWorkflow(request, timeout=timeout, metadata=_tracing.metadata(self._metadata))
+        try:
+            async for update in call:
+                yield require_workflow(update, "WatchWorkflow")
+        except grpc.RpcError as error:
+            raise ConveyorError.from_rpc(error, f"WatchWorkflow {workflow_id}") from None
+        finally:
+            call.cancel()
+
+    async def cancel_workflow(self, workflow_id: str) -> int:
+        """Cancels every unfinished node; returns how many this call
+        cancelled. See `Client.cancel_workflow`."""
+        request = submission_service_pb2.CancelWorkflowRequest(workflow_id=workflow_id)
+        return (await self._call("submission", "CancelWorkflow", request)).cancelled
 
     async def _call(self, service: str, rpc: str, request: Any, *, safe: bool = False) -> Any:
         """As `Client._call`: UNAVAILABLE retried on the next address when safe."""

@@ -1,6 +1,7 @@
 """The Celery-like layer: `Conveyor` (the app), `Task` (what `@app.task`
-makes), `Signature` (a task with arguments and options bound) and
-`AsyncResult` (a handle on a submitted task)."""
+makes) and `AsyncResult` (a handle on a submitted task). `Signature` and
+the rest of the canvas are in `conveyor.canvas`, workflow handles in
+`conveyor.result`."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from typing import Any
 from conveyor import _codec
 from conveyor._common import resolve_address
 from conveyor._eager import EagerResult, run_eager
+from conveyor.canvas import Signature, checked_options, chunks, group, starmap
 from conveyor.client import Client
 from conveyor.errors import TaskNotSucceeded
+from conveyor.result import WorkflowResult
 from conveyor.v1 import task_pb2
 from conveyor.worker import DEFAULT_CONCURRENCY, Handler, Worker, current_task
 
@@ -57,11 +60,7 @@ class Config(dict):
         self[name] = value
 
 
-def _options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Options without the unset (None) ones, checked."""
-    kept = {key: value for key, value in options.items() if value is not None}
-    _codec.check_options(kept)
-    return kept
+_options = checked_options
 
 
 _default_app: Conveyor | None = None
@@ -291,6 +290,10 @@ class Conveyor:
     def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's spelling
         return AsyncResult(task_id, app=self)
 
+    def WorkflowResult(self, workflow_id: str) -> WorkflowResult:  # noqa: N802 - as AsyncResult
+        """A handle on a workflow submitted earlier, by its id."""
+        return WorkflowResult(workflow_id, app=self)
+
     # --- worker side ------------------------------------------------------------------------
 
     def worker(
@@ -381,88 +384,43 @@ class Task:
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A partial: `add.s(2).delay(3)` submits add(3, 2) (new positional
-        arguments go first, as in Celery)."""
+        arguments go first, as in Celery); in a chain, the result of the
+        task before comes first."""
         return Signature(self.name, args, kwargs, dict(self.options), app=self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: in a chain or chord it ignores the
+        results before it and runs with exactly these arguments."""
+        return Signature(self.name, args, kwargs, dict(self.options), app=self.app, immutable=True)
+
+    def chunks(self, items: Iterable[Iterable[Any]], n: int) -> chunks:
+        """`add.chunks(zip(xs, ys), 10)`: see `conveyor.chunks`."""
+        return chunks(self, items, n)
+
+    def starmap(self, items: Iterable[Iterable[Any]]) -> group:
+        """`add.starmap(zip(xs, ys))`: see `conveyor.starmap`."""
+        return starmap(self, items)
 
     def signature(
         self,
         args: Iterable[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
+        immutable: bool = False,
         **options: Any,
     ) -> Signature:
-        return Signature(self.name, args, kwargs, {**self.options, **_options(options)}, app=self.app)
+        """A signature with these arguments and options (Celery's
+        `task.signature(args, kwargs, **options)`)."""
+        return Signature(
+            self.name, args, kwargs, {**self.options, **_options(options)}, app=self.app, immutable=immutable
+        )
+
+    subtask = signature
 
     def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's spelling
         return AsyncResult(task_id, app=self.app)
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
-
-
-class Signature:
-    """A task name with arguments and options bound, ready to submit (and to
-    pass to `submit_many`/`send_many`)."""
-
-    def __init__(
-        self,
-        name: str,
-        args: Iterable[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        options: Mapping[str, Any] | None = None,
-        *,
-        app: Conveyor | None = None,
-    ):
-        self.name = name
-        self.args = tuple(args or ())
-        self.kwargs = dict(kwargs or {})
-        self.options = _options(options or {})
-        self.app = app
-
-    def set(self, **options: Any) -> Signature:
-        """A copy with these options added."""
-        return Signature(self.name, self.args, self.kwargs, {**self.options, **_options(options)}, app=self.app)
-
-    def clone(
-        self,
-        args: Iterable[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> Signature:
-        """A copy with `args` prepended, `kwargs` and `options` merged."""
-        return Signature(
-            self.name,
-            (*(args or ()), *self.args),
-            {**self.kwargs, **(kwargs or {})},
-            {**self.options, **_options(options)},
-            app=self.app,
-        )
-
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
-        return self.apply_async(args, kwargs)
-
-    def apply_async(
-        self,
-        args: Iterable[Any] | None = None,
-        kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> AsyncResult:
-        if self.app is None:
-            raise RuntimeError(f"signature {self!r} has no app to submit through")
-        full = self.clone(args, kwargs, **options)
-        return self.app.send_task(full.name, full.args, full.kwargs, **full.options)
-
-    def to_spec(self) -> task_pb2.TaskSpec:
-        return _codec.build_spec(self.name, self.args, self.kwargs, **self.options)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Signature):
-            return NotImplemented
-        mine = (self.name, self.args, self.kwargs, self.options)
-        return mine == (other.name, other.args, other.kwargs, other.options)
-
-    def __repr__(self) -> str:
-        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
-        return f"{self.name}({', '.join(parts)})"
 
 
 class AsyncResult:

@@ -1,11 +1,12 @@
 """`Client`: the synchronous producer API (submit, get, wait, result, watch,
-cancel) over the submission and results services."""
+cancel, and the same for workflows) over the submission and results
+services."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -23,6 +24,8 @@ from conveyor._common import (
     split_batches,
     wait_again,
 )
+from conveyor._workflow import check_submitted, needs_nodes, prepare, require_workflow, settle, view_of
+from conveyor._workflow import outcome as workflow_outcome
 from conveyor.errors import ConveyorError, ProtocolError
 from conveyor.v1 import (
     dispatch_service_pb2,
@@ -33,6 +36,7 @@ from conveyor.v1 import (
     submission_service_pb2,
     submission_service_pb2_grpc,
     task_pb2,
+    workflow_pb2,
 )
 from conveyor.schedules import Schedules
 
@@ -233,18 +237,27 @@ class Client:
             return self._wait(task_id, timeout)
 
     def _wait(self, task_id: str, timeout: float | None) -> task_pb2.Task:
+        response = self._long_wait(
+            "WaitTask", lambda: results_service_pb2.WaitTaskRequest(task_id=task_id), task_id, timeout
+        )
+        return _codec.require_task(response, "WaitTask")
+
+    def _long_wait(self, rpc: str, make_request: Callable[[], Any], ident: str, timeout: float | None) -> Any:
+        """Calls `rpc` (WaitTask, WaitWorkflow) until it answers, asking again
+        when the server's own cap ended a wait that has time left, and on
+        UNAVAILABLE on the next address; `TaskTimeout` once `timeout` passes."""
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         unavailable = 0
         while True:
             started = time.monotonic()
             remaining = None if deadline is None else max(0.0, deadline - started)
-            request = results_service_pb2.WaitTaskRequest(task_id=task_id)
+            request = make_request()
             if remaining is not None:
                 request.timeout.CopyFrom(_codec.to_duration(remaining))
             call_timeout = None if remaining is None else remaining + WAIT_DEADLINE_MARGIN
             try:
                 metadata = _tracing.metadata(self._metadata)
-                response = self.results.WaitTask(request, timeout=call_timeout, metadata=metadata)
+                return getattr(self.results, rpc)(request, timeout=call_timeout, metadata=metadata)
             except grpc.RpcError as error:
                 code = error.code() if callable(getattr(error, "code", None)) else None
                 now = time.monotonic()
@@ -256,8 +269,7 @@ class Client:
                     self._current = (self._current + 1) % len(self._channels)
                     time.sleep(retry_delay(unavailable))
                     continue
-                raise ConveyorError.from_rpc(error, f"WaitTask {task_id}") from None
-            return _codec.require_task(response, "WaitTask")
+                raise ConveyorError.from_rpc(error, f"{rpc} {ident}") from None
 
     def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Waits for the task and returns its decoded JSON result. Raises
@@ -276,6 +288,84 @@ class Client:
         except grpc.RpcError as error:  # pragma: no cover - raised lazily in practice
             raise ConveyorError.from_rpc(error, f"WatchTask {task_id}") from None
         return _watch(stream, task_id)
+
+    # --- workflows ----------------------------------------------------------------------
+
+    def submit_workflow(
+        self,
+        workflow: Any,
+        *,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> submission_service_pb2.SubmitWorkflowResponse:
+        """Submits a workflow in one atomic call and returns the response
+        (`workflow_id`, `task_ids` one per node in order, `duplicate`).
+        `workflow` is a canvas element (`chain`, `group`, `chord`, a
+        `Signature` with callbacks), compiled with `name` (display) and
+        `options` (defaults of every node: queue, priority, countdown, ...),
+        or a ready-made `WorkflowSpec` (then give no options). A random
+        idempotency key is added unless one is given, so that a retried
+        submission never creates the workflow twice. INVALID_ARGUMENT names
+        the bad node (`workflow.nodes[i]...`); RESOURCE_EXHAUSTED beyond
+        10,000 nodes or 100,000 edges. Traced as one `publish` span."""
+        spec = prepare(workflow, name, idempotency_key, options, _default_key())
+        request = submission_service_pb2.SubmitWorkflowRequest(workflow=spec)
+        with _tracing.publish([node.task for node in spec.nodes], batch=True) as span:
+            _tracing.stamp(request.workflow)
+            response = self._call("submission", "SubmitWorkflow", request, safe=True)
+            span.set_attribute("conveyor.workflow.id", response.workflow_id)
+        check_submitted(spec, response)
+        return response
+
+    def get_workflow(self, workflow_id: str, view: str | int = "nodes") -> workflow_pb2.Workflow:
+        """The workflow as it is now: "nodes" (default: every node's task
+        with state, result or error), "summary" (state, counts, result) or
+        "full" (the nodes' arguments too). NOT_FOUND for an unknown id."""
+        request = results_service_pb2.GetWorkflowRequest(workflow_id=workflow_id, view=view_of(view))
+        response = self._call("results", "GetWorkflow", request, safe=True)
+        return require_workflow(response, "GetWorkflow")
+
+    def wait_workflow(self, workflow_id: str, timeout: float | None = None, view: str | int = "summary") -> workflow_pb2.Workflow:
+        """Waits until every node of the workflow has finished and returns it
+        (`view` as in `get_workflow`, default "summary"). `TaskTimeout` when
+        `timeout` seconds pass first; None waits as long as it takes."""
+        with _tracing.waiting(workflow_id):
+            response = self._long_wait(
+                "WaitWorkflow",
+                lambda: results_service_pb2.WaitWorkflowRequest(workflow_id=workflow_id, view=view_of(view)),
+                workflow_id,
+                timeout,
+            )
+        return require_workflow(response, "WaitWorkflow")
+
+    def workflow_result(self, workflow_id: str, timeout: float | None = None) -> Any:
+        """Waits for the workflow and returns its decoded result (a chain's
+        last result, a group's list). Raises `TaskFailed` for the node that
+        failed a FAILED workflow (with `cause_task_id` and `cause`),
+        `TaskCancelled` for a cancelled one, `TaskTimeout` when `timeout`
+        passes first."""
+        workflow = self.wait_workflow(workflow_id, timeout)
+        if needs_nodes(workflow):
+            return settle(self.get_workflow(workflow_id, "nodes"))
+        return workflow_outcome(workflow)
+
+    def watch_workflow(
+        self, workflow_id: str, timeout: float | None = None, view: str | int = "nodes"
+    ) -> Iterator[workflow_pb2.Workflow]:
+        """Yields the workflow, then a snapshot after each node that finishes
+        or becomes ready; ends once it has finished. With a `timeout`,
+        `TaskTimeout` ends a watch still going after that long."""
+        request = results_service_pb2.WatchWorkflowRequest(workflow_id=workflow_id, view=view_of(view))
+        stream = self.results.WatchWorkflow(request, timeout=timeout, metadata=_tracing.metadata(self._metadata))
+        return _watch_workflow(stream, workflow_id)
+
+    def cancel_workflow(self, workflow_id: str) -> int:
+        """Cancels every unfinished node of the workflow in one atomic
+        operation (running ones are stopped on their workers); returns how
+        many nodes this call cancelled (0 for a finished workflow)."""
+        request = submission_service_pb2.CancelWorkflowRequest(workflow_id=workflow_id)
+        return self._call("submission", "CancelWorkflow", request).cancelled
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -329,6 +419,18 @@ def _default_key() -> str:
     """The idempotency key `submit` adds, so that a retried submission is
     never run twice."""
     return f"auto-{uuid.uuid4().hex}"
+
+
+def _watch_workflow(stream: Any, workflow_id: str) -> Iterator[workflow_pb2.Workflow]:
+    try:
+        for update in stream:
+            yield require_workflow(update, "WatchWorkflow")
+    except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.CANCELLED and stream.cancelled():
+            return
+        raise ConveyorError.from_rpc(error, f"WatchWorkflow {workflow_id}") from None
+    finally:
+        stream.cancel()
 
 
 def _watch(stream: Any, task_id: str) -> Iterator[task_pb2.Task]:

@@ -93,7 +93,16 @@ class TaskNotSucceeded(ConveyorError):
 class TaskFailed(TaskNotSucceeded):
     """The task ended FAILED. Carries the handler's error as reported by the
     worker, in whatever language it ran: `type` (e.g. "ValueError"),
-    `message`, `traceback` (text, possibly empty) and `retryable`."""
+    `message`, `traceback` (text, possibly empty) and `retryable`.
+
+    For a workflow node the platform failed because a node it depends on
+    failed, `reason` is "DEPENDENCY_FAILED" and `cause_task_id` names that
+    parent (follow it for the cause chain). A failed workflow raises this
+    error for its failed node (`workflow_id`, `node` its index, `task_name`),
+    with `cause` the error of the node `cause_task_id` names, if known (a
+    `TaskFailed`, or `TaskExpired`/`TaskCancelled` for a parent that expired
+    or was cancelled).
+    """
 
     def __init__(
         self,
@@ -104,18 +113,49 @@ class TaskFailed(TaskNotSucceeded):
         retryable: bool = False,
         task_id: str = "",
         state: Any = None,
+        reason: str = "",
+        cause_task_id: str = "",
+        workflow_id: str = "",
+        node: int | None = None,
+        task_name: str = "",
+        cause: TaskNotSucceeded | None = None,
+        description: str | None = None,
     ):
-        super().__init__(f"{type}: {message}" if type else message, task_id=task_id, state=state)
+        summary = f"{type}: {message}" if type else message
+        super().__init__(description or summary, task_id=task_id, state=state)
         self.type = type
         self.message = message
         self.traceback = traceback
         self.retryable = retryable
+        self.reason = reason
+        self.cause_task_id = cause_task_id
+        self.workflow_id = workflow_id
+        self.node = node
+        self.task_name = task_name
+        self.cause = cause
+        if cause is not None:
+            self.__cause__ = cause
 
     def __reduce__(self):  # keep pickling (e.g. across processes) working
         return (
             _rebuild_task_failed,
             (self.type, self.message, self.traceback, self.retryable, self.task_id),
+            {
+                "reason": self.reason,
+                "cause_task_id": self.cause_task_id,
+                "workflow_id": self.workflow_id,
+                "node": self.node,
+                "task_name": self.task_name,
+                "cause": self.cause,
+                "args": self.args,
+            },
         )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.args = state.pop("args", self.args)
+        self.__dict__.update(state)
+        if self.cause is not None:
+            self.__cause__ = self.cause
 
 
 def _rebuild_task_failed(type, message, traceback, retryable, task_id):  # noqa: A002
