@@ -254,7 +254,7 @@ class EagerStore {
         if (failed !== undefined) {
           const error = create(TaskErrorSchema, {
             type: "DependencyFailed",
-            message: `task ${failed.id} it depends on ended ${TaskState[failed.state]}`,
+            message: `did not run: the task it depends on, ${failed.id}, ${failed.state === TaskState.EXPIRED ? "expired" : "failed"}`,
             reason: FailureReason.DEPENDENCY_FAILED,
             causeTaskId: failed.id,
           });
