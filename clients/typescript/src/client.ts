@@ -1,8 +1,10 @@
-// Client, the producer's side: submit tasks, then read, await, watch,
-// cancel, replay or forget them; dead letters, schedules and queue pauses.
+// Client, the producer's side: submit tasks and workflows, then read, await,
+// watch, cancel, replay or forget them; dead letters, schedules and queue
+// pauses.
 
 import { randomUUID } from "node:crypto";
 import { toBinary } from "@bufbuild/protobuf";
+import type { Duration } from "@bufbuild/protobuf/wkt";
 import { Code, createClient } from "@connectrpc/connect";
 import type { Client as RpcClient } from "@connectrpc/connect";
 import { context } from "@opentelemetry/api";
@@ -24,7 +26,6 @@ import { Backoff } from "./internal/backoff.js";
 import { callWithRetry, connectionLost, resolvePolicy, sleep, unavailable } from "./internal/retry.js";
 import { publish, stamp, traceMetadata, waiting } from "./internal/tracing.js";
 import { fromOptionalPayload, msToDuration } from "./payload.js";
-import type { Duration } from "@bufbuild/protobuf/wkt";
 import { buildSchedule } from "./schedules.js";
 import type { ScheduleDefinition } from "./schedules.js";
 import { buildTaskSpec, isTerminal, taskResult } from "./spec.js";
@@ -260,9 +261,9 @@ export class Client {
   }
 
   /**
-   * Runs a server-side wait (`call`, given its timeout and the call's
-   * deadline) until it answers, repeating the calls the server's cap on a
-   * wait cut short while `options.timeoutMs` leaves time.
+   * Runs a server-side wait: `call` gets the wait's timeout and the call's
+   * deadline. A call that the server's cap on waits ended early is made
+   * again while `options.timeoutMs` leaves time.
    */
   async #waitLoop<T>(
     options: WaitOptions,
