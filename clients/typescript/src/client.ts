@@ -1,31 +1,38 @@
-// Client, the producer's side: submit tasks, then read, await, watch,
-// cancel, replay or forget them; dead letters, schedules and queue pauses.
+// Client, the producer's side: submit tasks and workflows, then read, await,
+// watch, cancel, replay or forget them; dead letters, schedules and queue
+// pauses.
 
 import { randomUUID } from "node:crypto";
 import { toBinary } from "@bufbuild/protobuf";
+import type { Duration } from "@bufbuild/protobuf/wkt";
 import { Code, createClient } from "@connectrpc/connect";
 import type { Client as RpcClient } from "@connectrpc/connect";
 import { context } from "@opentelemetry/api";
 import type { Context } from "@opentelemetry/api";
 import { DispatchService } from "./gen/conveyor/v1/dispatch_service_pb.js";
 import type { WorkerInfo } from "./gen/conveyor/v1/dispatch_service_pb.js";
-import { ResultsService } from "./gen/conveyor/v1/results_service_pb.js";
+import { ResultsService, WorkflowView } from "./gen/conveyor/v1/results_service_pb.js";
 import { SchedulingService } from "./gen/conveyor/v1/scheduling_service_pb.js";
 import type { Schedule, ScheduleRun } from "./gen/conveyor/v1/scheduling_service_pb.js";
 import { SubmissionService } from "./gen/conveyor/v1/submission_service_pb.js";
 import { TaskSpecSchema, TaskState } from "./gen/conveyor/v1/task_pb.js";
 import type { Payload, Task, TaskSpec } from "./gen/conveyor/v1/task_pb.js";
-import { ConveyorError, unsuccessfulTaskError } from "./errors.js";
+import { WorkflowState } from "./gen/conveyor/v1/workflow_pb.js";
+import type { Workflow } from "./gen/conveyor/v1/workflow_pb.js";
+import { buildWorkflowSpec } from "./canvas.js";
+import type { Canvas, WorkflowOptions } from "./canvas.js";
+import { ConveyorError, TaskFailedError, TaskNotSucceededError, unsuccessfulTaskError } from "./errors.js";
 import { Backoff } from "./internal/backoff.js";
 import { callWithRetry, connectionLost, resolvePolicy, sleep, unavailable } from "./internal/retry.js";
 import { publish, stamp, traceMetadata, waiting } from "./internal/tracing.js";
-import { msToDuration } from "./payload.js";
+import { fromOptionalPayload, msToDuration } from "./payload.js";
 import { buildSchedule } from "./schedules.js";
 import type { ScheduleDefinition } from "./schedules.js";
 import { buildTaskSpec, isTerminal, taskResult } from "./spec.js";
 import type { SubmitOptions, TaskRequest } from "./spec.js";
 import { Endpoints } from "./transport.js";
 import type { Addresses, ConnectionOptions, RetryPolicy } from "./transport.js";
+import { WorkflowHandle, isWorkflowTerminal, workflowStateName } from "./workflow.js";
 
 /** Most tasks one SubmitTasks call carries (the service's limit). */
 export const MAX_TASKS_PER_BATCH = 1000;
@@ -85,6 +92,25 @@ export interface ClientOptions extends ConnectionOptions {
    * are then not retried automatically.
    */
   autoIdempotencyKey?: boolean;
+}
+
+/** How much of a workflow a call returns. */
+export interface WorkflowViewOptions {
+  /**
+   * "summary": state, counts and result, no nodes; "nodes": every node with
+   * its state and outcome, without arguments; "full": with arguments too.
+   * Default: "nodes" for getWorkflow and watchWorkflow, "summary" for
+   * waitWorkflow.
+   */
+  view?: "summary" | "nodes" | "full";
+}
+
+/** What CancelWorkflow did. */
+export interface CancelWorkflowResult {
+  /** Nodes this call cancelled. */
+  cancelled: number;
+  /** The workflow's state after the call. */
+  state: WorkflowState;
 }
 
 /** One page of dead letters. */
@@ -225,23 +251,36 @@ export class Client {
    * span.
    */
   wait(id: string, options: WaitOptions = {}): Promise<Task> {
-    return waiting(id, async (ctx) => {
-      const deadline = options.timeoutMs === undefined ? undefined : Date.now() + Math.max(0, options.timeoutMs);
-      for (;;) {
-        const started = Date.now();
-        const remaining = deadline === undefined ? undefined : Math.max(0, deadline - started);
-        const request =
-          remaining === undefined ? { taskId: id } : { taskId: id, timeout: msToDuration(remaining) };
-        const callTimeout = remaining === undefined ? undefined : remaining + WAIT_DEADLINE_MARGIN_MS;
-        try {
-          const response = await this.#call(true, options, (s, o) => s.results.waitTask(request, o), callTimeout, ctx);
-          return requireTask(response.task, "WaitTask");
-        } catch (error) {
-          if (error instanceof ConveyorError && shouldWaitAgain(error, started, deadline)) continue;
-          throw error;
-        }
+    return waiting(id, (ctx) =>
+      this.#waitLoop(options, async (timeout, callTimeout) => {
+        const request = timeout === undefined ? { taskId: id } : { taskId: id, timeout };
+        const response = await this.#call(true, options, (s, o) => s.results.waitTask(request, o), callTimeout, ctx);
+        return requireTask(response.task, "WaitTask");
+      }),
+    );
+  }
+
+  /**
+   * Runs a server-side wait: `call` gets the wait's timeout and the call's
+   * deadline. A call that the server's cap on waits ended early is made
+   * again while `options.timeoutMs` leaves time.
+   */
+  async #waitLoop<T>(
+    options: WaitOptions,
+    call: (timeout: Duration | undefined, callTimeoutMs: number | undefined) => Promise<T>,
+  ): Promise<T> {
+    const deadline = options.timeoutMs === undefined ? undefined : Date.now() + Math.max(0, options.timeoutMs);
+    for (;;) {
+      const started = Date.now();
+      const remaining = deadline === undefined ? undefined : Math.max(0, deadline - started);
+      const callTimeout = remaining === undefined ? undefined : remaining + WAIT_DEADLINE_MARGIN_MS;
+      try {
+        return await call(remaining === undefined ? undefined : msToDuration(remaining), callTimeout);
+      } catch (error) {
+        if (error instanceof ConveyorError && shouldWaitAgain(error, started, deadline)) continue;
+        throw error;
       }
-    });
+    }
   }
 
   /**
@@ -261,19 +300,38 @@ export class Client {
    * `signal`) to stop watching. When the connection is lost the watch is
    * opened again (on the next address), which repeats the current state.
    */
-  async *watch(id: string, options: CallOptions = {}): AsyncGenerator<Task, void, undefined> {
+  watch(id: string, options: CallOptions = {}): AsyncGenerator<Task, void, undefined> {
+    return this.#stream(
+      options,
+      (services, opts) => services.results.watchTask({ taskId: id }, opts),
+      (update) => requireTask(update.task, "WatchTask"),
+      (task) => isTerminal(task.state),
+    );
+  }
+
+  /**
+   * Reads a server stream of snapshots until `done` says one is the last,
+   * opening it again (on the next address, after a backoff) when the
+   * connection is lost.
+   */
+  async *#stream<R, T>(
+    options: CallOptions,
+    open: (services: Services, opts: RpcCallOptions) => AsyncIterable<R>,
+    pick: (response: R) => T,
+    done: (value: T) => boolean,
+  ): AsyncGenerator<T, void, undefined> {
     const traceContext = context.active();
     const backoff = new Backoff(this.#retry.initialBackoffMs, this.#retry.maxBackoffMs);
     let failures = 0;
     for (;;) {
       const endpoint = this.#endpoints.current();
       try {
-        for await (const update of endpoint.value.results.watchTask({ taskId: id }, callOptions(options, traceContext))) {
+        for await (const response of open(endpoint.value, callOptions(options, traceContext))) {
           failures = 0;
           backoff.reset();
-          const task = requireTask(update.task, "WatchTask");
-          yield task;
-          if (isTerminal(task.state)) return;
+          const value = pick(response);
+          yield value;
+          if (done(value)) return;
         }
         return;
       } catch (thrown) {
@@ -333,6 +391,135 @@ export class Client {
       yield* page.tasks;
       pageToken = page.nextPageToken;
     } while (pageToken !== "");
+  }
+
+  /**
+   * Submits a workflow (a canvas: `sig`, `chain`, `group`, `chord`, with
+   * `link` and `linkError` callbacks), compiled into a DAG of tasks and
+   * stored in one atomic call, and returns its handle. `options` are the
+   * defaults of every node's options (a node's own win), plus the
+   * workflow's name and idempotency key (by default a random one, so the
+   * call is retried safely, unless `autoIdempotencyKey` is false). An empty
+   * chain or group throws before anything is sent. Traced as one `publish`
+   * span whose context the nodes carry.
+   *
+   * ```ts
+   * const handle = await client.submitWorkflow(chord(starmap("add", [[1, 1], [2, 2]]), sig("xsum")));
+   * console.log(await handle.result()); // 6
+   * ```
+   */
+  async submitWorkflow<T = unknown>(canvas: Canvas, options: WorkflowOptions & CallOptions = {}): Promise<WorkflowHandle<T>> {
+    const workflow = buildWorkflowSpec(canvas, options);
+    if (workflow.idempotencyKey === "" && this.#autoKey) workflow.idempotencyKey = `auto:${randomUUID()}`;
+    const tasks = workflow.nodes.map((node) => node.task!);
+    return publish(tasks, true, async (span, ctx) => {
+      stamp(workflow, ctx);
+      const safe = workflow.idempotencyKey !== "";
+      const response = await this.#call(safe, options, (s, o) => s.submission.submitWorkflow({ workflow }, o), undefined, ctx);
+      if (response.taskIds.length !== workflow.nodes.length) {
+        throw new ConveyorError(
+          Code.Internal,
+          `submitted a workflow of ${workflow.nodes.length} nodes, got ${response.taskIds.length} task ids; report this as a Conveyor bug`,
+        );
+      }
+      span.setAttribute("conveyor.workflow.id", response.workflowId);
+      return new WorkflowHandle<T>(this, response.workflowId, response.taskIds, workflow.outputs, {
+        name: workflow.name,
+        outputList: workflow.outputList,
+        duplicate: response.duplicate,
+      });
+    });
+  }
+
+  /** The workflow now: state, counts, result and (by default) every node with its task (GetWorkflow). */
+  async getWorkflow(id: string, options: CallOptions & WorkflowViewOptions = {}): Promise<Workflow> {
+    const request = { workflowId: id, view: workflowView(options.view) };
+    const response = await this.#call(true, options, (s, o) => s.results.getWorkflow(request, o));
+    return requireWorkflow(response.workflow, "GetWorkflow");
+  }
+
+  /**
+   * Waits until every node of the workflow has finished and returns it,
+   * whatever its state (a summary, without nodes, by default). When
+   * `timeoutMs` passes first, throws a ConveyorTimeoutError.
+   */
+  waitWorkflow(id: string, options: WaitOptions & WorkflowViewOptions = {}): Promise<Workflow> {
+    return waiting(id, (ctx) =>
+      this.#waitLoop(options, async (timeout, callTimeout) => {
+        const request = { workflowId: id, view: workflowView(options.view, WorkflowView.SUMMARY), ...(timeout === undefined ? {} : { timeout }) };
+        const response = await this.#call(true, options, (s, o) => s.results.waitWorkflow(request, o), callTimeout, ctx);
+        const workflow = requireWorkflow(response.workflow, "WaitWorkflow");
+        if (!isWorkflowTerminal(workflow.state)) {
+          throw new ConveyorError(
+            Code.Internal,
+            `WaitWorkflow returned workflow ${id} ${workflowStateName(workflow.state)}, not finished; report this as a Conveyor bug`,
+          );
+        }
+        return workflow;
+      }),
+    );
+  }
+
+  /**
+   * Waits for the workflow and returns its decoded result: the last task's
+   * result for a chain or chord, the list of results for a group. A FAILED
+   * workflow throws the TaskFailedError of the node that failed first
+   * (`taskId`, its `type`, `message`, `traceback`; `workflowId`), a
+   * CANCELLED one TaskNotSucceededError, a timeout ConveyorTimeoutError.
+   */
+  async workflowResult<T = unknown>(id: string, options: WaitOptions = {}): Promise<T> {
+    const workflow = await this.waitWorkflow(id, { ...options, view: "summary" });
+    if (workflow.state === WorkflowState.SUCCEEDED) {
+      return fromOptionalPayload(workflow.result, `result of workflow ${id}`) as T;
+    }
+    if (workflow.state === WorkflowState.CANCELLED) throw new TaskNotSucceededError(id, TaskState.CANCELLED, id);
+    throw await this.#workflowFailure(workflow, options);
+  }
+
+  /** The error of a FAILED workflow: that of its first failed node (`failedTaskId`). */
+  async #workflowFailure(workflow: Workflow, options: CallOptions): Promise<Error> {
+    let failedId = workflow.failedTaskId;
+    if (failedId === "") {
+      // A server that does not name the node: the first FAILED one, preferring a handler's failure to a dependency's.
+      const nodes = (await this.getWorkflow(workflow.id, { ...options, view: "nodes" })).nodes;
+      const failed = nodes.filter((node) => node.task?.state === TaskState.FAILED).map((node) => node.task!);
+      const task = failed.find((candidate) => candidate.error?.causeTaskId === "") ?? failed[0];
+      if (task !== undefined) return unsuccessfulTaskError(task);
+      return new TaskFailedError("", "", `workflow ${workflow.id} FAILED, but none of its nodes did`, "", false, { workflowId: workflow.id });
+    }
+    try {
+      return unsuccessfulTaskError(await this.get(failedId, options));
+    } catch (error) {
+      if (!(error instanceof ConveyorError) || error.code !== Code.NotFound) throw error;
+      return new TaskFailedError(failedId, "", `workflow ${workflow.id} FAILED at task ${failedId}, whose record is gone`, "", false, {
+        workflowId: workflow.id,
+      });
+    }
+  }
+
+  /**
+   * The workflow, then a snapshot after each node that finishes or becomes
+   * ready; ends once the workflow has finished. Break out of the loop (or
+   * abort `signal`) to stop watching; a lost connection is opened again.
+   */
+  watchWorkflow(id: string, options: CallOptions & WorkflowViewOptions = {}): AsyncGenerator<Workflow, void, undefined> {
+    const request = { workflowId: id, view: workflowView(options.view) };
+    return this.#stream(
+      options,
+      (services, opts) => services.results.watchWorkflow(request, opts),
+      (update) => requireWorkflow(update.workflow, "WatchWorkflow"),
+      (workflow) => isWorkflowTerminal(workflow.state),
+    );
+  }
+
+  /**
+   * Cancels every unfinished node of the workflow at once: none starts
+   * afterwards, running ones are stopped on their workers. Returns how many
+   * nodes this call cancelled and the workflow's state.
+   */
+  async cancelWorkflow(id: string, options: CallOptions = {}): Promise<CancelWorkflowResult> {
+    const response = await this.#call(false, options, (s, o) => s.submission.cancelWorkflow({ workflowId: id }, o));
+    return { cancelled: response.cancelled, state: response.state };
   }
 
   /** Stops handing out the queue's tasks (on every dispatcher) until resumed; submissions are still accepted. */
@@ -430,6 +617,26 @@ function callOptions(options: CallOptions, traceContext?: Context): RpcCallOptio
 function requireTask(task: Task | undefined, rpcName: string): Task {
   if (task === undefined) throw new ConveyorError(Code.Internal, `${rpcName} response carries no task; report this as a Conveyor bug`);
   return task;
+}
+
+function requireWorkflow(workflow: Workflow | undefined, rpcName: string): Workflow {
+  if (workflow === undefined) throw new ConveyorError(Code.Internal, `${rpcName} response carries no workflow; report this as a Conveyor bug`);
+  return workflow;
+}
+
+function workflowView(view: WorkflowViewOptions["view"], unset = WorkflowView.UNSPECIFIED): WorkflowView {
+  switch (view) {
+    case undefined:
+      return unset;
+    case "summary":
+      return WorkflowView.SUMMARY;
+    case "nodes":
+      return WorkflowView.NODES;
+    case "full":
+      return WorkflowView.FULL;
+    default:
+      throw new RangeError(`unknown workflow view "${String(view)}": use "summary", "nodes" or "full"`);
+  }
 }
 
 function requireSchedule(schedule: Schedule | undefined, rpcName: string): Schedule {

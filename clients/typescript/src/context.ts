@@ -101,6 +101,11 @@ export class TaskContext {
   /** When the task was submitted. */
   readonly createdAt: Date | undefined;
   /**
+   * The workflow this task is a node of (Celery's `request.root_id`), or
+   * undefined for a task submitted on its own.
+   */
+  readonly workflowId: string | undefined;
+  /**
    * Fires when the attempt should stop: the dispatcher cancelled it (revoke,
    * hard time limit, expiry), its soft time limit passed, the worker's drain
    * grace period ended, or the stream it came from broke. `signal.reason` is
@@ -139,6 +144,7 @@ export class TaskContext {
     this.softTimeLimitMs = durationToMs(assignment.softTimeLimit);
     this.hardTimeLimitMs = durationToMs(assignment.hardTimeLimit);
     this.createdAt = fromTimestamp(assignment.createdAt);
+    this.workflowId = assignment.workflowId === "" ? undefined : assignment.workflowId;
     this.signal = signal;
   }
 

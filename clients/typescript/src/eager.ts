@@ -4,19 +4,24 @@
 // as a real worker, so unit tests exercise handlers without Conveyor running.
 
 import { randomUUID } from "node:crypto";
-import { create } from "@bufbuild/protobuf";
+import { clone, create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
 import { Client } from "./client.js";
 import { AssignmentSchema } from "./gen/conveyor/v1/dispatch_service_pb.js";
-import { ResultsService } from "./gen/conveyor/v1/results_service_pb.js";
+import { ResultsService, WorkflowView } from "./gen/conveyor/v1/results_service_pb.js";
 import { SubmissionService } from "./gen/conveyor/v1/submission_service_pb.js";
-import { ProgressSchema, TaskSchema, TaskState } from "./gen/conveyor/v1/task_pb.js";
-import type { Task, TaskSpec } from "./gen/conveyor/v1/task_pb.js";
+import { FailureReason, ProgressSchema, TaskErrorSchema, TaskSchema, TaskSpecSchema, TaskState } from "./gen/conveyor/v1/task_pb.js";
+import type { Payload, Task, TaskSpec } from "./gen/conveyor/v1/task_pb.js";
+import { NodeInput, NodeTrigger, WorkflowNodeStatusSchema, WorkflowSchema, WorkflowState } from "./gen/conveyor/v1/workflow_pb.js";
+import type { Workflow, WorkflowSpec } from "./gen/conveyor/v1/workflow_pb.js";
 import type { TaskContext } from "./context.js";
 import { silentLogger } from "./logger.js";
 import type { Logger } from "./logger.js";
 import { toPayload } from "./payload.js";
+import { isTerminal } from "./spec.js";
+import { inputMode, listPayload, mergeOptions, validateWorkflow } from "./internal/dag.js";
 import { execute } from "./internal/execute.js";
 import type { Handler } from "./worker.js";
 
@@ -33,6 +38,9 @@ export interface EagerClientOptions {
  * retrying at once while its policy allows (delays are skipped, as in
  * Celery's eager mode). `submit` resolves after the task has finished; get,
  * wait, result, watch, replay, forget and dead letters work on what it ran.
+ * `submitWorkflow` runs every node of a workflow, parents first, with the
+ * server's semantics (inputs, chords, link and linkError callbacks,
+ * dependency failures) and resolves once all have finished.
  * Schedules and queue pauses need a server (UNIMPLEMENTED here).
  *
  * ```ts
@@ -59,6 +67,9 @@ export class EagerClient extends Client {
           return { cancelled: false, state: task.state };
         },
         replayTask: async (request) => ({ state: await store.replay(request.taskId) }),
+        submitWorkflow: async (request) => store.submitWorkflow(request.workflow),
+        // Every node has finished by the time submitWorkflow returns: nothing is left to cancel.
+        cancelWorkflow: (request) => ({ cancelled: 0, state: store.workflow(request.workflowId, WorkflowView.SUMMARY).state }),
       });
       router.service(ResultsService, {
         getTask: (request) => ({ task: store.get(request.taskId) }),
@@ -71,6 +82,11 @@ export class EagerClient extends Client {
           return {};
         },
         listDeadLetters: (request) => store.deadLetters(request.pageSize, request.pageToken),
+        getWorkflow: (request) => ({ workflow: store.workflow(request.workflowId, request.view || WorkflowView.NODES) }),
+        waitWorkflow: (request) => ({ workflow: store.workflow(request.workflowId, request.view || WorkflowView.SUMMARY) }),
+        async *watchWorkflow(request) {
+          yield { workflow: store.workflow(request.workflowId, request.view || WorkflowView.NODES) };
+        },
       });
     });
     super("eager.invalid:1", { transport, retry: false, autoIdempotencyKey: false });
@@ -86,13 +102,26 @@ export class EagerClient extends Client {
   }
 }
 
-/** The tasks an EagerClient ran, by id, in submission order. */
+/** A workflow an EagerClient ran. */
+interface EagerWorkflow {
+  readonly id: string;
+  readonly spec: WorkflowSpec;
+  readonly taskIds: readonly string[];
+  readonly createdAt: Timestamp;
+  finishedAt?: Timestamp;
+  /** The node that failed first, "" when none did. */
+  failedTaskId: string;
+}
+
+/** The tasks (and workflows) an EagerClient ran, by id, in submission order. */
 class EagerStore {
   readonly #handlers: ReadonlyMap<string, Handler>;
   readonly #log: Logger;
   readonly #tasks = new Map<string, Task>();
   readonly #specs = new Map<string, TaskSpec>();
   readonly #keys = new Map<string, string>();
+  readonly #workflows = new Map<string, EagerWorkflow>();
+  readonly #workflowKeys = new Map<string, string>();
 
   constructor(handlers: ReadonlyMap<string, Handler>, log: Logger) {
     this.#handlers = handlers;
@@ -138,6 +167,7 @@ class EagerStore {
         leaseToken: BigInt(task.attempt),
         headers: spec.options?.headers ?? {},
         maxRetries,
+        workflowId: task.workflowId,
       });
       if (spec.options?.softTimeLimit !== undefined) assignment.softTimeLimit = spec.options.softTimeLimit;
       if (spec.options?.hardTimeLimit !== undefined) assignment.hardTimeLimit = spec.options.hardTimeLimit;
@@ -164,6 +194,143 @@ class EagerStore {
       }
     }
     task.finishedAt = timestampNow();
+  }
+
+  /**
+   * Runs a workflow: validates it as the server does, then runs its nodes,
+   * each after its parents, with their inputs prepended to its arguments.
+   */
+  async submitWorkflow(spec: WorkflowSpec | undefined): Promise<{ workflowId: string; taskIds: string[]; duplicate: boolean }> {
+    const order = validateWorkflow(spec);
+    const workflowSpec = spec!;
+    const known = workflowSpec.idempotencyKey === "" ? undefined : this.#workflowKeys.get(workflowSpec.idempotencyKey);
+    if (known !== undefined) return { workflowId: known, taskIds: [...this.#workflows.get(known)!.taskIds], duplicate: true };
+    const id = randomUUID();
+    if (workflowSpec.idempotencyKey !== "") this.#workflowKeys.set(workflowSpec.idempotencyKey, id);
+    const createdAt = timestampNow();
+    const tasks = workflowSpec.nodes.map((node, index) => {
+      const nodeSpec = node.task!;
+      const options = mergeOptions(nodeSpec.options, workflowSpec.options);
+      const task = create(TaskSchema, {
+        id: randomUUID(),
+        name: nodeSpec.name,
+        args: nodeSpec.args,
+        kwargs: nodeSpec.kwargs,
+        queue: options?.queue || "default",
+        state: node.parents.length === 0 ? TaskState.QUEUED : TaskState.WAITING,
+        createdAt,
+        workflowId: id,
+        workflowNode: index,
+      });
+      if (options !== undefined) task.options = options;
+      this.#tasks.set(task.id, task);
+      return task;
+    });
+    const workflow: EagerWorkflow = { id, spec: workflowSpec, taskIds: tasks.map((task) => task.id), createdAt, failedTaskId: "" };
+    this.#workflows.set(id, workflow);
+    for (const index of order) {
+      await this.#runNode(workflow, tasks, index);
+      if (workflow.failedTaskId === "" && tasks[index]!.state === TaskState.FAILED) workflow.failedTaskId = tasks[index]!.id;
+    }
+    workflow.finishedAt = timestampNow();
+    return { workflowId: id, taskIds: [...workflow.taskIds], duplicate: false };
+  }
+
+  /** Runs (or settles without running) one node whose parents have all finished. */
+  async #runNode(workflow: EagerWorkflow, tasks: readonly Task[], index: number): Promise<void> {
+    const node = workflow.spec.nodes[index]!;
+    const task = tasks[index]!;
+    const parents = node.parents.map((parent) => tasks[parent]!);
+    // Nodes finish in the order they run, which puts parents in the order they finished.
+    const byFinish = [...node.parents].sort((a, b) => this.#finishOrder(tasks[a]!) - this.#finishOrder(tasks[b]!)).map((parent) => tasks[parent]!);
+    const failed = byFinish.find((parent) => parent.state === TaskState.FAILED || parent.state === TaskState.EXPIRED);
+    let inputs: Payload[];
+    if (node.trigger === NodeTrigger.ON_FAILURE) {
+      if (failed === undefined) return this.#settle(task, TaskState.CANCELLED);
+      const error = { type: failed.error?.type ?? "", message: failed.error?.message ?? "", traceback: failed.error?.traceback ?? "" };
+      inputs = [toPayload(failed.id), toPayload(error)];
+    } else {
+      if (node.trigger !== NodeTrigger.ALL_DONE) {
+        if (failed !== undefined) {
+          const error = create(TaskErrorSchema, {
+            type: "DependencyFailed",
+            message: `did not run: the task it depends on, ${failed.id}, ${failed.state === TaskState.EXPIRED ? "expired" : "failed"}`,
+            reason: FailureReason.DEPENDENCY_FAILED,
+            causeTaskId: failed.id,
+          });
+          return this.#settle(task, TaskState.FAILED, error);
+        }
+        if (parents.some((parent) => parent.state !== TaskState.SUCCEEDED)) return this.#settle(task, TaskState.CANCELLED);
+      }
+      const mode = inputMode(node);
+      inputs = mode === NodeInput.ONE ? [parents[0]!.result ?? toPayload(null)] : mode === NodeInput.LIST ? [listPayload(parents)] : [];
+    }
+    const spec = clone(TaskSpecSchema, node.task!);
+    spec.args = [...inputs, ...spec.args];
+    if (task.options !== undefined) spec.options = task.options;
+    else delete spec.options;
+    task.args = spec.args;
+    task.state = TaskState.QUEUED;
+    this.#specs.set(task.id, spec);
+    await this.#run(task, spec);
+    this.#finished.set(task.id, this.#finished.size);
+  }
+
+  readonly #finished = new Map<string, number>();
+
+  #finishOrder(task: Task): number {
+    return this.#finished.get(task.id) ?? -1;
+  }
+
+  /** Ends a node without running it. */
+  #settle(task: Task, state: TaskState, error?: Task["error"]): void {
+    task.state = state;
+    if (error !== undefined) task.error = error;
+    task.updatedAt = timestampNow();
+    task.finishedAt = task.updatedAt;
+    this.#finished.set(task.id, this.#finished.size);
+  }
+
+  /** A workflow as the results service reports it, in `view`. */
+  workflow(id: string, view: WorkflowView): Workflow {
+    const workflow = this.#workflows.get(id);
+    if (workflow === undefined) throw new ConnectError(`workflow ${id} not found: this eager client did not run it`, Code.NotFound);
+    const tasks = workflow.taskIds.map((taskId) => this.#tasks.get(taskId));
+    const stateCounts = new Array<number>(TaskState.WAITING + 1).fill(0);
+    for (const task of tasks) if (task !== undefined) stateCounts[task.state] = (stateCounts[task.state] ?? 0) + 1;
+    const running = tasks.some((task) => task !== undefined && !isTerminal(task.state));
+    const state = running
+      ? WorkflowState.RUNNING
+      : workflow.failedTaskId !== ""
+        ? WorkflowState.FAILED
+        : WorkflowState.SUCCEEDED;
+    const message = create(WorkflowSchema, {
+      id,
+      name: workflow.spec.name,
+      state,
+      stateCounts,
+      nodeCount: workflow.taskIds.length,
+      outputTaskIds: workflow.spec.outputs.map((output) => workflow.taskIds[output]!),
+      createdAt: workflow.createdAt,
+      namespace: "default",
+      failedTaskId: workflow.failedTaskId,
+    });
+    if (workflow.finishedAt !== undefined) message.finishedAt = workflow.finishedAt;
+    if (state === WorkflowState.SUCCEEDED && workflow.spec.outputs.length > 0) {
+      const outputs = workflow.spec.outputs.map((output) => tasks[output]!);
+      message.result = workflow.spec.outputList ? listPayload(outputs) : outputs[0]!.result ?? toPayload(null);
+    }
+    if (view !== WorkflowView.SUMMARY) {
+      message.nodes = workflow.spec.nodes.map((node, index) => {
+        const task = clone(TaskSchema, tasks[index] ?? create(TaskSchema, { id: workflow.taskIds[index]! }));
+        if (view !== WorkflowView.FULL) {
+          task.args = [];
+          task.kwargs = {};
+        }
+        return create(WorkflowNodeStatusSchema, { index, task, parents: node.parents, input: node.input, trigger: node.trigger, label: node.label });
+      });
+    }
+    return message;
   }
 
   get(id: string): Task {

@@ -2,7 +2,7 @@
 // failed tasks carry the handler's error.
 
 import { Code, ConnectError } from "@connectrpc/connect";
-import { TaskState } from "./gen/conveyor/v1/task_pb.js";
+import { FailureReason, TaskState } from "./gen/conveyor/v1/task_pb.js";
 import type { Task } from "./gen/conveyor/v1/task_pb.js";
 
 export { Code };
@@ -50,10 +50,26 @@ export class ConveyorTimeoutError extends ConveyorError {
   }
 }
 
+/** Where a failed task sits and why the platform failed it, beside the handler's error. */
+export interface TaskFailureDetails {
+  /** Set when the platform, not the handler, failed the task. */
+  reason?: FailureReason;
+  /** For FAILURE_REASON_DEPENDENCY_FAILED: the workflow node whose failure failed this one. */
+  causeTaskId?: string;
+  /** The workflow the task is a node of. */
+  workflowId?: string;
+  /** Its index among the workflow's nodes. */
+  workflowNode?: number;
+}
+
 /**
  * The task finished FAILED. `type`, `message` and `traceback` are the
  * handler's error as its language reported it (e.g. "ValueError", "boom",
- * a Python traceback or a JS stack).
+ * a Python traceback or a JS stack). For a workflow node that did not run
+ * because a node it depends on failed, `reason` is
+ * `FailureReason.DEPENDENCY_FAILED` and `causeTaskId` names that node. A
+ * failed workflow's `result` throws this error for the node that failed
+ * first (`taskId`), with `workflowId` set.
  */
 export class TaskFailedError extends Error {
   /** The task's id. */
@@ -64,32 +80,60 @@ export class TaskFailedError extends Error {
   readonly traceback: string;
   /** Whether the handler marked the failure retryable. */
   readonly retryable: boolean;
+  /** Why the platform failed the task; UNSPECIFIED when the handler's error did. */
+  readonly reason: FailureReason;
+  /** For DEPENDENCY_FAILED: the parent node whose failure failed this one (follow it for the cause). */
+  readonly causeTaskId: string | undefined;
+  /** The workflow the task is a node of, if any. */
+  readonly workflowId: string | undefined;
+  /** Its index among the workflow's nodes, if it is a node. */
+  readonly workflowNode: number | undefined;
 
-  constructor(taskId: string, type: string, message: string, traceback: string, retryable = false) {
+  constructor(
+    taskId: string,
+    type: string,
+    message: string,
+    traceback: string,
+    retryable = false,
+    details: TaskFailureDetails = {},
+  ) {
     super(message);
     this.name = "TaskFailedError";
     this.taskId = taskId;
     this.type = type;
     this.traceback = traceback;
     this.retryable = retryable;
+    this.reason = details.reason ?? FailureReason.UNSPECIFIED;
+    this.causeTaskId = details.causeTaskId || undefined;
+    this.workflowId = details.workflowId || undefined;
+    this.workflowNode = this.workflowId === undefined ? undefined : details.workflowNode;
   }
 
   override toString(): string {
-    return `TaskFailedError: task ${this.taskId} failed: ${this.type}: ${this.message}`;
+    const where = this.workflowId === undefined ? "" : ` (node ${this.workflowNode ?? "?"} of workflow ${this.workflowId})`;
+    const cause = this.causeTaskId === undefined ? "" : ` (caused by task ${this.causeTaskId})`;
+    return `TaskFailedError: task ${this.taskId}${where} failed: ${this.type}: ${this.message}${cause}`;
   }
 }
 
-/** The task ended without a result: CANCELLED or EXPIRED. */
+/**
+ * The task ended without a result: CANCELLED or EXPIRED. For a cancelled
+ * workflow, `taskId` and `workflowId` are both the workflow's id.
+ */
 export class TaskNotSucceededError extends Error {
   readonly taskId: string;
   /** The terminal state it ended in. */
   readonly state: TaskState;
+  /** The workflow, when it is a workflow that did not succeed. */
+  readonly workflowId: string | undefined;
 
-  constructor(taskId: string, state: TaskState) {
-    super(`task ${taskId} did not succeed: it ended ${stateName(state)}`);
+  constructor(taskId: string, state: TaskState, workflowId?: string) {
+    const what = workflowId === undefined ? `task ${taskId}` : `workflow ${workflowId}`;
+    super(`${what} did not succeed: it ended ${stateName(state)}`);
     this.name = "TaskNotSucceededError";
     this.taskId = taskId;
     this.state = state;
+    this.workflowId = workflowId;
   }
 }
 
@@ -111,6 +155,12 @@ export function unsuccessfulTaskError(task: Task): Error {
       error?.message ?? "",
       error?.traceback ?? "",
       error?.retryable ?? false,
+      {
+        reason: error?.reason ?? FailureReason.UNSPECIFIED,
+        causeTaskId: error?.causeTaskId ?? "",
+        workflowId: task.workflowId,
+        workflowNode: task.workflowNode,
+      },
     );
   }
   return new TaskNotSucceededError(task.id, task.state);

@@ -3,6 +3,7 @@
 export { Client, MAX_BATCH_BYTES, MAX_TASKS_PER_BATCH, buildTaskSpec, isTerminal, taskResult } from "./client.js";
 export type {
   CallOptions,
+  CancelWorkflowResult,
   ClientOptions,
   ConcurrencyKey,
   DeadLetterPage,
@@ -10,7 +11,11 @@ export type {
   SubmitOptions,
   TaskRequest,
   WaitOptions,
+  WorkflowViewOptions,
 } from "./client.js";
+export { Chain, Chord, Group, Signature, buildWorkflowSpec, chain, chord, group, isCanvas, si, sig, starmap } from "./canvas.js";
+export type { Canvas, CanvasElement, ChordOptions, SignatureOptions, WorkflowOptions } from "./canvas.js";
+export { TaskHandle, WorkflowHandle, isWorkflowTerminal, workflowStateName } from "./workflow.js";
 export { EagerClient, EAGER_WORKER_ID } from "./eager.js";
 export type { EagerClientOptions } from "./eager.js";
 export { buildSchedule } from "./schedules.js";
@@ -36,7 +41,12 @@ export { silentLogger, stderrLogger } from "./logger.js";
 export type { LogFields, LogLevel, Logger } from "./logger.js";
 export { SDK_VERSION } from "./version.js";
 export { TaskState } from "./gen/conveyor/v1/task_pb.js";
+export type { TaskFailureDetails } from "./errors.js";
+export { FailureReason } from "./gen/conveyor/v1/task_pb.js";
 export type { Payload, Progress, Task, TaskError, TaskOptions, TaskSpec } from "./gen/conveyor/v1/task_pb.js";
+export { NodeInput, NodeTrigger, WorkflowState } from "./gen/conveyor/v1/workflow_pb.js";
+export type { Workflow, WorkflowNode, WorkflowNodeStatus, WorkflowSpec } from "./gen/conveyor/v1/workflow_pb.js";
+export { WorkflowView } from "./gen/conveyor/v1/results_service_pb.js";
 export { CatchUp, SolarEvent } from "./gen/conveyor/v1/scheduling_service_pb.js";
 export type { Schedule, ScheduleRun } from "./gen/conveyor/v1/scheduling_service_pb.js";
 export type { WorkerInfo } from "./gen/conveyor/v1/dispatch_service_pb.js";

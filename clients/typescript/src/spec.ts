@@ -112,7 +112,7 @@ export function buildTaskSpec(name: string, args: readonly unknown[] = [], optio
   for (const [key, value] of Object.entries(options.kwargs ?? {})) {
     spec.kwargs[key] = toPayload(value, `named argument "${key}" of task "${name}"`);
   }
-  const taskOptions = buildOptions(options);
+  const taskOptions = buildTaskOptions(options);
   if (taskOptions !== undefined) spec.options = taskOptions;
   if (options.traceContext !== undefined) {
     const { traceparent, tracestate = "" } = options.traceContext;
@@ -121,7 +121,8 @@ export function buildTaskSpec(name: string, args: readonly unknown[] = [], optio
   return spec;
 }
 
-function buildOptions(options: SubmitOptions): TaskOptions | undefined {
+/** The TaskOptions message of `options`, or undefined when none is set. */
+export function buildTaskOptions(options: SubmitOptions): TaskOptions | undefined {
   const out = create(TaskOptionsSchema);
   let any = false;
   const set = <K extends keyof TaskOptions>(key: K, value: TaskOptions[K] | undefined): void => {

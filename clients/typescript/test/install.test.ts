@@ -103,7 +103,7 @@ describe("install", { timeout: TIMEOUT_MS }, () => {
     assert.equal(run(process.execPath, ["main.js", server.addr], project), "eager 5\nserver 42\n");
     // The README's complete programs, compiled as a user's TypeScript would be, run as written.
     const programs = readmePrograms();
-    assert.equal(programs.length, 2, "the README's Quick start and Eager mode programs");
+    assert.equal(programs.length, 3, "the README's Quick start, Workflows and Eager mode programs");
     const outputs = programs.map((source, index) => {
       const file = join(project, `readme-${index}.mjs`);
       writeFileSync(file, ts.transpileModule(source.replaceAll("http://127.0.0.1:50051", server.addr), {
@@ -111,7 +111,11 @@ describe("install", { timeout: TIMEOUT_MS }, () => {
       }).outputText);
       return run(process.execPath, [file], project);
     });
-    assert.deepEqual(outputs, ["4\n", "5\nValueError\n"]);
+    assert.deepEqual(outputs, [
+      "4\n",
+      "80\n[ 2, 9 ]\n12\nalert: RangeError: 15 is too big\nRangeError in node 1: 15 is too big\n",
+      "5\nValueError\n",
+    ]);
   });
 
   test("the tarball npm pack makes (what the registry serves) carries dist/ and installs with its dependencies", () => {

@@ -16,7 +16,7 @@ import { ROOT_CONTEXT, SpanKind, SpanStatusCode, context, createTraceState, isSp
 import type { Attributes, Context, Span, SpanContext } from "@opentelemetry/api";
 import type { Assignment } from "../gen/conveyor/v1/dispatch_service_pb.js";
 import { TraceContextSchema } from "../gen/conveyor/v1/task_pb.js";
-import type { TaskError, TaskSpec } from "../gen/conveyor/v1/task_pb.js";
+import type { TaskError, TaskSpec, TraceContext } from "../gen/conveyor/v1/task_pb.js";
 import { SDK_VERSION } from "../version.js";
 
 /** The instrumentation scope of every span of the SDK. */
@@ -69,10 +69,11 @@ export function parseTraceHeaders(headers: TraceHeaders | undefined): SpanContex
 }
 
 /**
- * Gives `spec` the trace context of `ctx`, unless it already has one (set
- * by the caller) or `ctx` holds no valid span context.
+ * Gives `spec` (a TaskSpec, or a WorkflowSpec whose nodes inherit it) the
+ * trace context of `ctx`, unless it already has one (set by the caller) or
+ * `ctx` holds no valid span context.
  */
-export function stamp(spec: TaskSpec, ctx: Context): void {
+export function stamp(spec: { traceContext?: TraceContext | undefined }, ctx: Context): void {
   if (spec.traceContext !== undefined) return;
   const headers = traceHeaders(ctx);
   if (headers.traceparent === undefined) return;
