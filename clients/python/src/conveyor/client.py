@@ -308,7 +308,7 @@ class Client:
         idempotency key is added unless one is given, so that a retried
         submission never creates the workflow twice. INVALID_ARGUMENT names
         the bad node (`workflow.nodes[i]...`); RESOURCE_EXHAUSTED beyond
-        10,000 nodes or 100,000 edges. Traced as one `publish` span."""
+        20,000 nodes or 200,000 edges. Traced as one `publish` span."""
         spec = prepare(workflow, name, idempotency_key, options, _default_key())
         request = submission_service_pb2.SubmitWorkflowRequest(workflow=spec)
         with _tracing.publish([node.task for node in spec.nodes], batch=True) as span:

@@ -12,9 +12,9 @@ import type { WorkflowNode, WorkflowSpec } from "../gen/conveyor/v1/workflow_pb.
 import { JSON_CONTENT_TYPE, payloadText } from "../payload.js";
 
 /** Most nodes in one workflow (the server's limit). */
-export const MAX_WORKFLOW_NODES = 10_000;
+export const MAX_WORKFLOW_NODES = 20_000;
 /** Most edges in one workflow (the server's limit). */
-export const MAX_WORKFLOW_EDGES = 100_000;
+export const MAX_WORKFLOW_EDGES = 200_000;
 
 function invalid(message: string): ConnectError {
   return new ConnectError(message, Code.InvalidArgument);

@@ -16,9 +16,12 @@ elseif f[1] == '1' then
 elseif f[1] == '3' or f[1] == '4' then
   redis.call('SREM', P .. 'sl:' .. f[3], id)
   redis.call('PUBLISH', ARGV[4], f[3] .. ' ' .. id)
-elseif f[1] ~= '9' then
+elseif f[1] == '9' then
+  redis.call('DEL', P .. 'wa:' .. id)
+else
   return tonumber(f[1])
 end
 redis.call('ZREM', P .. 'exp', id)
 finish(t, id, 7, now, ev)
+wf_flush(ev)
 return 0

@@ -22,7 +22,9 @@ for id in string.gmatch(h[2] or '', '%S+') do
   elseif f[1] == '3' or f[1] == '4' then
     redis.call('SREM', P .. 'sl:' .. f[3], id)
     redis.call('PUBLISH', ARGV[4], f[3] .. ' ' .. id)
-  elseif f[1] ~= '9' then
+  elseif f[1] == '9' then
+    redis.call('DEL', P .. 'wa:' .. id)
+  else
     live = false
   end
   if live then
@@ -30,4 +32,5 @@ for id in string.gmatch(h[2] or '', '%S+') do
     finish(t, id, 7, now, ev)
   end
 end
+wf_flush(ev)
 return {tonumber(h[3] or '0'), tonumber(redis.call('HGET', wt, 'st'))}

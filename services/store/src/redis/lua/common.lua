@@ -274,11 +274,44 @@ end
 -- (cancelling) and wl (node ids). A link_error callback that is not needed
 -- is CANCELLED but not counted (0 in the work list).
 
+-- What this script call knows of the workflow nodes and heads it touched:
+-- a WAITING node's state, parents left and trigger (its wd is written back
+-- once, by wf_flush), and per head the counts to add. A chord's callback,
+-- met by every header outcome of one call, is read once per call.
+local WF_NODES, WF_HEADS, WF_HEAD_LIST = {}, {}, {}
+
+local function wf_node(ct, cid)
+  local n = WF_NODES[cid]
+  if not n then
+    local c = redis.call('HMGET', ct, 'st', 'wd', 'wt')
+    n = {st = c[1], left = tonumber(c[2] or '1'), trig = c[3], dirty = false}
+    WF_NODES[cid] = n
+  end
+  return n
+end
+
+local function wf_head(wid, now)
+  local h = WF_HEADS[wid]
+  if not h then
+    h = {
+      finished = 0, failed = 0, cancelled = 0, first = nil, now = now,
+      cancelling = redis.call('HEXISTS', P .. 't:' .. wid, 'wq') == 1,
+    }
+    WF_HEADS[wid] = h
+    WF_HEAD_LIST[#WF_HEAD_LIST + 1] = wid
+  end
+  h.now = now
+  return h
+end
+
 -- A WAITING node whose inputs are complete goes to its queue (or waits
 -- its delay, SCHEDULED); cancelled instead while its workflow is.
 local function wf_ready(ct, cid, now, ev, cancelling, work)
+  local n = wf_node(ct, cid)
+  n.dirty = false
   local wa = P .. 'wa:' .. cid
   if cancelling then
+    n.st = '7'
     redis.call('DEL', wa)
     finish_task(ct, cid, 7, now, ev)
     work[#work + 1] = cid; work[#work + 1] = 7
@@ -302,9 +335,11 @@ local function wf_ready(ct, cid, now, ev, cancelling, work)
   redis.call('HDEL', ct, 'wd')
   local due = g[2] and instant(g[2], now) or now
   if due > now then
+    n.st = '1'
     redis.call('HSET', ct, 'st', 1, 'du', due, 'ua', now)
     redis.call('ZADD', P .. 'sched', due, cid)
   else
+    n.st = '2'
     redis.call('HSET', ct, 'st', 2, 'ua', now)
     push(g[1], cid, false)
     redis.call('PUBLISH', ready_channel(ev), g[1])
@@ -314,34 +349,33 @@ local function wf_ready(ct, cid, now, ev, cancelling, work)
 end
 
 -- Node id of workflow wid finished in state st: settles its children, and
--- theirs when they cannot run, then the head's counters.
+-- theirs when they cannot run; the head's counters wait for wf_flush.
 local function wf_after(id, st, now_text, ev, wid)
   local now = math.floor(tonumber(now_text))
-  local wt = P .. 't:' .. wid
-  local cancelling = redis.call('HEXISTS', wt, 'wq') == 1
+  local head = wf_head(wid, now)
+  local cancelling = head.cancelling
   local work = {id, st}
-  local finished, failed, cancelled, first_failed = 0, 0, 0, nil
   local i = 1
   while i <= #work do
     local pid, pst = work[i], work[i + 1]
+    -- A dependent settled here was WAITING: its inputs so far go.
+    if i > 1 then redis.call('DEL', P .. 'wa:' .. pid) end
     i = i + 2
-    finished = finished + 1
-    redis.call('DEL', P .. 'wa:' .. pid)
+    head.finished = head.finished + 1
     local pf = redis.call('HMGET', P .. 't:' .. pid, 'wc', 'oc', 'wr')
     local bad = pst == 6 or pst == 8
-    if pst == 6 then failed = failed + 1 end
-    if pst == 7 then cancelled = cancelled + 1 end
-    if bad then first_failed = first_failed or pid end
+    if pst == 6 then head.failed = head.failed + 1 end
+    if pst == 7 then head.cancelled = head.cancelled + 1 end
+    if bad then head.first = head.first or pid end
     if pst == 0 then pst = 7 end
     if pf[1] then
       local root = pf[3] or pid
       for child in string.gmatch(pf[1], '%S+') do
         local cid, pos = string.match(child, '^(.+):(%d+)$')
         local ct = P .. 't:' .. cid
-        local c = redis.call('HMGET', ct, 'st', 'wd', 'wt')
-        if c[1] == '9' then
-          local left = tonumber(c[2] or '1')
-          if c[3] == '3' then
+        local c = wf_node(ct, cid)
+        if c.st == '9' then
+          if c.trig == '3' then
             if bad then
               -- The failure that fired it: the root cause's.
               local entry = pid .. pst .. (pf[2] or '')
@@ -352,23 +386,25 @@ local function wf_after(id, st, now_text, ev, wid)
               redis.call('DEL', P .. 'wa:' .. cid)
               redis.call('HSET', ct, 'wi', #entry .. ':' .. entry)
               wf_ready(ct, cid, now, ev, cancelling, work)
-            elseif left <= 1 then
+            elseif c.left <= 1 then
               -- Not needed: CANCELLED, but not a cancellation of the
               -- workflow's work (0 in the work list).
+              c.st, c.dirty = '7', false
               finish_task(ct, cid, 7, now, ev)
               work[#work + 1] = cid; work[#work + 1] = 0
             else
-              redis.call('HSET', ct, 'wd', left - 1)
+              c.left, c.dirty = c.left - 1, true
             end
-          elseif pst == 5 or c[3] == '2' then
+          elseif pst == 5 or c.trig == '2' then
             redis.call('HSET', P .. 'wa:' .. cid, pos, pid .. pst .. (pf[2] or ''))
-            if left <= 1 then
+            if c.left <= 1 then
               wf_ready(ct, cid, now, ev, cancelling, work)
             else
-              redis.call('HSET', ct, 'wd', left - 1)
+              c.left, c.dirty = c.left - 1, true
             end
           else
             local cst = bad and 6 or 7
+            c.st, c.dirty = tostring(cst), false
             redis.call('HSET', ct, 'wx', pid, 'wr', root)
             finish_task(ct, cid, cst, now, ev)
             work[#work + 1] = cid; work[#work + 1] = cst
@@ -377,22 +413,39 @@ local function wf_after(id, st, now_text, ev, wid)
       end
     end
   end
-  local unfinished = redis.call('HINCRBY', wt, 'wp', -finished)
-  if failed > 0 then redis.call('HINCRBY', wt, 'wfc', failed) end
-  if cancelled > 0 then redis.call('HINCRBY', wt, 'wcc', cancelled) end
-  if first_failed then redis.call('HSETNX', wt, 'wff', first_failed) end
-  if unfinished > 0 then
-    notify(wt, wid, ev)
-    return
+end
+
+-- Writes back what wf_after kept for the end of the call: WAITING nodes'
+-- parents left, and each head's counters; a head whose last node finished
+-- takes its final state. Every script that may finish a task calls it
+-- last.
+local function wf_flush(ev)
+  for cid, n in pairs(WF_NODES) do
+    if n.dirty then redis.call('HSET', P .. 't:' .. cid, 'wd', n.left) end
   end
-  local h = redis.call('HMGET', wt, 'wq', 'wfc', 'ttl', 'w', 'wcc')
-  local hst = (h[1] and 7) or ((tonumber(h[2] or '0') > 0) and 6)
-    or ((tonumber(h[5] or '0') > 0) and 7) or 5
-  redis.call('HSET', wt, 'st', hst, 'ua', now, 'fa', now)
-  redis.call('HDEL', wt, 'wl')
-  local ttl = tonumber(h[3] or 'DEFAULT_TTL_MS')
-  if ttl and ttl > 0 then redis.call('PEXPIRE', wt, ttl) end
-  if h[4] then notify_finished(wt, wid, ev) end
+  WF_NODES = {}
+  for _, wid in ipairs(WF_HEAD_LIST) do
+    local head = WF_HEADS[wid]
+    local wt = P .. 't:' .. wid
+    local now = head.now
+    local unfinished = redis.call('HINCRBY', wt, 'wp', -head.finished)
+    if head.failed > 0 then redis.call('HINCRBY', wt, 'wfc', head.failed) end
+    if head.cancelled > 0 then redis.call('HINCRBY', wt, 'wcc', head.cancelled) end
+    if head.first then redis.call('HSETNX', wt, 'wff', head.first) end
+    if unfinished > 0 then
+      notify(wt, wid, ev)
+    else
+      local h = redis.call('HMGET', wt, 'wq', 'wfc', 'ttl', 'w', 'wcc')
+      local hst = (h[1] and 7) or ((tonumber(h[2] or '0') > 0) and 6)
+        or ((tonumber(h[5] or '0') > 0) and 7) or 5
+      redis.call('HSET', wt, 'st', hst, 'ua', now, 'fa', now)
+      redis.call('HDEL', wt, 'wl')
+      local ttl = tonumber(h[3] or 'DEFAULT_TTL_MS')
+      if ttl and ttl > 0 then redis.call('PEXPIRE', wt, ttl) end
+      if h[4] then notify_finished(wt, wid, ev) end
+    end
+  end
+  WF_HEADS, WF_HEAD_LIST = {}, {}
 end
 
 local function finish(t, id, st, now, ev, g, oc)

@@ -41,4 +41,5 @@ for b = 3, #ARGV, 6 do
     end
   end
 end
+wf_flush(ev)
 return out

@@ -103,4 +103,5 @@ for level = 9, 0, -1 do
   end
 end
 if got > 0 then redis.call('ZADD', P .. 'sess', now + ttl, sid) end
+wf_flush(ev)
 return out

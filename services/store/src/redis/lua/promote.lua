@@ -38,6 +38,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'exp', '-inf', now, 'LIMIT'
     expired = expired + 1
   end
 end
+wf_flush(ev)
 trim_dead(now)
 local first = redis.call('ZRANGE', P .. 'sched', 0, 0, 'WITHSCORES')
 local next_due = -1

@@ -16,7 +16,7 @@ if ik ~= '' then
   if existing then return {existing, 1} end
   redis.call('SET', P .. 'idem:' .. ik, wid, 'PX', ARGV[9])
 end
-local ids, pushed = {}, {}
+local ids, queued, order = {}, {}, {}
 for b = 10, #ARGV, 16 do
   local id, qk = ARGV[b], ARGV[b + 1]
   ids[#ids + 1] = id
@@ -28,29 +28,41 @@ for b = 10, #ARGV, 16 do
     st = 2
     if due > now then st = 1 end
   end
-  redis.call('HSET', t, 'st', st, 'qk', qk, 'sp', ARGV[b + 2], 'wf', wid, 'wn', ARGV[b + 15])
-  if ARGV[b + 5] ~= '' then redis.call('HSET', t, 'ttl', ARGV[b + 5]) end
+  -- One HSET per node, with only the fields that differ from the defaults.
+  local f = {'st', st, 'qk', qk, 'sp', ARGV[b + 2], 'wf', wid, 'wn', ARGV[b + 15]}
+  local function add(name, value) f[#f + 1] = name; f[#f + 1] = value end
+  if ARGV[b + 5] ~= '' then add('ttl', ARGV[b + 5]) end
   if ARGV[b + 4] ~= '0' then
-    redis.call('HSET', t, 'ex', ARGV[b + 4])
+    add('ex', ARGV[b + 4])
     redis.call('ZADD', P .. 'exp', ARGV[b + 4], id)
   end
-  if ARGV[b + 6] ~= '' then redis.call('HSET', t, 'rb', ARGV[b + 6], 'ri', ARGV[b + 7]) end
-  if ARGV[b + 8] ~= '' then redis.call('HSET', t, 'ck', ARGV[b + 8], 'cl', ARGV[b + 9]) end
-  if ARGV[b + 13] ~= '' then redis.call('HSET', t, 'wc', ARGV[b + 13]) end
+  if ARGV[b + 6] ~= '' then add('rb', ARGV[b + 6]); add('ri', ARGV[b + 7]) end
+  if ARGV[b + 8] ~= '' then add('ck', ARGV[b + 8]); add('cl', ARGV[b + 9]) end
+  if ARGV[b + 13] ~= '' then add('wc', ARGV[b + 13]) end
   if waiting then
-    redis.call('HSET', t, 'wd', ARGV[b + 10], 'wm', ARGV[b + 11], 'wt', ARGV[b + 12])
-    if ARGV[b + 14] ~= '' then redis.call('HSET', t, 'wdl', ARGV[b + 14]) end
+    add('wd', ARGV[b + 10]); add('wm', ARGV[b + 11]); add('wt', ARGV[b + 12])
+    if ARGV[b + 14] ~= '' then add('wdl', ARGV[b + 14]) end
   elseif st == 1 then
-    redis.call('HSET', t, 'du', due)
+    add('du', due)
     redis.call('ZADD', P .. 'sched', due, id)
   else
-    push(qk, id, false)
-    pushed[qk] = true
+    local list = queued[qk]
+    if not list then list = {}; queued[qk] = list; order[#order + 1] = qk end
+    list[#list + 1] = id
   end
+  redis.call('HSET', t, unpack(f))
   emit('S', t, id, now, qk, 0)
+end
+-- The roots enter their queues in node order, a thousand ids per RPUSH.
+for _, qk in ipairs(order) do
+  local list = queued[qk]
+  for j = 1, #list, 1000 do
+    redis.call('RPUSH', P .. 'q:' .. qk, unpack(list, j, math.min(j + 999, #list)))
+  end
+  redis.call('SADD', P .. 'rq', qk)
 end
 local wt = P .. 't:' .. wid
 redis.call('HSET', wt, 'st', 9, 'sp', ARGV[5], 'wg', ARGV[7], 'wp', #ids, 'wl', table.concat(ids, ' '))
 if ARGV[6] ~= '' then redis.call('HSET', wt, 'ttl', ARGV[6]) end
-for qk, _ in pairs(pushed) do redis.call('PUBLISH', rdy, qk) end
+for _, qk in ipairs(order) do redis.call('PUBLISH', rdy, qk) end
 return {wid, 0}
