@@ -244,6 +244,99 @@ def acceptance(records):
     return rows
 
 
+W5_ROWS = [
+    # (row label, figure, kind); "speedup" and "ok" are worked out per cell
+    ("W5 chord of {chord:,} `add` → `tsum`: submit, s", "chord_submit_s", "s"),
+    ("W5 chord: submit → callback's outcome stored, s", "chord_s", "s"),
+    ("W5 chord: Conveyor's speedup (this system's s / Conveyor's)", "chord_s", "speedup"),
+    ("W5 chord: callback got all {chord:,} results, right sum (every round)", "chord_ok", "ok"),
+    ("W5 chain of {chain} `add`: submit → last step's outcome stored, s", "chain_s", "s"),
+    ("W5 chain: step → step p50 ms", "chain_step_p50_ms", "ms"),
+    ("W5 chain: step → step p99 ms", "chain_step_p99_ms", "ms"),
+]
+
+
+def w5_cell(record, name, kind, conveyor_chord_s):
+    if record is None:
+        return ""
+    figure = record["figures"].get(name)
+    if kind == "ok":
+        if figure is None or "all" not in figure:
+            return "—"
+        bad = sum(1 for v in figure["values"] if v is not True)
+        return "yes" if bad == 0 else f"**no** ({bad} of {len(figure['values'])} rounds)"
+    if figure is None or figure.get("median") is None:
+        return "—"  # not measured (a driver that skips a part says why in its note)
+    if kind == "speedup":
+        if record["system"] == "conveyor" or not conveyor_chord_s:
+            return ""
+        return f"{figure['median'] / conveyor_chord_s:.1f}×"
+    return cell(record, name, kind)
+
+
+def w5_table(records):
+    cols = [(s, c) for s, c in columns(records) if find(records, s, c, "w5")]
+    if not cols:
+        return []
+    cv = next((c for s, c in cols if s == "conveyor"), None)
+    conveyor_chord_s = median_of(records, "conveyor", cv, "w5", "chord_s") if cv else None
+    chord = chain = None
+    for s, c in cols:
+        r = find(records, s, c, "w5")
+        chord = chord or r["figures"].get("chord_tasks", {}).get("median")
+        chain = chain or r["figures"].get("chain_steps", {}).get("median")
+    out = [
+        "### W5 workflows: a chord and a chain",
+        "",
+        "| | " + " | ".join(label(s, c) for s, c in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for row_label, name, kind in W5_ROWS:
+        if kind == "speedup" and conveyor_chord_s is None:
+            continue
+        text = row_label.format(chord=int(chord or 0), chain=int(chain or 0))
+        cells = [w5_cell(find(records, s, c, "w5"), name, kind, conveyor_chord_s) for s, c in cols]
+        out.append(f"| {text} | " + " | ".join(cells) + " |")
+    out.append("")
+    checks = w5_acceptance(records)
+    if checks:
+        out += ["#### W5 acceptance, from these medians", "", "| check | measured | |", "|---|---|---|"]
+        out += [f"| {a} | {b} | {c} |" for a, b, c in checks]
+        out.append("")
+    return out
+
+
+def w5_acceptance(records):
+    """The workflow benchmark's acceptance checks, from medians. A chord whose
+    callback missed a result (in any round) fails them."""
+    cv = next((c for s, c in columns(records) if s == "conveyor" and find(records, s, c, "w5")), None)
+    if cv is None:
+        return []
+    mine = median_of(records, "conveyor", cv, "w5", "chord_s")
+    if not mine:
+        return []
+    ok = find(records, "conveyor", cv, "w5")["figures"].get("chord_ok", {}).get("values", [])
+    complete = bool(ok) and all(v is True for v in ok)
+    rows = []
+
+    def add(what, other, factor, whose):
+        ratio = other / mine
+        text = f"{ratio:.1f}× ({whose} {fmt(other, 's')} s, Conveyor {fmt(mine, 's')} s)"
+        if not complete:
+            text += "; Conveyor's callback missed results"
+        rows.append((what, text, "pass" if ratio >= factor and complete else "FAIL"))
+
+    celeries = [c for s, c in columns(records) if s == "celery"]
+    times = [t for t in (median_of(records, "celery", c, "w5", "chord_s") for c in celeries) if t]
+    if times:
+        add("W5 chord ≥ 20× faster than Celery's (its faster config)", min(times), 20, "Celery")
+    bull = next((c for s, c in columns(records) if s == "bullmq"), None)
+    b = median_of(records, "bullmq", bull, "w5", "chord_s") if bull else None
+    if b:
+        add("W5 chord ≥ 3× faster than BullMQ's flow", b, 3, "BullMQ")
+    return rows
+
+
 def commands_table(records):
     lines = []
     for system, config in columns(records):
@@ -341,6 +434,7 @@ def markdown(records, runs, args):
         out += ["### Issue 3 acceptance, from these medians", "", "| check | measured | |", "|---|---|---|"]
         out += [f"| {a} | {b} | {c} |" for a, b, c in checks]
         out.append("")
+    out += w5_table(records)
     out += commands_table(records)
     out += sweeps_table(records)
     out += [
@@ -370,6 +464,18 @@ def markdown(records, runs, args):
         "visibility timeout (3,600 s by default), so none is re-leased within the wait. BullMQ's "
         "stalled jobs come back once their lock has expired (30 s) and a stalled check has "
         "seen them twice (checks every 30 s). W4 on Celery and BullMQ runs in round 1 only: its figure is set by those timers.",
+        "- **W5** runs, with the workers ready (the Celery and BullMQ drivers first run an unmeasured "
+        "chord of 10), a chord: N `add(2, 3)` "
+        "headers and a callback `tsum` that receives every header's result and sums them "
+        "(Conveyor: one `SubmitWorkflow`; Celery: `chord(group(add.s(2, 3) …))(tsum.s())` on the "
+        "Redis result backend, its native Redis chord, no `chord_unlock`; BullMQ: a `FlowProducer` "
+        "parent `tsum` with N `add` children, reading `getChildrenValues()`). The figure runs from "
+        "the start of the submission to the callback's outcome stored; the submission alone is its "
+        "own row. Then a chain of 100 `add` steps, each taking the previous result (Celery "
+        "`chain(add.s(0, 1), add.s(1), …)`; BullMQ has no chain: a flow tree nested 100 deep, each "
+        "parent `add` taking its one child's value). Step → step latency is from one step's stored "
+        "finish time to the next's (BullMQ's `finishedOn` in whole ms). The speedup row is each "
+        "system's median chord time over Conveyor's; the checks compare with Celery's faster config.",
         "- **Memory** is `used_memory` after enqueueing W1's tasks minus before, per task, with "
         "no worker running. Payload: Conveyor counts its argument bytes (`2` and `3`, JSON), "
         "BullMQ its job data `{\"a\":2,\"b\":3}`, Celery its JSON body `[[2, 3], {}, {}]`.",

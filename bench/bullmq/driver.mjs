@@ -1,11 +1,11 @@
-// BullMQ drivers for W1-W4, the counterparts of `conveyor-bench drive`.
+// BullMQ drivers for W1-W5, the counterparts of `conveyor-bench drive`.
 //
-//   node driver.mjs w1|w2|w3|w4 [--redis URL] [options]
+//   node driver.mjs w1|w2|w3|w4|w5 [--redis URL] [options]
 //
 // Prints one JSON object of figures on stdout. Spawns and kills its own
 // worker processes (worker.mjs). Outcome times are BullMQ's own `finishedOn`
 // (whole milliseconds, written by the worker's moveToFinished script).
-import { Queue, QueueEvents } from 'bullmq';
+import { FlowProducer, Queue, QueueEvents } from 'bullmq';
 import IORedis from 'ioredis';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -15,6 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 const QUEUE = 'bench';
 const W2_WARMUP = 50;
+const W5_WARMUP_CHORD = 10; // children of the flow run (and not measured) before W5's
 const WORKER = fileURLToPath(new URL('./worker.mjs', import.meta.url));
 
 const { values, positionals } = parseArgs({
@@ -35,6 +36,8 @@ const { values, positionals } = parseArgs({
     leases: { type: 'string', default: '100' },
     sleep: { type: 'string', default: '3' },
     'recovery-cap': { type: 'string', default: '70' },
+    'chord-tasks': { type: 'string', default: '10000' },
+    'chain-steps': { type: 'string', default: '100' },
     samples: { type: 'boolean', default: false },
   },
 });
@@ -54,6 +57,8 @@ const args = {
   leases: Number(values.leases),
   sleep: Number(values.sleep),
   recoveryCap: Number(values['recovery-cap']),
+  chordTasks: Number(values['chord-tasks']),
+  chainSteps: Number(values['chain-steps']),
   samples: values.samples,
 };
 const url = new URL(args.redis);
@@ -374,10 +379,90 @@ async function w4() {
   };
 }
 
-const workloads = { w1, w2, w3, w4 };
+// One job's stored outcome once it is finished: finishedOn (ms), its value,
+// its progress; fails when it failed or nothing is stored within timeoutMs.
+async function outcome(id, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const [finished, value, progress, failed] = await redis.hmget(
+      `bull:${QUEUE}:${id}`, 'finishedOn', 'returnvalue', 'progress', 'failedReason');
+    if (failed) throw new Error(`job ${id} failed: ${failed}`);
+    if (finished !== null) {
+      return { finishedOn: Number(finished), value: JSON.parse(value), progress: JSON.parse(progress ?? 'null') };
+    }
+    if (Date.now() > deadline) throw new Error(`job ${id} not finished after ${timeoutMs} ms`);
+    await sleep(20);
+  }
+}
+
+// A flow parent `tsum` with n children `add(2, 3)`: BullMQ's chord. The
+// parent waits in waiting-children until the last child completes.
+async function runChord(flow, n) {
+  const children = Array.from({ length: n }, () => ({ name: 'add', queueName: QUEUE, data: { a: 2, b: 3 } }));
+  const startedWall = wallMs();
+  const started = performance.now();
+  const tree = await flow.add({ name: 'tsum', queueName: QUEUE, data: {}, children });
+  const submitS = (performance.now() - started) / 1e3;
+  const parent = await outcome(tree.job.id, 600_000);
+  return {
+    submitS,
+    chordS: (parent.finishedOn - startedWall) / 1e3,
+    sum: parent.value,
+    received: parent.progress?.received ?? null,
+  };
+}
+
+async function w5() {
+  const { ready } = await spawnWorker(args.concurrency);
+  await ready;
+  const flow = new FlowProducer({ connection });
+  try {
+    await runChord(flow, W5_WARMUP_CHORD); // warm-up: connections, the worker's loop
+    const n = args.chordTasks;
+    const chord = await runChord(flow, n);
+
+    // BullMQ has no chain: a flow tree nested as deep as the chain is long,
+    // each parent `add` taking its one child's value (the first step is the
+    // deepest leaf). The worker moves a parent to wait when its child ends.
+    const steps = args.chainSteps;
+    let node = { name: 'add', queueName: QUEUE, data: { a: 0, b: 1 } };
+    for (let i = 1; i < steps; i++) node = { name: 'add', queueName: QUEUE, data: { b: 1 }, children: [node] };
+    const startedWall = wallMs();
+    const tree = await flow.add(node);
+    const ids = [];
+    for (let t = tree; t; t = t.children?.[0]) ids.push(t.job.id);
+    ids.reverse();
+    const last = await outcome(ids[ids.length - 1], 120_000);
+    const times = await waitDone(ids, 10_000);
+    if (times === null) throw new Error('a chain step is unfinished although the last one is done');
+    const gaps = times.slice(1).map((t, i) => t - times[i]).sort((a, b) => a - b);
+    await killAll();
+    return {
+      chord_tasks: n,
+      chord_submit_s: r3(chord.submitS),
+      chord_s: r3(chord.chordS),
+      chord_ok: chord.sum === 5 * n && chord.received === n,
+      chord_received: chord.received,
+      chord_sum: chord.sum,
+      chain_steps: steps,
+      chain_s: r3((times[times.length - 1] - startedWall) / 1e3),
+      chain_step_p50_ms: r3(percentile(gaps, 50)),
+      chain_step_p99_ms: r3(percentile(gaps, 99)),
+      chain_ok: last.value === steps && ids.length === steps,
+      note:
+        'chord: FlowProducer.add of a parent tsum (getChildrenValues) with N add children, one MULTI; ' +
+        'chain: no native chain, a flow tree nested N deep, each parent add taking its child\'s value; ' +
+        'times from finishedOn (whole ms)',
+    };
+  } finally {
+    await flow.close();
+  }
+}
+
+const workloads = { w1, w2, w3, w4, w5 };
 const workload = positionals[0];
 if (!workloads[workload]) {
-  console.error('usage: node driver.mjs w1|w2|w3|w4 [options]');
+  console.error('usage: node driver.mjs w1|w2|w3|w4|w5 [options]');
   process.exit(2);
 }
 let figures;

@@ -1,4 +1,4 @@
-"""Celery side of the benchmark: the `add` and `sleep` tasks.
+"""Celery side of the benchmark: the `add`, `sleep` and `tsum` tasks.
 
 Broker and result backend are the same Redis as every other system
 (BENCH_REDIS, default redis://127.0.0.1:6391/0). Settings are Celery's
@@ -37,3 +37,11 @@ def sleep(self, seconds):
     client = self.backend.client
     client.rpush("bench:started", f"{self.request.id} {time.time()}")
     time.sleep(seconds)
+
+
+@app.task(name="tsum", bind=True)
+def tsum(self, values):
+    # W5's chord callback: the sum of every header's result. How many it
+    # received is recorded for the driver to check (one SET, once per chord).
+    self.backend.client.set("bench:tsum:received", len(values))
+    return sum(values)

@@ -1,6 +1,6 @@
-"""Celery drivers for W1-W4, the counterparts of `conveyor-bench drive`.
+"""Celery drivers for W1-W5, the counterparts of `conveyor-bench drive`.
 
-    python driver.py w1|w2|w3|w4 --config prefork|threads [options]
+    python driver.py w1|w2|w3|w4|w5 --config prefork|threads [options]
 
 Prints one JSON object of figures on stdout. Spawns and kills its own
 `celery worker` processes (each in its own process group, so that SIGKILL
@@ -9,6 +9,7 @@ written by the worker when it stores the result in the Redis backend.
 """
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -20,7 +21,7 @@ import time
 from datetime import datetime, timezone
 
 import redis
-from celery import Celery
+from celery import Celery, chain, chord, group
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -35,6 +36,7 @@ CONFIGS = {
 PREFETCH_MULTIPLIER = 4  # Celery's default worker_prefetch_multiplier
 META = "celery-task-meta-"
 W2_WARMUP = 50
+W5_WARMUP_CHORD = 10  # headers of the chord run (and not measured) before W5's
 
 
 def now():
@@ -160,6 +162,22 @@ class Bench:
                     return None
                 time.sleep(0.02)
         return done
+
+    def outcome(self, task_id, timeout):
+        """The stored meta of one task once it is SUCCESS; fails on FAILURE
+        or when nothing is stored within timeout."""
+        deadline = now() + timeout
+        while True:
+            raw = self.redis.get(META + task_id)
+            if raw is not None:
+                meta = json.loads(raw)
+                if meta.get("status") == "SUCCESS":
+                    return meta
+                if meta.get("status") == "FAILURE":
+                    raise SystemExit(f"task {task_id} failed: {meta.get('result')}")
+            if now() > deadline:
+                raise SystemExit(f"task {task_id} has no outcome after {timeout} s")
+            time.sleep(0.02)
 
     def command_stats(self):
         stats = self.redis.info("commandstats")
@@ -349,10 +367,78 @@ class Bench:
                      "(3600 s by default), so none comes back within the cap"),
         }
 
+    def run_chord(self, n):
+        """chord(n x add(2, 3)) -> tsum, the canonical call with the Redis
+        result backend (Celery's native Redis chord, no chord_unlock task).
+        Returns (submit seconds, submit start -> callback's date_done seconds,
+        the callback's result, how many results it received)."""
+        self.redis.delete("bench:tsum:received")
+        header = group([benchtasks.add.s(2, 3) for _ in range(n)])
+        started_wall = now()
+        started = time.perf_counter()
+        result = chord(header)(benchtasks.tsum.s())
+        submit_s = time.perf_counter() - started
+        meta = self.outcome(result.id, 600)
+        received = self.redis.get("bench:tsum:received")
+        return (submit_s, parse_date(meta["date_done"]) - started_wall, meta["result"],
+                None if received is None else int(received))
+
+    def w5(self):
+        args = self.args
+        self.spawn(1)
+        self.wait_ready(1)
+        self.run_chord(W5_WARMUP_CHORD)  # warm-up: pool children, connections
+        n = args.chord_tasks
+        submit_s, chord_s, total, received = self.run_chord(n)
+        chord_ok = total == 5 * n and received == n
+
+        # chain(add(0, 1), add(1), ...): each step gets the previous result as
+        # its first argument; the worker sends the next step when one ends.
+        steps = args.chain_steps
+        signature = chain(benchtasks.add.s(0, 1), *[benchtasks.add.s(1) for _ in range(steps - 1)])
+        started_wall = now()
+        last = signature.apply_async()
+        ids = []
+        node = last
+        while node is not None:
+            ids.append(node.id)
+            node = node.parent
+        ids.reverse()
+        final = self.outcome(last.id, 120)
+        times = self.wait_done(ids, 10)
+        self.kill_all()
+        # The producer's backend keeps every result it subscribed to until it
+        # is fulfilled; dropped here, each unsubscribes while the interpreter
+        # is alive, not during its shutdown (where that fails noisily).
+        for pending in benchtasks.app.backend._pending_results:
+            pending.clear()
+        del last, node
+        gc.collect()
+        if times is None:
+            raise SystemExit("a chain step has no outcome although the last one has")
+        gaps = sorted((b - a) * 1e3 for a, b in zip(times, times[1:]))
+        return {
+            "chord_tasks": n,
+            "chord_submit_s": r3(submit_s),
+            "chord_s": r3(chord_s),
+            "chord_ok": chord_ok,
+            "chord_received": received,
+            "chord_sum": total,
+            "chain_steps": steps,
+            "chain_s": r3(times[-1] - started_wall),
+            "chain_step_p50_ms": r3(percentile(gaps, 50)),
+            "chain_step_p99_ms": r3(percentile(gaps, 99)),
+            "chain_ok": final["result"] == steps and len(ids) == steps,
+            "note": ("chord(group(add.s(2, 3) x N))(tsum.s()) on the Redis result backend; the producer "
+                     "has the backend, so Celery subscribes to each header's result channel as it sends "
+                     "it; chain: chain(add.s(0, 1), add.s(1), ...), each step sent by the worker that "
+                     "ran the previous one; times from date_done"),
+        }
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("workload", choices=["w1", "w2", "w3", "w4"])
+    p.add_argument("workload", choices=["w1", "w2", "w3", "w4", "w5"])
     p.add_argument("--config", choices=sorted(CONFIGS), default="prefork")
     p.add_argument("--redis", default="redis://127.0.0.1:6391/0")
     p.add_argument("--tasks", type=int, default=20000)
@@ -367,6 +453,8 @@ def main():
     p.add_argument("--leases", type=int, default=100)
     p.add_argument("--sleep", type=float, default=3.0)
     p.add_argument("--recovery-cap", type=float, default=10)
+    p.add_argument("--chord-tasks", type=int, default=10000)
+    p.add_argument("--chain-steps", type=int, default=100)
     p.add_argument("--samples", action="store_true")
     args = p.parse_args()
     args.sweep = [float(x) for x in args.sweep.split(",") if x]
