@@ -62,6 +62,20 @@ fn finished(id: &str) -> Result<pb::Task, Status> {
 
 #[tonic::async_trait]
 impl SubmissionService for Fake {
+    async fn submit_workflow(
+        &self,
+        _request: Request<pb::SubmitWorkflowRequest>,
+    ) -> Result<Response<pb::SubmitWorkflowResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn cancel_workflow(
+        &self,
+        _request: Request<pb::CancelWorkflowRequest>,
+    ) -> Result<Response<pb::CancelWorkflowResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     async fn submit_task(
         &self,
         request: Request<pb::SubmitTaskRequest>,
@@ -136,6 +150,29 @@ impl ResultsService for Fake {
         futures::stream::Iter<std::vec::IntoIter<Result<pb::WatchTaskResponse, Status>>>;
     type WatchEventsStream =
         futures::stream::Iter<std::vec::IntoIter<Result<pb::WatchEventsResponse, Status>>>;
+    type WatchWorkflowStream =
+        futures::stream::Iter<std::vec::IntoIter<Result<pb::WatchWorkflowResponse, Status>>>;
+
+    async fn get_workflow(
+        &self,
+        _request: Request<pb::GetWorkflowRequest>,
+    ) -> Result<Response<pb::GetWorkflowResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn wait_workflow(
+        &self,
+        _request: Request<pb::WaitWorkflowRequest>,
+    ) -> Result<Response<pb::WaitWorkflowResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn watch_workflow(
+        &self,
+        _request: Request<pb::WatchWorkflowRequest>,
+    ) -> Result<Response<Self::WatchWorkflowStream>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
 
     async fn watch_events(
         &self,

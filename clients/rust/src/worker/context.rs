@@ -97,6 +97,11 @@ impl TaskContext {
         &self.assignment.task_id
     }
 
+    /// The workflow this task is a node of (Celery's `request.root_id`).
+    pub fn workflow_id(&self) -> Option<&str> {
+        Some(self.assignment.workflow_id.as_str()).filter(|id| !id.is_empty())
+    }
+
     /// The registered task name.
     pub fn name(&self) -> &str {
         &self.assignment.name
