@@ -62,6 +62,17 @@ func Test_parity_chord(t *testing.T) {
 	}
 }
 
+func Test_parity_workflows(t *testing.T) {
+	ctx := testContext(t)
+	env := serverWorkflowEnv(t, nil)
+	var got int
+	// add(1, 2) | group(add(_, 10), add(_, 20)) | xsum = 13 + 23
+	env.result(t, ctx, conveyor.Chain(addOf(1, 2), conveyor.Group(addOf(10), addOf(20)), sigXsum), &got)
+	if got != 36 {
+		t.Fatalf("workflow: %d", got)
+	}
+}
+
 func TestWorkflowCancel(t *testing.T) {
 	ctx := testContext(t)
 	started := make(chan string, 1)

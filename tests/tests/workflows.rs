@@ -278,6 +278,8 @@ async fn watch_and_cancel_a_workflow(backend: Backend) {
     let parsed: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(parsed["state"], "SUCCEEDED");
     assert_eq!(parsed["nodes"][2]["result"], 4);
+    let (ok, text) = cli(&["workflow", "wait", &handle.id, "--timeout", "5s"]);
+    assert!(ok && text.contains("result: 4"), "{text}");
     // Cancel: running, queued and waiting nodes at once; none starts after.
     let handle = client
         .submit_workflow(chain([

@@ -958,3 +958,26 @@ mod readme {
         Ok(sum)
     }
 }
+
+#[tokio::test]
+async fn parity_workflows() {
+    use conveyor_client::canvas::{chain, group};
+    let server = Server::start_for_tests(&[]).await;
+    let worker = adder(&server, "p-workflows");
+    let client = server.client().await;
+    let step = |n: i64| TaskRequest::new("add").arg(n).queue("p-workflows");
+    // add(1, 2) | group(add(_, 10), add(_, 20)): the group's results in order.
+    let handle = client
+        .submit_workflow(chain([
+            add_task("p-workflows", 1, 2).into(),
+            group([step(10), step(20)]),
+        ]))
+        .await
+        .unwrap();
+    let result: Vec<i64> = client.workflow_result(&handle.id, STEP).await.unwrap();
+    assert_eq!(result, [13, 23]);
+    let workflow = client.get_workflow(&handle.id).await.unwrap();
+    assert_eq!(workflow.nodes.len(), 3);
+    assert_eq!(workflow.state, pb::WorkflowState::Succeeded as i32);
+    worker.shutdown().await;
+}

@@ -105,6 +105,19 @@ function nodeStates(workflow: Workflow): string[] {
 }
 
 describe("workflows", () => {
+  test("parity_workflows: chain | group | chord callback, results in order", async () => {
+    const { queue, worker } = startWorker();
+    try {
+      const handle = await client.submitWorkflow<number>(chain(sig("add", [1, 2]), group(sig("add", [10]), sig("add", [20])), sig("xsum")), { queue });
+      assert.equal(await handle.result({ timeoutMs: 20_000 }), 36);
+      const workflow = await handle.workflow();
+      assert.equal(workflow.nodes.length, 4);
+      assert.deepEqual(workflow.nodes[3]!.parents, [1, 2]);
+    } finally {
+      await worker.stop();
+    }
+  });
+
   test("a chain passes each result on; handlers see the workflow id; nodes carry it", async () => {
     const { queue, worker, calls } = startWorker();
     try {

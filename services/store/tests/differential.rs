@@ -108,6 +108,15 @@ enum Op {
         paused: bool,
     },
     DueSchedules,
+    /// Submits a workflow: per node a task name and its parents (indices
+    /// of earlier nodes), input rule and trigger (0 all succeeded, 1 all
+    /// done, 2 on failure).
+    SubmitWorkflow {
+        nodes: Vec<(usize, Vec<usize>, u8)>,
+        countdown_last: bool,
+    },
+    /// Cancels a workflow this sequence submitted.
+    CancelWorkflow(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -183,6 +192,62 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..2).prop_map(|id| Op::SettleRun { id }),
         1 => (0u8..2, any::<bool>()).prop_map(|(id, paused)| Op::PauseSchedule { id, paused }),
         1 => Just(Op::DueSchedules),
+        2 => workflow(),
+        1 => (0usize..4).prop_map(Op::CancelWorkflow),
+    ]
+}
+
+/// A random DAG of 1 to 6 tasks: each node names earlier nodes as parents.
+fn workflow() -> impl Strategy<Value = Op> {
+    (
+        prop::collection::vec(
+            (
+                0..NAMES.len(),
+                prop::collection::vec(0usize..6, 0..3),
+                0u8..3,
+            ),
+            1..7,
+        ),
+        any::<bool>(),
+    )
+        .prop_map(|(nodes, countdown_last)| {
+            let nodes = nodes
+                .into_iter()
+                .enumerate()
+                .map(|(index, (name, parents, trigger))| {
+                    let mut parents: Vec<usize> = parents
+                        .into_iter()
+                        .filter(|_| index > 0)
+                        .map(|parent| parent % index.max(1))
+                        .collect();
+                    parents.sort_unstable();
+                    parents.dedup();
+                    let trigger = if parents.is_empty() { 0 } else { trigger };
+                    (name, parents, trigger)
+                })
+                .collect();
+            Op::SubmitWorkflow {
+                nodes,
+                countdown_last,
+            }
+        })
+}
+
+/// Sequences about workflows: DAGs submitted, their tasks leased and
+/// finished (mostly successfully, so that inputs meet), cancelled, expired.
+fn workflow_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => workflow(),
+        6 => (0..SESSIONS.len(), 0..NAMES.len(), 1usize..5)
+            .prop_map(|(session, name, max)| Op::Lease { session, name, max, ttl_ms: 5000 }),
+        8 => (0..SESSIONS.len(), 0usize..4, prop_oneof![6 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)])
+            .prop_map(|(session, pick, kind)| Op::Complete { session, pick, kind, delay_ms: 0, stale: false }),
+        1 => (0usize..40).prop_map(Op::Cancel),
+        1 => (0usize..4).prop_map(Op::CancelWorkflow),
+        1 => (0usize..40).prop_map(Op::Replay),
+        1 => (0..SESSIONS.len()).prop_map(Op::Release),
+        1 => Just(Op::Promote),
+        1 => prop_oneof![Just(200i64), Just(1000)].prop_map(Op::Advance),
     ]
 }
 
@@ -234,6 +299,8 @@ struct Seen {
     outcome: Option<String>,
     progress: bool,
     session: String,
+    /// Arguments as a worker would get them (a workflow task's inputs first).
+    args: Vec<(Vec<u8>, String)>,
 }
 
 fn seen(task: Option<StoredTask>) -> Option<Seen> {
@@ -248,6 +315,12 @@ fn seen(task: Option<StoredTask>) -> Option<Seen> {
             .and_then(|outcome| outcome.outcome)
             .map(|outcome| format!("{outcome:?}")),
         progress: task.progress.is_some(),
+        args: task
+            .record
+            .args
+            .iter()
+            .map(|arg| (arg.data.clone(), arg.content_type.clone()))
+            .collect(),
         session: if task.state.is_leased() {
             task.session_id
         } else {
@@ -261,6 +334,8 @@ struct Run {
     stores: [Arc<dyn Store>; 2],
     now: i64,
     tasks: Vec<TaskId>,
+    /// Workflows the sequence submitted (their heads).
+    workflows: Vec<TaskId>,
     /// Leases per session, as the stores granted them: (task, token).
     leases: BTreeMap<usize, Vec<(TaskId, u64)>>,
     /// Each task's state after the last step.
@@ -540,6 +615,79 @@ impl Run {
                 }
                 out
             }
+            Op::SubmitWorkflow {
+                nodes,
+                countdown_last,
+            } => {
+                let count = nodes.len();
+                let spec = pb::WorkflowSpec {
+                    nodes: nodes
+                        .iter()
+                        .enumerate()
+                        .map(|(index, (name, parents, trigger))| pb::WorkflowNode {
+                            task: Some(pb::TaskSpec {
+                                name: NAMES[*name].to_string(),
+                                args: vec![pb::Payload {
+                                    data: b"1".to_vec(),
+                                    content_type: String::new(),
+                                }],
+                                options: Some(pb::TaskOptions {
+                                    countdown: (*countdown_last && index + 1 == count && index > 0)
+                                        .then_some(prost_types::Duration {
+                                            seconds: 0,
+                                            nanos: 400_000_000,
+                                        }),
+                                    ..Default::default()
+                                }),
+                                ..Default::default()
+                            }),
+                            parents: parents.iter().map(|parent| *parent as u32).collect(),
+                            trigger: match trigger {
+                                1 => pb::NodeTrigger::AllDone,
+                                2 => pb::NodeTrigger::OnFailure,
+                                _ => pb::NodeTrigger::AllSucceeded,
+                            } as i32,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    outputs: vec![count as u32 - 1],
+                    ..Default::default()
+                };
+                let mut workflow = conveyor_core::workflow::validate_workflow(
+                    spec,
+                    &Limits::default(),
+                    &conveyor_core::TaskDefaults::default(),
+                    now,
+                )
+                .expect("valid workflow");
+                self.stores[0].place_workflow(&mut workflow);
+                let mut out = Vec::new();
+                for store in &self.stores {
+                    let ack = store
+                        .submit_workflow(workflow.clone(), now)
+                        .await
+                        .map_err(fail)?;
+                    out.push(format!("{ack:?}"));
+                }
+                self.workflows.push(workflow.id);
+                self.tasks
+                    .extend(workflow.nodes.iter().map(|node| node.task.id));
+                out
+            }
+            Op::CancelWorkflow(index) => {
+                if self.workflows.is_empty() {
+                    return Ok(());
+                }
+                let id = self.workflows[index % self.workflows.len()];
+                let mut out = Vec::new();
+                for store in &self.stores {
+                    out.push(format!(
+                        "{:?}",
+                        store.cancel_workflow(id, now).await.map_err(fail)?
+                    ));
+                }
+                out
+            }
             Op::Release(session) => {
                 let mut out = Vec::new();
                 for store in &self.stores {
@@ -702,6 +850,43 @@ impl Run {
                 op
             );
         }
+        // Every workflow's head and counters, on both.
+        for id in self.workflows.clone() {
+            let view = |workflow: Option<conveyor_store::StoredWorkflow>| {
+                workflow.map(|workflow| {
+                    (
+                        workflow.head.state,
+                        workflow.unfinished,
+                        workflow.failed,
+                        workflow.first_failed,
+                        workflow
+                            .nodes
+                            .iter()
+                            .map(|(index, task)| (*index, task.state, task.record.args.len()))
+                            .collect::<Vec<_>>(),
+                    )
+                })
+            };
+            let memory = view(
+                self.stores[0]
+                    .get_workflow(id, conveyor_store::WorkflowNodes::All, self.now)
+                    .await
+                    .map_err(fail)?,
+            );
+            let redis = view(
+                self.stores[1]
+                    .get_workflow(id, conveyor_store::WorkflowNodes::All, self.now)
+                    .await
+                    .map_err(fail)?,
+            );
+            prop_assert_eq!(
+                memory,
+                redis,
+                "workflow {} after {:?} (memory, redis)",
+                id,
+                op
+            );
+        }
         // Every task's state, on both; every change one the lifecycle allows.
         for id in self.tasks.clone() {
             let memory = seen(self.stores[0].get(id, self.now).await.map_err(fail)?);
@@ -747,6 +932,16 @@ fn memory_and_redis_agree_on_random_sequences() {
         .and_then(|cases| cases.parse().ok())
         .unwrap_or(10_000);
     agree(cases, prop::collection::vec(op(), 1..16));
+}
+
+#[test]
+fn memory_and_redis_agree_on_workflows() {
+    let cases: u32 = std::env::var("CONVEYOR_DIFF_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(10_000)
+        / 40;
+    agree(cases.max(1), prop::collection::vec(workflow_op(), 10..60));
 }
 
 #[test]
@@ -840,6 +1035,7 @@ fn agree(cases: u32, sequences: impl Strategy<Value = Vec<Op>>) {
                 stores,
                 now: NOW,
                 tasks: Vec::new(),
+                workflows: Vec::new(),
                 leases: BTreeMap::new(),
                 claims: BTreeMap::new(),
                 states: BTreeMap::new(),

@@ -211,7 +211,7 @@ pub(crate) fn parse_task(id: TaskId, fields: Vec<(String, Vec<u8>)>) -> Result<S
         }
         (outcome, _) => outcome,
     };
-    let is_workflow = find("wg").is_some();
+    let is_workflow = find("wnc").is_some();
     let created_at_ms = record.created_at_ms;
     let state_code = number(&fields, "st");
     let state = TaskState::from_i32(state_code as i32)

@@ -692,24 +692,23 @@ impl Store for RedisStore {
         let prefix = self.partition_prefix(id.partition());
         let key = format!("{prefix}t:{id}");
         let mut connection = self.connection.clone();
-        let (graph, unfinished, failed, first_failed): (
-            Option<Vec<u8>>,
-            Option<u32>,
-            Option<u32>,
-            Option<String>,
-        ) = tokio::time::timeout(
-            self.config.command_timeout,
-            redis::cmd("HMGET")
-                .arg(&key)
-                .arg("wg")
-                .arg("wp")
-                .arg("wfc")
-                .arg("wff")
-                .query_async(&mut connection),
-        )
-        .await
-        .map_err(|_| ConveyorError::Unavailable("redis call timed out".into()))?
-        .map_err(unavailable)?;
+        let (counters, graph): ((Option<u32>, Option<u32>, Option<String>), Option<Vec<u8>>) =
+            tokio::time::timeout(
+                self.config.command_timeout,
+                redis::pipe()
+                    .cmd("HMGET")
+                    .arg(&key)
+                    .arg("wp")
+                    .arg("wfc")
+                    .arg("wff")
+                    .cmd("GET")
+                    .arg(format!("{prefix}wg:{id}"))
+                    .query_async(&mut connection),
+            )
+            .await
+            .map_err(|_| ConveyorError::Unavailable("redis call timed out".into()))?
+            .map_err(unavailable)?;
+        let (unfinished, failed, first_failed) = counters;
         let Some(graph) = graph else {
             return Ok(None);
         };

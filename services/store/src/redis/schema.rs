@@ -85,6 +85,16 @@ pub const KEYS: &[Key] = &[
         holds: "a WAITING workflow node's inputs so far: parent position → parent id, its state digit and outcome record; gone once the node is ready (`wi`) or finished",
     },
     Key {
+        pattern: "wg:<workflow id>",
+        kind: "string",
+        holds: "a workflow's graph, protobuf `WorkflowRecord`, apart from its head `t:<workflow id>` (which waiters read at every change); expires with the head",
+    },
+    Key {
+        pattern: "wl:<workflow id>",
+        kind: "string",
+        holds: "a workflow's node ids separated by spaces (CancelWorkflow's list), until the workflow finishes",
+    },
+    Key {
         pattern: "paused",
         kind: "set",
         holds: "paused queues",
@@ -302,8 +312,8 @@ pub const TASK_FIELDS: &[Field] = &[
         holds: "nodes that did not run: the node whose own failure started the chain",
     },
     Field {
-        name: "wg",
-        holds: "workflow heads: the graph, protobuf `WorkflowRecord`",
+        name: "wnc",
+        holds: "workflow heads: the number of nodes (marks the hash as a workflow's head)",
     },
     Field {
         name: "wp",
@@ -324,10 +334,6 @@ pub const TASK_FIELDS: &[Field] = &[
     Field {
         name: "wq",
         holds: "workflow heads: present once CancelWorkflow was called",
-    },
-    Field {
-        name: "wl",
-        holds: "workflow heads: node ids separated by spaces, until the workflow finishes",
     },
 ];
 

@@ -8,7 +8,7 @@ local t = P .. 't:' .. id
 local f = redis.call('HMGET', t, 'st', 'qk', 'ss')
 if not f[1] then return -1 end
 -- A workflow's head: CancelWorkflow cancels it.
-if redis.call('HEXISTS', t, 'wg') == 1 then return -2 end
+if redis.call('HEXISTS', t, 'wnc') == 1 then return -2 end
 if f[1] == '2' then
   unqueue(t, id, f[2])
 elseif f[1] == '1' then

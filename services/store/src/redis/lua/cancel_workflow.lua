@@ -7,11 +7,12 @@
 -- unknown workflow, else the nodes cancelled and the head's state.
 local wid, now, ev = ARGV[1], clock(ARGV[2]), ARGV[3]
 local wt = P .. 't:' .. wid
-local h = redis.call('HMGET', wt, 'st', 'wl', 'wp')
+local h = redis.call('HMGET', wt, 'st', 'wp')
 if not h[1] then return {-1} end
 if h[1] ~= '9' then return {0, tonumber(h[1])} end
+local wl = redis.call('GET', P .. 'wl:' .. wid) or ''
 redis.call('HSET', wt, 'wq', 1)
-for id in string.gmatch(h[2] or '', '%S+') do
+for id in string.gmatch(wl, '%S+') do
   local t = P .. 't:' .. id
   local f = redis.call('HMGET', t, 'st', 'qk', 'ss')
   local live = true
@@ -33,4 +34,4 @@ for id in string.gmatch(h[2] or '', '%S+') do
   end
 end
 wf_flush(ev)
-return {tonumber(h[3] or '0'), tonumber(redis.call('HGET', wt, 'st'))}
+return {tonumber(h[2] or '0'), tonumber(redis.call('HGET', wt, 'st'))}

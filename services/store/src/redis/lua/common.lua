@@ -271,7 +271,9 @@ end
 -- run keeps wx (the parent that failed) and wr (the root cause). The head
 -- t:<workflow id> keeps wp (nodes unfinished), wfc (nodes failed), wcc
 -- (nodes cancelled), wff (the first that failed or expired), wq
--- (cancelling) and wl (node ids). A link_error callback that is not needed
+-- (cancelling) and wnc (node count, marking a head); its graph is wg:<id> and
+-- its node ids wl:<id>, apart, so that the hash waiters read stays small.
+-- A link_error callback that is not needed
 -- is CANCELLED but not counted (0 in the work list).
 
 -- What this script call knows of the workflow nodes and heads it touched:
@@ -439,9 +441,12 @@ local function wf_flush(ev)
       local hst = (h[1] and 7) or ((tonumber(h[2] or '0') > 0) and 6)
         or ((tonumber(h[5] or '0') > 0) and 7) or 5
       redis.call('HSET', wt, 'st', hst, 'ua', now, 'fa', now)
-      redis.call('HDEL', wt, 'wl')
+      redis.call('DEL', P .. 'wl:' .. wid)
       local ttl = tonumber(h[3] or 'DEFAULT_TTL_MS')
-      if ttl and ttl > 0 then redis.call('PEXPIRE', wt, ttl) end
+      if ttl and ttl > 0 then
+        redis.call('PEXPIRE', wt, ttl)
+        redis.call('PEXPIRE', P .. 'wg:' .. wid, ttl)
+      end
       if h[4] then notify_finished(wt, wid, ev) end
     end
   end

@@ -62,7 +62,11 @@ for _, qk in ipairs(order) do
   redis.call('SADD', P .. 'rq', qk)
 end
 local wt = P .. 't:' .. wid
-redis.call('HSET', wt, 'st', 9, 'sp', ARGV[5], 'wg', ARGV[7], 'wp', #ids, 'wl', table.concat(ids, ' '))
+-- The graph and the node list live apart from the head, which waiters
+-- read at every change: it stays a few small fields.
+redis.call('HSET', wt, 'st', 9, 'sp', ARGV[5], 'wp', #ids, 'wnc', #ids)
+redis.call('SET', P .. 'wg:' .. wid, ARGV[7])
+redis.call('SET', P .. 'wl:' .. wid, table.concat(ids, ' '))
 if ARGV[6] ~= '' then redis.call('HSET', wt, 'ttl', ARGV[6]) end
 for _, qk in ipairs(order) do redis.call('PUBLISH', rdy, qk) end
 return {wid, 0}
