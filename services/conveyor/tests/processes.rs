@@ -679,19 +679,23 @@ async fn cli_takes_a_bare_address_and_pipes_get_plain_logs() {
         .unwrap()
         .unwrap();
     let addr = line.strip_prefix("listening on ").unwrap().to_string();
-    let log = tokio::time::timeout(Duration::from_secs(10), stderr.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(
-        log.contains("conveyor serving") || log.contains("INFO"),
-        "{log}"
-    );
-    assert!(
-        !log.contains('\u{1b}'),
-        "escape codes in piped logs: {log:?}"
-    );
+    // Read up to the serving line: a warning may come first (another test's
+    // `conveyor dev` may hold the default metrics port). No line may carry
+    // escape codes.
+    loop {
+        let log = tokio::time::timeout(Duration::from_secs(10), stderr.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(
+            !log.contains('\u{1b}'),
+            "escape codes in piped logs: {log:?}"
+        );
+        if log.contains("conveyor serving") {
+            break;
+        }
+    }
     let output = cli(&["workers", "--server", &addr]).await;
     assert!(
         output.status.success(),
