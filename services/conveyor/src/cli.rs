@@ -123,7 +123,7 @@ pub struct EventsArgs {
     #[arg(long = "task")]
     pub tasks: Vec<String>,
     /// Only these kinds: submitted, leased, started, progress, retried,
-    /// succeeded, failed, cancelled, expired, requeued, worker-online,
+    /// succeeded, failed, cancelled, expired, requeued, ready, worker-online,
     /// worker-offline, worker-heartbeat (comma-separated).
     #[arg(long = "kind", value_delimiter = ',')]
     pub kinds: Vec<String>,
