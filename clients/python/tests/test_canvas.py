@@ -355,3 +355,85 @@ def test_client_takes_canvas_or_spec():
     with pytest.raises(TypeError, match="cannot submit"):
         client.submit_workflow(["a"])
     client.close()
+
+
+# --- callback arity: a registered task's function is checked against what its node gets -------
+
+
+@app.task(name="nothing")
+def nothing():
+    return 0
+
+
+@app.task(name="report_one")
+def report_one(task_id):
+    return task_id
+
+
+@app.task(name="report")
+def report(task_id, error, note=""):
+    return note
+
+
+@app.task(name="ctx_add", bind=True)
+def ctx_add(ctx, x, y):
+    return x + y
+
+
+def test_arity_chain_step_with_too_many_bound_arguments():
+    with pytest.raises(TypeError) as caught:
+        (add.s(1, 2) | add.s(3, 4)).to_workflow()
+    message = str(caught.value)
+    assert "workflow node 1 (chain[1], add)" in message
+    assert "gets 1 input (the result before it) plus 2 bound arguments" in message
+    assert "add(x, y) takes 2 positional arguments" in message and "add.si(...)" in message
+    # A missing argument is caught too; a keyword argument counts.
+    with pytest.raises(TypeError, match=r"workflow node 0 \(chain\[0\], add\).*missing"):
+        (add.s(1) | add.s(3)).to_workflow()
+    (add.s(1, y=2) | add.s(y=3)).to_workflow()
+
+
+def test_arity_chord_body_taking_no_argument():
+    with pytest.raises(TypeError) as caught:
+        chord([add.s(1, 1), add.s(2, 2)], nothing.s()).to_workflow()
+    message = str(caught.value)
+    assert message.startswith("workflow node 2 (chord.body, nothing) gets 1 input (the list of the results")
+    assert "nothing() takes 0 positional arguments" in message and "nothing.si(...)" in message
+    chord([add.s(1, 1)], xsum.s()).to_workflow()
+
+
+def test_arity_link_error_callback_taking_one_parameter():
+    flow = add.s(1, 2) | add.s(3)
+    flow.link_error(report_one.s())
+    with pytest.raises(TypeError) as caught:
+        flow.to_workflow()
+    message = str(caught.value)
+    assert "workflow node 2 (link_error[0], report_one) gets 2 inputs (the failed task's id and its error)" in message
+    assert "report_one(task_id, error, ...)" in message
+    # Immutable or not, an errback gets both first.
+    with pytest.raises(TypeError, match="report_one"):
+        add.s(1, 2).on_error(report_one.si()).to_workflow()
+    add.s(1, 2).on_error(report.si()).to_workflow()
+    add.s(1, 2).on_error(report.s("note")).to_workflow()
+    with pytest.raises(TypeError, match="2 bound arguments"):
+        add.s(1, 2).on_error(report.s("note", "extra")).to_workflow()
+
+
+def test_arity_immutable_signature_and_bind():
+    (add.s(1, 2) | add.si(3, 4)).to_workflow()  # ignores the input: add(3, 4)
+    with pytest.raises(TypeError, match=r"gets no input plus 1 bound argument"):
+        (add.s(1, 2) | add.si(3)).to_workflow()
+    # bind=True: the task context comes first and is not counted.
+    (add.s(1, 2) | ctx_add.s(1)).to_workflow()
+    with pytest.raises(TypeError, match=r"takes 2 positional arguments after its task context"):
+        (add.s(1, 2) | ctx_add.s(1, 2)).to_workflow()
+    # Arguments given at submission are checked with the first task's.
+    assert add.s().clone((1, 2)).to_workflow().nodes[0].task.name == "add"
+
+
+def test_arity_star_args_and_name_only_signatures_are_not_checked():
+    (a.s(1, 2, 3) | b.s(4, 5) | group(c.s(), c.s(1)) | a.s()).to_workflow()
+    # By name only, the function is not known (it may run in another language).
+    (add.s(1, 2) | signature("add", args=[3, 4])).to_workflow()
+    chord([add.s(1, 1)], signature("nothing")).to_workflow()
+    add.s(1, 2).on_error(app.signature("report_one")).to_workflow()

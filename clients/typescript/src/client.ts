@@ -476,25 +476,38 @@ export class Client {
     throw await this.#workflowFailure(workflow, options);
   }
 
-  /** The error of a FAILED workflow: that of its first failed node (`failedTaskId`). */
+  /**
+   * The error of a FAILED workflow: that of the node `failedTaskId` names
+   * when it FAILED; when that node did not (it EXPIRED), or is not named,
+   * that of a FAILED node: one whose `causeTaskId` is `failedTaskId` (its
+   * dependent), else the first (a handler's failure first when none is
+   * named), as the Go and Python SDKs do.
+   */
   async #workflowFailure(workflow: Workflow, options: CallOptions): Promise<Error> {
-    let failedId = workflow.failedTaskId;
+    const failedId = workflow.failedTaskId;
+    let named: Task | undefined;
+    if (failedId !== "") {
+      try {
+        named = await this.get(failedId, options);
+      } catch (error) {
+        if (!(error instanceof ConveyorError) || error.code !== Code.NotFound) throw error;
+      }
+      if (named?.state === TaskState.FAILED) return unsuccessfulTaskError(named);
+    }
+    const nodes = (await this.getWorkflow(workflow.id, { ...options, view: "nodes" })).nodes;
+    const failed = nodes.filter((node) => node.task?.state === TaskState.FAILED).map((node) => node.task!);
+    const task =
+      failedId === ""
+        ? (failed.find((candidate) => candidate.error?.causeTaskId === "") ?? failed[0])
+        : (failed.find((candidate) => candidate.error?.causeTaskId === failedId) ?? failed[0]);
+    if (task !== undefined) return unsuccessfulTaskError(task);
+    if (named !== undefined) return unsuccessfulTaskError(named);
     if (failedId === "") {
-      // A server that does not name the node: the first FAILED one, preferring a handler's failure to a dependency's.
-      const nodes = (await this.getWorkflow(workflow.id, { ...options, view: "nodes" })).nodes;
-      const failed = nodes.filter((node) => node.task?.state === TaskState.FAILED).map((node) => node.task!);
-      const task = failed.find((candidate) => candidate.error?.causeTaskId === "") ?? failed[0];
-      if (task !== undefined) return unsuccessfulTaskError(task);
       return new TaskFailedError("", "", `workflow ${workflow.id} FAILED, but none of its nodes did`, "", false, { workflowId: workflow.id });
     }
-    try {
-      return unsuccessfulTaskError(await this.get(failedId, options));
-    } catch (error) {
-      if (!(error instanceof ConveyorError) || error.code !== Code.NotFound) throw error;
-      return new TaskFailedError(failedId, "", `workflow ${workflow.id} FAILED at task ${failedId}, whose record is gone`, "", false, {
-        workflowId: workflow.id,
-      });
-    }
+    return new TaskFailedError(failedId, "", `workflow ${workflow.id} FAILED at task ${failedId}, whose record is gone`, "", false, {
+      workflowId: workflow.id,
+    });
   }
 
   /**

@@ -256,6 +256,30 @@ describe("workflows", () => {
     }
   });
 
+  test("a node that expires fails its dependents; result throws the FAILED dependent's error, caused by the expired node", async () => {
+    const { queue, worker } = startWorker();
+    try {
+      const handle = await client.submitWorkflow(
+        chain(sig("slow", [1000, 0]), sig("add", [1], { expires: Date.now() + 300 }), sig("add", [2])),
+        { queue },
+      );
+      const failed = await handle.wait({ timeoutMs: 20_000 });
+      assert.equal(failed.state, WorkflowState.FAILED);
+      assert.equal(failed.failedTaskId, handle.taskIds[1], "failed_task_id names the expired node");
+      assert.deepEqual(nodeStates(await handle.workflow()), ["slow SUCCEEDED", "add EXPIRED", "add FAILED"]);
+      await assert.rejects(handle.result({ timeoutMs: 5000 }), (error: unknown) => {
+        assert.ok(error instanceof TaskFailedError, String(error));
+        assert.equal(error.taskId, handle.taskIds[2]);
+        assert.equal(error.reason, FailureReason.DEPENDENCY_FAILED);
+        assert.equal(error.causeTaskId, handle.taskIds[1]);
+        assert.equal(error.workflowNode, 2);
+        return true;
+      });
+    } finally {
+      await worker.stop();
+    }
+  });
+
   test("a chord with allowErrors runs its body with failed headers as error entries", async () => {
     const { queue, worker } = startWorker();
     try {

@@ -386,12 +386,12 @@ class Task:
         """A partial: `add.s(2).delay(3)` submits add(3, 2) (new positional
         arguments go first, as in Celery); in a chain, the result of the
         task before comes first."""
-        return Signature(self.name, args, kwargs, dict(self.options), app=self.app)
+        return Signature(self.name, args, kwargs, dict(self.options), app=self.app)._of_task(self)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: in a chain or chord it ignores the
         results before it and runs with exactly these arguments."""
-        return Signature(self.name, args, kwargs, dict(self.options), app=self.app, immutable=True)
+        return Signature(self.name, args, kwargs, dict(self.options), app=self.app, immutable=True)._of_task(self)
 
     def chunks(self, items: Iterable[Iterable[Any]], n: int) -> chunks:
         """`add.chunks(zip(xs, ys), 10)`: see `conveyor.chunks`."""
@@ -412,7 +412,7 @@ class Task:
         `task.signature(args, kwargs, **options)`)."""
         return Signature(
             self.name, args, kwargs, {**self.options, **_options(options)}, app=self.app, immutable=immutable
-        )
+        )._of_task(self)
 
     subtask = signature
 

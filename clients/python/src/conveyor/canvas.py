@@ -33,6 +33,7 @@ group or has several exits.
 from __future__ import annotations
 
 import copy as _copy
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ from conveyor.v1 import task_pb2, workflow_pb2
 
 if TYPE_CHECKING:
     from conveyor._eager import EagerResult
-    from conveyor.app import AsyncResult, Conveyor
+    from conveyor.app import AsyncResult, Conveyor, Task
     from conveyor.result import WorkflowResult
 
 __all__ = [
@@ -419,6 +420,12 @@ class Signature(Canvas):
     `add.si(2, 3)`, `signature("add", args=[2])`): submit it alone
     (`delay`, `apply_async`, `submit_many`) or as part of a canvas."""
 
+    # The registered task (`@app.task`) this signature was made from
+    # (`task.s()`, `.si()`, `.signature()`), if any: its function's
+    # parameters are checked when the canvas compiles. None for a signature
+    # by name only (`signature("add")`), which is not checked.
+    _task: Task | None = None
+
     def __init__(
         self,
         name: str,
@@ -443,6 +450,11 @@ class Signature(Canvas):
     def task(self) -> str:
         """The task name (Celery's `sig.task`)."""
         return self.name
+
+    def _of_task(self, task: Task) -> Signature:
+        """This signature, made from the registered `task` (see `_task`)."""
+        self._task = task
+        return self
 
     def set(self, immutable: bool | None = None, **options: Any) -> Signature:  # type: ignore[override]
         """A copy with these options added (`immutable=True` makes it ignore
@@ -554,6 +566,9 @@ class Signature(Canvas):
             task=spec, parents=parents, input=node_input, trigger=trigger, label=_clip(path)
         )
         index = compiler.add(node)
+        if self._task is not None:
+            _check_arity(self._task, self.args, self.kwargs, _ERRBACK if trigger == _ON_FAILURE else node_input,
+                         index, node.label)
         return [index], [index]
 
     def __eq__(self, other: object) -> bool:
@@ -568,6 +583,72 @@ class Signature(Canvas):
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
         return f"{self.name}{'!' if self.immutable else ''}({', '.join(parts)})"
+
+
+# What a node gets before its own arguments (its input mode, or _ERRBACK
+# for a link_error callback): how many, and in words.
+_ERRBACK = -1
+_INPUTS = {
+    _NONE: (0, "no input"),
+    _ONE: (1, "1 input (the result before it)"),
+    _LIST: (1, "1 input (the list of the results before it)"),
+    _ERRBACK: (2, "2 inputs (the failed task's id and its error)"),
+}
+
+
+def _check_arity(task: Task, args: tuple[Any, ...], kwargs: Mapping[str, Any], kind: int, index: int,
+                 label: str) -> None:
+    """Raises TypeError when the function of `task` (registered here) cannot
+    take what workflow node `index` will call it with: its inputs from the
+    DAG (`kind`, a node input mode or _ERRBACK: a parent's result or a
+    chord's list is 1 argument, a link_error's failed task id and error 2,
+    an immutable signature's none), then `args` and `kwargs`, after the
+    task's context for `bind=True`, as the worker binds them. A function
+    with *args, or whose parameters cannot be read, is not checked."""
+    inputs, gets = _INPUTS[kind]
+    try:
+        parameters = inspect.signature(task.run)
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters.parameters.values()):
+        return
+    context = [None] if task.bind else []
+    try:
+        parameters.bind(*context, *([None] * inputs), *args, **dict.fromkeys(kwargs))
+    except TypeError as exc:
+        problem = str(exc)
+    else:
+        return
+    listed = list(parameters.parameters.values())[len(context):]
+    positional = sum(
+        1 for p in listed if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    )
+    function = getattr(task.run, "__name__", task.name)
+    shown = ", ".join(str(p) for p in listed)
+    where = f"{label}, {task.name}" if label else task.name
+    if args:
+        gets += f" plus {len(args)} bound argument{'s' if len(args) != 1 else ''}"
+    if kwargs:
+        gets += f" and keyword argument{'s' if len(kwargs) != 1 else ''} {', '.join(kwargs)}"
+    takes = f"takes {positional} positional argument{'s' if positional != 1 else ''}"
+    if task.bind:
+        takes += " after its task context (bind=True)"
+    if inputs == 2:
+        hint = (
+            f"a link_error callback gets the failed task's id and error before its own arguments: "
+            f"define it as {function}(task_id, error, ...)"
+        )
+    elif problem.startswith("too many positional"):
+        hint = f"use {function}.si(...) to ignore the input, or drop bound arguments" if inputs else (
+            "drop bound arguments"
+        )
+    elif problem.startswith("missing"):
+        hint = "bind the missing arguments (.s(...)), give them defaults, or pass them to apply_async(args)"
+    else:
+        hint = "change the bound arguments or the function's parameters"
+    raise TypeError(
+        f"workflow node {index} ({where}) gets {gets}, but {function}({shown}) {takes}: {problem}; {hint}"
+    )
 
 
 def _members(tasks: tuple[Any, ...], what: str) -> list[Canvas]:
