@@ -48,6 +48,29 @@ impl Results {
         }
     }
 
+    /// When a wait ends: the soonest of the requested timeout, the caller's
+    /// `grpc-timeout` and the server's maximum wait.
+    fn wait_deadline(
+        &self,
+        timeout: Option<&prost_types::Duration>,
+        caller_deadline: Option<Duration>,
+    ) -> Result<tokio::time::Instant, ConveyorError> {
+        let requested = match timeout {
+            Some(timeout) => Some(Duration::from_millis(
+                duration_ms(timeout)
+                    .ok_or_else(|| ConveyorError::invalid("timeout", "must be non-negative"))?
+                    as u64,
+            )),
+            None => None,
+        };
+        let wait = [requested, caller_deadline, Some(self.max_wait)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.max_wait);
+        Ok(tokio::time::Instant::now() + wait)
+    }
+
     /// Workflow `id` if it exists in `namespace`, with the nodes asked for.
     async fn load_workflow(
         &self,
@@ -200,20 +223,7 @@ impl server::ResultsService for Results {
         let message = request.into_inner();
         let namespace = Namespace::parse("namespace", &message.namespace)?;
         let id = TaskId::parse(&message.task_id, "task_id")?;
-        let requested = match &message.timeout {
-            Some(timeout) => Some(Duration::from_millis(
-                duration_ms(timeout)
-                    .ok_or_else(|| ConveyorError::invalid("timeout", "must be non-negative"))?
-                    as u64,
-            )),
-            None => None,
-        };
-        let wait = [requested, caller_deadline, Some(self.max_wait)]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(self.max_wait);
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = self.wait_deadline(message.timeout.as_ref(), caller_deadline)?;
         let view = pb::TaskView::try_from(message.view).map_err(|_| {
             ConveyorError::invalid(
                 "view",
@@ -261,20 +271,7 @@ impl server::ResultsService for Results {
         let namespace = Namespace::parse("namespace", &message.namespace)?;
         let id = TaskId::parse(&message.workflow_id, "workflow_id")?;
         let view = workflow_view(message.view, pb::WorkflowView::Summary)?;
-        let requested = match &message.timeout {
-            Some(timeout) => Some(Duration::from_millis(
-                duration_ms(timeout)
-                    .ok_or_else(|| ConveyorError::invalid("timeout", "must be non-negative"))?
-                    as u64,
-            )),
-            None => None,
-        };
-        let wait = [requested, caller_deadline, Some(self.max_wait)]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(self.max_wait);
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = self.wait_deadline(message.timeout.as_ref(), caller_deadline)?;
         // A workflow's head finishes with its last node.
         let head = self.store.get(id, now_ms()).await?;
         if !head.is_some_and(|head| head.is_workflow && head.in_namespace(&namespace)) {
