@@ -8,6 +8,7 @@ mod scripts;
 mod subscriber;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -438,6 +439,45 @@ fn due_arg(task: &NewTask, now_ms: i64) -> String {
     }
 }
 
+/// A workflow node's uncommon fields for workflow.lua, '' when all are the
+/// defaults (the common case: one argument instead of eight).
+fn node_extra(
+    task: &NewTask,
+    node: &conveyor_core::workflow::NewNode,
+    now_ms: i64,
+    ttl_arg: &dyn Fn(i64) -> String,
+) -> String {
+    let due = due_arg(task, now_ms);
+    let ttl = ttl_arg(task.result_ttl_ms);
+    let delay = node.ready_delay.map(|delay| delay.to_script());
+    if due == "+0"
+        && task.expires_at_ms == 0
+        && ttl.is_empty()
+        && task.rate_limit.is_none()
+        && task.concurrency.is_empty()
+        && delay.is_none()
+    {
+        return String::new();
+    }
+    let (bucket, interval) = task
+        .rate_limit
+        .as_ref()
+        .map_or((String::new(), 0.0), |(bucket, interval)| {
+            (bucket.clone(), *interval)
+        });
+    [
+        due,
+        task.expires_at_ms.to_string(),
+        ttl,
+        bucket,
+        format!("{interval:?}"),
+        concurrency_keys(&task.concurrency),
+        concurrency_limits(&task.concurrency),
+        delay.unwrap_or_default(),
+    ]
+    .join("\u{1f}")
+}
+
 fn decode_schedule(bytes: &[u8], id: &str) -> Result<conveyor_api::pb::Schedule> {
     conveyor_api::pb::Schedule::decode(bytes).map_err(|error| ConveyorError::Corrupt {
         key: format!("schedule {id}"),
@@ -588,15 +628,30 @@ impl Store for RedisStore {
             .arg(workflow.graph.encode_to_vec())
             .arg(workflow.idempotency_key.as_deref().unwrap_or(""))
             .arg(workflow.idempotency_ttl_ms);
+        let mut children = String::new();
         for (index, node) in workflow.nodes.iter().enumerate() {
             let task = &node.task;
-            let children: Vec<String> = node
-                .children
-                .iter()
-                .map(|(child, position)| {
-                    format!("{}:{position}", workflow.nodes[*child as usize].task.id)
-                })
-                .collect();
+            children.clear();
+            for (child, position) in &node.children {
+                if !children.is_empty() {
+                    children.push(' ');
+                }
+                let _ = write!(
+                    children,
+                    "{}:{position}",
+                    workflow.nodes[*child as usize].task.id
+                );
+            }
+            let wait = if node.parents.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "{} {} {}",
+                    node.parents.len(),
+                    node.rule.input_code(),
+                    node.rule.trigger_code()
+                )
+            };
             invocation
                 .arg(task.id.to_string())
                 .arg(
@@ -610,31 +665,10 @@ impl Store for RedisStore {
                         .as_str(),
                 )
                 .arg(task.record.encode_to_vec())
-                .arg(due_arg(task, now_ms))
-                .arg(task.expires_at_ms)
-                .arg(ttl_arg(task.result_ttl_ms))
-                .arg(
-                    task.rate_limit
-                        .as_ref()
-                        .map_or("", |(bucket, _)| bucket.as_str()),
-                )
-                .arg(
-                    task.rate_limit
-                        .as_ref()
-                        .map_or(0.0, |(_, interval)| *interval),
-                )
-                .arg(concurrency_keys(&task.concurrency))
-                .arg(concurrency_limits(&task.concurrency))
-                .arg(node.parents.len())
-                .arg(node.rule.input_code())
-                .arg(node.rule.trigger_code())
-                .arg(children.join(" "))
-                .arg(
-                    node.ready_delay
-                        .map(|delay| delay.to_script())
-                        .unwrap_or_default(),
-                )
-                .arg(index);
+                .arg(index)
+                .arg(wait)
+                .arg(children.as_str())
+                .arg(node_extra(task, node, now_ms, &ttl_arg));
         }
         // Run twice, a workflow without an idempotency key would be stored
         // twice: only a keyed one is retried.

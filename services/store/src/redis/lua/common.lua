@@ -321,17 +321,24 @@ local function wf_ready(ct, cid, now, ev, cancelling, work)
   end
   local h = redis.call('HGETALL', wa)
   if #h > 0 then
-    local at, positions = {}, {}
+    -- Positions are parent indexes: walked in order, no sort needed.
+    local at, last = {}, -1
     for j = 1, #h, 2 do
       local p = tonumber(h[j])
-      positions[#positions + 1] = p
       at[p] = h[j + 1]
+      if p > last then last = p end
     end
-    table.sort(positions)
-    local parts = {}
-    for _, p in ipairs(positions) do parts[#parts + 1] = #at[p] .. ':' .. at[p] end
+    local parts, k = {}, 0
+    for p = 0, last do
+      local v = at[p]
+      if v then
+        parts[k + 1] = #v; parts[k + 2] = ':'; parts[k + 3] = v
+        k = k + 3
+      end
+    end
     redis.call('HSET', ct, 'wi', table.concat(parts))
-    redis.call('DEL', wa)
+    -- A chord's inputs may be many: freed off the main thread.
+    redis.call('UNLINK', wa)
   end
   local g = redis.call('HMGET', ct, 'qk', 'wdl')
   redis.call('HDEL', ct, 'wd')
@@ -352,7 +359,9 @@ end
 
 -- Node id of workflow wid finished in state st: settles its children, and
 -- theirs when they cannot run; the head's counters wait for wf_flush.
-local function wf_after(id, st, now_text, ev, wid)
+-- known: the finished node's children and outcome when the caller read
+-- them (complete.lua), saving a read.
+local function wf_after(id, st, now_text, ev, wid, known)
   local now = math.floor(tonumber(now_text))
   local head = wf_head(wid, now)
   local cancelling = head.cancelling
@@ -364,7 +373,12 @@ local function wf_after(id, st, now_text, ev, wid)
     if i > 1 then redis.call('DEL', P .. 'wa:' .. pid) end
     i = i + 2
     head.finished = head.finished + 1
-    local pf = redis.call('HMGET', P .. 't:' .. pid, 'wc', 'oc', 'wr')
+    local pf
+    if i == 3 and known then
+      pf = known
+    else
+      pf = redis.call('HMGET', P .. 't:' .. pid, 'wc', 'oc', 'wr')
+    end
     local bad = pst == 6 or pst == 8
     if pst == 6 then head.failed = head.failed + 1 end
     if pst == 7 then head.cancelled = head.cancelled + 1 end
@@ -453,10 +467,11 @@ local function wf_flush(ev)
   WF_HEADS, WF_HEAD_LIST = {}, {}
 end
 
-local function finish(t, id, st, now, ev, g, oc)
+-- g: as for finish_task, plus wf; known: see wf_after.
+local function finish(t, id, st, now, ev, g, oc, known)
   g = g or redis.call('HMGET', t, 'ck', 'ttl', 'w', 'cl', 'wf')
   finish_task(t, id, st, now, ev, g, oc)
-  if g[5] then wf_after(id, st, now, ev, g[5]) end
+  if g[5] then wf_after(id, st, now, ev, g[5], known) end
 end
 
 -- Drops dead letters whose task hash expired (up to 100 per call).

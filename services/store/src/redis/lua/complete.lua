@@ -10,7 +10,7 @@ local out = {}
 for b = 3, #ARGV, 6 do
   local id, sid, kind = ARGV[b], ARGV[b + 1], ARGV[b + 3]
   local t = P .. 't:' .. id
-  local f = redis.call('HMGET', t, 'st', 'ss', 'tk', 'fl', 'ck', 'ttl', 'w', 'cl', 'wf')
+  local f = redis.call('HMGET', t, 'st', 'ss', 'tk', 'fl', 'ck', 'ttl', 'w', 'cl', 'wf', 'wc')
   if not f[1] then
     out[#out + 1] = -1
   elseif tonumber(f[3] or '0') ~= tonumber(ARGV[b + 2]) then
@@ -20,8 +20,10 @@ for b = 3, #ARGV, 6 do
   else
     redis.call('SREM', P .. 'sl:' .. sid, id)
     local g = {f[5], f[6], f[7], f[8], f[9]}
+    -- A node finished by its worker has no root cause (wr) of its own.
+    local known = f[9] and {f[10], ARGV[b + 4], false}
     if kind == 's' then
-      finish(t, id, 5, now, ev, g, ARGV[b + 4])
+      finish(t, id, 5, now, ev, g, ARGV[b + 4], known)
       out[#out + 1] = 5
     else
       redis.call('HSET', t, 'oc', ARGV[b + 4], 'fl', tonumber(f[4] or '0') + 1)
@@ -34,7 +36,7 @@ for b = 3, #ARGV, 6 do
         emit('R', t, id, now)
         out[#out + 1] = 1
       else
-        finish(t, id, 6, now, ev, g)
+        finish(t, id, 6, now, ev, g, nil, known)
         redis.call('ZADD', P .. 'dlq', now, id)
         out[#out + 1] = 6
       end
