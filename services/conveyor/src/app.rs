@@ -88,6 +88,8 @@ pub struct AppConfig {
     pub submission_url: Option<String>,
     /// Schedules declared in the config file.
     pub declared_schedules: Vec<conveyor_api::pb::Schedule>,
+    /// Where the roles this process does not serve run (`--peer`).
+    pub peers: Vec<crate::forward::Peer>,
 }
 
 impl Default for AppConfig {
@@ -102,6 +104,7 @@ impl Default for AppConfig {
             task_defaults: TaskDefaults::default(),
             submission_url: None,
             declared_schedules: Vec::new(),
+            peers: Vec::new(),
         }
     }
 }
@@ -177,6 +180,16 @@ pub fn start(
             }
         }
     }
+    // The roles served elsewhere: forwarded to their peers, or answered
+    // with what to do.
+    let served = dedup(&config.roles);
+    for role in Role::ALL.into_iter().filter(|role| !served.contains(role)) {
+        let peer = config.peers.iter().find(|peer| peer.role == role);
+        if peer.is_some() {
+            names.push(crate::forward::service_name(role));
+        }
+        add_stand(&mut routes, role, peer.map(|peer| peer.url.as_str()));
+    }
     let server_config = config.server.clone();
     let routes = routes.routes();
     tokio::spawn(async move {
@@ -204,14 +217,21 @@ pub fn start(
 /// this very process when it serves submission (still over gRPC, as any
 /// producer would).
 fn submission_target(config: &AppConfig, listener: &TcpListener) -> Option<SubmissionTarget> {
+    let submission_peer = config
+        .peers
+        .iter()
+        .find(|peer| peer.role == Role::Submission);
     let url = match &config.submission_url {
         Some(url) => url.clone(),
+        None if submission_peer.is_some() => submission_peer.map(|peer| peer.url.clone())?,
         None if config.roles.contains(&Role::Submission) => {
             let addr = listener.local_addr().ok()?;
             format!("http://{addr}")
         }
         None => {
-            tracing::warn!("no --submission-url: this scheduler cannot fire schedules");
+            tracing::warn!(
+                "no --submission-url or --peer submission=URL: this scheduler cannot fire schedules"
+            );
             return None;
         }
     };
@@ -226,6 +246,29 @@ fn submission_target(config: &AppConfig, listener: &TcpListener) -> Option<Submi
         channel,
         token: config.server.auth_tokens.first().cloned(),
     })
+}
+
+fn add_stand(routes: &mut tonic::service::RoutesBuilder, role: Role, peer: Option<&str>) {
+    use crate::forward::{
+        DispatchMarker, ResultsMarker, SchedulingMarker, Stand, SubmissionMarker,
+    };
+    fn stand<M>(role: Role, peer: Option<&str>) -> Stand<M> {
+        match peer.map(|url| Stand::forward(role, url)) {
+            Some(Ok(stand)) => stand,
+            Some(Err(error)) => {
+                // Checked when the flags were parsed; kept as a status.
+                tracing::error!(%error, ?role, "unusable peer URL");
+                Stand::absent(role)
+            }
+            None => Stand::absent(role),
+        }
+    }
+    match role {
+        Role::Submission => routes.add_service(stand::<SubmissionMarker>(role, peer)),
+        Role::Scheduling => routes.add_service(stand::<SchedulingMarker>(role, peer)),
+        Role::Dispatch => routes.add_service(stand::<DispatchMarker>(role, peer)),
+        Role::Results => routes.add_service(stand::<ResultsMarker>(role, peer)),
+    };
 }
 
 fn dedup(roles: &[Role]) -> Vec<Role> {

@@ -179,6 +179,12 @@ pub struct ServerArgs {
     /// it also serves submission).
     #[arg(long, env = "CONVEYOR_SUBMISSION_URL")]
     pub submission_url: Option<String>,
+    /// Where a role this process does not serve runs, as ROLE=URL
+    /// (repeatable; e.g. `--peer results=http://results:50051`): calls for
+    /// that role are forwarded there, so clients need this one address.
+    /// Also where scheduling submits schedule runs, without --submission-url.
+    #[arg(long = "peer", value_delimiter = ',', env = "CONVEYOR_PEERS")]
+    pub peers: Vec<crate::forward::Peer>,
     /// TOML file of periodic schedules, created or updated at start; see the
     /// README.
     #[arg(long, env = "CONVEYOR_SCHEDULES")]
@@ -324,6 +330,8 @@ async fn serve(
         config.task_defaults = crate::config::load_task_defaults(path)?;
     }
     config.submission_url = args.submission_url.clone();
+    crate::forward::check_peers(&roles, &args.peers)?;
+    config.peers = args.peers.clone();
     if let Some(path) = &args.schedules {
         config.declared_schedules = crate::config::load_schedules(path)?;
     }
