@@ -240,7 +240,7 @@ async fn unreachable_peers_and_loops_fail_with_a_reason() {
 }
 
 #[test]
-fn a_peer_for_a_served_role_is_refused_at_start() {
+fn two_peers_for_a_role_and_malformed_peers_stop_the_process() {
     let output = std::process::Command::new(conveyor_binary())
         .args([
             "serve",
@@ -248,13 +248,15 @@ fn a_peer_for_a_served_role_is_refused_at_start() {
             "--listen",
             "127.0.0.1:0",
             "--peer",
-            "results=http://127.0.0.1:1",
+            "dispatch=http://127.0.0.1:1",
+            "--peer",
+            "dispatch=http://127.0.0.1:2",
         ])
         .output()
         .expect("run conveyor");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("serves itself"), "{stderr}");
+    assert!(stderr.contains("given twice"), "{stderr}");
     let output = std::process::Command::new(conveyor_binary())
         .args(["serve", "results", "--peer", "results:50051"])
         .output()
@@ -262,4 +264,29 @@ fn a_peer_for_a_served_role_is_refused_at_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("ROLE=URL"), "{stderr}");
+}
+
+/// Every process may share one CONVEYOR_PEERS naming all four roles: the
+/// entry for a role it serves itself is not used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_for_a_served_role_is_ignored() {
+    let Some(layout) = Layout::new() else { return };
+    let dead = "127.0.0.1:1".to_string();
+    let both = layout
+        .spawn(
+            &["submission", "results"],
+            &[("submission", &dead), ("results", &dead)],
+        )
+        .await;
+    let client = Client::connect(format!("http://{}", both.addr))
+        .await
+        .unwrap();
+    let id = client
+        .submit(TaskRequest::new("add").arg(1).arg(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get(&id).await.unwrap().state,
+        pb::TaskState::Queued as i32
+    );
 }

@@ -330,7 +330,7 @@ async fn serve(
         config.task_defaults = crate::config::load_task_defaults(path)?;
     }
     config.submission_url = args.submission_url.clone();
-    crate::forward::check_peers(&roles, &args.peers)?;
+    crate::forward::check_peers(&args.peers)?;
     config.peers = args.peers.clone();
     if let Some(path) = &args.schedules {
         config.declared_schedules = crate::config::load_schedules(path)?;

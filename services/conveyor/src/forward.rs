@@ -213,22 +213,16 @@ impl<M: Send + 'static> Service<http::Request<Body>> for Stand<M> {
     }
 }
 
-/// Refuses peers that cannot be meant: one for a role this process serves
-/// itself, or two for one role.
-pub fn check_peers(roles: &[Role], peers: &[Peer]) -> anyhow::Result<()> {
+/// Refuses two peers for one role. A peer for a role this process serves
+/// itself is ignored, so that every process of a deployment can share one
+/// `CONVEYOR_PEERS` naming all four roles.
+pub fn check_peers(peers: &[Peer]) -> anyhow::Result<()> {
     for (index, peer) in peers.iter().enumerate() {
-        let role = role_name(peer.role);
-        if roles.contains(&peer.role) {
-            anyhow::bail!(
-                "--peer {role}={} names a peer for the {role} role, which this process serves \
-                 itself: drop the --peer, or the role",
-                peer.url
-            );
-        }
         if peers[..index].iter().any(|other| other.role == peer.role) {
+            let role = role_name(peer.role);
             anyhow::bail!(
                 "--peer {role}= is given twice: a role has one peer (put a load balancer or a \
-                 Kubernetes Service in front of its replicas)"
+                 Kubernetes Service in front of its replicas and name that)"
             );
         }
     }
