@@ -43,12 +43,13 @@ impl Role {
     ];
 }
 
-/// Which store to use: `memory`, or a `redis://` URL.
+/// Which store to use: `memory`, a `redis://` URL, or a Redis Cluster's
+/// `redis+cluster://host:port,host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// The embedded store (single process only).
     Memory,
-    /// A Redis server.
+    /// A Redis server or cluster.
     Redis(String),
 }
 
@@ -58,10 +59,15 @@ impl FromStr for StoreUrl {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if text == "memory" {
             Ok(Self::Memory)
-        } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+        } else if ["redis://", "rediss://", "redis+cluster://", "rediss+cluster://"]
+            .iter()
+            .any(|scheme| text.starts_with(scheme))
+        {
             Ok(Self::Redis(text.to_string()))
         } else {
-            Err(format!("{text:?}: expected `memory` or a redis:// URL"))
+            Err(format!(
+                "{text:?}: expected `memory`, a redis:// URL, or redis+cluster://host:port,host:port for a Redis Cluster"
+            ))
         }
     }
 }

@@ -3,6 +3,7 @@
 //! the in-process [`EventHub`] so that nothing on a hot path polls.
 
 mod codec;
+mod connection;
 pub mod schema;
 mod scripts;
 mod subscriber;
@@ -26,6 +27,7 @@ use crate::events::EventHub;
 use crate::stream::StoreEvent;
 use crate::types::*;
 use codec::{bytes_of, int_of, parse_task, unavailable};
+use connection::Connection;
 use scripts::Scripts;
 
 /// How to reach Redis and lay out keys.
@@ -72,7 +74,7 @@ impl RedisConfig {
 
 /// Redis-backed [`Store`].
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     config: RedisConfig,
     scripts: Scripts,
     events: EventHub,
@@ -108,26 +110,48 @@ impl RedisStore {
     /// Connects, and subscribes to change notifications before returning so
     /// that no notification after this call is missed.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
+        let nodes = connection::cluster_nodes(&config.url);
         // Nagle off: every store call is a small request awaiting its reply.
-        let info =
-            redis::IntoConnectionInfo::into_connection_info(config.url.as_str()).map(|info| {
-                info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
-            });
-        let client = info.and_then(redis::Client::open).map_err(|error| {
-            ConveyorError::Unavailable(format!("redis url {}: {error}", config.url))
-        })?;
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.command_timeout))
-            .set_response_timeout(Some(config.command_timeout));
-        let connection = tokio::time::timeout(
-            config.command_timeout,
-            ConnectionManager::new_with_config(client.clone(), manager_config),
-        )
-        .await
-        .map_err(|_| {
-            ConveyorError::Unavailable(format!("redis {}: connect timed out", config.url))
-        })?
-        .map_err(unavailable)?;
+        let open = |url: &str| {
+            redis::IntoConnectionInfo::into_connection_info(url)
+                .map(|info| {
+                    info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
+                })
+                .and_then(redis::Client::open)
+                .map_err(|error| ConveyorError::Unavailable(format!("redis url {url}: {error}")))
+        };
+        // Pub/sub goes through one node at a time: on a cluster, PUBLISH
+        // reaches the subscribers of every node, so any node will do, and
+        // the next one after a failure.
+        let clients = match &nodes {
+            Some(nodes) if nodes.is_empty() => {
+                return Err(ConveyorError::Unavailable(format!(
+                    "redis url {}: a cluster URL names its nodes: redis+cluster://host:port,host:port",
+                    config.url
+                )));
+            }
+            Some(nodes) => nodes.iter().map(|node| open(node)).collect::<Result<Vec<_>>>()?,
+            None => vec![open(&config.url)?],
+        };
+        let connecting = async {
+            match &nodes {
+                Some(nodes) => Connection::cluster(nodes, config.command_timeout).await,
+                None => {
+                    let manager_config = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(config.command_timeout))
+                        .set_response_timeout(Some(config.command_timeout));
+                    ConnectionManager::new_with_config(clients[0].clone(), manager_config)
+                        .await
+                        .map(Connection::Single)
+                }
+            }
+        };
+        let connection = tokio::time::timeout(config.command_timeout, connecting)
+            .await
+            .map_err(|_| {
+                ConveyorError::Unavailable(format!("redis {}: connect timed out", config.url))
+            })?
+            .map_err(unavailable)?;
         let events = EventHub::default();
         let events_channel = format!("{}ev", config.prefix);
         // This process's own channel for the changes of the tasks it waits
@@ -136,7 +160,7 @@ impl RedisStore {
         let ready_channel = format!("{}rdy", config.prefix);
         let revoke_channel = format!("{}rev", config.prefix);
         let subscriber = subscriber::start(
-            client,
+            clients,
             events.clone(),
             watch_channel.clone(),
             ready_channel.clone(),
@@ -195,6 +219,11 @@ impl RedisStore {
     /// Moves tasks parked for a concurrency permit by an older version (in
     /// lists `cw:<key>`, which nothing reads any more) back to their queues.
     async fn requeue_parked_v1(&self) -> Result<()> {
+        if self.connection.is_cluster() {
+            // Cluster support came after the v1 layout: no such lists exist
+            // there (and SCAN would see one node only).
+            return Ok(());
+        }
         let prefix = self.partition_prefix(conveyor_core::placement::COORDINATION_PARTITION);
         let pattern = format!("{}cw:*", redis_glob_escape(&prefix));
         let mut connection = self.connection.clone();

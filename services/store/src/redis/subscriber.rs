@@ -17,13 +17,13 @@ use crate::stream::StoreEvent;
 
 /// Subscribes (waiting for the first subscription) and spawns the loop.
 pub(crate) async fn start(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     events: EventHub,
     events_channel: String,
     ready_channel: String,
     revoke_channel: String,
     stream_channels: Vec<String>,
-    commands: redis::aio::ConnectionManager,
+    commands: super::connection::Connection,
 ) -> Result<AbortHandle> {
     let mut channels = vec![
         events_channel.clone(),
@@ -31,14 +31,16 @@ pub(crate) async fn start(
         revoke_channel.clone(),
     ];
     channels.extend(stream_channels.iter().cloned());
-    let first = subscribe(&client, &channels).await?;
+    // The nodes in turn, from the first that answers (one, unless a cluster).
+    let mut next = 0;
+    let first = subscribe_any(&clients, &mut next, &channels).await?;
     let task = tokio::spawn(async move {
         let mut pubsub = Some(first);
         let mut backoff = Duration::from_millis(50);
         loop {
             let current = match pubsub.take() {
                 Some(current) => current,
-                None => match subscribe(&client, &channels).await {
+                None => match subscribe_any(&clients, &mut next, &channels).await {
                     Ok(current) => {
                         backoff = Duration::from_millis(50);
                         events.wake_all();
@@ -78,6 +80,25 @@ pub(crate) async fn start(
         }
     });
     Ok(task.abort_handle())
+}
+
+/// Subscribes through the first of `clients` from `next` on that answers;
+/// `next` moves past it, so that a reconnect tries the others first.
+async fn subscribe_any(
+    clients: &[redis::Client],
+    next: &mut usize,
+    channels: &[String],
+) -> Result<redis::aio::PubSub> {
+    let mut last = None;
+    for _ in 0..clients.len() {
+        let client = &clients[*next % clients.len()];
+        *next = (*next + 1) % clients.len();
+        match subscribe(client, channels).await {
+            Ok(pubsub) => return Ok(pubsub),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| conveyor_core::ConveyorError::Unavailable("no redis node".into())))
 }
 
 async fn subscribe(client: &redis::Client, channels: &[String]) -> Result<redis::aio::PubSub> {

@@ -1,0 +1,123 @@
+//! The store's command connection: one Redis (a reconnecting
+//! `ConnectionManager`), or a Redis Cluster (`redis+cluster://h1:p1,h2:p2`).
+//! Every script call carries its partition's routing key (KEYS[1]), whose
+//! hash tag all its keys share, so the cluster client sends it to the shard
+//! that holds them. Pipelines are split into single commands on a cluster:
+//! the ones the store sends read keys of several partitions (slots), which
+//! one cluster pipeline may not.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+/// `redis+cluster://` (or `rediss+cluster://`) URLs name a cluster.
+pub(crate) fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = match scheme {
+        "redis+cluster" => "redis",
+        "rediss+cluster" => "rediss",
+        _ => return None,
+    };
+    // Credentials, if any, apply to every node: `redis+cluster://user:pw@h1:p1,h2:p2`.
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{auth}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.trim_end_matches('/');
+    Some(
+        hosts
+            .split(',')
+            .filter(|host| !host.is_empty())
+            .map(|host| format!("{scheme}://{auth}{host}"))
+            .collect(),
+    )
+}
+
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    /// Connects to a cluster through any of `nodes` (the client discovers
+    /// the others and follows failovers and slot moves).
+    pub(crate) async fn cluster(nodes: &[String], timeout: Duration) -> redis::RedisResult<Self> {
+        let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .build()?;
+        Ok(Self::Cluster(client.get_async_connection().await?))
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => {
+                let connection = connection.clone();
+                Box::pin(async move {
+                    // Each command to its own slot's shard, all at once.
+                    let replies = join_all(pipeline.cmd_iter().map(|cmd| {
+                        let mut connection = connection.clone();
+                        async move { connection.req_packed_command(cmd).await }
+                    }))
+                    .await;
+                    replies
+                        .into_iter()
+                        .skip(offset)
+                        .take(count)
+                        .collect::<redis::RedisResult<Vec<Value>>>()
+                })
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(_) => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_nodes;
+
+    #[test]
+    fn cluster_urls_name_every_node() {
+        assert_eq!(
+            cluster_nodes("redis+cluster://127.0.0.1:7000,127.0.0.1:7001"),
+            Some(vec![
+                "redis://127.0.0.1:7000".to_string(),
+                "redis://127.0.0.1:7001".to_string()
+            ])
+        );
+        assert_eq!(
+            cluster_nodes("rediss+cluster://u:p@a:1,b:2/"),
+            Some(vec!["rediss://u:p@a:1".to_string(), "rediss://u:p@b:2".to_string()])
+        );
+        assert_eq!(cluster_nodes("redis://127.0.0.1:6379"), None);
+    }
+}
