@@ -134,10 +134,10 @@ def main(argv: list[str]) -> int:
 
     # 3. The CLI through the one address: submit (submission), run (dispatch,
     # a worker), wait (forwarded to results).
+    # The command deploy/README.md shows, on this run's port.
     check(
-        "conveyor submit add 2 3 --wait via submission",
-        lambda: _expect(cli(args.conveyor_bin, "submit", "add", "--arg", "2", "--arg", "3", "--wait",
-                            "--timeout", "30s", "--server", url), "5"),
+        f"conveyor submit add --arg 2 --arg 3 --wait --server {url}",
+        lambda: _expect(cli(args.conveyor_bin, "submit", "add", "--arg", "2", "--arg", "3", "--wait", "--server", url), "5"),
     )
 
     with Client(url) as client:
