@@ -6,7 +6,7 @@
 # installed, at most once per change of that file; prints the venv's python.
 deploy_venv() {
   local root=$1 venv="${CONVEYOR_TMP:-/tmp/conveyor-test}/venv-deploy"
-  local req="$root/deploy/tools/requirements.txt" stamp
+  local req="$root/deploy/tools/requirements.txt" stamp want
   if [[ ! -x $venv/bin/python ]]; then
     if ! python3 -m venv "$venv" >&2; then
       rm -rf "$venv"
@@ -14,11 +14,14 @@ deploy_venv() {
       python3 -m venv "$venv" >&2
     fi
   fi
-  stamp="$venv/.requirements.sha256"
-  if [[ ! -f $stamp ]] || ! sha256sum --status -c "$stamp" 2>/dev/null; then
+  # The stamp holds the file's hash, not its path: another checkout (CI's
+  # clone) with other requirements must not pass for this one.
+  stamp="$venv/.requirements.stamp"
+  want=$(sha256sum <"$req")
+  if [[ $(cat "$stamp" 2>/dev/null) != "$want" ]]; then
     log "installing the deploy tools into $venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req" >&2
-    sha256sum "$req" >"$stamp"
+    printf '%s\n' "$want" >"$stamp"
   fi
   printf '%s\n' "$venv/bin/python"
 }
@@ -26,14 +29,17 @@ deploy_venv() {
 # deploy_venv_sdk ROOT: also installs the Python SDK from clients/python
 # (editable: source edits need no reinstall; a pyproject.toml change does).
 deploy_venv_sdk() {
-  local root=$1 python venv stamp
+  local root=$1 python venv stamp want
   python=$(deploy_venv "$root")
   venv=$(dirname "$(dirname "$python")")
-  stamp="$venv/.sdk.sha256"
-  if [[ ! -f $stamp ]] || ! sha256sum --status -c "$stamp" 2>/dev/null; then
-    log "installing the Python SDK (clients/python) into $venv"
+  # Editable installs point at one checkout: reinstall for another one, or
+  # when its pyproject.toml changed.
+  stamp="$venv/.sdk.stamp"
+  want="$root/clients/python $(sha256sum <"$root/clients/python/pyproject.toml")"
+  if [[ $(cat "$stamp" 2>/dev/null) != "$want" ]]; then
+    log "installing the Python SDK ($root/clients/python) into $venv"
     "$python" -m pip install -q --disable-pip-version-check -e "$root/clients/python" >&2
-    sha256sum "$root/clients/python/pyproject.toml" >"$stamp"
+    printf '%s\n' "$want" >"$stamp"
   fi
   printf '%s\n' "$python"
 }
