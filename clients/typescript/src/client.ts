@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import { toBinary } from "@bufbuild/protobuf";
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import { Code, createClient } from "@connectrpc/connect";
-import type { Client as RpcClient } from "@connectrpc/connect";
+import type { Client as RpcClient, Transport } from "@connectrpc/connect";
 import { context } from "@opentelemetry/api";
 import type { Context } from "@opentelemetry/api";
 import { DispatchService } from "./gen/conveyor/v1/dispatch_service_pb.js";
@@ -30,8 +30,8 @@ import { buildSchedule } from "./schedules.js";
 import type { ScheduleDefinition } from "./schedules.js";
 import { buildTaskSpec, isTerminal, taskResult } from "./spec.js";
 import type { SubmitOptions, TaskRequest } from "./spec.js";
-import { Endpoints } from "./transport.js";
-import type { Addresses, ConnectionOptions, RetryPolicy } from "./transport.js";
+import { Endpoints, SERVICE_NAMES, checkServiceEndpoints, parseAddresses, resolveGeneralAddresses, resolveServiceAddresses } from "./transport.js";
+import type { Addresses, ConnectionOptions, RetryPolicy, ServiceName } from "./transport.js";
 import { WorkflowHandle, isWorkflowTerminal, workflowStateName } from "./workflow.js";
 
 /** Most tasks one SubmitTasks call carries (the service's limit). */
@@ -136,50 +136,97 @@ interface Services {
  * an array), it fails over between them; calls that are safe to repeat
  * (reads, and submissions, which carry an idempotency key by default) are
  * retried on UNAVAILABLE with backoff, within `options.retry`'s bound.
+ *
+ * Each call goes to the address of the service that defines it: by default
+ * every service is at `addresses` (else $CONVEYOR_ADDR, else
+ * http://127.0.0.1:50051); `options.endpoints` and the CONVEYOR_<SERVICE>_ADDR
+ * environment variables move single services elsewhere (see
+ * `ConnectionOptions.endpoints`).
  */
 export class Client {
-  /** The addresses calls go to, in failover order. */
+  /**
+   * The general addresses, in failover order: those given, else
+   * $CONVEYOR_ADDR, else the default. Services with an address of their own
+   * use that instead (see `endpoints`).
+   */
   readonly addresses: readonly string[];
-  readonly #endpoints: Endpoints<Services>;
+  /** The addresses each service's calls go to, in failover order. */
+  readonly endpoints: Readonly<Record<ServiceName, readonly string[]>>;
+  /** The connections of each service; services at the same addresses share them. */
+  readonly #endpoints: Readonly<Record<ServiceName, Endpoints<Services>>>;
   readonly #retry: Required<RetryPolicy>;
   readonly #autoKey: boolean;
 
-  constructor(addresses: Addresses, options: ClientOptions = {}) {
-    this.#endpoints = new Endpoints(addresses, options, (transport) => ({
+  /**
+   * `addresses`: "http://127.0.0.1:50051", or several (comma-separated or an
+   * array) to fail over between; omitted or empty, $CONVEYOR_ADDR, else
+   * "http://127.0.0.1:50051". `options.endpoints` (and the
+   * CONVEYOR_SUBMISSION_ADDR, CONVEYOR_RESULTS_ADDR, CONVEYOR_DISPATCH_ADDR
+   * and CONVEYOR_SCHEDULING_ADDR environment variables) give single services
+   * other addresses.
+   */
+  constructor(addresses?: Addresses, options: ClientOptions = {}) {
+    const build = (transport: Transport): Services => ({
       submission: createClient(SubmissionService, transport),
       results: createClient(ResultsService, transport),
       scheduling: createClient(SchedulingService, transport),
       dispatch: createClient(DispatchService, transport),
-    }));
-    this.addresses = this.#endpoints.addresses;
+    });
+    const perService = {} as Record<ServiceName, Endpoints<Services>>;
+    if (options.transport !== undefined) {
+      checkServiceEndpoints(options.endpoints);
+      const only = new Endpoints(addresses ?? "", options, build);
+      for (const service of SERVICE_NAMES) perService[service] = only;
+      this.addresses = only.addresses;
+    } else {
+      const resolved = resolveServiceAddresses(addresses, options.endpoints);
+      const shared = new Map<string, Endpoints<Services>>();
+      for (const service of SERVICE_NAMES) {
+        const urls = parseAddresses(resolved[service].addresses).map((url) => url.href);
+        const key = urls.join(",");
+        let endpoints = shared.get(key);
+        if (endpoints === undefined) {
+          endpoints = new Endpoints(urls, options, build);
+          shared.set(key, endpoints);
+        }
+        perService[service] = endpoints;
+      }
+      this.addresses = parseAddresses(resolveGeneralAddresses(addresses).addresses).map((url) => url.host);
+    }
+    this.#endpoints = perService;
+    this.endpoints = Object.freeze(
+      Object.fromEntries(SERVICE_NAMES.map((service) => [service, perService[service].addresses])) as Record<ServiceName, readonly string[]>,
+    );
     this.#retry = resolvePolicy(options.retry);
     this.#autoKey = options.autoIdempotencyKey ?? true;
   }
 
   /** The generated submission client (of the current address), for calls this class does not wrap. */
   get submissionService(): RpcClient<typeof SubmissionService> {
-    return this.#endpoints.current().value.submission;
+    return this.#endpoints.submission.current().value.submission;
   }
 
   /** The generated results client (of the current address), for calls this class does not wrap. */
   get resultsService(): RpcClient<typeof ResultsService> {
-    return this.#endpoints.current().value.results;
+    return this.#endpoints.results.current().value.results;
   }
 
   /**
-   * Runs one unary call, with failover and, when `safe`, retries. The call
-   * carries the trace context of `traceContext` (default: the active one).
+   * Runs one unary call of `service`, at that service's address, with
+   * failover and, when `safe`, retries. The call carries the trace context
+   * of `traceContext` (default: the active one).
    */
-  #call<T>(
+  #call<S extends ServiceName, T>(
+    service: S,
     safe: boolean,
     options: CallOptions,
-    call: (services: Services, opts: RpcCallOptions) => Promise<T>,
+    call: (client: Services[S], opts: RpcCallOptions) => Promise<T>,
     timeoutMs?: number,
     traceContext?: Context,
   ): Promise<T> {
     const opts = callOptions(options, traceContext);
     if (timeoutMs !== undefined) opts.timeoutMs = timeoutMs;
-    return callWithRetry(this.#endpoints, this.#retry, safe, (services) => call(services, opts), options.signal);
+    return callWithRetry(this.#endpoints[service], this.#retry, safe, (services) => call(services[service], opts), options.signal, service);
   }
 
   #spec(name: string, args: readonly unknown[], options: SubmitOptions): TaskSpec {
@@ -202,7 +249,7 @@ export class Client {
     return publish([task], false, async (span, ctx) => {
       stamp(task, ctx);
       const safe = task.idempotencyKey !== "";
-      const response = await this.#call(safe, options, (s, o) => s.submission.submitTask({ task }, o), undefined, ctx);
+      const response = await this.#call("submission", safe, options, (s, o) => s.submitTask({ task }, o), undefined, ctx);
       span.setAttribute("messaging.message.id", response.taskId);
       return response.taskId;
     });
@@ -224,7 +271,7 @@ export class Client {
       const ids: string[] = [];
       for (const batch of splitBatches(specs)) {
         const safe = batch.every((spec) => spec.idempotencyKey !== "");
-        const response = await this.#call(safe, options, (s, o) => s.submission.submitTasks({ tasks: batch }, o), undefined, ctx);
+        const response = await this.#call("submission", safe, options, (s, o) => s.submitTasks({ tasks: batch }, o), undefined, ctx);
         if (response.results.length !== batch.length) {
           throw new ConveyorError(
             Code.Internal,
@@ -239,7 +286,7 @@ export class Client {
 
   /** The task's current state and, once finished, its outcome (and progress while it runs). */
   async get(id: string, options: CallOptions = {}): Promise<Task> {
-    const response = await this.#call(true, options, (s, o) => s.results.getTask({ taskId: id }, o));
+    const response = await this.#call("results", true, options, (s, o) => s.getTask({ taskId: id }, o));
     return requireTask(response.task, "GetTask");
   }
 
@@ -254,7 +301,7 @@ export class Client {
     return waiting(id, (ctx) =>
       this.#waitLoop(options, async (timeout, callTimeout) => {
         const request = timeout === undefined ? { taskId: id } : { taskId: id, timeout };
-        const response = await this.#call(true, options, (s, o) => s.results.waitTask(request, o), callTimeout, ctx);
+        const response = await this.#call("results", true, options, (s, o) => s.waitTask(request, o), callTimeout, ctx);
         return requireTask(response.task, "WaitTask");
       }),
     );
@@ -302,8 +349,9 @@ export class Client {
    */
   watch(id: string, options: CallOptions = {}): AsyncGenerator<Task, void, undefined> {
     return this.#stream(
+      "results",
       options,
-      (services, opts) => services.results.watchTask({ taskId: id }, opts),
+      (results, opts) => results.watchTask({ taskId: id }, opts),
       (update) => requireTask(update.task, "WatchTask"),
       (task) => isTerminal(task.state),
     );
@@ -314,19 +362,21 @@ export class Client {
    * opening it again (on the next address, after a backoff) when the
    * connection is lost.
    */
-  async *#stream<R, T>(
+  async *#stream<S extends ServiceName, R, T>(
+    service: S,
     options: CallOptions,
-    open: (services: Services, opts: RpcCallOptions) => AsyncIterable<R>,
+    open: (client: Services[S], opts: RpcCallOptions) => AsyncIterable<R>,
     pick: (response: R) => T,
     done: (value: T) => boolean,
   ): AsyncGenerator<T, void, undefined> {
     const traceContext = context.active();
     const backoff = new Backoff(this.#retry.initialBackoffMs, this.#retry.maxBackoffMs);
     let failures = 0;
+    const endpoints = this.#endpoints[service];
     for (;;) {
-      const endpoint = this.#endpoints.current();
+      const endpoint = endpoints.current();
       try {
-        for await (const response of open(endpoint.value, callOptions(options, traceContext))) {
+        for await (const response of open(endpoint.value[service], callOptions(options, traceContext))) {
           failures = 0;
           backoff.reset();
           const value = pick(response);
@@ -335,13 +385,13 @@ export class Client {
         }
         return;
       } catch (thrown) {
-        const failure = ConveyorError.from(thrown);
+        const failure = ConveyorError.from(thrown, { service, address: endpoint.url });
         const error = connectionLost(failure, options.signal);
         if (error === undefined) throw failure;
-        this.#endpoints.failed(endpoint);
+        endpoints.failed(endpoint);
         failures += 1;
         if (failures >= this.#retry.maxAttempts || options.signal?.aborted === true) {
-          throw unavailable(error, this.addresses, failures, true);
+          throw unavailable(error, endpoints.addresses, failures, true);
         }
         await sleep(backoff.next(), options.signal);
       }
@@ -355,7 +405,7 @@ export class Client {
    * already finished.
    */
   async cancel(id: string, options: CallOptions = {}): Promise<boolean> {
-    const response = await this.#call(false, options, (s, o) => s.submission.cancelTask({ taskId: id }, o));
+    const response = await this.#call("submission", false, options, (s, o) => s.cancelTask({ taskId: id }, o));
     return response.cancelled;
   }
 
@@ -364,13 +414,13 @@ export class Client {
    * retry count reset. FAILED_PRECONDITION for a task in another state.
    */
   async replay(id: string, options: CallOptions = {}): Promise<TaskState> {
-    const response = await this.#call(false, options, (s, o) => s.submission.replayTask({ taskId: id }, o));
+    const response = await this.#call("submission", false, options, (s, o) => s.replayTask({ taskId: id }, o));
     return response.state;
   }
 
   /** Deletes a finished task's record and result before its TTL; later reads are NOT_FOUND. */
   async forget(id: string, options: CallOptions = {}): Promise<void> {
-    await this.#call(false, options, (s, o) => s.results.forgetTask({ taskId: id }, o));
+    await this.#call("results", false, options, (s, o) => s.forgetTask({ taskId: id }, o));
   }
 
   /** One page of dead letters (tasks that ended FAILED), oldest failure first. */
@@ -379,7 +429,7 @@ export class Client {
     options: CallOptions = {},
   ): Promise<DeadLetterPage> {
     const request = { pageSize: page.pageSize ?? 0, pageToken: page.pageToken ?? "" };
-    const response = await this.#call(true, options, (s, o) => s.results.listDeadLetters(request, o));
+    const response = await this.#call("results", true, options, (s, o) => s.listDeadLetters(request, o));
     return { tasks: response.tasks, nextPageToken: response.nextPageToken };
   }
 
@@ -415,7 +465,7 @@ export class Client {
     return publish(tasks, true, async (span, ctx) => {
       stamp(workflow, ctx);
       const safe = workflow.idempotencyKey !== "";
-      const response = await this.#call(safe, options, (s, o) => s.submission.submitWorkflow({ workflow }, o), undefined, ctx);
+      const response = await this.#call("submission", safe, options, (s, o) => s.submitWorkflow({ workflow }, o), undefined, ctx);
       if (response.taskIds.length !== workflow.nodes.length) {
         throw new ConveyorError(
           Code.Internal,
@@ -434,7 +484,7 @@ export class Client {
   /** The workflow now: state, counts, result and (by default) every node with its task (GetWorkflow). */
   async getWorkflow(id: string, options: CallOptions & WorkflowViewOptions = {}): Promise<Workflow> {
     const request = { workflowId: id, view: workflowView(options.view) };
-    const response = await this.#call(true, options, (s, o) => s.results.getWorkflow(request, o));
+    const response = await this.#call("results", true, options, (s, o) => s.getWorkflow(request, o));
     return requireWorkflow(response.workflow, "GetWorkflow");
   }
 
@@ -447,7 +497,7 @@ export class Client {
     return waiting(id, (ctx) =>
       this.#waitLoop(options, async (timeout, callTimeout) => {
         const request = { workflowId: id, view: workflowView(options.view, WorkflowView.SUMMARY), ...(timeout === undefined ? {} : { timeout }) };
-        const response = await this.#call(true, options, (s, o) => s.results.waitWorkflow(request, o), callTimeout, ctx);
+        const response = await this.#call("results", true, options, (s, o) => s.waitWorkflow(request, o), callTimeout, ctx);
         const workflow = requireWorkflow(response.workflow, "WaitWorkflow");
         if (!isWorkflowTerminal(workflow.state)) {
           throw new ConveyorError(
@@ -518,8 +568,9 @@ export class Client {
   watchWorkflow(id: string, options: CallOptions & WorkflowViewOptions = {}): AsyncGenerator<Workflow, void, undefined> {
     const request = { workflowId: id, view: workflowView(options.view) };
     return this.#stream(
+      "results",
       options,
-      (services, opts) => services.results.watchWorkflow(request, opts),
+      (results, opts) => results.watchWorkflow(request, opts),
       (update) => requireWorkflow(update.workflow, "WatchWorkflow"),
       (workflow) => isWorkflowTerminal(workflow.state),
     );
@@ -531,85 +582,85 @@ export class Client {
    * nodes this call cancelled and the workflow's state.
    */
   async cancelWorkflow(id: string, options: CallOptions = {}): Promise<CancelWorkflowResult> {
-    const response = await this.#call(false, options, (s, o) => s.submission.cancelWorkflow({ workflowId: id }, o));
+    const response = await this.#call("submission", false, options, (s, o) => s.cancelWorkflow({ workflowId: id }, o));
     return { cancelled: response.cancelled, state: response.state };
   }
 
   /** Stops handing out the queue's tasks (on every dispatcher) until resumed; submissions are still accepted. */
   async pauseQueue(queue: string, options: CallOptions = {}): Promise<void> {
-    await this.#call(true, options, (s, o) => s.dispatch.pauseQueue({ queue }, o));
+    await this.#call("dispatch", true, options, (s, o) => s.pauseQueue({ queue }, o));
   }
 
   /** Resumes a paused queue. */
   async resumeQueue(queue: string, options: CallOptions = {}): Promise<void> {
-    await this.#call(true, options, (s, o) => s.dispatch.resumeQueue({ queue }, o));
+    await this.#call("dispatch", true, options, (s, o) => s.resumeQueue({ queue }, o));
   }
 
-  /** The worker sessions connected to the dispatcher this client talks to. */
+  /** The worker sessions connected to the dispatcher this client talks to (the dispatch address). */
   async listWorkers(options: CallOptions = {}): Promise<WorkerInfo[]> {
-    const response = await this.#call(true, options, (s, o) => s.dispatch.listWorkers({}, o));
+    const response = await this.#call("dispatch", true, options, (s, o) => s.listWorkers({}, o));
     return response.workers;
   }
 
   /** Creates a periodic schedule; ALREADY_EXISTS when its id is taken. */
   async createSchedule(definition: ScheduleDefinition, options: CallOptions = {}): Promise<Schedule> {
     const schedule = buildSchedule(definition);
-    const response = await this.#call(false, options, (s, o) => s.scheduling.createSchedule({ schedule }, o));
+    const response = await this.#call("scheduling", false, options, (s, o) => s.createSchedule({ schedule }, o));
     return requireSchedule(response.schedule, "CreateSchedule");
   }
 
   /** A schedule, with its next and last run; NOT_FOUND for an unknown id. */
   async getSchedule(id: string, options: CallOptions = {}): Promise<Schedule> {
-    const response = await this.#call(true, options, (s, o) => s.scheduling.getSchedule({ id }, o));
+    const response = await this.#call("scheduling", true, options, (s, o) => s.getSchedule({ id }, o));
     return requireSchedule(response.schedule, "GetSchedule");
   }
 
   /** Every schedule, by id. */
   async listSchedules(options: CallOptions = {}): Promise<Schedule[]> {
-    const response = await this.#call(true, options, (s, o) => s.scheduling.listSchedules({}, o));
+    const response = await this.#call("scheduling", true, options, (s, o) => s.listSchedules({}, o));
     return response.schedules;
   }
 
   /** Replaces a schedule's task, rule and options; its next run is computed again from now. */
   async updateSchedule(definition: ScheduleDefinition, options: CallOptions = {}): Promise<Schedule> {
     const schedule = buildSchedule(definition);
-    const response = await this.#call(true, options, (s, o) => s.scheduling.updateSchedule({ schedule }, o));
+    const response = await this.#call("scheduling", true, options, (s, o) => s.updateSchedule({ schedule }, o));
     return requireSchedule(response.schedule, "UpdateSchedule");
   }
 
   /** Deletes a schedule and its run history; NOT_FOUND for an unknown id. */
   async deleteSchedule(id: string, options: CallOptions = {}): Promise<void> {
-    await this.#call(false, options, (s, o) => s.scheduling.deleteSchedule({ id }, o));
+    await this.#call("scheduling", false, options, (s, o) => s.deleteSchedule({ id }, o));
   }
 
   /** Stops a schedule from firing until resumed. */
   async pauseSchedule(id: string, options: CallOptions = {}): Promise<Schedule> {
-    const response = await this.#call(true, options, (s, o) => s.scheduling.pauseSchedule({ id }, o));
+    const response = await this.#call("scheduling", true, options, (s, o) => s.pauseSchedule({ id }, o));
     return requireSchedule(response.schedule, "PauseSchedule");
   }
 
   /** Resumes a paused schedule from now (missed runs are not caught up). */
   async resumeSchedule(id: string, options: CallOptions = {}): Promise<Schedule> {
-    const response = await this.#call(true, options, (s, o) => s.scheduling.resumeSchedule({ id }, o));
+    const response = await this.#call("scheduling", true, options, (s, o) => s.resumeSchedule({ id }, o));
     return requireSchedule(response.schedule, "ResumeSchedule");
   }
 
   /** Submits one run now, outside the rule, and returns it (its `taskId` among others). */
   async triggerSchedule(id: string, options: CallOptions = {}): Promise<ScheduleRun> {
-    const response = await this.#call(false, options, (s, o) => s.scheduling.triggerSchedule({ id }, o));
+    const response = await this.#call("scheduling", false, options, (s, o) => s.triggerSchedule({ id }, o));
     if (response.run === undefined) throw new ConveyorError(Code.Internal, "TriggerSchedule response carries no run; report this as a Conveyor bug");
     return response.run;
   }
 
   /** The schedule's recent runs (the last 100), newest first. */
   async listScheduleRuns(id: string, options: CallOptions = {}): Promise<ScheduleRun[]> {
-    const response = await this.#call(true, options, (s, o) => s.scheduling.listScheduleRuns({ id }, o));
+    const response = await this.#call("scheduling", true, options, (s, o) => s.listScheduleRuns({ id }, o));
     return response.runs;
   }
 
   /** Closes the connections; calls made afterwards open new ones. */
   close(): void {
-    this.#endpoints.close();
+    for (const endpoints of new Set(Object.values(this.#endpoints))) endpoints.close();
   }
 }
 

@@ -4,6 +4,8 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { FailureReason, TaskState } from "./gen/conveyor/v1/task_pb.js";
 import type { Task } from "./gen/conveyor/v1/task_pb.js";
+import { SERVICE_ADDRESS_ENV } from "./transport.js";
+import type { ServiceName } from "./transport.js";
 
 export { Code };
 
@@ -30,13 +32,35 @@ export class ConveyorError extends Error {
     return codeName(this.code);
   }
 
-  /** Converts anything thrown by a connect call into a ConveyorError. */
-  static from(error: unknown): ConveyorError {
+  /**
+   * Converts anything thrown by a connect call into a ConveyorError. `call`
+   * says which service the call was for and at which address: an
+   * UNIMPLEMENTED answer (a process that does not serve that role) then
+   * also names that address and the setting of that service's address.
+   */
+  static from(error: unknown, call?: CallTarget): ConveyorError {
     if (error instanceof ConveyorError) return error;
     const connect = ConnectError.from(error);
     const ErrorType = connect.code === Code.DeadlineExceeded ? ConveyorTimeoutError : ConveyorError;
-    return new ErrorType(connect.code, connect.rawMessage, { cause: error });
+    let message = connect.rawMessage;
+    if (connect.code === Code.Unimplemented && call?.address !== undefined) message += ` ${roleHint(call.service, call.address)}`;
+    return new ErrorType(connect.code, message, { cause: error });
   }
+}
+
+/** The service a call was for and the address it went to (undefined: a custom transport). */
+export interface CallTarget {
+  service: ServiceName;
+  address: string | undefined;
+}
+
+/**
+ * What an UNIMPLEMENTED answer adds: "(called http://127.0.0.1:50051; set
+ * CONVEYOR_RESULTS_ADDR or endpoints.results to reach the results role
+ * elsewhere)".
+ */
+export function roleHint(service: ServiceName, address: string): string {
+  return `(called ${address}; set ${SERVICE_ADDRESS_ENV[service]} or endpoints.${service} to reach the ${service} role elsewhere)`;
 }
 
 /**

@@ -14,6 +14,37 @@ import type { Http2SessionOptions } from "@connectrpc/connect-node";
  */
 export type Addresses = string | readonly string[];
 
+/**
+ * The four services of Conveyor, each named after the server role that
+ * serves it: SubmissionService, ResultsService, DispatchService (workers'
+ * stream, queue pauses, ListWorkers) and SchedulingService.
+ */
+export type ServiceName = "submission" | "results" | "dispatch" | "scheduling";
+
+/** Every ServiceName, in a fixed order. */
+export const SERVICE_NAMES: readonly ServiceName[] = Object.freeze(["submission", "results", "dispatch", "scheduling"]);
+
+/**
+ * An address (or failover list) per service, for layouts where the roles run
+ * in separate processes: each one given replaces the general address for
+ * that service's calls only.
+ */
+export type ServiceEndpoints = { readonly [S in ServiceName]?: Addresses };
+
+/** The address used when none is given anywhere. */
+export const DEFAULT_ADDRESS = "http://127.0.0.1:50051";
+
+/** The environment variable of the general address, used when the constructor gets none. */
+export const ADDRESS_ENV = "CONVEYOR_ADDR";
+
+/** The environment variable of each service's address; each overrides the general address for that service. */
+export const SERVICE_ADDRESS_ENV: Readonly<Record<ServiceName, string>> = Object.freeze({
+  submission: "CONVEYOR_SUBMISSION_ADDR",
+  results: "CONVEYOR_RESULTS_ADDR",
+  dispatch: "CONVEYOR_DISPATCH_ADDR",
+  scheduling: "CONVEYOR_SCHEDULING_ADDR",
+});
+
 /** Bounds the automatic retry of calls that are safe to repeat. */
 export interface RetryPolicy {
   /** Attempts of one call, the first included (default 6; 1 disables retries). */
@@ -36,6 +67,18 @@ export interface ConnectionOptions {
    * SDK's own transports have: a task may carry 4 MiB of arguments.
    */
   transport?: Transport;
+  /**
+   * Addresses of single services, e.g. `{ results: "http://results:50051" }`,
+   * for servers whose roles run in separate processes without forwarding.
+   * Keys: "submission", "results", "dispatch", "scheduling" (any other
+   * throws TypeError). Each address of a service is chosen, first set wins:
+   * this option, its environment variable (CONVEYOR_SUBMISSION_ADDR,
+   * CONVEYOR_RESULTS_ADDR, CONVEYOR_DISPATCH_ADDR, CONVEYOR_SCHEDULING_ADDR),
+   * the general address (the constructor's, else CONVEYOR_ADDR), then
+   * "http://127.0.0.1:50051". Each may be a failover list. Ignored, as the
+   * addresses are, with `transport`.
+   */
+  endpoints?: ServiceEndpoints;
   /** Keepalive settings of the HTTP/2 connections. */
   http2?: Http2SessionOptions;
   /**
@@ -72,14 +115,96 @@ export function parseAddress(address: string): URL {
 
 /** Splits and parses an address list; throws TypeError when it is empty or malformed. */
 export function parseAddresses(addresses: Addresses): URL[] {
-  const parts = (typeof addresses === "string" ? [addresses] : [...addresses])
-    .flatMap((entry) => entry.split(","))
-    .map((entry) => entry.trim())
-    .filter((entry) => entry !== "");
+  const parts = splitAddresses(addresses);
   if (parts.length === 0) {
     throw new TypeError('no Conveyor address given: pass e.g. "http://127.0.0.1:50051" (or several, comma-separated)');
   }
   return parts.map(parseAddress);
+}
+
+function splitAddresses(addresses: Addresses): string[] {
+  if (typeof addresses !== "string" && !Array.isArray(addresses)) {
+    throw new TypeError(`invalid Conveyor address ${String(addresses)}: expected a string or an array of strings`);
+  }
+  return (typeof addresses === "string" ? [addresses] : [...addresses])
+    .flatMap((entry) => {
+      if (typeof entry !== "string") throw new TypeError(`invalid Conveyor address ${String(entry)}: expected a string`);
+      return entry.split(",");
+    })
+    .map((entry) => entry.trim())
+    .filter((entry) => entry !== "");
+}
+
+/** Whether an address setting is given: not undefined, not empty or blank. */
+function given(addresses: Addresses | undefined): addresses is Addresses {
+  return addresses !== undefined && addresses !== null && splitAddresses(addresses).length > 0;
+}
+
+/** Where a service's addresses came from, and what they are. */
+export interface ResolvedAddresses {
+  readonly addresses: Addresses;
+  /** "endpoints.results", "CONVEYOR_RESULTS_ADDR", "the address given", "CONVEYOR_ADDR" or "the default". */
+  readonly source: string;
+}
+
+/** The general addresses: `addresses`, else CONVEYOR_ADDR, else DEFAULT_ADDRESS (empty values count as unset). */
+export function resolveGeneralAddresses(
+  addresses: Addresses | undefined,
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): ResolvedAddresses {
+  if (given(addresses)) return { addresses, source: "the address given" };
+  const fromEnv = env[ADDRESS_ENV];
+  if (given(fromEnv)) return { addresses: fromEnv, source: ADDRESS_ENV };
+  return { addresses: DEFAULT_ADDRESS, source: "the default" };
+}
+
+/**
+ * Throws TypeError unless `endpoints` is undefined or an object whose keys
+ * are service names.
+ */
+export function checkServiceEndpoints(endpoints: unknown): asserts endpoints is ServiceEndpoints | undefined {
+  if (endpoints === undefined) return;
+  const valid = SERVICE_NAMES.join(", ");
+  if (endpoints === null || typeof endpoints !== "object" || Array.isArray(endpoints)) {
+    throw new TypeError(`endpoints must be an object with the keys ${valid}, e.g. { results: "http://results:50051" }`);
+  }
+  for (const key of Object.keys(endpoints)) {
+    if (!(SERVICE_NAMES as readonly string[]).includes(key)) {
+      throw new TypeError(`unknown service ${JSON.stringify(key)} in endpoints: the valid keys are ${valid}`);
+    }
+  }
+}
+
+/**
+ * The addresses of each service: `endpoints[service]`, else its environment
+ * variable (SERVICE_ADDRESS_ENV), else `addresses`, else CONVEYOR_ADDR, else
+ * DEFAULT_ADDRESS. Empty values count as unset. Throws TypeError for an
+ * unknown key of `endpoints` or a malformed address, naming where it came from.
+ */
+export function resolveServiceAddresses(
+  addresses: Addresses | undefined,
+  endpoints: ServiceEndpoints | undefined,
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): Record<ServiceName, ResolvedAddresses> {
+  checkServiceEndpoints(endpoints);
+  const general = resolveGeneralAddresses(addresses, env);
+  const resolved = {} as Record<ServiceName, ResolvedAddresses>;
+  for (const service of SERVICE_NAMES) {
+    const option = endpoints?.[service];
+    const fromEnv = env[SERVICE_ADDRESS_ENV[service]];
+    const choice: ResolvedAddresses = given(option)
+      ? { addresses: option, source: `endpoints.${service}` }
+      : given(fromEnv)
+        ? { addresses: fromEnv, source: SERVICE_ADDRESS_ENV[service] }
+        : general;
+    try {
+      parseAddresses(choice.addresses);
+    } catch (error) {
+      throw new TypeError(`${(error as Error).message} (from ${choice.source}, the ${service} address)`, { cause: error });
+    }
+    resolved[service] = choice;
+  }
+  return resolved;
 }
 
 /**
@@ -130,7 +255,10 @@ export function createTransport(address: URL | string, options: ConnectionOption
 /** One address of an Endpoints list, with the per-address state callers keep. */
 export interface Endpoint<T> {
   readonly index: number;
+  /** host:port, as `Endpoints.addresses` lists it. */
   readonly address: string;
+  /** The address as a URL ("http://127.0.0.1:50051"); undefined for a custom transport. */
+  readonly url: string | undefined;
   readonly value: T;
 }
 
@@ -168,7 +296,8 @@ export class Endpoints<T> {
       open = { owned, value: this.#build(owned.transport) };
       this.#open.set(index, open);
     }
-    return { index, address: this.addresses[index]!, value: open.value };
+    const url = this.#options.transport !== undefined ? undefined : this.#urls[index]!.href.replace(/\/+$/, "");
+    return { index, address: this.addresses[index]!, url, value: open.value };
   }
 
   /** Moves on to the next address, unless another caller already did. */

@@ -15,7 +15,7 @@ import type { Runtime } from "./internal/session.js";
 import { stderrLogger } from "./logger.js";
 import type { Logger } from "./logger.js";
 import { errorText } from "./payload.js";
-import { Endpoints } from "./transport.js";
+import { Endpoints, checkServiceEndpoints, resolveServiceAddresses } from "./transport.js";
 import type { Addresses, ConnectionOptions } from "./transport.js";
 import { SDK_VERSION } from "./version.js";
 
@@ -99,16 +99,26 @@ export class Worker {
   readonly addresses: readonly string[];
   readonly #handlers = new Map<string, Handler>();
   readonly #options: WorkerOptions;
+  /** The dispatch service's addresses, as resolved at construction. */
   readonly #addresses: Addresses;
   readonly #log: Logger;
   #running = false;
 
   /**
    * `addresses`: "http://127.0.0.1:50051", or several (comma-separated or an
-   * array) to fail over between when a dispatcher goes away.
+   * array) to fail over between when a dispatcher goes away; omitted or
+   * empty, $CONVEYOR_ADDR, else "http://127.0.0.1:50051". A worker talks to
+   * the dispatch service only: `options.endpoints.dispatch`, else
+   * $CONVEYOR_DISPATCH_ADDR, overrides `addresses` (the other keys of
+   * `endpoints` are accepted and unused).
    */
-  constructor(addresses: Addresses, options: WorkerOptions = {}) {
-    this.#addresses = addresses;
+  constructor(addresses?: Addresses, options: WorkerOptions = {}) {
+    if (options.transport !== undefined) {
+      checkServiceEndpoints(options.endpoints);
+      this.#addresses = addresses ?? "";
+    } else {
+      this.#addresses = resolveServiceAddresses(addresses, options.endpoints).dispatch.addresses;
+    }
     this.#options = options;
     this.#log = options.logger ?? stderrLogger();
     this.hostname = safeHostname();
@@ -124,7 +134,7 @@ export class Worker {
           : undefined;
     if (problem !== undefined) throw new RangeError(problem);
     // Fails early on a malformed address.
-    this.addresses = new Endpoints(addresses, options, () => undefined).addresses;
+    this.addresses = new Endpoints(this.#addresses, options, () => undefined).addresses;
   }
 
   /**

@@ -80,11 +80,15 @@ function newProject(name: string): string {
 const eager = new EagerClient().register("add", (ctx, a, b) => a + b);
 console.log("eager", await eager.result(await eager.submit("add", [2, 3])));
 const address = process.argv[2];
-const worker = new Worker(address, { queues: ["${name}"], logger: silentLogger });
+// The general addresses lead nowhere: every call goes to its service's endpoint.
+const worker = new Worker("http://127.0.0.1:1", { endpoints: { dispatch: address }, queues: ["${name}"], logger: silentLogger });
 worker.register("add", (ctx, a, b) => a + b);
 const stop = new AbortController();
 const running = worker.run({ signal: stop.signal, handleSignals: false });
-const client = new Client(address);
+const client = new Client("http://127.0.0.1:1", {
+  endpoints: { submission: address, results: address, dispatch: address, scheduling: address },
+  retry: false,
+});
 console.log("server", await client.result(await client.submit("add", [20, 22], { queue: "${name}" }), { timeoutMs: 20000 }));
 client.close();
 stop.abort();

@@ -9,7 +9,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import type { Interceptor, Transport } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
-import { MAX_MESSAGE_BYTES, Worker, stderrLogger } from "../src/index.js";
+import { MAX_MESSAGE_BYTES, SERVICE_ADDRESS_ENV, Worker, stderrLogger } from "../src/index.js";
 import type { WorkerOptions } from "../src/index.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -30,28 +30,82 @@ export interface Server {
   kill(): void;
 }
 
+/** The `conveyor` binary the tests run: $CONVEYOR_BIN, else target/debug/conveyor of this repository. */
+export const conveyorBin = process.env["CONVEYOR_BIN"] || resolve(repoRoot, "target", "debug", "conveyor");
+
+// The per-service address variables override the addresses tests give their
+// clients and workers (by design); one left set in the shell that runs the
+// suite would send every test's calls elsewhere. Tests that use them set them.
+for (const name of Object.values(SERVICE_ADDRESS_ENV)) delete process.env[name];
+
 /** Starts `conveyor dev` on a free port (with `extraArgs`) and waits for its "listening on" line. */
-export async function startServer(extraArgs: readonly string[] = []): Promise<Server> {
-  const bin = process.env["CONVEYOR_BIN"] || resolve(repoRoot, "target", "debug", "conveyor");
-  const child = spawn(
-    bin,
+export function startServer(extraArgs: readonly string[] = []): Promise<Server> {
+  return startConveyor(
     ["dev", "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s", "--track-started", ...extraArgs],
-    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, RUST_LOG: process.env["RUST_LOG"] ?? "warn" } },
+    "conveyor dev",
   );
+}
+
+/**
+ * Starts `conveyor serve ROLES...` on the Redis at `redisUrl` under `prefix`,
+ * on a free port, and waits for its "listening on" line. Server settings in
+ * the environment (CONVEYOR_PEERS and the like) are not passed on: the
+ * layout is what `extraArgs` says.
+ */
+export function startRoles(
+  roles: readonly string[],
+  redisUrl: string,
+  prefix: string,
+  extraArgs: readonly string[] = [],
+): Promise<Server> {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [key, value] of Object.entries(process.env)) if (!key.startsWith("CONVEYOR_")) env[key] = value;
+  return startConveyor(
+    [
+      "serve", ...roles,
+      "--store", redisUrl, "--redis-prefix", prefix, "--listen", "127.0.0.1:0",
+      "--heartbeat-interval", "200ms", "--lease-ttl", "1s", "--track-started", "--grace", "1s",
+      ...extraArgs,
+    ],
+    `conveyor serve ${roles.join(" ")}`,
+    env,
+  );
+}
+
+/**
+ * The Redis of the tests that need one: $CONVEYOR_TEST_REDIS, which
+ * scripts/test sets. Without it such tests fail, saying so, unless
+ * CONVEYOR_SKIP_REDIS=1 asks to skip them (then this returns undefined).
+ */
+export function testRedisUrl(): string | undefined {
+  const url = process.env["CONVEYOR_TEST_REDIS"];
+  if (url !== undefined && url !== "") return url;
+  if (process.env["CONVEYOR_SKIP_REDIS"] === "1") return undefined;
+  throw new Error(
+    "CONVEYOR_TEST_REDIS is not set: run scripts/test, or start one (scripts/start-redis 6390) and set CONVEYOR_TEST_REDIS=redis://127.0.0.1:6390, or set CONVEYOR_SKIP_REDIS=1 to skip Redis tests",
+  );
+}
+
+/** Spawns `conveyor ARGS...` and waits for its "listening on HOST:PORT" line. */
+async function startConveyor(args: readonly string[], label: string, baseEnv: NodeJS.ProcessEnv = process.env): Promise<Server> {
+  const child = spawn(conveyorBin, args, {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...baseEnv, RUST_LOG: process.env["RUST_LOG"] ?? "warn" },
+  });
   let stderr = "";
   child.stderr!.on("data", (chunk: Buffer) => {
     stderr = (stderr + chunk.toString()).slice(-20_000);
   });
   const lines = createInterface({ input: child.stdout! });
   const addr = await new Promise<string>((resolvePromise, reject) => {
-    const timer = setTimeout(() => fail(new Error("conveyor dev printed no 'listening on' line within 30 s")), 30_000);
+    const timer = setTimeout(() => fail(new Error(`${label} printed no 'listening on' line within 30 s`)), 30_000);
     const fail = (error: Error): void => {
       clearTimeout(timer);
       child.kill("SIGKILL");
       reject(new Error(`${error.message}\nstderr:\n${stderr}`));
     };
     child.once("error", fail);
-    child.once("exit", (code, signal) => fail(new Error(`conveyor dev exited early (code ${code}, signal ${signal})`)));
+    child.once("exit", (code, signal) => fail(new Error(`${label} exited early (code ${code}, signal ${signal})`)));
     lines.on("line", (line) => {
       const match = /^listening on (\S+:\d+)$/.exec(line.trim());
       if (match === null) return;
@@ -64,7 +118,7 @@ export async function startServer(extraArgs: readonly string[] = []): Promise<Se
   let stopping = false;
   child.once("exit", (code, signal) => {
     if (stopping) return;
-    process.stderr.write(`conveyor dev at ${addr} exited unexpectedly (code ${code}, signal ${signal}); its stderr:\n${stderr}\n`);
+    process.stderr.write(`${label} at ${addr} exited unexpectedly (code ${code}, signal ${signal}); its stderr:\n${stderr}\n`);
   });
   return {
     addr,
@@ -129,7 +183,7 @@ export interface RunningWorker {
 }
 
 /** Runs an in-process worker until stop(). */
-export function runWorker(addr: string, options: WorkerOptions, register: (worker: Worker) => void): RunningWorker {
+export function runWorker(addr: string | undefined, options: WorkerOptions, register: (worker: Worker) => void): RunningWorker {
   const worker = new Worker(addr, { logger: stderrLogger("warn"), reconnectMinMs: 20, ...options });
   register(worker);
   const controller = new AbortController();

@@ -3,7 +3,7 @@
 
 import { Code } from "@connectrpc/connect";
 import { ConveyorError } from "../errors.js";
-import type { Endpoint, Endpoints, RetryPolicy } from "../transport.js";
+import type { Endpoint, Endpoints, RetryPolicy, ServiceName } from "../transport.js";
 import { Backoff } from "./backoff.js";
 
 export const DEFAULT_MAX_ATTEMPTS = 6;
@@ -54,7 +54,8 @@ export function connectionLost(error: ConveyorError, signal?: AbortSignal): Conv
 /**
  * Runs `call` on the current endpoint. An UNAVAILABLE failure always moves
  * later calls to the next address; a `safe` call is then tried again there
- * after a backoff, up to `policy.maxAttempts` attempts in all.
+ * after a backoff, up to `policy.maxAttempts` attempts in all. `service`
+ * names the service called, for the hint of an UNIMPLEMENTED error.
  */
 export async function callWithRetry<C, T>(
   endpoints: Endpoints<C>,
@@ -62,6 +63,7 @@ export async function callWithRetry<C, T>(
   safe: boolean,
   call: (clients: C) => Promise<T>,
   signal?: AbortSignal,
+  service?: ServiceName,
 ): Promise<T> {
   const backoff = new Backoff(policy.initialBackoffMs, policy.maxBackoffMs);
   for (let attempt = 1; ; attempt += 1) {
@@ -70,7 +72,8 @@ export async function callWithRetry<C, T>(
       endpoint = endpoints.current();
       return await call(endpoint.value);
     } catch (thrown) {
-      const failure = ConveyorError.from(thrown);
+      const target = service === undefined || endpoint === undefined ? undefined : { service, address: endpoint.url };
+      const failure = ConveyorError.from(thrown, target);
       const error = connectionLost(failure, signal);
       if (error === undefined || endpoint === undefined) throw failure;
       endpoints.failed(endpoint);

@@ -163,7 +163,7 @@ export class Session {
       welcome = first.value.message.value;
     } catch (error) {
       this.#abandon();
-      return { kind: "broken", error: ConveyorError.from(error), welcomed: false };
+      return { kind: "broken", error: ConveyorError.from(error, { service: "dispatch", address: endpoint.url }), welcomed: false };
     }
 
     const heartbeatMs = Math.max(
