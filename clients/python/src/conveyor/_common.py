@@ -4,8 +4,8 @@ request normalisation and the rules of the wait loop."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,6 +13,13 @@ import grpc
 
 DEFAULT_ADDRESS = "http://127.0.0.1:50051"
 ADDRESS_ENV = "CONVEYOR_ADDR"
+
+# The services of conveyor.v1, by the key `endpoints=` takes, in the order
+# they are listed; a role of `conveyor serve` serves each.
+SERVICES = ("submission", "results", "dispatch", "scheduling")
+# The environment variable that sets one service's address (over
+# CONVEYOR_ADDR and the constructor's `address`).
+SERVICE_ENV = {service: f"CONVEYOR_{service.upper()}_ADDR" for service in SERVICES}
 
 # Most tasks one SubmitTasks call may carry (the service's limit).
 MAX_TASKS_PER_BATCH = 1000
@@ -50,6 +57,11 @@ class Target:
 
     target: str
     secure: bool
+    # The address as given (for messages); not part of equality.
+    address: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        return self.address or self.target
 
 
 def resolve_address(address: str | Sequence[str] | None) -> str:
@@ -58,17 +70,50 @@ def resolve_address(address: str | Sequence[str] | None) -> str:
     return address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
 
 
+def check_endpoints(endpoints: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`endpoints` as a dict, after checking that every key names a service
+    (ValueError naming the valid keys otherwise)."""
+    if endpoints is None:
+        return {}
+    if not isinstance(endpoints, Mapping):
+        raise TypeError(f"endpoints must be a mapping of service to address, not {type(endpoints).__name__}")
+    unknown = [key for key in endpoints if key not in SERVICES]
+    if unknown:
+        raise ValueError(
+            f"unknown service(s) in endpoints: {', '.join(repr(k) for k in unknown)}; "
+            f"the services are {', '.join(repr(s) for s in SERVICES)}"
+        )
+    return dict(endpoints)
+
+
+def resolve_endpoints(
+    address: str | Sequence[str] | None, endpoints: Mapping[str, Any] | None = None
+) -> dict[str, str | Sequence[str]]:
+    """The address (or failover list) of every service, first found of:
+    `endpoints[service]`, `$CONVEYOR_<SERVICE>_ADDR`, `address`,
+    `$CONVEYOR_ADDR`, `http://127.0.0.1:50051`."""
+    given = check_endpoints(endpoints)
+    general = resolve_address(address)
+    resolved: dict[str, str | Sequence[str]] = {}
+    for service in SERVICES:
+        value = given.get(service)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            value = os.environ.get(SERVICE_ENV[service], "").strip() or general
+        resolved[service] = value
+    return resolved
+
+
 def parse_address(address: str | None) -> Target:
     """`http://host:port` (plaintext h2c), `https://host[:port]` (TLS), a bare
     `host:port` (plaintext) or a gRPC target such as `unix:/path`."""
     address = resolve_address(address).strip()
     if "://" not in address:
-        return Target(address, secure=False)
+        return Target(address, secure=False, address=address)
     parts = urlsplit(address)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https", "grpc", "grpcs"):
         # dns://, unix://, ipv4: and friends are gRPC targets already.
-        return Target(address, secure=False)
+        return Target(address, secure=False, address=address)
     secure = scheme in ("https", "grpcs")
     host = parts.hostname
     if not host:
@@ -76,7 +121,7 @@ def parse_address(address: str | None) -> Target:
     port = parts.port or (443 if secure else 80)
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
-    return Target(f"{host}:{port}", secure=secure)
+    return Target(f"{host}:{port}", secure=secure, address=address)
 
 
 def parse_targets(address: str | Sequence[str] | None) -> list[Target]:
@@ -96,6 +141,68 @@ def parse_targets(address: str | Sequence[str] | None) -> list[Target]:
     if not targets:
         raise ValueError(f"no address in {address!r}: give host:port, http://host:port or a comma-separated list")
     return targets
+
+
+class Endpoint:
+    """The addresses of one or more services (a failover list): a channel per
+    address and the one in use. Services given the same addresses share one
+    `Endpoint`, and so fail over together."""
+
+    def __init__(self, targets: Sequence[Target], channels: Sequence[Any]):
+        self.targets = list(targets)
+        self.channels = list(channels)
+        self.current = 0
+
+    @property
+    def channel(self) -> Any:
+        return self.channels[self.current]
+
+    @property
+    def address(self) -> str:
+        """The address in use now, as it was given."""
+        return str(self.targets[self.current])
+
+    def fail_over(self) -> None:
+        self.current = (self.current + 1) % len(self.channels)
+
+
+def open_endpoints(
+    address: str | Sequence[str] | None,
+    endpoints: Mapping[str, Any] | None,
+    make_channel: Callable[[Target], Any],
+) -> dict[str, Endpoint]:
+    """Every service's `Endpoint` (see `resolve_endpoints`), with one channel
+    per distinct address made by `make_channel`."""
+    by_targets: dict[tuple[tuple[str, bool], ...], Endpoint] = {}
+    channels: dict[tuple[str, bool], Any] = {}
+    opened: dict[str, Endpoint] = {}
+    for service, value in resolve_endpoints(address, endpoints).items():
+        targets = parse_targets(value)
+        key = tuple((t.target, t.secure) for t in targets)
+        if key not in by_targets:
+            for t in targets:
+                if (t.target, t.secure) not in channels:
+                    channels[(t.target, t.secure)] = make_channel(t)
+            by_targets[key] = Endpoint(targets, [channels[(t.target, t.secure)] for t in targets])
+        opened[service] = by_targets[key]
+    return opened
+
+
+def given_channel(channel: Any, endpoints: Mapping[str, Any] | None) -> dict[str, Endpoint]:
+    """Every service on the one `channel` a caller passed."""
+    if endpoints:
+        raise ValueError("give either channel= or endpoints=, not both")
+    endpoint = Endpoint([Target("channel", False, address="the channel given to the client")], [channel])
+    return dict.fromkeys(SERVICES, endpoint)
+
+
+def distinct_channels(endpoints: Mapping[str, Endpoint]) -> list[Any]:
+    """Each channel of `endpoints` once."""
+    seen: dict[int, Any] = {}
+    for endpoint in endpoints.values():
+        for channel in endpoint.channels:
+            seen.setdefault(id(channel), channel)
+    return list(seen.values())
 
 
 def receive_limit(options: Iterable[tuple[str, Any]]) -> int | None:

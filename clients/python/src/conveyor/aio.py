@@ -18,9 +18,13 @@ from conveyor._common import (
     DEFAULT_RPC_TIMEOUT,
     RETRY_ATTEMPTS,
     WAIT_DEADLINE_MARGIN,
+    Endpoint,
+    Target,
     as_request,
     call_metadata,
-    parse_targets,
+    distinct_channels,
+    given_channel,
+    open_endpoints,
     retry_delay,
     split_batches,
     wait_again,
@@ -49,12 +53,17 @@ class AsyncClient:
         task_id = await client.submit("add", [2, 3])
         print(await client.result(task_id, timeout=10))
     ```
+
+    `address`, `endpoints` (one address per service: "submission",
+    "results", "dispatch", "scheduling") and the environment variables
+    that set them work as in `conveyor.Client`.
     """
 
     def __init__(
         self,
         address: str | Sequence[str] | None = None,
         *,
+        endpoints: Mapping[str, str | Sequence[str]] | None = None,
         token: str | None = None,
         metadata: Iterable[tuple[str, str]] | None = None,
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
@@ -65,38 +74,48 @@ class AsyncClient:
     ):
         options = [*CHANNEL_OPTIONS, *channel_options]
         if channel is None:
-            channels = []
-            for target in parse_targets(address):
+
+            def make_channel(target: Target) -> grpc.aio.Channel:
                 if target.secure or credentials is not None:
                     creds = credentials or grpc.ssl_channel_credentials()
-                    channels.append(grpc.aio.secure_channel(target.target, creds, options=options))
-                else:
-                    channels.append(grpc.aio.insecure_channel(target.target, options=options))
+                    return grpc.aio.secure_channel(target.target, creds, options=options)
+                return grpc.aio.insecure_channel(target.target, options=options)
+
+            self._endpoints = open_endpoints(address, endpoints, make_channel)
             self._owns_channel = True
         else:
-            channels = [channel]
+            self._endpoints = given_channel(channel, endpoints)
             self._owns_channel = False
-        self._channels = channels
-        self._current = 0
         self._metadata = call_metadata(token, metadata)
         self._rpc_timeout = rpc_timeout
         self._retry_attempts = max(1, int(retry_attempts))
 
     @property
     def channel(self) -> grpc.aio.Channel:
-        return self._channels[self._current]
+        """The channel of the submission service's address in use now."""
+        return self._endpoints["submission"].channel
+
+    def endpoint(self, service: str) -> str:
+        """The address that `service` is called at now; see `Client.endpoint`."""
+        return self._endpoint(service).address
+
+    def _endpoint(self, service: str) -> Endpoint:
+        try:
+            return self._endpoints[service]
+        except KeyError:
+            raise ValueError(f"unknown service {service!r}: one of {', '.join(map(repr, self._endpoints))}") from None
 
     @property
     def submission(self) -> submission_service_pb2_grpc.SubmissionServiceStub:
-        return submission_service_pb2_grpc.SubmissionServiceStub(self.channel)
+        return submission_service_pb2_grpc.SubmissionServiceStub(self._endpoints["submission"].channel)
 
     @property
     def results(self) -> results_service_pb2_grpc.ResultsServiceStub:
-        return results_service_pb2_grpc.ResultsServiceStub(self.channel)
+        return results_service_pb2_grpc.ResultsServiceStub(self._endpoints["results"].channel)
 
     async def close(self) -> None:
         if self._owns_channel:
-            for channel in self._channels:
+            for channel in distinct_channels(self._endpoints):
                 await channel.close()
 
     async def __aenter__(self) -> AsyncClient:
@@ -217,6 +236,7 @@ class AsyncClient:
             if remaining is not None:
                 request.timeout.CopyFrom(_codec.to_duration(remaining))
             call_timeout = None if remaining is None else remaining + WAIT_DEADLINE_MARGIN
+            address = self.endpoint("results")
             try:
                 metadata = _tracing.metadata(self._metadata)
                 return await getattr(self.results, rpc)(request, timeout=call_timeout, metadata=metadata)
@@ -225,7 +245,7 @@ class AsyncClient:
                 left = None if deadline is None else deadline - now
                 if wait_again(error.code(), now - started, left):
                     continue
-                raise ConveyorError.from_rpc(error, f"{rpc} {ident}") from None
+                raise ConveyorError.from_rpc(error, f"{rpc} {ident}", service="results", address=address) from None
 
     async def result(self, task_id: str, timeout: float | None = None) -> Any:
         """The decoded result, or `TaskFailed`/`TaskCancelled`/`TaskExpired`/
@@ -237,12 +257,13 @@ class AsyncClient:
         terminal state. With a `timeout`, `TaskTimeout` ends a watch still
         going after that long."""
         request = results_service_pb2.WatchTaskRequest(task_id=task_id)
+        address = self.endpoint("results")
         call = self.results.WatchTask(request, timeout=timeout, metadata=_tracing.metadata(self._metadata))
         try:
             async for update in call:
                 yield _codec.require_task(update, "WatchTask")
         except grpc.RpcError as error:
-            raise ConveyorError.from_rpc(error, f"WatchTask {task_id}") from None
+            raise ConveyorError.from_rpc(error, f"WatchTask {task_id}", service="results", address=address) from None
         finally:
             call.cancel()
 
@@ -303,12 +324,13 @@ class AsyncClient:
         """Yields the workflow, then a snapshot after each change; ends once
         it has finished. See `Client.watch_workflow`."""
         request = results_service_pb2.WatchWorkflowRequest(workflow_id=workflow_id, view=view_of(view))
+        address = self.endpoint("results")
         call = self.results.WatchWorkflow(request, timeout=timeout, metadata=_tracing.metadata(self._metadata))
         try:
             async for update in call:
                 yield require_workflow(update, "WatchWorkflow")
         except grpc.RpcError as error:
-            raise ConveyorError.from_rpc(error, f"WatchWorkflow {workflow_id}") from None
+            raise ConveyorError.from_rpc(error, f"WatchWorkflow {workflow_id}", service="results", address=address) from None
         finally:
             call.cancel()
 
@@ -319,20 +341,29 @@ class AsyncClient:
         return (await self._call("submission", "CancelWorkflow", request)).cancelled
 
     async def _call(self, service: str, rpc: str, request: Any, *, safe: bool = False) -> Any:
-        """As `Client._call`: UNAVAILABLE retried on the next address when safe."""
+        """As `Client._call`: `service`'s endpoint, UNAVAILABLE retried on its
+        next address when safe."""
         attempt = 0
+        endpoint = self._endpoint(service)
+        stubs = {
+            "submission": submission_service_pb2_grpc.SubmissionServiceStub,
+            "results": results_service_pb2_grpc.ResultsServiceStub,
+        }
         while True:
             attempt += 1
-            stub = self.submission if service == "submission" else self.results
+            address = endpoint.address
+            stub = stubs[service](endpoint.channel)
             try:
                 metadata = _tracing.metadata(self._metadata)
                 return await getattr(stub, rpc)(request, timeout=self._rpc_timeout, metadata=metadata)
             except grpc.RpcError as error:
                 code = error.code() if callable(getattr(error, "code", None)) else None
                 if code != grpc.StatusCode.UNAVAILABLE:
-                    raise ConveyorError.from_rpc(error, rpc) from None
-                self._current = (self._current + 1) % len(self._channels)
+                    raise ConveyorError.from_rpc(error, rpc, service=service, address=address) from None
+                endpoint.fail_over()
                 if not safe or attempt >= self._retry_attempts:
                     hint = "" if safe else " (not retried: repeating it is not safe)"
-                    raise ConveyorError.from_rpc(error, f"{rpc}{hint}; is the server at the address running?") from None
+                    raise ConveyorError.from_rpc(
+                        error, f"{rpc}{hint}; is the server at the address running?", service=service, address=address
+                    ) from None
                 await asyncio.sleep(retry_delay(attempt))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from conveyor import _codec
-from conveyor._common import resolve_address
+from conveyor._common import check_endpoints, resolve_address
 from conveyor._eager import EagerResult, run_eager
 from conveyor.canvas import Signature, checked_options, chunks, group, starmap
 from conveyor.client import Client
@@ -87,12 +87,18 @@ class Conveyor:
     add.delay(2, 2).get(timeout=10)        # -> 4, run by a worker
     app.worker(concurrency=8).run()        # in the worker process
     ```
+
+    `endpoints` gives services their own address when the roles run as
+    separate processes (keys "submission", "results", "dispatch",
+    "scheduling"); the app's client and workers use it, and the
+    `CONVEYOR_<SERVICE>_ADDR` variables, as `conveyor.Client` does.
     """
 
     def __init__(
         self,
         address: str | Sequence[str] | None = None,
         *,
+        endpoints: Mapping[str, str | Sequence[str]] | None = None,
         main: str | None = None,
         token: str | None = None,
         metadata: Iterable[tuple[str, str]] | None = None,
@@ -100,6 +106,7 @@ class Conveyor:
         eager: bool = False,
     ):
         self.address = resolve_address(address)
+        self.endpoints = check_endpoints(endpoints)
         self.main = main
         self._token = token
         self._metadata = tuple(metadata or ())
@@ -141,7 +148,9 @@ class Conveyor:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = Client(self.address, token=self._token, metadata=self._metadata)
+                    self._client = Client(
+                        self.address, endpoints=self.endpoints, token=self._token, metadata=self._metadata
+                    )
         return self._client
 
     def close(self) -> None:
@@ -312,6 +321,7 @@ class Conveyor:
             queues = [self.conf["task_default_queue"]]
         settings.setdefault("token", self._token)
         settings.setdefault("metadata", self._metadata)
+        settings.setdefault("endpoints", self.endpoints)
         if self.conf.get("beat_schedule"):
             settings["on_connect"] = [*settings.get("on_connect", ()), self.sync_beat_schedule]
         return Worker(self.address, tasks=handlers, concurrency=concurrency, queues=queues, **settings)

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor._common import ADDRESS_ENV
+from conveyor._common import ADDRESS_ENV, SERVICES, check_endpoints
 from conveyor._handler import POOLS
 from conveyor._version import __version__
 from conveyor.app import Conveyor
@@ -73,11 +73,39 @@ def parser(prog: str = "conveyor-worker") -> argparse.ArgumentParser:
     p.add_argument("-Q", "--queues", default="", help="comma-separated queues (default: default)")
     p.add_argument("-l", "--loglevel", default="info", help="debug, info, warning, error (default info)")
     p.add_argument("-n", "--hostname", default=None, help="worker id (default: host-pid)")
-    p.add_argument("-s", "--server", default=None, help=f"dispatcher address(es), overrides the app's and ${ADDRESS_ENV}")
+    p.add_argument(
+        "-s",
+        "--server",
+        default=None,
+        help=f"server address(es), over the app's and ${ADDRESS_ENV} (--endpoint, the app's endpoints and CONVEYOR_<SERVICE>_ADDR "
+        "still win for their service)",
+    )
+    p.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        metavar="SERVICE=URL",
+        help=f"one service's address ({', '.join(SERVICES)}), over the app's endpoints, "
+        "CONVEYOR_<SERVICE>_ADDR and -s; repeatable",
+    )
     p.add_argument("--max-tasks-per-child", type=int, default=None, help="process pool: replace a child after N tasks")
     p.add_argument("--max-memory-per-child", type=int, default=None, help="process pool: replace a child above N KiB RSS")
     p.add_argument("--grace-period", type=float, default=30.0, help="seconds a drain waits for running tasks")
     return p
+
+
+def parse_endpoints(items: Sequence[str]) -> dict[str, str]:
+    """`--endpoint SERVICE=URL` values as an `endpoints` mapping."""
+    endpoints: dict[str, str] = {}
+    for item in items:
+        service, sep, url = item.partition("=")
+        if not sep or not url.strip():
+            raise UsageError(f"--endpoint {item!r}: give SERVICE=URL, SERVICE one of {', '.join(SERVICES)}")
+        endpoints[service.strip()] = url.strip()
+    try:
+        return check_endpoints(endpoints)
+    except ValueError as error:
+        raise UsageError(f"--endpoint: {error}") from error
 
 
 def banner(app: Conveyor, worker: Any, spec: str) -> str:
@@ -86,6 +114,7 @@ def banner(app: Conveyor, worker: Any, spec: str) -> str:
         f"conveyor-worker {__version__} (Python {platform.python_version()})\n"
         f"  app:          {spec}\n"
         f"  address:      {app.address}\n"
+        f"  dispatch:     {worker.dispatch_address}\n"
         f"  worker id:    {worker.worker_id}\n"
         f"  queues:       {', '.join(worker.queues)}\n"
         f"  pool:         {worker.pool}\n"
@@ -102,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     app = load_app(args.app)
     if args.server:
         app.address = args.server
+    if args.endpoint:
+        app.endpoints = {**app.endpoints, **parse_endpoints(args.endpoint)}
+        app.close()  # a client made before now would keep the old addresses
     if not app.tasks:
         raise UsageError(f"the app {args.app!r} has no tasks: decorate functions with @app.task in its module")
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] or None

@@ -17,9 +17,13 @@ from conveyor._common import (
     DEFAULT_RPC_TIMEOUT,
     RETRY_ATTEMPTS,
     WAIT_DEADLINE_MARGIN,
+    Endpoint,
+    Target,
     as_request,
     call_metadata,
-    parse_targets,
+    distinct_channels,
+    given_channel,
+    open_endpoints,
     retry_delay,
     split_batches,
     wait_again,
@@ -59,12 +63,22 @@ class Client:
     UNAVAILABLE, on the next address, up to 5 attempts with backoff.
     `token` is sent as a bearer token. Errors of calls raise `ConveyorError`
     with the gRPC status `code`.
+
+    `endpoints` gives services their own address (or failover list), for
+    roles run as separate processes: keys "submission", "results",
+    "dispatch", "scheduling", e.g. `endpoints={"results": "http://results:50051"}`.
+    Each call goes to the service that defines it. A service's address is
+    the first found of: `endpoints[service]`, `$CONVEYOR_<SERVICE>_ADDR`
+    (`CONVEYOR_SUBMISSION_ADDR`, `CONVEYOR_RESULTS_ADDR`,
+    `CONVEYOR_DISPATCH_ADDR`, `CONVEYOR_SCHEDULING_ADDR`), `address`,
+    `$CONVEYOR_ADDR`, `http://127.0.0.1:50051`.
     """
 
     def __init__(
         self,
         address: str | Sequence[str] | None = None,
         *,
+        endpoints: Mapping[str, str | Sequence[str]] | None = None,
         token: str | None = None,
         metadata: Iterable[tuple[str, str]] | None = None,
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
@@ -75,19 +89,18 @@ class Client:
     ):
         options = [*CHANNEL_OPTIONS, *channel_options]
         if channel is None:
-            channels = []
-            for target in parse_targets(address):
+
+            def make_channel(target: Target) -> grpc.Channel:
                 if target.secure or credentials is not None:
                     creds = credentials or grpc.ssl_channel_credentials()
-                    channels.append(grpc.secure_channel(target.target, creds, options=options))
-                else:
-                    channels.append(grpc.insecure_channel(target.target, options=options))
+                    return grpc.secure_channel(target.target, creds, options=options)
+                return grpc.insecure_channel(target.target, options=options)
+
+            self._endpoints = open_endpoints(address, endpoints, make_channel)
             self._owns_channel = True
         else:
-            channels = [channel]
+            self._endpoints = given_channel(channel, endpoints)
             self._owns_channel = False
-        self._channels = channels
-        self._current = 0
         self._metadata = call_metadata(token, metadata)
         self._rpc_timeout = rpc_timeout
         self._retry_attempts = max(1, int(retry_attempts))
@@ -95,22 +108,28 @@ class Client:
 
     @property
     def channel(self) -> grpc.Channel:
-        """The channel of the address in use now."""
-        return self._channels[self._current]
+        """The channel of the submission service's address in use now (the
+        one channel unless `endpoints` split the services)."""
+        return self._endpoints["submission"].channel
+
+    def endpoint(self, service: str) -> str:
+        """The address that `service` ("submission", "results", "dispatch",
+        "scheduling") is called at now."""
+        return self._endpoint(service).address
 
     @property
     def submission(self) -> submission_service_pb2_grpc.SubmissionServiceStub:
-        return submission_service_pb2_grpc.SubmissionServiceStub(self.channel)
+        return submission_service_pb2_grpc.SubmissionServiceStub(self._endpoints["submission"].channel)
 
     @property
     def results(self) -> results_service_pb2_grpc.ResultsServiceStub:
-        return results_service_pb2_grpc.ResultsServiceStub(self.channel)
+        return results_service_pb2_grpc.ResultsServiceStub(self._endpoints["results"].channel)
 
     # --- lifecycle ---------------------------------------------------------------
 
     def close(self) -> None:
         if self._owns_channel:
-            for channel in self._channels:
+            for channel in distinct_channels(self._endpoints):
                 channel.close()
 
     def __enter__(self) -> Client:
@@ -255,9 +274,11 @@ class Client:
             if remaining is not None:
                 request.timeout.CopyFrom(_codec.to_duration(remaining))
             call_timeout = None if remaining is None else remaining + WAIT_DEADLINE_MARGIN
+            endpoint = self._endpoints["results"]
             try:
                 metadata = _tracing.metadata(self._metadata)
-                return getattr(self.results, rpc)(request, timeout=call_timeout, metadata=metadata)
+                stub = results_service_pb2_grpc.ResultsServiceStub(endpoint.channel)
+                return getattr(stub, rpc)(request, timeout=call_timeout, metadata=metadata)
             except grpc.RpcError as error:
                 code = error.code() if callable(getattr(error, "code", None)) else None
                 now = time.monotonic()
@@ -266,10 +287,10 @@ class Client:
                     continue
                 if code == grpc.StatusCode.UNAVAILABLE and unavailable < self._retry_attempts - 1:
                     unavailable += 1  # waiting is safe to repeat: fail over and wait again
-                    self._current = (self._current + 1) % len(self._channels)
+                    endpoint.fail_over()
                     time.sleep(retry_delay(unavailable))
                     continue
-                raise ConveyorError.from_rpc(error, f"{rpc} {ident}") from None
+                raise ConveyorError.from_rpc(error, f"{rpc} {ident}", service="results", address=endpoint.address) from None
 
     def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Waits for the task and returns its decoded JSON result. Raises
@@ -283,11 +304,12 @@ class Client:
         terminal state. Breaking out of the loop cancels the stream. With a
         `timeout`, `TaskTimeout` ends a watch still going after that long."""
         request = results_service_pb2.WatchTaskRequest(task_id=task_id)
+        address = self.endpoint("results")
         try:
             stream = self.results.WatchTask(request, timeout=timeout, metadata=_tracing.metadata(self._metadata))
         except grpc.RpcError as error:  # pragma: no cover - raised lazily in practice
-            raise ConveyorError.from_rpc(error, f"WatchTask {task_id}") from None
-        return _watch(stream, task_id)
+            raise ConveyorError.from_rpc(error, f"WatchTask {task_id}", service="results", address=address) from None
+        return _watch(stream, task_id, address)
 
     # --- workflows ----------------------------------------------------------------------
 
@@ -357,8 +379,9 @@ class Client:
         or becomes ready; ends once it has finished. With a `timeout`,
         `TaskTimeout` ends a watch still going after that long."""
         request = results_service_pb2.WatchWorkflowRequest(workflow_id=workflow_id, view=view_of(view))
+        address = self.endpoint("results")
         stream = self.results.WatchWorkflow(request, timeout=timeout, metadata=_tracing.metadata(self._metadata))
-        return _watch_workflow(stream, workflow_id)
+        return _watch_workflow(stream, workflow_id, address)
 
     def cancel_workflow(self, workflow_id: str) -> int:
         """Cancels every unfinished node of the workflow in one atomic
@@ -384,26 +407,37 @@ class Client:
 
     # --- helpers ----------------------------------------------------------------------
 
+    def _endpoint(self, service: str) -> Endpoint:
+        try:
+            return self._endpoints[service]
+        except KeyError:
+            raise ValueError(f"unknown service {service!r}: one of {', '.join(map(repr, _STUBS))}") from None
+
     def _stub(self, service: str) -> Any:
-        return _STUBS[service](self.channel)
+        return _STUBS[service](self._endpoint(service).channel)
 
     def _call(self, service: str, rpc: str, request: Any, *, safe: bool = False) -> Any:
-        """Calls `rpc`; when `safe`, UNAVAILABLE is retried on the next
-        address with backoff, at most `retry_attempts` attempts."""
+        """Calls `rpc` of `service` at that service's endpoint; when `safe`,
+        UNAVAILABLE is retried on the endpoint's next address with backoff,
+        at most `retry_attempts` attempts."""
         attempt = 0
+        endpoint = self._endpoint(service)
         while True:
             attempt += 1
-            method = getattr(self._stub(service), rpc)
+            address = endpoint.address
+            method = getattr(_STUBS[service](endpoint.channel), rpc)
             try:
                 return method(request, timeout=self._rpc_timeout, metadata=_tracing.metadata(self._metadata))
             except grpc.RpcError as error:
                 code = error.code() if callable(getattr(error, "code", None)) else None
                 if code != grpc.StatusCode.UNAVAILABLE:
-                    raise ConveyorError.from_rpc(error, rpc) from None
-                self._current = (self._current + 1) % len(self._channels)
+                    raise ConveyorError.from_rpc(error, rpc, service=service, address=address) from None
+                endpoint.fail_over()
                 if not safe or attempt >= self._retry_attempts:
                     hint = "" if safe else " (not retried: repeating it is not safe)"
-                    raise ConveyorError.from_rpc(error, f"{rpc}{hint}; is the server at the address running?") from None
+                    raise ConveyorError.from_rpc(
+                        error, f"{rpc}{hint}; is the server at the address running?", service=service, address=address
+                    ) from None
                 time.sleep(retry_delay(attempt))
 
 
@@ -421,26 +455,26 @@ def _default_key() -> str:
     return f"auto-{uuid.uuid4().hex}"
 
 
-def _watch_workflow(stream: Any, workflow_id: str) -> Iterator[workflow_pb2.Workflow]:
+def _watch_workflow(stream: Any, workflow_id: str, address: str) -> Iterator[workflow_pb2.Workflow]:
     try:
         for update in stream:
             yield require_workflow(update, "WatchWorkflow")
     except grpc.RpcError as error:
         if error.code() == grpc.StatusCode.CANCELLED and stream.cancelled():
             return
-        raise ConveyorError.from_rpc(error, f"WatchWorkflow {workflow_id}") from None
+        raise ConveyorError.from_rpc(error, f"WatchWorkflow {workflow_id}", service="results", address=address) from None
     finally:
         stream.cancel()
 
 
-def _watch(stream: Any, task_id: str) -> Iterator[task_pb2.Task]:
+def _watch(stream: Any, task_id: str, address: str) -> Iterator[task_pb2.Task]:
     try:
         for update in stream:
             yield _codec.require_task(update, "WatchTask")
     except grpc.RpcError as error:
         if error.code() == grpc.StatusCode.CANCELLED and stream.cancelled():
             return
-        raise ConveyorError.from_rpc(error, f"WatchTask {task_id}") from None
+        raise ConveyorError.from_rpc(error, f"WatchTask {task_id}", service="results", address=address) from None
     finally:
         stream.cancel()
 

@@ -32,18 +32,29 @@ class ConveyorError(Exception):
     from a call, e.g. `INVALID_ARGUMENT` for a bad submission or `NOT_FOUND`
     for an unknown task id; `None` for errors that are not a call's status
     (a task that failed, a value that cannot be encoded). `details` is the
-    server's message.
+    server's message. `service` ("submission", "results", "dispatch",
+    "scheduling") and `address` say which service the call was for and
+    where it went, when known.
+
+    An UNIMPLEMENTED call (a process that does not serve the call's role)
+    says, after the server's message, which address was called and how to
+    point that service elsewhere (`endpoints=` or its environment variable).
     """
 
     def __init__(self, message: str, *, code: grpc.StatusCode | None = None, details: str = ""):
         super().__init__(message)
         self.code = code
         self.details = details
+        self.service: str | None = None
+        self.address: str | None = None
 
     @classmethod
-    def from_rpc(cls, error: grpc.RpcError, what: str = "") -> ConveyorError:
+    def from_rpc(
+        cls, error: grpc.RpcError, what: str = "", *, service: str | None = None, address: str | None = None
+    ) -> ConveyorError:
         """The exception for a failed call: `TaskTimeout` for DEADLINE_EXCEEDED,
-        `ConveyorError` otherwise, with the call's code and details."""
+        `ConveyorError` otherwise, with the call's code and details; for
+        UNIMPLEMENTED with the endpoint hint (see the class)."""
         code = _call_attr(error, "code")
         details = _call_attr(error, "details") or ""
         name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
@@ -51,7 +62,26 @@ class ConveyorError(Exception):
         message = f"{prefix}{name}: {details}" if details else f"{prefix}{name}"
         kind = TaskTimeout if code == grpc.StatusCode.DEADLINE_EXCEEDED else ConveyorError
         error_out = kind(message, code=code, details=details)
-        return error_out
+        return error_out.at_endpoint(service, address)
+
+    def at_endpoint(self, service: str | None, address: str | None) -> ConveyorError:
+        """Records the service and address of the call that failed and, for
+        UNIMPLEMENTED, adds the endpoint hint to the message (once).
+        Returns self."""
+        if service is None or self.service is not None:
+            return self
+        self.service, self.address = service, address
+        if self.code == grpc.StatusCode.UNIMPLEMENTED:
+            self.args = (f"{self.args[0] if self.args else ''}{endpoint_hint(service, address)}", *self.args[1:])
+        return self
+
+
+def endpoint_hint(service: str, address: str | None) -> str:
+    """What an UNIMPLEMENTED error adds: the address called, and the option
+    and environment variable that send `service`'s calls elsewhere."""
+    called = f"called {address}; " if address else ""
+    env = f"CONVEYOR_{service.upper()}_ADDR"
+    return f" ({called}set {env} or endpoints={{'{service}': …}} to reach the {service} role elsewhere)"
 
 
 def _call_attr(error: grpc.RpcError, name: str) -> Any:

@@ -22,7 +22,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ import grpc
 import grpc.aio
 
 from conveyor import _codec, _tracing
-from conveyor._common import CHANNEL_OPTIONS, call_metadata, parse_targets, receive_limit
+from conveyor._common import CHANNEL_OPTIONS, call_metadata, parse_targets, receive_limit, resolve_endpoints
 from conveyor._context import TaskContext, _current, current_task
 from conveyor._handler import POOLS, Handler, failure, prepare, success, task_error
 from conveyor._handler import error as _error
@@ -225,14 +225,21 @@ class Worker:
     in KiB replace them) or "asyncio"; a handler's own `pool` overrides it.
     `address` may list several dispatchers (comma-separated or a list): the
     worker fails over to the next when a session cannot be had or is lost.
+    `endpoints` (keys "submission", "results", "dispatch", "scheduling", as
+    in `conveyor.Client`) may give the dispatch service its own address:
+    the worker stream goes to the first found of `endpoints["dispatch"]`,
+    `$CONVEYOR_DISPATCH_ADDR`, `address`, `$CONVEYOR_ADDR`,
+    `http://127.0.0.1:50051`. The other keys are checked and kept in
+    `self.endpoints` (the app passes them to its client).
     `on_connect` callables run in a thread after the first session opens
     (again at the next session if one raises).
     """
 
     def __init__(
         self,
-        address: str | None = None,
+        address: str | Sequence[str] | None = None,
         *,
+        endpoints: Mapping[str, str | Sequence[str]] | None = None,
         tasks: Mapping[str, Any] | Iterable[Any] | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         queues: Iterable[str] | str | None = None,
@@ -257,7 +264,8 @@ class Worker:
             if limit is not None and int(limit) < 1:
                 raise ValueError(f"{what} must be at least 1 (or None for no limit), not {limit}")
         self.address = address
-        self._targets = parse_targets(address)
+        self.endpoints = dict(endpoints or {})
+        self._targets = parse_targets(resolve_endpoints(address, endpoints)["dispatch"])
         self._target_index = 0
         self._credentials = credentials
         self._channel_options = [*CHANNEL_OPTIONS, *channel_options]
@@ -301,6 +309,11 @@ class Worker:
         """The dispatcher address the worker uses now (it fails over to the
         next one of several when a session cannot be had)."""
         return self._targets[self._target_index].target
+
+    @property
+    def dispatch_address(self) -> str:
+        """The dispatch endpoint in use now, as it was given."""
+        return str(self._targets[self._target_index])
 
     def pool_of(self, handler: Handler) -> str:
         """Where the handler runs: "asyncio" (the loop), "threads" or "process"."""
@@ -476,6 +489,7 @@ class Worker:
                 log.info("session drained, reconnecting")
             else:
                 error = end.error or ConveyorError("worker stream lost", code=grpc.StatusCode.UNAVAILABLE)
+                error.at_endpoint("dispatch", self.dispatch_address)
                 if isinstance(error, ProtocolError) or error.code in _FATAL_CODES:
                     raise error
                 failed = self.target
