@@ -62,7 +62,7 @@ func IsTerminal(s TaskState) bool {
 // Client is a producer's handle on Conveyor: it submits tasks and reads,
 // awaits, watches or cancels them. It is safe for concurrent use.
 type Client struct {
-	owned      *grpc.ClientConn
+	owned      io.Closer
 	submission conveyorv1.SubmissionServiceClient
 	results    conveyorv1.ResultsServiceClient
 	dispatch   conveyorv1.DispatchServiceClient
@@ -70,16 +70,19 @@ type Client struct {
 	retry      CallRetry
 }
 
-// NewClient uses conn for every service. The caller keeps ownership of conn.
-// Calls send and receive messages of up to 64 MiB whatever conn's defaults.
+// NewClient uses conn for every service (a [*Conns] sends each service's
+// calls to its own address). The caller keeps ownership of conn. Calls send
+// and receive messages of up to 64 MiB whatever conn's defaults.
 func NewClient(conn grpc.ClientConnInterface) *Client {
 	return NewClientWith(conn, conn)
 }
 
 // NewClientWith uses one connection per service, for deployments where
 // submission and results run as separate processes. Queue (dispatch) and
-// schedule (scheduling) calls go through the submission connection: any
-// `conveyor serve` process forwards what it does not serve itself.
+// schedule (scheduling) calls go through the submission connection, so that
+// process must serve those roles or forward them (`conveyor serve --peer`).
+// [NewConns] (or [Dial] with [WithEndpoint]) gives every service its own
+// address.
 func NewClientWith(submission, results grpc.ClientConnInterface) *Client {
 	submission, results = withMessageLimits(submission), withMessageLimits(results)
 	return &Client{

@@ -88,12 +88,28 @@ func withMessageLimits(conn grpc.ClientConnInterface) grpc.ClientConnInterface {
 	return messageLimits{conn}
 }
 
+// Errors of calls through it that say UNIMPLEMENTED (a process that does
+// not serve the call's role) also name the address called and how to send
+// that service's calls elsewhere (see [WithEndpoint]).
 func (c messageLimits) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
-	return c.ClientConnInterface.Invoke(withTraceMetadata(ctx), method, args, reply, append(slices.Clip(messageLimitOptions), opts...)...)
+	err := c.ClientConnInterface.Invoke(withTraceMetadata(ctx), method, args, reply, append(slices.Clip(messageLimitOptions), opts...)...)
+	if status.Code(err) == codes.Unimplemented {
+		s, _ := serviceOf(method)
+		err = withEndpointHint(err, method, endpointAddress(c.ClientConnInterface, s))
+	}
+	return err
 }
 
 func (c messageLimits) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	return c.ClientConnInterface.NewStream(ctx, desc, method, append(slices.Clip(messageLimitOptions), opts...)...)
+	stream, err := c.ClientConnInterface.NewStream(ctx, desc, method, append(slices.Clip(messageLimitOptions), opts...)...)
+	if err != nil {
+		if status.Code(err) == codes.Unimplemented {
+			s, _ := serviceOf(method)
+			err = withEndpointHint(err, method, endpointAddress(c.ClientConnInterface, s))
+		}
+		return nil, err
+	}
+	return hintStream{ClientStream: stream, conn: c.ClientConnInterface, method: method}, nil
 }
 
 // staticResolver resolves to a fixed list of "host:port" addresses, tried
@@ -161,21 +177,36 @@ func parseAddr(addr string) (string, credentials.TransportCredentials) {
 // Dial connects to addr (see [NewConn]) and waits until the connection is
 // ready, failing fast with UNAVAILABLE when nothing answers, or when ctx
 // ends. The returned client owns the connection: [Client.Close] closes it.
+//
+// An empty addr means CONVEYOR_ADDR, then [DefaultAddress]. Each call goes
+// to the address of the service that defines it: addr, unless
+// [WithEndpoint] or the service's environment variable
+// (CONVEYOR_SUBMISSION_ADDR, CONVEYOR_RESULTS_ADDR, CONVEYOR_DISPATCH_ADDR,
+// CONVEYOR_SCHEDULING_ADDR) gives it another (see [NewConns]); Dial waits
+// for every distinct address.
 func Dial(ctx context.Context, addr string, opts ...grpc.DialOption) (*Client, error) {
-	conn, err := NewConn(addr, opts...)
+	conns, err := NewConns(addr, opts...)
 	if err != nil {
 		return nil, err
 	}
-	if err := waitReady(ctx, conn); err != nil {
-		_ = conn.Close()
-		return nil, err
+	waited := map[*grpc.ClientConn]bool{}
+	for _, s := range Services {
+		conn := conns.Conn(s)
+		if waited[conn] {
+			continue
+		}
+		waited[conn] = true
+		if err := waitReady(ctx, conn, conns.Address(s)); err != nil {
+			_ = conns.Close()
+			return nil, err
+		}
 	}
-	c := NewClient(conn)
-	c.owned = conn
+	c := NewClient(conns)
+	c.owned = conns
 	return c, nil
 }
 
-func waitReady(ctx context.Context, conn *grpc.ClientConn) error {
+func waitReady(ctx context.Context, conn *grpc.ClientConn, addr string) error {
 	conn.Connect()
 	for {
 		state := conn.GetState()
@@ -183,7 +214,7 @@ func waitReady(ctx context.Context, conn *grpc.ClientConn) error {
 		case connectivity.Ready:
 			return nil
 		case connectivity.TransientFailure, connectivity.Shutdown:
-			err := status.Errorf(codes.Unavailable, "cannot connect to %s (%s)", conn.Target(), state)
+			err := status.Errorf(codes.Unavailable, "cannot connect to %s (%s)", addr, state)
 			return newRPCError("Dial", err)
 		}
 		if !conn.WaitForStateChange(ctx, state) {

@@ -42,7 +42,10 @@
 // after a delay with [RetryAfter]. The client also replays and forgets tasks,
 // lists dead letters, pauses queues and manages schedules. [WithToken] sends
 // a bearer token; several comma-separated addresses fail over; calls that
-// are safe to repeat are retried on UNAVAILABLE ([CallRetry]).
+// are safe to repeat are retried on UNAVAILABLE ([CallRetry]). Where the
+// roles run as separate processes, [WithEndpoint] (or CONVEYOR_RESULTS_ADDR
+// and its siblings) gives a service its own address, and [NewConns] does
+// the same for a worker's connection.
 // [NewEagerClient] runs handlers in-process with no server, for tests.
 //
 // Arguments and results travel as JSON payloads, so tasks submitted from one
