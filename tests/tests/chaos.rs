@@ -56,8 +56,12 @@ impl Chaos {
 
     /// Executions per task, as counted by the workers.
     async fn executions(&self, ids: &[String]) -> HashMap<String, i64> {
-        let client = redis::Client::open(self.redis.as_str()).unwrap();
-        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let mut connection = conveyor_store::redis::connection::Connection::open(
+            &self.redis,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
         let mut counts = HashMap::new();
         for chunk in ids.chunks(1000) {
             let keys: Vec<String> = chunk

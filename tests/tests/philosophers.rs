@@ -253,11 +253,10 @@ async fn a_killed_philosopher_puts_both_forks_back(backend: Backend) {
     let again = killed_at.elapsed();
     let dinner_task = &finished[&dinner];
     assert_eq!(dinner_task.attempt, 2, "the interrupted meal ran again");
-    let mut redis_connection = ::redis::Client::open(redis.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis_connection =
+        conveyor_store::redis::connection::Connection::open(&redis, Duration::from_secs(5))
+            .await
+            .unwrap();
     let executions: i64 = ::redis::cmd("GET")
         .arg(format!("{prefix}exec:{dinner}"))
         .query_async(&mut redis_connection)

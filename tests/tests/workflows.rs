@@ -485,8 +485,10 @@ async fn chord_of_10000_survives_worker_and_dispatcher_kills() {
     let result: Value = serde_json::from_slice(&workflow.result.unwrap().data).unwrap();
     assert_eq!(result, json!({"count": n, "ordered": true}));
     // Executions, as the workers counted them in Redis.
-    let connection = ::redis::Client::open(redis_url.as_str()).unwrap();
-    let mut connection = connection.get_multiplexed_async_connection().await.unwrap();
+    let mut connection =
+        conveyor_store::redis::connection::Connection::open(&redis_url, Duration::from_secs(5))
+            .await
+            .unwrap();
     let mut executions = 0i64;
     let mut never = 0;
     for chunk in handle.task_ids.chunks(1000) {

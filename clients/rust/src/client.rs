@@ -66,6 +66,21 @@ impl Client {
         Client::from_channels(channel.clone(), channel)
     }
 
+    /// Connects with one address per service (see [`Endpoints`]): each
+    /// service's entry, else its `CONVEYOR_<SERVICE>_ADDR`, else `general`.
+    /// For split roles without forwarding; a process started with `--peer`
+    /// answers every service at one address.
+    pub async fn connect_endpoints(
+        general: impl Into<String>,
+        endpoints: &crate::Endpoints,
+    ) -> Result<Client> {
+        use crate::endpoints::Service;
+        let general = general.into();
+        let submission = connect_channel(endpoints.resolve(Service::Submission, &general)).await?;
+        let results = connect_channel(endpoints.resolve(Service::Results, &general)).await?;
+        Ok(Client::from_channels(submission, results))
+    }
+
     /// Uses one channel per service, for deployments where submission and
     /// results run as separate processes.
     pub fn from_channels(submission: Channel, results: Channel) -> Client {

@@ -24,6 +24,7 @@
 pub mod canvas;
 mod client;
 mod eager;
+mod endpoints;
 mod error;
 pub mod payload;
 mod task;
@@ -35,6 +36,7 @@ pub use conveyor_api::pb;
 pub use crate::canvas::{Canvas, WorkflowHandle, chain, chord, group};
 pub use crate::client::{Client, MAX_BATCH_BYTES, MAX_TASKS_PER_BATCH};
 pub use crate::eager::EagerClient;
+pub use crate::endpoints::Endpoints;
 pub use crate::error::{Error, Result};
 pub use crate::task::TaskRequest;
 pub use crate::worker::{HandlerResult, TaskContext, TaskFailure, Worker, WorkerBuilder};

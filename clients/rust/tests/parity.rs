@@ -247,6 +247,37 @@ async fn parity_submit() {
     worker.shutdown().await;
 }
 
+/// The general address answers nothing; every call reaches the server
+/// through its service's entry.
+#[tokio::test]
+async fn parity_per_service_endpoints() {
+    let server = Server::start_for_tests(&[]).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let endpoints = conveyor_client::Endpoints::default()
+        .submission(server.endpoint.clone())
+        .results(server.endpoint.clone())
+        .dispatch(server.endpoint.clone());
+    let worker = RunningWorker::spawn(
+        Worker::builder_endpoints(dead.clone(), &endpoints)
+            .queues(["p-endpoints"])
+            .concurrency(4)
+            .register("add", add),
+    );
+    let client = Client::connect_endpoints(dead.clone(), &endpoints)
+        .await
+        .unwrap();
+    let id = client.submit(add_task("p-endpoints", 4, 5)).await.unwrap();
+    assert_eq!(client.result::<i64>(&id, STEP).await.unwrap(), 9);
+    // Without the entries, the calls go to the general address.
+    let unreachable = Client::connect_endpoints(dead, &conveyor_client::Endpoints::default()).await;
+    if std::env::var("CONVEYOR_SUBMISSION_ADDR").is_err() {
+        assert!(unreachable.is_err(), "the dead general address was used");
+    }
+    worker.shutdown().await;
+}
+
 #[tokio::test]
 async fn parity_submit_many() {
     let server = Server::start_for_tests(&[]).await;

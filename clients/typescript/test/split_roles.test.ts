@@ -149,7 +149,7 @@ async function exercise(client: Client, running: RunningWorker, seen: Seen, queu
 }
 
 describe("split roles", { skip }, () => {
-  test("the endpoints option: a client and a worker with one endpoint per service", async () => {
+  test("parity_per_service_endpoints: the endpoints option: a client and a worker with one endpoint per service", async () => {
     const queue = uniqueQueue("split-option");
     // The general address is the submission process, which serves nothing else.
     const client = new Client(roles.submission.addr, { endpoints: otherEndpoints() });

@@ -59,9 +59,14 @@ impl FromStr for StoreUrl {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if text == "memory" {
             Ok(Self::Memory)
-        } else if ["redis://", "rediss://", "redis+cluster://", "rediss+cluster://"]
-            .iter()
-            .any(|scheme| text.starts_with(scheme))
+        } else if [
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ]
+        .iter()
+        .any(|scheme| text.starts_with(scheme))
         {
             Ok(Self::Redis(text.to_string()))
         } else {

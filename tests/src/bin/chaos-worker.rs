@@ -22,9 +22,9 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(8);
-    let redis = redis::Client::open(redis_url)?
-        .get_multiplexed_async_connection()
-        .await?;
+    let redis =
+        conveyor_store::redis::connection::Connection::open(&redis_url, Duration::from_secs(5))
+            .await?;
     let me = worker_id.clone();
     let counter = redis.clone();
     let collect_prefix = prefix.clone();

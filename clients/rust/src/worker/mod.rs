@@ -124,6 +124,17 @@ impl Worker {
         WorkerBuilder::new(Target::Endpoint(endpoint.into()))
     }
 
+    /// Starts configuring a worker whose stream goes to the dispatch
+    /// address of `endpoints` (its entry, else `CONVEYOR_DISPATCH_ADDR`,
+    /// else `general`).
+    pub fn builder_endpoints(
+        general: impl Into<String>,
+        endpoints: &crate::Endpoints,
+    ) -> WorkerBuilder {
+        let general = general.into();
+        Self::builder(endpoints.resolve(crate::endpoints::Service::Dispatch, &general))
+    }
+
     /// Starts configuring a worker that uses an existing channel.
     pub fn from_channel(channel: Channel) -> WorkerBuilder {
         WorkerBuilder::new(Target::Channel(channel))

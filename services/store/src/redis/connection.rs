@@ -14,7 +14,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// `redis+cluster://` (or `rediss+cluster://`) URLs name a cluster.
-pub(crate) fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+pub fn cluster_nodes(url: &str) -> Option<Vec<String>> {
     let (scheme, rest) = url.split_once("://")?;
     let scheme = match scheme {
         "redis+cluster" => "redis",
@@ -36,15 +36,35 @@ pub(crate) fn cluster_nodes(url: &str) -> Option<Vec<String>> {
     )
 }
 
+/// A command connection to one Redis or a cluster; also what tests and
+/// tools use to read the store's Redis beside it.
 #[derive(Clone)]
-pub(crate) enum Connection {
+pub enum Connection {
+    /// One Redis.
     Single(ConnectionManager),
+    /// A Redis Cluster.
     Cluster(ClusterConnection),
 }
 
 impl Connection {
     /// Connects to a cluster through any of `nodes` (the client discovers
     /// the others and follows failovers and slot moves).
+    /// Connects to `url`: a `redis://` URL, or `redis+cluster://h:p,h:p`.
+    pub async fn open(url: &str, timeout: Duration) -> redis::RedisResult<Self> {
+        match cluster_nodes(url) {
+            Some(nodes) => Self::cluster(&nodes, timeout).await,
+            None => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout));
+                let client = redis::Client::open(url)?;
+                Ok(Self::Single(
+                    ConnectionManager::new_with_config(client, config).await?,
+                ))
+            }
+        }
+    }
+
     pub(crate) async fn cluster(nodes: &[String], timeout: Duration) -> redis::RedisResult<Self> {
         let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
             .connection_timeout(timeout)
@@ -53,7 +73,8 @@ impl Connection {
         Ok(Self::Cluster(client.get_async_connection().await?))
     }
 
-    pub(crate) fn is_cluster(&self) -> bool {
+    /// Whether this is a cluster.
+    pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
     }
 }
@@ -116,7 +137,10 @@ mod tests {
         );
         assert_eq!(
             cluster_nodes("rediss+cluster://u:p@a:1,b:2/"),
-            Some(vec!["rediss://u:p@a:1".to_string(), "rediss://u:p@b:2".to_string()])
+            Some(vec![
+                "rediss://u:p@a:1".to_string(),
+                "rediss://u:p@b:2".to_string()
+            ])
         );
         assert_eq!(cluster_nodes("redis://127.0.0.1:6379"), None);
     }

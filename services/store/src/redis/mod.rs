@@ -3,7 +3,7 @@
 //! the in-process [`EventHub`] so that nothing on a hot path polls.
 
 mod codec;
-mod connection;
+pub mod connection;
 pub mod schema;
 mod scripts;
 mod subscriber;
@@ -130,7 +130,10 @@ impl RedisStore {
                     config.url
                 )));
             }
-            Some(nodes) => nodes.iter().map(|node| open(node)).collect::<Result<Vec<_>>>()?,
+            Some(nodes) => nodes
+                .iter()
+                .map(|node| open(node))
+                .collect::<Result<Vec<_>>>()?,
             None => vec![open(&config.url)?],
         };
         let connecting = async {
