@@ -122,9 +122,52 @@ impl ConnectionLike for Connection {
     }
 }
 
+/// The hash tags of `partitions` partitions under `prefix`: `cv:N` on one
+/// Redis. On a cluster, `cv:N~K` with the first K that puts partition N in
+/// the N-th of `partitions` equal ranges of the 16,384 slots: CRC16 scatters
+/// a dozen plain tags unevenly (12 over 3 shards gave 2, 2 and 8), while
+/// equal ranges give every evenly sliced cluster an even share.
+pub(crate) fn partition_tags(prefix: &str, partitions: u16, cluster: bool) -> Vec<String> {
+    const SLOTS: u32 = 16_384;
+    let count = u32::from(partitions.max(1));
+    (0..count)
+        .map(|partition| {
+            if !cluster {
+                return format!("{prefix}{partition}");
+            }
+            let (low, high) = (partition * SLOTS / count, (partition + 1) * SLOTS / count);
+            (0u32..)
+                .map(|k| format!("{prefix}{partition}~{k}"))
+                .find(|tag| (low..high).contains(&slot(tag)))
+                .expect("some suffix lands in every slot range")
+        })
+        .collect()
+}
+
+/// Redis Cluster's slot of a hash tag.
+fn slot(tag: &str) -> u32 {
+    u32::from(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes())) % 16_384
+}
+
 #[cfg(test)]
 mod tests {
-    use super::cluster_nodes;
+    use super::{cluster_nodes, partition_tags, slot};
+
+    #[test]
+    fn cluster_partitions_cover_the_slots_evenly() {
+        assert_eq!(partition_tags("cv:", 2, false), vec!["cv:0", "cv:1"]);
+        // Redis' own answers to CLUSTER KEYSLOT "{cv:0}" and "{w1c:0}".
+        assert_eq!(slot("cv:0"), 13_483);
+        assert_eq!(slot("w1c:0"), 15_929);
+        let tags = partition_tags("cv:", 12, true);
+        for (partition, tag) in tags.iter().enumerate() {
+            let partition = partition as u32;
+            assert!(
+                (partition * 16_384 / 12..(partition + 1) * 16_384 / 12).contains(&slot(tag)),
+                "{tag}"
+            );
+        }
+    }
 
     #[test]
     fn cluster_urls_name_every_node() {

@@ -75,6 +75,8 @@ impl RedisConfig {
 /// Redis-backed [`Store`].
 pub struct RedisStore {
     connection: Connection,
+    /// Each partition's hash tag (see [`connection::partition_tags`]).
+    tags: Vec<String>,
     config: RedisConfig,
     scripts: Scripts,
     events: EventHub,
@@ -162,21 +164,22 @@ impl RedisStore {
         let watch_channel = format!("{}ev:{}", config.prefix, uuid::Uuid::now_v7().simple());
         let ready_channel = format!("{}rdy", config.prefix);
         let revoke_channel = format!("{}rev", config.prefix);
+        let tags =
+            connection::partition_tags(&config.prefix, config.partitions, connection.is_cluster());
         let subscriber = subscriber::start(
             clients,
             events.clone(),
             watch_channel.clone(),
             ready_channel.clone(),
             revoke_channel.clone(),
-            (0..config.partitions.max(1))
-                .map(|partition| {
-                    format!("{{{}{partition}}}:{}", config.prefix, schema::EVENT_CHANNEL)
-                })
+            tags.iter()
+                .map(|tag| format!("{{{tag}}}:{}", schema::EVENT_CHANNEL))
                 .collect(),
             connection.clone(),
         )
         .await?;
         let store = Self {
+            tags,
             connection,
             config,
             scripts: Scripts::new(),
@@ -296,7 +299,8 @@ impl RedisStore {
 
     /// The key prefix of a partition, hash tag included.
     fn partition_prefix(&self, partition: u16) -> String {
-        format!("{{{}{partition}}}:", self.config.prefix)
+        let tag = &self.tags[usize::from(partition) % self.tags.len()];
+        format!("{{{tag}}}:")
     }
 
     /// A script call routed to `partition`: KEYS[1] is the partition's
