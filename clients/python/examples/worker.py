@@ -2,7 +2,8 @@
 
 Env: CONVEYOR_ADDR (default http://127.0.0.1:50051), CONVEYOR_QUEUE (default
 "default"), CONVEYOR_CONCURRENCY (default 8), CONVEYOR_WORKER_ID (default
-hostname-pid). Runs until SIGTERM/SIGINT, then drains and exits 0.
+hostname-pid), CONVEYOR_TOKEN (a bearer token, for a server with
+--auth-token), CONVEYOR_<SERVICE>_ADDR (one address per service). Runs until SIGTERM/SIGINT, then drains and exits 0.
 """
 
 import asyncio
@@ -14,7 +15,10 @@ from conveyor import Conveyor
 
 # Explicit bare names: workers and producers in other languages use them
 # (without `name=`, a task is named `module.function`, as in Celery).
-app = Conveyor(os.environ.get("CONVEYOR_ADDR") or "http://127.0.0.1:50051")
+app = Conveyor(
+    os.environ.get("CONVEYOR_ADDR") or "http://127.0.0.1:50051",
+    token=os.environ.get("CONVEYOR_TOKEN") or None,
+)
 
 
 @app.task(name="add")
