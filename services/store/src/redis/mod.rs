@@ -201,7 +201,7 @@ impl RedisStore {
     /// store is marked current at once; one written by an older version is
     /// upgraded, then marked, so later starts pay one GET.
     async fn upgrade_layout(&self, fresh: bool) -> Result<()> {
-        let marker = format!("{}layout", self.partition_prefix(0));
+        let marker = format!("{}layout", self.meta_prefix());
         let mut connection = self.connection.clone();
         if !fresh {
             let layout: Option<u32> = self
@@ -271,7 +271,7 @@ impl RedisStore {
     /// that assumed another would not see some of them.
     /// Returns whether the store is new (nothing was recorded yet).
     async fn check_partitions(&self) -> Result<bool> {
-        let key = format!("{}partitions", self.partition_prefix(0));
+        let key = format!("{}partitions", self.meta_prefix());
         let mut connection = self.connection.clone();
         let stored: Option<u16> = self
             .timed(
@@ -295,6 +295,14 @@ impl RedisStore {
             Some(_) => Ok(false),
             None => Ok(true),
         }
+    }
+
+    /// Where the store's own records live (the partition count, the layout
+    /// version): `{cv:0}:` whatever the partition count, so that a process
+    /// started with another count finds them. On one Redis it is partition
+    /// 0's prefix; on a cluster, partition 0's tag depends on the count.
+    fn meta_prefix(&self) -> String {
+        format!("{{{}0}}:", self.config.prefix)
     }
 
     /// The key prefix of a partition, hash tag included.
