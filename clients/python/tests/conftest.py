@@ -46,17 +46,18 @@ def read_line(stream, timeout: float) -> str:
 
 
 @contextlib.contextmanager
-def dev_server(*extra: str, log_name: str = "python-client-server.log") -> Iterator[str]:
-    """A `conveyor dev` on a free port (heartbeat 200 ms, lease TTL 1 s,
-    RUNNING tracked) with `extra` flags; yields its http:// address."""
+def conveyor_server(args: list[str], log_name: str) -> Iterator[str]:
+    """`conveyor ARGS --listen 127.0.0.1:0` (heartbeat 200 ms, lease TTL 1 s,
+    RUNNING tracked); yields its http:// address, stops it on exit. Its log
+    is $CONVEYOR_TMP/LOG_NAME (the last run's)."""
     log_dir = Path(os.environ.get("CONVEYOR_TMP") or tempfile.gettempdir())
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / log_name  # the last run's server log
+    log_path = log_dir / log_name
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [
                 conveyor_bin(),
-                "dev",
+                *args,
                 "--listen",
                 "127.0.0.1:0",
                 "--heartbeat-interval",
@@ -65,7 +66,6 @@ def dev_server(*extra: str, log_name: str = "python-client-server.log") -> Itera
                 "1s",
                 # The tests watch every state, RUNNING included.
                 "--track-started",
-                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=log,
@@ -75,7 +75,7 @@ def dev_server(*extra: str, log_name: str = "python-client-server.log") -> Itera
             line = read_line(process.stdout, STARTUP_TIMEOUT).strip()
             if not line.startswith("listening on "):
                 process.kill()
-                pytest.fail(f"conveyor dev did not start (said {line!r}); log: {log_path}", pytrace=False)
+                pytest.fail(f"conveyor {args[0]} did not start (said {line!r}); log: {log_path}", pytrace=False)
             yield "http://" + line.removeprefix("listening on ")
         finally:
             process.terminate()
@@ -84,6 +84,13 @@ def dev_server(*extra: str, log_name: str = "python-client-server.log") -> Itera
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextlib.contextmanager
+def dev_server(*extra: str, log_name: str = "python-client-server.log") -> Iterator[str]:
+    """A `conveyor dev` on a free port with `extra` flags; yields its http:// address."""
+    with conveyor_server(["dev", *extra], log_name) as address:
+        yield address
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -28,7 +27,7 @@ import pytest
 import conveyor
 import conveyor.aio
 from conveyor._common import SERVICE_ENV, SERVICES, resolve_endpoints
-from conftest import STARTUP_TIMEOUT, ThreadWorker, conveyor_bin, read_line, wait_for_state, wait_until
+from conftest import ThreadWorker, conveyor_server, read_line, wait_for_state, wait_until
 
 # An address where nothing listens: a general address that per-service
 # endpoints must leave unused.
@@ -90,29 +89,9 @@ class Layout:
 @contextlib.contextmanager
 def serve_role(layout: Layout, role: str, *extra: str) -> Iterator[str]:
     """`conveyor serve ROLE` on the layout's store; yields its http:// address."""
-    log = tempfile.NamedTemporaryFile(prefix=f"conveyor-py-split-{role}-", suffix=".log", delete=False)
-    process = subprocess.Popen(
-        [conveyor_bin(), "serve", role, "--store", layout.redis, "--redis-prefix", layout.prefix,
-         "--listen", "127.0.0.1:0", "--heartbeat-interval", "200ms", "--lease-ttl", "1s", "--track-started", *extra],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    try:
-        line = read_line(process.stdout, STARTUP_TIMEOUT).strip()
-        if not line.startswith("listening on "):
-            process.kill()
-            pytest.fail(f"conveyor serve {role} did not start (said {line!r}); log: {log.name}", pytrace=False)
-        yield "http://" + line.removeprefix("listening on ")
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-        os.unlink(log.name)
+    args = ["serve", role, "--store", layout.redis, "--redis-prefix", layout.prefix, *extra]
+    with conveyor_server(args, f"python-split-{role}.log") as address:
+        yield address
 
 
 @pytest.fixture
