@@ -36,6 +36,14 @@ pub fn cluster_nodes(url: &str) -> Option<Vec<String>> {
     )
 }
 
+/// A client for one node, Nagle off: every store call is a small request
+/// awaiting its reply.
+pub(crate) fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    redis::IntoConnectionInfo::into_connection_info(url)
+        .map(|info| info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
+        .and_then(redis::Client::open)
+}
+
 /// A command connection to one Redis or a cluster; also what tests and
 /// tools use to read the store's Redis beside it.
 #[derive(Clone)]
@@ -57,9 +65,8 @@ impl Connection {
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout));
-                let client = redis::Client::open(url)?;
                 Ok(Self::Single(
-                    ConnectionManager::new_with_config(client, config).await?,
+                    ConnectionManager::new_with_config(client(url)?, config).await?,
                 ))
             }
         }

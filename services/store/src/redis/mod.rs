@@ -16,7 +16,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prost::Message;
 use redis::Value;
-use redis::aio::ConnectionManager;
 use tokio::task::AbortHandle;
 
 use conveyor_core::workflow::NewWorkflow;
@@ -113,13 +112,8 @@ impl RedisStore {
     /// that no notification after this call is missed.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         let nodes = connection::cluster_nodes(&config.url);
-        // Nagle off: every store call is a small request awaiting its reply.
         let open = |url: &str| {
-            redis::IntoConnectionInfo::into_connection_info(url)
-                .map(|info| {
-                    info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
-                })
-                .and_then(redis::Client::open)
+            connection::client(url)
                 .map_err(|error| ConveyorError::Unavailable(format!("redis url {url}: {error}")))
         };
         // Pub/sub goes through one node at a time: on a cluster, PUBLISH
@@ -138,19 +132,7 @@ impl RedisStore {
                 .collect::<Result<Vec<_>>>()?,
             None => vec![open(&config.url)?],
         };
-        let connecting = async {
-            match &nodes {
-                Some(nodes) => Connection::cluster(nodes, config.command_timeout).await,
-                None => {
-                    let manager_config = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(config.command_timeout))
-                        .set_response_timeout(Some(config.command_timeout));
-                    ConnectionManager::new_with_config(clients[0].clone(), manager_config)
-                        .await
-                        .map(Connection::Single)
-                }
-            }
-        };
+        let connecting = Connection::open(&config.url, config.command_timeout);
         let connection = tokio::time::timeout(config.command_timeout, connecting)
             .await
             .map_err(|_| {
