@@ -17,6 +17,8 @@ struct Layout {
     redis_url: String,
     prefix: String,
     partitions: String,
+    /// Flags every process gets (e.g. `--auth-token`).
+    extra: Vec<String>,
 }
 
 impl Layout {
@@ -26,6 +28,7 @@ impl Layout {
             redis_url,
             prefix: format!("split-{}:", uuid::Uuid::new_v4().simple()),
             partitions: conveyor_store::conformance::test_partitions().to_string(),
+            extra: Vec::new(),
         })
     }
 
@@ -42,6 +45,7 @@ impl Layout {
             "--lease-ttl".into(),
             "3s".into(),
         ]);
+        args.extend(self.extra.iter().cloned());
         for (role, addr) in peers {
             args.push("--peer".into());
             args.push(format!("{role}=http://{addr}"));
@@ -288,5 +292,41 @@ async fn a_peer_for_a_served_role_is_ignored() {
     assert_eq!(
         client.get(&id).await.unwrap().state,
         pb::TaskState::Queued as i32
+    );
+}
+
+/// With auth on, the front checks the token and forwards it: the peer
+/// checks it again and serves the call; a call without one is refused at
+/// the front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_calls_carry_the_callers_token() {
+    let Some(mut layout) = Layout::new() else {
+        return;
+    };
+    layout.extra = vec!["--auth-token".into(), "s3cret".into()];
+    let results = layout.spawn(&["results"], &[]).await;
+    let front = layout
+        .spawn(&["submission"], &[("results", &results.addr)])
+        .await;
+    let addr = format!("http://{}", front.addr);
+    let client = Client::connect(addr.clone())
+        .await
+        .unwrap()
+        .with_token("s3cret")
+        .unwrap();
+    let id = client
+        .submit(TaskRequest::new("add").arg(1).arg(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get(&id).await.unwrap().state,
+        pb::TaskState::Queued as i32
+    );
+    let anonymous = Client::connect(addr).await.unwrap();
+    let refused = anonymous.get(&id).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(tonic::Code::Unauthenticated),
+        "{refused:?}"
     );
 }
