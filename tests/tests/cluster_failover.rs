@@ -1,6 +1,9 @@
 //! A Redis Cluster primary SIGKILLed in the middle of a run: its replica
-//! takes over, the run completes, and what replication had not carried over
-//! is counted. Runs on a cluster of its own (ports 7100-7105, or
+//! takes over, the killed node is started again once it has (as an operator
+//! or Kubernetes would) and rejoins as a replica, the run completes, and
+//! with `--redis-wait-replicas 1` (the default here; set
+//! CONVEYOR_FAILOVER_WAIT_REPLICAS=0 to compare) no acknowledged submission
+//! is lost. Runs on a cluster of its own (ports 7100-7105, or
 //! CONVEYOR_FAILOVER_CLUSTER_PORT), started by scripts/start-redis-cluster,
 //! so that no other test meets the failover; runs when CONVEYOR_TEST_REDIS
 //! is a cluster URL (scripts/test's Redis Cluster step).
@@ -47,6 +50,8 @@ async fn a_killed_primary_fails_over_and_the_run_completes() {
         .last()
         .expect("a URL")
         .to_string();
+    let wait_replicas =
+        std::env::var("CONVEYOR_FAILOVER_WAIT_REPLICAS").unwrap_or_else(|_| "1".into());
     let prefix = format!("fo-{}:", uuid::Uuid::new_v4().simple());
     let server = spawn_conveyor(
         &[
@@ -57,6 +62,8 @@ async fn a_killed_primary_fails_over_and_the_run_completes() {
             &prefix,
             "--partitions",
             "6",
+            "--redis-wait-replicas",
+            &wait_replicas,
             "--metrics-listen",
             "off",
         ],
@@ -99,6 +106,7 @@ async fn a_killed_primary_fails_over_and_the_run_completes() {
     let mut acknowledged: Vec<String> = Vec::with_capacity(total);
     let mut refused = 0usize;
     let mut killed_at = None;
+    let mut resumed_after = None;
     let mut kill_index = 0;
     let started = Instant::now();
     while acknowledged.len() < total {
@@ -110,12 +118,18 @@ async fn a_killed_primary_fails_over_and_the_run_completes() {
             assert!(status.success());
             killed_at = Some(Instant::now());
             kill_index = acknowledged.len();
+            restart_after_failover(base, victim, &tmp);
         }
         let batch = (0..500)
             .map(|n| TaskRequest::new("add").arg(n).arg(1))
             .collect();
         match client.submit_many(batch).await {
-            Ok(ids) => acknowledged.extend(ids),
+            Ok(ids) => {
+                acknowledged.extend(ids);
+                if refused > 0 && resumed_after.is_none() {
+                    resumed_after = killed_at.map(|at| at.elapsed());
+                }
+            }
             Err(_) => {
                 // Slots of the dead primary are unserved until its replica
                 // is promoted (node timeout 2 s): try again shortly.
@@ -160,9 +174,9 @@ async fn a_killed_primary_fails_over_and_the_run_completes() {
         }
     }
     println!(
-        "cluster failover: {total} acknowledged, {finished} succeeded, {lost} lost (acknowledged \
+        "cluster failover (--redis-wait-replicas {wait_replicas}): {total} acknowledged, {finished} succeeded, {lost} lost (acknowledged \
          but gone with the killed primary; {lost_before_kill} of them before the kill), {} unfinished; {refused} batches refused during the \
-         failover, which took {:?} from the kill to the end of the run; {} tasks ran",
+         failover (submissions resumed {resumed_after:?} after the kill); {:?} from the kill to the end of the run; {} tasks ran",
         pending.len(),
         killed_at.map(|at| at.elapsed()),
         ran.lock().unwrap().len()
@@ -173,18 +187,72 @@ async fn a_killed_primary_fails_over_and_the_run_completes() {
         pending.len()
     );
     assert!(killed_at.is_some());
-    // Replication is asynchronous: writes acknowledged in the moment before
-    // the kill may be gone (reported above: 0 in one run, 5,000 in another
-    // on a loaded 2-core machine). A WAIT-for-replicas durability mode is
-    // not built yet.
+    // Without WAIT, replication is asynchronous: writes acknowledged in the
+    // moment before the kill may be gone (0 in one run, 5,000 in another on
+    // a loaded 2-core machine). With it, none.
+    if wait_replicas != "0" {
+        assert_eq!(lost, 0, "acknowledged submissions lost despite WAIT");
+    }
     stop.cancel();
     running.await.unwrap().unwrap();
-    // The cluster is left with a promoted replica and one node down; the
-    // next run starts it over (scripts/start-redis-cluster sees no state ok
-    // from the dead node's port and recreates every node).
+    // The cluster is left with a promoted replica; the next run starts it
+    // over (scripts/start-redis-cluster recreates every node).
     for port in base..base + 6 {
         let _ = std::process::Command::new("redis-cli")
             .args(["-p", &port.to_string(), "shutdown", "nosave"])
             .output();
     }
+}
+
+/// In the background: once a node other than `victim` serves slot 0 (the
+/// replica was promoted), starts `victim` again as scripts/start-redis-cluster
+/// did, empty; it rejoins as the new primary's replica, so that the shard
+/// has a replica again (which `--redis-wait-replicas 1` needs). Started any
+/// earlier, the empty node could take its slots back.
+fn restart_after_failover(base: u16, victim: u16, tmp: &str) {
+    let dir = format!("{tmp}/redis-cluster-{victim}");
+    let witness = (base + 1).to_string();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let nodes = std::process::Command::new("redis-cli")
+                .args(["-p", &witness, "cluster", "nodes"])
+                .output()
+                .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+                .unwrap_or_default();
+            let promoted = nodes.lines().any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 8
+                    && fields[2].contains("master")
+                    && !fields[2].contains("fail")
+                    && !fields[1].starts_with(&format!("127.0.0.1:{victim}@"))
+                    && fields[8..].iter().any(|range| range.starts_with("0-"))
+            });
+            if promoted {
+                let status = std::process::Command::new("redis-server")
+                    .args(["--bind", "127.0.0.1", "--port", &victim.to_string()])
+                    .args(["--daemonize", "yes", "--dir", &dir])
+                    .args(["--logfile", &format!("{dir}/redis.log")])
+                    .args(["--pidfile", &format!("{dir}/redis.pid")])
+                    .args(["--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", &format!("{dir}/nodes.conf")])
+                    .args([
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ])
+                    .status();
+                assert!(
+                    status.is_ok_and(|status| status.success()),
+                    "restarting {victim}"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("no replica took over slot 0 within 60 s of the kill");
+    });
 }

@@ -120,18 +120,40 @@ impl Default for AppConfig {
     }
 }
 
+/// How to open the store (the Redis settings; memory ignores them).
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Prefix of every key and channel.
+    pub prefix: String,
+    /// Partitions (hash slots) per queue.
+    pub partitions: u16,
+    /// Replicas that must have a submission before it is acknowledged.
+    pub wait_replicas: u32,
+    /// How long a submission waits for them.
+    pub wait_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            prefix: "cv:".into(),
+            partitions: 1,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Opens the store named by `url`.
-pub async fn open_store(
-    url: &StoreUrl,
-    prefix: &str,
-    partitions: u16,
-) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(url: &StoreUrl, options: &StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match url {
         StoreUrl::Memory => Arc::new(MemoryStore::new()),
         StoreUrl::Redis(url) => {
             let mut config = RedisConfig::new(url.clone());
-            config.prefix = prefix.to_string();
-            config.partitions = partitions.max(1);
+            config.prefix = options.prefix.clone();
+            config.partitions = options.partitions.max(1);
+            config.wait_replicas = options.wait_replicas;
+            config.wait_timeout = options.wait_timeout;
             let store = RedisStore::connect(config)
                 .await
                 .with_context(|| format!("connecting to {url}"))?;

@@ -162,6 +162,14 @@ pub struct ServerArgs {
     /// Partitions per queue (Redis hash slots); raise to spread over a cluster.
     #[arg(long, default_value_t = 1, env = "CONVEYOR_PARTITIONS")]
     pub partitions: u16,
+    /// Acknowledge a submission only once this many Redis replicas of its
+    /// shard have it (`WAIT`); 0 acknowledges once the primary has it.
+    #[arg(long, default_value_t = 0, env = "CONVEYOR_REDIS_WAIT_REPLICAS")]
+    pub redis_wait_replicas: u32,
+    /// How long a submission waits for those replicas before failing with
+    /// UNAVAILABLE.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, env = "CONVEYOR_REDIS_WAIT_TIMEOUT")]
+    pub redis_wait_timeout: Duration,
     /// Shifts this process's clock, e.g. `-30s` (tests of clock skew only:
     /// deadlines shared between replicas are compared on the store's clock).
     #[arg(long, hide = true, allow_hyphen_values = true, value_parser = parse_skew)]
@@ -343,7 +351,16 @@ async fn serve(
     config.dispatch.heartbeat_interval = args.heartbeat_interval;
     config.dispatch.lease_ttl = args.lease_ttl;
     config.dispatch.track_started = args.track_started;
-    let store = app::open_store(&args.store, &args.redis_prefix, args.partitions).await?;
+    let store = app::open_store(
+        &args.store,
+        &app::StoreOptions {
+            prefix: args.redis_prefix.clone(),
+            partitions: args.partitions,
+            wait_replicas: args.redis_wait_replicas,
+            wait_timeout: args.redis_wait_timeout,
+        },
+    )
+    .await?;
     // Bind before anything else runs, so a taken port fails fast.
     let listener = TcpListener::bind(args.listen)
         .await

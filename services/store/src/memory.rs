@@ -33,7 +33,9 @@ struct Inner {
     scheduled: BTreeSet<(i64, TaskId)>,
     sessions: HashMap<String, Session>,
     /// Idempotency key → (task, forget at ms).
-    idempotency: HashMap<String, (TaskId, i64)>,
+    /// By partition and key, as on Redis (a key lives in the partition of
+    /// the task that claimed it: see `conveyor_core::placement`).
+    idempotency: HashMap<(u16, String), (TaskId, i64)>,
     /// (purge at ms, id) of finished tasks whose result TTL runs.
     purge: BTreeSet<(i64, TaskId)>,
     /// (failed at ms, id): the dead letters.
@@ -770,7 +772,8 @@ impl Store for MemoryStore {
             let mut inner = self.lock();
             for task in tasks {
                 if let Some(key) = &task.idempotency_key {
-                    if let Some((existing, forget_at)) = inner.idempotency.get(key).copied()
+                    let key = (task.id.partition(), key.clone());
+                    if let Some((existing, forget_at)) = inner.idempotency.get(&key).copied()
                         && forget_at > now_ms
                     {
                         let state = inner.tasks.get(&existing).map(|entry| entry.task.state);
@@ -783,7 +786,7 @@ impl Store for MemoryStore {
                     }
                     inner
                         .idempotency
-                        .insert(key.clone(), (task.id, now_ms + task.idempotency_ttl_ms));
+                        .insert(key, (task.id, now_ms + task.idempotency_ttl_ms));
                 }
                 let state = if task.is_delayed() {
                     TaskState::Scheduled
@@ -861,7 +864,8 @@ impl Store for MemoryStore {
         {
             let mut inner = self.lock();
             if let Some(key) = &workflow.idempotency_key {
-                if let Some((existing, forget_at)) = inner.idempotency.get(key).copied()
+                let key = (workflow.id.partition(), key.clone());
+                if let Some((existing, forget_at)) = inner.idempotency.get(&key).copied()
                     && forget_at > now_ms
                 {
                     let task_ids = inner
@@ -875,10 +879,9 @@ impl Store for MemoryStore {
                         duplicate: true,
                     });
                 }
-                inner.idempotency.insert(
-                    key.clone(),
-                    (workflow.id, now_ms + workflow.idempotency_ttl_ms),
-                );
+                inner
+                    .idempotency
+                    .insert(key, (workflow.id, now_ms + workflow.idempotency_ttl_ms));
             }
             let ids: Vec<TaskId> = workflow.nodes.iter().map(|node| node.task.id).collect();
             for (index, node) in workflow.nodes.into_iter().enumerate() {

@@ -152,7 +152,7 @@ pub(crate) fn partition_tags(prefix: &str, partitions: u16, cluster: bool) -> Ve
 }
 
 /// Redis Cluster's slot of a hash tag.
-fn slot(tag: &str) -> u32 {
+pub(crate) fn slot(tag: &str) -> u32 {
     u32::from(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes())) % 16_384
 }
 

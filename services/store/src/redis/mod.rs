@@ -44,6 +44,15 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// Whose clock the scripts compare deadlines on.
     pub clock: StoreClock,
+    /// Durability of submissions: when above 0, a submission (a task, a
+    /// batch, a workflow) is acknowledged only once this many replicas of
+    /// its shard have it (`WAIT`), so that a failover right after the
+    /// acknowledgement cannot lose it. 0: acknowledged once the primary has
+    /// it (Redis' default, asynchronous replication).
+    pub wait_replicas: u32,
+    /// How long a submission waits for those replicas before it fails with
+    /// UNAVAILABLE (written, but not known to survive a failover).
+    pub wait_timeout: Duration,
 }
 
 /// Whose clock decides lease expiry, due times, expiry and rate slots.
@@ -67,6 +76,8 @@ impl RedisConfig {
             partitions: 1,
             command_timeout: Duration::from_secs(5),
             clock: StoreClock::Server,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -79,11 +90,15 @@ pub struct RedisStore {
     config: RedisConfig,
     scripts: Scripts,
     events: EventHub,
-    events_channel: String,
-    /// This process's channel for task events (see [`Store::watch`]).
-    watch_channel: String,
-    ready_channel: String,
-    revoke_channel: String,
+    /// Per partition, the pub/sub channels its scripts publish on, under
+    /// its hash tag: on a cluster they are sharded channels (`SPUBLISH`),
+    /// so a message goes to the shard that owns the partition, not to every
+    /// node.
+    channels: Vec<Channels>,
+    /// With `wait_replicas`: connections of their own for submissions, each
+    /// a script then a `WAIT` (which blocks its connection until the
+    /// replicas answer, so it must not hold up leases and outcomes).
+    durable: Vec<Connection>,
     /// Rotates the first partition and queue key tried by `lease`, for fairness.
     rotor: AtomicUsize,
     /// Partitions where each of this process's sessions took leases: what
@@ -91,6 +106,36 @@ pub struct RedisStore {
     session_partitions:
         std::sync::Mutex<std::collections::HashMap<String, std::collections::BTreeSet<u16>>>,
     subscriber: AbortHandle,
+}
+
+/// Connections for submissions under `wait_replicas` (see `durable`).
+const DURABLE_CONNECTIONS: usize = 4;
+
+/// The pub/sub channels of one partition, all under its hash tag.
+#[derive(Clone, Debug)]
+pub(crate) struct Channels {
+    /// Passed to the scripts, which derive the ready channel from it.
+    pub ev: String,
+    /// Queues with new ready tasks (and `*`: a queue was resumed).
+    pub rdy: String,
+    /// Revoked leases: `<session> <task id>`.
+    pub rev: String,
+    /// WatchEvents' task and worker events (published while watched).
+    pub tev: String,
+    /// This process's channel for the tasks it waits on.
+    pub watch: String,
+}
+
+impl Channels {
+    fn new(prefix: &str, process: &str) -> Self {
+        Self {
+            ev: format!("{prefix}ev"),
+            rdy: format!("{prefix}rdy"),
+            rev: format!("{prefix}rev"),
+            tev: format!("{prefix}{}", schema::EVENT_CHANNEL),
+            watch: format!("{prefix}ev:{process}"),
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -116,9 +161,8 @@ impl RedisStore {
             connection::client(url)
                 .map_err(|error| ConveyorError::Unavailable(format!("redis url {url}: {error}")))
         };
-        // Pub/sub goes through one node at a time: on a cluster, PUBLISH
-        // reaches the subscribers of every node, so any node will do, and
-        // the next one after a failure.
+        // Pub/sub: one connection to the one Redis; on a cluster, sharded
+        // pub/sub through a cluster client of its own (see subscriber.rs).
         let clients = match &nodes {
             Some(nodes) if nodes.is_empty() => {
                 return Err(ConveyorError::Unavailable(format!(
@@ -126,10 +170,7 @@ impl RedisStore {
                     config.url
                 )));
             }
-            Some(nodes) => nodes
-                .iter()
-                .map(|node| open(node))
-                .collect::<Result<Vec<_>>>()?,
+            Some(_) => Vec::new(),
             None => vec![open(&config.url)?],
         };
         let connecting = Connection::open(&config.url, config.command_timeout);
@@ -140,36 +181,51 @@ impl RedisStore {
             })?
             .map_err(unavailable)?;
         let events = EventHub::default();
-        let events_channel = format!("{}ev", config.prefix);
-        // This process's own channel for the changes of the tasks it waits
-        // on: the scripts publish a task's events only to its watchers.
-        let watch_channel = format!("{}ev:{}", config.prefix, uuid::Uuid::now_v7().simple());
-        let ready_channel = format!("{}rdy", config.prefix);
-        let revoke_channel = format!("{}rev", config.prefix);
         let tags =
             connection::partition_tags(&config.prefix, config.partitions, connection.is_cluster());
+        // This process's own channel (per partition) for the changes of the
+        // tasks it waits on: the scripts publish a task's events only to its
+        // watchers.
+        let process = uuid::Uuid::now_v7().simple().to_string();
+        let channels: Vec<Channels> = tags
+            .iter()
+            .map(|tag| Channels::new(&format!("{{{tag}}}:"), &process))
+            .collect();
         let subscriber = subscriber::start(
+            nodes,
             clients,
             events.clone(),
-            watch_channel.clone(),
-            ready_channel.clone(),
-            revoke_channel.clone(),
-            tags.iter()
-                .map(|tag| format!("{{{tag}}}:{}", schema::EVENT_CHANNEL))
-                .collect(),
+            channels.clone(),
             connection.clone(),
+            config.command_timeout,
         )
         .await?;
+        let sharded = connection.is_cluster();
+        let mut durable = Vec::new();
+        if config.wait_replicas > 0 {
+            for _ in 0..DURABLE_CONNECTIONS {
+                let connecting = Connection::open(&config.url, config.command_timeout);
+                durable.push(
+                    tokio::time::timeout(config.command_timeout, connecting)
+                        .await
+                        .map_err(|_| {
+                            ConveyorError::Unavailable(format!(
+                                "redis {}: connect timed out",
+                                config.url
+                            ))
+                        })?
+                        .map_err(unavailable)?,
+                );
+            }
+        }
         let store = Self {
+            durable,
             tags,
             connection,
             config,
-            scripts: Scripts::new(),
+            scripts: Scripts::new(sharded),
             events,
-            events_channel,
-            watch_channel,
-            ready_channel,
-            revoke_channel,
+            channels,
             rotor: AtomicUsize::new(0),
             session_partitions: Default::default(),
             subscriber,
@@ -241,7 +297,9 @@ impl RedisStore {
                 &self.scripts.requeue_parked_v1,
                 conveyor_core::placement::COORDINATION_PARTITION,
             );
-            invocation.arg(&self.events_channel).arg(key);
+            invocation
+                .arg(&self.ch(conveyor_core::placement::COORDINATION_PARTITION).ev)
+                .arg(key);
             let moved: i64 = redis::from_redis_value(self.run(&invocation).await?).unwrap_or(0);
             tracing::info!(key, moved, "requeued tasks parked by an older version");
         }
@@ -287,6 +345,20 @@ impl RedisStore {
         format!("{{{}0}}:", self.config.prefix)
     }
 
+    /// The pub/sub channels of a partition.
+    fn ch(&self, partition: u16) -> &Channels {
+        &self.channels[usize::from(partition) % self.channels.len()]
+    }
+
+    /// `SPUBLISH` on a cluster (sharded pub/sub), `PUBLISH` on one node.
+    fn publish(&self) -> &'static str {
+        if self.connection.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
     /// The key prefix of a partition, hash tag included.
     fn partition_prefix(&self, partition: u16) -> String {
         let tag = &self.tags[usize::from(partition) % self.tags.len()];
@@ -330,15 +402,103 @@ impl RedisStore {
         self.attempt(invocation).await.map_err(Retry::into_error)
     }
 
+    /// Runs a submission's script: with `wait_replicas`, on a connection of
+    /// its own and followed by `WAIT` on it, so that the answer comes only
+    /// once the replicas have the write. Retried (when `keyed`, so that a
+    /// second run returns the first one's tasks) after a dropped connection.
+    async fn run_submission(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        partition: u16,
+        keyed: bool,
+    ) -> Result<Value> {
+        if self.durable.is_empty() {
+            return if keyed {
+                self.run(invocation).await
+            } else {
+                self.run_once(invocation).await
+            };
+        }
+        let pick = self.rotor.fetch_add(1, Ordering::Relaxed) % self.durable.len();
+        let mut connection = self.durable[pick].clone();
+        let value = match self.attempt_on(invocation, &mut connection).await {
+            Err(Retry::Dropped(_)) if keyed => self
+                .attempt_on(invocation, &mut connection)
+                .await
+                .map_err(Retry::into_error)?,
+            other => other.map_err(Retry::into_error)?,
+        };
+        self.wait_for_replicas(&mut connection, partition).await?;
+        Ok(value)
+    }
+
+    /// `WAIT` on the connection that wrote, routed on a cluster to the
+    /// primary of `partition`'s slot (the one the script ran on).
+    async fn wait_for_replicas(&self, connection: &mut Connection, partition: u16) -> Result<()> {
+        let wanted = self.config.wait_replicas;
+        let timeout_ms = self.config.wait_timeout.as_millis().max(1) as u64;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(wanted).arg(timeout_ms);
+        let limit = self.config.wait_timeout + self.config.command_timeout;
+        let acked: i64 = match connection {
+            Connection::Single(single) => self.timed_for(limit, wait.query_async(single)).await?,
+            Connection::Cluster(cluster) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let tag = &self.tags[usize::from(partition) % self.tags.len()];
+                let route = Route::new(connection::slot(tag) as u16, SlotAddr::Master);
+                let reply = self
+                    .timed_for(
+                        limit,
+                        cluster.route_command(
+                            wait,
+                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                        ),
+                    )
+                    .await?;
+                redis::from_redis_value(reply).map_err(|error| {
+                    ConveyorError::Unavailable(format!("redis: WAIT answered {error}"))
+                })?
+            }
+        };
+        if acked < i64::from(wanted) {
+            return Err(ConveyorError::Unavailable(format!(
+                "the submission was written, but {acked} of the {wanted} replicas that \
+                 --redis-wait-replicas asks for confirmed it within {timeout_ms} ms, so a \
+                 failover could lose it: retry with the same idempotency key (which returns \
+                 the task if it was kept), and check the replicas (INFO replication)"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn timed_for<T>(
+        &self,
+        limit: Duration,
+        future: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(limit, future)
+            .await
+            .map_err(|_| ConveyorError::Unavailable("redis call timed out".into()))?
+            .map_err(unavailable)
+    }
+
     /// One try of a script, telling a dropped connection from other errors.
     async fn attempt(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> std::result::Result<Value, Retry> {
         let mut connection = self.connection.clone();
+        self.attempt_on(invocation, &mut connection).await
+    }
+
+    async fn attempt_on(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        connection: &mut Connection,
+    ) -> std::result::Result<Value, Retry> {
         match tokio::time::timeout(
             self.config.command_timeout,
-            invocation.invoke_async(&mut connection),
+            invocation.invoke_async(connection),
         )
         .await
         {
@@ -411,8 +571,8 @@ impl RedisStore {
         invocation
             .arg(self.now_arg(now_ms))
             .arg(session_id)
-            .arg(&self.events_channel)
-            .arg(&self.ready_channel);
+            .arg(&self.ch(partition).ev)
+            .arg(&self.ch(partition).rdy);
         ids_of(self.run(&invocation).await?)
     }
 }
@@ -556,7 +716,7 @@ impl Store for RedisStore {
             let mut invocation = self.invoke(&self.scripts.enqueue, partition);
             invocation
                 .arg(self.now_arg(now_ms))
-                .arg(&self.ready_channel);
+                .arg(&self.ch(partition).rdy);
             for (_, task) in &group {
                 invocation
                     .arg(task.id.to_string())
@@ -601,11 +761,7 @@ impl Store for RedisStore {
             // Run twice, tasks without an idempotency key would be stored
             // twice: only a batch keyed throughout is retried.
             let keyed = group.iter().all(|(_, task)| task.idempotency_key.is_some());
-            let reply = if keyed {
-                self.run(&invocation).await?
-            } else {
-                self.run_once(&invocation).await?
-            };
+            let reply = self.run_submission(&invocation, partition, keyed).await?;
             let reply = items(reply);
             for ((index, _), chunk) in group.iter().zip(reply.chunks(3)) {
                 let [id, duplicate, state] = chunk else {
@@ -646,8 +802,8 @@ impl Store for RedisStore {
         let mut invocation = self.invoke(&self.scripts.workflow, partition);
         invocation
             .arg(self.now_arg(now_ms))
-            .arg(&self.ready_channel)
-            .arg(&self.events_channel)
+            .arg(&self.ch(partition).rdy)
+            .arg(&self.ch(partition).ev)
             .arg(workflow.id.to_string())
             .arg(workflow.head.encode_to_vec())
             .arg(ttl_arg(workflow.result_ttl_ms))
@@ -698,11 +854,9 @@ impl Store for RedisStore {
         }
         // Run twice, a workflow without an idempotency key would be stored
         // twice: only a keyed one is retried.
-        let reply = if workflow.idempotency_key.is_some() {
-            self.run(&invocation).await?
-        } else {
-            self.run_once(&invocation).await?
-        };
+        let reply = self
+            .run_submission(&invocation, partition, workflow.idempotency_key.is_some())
+            .await?;
         let reply = items(reply);
         let (Some(id), Some(duplicate)) = (reply.first(), reply.get(1)) else {
             return Err(ConveyorError::Corrupt {
@@ -824,8 +978,8 @@ impl Store for RedisStore {
         invocation
             .arg(id.to_string())
             .arg(self.now_arg(now_ms))
-            .arg(&self.events_channel)
-            .arg(&self.revoke_channel);
+            .arg(&self.ch(id.partition()).ev)
+            .arg(&self.ch(id.partition()).rev);
         let reply = items(self.run(&invocation).await?);
         match reply.as_slice() {
             [count, state] => Ok(Some((int_of(count) as u32, state_of(int_of(state))?))),
@@ -862,7 +1016,9 @@ impl Store for RedisStore {
 
     async fn watch(&self, id: TaskId, _now_ms: i64) -> Result<Option<StoredTask>> {
         let mut invocation = self.invoke(&self.scripts.watch, id.partition());
-        invocation.arg(id.to_string()).arg(&self.watch_channel);
+        invocation
+            .arg(id.to_string())
+            .arg(&self.ch(id.partition()).watch);
         // The script answers with HGETALL's reply: read it as `get` does.
         let fields: Vec<(String, Vec<u8>)> = redis::from_redis_value(self.run(&invocation).await?)
             .map_err(|error| ConveyorError::Corrupt {
@@ -894,7 +1050,7 @@ impl Store for RedisStore {
                 .arg(&request.session_id)
                 .arg(&request.worker_id)
                 .arg(request.max - leased.len())
-                .arg(&self.events_channel)
+                .arg(&self.ch(partition).ev)
                 .arg(start % request.queue_keys.len());
             for key in &request.queue_keys {
                 invocation.arg(key.as_str());
@@ -949,7 +1105,7 @@ impl Store for RedisStore {
             let mut invocation = self.invoke(&self.scripts.mark_started, partition);
             invocation
                 .arg(self.now_arg(now_ms))
-                .arg(&self.events_channel);
+                .arg(&self.ch(partition).ev);
             for (_, report) in &group {
                 invocation
                     .arg(report.id.to_string())
@@ -998,7 +1154,7 @@ impl Store for RedisStore {
         let mut acks = vec![OutcomeAck::NotFound; count];
         for (partition, group) in by_partition {
             let mut invocation = self.invoke(&self.scripts.complete, partition);
-            invocation.arg(&now).arg(&self.events_channel);
+            invocation.arg(&now).arg(&self.ch(partition).ev);
             for (_, report) in &group {
                 let (kind, record, retry_at) = codec::encode_outcome(&report.outcome);
                 // Sent as a delay: the store applies it to its own clock.
@@ -1050,8 +1206,8 @@ impl Store for RedisStore {
             invocation
                 .arg(self.now_arg(now_ms))
                 .arg(limit)
-                .arg(&self.events_channel)
-                .arg(&self.ready_channel);
+                .arg(&self.ch(partition).ev)
+                .arg(&self.ch(partition).rdy);
             requeued.extend(ids_of(self.run(&invocation).await?)?);
         }
         Ok(requeued)
@@ -1064,8 +1220,8 @@ impl Store for RedisStore {
             invocation
                 .arg(self.now_arg(now_ms))
                 .arg(limit)
-                .arg(&self.events_channel)
-                .arg(&self.ready_channel);
+                .arg(&self.ch(partition).ev)
+                .arg(&self.ch(partition).rdy);
             let reply = items(self.run(&invocation).await?);
             let [promoted, expired, next_due] = reply.as_slice() else {
                 return Err(ConveyorError::Unavailable(
@@ -1096,8 +1252,8 @@ impl Store for RedisStore {
         invocation
             .arg(id.to_string())
             .arg(self.now_arg(now_ms))
-            .arg(&self.events_channel)
-            .arg(&self.revoke_channel);
+            .arg(&self.ch(id.partition()).ev)
+            .arg(&self.ch(id.partition()).rev);
         Ok(match int_of(&self.run_once(&invocation).await?) {
             0 => CancelAck::Cancelled,
             -1 => CancelAck::NotFound,
@@ -1112,7 +1268,7 @@ impl Store for RedisStore {
             let mut invocation = self.invoke(&self.scripts.progress, partition);
             invocation
                 .arg(self.now_arg(now_ms))
-                .arg(&self.events_channel);
+                .arg(&self.ch(partition).ev);
             for (_, report) in group {
                 let mut progress = report.progress;
                 progress.reported_at = Some(conveyor_core::time::timestamp_from_ms(now_ms));
@@ -1129,7 +1285,9 @@ impl Store for RedisStore {
 
     async fn forget(&self, id: TaskId) -> Result<ForgetAck> {
         let mut invocation = self.invoke(&self.scripts.forget, id.partition());
-        invocation.arg(id.to_string()).arg(&self.events_channel);
+        invocation
+            .arg(id.to_string())
+            .arg(&self.ch(id.partition()).ev);
         Ok(match int_of(&self.run_once(&invocation).await?) {
             0 => ForgetAck::Forgotten,
             -1 => ForgetAck::NotFound,
@@ -1185,8 +1343,8 @@ impl Store for RedisStore {
         invocation
             .arg(id.to_string())
             .arg(self.now_arg(now_ms))
-            .arg(&self.events_channel)
-            .arg(&self.ready_channel);
+            .arg(&self.ch(id.partition()).ev)
+            .arg(&self.ch(id.partition()).rdy);
         Ok(match int_of(&self.run_once(&invocation).await?) {
             0 => ReplayAck::Replayed,
             -1 => ReplayAck::NotFound,
@@ -1206,8 +1364,8 @@ impl Store for RedisStore {
         }
         if !paused {
             // Sessions starved by the pause re-check their queues.
-            pipe.cmd("PUBLISH")
-                .arg(&self.ready_channel)
+            pipe.cmd(self.publish())
+                .arg(&self.ch(0).rdy)
                 .arg("*")
                 .ignore();
         }
@@ -1445,12 +1603,8 @@ impl Store for RedisStore {
 
     async fn publish_event(&self, event: StoreEvent) -> Result<()> {
         let mut connection = self.connection.clone();
-        redis::cmd("PUBLISH")
-            .arg(format!(
-                "{}{}",
-                self.partition_prefix(0),
-                schema::EVENT_CHANNEL
-            ))
+        redis::cmd(self.publish())
+            .arg(&self.ch(0).tev)
             .arg(event.encode())
             .query_async::<()>(&mut connection)
             .await

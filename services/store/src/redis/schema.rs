@@ -67,7 +67,7 @@ pub const KEYS: &[Key] = &[
     Key {
         pattern: "idem:<key>",
         kind: "string",
-        holds: "the first task id of an idempotency key, for the window (partition 0)",
+        holds: "the first task or workflow id of an idempotency key, for the window (in the key's partition, or 0 beside limits)",
     },
     Key {
         pattern: "dlq",

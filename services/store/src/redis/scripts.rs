@@ -97,13 +97,21 @@ pub(crate) struct Scripts {
 }
 
 impl Scripts {
-    pub(crate) fn new() -> Self {
+    /// `sharded`: on a Redis Cluster the scripts publish with `SPUBLISH`, so
+    /// that a message stays within the shard of its partition (whose hash
+    /// tag every channel carries) instead of being broadcast to every node.
+    pub(crate) fn new(sharded: bool) -> Self {
         let script = |name: &str| {
             let (_, source) = SOURCES
                 .iter()
                 .find(|(file, _)| *file == name)
                 .unwrap_or_else(|| panic!("no script lua/{name}.lua"));
-            redis::Script::new(&assemble(name, source))
+            let text = assemble(name, source);
+            if sharded {
+                redis::Script::new(&text.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'"))
+            } else {
+                redis::Script::new(&text)
+            }
         };
         Self {
             enqueue: script("enqueue"),

@@ -2,6 +2,7 @@
 //! [`EventHub`] notifications. It reconnects with backoff and, after any gap,
 //! wakes every waiter so that nothing waits on a message it missed.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -12,35 +13,71 @@ use conveyor_core::{Result, TaskId};
 use crate::events::EventHub;
 use crate::types::QueueKey;
 
+use super::Channels;
 use super::codec::{parse_task, unavailable};
 use crate::stream::StoreEvent;
 
+/// What a channel carries.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// Changes of the tasks this process waits on.
+    Watch,
+    /// Queues with ready tasks.
+    Ready,
+    /// Revoked leases.
+    Revoke,
+    /// WatchEvents' stream.
+    Stream,
+}
+
+/// Every channel of every partition, by name.
+fn channel_kinds(channels: &[Channels]) -> HashMap<String, Kind> {
+    channels
+        .iter()
+        .flat_map(|c| {
+            [
+                (c.watch.clone(), Kind::Watch),
+                (c.rdy.clone(), Kind::Ready),
+                (c.rev.clone(), Kind::Revoke),
+                (c.tev.clone(), Kind::Stream),
+            ]
+        })
+        .collect()
+}
+
+/// The channels of one partition (one slot on a cluster).
+fn partition_channels(c: &Channels) -> [&str; 4] {
+    [&c.watch, &c.rdy, &c.rev, &c.tev]
+}
+
 /// Subscribes (waiting for the first subscription) and spawns the loop.
+/// One Redis: a pub/sub connection to it. A cluster (`nodes`): sharded
+/// pub/sub (`SSUBSCRIBE`) through the cluster client, which subscribes on
+/// the shard that owns each partition's slot and resubscribes after a
+/// failover or a slot move.
 pub(crate) async fn start(
+    nodes: Option<Vec<String>>,
     clients: Vec<redis::Client>,
     events: EventHub,
-    events_channel: String,
-    ready_channel: String,
-    revoke_channel: String,
-    stream_channels: Vec<String>,
+    channels: Vec<Channels>,
     commands: super::connection::Connection,
+    timeout: Duration,
 ) -> Result<AbortHandle> {
-    let mut channels = vec![
-        events_channel.clone(),
-        ready_channel.clone(),
-        revoke_channel.clone(),
-    ];
-    channels.extend(stream_channels.iter().cloned());
-    // The nodes in turn, from the first that answers (one, unless a cluster).
+    let kinds = channel_kinds(&channels);
+    if let Some(nodes) = nodes {
+        return start_sharded(nodes, events, channels, kinds, timeout).await;
+    }
+    let names: Vec<String> = kinds.keys().cloned().collect();
+    // The nodes in turn, from the first that answers.
     let mut next = 0;
-    let first = subscribe_any(&clients, &mut next, &channels).await?;
+    let first = subscribe_any(&clients, &mut next, &names).await?;
     let task = tokio::spawn(async move {
         let mut pubsub = Some(first);
         let mut backoff = Duration::from_millis(50);
         loop {
             let current = match pubsub.take() {
                 Some(current) => current,
-                None => match subscribe_any(&clients, &mut next, &channels).await {
+                None => match subscribe_any(&clients, &mut next, &names).await {
                     Ok(current) => {
                         backoff = Duration::from_millis(50);
                         events.wake_all();
@@ -67,16 +104,78 @@ pub(crate) async fn start(
                     }
                 },
             };
-            pump(
-                current,
-                &events,
-                &events_channel,
-                &revoke_channel,
-                &stream_channels,
-            )
-            .await;
+            let mut current = current;
+            let mut messages = current.on_message();
+            while let Some(message) = messages.next().await {
+                if let Some(kind) = kinds.get(message.get_channel_name()) {
+                    handle(&events, *kind, message.get_payload_bytes());
+                }
+            }
             tracing::warn!("redis pub/sub connection lost; reconnecting");
             events.wake_all();
+        }
+    });
+    Ok(task.abort_handle())
+}
+
+async fn start_sharded(
+    nodes: Vec<String>,
+    events: EventHub,
+    channels: Vec<Channels>,
+    kinds: HashMap<String, Kind>,
+    timeout: Duration,
+) -> Result<AbortHandle> {
+    let (sender, mut pushes) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
+    let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .push_sender(sender)
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .build()
+        .map_err(unavailable)?;
+    let mut connection = tokio::time::timeout(timeout, client.get_async_connection())
+        .await
+        .map_err(|_| {
+            conveyor_core::ConveyorError::Unavailable("redis cluster: connect timed out".into())
+        })?
+        .map_err(unavailable)?;
+    // One SSUBSCRIBE per partition: its channels share its slot.
+    for partition in &channels {
+        connection
+            .ssubscribe(&partition_channels(partition))
+            .await
+            .map_err(unavailable)?;
+    }
+    let task = tokio::spawn(async move {
+        // The connection lives as long as the loop: dropping it would end
+        // the subscriptions.
+        let _connection = connection;
+        while let Some(push) = pushes.recv().await {
+            match push.kind {
+                redis::PushKind::SMessage | redis::PushKind::Message => {
+                    let mut data = push.data.into_iter();
+                    let (Some(channel), Some(payload)) = (data.next(), data.next()) else {
+                        continue;
+                    };
+                    let (Ok(channel), Ok(payload)) = (
+                        redis::from_redis_value::<String>(channel),
+                        redis::from_redis_value::<Vec<u8>>(payload),
+                    ) else {
+                        continue;
+                    };
+                    if let Some(kind) = kinds.get(&channel) {
+                        handle(&events, *kind, &payload);
+                    }
+                }
+                redis::PushKind::Disconnection | redis::PushKind::SUnsubscribe => {
+                    // A node went away or its slots moved: the client
+                    // resubscribes; meanwhile messages may have been lost,
+                    // so every waiter re-reads.
+                    tracing::warn!(kind = ?push.kind, "redis cluster pub/sub interrupted; resubscribing");
+                    events.wake_all();
+                }
+                _ => {}
+            }
         }
     });
     Ok(task.abort_handle())
@@ -107,20 +206,10 @@ async fn subscribe(client: &redis::Client, channels: &[String]) -> Result<redis:
     Ok(pubsub)
 }
 
-async fn pump(
-    mut pubsub: redis::aio::PubSub,
-    events: &EventHub,
-    events_channel: &str,
-    revoke_channel: &str,
-    stream_channels: &[String],
-) {
-    let mut messages = pubsub.on_message();
-    while let Some(message) = messages.next().await {
-        let payload = message.get_payload_bytes();
-        if stream_channels
-            .iter()
-            .any(|channel| channel == message.get_channel_name())
-        {
+/// One message.
+fn handle(events: &EventHub, kind: Kind, payload: &[u8]) {
+    match kind {
+        Kind::Stream => {
             // Task and worker events for WatchEvents (published only while
             // a watcher keeps them on).
             if events.wants_events()
@@ -128,44 +217,43 @@ async fn pump(
             {
                 events.emit(event);
             }
-        } else if message.get_channel_name() == revoke_channel {
+        }
+        Kind::Revoke => {
             let text = String::from_utf8_lossy(payload);
             if let Some((session_id, id)) = text.split_once(' ')
                 && let Ok(id) = TaskId::parse(id, "id")
             {
                 events.task_revoked(session_id, id);
             }
-        } else if message.get_channel_name() == events_channel {
-            match payload.iter().position(|&byte| byte == b'\n') {
-                // A finished task, sent along (see notify_finished).
-                Some(end) => {
-                    let Ok(id) = TaskId::parse(&String::from_utf8_lossy(&payload[..end]), "id")
-                    else {
-                        continue;
-                    };
-                    // Every process gets the event; only one with a waiter
-                    // for the task decodes it.
-                    if !events.is_watched(id) {
-                        continue;
-                    }
-                    match decode_fields(&payload[end + 1..]).map(|fields| parse_task(id, fields)) {
-                        Some(Ok(task)) => events.task_finished(task),
-                        _ => {
-                            tracing::warn!(task = %id, "undecodable finished-task event; waiters re-read it");
-                            events.task_changed(id);
-                        }
-                    }
+        }
+        Kind::Watch => match payload.iter().position(|&byte| byte == b'\n') {
+            // A finished task, sent along (see notify_finished).
+            Some(end) => {
+                let Ok(id) = TaskId::parse(&String::from_utf8_lossy(&payload[..end]), "id") else {
+                    return;
+                };
+                if !events.is_watched(id) {
+                    return;
                 }
-                None => {
-                    if let Ok(id) = TaskId::parse(&String::from_utf8_lossy(payload), "id") {
+                match decode_fields(&payload[end + 1..]).map(|fields| parse_task(id, fields)) {
+                    Some(Ok(task)) => events.task_finished(task),
+                    _ => {
+                        tracing::warn!(task = %id, "undecodable finished-task event; waiters re-read it");
                         events.task_changed(id);
                     }
                 }
             }
-        } else if payload == b"*" {
+            None => {
+                if let Ok(id) = TaskId::parse(&String::from_utf8_lossy(payload), "id") {
+                    events.task_changed(id);
+                }
+            }
+        },
+        Kind::Ready if payload == b"*" => {
             // A queue was resumed: every starved session re-checks.
             events.wake_all();
-        } else {
+        }
+        Kind::Ready => {
             let key = QueueKey::from_encoded(String::from_utf8_lossy(payload).into_owned());
             // Priority lists notify under their base key, which sessions watch.
             events.queue_ready(&key.base());

@@ -85,6 +85,60 @@ func (CancelReason) EnumDescriptor() ([]byte, []int) {
 	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{0}
 }
 
+// Why a session is drained.
+type DrainReason int32
+
+const (
+	// Not given (older dispatchers).
+	DrainReason_DRAIN_REASON_UNSPECIFIED DrainReason = 0
+	// The dispatcher replica is shutting down.
+	DrainReason_DRAIN_REASON_SHUTDOWN DrainReason = 1
+	// The replica holds more than its share of the sessions: reconnect, and
+	// the load balancer may place the new session on another replica.
+	DrainReason_DRAIN_REASON_REBALANCE DrainReason = 2
+)
+
+// Enum value maps for DrainReason.
+var (
+	DrainReason_name = map[int32]string{
+		0: "DRAIN_REASON_UNSPECIFIED",
+		1: "DRAIN_REASON_SHUTDOWN",
+		2: "DRAIN_REASON_REBALANCE",
+	}
+	DrainReason_value = map[string]int32{
+		"DRAIN_REASON_UNSPECIFIED": 0,
+		"DRAIN_REASON_SHUTDOWN":    1,
+		"DRAIN_REASON_REBALANCE":   2,
+	}
+)
+
+func (x DrainReason) Enum() *DrainReason {
+	p := new(DrainReason)
+	*p = x
+	return p
+}
+
+func (x DrainReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DrainReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_conveyor_v1_dispatch_service_proto_enumTypes[1].Descriptor()
+}
+
+func (DrainReason) Type() protoreflect.EnumType {
+	return &file_conveyor_v1_dispatch_service_proto_enumTypes[1]
+}
+
+func (x DrainReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DrainReason.Descriptor instead.
+func (DrainReason) EnumDescriptor() ([]byte, []int) {
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{1}
+}
+
 // PauseQueue request.
 type PauseQueueRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1435,11 +1489,16 @@ func (x *CancelAssignment) GetReasonCode() CancelReason {
 	return CancelReason_CANCEL_REASON_UNSPECIFIED
 }
 
-// Asks the worker to finish its running tasks and disconnect.
+// Asks the worker to finish its running tasks and disconnect. The worker
+// then opens its next session on a new connection (a new HTTP/2
+// connection, not a new stream on the old one), so that a load balancer,
+// which balances connections, can send it to another dispatcher replica.
 type Drain struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Time allowed before the dispatcher closes the stream.
-	Grace         *durationpb.Duration `protobuf:"bytes,1,opt,name=grace,proto3" json:"grace,omitempty"`
+	Grace *durationpb.Duration `protobuf:"bytes,1,opt,name=grace,proto3" json:"grace,omitempty"`
+	// Why the dispatcher drains the session.
+	Reason        DrainReason `protobuf:"varint,2,opt,name=reason,proto3,enum=conveyor.v1.DrainReason" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1479,6 +1538,13 @@ func (x *Drain) GetGrace() *durationpb.Duration {
 		return x.Grace
 	}
 	return nil
+}
+
+func (x *Drain) GetReason() DrainReason {
+	if x != nil {
+		return x.Reason
+	}
+	return DrainReason_DRAIN_REASON_UNSPECIFIED
 }
 
 // An outcome that was not recorded.
@@ -1935,9 +2001,10 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12:\n" +
 	"\vreason_code\x18\x03 \x01(\x0e2\x19.conveyor.v1.CancelReasonR\n" +
-	"reasonCode\"8\n" +
+	"reasonCode\"j\n" +
 	"\x05Drain\x12/\n" +
-	"\x05grace\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05grace\"X\n" +
+	"\x05grace\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05grace\x120\n" +
+	"\x06reason\x18\x02 \x01(\x0e2\x18.conveyor.v1.DrainReasonR\x06reason\"X\n" +
 	"\x0fOutcomeRejected\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
@@ -1976,7 +2043,11 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\x15CANCEL_REASON_REVOKED\x10\x01\x12!\n" +
 	"\x1dCANCEL_REASON_HARD_TIME_LIMIT\x10\x02\x12\x1c\n" +
 	"\x18CANCEL_REASON_LEASE_LOST\x10\x03\x12\x19\n" +
-	"\x15CANCEL_REASON_EXPIRED\x10\x042\xce\x02\n" +
+	"\x15CANCEL_REASON_EXPIRED\x10\x04*b\n" +
+	"\vDrainReason\x12\x1c\n" +
+	"\x18DRAIN_REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15DRAIN_REASON_SHUTDOWN\x10\x01\x12\x1a\n" +
+	"\x16DRAIN_REASON_REBALANCE\x10\x022\xce\x02\n" +
 	"\x0fDispatchService\x12H\n" +
 	"\aConnect\x12\x1b.conveyor.v1.ConnectRequest\x1a\x1c.conveyor.v1.ConnectResponse(\x010\x01\x12P\n" +
 	"\vListWorkers\x12\x1f.conveyor.v1.ListWorkersRequest\x1a .conveyor.v1.ListWorkersResponse\x12M\n" +
@@ -1997,86 +2068,88 @@ func file_conveyor_v1_dispatch_service_proto_rawDescGZIP() []byte {
 	return file_conveyor_v1_dispatch_service_proto_rawDescData
 }
 
-var file_conveyor_v1_dispatch_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_conveyor_v1_dispatch_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_conveyor_v1_dispatch_service_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_conveyor_v1_dispatch_service_proto_goTypes = []any{
 	(CancelReason)(0),             // 0: conveyor.v1.CancelReason
-	(*PauseQueueRequest)(nil),     // 1: conveyor.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),    // 2: conveyor.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),    // 3: conveyor.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),   // 4: conveyor.v1.ResumeQueueResponse
-	(*ConnectRequest)(nil),        // 5: conveyor.v1.ConnectRequest
-	(*ConnectResponse)(nil),       // 6: conveyor.v1.ConnectResponse
-	(*Hello)(nil),                 // 7: conveyor.v1.Hello
-	(*Welcome)(nil),               // 8: conveyor.v1.Welcome
-	(*GrantCredits)(nil),          // 9: conveyor.v1.GrantCredits
-	(*Heartbeat)(nil),             // 10: conveyor.v1.Heartbeat
-	(*ReportOutcomes)(nil),        // 11: conveyor.v1.ReportOutcomes
-	(*TaskOutcome)(nil),           // 12: conveyor.v1.TaskOutcome
-	(*TaskStarted)(nil),           // 13: conveyor.v1.TaskStarted
-	(*ReportProgress)(nil),        // 14: conveyor.v1.ReportProgress
-	(*Assignments)(nil),           // 15: conveyor.v1.Assignments
-	(*Assignment)(nil),            // 16: conveyor.v1.Assignment
-	(*CancelAssignment)(nil),      // 17: conveyor.v1.CancelAssignment
-	(*Drain)(nil),                 // 18: conveyor.v1.Drain
-	(*OutcomeRejected)(nil),       // 19: conveyor.v1.OutcomeRejected
-	(*ListWorkersRequest)(nil),    // 20: conveyor.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),   // 21: conveyor.v1.ListWorkersResponse
-	(*WorkerInfo)(nil),            // 22: conveyor.v1.WorkerInfo
-	nil,                           // 23: conveyor.v1.Assignment.KwargsEntry
-	nil,                           // 24: conveyor.v1.Assignment.HeadersEntry
-	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
-	(*Payload)(nil),               // 26: conveyor.v1.Payload
-	(*TaskError)(nil),             // 27: conveyor.v1.TaskError
-	(*Progress)(nil),              // 28: conveyor.v1.Progress
-	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
-	(*TraceContext)(nil),          // 30: conveyor.v1.TraceContext
+	(DrainReason)(0),              // 1: conveyor.v1.DrainReason
+	(*PauseQueueRequest)(nil),     // 2: conveyor.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),    // 3: conveyor.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),    // 4: conveyor.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),   // 5: conveyor.v1.ResumeQueueResponse
+	(*ConnectRequest)(nil),        // 6: conveyor.v1.ConnectRequest
+	(*ConnectResponse)(nil),       // 7: conveyor.v1.ConnectResponse
+	(*Hello)(nil),                 // 8: conveyor.v1.Hello
+	(*Welcome)(nil),               // 9: conveyor.v1.Welcome
+	(*GrantCredits)(nil),          // 10: conveyor.v1.GrantCredits
+	(*Heartbeat)(nil),             // 11: conveyor.v1.Heartbeat
+	(*ReportOutcomes)(nil),        // 12: conveyor.v1.ReportOutcomes
+	(*TaskOutcome)(nil),           // 13: conveyor.v1.TaskOutcome
+	(*TaskStarted)(nil),           // 14: conveyor.v1.TaskStarted
+	(*ReportProgress)(nil),        // 15: conveyor.v1.ReportProgress
+	(*Assignments)(nil),           // 16: conveyor.v1.Assignments
+	(*Assignment)(nil),            // 17: conveyor.v1.Assignment
+	(*CancelAssignment)(nil),      // 18: conveyor.v1.CancelAssignment
+	(*Drain)(nil),                 // 19: conveyor.v1.Drain
+	(*OutcomeRejected)(nil),       // 20: conveyor.v1.OutcomeRejected
+	(*ListWorkersRequest)(nil),    // 21: conveyor.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),   // 22: conveyor.v1.ListWorkersResponse
+	(*WorkerInfo)(nil),            // 23: conveyor.v1.WorkerInfo
+	nil,                           // 24: conveyor.v1.Assignment.KwargsEntry
+	nil,                           // 25: conveyor.v1.Assignment.HeadersEntry
+	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
+	(*Payload)(nil),               // 27: conveyor.v1.Payload
+	(*TaskError)(nil),             // 28: conveyor.v1.TaskError
+	(*Progress)(nil),              // 29: conveyor.v1.Progress
+	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
+	(*TraceContext)(nil),          // 31: conveyor.v1.TraceContext
 }
 var file_conveyor_v1_dispatch_service_proto_depIdxs = []int32{
-	7,  // 0: conveyor.v1.ConnectRequest.hello:type_name -> conveyor.v1.Hello
-	9,  // 1: conveyor.v1.ConnectRequest.grant_credits:type_name -> conveyor.v1.GrantCredits
-	10, // 2: conveyor.v1.ConnectRequest.heartbeat:type_name -> conveyor.v1.Heartbeat
-	11, // 3: conveyor.v1.ConnectRequest.report_outcomes:type_name -> conveyor.v1.ReportOutcomes
-	13, // 4: conveyor.v1.ConnectRequest.task_started:type_name -> conveyor.v1.TaskStarted
-	14, // 5: conveyor.v1.ConnectRequest.report_progress:type_name -> conveyor.v1.ReportProgress
-	8,  // 6: conveyor.v1.ConnectResponse.welcome:type_name -> conveyor.v1.Welcome
-	15, // 7: conveyor.v1.ConnectResponse.assignments:type_name -> conveyor.v1.Assignments
-	17, // 8: conveyor.v1.ConnectResponse.cancel_assignment:type_name -> conveyor.v1.CancelAssignment
-	18, // 9: conveyor.v1.ConnectResponse.drain:type_name -> conveyor.v1.Drain
-	19, // 10: conveyor.v1.ConnectResponse.outcome_rejected:type_name -> conveyor.v1.OutcomeRejected
-	25, // 11: conveyor.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	25, // 12: conveyor.v1.Welcome.lease_ttl:type_name -> google.protobuf.Duration
-	12, // 13: conveyor.v1.ReportOutcomes.outcomes:type_name -> conveyor.v1.TaskOutcome
-	26, // 14: conveyor.v1.TaskOutcome.result:type_name -> conveyor.v1.Payload
-	27, // 15: conveyor.v1.TaskOutcome.error:type_name -> conveyor.v1.TaskError
-	28, // 16: conveyor.v1.ReportProgress.progress:type_name -> conveyor.v1.Progress
-	16, // 17: conveyor.v1.Assignments.assignments:type_name -> conveyor.v1.Assignment
-	26, // 18: conveyor.v1.Assignment.args:type_name -> conveyor.v1.Payload
-	23, // 19: conveyor.v1.Assignment.kwargs:type_name -> conveyor.v1.Assignment.KwargsEntry
-	24, // 20: conveyor.v1.Assignment.headers:type_name -> conveyor.v1.Assignment.HeadersEntry
-	25, // 21: conveyor.v1.Assignment.soft_time_limit:type_name -> google.protobuf.Duration
-	25, // 22: conveyor.v1.Assignment.hard_time_limit:type_name -> google.protobuf.Duration
-	29, // 23: conveyor.v1.Assignment.created_at:type_name -> google.protobuf.Timestamp
-	30, // 24: conveyor.v1.Assignment.trace_context:type_name -> conveyor.v1.TraceContext
+	8,  // 0: conveyor.v1.ConnectRequest.hello:type_name -> conveyor.v1.Hello
+	10, // 1: conveyor.v1.ConnectRequest.grant_credits:type_name -> conveyor.v1.GrantCredits
+	11, // 2: conveyor.v1.ConnectRequest.heartbeat:type_name -> conveyor.v1.Heartbeat
+	12, // 3: conveyor.v1.ConnectRequest.report_outcomes:type_name -> conveyor.v1.ReportOutcomes
+	14, // 4: conveyor.v1.ConnectRequest.task_started:type_name -> conveyor.v1.TaskStarted
+	15, // 5: conveyor.v1.ConnectRequest.report_progress:type_name -> conveyor.v1.ReportProgress
+	9,  // 6: conveyor.v1.ConnectResponse.welcome:type_name -> conveyor.v1.Welcome
+	16, // 7: conveyor.v1.ConnectResponse.assignments:type_name -> conveyor.v1.Assignments
+	18, // 8: conveyor.v1.ConnectResponse.cancel_assignment:type_name -> conveyor.v1.CancelAssignment
+	19, // 9: conveyor.v1.ConnectResponse.drain:type_name -> conveyor.v1.Drain
+	20, // 10: conveyor.v1.ConnectResponse.outcome_rejected:type_name -> conveyor.v1.OutcomeRejected
+	26, // 11: conveyor.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	26, // 12: conveyor.v1.Welcome.lease_ttl:type_name -> google.protobuf.Duration
+	13, // 13: conveyor.v1.ReportOutcomes.outcomes:type_name -> conveyor.v1.TaskOutcome
+	27, // 14: conveyor.v1.TaskOutcome.result:type_name -> conveyor.v1.Payload
+	28, // 15: conveyor.v1.TaskOutcome.error:type_name -> conveyor.v1.TaskError
+	29, // 16: conveyor.v1.ReportProgress.progress:type_name -> conveyor.v1.Progress
+	17, // 17: conveyor.v1.Assignments.assignments:type_name -> conveyor.v1.Assignment
+	27, // 18: conveyor.v1.Assignment.args:type_name -> conveyor.v1.Payload
+	24, // 19: conveyor.v1.Assignment.kwargs:type_name -> conveyor.v1.Assignment.KwargsEntry
+	25, // 20: conveyor.v1.Assignment.headers:type_name -> conveyor.v1.Assignment.HeadersEntry
+	26, // 21: conveyor.v1.Assignment.soft_time_limit:type_name -> google.protobuf.Duration
+	26, // 22: conveyor.v1.Assignment.hard_time_limit:type_name -> google.protobuf.Duration
+	30, // 23: conveyor.v1.Assignment.created_at:type_name -> google.protobuf.Timestamp
+	31, // 24: conveyor.v1.Assignment.trace_context:type_name -> conveyor.v1.TraceContext
 	0,  // 25: conveyor.v1.CancelAssignment.reason_code:type_name -> conveyor.v1.CancelReason
-	25, // 26: conveyor.v1.Drain.grace:type_name -> google.protobuf.Duration
-	22, // 27: conveyor.v1.ListWorkersResponse.workers:type_name -> conveyor.v1.WorkerInfo
-	29, // 28: conveyor.v1.WorkerInfo.connected_at:type_name -> google.protobuf.Timestamp
-	29, // 29: conveyor.v1.WorkerInfo.last_seen_at:type_name -> google.protobuf.Timestamp
-	26, // 30: conveyor.v1.Assignment.KwargsEntry.value:type_name -> conveyor.v1.Payload
-	5,  // 31: conveyor.v1.DispatchService.Connect:input_type -> conveyor.v1.ConnectRequest
-	20, // 32: conveyor.v1.DispatchService.ListWorkers:input_type -> conveyor.v1.ListWorkersRequest
-	1,  // 33: conveyor.v1.DispatchService.PauseQueue:input_type -> conveyor.v1.PauseQueueRequest
-	3,  // 34: conveyor.v1.DispatchService.ResumeQueue:input_type -> conveyor.v1.ResumeQueueRequest
-	6,  // 35: conveyor.v1.DispatchService.Connect:output_type -> conveyor.v1.ConnectResponse
-	21, // 36: conveyor.v1.DispatchService.ListWorkers:output_type -> conveyor.v1.ListWorkersResponse
-	2,  // 37: conveyor.v1.DispatchService.PauseQueue:output_type -> conveyor.v1.PauseQueueResponse
-	4,  // 38: conveyor.v1.DispatchService.ResumeQueue:output_type -> conveyor.v1.ResumeQueueResponse
-	35, // [35:39] is the sub-list for method output_type
-	31, // [31:35] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	26, // 26: conveyor.v1.Drain.grace:type_name -> google.protobuf.Duration
+	1,  // 27: conveyor.v1.Drain.reason:type_name -> conveyor.v1.DrainReason
+	23, // 28: conveyor.v1.ListWorkersResponse.workers:type_name -> conveyor.v1.WorkerInfo
+	30, // 29: conveyor.v1.WorkerInfo.connected_at:type_name -> google.protobuf.Timestamp
+	30, // 30: conveyor.v1.WorkerInfo.last_seen_at:type_name -> google.protobuf.Timestamp
+	27, // 31: conveyor.v1.Assignment.KwargsEntry.value:type_name -> conveyor.v1.Payload
+	6,  // 32: conveyor.v1.DispatchService.Connect:input_type -> conveyor.v1.ConnectRequest
+	21, // 33: conveyor.v1.DispatchService.ListWorkers:input_type -> conveyor.v1.ListWorkersRequest
+	2,  // 34: conveyor.v1.DispatchService.PauseQueue:input_type -> conveyor.v1.PauseQueueRequest
+	4,  // 35: conveyor.v1.DispatchService.ResumeQueue:input_type -> conveyor.v1.ResumeQueueRequest
+	7,  // 36: conveyor.v1.DispatchService.Connect:output_type -> conveyor.v1.ConnectResponse
+	22, // 37: conveyor.v1.DispatchService.ListWorkers:output_type -> conveyor.v1.ListWorkersResponse
+	3,  // 38: conveyor.v1.DispatchService.PauseQueue:output_type -> conveyor.v1.PauseQueueResponse
+	5,  // 39: conveyor.v1.DispatchService.ResumeQueue:output_type -> conveyor.v1.ResumeQueueResponse
+	36, // [36:40] is the sub-list for method output_type
+	32, // [32:36] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_conveyor_v1_dispatch_service_proto_init() }
@@ -2109,7 +2182,7 @@ func file_conveyor_v1_dispatch_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_dispatch_service_proto_rawDesc), len(file_conveyor_v1_dispatch_service_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,

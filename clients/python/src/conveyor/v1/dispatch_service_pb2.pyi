@@ -19,11 +19,20 @@ class CancelReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANCEL_REASON_HARD_TIME_LIMIT: _ClassVar[CancelReason]
     CANCEL_REASON_LEASE_LOST: _ClassVar[CancelReason]
     CANCEL_REASON_EXPIRED: _ClassVar[CancelReason]
+
+class DrainReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DRAIN_REASON_UNSPECIFIED: _ClassVar[DrainReason]
+    DRAIN_REASON_SHUTDOWN: _ClassVar[DrainReason]
+    DRAIN_REASON_REBALANCE: _ClassVar[DrainReason]
 CANCEL_REASON_UNSPECIFIED: CancelReason
 CANCEL_REASON_REVOKED: CancelReason
 CANCEL_REASON_HARD_TIME_LIMIT: CancelReason
 CANCEL_REASON_LEASE_LOST: CancelReason
 CANCEL_REASON_EXPIRED: CancelReason
+DRAIN_REASON_UNSPECIFIED: DrainReason
+DRAIN_REASON_SHUTDOWN: DrainReason
+DRAIN_REASON_REBALANCE: DrainReason
 
 class PauseQueueRequest(_message.Message):
     __slots__ = ("queue", "namespace")
@@ -230,10 +239,12 @@ class CancelAssignment(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ..., reason_code: _Optional[_Union[CancelReason, str]] = ...) -> None: ...
 
 class Drain(_message.Message):
-    __slots__ = ("grace",)
+    __slots__ = ("grace", "reason")
     GRACE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     grace: _duration_pb2.Duration
-    def __init__(self, grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    reason: DrainReason
+    def __init__(self, grace: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[_Union[DrainReason, str]] = ...) -> None: ...
 
 class OutcomeRejected(_message.Message):
     __slots__ = ("task_id", "code", "message")
