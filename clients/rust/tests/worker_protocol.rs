@@ -150,11 +150,13 @@ async fn drain_finishes_running_tasks_then_closes_and_reconnects() {
         Some(FromWorker::TaskStarted(_))
     ));
 
+    let first_peer = session.peer;
     session.send(ToWorker::Drain(pb::Drain {
         grace: Some(prost_types::Duration {
             seconds: 5,
             nanos: 0,
         }),
+        reason: pb::DrainReason::Rebalance as i32,
     }));
     tokio::time::sleep(Duration::from_millis(50)).await;
     gate.notify_one();
@@ -170,6 +172,12 @@ async fn drain_finishes_running_tasks_then_closes_and_reconnects() {
     drop(session);
 
     let mut again = next_session(&mut sessions).await;
+    // On a new connection: a load balancer may then send it elsewhere.
+    assert!(first_peer.is_some());
+    assert_ne!(
+        again.peer, first_peer,
+        "the session after a drain came on the drained connection"
+    );
     again.accept().await;
     assert_eq!(again.expect_credits().await, 2);
 }

@@ -205,6 +205,11 @@ pub struct ServerArgs {
     /// `task_track_started`; off by default (one store write per task).
     #[arg(long, env = "CONVEYOR_TRACK_STARTED")]
     pub track_started: bool,
+    /// How often a dispatch replica compares its worker sessions with the
+    /// other replicas' and asks those over its share to reconnect
+    /// (elsewhere, through the load balancer); `0s` turns it off.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, env = "CONVEYOR_REBALANCE_INTERVAL")]
+    pub rebalance_interval: Duration,
     /// Accepted bearer tokens (comma-separated); none: no authentication.
     #[arg(
         long = "auth-token",
@@ -351,6 +356,7 @@ async fn serve(
     config.dispatch.heartbeat_interval = args.heartbeat_interval;
     config.dispatch.lease_ttl = args.lease_ttl;
     config.dispatch.track_started = args.track_started;
+    config.dispatch.rebalance_interval = args.rebalance_interval;
     let store = app::open_store(
         &args.store,
         &app::StoreOptions {

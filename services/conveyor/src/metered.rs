@@ -242,4 +242,18 @@ impl Store for Metered {
     async fn publish_event(&self, event: StoreEvent) -> Result<()> {
         timed!("publish_event", self.0.publish_event(event))
     }
+
+    async fn announce_dispatcher(
+        &self,
+        replica: &str,
+        sessions: Option<u32>,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<std::collections::BTreeMap<String, u32>> {
+        timed!(
+            "announce_dispatcher",
+            self.0
+                .announce_dispatcher(replica, sessions, ttl_ms, now_ms)
+        )
+    }
 }

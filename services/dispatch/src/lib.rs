@@ -4,6 +4,7 @@
 
 mod assignment;
 mod gauges;
+mod rebalance;
 mod registry;
 mod session;
 
@@ -49,6 +50,10 @@ pub struct DispatchConfig {
     /// Celery's `task_track_started`: it costs a store write per task, and
     /// LEASED already says a worker holds the task.
     pub track_started: bool,
+    /// How often this replica compares its worker sessions with the other
+    /// replicas' and drains what is over its share (see `rebalance.rs`);
+    /// zero turns rebalancing off.
+    pub rebalance_interval: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -63,6 +68,7 @@ impl Default for DispatchConfig {
             hello_timeout: Duration::from_secs(10),
             limits: Limits::default(),
             track_started: false,
+            rebalance_interval: Duration::from_secs(5),
         }
     }
 }
@@ -85,6 +91,14 @@ impl Dispatcher {
             registry: Registry::default(),
             shutdown,
         };
+        if !dispatcher.config.rebalance_interval.is_zero() {
+            tokio::spawn(rebalance::run(
+                dispatcher.store.clone(),
+                dispatcher.registry.clone(),
+                dispatcher.config.rebalance_interval,
+                dispatcher.shutdown.clone(),
+            ));
+        }
         if conveyor_runtime::metrics::enabled() {
             tokio::spawn(gauges::run(
                 dispatcher.store.clone(),

@@ -211,6 +211,8 @@ struct Session {
     scope: String,
     /// When the last worker summary event was published.
     last_summary: Instant,
+    /// Cancelled when this replica picks the session to move elsewhere.
+    rebalance: CancellationToken,
 }
 
 /// How often a session publishes its worker summary event.
@@ -239,22 +241,26 @@ impl Session {
         context.store.events().register_queue_waiter(&keys, &ready);
         let revocations = Some(context.store.events().register_session(&id));
         let now = now_ms();
-        context.registry.insert(pb::WorkerInfo {
-            worker_id: hello.worker_id.clone(),
-            session_id: id.clone(),
-            queues: hello.queues,
-            task_names: hello.task_names,
-            concurrency: hello.concurrency,
-            language: hello.language,
-            sdk_version: hello.sdk_version,
-            hostname: hello.hostname,
-            active_leases: 0,
-            credits: 0,
-            connected_at: Some(timestamp_from_ms(now)),
-            last_seen_at: Some(timestamp_from_ms(now)),
-            completed: 0,
-            namespace: namespace.name().to_string(),
-        });
+        let rebalance = CancellationToken::new();
+        context.registry.insert(
+            pb::WorkerInfo {
+                worker_id: hello.worker_id.clone(),
+                session_id: id.clone(),
+                queues: hello.queues,
+                task_names: hello.task_names,
+                concurrency: hello.concurrency,
+                language: hello.language,
+                sdk_version: hello.sdk_version,
+                hostname: hello.hostname,
+                active_leases: 0,
+                credits: 0,
+                connected_at: Some(timestamp_from_ms(now)),
+                last_seen_at: Some(timestamp_from_ms(now)),
+                completed: 0,
+                namespace: namespace.name().to_string(),
+            },
+            rebalance.clone(),
+        );
         Self {
             context,
             id,
@@ -275,6 +281,7 @@ impl Session {
             pending_started: Vec::new(),
             scope: namespace.queue(""),
             last_summary: Instant::now(),
+            rebalance,
         }
     }
 
@@ -337,6 +344,7 @@ impl Session {
     async fn run(&mut self, mut inbound: Streaming<pb::ConnectRequest>) -> End {
         let ready = self.ready.clone();
         let shutdown = self.context.shutdown.clone();
+        let rebalance = self.rebalance.clone();
         let mut revocations = self.revocations.take().expect("set at start");
         let mut ticker = tokio::time::interval(self.context.config.heartbeat_interval / 4);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -349,7 +357,8 @@ impl Session {
             let hard_deadline = self.next_hard_deadline();
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled(), if self.drain_deadline.is_none() => self.begin_drain().await,
+                _ = shutdown.cancelled(), if self.drain_deadline.is_none() => self.begin_drain(pb::DrainReason::Shutdown).await,
+                _ = rebalance.cancelled(), if self.drain_deadline.is_none() => self.begin_drain(pb::DrainReason::Rebalance).await,
                 message = inbound.message() => match message {
                     Ok(Some(request)) => self.handle(request).await,
                     Ok(None) => Err(End::Closed),
@@ -807,11 +816,19 @@ impl Session {
         Ok(())
     }
 
-    async fn begin_drain(&mut self) -> Result<(), End> {
+    /// Asks the worker to finish what it runs and reconnect: the replica
+    /// shuts down, or holds more than its share of the sessions. No lease
+    /// is handed out from now on; the session ends once the worker's
+    /// tasks are reported, or at the grace's end.
+    async fn begin_drain(&mut self, reason: pb::DrainReason) -> Result<(), End> {
         let grace = self.context.config.drain_grace;
         self.drain_deadline = Some(Instant::now() + grace);
+        if reason == pb::DrainReason::Rebalance {
+            tracing::info!(session = %self.id, worker = %self.worker_id, running = self.leases.len(), "asking the worker to reconnect: this replica holds more than its share of the sessions");
+        }
         self.send(Outbound::Drain(pb::Drain {
             grace: Some(pb_duration(grace)),
+            reason: reason as i32,
         }))
         .await
     }

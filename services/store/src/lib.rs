@@ -10,6 +10,8 @@ mod stream;
 mod types;
 mod wait;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use conveyor_api::pb;
 use conveyor_core::workflow::NewWorkflow;
@@ -220,4 +222,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Publishes a worker event to every process's subscribers.
     async fn publish_event(&self, event: StoreEvent) -> Result<()>;
+
+    /// Records that dispatcher replica `replica` holds `sessions` worker
+    /// sessions, until `ttl_ms` from now on the store's clock, and returns
+    /// the session count of every replica whose record is alive, this one
+    /// included, by replica id. `sessions: None` withdraws the replica (it
+    /// shuts down). Replicas compare their counts to share sessions fairly.
+    async fn announce_dispatcher(
+        &self,
+        replica: &str,
+        sessions: Option<u32>,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<BTreeMap<String, u32>>;
 }

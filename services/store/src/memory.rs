@@ -32,6 +32,8 @@ struct Inner {
     /// (due ms, id) of SCHEDULED tasks.
     scheduled: BTreeSet<(i64, TaskId)>,
     sessions: HashMap<String, Session>,
+    /// Dispatcher replicas: sessions held, record alive until (ms).
+    dispatchers: HashMap<String, (u32, i64)>,
     /// Idempotency key → (task, forget at ms).
     /// By partition and key, as on Redis (a key lives in the partition of
     /// the task that claimed it: see `conveyor_core::placement`).
@@ -1661,6 +1663,32 @@ impl Store for MemoryStore {
     async fn publish_event(&self, event: StoreEvent) -> Result<()> {
         self.events.emit(event);
         Ok(())
+    }
+
+    async fn announce_dispatcher(
+        &self,
+        replica: &str,
+        sessions: Option<u32>,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<std::collections::BTreeMap<String, u32>> {
+        let mut inner = self.lock();
+        match sessions {
+            Some(sessions) => {
+                inner
+                    .dispatchers
+                    .insert(replica.to_string(), (sessions, now_ms + ttl_ms));
+            }
+            None => {
+                inner.dispatchers.remove(replica);
+            }
+        }
+        inner.dispatchers.retain(|_, (_, until)| *until > now_ms);
+        Ok(inner
+            .dispatchers
+            .iter()
+            .map(|(replica, (sessions, _))| (replica.clone(), *sessions))
+            .collect())
     }
 
     async fn queue_depths(&self) -> Result<QueueDepths> {

@@ -184,13 +184,13 @@ impl Worker {
 
     /// The reconnect loop: one session after another until stopped.
     async fn serve(self, stop: CancellationToken) -> Result<()> {
-        let channel = match self.target {
-            Target::Channel(channel) => channel,
+        let mut channel = match &self.target {
+            Target::Channel(channel) => channel.clone(),
             // Lazy: an unreachable dispatcher then fails the first session,
             // which the backoff below retries, instead of failing `run`.
             // Several comma-separated addresses: sessions go to the ones
             // that answer (failover).
-            Target::Endpoint(endpoint) => crate::client::lazy_channel(&endpoint)?,
+            Target::Endpoint(endpoint) => crate::client::lazy_channel(endpoint)?,
         };
         let (started_tx, started_rx) = mpsc::unbounded_channel();
         let mut runtime = Runtime {
@@ -211,7 +211,16 @@ impl Worker {
                 SessionEnd::Stopped => break Ok(()),
                 SessionEnd::Drained => {
                     backoff.reset();
-                    tracing::info!("session drained, reconnecting");
+                    // A new stream on the old connection would return to the
+                    // same dispatcher replica: load balancers balance
+                    // connections. A channel the caller gave is theirs to
+                    // keep.
+                    if let Target::Endpoint(endpoint) = &self.target {
+                        channel = crate::client::lazy_channel(endpoint)?;
+                        tracing::info!("session drained, reconnecting on a new connection");
+                    } else {
+                        tracing::info!("session drained, reconnecting");
+                    }
                     backoff.next_delay()
                 }
                 SessionEnd::Broken { error, .. } if is_fatal(&error) => break Err(error),

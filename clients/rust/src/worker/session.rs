@@ -213,9 +213,15 @@ impl Session {
             Some(Inbound::Drain(drain)) => {
                 let grace = duration_from_proto(drain.grace.as_ref())
                     .unwrap_or(runtime.config.grace_period);
+                let reason = match pb::DrainReason::try_from(drain.reason) {
+                    Ok(pb::DrainReason::Rebalance) => "rebalance",
+                    Ok(pb::DrainReason::Shutdown) => "shutdown",
+                    _ => "unspecified",
+                };
                 tracing::info!(
                     grace_ms = grace.as_millis() as u64,
                     running = self.running.len(),
+                    reason,
                     "dispatcher asked to drain"
                 );
                 self.phase = self.phase.drain(false, grace);

@@ -30,9 +30,11 @@ impl DispatchService for FakeDispatcher {
         request: Request<Streaming<pb::ConnectRequest>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let (to_worker, rx) = mpsc::unbounded_channel();
+        let peer = request.remote_addr();
         let session = FakeSession {
             from_worker: request.into_inner(),
             to_worker,
+            peer,
         };
         self.sessions
             .send(session)
@@ -65,6 +67,8 @@ impl DispatchService for FakeDispatcher {
 pub struct FakeSession {
     pub from_worker: Streaming<pb::ConnectRequest>,
     pub to_worker: mpsc::UnboundedSender<Result<pb::ConnectResponse, Status>>,
+    /// The worker's end of the connection the stream came on.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl FakeSession {

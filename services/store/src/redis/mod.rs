@@ -1611,6 +1611,30 @@ impl Store for RedisStore {
             .map_err(unavailable)
     }
 
+    async fn announce_dispatcher(
+        &self,
+        replica: &str,
+        sessions: Option<u32>,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<BTreeMap<String, u32>> {
+        let mut invocation = self.invoke(
+            &self.scripts.dispatchers,
+            conveyor_core::placement::COORDINATION_PARTITION,
+        );
+        invocation
+            .arg(self.now_arg(now_ms))
+            .arg(replica)
+            .arg(sessions.map(|count| count.to_string()).unwrap_or_default())
+            .arg(ttl_ms);
+        let live: Vec<(String, u32)> = redis::from_redis_value(self.run(&invocation).await?)
+            .map_err(|error| ConveyorError::Corrupt {
+                key: "disp".into(),
+                reason: format!("dispatchers reply: {error}"),
+            })?;
+        Ok(live.into_iter().collect())
+    }
+
     async fn queue_depths(&self) -> Result<QueueDepths> {
         let mut depths = QueueDepths::default();
         let mut ready: std::collections::BTreeMap<String, u64> = Default::default();

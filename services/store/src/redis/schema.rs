@@ -150,6 +150,11 @@ pub const KEYS: &[Key] = &[
         holds: "schedules by id (`<namespace>` U+001F `<id>` outside `default`), protobuf (partition 0)",
     },
     Key {
+        pattern: "disp",
+        kind: "hash",
+        holds: "dispatcher replicas: `<sessions> <alive until ms>` per replica id, renewed every few seconds, for rebalancing worker sessions (partition 0)",
+    },
+    Key {
         pattern: "schv",
         kind: "hash",
         holds: "schedule versions, the compare-and-set token (partition 0)",

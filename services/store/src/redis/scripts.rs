@@ -30,6 +30,7 @@ pub(crate) const SOURCES: &[(&str, &str)] = &[
     ("schedule_settle", include_str!("lua/schedule_settle.lua")),
     ("schedule_delete", include_str!("lua/schedule_delete.lua")),
     ("schedule_due", include_str!("lua/schedule_due.lua")),
+    ("dispatchers", include_str!("lua/dispatchers.lua")),
     (
         "requeue_parked_v1",
         include_str!("lua/requeue_parked_v1.lua"),
@@ -93,6 +94,7 @@ pub(crate) struct Scripts {
     pub schedule_settle: redis::Script,
     pub schedule_delete: redis::Script,
     pub schedule_due: redis::Script,
+    pub dispatchers: redis::Script,
     pub requeue_parked_v1: redis::Script,
 }
 
@@ -134,6 +136,7 @@ impl Scripts {
             schedule_settle: script("schedule_settle"),
             schedule_delete: script("schedule_delete"),
             schedule_due: script("schedule_due"),
+            dispatchers: script("dispatchers"),
             requeue_parked_v1: script("requeue_parked_v1"),
         }
     }
