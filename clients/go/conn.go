@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
+	"weak"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -33,6 +36,10 @@ import (
 // to 64 MiB (grpc-go's default receive limit, 4 MiB, is below the largest
 // task a server returns and the largest worker frame it sends). opts come last, so they may replace the
 // credentials or add interceptors; [WithToken] adds a bearer token.
+//
+// A [Worker] given a connection made here (or by [NewConns]) opens its
+// sessions after a Drain on new connections it dials the same way (see
+// [NewWorker]); the caller still closes this one.
 func NewConn(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	target, creds := parseAddr(addr)
 	if target == "" {
@@ -63,7 +70,52 @@ func NewConn(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("conveyor: address %q: %w (pass host:port, http://host:port or several comma-separated)", addr, err)
 	}
+	rememberRecipe(conn, addr, opts)
 	return conn, nil
+}
+
+// dialRecipe is how [NewConn] made a connection, so that a worker can open
+// another one to the same address with the same options.
+type dialRecipe struct {
+	addr string
+	opts []grpc.DialOption
+}
+
+// recipes holds the recipe of every live connection NewConn made, keyed by
+// a weak pointer so that it keeps no connection alive; an entry goes when
+// its connection is garbage collected.
+var recipes sync.Map // weak.Pointer[grpc.ClientConn] -> dialRecipe
+
+func rememberRecipe(conn *grpc.ClientConn, addr string, opts []grpc.DialOption) {
+	key := weak.Make(conn)
+	recipes.Store(key, dialRecipe{addr: addr, opts: slices.Clone(opts)})
+	runtime.AddCleanup(conn, func(k weak.Pointer[grpc.ClientConn]) { recipes.Delete(k) }, key)
+}
+
+// redialer returns a function that opens a new connection to where conn's
+// worker stream goes, dialed as conn was: for a connection from [NewConn],
+// or a [*Conns] (its dispatch service's). nil for any other connection,
+// which the SDK cannot reproduce (credentials, interceptors, resolver).
+func redialer(conn grpc.ClientConnInterface) func() (*grpc.ClientConn, error) {
+	if m, ok := conn.(messageLimits); ok {
+		conn = m.ClientConnInterface
+	}
+	var cc *grpc.ClientConn
+	switch c := conn.(type) {
+	case *grpc.ClientConn:
+		cc = c
+	case *Conns:
+		cc = c.Conn(ServiceDispatch)
+	}
+	if cc == nil {
+		return nil
+	}
+	v, ok := recipes.Load(weak.Make(cc))
+	if !ok {
+		return nil
+	}
+	r := v.(dialRecipe)
+	return func() (*grpc.ClientConn, error) { return NewConn(r.addr, r.opts...) }
 }
 
 // maxMessageBytes is the send and receive limit of every call and worker

@@ -7,8 +7,10 @@ package conveyor_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +18,8 @@ import (
 	conveyorv1 "go.conveyor.dev/conveyor/gen/conveyor/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -23,6 +27,9 @@ import (
 type fakeDispatcher struct {
 	conveyorv1.UnimplementedDispatchServiceServer
 	sessions chan *fakeSession
+	// closed receives the remote address of each connection the server
+	// closed (after the worker closed it, or the server stopped).
+	closed chan string
 }
 
 // fakeSession is one Connect stream as the test sees it.
@@ -33,10 +40,15 @@ type fakeSession struct {
 	recv chan *conveyorv1.ConnectRequest
 	// end, when sent a value, ends the stream with that error (nil: OK).
 	end chan error
+	// peer is the worker's address: which connection carries the stream.
+	peer string
 }
 
 func (d *fakeDispatcher) Connect(stream grpc.BidiStreamingServer[conveyorv1.ConnectRequest, conveyorv1.ConnectResponse]) error {
 	s := &fakeSession{stream: stream, recv: make(chan *conveyorv1.ConnectRequest, 100), end: make(chan error, 1)}
+	if p, ok := peer.FromContext(stream.Context()); ok {
+		s.peer = p.Addr.String()
+	}
 	go func() {
 		defer close(s.recv)
 		for {
@@ -68,12 +80,43 @@ func startFakeDispatcher(t *testing.T) (*fakeDispatcher, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &fakeDispatcher{sessions: make(chan *fakeSession, 10)}
+	d := &fakeDispatcher{sessions: make(chan *fakeSession, 10), closed: make(chan string, 100)}
 	srv := grpc.NewServer()
 	conveyorv1.RegisterDispatchServiceServer(srv, d)
-	go func() { _ = srv.Serve(lis) }()
+	go func() { _ = srv.Serve(closeNotifyingListener{Listener: lis, closed: d.closed}) }()
 	t.Cleanup(srv.Stop)
 	return d, lis.Addr().String()
+}
+
+// closeNotifyingListener reports the remote address of each accepted
+// connection when the server closes it.
+type closeNotifyingListener struct {
+	net.Listener
+	closed chan string
+}
+
+func (l closeNotifyingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &closeNotifyingConn{Conn: c, closed: l.closed}, nil
+}
+
+type closeNotifyingConn struct {
+	net.Conn
+	closed chan string
+	once   sync.Once
+}
+
+func (c *closeNotifyingConn) Close() error {
+	c.once.Do(func() {
+		select {
+		case c.closed <- c.RemoteAddr().String():
+		default:
+		}
+	})
+	return c.Conn.Close()
 }
 
 func (d *fakeDispatcher) accept(t *testing.T) *fakeSession {
@@ -153,6 +196,15 @@ func startFakeWorker(t *testing.T, addr string, handlers map[string]conveyor.Han
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startFakeWorkerOn(t, conn, handlers)
+}
+
+// startFakeWorkerOn runs a worker on conn, and closes conn at the end.
+func startFakeWorkerOn(t *testing.T, conn interface {
+	grpc.ClientConnInterface
+	Close() error
+}, handlers map[string]conveyor.Handler) (cancel func(), done chan error) {
+	t.Helper()
 	w := conveyor.NewWorker(conn, conveyor.WorkerOptions{
 		WorkerID: "fake-worker", Queues: []string{"q1", "q2"}, Concurrency: 2,
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Logger: testLogger(),
@@ -391,5 +443,132 @@ func TestProtocolProgressAndRetryAfter(t *testing.T) {
 	e := outcome.GetError()
 	if e.GetType() != "Busy" || !e.GetRetryable() || e.GetRetryAfter().AsDuration() != 1500*time.Millisecond {
 		t.Fatalf("outcome error %v", e)
+	}
+}
+
+// drainForRebalance runs a task through a drain with reason REBALANCE: the
+// dispatcher assigns t (its handler waits for release), drains, and expects
+// the outcome of t before the worker closes its side.
+func drainForRebalance(t *testing.T, s *fakeSession, release chan struct{}, id string, token uint64) {
+	t.Helper()
+	s.assign(t, assignment(id, "wait", token))
+	for {
+		msg := s.next(t)
+		if msg == nil {
+			t.Fatalf("the worker closed its side before starting %s", id)
+		}
+		if msg.GetTaskStarted() != nil {
+			break
+		}
+	}
+	s.send(t, &conveyorv1.ConnectResponse{Message: &conveyorv1.ConnectResponse_Drain{Drain: &conveyorv1.Drain{
+		Grace: durationpb.New(5 * time.Second), Reason: conveyorv1.DrainReason_DRAIN_REASON_REBALANCE}}})
+	release <- struct{}{}
+	reported := false
+	for msg := s.next(t); msg != nil; msg = s.next(t) {
+		if o := msg.GetReportOutcomes(); o != nil {
+			outcomes := o.GetOutcomes()
+			if len(outcomes) != 1 || outcomes[0].GetTaskId() != id || outcomes[0].GetLeaseToken() != token ||
+				string(outcomes[0].GetResult().GetData()) != `"done"` || reported {
+				t.Fatalf("outcomes %v", outcomes)
+			}
+			reported = true
+		}
+	}
+	if !reported {
+		t.Fatalf("%s, assigned before the drain, was not reported", id)
+	}
+}
+
+func waitHandler(release chan struct{}) conveyor.Handler {
+	return func(ctx context.Context, _ *conveyor.Task) (any, error) {
+		select {
+		case <-release:
+			return "done", nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// After a Drain, the next session goes on a new connection (a load balancer
+// places connections, so a new stream on the old one would reach the same
+// replica): the worker dials it as NewConn dialed the first, closes the
+// connections it dialed once replaced, and leaves the caller's open.
+func TestProtocolDrainReconnectsOnNewConnection(t *testing.T) {
+	d, addr := startFakeDispatcher(t)
+	release := make(chan struct{})
+	startFakeWorker(t, addr, map[string]conveyor.Handler{"wait": waitHandler(release)})
+	var peers []string
+	for i := range 3 {
+		s := d.accept(t)
+		s.welcome(t)
+		for _, seen := range peers {
+			if s.peer == seen {
+				t.Fatalf("session %d came on the connection of an earlier session (%s; earlier: %v)", i+1, s.peer, peers)
+			}
+		}
+		peers = append(peers, s.peer)
+		if i < 2 {
+			drainForRebalance(t, s, release, fmt.Sprintf("t%d", i+1), uint64(i+1))
+		}
+	}
+	// The second connection, the worker's own, is closed once the third
+	// replaced it; the first, the caller's, is not.
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case closed := <-d.closed:
+			switch closed {
+			case peers[0]:
+				t.Fatalf("the caller's connection %s was closed", closed)
+			case peers[2]:
+				t.Fatalf("the current connection %s was closed", closed)
+			}
+			if closed == peers[1] {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("the worker did not close its replaced connection %s within 10s", peers[1])
+		}
+	}
+}
+
+// A worker on NewConns (per-service endpoints) dials the dispatch address anew.
+func TestProtocolDrainReconnectsOnNewConnectionWithConns(t *testing.T) {
+	d, addr := startFakeDispatcher(t)
+	conns, err := conveyor.NewConns("http://127.0.0.1:1", conveyor.WithEndpoint(conveyor.ServiceDispatch, "http://"+addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	startFakeWorkerOn(t, conns, map[string]conveyor.Handler{"wait": waitHandler(release)})
+	first := d.accept(t)
+	first.welcome(t)
+	drainForRebalance(t, first, release, "t1", 1)
+	second := d.accept(t)
+	second.welcome(t)
+	if second.peer == first.peer {
+		t.Fatalf("the session after the drain came on the same connection (%s)", first.peer)
+	}
+}
+
+// A connection the SDK did not make cannot be dialed again: the worker
+// keeps it, and reconnects on it.
+func TestProtocolDrainKeepsForeignConnection(t *testing.T) {
+	d, addr := startFakeDispatcher(t)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	startFakeWorkerOn(t, conn, map[string]conveyor.Handler{"wait": waitHandler(release)})
+	first := d.accept(t)
+	first.welcome(t)
+	drainForRebalance(t, first, release, "t1", 1)
+	second := d.accept(t)
+	second.welcome(t)
+	if second.peer != first.peer {
+		t.Fatalf("the session after the drain came on %s, not on the given connection %s", second.peer, first.peer)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -41,6 +42,8 @@ type sessionEnd struct {
 	err  error
 	// welcomed: Welcome arrived, i.e. the connection itself worked.
 	welcomed bool
+	// reason: why the dispatcher drained the session (endDrained).
+	reason conveyorv1.DrainReason
 }
 
 type connectStream = grpc.BidiStreamingClient[conveyorv1.ConnectRequest, conveyorv1.ConnectResponse]
@@ -71,6 +74,8 @@ type session struct {
 	outstanding int
 	maxCredits  int
 	draining    bool
+	// drainReason: the reason of the dispatcher's last Drain.
+	drainReason conveyorv1.DrainReason
 	// stopping: the drain is the worker's own shutdown, so the worker
 	// stops instead of reconnecting afterwards.
 	stopping   bool
@@ -237,7 +242,7 @@ func (s *session) drainedEnd() sessionEnd {
 	if s.stopping {
 		return sessionEnd{kind: endStopped}
 	}
-	return sessionEnd{kind: endDrained}
+	return sessionEnd{kind: endDrained, reason: s.drainReason}
 }
 
 // streamEnded is the end of a session whose stream failed or ended:
@@ -250,6 +255,15 @@ func (s *session) streamEnded(err error) sessionEnd {
 		err = status.Error(codes.Unavailable, "the dispatcher ended the stream")
 	}
 	return sessionEnd{kind: endBroken, err: wrapRPC("Connect", err), welcomed: true}
+}
+
+// drainReasonName is a Drain's reason for logs: "rebalance", "shutdown",
+// "" when unspecified, the number when unknown to this SDK.
+func drainReasonName(r conveyorv1.DrainReason) string {
+	if r == conveyorv1.DrainReason_DRAIN_REASON_UNSPECIFIED {
+		return ""
+	}
+	return strings.ToLower(strings.TrimPrefix(r.String(), "DRAIN_REASON_"))
 }
 
 // drain starts draining, or tightens a drain under way: the earlier
@@ -285,7 +299,8 @@ func (s *session) handle(msg *conveyorv1.ConnectResponse) {
 		if grace <= 0 {
 			grace = s.rt.opts.GracePeriod
 		}
-		s.rt.log.Info("the dispatcher asked to drain", "grace", grace, "running", len(s.running))
+		s.drainReason = m.Drain.GetReason()
+		s.rt.log.Info("the dispatcher asked to drain", "reason", drainReasonName(s.drainReason), "grace", grace, "running", len(s.running))
 		s.drain(false, grace)
 	case *conveyorv1.ConnectResponse_OutcomeRejected:
 		r := m.OutcomeRejected

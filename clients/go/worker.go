@@ -87,6 +87,16 @@ type Worker struct {
 // for a connection from an address such as "http://127.0.0.1:50051"). The
 // stream sends and receives messages of up to 64 MiB whatever conn's
 // defaults.
+//
+// After the dispatcher drains a session (Drain, e.g. to rebalance workers
+// across dispatcher replicas), the worker opens its next session on a new
+// connection, since a load balancer places connections, not streams: when
+// conn came from [NewConn] or [NewConns], the worker dials the dispatch
+// service's address again with the same options, owns that connection and
+// closes it when it is replaced or Run returns; conn itself is left open
+// for the caller to close. Any other conn (one dialed with grpc.NewClient,
+// or a wrapper) cannot be reproduced, so the next session opens a new stream
+// on it, which may land on the same replica.
 func NewWorker(conn grpc.ClientConnInterface, opts WorkerOptions) *Worker {
 	if opts.Hostname == "" {
 		opts.Hostname = hostname()
@@ -185,6 +195,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 	rt := &workerRuntime{
 		conn:     w.conn,
+		redial:   redialer(w.conn),
 		opts:     w.opts,
 		handlers: handlers,
 		log:      w.opts.Logger.With("worker_id", w.opts.WorkerID),
@@ -197,6 +208,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		rt.queue = w.opts.Queues[0]
 	}
 	defer close(rt.done)
+	defer rt.closeOwned()
 	names := make([]string, 0, len(handlers))
 	for name := range handlers {
 		names = append(names, name)
@@ -225,7 +237,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		case endDrained:
 			backoff.reset()
 			delay = backoff.next()
-			rt.log.Info("session drained, reconnecting", "delay", delay)
+			rt.renewConn(end.reason, delay)
 		case endBroken:
 			if isFatal(end.err) {
 				return end.err
@@ -250,6 +262,37 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 }
 
+// renewConn moves the worker to a new connection after a drained session,
+// when it can dial one: a new stream on the old connection would reach the
+// same dispatcher replica.
+func (rt *workerRuntime) renewConn(reason conveyorv1.DrainReason, delay time.Duration) {
+	drained := "session drained"
+	if name := drainReasonName(reason); name != "" {
+		drained += " (" + name + ")"
+	}
+	if rt.redial == nil {
+		rt.log.Info(drained+", reconnecting on the same connection (the worker cannot dial a connection it was not given by conveyor.NewConn or NewConns)", "delay", delay)
+		return
+	}
+	conn, err := rt.redial()
+	if err != nil {
+		rt.log.Warn(drained+", reconnecting on the same connection: cannot open a new one", "error", err, "delay", delay)
+		return
+	}
+	rt.closeOwned()
+	rt.owned = conn
+	rt.conn = withMessageLimits(conn)
+	rt.log.Info(drained+", reconnecting on a new connection", "delay", delay)
+}
+
+// closeOwned closes the connection the worker dialed itself, if any.
+func (rt *workerRuntime) closeOwned() {
+	if rt.owned != nil {
+		_ = rt.owned.Close()
+		rt.owned = nil
+	}
+}
+
 // isFatal: errors that reconnecting would only repeat.
 func isFatal(err error) bool {
 	var pe *ProtocolError
@@ -266,7 +309,14 @@ func isFatal(err error) bool {
 // workerRuntime is the state of one Run that outlives its sessions: tasks
 // keep running (and holding slots) after the stream that brought them broke.
 type workerRuntime struct {
-	conn     grpc.ClientConnInterface
+	// conn carries the sessions: the worker's conn, or owned once a drain
+	// moved the worker to a connection of its own.
+	conn grpc.ClientConnInterface
+	// redial opens a new connection like the worker's conn; nil when conn
+	// was not made by NewConn or NewConns.
+	redial func() (*grpc.ClientConn, error)
+	// owned is the connection the worker dialed after the last drain.
+	owned    *grpc.ClientConn
 	opts     WorkerOptions
 	handlers map[string]Handler
 	hello    *conveyorv1.Hello

@@ -305,6 +305,24 @@ export class Endpoints<T> {
     if (this.#current === endpoint.index) this.#current = (endpoint.index + 1) % this.#urls.length;
   }
 
+  /**
+   * Closes the connection `endpoint` was reached through, so that the next
+   * call to its address opens a new one (a new HTTP/2 connection, which a
+   * load balancer places anew), unless another caller already did. Returns
+   * false, closing nothing, for a custom transport, which is not ours to
+   * close or reopen. Call it once nothing uses the old connection: its open
+   * calls are cut.
+   */
+  reopen(endpoint: Endpoint<T>): boolean {
+    if (this.#options.transport !== undefined) return false;
+    const open = this.#open.get(endpoint.index);
+    if (open !== undefined && open.value === endpoint.value) {
+      this.#open.delete(endpoint.index);
+      open.owned.close();
+    }
+    return true;
+  }
+
   /** Closes every connection; a later call opens new ones. */
   close(): void {
     for (const { owned } of this.#open.values()) owned.close();

@@ -1,16 +1,17 @@
 // The worker: registers handlers, holds one DispatchService.Connect stream
-// (reconnecting with backoff when it breaks, failing over between addresses),
-// and drains on shutdown. The stream itself is internal/session.ts.
+// (reconnecting with backoff when it breaks, failing over between addresses,
+// and on a new connection after the dispatcher drains it), and drains on
+// shutdown. The stream itself is internal/session.ts.
 
 import { hostname as osHostname } from "node:os";
 import { create } from "@bufbuild/protobuf";
 import { Code, createClient } from "@connectrpc/connect";
-import { DispatchService, HelloSchema } from "./gen/conveyor/v1/dispatch_service_pb.js";
+import { DispatchService, DrainReason, HelloSchema } from "./gen/conveyor/v1/dispatch_service_pb.js";
 import type { Hello } from "./gen/conveyor/v1/dispatch_service_pb.js";
 import type { TaskContext } from "./context.js";
 import { ConveyorError } from "./errors.js";
 import { Backoff, DEFAULT_MAX_BACKOFF_MS, DEFAULT_MIN_BACKOFF_MS } from "./internal/backoff.js";
-import { ProtocolError, Session } from "./internal/session.js";
+import { ProtocolError, Session, drainReasonName } from "./internal/session.js";
 import type { Runtime } from "./internal/session.js";
 import { stderrLogger } from "./logger.js";
 import type { Logger } from "./logger.js";
@@ -252,9 +253,14 @@ export class Worker {
       let delay: number;
       if (end.kind === "stopped") break;
       if (end.kind === "drained") {
+        // Promptly (the shortest backoff, jittered): the old session is over
+        // and its connection closed, so the new one may reach another replica.
         backoff.reset();
         delay = backoff.next();
-        this.#log.info("session drained, reconnecting", { delay_ms: Math.round(delay) });
+        const reason = drainReasonName(end.reason);
+        const why = end.reason === undefined || end.reason === DrainReason.UNSPECIFIED ? "" : ` (${reason})`;
+        const how = end.newConnection === false ? " through the transport given" : " on a new connection";
+        this.#log.info(`session drained${why}, reconnecting${how}`, { reason, delay_ms: Math.round(delay) });
       } else {
         if (isFatal(end.error)) throw end.error;
         if (end.welcomed) backoff.reset();

@@ -1,18 +1,26 @@
 // The worker protocol against a scripted in-process dispatcher (connect's
 // router transport): Hello, credits, outcomes, CancelAssignment, Drain,
 // broken streams and fatal errors, in exactly the order the protocol fixes.
+// The same dispatcher behind a real HTTP/2 server on 127.0.0.1 checks which
+// connection each session comes on: after a Drain, a new one.
 
 import assert from "node:assert/strict";
+import { once } from "node:events";
+import { createServer } from "node:http2";
+import type { Http2ServerRequest, Http2Session } from "node:http2";
+import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
+import { Code, ConnectError, createContextKey, createContextValues, createRouterTransport } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { DurationSchema } from "@bufbuild/protobuf/wkt";
 import {
   AssignmentSchema,
   ConnectResponseSchema,
   DispatchService,
+  DrainReason,
 } from "../src/gen/conveyor/v1/dispatch_service_pb.js";
 import type { ConnectRequest, ConnectResponse } from "../src/gen/conveyor/v1/dispatch_service_pb.js";
 import { ConveyorError, MAX_MESSAGE_BYTES, SDK_VERSION, TaskCancelledError, Worker, fromPayload, silentLogger, toPayload } from "../src/index.js";
@@ -139,6 +147,75 @@ function setup(options: { concurrency?: number; gracePeriodMs?: number; logger?:
     waitFor(() => streams[index], `connection ${index + 1}`, 5000, 5);
   const run = () => worker.run({ signal: controller.signal, handleSignals: false });
   return { worker, streams, stream, controller, run };
+}
+
+/** The HTTP/2 connection a call came on, as the server sees it. */
+interface Connection {
+  readonly session: Http2Session;
+  /** The client's port: a new one means a new TCP connection. */
+  readonly remotePort: number;
+}
+
+const connectionKey = createContextKey<Connection | undefined>(undefined, { description: "the call's HTTP/2 connection" });
+
+/**
+ * The fake dispatcher behind a real HTTP/2 (h2c) server on 127.0.0.1, as a
+ * worker reaches a dispatcher through a load balancer: `connections[i]` is
+ * the connection Connect stream `streams[i]` came on.
+ */
+async function startHttp2Dispatcher() {
+  const streams: FakeStream[] = [];
+  const connections: Connection[] = [];
+  /** Every HTTP/2 connection the server accepted, in order. */
+  const accepted: Http2Session[] = [];
+  const handler = connectNodeAdapter({
+    routes(router) {
+      router.service(DispatchService, {
+        connect(requests, context) {
+          const connection = context.values.get(connectionKey);
+          assert.ok(connection !== undefined);
+          connections.push(connection);
+          const stream = new FakeStream(requests);
+          streams.push(stream);
+          return stream.responses();
+        },
+        listWorkers() {
+          return {};
+        },
+      });
+    },
+    contextValues(req) {
+      const { session } = (req as Http2ServerRequest).stream;
+      assert.ok(session !== undefined);
+      return createContextValues().set(connectionKey, { session, remotePort: session.socket.remotePort! });
+    },
+  });
+  const server = createServer(handler);
+  server.on("session", (session: Http2Session) => accepted.push(session));
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    streams,
+    connections,
+    accepted,
+    stream: (index: number, timeoutMs = 5000): Promise<FakeStream> =>
+      waitFor(() => streams[index], `connection ${index + 1}`, timeoutMs, 5),
+    async close(): Promise<void> {
+      for (const stream of streams) stream.end();
+      for (const session of accepted) session.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** A logger that keeps its lines. */
+function recordingLogger() {
+  const lines: { level: string; message: string; fields: LogFields | undefined }[] = [];
+  const record = (level: string) => (message: string, fields?: LogFields) => void lines.push({ level, message, fields });
+  const logger: Logger = { debug: record("debug"), info: record("info"), warn: record("warn"), error: record("error") };
+  return { logger, lines };
 }
 
 describe("worker protocol", () => {
@@ -426,5 +503,105 @@ describe("worker protocol", () => {
     await waitFor(() => second.closedByWorker, "the worker to close its half");
     second.end();
     await done;
+  });
+});
+
+describe("worker sessions over HTTP/2", () => {
+  test("Drain (rebalance, then unspecified): the task reports, the session closes, and the next one comes promptly on a new connection; the old one is closed", async () => {
+    const dispatcher = await startHttp2Dispatcher();
+    const { logger, lines } = recordingLogger();
+    // The default reconnect backoff and keepalive: what "promptly" means for users.
+    const worker = new Worker(dispatcher.url, { logger, workerId: "h2-worker", queues: ["alpha"], concurrency: 2 });
+    worker.register("slow", async () => {
+      await sleep(100);
+      return "done";
+    });
+    const controller = new AbortController();
+    const done = worker.run({ signal: controller.signal, handleSignals: false });
+    try {
+      const s = await dispatcher.stream(0);
+      await s.expect("hello");
+      s.welcome(1000);
+      await s.expect("grantCredits");
+      s.assign("t1", "slow", [], 7n);
+      await s.expect("taskStarted");
+      s.send({ case: "drain", value: { grace: ms(5000), reason: DrainReason.REBALANCE } });
+      const report = await s.expect("reportOutcomes");
+      assert.deepEqual(report.outcomes.map((o) => [o.taskId, o.leaseToken]), [["t1", 7n]], "the running task reports on the drained session");
+      await waitFor(() => s.closedByWorker, "the worker to close its half");
+      assert.deepEqual(s.unread(), [], "no credits after the drain");
+      assert.equal(dispatcher.streams.length, 1, "no new session before the drained one is over");
+      const closedAt = Date.now();
+      s.end();
+
+      const next = await dispatcher.stream(1, 2000);
+      const reconnectMs = Date.now() - closedAt;
+      await next.expect("hello");
+      const [first, second] = dispatcher.connections;
+      assert.ok(first !== undefined && second !== undefined);
+      assert.notEqual(second.session, first.session, "the next session is not a new stream on the drained connection");
+      assert.notEqual(second.remotePort, first.remotePort, "it comes from another client port: a new TCP connection");
+      assert.equal(dispatcher.accepted.length, 2, "exactly one new connection");
+      await waitFor(() => first.session.destroyed || first.session.closed, "the worker to close the drained connection", 2000, 5);
+      assert.ok(reconnectMs < 2000, `reconnected after ${reconnectMs} ms`);
+      const drained = lines.filter((line) => line.message.startsWith("session drained"));
+      assert.deepEqual(drained.map((line) => [line.level, line.message, line.fields?.["reason"]]), [
+        ["info", "session drained (rebalance), reconnecting on a new connection", "rebalance"],
+      ]);
+      next.welcome(1000);
+      assert.equal((await next.expect("grantCredits")).credits, 2);
+
+      // A Drain without a reason (an older dispatcher) also moves to a new connection.
+      next.send({ case: "drain", value: { grace: ms(5000) } });
+      await waitFor(() => next.closedByWorker, "the worker to close its half");
+      next.end();
+      const third = await dispatcher.stream(2, 2000);
+      await third.expect("hello");
+      const thirdConnection = dispatcher.connections[2]!;
+      assert.notEqual(thirdConnection.session, second.session);
+      assert.notEqual(thirdConnection.remotePort, second.remotePort);
+      await waitFor(() => second.session.destroyed || second.session.closed, "the worker to close the second connection", 2000, 5);
+      assert.equal(lines.filter((line) => line.message === "session drained, reconnecting on a new connection").length, 1);
+      third.welcome(1000);
+      await third.expect("grantCredits");
+
+      controller.abort();
+      await waitFor(() => third.closedByWorker, "the worker to close its half");
+      third.end();
+      await done;
+      assert.equal(dispatcher.accepted.length, 3, "one connection per session, none more");
+    } finally {
+      controller.abort();
+      await done.catch(() => {});
+      await dispatcher.close();
+    }
+  });
+
+  test("a stream that breaks while active reconnects as before, on the same connection while it lives", async () => {
+    const dispatcher = await startHttp2Dispatcher();
+    const worker = new Worker(dispatcher.url, { logger: silentLogger, workerId: "h2-worker", reconnectMinMs: 10, reconnectMaxMs: 50 });
+    worker.register("x", () => 1);
+    const controller = new AbortController();
+    const done = worker.run({ signal: controller.signal, handleSignals: false });
+    try {
+      const s = await dispatcher.stream(0);
+      await s.expect("hello");
+      s.welcome(1000);
+      await s.expect("grantCredits");
+      s.fail(new ConnectError("dispatcher restarting", Code.Unavailable));
+      const next = await dispatcher.stream(1);
+      await next.expect("hello");
+      assert.equal(dispatcher.connections[1]!.session, dispatcher.connections[0]!.session);
+      next.welcome(1000);
+      await next.expect("grantCredits");
+      controller.abort();
+      await waitFor(() => next.closedByWorker, "the worker to close its half");
+      next.end();
+      await done;
+    } finally {
+      controller.abort();
+      await done.catch(() => {});
+      await dispatcher.close();
+    }
   });
 });

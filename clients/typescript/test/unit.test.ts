@@ -6,7 +6,8 @@ import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { AssignmentSchema } from "../src/gen/conveyor/v1/dispatch_service_pb.js";
+import { createRouterTransport } from "@connectrpc/connect";
+import { AssignmentSchema, DrainReason } from "../src/gen/conveyor/v1/dispatch_service_pb.js";
 import { PayloadSchema, TaskErrorSchema, TaskSchema } from "../src/gen/conveyor/v1/task_pb.js";
 import { shouldWaitAgain } from "../src/client.js";
 import { unsuccessfulTaskError } from "../src/errors.js";
@@ -43,8 +44,10 @@ import type { ProgressUpdate } from "../src/index.js";
 import { Backoff } from "../src/internal/backoff.js";
 import { connectionLost } from "../src/internal/retry.js";
 import { AsyncQueue } from "../src/internal/queue.js";
+import { drainReasonName } from "../src/internal/session.js";
 import { ACTIVE, creditsToGrant, drain, endedByDispatcher } from "../src/internal/state.js";
 import { durationToMs, fromOptionalPayload, fromTimestamp, msToDuration, toTimestamp } from "../src/payload.js";
+import { Endpoints } from "../src/transport.js";
 import { packageRoot } from "../testkit/helpers.js";
 
 describe("payloads", () => {
@@ -349,6 +352,33 @@ describe("worker internals", () => {
     assert.equal(endedByDispatcher(ACTIVE), undefined, "an unasked end is a failure");
     assert.deepEqual(endedByDispatcher(local), { kind: "stopped" });
     assert.deepEqual(endedByDispatcher(dispatcher), { kind: "drained" });
+  });
+
+  test("reopen: the next call to the address gets a new connection; a custom transport is kept", () => {
+    let built = 0;
+    const endpoints = new Endpoints("http://127.0.0.1:1,http://127.0.0.1:2", {}, () => ({ n: ++built }));
+    const first = endpoints.current();
+    assert.equal(endpoints.current().value, first.value, "one connection per address");
+    assert.equal(endpoints.reopen(first), true);
+    const second = endpoints.current();
+    assert.equal(second.index, first.index, "same address");
+    assert.notEqual(second.value, first.value, "new connection");
+    endpoints.reopen(first); // stale: already reopened
+    assert.equal(endpoints.current().value, second.value, "a stale reopen leaves the new connection alone");
+    endpoints.close();
+
+    const custom = new Endpoints("", { transport: createRouterTransport(() => {}) }, () => ({ n: ++built }));
+    const only = custom.current();
+    assert.equal(custom.reopen(only), false);
+    assert.equal(custom.current().value, only.value);
+  });
+
+  test("drain reasons are named for logs", () => {
+    assert.equal(drainReasonName(DrainReason.REBALANCE), "rebalance");
+    assert.equal(drainReasonName(DrainReason.SHUTDOWN), "shutdown");
+    assert.equal(drainReasonName(DrainReason.UNSPECIFIED), "unspecified");
+    assert.equal(drainReasonName(undefined), "unspecified");
+    assert.equal(drainReasonName(7 as DrainReason), "reason 7");
   });
 
   test("the outbound queue delivers in order, then ends", async () => {

@@ -7,6 +7,7 @@ import { Code } from "@connectrpc/connect";
 import type { Client as RpcClient } from "@connectrpc/connect";
 import {
   ConnectRequestSchema,
+  DrainReason,
   GrantCreditsSchema,
   HeartbeatSchema,
   ReportOutcomesSchema,
@@ -108,6 +109,8 @@ export class Session {
   #resolveEnd: (end: SessionEnd) => void = () => {};
   /** Set while closing: called when the dispatcher has closed its half. */
   #inboundClosed: (() => void) | undefined;
+  /** The reason of the latest Drain the dispatcher sent. */
+  #drainReason: DrainReason | undefined;
 
   constructor(runtime: Runtime, epoch: number) {
     this.#rt = runtime;
@@ -126,6 +129,14 @@ export class Session {
     // A dispatcher that broke the stream or refused it: the next session
     // tries the next address (when there are several).
     if (end.kind === "broken") this.#rt.endpoints.failed(endpoint);
+    // A drained session is over (outcomes reported, both halves closed): the
+    // next one goes to the same address over a new connection, since a load
+    // balancer places connections, not streams, and a new stream on this
+    // connection would land on the same dispatcher replica again.
+    if (end.kind === "drained") {
+      const newConnection = this.#rt.endpoints.reopen(endpoint);
+      return { kind: "drained", reason: this.#drainReason, newConnection };
+    }
     return end;
   }
 
@@ -252,7 +263,12 @@ export class Session {
       }
       case "drain": {
         const graceMs = durationToMs(message.value.grace) ?? this.#rt.gracePeriodMs;
-        this.#rt.log.info("dispatcher asked to drain", { grace_ms: graceMs, running: this.#running.size });
+        this.#drainReason = message.value.reason;
+        this.#rt.log.info("dispatcher asked to drain", {
+          grace_ms: graceMs,
+          reason: drainReasonName(message.value.reason),
+          running: this.#running.size,
+        });
         this.#drain(false, graceMs);
         break;
       }
@@ -413,6 +429,20 @@ export class Session {
   }
 }
 
+/** "rebalance", "shutdown", "unspecified" (an older dispatcher), or the number of a reason this SDK does not know. */
+export function drainReasonName(reason: DrainReason | undefined): string {
+  switch (reason) {
+    case DrainReason.REBALANCE:
+      return "rebalance";
+    case DrainReason.SHUTDOWN:
+      return "shutdown";
+    case DrainReason.UNSPECIFIED:
+    case undefined:
+      return "unspecified";
+    default:
+      return `reason ${reason as number}`;
+  }
+}
 
 /** Waits for `promise`, `ms` milliseconds or `signal`, whichever comes first. */
 async function race<T>(promise: Promise<T>, ms: number, signal: AbortSignal): Promise<T | "timeout" | "stopped"> {

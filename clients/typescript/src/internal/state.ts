@@ -1,6 +1,8 @@
 // The pure parts of a worker session: its phases and how many credits it may
 // grant.
 
+import type { DrainReason } from "../gen/conveyor/v1/dispatch_service_pb.js";
+
 /** The phase of a session. */
 export type Phase =
   | { readonly kind: "active" }
@@ -17,7 +19,16 @@ export const ACTIVE: Phase = { kind: "active" };
 /** How a session ended. */
 export type SessionEnd =
   | { readonly kind: "stopped" }
-  | { readonly kind: "drained" }
+  | {
+      readonly kind: "drained";
+      /** Why the dispatcher drained the session (the latest Drain's reason), when the session knows. */
+      readonly reason?: DrainReason;
+      /**
+       * Whether the next session opens a new connection (always, unless the
+       * worker was given a custom transport it cannot reopen).
+       */
+      readonly newConnection?: boolean;
+    }
   | { readonly kind: "broken"; readonly error: Error; readonly welcomed: boolean };
 
 /**
