@@ -495,7 +495,7 @@ func waitHandler(release chan struct{}) conveyor.Handler {
 // places connections, so a new stream on the old one would reach the same
 // replica): the worker dials it as NewConn dialed the first, closes the
 // connections it dialed once replaced, and leaves the caller's open.
-func TestProtocolDrainReconnectsOnNewConnection(t *testing.T) {
+func Test_parity_reconnect_after_drain_on_new_connection(t *testing.T) {
 	d, addr := startFakeDispatcher(t)
 	release := make(chan struct{})
 	startFakeWorker(t, addr, map[string]conveyor.Handler{"wait": waitHandler(release)})

@@ -134,7 +134,7 @@ async fn reconnects_and_abandons_the_broken_sessions_tasks() {
 }
 
 #[tokio::test]
-async fn drain_finishes_running_tasks_then_closes_and_reconnects() {
+async fn parity_reconnect_after_drain_finishes_running_tasks_then_opens_a_new_connection() {
     let (addr, mut sessions) = fake_dispatcher().await;
     let gate = Arc::new(Notify::new());
     let builder = Worker::builder(addr)

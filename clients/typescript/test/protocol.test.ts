@@ -507,7 +507,7 @@ describe("worker protocol", () => {
 });
 
 describe("worker sessions over HTTP/2", () => {
-  test("Drain (rebalance, then unspecified): the task reports, the session closes, and the next one comes promptly on a new connection; the old one is closed", async () => {
+  test("parity_reconnect_after_drain: Drain (rebalance, then unspecified): the task reports, the session closes, and the next one comes promptly on a new connection; the old one is closed", async () => {
     const dispatcher = await startHttp2Dispatcher();
     const { logger, lines } = recordingLogger();
     // The default reconnect backoff and keepalive: what "promptly" means for users.
