@@ -3,7 +3,8 @@
 hands every worker stream to the test. The test plays the dispatcher's side
 message by message (Welcome, Assignments, CancelAssignment, Drain, a reset
 stream) and reads what the worker sent, each message stamped with the
-monotonic time it arrived.
+monotonic time it arrived; each session records the worker's peer address,
+which tells whether two sessions share a TCP connection.
 
 Only `Connect` is served: the other RPCs of the service answer UNIMPLEMENTED,
 which no worker calls.
@@ -51,6 +52,9 @@ class Session:
     def __init__(self, context: grpc.ServicerContext):
         self.opened_at = time.monotonic()
         self.context = context
+        # The worker's end of the TCP connection ("ipv4:127.0.0.1:54321"):
+        # two streams with the same peer share one connection.
+        self.peer = context.peer()
         self.metadata = dict(context.invocation_metadata())
         self._inbox: queue.Queue[Received] = queue.Queue()
         self._outbox: queue.Queue[object] = queue.Queue()
@@ -186,8 +190,9 @@ class Session:
     def cancel(self, task_id: str, reason: str = "revoked") -> None:
         self.send(cancel_assignment=pb.CancelAssignment(task_id=task_id, reason=reason))
 
-    def drain(self, grace: float) -> None:
-        self.send(drain=pb.Drain(grace=duration(grace)))
+    def drain(self, grace: float, reason: int = pb.DRAIN_REASON_UNSPECIFIED) -> None:
+        """Sends Drain; `reason` is a DrainReason (pb.DRAIN_REASON_REBALANCE, ...)."""
+        self.send(drain=pb.Drain(grace=duration(grace), reason=reason))
 
     def end(self, code: grpc.StatusCode | None = None, details: str = "") -> None:
         """Ends the stream: cleanly (OK) or with a status, as a dispatcher

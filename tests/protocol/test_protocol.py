@@ -21,8 +21,13 @@ import pytest
 from conftest import EXAMPLE_TASKS, LANGUAGES
 from fake_dispatcher import FakeDispatcher, assignment, payload
 
+from conveyor.v1 import dispatch_service_pb2 as pb
+
 # (language, case) -> why that SDK fails the case today.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
+    ("rust", "drain_new_connection"): "fresh connection after drain not yet implemented in Rust SDK",
+    ("go", "drain_new_connection"): "fresh connection after drain not yet implemented in Go SDK",
+    ("typescript", "drain_new_connection"): "fresh connection after drain not yet implemented in TypeScript SDK",
 }
 
 # How long a worker may take to start and open its first stream.
@@ -355,6 +360,36 @@ def test_drain_finishes_running_tasks_then_closes(language, fake, start_worker):
     session.end()
     again = fake.session(timeout=10)
     assert again.welcome().worker_id == hello.worker_id
+
+
+@pytest.mark.parametrize("language", languages("drain_new_connection"))
+def test_drain_reconnects_on_a_new_connection(language, fake, start_worker):
+    """Drain for a rebalance: the running task finishes and is reported before
+    the worker closes its half, and its next session comes promptly on a new
+    TCP connection (another peer address), never as a new stream on the old
+    one: load balancers balance connections, so the old connection would lead
+    back to the same dispatcher replica."""
+    worker, session, hello = connect(start_worker, fake, language, concurrency=2)
+    await_credits(session, 2)
+    running = assignment("sleep", [payload("1.0")])
+    session.assign(running)
+    time.sleep(0.2)
+    drained = time.monotonic()
+    session.drain(grace=20, reason=pb.DRAIN_REASON_REBALANCE)
+    outcome = session.outcomes(1, timeout=5)[running.task_id]
+    assert result_of(outcome) is None
+    reported = [i.at for i in session.log if i.kind == "report_outcomes"][-1]
+    assert reported - drained > 0.5, "the running task did not run to its end"
+    eof = session.until(lambda i: i.kind == "eof", 5.0, "the worker closing its half after the drain")
+    assert eof.at >= reported, "the running task was reported after the stream ended"
+    session.end()
+    again = fake.session(timeout=10)
+    assert again.welcome().worker_id == hello.worker_id
+    assert again.opened_at - eof.at < 3.0, f"reconnected {again.opened_at - eof.at:.1f}s after the drain: not promptly"
+    assert again.peer != session.peer, (
+        f"the session after a rebalance Drain came on the drained session's connection ({again.peer}): "
+        "it must open a new one"
+    )
 
 
 # --- reconnect -----------------------------------------------------------------------

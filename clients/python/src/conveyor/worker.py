@@ -58,6 +58,11 @@ _MIN_HEARTBEAT = 0.01
 _DEFAULT_MAX_CREDITS = 1024
 _MAX_OUTCOMES_PER_FRAME = 1024
 _MAX_CONCURRENCY = 1 << 20
+# gRPC core shares subchannels (TCP connections) between channels of the same
+# target and arguments through a process-wide pool: with it, a new channel
+# after a Drain could ride the old connection back to the same dispatcher
+# replica. Each dispatch channel keeps its connections to itself instead.
+_LOCAL_SUBCHANNEL_POOL = ("grpc.use_local_subchannel_pool", 1)
 _MAX_QUEUES = 64
 _MAX_TASK_NAMES = 1024
 # Time a revoked async handler gets to stop before it is cancelled again.
@@ -159,6 +164,7 @@ class _Backoff:
 class _End:
     kind: str  # "stopped", "drained" or "broken"
     error: ConveyorError | None = None
+    reason: int = 0  # a Drain's DrainReason (kind "drained")
     welcomed: bool = False
     abrupt: bool = False  # a second stop request: do not wait for the stream to close
 
@@ -187,13 +193,16 @@ class _Session:
         self.draining = False
         self.stopping = False
         self.deadline: float | None = None
+        self.drain_reason = 0  # the dispatcher's Drain.reason, when it drained the session
         self.timers: list[asyncio.TimerHandle] = []
         self.started: list[pb.TaskStarted] = []
         self.progress: list[pb.ReportProgress] = []
         self.outcomes: list[pb.TaskOutcome] = []
 
     def end(self) -> _End:
-        return _End("stopped" if self.stopping else "drained")
+        if self.stopping:
+            return _End("stopped")
+        return _End("drained", reason=self.drain_reason)
 
     async def send(self, **message: Any) -> None:
         try:
@@ -268,7 +277,7 @@ class Worker:
         self._targets = parse_targets(resolve_endpoints(address, endpoints)["dispatch"])
         self._target_index = 0
         self._credentials = credentials
-        self._channel_options = [*CHANNEL_OPTIONS, *channel_options]
+        self._channel_options = [*CHANNEL_OPTIONS, _LOCAL_SUBCHANNEL_POOL, *channel_options]
         self.pool = pool
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory_per_child = max_memory_per_child
@@ -485,8 +494,15 @@ class Worker:
             if end.kind == "stopped":
                 return
             if end.kind == "drained":
+                # The next session goes out on a new connection, which a
+                # load balancer (balancing connections, not streams) may
+                # place on another replica: the drained session's channel
+                # served that session alone and is closed now.
                 backoff.reset()
-                log.info("session drained, reconnecting")
+                drained = channels.pop(self._target_index, None)
+                if drained is not None:
+                    await drained.close()
+                log.info("session drained (%s), reconnecting on a new connection", _drain_reason(end.reason))
             else:
                 error = end.error or ConveyorError("worker stream lost", code=grpc.StatusCode.UNAVAILABLE)
                 error.at_endpoint("dispatch", self.dispatch_address)
@@ -734,7 +750,8 @@ class Worker:
                 job.cancel()
         elif kind == "drain":
             grace = _codec.from_duration(response.drain.grace if response.drain.HasField("grace") else None)
-            log.info("dispatcher asked to drain (%d running)", len(s.running))
+            s.drain_reason = response.drain.reason
+            log.info("dispatcher asked to drain (%s, %d running)", _drain_reason(s.drain_reason), len(s.running))
             self._drain(s, stopping=False, grace=self.grace_period if grace is None else grace)
         elif kind == "outcome_rejected":
             rejected = response.outcome_rejected
@@ -920,6 +937,16 @@ class Worker:
 def _settle(future: asyncio.Future[Any], result: Any) -> None:
     if not future.done():
         future.set_result(result)
+
+
+def _drain_reason(reason: int) -> str:
+    """A DrainReason for the log: "rebalance", "shutdown", "no reason given"."""
+    if reason == pb.DRAIN_REASON_UNSPECIFIED:
+        return "no reason given"
+    try:
+        return pb.DrainReason.Name(reason).removeprefix("DRAIN_REASON_").lower()
+    except ValueError:  # a reason newer than this SDK
+        return f"reason {reason}"
 
 
 def _code_name(code: int) -> str:
