@@ -25,9 +25,6 @@ from conveyor.v1 import dispatch_service_pb2 as pb
 
 # (language, case) -> why that SDK fails the case today.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("rust", "drain_new_connection"): "fresh connection after drain not yet implemented in Rust SDK",
-    ("go", "drain_new_connection"): "fresh connection after drain not yet implemented in Go SDK",
-    ("typescript", "drain_new_connection"): "fresh connection after drain not yet implemented in TypeScript SDK",
 }
 
 # How long a worker may take to start and open its first stream.

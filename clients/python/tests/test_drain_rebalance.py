@@ -63,7 +63,7 @@ class RebalancingDispatcher(dispatch_service_pb2_grpc.DispatchServiceServicer):
         # The worker closed its half: end the stream, as a dispatcher does.
 
 
-def test_rebalance_drain_reconnects_on_a_new_connection(caplog):
+def test_parity_reconnect_after_drain_on_a_new_connection(caplog):
     caplog.set_level(logging.INFO, logger="conveyor.worker")
     dispatcher = RebalancingDispatcher()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
