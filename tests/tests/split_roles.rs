@@ -229,6 +229,43 @@ async fn unreachable_peers_and_loops_fail_with_a_reason() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains(&dead), "{status:?}");
+    // Health says so too: the forwarded service is NOT_SERVING while its
+    // peer does not answer, the process itself (and what it serves) SERVING.
+    let health = |addr: String| async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        tonic_health::pb::health_client::HealthClient::new(channel)
+    };
+    let status_of = |mut client: tonic_health::pb::health_client::HealthClient<_>,
+                     service: &str| {
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        };
+        async move { client.check(request).await.unwrap().into_inner().status }
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let client = health(lonely.addr.clone()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status_of(client.clone(), "conveyor.v1.SubmissionService").await
+        != ServingStatus::NotServing as i32
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "forwarded service still reported serving"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status_of(client.clone(), "conveyor.v1.ResultsService").await,
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        status_of(client.clone(), "").await,
+        ServingStatus::Serving as i32
+    );
 
     // A peer that does not serve the role either: no second hop.
     let first = layout
@@ -241,6 +278,23 @@ async fn unreachable_peers_and_loops_fail_with_a_reason() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("already forwarded"), "{status:?}");
+
+    // A live peer that serves it: SERVING.
+    let submission = layout.spawn(&["submission"], &[]).await;
+    let front = layout
+        .spawn(&["results"], &[("submission", &submission.addr)])
+        .await;
+    let client = health(front.addr.clone()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status_of(client.clone(), "conveyor.v1.SubmissionService").await
+        != ServingStatus::Serving as i32
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "forwarded service never reported serving"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[test]

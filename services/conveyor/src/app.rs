@@ -216,10 +216,16 @@ pub fn start(
     // The roles served elsewhere: forwarded to their peers, or answered
     // with what to do.
     let served = dedup(&config.roles);
+    let mut forwarded = Vec::new();
     for role in Role::ALL.into_iter().filter(|role| !served.contains(role)) {
         let peer = config.peers.iter().find(|peer| peer.role == role);
-        if peer.is_some() {
-            names.push(crate::forward::service_name(role));
+        if let Some(peer) = peer {
+            let name = crate::forward::service_name(role);
+            names.push(name);
+            // Health of a forwarded service is its peer's.
+            if let Ok(endpoint) = Endpoint::from_shared(peer.url.clone()) {
+                forwarded.push((name.to_string(), endpoint.connect_lazy()));
+            }
         }
         add_stand(&mut routes, role, peer.map(|peer| peer.url.as_str()));
     }
@@ -234,6 +240,7 @@ pub fn start(
             listener,
             routes,
             &names,
+            forwarded,
             conveyor_api::FILE_DESCRIPTOR_SET,
             &server_config,
             shutdown,

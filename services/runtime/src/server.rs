@@ -50,19 +50,36 @@ impl Default for ServerConfig {
 /// `shutdown`, then reports NOT_SERVING and drains for at most the grace time.
 /// `service_names` are the fully qualified names health reports on;
 /// `descriptors` the encoded descriptor set reflection serves.
+///
+/// `forwarded` names the services this process forwards to a peer (`--peer`),
+/// with a channel to it: their health is the peer's, checked every
+/// [`PEER_PROBE_INTERVAL`], so that `grpc.health.v1` says NOT_SERVING for a
+/// service whose peer is down rather than promising what a call would not get.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     service_names: &[&str],
+    forwarded: Vec<(String, tonic::transport::Channel)>,
     descriptors: &'static [u8],
     config: &ServerConfig,
     shutdown: Shutdown,
 ) -> Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     for name in service_names {
-        health_reporter
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
+        let status = if forwarded.iter().any(|(service, _)| service == name) {
+            ServingStatus::Unknown
+        } else {
+            ServingStatus::Serving
+        };
+        health_reporter.set_service_status(*name, status).await;
+    }
+    for (service, channel) in forwarded {
+        tokio::spawn(probe_peer(
+            service,
+            channel,
+            health_reporter.clone(),
+            shutdown.clone(),
+        ));
     }
     health_reporter
         .set_service_status("", ServingStatus::Serving)
@@ -164,4 +181,57 @@ fn grpc_span(request: &http::Request<()>) -> tracing::Span {
     );
     crate::telemetry::set_parent_from_headers(&span, request.headers());
     span
+}
+
+/// How often a forwarded service's peer is asked for its health.
+pub const PEER_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Mirrors the peer's health of `service` into this process's health
+/// service until shutdown (which sets every status to NOT_SERVING itself).
+async fn probe_peer(
+    service: String,
+    channel: tonic::transport::Channel,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: Shutdown,
+) {
+    use tonic_health::pb::health_check_response::ServingStatus as Peer;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut last = None;
+    loop {
+        let mut client = HealthClient::new(channel.clone());
+        let request = HealthCheckRequest {
+            service: service.clone(),
+        };
+        let answer = tokio::time::timeout(PEER_PROBE_INTERVAL, client.check(request)).await;
+        let serving = matches!(
+            &answer,
+            Ok(Ok(response)) if response.get_ref().status == Peer::Serving as i32
+        );
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if last != Some(serving) {
+            if serving {
+                reporter
+                    .set_service_status(&service, ServingStatus::Serving)
+                    .await;
+                tracing::info!(%service, "the peer serving it answers: forwarding");
+            } else {
+                reporter
+                    .set_service_status(&service, ServingStatus::NotServing)
+                    .await;
+                let why = match &answer {
+                    Err(_) => "no answer in time".to_string(),
+                    Ok(Err(status)) => status.message().to_string(),
+                    Ok(Ok(response)) => format!("it reports status {}", response.get_ref().status),
+                };
+                tracing::warn!(%service, %why, "the peer serving it is not serving; health says NOT_SERVING until it is");
+            }
+            last = Some(serving);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(PEER_PROBE_INTERVAL) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
