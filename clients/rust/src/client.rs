@@ -61,6 +61,13 @@ impl Client {
         Ok(Client::from_channel(channel))
     }
 
+    /// As [`connect`](Self::connect), with TLS settings given in code
+    /// instead of the `CONVEYOR_TLS_*` environment variables.
+    pub async fn connect_with_tls(endpoint: impl Into<String>, tls: crate::Tls) -> Result<Client> {
+        let channel = connect_channel_with(endpoint.into(), Some(&tls)).await?;
+        Ok(Client::from_channel(channel))
+    }
+
     /// Uses an existing channel for both services.
     pub fn from_channel(channel: Channel) -> Client {
         Client::from_channels(channel.clone(), channel)
@@ -566,7 +573,14 @@ fn never_sent(status: &tonic::Status) -> bool {
 }
 
 pub(crate) async fn connect_channel(endpoint: String) -> Result<Channel> {
-    let endpoints = endpoints(&endpoint)?;
+    connect_channel_with(endpoint, None).await
+}
+
+pub(crate) async fn connect_channel_with(
+    endpoint: String,
+    tls: Option<&crate::Tls>,
+) -> Result<Channel> {
+    let endpoints = endpoints_with(&endpoint, tls)?;
     match <[Endpoint; 1]>::try_from(endpoints) {
         Ok([one]) => Ok(one.connect().await?),
         Err(several) => Ok(Channel::balance_list(several.into_iter())),
@@ -576,28 +590,47 @@ pub(crate) async fn connect_channel(endpoint: String) -> Result<Channel> {
 /// A channel to `addresses`, connected on first use: one address, or
 /// several separated by commas, over which calls are balanced and from which
 /// a server that stops answering is dropped (failover).
-pub(crate) fn lazy_channel(addresses: &str) -> Result<Channel> {
-    let endpoints = endpoints(addresses)?;
+pub(crate) fn lazy_channel(addresses: &str, tls: Option<&crate::Tls>) -> Result<Channel> {
+    let endpoints = endpoints_with(addresses, tls)?;
     match <[Endpoint; 1]>::try_from(endpoints) {
         Ok([one]) => Ok(one.connect_lazy()),
         Err(several) => Ok(Channel::balance_list(several.into_iter())),
     }
 }
 
-/// The endpoints of `http://a:1,b:2` (an address without a scheme is
-/// `http://`).
-pub(crate) fn endpoints(addresses: &str) -> Result<Vec<Endpoint>> {
+/// The endpoints of `http://a:1,b:2`. An address without a scheme is
+/// `http://`, or `https://` when `CONVEYOR_TLS_CA` or a client certificate
+/// (`CONVEYOR_TLS_CERT` and `CONVEYOR_TLS_KEY`) is set; `https://`
+/// addresses trust the system roots plus `CONVEYOR_TLS_CA` and present that
+/// client certificate (mTLS).
+///
+/// TLS settings given in code win; `None` reads the environment's.
+pub(crate) fn endpoints_with(addresses: &str, tls: Option<&crate::Tls>) -> Result<Vec<Endpoint>> {
+    let tls = crate::Tls::or_env(tls)?;
     let endpoints = addresses
         .split(',')
         .map(str::trim)
         .filter(|address| !address.is_empty())
         .map(|address| {
             let url = if address.contains("://") {
+                if address.starts_with("http://") && tls.is_set() {
+                    return Err(Error::Config(format!(
+                        "{address} is plaintext but TLS settings are given (CONVEYOR_TLS_CA, CONVEYOR_TLS_CERT): use https://{}",
+                        &address["http://".len()..]
+                    )));
+                }
                 address.to_owned()
+            } else if tls.is_set() {
+                format!("https://{address}")
             } else {
                 format!("http://{address}")
             };
-            Endpoint::from_shared(url).map_err(Error::from)
+            let endpoint = Endpoint::from_shared(url.clone()).map_err(Error::from)?;
+            if url.starts_with("https://") {
+                endpoint.tls_config(tls.client_config()?).map_err(Error::from)
+            } else {
+                Ok(endpoint)
+            }
         })
         .collect::<Result<Vec<_>>>()?;
     if endpoints.is_empty() {

@@ -28,6 +28,8 @@ mod endpoints;
 mod error;
 pub mod payload;
 mod task;
+mod tls;
+pub use tls::Tls;
 mod trace;
 pub mod worker;
 

@@ -10,7 +10,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic::transport::Endpoint;
 
 use conveyor_core::{Limits, TaskDefaults};
 use conveyor_dispatch::{DispatchConfig, Dispatcher};
@@ -223,7 +222,7 @@ pub fn start(
             let name = crate::forward::service_name(role);
             names.push(name);
             // Health of a forwarded service is its peer's.
-            if let Ok(endpoint) = Endpoint::from_shared(peer.url.clone()) {
+            if let Ok(endpoint) = crate::tls_out::endpoint(&peer.url) {
                 forwarded.push((name.to_string(), endpoint.connect_lazy()));
             }
         }
@@ -275,7 +274,7 @@ fn submission_target(config: &AppConfig, listener: &TcpListener) -> Option<Submi
             return None;
         }
     };
-    let channel = match Endpoint::from_shared(url.clone()) {
+    let channel = match crate::tls_out::endpoint(&url) {
         Ok(endpoint) => endpoint.connect_lazy(),
         Err(error) => {
             tracing::error!(%url, %error, "invalid submission url");

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use conveyor_api::pb;
 use conveyor_core::time::pb_duration;
@@ -210,6 +210,20 @@ pub struct ServerArgs {
     /// (elsewhere, through the load balancer); `0s` turns it off.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, env = "CONVEYOR_REBALANCE_INTERVAL")]
     pub rebalance_interval: Duration,
+    /// Serve TLS with this PEM certificate chain (with --tls-key); re-read
+    /// when the file changes, for new connections.
+    #[arg(long, env = "CONVEYOR_TLS_SERVER_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "CONVEYOR_TLS_SERVER_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates signed by this PEM CA (mTLS).
+    #[arg(long, env = "CONVEYOR_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+    /// CA to trust (besides the system's) for https:// peers and the
+    /// submission URL.
+    #[arg(long, env = "CONVEYOR_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Accepted bearer tokens (comma-separated); none: no authentication.
     #[arg(
         long = "auth-token",
@@ -353,6 +367,24 @@ async fn serve(
     // rest is for their last outcomes to be recorded.
     config.dispatch.drain_grace = args.grace.mul_f64(0.8);
     config.server.auth_tokens = args.auth_tokens;
+    config.server.tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(conveyor_runtime::tls::TlsFiles {
+            cert,
+            key,
+            client_ca: args.tls_client_ca,
+        }),
+        _ => None,
+    };
+    crate::tls_out::configure(args.tls_ca, config.server.tls.clone());
+    if let Some(files) = &config.server.tls {
+        // Bad files stop the process here, saying which flag to fix.
+        conveyor_runtime::tls::ServerTls::load(files)?;
+        tracing::info!(
+            cert = %files.cert.display(),
+            mtls = files.client_ca.is_some(),
+            "serving TLS"
+        );
+    }
     config.dispatch.heartbeat_interval = args.heartbeat_interval;
     config.dispatch.lease_ttl = args.lease_ttl;
     config.dispatch.track_started = args.track_started;
@@ -435,13 +467,9 @@ async fn start_admin(
 }
 
 async fn channel(target: &Target) -> anyhow::Result<Channel> {
-    // `127.0.0.1:50051` means `http://127.0.0.1:50051`.
-    let server = if target.server.contains("://") {
-        target.server.clone()
-    } else {
-        format!("http://{}", target.server)
-    };
-    Endpoint::from_shared(server)
+    // `127.0.0.1:50051` means `http://127.0.0.1:50051` (`https://` with
+    // CONVEYOR_TLS_CA or a client certificate set).
+    crate::tls_out::endpoint(&target.server)
         .context("--server must be an address such as http://127.0.0.1:50051")?
         .connect()
         .await

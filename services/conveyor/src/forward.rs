@@ -124,7 +124,7 @@ impl<M> Stand<M> {
     /// Forwards every call to `url`; connects on first use, so peers may
     /// start in any order.
     pub fn forward(role: Role, url: &str) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(url.to_string())?
+        let channel = crate::tls_out::endpoint(url)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             // Worker streams and long waits pass through: keep them alive

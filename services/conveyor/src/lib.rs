@@ -6,3 +6,4 @@ pub mod cli;
 pub mod config;
 pub mod forward;
 mod metered;
+pub mod tls_out;

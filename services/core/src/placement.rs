@@ -1,55 +1,31 @@
 //! Where a task lives. Placement belongs to the store (it knows its partition
 //! count); this is the one rule every backend applies.
 //!
-//! Partition 0 is the *coordination partition*: every task that carries a
-//! rate limit or a concurrency key lives there, beside the buckets and
-//! permits themselves, so that one atomic store operation sees all of them
-//! whatever combination a task carries (placing by the limit's key instead
-//! cannot be made correct: a task with a rate bucket and a concurrency key
-//! would need two homes). Limited tasks run at their limits' pace anyway, so
-//! their partition is rarely the bottleneck.
-//!
-//! A task (or batch, or workflow) whose only key is an idempotency key lives
-//! in that key's partition, a hash of the key: the same submission sent
-//! again finds its key where it left it, and keyed tasks, which the Python,
-//! Go and TypeScript SDKs send by default, spread over every partition (on a
-//! cluster, over every shard) like plain ones. A key is found again by a
-//! submission placed the same way: the same task, or the same batch (placed
-//! by its first key). The same key sent once with a rate limit or
-//! concurrency key and once without, or first inside a batch and then alone,
-//! is looked up in another partition (with more than one partition) and
-//! not recognised.
-//!
-//! Tasks without keys spread over every partition, each process's batches
-//! taking them in turn.
+//! Partition 0 is the *coordination partition*: every task that carries an
+//! idempotency key, a rate limit or a concurrency key lives there, beside the
+//! keys, buckets and permits themselves, so that one atomic store operation
+//! sees all of them whatever combination a task carries. Placing by the key
+//! instead (one partition per key) cannot be made correct: a task with a rate
+//! bucket and a concurrency key would need two homes, and the same
+//! idempotency key sent with other options would be looked up elsewhere.
+//! Tasks without such keys spread over every partition. Limited tasks run at
+//! their limits' pace anyway, so their partition is rarely the bottleneck.
 
 use crate::ids::TaskId;
 use crate::validate::NewTask;
 
-/// The partition that holds every rate bucket and concurrency permit, and
-/// the tasks that use them.
+/// The partition that holds every idempotency key, rate bucket and
+/// concurrency permit, and the tasks that use them.
 pub const COORDINATION_PARTITION: u16 = 0;
 
-/// Whether the task must live in the [`COORDINATION_PARTITION`]: it carries a
-/// rate limit or a concurrency key.
+/// Whether the task must live in the [`COORDINATION_PARTITION`].
 pub fn needs_coordination(task: &NewTask) -> bool {
-    task.rate_limit.is_some() || !task.concurrency.is_empty()
-}
-
-/// The partition of an idempotency key (already scoped to its namespace):
-/// FNV-1a of its bytes, so that every process and version agrees.
-pub fn key_partition(key: &str, partitions: u16) -> u16 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % u64::from(partitions.max(1))) as u16
+    task.idempotency_key.is_some() || task.rate_limit.is_some() || !task.concurrency.is_empty()
 }
 
 /// Places tasks that are stored together, atomically, in one partition:
-/// the coordination partition when any of them needs it, else the partition
-/// of the first idempotency key among them, else the next one in turn. Each process takes the partitions in turn from a random start:
+/// the coordination partition when any of them needs it, else the next one
+/// in turn. Each process takes the partitions in turn from a random start:
 /// a producer's batches spread evenly (random picks left 20 batches over 12
 /// partitions on 3 cluster shards at 44 %, 37 % and 19 % of the work), and
 /// processes need not agree on anything. Each task gets a new id naming its
@@ -62,11 +38,6 @@ pub fn place(tasks: &mut [NewTask], partitions: u16) {
     };
     let partition = if partitions <= 1 || tasks.iter().any(needs_coordination) {
         COORDINATION_PARTITION
-    } else if let Some(key) = tasks
-        .iter()
-        .find_map(|task| task.idempotency_key.as_deref())
-    {
-        key_partition(key, partitions)
     } else {
         let mut turn = NEXT.fetch_add(1, Ordering::Relaxed);
         if turn == u32::MAX {
@@ -103,38 +74,7 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_keys_place_by_hash_and_spread() {
-        let mut seen = std::collections::BTreeSet::new();
-        for n in 0..200 {
-            let key = format!("order-{n}");
-            let mut first = task(pb::TaskOptions::default(), &key);
-            let mut again = task(pb::TaskOptions::default(), &key);
-            place(std::slice::from_mut(&mut first), 8);
-            place(std::slice::from_mut(&mut again), 8);
-            assert_eq!(first.id.partition(), again.id.partition(), "{key}");
-            assert_eq!(first.id.partition(), key_partition(&key, 8));
-            seen.insert(first.id.partition());
-        }
-        assert_eq!(seen.len(), 8, "keyed tasks reach every partition");
-        // Fixed values: processes of every version must agree.
-        assert_eq!(key_partition("order-1", 8), key_partition("order-1", 8));
-        assert_eq!(key_partition("", 8), (0xcbf2_9ce4_8422_2325u64 % 8) as u16);
-        // A batch goes where its first key goes.
-        let mut batch = vec![
-            task(pb::TaskOptions::default(), ""),
-            task(pb::TaskOptions::default(), "b-1"),
-            task(pb::TaskOptions::default(), "b-2"),
-        ];
-        place(&mut batch, 8);
-        assert!(
-            batch
-                .iter()
-                .all(|t| t.id.partition() == key_partition("b-1", 8))
-        );
-    }
-
-    #[test]
-    fn limited_tasks_share_the_coordination_partition() {
+    fn keyed_tasks_share_the_coordination_partition() {
         let rated = pb::TaskOptions {
             rate_limit: "5/s".into(),
             ..Default::default()
@@ -145,9 +85,9 @@ mod tests {
             ..Default::default()
         };
         for mut keyed in [
-            task(rated.clone(), ""),
+            task(rated, ""),
             task(concurrent, ""),
-            task(rated, "order-1"),
+            task(pb::TaskOptions::default(), "order-1"),
         ] {
             place(std::slice::from_mut(&mut keyed), 8);
             assert_eq!(keyed.id.partition(), COORDINATION_PARTITION);
@@ -168,11 +108,10 @@ mod tests {
             seen.insert(batch[0].id.partition());
         }
         assert_eq!(seen.len(), 8, "every partition gets plain tasks");
-        let rated = pb::TaskOptions {
-            rate_limit: "5/s".into(),
-            ..Default::default()
-        };
-        let mut mixed = vec![task(pb::TaskOptions::default(), ""), task(rated, "")];
+        let mut mixed = vec![
+            task(pb::TaskOptions::default(), ""),
+            task(pb::TaskOptions::default(), "k"),
+        ];
         place(&mut mixed, 8);
         assert!(mixed.iter().all(|t| t.id.partition() == 0));
     }

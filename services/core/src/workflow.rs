@@ -165,19 +165,11 @@ impl NewWorkflow {
     /// Whether any node needs the coordination partition (see
     /// [`crate::placement`]): the whole workflow then lives there.
     pub fn needs_coordination(&self) -> bool {
-        self.nodes
-            .iter()
-            .any(|node| crate::placement::needs_coordination(&node.task))
-    }
-
-    /// The idempotency key that places the workflow when nothing needs the
-    /// coordination partition: its own, else its first node's.
-    pub fn placing_key(&self) -> Option<&str> {
-        self.idempotency_key.as_deref().or_else(|| {
-            self.nodes
+        self.idempotency_key.is_some()
+            || self
+                .nodes
                 .iter()
-                .find_map(|node| node.task.idempotency_key.as_deref())
-        })
+                .any(|node| crate::placement::needs_coordination(&node.task))
     }
 }
 

@@ -8,9 +8,10 @@
 //! more than its share (the total over the live replicas, rounded up) asks
 //! the excess sessions to drain, those with the fewest running tasks first.
 //! A drained worker finishes what it runs (no task is lost or run twice:
-//! the drain hands out no new lease and the outcomes are reported on the
-//! old stream), then opens its next session on a new connection, which the
-//! load balancer may place on another replica. Rounding up means a
+//! the drain hands out no new lease, its grace is an hour rather than the
+//! shutdown's seconds, and the outcomes are reported on the old stream),
+//! then opens its next session on a new connection, which the load
+//! balancer may place on another replica. Rounding up means a
 //! replica one session over never drains, so sessions do not flap between
 //! replicas; a replica shutting down withdraws its record and drains all
 //! its sessions (to the others).

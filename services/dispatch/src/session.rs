@@ -215,6 +215,9 @@ struct Session {
     rebalance: CancellationToken,
 }
 
+/// How long a session drained for balance may take to finish its tasks.
+const REBALANCE_GRACE: Duration = Duration::from_secs(3600);
+
 /// How often a session publishes its worker summary event.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -821,7 +824,13 @@ impl Session {
     /// is handed out from now on; the session ends once the worker's
     /// tasks are reported, or at the grace's end.
     async fn begin_drain(&mut self, reason: pb::DrainReason) -> Result<(), End> {
-        let grace = self.context.config.drain_grace;
+        // A replica shutting down has its grace; a session moved for
+        // balance is not hurried: its tasks finish however long they take
+        // (cut off, they would run again elsewhere).
+        let grace = match reason {
+            pb::DrainReason::Rebalance => REBALANCE_GRACE.max(self.context.config.drain_grace),
+            _ => self.context.config.drain_grace,
+        };
         self.drain_deadline = Some(Instant::now() + grace);
         if reason == pb::DrainReason::Rebalance {
             tracing::info!(session = %self.id, worker = %self.worker_id, running = self.leases.len(), "asking the worker to reconnect: this replica holds more than its share of the sessions");

@@ -8,6 +8,7 @@ pub mod metrics;
 mod server;
 mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use admin::serve_admin;
 pub use layers::{AuthLayer, OverloadLayer};
@@ -24,6 +25,9 @@ pub enum RuntimeError {
     /// Reflection could not be built from the descriptor sets.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The TLS files do not load.
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Result with [`RuntimeError`].

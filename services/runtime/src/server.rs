@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// Largest request message accepted, bytes.
     pub max_message_bytes: usize,
+    /// TLS on the listener (`--tls-cert`, `--tls-key`, `--tls-client-ca`);
+    /// `None`: plaintext.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +45,7 @@ impl Default for ServerConfig {
             auth_tokens: Vec::new(),
             grace: Duration::from_secs(10),
             max_message_bytes: 16 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -116,8 +120,14 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
 
+    // Loaded before serving, so that bad files stop the process at start.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::ServerTls::load)
+        .transpose()?;
     let drain_signal = shutdown.clone();
-    let server = Server::builder()
+    let router = Server::builder()
         // A span per call, named by its path; handlers' events nest inside.
         // Exported as an OpenTelemetry SERVER span (named by the method, as
         // the RPC conventions say) whose parent is the caller's
@@ -128,16 +138,27 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(layers)
-        .add_routes(routes)
+        .add_routes(routes);
+    let signal = async move {
+        drain_signal.cancelled().await;
+    };
+    type Serving = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    >;
+    let server: Serving = match tls {
+        // Handshakes in our own accept loop (Nagle off there too), so that
+        // the certificate can be swapped under it.
+        Some(tls) => Box::pin(
+            router.serve_with_incoming_shutdown(tls.incoming(listener, shutdown.clone()), signal),
+        ),
         // Nagle off on every accepted connection: small unary replies would
         // otherwise wait for the peer's delayed ACK (~40 ms). tonic applies
         // `Server::tcp_nodelay` only to listeners it binds itself.
-        .serve_with_incoming_shutdown(
+        None => Box::pin(router.serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                drain_signal.cancelled().await;
-            },
-        );
+            signal,
+        )),
+    };
     let mut server = std::pin::pin!(server);
     tokio::select! {
         result = &mut server => return result.map_err(Into::into),

@@ -45,15 +45,12 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Places a workflow: the head and every node in one partition (the
-    /// coordination partition when a node needs it, else its idempotency
-    /// key's, else any), so that a node's
+    /// coordination partition when a node needs it), so that a node's
     /// outcome and its dependents change in one atomic operation.
     fn place_workflow(&self, workflow: &mut NewWorkflow) {
         let partitions = self.partitions();
         let partition = if partitions <= 1 || workflow.needs_coordination() {
             conveyor_core::placement::COORDINATION_PARTITION
-        } else if let Some(key) = workflow.placing_key() {
-            conveyor_core::placement::key_partition(key, partitions)
         } else {
             (rand::random::<u32>() % u32::from(partitions)) as u16
         };

@@ -58,6 +58,7 @@ const MAX_CONCURRENCY: usize = 1 << 20;
 pub struct Worker {
     config: Arc<WorkerConfig>,
     target: Target,
+    tls: Option<crate::Tls>,
 }
 
 /// Where the worker connects.
@@ -190,7 +191,7 @@ impl Worker {
             // which the backoff below retries, instead of failing `run`.
             // Several comma-separated addresses: sessions go to the ones
             // that answer (failover).
-            Target::Endpoint(endpoint) => crate::client::lazy_channel(endpoint)?,
+            Target::Endpoint(endpoint) => crate::client::lazy_channel(endpoint, self.tls.as_ref())?,
         };
         let (started_tx, started_rx) = mpsc::unbounded_channel();
         let mut runtime = Runtime {
@@ -216,7 +217,7 @@ impl Worker {
                     // connections. A channel the caller gave is theirs to
                     // keep.
                     if let Target::Endpoint(endpoint) = &self.target {
-                        channel = crate::client::lazy_channel(endpoint)?;
+                        channel = crate::client::lazy_channel(endpoint, self.tls.as_ref())?;
                         tracing::info!("session drained, reconnecting on a new connection");
                     } else {
                         tracing::info!("session drained, reconnecting");
@@ -263,6 +264,7 @@ pub struct WorkerBuilder {
     handlers: HashMap<String, BoxedHandler>,
     token: Option<String>,
     namespace: String,
+    tls: Option<crate::Tls>,
 }
 
 impl WorkerBuilder {
@@ -279,7 +281,16 @@ impl WorkerBuilder {
             handlers: HashMap::new(),
             token: None,
             namespace: String::new(),
+            tls: None,
         }
+    }
+
+    /// TLS settings in code instead of the `CONVEYOR_TLS_*` environment
+    /// variables (see [`Tls`](crate::Tls)); for a worker given an address
+    /// (a channel passed in carries its own).
+    pub fn tls(mut self, tls: crate::Tls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Sends `authorization: Bearer <token>` when opening the worker stream,
@@ -362,7 +373,7 @@ impl WorkerBuilder {
     /// Checks the settings and builds the worker.
     pub fn build(self) -> Result<Worker> {
         if let Target::Endpoint(endpoint) = &self.target {
-            crate::client::endpoints(endpoint)?;
+            crate::client::endpoints_with(endpoint, self.tls.as_ref())?;
         }
         let hostname = hostname();
         let worker_id = self
@@ -408,6 +419,7 @@ impl WorkerBuilder {
         Ok(Worker {
             config: Arc::new(config),
             target: self.target,
+            tls: self.tls,
         })
     }
 }

@@ -67,7 +67,7 @@ pub const KEYS: &[Key] = &[
     Key {
         pattern: "idem:<key>",
         kind: "string",
-        holds: "the first task or workflow id of an idempotency key, for the window (in the key's partition, or 0 beside limits)",
+        holds: "the first task or workflow id of an idempotency key, for the window (partition 0)",
     },
     Key {
         pattern: "dlq",
