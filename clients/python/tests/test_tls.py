@@ -150,7 +150,7 @@ def test_tls_option_wins_over_env(tls_server, certs, no_tls_env):
     no_tls_env.setenv("CONVEYOR_TLS_CA", str(certs / "other-ca.pem"))
     with conveyor.Client(tls_server, tls_ca=str(certs / "ca.pem")) as client:
         with pytest.raises(conveyor.ConveyorError) as caught:
-            client.get("no-such-task")
+            client.get(str(uuid.uuid4()))
         assert caught.value.code == grpc.StatusCode.NOT_FOUND  # the call got through
 
 
