@@ -102,6 +102,14 @@ _TLS_HINTS = (
         "(or set CONVEYOR_TLS_CERT and CONVEYOR_TLS_KEY) to a certificate signed by the server's client CA",
     ),
     (
+        # TLS 1.3: the client's handshake is done when the server checks its
+        # certificate, so a refusal arrives as an alert on the first read.
+        ("Unwrap failed", "TSI_DATA_CORRUPTED"),
+        "the server broke off the connection right after the handshake, as a server requiring client "
+        "certificates (mTLS) does with a client without one it trusts: give tls_cert and tls_key "
+        "(or set CONVEYOR_TLS_CERT and CONVEYOR_TLS_KEY) to a certificate signed by the server's client CA",
+    ),
+    (
         ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "unable to get local issuer", "self signed",
          "self-signed"),
         "the server's certificate is not signed by a CA this client trusts: give tls_ca "
