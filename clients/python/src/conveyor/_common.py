@@ -11,6 +11,9 @@ from urllib.parse import urlsplit
 
 import grpc
 
+from conveyor._tls import TlsSettings, resolve_tls
+from conveyor.errors import ConveyorError
+
 DEFAULT_ADDRESS = "http://127.0.0.1:50051"
 ADDRESS_ENV = "CONVEYOR_ADDR"
 
@@ -64,6 +67,71 @@ class Target:
         return self.address or self.target
 
 
+class Security:
+    """How channels authenticate the server (and themselves): explicit
+    `credentials` (used on every address, as given), else the TLS settings
+    of the `tls_*` options or `CONVEYOR_TLS_*` variables (options win), used
+    on every address (an `http://` one is an error), else TLS with the
+    system roots on `https://` addresses and plaintext on the others."""
+
+    def __init__(
+        self,
+        credentials: grpc.ChannelCredentials | None = None,
+        tls_ca: Any = None,
+        tls_cert: Any = None,
+        tls_key: Any = None,
+    ):
+        if credentials is not None and any(v is not None for v in (tls_ca, tls_cert, tls_key)):
+            raise ConveyorError("give either credentials= or tls_ca/tls_cert/tls_key, not both")
+        self.credentials = credentials
+        # Explicit credentials win over the CONVEYOR_TLS_* variables too.
+        self.tls = None if credentials is not None else resolve_tls(tls_ca, tls_cert, tls_key)
+        self._tls_credentials = self.tls.credentials() if self.tls is not None else None
+
+    def for_target(self, target: Target) -> grpc.ChannelCredentials | None:
+        """The credentials of a channel to `target`; None for plaintext."""
+        if self.credentials is not None:
+            return self.credentials
+        if self._tls_credentials is not None:
+            return self._tls_credentials
+        return grpc.ssl_channel_credentials() if target.secure else None
+
+    def describe(self, targets: Sequence[Target]) -> str:
+        """How channels to `targets` are secured, e.g. "on (CA ca.pem)"."""
+        if self.credentials is not None:
+            return "on (credentials given)"
+        if self.tls is not None:
+            return f"on ({self.tls.describe()})"
+        if all(t.secure for t in targets):
+            return "on (system roots)"
+        return "on for https:// (system roots)" if any(t.secure for t in targets) else "off"
+
+
+def closed_hint(error: Any, target: Target, security: Security | None) -> str:
+    """What an UNAVAILABLE error adds when the server closed the connection
+    at once ("Socket closed"), which is how a TLS mismatch often looks:
+    plaintext to a TLS server, or no (or an untrusted) client certificate
+    for an mTLS server. "" when it does not apply."""
+    details = str(getattr(error, "details", "") or "").lower()
+    if getattr(error, "code", None) != grpc.StatusCode.UNAVAILABLE:
+        return ""
+    if security is None or security.credentials is not None:
+        return ""
+    if "socket closed" not in details and "connection reset" not in details:
+        return ""
+    if not target.secure:
+        return " (the server closed the connection at once: if it serves TLS, use an https:// address)"
+    if security.tls is None or security.tls.cert is None:
+        return (
+            " (the server closed the connection at once: if it requires client certificates (mTLS), "
+            "give tls_cert and tls_key, or set CONVEYOR_TLS_CERT and CONVEYOR_TLS_KEY)"
+        )
+    return (
+        " (the server closed the connection at once: if it requires client certificates (mTLS), it may not "
+        "trust this one (tls_cert / CONVEYOR_TLS_CERT): it must be signed by the server's client CA)"
+    )
+
+
 def resolve_address(address: str | Sequence[str] | None) -> str:
     if address is not None and not isinstance(address, str):
         return ",".join(address)
@@ -103,18 +171,26 @@ def resolve_endpoints(
     return resolved
 
 
-def parse_address(address: str | None) -> Target:
+def parse_address(address: str | None, tls: TlsSettings | None = None) -> Target:
     """`http://host:port` (plaintext h2c), `https://host[:port]` (TLS), a bare
-    `host:port` (plaintext) or a gRPC target such as `unix:/path`."""
+    `host:port` (plaintext) or a gRPC target such as `unix:/path`. With `tls`
+    (TLS options or variables given) every address but `http://` uses TLS;
+    an `http://` one is a ConveyorError saying to use `https://`."""
     address = resolve_address(address).strip()
     if "://" not in address:
-        return Target(address, secure=False, address=address)
+        return Target(address, secure=tls is not None, address=address)
     parts = urlsplit(address)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https", "grpc", "grpcs"):
         # dns://, unix://, ipv4: and friends are gRPC targets already.
-        return Target(address, secure=False, address=address)
+        return Target(address, secure=tls is not None, address=address)
     secure = scheme in ("https", "grpcs")
+    if not secure and tls is not None:
+        rest = address[len(parts.scheme) + 3 :]
+        raise ConveyorError(
+            f"address {address!r} is plaintext {parts.scheme}:// but TLS is configured "
+            f"({', '.join(tls.sources)}): use https://{rest} to connect with TLS, or drop the TLS settings"
+        )
     host = parts.hostname
     if not host:
         raise ValueError(f"no host in address {address!r}")
@@ -124,7 +200,7 @@ def parse_address(address: str | None) -> Target:
     return Target(f"{host}:{port}", secure=secure, address=address)
 
 
-def parse_targets(address: str | Sequence[str] | None) -> list[Target]:
+def parse_targets(address: str | Sequence[str] | None, tls: TlsSettings | None = None) -> list[Target]:
     """Every address of a comma-separated list (or a sequence), each as
     `parse_address` reads it. `ipv4:A,B` and `ipv6:[A],[B]` become one target
     per address, so that the SDK fails over between them itself."""
@@ -137,7 +213,7 @@ def parse_targets(address: str | Sequence[str] | None) -> list[Target]:
             if text.startswith(prefix):
                 scheme, text = prefix, text[len(prefix) :]
         items = [scheme + part.strip() if scheme else part.strip() for part in text.split(",")]
-    targets = [parse_address(item) for item in items if item.strip()]
+    targets = [parse_address(item, tls) for item in items if item.strip()]
     if not targets:
         raise ValueError(f"no address in {address!r}: give host:port, http://host:port or a comma-separated list")
     return targets
@@ -170,14 +246,16 @@ def open_endpoints(
     address: str | Sequence[str] | None,
     endpoints: Mapping[str, Any] | None,
     make_channel: Callable[[Target], Any],
+    tls: TlsSettings | None = None,
 ) -> dict[str, Endpoint]:
     """Every service's `Endpoint` (see `resolve_endpoints`), with one channel
-    per distinct address made by `make_channel`."""
+    per distinct address made by `make_channel`; `tls` as `parse_address`
+    takes it."""
     by_targets: dict[tuple[tuple[str, bool], ...], Endpoint] = {}
     channels: dict[tuple[str, bool], Any] = {}
     opened: dict[str, Endpoint] = {}
     for service, value in resolve_endpoints(address, endpoints).items():
-        targets = parse_targets(value)
+        targets = parse_targets(value, tls)
         key = tuple((t.target, t.secure) for t in targets)
         if key not in by_targets:
             for t in targets:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -19,9 +20,11 @@ from conveyor._common import (
     RETRY_ATTEMPTS,
     WAIT_DEADLINE_MARGIN,
     Endpoint,
+    Security,
     Target,
     as_request,
     call_metadata,
+    closed_hint,
     distinct_channels,
     given_channel,
     open_endpoints,
@@ -55,7 +58,8 @@ class AsyncClient:
     ```
 
     `address`, `endpoints` (one address per service: "submission",
-    "results", "dispatch", "scheduling") and the environment variables
+    "results", "dispatch", "scheduling"), the TLS options (`tls_ca`,
+    `tls_cert`, `tls_key`, `credentials`) and the environment variables
     that set them work as in `conveyor.Client`.
     """
 
@@ -69,21 +73,27 @@ class AsyncClient:
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         channel: grpc.aio.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
         channel_options: Iterable[tuple[str, Any]] = (),
         retry_attempts: int = RETRY_ATTEMPTS,
     ):
         options = [*CHANNEL_OPTIONS, *channel_options]
         if channel is None:
 
+            security = self._security = Security(credentials, tls_ca, tls_cert, tls_key)
+
             def make_channel(target: Target) -> grpc.aio.Channel:
-                if target.secure or credentials is not None:
-                    creds = credentials or grpc.ssl_channel_credentials()
+                creds = security.for_target(target)
+                if creds is not None:
                     return grpc.aio.secure_channel(target.target, creds, options=options)
                 return grpc.aio.insecure_channel(target.target, options=options)
 
-            self._endpoints = open_endpoints(address, endpoints, make_channel)
+            self._endpoints = open_endpoints(address, endpoints, make_channel, security.tls)
             self._owns_channel = True
         else:
+            self._security = None
             self._endpoints = given_channel(channel, endpoints)
             self._owns_channel = False
         self._metadata = call_metadata(token, metadata)
@@ -352,6 +362,7 @@ class AsyncClient:
         while True:
             attempt += 1
             address = endpoint.address
+            target = endpoint.targets[endpoint.current]
             stub = stubs[service](endpoint.channel)
             try:
                 metadata = _tracing.metadata(self._metadata)
@@ -363,7 +374,8 @@ class AsyncClient:
                 endpoint.fail_over()
                 if not safe or attempt >= self._retry_attempts:
                     hint = "" if safe else " (not retried: repeating it is not safe)"
-                    raise ConveyorError.from_rpc(
+                    failure = ConveyorError.from_rpc(
                         error, f"{rpc}{hint}; is the server at the address running?", service=service, address=address
-                    ) from None
+                    )
+                    raise failure.add_hint(closed_hint(failure, target, self._security)) from None
                 await asyncio.sleep(retry_delay(attempt))

@@ -9,6 +9,7 @@ import fnmatch
 import functools
 import importlib
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -92,6 +93,9 @@ class Conveyor:
     separate processes (keys "submission", "results", "dispatch",
     "scheduling"); the app's client and workers use it, and the
     `CONVEYOR_<SERVICE>_ADDR` variables, as `conveyor.Client` does.
+    `tls_ca`, `tls_cert` and `tls_key` (paths to PEM files; defaults
+    `$CONVEYOR_TLS_CA`, `$CONVEYOR_TLS_CERT`, `$CONVEYOR_TLS_KEY`) secure
+    the app's client and workers, as in `conveyor.Client`.
     """
 
     def __init__(
@@ -104,9 +108,13 @@ class Conveyor:
         metadata: Iterable[tuple[str, str]] | None = None,
         client: Client | None = None,
         eager: bool = False,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
     ):
         self.address = resolve_address(address)
         self.endpoints = check_endpoints(endpoints)
+        self.tls_ca, self.tls_cert, self.tls_key = tls_ca, tls_cert, tls_key
         self.main = main
         self._token = token
         self._metadata = tuple(metadata or ())
@@ -149,7 +157,13 @@ class Conveyor:
             with self._lock:
                 if self._client is None:
                     self._client = Client(
-                        self.address, endpoints=self.endpoints, token=self._token, metadata=self._metadata
+                        self.address,
+                        endpoints=self.endpoints,
+                        token=self._token,
+                        metadata=self._metadata,
+                        tls_ca=self.tls_ca,
+                        tls_cert=self.tls_cert,
+                        tls_key=self.tls_key,
                     )
         return self._client
 
@@ -313,8 +327,8 @@ class Conveyor:
     ) -> Worker:
         """A `Worker` that runs this app's tasks (call `.run()`). Settings:
         pool, worker_id, grace_period, heartbeat_interval, reconnect_backoff,
-        max_tasks_per_child, max_memory_per_child, credentials; see
-        `conveyor.Worker`. A non-empty `conf.beat_schedule` is synced to the
+        max_tasks_per_child, max_memory_per_child, credentials, tls_ca,
+        tls_cert, tls_key (default: the app's); see `conveyor.Worker`. A non-empty `conf.beat_schedule` is synced to the
         scheduling service when the worker connects."""
         handlers = {name: task.handler() for name, task in self.tasks.items()}
         if queues is None and self.conf.get("task_default_queue"):
@@ -322,6 +336,10 @@ class Conveyor:
         settings.setdefault("token", self._token)
         settings.setdefault("metadata", self._metadata)
         settings.setdefault("endpoints", self.endpoints)
+        if settings.get("credentials") is None:
+            settings.setdefault("tls_ca", self.tls_ca)
+            settings.setdefault("tls_cert", self.tls_cert)
+            settings.setdefault("tls_key", self.tls_key)
         if self.conf.get("beat_schedule"):
             settings["on_connect"] = [*settings.get("on_connect", ()), self.sync_beat_schedule]
         return Worker(self.address, tasks=handlers, concurrency=concurrency, queues=queues, **settings)

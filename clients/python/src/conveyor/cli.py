@@ -88,6 +88,24 @@ def parser(prog: str = "conveyor-worker") -> argparse.ArgumentParser:
         help=f"one service's address ({', '.join(SERVICES)}), over the app's endpoints, "
         "CONVEYOR_<SERVICE>_ADDR and -s; repeatable",
     )
+    p.add_argument(
+        "--tls-ca",
+        default=None,
+        metavar="FILE",
+        help="PEM CA bundle to trust for TLS, over the app's and $CONVEYOR_TLS_CA (default: the system roots)",
+    )
+    p.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="FILE",
+        help="PEM client certificate for mTLS (with --tls-key), over the app's and $CONVEYOR_TLS_CERT",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=None,
+        metavar="FILE",
+        help="PEM private key of --tls-cert, over the app's and $CONVEYOR_TLS_KEY",
+    )
     p.add_argument("--max-tasks-per-child", type=int, default=None, help="process pool: replace a child after N tasks")
     p.add_argument("--max-memory-per-child", type=int, default=None, help="process pool: replace a child above N KiB RSS")
     p.add_argument("--grace-period", type=float, default=30.0, help="seconds a drain waits for running tasks")
@@ -115,6 +133,7 @@ def banner(app: Conveyor, worker: Any, spec: str) -> str:
         f"  app:          {spec}\n"
         f"  address:      {app.address}\n"
         f"  dispatch:     {worker.dispatch_address}\n"
+        f"  tls:          {worker.tls}\n"
         f"  worker id:    {worker.worker_id}\n"
         f"  queues:       {', '.join(worker.queues)}\n"
         f"  pool:         {worker.pool}\n"
@@ -134,6 +153,11 @@ def run(args: argparse.Namespace) -> int:
     if args.endpoint:
         app.endpoints = {**app.endpoints, **parse_endpoints(args.endpoint)}
         app.close()  # a client made before now would keep the old addresses
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        app.tls_ca = args.tls_ca or app.tls_ca
+        app.tls_cert = args.tls_cert or app.tls_cert
+        app.tls_key = args.tls_key or app.tls_key
+        app.close()  # nor the old TLS settings
     if not app.tasks:
         raise UsageError(f"the app {args.app!r} has no tasks: decorate functions with @app.task in its module")
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] or None
@@ -148,6 +172,11 @@ def run(args: argparse.Namespace) -> int:
             max_memory_per_child=args.max_memory_per_child,
         )
     except ValueError as error:
+        raise UsageError(str(error)) from error
+    except ConveyorError as error:
+        if error.code is not None:
+            raise
+        # A configuration error (TLS files, an http:// address with TLS).
         raise UsageError(str(error)) from error
     sys.stdout.write(banner(app, worker, args.app))
     sys.stdout.flush()

@@ -4,6 +4,7 @@ services."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -18,9 +19,11 @@ from conveyor._common import (
     RETRY_ATTEMPTS,
     WAIT_DEADLINE_MARGIN,
     Endpoint,
+    Security,
     Target,
     as_request,
     call_metadata,
+    closed_hint,
     distinct_channels,
     given_channel,
     open_endpoints,
@@ -72,6 +75,14 @@ class Client:
     (`CONVEYOR_SUBMISSION_ADDR`, `CONVEYOR_RESULTS_ADDR`,
     `CONVEYOR_DISPATCH_ADDR`, `CONVEYOR_SCHEDULING_ADDR`), `address`,
     `$CONVEYOR_ADDR`, `http://127.0.0.1:50051`.
+
+    TLS: `https://` addresses use TLS with the system roots. `tls_ca` (a PEM
+    CA bundle to trust instead), and `tls_cert` with `tls_key` (the client
+    certificate and key of mTLS), paths to PEM files, default to
+    `$CONVEYOR_TLS_CA`, `$CONVEYOR_TLS_CERT` and `$CONVEYOR_TLS_KEY`; when
+    any is set, every address uses TLS (a bare `host:port` too) and an
+    `http://` address is an error. They apply to every service's channel.
+    `credentials` (grpc.ChannelCredentials) replaces them all.
     """
 
     def __init__(
@@ -84,21 +95,27 @@ class Client:
         rpc_timeout: float = DEFAULT_RPC_TIMEOUT,
         channel: grpc.Channel | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
         channel_options: Iterable[tuple[str, Any]] = (),
         retry_attempts: int = RETRY_ATTEMPTS,
     ):
         options = [*CHANNEL_OPTIONS, *channel_options]
         if channel is None:
 
+            security = self._security = Security(credentials, tls_ca, tls_cert, tls_key)
+
             def make_channel(target: Target) -> grpc.Channel:
-                if target.secure or credentials is not None:
-                    creds = credentials or grpc.ssl_channel_credentials()
+                creds = security.for_target(target)
+                if creds is not None:
                     return grpc.secure_channel(target.target, creds, options=options)
                 return grpc.insecure_channel(target.target, options=options)
 
-            self._endpoints = open_endpoints(address, endpoints, make_channel)
+            self._endpoints = open_endpoints(address, endpoints, make_channel, security.tls)
             self._owns_channel = True
         else:
+            self._security = None
             self._endpoints = given_channel(channel, endpoints)
             self._owns_channel = False
         self._metadata = call_metadata(token, metadata)
@@ -425,6 +442,7 @@ class Client:
         while True:
             attempt += 1
             address = endpoint.address
+            target = endpoint.targets[endpoint.current]
             method = getattr(_STUBS[service](endpoint.channel), rpc)
             try:
                 return method(request, timeout=self._rpc_timeout, metadata=_tracing.metadata(self._metadata))
@@ -435,9 +453,10 @@ class Client:
                 endpoint.fail_over()
                 if not safe or attempt >= self._retry_attempts:
                     hint = "" if safe else " (not retried: repeating it is not safe)"
-                    raise ConveyorError.from_rpc(
+                    failure = ConveyorError.from_rpc(
                         error, f"{rpc}{hint}; is the server at the address running?", service=service, address=address
-                    ) from None
+                    )
+                    raise failure.add_hint(closed_hint(failure, target, self._security)) from None
                 time.sleep(retry_delay(attempt))
 
 

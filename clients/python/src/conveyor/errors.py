@@ -60,6 +60,8 @@ class ConveyorError(Exception):
         name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
         prefix = f"{what}: " if what else ""
         message = f"{prefix}{name}: {details}" if details else f"{prefix}{name}"
+        if code == grpc.StatusCode.UNAVAILABLE:
+            message += tls_hint(details)
         kind = TaskTimeout if code == grpc.StatusCode.DEADLINE_EXCEEDED else ConveyorError
         error_out = kind(message, code=code, details=details)
         return error_out.at_endpoint(service, address)
@@ -76,12 +78,67 @@ class ConveyorError(Exception):
         return self
 
 
+    def add_hint(self, hint: str) -> ConveyorError:
+        """Appends `hint` to the message (nothing when empty). Returns self."""
+        if hint:
+            self.args = (f"{self.args[0] if self.args else ''}{hint}", *self.args[1:])
+        return self
+
+
 def endpoint_hint(service: str, address: str | None) -> str:
     """What an UNIMPLEMENTED error adds: the address called, and the option
     and environment variable that send `service`'s calls elsewhere."""
     called = f"called {address}; " if address else ""
     env = f"CONVEYOR_{service.upper()}_ADDR"
     return f" ({called}set {env} or endpoints={{'{service}': …}} to reach the {service} role elsewhere)"
+
+
+# What a failed TLS handshake looks like in gRPC's message, and what to do.
+_TLS_HINTS = (
+    (
+        ("CERTIFICATE_REQUIRED", "PEER_DID_NOT_RETURN_A_CERTIFICATE", "certificate required", "BAD_CERTIFICATE",
+         "UNKNOWN_CA", "CERTIFICATE_UNKNOWN", "DECRYPT_ERROR"),
+        "the server requires a client certificate it trusts (mTLS): give tls_cert and tls_key "
+        "(or set CONVEYOR_TLS_CERT and CONVEYOR_TLS_KEY) to a certificate signed by the server's client CA",
+    ),
+    (
+        # TLS 1.3: the client's handshake is done when the server checks its
+        # certificate, so a refusal arrives as an alert on the first read.
+        ("Unwrap failed", "TSI_DATA_CORRUPTED"),
+        "the server broke off the connection right after the handshake, as a server requiring client "
+        "certificates (mTLS) does with a client without one it trusts: give tls_cert and tls_key "
+        "(or set CONVEYOR_TLS_CERT and CONVEYOR_TLS_KEY) to a certificate signed by the server's client CA",
+    ),
+    (
+        ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "unable to get local issuer", "self signed",
+         "self-signed"),
+        "the server's certificate is not signed by a CA this client trusts: give tls_ca "
+        "(or set CONVEYOR_TLS_CA) to the PEM bundle of the CA that signed it",
+    ),
+    (
+        ("is not in peer certificate", "hostname mismatch", "Peer name"),
+        "the server's certificate does not name the host of the address: connect by a name (or IP) it holds",
+    ),
+    (
+        ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "wrong version number"),
+        "the server does not speak TLS: use an http:// address without TLS settings, "
+        "or start the server with --tls-cert and --tls-key",
+    ),
+    (
+        ("handshake", "SSL_ERROR", "TSI_"),
+        "check the TLS settings: tls_ca / CONVEYOR_TLS_CA (the CA that signed the server's certificate) "
+        "and, when the server requires client certificates, tls_cert and tls_key",
+    ),
+)
+
+
+def tls_hint(details: str) -> str:
+    """What an UNAVAILABLE error adds when its message shows a failed TLS
+    handshake: what to do about it ("" otherwise)."""
+    for needles, hint in _TLS_HINTS:
+        if any(needle.lower() in details.lower() for needle in needles):
+            return f" (TLS handshake failed: {hint})"
+    return ""
 
 
 def _call_attr(error: grpc.RpcError, name: str) -> Any:

@@ -30,14 +30,22 @@ import grpc
 import grpc.aio
 
 from conveyor import _codec, _tracing
-from conveyor._common import CHANNEL_OPTIONS, call_metadata, parse_targets, receive_limit, resolve_endpoints
+from conveyor._common import (
+    CHANNEL_OPTIONS,
+    Security,
+    call_metadata,
+    closed_hint,
+    parse_targets,
+    receive_limit,
+    resolve_endpoints,
+)
 from conveyor._context import TaskContext, _current, current_task
 from conveyor._handler import POOLS, Handler, failure, prepare, success, task_error
 from conveyor._handler import error as _error
 from conveyor._process import ProcessPool
 from conveyor._threads import DaemonThreadPool, ThreadGuard
 from conveyor._version import __version__
-from conveyor.errors import ConveyorError, ProtocolError, SoftTimeLimitExceeded, Terminated
+from conveyor.errors import ConveyorError, ProtocolError, SoftTimeLimitExceeded, Terminated, tls_hint
 from conveyor.v1 import dispatch_service_pb2 as pb
 from conveyor.v1 import dispatch_service_pb2_grpc
 
@@ -240,6 +248,8 @@ class Worker:
     `$CONVEYOR_DISPATCH_ADDR`, `address`, `$CONVEYOR_ADDR`,
     `http://127.0.0.1:50051`. The other keys are checked and kept in
     `self.endpoints` (the app passes them to its client).
+    TLS (`tls_ca`, `tls_cert`, `tls_key`, their `CONVEYOR_TLS_*` variables,
+    `credentials`) works as in `conveyor.Client`.
     `on_connect` callables run in a thread after the first session opens
     (again at the next session if one raises).
     """
@@ -256,6 +266,9 @@ class Worker:
         token: str | None = None,
         metadata: Iterable[tuple[str, str]] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
         grace_period: float = DEFAULT_GRACE_PERIOD,
         heartbeat_interval: float | None = None,
         reconnect_backoff: tuple[float, float] = (DEFAULT_MIN_BACKOFF, DEFAULT_MAX_BACKOFF),
@@ -274,9 +287,9 @@ class Worker:
                 raise ValueError(f"{what} must be at least 1 (or None for no limit), not {limit}")
         self.address = address
         self.endpoints = dict(endpoints or {})
-        self._targets = parse_targets(resolve_endpoints(address, endpoints)["dispatch"])
+        self._security = Security(credentials, tls_ca, tls_cert, tls_key)
+        self._targets = parse_targets(resolve_endpoints(address, endpoints)["dispatch"], self._security.tls)
         self._target_index = 0
-        self._credentials = credentials
         self._channel_options = [*CHANNEL_OPTIONS, _LOCAL_SUBCHANNEL_POOL, *channel_options]
         self.pool = pool
         self.max_tasks_per_child = max_tasks_per_child
@@ -318,6 +331,11 @@ class Worker:
         """The dispatcher address the worker uses now (it fails over to the
         next one of several when a session cannot be had)."""
         return self._targets[self._target_index].target
+
+    @property
+    def tls(self) -> str:
+        """How the worker's channels are secured, e.g. "on (CA ca.pem)" or "off"."""
+        return self._security.describe(self._targets)
 
     @property
     def dispatch_address(self) -> str:
@@ -474,12 +492,9 @@ class Worker:
         index = self._target_index
         if index not in channels:
             target = self._targets[index]
-            if target.secure or self._credentials is not None:
-                channels[index] = grpc.aio.secure_channel(
-                    target.target,
-                    self._credentials or grpc.ssl_channel_credentials(),
-                    options=self._channel_options,
-                )
+            credentials = self._security.for_target(target)
+            if credentials is not None:
+                channels[index] = grpc.aio.secure_channel(target.target, credentials, options=self._channel_options)
             else:
                 channels[index] = grpc.aio.insecure_channel(target.target, options=self._channel_options)
         return channels[index]
@@ -509,6 +524,8 @@ class Worker:
                 if isinstance(error, ProtocolError) or error.code in _FATAL_CODES:
                     raise error
                 failed = self.target
+                if not end.welcomed:
+                    error.add_hint(closed_hint(error, self._targets[self._target_index], self._security))
                 self._target_index = (self._target_index + 1) % len(self._targets)
                 if end.welcomed:
                     backoff.reset()
@@ -967,4 +984,5 @@ async def _call_error(call: Any, exc: BaseException | None) -> ConveyorError:
         code, details = grpc.StatusCode.UNAVAILABLE, "stream ended"
     if code == grpc.StatusCode.OK:
         code, details = grpc.StatusCode.UNAVAILABLE, "dispatcher ended the stream"
-    return ConveyorError(f"worker stream: {code.name}: {details}", code=code, details=details or "")
+    hint = tls_hint(details or "") if code == grpc.StatusCode.UNAVAILABLE else ""
+    return ConveyorError(f"worker stream: {code.name}: {details}{hint}", code=code, details=details or "")
