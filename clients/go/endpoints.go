@@ -292,7 +292,7 @@ type hintStream struct {
 }
 
 func (s hintStream) RecvMsg(m any) error {
-	err := s.ClientStream.RecvMsg(m)
+	err := tlsHint(s.ClientStream.RecvMsg(m))
 	if status.Code(err) != codes.Unimplemented {
 		return err
 	}
