@@ -189,7 +189,9 @@ func withMessageLimits(conn grpc.ClientConnInterface) grpc.ClientConnInterface {
 // that service's calls elsewhere (see [WithEndpoint]).
 func (c messageLimits) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
 	err := c.ClientConnInterface.Invoke(withTraceMetadata(ctx), method, args, reply, append(slices.Clip(messageLimitOptions), opts...)...)
-	err = tlsHint(err)
+	if status.Code(err) == codes.Unavailable {
+		err = tlsHint(err, recipeOf(c.ClientConnInterface, method))
+	}
 	if status.Code(err) == codes.Unimplemented {
 		s, _ := serviceOf(method)
 		err = withEndpointHint(err, method, endpointAddress(c.ClientConnInterface, s))
@@ -200,7 +202,7 @@ func (c messageLimits) Invoke(ctx context.Context, method string, args, reply an
 func (c messageLimits) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	stream, err := c.ClientConnInterface.NewStream(ctx, desc, method, append(slices.Clip(messageLimitOptions), opts...)...)
 	if err != nil {
-		err = tlsHint(err)
+		err = tlsHint(err, recipeOf(c.ClientConnInterface, method))
 		if status.Code(err) == codes.Unimplemented {
 			s, _ := serviceOf(method)
 			err = withEndpointHint(err, method, endpointAddress(c.ClientConnInterface, s))
@@ -319,7 +321,7 @@ func waitReady(ctx context.Context, conn *grpc.ClientConn, addr string) error {
 			return nil
 		case connectivity.TransientFailure, connectivity.Shutdown:
 			err := status.Errorf(codes.Unavailable, "cannot connect to %s (%s)%s", addr, state, connectionError(ctx, conn, state))
-			return newRPCError("Dial", tlsHint(err))
+			return newRPCError("Dial", tlsHint(err, recipeOf(conn, "")))
 		}
 		if !conn.WaitForStateChange(ctx, state) {
 			return newRPCError("Dial", ctx.Err())

@@ -292,7 +292,10 @@ type hintStream struct {
 }
 
 func (s hintStream) RecvMsg(m any) error {
-	err := tlsHint(s.ClientStream.RecvMsg(m))
+	err := s.ClientStream.RecvMsg(m)
+	if status.Code(err) == codes.Unavailable {
+		err = tlsHint(err, recipeOf(s.conn, s.method))
+	}
 	if status.Code(err) != codes.Unimplemented {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"weak"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -190,26 +191,38 @@ func fileError(what string, set tlsSetting, err error, want string) error {
 	return fmt.Errorf("conveyor: cannot read the TLS %s %q (%s): %w: %s to %s", what, set.path, set.source, err, fix, want)
 }
 
-// tlsHint adds to an UNAVAILABLE error whose cause is a TLS handshake what
-// to do about it; other errors are returned as they are.
-func tlsHint(err error) error {
+// tlsHint adds to an UNAVAILABLE error whose cause is a TLS handshake (or
+// TLS on one side only) what to do about it; other errors are returned as
+// they are. r is the recipe of the connection, nil when unknown.
+func tlsHint(err error, r *dialRecipe) error {
 	if status.Code(err) != codes.Unavailable {
 		return err
 	}
 	st, _ := status.FromError(err)
 	msg := st.Message()
+	mtlsHint := "pass conveyor.WithTLS(caFile, certFile, keyFile) or set " + TLSCertEnv + " and " + TLSKeyEnv
+	// The server refuses a missing client certificate with an alert, which
+	// the client sees only if it reads before writing on the closed socket.
+	closed := strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset by peer") ||
+		strings.Contains(msg, "error reading server preface: EOF") || strings.Contains(msg, "error reading server preface: unexpected EOF")
 	hint := ""
 	switch {
 	case strings.Contains(msg, "certificate signed by unknown authority"):
 		hint = "the server's certificate is not signed by a CA this client trusts: pass conveyor.WithTLS(caFile, …) or set " + TLSCAEnv + " to the PEM file of the CA that signed it"
 	case strings.Contains(msg, "x509: certificate is valid for"):
 		hint = "the server's certificate does not name the host of the address: connect to a name it lists, or set ServerName with conveyor.WithTLSConfig"
-	case strings.Contains(msg, "certificate required"), strings.Contains(msg, "tls: bad certificate"), strings.Contains(msg, "tls: unknown certificate authority"):
-		hint = "the server requires a client certificate it trusts (mTLS): pass conveyor.WithTLS(caFile, certFile, keyFile) or set " + TLSCertEnv + " and " + TLSKeyEnv
+	case strings.Contains(msg, "certificate required"):
+		hint = "the server requires a client certificate (mTLS): " + mtlsHint
+	case strings.Contains(msg, "tls: bad certificate"), strings.Contains(msg, "tls: unknown certificate authority"):
+		hint = "the server does not accept the client certificate: give one signed by the CA of its --tls-client-ca with conveyor.WithTLS or " + TLSCertEnv + " and " + TLSKeyEnv
 	case strings.Contains(msg, "first record does not look like a TLS handshake"):
 		hint = "the server does not speak TLS: use an http:// address for a plaintext server"
 	case strings.Contains(msg, "tls: "), strings.Contains(msg, "x509: "):
 		hint = "TLS handshake failed: check conveyor.WithTLS or " + TLSCAEnv + ", " + TLSCertEnv + " and " + TLSKeyEnv
+	case closed && r != nil && r.tls != nil && len(r.tls.Certificates) == 0 && r.tls.GetClientCertificate == nil:
+		hint = "the server closed the TLS connection; if it requires a client certificate (mTLS), " + mtlsHint
+	case closed && r != nil && r.tls == nil:
+		hint = "the server closed the connection; if it serves TLS, use an https:// address"
 	default:
 		return err
 	}
@@ -219,4 +232,24 @@ func tlsHint(err error) error {
 	p := st.Proto()
 	p.Message += " (" + hint + ")"
 	return status.FromProto(p).Err()
+}
+
+// recipeOf is the recipe of the connection a call of method goes on
+// through conn, nil when the SDK did not make it.
+func recipeOf(conn grpc.ClientConnInterface, method string) *dialRecipe {
+	var cc *grpc.ClientConn
+	switch c := conn.(type) {
+	case *grpc.ClientConn:
+		cc = c
+	case *Conns:
+		cc = c.route(method)
+	}
+	if cc == nil {
+		return nil
+	}
+	if v, ok := recipes.Load(weak.Make(cc)); ok {
+		r := v.(dialRecipe)
+		return &r
+	}
+	return nil
 }

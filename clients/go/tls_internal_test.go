@@ -147,20 +147,35 @@ func TestTLSHint(t *testing.T) {
 		`connection error: desc = "error reading server preface: remote error: tls: certificate required"`:                                                        TLSCertEnv,
 		`connection error: desc = "transport: authentication handshake failed: tls: first record does not look like a TLS handshake"`:                             "http://",
 	} {
-		err := tlsHint(status.Error(codes.Unavailable, msg))
+		err := tlsHint(status.Error(codes.Unavailable, msg), nil)
 		if !strings.Contains(status.Convert(err).Message(), want) || status.Code(err) != codes.Unavailable {
 			t.Errorf("hint for %q: %v", msg, err)
 		}
-		if again := tlsHint(err); again.Error() != err.Error() {
+		if again := tlsHint(err, nil); again.Error() != err.Error() {
 			t.Errorf("hint added twice: %v", again)
 		}
 	}
 	plain := status.Error(codes.Unavailable, "connection refused")
-	if tlsHint(plain) != plain {
+	if tlsHint(plain, nil) != plain {
 		t.Error("hint on a refused connection")
 	}
-	if notFound := status.Error(codes.NotFound, "tls: whatever"); tlsHint(notFound) != notFound {
+	if notFound := status.Error(codes.NotFound, "tls: whatever"); tlsHint(notFound, nil) != notFound {
 		t.Error("hint on NOT_FOUND")
+	}
+	// A closed connection: what to check depends on how it was dialed.
+	closed := status.Error(codes.Unavailable, "write tcp 127.0.0.1:1->127.0.0.1:2: write: broken pipe")
+	if tlsHint(closed, nil) != closed {
+		t.Error("hint on a closed connection of unknown dialing")
+	}
+	noCert, withCert, plaintext := &dialRecipe{tls: &tls.Config{}}, &dialRecipe{tls: &tls.Config{Certificates: make([]tls.Certificate, 1)}}, &dialRecipe{}
+	if msg := tlsHint(closed, noCert).Error(); !strings.Contains(msg, TLSCertEnv) {
+		t.Errorf("TLS without a client certificate, closed: %s", msg)
+	}
+	if tlsHint(closed, withCert) != closed {
+		t.Error("hint on a closed connection with a client certificate")
+	}
+	if msg := tlsHint(closed, plaintext).Error(); !strings.Contains(msg, "https://") {
+		t.Errorf("plaintext, closed: %s", msg)
 	}
 }
 

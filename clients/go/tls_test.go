@@ -47,13 +47,17 @@ func genCerts(t *testing.T) testCerts {
 }
 
 // clearTLSEnv unsets (for the test) every variable that would change where
-// and how the SDK connects.
+// and how the SDK connects. Unset, not set empty: the servers the test
+// starts inherit the environment, and `conveyor dev` refuses an empty
+// CONVEYOR_TLS_CA (its --tls-ca).
 func clearTLSEnv(t *testing.T) {
-	for _, name := range []string{conveyor.TLSCAEnv, conveyor.TLSCertEnv, conveyor.TLSKeyEnv, conveyor.AddressEnv} {
-		t.Setenv(name, "")
-	}
+	names := []string{conveyor.TLSCAEnv, conveyor.TLSCertEnv, conveyor.TLSKeyEnv, conveyor.AddressEnv}
 	for _, s := range conveyor.Services {
-		t.Setenv(s.EnvVar(), "")
+		names = append(names, s.EnvVar())
+	}
+	for _, name := range names {
+		t.Setenv(name, "") // restores the value when the test ends
+		_ = os.Unsetenv(name)
 	}
 }
 
@@ -117,6 +121,14 @@ func TestTLSWithCAOption(t *testing.T) {
 	addr := "https://" + startTLSServer(t, certs, false)
 	c := dialTLS(t, addr, conveyor.WithTLS(certs.ca, "", ""))
 	addThroughWorker(t, c, newConn(t, addr, conveyor.WithTLS(certs.ca, "", "")))
+
+	// Plaintext to a TLS server: the error says to use https://.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	plain := "http://" + strings.TrimPrefix(addr, "https://")
+	if _, err := conveyor.Dial(ctx, plain); err == nil || !strings.Contains(err.Error(), "use an https:// address") {
+		t.Fatalf("Dial %s (a TLS server): %v", plain, err)
+	}
 
 	// A failover list: each address is checked under its own host (the
 	// first refuses connections).
