@@ -16,8 +16,8 @@ import type { Runtime } from "./internal/session.js";
 import { stderrLogger } from "./logger.js";
 import type { Logger } from "./logger.js";
 import { errorText } from "./payload.js";
-import { Endpoints, checkServiceEndpoints, resolveServiceAddresses } from "./transport.js";
-import type { Addresses, ConnectionOptions } from "./transport.js";
+import { Endpoints, checkServiceEndpoints, resolveServiceAddresses, resolveTls } from "./transport.js";
+import type { Addresses, ConnectionOptions, ResolvedTls } from "./transport.js";
 import { SDK_VERSION } from "./version.js";
 
 /** Default time running tasks get to finish once shutdown starts. */
@@ -102,6 +102,8 @@ export class Worker {
   readonly #options: WorkerOptions;
   /** The dispatch service's addresses, as resolved at construction. */
   readonly #addresses: Addresses;
+  /** The TLS settings, files read at construction; undefined: none given. */
+  readonly #tls: ResolvedTls | undefined;
   readonly #log: Logger;
   #running = false;
 
@@ -117,8 +119,10 @@ export class Worker {
     if (options.transport !== undefined) {
       checkServiceEndpoints(options.endpoints);
       this.#addresses = addresses ?? "";
+      this.#tls = undefined;
     } else {
-      this.#addresses = resolveServiceAddresses(addresses, options.endpoints).dispatch.addresses;
+      this.#tls = resolveTls(options.tls);
+      this.#addresses = resolveServiceAddresses(addresses, options.endpoints, process.env, { tls: this.#tls !== undefined }).dispatch.addresses;
     }
     this.#options = options;
     this.#log = options.logger ?? stderrLogger();
@@ -135,7 +139,7 @@ export class Worker {
           : undefined;
     if (problem !== undefined) throw new RangeError(problem);
     // Fails early on a malformed address.
-    this.addresses = new Endpoints(this.#addresses, options, () => undefined).addresses;
+    this.addresses = new Endpoints(this.#addresses, options, () => undefined, this.#tls).addresses;
   }
 
   /**
@@ -195,6 +199,7 @@ export class Worker {
         http2: this.#options.http2 ?? { pingIntervalMs: 10_000, pingTimeoutMs: 10_000 },
       },
       (transport) => createClient(DispatchService, transport),
+      this.#tls,
     );
     this.#log.info("worker starting", {
       addresses: endpoints.addresses.join(","),
@@ -202,6 +207,7 @@ export class Worker {
       queues: this.queues.join(","),
       tasks: this.taskNames.join(","),
       concurrency: this.concurrency,
+      ...(this.#tls === undefined ? {} : { tls: Object.values(this.#tls.files).join(", ") || "Node's roots" }),
     });
     const runtime: Runtime = {
       endpoints,
