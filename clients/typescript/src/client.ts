@@ -401,7 +401,7 @@ export class Client {
         endpoints.failed(endpoint);
         failures += 1;
         if (failures >= this.#retry.maxAttempts || options.signal?.aborted === true) {
-          throw unavailable(error, endpoints.addresses, failures, true);
+          throw unavailable(error, endpoints.addresses, failures, true, endpoint.url);
         }
         await sleep(backoff.next(), options.signal);
       }

@@ -16,7 +16,7 @@ import type { Runtime } from "./internal/session.js";
 import { stderrLogger } from "./logger.js";
 import type { Logger } from "./logger.js";
 import { errorText } from "./payload.js";
-import { Endpoints, checkServiceEndpoints, resolveServiceAddresses, resolveTls } from "./transport.js";
+import { Endpoints, checkServiceEndpoints, parseAddresses, resolveServiceAddresses, resolveTls } from "./transport.js";
 import type { Addresses, ConnectionOptions, ResolvedTls } from "./transport.js";
 import { SDK_VERSION } from "./version.js";
 
@@ -104,6 +104,8 @@ export class Worker {
   readonly #addresses: Addresses;
   /** The TLS settings, files read at construction; undefined: none given. */
   readonly #tls: ResolvedTls | undefined;
+  /** Every dispatch address is http:// (no custom transport). */
+  readonly #plaintext: boolean;
   readonly #log: Logger;
   #running = false;
 
@@ -140,6 +142,8 @@ export class Worker {
     if (problem !== undefined) throw new RangeError(problem);
     // Fails early on a malformed address.
     this.addresses = new Endpoints(this.#addresses, options, () => undefined, this.#tls).addresses;
+    this.#plaintext =
+      options.transport === undefined && parseAddresses(this.#addresses, { tls: this.#tls !== undefined }).every((url) => url.protocol === "http:");
   }
 
   /**
@@ -272,7 +276,12 @@ export class Worker {
         if (end.welcomed) backoff.reset();
         delay = backoff.next();
         const message = end.welcomed ? "worker stream lost, reconnecting" : "cannot open a worker session, retrying";
-        this.#log.warn(message, { error: errorText(end.error), delay_ms: Math.round(delay) });
+        // A TLS server closes a plaintext connection before any answer.
+        const closed = end.error instanceof ConveyorError && [Code.Canceled, Code.Aborted].includes(end.error.code);
+        const hint = !end.welcomed && this.#plaintext && closed
+          ? { hint: "if the server serves TLS, use an https:// address (and the tls option or CONVEYOR_TLS_CA for a private CA)" }
+          : {};
+        this.#log.warn(message, { error: errorText(end.error), delay_ms: Math.round(delay), ...hint });
       }
       await sleep(delay, stop);
     }

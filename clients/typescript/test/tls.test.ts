@@ -184,12 +184,26 @@ describe("TLS", () => {
     }
   });
 
-  test("a plaintext client at a TLS server fails", async () => {
+  test("a plaintext client at a TLS server fails, with an error mentioning https://", async () => {
     const client = new Client(`http://${tlsHost}`, { retry: false });
     try {
-      await assert.rejects(client.get("00000000-0000-7000-8000-000000000000"), ConveyorError);
+      await assert.rejects(client.get("00000000-0000-7000-8000-000000000000"), (error: unknown) => {
+        assert.ok(error instanceof ConveyorError, String(error));
+        assert.match(error.message, /If the server serves TLS, use an https:\/\/ address/);
+        return true;
+      });
     } finally {
       client.close();
+    }
+  });
+
+  test("a plaintext worker at a TLS server logs that a TLS server needs https://", async () => {
+    const { logger, lines } = capturingLogger();
+    const running = runWorker(`http://${tlsHost}`, { logger, queues: [uniqueQueue("tls-plain")] }, (worker) => worker.register("add", () => 0));
+    try {
+      await waitFor(() => lines.some((line) => line.startsWith("warn") && /use an https:\/\/ address/.test(line)), "a warning naming https://");
+    } finally {
+      await running.stop();
     }
   });
 });
