@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
@@ -26,8 +27,13 @@ import (
 // connects on first use and reconnects by itself).
 //
 // addr is "host:port" or "http://host:port" (plaintext HTTP/2, as
-// `conveyor dev` serves), "https://host:port" (TLS with the system roots),
-// or any gRPC target ("dns:///host:port", "unix:///path"), plaintext.
+// `conveyor dev` serves), "https://host:port" (TLS), or any gRPC target
+// ("dns:///host:port", "unix:///path"), plaintext. With [WithTLS] or
+// [WithTLSConfig], or when CONVEYOR_TLS_CA, CONVEYOR_TLS_CERT or
+// CONVEYOR_TLS_KEY is set, an address without the http:// or https://
+// scheme is dialed with TLS too, and an http:// one is an error. TLS trusts
+// the system roots unless a CA bundle is given, and presents a client
+// certificate when one is given (mTLS).
 // Several servers are given comma-separated, "http://10.0.0.1:50051,10.0.0.2:50051"
 // (one scheme, first): the connection uses the first that answers and fails
 // over to the next when it dies, as it does across the addresses of a DNS
@@ -38,12 +44,57 @@ import (
 // credentials or add interceptors; [WithToken] adds a bearer token.
 //
 // A [Worker] given a connection made here (or by [NewConns]) opens its
-// sessions after a Drain on new connections it dials the same way (see
-// [NewWorker]); the caller still closes this one.
+// sessions after a Drain on new connections it dials the same way, with
+// the same TLS configuration (see [NewWorker]); the caller still closes
+// this one.
 func NewConn(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
-	target, creds := parseAddr(addr)
+	r, err := newDialRecipe(addr, opts)
+	if err != nil {
+		return nil, err
+	}
+	return r.dial()
+}
+
+// dialRecipe is how [NewConn] made a connection, so that a worker can open
+// another one to the same address with the same options and the same TLS
+// configuration (files and environment are read once, by NewConn).
+type dialRecipe struct {
+	addr   string
+	target string      // gRPC target, or the comma-separated list
+	tls    *tls.Config // nil for plaintext
+	opts   []grpc.DialOption
+}
+
+// newDialRecipe reads addr, the TLS options and environment variables, and
+// loads the TLS files.
+func newDialRecipe(addr string, opts []grpc.DialOption) (dialRecipe, error) {
+	tlsOpt, rest := takeTLSOptions(opts)
+	target, scheme := parseAddr(addr)
 	if target == "" {
-		return nil, fmt.Errorf("conveyor: empty address: pass host:port, http://host:port or several comma-separated")
+		return dialRecipe{}, fmt.Errorf("conveyor: empty address: pass host:port, http://host:port, https://host:port or several comma-separated")
+	}
+	settings, err := readTLSSettings(tlsOpt)
+	if err != nil {
+		return dialRecipe{}, err
+	}
+	r := dialRecipe{addr: addr, target: target, opts: slices.Clone(rest)}
+	switch {
+	case scheme == "http" && settings.requested:
+		return dialRecipe{}, fmt.Errorf("conveyor: address %q is plaintext (http://) but TLS is configured (%s): use https://%s to connect with TLS",
+			strings.TrimSpace(addr), strings.Join(settings.sources, ", "), target)
+	case scheme == "https" || (scheme == "" && settings.requested):
+		if r.tls, err = settings.build(); err != nil {
+			return dialRecipe{}, err
+		}
+	}
+	return r, nil
+}
+
+// dial opens a connection as the recipe says.
+func (r dialRecipe) dial() (*grpc.ClientConn, error) {
+	creds := insecure.NewCredentials()
+	if r.tls != nil {
+		creds = credentials.NewTLS(r.tls) // takes a copy
 	}
 	base := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
@@ -58,27 +109,21 @@ func NewConn(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 			MinConnectTimeout: 5 * time.Second,
 		}),
 	}
+	target := r.target
 	if strings.Contains(target, ",") {
-		static, err := staticResolver(target)
+		static, err := staticResolver(target, r.tls != nil)
 		if err != nil {
-			return nil, fmt.Errorf("conveyor: address %q: %w", addr, err)
+			return nil, fmt.Errorf("conveyor: address %q: %w", r.addr, err)
 		}
 		base = append(base, grpc.WithResolvers(static))
 		target = static.Scheme() + ":///conveyor"
 	}
-	conn, err := grpc.NewClient(target, append(base, opts...)...)
+	conn, err := grpc.NewClient(target, append(base, r.opts...)...)
 	if err != nil {
-		return nil, fmt.Errorf("conveyor: address %q: %w (pass host:port, http://host:port or several comma-separated)", addr, err)
+		return nil, fmt.Errorf("conveyor: address %q: %w (pass host:port, http://host:port, https://host:port or several comma-separated)", r.addr, err)
 	}
-	rememberRecipe(conn, addr, opts)
+	rememberRecipe(conn, r)
 	return conn, nil
-}
-
-// dialRecipe is how [NewConn] made a connection, so that a worker can open
-// another one to the same address with the same options.
-type dialRecipe struct {
-	addr string
-	opts []grpc.DialOption
 }
 
 // recipes holds the recipe of every live connection NewConn made, keyed by
@@ -86,9 +131,9 @@ type dialRecipe struct {
 // its connection is garbage collected.
 var recipes sync.Map // weak.Pointer[grpc.ClientConn] -> dialRecipe
 
-func rememberRecipe(conn *grpc.ClientConn, addr string, opts []grpc.DialOption) {
+func rememberRecipe(conn *grpc.ClientConn, r dialRecipe) {
 	key := weak.Make(conn)
-	recipes.Store(key, dialRecipe{addr: addr, opts: slices.Clone(opts)})
+	recipes.Store(key, r)
 	runtime.AddCleanup(conn, func(k weak.Pointer[grpc.ClientConn]) { recipes.Delete(k) }, key)
 }
 
@@ -114,8 +159,7 @@ func redialer(conn grpc.ClientConnInterface) func() (*grpc.ClientConn, error) {
 	if !ok {
 		return nil
 	}
-	r := v.(dialRecipe)
-	return func() (*grpc.ClientConn, error) { return NewConn(r.addr, r.opts...) }
+	return v.(dialRecipe).dial
 }
 
 // maxMessageBytes is the send and receive limit of every call and worker
@@ -145,6 +189,9 @@ func withMessageLimits(conn grpc.ClientConnInterface) grpc.ClientConnInterface {
 // that service's calls elsewhere (see [WithEndpoint]).
 func (c messageLimits) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
 	err := c.ClientConnInterface.Invoke(withTraceMetadata(ctx), method, args, reply, append(slices.Clip(messageLimitOptions), opts...)...)
+	if status.Code(err) == codes.Unavailable {
+		err = tlsHint(err, recipeOf(c.ClientConnInterface, method))
+	}
 	if status.Code(err) == codes.Unimplemented {
 		s, _ := serviceOf(method)
 		err = withEndpointHint(err, method, endpointAddress(c.ClientConnInterface, s))
@@ -155,6 +202,7 @@ func (c messageLimits) Invoke(ctx context.Context, method string, args, reply an
 func (c messageLimits) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	stream, err := c.ClientConnInterface.NewStream(ctx, desc, method, append(slices.Clip(messageLimitOptions), opts...)...)
 	if err != nil {
+		err = tlsHint(err, recipeOf(c.ClientConnInterface, method))
 		if status.Code(err) == codes.Unimplemented {
 			s, _ := serviceOf(method)
 			err = withEndpointHint(err, method, endpointAddress(c.ClientConnInterface, s))
@@ -167,7 +215,10 @@ func (c messageLimits) NewStream(ctx context.Context, desc *grpc.StreamDesc, met
 // staticResolver resolves to a fixed list of "host:port" addresses, tried
 // in order by gRPC's default pick_first policy: the first that connects is
 // used until it fails, then the next.
-func staticResolver(list string) (*manual.Resolver, error) {
+//
+// With TLS, each address is checked against the server's certificate under
+// its own host name (the connection's target names no host).
+func staticResolver(list string, tls bool) (*manual.Resolver, error) {
 	var addrs []resolver.Address
 	for _, a := range strings.Split(list, ",") {
 		a = strings.TrimSuffix(strings.TrimSpace(a), "/")
@@ -177,7 +228,11 @@ func staticResolver(list string) (*manual.Resolver, error) {
 		if strings.Contains(a, "://") {
 			return nil, fmt.Errorf("only the first of several addresses may carry a scheme (it applies to all), got %q", a)
 		}
-		addrs = append(addrs, resolver.Address{Addr: a})
+		ra := resolver.Address{Addr: a}
+		if tls {
+			ra.ServerName = a // its host is the name verified, and the :authority
+		}
+		addrs = append(addrs, ra)
 	}
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("no address in the list")
@@ -213,17 +268,16 @@ func (t bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]
 
 func (bearerToken) RequireTransportSecurity() bool { return false }
 
-func parseAddr(addr string) (string, credentials.TransportCredentials) {
+// parseAddr splits addr into the gRPC target and its scheme: "http",
+// "https", or "" for none (host:port, or a gRPC target such as dns:///).
+func parseAddr(addr string) (target, scheme string) {
 	addr = strings.TrimSpace(addr)
-	switch {
-	case strings.HasPrefix(addr, "http://"):
-		return strings.TrimSuffix(strings.TrimPrefix(addr, "http://"), "/"), insecure.NewCredentials()
-	case strings.HasPrefix(addr, "https://"):
-		creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})
-		return strings.TrimSuffix(strings.TrimPrefix(addr, "https://"), "/"), creds
-	default:
-		return addr, insecure.NewCredentials()
+	for _, sch := range []string{"http", "https"} {
+		if rest, ok := strings.CutPrefix(addr, sch+"://"); ok {
+			return strings.TrimSuffix(rest, "/"), sch
+		}
 	}
+	return addr, ""
 }
 
 // Dial connects to addr (see [NewConn]) and waits until the connection is
@@ -266,11 +320,29 @@ func waitReady(ctx context.Context, conn *grpc.ClientConn, addr string) error {
 		case connectivity.Ready:
 			return nil
 		case connectivity.TransientFailure, connectivity.Shutdown:
-			err := status.Errorf(codes.Unavailable, "cannot connect to %s (%s)", addr, state)
-			return newRPCError("Dial", err)
+			err := status.Errorf(codes.Unavailable, "cannot connect to %s (%s)%s", addr, state, connectionError(ctx, conn, state))
+			return newRPCError("Dial", tlsHint(err, recipeOf(conn, "")))
 		}
 		if !conn.WaitForStateChange(ctx, state) {
 			return newRPCError("Dial", ctx.Err())
 		}
 	}
+}
+
+// connectionError is ": " and why conn failed to connect (a refused
+// connection, a TLS handshake error), or "" when it cannot tell. gRPC
+// keeps the reason in the failing picker, so a call that does not wait
+// for the connection returns it at once.
+func connectionError(ctx context.Context, conn *grpc.ClientConn, state connectivity.State) string {
+	if state != connectivity.TransientFailure {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	err := conn.Invoke(ctx, "/grpc.health.v1.Health/Check", &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{})
+	st, _ := status.FromError(err)
+	if err == nil || st.Code() != codes.Unavailable || st.Message() == "" {
+		return ""
+	}
+	return ": " + st.Message()
 }

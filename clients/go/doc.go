@@ -41,7 +41,9 @@
 // Handlers report progress with [Task.ReportProgress] and ask for a retry
 // after a delay with [RetryAfter]. The client also replays and forgets tasks,
 // lists dead letters, pauses queues and manages schedules. [WithToken] sends
-// a bearer token; several comma-separated addresses fail over; calls that
+// a bearer token; [WithTLS] (or CONVEYOR_TLS_CA, CONVEYOR_TLS_CERT and
+// CONVEYOR_TLS_KEY) trusts a CA and presents a client certificate over TLS;
+// several comma-separated addresses fail over; calls that
 // are safe to repeat are retried on UNAVAILABLE ([CallRetry]). Where the
 // roles run as separate processes, [WithEndpoint] (or CONVEYOR_RESULTS_ADDR
 // and its siblings) gives a service its own address, and [NewConns] does

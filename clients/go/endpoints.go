@@ -293,6 +293,9 @@ type hintStream struct {
 
 func (s hintStream) RecvMsg(m any) error {
 	err := s.ClientStream.RecvMsg(m)
+	if status.Code(err) == codes.Unavailable {
+		err = tlsHint(err, recipeOf(s.conn, s.method))
+	}
 	if status.Code(err) != codes.Unimplemented {
 		return err
 	}

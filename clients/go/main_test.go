@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"go.conveyor.dev/conveyor"
+	"google.golang.org/grpc"
 )
 
 // serverAddr is the address of the `conveyor dev` server TestMain started.
@@ -175,6 +176,14 @@ func startWorker(t *testing.T, opts conveyor.WorkerOptions, handlers map[string]
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return startWorkerOn(t, conn, opts, handlers)
+}
+
+// startWorkerOn runs a worker on conn until the test ends (the caller
+// closes conn, in a cleanup registered before this call).
+func startWorkerOn(t *testing.T, conn grpc.ClientConnInterface, opts conveyor.WorkerOptions, handlers map[string]conveyor.Handler) *runningWorker {
+	t.Helper()
 	if opts.Logger == nil {
 		opts.Logger = testLogger()
 	}
@@ -185,10 +194,7 @@ func startWorker(t *testing.T, opts conveyor.WorkerOptions, handlers map[string]
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &runningWorker{w: w, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- w.Run(ctx) }()
-	t.Cleanup(func() {
-		_ = r.stop(t)
-		_ = conn.Close()
-	})
+	t.Cleanup(func() { _ = r.stop(t) })
 	return r
 }
 

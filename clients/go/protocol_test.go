@@ -74,14 +74,14 @@ func (d *fakeDispatcher) Connect(stream grpc.BidiStreamingServer[conveyorv1.Conn
 	}
 }
 
-func startFakeDispatcher(t *testing.T) (*fakeDispatcher, string) {
+func startFakeDispatcher(t *testing.T, opts ...grpc.ServerOption) (*fakeDispatcher, string) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := &fakeDispatcher{sessions: make(chan *fakeSession, 10), closed: make(chan string, 100)}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(opts...)
 	conveyorv1.RegisterDispatchServiceServer(srv, d)
 	go func() { _ = srv.Serve(closeNotifyingListener{Listener: lis, closed: d.closed}) }()
 	t.Cleanup(srv.Stop)

@@ -264,17 +264,16 @@ func TestCodesAndRPCErrors(t *testing.T) {
 }
 
 func TestParseAddr(t *testing.T) {
-	for in, want := range map[string]string{
-		"http://127.0.0.1:50051":  "127.0.0.1:50051",
-		"http://127.0.0.1:50051/": "127.0.0.1:50051",
-		"https://conveyor:443":    "conveyor:443",
-		"127.0.0.1:50051":         "127.0.0.1:50051",
-		"dns:///conveyor:50051":   "dns:///conveyor:50051",
+	for in, want := range map[string][2]string{
+		"http://127.0.0.1:50051":  {"127.0.0.1:50051", "http"},
+		"http://127.0.0.1:50051/": {"127.0.0.1:50051", "http"},
+		"https://conveyor:443":    {"conveyor:443", "https"},
+		"127.0.0.1:50051":         {"127.0.0.1:50051", ""},
+		"dns:///conveyor:50051":   {"dns:///conveyor:50051", ""},
 	} {
-		got, creds := parseAddr(in)
-		secure := creds.Info().SecurityProtocol == "tls"
-		if got != want || secure != strings.HasPrefix(in, "https://") {
-			t.Errorf("parseAddr(%q) = %q, %s", in, got, creds.Info().SecurityProtocol)
+		target, scheme := parseAddr(in)
+		if target != want[0] || scheme != want[1] {
+			t.Errorf("parseAddr(%q) = %q, %q; want %q", in, target, scheme, want)
 		}
 	}
 }

@@ -12,7 +12,8 @@
 // philosophers seen eating at once (at most 2: five forks make two pairs) and
 // whether a fork was ever held by two. Exits 1 when either went wrong.
 //
-// Environment: CONVEYOR_ADDR (default http://127.0.0.1:50051), CONVEYOR_QUEUE
+// Environment: CONVEYOR_ADDR (default http://127.0.0.1:50051), CONVEYOR_TLS_CA,
+// CONVEYOR_TLS_CERT and CONVEYOR_TLS_KEY (TLS; see README), CONVEYOR_QUEUE
 // (default "philosophers").
 
 import { setTimeout as sleep } from "node:timers/promises";
@@ -20,7 +21,7 @@ import { Client, Worker, stderrLogger } from "../src/index.js";
 
 const PHILOSOPHERS = 5;
 const MEALS = 5;
-const addr = process.env["CONVEYOR_ADDR"] || "http://127.0.0.1:50051";
+const addr = process.env["CONVEYOR_ADDR"] || undefined; // undefined: the SDK's default (https:// with CONVEYOR_TLS_*)
 const queue = process.env["CONVEYOR_QUEUE"] || "philosophers";
 
 const forks = (i: number): number[] => [i, (i + 1) % PHILOSOPHERS];

@@ -8,7 +8,7 @@ import { Client, TaskFailedError } from "../src/index.js";
 const TIMEOUT_MS = 20_000;
 
 async function main(): Promise<void> {
-  const addr = process.env["CONVEYOR_ADDR"] || "http://127.0.0.1:50051";
+  const addr = process.env["CONVEYOR_ADDR"] || undefined; // undefined: the SDK's default (https:// with CONVEYOR_TLS_*)
   const queue = process.env["CONVEYOR_QUEUE"] || "default";
   const client = new Client(addr);
   try {

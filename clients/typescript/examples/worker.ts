@@ -2,7 +2,8 @@
 // of the cross-language matrix. Build with `npm run build`, then run
 // `node dist/examples/worker.js`.
 //
-// Environment: CONVEYOR_ADDR (default http://127.0.0.1:50051), CONVEYOR_QUEUE
+// Environment: CONVEYOR_ADDR (default http://127.0.0.1:50051), CONVEYOR_TLS_CA,
+// CONVEYOR_TLS_CERT and CONVEYOR_TLS_KEY (TLS; see README), CONVEYOR_QUEUE
 // (default "default"), CONVEYOR_CONCURRENCY (default 8), CONVEYOR_WORKER_ID
 // (default <hostname>-<pid>), CONVEYOR_LOG_LEVEL (default info).
 // Runs until SIGTERM or SIGINT, then drains and exits 0.
@@ -17,7 +18,7 @@ class ValueError extends Error {
   readonly retryable = false;
 }
 
-const addr = process.env["CONVEYOR_ADDR"] || "http://127.0.0.1:50051";
+const addr = process.env["CONVEYOR_ADDR"] || undefined; // undefined: the SDK's default (https:// with CONVEYOR_TLS_*)
 const queue = process.env["CONVEYOR_QUEUE"] || "default";
 const concurrencyText = process.env["CONVEYOR_CONCURRENCY"] || "8";
 const concurrency = Number(concurrencyText);
@@ -67,7 +68,7 @@ worker.register("sleep", async (ctx: TaskContext, seconds: number) => {
   return null;
 });
 
-console.error(`example worker ${worker.workerId} serving ${addr} queue=${queue} concurrency=${concurrency}`);
+console.error(`example worker ${worker.workerId} serving ${worker.addresses.join(",")} queue=${queue} concurrency=${concurrency}`);
 worker
   .run()
   .then(() => {

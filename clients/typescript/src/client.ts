@@ -30,7 +30,15 @@ import { buildSchedule } from "./schedules.js";
 import type { ScheduleDefinition } from "./schedules.js";
 import { buildTaskSpec, isTerminal, taskResult } from "./spec.js";
 import type { SubmitOptions, TaskRequest } from "./spec.js";
-import { Endpoints, SERVICE_NAMES, checkServiceEndpoints, parseAddresses, resolveGeneralAddresses, resolveServiceAddresses } from "./transport.js";
+import {
+  Endpoints,
+  SERVICE_NAMES,
+  checkServiceEndpoints,
+  parseAddresses,
+  resolveGeneralAddresses,
+  resolveServiceAddresses,
+  resolveTls,
+} from "./transport.js";
 import type { Addresses, ConnectionOptions, RetryPolicy, ServiceName } from "./transport.js";
 import { WorkflowHandle, isWorkflowTerminal, workflowStateName } from "./workflow.js";
 
@@ -179,19 +187,21 @@ export class Client {
       for (const service of SERVICE_NAMES) perService[service] = only;
       this.addresses = only.addresses;
     } else {
-      const resolved = resolveServiceAddresses(addresses, options.endpoints);
+      const tls = resolveTls(options.tls);
+      const parse = { tls: tls !== undefined };
+      const resolved = resolveServiceAddresses(addresses, options.endpoints, process.env, parse);
       const shared = new Map<string, Endpoints<Services>>();
       for (const service of SERVICE_NAMES) {
-        const urls = parseAddresses(resolved[service].addresses).map((url) => url.href);
+        const urls = parseAddresses(resolved[service].addresses, parse).map((url) => url.href);
         const key = urls.join(",");
         let endpoints = shared.get(key);
         if (endpoints === undefined) {
-          endpoints = new Endpoints(urls, options, build);
+          endpoints = new Endpoints(urls, options, build, tls);
           shared.set(key, endpoints);
         }
         perService[service] = endpoints;
       }
-      this.addresses = parseAddresses(resolveGeneralAddresses(addresses).addresses).map((url) => url.host);
+      this.addresses = parseAddresses(resolveGeneralAddresses(addresses, process.env, parse).addresses, parse).map((url) => url.host);
     }
     this.#endpoints = perService;
     this.endpoints = Object.freeze(
@@ -391,7 +401,7 @@ export class Client {
         endpoints.failed(endpoint);
         failures += 1;
         if (failures >= this.#retry.maxAttempts || options.signal?.aborted === true) {
-          throw unavailable(error, endpoints.addresses, failures, true);
+          throw unavailable(error, endpoints.addresses, failures, true, endpoint.url);
         }
         await sleep(backoff.next(), options.signal);
       }

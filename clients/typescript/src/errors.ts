@@ -4,7 +4,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { FailureReason, TaskState } from "./gen/conveyor/v1/task_pb.js";
 import type { Task } from "./gen/conveyor/v1/task_pb.js";
-import { SERVICE_ADDRESS_ENV } from "./transport.js";
+import { SERVICE_ADDRESS_ENV, TLS_ENV } from "./transport.js";
 import type { ServiceName } from "./transport.js";
 
 export { Code };
@@ -44,8 +44,73 @@ export class ConveyorError extends Error {
     const ErrorType = connect.code === Code.DeadlineExceeded ? ConveyorTimeoutError : ConveyorError;
     let message = connect.rawMessage;
     if (connect.code === Code.Unimplemented && call?.address !== undefined) message += ` ${roleHint(call.service, call.address)}`;
+    const tls = tlsHint(error);
+    if (tls !== undefined) message = `${openSslReason(message)} (${tls})`;
     return new ErrorType(connect.code, message, { cause: error });
   }
+}
+
+/**
+ * The reason of an OpenSSL error line ("80...:error:0A00045C:SSL
+ * routines:ssl3_read_bytes:tlsv13 alert certificate required:file:line:SSL
+ * alert number 116" -> "tlsv13 alert certificate required"); other messages
+ * unchanged.
+ */
+function openSslReason(message: string): string {
+  const match = /^[0-9A-F]+:error:[0-9A-F]+:[^:]*:[^:]*:([^:]+):/.exec(message.trim());
+  return match === null ? message.trim() : match[1]!.trim();
+}
+
+/** Node's codes of a server certificate the client does not trust. */
+const UNTRUSTED_SERVER = new Set([
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "CERT_SIGNATURE_FAILURE",
+  "CERT_UNTRUSTED",
+  "CERT_REJECTED",
+  "INVALID_CA",
+]);
+
+/** TLS alerts of a server that refused the client's certificate, or wanted one. */
+const CLIENT_CERT_REFUSED = /^ERR_SSL_(TLSV13_ALERT_CERTIFICATE_REQUIRED|SSLV3_ALERT_BAD_CERTIFICATE|TLSV1_ALERT_UNKNOWN_CA|SSLV3_ALERT_CERTIFICATE_UNKNOWN|SSLV3_ALERT_HANDSHAKE_FAILURE|TLSV1_ALERT_ACCESS_DENIED|SSLV3_ALERT_CERTIFICATE_EXPIRED|SSLV3_ALERT_UNSUPPORTED_CERTIFICATE|TLSV1_ALERT_DECRYPT_ERROR)$/;
+
+/**
+ * What to do about a failed TLS handshake, from Node's error codes along
+ * `error`'s cause chain; undefined when it is not one.
+ */
+export function tlsHint(error: unknown): string | undefined {
+  const codes: string[] = [];
+  const seen = new Set<unknown>();
+  for (let current = error; current instanceof Error && !seen.has(current); current = current.cause) {
+    seen.add(current);
+    const code = (current as { code?: unknown }).code;
+    if (typeof code === "string") codes.push(code);
+  }
+  const clientCert = `set tls.cert and tls.key (or ${TLS_ENV.cert} and ${TLS_ENV.key}) to a client certificate signed by the CA the server trusts for clients, and its key`;
+  for (const code of codes) {
+    if (UNTRUSTED_SERVER.has(code)) {
+      return `TLS: the server's certificate is not trusted (${code}); set tls.ca or ${TLS_ENV.ca} to the PEM file of the CA that signed it`;
+    }
+    if (code === "CERT_HAS_EXPIRED" || code === "CERT_NOT_YET_VALID") {
+      return `TLS: the server's certificate is not valid now (${code}); renew the server's certificate or check this machine's clock`;
+    }
+    if (code === "ERR_TLS_CERT_ALTNAME_INVALID") {
+      return `TLS: the server's certificate does not name the host connected to (${code}); use an address with a host name or IP its certificate lists`;
+    }
+    if (code === "ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED") {
+      return `TLS: the server requires a client certificate (mTLS) (${code}); ${clientCert}`;
+    }
+    if (CLIENT_CERT_REFUSED.test(code)) {
+      return `TLS: the server refused the handshake, most likely this client's certificate or its absence (${code}); ${clientCert}`;
+    }
+    if (code === "ERR_SSL_WRONG_VERSION_NUMBER" || code === "ERR_SSL_PACKET_LENGTH_TOO_LONG") {
+      return `TLS: the server does not speak TLS at this address (${code}); use an http:// address and no TLS settings for a plaintext server`;
+    }
+  }
+  return undefined;
 }
 
 /** The service a call was for and the address it went to (undefined: a custom transport). */

@@ -2,15 +2,19 @@
 // gRPC over HTTP/2 (h2c for http:// addresses, TLS for https://), one
 // connection per address, with failover between several addresses.
 
+import { readFileSync } from "node:fs";
+import type { SecureClientSessionOptions } from "node:http2";
+import { createSecureContext } from "node:tls";
 import type { Interceptor, Transport } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
 import type { Http2SessionOptions } from "@connectrpc/connect-node";
 
 /**
- * Where Conveyor is: "http://127.0.0.1:50051", a scheme-less
- * "127.0.0.1:50051" (plaintext), several separated by commas, or an array of
- * them. With several, calls go to one and fail over to the next when it is
- * UNAVAILABLE.
+ * Where Conveyor is: "http://127.0.0.1:50051" (plaintext),
+ * "https://conveyor.example:50051" (TLS), a scheme-less "127.0.0.1:50051"
+ * (plaintext, or TLS when a TLS option or CONVEYOR_TLS_* variable is set),
+ * several separated by commas, or an array of them. With several, calls go
+ * to one and fail over to the next when it is UNAVAILABLE.
  */
 export type Addresses = string | readonly string[];
 
@@ -34,6 +38,9 @@ export type ServiceEndpoints = { readonly [S in ServiceName]?: Addresses };
 /** The address used when none is given anywhere. */
 export const DEFAULT_ADDRESS = "http://127.0.0.1:50051";
 
+/** The address used when none is given anywhere and TLS settings are (the tls option or CONVEYOR_TLS_*). */
+export const DEFAULT_TLS_ADDRESS = "https://127.0.0.1:50051";
+
 /** The environment variable of the general address, used when the constructor gets none. */
 export const ADDRESS_ENV = "CONVEYOR_ADDR";
 
@@ -43,6 +50,33 @@ export const SERVICE_ADDRESS_ENV: Readonly<Record<ServiceName, string>> = Object
   results: "CONVEYOR_RESULTS_ADDR",
   dispatch: "CONVEYOR_DISPATCH_ADDR",
   scheduling: "CONVEYOR_SCHEDULING_ADDR",
+});
+
+/**
+ * TLS settings: paths of PEM files. Giving this option (even `{}`) makes
+ * scheme-less addresses use TLS; an `http://` address with it is an error.
+ */
+export interface TlsOptions {
+  /**
+   * The CA certificate(s) to trust instead of Node's built-in roots, e.g.
+   * the private CA that signed the server's certificate. Default:
+   * $CONVEYOR_TLS_CA, else Node's roots.
+   */
+  ca?: string;
+  /**
+   * This client's certificate, for servers that require one (mTLS). Needs
+   * `key`. Default: $CONVEYOR_TLS_CERT (with $CONVEYOR_TLS_KEY).
+   */
+  cert?: string;
+  /** The private key of `cert` (unencrypted PEM). Default: $CONVEYOR_TLS_KEY. */
+  key?: string;
+}
+
+/** The environment variables of the TLS settings, used for the fields `tls` does not set. */
+export const TLS_ENV: Readonly<Record<keyof TlsOptions, string>> = Object.freeze({
+  ca: "CONVEYOR_TLS_CA",
+  cert: "CONVEYOR_TLS_CERT",
+  key: "CONVEYOR_TLS_KEY",
 });
 
 /** Bounds the automatic retry of calls that are safe to repeat. */
@@ -82,6 +116,16 @@ export interface ConnectionOptions {
   /** Keepalive settings of the HTTP/2 connections. */
   http2?: Http2SessionOptions;
   /**
+   * TLS: `{ ca, cert, key }`, paths of PEM files (see TlsOptions). Each field
+   * not given here comes from its environment variable (CONVEYOR_TLS_CA,
+   * CONVEYOR_TLS_CERT, CONVEYOR_TLS_KEY); `cert` and `key` go together. TLS
+   * is used for `https://` addresses, and for scheme-less ones when this
+   * option or one of those variables is set; an `http://` address with TLS
+   * settings throws TypeError. Without `ca`, the server's certificate is
+   * checked against Node's built-in roots. Ignored with `transport`.
+   */
+  tls?: TlsOptions;
+  /**
    * Retries of calls that are safe to repeat (reads, and submissions that
    * carry an idempotency key) when Conveyor is UNAVAILABLE, failing over to
    * the next address each time. `false` disables them.
@@ -89,10 +133,24 @@ export interface ConnectionOptions {
   retry?: RetryPolicy | false;
 }
 
-/** Parses one address; throws TypeError, saying what is expected, when malformed. */
-export function parseAddress(address: string): URL {
+/** How addresses are read. */
+export interface ParseAddressOptions {
+  /**
+   * TLS settings are given: scheme-less addresses use TLS (https), and an
+   * `http://` address throws TypeError.
+   */
+  tls?: boolean;
+}
+
+/**
+ * Parses one address; throws TypeError, saying what is expected, when
+ * malformed. A scheme-less address becomes http://, or https:// with
+ * `options.tls`.
+ */
+export function parseAddress(address: string, options: ParseAddressOptions = {}): URL {
   const trimmed = address.trim();
-  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(trimmed) ? trimmed : `http://${trimmed}`;
+  const hasScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(trimmed);
+  const withScheme = hasScheme ? trimmed : `${options.tls === true ? "https" : "http"}://${trimmed}`;
   let url: URL;
   try {
     url = new URL(withScheme);
@@ -110,16 +168,24 @@ export function parseAddress(address: string): URL {
   if (url.hostname === "") {
     throw new TypeError(`invalid Conveyor address ${JSON.stringify(address)}: no host; expected e.g. "http://127.0.0.1:50051"`);
   }
+  if (options.tls === true && url.protocol === "http:") {
+    throw new TypeError(
+      `Conveyor address ${JSON.stringify(address)} is plaintext (http://) but TLS settings are given (the tls option or ${TLS_ENV.ca}/${TLS_ENV.cert}/${TLS_ENV.key}): use https://${url.host} (or no scheme) to connect with TLS, or remove the TLS settings`,
+    );
+  }
   return url;
 }
 
-/** Splits and parses an address list; throws TypeError when it is empty or malformed. */
-export function parseAddresses(addresses: Addresses): URL[] {
+/**
+ * Splits and parses an address list; throws TypeError when it is empty or
+ * malformed. `options.tls`: as for parseAddress.
+ */
+export function parseAddresses(addresses: Addresses, options: ParseAddressOptions = {}): URL[] {
   const parts = splitAddresses(addresses);
   if (parts.length === 0) {
     throw new TypeError('no Conveyor address given: pass e.g. "http://127.0.0.1:50051" (or several, comma-separated)');
   }
-  return parts.map(parseAddress);
+  return parts.map((part) => parseAddress(part, options));
 }
 
 function splitAddresses(addresses: Addresses): string[] {
@@ -140,6 +206,98 @@ function given(addresses: Addresses | undefined): addresses is Addresses {
   return addresses !== undefined && addresses !== null && splitAddresses(addresses).length > 0;
 }
 
+/** TLS settings with their files read, as the connections use them. */
+export interface ResolvedTls {
+  /** What http2.connect gets for https:// addresses: `ca`, `cert` and `key`, those set. */
+  readonly nodeOptions: SecureClientSessionOptions;
+  /** Each file used and where its path came from, e.g. { ca: "/etc/ca.pem (CONVEYOR_TLS_CA)" }. */
+  readonly files: Readonly<Partial<Record<keyof TlsOptions, string>>>;
+}
+
+const TLS_FILE_WHAT: Readonly<Record<keyof TlsOptions, string>> = {
+  ca: "CA certificate",
+  cert: "client certificate",
+  key: "client key",
+};
+
+/**
+ * The TLS settings of a client or worker: each field of `tls`, else its
+ * environment variable (TLS_ENV; empty values count as unset), with the PEM
+ * files read and checked. Undefined when neither `tls` nor any variable is
+ * set (plaintext, unless an address says https://). Throws TypeError saying
+ * what to fix: a certificate without its key (or the reverse), a file that
+ * cannot be read or is not PEM, a key that does not match its certificate.
+ */
+export function resolveTls(
+  tls: TlsOptions | undefined,
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): ResolvedTls | undefined {
+  if (tls !== undefined && (tls === null || typeof tls !== "object" || Array.isArray(tls))) {
+    throw new TypeError('tls must be an object such as { ca: "ca.pem", cert: "client.pem", key: "client.key" } (paths of PEM files)');
+  }
+  const paths: Partial<Record<keyof TlsOptions, { path: string; source: string }>> = {};
+  for (const field of ["ca", "cert", "key"] as const) {
+    const option = tls?.[field];
+    if (option !== undefined && option !== null && typeof option !== "string") {
+      throw new TypeError(`tls.${field} must be the path of a PEM file (a string), not ${typeof option}`);
+    }
+    const fromEnv = env[TLS_ENV[field]];
+    if (option !== undefined && option !== null && option.trim() !== "") {
+      paths[field] = { path: option, source: `tls.${field}` };
+    } else if (fromEnv !== undefined && fromEnv.trim() !== "") {
+      paths[field] = { path: fromEnv, source: TLS_ENV[field] };
+    }
+  }
+  if (tls === undefined && Object.keys(paths).length === 0) return undefined;
+  if ((paths.cert === undefined) !== (paths.key === undefined)) {
+    const [have, missing] = paths.cert !== undefined ? (["cert", "key"] as const) : (["key", "cert"] as const);
+    throw new TypeError(
+      `TLS ${TLS_FILE_WHAT[have]} given (${paths[have]!.source}=${paths[have]!.path}) without the ${TLS_FILE_WHAT[missing]}: ` +
+        `a client certificate needs its key; set both tls.cert and tls.key (or ${TLS_ENV.cert} and ${TLS_ENV.key}), or neither`,
+    );
+  }
+  const nodeOptions: { ca?: Buffer; cert?: Buffer; key?: Buffer } = {};
+  const files: Partial<Record<keyof TlsOptions, string>> = {};
+  for (const field of ["ca", "cert", "key"] as const) {
+    const given = paths[field];
+    if (given === undefined) continue;
+    nodeOptions[field] = readPem(field, given.path, given.source);
+    files[field] = `${given.path} (${given.source})`;
+  }
+  try {
+    createSecureContext(nodeOptions);
+  } catch (error) {
+    const used = Object.values(files).join(", ");
+    const hint = /mismatch/i.test((error as Error).message)
+      ? "the client key does not belong to the client certificate"
+      : "check that these are PEM certificates and an unencrypted PEM private key";
+    throw new TypeError(`invalid TLS settings (${used}): ${(error as Error).message}; ${hint}`, { cause: error });
+  }
+  return { nodeOptions, files };
+}
+
+/** Reads one PEM file of the TLS settings; throws TypeError naming the path, the setting and its variable. */
+function readPem(field: keyof TlsOptions, path: string, source: string): Buffer {
+  const setting = `tls.${field} or ${TLS_ENV[field]}`;
+  let data: Buffer;
+  try {
+    data = readFileSync(path);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const why = code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : code === "EISDIR" ? "it is a directory" : (error as Error).message;
+    throw new TypeError(
+      `cannot read the TLS ${TLS_FILE_WHAT[field]} file ${JSON.stringify(path)} (from ${source}): ${why}; set ${setting} to the path of a readable PEM file`,
+      { cause: error },
+    );
+  }
+  if (!data.includes("-----BEGIN ")) {
+    throw new TypeError(
+      `the TLS ${TLS_FILE_WHAT[field]} file ${JSON.stringify(path)} (from ${source}) is not PEM (no "-----BEGIN" line); set ${setting} to a PEM file (convert DER with openssl)`,
+    );
+  }
+  return data;
+}
+
 /** Where a service's addresses came from, and what they are. */
 export interface ResolvedAddresses {
   readonly addresses: Addresses;
@@ -147,15 +305,20 @@ export interface ResolvedAddresses {
   readonly source: string;
 }
 
-/** The general addresses: `addresses`, else CONVEYOR_ADDR, else DEFAULT_ADDRESS (empty values count as unset). */
+/**
+ * The general addresses: `addresses`, else CONVEYOR_ADDR, else
+ * DEFAULT_ADDRESS (DEFAULT_TLS_ADDRESS with `options.tls`). Empty values
+ * count as unset.
+ */
 export function resolveGeneralAddresses(
   addresses: Addresses | undefined,
   env: Readonly<Record<string, string | undefined>> = process.env,
+  options: ParseAddressOptions = {},
 ): ResolvedAddresses {
   if (given(addresses)) return { addresses, source: "the address given" };
   const fromEnv = env[ADDRESS_ENV];
   if (given(fromEnv)) return { addresses: fromEnv, source: ADDRESS_ENV };
-  return { addresses: DEFAULT_ADDRESS, source: "the default" };
+  return { addresses: options.tls === true ? DEFAULT_TLS_ADDRESS : DEFAULT_ADDRESS, source: "the default" };
 }
 
 /**
@@ -178,16 +341,18 @@ export function checkServiceEndpoints(endpoints: unknown): asserts endpoints is 
 /**
  * The addresses of each service: `endpoints[service]`, else its environment
  * variable (SERVICE_ADDRESS_ENV), else `addresses`, else CONVEYOR_ADDR, else
- * DEFAULT_ADDRESS. Empty values count as unset. Throws TypeError for an
- * unknown key of `endpoints` or a malformed address, naming where it came from.
+ * DEFAULT_ADDRESS (DEFAULT_TLS_ADDRESS with `options.tls`). Empty values count as unset. Throws TypeError for an
+ * unknown key of `endpoints` or a malformed address (with `tls`: an http://
+ * one), naming where it came from.
  */
 export function resolveServiceAddresses(
   addresses: Addresses | undefined,
   endpoints: ServiceEndpoints | undefined,
   env: Readonly<Record<string, string | undefined>> = process.env,
+  options: ParseAddressOptions = {},
 ): Record<ServiceName, ResolvedAddresses> {
   checkServiceEndpoints(endpoints);
-  const general = resolveGeneralAddresses(addresses, env);
+  const general = resolveGeneralAddresses(addresses, env, options);
   const resolved = {} as Record<ServiceName, ResolvedAddresses>;
   for (const service of SERVICE_NAMES) {
     const option = endpoints?.[service];
@@ -198,7 +363,7 @@ export function resolveServiceAddresses(
         ? { addresses: fromEnv, source: SERVICE_ADDRESS_ENV[service] }
         : general;
     try {
-      parseAddresses(choice.addresses);
+      parseAddresses(choice.addresses, options);
     } catch (error) {
       throw new TypeError(`${(error as Error).message} (from ${choice.source}, the ${service} address)`, { cause: error });
     }
@@ -235,13 +400,18 @@ function metadataInterceptor(options: ConnectionOptions): Interceptor[] {
   ];
 }
 
-/** One connection to one address. */
-export function createTransport(address: URL | string, options: ConnectionOptions = {}): OwnedTransport {
+/**
+ * One connection to one address; https:// addresses connect with `tls` (the
+ * resolved TLS settings), or with Node's defaults when it is undefined.
+ */
+export function createTransport(address: URL | string, options: ConnectionOptions = {}, tls?: ResolvedTls): OwnedTransport {
   if (options.transport !== undefined) {
     return { transport: options.transport, close: () => {} };
   }
-  const url = typeof address === "string" ? parseAddress(address) : address;
-  const sessionManager = new Http2SessionManager(url, options.http2);
+  const url = typeof address === "string" ? parseAddress(address, { tls: tls !== undefined }) : address;
+  // The session manager makes the HTTP/2 connection (createGrpcTransport's
+  // nodeOptions are ignored when one is given): the TLS settings go to it.
+  const sessionManager = new Http2SessionManager(url, options.http2, url.protocol === "https:" ? tls?.nodeOptions : undefined);
   const transport = createGrpcTransport({
     baseUrl: url.href.replace(/\/+$/, ""),
     sessionManager,
@@ -271,14 +441,22 @@ export class Endpoints<T> {
   readonly addresses: readonly string[];
   readonly #urls: readonly URL[];
   readonly #options: ConnectionOptions;
+  readonly #tls: ResolvedTls | undefined;
   readonly #build: (transport: Transport) => T;
   readonly #open = new Map<number, { owned: OwnedTransport; value: T }>();
   #current = 0;
 
-  constructor(addresses: Addresses, options: ConnectionOptions, build: (transport: Transport) => T) {
+  /**
+   * `tls`: the resolved TLS settings (resolveTls of `options.tls`), which
+   * every connection to an https:// address uses, reopened ones included;
+   * given, scheme-less addresses use TLS and http:// ones throw TypeError.
+   */
+  constructor(addresses: Addresses, options: ConnectionOptions, build: (transport: Transport) => T, tls?: ResolvedTls) {
     this.#options = options;
+    this.#tls = options.transport !== undefined ? undefined : tls;
     this.#build = build;
-    this.#urls = options.transport !== undefined ? [new URL("http://in-process.invalid")] : parseAddresses(addresses);
+    this.#urls =
+      options.transport !== undefined ? [new URL("http://in-process.invalid")] : parseAddresses(addresses, { tls: this.#tls !== undefined });
     this.addresses = options.transport !== undefined ? ["(custom transport)"] : this.#urls.map((url) => url.host);
   }
 
@@ -292,7 +470,7 @@ export class Endpoints<T> {
     const index = this.#current;
     let open = this.#open.get(index);
     if (open === undefined) {
-      const owned = createTransport(this.#urls[index]!, this.#options);
+      const owned = createTransport(this.#urls[index]!, this.#options, this.#tls);
       open = { owned, value: this.#build(owned.transport) };
       this.#open.set(index, open);
     }

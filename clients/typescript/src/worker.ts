@@ -16,8 +16,8 @@ import type { Runtime } from "./internal/session.js";
 import { stderrLogger } from "./logger.js";
 import type { Logger } from "./logger.js";
 import { errorText } from "./payload.js";
-import { Endpoints, checkServiceEndpoints, resolveServiceAddresses } from "./transport.js";
-import type { Addresses, ConnectionOptions } from "./transport.js";
+import { Endpoints, checkServiceEndpoints, parseAddresses, resolveServiceAddresses, resolveTls } from "./transport.js";
+import type { Addresses, ConnectionOptions, ResolvedTls } from "./transport.js";
 import { SDK_VERSION } from "./version.js";
 
 /** Default time running tasks get to finish once shutdown starts. */
@@ -102,6 +102,10 @@ export class Worker {
   readonly #options: WorkerOptions;
   /** The dispatch service's addresses, as resolved at construction. */
   readonly #addresses: Addresses;
+  /** The TLS settings, files read at construction; undefined: none given. */
+  readonly #tls: ResolvedTls | undefined;
+  /** Every dispatch address is http:// (no custom transport). */
+  readonly #plaintext: boolean;
   readonly #log: Logger;
   #running = false;
 
@@ -117,8 +121,10 @@ export class Worker {
     if (options.transport !== undefined) {
       checkServiceEndpoints(options.endpoints);
       this.#addresses = addresses ?? "";
+      this.#tls = undefined;
     } else {
-      this.#addresses = resolveServiceAddresses(addresses, options.endpoints).dispatch.addresses;
+      this.#tls = resolveTls(options.tls);
+      this.#addresses = resolveServiceAddresses(addresses, options.endpoints, process.env, { tls: this.#tls !== undefined }).dispatch.addresses;
     }
     this.#options = options;
     this.#log = options.logger ?? stderrLogger();
@@ -135,7 +141,9 @@ export class Worker {
           : undefined;
     if (problem !== undefined) throw new RangeError(problem);
     // Fails early on a malformed address.
-    this.addresses = new Endpoints(this.#addresses, options, () => undefined).addresses;
+    this.addresses = new Endpoints(this.#addresses, options, () => undefined, this.#tls).addresses;
+    this.#plaintext =
+      options.transport === undefined && parseAddresses(this.#addresses, { tls: this.#tls !== undefined }).every((url) => url.protocol === "http:");
   }
 
   /**
@@ -195,6 +203,7 @@ export class Worker {
         http2: this.#options.http2 ?? { pingIntervalMs: 10_000, pingTimeoutMs: 10_000 },
       },
       (transport) => createClient(DispatchService, transport),
+      this.#tls,
     );
     this.#log.info("worker starting", {
       addresses: endpoints.addresses.join(","),
@@ -202,6 +211,7 @@ export class Worker {
       queues: this.queues.join(","),
       tasks: this.taskNames.join(","),
       concurrency: this.concurrency,
+      ...(this.#tls === undefined ? {} : { tls: Object.values(this.#tls.files).join(", ") || "Node's roots" }),
     });
     const runtime: Runtime = {
       endpoints,
@@ -266,7 +276,12 @@ export class Worker {
         if (end.welcomed) backoff.reset();
         delay = backoff.next();
         const message = end.welcomed ? "worker stream lost, reconnecting" : "cannot open a worker session, retrying";
-        this.#log.warn(message, { error: errorText(end.error), delay_ms: Math.round(delay) });
+        // A TLS server closes a plaintext connection before any answer.
+        const closed = end.error instanceof ConveyorError && [Code.Canceled, Code.Aborted].includes(end.error.code);
+        const hint = !end.welcomed && this.#plaintext && closed
+          ? { hint: "if the server serves TLS, use an https:// address (and the tls option or CONVEYOR_TLS_CA for a private CA)" }
+          : {};
+        this.#log.warn(message, { error: errorText(end.error), delay_ms: Math.round(delay), ...hint });
       }
       await sleep(delay, stop);
     }

@@ -20,6 +20,9 @@ export function resolvePolicy(policy: RetryPolicy | false | undefined): Required
   };
 }
 
+/** How the message of a connection lost under a call starts. */
+const LOST = "connection lost";
+
 /** Node's codes for a connection that broke under a call (connect reports them as ABORTED). */
 const BROKEN_CONNECTION = new Set(["ECONNRESET", "EPIPE", "ERR_STREAM_DESTROYED", "ERR_HTTP2_INVALID_STREAM", "ERR_HTTP2_GOAWAY_SESSION", "ERR_HTTP2_STREAM_CANCEL"]);
 
@@ -48,7 +51,7 @@ export function connectionLost(error: ConveyorError, signal?: AbortSignal): Conv
     (error.code === Code.Canceled && signal?.aborted !== true) ||
     (error.code === Code.Aborted && nodeCodes(error).some((code) => BROKEN_CONNECTION.has(code)));
   if (!broken) return undefined;
-  return new ConveyorError(Code.Unavailable, `connection lost (${error.rawMessage})`, { cause: error });
+  return new ConveyorError(Code.Unavailable, `${LOST} (${error.rawMessage})`, { cause: error });
 }
 
 /**
@@ -78,20 +81,35 @@ export async function callWithRetry<C, T>(
       if (error === undefined || endpoint === undefined) throw failure;
       endpoints.failed(endpoint);
       const last = !safe || attempt >= policy.maxAttempts || signal?.aborted === true;
-      if (last) throw unavailable(error, endpoints.addresses, attempt, safe);
+      if (last) throw unavailable(error, endpoints.addresses, attempt, safe, endpoint.url);
       // The first pass over the other addresses is immediate; then back off.
       if (attempt >= endpoints.size) await sleep(backoff.next(), signal);
     }
   }
 }
 
-/** The final UNAVAILABLE error, saying where the calls went and what to check. */
-export function unavailable(error: ConveyorError, addresses: readonly string[], attempts: number, safe: boolean): ConveyorError {
+/**
+ * The final UNAVAILABLE error, saying where the calls went and what to
+ * check. `url`: the address of the last attempt; a plaintext (http://) one
+ * whose connection was closed under the call adds that a TLS server needs
+ * https:// (a TLS server closes a plaintext connection so).
+ */
+export function unavailable(
+  error: ConveyorError,
+  addresses: readonly string[],
+  attempts: number,
+  safe: boolean,
+  url?: string,
+): ConveyorError {
   const tried = attempts > 1 ? ` after ${attempts} attempts` : "";
   const hint = safe
     ? `is Conveyor running and reachable at ${addresses.join(", ")}?`
     : `this call is not retried automatically (it may not be safe to repeat); check that Conveyor runs at ${addresses.join(", ")}, then call again`;
-  return new ConveyorError(error.code, `${error.rawMessage}${tried}; ${hint}`, { cause: error });
+  const plaintext =
+    url?.startsWith("http://") === true && error.rawMessage.startsWith(LOST)
+      ? " If the server serves TLS, use an https:// address (and the tls option or CONVEYOR_TLS_CA for a private CA)."
+      : "";
+  return new ConveyorError(error.code, `${error.rawMessage}${tried}; ${hint}${plaintext}`, { cause: error });
 }
 
 /** Sleeps `ms`, or less when `signal` aborts. */
