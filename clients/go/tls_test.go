@@ -115,7 +115,7 @@ func newConn(t *testing.T, addr string, opts ...grpc.DialOption) *grpc.ClientCon
 	return conn
 }
 
-func TestTLSWithCAOption(t *testing.T) {
+func Test_parity_tls_with_ca_option(t *testing.T) {
 	clearTLSEnv(t)
 	certs := genCerts(t)
 	addr := "https://" + startTLSServer(t, certs, false)
@@ -200,7 +200,7 @@ func TestTLSUntrustedServerIsRefused(t *testing.T) {
 // mTLS: without a client certificate the server refuses the connection;
 // with the test client certificate (an option for the client, environment
 // variables for the worker) tasks run.
-func TestMTLS(t *testing.T) {
+func Test_parity_mtls(t *testing.T) {
 	clearTLSEnv(t)
 	certs := genCerts(t)
 	addr := "https://" + startTLSServer(t, certs, true)

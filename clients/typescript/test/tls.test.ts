@@ -80,7 +80,7 @@ function capturingLogger(): { logger: Logger; lines: string[] } {
 }
 
 describe("TLS", () => {
-  test("a client (https://) and a worker (no scheme) with tls.ca submit, run and await a task", async () => {
+  test("parity_tls: a client (https://) and a worker (no scheme) with tls.ca submit, run and await a task", async () => {
     const client = new Client(`https://${tlsHost}`, { tls: { ca: cert("ca.pem") } });
     try {
       await roundTrip(client, tlsHost, { ca: cert("ca.pem") });
@@ -224,7 +224,7 @@ describe("mTLS", () => {
     }
   });
 
-  test("a client and a worker with client.pem and client.key are served", async () => {
+  test("parity_mtls: a client and a worker with client.pem and client.key are served", async () => {
     const tls = { ca: cert("ca.pem"), cert: cert("client.pem"), key: cert("client.key") };
     const client = new Client(`https://${mtlsHost}`, { tls });
     try {

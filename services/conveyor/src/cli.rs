@@ -137,6 +137,23 @@ pub struct EventsArgs {
     pub target: Target,
 }
 
+/// A path from a flag or an environment variable; an empty variable
+/// (`CONVEYOR_TLS_CA=`) means unset rather than an error.
+#[derive(Debug, Clone)]
+pub struct OptionalPath(Option<std::path::PathBuf>);
+
+impl std::str::FromStr for OptionalPath {
+    type Err = std::convert::Infallible;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self((!text.is_empty()).then(|| text.into())))
+    }
+}
+
+/// The path of an optional path argument, if one was given.
+fn path(value: Option<OptionalPath>) -> Option<std::path::PathBuf> {
+    value.and_then(|value| value.0)
+}
+
 /// `serve` arguments.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -196,11 +213,11 @@ pub struct ServerArgs {
     /// TOML file of periodic schedules, created or updated at start; see the
     /// README.
     #[arg(long, env = "CONVEYOR_SCHEDULES")]
-    pub schedules: Option<std::path::PathBuf>,
+    pub schedules: Option<OptionalPath>,
     /// TOML file of options per task name (queue, retries, backoff, time
     /// limits, result TTL); see the README.
     #[arg(long, env = "CONVEYOR_TASK_DEFAULTS")]
-    pub task_defaults: Option<std::path::PathBuf>,
+    pub task_defaults: Option<OptionalPath>,
     /// Record when handlers start (state RUNNING), as Celery's
     /// `task_track_started`; off by default (one store write per task).
     #[arg(long, env = "CONVEYOR_TRACK_STARTED")]
@@ -212,18 +229,18 @@ pub struct ServerArgs {
     pub rebalance_interval: Duration,
     /// Serve TLS with this PEM certificate chain (with --tls-key); re-read
     /// when the file changes, for new connections.
-    #[arg(long, env = "CONVEYOR_TLS_SERVER_CERT", requires = "tls_key")]
-    pub tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, env = "CONVEYOR_TLS_SERVER_CERT")]
+    pub tls_cert: Option<OptionalPath>,
     /// The PEM private key of --tls-cert.
-    #[arg(long, env = "CONVEYOR_TLS_SERVER_KEY", requires = "tls_cert")]
-    pub tls_key: Option<std::path::PathBuf>,
+    #[arg(long, env = "CONVEYOR_TLS_SERVER_KEY")]
+    pub tls_key: Option<OptionalPath>,
     /// Require client certificates signed by this PEM CA (mTLS).
-    #[arg(long, env = "CONVEYOR_TLS_CLIENT_CA", requires = "tls_cert")]
-    pub tls_client_ca: Option<std::path::PathBuf>,
+    #[arg(long, env = "CONVEYOR_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<OptionalPath>,
     /// CA to trust (besides the system's) for https:// peers and the
     /// submission URL.
     #[arg(long, env = "CONVEYOR_TLS_CA")]
-    pub tls_ca: Option<std::path::PathBuf>,
+    pub tls_ca: Option<OptionalPath>,
     /// Accepted bearer tokens (comma-separated); none: no authentication.
     #[arg(
         long = "auth-token",
@@ -353,29 +370,36 @@ async fn serve(
         roles: roles.clone(),
         ..AppConfig::default()
     };
-    if let Some(path) = &args.task_defaults {
-        config.task_defaults = crate::config::load_task_defaults(path)?;
+    if let Some(path) = path(args.task_defaults.clone()) {
+        config.task_defaults = crate::config::load_task_defaults(&path)?;
     }
     config.submission_url = args.submission_url.clone();
     crate::forward::check_peers(&args.peers)?;
     config.peers = args.peers.clone();
-    if let Some(path) = &args.schedules {
-        config.declared_schedules = crate::config::load_schedules(path)?;
+    if let Some(path) = path(args.schedules.clone()) {
+        config.declared_schedules = crate::config::load_schedules(&path)?;
     }
     config.server.grace = args.grace;
     // Workers get most of the grace period to finish what they hold; the
     // rest is for their last outcomes to be recorded.
     config.dispatch.drain_grace = args.grace.mul_f64(0.8);
     config.server.auth_tokens = args.auth_tokens;
-    config.server.tls = match (args.tls_cert, args.tls_key) {
+    let client_ca = path(args.tls_client_ca);
+    config.server.tls = match (path(args.tls_cert), path(args.tls_key)) {
         (Some(cert), Some(key)) => Some(conveyor_runtime::tls::TlsFiles {
             cert,
             key,
-            client_ca: args.tls_client_ca,
+            client_ca,
         }),
-        _ => None,
+        (None, None) if client_ca.is_some() => anyhow::bail!(
+            "--tls-client-ca needs TLS on the listener: give --tls-cert and --tls-key too"
+        ),
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "--tls-cert and --tls-key go together (a certificate and its private key): give both, or neither for plaintext"
+        ),
     };
-    crate::tls_out::configure(args.tls_ca, config.server.tls.clone());
+    crate::tls_out::configure(path(args.tls_ca), config.server.tls.clone());
     if let Some(files) = &config.server.tls {
         // Bad files stop the process here, saying which flag to fix.
         conveyor_runtime::tls::ServerTls::load(files)?;
