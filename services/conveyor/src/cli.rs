@@ -493,8 +493,7 @@ async fn start_admin(
 async fn channel(target: &Target) -> anyhow::Result<Channel> {
     // `127.0.0.1:50051` means `http://127.0.0.1:50051` (`https://` with
     // CONVEYOR_TLS_CA or a client certificate set).
-    crate::tls_out::endpoint(&target.server)
-        .context("--server must be an address such as http://127.0.0.1:50051")?
+    crate::tls_out::client_endpoint(&target.server)?
         .connect()
         .await
         .with_context(|| format!("connecting to {}", target.server))

@@ -50,8 +50,26 @@ fn env_identity() -> anyhow::Result<Option<TlsFiles>> {
 /// An endpoint for `url`; an address without a scheme is `https://` when
 /// a CA or client certificate is configured, else `http://`.
 pub fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
+    endpoint_for(url, false)
+}
+
+/// As [`endpoint`], for the CLI, which follows the SDKs' rule: an `http://`
+/// address with TLS settings in the environment is a mistake, said at once.
+pub fn client_endpoint(url: &str) -> anyhow::Result<Endpoint> {
+    endpoint_for(url, true)
+}
+
+fn endpoint_for(url: &str, strict: bool) -> anyhow::Result<Endpoint> {
     let ca = CA.get().cloned().or_else(|| env_path("CONVEYOR_TLS_CA"));
     let identity = env_identity()?.or_else(|| IDENTITY.get().cloned());
+    if strict
+        && (ca.is_some() || identity.is_some())
+        && let Some(rest) = url.strip_prefix("http://")
+    {
+        anyhow::bail!(
+            "{url} is plaintext but TLS settings are given (CONVEYOR_TLS_CA, CONVEYOR_TLS_CERT): use https://{rest}"
+        );
+    }
     let url = if url.contains("://") {
         url.to_string()
     } else if ca.is_some() || identity.is_some() {
