@@ -25,7 +25,9 @@ fn limited() -> conveyor_core::NewTask {
 
 #[tokio::test]
 async fn tasks_parked_by_the_previous_version_run_after_the_upgrade() {
-    let Some(url) = test_redis_url() else {
+    // Layout 1 predates cluster support: no cluster holds its data, so the
+    // upgrade is checked on one Redis (scripts/test's first cargo step).
+    let Some(url) = test_redis_url().filter(|url| !url.contains("+cluster://")) else {
         return;
     };
     let mut config = test_redis_config(&url);
