@@ -184,11 +184,19 @@ def main(argv: list[str]) -> int:
         check("schedules file loaded; a triggered run completes", schedules)
 
     # 7. The one address answers health for every service: it serves or
-    # forwards each (a role with no peer would be NOT_FOUND). This says a
-    # peer is configured, not that it is up: the calls above showed that.
+    # forwards each (a role with no peer would be NOT_FOUND). A forwarded
+    # service's health is its peer's, probed in the background (sooner while
+    # the peer is not serving): SERVING once the peer has been seen up.
     for service in ("conveyor.v1.SubmissionService", "conveyor.v1.ResultsService",
                     "conveyor.v1.DispatchService", "conveyor.v1.SchedulingService"):
-        check(f"health of {service} via submission", lambda s=service: _expect(_try(lambda: health(addr, s)), "SERVING"))
+        check(
+            f"health of {service} via submission",
+            lambda s=service: wait_for(
+                f"{s} SERVING via submission",
+                lambda: _try(lambda: health(addr, s)) == "SERVING",
+                time.monotonic() + 10,
+            ),
+        )
 
     # 8. The queue-depth gauge the KEDA trigger reads, on every dispatcher.
     for inst in dispatchers:

@@ -223,7 +223,7 @@ pub fn start(
             names.push(name);
             // Health of a forwarded service is its peer's.
             if let Ok(endpoint) = crate::tls_out::endpoint(&peer.url) {
-                forwarded.push((name.to_string(), endpoint.connect_lazy()));
+                forwarded.push((name.to_string(), endpoint));
             }
         }
         add_stand(&mut routes, role, peer.map(|peer| peer.url.as_str()));

@@ -63,7 +63,7 @@ pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     service_names: &[&str],
-    forwarded: Vec<(String, tonic::transport::Channel)>,
+    forwarded: Vec<(String, tonic::transport::Endpoint)>,
     descriptors: &'static [u8],
     config: &ServerConfig,
     shutdown: Shutdown,
@@ -77,10 +77,10 @@ pub async fn serve(
         };
         health_reporter.set_service_status(*name, status).await;
     }
-    for (service, channel) in forwarded {
+    for (service, endpoint) in forwarded {
         tokio::spawn(probe_peer(
             service,
-            channel,
+            endpoint,
             health_reporter.clone(),
             shutdown.clone(),
         ));
@@ -204,20 +204,25 @@ fn grpc_span(request: &http::Request<()>) -> tracing::Span {
     span
 }
 
-/// How often a forwarded service's peer is asked for its health.
+/// How often a forwarded service's peer is asked for its health while it
+/// serves (from 250 ms up to this while it does not).
 pub const PEER_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Mirrors the peer's health of `service` into this process's health
 /// service until shutdown (which sets every status to NOT_SERVING itself).
 async fn probe_peer(
     service: String,
-    channel: tonic::transport::Channel,
+    endpoint: tonic::transport::Endpoint,
     reporter: tonic_health::server::HealthReporter,
     shutdown: Shutdown,
 ) {
     use tonic_health::pb::health_check_response::ServingStatus as Peer;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let endpoint = endpoint.connect_timeout(PEER_PROBE_INTERVAL / 2);
+    let mut channel = endpoint.connect_lazy();
     let mut last = None;
+    // While the peer is not serving (not up yet, say), ask again sooner.
+    let mut retry = Duration::from_millis(250);
     loop {
         let mut client = HealthClient::new(channel.clone());
         let request = HealthCheckRequest {
@@ -228,6 +233,11 @@ async fn probe_peer(
             &answer,
             Ok(Ok(response)) if response.get_ref().status == Peer::Serving as i32
         );
+        if !serving {
+            // A new connection for the next probe: nothing of a failed one
+            // (a peer that was not up yet) lingers.
+            channel = endpoint.connect_lazy();
+        }
         if shutdown.is_cancelled() {
             return;
         }
@@ -250,8 +260,16 @@ async fn probe_peer(
             }
             last = Some(serving);
         }
+        let pause = if serving {
+            retry = Duration::from_millis(250);
+            PEER_PROBE_INTERVAL
+        } else {
+            let pause = retry;
+            retry = (retry * 2).min(PEER_PROBE_INTERVAL);
+            pause
+        };
         tokio::select! {
-            () = tokio::time::sleep(PEER_PROBE_INTERVAL) => {}
+            () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => return,
         }
     }
