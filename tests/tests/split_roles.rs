@@ -210,6 +210,41 @@ async fn a_role_without_a_peer_says_which_flag_to_pass() {
     );
 }
 
+type HealthClient = tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>;
+
+async fn health_client(addr: &str) -> HealthClient {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+}
+
+async fn status_of(mut client: HealthClient, service: &str) -> i32 {
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: service.into(),
+    };
+    client.check(request).await.unwrap().into_inner().status
+}
+
+/// Waits (10 s at most) until `addr` reports `want` for `service`.
+async fn until_health(
+    addr: &str,
+    service: &str,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    let client = health_client(addr).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status_of(client.clone(), service).await != want as i32 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{service} at {addr} never reported {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_peers_and_loops_fail_with_a_reason() {
     let Some(layout) = Layout::new() else { return };
@@ -231,33 +266,14 @@ async fn unreachable_peers_and_loops_fail_with_a_reason() {
     assert!(status.message().contains(&dead), "{status:?}");
     // Health says so too: the forwarded service is NOT_SERVING while its
     // peer does not answer, the process itself (and what it serves) SERVING.
-    let health = |addr: String| async move {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        tonic_health::pb::health_client::HealthClient::new(channel)
-    };
-    let status_of = |mut client: tonic_health::pb::health_client::HealthClient<_>,
-                     service: &str| {
-        let request = tonic_health::pb::HealthCheckRequest {
-            service: service.into(),
-        };
-        async move { client.check(request).await.unwrap().into_inner().status }
-    };
     use tonic_health::pb::health_check_response::ServingStatus;
-    let client = health(lonely.addr.clone()).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while status_of(client.clone(), "conveyor.v1.SubmissionService").await
-        != ServingStatus::NotServing as i32
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "forwarded service still reported serving"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_health(
+        &lonely.addr,
+        "conveyor.v1.SubmissionService",
+        ServingStatus::NotServing,
+    )
+    .await;
+    let client = health_client(&lonely.addr).await;
     assert_eq!(
         status_of(client.clone(), "conveyor.v1.ResultsService").await,
         ServingStatus::Serving as i32
@@ -284,17 +300,12 @@ async fn unreachable_peers_and_loops_fail_with_a_reason() {
     let front = layout
         .spawn(&["results"], &[("submission", &submission.addr)])
         .await;
-    let client = health(front.addr.clone()).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while status_of(client.clone(), "conveyor.v1.SubmissionService").await
-        != ServingStatus::Serving as i32
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "forwarded service never reported serving"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_health(
+        &front.addr,
+        "conveyor.v1.SubmissionService",
+        ServingStatus::Serving,
+    )
+    .await;
 }
 
 #[test]

@@ -35,9 +35,7 @@ struct Inner {
     /// Dispatcher replicas: sessions held, record alive until (ms).
     dispatchers: HashMap<String, (u32, i64)>,
     /// Idempotency key → (task, forget at ms).
-    /// By partition and key, as on Redis (a key lives in the partition of
-    /// the task that claimed it: see `conveyor_core::placement`).
-    idempotency: HashMap<(u16, String), (TaskId, i64)>,
+    idempotency: HashMap<String, (TaskId, i64)>,
     /// (purge at ms, id) of finished tasks whose result TTL runs.
     purge: BTreeSet<(i64, TaskId)>,
     /// (failed at ms, id): the dead letters.
@@ -774,8 +772,7 @@ impl Store for MemoryStore {
             let mut inner = self.lock();
             for task in tasks {
                 if let Some(key) = &task.idempotency_key {
-                    let key = (task.id.partition(), key.clone());
-                    if let Some((existing, forget_at)) = inner.idempotency.get(&key).copied()
+                    if let Some((existing, forget_at)) = inner.idempotency.get(key).copied()
                         && forget_at > now_ms
                     {
                         let state = inner.tasks.get(&existing).map(|entry| entry.task.state);
@@ -788,7 +785,7 @@ impl Store for MemoryStore {
                     }
                     inner
                         .idempotency
-                        .insert(key, (task.id, now_ms + task.idempotency_ttl_ms));
+                        .insert(key.clone(), (task.id, now_ms + task.idempotency_ttl_ms));
                 }
                 let state = if task.is_delayed() {
                     TaskState::Scheduled
@@ -866,8 +863,7 @@ impl Store for MemoryStore {
         {
             let mut inner = self.lock();
             if let Some(key) = &workflow.idempotency_key {
-                let key = (workflow.id.partition(), key.clone());
-                if let Some((existing, forget_at)) = inner.idempotency.get(&key).copied()
+                if let Some((existing, forget_at)) = inner.idempotency.get(key).copied()
                     && forget_at > now_ms
                 {
                     let task_ids = inner
@@ -881,9 +877,10 @@ impl Store for MemoryStore {
                         duplicate: true,
                     });
                 }
-                inner
-                    .idempotency
-                    .insert(key, (workflow.id, now_ms + workflow.idempotency_ttl_ms));
+                inner.idempotency.insert(
+                    key.clone(),
+                    (workflow.id, now_ms + workflow.idempotency_ttl_ms),
+                );
             }
             let ids: Vec<TaskId> = workflow.nodes.iter().map(|node| node.task.id).collect();
             for (index, node) in workflow.nodes.into_iter().enumerate() {

@@ -11,26 +11,12 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use conveyor_api::pb;
-use conveyor_core::validate::validate_spec;
-use conveyor_core::{ConveyorError, Limits};
+use common::task;
+use conveyor_core::ConveyorError;
 use conveyor_store::conformance::{test_redis_config, test_redis_url};
 use conveyor_store::{RedisStore, Store};
 
-fn task() -> conveyor_core::NewTask {
-    let spec = pb::TaskSpec {
-        name: "add".into(),
-        ..Default::default()
-    };
-    validate_spec(
-        spec,
-        "task",
-        &Limits::default(),
-        conveyor_core::time::now_ms(),
-        0,
-    )
-    .unwrap()
-}
+mod common;
 
 async fn store(url: &str, wait_replicas: u32) -> RedisStore {
     let mut config = test_redis_config(url);

@@ -5,11 +5,11 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use conveyor_api::pb;
-use conveyor_core::Limits;
-use conveyor_core::validate::validate_spec;
+use common::task;
 use conveyor_store::conformance::test_redis_url;
 use conveyor_store::{CancelAck, RedisConfig, RedisStore, Store};
+
+mod common;
 
 struct Server(Child);
 
@@ -51,21 +51,6 @@ async fn until_up(url: &str) {
         assert!(Instant::now() < deadline, "redis-server did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn task() -> conveyor_core::NewTask {
-    let spec = pb::TaskSpec {
-        name: "add".into(),
-        ..Default::default()
-    };
-    validate_spec(
-        spec,
-        "task",
-        &Limits::default(),
-        conveyor_core::time::now_ms(),
-        0,
-    )
-    .unwrap()
 }
 
 #[tokio::test]

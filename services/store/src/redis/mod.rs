@@ -555,10 +555,7 @@ impl RedisStore {
         &self,
         future: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
-        tokio::time::timeout(self.config.command_timeout, future)
-            .await
-            .map_err(|_| ConveyorError::Unavailable("redis call timed out".into()))?
-            .map_err(unavailable)
+        self.timed_for(self.config.command_timeout, future).await
     }
 
     async fn release_partition(
