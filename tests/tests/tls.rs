@@ -208,3 +208,87 @@ async fn tls_mtls_rotation_and_refusals() {
     assert!(stderr.contains("do not belong together"), "{stderr}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// TLS where it meets the other settings: Redis (at the suite's partition
+/// count) and bearer tokens. A token is still required over TLS, and a
+/// client and worker with both are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_tokens_on_redis() {
+    let Some(redis) = conveyor_store::conformance::test_redis_url() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "conveyor-tls-auth-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    certs(&dir);
+    let prefix = format!("tls-{}:", uuid::Uuid::new_v4().simple());
+    let partitions = conveyor_store::conformance::test_partitions().to_string();
+    let server = spawn_conveyor(
+        &[
+            "dev",
+            "--store",
+            &redis,
+            "--redis-prefix",
+            &prefix,
+            "--partitions",
+            &partitions,
+            "--auth-token",
+            "s3cret",
+            "--tls-cert",
+            dir.join("server.pem").to_str().unwrap(),
+            "--tls-key",
+            dir.join("server.key").to_str().unwrap(),
+            "--metrics-listen",
+            "off",
+        ],
+        "127.0.0.1:0",
+    )
+    .await;
+    let port = server.addr.rsplit(':').next().unwrap().to_string();
+    let https = format!("https://localhost:{port}");
+    let tls = Tls::new().ca_file(dir.join("ca.pem"));
+
+    let anonymous = Client::connect_with_tls(https.as_str(), tls.clone())
+        .await
+        .unwrap();
+    let refused = anonymous.submit(TaskRequest::new("add")).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("Unauthenticated") || refused.to_string().contains("token"),
+        "{refused}"
+    );
+
+    let client = Client::connect_with_tls(https.as_str(), tls.clone())
+        .await
+        .unwrap()
+        .with_token("s3cret")
+        .unwrap();
+    let id = client
+        .submit(TaskRequest::new("add").arg(20).arg(22))
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let worker = Worker::builder(https.as_str())
+        .tls(tls)
+        .token("s3cret")
+        .register("add", |ctx: TaskContext| async move {
+            let (a, b): (i64, i64) = (ctx.arg(0)?, ctx.arg(1)?);
+            Ok(Value::from(a + b))
+        })
+        .build()
+        .unwrap();
+    let running = tokio::spawn({
+        let stop = stop.clone();
+        async move { worker.run_until(stop.cancelled_owned()).await }
+    });
+    assert_eq!(
+        client
+            .result::<i64>(&id, Duration::from_secs(15))
+            .await
+            .unwrap(),
+        42
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

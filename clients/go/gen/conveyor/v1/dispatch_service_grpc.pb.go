@@ -52,7 +52,10 @@ const (
 //     stays open.
 //  6. The dispatcher pushes `CancelAssignment` (revoked task, hard time limit
 //     passed, lease lost) and `Drain` down the stream. After a cancellation
-//     the task's outcome is ignored and its slot is the worker's again.
+//     the task's outcome is ignored and its slot is the worker's again. After
+//     a `Drain` (the replica shuts down, or holds more than its share of the
+//     sessions) the worker finishes its tasks, closes the stream and opens
+//     its next session on a new connection.
 //
 // When the stream breaks, every task the session holds goes back to its
 // queue at once (counting an attempt, not a failure).
@@ -149,7 +152,10 @@ func (c *dispatchServiceClient) ResumeQueue(ctx context.Context, in *ResumeQueue
 //     stays open.
 //  6. The dispatcher pushes `CancelAssignment` (revoked task, hard time limit
 //     passed, lease lost) and `Drain` down the stream. After a cancellation
-//     the task's outcome is ignored and its slot is the worker's again.
+//     the task's outcome is ignored and its slot is the worker's again. After
+//     a `Drain` (the replica shuts down, or holds more than its share of the
+//     sessions) the worker finishes its tasks, closes the stream and opens
+//     its next session on a new connection.
 //
 // When the stream breaks, every task the session holds goes back to its
 // queue at once (counting an attempt, not a failure).
