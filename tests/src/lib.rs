@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod processes;
+pub mod raw;
 pub mod raw_worker;
 
 use std::future::Future;

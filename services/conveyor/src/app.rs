@@ -96,6 +96,8 @@ pub struct AppConfig {
     /// Where the scheduler submits schedule runs; default: this process, when
     /// it serves the submission role.
     pub submission_url: Option<String>,
+    /// The token the scheduler presents when it submits a schedule's run.
+    pub scheduler_token: Option<String>,
     /// Schedules declared in the config file.
     pub declared_schedules: Vec<conveyor_api::pb::Schedule>,
     /// Where the roles this process does not serve run (`--peer`).
@@ -113,6 +115,7 @@ impl Default for AppConfig {
             max_wait: Duration::from_secs(300),
             task_defaults: TaskDefaults::default(),
             submission_url: None,
+            scheduler_token: None,
             declared_schedules: Vec::new(),
             peers: Vec::new(),
         }
@@ -283,7 +286,7 @@ fn submission_target(config: &AppConfig, listener: &TcpListener) -> Option<Submi
     };
     Some(SubmissionTarget {
         channel,
-        token: config.server.auth_tokens.first().cloned(),
+        token: config.scheduler_token.clone(),
     })
 }
 

@@ -75,6 +75,26 @@ pub enum Command {
     /// Show, wait for or cancel a workflow (chain, group, chord).
     #[command(subcommand)]
     Workflow(WorkflowCommand),
+    /// Auth file helpers.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+/// `auth` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Print the SHA-256 of a token as the auth file's `token_sha256` lists
+    /// it (the token is read from standard input when not given, so that it
+    /// stays out of the shell's history).
+    HashToken {
+        /// The token; omit it to read one line from standard input.
+        token: Option<String>,
+    },
+    /// Check an auth file and list its principals and roles (no tokens).
+    Check {
+        /// The auth file.
+        file: std::path::PathBuf,
+    },
 }
 
 /// `workflow` subcommands.
@@ -241,13 +261,24 @@ pub struct ServerArgs {
     /// submission URL.
     #[arg(long, env = "CONVEYOR_TLS_CA")]
     pub tls_ca: Option<OptionalPath>,
-    /// Accepted bearer tokens (comma-separated); none: no authentication.
+    /// Accepted bearer tokens (comma-separated), each an admin of every
+    /// namespace; with no --auth-file and no token: no authentication.
     #[arg(
         long = "auth-token",
         value_delimiter = ',',
         env = "CONVEYOR_AUTH_TOKENS"
     )]
     pub auth_tokens: Vec<String>,
+    /// Principals with roles per namespace (TOML; tokens stored as SHA-256
+    /// hashes, client-certificate subjects); re-read when it changes. See
+    /// docs/security.md.
+    #[arg(long, env = "CONVEYOR_AUTH_FILE")]
+    pub auth_file: Option<OptionalPath>,
+    /// The token the scheduler presents to the submission service when a
+    /// schedule fires (its principal needs `producer` in the schedules'
+    /// namespaces); default: the first --auth-token.
+    #[arg(long, env = "CONVEYOR_SCHEDULER_TOKEN", hide_env_values = true)]
+    pub scheduler_token: Option<String>,
     /// Export OpenTelemetry traces to this OTLP/gRPC collector, e.g.
     /// `http://127.0.0.1:4317` (the standard `OTEL_EXPORTER_OTLP_ENDPOINT`
     /// works too). Off by default.
@@ -340,6 +371,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workers { target } => workers(&target).await,
         Command::Events(args) => events(args).await,
         Command::Workflow(command) => workflow(command).await,
+        Command::Auth(command) => auth(command),
     }
 }
 
@@ -384,6 +416,15 @@ async fn serve(
     // rest is for their last outcomes to be recorded.
     config.dispatch.drain_grace = args.grace.mul_f64(0.8);
     config.server.auth_tokens = args.auth_tokens;
+    config.server.auth_file = path(args.auth_file);
+    if let Some(file) = &config.server.auth_file {
+        // Checked here too, so a bad file stops the process before it binds.
+        conveyor_runtime::auth::Authenticator::load(Some(file), &config.server.auth_tokens)?;
+    }
+    config.scheduler_token = args
+        .scheduler_token
+        .filter(|token| !token.is_empty())
+        .or_else(|| config.server.auth_tokens.first().cloned());
     let client_ca = path(args.tls_client_ca);
     config.server.tls = match (path(args.tls_cert), path(args.tls_key)) {
         (Some(cert), Some(key)) => Some(conveyor_runtime::tls::TlsFiles {
@@ -976,7 +1017,10 @@ async fn workers(target: &Target) -> anyhow::Result<()> {
     let mut dispatch =
         pb::dispatch_service_client::DispatchServiceClient::new(channel(target).await?);
     let workers = dispatch
-        .list_workers(target.request(pb::ListWorkersRequest::default())?)
+        .list_workers(target.request(pb::ListWorkersRequest {
+            namespace: target.namespace.clone(),
+            ..Default::default()
+        })?)
         .await
         .map_err(status_error)?
         .into_inner()
@@ -1012,4 +1056,35 @@ fn parse_skew(text: &str) -> Result<i64, String> {
     humantime::parse_duration(magnitude)
         .map(|duration| sign * duration.as_millis() as i64)
         .map_err(|error| format!("{error}: expected a duration such as -30s"))
+}
+
+/// `conveyor auth …`.
+fn auth(command: AuthCommand) -> anyhow::Result<()> {
+    match command {
+        AuthCommand::HashToken { token } => {
+            let token = match token {
+                Some(token) => token,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the token from standard input")?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            anyhow::ensure!(
+                !token.is_empty(),
+                "no token given: pass one, or pipe it on standard input"
+            );
+            println!("{}", conveyor_runtime::auth::hash_token(&token));
+            Ok(())
+        }
+        AuthCommand::Check { file } => {
+            let authenticator = conveyor_runtime::auth::Authenticator::load(Some(&file), &[])?;
+            for line in authenticator.policy().describe() {
+                println!("{line}");
+            }
+            Ok(())
+        }
+    }
 }

@@ -128,6 +128,7 @@ impl server::DispatchService for Dispatcher {
         &self,
         request: Request<Streaming<pb::ConnectRequest>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let access = conveyor_runtime::auth::access_of(&request);
         let inbound = request.into_inner();
         let (outbound, receiver) = mpsc::channel(64);
         let context = session::SessionContext {
@@ -137,7 +138,7 @@ impl server::DispatchService for Dispatcher {
             shutdown: self.shutdown.clone(),
         };
         // The spawned session is what notices a disconnect and releases leases.
-        tokio::spawn(session::run(context, inbound, outbound));
+        tokio::spawn(session::run(context, inbound, outbound, access));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
@@ -145,6 +146,7 @@ impl server::DispatchService for Dispatcher {
         &self,
         request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let size = match request.page_size {
@@ -181,6 +183,7 @@ impl server::DispatchService for Dispatcher {
         &self,
         request: Request<pb::PauseQueueRequest>,
     ) -> Result<Response<pb::PauseQueueResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let queue = request.queue;
@@ -196,6 +199,7 @@ impl server::DispatchService for Dispatcher {
         &self,
         request: Request<pb::ResumeQueueRequest>,
     ) -> Result<Response<pb::ResumeQueueResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let queue = request.queue;

@@ -90,6 +90,7 @@ pub(crate) async fn run(
     context: SessionContext,
     mut inbound: Streaming<pb::ConnectRequest>,
     outbound: Sender,
+    access: Option<conveyor_runtime::auth::Access>,
 ) {
     let hello = match tokio::time::timeout(context.config.hello_timeout, inbound.message()).await {
         Err(_) => {
@@ -113,6 +114,14 @@ pub(crate) async fn run(
             return;
         }
     };
+    // A worker leases only in the namespaces its principal may work in;
+    // checked first, so a caller learns nothing more of a namespace it may
+    // not use.
+    if let Err(status) = conveyor_runtime::auth::check(access.as_ref(), &hello.namespace) {
+        tracing::info!(%status, "a worker session was refused its namespace");
+        let _ = outbound.send(Err(status)).await;
+        return;
+    }
     let (hello, namespace) = match validate_hello(hello) {
         Ok(checked) => checked,
         Err(error) => {

@@ -207,6 +207,7 @@ impl server::ResultsService for Results {
         &self,
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let id = TaskId::parse(&request.task_id, "task_id")?;
@@ -220,6 +221,7 @@ impl server::ResultsService for Results {
         request: Request<pb::WaitTaskRequest>,
     ) -> Result<Response<pb::WaitTaskResponse>, Status> {
         let caller_deadline = grpc_timeout(&request);
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let message = request.into_inner();
         let namespace = Namespace::parse("namespace", &message.namespace)?;
         let id = TaskId::parse(&message.task_id, "task_id")?;
@@ -252,6 +254,7 @@ impl server::ResultsService for Results {
         &self,
         request: Request<pb::GetWorkflowRequest>,
     ) -> Result<Response<pb::GetWorkflowResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let id = TaskId::parse(&request.workflow_id, "workflow_id")?;
@@ -267,6 +270,7 @@ impl server::ResultsService for Results {
         request: Request<pb::WaitWorkflowRequest>,
     ) -> Result<Response<pb::WaitWorkflowResponse>, Status> {
         let caller_deadline = grpc_timeout(&request);
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let message = request.into_inner();
         let namespace = Namespace::parse("namespace", &message.namespace)?;
         let id = TaskId::parse(&message.workflow_id, "workflow_id")?;
@@ -298,6 +302,7 @@ impl server::ResultsService for Results {
         &self,
         request: Request<pb::WatchWorkflowRequest>,
     ) -> Result<Response<Self::WatchWorkflowStream>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let id = TaskId::parse(&request.workflow_id, "workflow_id")?;
@@ -366,6 +371,7 @@ impl server::ResultsService for Results {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         for (index, kind) in request.kinds.iter().enumerate() {
@@ -404,6 +410,7 @@ impl server::ResultsService for Results {
         &self,
         request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let id = TaskId::parse(&request.task_id, "task_id")?;
@@ -481,6 +488,7 @@ impl server::ResultsService for Results {
         &self,
         request: Request<pb::ForgetTaskRequest>,
     ) -> Result<Response<pb::ForgetTaskResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let id = TaskId::parse(&request.task_id, "task_id")?;
@@ -499,6 +507,7 @@ impl server::ResultsService for Results {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let message = request.into_inner();
         if message.page_size > MAX_PAGE {
             return Err(

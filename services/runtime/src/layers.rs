@@ -1,7 +1,6 @@
 //! Tower layers of the shared server stack that tonic does not provide:
-//! load shedding with a precise status, and bearer-token authentication.
+//! load shedding with a precise status (authentication is in `auth`).
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -99,86 +98,5 @@ where
             drop(permit);
             response
         })
-    }
-}
-
-/// Requires `authorization: Bearer <token>` with one of the configured tokens
-/// on every call except health checks and reflection. No tokens: open.
-#[derive(Debug, Clone, Default)]
-pub struct AuthLayer {
-    tokens: Arc<HashSet<String>>,
-}
-
-impl AuthLayer {
-    /// Accept these tokens; an empty set disables authentication.
-    pub fn new(tokens: impl IntoIterator<Item = String>) -> Self {
-        Self {
-            tokens: Arc::new(
-                tokens
-                    .into_iter()
-                    .filter(|token| !token.is_empty())
-                    .collect(),
-            ),
-        }
-    }
-}
-
-impl<S> Layer<S> for AuthLayer {
-    type Service = Auth<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Auth {
-            inner,
-            tokens: self.tokens.clone(),
-        }
-    }
-}
-
-/// Service of [`AuthLayer`].
-#[derive(Debug, Clone)]
-pub struct Auth<S> {
-    inner: S,
-    tokens: Arc<HashSet<String>>,
-}
-
-fn is_public(path: &str) -> bool {
-    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
-}
-
-impl<S, B> Service<http::Request<B>> for Auth<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(context)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if !self.tokens.is_empty() && !is_public(request.uri().path()) {
-            let presented = request
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.strip_prefix("Bearer "));
-            let accepted = presented.is_some_and(|token| self.tokens.contains(token));
-            if !accepted {
-                let status = Status::unauthenticated(if presented.is_some() {
-                    "bearer token not accepted"
-                } else {
-                    "missing authorization: Bearer <token>"
-                });
-                return Box::pin(async move { Ok(status.into_http()) });
-            }
-        }
-        Box::pin(self.inner.call(request))
     }
 }

@@ -3,6 +3,7 @@
 //! shutdown. Depends on no domain crate.
 
 mod admin;
+pub mod auth;
 mod layers;
 pub mod metrics;
 mod server;
@@ -11,7 +12,8 @@ pub mod telemetry;
 pub mod tls;
 
 pub use admin::serve_admin;
-pub use layers::{AuthLayer, OverloadLayer};
+pub use auth::AuthLayer;
+pub use layers::OverloadLayer;
 pub use server::{ServerConfig, serve};
 pub use shutdown::{Shutdown, wait_for_signals};
 pub use telemetry::{TelemetryConfig, TelemetryGuard, init_telemetry, init_tracing};
@@ -28,6 +30,9 @@ pub enum RuntimeError {
     /// The TLS files do not load.
     #[error("tls: {0}")]
     Tls(#[from] tls::TlsError),
+    /// The auth file does not load.
+    #[error("{0}")]
+    Auth(#[from] auth::AuthError),
 }
 
 /// Result with [`RuntimeError`].

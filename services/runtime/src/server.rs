@@ -10,7 +10,8 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::Result;
-use crate::layers::{AuthLayer, OverloadLayer};
+use crate::auth::{AuthLayer, Authenticator};
+use crate::layers::OverloadLayer;
 use crate::shutdown::Shutdown;
 
 /// Server settings shared by every role.
@@ -25,8 +26,11 @@ pub struct ServerConfig {
     /// `RESOURCE_EXHAUSTED`; apart from `max_in_flight`, so waiters never
     /// starve submissions.
     pub max_waiting: usize,
-    /// Accepted bearer tokens; empty disables authentication.
+    /// Bearer tokens accepted as admins of every namespace (`--auth-token`).
     pub auth_tokens: Vec<String>,
+    /// Principals and their roles per namespace (`--auth-file`), re-read
+    /// when the file changes. No file and no tokens: no authentication.
+    pub auth_file: Option<std::path::PathBuf>,
     /// How long in-flight calls may take to finish after shutdown begins.
     pub grace: Duration,
     /// Largest request message accepted, bytes.
@@ -43,6 +47,7 @@ impl Default for ServerConfig {
             max_in_flight: 10_000,
             max_waiting: 50_000,
             auth_tokens: Vec::new(),
+            auth_file: None,
             grace: Duration::from_secs(10),
             max_message_bytes: 16 * 1024 * 1024,
             tls: None,
@@ -106,6 +111,10 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    // Loaded before serving, so that a bad auth file stops the process at
+    // start; re-read when it changes.
+    let authenticator = Authenticator::load(config.auth_file.as_deref(), &config.auth_tokens)?;
+    authenticator.watch(shutdown.clone());
     let layers = tower::ServiceBuilder::new()
         // Counts every answer, shed and refused ones included.
         .layer(crate::metrics::RpcMetricsLayer)
@@ -113,7 +122,7 @@ pub async fn serve(
         // so an overloaded server answers fast and cheaply.
         .layer(OverloadLayer::new(config.max_in_flight, config.max_waiting))
         // Then authenticate: a rejected caller costs no handler time.
-        .layer(AuthLayer::new(config.auth_tokens.clone()));
+        .layer(AuthLayer::new(authenticator));
 
     let routes = routes
         .add_service(health_service)

@@ -546,8 +546,11 @@ fn page_size(requested: u32) -> usize {
 impl server::SchedulingService for Scheduler {
     async fn get_scheduler_status(
         &self,
-        _request: Request<pb::GetSchedulerStatusRequest>,
+        request: Request<pb::GetSchedulerStatusRequest>,
     ) -> Result<Response<pb::GetSchedulerStatusResponse>, Status> {
+        // The counters are the scheduler's, for the whole deployment; the
+        // caller still needs `read` in the namespace it names.
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let summary = self.store.scheduled_summary().await?;
         Ok(Response::new(pb::GetSchedulerStatusResponse {
             scheduled_tasks: summary.count,
@@ -562,6 +565,7 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::CreateScheduleRequest>,
     ) -> Result<Response<pb::CreateScheduleResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let mut prepared = prepare(required(request.schedule)?, None, &self.limits, now_ms())?;
@@ -588,6 +592,7 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::GetScheduleRequest>,
     ) -> Result<Response<pb::GetScheduleResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let schedule = self.load(&namespace.key(&request.id)).await?;
@@ -600,6 +605,7 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::ListSchedulesRequest>,
     ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let size = page_size(request.page_size);
@@ -632,6 +638,7 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::UpdateScheduleRequest>,
     ) -> Result<Response<pb::UpdateScheduleResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let expected = (request.expected_version > 0).then_some(request.expected_version);
@@ -647,6 +654,7 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::DeleteScheduleRequest>,
     ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         if !self
@@ -663,6 +671,7 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::PauseScheduleRequest>,
     ) -> Result<Response<pb::PauseScheduleResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let expected = (request.expected_version > 0).then_some(request.expected_version);
@@ -678,6 +687,7 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::ResumeScheduleRequest>,
     ) -> Result<Response<pb::ResumeScheduleResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let expected = (request.expected_version > 0).then_some(request.expected_version);
@@ -693,6 +703,7 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::TriggerScheduleRequest>,
     ) -> Result<Response<pb::TriggerScheduleResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let schedule = self.load(&namespace.key(&request.id)).await?;
@@ -721,6 +732,7 @@ impl server::SchedulingService for Scheduler {
         &self,
         request: Request<pb::ListScheduleRunsRequest>,
     ) -> Result<Response<pb::ListScheduleRunsResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let store_id = namespace.key(&request.id);

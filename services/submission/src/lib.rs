@@ -120,6 +120,7 @@ impl server::SubmissionService for Submission {
         &self,
         request: Request<pb::SubmitTaskRequest>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let (metadata, _, request) = request.into_parts();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let spec = request
@@ -146,6 +147,7 @@ impl server::SubmissionService for Submission {
         &self,
         request: Request<pb::SubmitTasksRequest>,
     ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let (metadata, _, request) = request.into_parts();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let specs = request.tasks;
@@ -204,6 +206,7 @@ impl server::SubmissionService for Submission {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let id = TaskId::parse(&request.task_id, "task_id")?;
         let task = self.check_owner(&request.namespace, id).await?;
@@ -240,6 +243,7 @@ impl server::SubmissionService for Submission {
         &self,
         request: Request<pb::ReplayTaskRequest>,
     ) -> Result<Response<pb::ReplayTaskResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let id = TaskId::parse(&request.task_id, "task_id")?;
         self.check_owner(&request.namespace, id).await?;
@@ -264,6 +268,7 @@ impl server::SubmissionService for Submission {
         &self,
         request: Request<pb::SubmitWorkflowRequest>,
     ) -> Result<Response<pb::SubmitWorkflowResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let (metadata, _, request) = request.into_parts();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let mut spec = request
@@ -303,6 +308,7 @@ impl server::SubmissionService for Submission {
         &self,
         request: Request<pb::CancelWorkflowRequest>,
     ) -> Result<Response<pb::CancelWorkflowResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let id = TaskId::parse(&request.workflow_id, "workflow_id")?;
