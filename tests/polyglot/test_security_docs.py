@@ -193,6 +193,10 @@ class Walk:
         return text.replace(DOC_PORT, f":{self.port}") if self.port else text
 
     def env(self, **extra: str) -> dict:
+        # The CLI's default address is dev's (127.0.0.1:50051): here, the
+        # test server's port.
+        if self.port:
+            extra.setdefault("CONVEYOR_ADDR", f"http://127.0.0.1:{self.port}")
         return clean_env(PATH=f"{self.bin}:{os.environ['PATH']}", **extra)
 
     def run(self, command: Command) -> None:
@@ -247,7 +251,9 @@ def test_doc_commands(tmp_path):
     commands = [command for block in console_blocks() for command in block]
     programs = [" ".join(command.text.split()[:2]) for command in commands]
     assert programs == ["scripts/gen-test-certs /tmp/certs", "conveyor dev",
-                        "CONVEYOR_TLS_CA=/tmp/certs/ca.pem conveyor"], programs
+                        "CONVEYOR_TLS_CA=/tmp/certs/ca.pem conveyor", "conveyor auth", "conveyor auth",
+                        "conveyor dev", "conveyor submit", "conveyor workers", "conveyor submit",
+                        "conveyor submit"], programs
     walk = Walk(tmp_path)
     try:
         for command in commands:
