@@ -98,7 +98,7 @@ impl Client {
             results: ResultsServiceClient::new(results)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             authorization: None,
-            namespace: String::new(),
+            namespace: std::env::var("CONVEYOR_NAMESPACE").unwrap_or_default(),
         }
     }
 
@@ -120,7 +120,8 @@ impl Client {
     }
 
     /// Acts in `namespace` (tasks, queues and keys of other namespaces are
-    /// invisible). Default: `default`.
+    /// invisible). Default: the `CONVEYOR_NAMESPACE` environment variable,
+    /// else `default`.
     pub fn with_namespace(mut self, namespace: impl Into<String>) -> Client {
         self.namespace = namespace.into();
         self

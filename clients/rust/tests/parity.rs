@@ -1012,3 +1012,249 @@ async fn parity_workflows() {
     assert_eq!(workflow.state, pb::WorkflowState::Succeeded as i32);
     worker.shutdown().await;
 }
+
+/// Namespaces: a task of namespace A runs on A's worker only, even when B's
+/// worker takes the same queue and task name; B cannot see it.
+#[tokio::test]
+async fn parity_namespace() {
+    let server = Server::start_for_tests(&[]).await;
+    let labelled = |namespace: &'static str| {
+        RunningWorker::spawn(
+            Worker::builder(server.endpoint.clone())
+                .namespace(namespace)
+                .queues(["p-namespace"])
+                .register("whoami", move |_ctx: TaskContext| async move {
+                    Ok(Value::from(namespace))
+                }),
+        )
+    };
+    let worker_a = labelled("ns-a");
+    let worker_b = labelled("ns-b");
+    let client_a = server.client().await.with_namespace("ns-a");
+    let client_b = server.client().await.with_namespace("ns-b");
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(
+            client_a
+                .submit(TaskRequest::new("whoami").queue("p-namespace"))
+                .await
+                .unwrap(),
+        );
+    }
+    for id in &ids {
+        let ran_on: String = client_a.result(id, STEP).await.unwrap();
+        assert_eq!(ran_on, "ns-a");
+        let hidden = client_b.get(id).await.unwrap_err();
+        assert_eq!(hidden.code(), Some(tonic::Code::NotFound), "{hidden}");
+    }
+    worker_a.shutdown().await;
+    worker_b.shutdown().await;
+}
+
+/// With an auth file, each role gets exactly its calls in its namespace;
+/// other namespaces, no token, a bad token and a revoked token are refused
+/// with the documented codes.
+#[tokio::test]
+async fn parity_authorization() {
+    use conveyor_client::canvas::chain;
+    use tonic::Code;
+    let dir = std::env::temp_dir().join(format!("conveyor-rust-authz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("auth.toml");
+    let hash = |token: &str| {
+        let output = std::process::Command::new(dev_server::conveyor_bin())
+            .args(["auth", "hash-token", token])
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    let roles = ["producer", "worker", "reader", "admin"];
+    let write = |with_former: bool| {
+        let mut text = String::new();
+        for role in roles.iter().copied().chain(with_former.then_some("former")) {
+            let granted = if role == "former" { "admin" } else { role };
+            text.push_str(&format!(
+                "[[principal]]\nname = \"{role}\"\ntoken_sha256 = [\"{}\"]\nroles = {{ team-a = [\"{granted}\"] }}\n\n",
+                hash(&format!("{role}-token"))
+            ));
+        }
+        let staging = file.with_extension("tmp");
+        std::fs::write(&staging, text).unwrap();
+        std::fs::rename(&staging, &file).unwrap();
+    };
+    write(true);
+    let server = Server::start_for_tests(&["--auth-file", file.to_str().unwrap()]).await;
+    let client = |token: Option<&str>, namespace: &str| {
+        let endpoint = server.endpoint.clone();
+        let token = token.map(str::to_string);
+        let namespace = namespace.to_string();
+        async move {
+            let client = Client::connect(endpoint)
+                .await
+                .unwrap()
+                .with_namespace(namespace);
+            match token {
+                Some(token) => client.with_token(token).unwrap(),
+                None => client,
+            }
+        }
+    };
+    // An admin's task to read and cancel.
+    let admin = client(Some("admin-token"), "team-a").await;
+    let existing = admin.submit(add_task("p-authz", 1, 2)).await.unwrap();
+
+    /// Each wrapped call: its name, whether the role may make it, and the
+    /// outcome (an error code, or none).
+    async fn calls(
+        client: &Client,
+        existing: &str,
+    ) -> Vec<(&'static str, &'static str, Option<Code>)> {
+        let code = |result: Result<(), Error>| result.err().and_then(|error| error.code());
+        vec![
+            (
+                "submit",
+                "submit",
+                code(client.submit(add_task("p-authz", 1, 1)).await.map(drop)),
+            ),
+            (
+                "submit_many",
+                "submit",
+                code(
+                    client
+                        .submit_many(vec![add_task("p-authz", 2, 2)])
+                        .await
+                        .map(drop),
+                ),
+            ),
+            (
+                "submit_workflow",
+                "submit",
+                code(
+                    client
+                        .submit_workflow(chain([add_task("p-authz", 1, 1)]))
+                        .await
+                        .map(drop),
+                ),
+            ),
+            ("get", "read", code(client.get(existing).await.map(drop))),
+            (
+                "wait",
+                "read",
+                code(
+                    client
+                        .wait(existing, Duration::from_millis(50))
+                        .await
+                        .map(drop),
+                ),
+            ),
+            (
+                "watch",
+                "read",
+                code(client.watch(existing).await.map(drop)),
+            ),
+            (
+                "get_workflow",
+                "read",
+                code(
+                    client
+                        .get_workflow("0190f5c2-0000-7000-8000-000000000000")
+                        .await
+                        .map(drop),
+                ),
+            ),
+            (
+                "cancel",
+                "cancel",
+                code(client.cancel(existing).await.map(drop)),
+            ),
+        ]
+    }
+    fn grants(role: &str, permission: &str) -> bool {
+        match role {
+            "admin" => true,
+            "producer" => matches!(permission, "submit" | "cancel" | "read"),
+            "reader" => permission == "read",
+            _ => false,
+        }
+    }
+    for role in roles {
+        let home = client(Some(&format!("{role}-token")), "team-a").await;
+        for (call, permission, code) in calls(&home, &existing).await {
+            if grants(role, permission) {
+                assert!(
+                    !matches!(code, Some(Code::PermissionDenied | Code::Unauthenticated)),
+                    "{role} {call} in team-a: {code:?}"
+                );
+            } else {
+                assert_eq!(
+                    code,
+                    Some(Code::PermissionDenied),
+                    "{role} {call} in team-a"
+                );
+            }
+        }
+        let away = client(Some(&format!("{role}-token")), "team-b").await;
+        for (call, _, code) in calls(&away, &existing).await {
+            assert_eq!(
+                code,
+                Some(Code::PermissionDenied),
+                "{role} {call} in team-b"
+            );
+        }
+    }
+    // Revoke "former" by editing the file; wait for the server to re-read it.
+    let former = client(Some("former-token"), "team-a").await;
+    assert!(former.get(&existing).await.is_ok());
+    write(false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while former.get(&existing).await.is_ok() {
+        assert!(Instant::now() < deadline, "the revoked token still works");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for token in [None, Some("bad-token"), Some("former-token")] {
+        let refused = client(token, "team-a").await;
+        for (call, _, code) in calls(&refused, &existing).await {
+            assert_eq!(code, Some(Code::Unauthenticated), "{call} with {token:?}");
+        }
+    }
+    // Workers: the worker role's session runs tasks in team-a; in team-b,
+    // and for a producer, the session is refused and the worker stops with
+    // PERMISSION_DENIED (retrying would repeat it).
+    let worker = RunningWorker::spawn(
+        Worker::builder(server.endpoint.clone())
+            .token("worker-token")
+            .namespace("team-a")
+            .queues(["p-authz-work"])
+            .register("add", add),
+    );
+    let id = admin
+        .submit(add_task("p-authz-work", 20, 22))
+        .await
+        .unwrap();
+    assert_eq!(admin.result::<i64>(&id, STEP).await.unwrap(), 42);
+    worker.shutdown().await;
+    for (token, namespace) in [("worker-token", "team-b"), ("producer-token", "team-a")] {
+        let stranded = admin
+            .submit(add_task("p-authz-refused", 1, 1))
+            .await
+            .unwrap();
+        let refused = Worker::builder(server.endpoint.clone())
+            .token(token)
+            .namespace(namespace)
+            .queues(["p-authz-refused"])
+            .register("add", add)
+            .build()
+            .unwrap();
+        let ended = tokio::time::timeout(STEP, refused.run_until(std::future::pending()))
+            .await
+            .expect("a refused worker stops");
+        let error = ended.expect_err("a refused worker ends with an error");
+        assert_eq!(error.code(), Some(Code::PermissionDenied), "{error}");
+        let task = admin.get(&stranded).await.unwrap();
+        assert_eq!(
+            task.state,
+            pb::TaskState::Queued as i32,
+            "{token} ran a task in {namespace}"
+        );
+    }
+}

@@ -280,7 +280,7 @@ impl WorkerBuilder {
             max_backoff: DEFAULT_MAX_BACKOFF,
             handlers: HashMap::new(),
             token: None,
-            namespace: String::new(),
+            namespace: std::env::var("CONVEYOR_NAMESPACE").unwrap_or_default(),
             tls: None,
         }
     }
@@ -301,7 +301,8 @@ impl WorkerBuilder {
         self
     }
 
-    /// Consumes the queues of `namespace`. Default: `default`.
+    /// Consumes the queues of `namespace`. Default: the `CONVEYOR_NAMESPACE`
+    /// environment variable, else `default`.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
         self
