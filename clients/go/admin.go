@@ -14,7 +14,7 @@ type WorkerInfo = conveyorv1.WorkerInfo
 // its retry count reset, and returns its new state. A task in any other
 // state gives FAILED_PRECONDITION.
 func (c *Client) Replay(ctx context.Context, id string) (TaskState, error) {
-	resp, err := c.submission.ReplayTask(ctx, &conveyorv1.ReplayTaskRequest{TaskId: id})
+	resp, err := c.submission.ReplayTask(ctx, &conveyorv1.ReplayTaskRequest{TaskId: id, Namespace: c.namespace})
 	if err != nil {
 		return 0, wrapRPC("ReplayTask", err)
 	}
@@ -25,7 +25,7 @@ func (c *Client) Replay(ctx context.Context, id string) (TaskState, error) {
 // TTL; later reads of the id give NOT_FOUND. An unfinished task gives
 // FAILED_PRECONDITION.
 func (c *Client) Forget(ctx context.Context, id string) error {
-	_, err := c.results.ForgetTask(ctx, &conveyorv1.ForgetTaskRequest{TaskId: id})
+	_, err := c.results.ForgetTask(ctx, &conveyorv1.ForgetTaskRequest{TaskId: id, Namespace: c.namespace})
 	return wrapRPC("ForgetTask", err)
 }
 
@@ -38,6 +38,7 @@ func (c *Client) DeadLetterPage(ctx context.Context, pageSize int, pageToken str
 		return c.results.ListDeadLetters(ctx, &conveyorv1.ListDeadLettersRequest{
 			PageSize:  uint32(max(pageSize, 0)),
 			PageToken: pageToken,
+			Namespace: c.namespace,
 		})
 	})
 	if err != nil {
@@ -77,7 +78,7 @@ func (c *Client) DeadLetters(ctx context.Context) iter.Seq2[*TaskInfo, error] {
 // finish.
 func (c *Client) PauseQueue(ctx context.Context, queue string) error {
 	_, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.PauseQueueResponse, error) {
-		return c.dispatch.PauseQueue(ctx, &conveyorv1.PauseQueueRequest{Queue: queue})
+		return c.dispatch.PauseQueue(ctx, &conveyorv1.PauseQueueRequest{Queue: queue, Namespace: c.namespace})
 	})
 	return wrapRPC("PauseQueue", err)
 }
@@ -85,7 +86,7 @@ func (c *Client) PauseQueue(ctx context.Context, queue string) error {
 // ResumeQueue hands out a paused queue's tasks again.
 func (c *Client) ResumeQueue(ctx context.Context, queue string) error {
 	_, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.ResumeQueueResponse, error) {
-		return c.dispatch.ResumeQueue(ctx, &conveyorv1.ResumeQueueRequest{Queue: queue})
+		return c.dispatch.ResumeQueue(ctx, &conveyorv1.ResumeQueueRequest{Queue: queue, Namespace: c.namespace})
 	})
 	return wrapRPC("ResumeQueue", err)
 }
@@ -94,7 +95,7 @@ func (c *Client) ResumeQueue(ctx context.Context, queue string) error {
 // answers.
 func (c *Client) Workers(ctx context.Context) ([]*WorkerInfo, error) {
 	resp, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.ListWorkersResponse, error) {
-		return c.dispatch.ListWorkers(ctx, &conveyorv1.ListWorkersRequest{})
+		return c.dispatch.ListWorkers(ctx, &conveyorv1.ListWorkersRequest{Namespace: c.namespace})
 	})
 	if err != nil {
 		return nil, wrapRPC("ListWorkers", err)

@@ -68,11 +68,16 @@ type Client struct {
 	dispatch   conveyorv1.DispatchServiceClient
 	scheduling conveyorv1.SchedulingServiceClient
 	retry      CallRetry
+	// namespace is sent in every request ("" is the namespace "default").
+	namespace string
 }
 
 // NewClient uses conn for every service (a [*Conns] sends each service's
 // calls to its own address). The caller keeps ownership of conn. Calls send
-// and receive messages of up to 64 MiB whatever conn's defaults.
+// and receive messages of up to 64 MiB whatever conn's defaults. The client
+// acts in the namespace conn was made with ([WithNamespace] given to
+// [NewConn] or [NewConns]), else in CONVEYOR_NAMESPACE, else in the
+// namespace "default"; [Client.WithNamespace] changes it.
 func NewClient(conn grpc.ClientConnInterface) *Client {
 	return NewClientWith(conn, conn)
 }
@@ -82,8 +87,13 @@ func NewClient(conn grpc.ClientConnInterface) *Client {
 // schedule (scheduling) calls go through the submission connection, so that
 // process must serve those roles or forward them (`conveyor serve --peer`).
 // [NewConns] (or [Dial] with [WithEndpoint]) gives every service its own
-// address.
+// address. The namespace is found as [NewClient] finds it, on submission
+// (then results).
 func NewClientWith(submission, results grpc.ClientConnInterface) *Client {
+	ns := connNamespace(submission)
+	if ns == "" {
+		ns = connNamespace(results)
+	}
 	submission, results = withMessageLimits(submission), withMessageLimits(results)
 	return &Client{
 		submission: conveyorv1.NewSubmissionServiceClient(submission),
@@ -91,6 +101,7 @@ func NewClientWith(submission, results grpc.ClientConnInterface) *Client {
 		dispatch:   conveyorv1.NewDispatchServiceClient(submission),
 		scheduling: conveyorv1.NewSchedulingServiceClient(submission),
 		retry:      DefaultCallRetry,
+		namespace:  resolveNamespace(ns),
 	}
 }
 
@@ -119,7 +130,7 @@ func (c *Client) Submit(ctx context.Context, name string, opts ...Option) (strin
 	c.addIdempotencyKey(spec)
 	ctx, span := startPublish(ctx, []*conveyorv1.TaskSpec{spec}, false)
 	resp, err := retryCall(ctx, c.retry, spec.GetIdempotencyKey() != "", func(ctx context.Context) (*conveyorv1.SubmitTaskResponse, error) {
-		return c.submission.SubmitTask(ctx, &conveyorv1.SubmitTaskRequest{Task: spec})
+		return c.submission.SubmitTask(ctx, &conveyorv1.SubmitTaskRequest{Task: spec, Namespace: c.namespace})
 	})
 	if err != nil {
 		err = wrapRPC("SubmitTask", err)
@@ -165,7 +176,7 @@ func (c *Client) submitBatches(ctx context.Context, specs []*conveyorv1.TaskSpec
 			safe = safe && spec.GetIdempotencyKey() != ""
 		}
 		resp, err := retryCall(ctx, c.retry, safe, func(ctx context.Context) (*conveyorv1.SubmitTasksResponse, error) {
-			return c.submission.SubmitTasks(ctx, &conveyorv1.SubmitTasksRequest{Tasks: batch})
+			return c.submission.SubmitTasks(ctx, &conveyorv1.SubmitTasksRequest{Tasks: batch, Namespace: c.namespace})
 		})
 		if err != nil {
 			return ids, wrapRPC("SubmitTasks", err)
@@ -203,7 +214,7 @@ func splitBatches(specs []*conveyorv1.TaskSpec) [][]*conveyorv1.TaskSpec {
 // Get returns the task's current state and, once finished, its outcome.
 func (c *Client) Get(ctx context.Context, id string) (*TaskInfo, error) {
 	resp, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.GetTaskResponse, error) {
-		return c.results.GetTask(ctx, &conveyorv1.GetTaskRequest{TaskId: id})
+		return c.results.GetTask(ctx, &conveyorv1.GetTaskRequest{TaskId: id, Namespace: c.namespace})
 	})
 	if err != nil {
 		return nil, wrapRPC("GetTask", err)
@@ -229,7 +240,7 @@ func (c *Client) Wait(ctx context.Context, id string, timeout time.Duration) (*T
 func (c *Client) wait(ctx context.Context, id string, timeout time.Duration) (*TaskInfo, error) {
 	if timeout <= 0 {
 		resp, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.WaitTaskResponse, error) {
-			return c.results.WaitTask(ctx, &conveyorv1.WaitTaskRequest{TaskId: id})
+			return c.results.WaitTask(ctx, &conveyorv1.WaitTaskRequest{TaskId: id, Namespace: c.namespace})
 		})
 		return waitAnswer(resp, err)
 	}
@@ -241,8 +252,9 @@ func (c *Client) wait(ctx context.Context, id string, timeout time.Duration) (*T
 			callCtx, cancel := context.WithTimeout(ctx, remaining+waitDeadlineMargin)
 			defer cancel()
 			return c.results.WaitTask(callCtx, &conveyorv1.WaitTaskRequest{
-				TaskId:  id,
-				Timeout: durationToProto(remaining),
+				TaskId:    id,
+				Timeout:   durationToProto(remaining),
+				Namespace: c.namespace,
 			})
 		})
 		if err != nil && Code(err) == codes.DeadlineExceeded && ctx.Err() == nil &&
@@ -296,7 +308,7 @@ func DecodeResult(task *TaskInfo, out any) error {
 // late outcome ignored. It reports true when this call cancelled it, false
 // when the task had already finished.
 func (c *Client) Cancel(ctx context.Context, id string) (bool, error) {
-	resp, err := c.submission.CancelTask(ctx, &conveyorv1.CancelTaskRequest{TaskId: id})
+	resp, err := c.submission.CancelTask(ctx, &conveyorv1.CancelTaskRequest{TaskId: id, Namespace: c.namespace})
 	if err != nil {
 		return false, wrapRPC("CancelTask", err)
 	}
@@ -376,7 +388,7 @@ func (s *TaskStream) recv() (*TaskInfo, error) {
 
 func (s *TaskStream) recvOnce() (*conveyorv1.WatchTaskResponse, error) {
 	if s.stream == nil {
-		stream, err := s.client.results.WatchTask(s.ctx, &conveyorv1.WatchTaskRequest{TaskId: s.id})
+		stream, err := s.client.results.WatchTask(s.ctx, &conveyorv1.WatchTaskRequest{TaskId: s.id, Namespace: s.client.namespace})
 		if err != nil {
 			return nil, err
 		}

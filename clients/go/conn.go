@@ -41,7 +41,9 @@ import (
 // 100 ms to 5 s between attempts. Calls send and receive messages of up
 // to 64 MiB (grpc-go's default receive limit, 4 MiB, is below the largest
 // task a server returns and the largest worker frame it sends). opts come last, so they may replace the
-// credentials or add interceptors; [WithToken] adds a bearer token.
+// credentials or add interceptors; [WithToken] adds a bearer token, and
+// [WithNamespace] sets the namespace of the clients and workers that use
+// the connection.
 //
 // A [Worker] given a connection made here (or by [NewConns]) opens its
 // sessions after a Drain on new connections it dials the same way, with
@@ -63,11 +65,14 @@ type dialRecipe struct {
 	target string      // gRPC target, or the comma-separated list
 	tls    *tls.Config // nil for plaintext
 	opts   []grpc.DialOption
+	// namespace is the connection's WithNamespace, "" when none.
+	namespace string
 }
 
 // newDialRecipe reads addr, the TLS options and environment variables, and
 // loads the TLS files.
 func newDialRecipe(addr string, opts []grpc.DialOption) (dialRecipe, error) {
+	namespace, opts := takeNamespaceOption(opts)
 	tlsOpt, rest := takeTLSOptions(opts)
 	target, scheme := parseAddr(addr)
 	if target == "" {
@@ -77,7 +82,7 @@ func newDialRecipe(addr string, opts []grpc.DialOption) (dialRecipe, error) {
 	if err != nil {
 		return dialRecipe{}, err
 	}
-	r := dialRecipe{addr: addr, target: target, opts: slices.Clone(rest)}
+	r := dialRecipe{addr: addr, target: target, opts: slices.Clone(rest), namespace: namespace}
 	switch {
 	case scheme == "http" && settings.requested:
 		return dialRecipe{}, fmt.Errorf("conveyor: address %q is plaintext (http://) but TLS is configured (%s): use https://%s to connect with TLS",

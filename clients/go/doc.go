@@ -41,7 +41,8 @@
 // Handlers report progress with [Task.ReportProgress] and ask for a retry
 // after a delay with [RetryAfter]. The client also replays and forgets tasks,
 // lists dead letters, pauses queues and manages schedules. [WithToken] sends
-// a bearer token; [WithTLS] (or CONVEYOR_TLS_CA, CONVEYOR_TLS_CERT and
+// a bearer token; [WithNamespace] (or CONVEYOR_NAMESPACE) sets the namespace
+// clients and workers act in; [WithTLS] (or CONVEYOR_TLS_CA, CONVEYOR_TLS_CERT and
 // CONVEYOR_TLS_KEY) trusts a CA and presents a client certificate over TLS;
 // several comma-separated addresses fail over; calls that
 // are safe to repeat are retried on UNAVAILABLE ([CallRetry]). Where the
@@ -52,6 +53,8 @@
 //
 // Arguments and results travel as JSON payloads, so tasks submitted from one
 // language run in any other. Errors of RPCs carry their gRPC status
-// ([status.FromError] and [Code] work on them); a task that failed is reported
-// by [Client.Result] as a [*TaskFailedError].
+// ([status.FromError] and [Code] work on them), and match [ErrUnauthenticated]
+// or [ErrPermissionDenied] when the server refused the caller's credentials or
+// its principal's roles in the namespace; a task that failed is reported by
+// [Client.Result] as a [*TaskFailedError].
 package conveyor

@@ -33,6 +33,10 @@ import (
 // workflow calls then answer from memory. A name with no handler fails at once
 // with type "NotRegistered". Queues, workers, schedules and WatchEvents answer
 // UNIMPLEMENTED. Countdown, ETA, expiry, priorities and limits are ignored.
+// Namespaces are kept apart as a server keeps them: the client acts in
+// CONVEYOR_NAMESPACE (else "default"), and [Client.WithNamespace] gives a
+// client of another namespace on the same in-memory store, which does not
+// see the first one's tasks.
 func NewEagerClient(handlers map[string]Handler) *Client {
 	backend := &eagerBackend{
 		handlers: map[string]Handler{}, tasks: map[string]*conveyorv1.Task{}, keys: map[string]string{},
@@ -47,6 +51,7 @@ func NewEagerClient(handlers map[string]Handler) *Client {
 		dispatch:   conveyorv1.NewDispatchServiceClient(unimplementedConn{}),
 		scheduling: conveyorv1.NewSchedulingServiceClient(unimplementedConn{}),
 		retry:      DefaultCallRetry,
+		namespace:  resolveNamespace(""),
 	}
 	return c
 }
@@ -64,8 +69,9 @@ type eagerBackend struct {
 	mu       sync.Mutex
 	tasks    map[string]*conveyorv1.Task
 	order    []string          // task ids in submission order
-	keys     map[string]string // idempotency key -> task id
-	// workflows by id, and workflow idempotency key -> workflow id.
+	keys     map[string]string // scopedKey(namespace, idempotency key) -> task id
+	// workflows by id, and scopedKey(namespace, workflow idempotency key)
+	// -> workflow id.
 	workflows    map[string]*eagerWorkflow
 	workflowKeys map[string]string
 }
@@ -74,7 +80,7 @@ func (e *eagerBackend) SubmitTask(ctx context.Context, in *conveyorv1.SubmitTask
 	if err := validateEager(in.GetTask(), "task"); err != nil {
 		return nil, err
 	}
-	return e.submit(ctx, in.GetTask()), nil
+	return e.submit(ctx, in.GetNamespace(), in.GetTask()), nil
 }
 
 func (e *eagerBackend) SubmitTasks(ctx context.Context, in *conveyorv1.SubmitTasksRequest, _ ...grpc.CallOption) (*conveyorv1.SubmitTasksResponse, error) {
@@ -85,7 +91,7 @@ func (e *eagerBackend) SubmitTasks(ctx context.Context, in *conveyorv1.SubmitTas
 	}
 	out := &conveyorv1.SubmitTasksResponse{}
 	for _, spec := range in.GetTasks() {
-		out.Results = append(out.Results, e.submit(ctx, spec))
+		out.Results = append(out.Results, e.submit(ctx, in.GetNamespace(), spec))
 	}
 	return out, nil
 }
@@ -97,9 +103,21 @@ func validateEager(spec *conveyorv1.TaskSpec, field string) error {
 	return nil
 }
 
-func (e *eagerBackend) submit(ctx context.Context, spec *conveyorv1.TaskSpec) *conveyorv1.SubmitTaskResponse {
+// eagerNamespace is the name of namespace ns as a server reports it.
+func eagerNamespace(ns string) string {
+	if ns == "" {
+		return "default"
+	}
+	return ns
+}
+
+// scopedKey is an idempotency key within its namespace.
+func scopedKey(ns, key string) string { return eagerNamespace(ns) + "\x00" + key }
+
+func (e *eagerBackend) submit(ctx context.Context, ns string, spec *conveyorv1.TaskSpec) *conveyorv1.SubmitTaskResponse {
 	e.mu.Lock()
-	if id, ok := e.keys[spec.GetIdempotencyKey()]; ok && spec.GetIdempotencyKey() != "" {
+	key := scopedKey(ns, spec.GetIdempotencyKey())
+	if id, ok := e.keys[key]; ok && spec.GetIdempotencyKey() != "" {
 		state := e.tasks[id].GetState()
 		e.mu.Unlock()
 		return &conveyorv1.SubmitTaskResponse{TaskId: id, Duplicate: true, State: state}
@@ -112,12 +130,12 @@ func (e *eagerBackend) submit(ctx context.Context, spec *conveyorv1.TaskSpec) *c
 	task := &conveyorv1.Task{
 		Id: uuidV7(), Name: spec.GetName(), Args: spec.GetArgs(), Kwargs: spec.GetKwargs(),
 		Options: spec.GetOptions(), State: StateQueued, CreatedAt: now, UpdatedAt: now, Queue: queue,
-		TraceContext: spec.GetTraceContext(),
+		TraceContext: spec.GetTraceContext(), Namespace: eagerNamespace(ns),
 	}
 	e.tasks[task.Id] = task
 	e.order = append(e.order, task.Id)
 	if spec.GetIdempotencyKey() != "" {
-		e.keys[spec.GetIdempotencyKey()] = task.Id
+		e.keys[key] = task.Id
 	}
 	e.mu.Unlock()
 	e.run(ctx, task)
@@ -140,7 +158,7 @@ func (e *eagerBackend) run(ctx context.Context, task *conveyorv1.Task) {
 			Attempt: task.Attempt, LeaseToken: uint64(task.Attempt), Headers: task.GetOptions().GetHeaders(),
 			SoftTimeLimit: task.GetOptions().GetSoftTimeLimit(), HardTimeLimit: task.GetOptions().GetHardTimeLimit(),
 			CreatedAt: task.CreatedAt, MaxRetries: maxRetries, TraceContext: task.GetTraceContext(),
-			Queue: task.Queue, WorkflowId: task.GetWorkflowId(),
+			Queue: task.Queue, WorkflowId: task.GetWorkflowId(), Namespace: task.GetNamespace(),
 		}
 		e.mu.Unlock()
 		result, failure := e.attempt(ctx, h, assignment, task.Queue)
@@ -197,19 +215,29 @@ func (e *eagerBackend) stateOf(id string) TaskState {
 	return e.tasks[id].GetState()
 }
 
-// snapshot is a copy of task id, or NOT_FOUND.
-func (e *eagerBackend) snapshot(id string) (*conveyorv1.Task, error) {
+// snapshot is a copy of task id of namespace ns, or NOT_FOUND.
+func (e *eagerBackend) snapshot(ns, id string) (*conveyorv1.Task, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	task, ok := e.tasks[id]
-	if !ok {
-		return nil, status.Errorf(codes.NotFound, "task not found: %s (eager mode knows only tasks submitted to this client)", id)
+	task, err := e.task(ns, id)
+	if err != nil {
+		return nil, err
 	}
 	return proto.Clone(task).(*conveyorv1.Task), nil
 }
 
+// task is task id of namespace ns, or NOT_FOUND (a task of another
+// namespace is not found, as on a server). e.mu is held.
+func (e *eagerBackend) task(ns, id string) (*conveyorv1.Task, error) {
+	task, ok := e.tasks[id]
+	if !ok || task.GetNamespace() != eagerNamespace(ns) {
+		return nil, status.Errorf(codes.NotFound, "task not found: %s (eager mode knows only tasks submitted to this client, in its namespace)", id)
+	}
+	return task, nil
+}
+
 func (e *eagerBackend) CancelTask(_ context.Context, in *conveyorv1.CancelTaskRequest, _ ...grpc.CallOption) (*conveyorv1.CancelTaskResponse, error) {
-	task, err := e.snapshot(in.GetTaskId())
+	task, err := e.snapshot(in.GetNamespace(), in.GetTaskId())
 	if err != nil {
 		return nil, err
 	}
@@ -218,10 +246,10 @@ func (e *eagerBackend) CancelTask(_ context.Context, in *conveyorv1.CancelTaskRe
 
 func (e *eagerBackend) ReplayTask(ctx context.Context, in *conveyorv1.ReplayTaskRequest, _ ...grpc.CallOption) (*conveyorv1.ReplayTaskResponse, error) {
 	e.mu.Lock()
-	task, ok := e.tasks[in.GetTaskId()]
-	if !ok {
+	task, err := e.task(in.GetNamespace(), in.GetTaskId())
+	if err != nil {
 		e.mu.Unlock()
-		return nil, status.Errorf(codes.NotFound, "task not found: %s", in.GetTaskId())
+		return nil, err
 	}
 	if task.State != StateFailed {
 		e.mu.Unlock()
@@ -234,7 +262,7 @@ func (e *eagerBackend) ReplayTask(ctx context.Context, in *conveyorv1.ReplayTask
 }
 
 func (e *eagerBackend) GetTask(_ context.Context, in *conveyorv1.GetTaskRequest, _ ...grpc.CallOption) (*conveyorv1.GetTaskResponse, error) {
-	task, err := e.snapshot(in.GetTaskId())
+	task, err := e.snapshot(in.GetNamespace(), in.GetTaskId())
 	if err != nil {
 		return nil, err
 	}
@@ -242,7 +270,7 @@ func (e *eagerBackend) GetTask(_ context.Context, in *conveyorv1.GetTaskRequest,
 }
 
 func (e *eagerBackend) WaitTask(_ context.Context, in *conveyorv1.WaitTaskRequest, _ ...grpc.CallOption) (*conveyorv1.WaitTaskResponse, error) {
-	task, err := e.snapshot(in.GetTaskId())
+	task, err := e.snapshot(in.GetNamespace(), in.GetTaskId())
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +278,7 @@ func (e *eagerBackend) WaitTask(_ context.Context, in *conveyorv1.WaitTaskReques
 }
 
 func (e *eagerBackend) WatchTask(ctx context.Context, in *conveyorv1.WatchTaskRequest, _ ...grpc.CallOption) (grpc.ServerStreamingClient[conveyorv1.WatchTaskResponse], error) {
-	task, err := e.snapshot(in.GetTaskId())
+	task, err := e.snapshot(in.GetNamespace(), in.GetTaskId())
 	if err != nil {
 		return nil, err
 	}
@@ -260,8 +288,8 @@ func (e *eagerBackend) WatchTask(ctx context.Context, in *conveyorv1.WatchTaskRe
 func (e *eagerBackend) ForgetTask(_ context.Context, in *conveyorv1.ForgetTaskRequest, _ ...grpc.CallOption) (*conveyorv1.ForgetTaskResponse, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if _, ok := e.tasks[in.GetTaskId()]; !ok {
-		return nil, status.Errorf(codes.NotFound, "task not found: %s", in.GetTaskId())
+	if _, err := e.task(in.GetNamespace(), in.GetTaskId()); err != nil {
+		return nil, err
 	}
 	delete(e.tasks, in.GetTaskId())
 	return &conveyorv1.ForgetTaskResponse{}, nil
@@ -286,7 +314,7 @@ func (e *eagerBackend) ListDeadLetters(_ context.Context, in *conveyorv1.ListDea
 	seen := 0
 	for i, id := range e.order {
 		task, ok := e.tasks[id]
-		if !ok || task.State != StateFailed {
+		if !ok || task.State != StateFailed || task.GetNamespace() != eagerNamespace(in.GetNamespace()) {
 			continue
 		}
 		if seen++; seen <= start {

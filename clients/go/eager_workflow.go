@@ -36,9 +36,10 @@ func (e *eagerBackend) SubmitWorkflow(ctx context.Context, in *conveyorv1.Submit
 	if err != nil {
 		return nil, err
 	}
+	ns := in.GetNamespace()
 	e.mu.Lock()
 	if key := spec.GetIdempotencyKey(); key != "" {
-		if id, ok := e.workflowKeys[key]; ok {
+		if id, ok := e.workflowKeys[scopedKey(ns, key)]; ok {
 			wf := e.workflows[id]
 			e.mu.Unlock()
 			return &conveyorv1.SubmitWorkflowResponse{WorkflowId: id, TaskIds: wf.ids, Duplicate: true}, nil
@@ -48,7 +49,7 @@ func (e *eagerBackend) SubmitWorkflow(ctx context.Context, in *conveyorv1.Submit
 	wf := &eagerWorkflow{
 		info: &conveyorv1.Workflow{
 			Id: uuidV7(), Name: spec.GetName(), State: WorkflowRunning, CreatedAt: now,
-			NodeCount: uint32(len(spec.GetNodes())), Namespace: "default",
+			NodeCount: uint32(len(spec.GetNodes())), Namespace: eagerNamespace(ns),
 		},
 		nodes: spec.GetNodes(),
 	}
@@ -73,7 +74,7 @@ func (e *eagerBackend) SubmitWorkflow(ctx context.Context, in *conveyorv1.Submit
 		task := &conveyorv1.Task{
 			Id: uuidV7(), Name: node.GetTask().GetName(), Args: node.GetTask().GetArgs(), Kwargs: node.GetTask().GetKwargs(),
 			Options: options, State: state, CreatedAt: now, UpdatedAt: now, Queue: queue, TraceContext: tc,
-			WorkflowId: wf.info.Id, WorkflowNode: uint32(i),
+			WorkflowId: wf.info.Id, WorkflowNode: uint32(i), Namespace: wf.info.Namespace,
 		}
 		e.tasks[task.Id] = task
 		e.order = append(e.order, task.Id)
@@ -84,7 +85,7 @@ func (e *eagerBackend) SubmitWorkflow(ctx context.Context, in *conveyorv1.Submit
 	}
 	e.workflows[wf.info.Id] = wf
 	if key := spec.GetIdempotencyKey(); key != "" {
-		e.workflowKeys[key] = wf.info.Id
+		e.workflowKeys[scopedKey(ns, key)] = wf.info.Id
 	}
 	e.mu.Unlock()
 	e.runWorkflow(ctx, wf, spec, order)
@@ -346,19 +347,19 @@ func validateEagerWorkflow(spec *conveyorv1.WorkflowSpec) ([]int, error) {
 	return order, nil
 }
 
-func (e *eagerBackend) workflow(id string) (*eagerWorkflow, error) {
+func (e *eagerBackend) workflow(ns, id string) (*eagerWorkflow, error) {
 	wf, ok := e.workflows[id]
-	if !ok {
-		return nil, status.Errorf(codes.NotFound, "workflow not found: %s (eager mode knows only workflows submitted to this client)", id)
+	if !ok || wf.info.GetNamespace() != eagerNamespace(ns) {
+		return nil, status.Errorf(codes.NotFound, "workflow not found: %s (eager mode knows only workflows submitted to this client, in its namespace)", id)
 	}
 	return wf, nil
 }
 
 // workflowSnapshot is a copy of workflow id as view says.
-func (e *eagerBackend) workflowSnapshot(id string, view conveyorv1.WorkflowView) (*conveyorv1.Workflow, error) {
+func (e *eagerBackend) workflowSnapshot(ns, id string, view conveyorv1.WorkflowView) (*conveyorv1.Workflow, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	wf, err := e.workflow(id)
+	wf, err := e.workflow(ns, id)
 	if err != nil {
 		return nil, err
 	}
@@ -388,7 +389,7 @@ func (e *eagerBackend) workflowSnapshot(id string, view conveyorv1.WorkflowView)
 func (e *eagerBackend) CancelWorkflow(_ context.Context, in *conveyorv1.CancelWorkflowRequest, _ ...grpc.CallOption) (*conveyorv1.CancelWorkflowResponse, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	wf, err := e.workflow(in.GetWorkflowId())
+	wf, err := e.workflow(in.GetNamespace(), in.GetWorkflowId())
 	if err != nil {
 		return nil, err
 	}
@@ -401,7 +402,7 @@ func (e *eagerBackend) GetWorkflow(_ context.Context, in *conveyorv1.GetWorkflow
 	if view == conveyorv1.WorkflowView_WORKFLOW_VIEW_UNSPECIFIED {
 		view = ViewNodes
 	}
-	wf, err := e.workflowSnapshot(in.GetWorkflowId(), view)
+	wf, err := e.workflowSnapshot(in.GetNamespace(), in.GetWorkflowId(), view)
 	if err != nil {
 		return nil, err
 	}
@@ -413,7 +414,7 @@ func (e *eagerBackend) WaitWorkflow(_ context.Context, in *conveyorv1.WaitWorkfl
 	if view == conveyorv1.WorkflowView_WORKFLOW_VIEW_UNSPECIFIED {
 		view = ViewSummary
 	}
-	wf, err := e.workflowSnapshot(in.GetWorkflowId(), view)
+	wf, err := e.workflowSnapshot(in.GetNamespace(), in.GetWorkflowId(), view)
 	if err != nil {
 		return nil, err
 	}
@@ -425,7 +426,7 @@ func (e *eagerBackend) WatchWorkflow(ctx context.Context, in *conveyorv1.WatchWo
 	if view == conveyorv1.WorkflowView_WORKFLOW_VIEW_UNSPECIFIED {
 		view = ViewNodes
 	}
-	wf, err := e.workflowSnapshot(in.GetWorkflowId(), view)
+	wf, err := e.workflowSnapshot(in.GetNamespace(), in.GetWorkflowId(), view)
 	if err != nil {
 		return nil, err
 	}

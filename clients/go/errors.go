@@ -19,6 +19,28 @@ import (
 // DEADLINE_EXCEEDED. Such errors also match [context.DeadlineExceeded].
 var ErrTimeout = errors.New("conveyor: timed out")
 
+// Authentication and authorization failures, matched (with [errors.Is]) by
+// the *[RPCError] of a call, or of a worker's refused session, that the
+// server answered with the corresponding status. The RPCError carries the
+// server's message, which says what is missing:
+//
+//	_, err := c.Submit(ctx, "add", conveyor.Args(1, 2))
+//	if errors.Is(err, conveyor.ErrPermissionDenied) {
+//		// "principal 'api' may not submit in namespace 'billing' (its roles there: none); ..."
+//	}
+var (
+	// ErrUnauthenticated: UNAUTHENTICATED, the server did not accept the
+	// caller's credentials: no token, a malformed authorization header, or
+	// a token it does not know (never issued, or revoked from its auth
+	// file). Give a valid token with [WithToken].
+	ErrUnauthenticated = errors.New("conveyor: unauthenticated")
+	// ErrPermissionDenied: PERMISSION_DENIED, the caller is known but its
+	// principal lacks the permission the call needs in the call's
+	// namespace (see [WithNamespace]): e.g. a reader submitting, a producer
+	// pausing a queue, a worker in a namespace where it has no worker role.
+	ErrPermissionDenied = errors.New("conveyor: permission denied")
+)
+
 // Causes of a handler's context cancellation, as [context.Cause] reports them.
 var (
 	// ErrTaskCancelled: the dispatcher cancelled the assignment (its lease
@@ -83,16 +105,26 @@ func (e *RPCError) Unwrap() error { return e.err }
 func (e *RPCError) Timeout() bool { return e.status.Code() == codes.DeadlineExceeded }
 
 // Is makes a DEADLINE_EXCEEDED error match [ErrTimeout] and
-// [context.DeadlineExceeded], and a CANCELLED one [context.Canceled].
+// [context.DeadlineExceeded], a CANCELLED one [context.Canceled], an
+// UNAUTHENTICATED one [ErrUnauthenticated] and a PERMISSION_DENIED one
+// [ErrPermissionDenied].
 func (e *RPCError) Is(target error) bool {
 	switch e.status.Code() {
 	case codes.DeadlineExceeded:
 		return target == ErrTimeout || target == context.DeadlineExceeded
 	case codes.Canceled:
 		return target == context.Canceled
+	case codes.Unauthenticated:
+		return target == ErrUnauthenticated
+	case codes.PermissionDenied:
+		return target == ErrPermissionDenied
 	}
 	return false
 }
+
+// Message is the status message, as the server wrote it (for
+// PERMISSION_DENIED, which permission is missing in which namespace).
+func (e *RPCError) Message() string { return e.status.Message() }
 
 // Code returns the gRPC status code carried by err: OK for nil,
 // DEADLINE_EXCEEDED and CANCELLED for context errors, UNKNOWN for errors

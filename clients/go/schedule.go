@@ -54,7 +54,7 @@ func NewSchedule(id string, rule ScheduleRule, name string, opts ...Option) (*Sc
 // CreateSchedule creates s and returns it as stored (with its next run).
 // ALREADY_EXISTS when its id is in use: update it, or delete it first.
 func (c *Client) CreateSchedule(ctx context.Context, s *Schedule) (*Schedule, error) {
-	resp, err := c.scheduling.CreateSchedule(ctx, &conveyorv1.CreateScheduleRequest{Schedule: s})
+	resp, err := c.scheduling.CreateSchedule(ctx, &conveyorv1.CreateScheduleRequest{Schedule: s, Namespace: c.namespace})
 	if err != nil {
 		return nil, wrapRPC("CreateSchedule", err)
 	}
@@ -64,7 +64,7 @@ func (c *Client) CreateSchedule(ctx context.Context, s *Schedule) (*Schedule, er
 // GetSchedule returns schedule id; NOT_FOUND when there is none.
 func (c *Client) GetSchedule(ctx context.Context, id string) (*Schedule, error) {
 	resp, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.GetScheduleResponse, error) {
-		return c.scheduling.GetSchedule(ctx, &conveyorv1.GetScheduleRequest{Id: id})
+		return c.scheduling.GetSchedule(ctx, &conveyorv1.GetScheduleRequest{Id: id, Namespace: c.namespace})
 	})
 	if err != nil {
 		return nil, wrapRPC("GetSchedule", err)
@@ -75,7 +75,7 @@ func (c *Client) GetSchedule(ctx context.Context, id string) (*Schedule, error) 
 // ListSchedules returns every schedule.
 func (c *Client) ListSchedules(ctx context.Context) ([]*Schedule, error) {
 	resp, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.ListSchedulesResponse, error) {
-		return c.scheduling.ListSchedules(ctx, &conveyorv1.ListSchedulesRequest{})
+		return c.scheduling.ListSchedules(ctx, &conveyorv1.ListSchedulesRequest{Namespace: c.namespace})
 	})
 	if err != nil {
 		return nil, wrapRPC("ListSchedules", err)
@@ -86,7 +86,7 @@ func (c *Client) ListSchedules(ctx context.Context) ([]*Schedule, error) {
 // UpdateSchedule replaces the definition of the schedule named by s's id
 // and returns it as stored.
 func (c *Client) UpdateSchedule(ctx context.Context, s *Schedule) (*Schedule, error) {
-	resp, err := c.scheduling.UpdateSchedule(ctx, &conveyorv1.UpdateScheduleRequest{Schedule: s})
+	resp, err := c.scheduling.UpdateSchedule(ctx, &conveyorv1.UpdateScheduleRequest{Schedule: s, Namespace: c.namespace})
 	if err != nil {
 		return nil, wrapRPC("UpdateSchedule", err)
 	}
@@ -95,13 +95,13 @@ func (c *Client) UpdateSchedule(ctx context.Context, s *Schedule) (*Schedule, er
 
 // DeleteSchedule deletes schedule id; tasks it already submitted stay.
 func (c *Client) DeleteSchedule(ctx context.Context, id string) error {
-	_, err := c.scheduling.DeleteSchedule(ctx, &conveyorv1.DeleteScheduleRequest{Id: id})
+	_, err := c.scheduling.DeleteSchedule(ctx, &conveyorv1.DeleteScheduleRequest{Id: id, Namespace: c.namespace})
 	return wrapRPC("DeleteSchedule", err)
 }
 
 // PauseSchedule stops schedule id firing until [Client.ResumeSchedule].
 func (c *Client) PauseSchedule(ctx context.Context, id string) (*Schedule, error) {
-	resp, err := c.scheduling.PauseSchedule(ctx, &conveyorv1.PauseScheduleRequest{Id: id})
+	resp, err := c.scheduling.PauseSchedule(ctx, &conveyorv1.PauseScheduleRequest{Id: id, Namespace: c.namespace})
 	if err != nil {
 		return nil, wrapRPC("PauseSchedule", err)
 	}
@@ -110,7 +110,7 @@ func (c *Client) PauseSchedule(ctx context.Context, id string) (*Schedule, error
 
 // ResumeSchedule lets a paused schedule fire again.
 func (c *Client) ResumeSchedule(ctx context.Context, id string) (*Schedule, error) {
-	resp, err := c.scheduling.ResumeSchedule(ctx, &conveyorv1.ResumeScheduleRequest{Id: id})
+	resp, err := c.scheduling.ResumeSchedule(ctx, &conveyorv1.ResumeScheduleRequest{Id: id, Namespace: c.namespace})
 	if err != nil {
 		return nil, wrapRPC("ResumeSchedule", err)
 	}
@@ -119,7 +119,7 @@ func (c *Client) ResumeSchedule(ctx context.Context, id string) (*Schedule, erro
 
 // TriggerSchedule runs schedule id now, outside its rule, and returns the run.
 func (c *Client) TriggerSchedule(ctx context.Context, id string) (*ScheduleRun, error) {
-	resp, err := c.scheduling.TriggerSchedule(ctx, &conveyorv1.TriggerScheduleRequest{Id: id})
+	resp, err := c.scheduling.TriggerSchedule(ctx, &conveyorv1.TriggerScheduleRequest{Id: id, Namespace: c.namespace})
 	if err != nil {
 		return nil, wrapRPC("TriggerSchedule", err)
 	}
@@ -129,7 +129,7 @@ func (c *Client) TriggerSchedule(ctx context.Context, id string) (*ScheduleRun, 
 // ScheduleRuns returns the latest runs of schedule id (at most 100).
 func (c *Client) ScheduleRuns(ctx context.Context, id string) ([]*ScheduleRun, error) {
 	resp, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.ListScheduleRunsResponse, error) {
-		return c.scheduling.ListScheduleRuns(ctx, &conveyorv1.ListScheduleRunsRequest{Id: id})
+		return c.scheduling.ListScheduleRuns(ctx, &conveyorv1.ListScheduleRunsRequest{Id: id, Namespace: c.namespace})
 	})
 	if err != nil {
 		return nil, wrapRPC("ListScheduleRuns", err)

@@ -107,7 +107,7 @@ func (rt *workerRuntime) session(ctx context.Context, epoch uint64) sessionEnd {
 	if maxCredits == 0 {
 		maxCredits = defaultMaxCredits
 	}
-	rt.log.Info("worker session established", "session_id", welcome.GetSessionId(), "heartbeat", heartbeat)
+	rt.log.Info("worker session established", "session_id", welcome.GetSessionId(), "namespace", rt.hello.GetNamespace(), "heartbeat", heartbeat)
 	if frame := welcome.GetMaxFrameBytes(); frame > maxMessageBytes {
 		rt.log.Error("the dispatcher may send worker frames larger than this worker receives: upgrade the conveyor Go SDK",
 			"max_frame_bytes", frame, "receive_limit", maxMessageBytes)

@@ -41,6 +41,9 @@ type Task struct {
 	// WorkflowID is the workflow the task is a node of (Celery's root id),
 	// "" for a task submitted alone.
 	WorkflowID string
+	// Namespace is the namespace of the task (the worker's), as the
+	// assignment names it.
+	Namespace string
 
 	assignment *conveyorv1.Assignment
 	// report sends a progress report; nil outside a worker or eager run.
@@ -59,6 +62,7 @@ func TaskFromAssignment(a *conveyorv1.Assignment) *Task {
 		SoftTimeLimit: durationFromProto(a.GetSoftTimeLimit()),
 		HardTimeLimit: durationFromProto(a.GetHardTimeLimit()),
 		WorkflowID:    a.GetWorkflowId(),
+		Namespace:     a.GetNamespace(),
 		assignment:    a,
 	}
 	if a.GetCreatedAt() != nil {

@@ -70,6 +70,13 @@ type WorkerOptions struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Logger receives the worker's logs. Default: slog.Default().
 	Logger *slog.Logger
+	// Namespace the worker serves (sent in Hello): it is handed tasks of
+	// that namespace only. Default: the namespace conn was made with
+	// ([WithNamespace] given to [NewConn] or [NewConns]), else
+	// CONVEYOR_NAMESPACE, else "" (the namespace "default"). On a server
+	// with an auth file, the worker's principal needs the worker role
+	// there; otherwise Run returns an error matching [ErrPermissionDenied].
+	Namespace string
 }
 
 // Worker runs registered handlers for the tasks the dispatcher assigns.
@@ -122,12 +129,19 @@ func NewWorker(conn grpc.ClientConnInterface, opts WorkerOptions) *Worker {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.Namespace == "" {
+		opts.Namespace = resolveNamespace(connNamespace(conn))
+	}
 	opts.Queues = append([]string(nil), opts.Queues...)
 	return &Worker{conn: withMessageLimits(conn), opts: opts, handlers: map[string]Handler{}}
 }
 
 // WorkerID is the id the worker introduces itself with.
 func (w *Worker) WorkerID() string { return w.opts.WorkerID }
+
+// Namespace is the namespace the worker serves ("" for the namespace
+// "default"; see [WorkerOptions].Namespace).
+func (w *Worker) Namespace() string { return w.opts.Namespace }
 
 // Register sets the handler of tasks named name, replacing any earlier one.
 // Handlers registered after Run started take effect at the next Run.
@@ -222,6 +236,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		Language:    Language,
 		SdkVersion:  Version,
 		Hostname:    w.opts.Hostname,
+		Namespace:   w.opts.Namespace,
 	}
 	backoff := newBackoff(w.opts.MinBackoff, w.opts.MaxBackoff)
 	for epoch := uint64(1); ; epoch++ {

@@ -81,7 +81,7 @@ func (c *Client) SubmitWorkflowSpec(ctx context.Context, spec *conveyorv1.Workfl
 	}
 	ctx, span := startPublishWorkflow(ctx, spec)
 	resp, err := retryCall(ctx, c.retry, spec.GetIdempotencyKey() != "", func(ctx context.Context) (*conveyorv1.SubmitWorkflowResponse, error) {
-		return c.submission.SubmitWorkflow(ctx, &conveyorv1.SubmitWorkflowRequest{Workflow: spec})
+		return c.submission.SubmitWorkflow(ctx, &conveyorv1.SubmitWorkflowRequest{Workflow: spec, Namespace: c.namespace})
 	})
 	if err != nil {
 		err = wrapRPC("SubmitWorkflow", err)
@@ -156,7 +156,7 @@ func (h *WorkflowHandle) Watch(ctx context.Context) (*WorkflowStream, error) {
 // passed.
 func (c *Client) GetWorkflow(ctx context.Context, id string, view WorkflowView) (*WorkflowInfo, error) {
 	resp, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.GetWorkflowResponse, error) {
-		return c.results.GetWorkflow(ctx, &conveyorv1.GetWorkflowRequest{WorkflowId: id, View: view})
+		return c.results.GetWorkflow(ctx, &conveyorv1.GetWorkflowRequest{WorkflowId: id, View: view, Namespace: c.namespace})
 	})
 	if err != nil {
 		return nil, wrapRPC("GetWorkflow", err)
@@ -183,7 +183,7 @@ func (c *Client) waitWorkflow(ctx context.Context, id string, view WorkflowView)
 	for {
 		started := time.Now()
 		resp, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.WaitWorkflowResponse, error) {
-			return c.results.WaitWorkflow(ctx, &conveyorv1.WaitWorkflowRequest{WorkflowId: id, View: view})
+			return c.results.WaitWorkflow(ctx, &conveyorv1.WaitWorkflowRequest{WorkflowId: id, View: view, Namespace: c.namespace})
 		})
 		if err != nil && Code(err) == codes.DeadlineExceeded && ctx.Err() == nil && time.Since(started) >= minUsefulWait {
 			continue // the server's cap ended this call, not ctx
@@ -268,7 +268,7 @@ func workflowFailure(wf *WorkflowInfo) error {
 // cancelled. It returns the number of nodes this call cancelled (0 when
 // the workflow had finished).
 func (c *Client) CancelWorkflow(ctx context.Context, id string) (int, error) {
-	resp, err := c.submission.CancelWorkflow(ctx, &conveyorv1.CancelWorkflowRequest{WorkflowId: id})
+	resp, err := c.submission.CancelWorkflow(ctx, &conveyorv1.CancelWorkflowRequest{WorkflowId: id, Namespace: c.namespace})
 	if err != nil {
 		return 0, wrapRPC("CancelWorkflow", err)
 	}
@@ -349,7 +349,7 @@ func (s *WorkflowStream) recv() (*WorkflowInfo, error) {
 
 func (s *WorkflowStream) recvOnce() (*conveyorv1.WatchWorkflowResponse, error) {
 	if s.stream == nil {
-		stream, err := s.client.results.WatchWorkflow(s.ctx, &conveyorv1.WatchWorkflowRequest{WorkflowId: s.id, View: s.view})
+		stream, err := s.client.results.WatchWorkflow(s.ctx, &conveyorv1.WatchWorkflowRequest{WorkflowId: s.id, View: s.view, Namespace: s.client.namespace})
 		if err != nil {
 			return nil, err
 		}

@@ -1,6 +1,7 @@
 """`conveyor-worker` and `python -m conveyor worker`, run as a user runs
 them: from a directory holding a tasks module, against a real server."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_line, wait_for_state
+import conveyor
+from conftest import read_line, wait_for_state, wait_until
 
 TASKS = '''
 import time
@@ -43,10 +45,11 @@ def project(tmp_path):
     return tmp_path
 
 
-def start(command, project, server, *args):
+def start(command, project, server, *args, env=None):
     return subprocess.Popen(
         [*command, *args, "--server", server.removeprefix("http://")],  # a scheme-less address is accepted
         cwd=project,
+        env=None if env is None else {**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -111,3 +114,21 @@ def test_bad_app_is_a_usage_error(project, server):
     empty = start(worker_script(), project, server, "-A", "cli_tasks:nothing")
     assert empty.wait(30) == 64
     assert "give -A module:attribute" in empty.stderr.read()
+
+
+def test_conveyor_worker_namespace(project, server, queue_name):
+    namespace = f"{queue_name}-ns"
+    process = start(worker_script(), project, server, "-A", "cli_tasks:app", "-Q", queue_name,
+                    "--namespace", namespace, env={"CONVEYOR_NAMESPACE": "not-this-one"})
+    try:
+        assert f"namespace:    {namespace}" in read_banner(process)  # the flag wins over the variable
+        with conveyor.Client(server, namespace=namespace) as client, conveyor.Client(server, namespace="") as default:
+            assert client.result(client.submit("cli_tasks.add", [2, 3], queue=queue_name), timeout=30) == 5
+            wait_until(lambda: len(client.workers()) == 1, 10, "the worker in the namespace's listing")
+            assert queue_name not in [q for worker in default.workers() for q in worker.queues]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+        assert f"namespace '{namespace}'" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -28,6 +28,7 @@ import { publish, stamp, traceMetadata, waiting } from "./internal/tracing.js";
 import { fromOptionalPayload, msToDuration } from "./payload.js";
 import { buildSchedule } from "./schedules.js";
 import type { ScheduleDefinition } from "./schedules.js";
+import { DEFAULT_NAMESPACE, resolveNamespace } from "./namespace.js";
 import { buildTaskSpec, isTerminal, taskResult } from "./spec.js";
 import type { SubmitOptions, TaskRequest } from "./spec.js";
 import {
@@ -162,6 +163,13 @@ export class Client {
   readonly endpoints: Readonly<Record<ServiceName, readonly string[]>>;
   /** The connections of each service; services at the same addresses share them. */
   readonly #endpoints: Readonly<Record<ServiceName, Endpoints<Services>>>;
+  /**
+   * The namespace this client's calls act in: the `namespace` option, else
+   * $CONVEYOR_NAMESPACE, else "default".
+   */
+  readonly namespace: string;
+  /** The namespace as every request carries it ("" when none was given: the server's "default"). */
+  readonly #namespace: string;
   readonly #retry: Required<RetryPolicy>;
   readonly #autoKey: boolean;
 
@@ -171,9 +179,12 @@ export class Client {
    * "http://127.0.0.1:50051". `options.endpoints` (and the
    * CONVEYOR_SUBMISSION_ADDR, CONVEYOR_RESULTS_ADDR, CONVEYOR_DISPATCH_ADDR
    * and CONVEYOR_SCHEDULING_ADDR environment variables) give single services
-   * other addresses.
+   * other addresses. `options.namespace` (else $CONVEYOR_NAMESPACE) is the
+   * namespace every call acts in.
    */
   constructor(addresses?: Addresses, options: ClientOptions = {}) {
+    this.#namespace = resolveNamespace(options.namespace);
+    this.namespace = this.#namespace || DEFAULT_NAMESPACE;
     const build = (transport: Transport): Services => ({
       submission: createClient(SubmissionService, transport),
       results: createClient(ResultsService, transport),
@@ -211,12 +222,20 @@ export class Client {
     this.#autoKey = options.autoIdempotencyKey ?? true;
   }
 
-  /** The generated submission client (of the current address), for calls this class does not wrap. */
+  /**
+   * The generated submission client (of the current address), for calls
+   * this class does not wrap. Their requests do not get this client's
+   * namespace: set `namespace: client.namespace` in them.
+   */
   get submissionService(): RpcClient<typeof SubmissionService> {
     return this.#endpoints.submission.current().value.submission;
   }
 
-  /** The generated results client (of the current address), for calls this class does not wrap. */
+  /**
+   * The generated results client (of the current address), for calls this
+   * class does not wrap (e.g. `watchEvents`). Their requests do not get this
+   * client's namespace: set `namespace: client.namespace` in them.
+   */
   get resultsService(): RpcClient<typeof ResultsService> {
     return this.#endpoints.results.current().value.results;
   }
@@ -259,7 +278,7 @@ export class Client {
     return publish([task], false, async (span, ctx) => {
       stamp(task, ctx);
       const safe = task.idempotencyKey !== "";
-      const response = await this.#call("submission", safe, options, (s, o) => s.submitTask({ task }, o), undefined, ctx);
+      const response = await this.#call("submission", safe, options, (s, o) => s.submitTask({ task, namespace: this.#namespace }, o), undefined, ctx);
       span.setAttribute("messaging.message.id", response.taskId);
       return response.taskId;
     });
@@ -281,7 +300,7 @@ export class Client {
       const ids: string[] = [];
       for (const batch of splitBatches(specs)) {
         const safe = batch.every((spec) => spec.idempotencyKey !== "");
-        const response = await this.#call("submission", safe, options, (s, o) => s.submitTasks({ tasks: batch }, o), undefined, ctx);
+        const response = await this.#call("submission", safe, options, (s, o) => s.submitTasks({ tasks: batch, namespace: this.#namespace }, o), undefined, ctx);
         if (response.results.length !== batch.length) {
           throw new ConveyorError(
             Code.Internal,
@@ -296,7 +315,7 @@ export class Client {
 
   /** The task's current state and, once finished, its outcome (and progress while it runs). */
   async get(id: string, options: CallOptions = {}): Promise<Task> {
-    const response = await this.#call("results", true, options, (s, o) => s.getTask({ taskId: id }, o));
+    const response = await this.#call("results", true, options, (s, o) => s.getTask({ taskId: id, namespace: this.#namespace }, o));
     return requireTask(response.task, "GetTask");
   }
 
@@ -310,7 +329,7 @@ export class Client {
   wait(id: string, options: WaitOptions = {}): Promise<Task> {
     return waiting(id, (ctx) =>
       this.#waitLoop(options, async (timeout, callTimeout) => {
-        const request = timeout === undefined ? { taskId: id } : { taskId: id, timeout };
+        const request = timeout === undefined ? { taskId: id, namespace: this.#namespace } : { taskId: id, timeout, namespace: this.#namespace };
         const response = await this.#call("results", true, options, (s, o) => s.waitTask(request, o), callTimeout, ctx);
         return requireTask(response.task, "WaitTask");
       }),
@@ -361,7 +380,7 @@ export class Client {
     return this.#stream(
       "results",
       options,
-      (results, opts) => results.watchTask({ taskId: id }, opts),
+      (results, opts) => results.watchTask({ taskId: id, namespace: this.#namespace }, opts),
       (update) => requireTask(update.task, "WatchTask"),
       (task) => isTerminal(task.state),
     );
@@ -415,7 +434,7 @@ export class Client {
    * already finished.
    */
   async cancel(id: string, options: CallOptions = {}): Promise<boolean> {
-    const response = await this.#call("submission", false, options, (s, o) => s.cancelTask({ taskId: id }, o));
+    const response = await this.#call("submission", false, options, (s, o) => s.cancelTask({ taskId: id, namespace: this.#namespace }, o));
     return response.cancelled;
   }
 
@@ -424,13 +443,13 @@ export class Client {
    * retry count reset. FAILED_PRECONDITION for a task in another state.
    */
   async replay(id: string, options: CallOptions = {}): Promise<TaskState> {
-    const response = await this.#call("submission", false, options, (s, o) => s.replayTask({ taskId: id }, o));
+    const response = await this.#call("submission", false, options, (s, o) => s.replayTask({ taskId: id, namespace: this.#namespace }, o));
     return response.state;
   }
 
   /** Deletes a finished task's record and result before its TTL; later reads are NOT_FOUND. */
   async forget(id: string, options: CallOptions = {}): Promise<void> {
-    await this.#call("results", false, options, (s, o) => s.forgetTask({ taskId: id }, o));
+    await this.#call("results", false, options, (s, o) => s.forgetTask({ taskId: id, namespace: this.#namespace }, o));
   }
 
   /** One page of dead letters (tasks that ended FAILED), oldest failure first. */
@@ -438,7 +457,7 @@ export class Client {
     page: { pageSize?: number; pageToken?: string } = {},
     options: CallOptions = {},
   ): Promise<DeadLetterPage> {
-    const request = { pageSize: page.pageSize ?? 0, pageToken: page.pageToken ?? "" };
+    const request = { pageSize: page.pageSize ?? 0, pageToken: page.pageToken ?? "", namespace: this.#namespace };
     const response = await this.#call("results", true, options, (s, o) => s.listDeadLetters(request, o));
     return { tasks: response.tasks, nextPageToken: response.nextPageToken };
   }
@@ -475,7 +494,7 @@ export class Client {
     return publish(tasks, true, async (span, ctx) => {
       stamp(workflow, ctx);
       const safe = workflow.idempotencyKey !== "";
-      const response = await this.#call("submission", safe, options, (s, o) => s.submitWorkflow({ workflow }, o), undefined, ctx);
+      const response = await this.#call("submission", safe, options, (s, o) => s.submitWorkflow({ workflow, namespace: this.#namespace }, o), undefined, ctx);
       if (response.taskIds.length !== workflow.nodes.length) {
         throw new ConveyorError(
           Code.Internal,
@@ -493,7 +512,7 @@ export class Client {
 
   /** The workflow now: state, counts, result and (by default) every node with its task (GetWorkflow). */
   async getWorkflow(id: string, options: CallOptions & WorkflowViewOptions = {}): Promise<Workflow> {
-    const request = { workflowId: id, view: workflowView(options.view) };
+    const request = { workflowId: id, view: workflowView(options.view), namespace: this.#namespace };
     const response = await this.#call("results", true, options, (s, o) => s.getWorkflow(request, o));
     return requireWorkflow(response.workflow, "GetWorkflow");
   }
@@ -506,7 +525,7 @@ export class Client {
   waitWorkflow(id: string, options: WaitOptions & WorkflowViewOptions = {}): Promise<Workflow> {
     return waiting(id, (ctx) =>
       this.#waitLoop(options, async (timeout, callTimeout) => {
-        const request = { workflowId: id, view: workflowView(options.view, WorkflowView.SUMMARY), ...(timeout === undefined ? {} : { timeout }) };
+        const request = { workflowId: id, view: workflowView(options.view, WorkflowView.SUMMARY), namespace: this.#namespace, ...(timeout === undefined ? {} : { timeout }) };
         const response = await this.#call("results", true, options, (s, o) => s.waitWorkflow(request, o), callTimeout, ctx);
         const workflow = requireWorkflow(response.workflow, "WaitWorkflow");
         if (!isWorkflowTerminal(workflow.state)) {
@@ -576,7 +595,7 @@ export class Client {
    * abort `signal`) to stop watching; a lost connection is opened again.
    */
   watchWorkflow(id: string, options: CallOptions & WorkflowViewOptions = {}): AsyncGenerator<Workflow, void, undefined> {
-    const request = { workflowId: id, view: workflowView(options.view) };
+    const request = { workflowId: id, view: workflowView(options.view), namespace: this.#namespace };
     return this.#stream(
       "results",
       options,
@@ -592,79 +611,79 @@ export class Client {
    * nodes this call cancelled and the workflow's state.
    */
   async cancelWorkflow(id: string, options: CallOptions = {}): Promise<CancelWorkflowResult> {
-    const response = await this.#call("submission", false, options, (s, o) => s.cancelWorkflow({ workflowId: id }, o));
+    const response = await this.#call("submission", false, options, (s, o) => s.cancelWorkflow({ workflowId: id, namespace: this.#namespace }, o));
     return { cancelled: response.cancelled, state: response.state };
   }
 
   /** Stops handing out the queue's tasks (on every dispatcher) until resumed; submissions are still accepted. */
   async pauseQueue(queue: string, options: CallOptions = {}): Promise<void> {
-    await this.#call("dispatch", true, options, (s, o) => s.pauseQueue({ queue }, o));
+    await this.#call("dispatch", true, options, (s, o) => s.pauseQueue({ queue, namespace: this.#namespace }, o));
   }
 
   /** Resumes a paused queue. */
   async resumeQueue(queue: string, options: CallOptions = {}): Promise<void> {
-    await this.#call("dispatch", true, options, (s, o) => s.resumeQueue({ queue }, o));
+    await this.#call("dispatch", true, options, (s, o) => s.resumeQueue({ queue, namespace: this.#namespace }, o));
   }
 
   /** The worker sessions connected to the dispatcher this client talks to (the dispatch address). */
   async listWorkers(options: CallOptions = {}): Promise<WorkerInfo[]> {
-    const response = await this.#call("dispatch", true, options, (s, o) => s.listWorkers({}, o));
+    const response = await this.#call("dispatch", true, options, (s, o) => s.listWorkers({ namespace: this.#namespace }, o));
     return response.workers;
   }
 
   /** Creates a periodic schedule; ALREADY_EXISTS when its id is taken. */
   async createSchedule(definition: ScheduleDefinition, options: CallOptions = {}): Promise<Schedule> {
     const schedule = buildSchedule(definition);
-    const response = await this.#call("scheduling", false, options, (s, o) => s.createSchedule({ schedule }, o));
+    const response = await this.#call("scheduling", false, options, (s, o) => s.createSchedule({ schedule, namespace: this.#namespace }, o));
     return requireSchedule(response.schedule, "CreateSchedule");
   }
 
   /** A schedule, with its next and last run; NOT_FOUND for an unknown id. */
   async getSchedule(id: string, options: CallOptions = {}): Promise<Schedule> {
-    const response = await this.#call("scheduling", true, options, (s, o) => s.getSchedule({ id }, o));
+    const response = await this.#call("scheduling", true, options, (s, o) => s.getSchedule({ id, namespace: this.#namespace }, o));
     return requireSchedule(response.schedule, "GetSchedule");
   }
 
   /** Every schedule, by id. */
   async listSchedules(options: CallOptions = {}): Promise<Schedule[]> {
-    const response = await this.#call("scheduling", true, options, (s, o) => s.listSchedules({}, o));
+    const response = await this.#call("scheduling", true, options, (s, o) => s.listSchedules({ namespace: this.#namespace }, o));
     return response.schedules;
   }
 
   /** Replaces a schedule's task, rule and options; its next run is computed again from now. */
   async updateSchedule(definition: ScheduleDefinition, options: CallOptions = {}): Promise<Schedule> {
     const schedule = buildSchedule(definition);
-    const response = await this.#call("scheduling", true, options, (s, o) => s.updateSchedule({ schedule }, o));
+    const response = await this.#call("scheduling", true, options, (s, o) => s.updateSchedule({ schedule, namespace: this.#namespace }, o));
     return requireSchedule(response.schedule, "UpdateSchedule");
   }
 
   /** Deletes a schedule and its run history; NOT_FOUND for an unknown id. */
   async deleteSchedule(id: string, options: CallOptions = {}): Promise<void> {
-    await this.#call("scheduling", false, options, (s, o) => s.deleteSchedule({ id }, o));
+    await this.#call("scheduling", false, options, (s, o) => s.deleteSchedule({ id, namespace: this.#namespace }, o));
   }
 
   /** Stops a schedule from firing until resumed. */
   async pauseSchedule(id: string, options: CallOptions = {}): Promise<Schedule> {
-    const response = await this.#call("scheduling", true, options, (s, o) => s.pauseSchedule({ id }, o));
+    const response = await this.#call("scheduling", true, options, (s, o) => s.pauseSchedule({ id, namespace: this.#namespace }, o));
     return requireSchedule(response.schedule, "PauseSchedule");
   }
 
   /** Resumes a paused schedule from now (missed runs are not caught up). */
   async resumeSchedule(id: string, options: CallOptions = {}): Promise<Schedule> {
-    const response = await this.#call("scheduling", true, options, (s, o) => s.resumeSchedule({ id }, o));
+    const response = await this.#call("scheduling", true, options, (s, o) => s.resumeSchedule({ id, namespace: this.#namespace }, o));
     return requireSchedule(response.schedule, "ResumeSchedule");
   }
 
   /** Submits one run now, outside the rule, and returns it (its `taskId` among others). */
   async triggerSchedule(id: string, options: CallOptions = {}): Promise<ScheduleRun> {
-    const response = await this.#call("scheduling", false, options, (s, o) => s.triggerSchedule({ id }, o));
+    const response = await this.#call("scheduling", false, options, (s, o) => s.triggerSchedule({ id, namespace: this.#namespace }, o));
     if (response.run === undefined) throw new ConveyorError(Code.Internal, "TriggerSchedule response carries no run; report this as a Conveyor bug");
     return response.run;
   }
 
   /** The schedule's recent runs (the last 100), newest first. */
   async listScheduleRuns(id: string, options: CallOptions = {}): Promise<ScheduleRun[]> {
-    const response = await this.#call("scheduling", true, options, (s, o) => s.listScheduleRuns({ id }, o));
+    const response = await this.#call("scheduling", true, options, (s, o) => s.listScheduleRuns({ id, namespace: this.#namespace }, o));
     return response.runs;
   }
 

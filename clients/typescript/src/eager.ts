@@ -18,6 +18,7 @@ import { NodeInput, NodeTrigger, WorkflowNodeStatusSchema, WorkflowSchema, Workf
 import type { Workflow, WorkflowSpec } from "./gen/conveyor/v1/workflow_pb.js";
 import type { TaskContext } from "./context.js";
 import { silentLogger } from "./logger.js";
+import { DEFAULT_NAMESPACE, resolveNamespace } from "./namespace.js";
 import type { Logger } from "./logger.js";
 import { toPayload } from "./payload.js";
 import { isTerminal } from "./spec.js";
@@ -31,6 +32,12 @@ export const EAGER_WORKER_ID = "eager";
 export interface EagerClientOptions {
   /** Where handler failures are logged. Default: nowhere. */
   logger?: Logger;
+  /**
+   * The namespace its tasks and workflows report, as a Client's `namespace`
+   * option (default: $CONVEYOR_NAMESPACE, else "default"). An eager client
+   * keeps one namespace: it sees only its own tasks.
+   */
+  namespace?: string;
 }
 
 /**
@@ -53,7 +60,8 @@ export class EagerClient extends Client {
 
   constructor(options: EagerClientOptions = {}) {
     const handlers = new Map<string, Handler>();
-    const store = new EagerStore(handlers, options.logger ?? silentLogger);
+    const namespace = resolveNamespace(options.namespace) || DEFAULT_NAMESPACE;
+    const store = new EagerStore(handlers, options.logger ?? silentLogger, namespace);
     const transport = createRouterTransport((router) => {
       router.service(SubmissionService, {
         submitTask: async (request) => ({ taskId: await store.submit(request.task) }),
@@ -89,7 +97,7 @@ export class EagerClient extends Client {
         },
       });
     });
-    super("eager.invalid:1", { transport, retry: false, autoIdempotencyKey: false });
+    super("eager.invalid:1", { transport, retry: false, autoIdempotencyKey: false, namespace });
     this.#handlers = handlers;
   }
 
@@ -117,15 +125,18 @@ interface EagerWorkflow {
 class EagerStore {
   readonly #handlers: ReadonlyMap<string, Handler>;
   readonly #log: Logger;
+  /** The namespace its tasks and workflows report. */
+  readonly #namespace: string;
   readonly #tasks = new Map<string, Task>();
   readonly #specs = new Map<string, TaskSpec>();
   readonly #keys = new Map<string, string>();
   readonly #workflows = new Map<string, EagerWorkflow>();
   readonly #workflowKeys = new Map<string, string>();
 
-  constructor(handlers: ReadonlyMap<string, Handler>, log: Logger) {
+  constructor(handlers: ReadonlyMap<string, Handler>, log: Logger, namespace: string) {
     this.#handlers = handlers;
     this.#log = log;
+    this.#namespace = namespace;
   }
 
   async submit(spec: TaskSpec | undefined): Promise<string> {
@@ -144,6 +155,7 @@ class EagerStore {
       queue: spec.options?.queue || "default",
       state: TaskState.QUEUED,
       createdAt: timestampNow(),
+      namespace: this.#namespace,
     });
     if (spec.options !== undefined) task.options = spec.options;
     this.#tasks.set(id, task);
@@ -221,6 +233,7 @@ class EagerStore {
         createdAt,
         workflowId: id,
         workflowNode: index,
+        namespace: this.#namespace,
       });
       if (options !== undefined) task.options = options;
       this.#tasks.set(task.id, task);
@@ -312,7 +325,7 @@ class EagerStore {
       nodeCount: workflow.taskIds.length,
       outputTaskIds: workflow.spec.outputs.map((output) => workflow.taskIds[output]!),
       createdAt: workflow.createdAt,
-      namespace: "default",
+      namespace: this.#namespace,
       failedTaskId: workflow.failedTaskId,
     });
     if (workflow.finishedAt !== undefined) message.finishedAt = workflow.finishedAt;

@@ -41,7 +41,7 @@ export class ConveyorError extends Error {
   static from(error: unknown, call?: CallTarget): ConveyorError {
     if (error instanceof ConveyorError) return error;
     const connect = ConnectError.from(error);
-    const ErrorType = connect.code === Code.DeadlineExceeded ? ConveyorTimeoutError : ConveyorError;
+    const ErrorType = errorClass(connect.code);
     let message = connect.rawMessage;
     if (connect.code === Code.Unimplemented && call?.address !== undefined) message += ` ${roleHint(call.service, call.address)}`;
     const tls = tlsHint(error);
@@ -136,6 +136,50 @@ export class ConveyorTimeoutError extends ConveyorError {
   constructor(code: Code, message: string, options?: { cause?: unknown }) {
     super(code, message, options);
     this.name = "TimeoutError";
+  }
+}
+
+/**
+ * The server did not know who is calling (`UNAUTHENTICATED`): no token, a
+ * malformed `authorization` header, or a token it does not accept (unknown,
+ * or revoked by removing it from the server's auth file). Set the `token`
+ * option to a token the server accepts. A worker's `run()` rejects with it.
+ */
+export class UnauthenticatedError extends ConveyorError {
+  constructor(code: Code, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = "UnauthenticatedError";
+  }
+}
+
+/**
+ * The server knows the caller but its principal may not make this call in
+ * this namespace (`PERMISSION_DENIED`): e.g. a `reader` that submits, or a
+ * `producer` of namespace "team-a" calling in "team-b". The message is the
+ * server's, naming the principal, what it may not do, in which namespace
+ * (or "in any namespace") and the role that would grant it. Retrying does
+ * not help: an admin has to grant the role in the server's auth file (or
+ * the client has to use another namespace or token). A worker's `run()`
+ * rejects with it when its principal may not work in the worker's namespace.
+ */
+export class PermissionDeniedError extends ConveyorError {
+  constructor(code: Code, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+    this.name = "PermissionDeniedError";
+  }
+}
+
+/** The ConveyorError subclass for a status code. */
+function errorClass(code: Code): typeof ConveyorError {
+  switch (code) {
+    case Code.DeadlineExceeded:
+      return ConveyorTimeoutError;
+    case Code.Unauthenticated:
+      return UnauthenticatedError;
+    case Code.PermissionDenied:
+      return PermissionDeniedError;
+    default:
+      return ConveyorError;
   }
 }
 

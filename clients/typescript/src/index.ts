@@ -29,14 +29,17 @@ export {
   ConveyorError,
   ConveyorTimeoutError,
   PayloadError,
+  PermissionDeniedError,
   TaskFailedError,
   TaskNotSucceededError,
+  UnauthenticatedError,
   codeName,
   stateName,
 } from "./errors.js";
 export { JSON_CONTENT_TYPE, RawPayload, fromPayload, isJson, toPayload } from "./payload.js";
 export { ADDRESS_ENV, DEFAULT_ADDRESS, DEFAULT_TLS_ADDRESS, MAX_MESSAGE_BYTES, SERVICE_ADDRESS_ENV, SERVICE_NAMES, TLS_ENV, parseAddresses } from "./transport.js";
 export type { Addresses, ConnectionOptions, ParseAddressOptions, RetryPolicy, ServiceEndpoints, ServiceName, TlsOptions } from "./transport.js";
+export { DEFAULT_NAMESPACE, NAMESPACE_ENV } from "./namespace.js";
 export { silentLogger, stderrLogger } from "./logger.js";
 export type { LogFields, LogLevel, Logger } from "./logger.js";
 export { SDK_VERSION } from "./version.js";

@@ -93,6 +93,14 @@ export interface RetryPolicy {
 export interface ConnectionOptions {
   /** Bearer token sent as `authorization: Bearer <token>` on every call. */
   token?: string;
+  /**
+   * The namespace every call (and a worker's session) acts in: tasks,
+   * queues, workers, schedules and idempotency keys of other namespaces are
+   * invisible. Default: $CONVEYOR_NAMESPACE when set and not empty, else the
+   * namespace "default". 1 to 100 characters of [A-Za-z0-9_.-]; "" is
+   * "default". Also applies with `transport`.
+   */
+  namespace?: string;
   /** Extra metadata sent on every call. */
   headers?: Record<string, string>;
   /**

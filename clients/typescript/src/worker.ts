@@ -15,6 +15,7 @@ import { ProtocolError, Session, drainReasonName } from "./internal/session.js";
 import type { Runtime } from "./internal/session.js";
 import { stderrLogger } from "./logger.js";
 import type { Logger } from "./logger.js";
+import { DEFAULT_NAMESPACE, resolveNamespace } from "./namespace.js";
 import { errorText } from "./payload.js";
 import { Endpoints, checkServiceEndpoints, parseAddresses, resolveServiceAddresses, resolveTls } from "./transport.js";
 import type { Addresses, ConnectionOptions, ResolvedTls } from "./transport.js";
@@ -94,6 +95,11 @@ export class Worker {
   /** The id this worker introduces itself with. */
   readonly workerId: string;
   readonly queues: readonly string[];
+  /**
+   * The namespace whose queues this worker consumes: the `namespace`
+   * option, else $CONVEYOR_NAMESPACE, else "default".
+   */
+  readonly namespace: string;
   readonly concurrency: number;
   readonly hostname: string;
   /** The dispatcher addresses, in failover order. */
@@ -107,6 +113,8 @@ export class Worker {
   /** Every dispatch address is http:// (no custom transport). */
   readonly #plaintext: boolean;
   readonly #log: Logger;
+  /** The namespace as Hello carries it ("" when none was given: the server's "default"). */
+  readonly #namespace: string;
   #running = false;
 
   /**
@@ -115,9 +123,12 @@ export class Worker {
    * empty, $CONVEYOR_ADDR, else "http://127.0.0.1:50051". A worker talks to
    * the dispatch service only: `options.endpoints.dispatch`, else
    * $CONVEYOR_DISPATCH_ADDR, overrides `addresses` (the other keys of
-   * `endpoints` are accepted and unused).
+   * `endpoints` are accepted and unused). `options.namespace` (else
+   * $CONVEYOR_NAMESPACE) is the namespace whose queues it consumes.
    */
   constructor(addresses?: Addresses, options: WorkerOptions = {}) {
+    this.#namespace = resolveNamespace(options.namespace);
+    this.namespace = this.#namespace || DEFAULT_NAMESPACE;
     if (options.transport !== undefined) {
       checkServiceEndpoints(options.endpoints);
       this.#addresses = addresses ?? "";
@@ -208,6 +219,7 @@ export class Worker {
     this.#log.info("worker starting", {
       addresses: endpoints.addresses.join(","),
       worker_id: this.workerId,
+      namespace: this.namespace,
       queues: this.queues.join(","),
       tasks: this.taskNames.join(","),
       concurrency: this.concurrency,
@@ -247,6 +259,7 @@ export class Worker {
       language: "typescript",
       sdkVersion: SDK_VERSION,
       hostname: this.hostname,
+      namespace: this.#namespace,
     });
   }
 

@@ -383,6 +383,49 @@ describe("parity: worker", () => {
     assert.equal(await client.cancel(second), true);
   });
 
+  test("parity_namespace: a task of namespace A runs on A's worker only; B cannot see it; each namespace lists its own workers", async () => {
+    const [nsA, nsB] = [uniqueQueue("ns-a"), uniqueQueue("ns-b")];
+    const queue = uniqueQueue();
+    const clientA = new Client(server.addr, { namespace: nsA });
+    const clientB = new Client(server.addr, { namespace: nsB });
+    const ranInB: string[] = [];
+    // Same queue, same task name in both namespaces; each handler says where it ran.
+    const workerB = runWorker(server.addr, { namespace: nsB, queues: [queue], workerId: `${nsB}-worker` }, (w) =>
+      w.register("where", (ctx) => {
+        ranInB.push(ctx.taskId);
+        return "B";
+      }),
+    );
+    let workerA: ReturnType<typeof runWorker> | undefined;
+    try {
+      assert.equal(clientA.namespace, nsA);
+      assert.equal(workerB.worker.namespace, nsB);
+      const idA = await clientA.submit("where", [], { queue });
+      assert.equal((await clientA.get(idA)).namespace, nsA);
+      // B's worker is serving (it runs B's task, submitted after A's) and never takes A's.
+      const idB = await clientB.submit("where", [], { queue });
+      assert.equal(await clientB.result(idB, { timeoutMs: 10_000 }), "B");
+      assert.equal((await clientA.get(idA)).state, TaskState.QUEUED);
+      assert.deepEqual(ranInB, [idB]);
+      // A task id of A read from B is NOT_FOUND, as if it did not exist.
+      await assert.rejects(clientB.get(idA), { code: Code.NotFound });
+      await assert.rejects(clientA.get(idB), { code: Code.NotFound });
+
+      workerA = runWorker(server.addr, { namespace: nsA, queues: [queue], workerId: `${nsA}-worker` }, (w) =>
+        w.register("where", () => "A"),
+      );
+      assert.equal(await clientA.result(idA, { timeoutMs: 10_000 }), "A");
+      assert.deepEqual(ranInB, [idB]);
+      assert.deepEqual((await clientB.listWorkers()).map((info) => [info.workerId, info.namespace]), [[`${nsB}-worker`, nsB]]);
+      assert.deepEqual((await clientA.listWorkers()).map((info) => [info.workerId, info.namespace]), [[`${nsA}-worker`, nsA]]);
+    } finally {
+      await workerA?.stop();
+      await workerB.stop();
+      clientA.close();
+      clientB.close();
+    }
+  });
+
   test("parity_token: a server that requires a token accepts clients and workers that send it", async () => {
     const guarded = await startServer(["--auth-token", "s3cret"]);
     const withToken = new Client(guarded.addr, { token: "s3cret" });

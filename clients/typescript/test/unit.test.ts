@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { createRouterTransport } from "@connectrpc/connect";
+import { ConnectError, createRouterTransport } from "@connectrpc/connect";
 import { AssignmentSchema, DrainReason } from "../src/gen/conveyor/v1/dispatch_service_pb.js";
 import { PayloadSchema, TaskErrorSchema, TaskSchema } from "../src/gen/conveyor/v1/task_pb.js";
 import { shouldWaitAgain } from "../src/client.js";
@@ -22,7 +22,13 @@ import {
   buildSchedule,
   ConveyorError,
   ConveyorTimeoutError,
+  Client,
+  DEFAULT_NAMESPACE,
+  EagerClient,
+  NAMESPACE_ENV,
   PayloadError,
+  PermissionDeniedError,
+  UnauthenticatedError,
   RawPayload,
   SDK_VERSION,
   TaskCancelledError,
@@ -32,6 +38,8 @@ import {
   TaskNotSucceededError,
   TaskState,
   buildTaskSpec,
+  chain,
+  sig,
   codeName,
   describeFailure,
   fromPayload,
@@ -202,6 +210,22 @@ describe("errors", () => {
     assert.ok(ConveyorError.from(new Error("x")) instanceof ConveyorError);
     const timeout = ConveyorError.from(new ConveyorTimeoutError(Code.DeadlineExceeded, "late"));
     assert.ok(timeout instanceof ConveyorTimeoutError);
+  });
+
+  test("UNAUTHENTICATED and PERMISSION_DENIED are distinct ConveyorErrors keeping the server's message", () => {
+    const denied = ConveyorError.from(new ConnectError("principal 'api' may not submit in namespace 'billing'", Code.PermissionDenied));
+    assert.ok(denied instanceof PermissionDeniedError && denied instanceof ConveyorError);
+    assert.ok(!(denied instanceof UnauthenticatedError));
+    assert.equal(denied.name, "PermissionDeniedError");
+    assert.equal(denied.code, Code.PermissionDenied);
+    assert.equal(denied.rawMessage, "principal 'api' may not submit in namespace 'billing'");
+    assert.equal(denied.message, "PERMISSION_DENIED: principal 'api' may not submit in namespace 'billing'");
+    const unknown = ConveyorError.from(new ConnectError("unknown token", Code.Unauthenticated));
+    assert.ok(unknown instanceof UnauthenticatedError && unknown instanceof ConveyorError);
+    assert.ok(!(unknown instanceof PermissionDeniedError));
+    assert.equal(unknown.name, "UnauthenticatedError");
+    assert.equal(unknown.rawMessage, "unknown token");
+    assert.ok(!(ConveyorError.from(new ConnectError("x", Code.NotFound)) instanceof PermissionDeniedError));
   });
 
   test("unsuccessful tasks become TaskFailedError or TaskNotSucceededError", () => {
@@ -482,5 +506,64 @@ describe("retries, progress, schedules, defaults", () => {
     assert.deepEqual(needNewer, ["node_modules/@bufbuild/protoc-gen-es"]);
     const readme = readFileSync(resolve(packageRoot, "README.md"), "utf8");
     assert.match(readme, /Node 20 or newer/);
+  });
+});
+
+describe("namespaces", () => {
+  /** Runs `body` with $CONVEYOR_NAMESPACE set to `value` (unset for undefined), then restores it. */
+  function withNamespaceEnv<T>(value: string | undefined, body: () => T): T {
+    const saved = process.env[NAMESPACE_ENV];
+    if (value === undefined) delete process.env[NAMESPACE_ENV];
+    else process.env[NAMESPACE_ENV] = value;
+    try {
+      return body();
+    } finally {
+      if (saved === undefined) delete process.env[NAMESPACE_ENV];
+      else process.env[NAMESPACE_ENV] = saved;
+    }
+  }
+
+  test("the option, else $CONVEYOR_NAMESPACE (when not empty), else default; for clients and workers alike", () => {
+    const addr = "http://127.0.0.1:1";
+    withNamespaceEnv(undefined, () => {
+      assert.equal(DEFAULT_NAMESPACE, "default");
+      assert.equal(new Client(addr).namespace, "default");
+      assert.equal(new Worker(addr).namespace, "default");
+      assert.equal(new Client(addr, { namespace: "team-a" }).namespace, "team-a");
+      assert.equal(new Worker(addr, { namespace: "team-a" }).namespace, "team-a");
+    });
+    withNamespaceEnv("from-env", () => {
+      assert.equal(new Client(addr).namespace, "from-env");
+      assert.equal(new Worker(addr).namespace, "from-env");
+      assert.equal(new Client(addr, { namespace: "team-a" }).namespace, "team-a", "the option wins");
+      assert.equal(new Client(addr, { namespace: "" }).namespace, "default", "an explicit \"\" is the default namespace");
+    });
+    withNamespaceEnv("", () => assert.equal(new Worker(addr).namespace, "default"));
+  });
+
+  test("a namespace the server would refuse throws at construction, naming where it came from", () => {
+    withNamespaceEnv(undefined, () => {
+      assert.throws(() => new Client("http://127.0.0.1:1", { namespace: "team a" }), /invalid namespace "team a": a namespace is 1 to 100 characters/);
+      assert.throws(() => new Worker("http://127.0.0.1:1", { namespace: "x".repeat(101) }), RangeError);
+      assert.equal(new Client("http://127.0.0.1:1", { namespace: "A-z_0.9" }).namespace, "A-z_0.9");
+    });
+    withNamespaceEnv("team/a", () => {
+      assert.throws(() => new Client("http://127.0.0.1:1"), /invalid namespace "team\/a" \(from CONVEYOR_NAMESPACE\)/);
+    });
+  });
+
+  test("an eager client's tasks and workflows report its namespace", async () => {
+    const { plain, scoped } = withNamespaceEnv(undefined, () => ({
+      plain: new EagerClient().register("add", (_ctx, a: number, b: number) => a + b),
+      scoped: new EagerClient({ namespace: "team-a" }).register("add", (_ctx, a: number, b: number) => a + b),
+    }));
+    assert.equal(plain.namespace, "default");
+    assert.equal((await plain.get(await plain.submit("add", [1, 2]))).namespace, "default");
+    assert.equal(scoped.namespace, "team-a");
+    assert.equal((await scoped.get(await scoped.submit("add", [1, 2]))).namespace, "team-a");
+    const handle = await scoped.submitWorkflow(chain(sig("add", [1, 1]), sig("add", [1])));
+    const workflow = await handle.workflow();
+    assert.equal(workflow.namespace, "team-a");
+    assert.deepEqual(workflow.nodes.map((node) => node.task?.namespace), ["team-a", "team-a"]);
   });
 });

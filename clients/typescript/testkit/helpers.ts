@@ -9,7 +9,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import type { Interceptor, Transport } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
-import { MAX_MESSAGE_BYTES, SERVICE_ADDRESS_ENV, TLS_ENV, Worker, stderrLogger } from "../src/index.js";
+import { MAX_MESSAGE_BYTES, NAMESPACE_ENV, SERVICE_ADDRESS_ENV, TLS_ENV, Worker, stderrLogger } from "../src/index.js";
 import type { WorkerOptions } from "../src/index.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -37,8 +37,9 @@ export const conveyorBin = process.env["CONVEYOR_BIN"] || resolve(repoRoot, "tar
 // The per-service address variables override the addresses tests give their
 // clients and workers (by design); one left set in the shell that runs the
 // suite would send every test's calls elsewhere. The TLS variables would make
-// every client and worker use TLS. Tests that use them set them.
-for (const name of [...Object.values(SERVICE_ADDRESS_ENV), ...Object.values(TLS_ENV)]) delete process.env[name];
+// every client and worker use TLS, the namespace variable would move every
+// test into that namespace. Tests that use them set them.
+for (const name of [...Object.values(SERVICE_ADDRESS_ENV), ...Object.values(TLS_ENV), NAMESPACE_ENV]) delete process.env[name];
 
 /** Starts `conveyor dev` on a free port (with `extraArgs`) and waits for its "listening on" line. */
 export function startServer(extraArgs: readonly string[] = []): Promise<Server> {

@@ -13,7 +13,8 @@
 // whether a fork was ever held by two. It exits 1 when either went wrong.
 //
 // Environment: CONVEYOR_ADDR (default http://127.0.0.1:50051), CONVEYOR_QUEUE
-// (default "philosophers").
+// (default "philosophers"), CONVEYOR_NAMESPACE (read by the SDK; default
+// "default").
 package main
 
 import (

@@ -1,6 +1,8 @@
 // Command conveyor-example-producer submits the cross-language example's
 // tasks to CONVEYOR_QUEUE (default "default") at CONVEYOR_ADDR (default
-// http://127.0.0.1:50051), awaits them, and prints one JSON line:
+// http://127.0.0.1:50051), in namespace CONVEYOR_NAMESPACE (default
+// "default"), with bearer token CONVEYOR_TOKEN when set, awaits them, and
+// prints one JSON line:
 //
 //	{"producer": "go", "add": 5, "xsum": 6.5, "lang": "<worker language>",
 //	 "fail": {"type": "ValueError", "message": "boom from go", "has_traceback": true}}
@@ -54,7 +56,8 @@ func run() (string, error) {
 
 	dialCtx, cancelDial := context.WithTimeout(ctx, 10*time.Second)
 	defer cancelDial()
-	c, err := conveyor.Dial(dialCtx, addr, conveyor.WithToken(os.Getenv("CONVEYOR_TOKEN")))
+	c, err := conveyor.Dial(dialCtx, addr, conveyor.WithToken(os.Getenv("CONVEYOR_TOKEN")),
+		conveyor.WithNamespace(os.Getenv(conveyor.NamespaceEnv)))
 	if err != nil {
 		return "", err
 	}

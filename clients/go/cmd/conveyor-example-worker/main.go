@@ -3,7 +3,8 @@
 //
 // Environment: CONVEYOR_ADDR (default http://127.0.0.1:50051), CONVEYOR_QUEUE
 // (default "default"), CONVEYOR_CONCURRENCY (default 8), CONVEYOR_WORKER_ID
-// (default hostname-pid). SIGTERM or SIGINT drains the worker (running tasks
+// (default hostname-pid), CONVEYOR_TOKEN (bearer token, when set),
+// CONVEYOR_NAMESPACE (the namespace to serve; default "default"). SIGTERM or SIGINT drains the worker (running tasks
 // finish) and it exits 0; a second signal exits at once.
 package main
 
@@ -37,7 +38,8 @@ func run() error {
 		return fmt.Errorf("CONVEYOR_CONCURRENCY: %w", err)
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	conn, err := conveyor.NewConn(addr, conveyor.WithToken(os.Getenv("CONVEYOR_TOKEN")))
+	conn, err := conveyor.NewConn(addr, conveyor.WithToken(os.Getenv("CONVEYOR_TOKEN")),
+		conveyor.WithNamespace(os.Getenv(conveyor.NamespaceEnv)))
 	if err != nil {
 		return err
 	}
@@ -68,7 +70,7 @@ func run() error {
 		logger.Warn("second signal, exiting at once")
 		os.Exit(1)
 	}()
-	logger.Info("worker starting", "addr", addr, "worker_id", w.WorkerID(), "concurrency", concurrency)
+	logger.Info("worker starting", "addr", addr, "namespace", w.Namespace(), "worker_id", w.WorkerID(), "concurrency", concurrency)
 	return w.Run(ctx)
 }
 

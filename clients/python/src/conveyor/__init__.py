@@ -18,6 +18,7 @@ from conveyor.errors import (
     ConveyorError,
     MaxRetriesExceededError,
     PayloadError,
+    PermissionDenied,
     ProtocolError,
     Reject,
     Retry,
@@ -28,6 +29,7 @@ from conveyor.errors import (
     TaskNotSucceeded,
     TaskTimeout,
     Terminated,
+    Unauthenticated,
 )
 from conveyor.result import GroupResult, WorkflowResult, WorkflowState
 from conveyor.schedules import crontab
@@ -45,6 +47,7 @@ __all__ = [
     "GroupResult",
     "MaxRetriesExceededError",
     "PayloadError",
+    "PermissionDenied",
     "ProtocolError",
     "Progress",
     "Reject",
@@ -60,6 +63,7 @@ __all__ = [
     "TaskState",
     "TaskTimeout",
     "Terminated",
+    "Unauthenticated",
     "Worker",
     "WorkflowResult",
     "WorkflowState",

@@ -16,6 +16,9 @@ from conveyor.errors import ConveyorError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:50051"
 ADDRESS_ENV = "CONVEYOR_ADDR"
+# The namespace of clients, apps and workers not given one ("" when unset:
+# the server's "default" namespace).
+NAMESPACE_ENV = "CONVEYOR_NAMESPACE"
 
 # The services of conveyor.v1, by the key `endpoints=` takes, in the order
 # they are listed; a role of `conveyor serve` serves each.
@@ -136,6 +139,16 @@ def resolve_address(address: str | Sequence[str] | None) -> str:
     if address is not None and not isinstance(address, str):
         return ",".join(address)
     return address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+
+
+def resolve_namespace(namespace: str | None) -> str:
+    """The namespace to send: `namespace` when given ("" included), else
+    `$CONVEYOR_NAMESPACE`, else "" (the server's "default" namespace)."""
+    if namespace is None:
+        return os.environ.get(NAMESPACE_ENV, "").strip()
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+    return namespace
 
 
 def check_endpoints(endpoints: Mapping[str, Any] | None) -> dict[str, Any]:

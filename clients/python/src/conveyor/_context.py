@@ -62,6 +62,8 @@ class TaskContext:
         # The workflow this task is a node of (Celery's `request.root_id`);
         # None for a task submitted alone.
         self.workflow_id: str | None = assignment.workflow_id or None
+        # The namespace the task was submitted in ("" is "default").
+        self.namespace: str = assignment.namespace
         # True when the handler runs in this process by eager mode.
         self.is_eager = False
         self._event = threading.Event()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import time
 import uuid
@@ -28,6 +29,7 @@ from conveyor._common import (
     distinct_channels,
     given_channel,
     open_endpoints,
+    resolve_namespace,
     retry_delay,
     split_batches,
     wait_again,
@@ -60,7 +62,9 @@ class AsyncClient:
     `address`, `endpoints` (one address per service: "submission",
     "results", "dispatch", "scheduling"), the TLS options (`tls_ca`,
     `tls_cert`, `tls_key`, `credentials`) and the environment variables
-    that set them work as in `conveyor.Client`.
+    that set them work as in `conveyor.Client`, and so does `namespace`
+    (default `$CONVEYOR_NAMESPACE`, else "": sent with every call), as do
+    the auth errors (`PermissionDenied`, `Unauthenticated`).
     """
 
     def __init__(
@@ -78,7 +82,9 @@ class AsyncClient:
         tls_key: str | os.PathLike[str] | None = None,
         channel_options: Iterable[tuple[str, Any]] = (),
         retry_attempts: int = RETRY_ATTEMPTS,
+        namespace: str | None = None,
     ):
+        self._namespace = resolve_namespace(namespace)
         options = [*CHANNEL_OPTIONS, *channel_options]
         if channel is None:
 
@@ -104,6 +110,19 @@ class AsyncClient:
     def channel(self) -> grpc.aio.Channel:
         """The channel of the submission service's address in use now."""
         return self._endpoints["submission"].channel
+
+    @property
+    def namespace(self) -> str:
+        """The namespace every call of this client names ("" is "default")."""
+        return self._namespace
+
+    def with_namespace(self, namespace: str) -> AsyncClient:
+        """A client of `namespace` sharing this one's channels; see
+        `Client.with_namespace`."""
+        other = copy.copy(self)
+        other._namespace = resolve_namespace(namespace)
+        other._owns_channel = False
+        return other
 
     def endpoint(self, service: str) -> str:
         """The address that `service` is called at now; see `Client.endpoint`."""
@@ -150,7 +169,7 @@ class AsyncClient:
 
     async def submit_spec(self, spec: task_pb2.TaskSpec) -> submission_service_pb2.SubmitTaskResponse:
         """Submits a ready-made TaskSpec; see `Client.submit_spec`."""
-        request = submission_service_pb2.SubmitTaskRequest(task=spec)
+        request = submission_service_pb2.SubmitTaskRequest(task=spec, namespace=self._namespace)
         with _tracing.publish([spec], batch=False) as span:
             _tracing.stamp(request.task)
             response = await self._call("submission", "SubmitTask", request, safe=bool(spec.idempotency_key))
@@ -172,7 +191,7 @@ class AsyncClient:
             for spec in specs:
                 _tracing.stamp(spec)
             for batch in split_batches(specs):
-                request = submission_service_pb2.SubmitTasksRequest(tasks=batch)
+                request = submission_service_pb2.SubmitTasksRequest(tasks=batch, namespace=self._namespace)
                 safe = all(t.idempotency_key for t in batch)
                 response = await self._call("submission", "SubmitTasks", request, safe=safe)
                 if len(response.results) != len(batch):
@@ -183,23 +202,25 @@ class AsyncClient:
     async def cancel(self, task_id: str) -> bool:
         """Cancels (revokes) a task, queued or running; True when this call
         did. See `Client.cancel`."""
-        request = submission_service_pb2.CancelTaskRequest(task_id=task_id)
+        request = submission_service_pb2.CancelTaskRequest(task_id=task_id, namespace=self._namespace)
         return (await self._call("submission", "CancelTask", request)).cancelled
 
     async def replay(self, task_id: str) -> _codec.TaskState:
         """Queues a FAILED task again; see `Client.replay`."""
-        request = submission_service_pb2.ReplayTaskRequest(task_id=task_id)
+        request = submission_service_pb2.ReplayTaskRequest(task_id=task_id, namespace=self._namespace)
         response = await self._call("submission", "ReplayTask", request)
         return _codec.TaskState.from_proto(response.state)
 
     async def forget(self, task_id: str) -> None:
         """Deletes a finished task now; see `Client.forget`."""
-        request = results_service_pb2.ForgetTaskRequest(task_id=task_id)
+        request = results_service_pb2.ForgetTaskRequest(task_id=task_id, namespace=self._namespace)
         await self._call("results", "ForgetTask", request)
 
     async def list_dead_letters(self, page_size: int = 0, page_token: str = "") -> tuple[list[task_pb2.Task], str]:
         """One page of dead letters and the next page's token."""
-        request = results_service_pb2.ListDeadLettersRequest(page_size=page_size, page_token=page_token)
+        request = results_service_pb2.ListDeadLettersRequest(
+            page_size=page_size, page_token=page_token, namespace=self._namespace
+        )
         response = await self._call("results", "ListDeadLetters", request, safe=True)
         return list(response.tasks), response.next_page_token
 
@@ -216,7 +237,7 @@ class AsyncClient:
     # --- results ----------------------------------------------------------------------
 
     async def get(self, task_id: str) -> task_pb2.Task:
-        request = results_service_pb2.GetTaskRequest(task_id=task_id)
+        request = results_service_pb2.GetTaskRequest(task_id=task_id, namespace=self._namespace)
         response = await self._call("results", "GetTask", request, safe=True)
         return _codec.require_task(response, "GetTask")
 
@@ -230,9 +251,10 @@ class AsyncClient:
             return await self._wait(task_id, timeout)
 
     async def _wait(self, task_id: str, timeout: float | None) -> task_pb2.Task:
-        response = await self._long_wait(
-            "WaitTask", lambda: results_service_pb2.WaitTaskRequest(task_id=task_id), task_id, timeout
-        )
+        def request() -> results_service_pb2.WaitTaskRequest:
+            return results_service_pb2.WaitTaskRequest(task_id=task_id, namespace=self._namespace)
+
+        response = await self._long_wait("WaitTask", request, task_id, timeout)
         return _codec.require_task(response, "WaitTask")
 
     async def _long_wait(self, rpc: str, make_request: Callable[[], Any], ident: str, timeout: float | None) -> Any:
@@ -266,7 +288,7 @@ class AsyncClient:
         """Yields the task's current state, then every change; ends after a
         terminal state. With a `timeout`, `TaskTimeout` ends a watch still
         going after that long."""
-        request = results_service_pb2.WatchTaskRequest(task_id=task_id)
+        request = results_service_pb2.WatchTaskRequest(task_id=task_id, namespace=self._namespace)
         address = self.endpoint("results")
         call = self.results.WatchTask(request, timeout=timeout, metadata=_tracing.metadata(self._metadata))
         try:
@@ -291,7 +313,7 @@ class AsyncClient:
         atomic call; returns `workflow_id` and `task_ids`. See
         `Client.submit_workflow`."""
         spec = prepare(workflow, name, idempotency_key, options, f"auto-{uuid.uuid4().hex}")
-        request = submission_service_pb2.SubmitWorkflowRequest(workflow=spec)
+        request = submission_service_pb2.SubmitWorkflowRequest(workflow=spec, namespace=self._namespace)
         with _tracing.publish([node.task for node in spec.nodes], batch=True) as span:
             _tracing.stamp(request.workflow)
             response = await self._call("submission", "SubmitWorkflow", request, safe=True)
@@ -301,7 +323,9 @@ class AsyncClient:
 
     async def get_workflow(self, workflow_id: str, view: str | int = "nodes") -> workflow_pb2.Workflow:
         """The workflow now ("nodes", "summary" or "full"); see `Client.get_workflow`."""
-        request = results_service_pb2.GetWorkflowRequest(workflow_id=workflow_id, view=view_of(view))
+        request = results_service_pb2.GetWorkflowRequest(
+            workflow_id=workflow_id, view=view_of(view), namespace=self._namespace
+        )
         response = await self._call("results", "GetWorkflow", request, safe=True)
         return require_workflow(response, "GetWorkflow")
 
@@ -313,7 +337,9 @@ class AsyncClient:
         with _tracing.waiting(workflow_id):
             response = await self._long_wait(
                 "WaitWorkflow",
-                lambda: results_service_pb2.WaitWorkflowRequest(workflow_id=workflow_id, view=view_of(view)),
+                lambda: results_service_pb2.WaitWorkflowRequest(
+                    workflow_id=workflow_id, view=view_of(view), namespace=self._namespace
+                ),
                 workflow_id,
                 timeout,
             )
@@ -333,7 +359,9 @@ class AsyncClient:
     ) -> AsyncIterator[workflow_pb2.Workflow]:
         """Yields the workflow, then a snapshot after each change; ends once
         it has finished. See `Client.watch_workflow`."""
-        request = results_service_pb2.WatchWorkflowRequest(workflow_id=workflow_id, view=view_of(view))
+        request = results_service_pb2.WatchWorkflowRequest(
+            workflow_id=workflow_id, view=view_of(view), namespace=self._namespace
+        )
         address = self.endpoint("results")
         call = self.results.WatchWorkflow(request, timeout=timeout, metadata=_tracing.metadata(self._metadata))
         try:
@@ -347,7 +375,7 @@ class AsyncClient:
     async def cancel_workflow(self, workflow_id: str) -> int:
         """Cancels every unfinished node; returns how many this call
         cancelled. See `Client.cancel_workflow`."""
-        request = submission_service_pb2.CancelWorkflowRequest(workflow_id=workflow_id)
+        request = submission_service_pb2.CancelWorkflowRequest(workflow_id=workflow_id, namespace=self._namespace)
         return (await self._call("submission", "CancelWorkflow", request)).cancelled
 
     async def _call(self, service: str, rpc: str, request: Any, *, safe: bool = False) -> Any:

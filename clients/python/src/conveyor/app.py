@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from conveyor import _codec
-from conveyor._common import check_endpoints, resolve_address
+from conveyor._common import check_endpoints, resolve_address, resolve_namespace
 from conveyor._eager import EagerResult, run_eager
 from conveyor.canvas import Signature, checked_options, chunks, group, starmap
 from conveyor.client import Client
@@ -96,6 +96,10 @@ class Conveyor:
     `tls_ca`, `tls_cert` and `tls_key` (paths to PEM files; defaults
     `$CONVEYOR_TLS_CA`, `$CONVEYOR_TLS_CERT`, `$CONVEYOR_TLS_KEY`) secure
     the app's client and workers, as in `conveyor.Client`.
+    `namespace` (default `$CONVEYOR_NAMESPACE`, else "", the server's
+    "default") is the namespace of the app's client (so of every
+    `AsyncResult` and workflow handle it makes) and of its workers; with
+    `client=` given, the client's namespace is the app's.
     """
 
     def __init__(
@@ -111,7 +115,16 @@ class Conveyor:
         tls_ca: str | os.PathLike[str] | None = None,
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
+        namespace: str | None = None,
     ):
+        if client is not None:
+            if namespace is not None and resolve_namespace(namespace) != client.namespace:
+                raise ValueError(
+                    f"namespace {namespace!r} differs from the given client's {client.namespace!r}: "
+                    "give one or the other (client.with_namespace(...) makes a client of another namespace)"
+                )
+            namespace = client.namespace
+        self.namespace = resolve_namespace(namespace)
         self.address = resolve_address(address)
         self.endpoints = check_endpoints(endpoints)
         self.tls_ca, self.tls_cert, self.tls_key = tls_ca, tls_cert, tls_key
@@ -164,6 +177,7 @@ class Conveyor:
                         tls_ca=self.tls_ca,
                         tls_cert=self.tls_cert,
                         tls_key=self.tls_key,
+                        namespace=self.namespace,
                     )
         return self._client
 
@@ -328,7 +342,7 @@ class Conveyor:
         """A `Worker` that runs this app's tasks (call `.run()`). Settings:
         pool, worker_id, grace_period, heartbeat_interval, reconnect_backoff,
         max_tasks_per_child, max_memory_per_child, credentials, tls_ca,
-        tls_cert, tls_key (default: the app's); see `conveyor.Worker`. A non-empty `conf.beat_schedule` is synced to the
+        tls_cert, tls_key, namespace (default: the app's); see `conveyor.Worker`. A non-empty `conf.beat_schedule` is synced to the
         scheduling service when the worker connects."""
         handlers = {name: task.handler() for name, task in self.tasks.items()}
         if queues is None and self.conf.get("task_default_queue"):
@@ -336,6 +350,7 @@ class Conveyor:
         settings.setdefault("token", self._token)
         settings.setdefault("metadata", self._metadata)
         settings.setdefault("endpoints", self.endpoints)
+        settings.setdefault("namespace", self.namespace)
         if settings.get("credentials") is None:
             settings.setdefault("tls_ca", self.tls_ca)
             settings.setdefault("tls_cert", self.tls_cert)
@@ -345,7 +360,8 @@ class Conveyor:
         return Worker(self.address, tasks=handlers, concurrency=concurrency, queues=queues, **settings)
 
     def __repr__(self) -> str:
-        return f"<Conveyor {self.address} tasks={sorted(self.tasks)}>"
+        namespace = f" namespace={self.namespace!r}" if self.namespace else ""
+        return f"<Conveyor {self.address}{namespace} tasks={sorted(self.tasks)}>"
 
 
 class Task:

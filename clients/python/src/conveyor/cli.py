@@ -3,7 +3,7 @@ as `celery -A tasks worker` does.
 
     conveyor-worker -A tasks:app -c 8 -P process -Q q1,q2 -l info
 
-Prints a banner (address, queues, tasks, pool, concurrency) on stdout, logs
+Prints a banner (address, namespace, queues, tasks, pool, concurrency) on stdout, logs
 at INFO to stderr, drains on SIGTERM/SIGINT and stops at once on a second
 signal. Exit codes: 0 after a stop, 64 for bad usage (an app that cannot be
 loaded), 1 when the worker fails for good.
@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor._common import ADDRESS_ENV, SERVICES, check_endpoints
+from conveyor._common import ADDRESS_ENV, NAMESPACE_ENV, SERVICES, check_endpoints
 from conveyor._handler import POOLS
 from conveyor._version import __version__
 from conveyor.app import Conveyor
@@ -89,6 +89,12 @@ def parser(prog: str = "conveyor-worker") -> argparse.ArgumentParser:
         "CONVEYOR_<SERVICE>_ADDR and -s; repeatable",
     )
     p.add_argument(
+        "--namespace",
+        default=None,
+        metavar="NAME",
+        help=f"the namespace whose tasks to run, over the app's and ${NAMESPACE_ENV} (default: the server's default)",
+    )
+    p.add_argument(
         "--tls-ca",
         default=None,
         metavar="FILE",
@@ -133,6 +139,7 @@ def banner(app: Conveyor, worker: Any, spec: str) -> str:
         f"  app:          {spec}\n"
         f"  address:      {app.address}\n"
         f"  dispatch:     {worker.dispatch_address}\n"
+        f"  namespace:    {worker.namespace or 'default'}\n"
         f"  tls:          {worker.tls}\n"
         f"  worker id:    {worker.worker_id}\n"
         f"  queues:       {', '.join(worker.queues)}\n"
@@ -153,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
     if args.endpoint:
         app.endpoints = {**app.endpoints, **parse_endpoints(args.endpoint)}
         app.close()  # a client made before now would keep the old addresses
+    if args.namespace is not None:
+        app.namespace = args.namespace
+        app.close()  # nor the old namespace
     if args.tls_ca or args.tls_cert or args.tls_key:
         app.tls_ca = args.tls_ca or app.tls_ca
         app.tls_cert = args.tls_cert or app.tls_cert

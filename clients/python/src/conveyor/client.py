@@ -4,6 +4,7 @@ services."""
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 import uuid
@@ -27,6 +28,7 @@ from conveyor._common import (
     distinct_channels,
     given_channel,
     open_endpoints,
+    resolve_namespace,
     retry_delay,
     split_batches,
     wait_again,
@@ -83,6 +85,15 @@ class Client:
     any is set, every address uses TLS (a bare `host:port` too) and an
     `http://` address is an error. They apply to every service's channel.
     `credentials` (grpc.ChannelCredentials) replaces them all.
+
+    `namespace` (default `$CONVEYOR_NAMESPACE`, else "", the server's
+    "default") is sent with every call: tasks, queues, schedules, workflows
+    and workers of other namespaces are invisible to this client (a task id
+    of another namespace is NOT_FOUND). `with_namespace(name)` gives a client
+    of another namespace on the same channels. With an auth file on the
+    server, a call its principal may not make in the namespace raises
+    `PermissionDenied`; a missing, unknown or revoked token raises
+    `Unauthenticated`.
     """
 
     def __init__(
@@ -100,7 +111,9 @@ class Client:
         tls_key: str | os.PathLike[str] | None = None,
         channel_options: Iterable[tuple[str, Any]] = (),
         retry_attempts: int = RETRY_ATTEMPTS,
+        namespace: str | None = None,
     ):
+        self._namespace = resolve_namespace(namespace)
         options = [*CHANNEL_OPTIONS, *channel_options]
         if channel is None:
 
@@ -128,6 +141,20 @@ class Client:
         """The channel of the submission service's address in use now (the
         one channel unless `endpoints` split the services)."""
         return self._endpoints["submission"].channel
+
+    @property
+    def namespace(self) -> str:
+        """The namespace every call of this client names ("" is "default")."""
+        return self._namespace
+
+    def with_namespace(self, namespace: str) -> Client:
+        """A client of `namespace` sharing this one's channels, token and
+        settings (closing it leaves the channels open; close this one)."""
+        other = copy.copy(self)
+        other._namespace = resolve_namespace(namespace)
+        other._owns_channel = False
+        other.schedules = Schedules(other)
+        return other
 
     def endpoint(self, service: str) -> str:
         """The address that `service` ("submission", "results", "dispatch",
@@ -178,7 +205,7 @@ class Client:
         """Submits a ready-made TaskSpec; returns the whole response
         (task_id, duplicate, state). Traced as a `publish` span, whose
         context the task carries unless `spec.trace_context` is set."""
-        request = submission_service_pb2.SubmitTaskRequest(task=spec)
+        request = submission_service_pb2.SubmitTaskRequest(task=spec, namespace=self._namespace)
         with _tracing.publish([spec], batch=False) as span:
             _tracing.stamp(request.task)
             response = self._call("submission", "SubmitTask", request, safe=bool(spec.idempotency_key))
@@ -207,7 +234,7 @@ class Client:
             for spec in specs:
                 _tracing.stamp(spec)
             for batch in split_batches(specs):
-                request = submission_service_pb2.SubmitTasksRequest(tasks=batch)
+                request = submission_service_pb2.SubmitTasksRequest(tasks=batch, namespace=self._namespace)
                 safe = all(spec.idempotency_key for spec in batch)
                 response = self._call("submission", "SubmitTasks", request, safe=safe)
                 if len(response.results) != len(batch):
@@ -219,27 +246,29 @@ class Client:
         """Cancels (revokes) a task: a queued or scheduled one never runs, a
         running one is cancelled on its worker. True when this call
         cancelled it; False when it had already finished."""
-        request = submission_service_pb2.CancelTaskRequest(task_id=task_id)
+        request = submission_service_pb2.CancelTaskRequest(task_id=task_id, namespace=self._namespace)
         return self._call("submission", "CancelTask", request).cancelled
 
     def replay(self, task_id: str) -> _codec.TaskState:
         """Queues a FAILED task (a dead letter) again under the same id, with
         its retry count reset; returns its new state (QUEUED).
         FAILED_PRECONDITION for a task in any other state."""
-        request = submission_service_pb2.ReplayTaskRequest(task_id=task_id)
+        request = submission_service_pb2.ReplayTaskRequest(task_id=task_id, namespace=self._namespace)
         response = self._call("submission", "ReplayTask", request)
         return _codec.TaskState.from_proto(response.state)
 
     def forget(self, task_id: str) -> None:
         """Deletes a finished task and its outcome now, before its result
         TTL. FAILED_PRECONDITION for a task that has not finished."""
-        request = results_service_pb2.ForgetTaskRequest(task_id=task_id)
+        request = results_service_pb2.ForgetTaskRequest(task_id=task_id, namespace=self._namespace)
         self._call("results", "ForgetTask", request)
 
     def list_dead_letters(self, page_size: int = 0, page_token: str = "") -> tuple[list[task_pb2.Task], str]:
         """One page of the tasks that failed for good, oldest first, and the
         token of the next page ("" after the last)."""
-        request = results_service_pb2.ListDeadLettersRequest(page_size=page_size, page_token=page_token)
+        request = results_service_pb2.ListDeadLettersRequest(
+            page_size=page_size, page_token=page_token, namespace=self._namespace
+        )
         response = self._call("results", "ListDeadLetters", request, safe=True)
         return list(response.tasks), response.next_page_token
 
@@ -257,7 +286,7 @@ class Client:
     def get(self, task_id: str) -> task_pb2.Task:
         """The task as it is now (state, attempts, and once finished its
         result or error). NOT_FOUND for an unknown or forgotten id."""
-        request = results_service_pb2.GetTaskRequest(task_id=task_id)
+        request = results_service_pb2.GetTaskRequest(task_id=task_id, namespace=self._namespace)
         response = self._call("results", "GetTask", request, safe=True)
         return _codec.require_task(response, "GetTask")
 
@@ -273,9 +302,10 @@ class Client:
             return self._wait(task_id, timeout)
 
     def _wait(self, task_id: str, timeout: float | None) -> task_pb2.Task:
-        response = self._long_wait(
-            "WaitTask", lambda: results_service_pb2.WaitTaskRequest(task_id=task_id), task_id, timeout
-        )
+        def request() -> results_service_pb2.WaitTaskRequest:
+            return results_service_pb2.WaitTaskRequest(task_id=task_id, namespace=self._namespace)
+
+        response = self._long_wait("WaitTask", request, task_id, timeout)
         return _codec.require_task(response, "WaitTask")
 
     def _long_wait(self, rpc: str, make_request: Callable[[], Any], ident: str, timeout: float | None) -> Any:
@@ -320,7 +350,7 @@ class Client:
         """Yields the task's current state, then every change; ends after a
         terminal state. Breaking out of the loop cancels the stream. With a
         `timeout`, `TaskTimeout` ends a watch still going after that long."""
-        request = results_service_pb2.WatchTaskRequest(task_id=task_id)
+        request = results_service_pb2.WatchTaskRequest(task_id=task_id, namespace=self._namespace)
         address = self.endpoint("results")
         try:
             stream = self.results.WatchTask(request, timeout=timeout, metadata=_tracing.metadata(self._metadata))
@@ -349,7 +379,7 @@ class Client:
         the bad node (`workflow.nodes[i]...`); RESOURCE_EXHAUSTED beyond
         20,000 nodes or 200,000 edges. Traced as one `publish` span."""
         spec = prepare(workflow, name, idempotency_key, options, _default_key())
-        request = submission_service_pb2.SubmitWorkflowRequest(workflow=spec)
+        request = submission_service_pb2.SubmitWorkflowRequest(workflow=spec, namespace=self._namespace)
         with _tracing.publish([node.task for node in spec.nodes], batch=True) as span:
             _tracing.stamp(request.workflow)
             response = self._call("submission", "SubmitWorkflow", request, safe=True)
@@ -361,7 +391,9 @@ class Client:
         """The workflow as it is now: "nodes" (default: every node's task
         with state, result or error), "summary" (state, counts, result) or
         "full" (the nodes' arguments too). NOT_FOUND for an unknown id."""
-        request = results_service_pb2.GetWorkflowRequest(workflow_id=workflow_id, view=view_of(view))
+        request = results_service_pb2.GetWorkflowRequest(
+            workflow_id=workflow_id, view=view_of(view), namespace=self._namespace
+        )
         response = self._call("results", "GetWorkflow", request, safe=True)
         return require_workflow(response, "GetWorkflow")
 
@@ -372,7 +404,9 @@ class Client:
         with _tracing.waiting(workflow_id):
             response = self._long_wait(
                 "WaitWorkflow",
-                lambda: results_service_pb2.WaitWorkflowRequest(workflow_id=workflow_id, view=view_of(view)),
+                lambda: results_service_pb2.WaitWorkflowRequest(
+                    workflow_id=workflow_id, view=view_of(view), namespace=self._namespace
+                ),
                 workflow_id,
                 timeout,
             )
@@ -395,7 +429,9 @@ class Client:
         """Yields the workflow, then a snapshot after each node that finishes
         or becomes ready; ends once it has finished. With a `timeout`,
         `TaskTimeout` ends a watch still going after that long."""
-        request = results_service_pb2.WatchWorkflowRequest(workflow_id=workflow_id, view=view_of(view))
+        request = results_service_pb2.WatchWorkflowRequest(
+            workflow_id=workflow_id, view=view_of(view), namespace=self._namespace
+        )
         address = self.endpoint("results")
         stream = self.results.WatchWorkflow(request, timeout=timeout, metadata=_tracing.metadata(self._metadata))
         return _watch_workflow(stream, workflow_id, address)
@@ -404,7 +440,7 @@ class Client:
         """Cancels every unfinished node of the workflow in one atomic
         operation (running ones are stopped on their workers); returns how
         many nodes this call cancelled (0 for a finished workflow)."""
-        request = submission_service_pb2.CancelWorkflowRequest(workflow_id=workflow_id)
+        request = submission_service_pb2.CancelWorkflowRequest(workflow_id=workflow_id, namespace=self._namespace)
         return self._call("submission", "CancelWorkflow", request).cancelled
 
     # --- helpers ----------------------------------------------------------------------
@@ -412,14 +448,18 @@ class Client:
     def pause_queue(self, queue: str) -> None:
         """Stops handing out the queue's tasks until `resume_queue`;
         submissions are still accepted and running tasks finish."""
-        self._call("dispatch", "PauseQueue", dispatch_service_pb2.PauseQueueRequest(queue=queue), safe=True)
+        request = dispatch_service_pb2.PauseQueueRequest(queue=queue, namespace=self._namespace)
+        self._call("dispatch", "PauseQueue", request, safe=True)
 
     def resume_queue(self, queue: str) -> None:
-        self._call("dispatch", "ResumeQueue", dispatch_service_pb2.ResumeQueueRequest(queue=queue), safe=True)
+        request = dispatch_service_pb2.ResumeQueueRequest(queue=queue, namespace=self._namespace)
+        self._call("dispatch", "ResumeQueue", request, safe=True)
 
     def workers(self) -> list[dispatch_service_pb2.WorkerInfo]:
-        """The worker sessions connected to the dispatcher answering."""
-        response = self._call("dispatch", "ListWorkers", dispatch_service_pb2.ListWorkersRequest(), safe=True)
+        """The worker sessions of this client's namespace connected to the
+        dispatcher answering."""
+        request = dispatch_service_pb2.ListWorkersRequest(namespace=self._namespace)
+        response = self._call("dispatch", "ListWorkers", request, safe=True)
         return list(response.workers)
 
     # --- helpers ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ __all__ = [
     "PayloadError",
     "ProtocolError",
     "MaxRetriesExceededError",
+    "PermissionDenied",
     "Reject",
     "Retry",
     "SoftTimeLimitExceeded",
@@ -22,6 +23,8 @@ __all__ = [
     "TaskNotSucceeded",
     "TaskTimeout",
     "Terminated",
+    "Unauthenticated",
+    "error_class",
 ]
 
 
@@ -39,6 +42,10 @@ class ConveyorError(Exception):
     An UNIMPLEMENTED call (a process that does not serve the call's role)
     says, after the server's message, which address was called and how to
     point that service elsewhere (`endpoints=` or its environment variable).
+
+    Some codes have their own subclass: `TaskTimeout` (DEADLINE_EXCEEDED),
+    `Unauthenticated` (UNAUTHENTICATED) and `PermissionDenied`
+    (PERMISSION_DENIED).
     """
 
     def __init__(self, message: str, *, code: grpc.StatusCode | None = None, details: str = ""):
@@ -53,8 +60,9 @@ class ConveyorError(Exception):
         cls, error: grpc.RpcError, what: str = "", *, service: str | None = None, address: str | None = None
     ) -> ConveyorError:
         """The exception for a failed call: `TaskTimeout` for DEADLINE_EXCEEDED,
-        `ConveyorError` otherwise, with the call's code and details; for
-        UNIMPLEMENTED with the endpoint hint (see the class)."""
+        `Unauthenticated` for UNAUTHENTICATED, `PermissionDenied` for
+        PERMISSION_DENIED, `ConveyorError` otherwise, with the call's code and
+        details; for UNIMPLEMENTED with the endpoint hint (see the class)."""
         code = _call_attr(error, "code")
         details = _call_attr(error, "details") or ""
         name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
@@ -62,8 +70,7 @@ class ConveyorError(Exception):
         message = f"{prefix}{name}: {details}" if details else f"{prefix}{name}"
         if code == grpc.StatusCode.UNAVAILABLE:
             message += tls_hint(details)
-        kind = TaskTimeout if code == grpc.StatusCode.DEADLINE_EXCEEDED else ConveyorError
-        error_out = kind(message, code=code, details=details)
+        error_out = error_class(code)(message, code=code, details=details)
         return error_out.at_endpoint(service, address)
 
     def at_endpoint(self, service: str | None, address: str | None) -> ConveyorError:
@@ -157,6 +164,40 @@ class TaskTimeout(ConveyorError, TimeoutError):
 
     def __init__(self, message: str, *, code: grpc.StatusCode | None = None, details: str = ""):
         super().__init__(message, code=code or grpc.StatusCode.DEADLINE_EXCEEDED, details=details)
+
+
+class Unauthenticated(ConveyorError):
+    """The server did not accept the call's credentials (gRPC UNAUTHENTICATED):
+    no token where one is required, a malformed `authorization` header, or a
+    token it does not know (never issued, or revoked since). `details` is the
+    server's message. Give `token=` (or fix it); retrying the same call
+    changes nothing."""
+
+    def __init__(self, message: str, *, code: grpc.StatusCode | None = None, details: str = ""):
+        super().__init__(message, code=code or grpc.StatusCode.UNAUTHENTICATED, details=details)
+
+
+class PermissionDenied(ConveyorError, PermissionError):
+    """The server knows the caller but its principal may not make this call in
+    the call's namespace (gRPC PERMISSION_DENIED), e.g. a `reader` submitting,
+    or any role of namespace "team-a" used in "team-b". `details` is the
+    server's message, which names the principal, the permission, the
+    namespace and the role that would grant it. Also a `PermissionError`.
+    A worker whose session is refused so stops with this error."""
+
+    def __init__(self, message: str, *, code: grpc.StatusCode | None = None, details: str = ""):
+        super().__init__(message, code=code or grpc.StatusCode.PERMISSION_DENIED, details=details)
+
+
+def error_class(code: grpc.StatusCode | None) -> type[ConveyorError]:
+    """The `ConveyorError` subclass raised for a call that failed with `code`."""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return TaskTimeout
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied
+    return ConveyorError
 
 
 class PayloadError(ConveyorError, ValueError):

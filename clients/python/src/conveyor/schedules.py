@@ -87,10 +87,16 @@ def _definition(schedule: spb.Schedule) -> bytes:
 
 
 class Schedules:
-    """The scheduling service's schedules, through a `Client`."""
+    """The scheduling service's schedules of the client's namespace, through
+    a `Client`."""
 
     def __init__(self, client: Client):
         self._client = client
+
+    @property
+    def _namespace(self) -> str:
+        """The client's namespace, which every request names."""
+        return self._client.namespace
 
     def _call(self, rpc: str, request: Any, *, safe: bool = False) -> Any:
         return self._client._call("scheduling", rpc, request, safe=safe)
@@ -99,34 +105,34 @@ class Schedules:
         """Creates a schedule that submits task `name` per `rule`;
         ALREADY_EXISTS if the id is taken."""
         schedule = build_schedule(schedule_id, name, rule, args, kwargs, **options)
-        return self._call("CreateSchedule", spb.CreateScheduleRequest(schedule=schedule)).schedule
+        return self._call("CreateSchedule", spb.CreateScheduleRequest(schedule=schedule, namespace=self._namespace)).schedule
 
     def get(self, schedule_id: str) -> spb.Schedule:
         """NOT_FOUND for an unknown id."""
-        return self._call("GetSchedule", spb.GetScheduleRequest(id=schedule_id), safe=True).schedule
+        return self._call("GetSchedule", spb.GetScheduleRequest(id=schedule_id, namespace=self._namespace), safe=True).schedule
 
     def list(self) -> list[spb.Schedule]:
-        return list(self._call("ListSchedules", spb.ListSchedulesRequest(), safe=True).schedules)
+        return list(self._call("ListSchedules", spb.ListSchedulesRequest(namespace=self._namespace), safe=True).schedules)
 
     def update(self, schedule_id: str, name: str, rule: Any, args=None, kwargs=None, **options: Any) -> spb.Schedule:
         schedule = build_schedule(schedule_id, name, rule, args, kwargs, **options)
-        return self._call("UpdateSchedule", spb.UpdateScheduleRequest(schedule=schedule), safe=True).schedule
+        return self._call("UpdateSchedule", spb.UpdateScheduleRequest(schedule=schedule, namespace=self._namespace), safe=True).schedule
 
     def delete(self, schedule_id: str) -> None:
-        self._call("DeleteSchedule", spb.DeleteScheduleRequest(id=schedule_id))
+        self._call("DeleteSchedule", spb.DeleteScheduleRequest(id=schedule_id, namespace=self._namespace))
 
     def pause(self, schedule_id: str) -> spb.Schedule:
-        return self._call("PauseSchedule", spb.PauseScheduleRequest(id=schedule_id), safe=True).schedule
+        return self._call("PauseSchedule", spb.PauseScheduleRequest(id=schedule_id, namespace=self._namespace), safe=True).schedule
 
     def resume(self, schedule_id: str) -> spb.Schedule:
-        return self._call("ResumeSchedule", spb.ResumeScheduleRequest(id=schedule_id), safe=True).schedule
+        return self._call("ResumeSchedule", spb.ResumeScheduleRequest(id=schedule_id, namespace=self._namespace), safe=True).schedule
 
     def trigger(self, schedule_id: str) -> str:
         """Runs the schedule's task now; returns the task id."""
-        return self._call("TriggerSchedule", spb.TriggerScheduleRequest(id=schedule_id)).run.task_id
+        return self._call("TriggerSchedule", spb.TriggerScheduleRequest(id=schedule_id, namespace=self._namespace)).run.task_id
 
     def runs(self, schedule_id: str) -> list[spb.ScheduleRun]:
-        return list(self._call("ListScheduleRuns", spb.ListScheduleRunsRequest(id=schedule_id), safe=True).runs)
+        return list(self._call("ListScheduleRuns", spb.ListScheduleRunsRequest(id=schedule_id, namespace=self._namespace), safe=True).runs)
 
     def ensure(self, schedule_id: str, name: str, rule: Any, args=None, kwargs=None, **options: Any) -> str:
         """Creates the schedule, or updates it if its definition differs;
@@ -142,7 +148,7 @@ class Schedules:
             if error.code != grpc.StatusCode.NOT_FOUND:
                 raise
             try:
-                self._call("CreateSchedule", spb.CreateScheduleRequest(schedule=wanted))
+                self._call("CreateSchedule", spb.CreateScheduleRequest(schedule=wanted, namespace=self._namespace))
                 return "created"
             except ConveyorError as race:  # another process created it first
                 if race.code != grpc.StatusCode.ALREADY_EXISTS:
@@ -152,5 +158,5 @@ class Schedules:
         stored.CopyFrom(wanted)
         if _definition(current) == _definition(stored):
             return "unchanged"
-        self._call("UpdateSchedule", spb.UpdateScheduleRequest(schedule=wanted), safe=True)
+        self._call("UpdateSchedule", spb.UpdateScheduleRequest(schedule=wanted, namespace=self._namespace), safe=True)
         return "updated"

@@ -38,6 +38,7 @@ from conveyor._common import (
     parse_targets,
     receive_limit,
     resolve_endpoints,
+    resolve_namespace,
 )
 from conveyor._context import TaskContext, _current, current_task
 from conveyor._handler import POOLS, Handler, failure, prepare, success, task_error
@@ -45,7 +46,7 @@ from conveyor._handler import error as _error
 from conveyor._process import ProcessPool
 from conveyor._threads import DaemonThreadPool, ThreadGuard
 from conveyor._version import __version__
-from conveyor.errors import ConveyorError, ProtocolError, SoftTimeLimitExceeded, Terminated, tls_hint
+from conveyor.errors import ConveyorError, ProtocolError, SoftTimeLimitExceeded, Terminated, error_class, tls_hint
 from conveyor.v1 import dispatch_service_pb2 as pb
 from conveyor.v1 import dispatch_service_pb2_grpc
 
@@ -250,6 +251,12 @@ class Worker:
     `self.endpoints` (the app passes them to its client).
     TLS (`tls_ca`, `tls_cert`, `tls_key`, their `CONVEYOR_TLS_*` variables,
     `credentials`) works as in `conveyor.Client`.
+    `namespace` (default `$CONVEYOR_NAMESPACE`, else "", the server's
+    "default") is the namespace whose tasks the worker runs (its
+    Hello.namespace): it leases only that namespace's tasks of its queues.
+    A session the server refuses (`Unauthenticated`, or `PermissionDenied`
+    for a principal without the worker role in the namespace) stops
+    `run()` with that error.
     `on_connect` callables run in a thread after the first session opens
     (again at the next session if one raises).
     """
@@ -277,6 +284,7 @@ class Worker:
         max_memory_per_child: int | None = None,
         channel_options: Iterable[tuple[str, Any]] = (),
         on_connect: Iterable[Callable[[], Any]] = (),
+        namespace: str | None = None,
     ):
         if not 1 <= int(concurrency) <= _MAX_CONCURRENCY:
             raise ValueError(f"concurrency must be 1 to {_MAX_CONCURRENCY}, not {concurrency}")
@@ -286,6 +294,7 @@ class Worker:
             if limit is not None and int(limit) < 1:
                 raise ValueError(f"{what} must be at least 1 (or None for no limit), not {limit}")
         self.address = address
+        self.namespace = resolve_namespace(namespace)
         self.endpoints = dict(endpoints or {})
         self._security = Security(credentials, tls_ca, tls_cert, tls_key)
         self._targets = parse_targets(resolve_endpoints(address, endpoints)["dispatch"], self._security.tls)
@@ -447,9 +456,10 @@ class Worker:
             self._stop_early = False
             self._request_stop()
         log.info(
-            "worker %s starting: %s, queues %s, tasks %s, pool %s, concurrency %d",
+            "worker %s starting: %s, namespace %s, queues %s, tasks %s, pool %s, concurrency %d",
             self.worker_id,
             ",".join(t.target for t in self._targets),
+            repr(self.namespace or "default"),
             self.queues,
             sorted(self.handlers),
             self.pool,
@@ -571,6 +581,7 @@ class Worker:
             language=LANGUAGE,
             sdk_version=__version__,
             hostname=self.hostname,
+            namespace=self.namespace,
         )
 
     async def _until_stopped(self, awaitable: Any, timeout: float | None) -> tuple[bool, Any]:
@@ -985,4 +996,4 @@ async def _call_error(call: Any, exc: BaseException | None) -> ConveyorError:
     if code == grpc.StatusCode.OK:
         code, details = grpc.StatusCode.UNAVAILABLE, "dispatcher ended the stream"
     hint = tls_hint(details or "") if code == grpc.StatusCode.UNAVAILABLE else ""
-    return ConveyorError(f"worker stream: {code.name}: {details}{hint}", code=code, details=details or "")
+    return error_class(code)(f"worker stream: {code.name}: {details}{hint}", code=code, details=details or "")
