@@ -389,5 +389,5 @@ def test_flags_table_matches_dev_help():
     for flag, env in rows:
         assert flag in entries, f"{flag} is not an option of conveyor dev: {sorted(entries)}"
         assert f"[env: {env}=]" in entries[flag], f"{flag}: the doc says {env}, the help says {entries[flag]!r}"
-    tls = {flag for flag in entries if flag.startswith("--tls-")}
-    assert tls == {flag for flag, _ in rows}, f"TLS options of conveyor dev the table leaves out: {tls}"
+    tls = {flag for flag in entries if flag.startswith(("--tls-", "--redis-tls-"))}
+    assert tls == {flag for flag, _ in rows}, f"TLS options of conveyor dev the tables leave out: {tls}"

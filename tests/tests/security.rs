@@ -699,3 +699,90 @@ async fn a_principal_over_its_limits_is_told_when_to_retry() {
         .expect("accepted after the hinted delay");
     cluster.stop().await.unwrap();
 }
+
+/// With authentication on, the scheduler submits a schedule's runs with
+/// `--scheduler-token`; without one, triggering says what to set instead of
+/// reporting an outage. A namespace that is not a name is INVALID_ARGUMENT,
+/// not a permission question.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_needs_its_own_token() {
+    let dir = temp_dir("authsched");
+    let file = dir.join("auth.toml");
+    write(
+        &file,
+        &format!(
+            "[[principal]]\nname = \"ops\"\ntoken_sha256 = [\"{}\"]\nroles = {{ \"*\" = [\"admin\"] }}\n\n\
+             [[principal]]\nname = \"scheduler\"\ntoken_sha256 = [\"{}\"]\nroles = {{ \"*\" = [\"producer\"] }}\n",
+            hash_token("ops"),
+            hash_token("scheduler")
+        ),
+    );
+    for scheduler_token in [None, Some("scheduler")] {
+        let mut config = TestCluster::test_config();
+        config.server.auth_file = Some(file.clone());
+        config.scheduler_token = scheduler_token.map(str::to_string);
+        let cluster = TestCluster::start_with(Backend::Memory, config)
+            .await
+            .unwrap();
+        let mut scheduling =
+            pb::scheduling_service_client::SchedulingServiceClient::new(cluster.channel.clone());
+        fn request<T>(message: T) -> tonic::Request<T> {
+            let mut request = tonic::Request::new(message);
+            request
+                .metadata_mut()
+                .insert("authorization", "Bearer ops".parse().unwrap());
+            request
+        }
+        scheduling
+            .create_schedule(request(pb::CreateScheduleRequest {
+                schedule: Some(pb::Schedule {
+                    id: "nightly".into(),
+                    task: Some(spec("add", &[1.into(), 2.into()])),
+                    rule: Some(pb::schedule::Rule::Interval(pb::IntervalRule {
+                        every: Some(prost_types::Duration {
+                            seconds: 3600,
+                            nanos: 0,
+                        }),
+                    })),
+                    start_at: Some(prost_types::Timestamp {
+                        seconds: 4_000_000_000,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                namespace: HOME.into(),
+            }))
+            .await
+            .unwrap();
+        let triggered = scheduling
+            .trigger_schedule(request(pb::TriggerScheduleRequest {
+                id: "nightly".into(),
+                namespace: HOME.into(),
+                ..Default::default()
+            }))
+            .await;
+        match scheduler_token {
+            None => {
+                let status = triggered.unwrap_err();
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                assert!(
+                    status.message().contains("--scheduler-token"),
+                    "{}",
+                    status.message()
+                );
+            }
+            Some(_) => {
+                triggered.unwrap();
+            }
+        }
+        let invalid = scheduling
+            .list_schedules(request(pb::ListSchedulesRequest {
+                namespace: "not a name!".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
+        cluster.stop().await.unwrap();
+    }
+}

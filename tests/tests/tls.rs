@@ -292,3 +292,76 @@ async fn tls_with_tokens_on_redis() {
     running.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The store over TLS (`rediss://`, `scripts/start-redis-tls`; the suite sets
+/// CONVEYOR_TEST_REDIS_TLS and CONVEYOR_REDIS_TLS_CA): a server trusting the
+/// CA runs a task, with and without a client certificate; without the CA it
+/// stops at start saying which flag to give; TLS settings with a `redis://`
+/// URL are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_over_tls() {
+    let Some(url) = std::env::var("CONVEYOR_TEST_REDIS_TLS")
+        .ok()
+        .filter(|url| !url.is_empty())
+    else {
+        eprintln!("CONVEYOR_TEST_REDIS_TLS is not set: skipping (scripts/test sets it)");
+        return;
+    };
+    let ca =
+        std::env::var("CONVEYOR_REDIS_TLS_CA").expect("CONVEYOR_REDIS_TLS_CA with the TLS Redis");
+    let certs = Path::new(&ca).parent().unwrap().to_path_buf();
+    let prefix = format!("tls-store-{}:", uuid::Uuid::new_v4().simple());
+    let client_cert = certs.join("client.pem");
+    let client_key = certs.join("client.key");
+    for identity in [false, true] {
+        let mut args = vec![
+            "dev",
+            "--store",
+            &url,
+            "--redis-prefix",
+            &prefix,
+            "--redis-tls-ca",
+            &ca,
+            "--metrics-listen",
+            "off",
+        ];
+        if identity {
+            args.extend([
+                "--redis-tls-cert",
+                client_cert.to_str().unwrap(),
+                "--redis-tls-key",
+                client_key.to_str().unwrap(),
+            ]);
+        }
+        let server = spawn_conveyor(&args, "127.0.0.1:0").await;
+        let sum = round_trip(&format!("http://{}", server.addr), &Tls::new())
+            .await
+            .unwrap();
+        assert_eq!(sum, 42, "identity {identity}");
+        server.kill().await;
+    }
+    for (args, expected) in [
+        (vec!["--store", url.as_str()], "--redis-tls-ca"),
+        (
+            vec![
+                "--store",
+                "redis://127.0.0.1:1",
+                "--redis-tls-ca",
+                ca.as_str(),
+            ],
+            "rediss://",
+        ),
+    ] {
+        let output = std::process::Command::new(conveyor_binary())
+            .arg("dev")
+            .args(&args)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .env("RUST_LOG", "warn")
+            .env_remove("CONVEYOR_REDIS_TLS_CA")
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} started");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

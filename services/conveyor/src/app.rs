@@ -133,6 +133,8 @@ pub struct StoreOptions {
     pub wait_replicas: u32,
     /// How long a submission waits for them.
     pub wait_timeout: Duration,
+    /// TLS settings for a `rediss://` store.
+    pub tls: conveyor_store::RedisTls,
 }
 
 impl Default for StoreOptions {
@@ -142,6 +144,7 @@ impl Default for StoreOptions {
             partitions: 1,
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
+            tls: conveyor_store::RedisTls::default(),
         }
     }
 }
@@ -156,6 +159,7 @@ pub async fn open_store(url: &StoreUrl, options: &StoreOptions) -> anyhow::Resul
             config.partitions = options.partitions.max(1);
             config.wait_replicas = options.wait_replicas;
             config.wait_timeout = options.wait_timeout;
+            config.tls = options.tls.clone();
             let store = RedisStore::connect(config)
                 .await
                 .with_context(|| format!("connecting to {url}"))?;
@@ -284,6 +288,14 @@ fn submission_target(config: &AppConfig, listener: &TcpListener) -> Option<Submi
             return None;
         }
     };
+    let auth_on = config.server.auth_file.is_some() || !config.server.auth_tokens.is_empty();
+    if auth_on && config.scheduler_token.is_none() {
+        tracing::warn!(
+            "authentication is on but this scheduler has no --scheduler-token: the submission \
+             service will refuse the runs of schedules; give it a token whose principal has the \
+             'producer' role in the schedules' namespaces"
+        );
+    }
     Some(SubmissionTarget {
         channel,
         token: config.scheduler_token.clone(),

@@ -207,6 +207,16 @@ pub struct ServerArgs {
     /// UNAVAILABLE.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, env = "CONVEYOR_REDIS_WAIT_TIMEOUT")]
     pub redis_wait_timeout: Duration,
+    /// For a `rediss://` store: a PEM CA to trust besides the system's.
+    #[arg(long, env = "CONVEYOR_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<OptionalPath>,
+    /// For a `rediss://` store: a PEM client certificate (Redis
+    /// `tls-auth-clients yes`), with --redis-tls-key.
+    #[arg(long, env = "CONVEYOR_REDIS_TLS_CERT")]
+    pub redis_tls_cert: Option<OptionalPath>,
+    /// The private key of --redis-tls-cert.
+    #[arg(long, env = "CONVEYOR_REDIS_TLS_KEY")]
+    pub redis_tls_key: Option<OptionalPath>,
     /// Shifts this process's clock, e.g. `-30s` (tests of clock skew only:
     /// deadlines shared between replicas are compared on the store's clock).
     #[arg(long, hide = true, allow_hyphen_values = true, value_parser = parse_skew)]
@@ -461,6 +471,11 @@ async fn serve(
             partitions: args.partitions,
             wait_replicas: args.redis_wait_replicas,
             wait_timeout: args.redis_wait_timeout,
+            tls: conveyor_store::RedisTls {
+                ca: path(args.redis_tls_ca.clone()),
+                cert: path(args.redis_tls_cert.clone()),
+                key: path(args.redis_tls_key.clone()),
+            },
         },
     )
     .await?;

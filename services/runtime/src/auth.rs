@@ -331,6 +331,19 @@ impl Access {
         } else {
             namespace
         };
+        if !valid_namespace(namespace) {
+            use tonic_types::{ErrorDetails, StatusExt};
+            return Err(Status::with_error_details(
+                tonic::Code::InvalidArgument,
+                format!(
+                    "invalid argument: namespace: {namespace:?} is not 1..100 of [A-Za-z0-9_.-]"
+                ),
+                ErrorDetails::with_bad_request_violation(
+                    "namespace",
+                    "must be 1..100 of [A-Za-z0-9_.-]",
+                ),
+            ));
+        }
         if self.principal.allows(self.permission, namespace) {
             return Ok(());
         }

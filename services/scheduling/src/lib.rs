@@ -444,8 +444,22 @@ impl Scheduler {
             .submit_task(request)
             .instrument(span.0)
             .await
-            .map_err(|status| {
-                ConveyorError::Unavailable(format!("submission service: {status}"))
+            .map_err(|status| match status.code() {
+                // A configuration error, not an outage: say what to set.
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                    ConveyorError::FailedPrecondition(format!(
+                        "the submission service refused this scheduler's submission of \
+                         schedule {schedule_id}: {}; give the scheduler a token (--scheduler-token) \
+                         whose principal has the 'producer' role in namespace '{}'",
+                        status.message(),
+                        namespace.name()
+                    ))
+                }
+                _ => ConveyorError::Unavailable(format!(
+                    "submission service: {}: {}",
+                    status.code(),
+                    status.message()
+                )),
             })?;
         Ok(response.into_inner().task_id)
     }

@@ -35,6 +35,8 @@ pub fn test_redis_url() -> Option<String> {
 /// untested.
 pub fn test_redis_config(url: &str) -> RedisConfig {
     let mut config = RedisConfig::new(url);
+    // `rediss://` test URLs: the CA and client certificate from CONVEYOR_REDIS_TLS_*.
+    config.tls = crate::RedisTls::from_env();
     config.prefix = format!("test-{}:", uuid::Uuid::new_v4().simple());
     config.partitions = test_partitions();
     config

@@ -19,7 +19,7 @@ use conveyor_core::{NewTask, Result, StoredTask, TaskId, TaskState};
 
 pub use events::{EVENT_BUFFER, EventHub, QueueWaiter, SessionEvents, TaskChange, TaskEvents};
 pub use memory::MemoryStore;
-pub use redis::{RedisConfig, RedisStore, StoreClock};
+pub use redis::{RedisConfig, RedisStore, RedisTls, StoreClock};
 pub use stream::{EventKind, StoreEvent};
 pub use types::*;
 pub use wait::wait_terminal;

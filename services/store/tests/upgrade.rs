@@ -40,11 +40,12 @@ async fn tasks_parked_by_the_previous_version_run_after_the_upgrade() {
     // What the previous version left: both tasks QUEUED, out of their queue
     // list, in the key's waiting list.
     let prefix = format!("{{{}0}}:", config.prefix);
-    let client = redis::Client::open(url.as_str()).expect("url");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut connection = conveyor_store::redis::connection::Connection::open(
+        &url,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .expect("connect");
     let queue = format!("{prefix}q:default:add");
     let _: () = redis::cmd("DEL")
         .arg(&queue)

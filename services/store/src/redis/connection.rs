@@ -37,11 +37,99 @@ pub fn cluster_nodes(url: &str) -> Option<Vec<String>> {
 }
 
 /// A client for one node, Nagle off: every store call is a small request
-/// awaiting its reply.
-pub(crate) fn client(url: &str) -> redis::RedisResult<redis::Client> {
-    redis::IntoConnectionInfo::into_connection_info(url)
-        .map(|info| info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
-        .and_then(redis::Client::open)
+/// awaiting its reply. A `rediss://` URL speaks TLS, trusting `tls.ca`
+/// besides the system's roots and presenting `tls.cert` when given.
+pub(crate) fn client(url: &str, tls: &RedisTls) -> redis::RedisResult<redis::Client> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    match tls.certificates(url)? {
+        Some(certificates) => redis::Client::build_with_tls(info, certificates),
+        None => redis::Client::open(info),
+    }
+}
+
+/// TLS settings for `rediss://` URLs (PEM files); all unset: the system's
+/// roots, no client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// CA certificates to trust, besides the system's roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate, for a Redis started with `tls-auth-clients yes`.
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl RedisTls {
+    /// From `CONVEYOR_REDIS_TLS_CA`, `CONVEYOR_REDIS_TLS_CERT` and
+    /// `CONVEYOR_REDIS_TLS_KEY` (empty: unset).
+    pub fn from_env() -> Self {
+        let path = |name: &str| {
+            std::env::var_os(name)
+                .filter(|value| !value.is_empty())
+                .map(std::path::PathBuf::from)
+        };
+        Self {
+            ca: path("CONVEYOR_REDIS_TLS_CA"),
+            cert: path("CONVEYOR_REDIS_TLS_CERT"),
+            key: path("CONVEYOR_REDIS_TLS_KEY"),
+        }
+    }
+
+    /// Whether any setting is given.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// The files' contents for the redis client; `None` when nothing is set
+    /// (a `rediss://` URL then trusts the system's roots). Errors say which
+    /// file and what to do.
+    pub(crate) fn certificates(
+        &self,
+        url: &str,
+    ) -> redis::RedisResult<Option<redis::TlsCertificates>> {
+        let invalid = |message: String| {
+            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "redis tls", message))
+        };
+        if !self.is_set() {
+            return Ok(None);
+        }
+        if !url.starts_with("rediss") {
+            return Err(invalid(format!(
+                "Redis TLS settings are given but {url} is not a TLS URL: write rediss:// \
+                 (or rediss+cluster://)"
+            )));
+        }
+        // The redis client builds its rustls configuration with the
+        // process's default provider: ring, as everywhere in Conveyor.
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let read = |path: &std::path::PathBuf, what: &str| {
+            std::fs::read(path)
+                .map_err(|error| invalid(format!("{what} {}: {error}", path.display())))
+        };
+        let root_cert = self
+            .ca
+            .as_ref()
+            .map(|path| read(path, "--redis-tls-ca"))
+            .transpose()?;
+        let client_tls = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert, "--redis-tls-cert")?,
+                client_key: read(key, "--redis-tls-key")?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "--redis-tls-cert and --redis-tls-key go together: give both, or neither"
+                        .to_string(),
+                ));
+            }
+        };
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
 }
 
 /// A command connection to one Redis or a cluster; also what tests and
@@ -57,27 +145,46 @@ pub enum Connection {
 impl Connection {
     /// Connects to a cluster through any of `nodes` (the client discovers
     /// the others and follows failovers and slot moves).
-    /// Connects to `url`: a `redis://` URL, or `redis+cluster://h:p,h:p`.
+    /// Connects to `url`: a `redis://` URL, or `redis+cluster://h:p,h:p`
+    /// (`rediss://` for TLS, with the `CONVEYOR_REDIS_TLS_*` settings).
     pub async fn open(url: &str, timeout: Duration) -> redis::RedisResult<Self> {
+        Self::open_with(url, timeout, &RedisTls::from_env()).await
+    }
+
+    /// [`open`](Self::open) with TLS settings given.
+    pub async fn open_with(
+        url: &str,
+        timeout: Duration,
+        tls: &RedisTls,
+    ) -> redis::RedisResult<Self> {
         match cluster_nodes(url) {
-            Some(nodes) => Self::cluster(&nodes, timeout).await,
+            Some(nodes) => Self::cluster(&nodes, timeout, tls).await,
             None => {
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout));
                 Ok(Self::Single(
-                    ConnectionManager::new_with_config(client(url)?, config).await?,
+                    ConnectionManager::new_with_config(client(url, tls)?, config).await?,
                 ))
             }
         }
     }
 
-    pub(crate) async fn cluster(nodes: &[String], timeout: Duration) -> redis::RedisResult<Self> {
-        let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .build()?;
-        Ok(Self::Cluster(client.get_async_connection().await?))
+    pub(crate) async fn cluster(
+        nodes: &[String],
+        timeout: Duration,
+        tls: &RedisTls,
+    ) -> redis::RedisResult<Self> {
+        let mut builder =
+            redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+                .connection_timeout(timeout)
+                .response_timeout(timeout);
+        if let Some(certificates) = tls.certificates(nodes.first().map_or("", String::as_str))? {
+            builder = builder.certs(certificates);
+        }
+        Ok(Self::Cluster(
+            builder.build()?.get_async_connection().await?,
+        ))
     }
 
     /// Whether this is a cluster.

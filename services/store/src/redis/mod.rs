@@ -27,6 +27,7 @@ use crate::stream::StoreEvent;
 use crate::types::*;
 use codec::{bytes_of, int_of, parse_task, unavailable};
 use connection::Connection;
+pub use connection::RedisTls;
 use scripts::Scripts;
 
 /// How to reach Redis and lay out keys.
@@ -53,6 +54,8 @@ pub struct RedisConfig {
     /// How long a submission waits for those replicas before it fails with
     /// UNAVAILABLE (written, but not known to survive a failover).
     pub wait_timeout: Duration,
+    /// TLS settings for a `rediss://` URL.
+    pub tls: RedisTls,
 }
 
 /// Whose clock decides lease expiry, due times, expiry and rate slots.
@@ -78,6 +81,7 @@ impl RedisConfig {
             clock: StoreClock::Server,
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
+            tls: RedisTls::default(),
         }
     }
 }
@@ -152,13 +156,45 @@ impl Drop for RedisStore {
     }
 }
 
+/// Why connecting to `config.url` fails, from one attempt.
+async fn connect_failure(config: &RedisConfig) -> ConveyorError {
+    let timed_out =
+        || ConveyorError::Unavailable(format!("redis {}: connect timed out", config.url));
+    if connection::cluster_nodes(&config.url).is_some() {
+        return timed_out();
+    }
+    let attempt = async {
+        connection::client(&config.url, &config.tls)?
+            .get_multiplexed_async_connection()
+            .await
+    };
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Err(error)) => tls_hint(config, error),
+        _ => timed_out(),
+    }
+}
+
+/// A connection error, with what to set when it is TLS's.
+fn tls_hint(config: &RedisConfig, error: redis::RedisError) -> ConveyorError {
+    let text = error.to_string();
+    let hint = if text.contains("UnknownIssuer") || text.contains("certificate") {
+        "; give the CA that signed Redis' certificate with --redis-tls-ca (CONVEYOR_REDIS_TLS_CA), \
+         and a client certificate with --redis-tls-cert/--redis-tls-key if Redis requires one"
+    } else if config.url.starts_with("redis:") && text.contains("Connection reset") {
+        "; does this Redis speak TLS only? then write rediss://"
+    } else {
+        ""
+    };
+    ConveyorError::Unavailable(format!("redis {}: {text}{hint}", config.url))
+}
+
 impl RedisStore {
     /// Connects, and subscribes to change notifications before returning so
     /// that no notification after this call is missed.
     pub async fn connect(config: RedisConfig) -> Result<Self> {
         let nodes = connection::cluster_nodes(&config.url);
         let open = |url: &str| {
-            connection::client(url)
+            connection::client(url, &config.tls)
                 .map_err(|error| ConveyorError::Unavailable(format!("redis url {url}: {error}")))
         };
         // Pub/sub: one connection to the one Redis; on a cluster, sharded
@@ -173,13 +209,13 @@ impl RedisStore {
             Some(_) => Vec::new(),
             None => vec![open(&config.url)?],
         };
-        let connecting = Connection::open(&config.url, config.command_timeout);
-        let connection = tokio::time::timeout(config.command_timeout, connecting)
-            .await
-            .map_err(|_| {
-                ConveyorError::Unavailable(format!("redis {}: connect timed out", config.url))
-            })?
-            .map_err(unavailable)?;
+        let connecting = Connection::open_with(&config.url, config.command_timeout, &config.tls);
+        let connection = match tokio::time::timeout(config.command_timeout, connecting).await {
+            Ok(connected) => connected.map_err(|error| tls_hint(&config, error))?,
+            // The reconnecting manager retried until the deadline: one plain
+            // attempt says why (a TLS error, a refused connection).
+            Err(_) => return Err(connect_failure(&config).await),
+        };
         let events = EventHub::default();
         let tags =
             connection::partition_tags(&config.prefix, config.partitions, connection.is_cluster());
@@ -198,13 +234,15 @@ impl RedisStore {
             channels.clone(),
             connection.clone(),
             config.command_timeout,
+            &config.tls,
         )
         .await?;
         let sharded = connection.is_cluster();
         let mut durable = Vec::new();
         if config.wait_replicas > 0 {
             for _ in 0..DURABLE_CONNECTIONS {
-                let connecting = Connection::open(&config.url, config.command_timeout);
+                let connecting =
+                    Connection::open_with(&config.url, config.command_timeout, &config.tls);
                 durable.push(
                     tokio::time::timeout(config.command_timeout, connecting)
                         .await

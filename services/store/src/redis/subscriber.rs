@@ -62,10 +62,11 @@ pub(crate) async fn start(
     channels: Vec<Channels>,
     commands: super::connection::Connection,
     timeout: Duration,
+    tls: &super::connection::RedisTls,
 ) -> Result<AbortHandle> {
     let kinds = channel_kinds(&channels);
     if let Some(nodes) = nodes {
-        return start_sharded(nodes, events, channels, kinds, timeout).await;
+        return start_sharded(nodes, events, channels, kinds, timeout, tls).await;
     }
     let names: Vec<String> = kinds.keys().cloned().collect();
     // The nodes in turn, from the first that answers.
@@ -124,15 +125,21 @@ async fn start_sharded(
     channels: Vec<Channels>,
     kinds: HashMap<String, Kind>,
     timeout: Duration,
+    tls: &super::connection::RedisTls,
 ) -> Result<AbortHandle> {
     let (sender, mut pushes) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
-    let client = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+    let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.iter().map(String::as_str))
         .use_protocol(redis::ProtocolVersion::RESP3)
         .push_sender(sender)
         .connection_timeout(timeout)
-        .response_timeout(timeout)
-        .build()
-        .map_err(unavailable)?;
+        .response_timeout(timeout);
+    if let Some(certificates) = tls
+        .certificates(nodes.first().map_or("", String::as_str))
+        .map_err(unavailable)?
+    {
+        builder = builder.certs(certificates);
+    }
+    let client = builder.build().map_err(unavailable)?;
     let mut connection = tokio::time::timeout(timeout, client.get_async_connection())
         .await
         .map_err(|_| {
