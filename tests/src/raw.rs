@@ -127,6 +127,25 @@ pub async fn call(
     body: Vec<u8>,
     token: Option<&str>,
 ) -> Result<(), Status> {
+    call_with(
+        channel,
+        method,
+        body,
+        token,
+        std::time::Duration::from_millis(300),
+    )
+    .await
+}
+
+/// [`call`], waiting at most `stream_wait` for a server stream's first
+/// answer (silence then counts as an open, accepted stream).
+pub async fn call_with(
+    channel: Channel,
+    method: &Method,
+    body: Vec<u8>,
+    token: Option<&str>,
+    stream_wait: std::time::Duration,
+) -> Result<(), Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
@@ -155,9 +174,7 @@ pub async fn call(
             // Started: the call got through; a first message or a status
             // within a short wait says more, silence means an open watch.
             let mut stream = response.into_inner();
-            match tokio::time::timeout(std::time::Duration::from_millis(300), stream.message())
-                .await
-            {
+            match tokio::time::timeout(stream_wait, stream.message()).await {
                 Ok(Err(status)) => Err(status),
                 _ => Ok(()),
             }

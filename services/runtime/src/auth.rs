@@ -663,6 +663,12 @@ fn valid_namespace(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// Parses an auth file's text (`origin` names it in errors), as the server
+/// would load it.
+pub fn parse_auth_file(text: &str, origin: &str) -> Result<Policy, AuthError> {
+    Policy::parse(text, origin, None)
+}
+
 /// SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);

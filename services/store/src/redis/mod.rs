@@ -5,6 +5,27 @@
 mod codec;
 pub mod connection;
 pub mod schema;
+
+/// Decoders of what the store reads back from Redis, for the fuzz targets
+/// and their proptest twins (`services/fuzzing`): on any bytes they refuse,
+/// never panic.
+#[doc(hidden)]
+pub mod decode {
+    use conveyor_core::TaskId;
+
+    /// A task hash's fields, as `HGETALL` returns them.
+    pub fn task(
+        id: TaskId,
+        fields: Vec<(String, Vec<u8>)>,
+    ) -> conveyor_core::Result<conveyor_core::StoredTask> {
+        super::codec::parse_task(id, fields)
+    }
+
+    /// A workflow node's materialized inputs (`wi`): how many arrivals.
+    pub fn arrivals(blob: &[u8]) -> Result<usize, String> {
+        super::codec::decode_arrivals(blob).map(|arrivals| arrivals.len())
+    }
+}
 mod scripts;
 mod subscriber;
 
