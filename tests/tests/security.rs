@@ -786,3 +786,43 @@ async fn the_scheduler_needs_its_own_token() {
         cluster.stop().await.unwrap();
     }
 }
+
+/// Reflection is open with authentication on, unless `private_reflection`:
+/// then it needs a credential (any principal); health stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_is_open_unless_made_private() {
+    let dir = temp_dir("authrefl");
+    let file = dir.join("auth.toml");
+    write(&file, &auth_file(&["reader"], ""));
+    let reflection = Method {
+        path: "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".into(),
+        name: "ServerReflectionInfo".into(),
+        input: "grpc.reflection.v1.ServerReflectionRequest".into(),
+        client_streaming: true,
+        server_streaming: true,
+    };
+    // list_services = "*" (field 7).
+    let list = || string_field(7, "*");
+    for private in [false, true] {
+        let mut config = TestCluster::test_config();
+        config.server.auth_file = Some(file.clone());
+        config.server.private_reflection = private;
+        let cluster = TestCluster::start_with(Backend::Memory, config).await.unwrap();
+        let anonymous = call(cluster.channel.clone(), &reflection, list(), None).await;
+        if private {
+            assert_eq!(anonymous.unwrap_err().code(), Code::Unauthenticated);
+            call(cluster.channel.clone(), &reflection, list(), Some(&token("reader")))
+                .await
+                .expect("reflection with a credential");
+        } else {
+            anonymous.expect("reflection without a token");
+        }
+        let mut health =
+            tonic_health::pb::health_client::HealthClient::new(cluster.channel.clone());
+        health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .expect("health without a token");
+        cluster.stop().await.unwrap();
+    }
+}

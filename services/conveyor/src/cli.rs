@@ -289,6 +289,10 @@ pub struct ServerArgs {
     /// namespaces); default: the first --auth-token.
     #[arg(long, env = "CONVEYOR_SCHEDULER_TOKEN", hide_env_values = true)]
     pub scheduler_token: Option<String>,
+    /// With authentication on, gRPC reflection needs a credential too (any
+    /// principal); health checks stay open.
+    #[arg(long, env = "CONVEYOR_PRIVATE_REFLECTION")]
+    pub private_reflection: bool,
     /// Export OpenTelemetry traces to this OTLP/gRPC collector, e.g.
     /// `http://127.0.0.1:4317` (the standard `OTEL_EXPORTER_OTLP_ENDPOINT`
     /// works too). Off by default.
@@ -427,6 +431,7 @@ async fn serve(
     config.dispatch.drain_grace = args.grace.mul_f64(0.8);
     config.server.auth_tokens = args.auth_tokens;
     config.server.auth_file = path(args.auth_file);
+    config.server.private_reflection = args.private_reflection;
     if let Some(file) = &config.server.auth_file {
         // Checked here too, so a bad file stops the process before it binds.
         conveyor_runtime::auth::Authenticator::load(Some(file), &config.server.auth_tokens)?;

@@ -63,10 +63,26 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             .encode_to_vec(),
         ),
         ("schedule", schedule.encode_to_vec()),
+        (
+            "schedule",
+            pb::Schedule {
+                rule: Some(pb::schedule::Rule::Solar(pb::SolarRule {
+                    event: pb::SolarEvent::Sunset as i32,
+                    latitude: 48.85,
+                    longitude: 2.35,
+                })),
+                ..schedule.clone()
+            }
+            .encode_to_vec(),
+        ),
         ("schedule", b"\x01*/5 * * * *\x00UTC".to_vec()),
         (
             "config",
-            b"\x00[add]\nqueue = \"math\"\nmax_retries = 3\n".to_vec(),
+            b"\x00[tasks.add]\nqueue = \"math\"\npriority = 3\nmax-retries = 5\nbackoff-base = \"1s\"\n".to_vec(),
+        ),
+        (
+            "config",
+            b"\x01[schedules.nightly]\ntask = \"report\"\ncron = \"0 3 * * *\"\ntime-zone = \"Europe/Berlin\"\n\n[schedules.lights]\ntask = \"lights\"\nsolar = \"sunset\"\nlatitude = 52.52\nlongitude = 13.40\n".to_vec(),
         ),
         (
             "config",
@@ -74,6 +90,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 .to_vec(),
         ),
         ("stored", b"\x00state\x1f2\x1ename\x1fadd\x1equeue\x1fdefault".to_vec()),
+        ("stored", b"\x01\x00\x00\x00\x01\x00\x00\x00\x05hello".to_vec()),
     ]
 }
 

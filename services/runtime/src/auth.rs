@@ -213,11 +213,6 @@ pub fn rule(path: &str) -> Option<Permission> {
         .map(|(_, permission)| *permission)
 }
 
-/// Health checks and reflection: open to every caller.
-pub fn is_public(path: &str) -> bool {
-    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
-}
-
 /// Calls whose response is a stream: they hold a stream slot for their life.
 fn is_stream(path: &str) -> bool {
     matches!(
@@ -736,6 +731,7 @@ pub struct Authenticator {
     current: Arc<RwLock<Arc<Policy>>>,
     file: Option<PathBuf>,
     tokens: Arc<Vec<String>>,
+    private_reflection: bool,
 }
 
 impl Default for Authenticator {
@@ -751,7 +747,15 @@ impl Authenticator {
             current: Arc::new(RwLock::new(Arc::new(Policy::default()))),
             file: None,
             tokens: Arc::new(Vec::new()),
+            private_reflection: false,
         }
+    }
+
+    /// With `private`, reflection needs a credential (any principal) like
+    /// the other calls; health stays open.
+    pub fn with_private_reflection(mut self, private: bool) -> Self {
+        self.private_reflection = private;
+        self
     }
 
     /// Principals from `file` (if any) plus each of `tokens` as an admin of
@@ -762,6 +766,7 @@ impl Authenticator {
             current: Arc::new(RwLock::new(Arc::new(policy))),
             file: file.map(Path::to_path_buf),
             tokens: Arc::new(tokens.to_vec()),
+            private_reflection: false,
         })
     }
 
@@ -923,14 +928,23 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let policy = self.authenticator.policy();
         let path = request.uri().path();
-        if policy.is_open() || is_public(path) {
+        let reflection = path.starts_with("/grpc.reflection.");
+        if policy.is_open()
+            || path.starts_with("/grpc.health.")
+            || (reflection && !self.authenticator.private_reflection)
+        {
             return Box::pin(self.inner.call(request));
         }
-        let Some(permission) = rule(path) else {
-            return refuse(Status::permission_denied(format!(
-                "{path} has no authorization rule on this server, so it is denied to \
-                 every caller; is the server older than the client?"
-            )));
+        // Private reflection: any authenticated caller, no role needed.
+        let permission = match rule(path) {
+            Some(permission) => Some(permission),
+            None if reflection => None,
+            None => {
+                return refuse(Status::permission_denied(format!(
+                    "{path} has no authorization rule on this server, so it is denied to \
+                     every caller; is the server older than the client?"
+                )));
+            }
         };
         let presented = request
             .headers()
@@ -961,6 +975,9 @@ where
                     ));
                 }
             },
+        };
+        let Some(permission) = permission else {
+            return Box::pin(self.inner.call(request));
         };
         if !principal.allows_somewhere(permission) {
             return refuse(Status::permission_denied(format!(

@@ -31,6 +31,9 @@ pub struct ServerConfig {
     /// Principals and their roles per namespace (`--auth-file`), re-read
     /// when the file changes. No file and no tokens: no authentication.
     pub auth_file: Option<std::path::PathBuf>,
+    /// Reflection needs a credential when authentication is on
+    /// (`--private-reflection`); health is always open.
+    pub private_reflection: bool,
     /// How long in-flight calls may take to finish after shutdown begins.
     pub grace: Duration,
     /// Largest request message accepted, bytes.
@@ -48,6 +51,7 @@ impl Default for ServerConfig {
             max_waiting: 50_000,
             auth_tokens: Vec::new(),
             auth_file: None,
+            private_reflection: false,
             grace: Duration::from_secs(10),
             max_message_bytes: 16 * 1024 * 1024,
             tls: None,
@@ -113,7 +117,8 @@ pub async fn serve(
 
     // Loaded before serving, so that a bad auth file stops the process at
     // start; re-read when it changes.
-    let authenticator = Authenticator::load(config.auth_file.as_deref(), &config.auth_tokens)?;
+    let authenticator = Authenticator::load(config.auth_file.as_deref(), &config.auth_tokens)?
+        .with_private_reflection(config.private_reflection);
     authenticator.watch(shutdown.clone());
     let layers = tower::ServiceBuilder::new()
         // Counts every answer, shed and refused ones included.
