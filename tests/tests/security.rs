@@ -807,13 +807,20 @@ async fn reflection_is_open_unless_made_private() {
         let mut config = TestCluster::test_config();
         config.server.auth_file = Some(file.clone());
         config.server.private_reflection = private;
-        let cluster = TestCluster::start_with(Backend::Memory, config).await.unwrap();
+        let cluster = TestCluster::start_with(Backend::Memory, config)
+            .await
+            .unwrap();
         let anonymous = call(cluster.channel.clone(), &reflection, list(), None).await;
         if private {
             assert_eq!(anonymous.unwrap_err().code(), Code::Unauthenticated);
-            call(cluster.channel.clone(), &reflection, list(), Some(&token("reader")))
-                .await
-                .expect("reflection with a credential");
+            call(
+                cluster.channel.clone(),
+                &reflection,
+                list(),
+                Some(&token("reader")),
+            )
+            .await
+            .expect("reflection with a credential");
         } else {
             anonymous.expect("reflection without a token");
         }

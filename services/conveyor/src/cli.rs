@@ -78,6 +78,16 @@ pub enum Command {
     /// Auth file helpers.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Dead letters: list, replay, forget.
+    #[command(subcommand)]
+    Dlq(crate::ops::DlqCommand),
+    /// Stop workers leasing from a queue (submissions still queue up).
+    Pause(crate::ops::QueueArgs),
+    /// Let workers lease from a paused queue again.
+    Resume(crate::ops::QueueArgs),
+    /// Periodic schedules: list, get, create, pause, resume, trigger, delete, runs.
+    #[command(subcommand)]
+    Schedules(crate::ops::ScheduleCommand),
 }
 
 /// `auth` subcommands.
@@ -104,9 +114,6 @@ pub enum WorkflowCommand {
     Get {
         /// Workflow id.
         id: String,
-        /// The workflow as JSON (the GetWorkflow response) instead of a tree.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -118,9 +125,6 @@ pub enum WorkflowCommand {
         /// How long to wait.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
-        /// JSON instead of a tree.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -147,9 +151,6 @@ pub struct EventsArgs {
     /// worker-offline, worker-heartbeat (comma-separated).
     #[arg(long = "kind", value_delimiter = ',')]
     pub kinds: Vec<String>,
-    /// One JSON object per line instead of text.
-    #[arg(long)]
-    pub json: bool,
     /// Exit after this many events.
     #[arg(long)]
     pub count: Option<u64>,
@@ -317,11 +318,15 @@ pub struct Target {
     /// Namespace to act in (default: `default`).
     #[arg(long, default_value = "", env = "CONVEYOR_NAMESPACE")]
     pub namespace: String,
+    /// Print JSON (one document; `events`: one object per line) instead of
+    /// text, for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl Target {
     /// A request carrying the bearer token, if one is set.
-    fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
+    pub(crate) fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
         let mut request = tonic::Request::new(message);
         if let Some(token) = &self.token {
             let value = format!("Bearer {token}")
@@ -386,6 +391,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(args) => events(args).await,
         Command::Workflow(command) => workflow(command).await,
         Command::Auth(command) => auth(command),
+        Command::Dlq(command) => crate::ops::dlq(command).await,
+        Command::Pause(args) => crate::ops::pause(args, true).await,
+        Command::Resume(args) => crate::ops::pause(args, false).await,
+        Command::Schedules(command) => crate::ops::schedules(command).await,
     }
 }
 
@@ -551,7 +560,7 @@ async fn start_admin(
     Ok(())
 }
 
-async fn channel(target: &Target) -> anyhow::Result<Channel> {
+pub(crate) async fn channel(target: &Target) -> anyhow::Result<Channel> {
     // `127.0.0.1:50051` means `http://127.0.0.1:50051` (`https://` with
     // CONVEYOR_TLS_CA or a client certificate set).
     crate::tls_out::client_endpoint(&target.server)?
@@ -607,7 +616,14 @@ async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         .map_err(status_error)?
         .into_inner();
     if !args.wait {
-        println!("{}", response.task_id);
+        if args.target.json {
+            println!(
+                "{}",
+                serde_json::json!({"id": response.task_id, "duplicate": response.duplicate})
+            );
+        } else {
+            println!("{}", response.task_id);
+        }
         return Ok(());
     }
     wait_on(channel, &response.task_id, args.timeout, &args.target).await
@@ -638,6 +654,17 @@ async fn wait_on(
         .into_inner()
         .task
         .context("server sent no task")?;
+    if target.json {
+        println!("{}", crate::ops::task_json(&task));
+        return match pb::TaskState::try_from(task.state) {
+            Ok(pb::TaskState::Succeeded) => Ok(()),
+            _ => bail!(
+                "task {} ended {}",
+                task.id,
+                crate::ops::state_name(task.state)
+            ),
+        };
+    }
     print_outcome(&task)
 }
 
@@ -668,7 +695,7 @@ fn print_outcome(task: &pb::Task) -> anyhow::Result<()> {
     }
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
@@ -684,6 +711,10 @@ async fn get(id: &str, target: &Target) -> anyhow::Result<()> {
         .into_inner()
         .task
         .context("server sent no task")?;
+    if target.json {
+        println!("{}", crate::ops::task_json(&task));
+        return Ok(());
+    }
     let state = pb::TaskState::try_from(task.state).unwrap_or(pb::TaskState::Unspecified);
     println!("id:        {}", task.id);
     println!("name:      {}", task.name);
@@ -718,6 +749,13 @@ async fn cancel(id: &str, target: &Target) -> anyhow::Result<()> {
         .into_inner();
     let state = pb::TaskState::try_from(response.state).unwrap_or(pb::TaskState::Unspecified);
     let state = state.as_str_name().trim_start_matches("TASK_STATE_");
+    if target.json {
+        println!(
+            "{}",
+            serde_json::json!({"id": id, "cancelled": response.cancelled, "state": state})
+        );
+        return Ok(());
+    }
     if response.cancelled {
         println!("cancelled");
     } else {
@@ -728,7 +766,8 @@ async fn cancel(id: &str, target: &Target) -> anyhow::Result<()> {
 
 async fn workflow(command: WorkflowCommand) -> anyhow::Result<()> {
     match command {
-        WorkflowCommand::Get { id, json, target } => {
+        WorkflowCommand::Get { id, target } => {
+            let json = target.json;
             let mut results =
                 pb::results_service_client::ResultsServiceClient::new(channel(&target).await?);
             let workflow = results
@@ -747,9 +786,9 @@ async fn workflow(command: WorkflowCommand) -> anyhow::Result<()> {
         WorkflowCommand::Wait {
             id,
             timeout,
-            json,
             target,
         } => {
+            let json = target.json;
             let mut results =
                 pb::results_service_client::ResultsServiceClient::new(channel(&target).await?);
             let mut request = target.request(pb::WaitWorkflowRequest {
@@ -970,7 +1009,7 @@ async fn events(args: EventsArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     while let Some(message) = stream.message().await.map_err(status_error)? {
         if message.dropped > 0 {
-            if args.json {
+            if args.target.json {
                 writeln!(out, "{}", serde_json::json!({"dropped": message.dropped}))?;
             } else {
                 writeln!(
@@ -986,7 +1025,7 @@ async fn events(args: EventsArgs) -> anyhow::Result<()> {
                 .map(|time| time.seconds as f64 + f64::from(time.nanos) / 1e9)
                 .unwrap_or_default();
             let kind = event_kind_name(event.kind);
-            if args.json {
+            if args.target.json {
                 let line = serde_json::json!({
                     "kind": kind,
                     "time": time,
@@ -1045,6 +1084,28 @@ async fn workers(target: &Target) -> anyhow::Result<()> {
         .map_err(status_error)?
         .into_inner()
         .workers;
+    if target.json {
+        let workers: Vec<serde_json::Value> = workers
+            .iter()
+            .map(|worker| {
+                serde_json::json!({
+                    "worker_id": worker.worker_id,
+                    "session_id": worker.session_id,
+                    "language": worker.language,
+                    "sdk_version": worker.sdk_version,
+                    "hostname": worker.hostname,
+                    "concurrency": worker.concurrency,
+                    "active_leases": worker.active_leases,
+                    "completed": worker.completed,
+                    "queues": worker.queues,
+                    "task_names": worker.task_names,
+                    "namespace": worker.namespace,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(workers));
+        return Ok(());
+    }
     println!(
         "{:<28} {:<8} {:>6} {:>7} {:>9}  QUEUES / TASKS",
         "WORKER", "LANG", "SLOTS", "LEASES", "DONE"

@@ -6,4 +6,5 @@ pub mod cli;
 pub mod config;
 pub mod forward;
 mod metered;
+pub mod ops;
 pub mod tls_out;

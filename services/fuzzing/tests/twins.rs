@@ -131,20 +131,33 @@ fn seeds_are_valid_inputs() {
     for (name, seed) in seeds() {
         match name {
             "task_spec" => {
-                let spec = pb::SubmitTaskRequest::decode(seed.as_slice()).unwrap().task.unwrap();
+                let spec = pb::SubmitTaskRequest::decode(seed.as_slice())
+                    .unwrap()
+                    .task
+                    .unwrap();
                 conveyor_core::validate::validate_spec(spec, "task", &Default::default(), 0, 0)
                     .unwrap();
             }
             "workflow" => {
                 let spec = pb::WorkflowSpec::decode(seed.as_slice()).unwrap();
-                conveyor_core::workflow::validate_workflow(spec, &Default::default(), &Default::default(), 0)
-                    .unwrap();
+                conveyor_core::workflow::validate_workflow(
+                    spec,
+                    &Default::default(),
+                    &Default::default(),
+                    0,
+                )
+                .unwrap();
             }
             "config" => {
                 let text = std::str::from_utf8(&seed[1..]).unwrap();
                 match seed[0] {
                     0 => drop(conveyor::config::parse_task_defaults(text, "seed").unwrap()),
-                    1 => assert_eq!(conveyor::config::parse_schedules(text, "seed").unwrap().len(), 2),
+                    1 => assert_eq!(
+                        conveyor::config::parse_schedules(text, "seed")
+                            .unwrap()
+                            .len(),
+                        2
+                    ),
                     _ => drop(conveyor_runtime::auth::parse_auth_file(text, "seed").unwrap()),
                 }
             }
