@@ -91,7 +91,10 @@ async fn sessions(addr: &str) -> usize {
         .unwrap();
     let mut dispatch = pb::dispatch_service_client::DispatchServiceClient::new(channel);
     dispatch
-        .list_workers(pb::ListWorkersRequest::default())
+        .list_workers(pb::ListWorkersRequest {
+            this_replica_only: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -207,4 +210,74 @@ async fn replicas_share_sessions_and_a_scaled_down_one_hands_them_back() {
     for worker in workers {
         worker.await.unwrap().unwrap();
     }
+}
+
+/// ListWorkers on any replica lists the sessions of every replica (the
+/// others' as of their last announcement, every 2 s), each with the replica
+/// it is on; `this_replica_only` lists the answering replica's; a session
+/// that ends leaves every replica's list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_workers_spans_replicas() {
+    use conveyor_tests::{Backend, TestCluster};
+    let store = TestCluster::store(Backend::Memory).await.unwrap();
+    let (front, dispatchers) = TestCluster::split(store, 2).await;
+    let stops: Vec<CancellationToken> = (0..2).map(|_| CancellationToken::new()).collect();
+    let mut running = Vec::new();
+    for (index, dispatcher) in dispatchers.iter().enumerate() {
+        let worker = Worker::from_channel(dispatcher.channel.clone())
+            .worker_id(format!("on-replica-{index}"))
+            .register("noop", |_ctx: TaskContext| async move { Ok(Value::Null) })
+            .build()
+            .unwrap();
+        let stop = stops[index].clone();
+        running.push(tokio::spawn(async move {
+            worker.run_until(stop.cancelled_owned()).await
+        }));
+    }
+    let list = |index: usize, this_replica_only: bool| {
+        let channel = dispatchers[index].channel.clone();
+        async move {
+            let mut dispatch = pb::dispatch_service_client::DispatchServiceClient::new(channel);
+            let workers = dispatch
+                .list_workers(pb::ListWorkersRequest {
+                    this_replica_only,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .workers;
+            workers
+                .into_iter()
+                .map(|worker| (worker.worker_id, worker.dispatcher))
+                .collect::<Vec<_>>()
+        }
+    };
+    until(
+        "every replica lists both workers",
+        Duration::from_secs(10),
+        async || list(0, false).await.len() == 2 && list(1, false).await.len() == 2,
+    )
+    .await;
+    let all = list(0, false).await;
+    assert_eq!(all[0].0, "on-replica-0");
+    assert_eq!(all[1].0, "on-replica-1");
+    assert_ne!(all[0].1, all[1].1, "each names its replica: {all:?}");
+    assert!(!all[0].1.is_empty());
+    assert_eq!(list(0, true).await, vec![all[0].clone()]);
+    assert_eq!(list(1, true).await, vec![all[1].clone()]);
+    // The front forwards nothing here (it has no dispatch role), so ask the
+    // replicas; the second worker stops and leaves both lists.
+    stops[1].cancel();
+    until(
+        "the stopped worker leaves every list",
+        Duration::from_secs(10),
+        async || list(0, false).await.len() == 1 && list(1, false).await.len() == 1,
+    )
+    .await;
+    stops[0].cancel();
+    for handle in running {
+        let _ = handle.await;
+    }
+    drop(front);
 }

@@ -1100,6 +1100,7 @@ async fn workers(target: &Target) -> anyhow::Result<()> {
                     "queues": worker.queues,
                     "task_names": worker.task_names,
                     "namespace": worker.namespace,
+                    "dispatcher": worker.dispatcher,
                 })
             })
             .collect();

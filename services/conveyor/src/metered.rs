@@ -256,4 +256,17 @@ impl Store for Metered {
                 .announce_dispatcher(replica, sessions, ttl_ms, now_ms)
         )
     }
+
+    async fn announce_workers(
+        &self,
+        replica: &str,
+        workers: Option<Vec<u8>>,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+        timed!(
+            "announce_workers",
+            self.0.announce_workers(replica, workers, ttl_ms, now_ms)
+        )
+    }
 }

@@ -6,6 +6,7 @@ mod assignment;
 mod gauges;
 mod rebalance;
 mod registry;
+mod roster;
 mod session;
 
 use std::sync::Arc;
@@ -77,6 +78,8 @@ impl Default for DispatchConfig {
 #[derive(Clone)]
 pub struct Dispatcher {
     store: Arc<dyn Store>,
+    /// This replica's id in the store's announcements.
+    replica: Arc<str>,
     config: Arc<DispatchConfig>,
     registry: Registry,
     shutdown: CancellationToken,
@@ -87,6 +90,7 @@ impl Dispatcher {
     pub fn new(store: Arc<dyn Store>, config: DispatchConfig, shutdown: CancellationToken) -> Self {
         let dispatcher = Self {
             store,
+            replica: uuid::Uuid::now_v7().to_string().into(),
             config: Arc::new(config),
             registry: Registry::default(),
             shutdown,
@@ -99,6 +103,12 @@ impl Dispatcher {
                 dispatcher.shutdown.clone(),
             ));
         }
+        tokio::spawn(roster::run(
+            dispatcher.store.clone(),
+            dispatcher.registry.clone(),
+            dispatcher.replica.clone(),
+            dispatcher.shutdown.clone(),
+        ));
         if conveyor_runtime::metrics::enabled() {
             tokio::spawn(gauges::run(
                 dispatcher.store.clone(),
@@ -136,6 +146,7 @@ impl server::DispatchService for Dispatcher {
             config: self.config.clone(),
             registry: self.registry.clone(),
             shutdown: self.shutdown.clone(),
+            replica: self.replica.clone(),
         };
         // The spawned session is what notices a disconnect and releases leases.
         tokio::spawn(session::run(context, inbound, outbound, access));
@@ -154,9 +165,13 @@ impl server::DispatchService for Dispatcher {
             size => size.min(1000) as usize,
         };
         // Ordered by (worker id, session id); the token is the last pair.
-        let mut workers: Vec<pb::WorkerInfo> = self
-            .registry
-            .snapshot()
+        // Every replica's sessions, not only this one's.
+        let every = if request.this_replica_only {
+            self.registry.snapshot()
+        } else {
+            roster::all_workers(self.store.as_ref(), &self.registry, &self.replica).await
+        };
+        let mut workers: Vec<pb::WorkerInfo> = every
             .into_iter()
             .filter(|worker| worker.namespace == namespace.name())
             .filter(|worker| {

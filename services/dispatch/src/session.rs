@@ -31,6 +31,8 @@ pub(crate) struct SessionContext {
     pub config: Arc<DispatchConfig>,
     pub registry: Registry,
     pub shutdown: CancellationToken,
+    /// This dispatcher replica's id.
+    pub(crate) replica: Arc<str>,
 }
 
 type Sender = mpsc::Sender<Result<pb::ConnectResponse, Status>>;
@@ -270,6 +272,7 @@ impl Session {
                 last_seen_at: Some(timestamp_from_ms(now)),
                 completed: 0,
                 namespace: namespace.name().to_string(),
+                dispatcher: context.replica.to_string(),
             },
             rebalance.clone(),
         );

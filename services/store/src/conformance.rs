@@ -81,7 +81,8 @@ macro_rules! conformance_suite {
                 several_keys_are_taken_all_or_nothing, waiters_for_several_keys_are_not_starved,
                 events_follow_every_transition, workflow_chains_and_chords_pass_results_in_order,
                 workflow_failures_fail_dependents_and_fire_link_error_once,
-                workflow_cancel_stops_every_node, workflow_link_error_is_skipped_and_keys_dedupe);
+                workflow_cancel_stops_every_node, workflow_link_error_is_skipped_and_keys_dedupe,
+                replicas_announce_sessions_and_workers_until_they_lapse);
         }
     };
     (@cases $factory:expr; $($case:ident),*) => {
@@ -2022,4 +2023,67 @@ pub async fn workflow_link_error_is_skipped_and_keys_dedupe(store: Arc<dyn Store
         .unwrap()
         .unwrap();
     assert_eq!(workflow.head.state, TaskState::Cancelled);
+}
+
+/// Dispatcher replicas' announcements (session counts for rebalancing,
+/// worker lists for ListWorkers): each lives until its time, a withdrawal
+/// removes it at once, binary worker lists come back whole, and a read
+/// (no replica) changes nothing.
+pub async fn replicas_announce_sessions_and_workers_until_they_lapse(store: Arc<dyn Store>) {
+    let (a, b) = (
+        format!("replica-a-{}", uuid::Uuid::now_v7()),
+        format!("replica-b-{}", uuid::Uuid::now_v7()),
+    );
+    let live = store
+        .announce_dispatcher(&a, Some(3), 1_000, NOW)
+        .await
+        .unwrap();
+    assert_eq!(live.get(&a), Some(&3));
+    let live = store
+        .announce_dispatcher(&b, Some(5), 5_000, NOW + 10)
+        .await
+        .unwrap();
+    assert_eq!((live.get(&a), live.get(&b)), (Some(&3), Some(&5)));
+    // a's record lapses at NOW + 1000.
+    let live = store
+        .announce_dispatcher(&b, Some(6), 5_000, NOW + 1_500)
+        .await
+        .unwrap();
+    assert_eq!((live.get(&a), live.get(&b)), (None, Some(&6)));
+    let live = store
+        .announce_dispatcher(&b, None, 0, NOW + 1_600)
+        .await
+        .unwrap();
+    assert!(!live.contains_key(&b));
+
+    let blob_a = vec![0u8, 255, b' ', 10, 13, 0x1f, b'x'];
+    let blob_b = b"12 34 not a number".to_vec();
+    store
+        .announce_workers(&a, Some(blob_a.clone()), 1_000, NOW)
+        .await
+        .unwrap();
+    let live = store
+        .announce_workers(&b, Some(blob_b.clone()), 5_000, NOW)
+        .await
+        .unwrap();
+    assert_eq!(live.get(&a), Some(&blob_a));
+    assert_eq!(live.get(&b), Some(&blob_b));
+    let read = store
+        .announce_workers("", None, 0, NOW + 500)
+        .await
+        .unwrap();
+    assert_eq!(read, live, "a read changes nothing");
+    let read = store
+        .announce_workers("", None, 0, NOW + 1_500)
+        .await
+        .unwrap();
+    assert!(
+        !read.contains_key(&a) && read.get(&b) == Some(&blob_b),
+        "{read:?}"
+    );
+    let read = store
+        .announce_workers(&b, None, 0, NOW + 1_600)
+        .await
+        .unwrap();
+    assert!(!read.contains_key(&b));
 }

@@ -232,4 +232,16 @@ pub trait Store: Send + Sync + 'static {
         ttl_ms: i64,
         now_ms: i64,
     ) -> Result<BTreeMap<String, u32>>;
+
+    /// Records `replica`'s worker sessions (`workers`: an encoded
+    /// `ListWorkersResponse`; `None` withdraws them) until `now_ms + ttl_ms`,
+    /// forgets records past their time, and returns every live replica's,
+    /// this one's included. An empty `replica` only reads.
+    async fn announce_workers(
+        &self,
+        replica: &str,
+        workers: Option<Vec<u8>>,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<BTreeMap<String, Vec<u8>>>;
 }

@@ -34,6 +34,8 @@ struct Inner {
     sessions: HashMap<String, Session>,
     /// Dispatcher replicas: sessions held, record alive until (ms).
     dispatchers: HashMap<String, (u32, i64)>,
+    /// Worker sessions per dispatcher replica, and until when.
+    worker_lists: HashMap<String, (Vec<u8>, i64)>,
     /// Idempotency key → (task, forget at ms).
     idempotency: HashMap<String, (TaskId, i64)>,
     /// (purge at ms, id) of finished tasks whose result TTL runs.
@@ -1685,6 +1687,34 @@ impl Store for MemoryStore {
             .dispatchers
             .iter()
             .map(|(replica, (sessions, _))| (replica.clone(), *sessions))
+            .collect())
+    }
+
+    async fn announce_workers(
+        &self,
+        replica: &str,
+        workers: Option<Vec<u8>>,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+        let mut inner = self.lock();
+        if !replica.is_empty() {
+            match workers {
+                Some(workers) => {
+                    inner
+                        .worker_lists
+                        .insert(replica.to_string(), (workers, now_ms + ttl_ms));
+                }
+                None => {
+                    inner.worker_lists.remove(replica);
+                }
+            }
+        }
+        inner.worker_lists.retain(|_, (_, until)| *until > now_ms);
+        Ok(inner
+            .worker_lists
+            .iter()
+            .map(|(replica, (workers, _))| (replica.clone(), workers.clone()))
             .collect())
     }
 

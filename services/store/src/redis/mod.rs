@@ -1691,6 +1691,30 @@ impl Store for RedisStore {
         Ok(live.into_iter().collect())
     }
 
+    async fn announce_workers(
+        &self,
+        replica: &str,
+        workers: Option<Vec<u8>>,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+        let mut invocation = self.invoke(
+            &self.scripts.workers,
+            conveyor_core::placement::COORDINATION_PARTITION,
+        );
+        invocation
+            .arg(self.now_arg(now_ms))
+            .arg(replica)
+            .arg(workers.unwrap_or_default())
+            .arg(ttl_ms);
+        let live: Vec<(String, Vec<u8>)> = redis::from_redis_value(self.run(&invocation).await?)
+            .map_err(|error| ConveyorError::Corrupt {
+                key: "wrk".into(),
+                reason: format!("workers reply: {error}"),
+            })?;
+        Ok(live.into_iter().collect())
+    }
+
     async fn queue_depths(&self) -> Result<QueueDepths> {
         let mut depths = QueueDepths::default();
         let mut ready: std::collections::BTreeMap<String, u64> = Default::default();

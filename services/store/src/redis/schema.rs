@@ -155,6 +155,11 @@ pub const KEYS: &[Key] = &[
         holds: "dispatcher replicas: `<sessions> <alive until ms>` per replica id, renewed every few seconds, for rebalancing worker sessions (partition 0)",
     },
     Key {
+        pattern: "wrk",
+        kind: "hash",
+        holds: "worker sessions of each dispatcher replica: `<alive until ms> <encoded ListWorkersResponse>` per replica id, renewed every 2 s, so that ListWorkers on any replica lists them all (partition 0)",
+    },
+    Key {
         pattern: "schv",
         kind: "hash",
         holds: "schedule versions, the compare-and-set token (partition 0)",

@@ -31,6 +31,7 @@ pub(crate) const SOURCES: &[(&str, &str)] = &[
     ("schedule_delete", include_str!("lua/schedule_delete.lua")),
     ("schedule_due", include_str!("lua/schedule_due.lua")),
     ("dispatchers", include_str!("lua/dispatchers.lua")),
+    ("workers", include_str!("lua/workers.lua")),
     (
         "requeue_parked_v1",
         include_str!("lua/requeue_parked_v1.lua"),
@@ -95,6 +96,7 @@ pub(crate) struct Scripts {
     pub schedule_delete: redis::Script,
     pub schedule_due: redis::Script,
     pub dispatchers: redis::Script,
+    pub workers: redis::Script,
     pub requeue_parked_v1: redis::Script,
 }
 
@@ -137,6 +139,7 @@ impl Scripts {
             schedule_delete: script("schedule_delete"),
             schedule_due: script("schedule_due"),
             dispatchers: script("dispatchers"),
+            workers: script("workers"),
             requeue_parked_v1: script("requeue_parked_v1"),
         }
     }

@@ -1622,9 +1622,11 @@ type ListWorkersRequest struct {
 	// Most workers per page (default and maximum 1000).
 	PageSize uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response's next_page_token; "" for the first page.
-	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only the sessions connected to the replica answering.
+	ThisReplicaOnly bool `protobuf:"varint,4,opt,name=this_replica_only,json=thisReplicaOnly,proto3" json:"this_replica_only,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ListWorkersRequest) Reset() {
@@ -1676,6 +1678,13 @@ func (x *ListWorkersRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListWorkersRequest) GetThisReplicaOnly() bool {
+	if x != nil {
+		return x.ThisReplicaOnly
+	}
+	return false
 }
 
 // ListWorkers response.
@@ -1763,7 +1772,10 @@ type WorkerInfo struct {
 	// Outcomes accepted during this session.
 	Completed uint64 `protobuf:"varint,13,opt,name=completed,proto3" json:"completed,omitempty"`
 	// Namespace of the session.
-	Namespace     string `protobuf:"bytes,14,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Namespace string `protobuf:"bytes,14,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// The dispatcher replica the session is connected to (its id in the
+	// store's announcements).
+	Dispatcher    string `protobuf:"bytes,15,opt,name=dispatcher,proto3" json:"dispatcher,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1896,6 +1908,13 @@ func (x *WorkerInfo) GetNamespace() string {
 	return ""
 }
 
+func (x *WorkerInfo) GetDispatcher() string {
+	if x != nil {
+		return x.Dispatcher
+	}
+	return ""
+}
+
 var File_conveyor_v1_dispatch_service_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
@@ -2008,15 +2027,16 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\x0fOutcomeRejected\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"n\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\x9a\x01\n" +
 	"\x12ListWorkersRequest\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tR\tpageToken\"p\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\x12*\n" +
+	"\x11this_replica_only\x18\x04 \x01(\bR\x0fthisReplicaOnly\"p\n" +
 	"\x13ListWorkersResponse\x121\n" +
 	"\aworkers\x18\x01 \x03(\v2\x17.conveyor.v1.WorkerInfoR\aworkers\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf2\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x92\x04\n" +
 	"\n" +
 	"WorkerInfo\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1d\n" +
@@ -2037,7 +2057,10 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\flast_seen_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"lastSeenAt\x12\x1c\n" +
 	"\tcompleted\x18\r \x01(\x04R\tcompleted\x12\x1c\n" +
-	"\tnamespace\x18\x0e \x01(\tR\tnamespace*\xa4\x01\n" +
+	"\tnamespace\x18\x0e \x01(\tR\tnamespace\x12\x1e\n" +
+	"\n" +
+	"dispatcher\x18\x0f \x01(\tR\n" +
+	"dispatcher*\xa4\x01\n" +
 	"\fCancelReason\x12\x1d\n" +
 	"\x19CANCEL_REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15CANCEL_REASON_REVOKED\x10\x01\x12!\n" +

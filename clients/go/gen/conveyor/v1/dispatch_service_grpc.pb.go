@@ -65,7 +65,9 @@ const (
 type DispatchServiceClient interface {
 	// The worker session stream; see the service comment.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConnectRequest, ConnectResponse], error)
-	// Lists the worker sessions connected to this dispatcher replica.
+	// Lists the worker sessions of every dispatcher replica (those of other
+	// replicas as of their last announcement, at most a few seconds old), or
+	// of the replica answering only (this_replica_only).
 	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
 	// Stops handing out the queue's tasks (on every replica) until resumed;
 	// submissions are still accepted and running tasks finish.
@@ -165,7 +167,9 @@ func (c *dispatchServiceClient) ResumeQueue(ctx context.Context, in *ResumeQueue
 type DispatchServiceServer interface {
 	// The worker session stream; see the service comment.
 	Connect(grpc.BidiStreamingServer[ConnectRequest, ConnectResponse]) error
-	// Lists the worker sessions connected to this dispatcher replica.
+	// Lists the worker sessions of every dispatcher replica (those of other
+	// replicas as of their last announcement, at most a few seconds old), or
+	// of the replica answering only (this_replica_only).
 	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
 	// Stops handing out the queue's tasks (on every replica) until resumed;
 	// submissions are still accepted and running tasks finish.

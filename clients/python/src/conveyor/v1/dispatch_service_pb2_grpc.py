@@ -133,7 +133,9 @@ class DispatchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListWorkers(self, request, context):
-        """Lists the worker sessions connected to this dispatcher replica.
+        """Lists the worker sessions of every dispatcher replica (those of other
+        replicas as of their last announcement, at most a few seconds old), or
+        of the replica answering only (this_replica_only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
