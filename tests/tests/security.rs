@@ -833,3 +833,74 @@ async fn reflection_is_open_unless_made_private() {
         cluster.stop().await.unwrap();
     }
 }
+
+/// A producer cancels the tasks and workflows it submitted, not another
+/// producer's; an admin of the namespace cancels anyone's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_cancel_only_their_own() {
+    use conveyor_client::{Client, TaskRequest, canvas::chain};
+    let dir = temp_dir("authcancel");
+    let file = dir.join("auth.toml");
+    let mut text = auth_file(&["admin"], "");
+    for name in ["alice", "bob"] {
+        text.push_str(&format!(
+            "\n[[principal]]\nname = \"{name}\"\ntoken_sha256 = [\"{}\"]\nroles = {{ {HOME} = [\"producer\"] }}\n",
+            hash_token(name)
+        ));
+    }
+    write(&file, &text);
+    let mut config = TestCluster::test_config();
+    config.server.auth_file = Some(file);
+    let cluster = TestCluster::start_with(Backend::Memory, config)
+        .await
+        .unwrap();
+    let url = format!("http://{}", cluster.addr);
+    let as_ = |token: String| {
+        let url = url.clone();
+        async move {
+            Client::connect(url.as_str())
+                .await
+                .unwrap()
+                .with_token(token)
+                .unwrap()
+                .with_namespace(HOME)
+        }
+    };
+    let (alice, bob, admin) = (
+        as_("alice".into()).await,
+        as_("bob".into()).await,
+        as_(token("admin")).await,
+    );
+    let mine = alice
+        .submit(TaskRequest::new("later").countdown(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let refused = bob.cancel(&mine).await.unwrap_err();
+    assert_eq!(refused.code(), Some(Code::PermissionDenied), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("'bob' may cancel only what it submitted"),
+        "{refused}"
+    );
+    assert!(alice.cancel(&mine).await.unwrap(), "alice cancels her own");
+    let hers = alice
+        .submit(TaskRequest::new("later").countdown(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert!(
+        admin.cancel(&hers).await.unwrap(),
+        "an admin cancels anyone's"
+    );
+    let flow = alice
+        .submit_workflow(chain([
+            TaskRequest::new("a").countdown(Duration::from_secs(3600)),
+            TaskRequest::new("b"),
+        ]))
+        .await
+        .unwrap();
+    let refused = bob.cancel_workflow(&flow.id).await.unwrap_err();
+    assert_eq!(refused.code(), Some(Code::PermissionDenied), "{refused}");
+    alice.cancel_workflow(&flow.id).await.unwrap();
+    cluster.stop().await.unwrap();
+}

@@ -1110,12 +1110,13 @@ async fn parity_authorization() {
         existing: &str,
     ) -> Vec<(&'static str, &'static str, Option<Code>)> {
         let code = |result: Result<(), Error>| result.err().and_then(|error| error.code());
+        // A producer cancels what it submitted itself (an admin anything).
+        let submitted = client.submit(add_task("p-authz", 1, 1)).await;
+        let own = submitted
+            .as_ref()
+            .map_or(existing.to_string(), |id| id.clone());
         vec![
-            (
-                "submit",
-                "submit",
-                code(client.submit(add_task("p-authz", 1, 1)).await.map(drop)),
-            ),
+            ("submit", "submit", code(submitted.map(drop))),
             (
                 "submit_many",
                 "submit",
@@ -1165,7 +1166,7 @@ async fn parity_authorization() {
             (
                 "cancel",
                 "cancel",
-                code(client.cancel(existing).await.map(drop)),
+                code(client.cancel(&own).await.map(drop)),
             ),
         ]
     }
@@ -1202,6 +1203,14 @@ async fn parity_authorization() {
             );
         }
     }
+    // A producer cancels only what it submitted: the admin's task is not its.
+    let producer = client(Some("producer-token"), "team-a").await;
+    let foreign = producer.cancel(&existing).await.unwrap_err();
+    assert_eq!(foreign.code(), Some(Code::PermissionDenied), "{foreign}");
+    assert!(
+        foreign.to_string().contains("only what it submitted"),
+        "{foreign}"
+    );
     // Revoke "former" by editing the file; wait for the server to re-read it.
     let former = client(Some("former-token"), "team-a").await;
     assert!(former.get(&existing).await.is_ok());

@@ -291,6 +291,7 @@ pub fn validate_with_defaults(
         trace_context: spec
             .trace_context
             .filter(|context| !context.traceparent.is_empty()),
+        submitted_by: String::new(),
     };
     Ok(NewTask {
         id: TaskId::new(partition),

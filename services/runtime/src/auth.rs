@@ -354,6 +354,55 @@ impl Access {
     }
 }
 
+impl Access {
+    /// Whether the caller may do `permission` in `namespace` (as users name
+    /// it), whatever this call needs.
+    pub fn allows(&self, permission: Permission, namespace: &str) -> bool {
+        let namespace = if namespace.is_empty() {
+            "default"
+        } else {
+            namespace
+        };
+        self.principal.allows(permission, namespace)
+    }
+}
+
+/// The principal that made a request, from its extensions (`""` when
+/// authentication is off), to record as a task's submitter.
+pub fn principal_of(extensions: &http::Extensions) -> String {
+    extensions
+        .get::<Access>()
+        .map(|access| access.principal.name.clone())
+        .unwrap_or_default()
+}
+
+/// PERMISSION_DENIED when the caller holds its cancel permission in
+/// `namespace` only as a producer and `submitted_by` is someone else: a
+/// producer cancels its own tasks, an admin anyone's.
+pub fn check_cancel(
+    access: Option<&Access>,
+    namespace: &str,
+    submitted_by: &str,
+    what: &str,
+) -> Result<(), Status> {
+    let Some(access) = access else {
+        return Ok(());
+    };
+    if access.allows(Permission::Admin, namespace) || submitted_by == access.principal() {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!(
+        "principal '{}' may cancel only what it submitted, and {what} was submitted by {}; \
+         an admin of the namespace may cancel it",
+        access.principal(),
+        if submitted_by.is_empty() {
+            "no principal (before authentication was on)".to_string()
+        } else {
+            "another principal".to_string()
+        }
+    )))
+}
+
 /// The caller's access, taken from a request before it is consumed; `None`
 /// when authentication is off.
 pub fn access_of<T>(request: &tonic::Request<T>) -> Option<Access> {

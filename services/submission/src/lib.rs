@@ -121,7 +121,7 @@ impl server::SubmissionService for Submission {
         request: Request<pb::SubmitTaskRequest>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
         conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let spec = request
             .task
@@ -129,6 +129,7 @@ impl server::SubmissionService for Submission {
         let now = now_ms();
         let mut task = validate_with_defaults(spec, "task", &self.limits, &self.defaults, now, 0)?
             .in_namespace(&namespace);
+        task.record.submitted_by = conveyor_runtime::auth::principal_of(&extensions);
         if task.record.trace_context.is_none() {
             task.record.trace_context = caller_trace(&metadata);
         }
@@ -148,7 +149,7 @@ impl server::SubmissionService for Submission {
         request: Request<pb::SubmitTasksRequest>,
     ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
         conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let specs = request.tasks;
         if specs.is_empty() {
@@ -172,6 +173,12 @@ impl server::SubmissionService for Submission {
                     .map(|task| task.in_namespace(&namespace))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let submitter = conveyor_runtime::auth::principal_of(&extensions);
+        if !submitter.is_empty() {
+            for task in &mut tasks {
+                task.record.submitted_by = submitter.clone();
+            }
+        }
         // One partition for the whole batch: one atomic store call, so a
         // failure stores nothing and a success stored everything.
         // Tasks without a context of their own continue the caller's
@@ -207,9 +214,16 @@ impl server::SubmissionService for Submission {
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
+        let access = conveyor_runtime::auth::access_of(&request);
         let request = request.into_inner();
         let id = TaskId::parse(&request.task_id, "task_id")?;
         let task = self.check_owner(&request.namespace, id).await?;
+        conveyor_runtime::auth::check_cancel(
+            access.as_ref(),
+            &request.namespace,
+            &task.record.submitted_by,
+            &format!("task {id}"),
+        )?;
         let (cancelled, state) = match self.store.cancel(id, now_ms()).await? {
             CancelAck::Cancelled => {
                 let record = &task.record;
@@ -269,7 +283,7 @@ impl server::SubmissionService for Submission {
         request: Request<pb::SubmitWorkflowRequest>,
     ) -> Result<Response<pb::SubmitWorkflowResponse>, Status> {
         conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let mut spec = request
             .workflow
@@ -280,6 +294,13 @@ impl server::SubmissionService for Submission {
         let now = now_ms();
         let mut workflow =
             validate_workflow(spec, &self.limits, &self.defaults, now)?.in_namespace(&namespace);
+        let submitter = conveyor_runtime::auth::principal_of(&extensions);
+        if !submitter.is_empty() {
+            workflow.head.submitted_by = submitter.clone();
+            for node in &mut workflow.nodes {
+                node.task.record.submitted_by = submitter.clone();
+            }
+        }
         self.store.place_workflow(&mut workflow);
         let counts: Option<Vec<(String, String, String)>> = conveyor_runtime::metrics::enabled()
             .then(|| {
@@ -309,6 +330,7 @@ impl server::SubmissionService for Submission {
         request: Request<pb::CancelWorkflowRequest>,
     ) -> Result<Response<pb::CancelWorkflowResponse>, Status> {
         conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
+        let access = conveyor_runtime::auth::access_of(&request);
         let request = request.into_inner();
         let namespace = Namespace::parse("namespace", &request.namespace)?;
         let id = TaskId::parse(&request.workflow_id, "workflow_id")?;
@@ -317,7 +339,14 @@ impl server::SubmissionService for Submission {
             id: id.to_string(),
         };
         match self.store.get(id, now_ms()).await? {
-            Some(head) if head.is_workflow && head.in_namespace(&namespace) => {}
+            Some(head) if head.is_workflow && head.in_namespace(&namespace) => {
+                conveyor_runtime::auth::check_cancel(
+                    access.as_ref(),
+                    &request.namespace,
+                    &head.record.submitted_by,
+                    &format!("workflow {id}"),
+                )?;
+            }
             _ => return Err(not_found().into()),
         }
         let (cancelled, state) = self
