@@ -91,8 +91,24 @@ func (c *Client) ResumeQueue(ctx context.Context, queue string) error {
 	return wrapRPC("ResumeQueue", err)
 }
 
-// Workers lists the worker sessions connected to the dispatcher that
-// answers.
+// QueueInfo is one queue as ListQueues reports it: ready tasks per
+// priority and per task name, whether paused, its consumers.
+type QueueInfo = conveyorv1.QueueInfo
+
+// Queues lists the client's namespace's queues: those with ready tasks,
+// paused, or consumed by a worker session (of any dispatch replica).
+func (c *Client) Queues(ctx context.Context) ([]*QueueInfo, error) {
+	resp, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.ListQueuesResponse, error) {
+		return c.dispatch.ListQueues(ctx, &conveyorv1.ListQueuesRequest{Namespace: c.namespace})
+	})
+	if err != nil {
+		return nil, wrapRPC("ListQueues", err)
+	}
+	return resp.GetQueues(), nil
+}
+
+// Workers lists the worker sessions of every dispatch replica (the other
+// replicas' as of their last announcement, every 2 s).
 func (c *Client) Workers(ctx context.Context) ([]*WorkerInfo, error) {
 	resp, err := retryCall(ctx, c.retry, true, func(ctx context.Context) (*conveyorv1.ListWorkersResponse, error) {
 		return c.dispatch.ListWorkers(ctx, &conveyorv1.ListWorkersRequest{Namespace: c.namespace})

@@ -128,6 +128,7 @@ func TestEveryRequestCarriesTheNamespace(t *testing.T) {
 		"PauseQueue":      func() error { return c.PauseQueue(ctx, "q") },
 		"ResumeQueue":     func() error { return c.ResumeQueue(ctx, "q") },
 		"Workers":         func() error { _, err := c.Workers(ctx); return err },
+		"Queues":          func() error { _, err := c.Queues(ctx); return err },
 		"GetWorkflow":     func() error { _, err := c.GetWorkflow(ctx, "id", ViewNodes); return err },
 		"WaitWorkflow":    func() error { _, err := c.WaitWorkflow(ctx, "id"); return err },
 		"WorkflowResult":  func() error { return c.WorkflowResult(ctx, "id", nil) },

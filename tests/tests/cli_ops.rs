@@ -178,6 +178,19 @@ async fn operator_commands_with_json() {
     })
     .await;
     assert!(!leased, "a task of a paused queue was leased");
+    // `queues`: the paused queue with its one ready task and its consumer.
+    let queues = json(&url, &["queues"]).await;
+    let ops = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|queue| queue["name"] == "ops")
+        .unwrap_or_else(|| panic!("no ops queue in {queues}"));
+    assert_eq!(ops["ready"], 1, "{ops}");
+    assert_eq!(ops["paused"], true);
+    assert_eq!(ops["ready_by_task"]["add"], 1);
+    assert_eq!(ops["ready_by_priority"]["0"], 1);
+    assert_eq!(ops["workers"], 1);
     let resumed = json(&url, &["resume", "ops"]).await;
     assert_eq!(resumed["paused"], false);
     assert_eq!(json(&url, &["wait", &held]).await["result"], 2);
@@ -262,6 +275,7 @@ async fn operator_commands_with_json() {
         vec!["dlq", "list"],
         vec!["schedules", "list"],
         vec!["workers"],
+        vec!["queues"],
         vec!["get", id.as_str()],
     ] {
         let (ok, out, err) = cli(&url, &args).await;

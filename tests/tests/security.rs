@@ -26,7 +26,7 @@ fn documented(method: &str) -> &'static str {
         "SubmitTask" | "SubmitTasks" | "SubmitWorkflow" => "submit",
         "CancelTask" | "CancelWorkflow" => "cancel",
         "GetTask" | "WaitTask" | "WatchTask" | "ListDeadLetters" | "WatchEvents"
-        | "GetWorkflow" | "WaitWorkflow" | "WatchWorkflow" | "ListWorkers"
+        | "GetWorkflow" | "WaitWorkflow" | "WatchWorkflow" | "ListWorkers" | "ListQueues"
         | "GetSchedulerStatus" | "GetSchedule" | "ListSchedules" | "ListScheduleRuns" => "read",
         "Connect" => "work",
         "ReplayTask" | "ForgetTask" | "PauseQueue" | "ResumeQueue" | "CreateSchedule"

@@ -67,7 +67,7 @@ pub enum Command {
     },
     /// Tail task and worker events (WatchEvents), like `celery events`.
     Events(EventsArgs),
-    /// List the workers connected to a dispatcher.
+    /// List the connected workers (of every dispatch replica).
     Workers {
         #[command(flatten)]
         target: Target,
@@ -81,6 +81,11 @@ pub enum Command {
     /// Dead letters: list, replay, forget.
     #[command(subcommand)]
     Dlq(crate::ops::DlqCommand),
+    /// Queues of the namespace: ready tasks, pause state, consumers.
+    Queues {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Stop workers leasing from a queue (submissions still queue up).
     Pause(crate::ops::QueueArgs),
     /// Let workers lease from a paused queue again.
@@ -392,6 +397,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workflow(command) => workflow(command).await,
         Command::Auth(command) => auth(command),
         Command::Dlq(command) => crate::ops::dlq(command).await,
+        Command::Queues { target } => crate::ops::queues(target).await,
         Command::Pause(args) => crate::ops::pause(args, true).await,
         Command::Resume(args) => crate::ops::pause(args, false).await,
         Command::Schedules(command) => crate::ops::schedules(command).await,

@@ -651,3 +651,61 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
     show_schedule(&created, args.target.json);
     Ok(())
 }
+
+/// `conveyor queues`: every queue of the namespace with its ready tasks,
+/// pause state and consumers.
+pub async fn queues(target: Target) -> anyhow::Result<()> {
+    let mut dispatch =
+        pb::dispatch_service_client::DispatchServiceClient::new(channel(&target).await?);
+    let queues = dispatch
+        .list_queues(target.request(pb::ListQueuesRequest {
+            namespace: target.namespace.clone(),
+        })?)
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .queues;
+    if target.json {
+        let queues: Vec<Value> = queues
+            .iter()
+            .map(|queue| {
+                json!({
+                    "name": queue.name,
+                    "ready": queue.ready,
+                    "ready_by_priority": queue.ready_by_priority.iter().map(|(level, count)| (level.to_string(), json!(count))).collect::<serde_json::Map<_, _>>(),
+                    "ready_by_task": queue.ready_by_task,
+                    "paused": queue.paused,
+                    "workers": queue.workers,
+                    "slots": queue.slots,
+                })
+            })
+            .collect();
+        print_json(&Value::Array(queues));
+        return Ok(());
+    }
+    if queues.is_empty() {
+        println!("(no queues: nothing ready, paused or consumed)");
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>8} {:<7} {:>8} {:>6}  READY BY TASK",
+        "QUEUE", "READY", "STATE", "WORKERS", "SLOTS"
+    );
+    for queue in &queues {
+        let by_task: Vec<String> = queue
+            .ready_by_task
+            .iter()
+            .map(|(task, count)| format!("{task}={count}"))
+            .collect();
+        println!(
+            "{:<24} {:>8} {:<7} {:>8} {:>6}  {}",
+            queue.name,
+            queue.ready,
+            if queue.paused { "paused" } else { "active" },
+            queue.workers,
+            queue.slots,
+            by_task.join(" ")
+        );
+    }
+    Ok(())
+}

@@ -194,6 +194,69 @@ impl server::DispatchService for Dispatcher {
         }))
     }
 
+    async fn list_queues(
+        &self,
+        request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        conveyor_runtime::auth::authorize(&request, &request.get_ref().namespace)?;
+        let request = request.into_inner();
+        let namespace = Namespace::parse("namespace", &request.namespace)?;
+        let depths = self.store.queue_depths().await?;
+        let mut queues: std::collections::BTreeMap<String, pb::QueueInfo> = Default::default();
+        let entry = |queues: &mut std::collections::BTreeMap<String, pb::QueueInfo>, name: &str| {
+            queues
+                .entry(name.to_string())
+                .or_insert_with(|| pb::QueueInfo {
+                    name: name.to_string(),
+                    ..Default::default()
+                })
+                .name
+                .clone()
+        };
+        for (key, count) in &depths.ready {
+            // `ns/queue:task#priority` (no namespace for default, no
+            // priority for level 0).
+            let (base, priority) = match key.as_str().split_once('#') {
+                Some((base, level)) => (base, level.parse::<u32>().unwrap_or(0)),
+                None => (key.as_str(), 0),
+            };
+            let Some((scoped, task)) = base.split_once(':') else {
+                continue;
+            };
+            let (owner, queue) = conveyor_core::namespace::split_queue(scoped);
+            if owner != namespace {
+                continue;
+            }
+            let name = entry(&mut queues, queue);
+            let info = queues.get_mut(&name).expect("inserted");
+            info.ready += count;
+            *info.ready_by_priority.entry(priority).or_default() += count;
+            *info.ready_by_task.entry(task.to_string()).or_default() += count;
+        }
+        for scoped in &depths.paused {
+            let (owner, queue) = conveyor_core::namespace::split_queue(scoped);
+            if owner == namespace {
+                let name = entry(&mut queues, queue);
+                queues.get_mut(&name).expect("inserted").paused = true;
+            }
+        }
+        let workers = roster::all_workers(self.store.as_ref(), &self.registry, &self.replica).await;
+        for worker in workers
+            .iter()
+            .filter(|worker| worker.namespace == namespace.name())
+        {
+            for queue in &worker.queues {
+                let name = entry(&mut queues, queue);
+                let info = queues.get_mut(&name).expect("inserted");
+                info.workers += 1;
+                info.slots += worker.concurrency;
+            }
+        }
+        Ok(Response::new(pb::ListQueuesResponse {
+            queues: queues.into_values().collect(),
+        }))
+    }
+
     async fn pause_queue(
         &self,
         request: Request<pb::PauseQueueRequest>,

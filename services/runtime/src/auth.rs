@@ -158,6 +158,7 @@ pub const METHODS: &[(&str, Permission)] = &[
     ),
     ("/conveyor.v1.DispatchService/Connect", Permission::Work),
     ("/conveyor.v1.DispatchService/ListWorkers", Permission::Read),
+    ("/conveyor.v1.DispatchService/ListQueues", Permission::Read),
     ("/conveyor.v1.DispatchService/PauseQueue", Permission::Admin),
     (
         "/conveyor.v1.DispatchService/ResumeQueue",

@@ -1736,6 +1736,11 @@ impl Store for MemoryStore {
                 .map(|session| session.leases.len() as u64)
                 .sum(),
             dead: inner.dead.len() as u64,
+            paused: {
+                let mut paused: Vec<String> = inner.paused.iter().cloned().collect();
+                paused.sort();
+                paused
+            },
         })
     }
 }

@@ -274,6 +274,8 @@ pub struct QueueDepths {
     pub leased: u64,
     /// Dead letters.
     pub dead: u64,
+    /// Paused queues (namespace-scoped names, `ns/queue`), sorted.
+    pub paused: Vec<String>,
 }
 
 /// What `submit_workflow` did.

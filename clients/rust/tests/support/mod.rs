@@ -49,6 +49,13 @@ impl DispatchService for FakeDispatcher {
         Ok(Response::new(pb::ListWorkersResponse::default()))
     }
 
+    async fn list_queues(
+        &self,
+        _request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        Ok(Response::new(pb::ListQueuesResponse::default()))
+    }
+
     async fn pause_queue(
         &self,
         _request: Request<pb::PauseQueueRequest>,

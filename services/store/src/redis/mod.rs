@@ -1738,6 +1738,16 @@ impl Store for RedisStore {
                     .map_err(unavailable)?;
             depths.scheduled += scheduled;
             depths.dead += dead;
+            if partition == 0 {
+                // Every partition holds the same set; partition 0's is read.
+                let mut paused: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(format!("{prefix}paused"))
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(unavailable)?;
+                paused.sort();
+                depths.paused = paused;
+            }
             let mut pipe = redis::pipe();
             for list in &lists {
                 pipe.cmd("LLEN").arg(format!("{prefix}q:{list}"));

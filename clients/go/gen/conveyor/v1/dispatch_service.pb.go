@@ -1915,6 +1915,200 @@ func (x *WorkerInfo) GetDispatcher() string {
 	return ""
 }
 
+// ListQueues request.
+type ListQueuesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Namespace the call acts in; "" is the namespace "default". Tasks,
+	// queues, schedules, idempotency keys, limits and workers of one namespace
+	// are invisible to the others (1..100 of [A-Za-z0-9_.-]).
+	Namespace     string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListQueuesRequest) Reset() {
+	*x = ListQueuesRequest{}
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListQueuesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListQueuesRequest) ProtoMessage() {}
+
+func (x *ListQueuesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListQueuesRequest.ProtoReflect.Descriptor instead.
+func (*ListQueuesRequest) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListQueuesRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+// ListQueues response.
+type ListQueuesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every queue with ready tasks, paused, or consumed by a worker, by name.
+	Queues        []*QueueInfo `protobuf:"bytes,1,rep,name=queues,proto3" json:"queues,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListQueuesResponse) Reset() {
+	*x = ListQueuesResponse{}
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListQueuesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListQueuesResponse) ProtoMessage() {}
+
+func (x *ListQueuesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListQueuesResponse.ProtoReflect.Descriptor instead.
+func (*ListQueuesResponse) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListQueuesResponse) GetQueues() []*QueueInfo {
+	if x != nil {
+		return x.Queues
+	}
+	return nil
+}
+
+// One queue of a namespace.
+type QueueInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Queue name (without its namespace).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Tasks ready to lease, all priorities.
+	Ready uint64 `protobuf:"varint,2,opt,name=ready,proto3" json:"ready,omitempty"`
+	// Ready tasks per priority level (0..9); levels with none are absent.
+	ReadyByPriority map[uint32]uint64 `protobuf:"bytes,3,rep,name=ready_by_priority,json=readyByPriority,proto3" json:"ready_by_priority,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Ready tasks per task name.
+	ReadyByTask map[string]uint64 `protobuf:"bytes,4,rep,name=ready_by_task,json=readyByTask,proto3" json:"ready_by_task,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Whether workers lease nothing from it (PauseQueue).
+	Paused bool `protobuf:"varint,5,opt,name=paused,proto3" json:"paused,omitempty"`
+	// Worker sessions that consume it, across dispatch replicas.
+	Workers uint32 `protobuf:"varint,6,opt,name=workers,proto3" json:"workers,omitempty"`
+	// Their slots (concurrency) in total.
+	Slots         uint32 `protobuf:"varint,7,opt,name=slots,proto3" json:"slots,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueueInfo) Reset() {
+	*x = QueueInfo{}
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueInfo) ProtoMessage() {}
+
+func (x *QueueInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_conveyor_v1_dispatch_service_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueInfo.ProtoReflect.Descriptor instead.
+func (*QueueInfo) Descriptor() ([]byte, []int) {
+	return file_conveyor_v1_dispatch_service_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *QueueInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *QueueInfo) GetReady() uint64 {
+	if x != nil {
+		return x.Ready
+	}
+	return 0
+}
+
+func (x *QueueInfo) GetReadyByPriority() map[uint32]uint64 {
+	if x != nil {
+		return x.ReadyByPriority
+	}
+	return nil
+}
+
+func (x *QueueInfo) GetReadyByTask() map[string]uint64 {
+	if x != nil {
+		return x.ReadyByTask
+	}
+	return nil
+}
+
+func (x *QueueInfo) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *QueueInfo) GetWorkers() uint32 {
+	if x != nil {
+		return x.Workers
+	}
+	return 0
+}
+
+func (x *QueueInfo) GetSlots() uint32 {
+	if x != nil {
+		return x.Slots
+	}
+	return 0
+}
+
 var File_conveyor_v1_dispatch_service_proto protoreflect.FileDescriptor
 
 const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
@@ -2060,7 +2254,25 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\tnamespace\x18\x0e \x01(\tR\tnamespace\x12\x1e\n" +
 	"\n" +
 	"dispatcher\x18\x0f \x01(\tR\n" +
-	"dispatcher*\xa4\x01\n" +
+	"dispatcher\"1\n" +
+	"\x11ListQueuesRequest\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\"D\n" +
+	"\x12ListQueuesResponse\x12.\n" +
+	"\x06queues\x18\x01 \x03(\v2\x16.conveyor.v1.QueueInfoR\x06queues\"\xa7\x03\n" +
+	"\tQueueInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05ready\x18\x02 \x01(\x04R\x05ready\x12W\n" +
+	"\x11ready_by_priority\x18\x03 \x03(\v2+.conveyor.v1.QueueInfo.ReadyByPriorityEntryR\x0freadyByPriority\x12K\n" +
+	"\rready_by_task\x18\x04 \x03(\v2'.conveyor.v1.QueueInfo.ReadyByTaskEntryR\vreadyByTask\x12\x16\n" +
+	"\x06paused\x18\x05 \x01(\bR\x06paused\x12\x18\n" +
+	"\aworkers\x18\x06 \x01(\rR\aworkers\x12\x14\n" +
+	"\x05slots\x18\a \x01(\rR\x05slots\x1aB\n" +
+	"\x14ReadyByPriorityEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\x1a>\n" +
+	"\x10ReadyByTaskEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01*\xa4\x01\n" +
 	"\fCancelReason\x12\x1d\n" +
 	"\x19CANCEL_REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15CANCEL_REASON_REVOKED\x10\x01\x12!\n" +
@@ -2070,13 +2282,15 @@ const file_conveyor_v1_dispatch_service_proto_rawDesc = "" +
 	"\vDrainReason\x12\x1c\n" +
 	"\x18DRAIN_REASON_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15DRAIN_REASON_SHUTDOWN\x10\x01\x12\x1a\n" +
-	"\x16DRAIN_REASON_REBALANCE\x10\x022\xce\x02\n" +
+	"\x16DRAIN_REASON_REBALANCE\x10\x022\x9d\x03\n" +
 	"\x0fDispatchService\x12H\n" +
 	"\aConnect\x12\x1b.conveyor.v1.ConnectRequest\x1a\x1c.conveyor.v1.ConnectResponse(\x010\x01\x12P\n" +
 	"\vListWorkers\x12\x1f.conveyor.v1.ListWorkersRequest\x1a .conveyor.v1.ListWorkersResponse\x12M\n" +
 	"\n" +
 	"PauseQueue\x12\x1e.conveyor.v1.PauseQueueRequest\x1a\x1f.conveyor.v1.PauseQueueResponse\x12P\n" +
-	"\vResumeQueue\x12\x1f.conveyor.v1.ResumeQueueRequest\x1a .conveyor.v1.ResumeQueueResponseB\xa9\x01\n" +
+	"\vResumeQueue\x12\x1f.conveyor.v1.ResumeQueueRequest\x1a .conveyor.v1.ResumeQueueResponse\x12M\n" +
+	"\n" +
+	"ListQueues\x12\x1e.conveyor.v1.ListQueuesRequest\x1a\x1f.conveyor.v1.ListQueuesResponseB\xa9\x01\n" +
 	"\x0fcom.conveyor.v1B\x14DispatchServiceProtoP\x01Z3go.conveyor.dev/conveyor/gen/conveyor/v1;conveyorv1\xa2\x02\x03CXX\xaa\x02\vConveyor.V1\xca\x02\vConveyor\\V1\xe2\x02\x17Conveyor\\V1\\GPBMetadata\xea\x02\fConveyor::V1b\x06proto3"
 
 var (
@@ -2092,7 +2306,7 @@ func file_conveyor_v1_dispatch_service_proto_rawDescGZIP() []byte {
 }
 
 var file_conveyor_v1_dispatch_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_conveyor_v1_dispatch_service_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_conveyor_v1_dispatch_service_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_conveyor_v1_dispatch_service_proto_goTypes = []any{
 	(CancelReason)(0),             // 0: conveyor.v1.CancelReason
 	(DrainReason)(0),              // 1: conveyor.v1.DrainReason
@@ -2118,14 +2332,19 @@ var file_conveyor_v1_dispatch_service_proto_goTypes = []any{
 	(*ListWorkersRequest)(nil),    // 21: conveyor.v1.ListWorkersRequest
 	(*ListWorkersResponse)(nil),   // 22: conveyor.v1.ListWorkersResponse
 	(*WorkerInfo)(nil),            // 23: conveyor.v1.WorkerInfo
-	nil,                           // 24: conveyor.v1.Assignment.KwargsEntry
-	nil,                           // 25: conveyor.v1.Assignment.HeadersEntry
-	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
-	(*Payload)(nil),               // 27: conveyor.v1.Payload
-	(*TaskError)(nil),             // 28: conveyor.v1.TaskError
-	(*Progress)(nil),              // 29: conveyor.v1.Progress
-	(*timestamppb.Timestamp)(nil), // 30: google.protobuf.Timestamp
-	(*TraceContext)(nil),          // 31: conveyor.v1.TraceContext
+	(*ListQueuesRequest)(nil),     // 24: conveyor.v1.ListQueuesRequest
+	(*ListQueuesResponse)(nil),    // 25: conveyor.v1.ListQueuesResponse
+	(*QueueInfo)(nil),             // 26: conveyor.v1.QueueInfo
+	nil,                           // 27: conveyor.v1.Assignment.KwargsEntry
+	nil,                           // 28: conveyor.v1.Assignment.HeadersEntry
+	nil,                           // 29: conveyor.v1.QueueInfo.ReadyByPriorityEntry
+	nil,                           // 30: conveyor.v1.QueueInfo.ReadyByTaskEntry
+	(*durationpb.Duration)(nil),   // 31: google.protobuf.Duration
+	(*Payload)(nil),               // 32: conveyor.v1.Payload
+	(*TaskError)(nil),             // 33: conveyor.v1.TaskError
+	(*Progress)(nil),              // 34: conveyor.v1.Progress
+	(*timestamppb.Timestamp)(nil), // 35: google.protobuf.Timestamp
+	(*TraceContext)(nil),          // 36: conveyor.v1.TraceContext
 }
 var file_conveyor_v1_dispatch_service_proto_depIdxs = []int32{
 	8,  // 0: conveyor.v1.ConnectRequest.hello:type_name -> conveyor.v1.Hello
@@ -2139,40 +2358,45 @@ var file_conveyor_v1_dispatch_service_proto_depIdxs = []int32{
 	18, // 8: conveyor.v1.ConnectResponse.cancel_assignment:type_name -> conveyor.v1.CancelAssignment
 	19, // 9: conveyor.v1.ConnectResponse.drain:type_name -> conveyor.v1.Drain
 	20, // 10: conveyor.v1.ConnectResponse.outcome_rejected:type_name -> conveyor.v1.OutcomeRejected
-	26, // 11: conveyor.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	26, // 12: conveyor.v1.Welcome.lease_ttl:type_name -> google.protobuf.Duration
+	31, // 11: conveyor.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	31, // 12: conveyor.v1.Welcome.lease_ttl:type_name -> google.protobuf.Duration
 	13, // 13: conveyor.v1.ReportOutcomes.outcomes:type_name -> conveyor.v1.TaskOutcome
-	27, // 14: conveyor.v1.TaskOutcome.result:type_name -> conveyor.v1.Payload
-	28, // 15: conveyor.v1.TaskOutcome.error:type_name -> conveyor.v1.TaskError
-	29, // 16: conveyor.v1.ReportProgress.progress:type_name -> conveyor.v1.Progress
+	32, // 14: conveyor.v1.TaskOutcome.result:type_name -> conveyor.v1.Payload
+	33, // 15: conveyor.v1.TaskOutcome.error:type_name -> conveyor.v1.TaskError
+	34, // 16: conveyor.v1.ReportProgress.progress:type_name -> conveyor.v1.Progress
 	17, // 17: conveyor.v1.Assignments.assignments:type_name -> conveyor.v1.Assignment
-	27, // 18: conveyor.v1.Assignment.args:type_name -> conveyor.v1.Payload
-	24, // 19: conveyor.v1.Assignment.kwargs:type_name -> conveyor.v1.Assignment.KwargsEntry
-	25, // 20: conveyor.v1.Assignment.headers:type_name -> conveyor.v1.Assignment.HeadersEntry
-	26, // 21: conveyor.v1.Assignment.soft_time_limit:type_name -> google.protobuf.Duration
-	26, // 22: conveyor.v1.Assignment.hard_time_limit:type_name -> google.protobuf.Duration
-	30, // 23: conveyor.v1.Assignment.created_at:type_name -> google.protobuf.Timestamp
-	31, // 24: conveyor.v1.Assignment.trace_context:type_name -> conveyor.v1.TraceContext
+	32, // 18: conveyor.v1.Assignment.args:type_name -> conveyor.v1.Payload
+	27, // 19: conveyor.v1.Assignment.kwargs:type_name -> conveyor.v1.Assignment.KwargsEntry
+	28, // 20: conveyor.v1.Assignment.headers:type_name -> conveyor.v1.Assignment.HeadersEntry
+	31, // 21: conveyor.v1.Assignment.soft_time_limit:type_name -> google.protobuf.Duration
+	31, // 22: conveyor.v1.Assignment.hard_time_limit:type_name -> google.protobuf.Duration
+	35, // 23: conveyor.v1.Assignment.created_at:type_name -> google.protobuf.Timestamp
+	36, // 24: conveyor.v1.Assignment.trace_context:type_name -> conveyor.v1.TraceContext
 	0,  // 25: conveyor.v1.CancelAssignment.reason_code:type_name -> conveyor.v1.CancelReason
-	26, // 26: conveyor.v1.Drain.grace:type_name -> google.protobuf.Duration
+	31, // 26: conveyor.v1.Drain.grace:type_name -> google.protobuf.Duration
 	1,  // 27: conveyor.v1.Drain.reason:type_name -> conveyor.v1.DrainReason
 	23, // 28: conveyor.v1.ListWorkersResponse.workers:type_name -> conveyor.v1.WorkerInfo
-	30, // 29: conveyor.v1.WorkerInfo.connected_at:type_name -> google.protobuf.Timestamp
-	30, // 30: conveyor.v1.WorkerInfo.last_seen_at:type_name -> google.protobuf.Timestamp
-	27, // 31: conveyor.v1.Assignment.KwargsEntry.value:type_name -> conveyor.v1.Payload
-	6,  // 32: conveyor.v1.DispatchService.Connect:input_type -> conveyor.v1.ConnectRequest
-	21, // 33: conveyor.v1.DispatchService.ListWorkers:input_type -> conveyor.v1.ListWorkersRequest
-	2,  // 34: conveyor.v1.DispatchService.PauseQueue:input_type -> conveyor.v1.PauseQueueRequest
-	4,  // 35: conveyor.v1.DispatchService.ResumeQueue:input_type -> conveyor.v1.ResumeQueueRequest
-	7,  // 36: conveyor.v1.DispatchService.Connect:output_type -> conveyor.v1.ConnectResponse
-	22, // 37: conveyor.v1.DispatchService.ListWorkers:output_type -> conveyor.v1.ListWorkersResponse
-	3,  // 38: conveyor.v1.DispatchService.PauseQueue:output_type -> conveyor.v1.PauseQueueResponse
-	5,  // 39: conveyor.v1.DispatchService.ResumeQueue:output_type -> conveyor.v1.ResumeQueueResponse
-	36, // [36:40] is the sub-list for method output_type
-	32, // [32:36] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	35, // 29: conveyor.v1.WorkerInfo.connected_at:type_name -> google.protobuf.Timestamp
+	35, // 30: conveyor.v1.WorkerInfo.last_seen_at:type_name -> google.protobuf.Timestamp
+	26, // 31: conveyor.v1.ListQueuesResponse.queues:type_name -> conveyor.v1.QueueInfo
+	29, // 32: conveyor.v1.QueueInfo.ready_by_priority:type_name -> conveyor.v1.QueueInfo.ReadyByPriorityEntry
+	30, // 33: conveyor.v1.QueueInfo.ready_by_task:type_name -> conveyor.v1.QueueInfo.ReadyByTaskEntry
+	32, // 34: conveyor.v1.Assignment.KwargsEntry.value:type_name -> conveyor.v1.Payload
+	6,  // 35: conveyor.v1.DispatchService.Connect:input_type -> conveyor.v1.ConnectRequest
+	21, // 36: conveyor.v1.DispatchService.ListWorkers:input_type -> conveyor.v1.ListWorkersRequest
+	2,  // 37: conveyor.v1.DispatchService.PauseQueue:input_type -> conveyor.v1.PauseQueueRequest
+	4,  // 38: conveyor.v1.DispatchService.ResumeQueue:input_type -> conveyor.v1.ResumeQueueRequest
+	24, // 39: conveyor.v1.DispatchService.ListQueues:input_type -> conveyor.v1.ListQueuesRequest
+	7,  // 40: conveyor.v1.DispatchService.Connect:output_type -> conveyor.v1.ConnectResponse
+	22, // 41: conveyor.v1.DispatchService.ListWorkers:output_type -> conveyor.v1.ListWorkersResponse
+	3,  // 42: conveyor.v1.DispatchService.PauseQueue:output_type -> conveyor.v1.PauseQueueResponse
+	5,  // 43: conveyor.v1.DispatchService.ResumeQueue:output_type -> conveyor.v1.ResumeQueueResponse
+	25, // 44: conveyor.v1.DispatchService.ListQueues:output_type -> conveyor.v1.ListQueuesResponse
+	40, // [40:45] is the sub-list for method output_type
+	35, // [35:40] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_conveyor_v1_dispatch_service_proto_init() }
@@ -2206,7 +2430,7 @@ func file_conveyor_v1_dispatch_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_conveyor_v1_dispatch_service_proto_rawDesc), len(file_conveyor_v1_dispatch_service_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   24,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

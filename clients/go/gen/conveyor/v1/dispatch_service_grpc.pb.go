@@ -23,6 +23,7 @@ const (
 	DispatchService_ListWorkers_FullMethodName = "/conveyor.v1.DispatchService/ListWorkers"
 	DispatchService_PauseQueue_FullMethodName  = "/conveyor.v1.DispatchService/PauseQueue"
 	DispatchService_ResumeQueue_FullMethodName = "/conveyor.v1.DispatchService/ResumeQueue"
+	DispatchService_ListQueues_FullMethodName  = "/conveyor.v1.DispatchService/ListQueues"
 )
 
 // DispatchServiceClient is the client API for DispatchService service.
@@ -74,6 +75,10 @@ type DispatchServiceClient interface {
 	PauseQueue(ctx context.Context, in *PauseQueueRequest, opts ...grpc.CallOption) (*PauseQueueResponse, error)
 	// Resumes a paused queue.
 	ResumeQueue(ctx context.Context, in *ResumeQueueRequest, opts ...grpc.CallOption) (*ResumeQueueResponse, error)
+	// Lists the queues of a namespace: tasks ready per priority and per task
+	// name, whether paused, and the worker sessions (of every replica) that
+	// consume each.
+	ListQueues(ctx context.Context, in *ListQueuesRequest, opts ...grpc.CallOption) (*ListQueuesResponse, error)
 }
 
 type dispatchServiceClient struct {
@@ -121,6 +126,16 @@ func (c *dispatchServiceClient) ResumeQueue(ctx context.Context, in *ResumeQueue
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ResumeQueueResponse)
 	err := c.cc.Invoke(ctx, DispatchService_ResumeQueue_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *dispatchServiceClient) ListQueues(ctx context.Context, in *ListQueuesRequest, opts ...grpc.CallOption) (*ListQueuesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListQueuesResponse)
+	err := c.cc.Invoke(ctx, DispatchService_ListQueues_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -176,6 +191,10 @@ type DispatchServiceServer interface {
 	PauseQueue(context.Context, *PauseQueueRequest) (*PauseQueueResponse, error)
 	// Resumes a paused queue.
 	ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error)
+	// Lists the queues of a namespace: tasks ready per priority and per task
+	// name, whether paused, and the worker sessions (of every replica) that
+	// consume each.
+	ListQueues(context.Context, *ListQueuesRequest) (*ListQueuesResponse, error)
 	mustEmbedUnimplementedDispatchServiceServer()
 }
 
@@ -197,6 +216,9 @@ func (UnimplementedDispatchServiceServer) PauseQueue(context.Context, *PauseQueu
 }
 func (UnimplementedDispatchServiceServer) ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResumeQueue not implemented")
+}
+func (UnimplementedDispatchServiceServer) ListQueues(context.Context, *ListQueuesRequest) (*ListQueuesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListQueues not implemented")
 }
 func (UnimplementedDispatchServiceServer) mustEmbedUnimplementedDispatchServiceServer() {}
 func (UnimplementedDispatchServiceServer) testEmbeddedByValue()                         {}
@@ -280,6 +302,24 @@ func _DispatchService_ResumeQueue_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DispatchService_ListQueues_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListQueuesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DispatchServiceServer).ListQueues(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DispatchService_ListQueues_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DispatchServiceServer).ListQueues(ctx, req.(*ListQueuesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // DispatchService_ServiceDesc is the grpc.ServiceDesc for DispatchService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -298,6 +338,10 @@ var DispatchService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResumeQueue",
 			Handler:    _DispatchService_ResumeQueue_Handler,
+		},
+		{
+			MethodName: "ListQueues",
+			Handler:    _DispatchService_ListQueues_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -87,6 +87,11 @@ class DispatchServiceStub:
                 request_serializer=conveyor_dot_v1_dot_dispatch__service__pb2.ResumeQueueRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_dispatch__service__pb2.ResumeQueueResponse.FromString,
                 _registered_method=True)
+        self.ListQueues = channel.unary_unary(
+                '/conveyor.v1.DispatchService/ListQueues',
+                request_serializer=conveyor_dot_v1_dot_dispatch__service__pb2.ListQueuesRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_dispatch__service__pb2.ListQueuesResponse.FromString,
+                _registered_method=True)
 
 
 class DispatchServiceServicer:
@@ -156,6 +161,15 @@ class DispatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListQueues(self, request, context):
+        """Lists the queues of a namespace: tasks ready per priority and per task
+        name, whether paused, and the worker sessions (of every replica) that
+        consume each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +192,11 @@ def add_DispatchServiceServicer_to_server(servicer, server):
                     servicer.ResumeQueue,
                     request_deserializer=conveyor_dot_v1_dot_dispatch__service__pb2.ResumeQueueRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_dispatch__service__pb2.ResumeQueueResponse.SerializeToString,
+            ),
+            'ListQueues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQueues,
+                    request_deserializer=conveyor_dot_v1_dot_dispatch__service__pb2.ListQueuesRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_dispatch__service__pb2.ListQueuesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -321,6 +340,33 @@ class DispatchService:
             '/conveyor.v1.DispatchService/ResumeQueue',
             conveyor_dot_v1_dot_dispatch__service__pb2.ResumeQueueRequest.SerializeToString,
             conveyor_dot_v1_dot_dispatch__service__pb2.ResumeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQueues(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.DispatchService/ListQueues',
+            conveyor_dot_v1_dot_dispatch__service__pb2.ListQueuesRequest.SerializeToString,
+            conveyor_dot_v1_dot_dispatch__service__pb2.ListQueuesResponse.FromString,
             options,
             channel_credentials,
             insecure,
