@@ -97,7 +97,6 @@ fn body(method: &Method, namespace: &str, worker: &str) -> Vec<u8> {
         "SubmitTasks" => pb::SubmitTasksRequest {
             tasks: vec![spec("add", &[3.into(), 4.into()])],
             namespace: namespace.into(),
-            ..Default::default()
         }
         .encode_to_vec(),
         "PauseQueue" => pb::PauseQueueRequest {
@@ -758,7 +757,6 @@ async fn the_scheduler_needs_its_own_token() {
             .trigger_schedule(request(pb::TriggerScheduleRequest {
                 id: "nightly".into(),
                 namespace: HOME.into(),
-                ..Default::default()
             }))
             .await;
         match scheduler_token {

@@ -144,7 +144,7 @@ pub fn workflow(data: &[u8]) {
     ) {
         Ok(workflow) => {
             assert_eq!(workflow.nodes.len(), nodes, "accepted nodes");
-            assert!(nodes >= 1 && nodes <= conveyor_core::workflow::MAX_NODES);
+            assert!((1..=conveyor_core::workflow::MAX_NODES).contains(&nodes));
         }
         Err(error) => {
             let status: tonic::Status = error.into();
@@ -234,8 +234,11 @@ pub fn stored(data: &[u8]) {
     }
 }
 
+/// A target's entry point.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the fuzz binaries and the twins.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("task_spec", task_spec),
     ("workflow", workflow),
     ("schedule", schedule),
