@@ -587,11 +587,16 @@ async fn skewed_clocks_neither_reap_live_leases_nor_break_rates() {
     let span = starts[starts.len() - 1] - starts[0];
     println!("8 ticks at 5/s across dispatchers 60 s apart started over {span:?}");
     // 8 starts at 5/s: 7 gaps of 200 ms (a little early at most by the
-    // store's ms rounding and this process's scheduling).
+    // store's ms rounding and this process's scheduling). The instants are
+    // taken in the handlers, after delivery: on a loaded machine one
+    // delivery may lag the next by tens of ms (117 ms was seen with a fuzzer
+    // busy on one of the two cores), so a gap is only required to be over
+    // half the spacing; the span is the rate's measure (the store's exact
+    // spacing is the conformance suite's).
     assert!(span >= Duration::from_millis(1300), "rate broken: {span:?}");
     for pair in starts.windows(2) {
         assert!(
-            pair[1] - pair[0] >= Duration::from_millis(120),
+            pair[1] - pair[0] >= Duration::from_millis(100),
             "two starts {:?} apart",
             pair[1] - pair[0]
         );
