@@ -81,7 +81,16 @@ fn corpus_replays() {
         };
         for entry in entries {
             let path = entry.unwrap().path();
+            let started = std::time::Instant::now();
             run(&std::fs::read(&path).unwrap());
+            // Slowness is a finding too (a cron field listing no value once
+            // cost seconds of CPU per call): every input answers quickly.
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{} took {:?}",
+                path.display(),
+                started.elapsed()
+            );
             files += 1;
         }
     }

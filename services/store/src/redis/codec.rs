@@ -89,10 +89,15 @@ pub(crate) fn decode_arrivals(blob: &[u8]) -> std::result::Result<Vec<Arrival>, 
             .ok()
             .and_then(|text| text.parse().ok())
             .ok_or("input length is not a number")?;
+        // A corrupt length may be anything: no arithmetic may overflow
+        // (found by the `stored` fuzz target).
+        let end = (colon + 1)
+            .checked_add(length)
+            .ok_or("input length out of range")?;
         let entry = rest
-            .get(colon + 1..colon + 1 + length)
+            .get(colon + 1..end)
             .ok_or("input shorter than its length")?;
-        rest = &rest[colon + 1 + length..];
+        rest = &rest[end..];
         if entry.len() < 37 {
             return Err("input entry too short".into());
         }
