@@ -542,16 +542,7 @@ impl Policy {
     fn parse(text: &str, origin: &str, previous: Option<&Policy>) -> Result<Self, AuthError> {
         let file: AuthFile = toml::from_str(text)
             .map_err(|error| AuthError(format!("{origin}: {}", error.message())))?;
-        let usage: HashMap<String, Arc<Usage>> = previous
-            .map(|policy| {
-                policy
-                    .by_token
-                    .values()
-                    .chain(policy.by_subject.values())
-                    .map(|principal| (principal.name.clone(), principal.usage.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let usage = previous.map(Policy::usage).unwrap_or_default();
         let mut policy = Self::default();
         let mut names = std::collections::HashSet::new();
         for (index, entry) in file.principals.into_iter().enumerate() {
@@ -663,6 +654,15 @@ impl Policy {
                     }
                 )
             })
+            .collect()
+    }
+
+    /// Every principal's live counters by name, to carry over a reload.
+    fn usage(&self) -> HashMap<String, Arc<Usage>> {
+        self.by_token
+            .values()
+            .chain(self.by_subject.values())
+            .map(|principal| (principal.name.clone(), principal.usage.clone()))
             .collect()
     }
 
@@ -834,15 +834,7 @@ impl Authenticator {
             }
             None => Policy::default(),
         };
-        let usage = previous
-            .map(|policy| {
-                policy
-                    .by_token
-                    .values()
-                    .map(|principal| (principal.name.clone(), principal.usage.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let usage = previous.map(Policy::usage).unwrap_or_default();
         policy.add_tokens(tokens, &usage);
         Ok(policy)
     }
